@@ -1,0 +1,54 @@
+"""The HTTP edge: verify, claim, enqueue, answer. ``create_app()`` is the entry point.
+
+Never imports worker code: jobs are queued by task name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import redis
+from flask import Flask
+
+from models.settings import Settings
+
+
+def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
+    """Build the receiver. ``settings`` defaults to ``Settings.from_env(os.environ)``;
+    a mapping is read as environment variables. Opens no connection."""
+    from ingest.dedup import DedupGate
+    from ingest.errors import register_error_handlers
+    from ingest.providers import REGISTRY
+    from ingest.views import bp
+    from models.logs import configure_logging
+
+    if settings is None:
+        settings = Settings.from_env(os.environ)
+    elif not isinstance(settings, Settings):
+        settings = Settings.from_env(settings)
+    for provider in REGISTRY.values():
+        provider.check_settings(settings.provider(provider.name))
+
+    configure_logging(settings.log_level)
+    app = Flask("hookfleet")
+    app.config["HOOKFLEET_SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    def client(url: str) -> redis.Redis:
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            health_check_interval=30,
+        )
+
+    dedup = client(settings.redis_url)
+    broker = dedup if settings.dedup_on_broker else client(settings.broker_url)
+    app.extensions["hookfleet_gate"] = DedupGate(
+        dedup, broker, same_server=settings.dedup_on_broker
+    )
+    register_error_handlers(app)
+    app.register_blueprint(bp)
+    return app

@@ -1,0 +1,19 @@
+"""Gunicorn settings for the receiver: ``gunicorn -c python:ingest.gunicorn_conf
+'ingest:create_app()'``. A gunicorn config module is read when gunicorn starts, so this
+is the one module that reads the environment on import, as gunicorn expects."""
+
+import os
+
+bind = os.environ.get("HOOKFLEET_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Threads let one process serve keep-alive connections and overlap Redis round trips.
+worker_class = "gthread"
+threads = int(os.environ.get("HOOKFLEET_WEB_THREADS", "4"))
+keepalive = 5
+# A provider gives up after 10 s (Retell) to 20 s (Stripe); nothing we do takes longer.
+timeout = 30
+# SIGTERM lets in-flight requests finish for this long before workers are killed.
+graceful_timeout = 20
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("HOOKFLEET_LOG_LEVEL", "info").lower()

@@ -1,0 +1,102 @@
+"""Standard Webhooks (https://www.standardwebhooks.com/): any compliant sender.
+
+Headers ``webhook-id`` (the idempotency key), ``webhook-timestamp`` (unix seconds) and
+``webhook-signature`` (space-separated ``v1,<base64>``), HMAC-SHA256 over
+``f"{id}.{timestamp}.{body}"`` with the bytes of a ``whsec_<base64>`` secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from typing import Any
+
+from ingest.providers.base import (
+    Delivery,
+    EventIdentity,
+    Provider,
+    VerificationError,
+    body_digest,
+)
+from models.settings import ProviderSettings
+
+QUEUE = "hookfleet.default"
+
+
+def decode_secret(secret: str) -> bytes:
+    """The key bytes of a ``whsec_<base64>`` secret (the prefix is optional)."""
+    encoded = secret.removeprefix("whsec_")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("a Standard Webhooks secret is whsec_ followed by base64") from None
+
+
+def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """The ``v1,<base64>`` signature a sender puts in ``webhook-signature``."""
+    content = f"{webhook_id}.{timestamp}.".encode() + body
+    digest = hmac.new(decode_secret(secret), content, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def verify_standard_signature(
+    delivery: Delivery, secrets: tuple[str, ...], tolerance_s: int, now: float | None = None
+) -> None:
+    """Raise VerificationError unless one offered ``v1`` signature matches one secret."""
+    webhook_id = delivery.headers.get("webhook-id", "")
+    timestamp = delivery.headers.get("webhook-timestamp", "")
+    offered = delivery.headers.get("webhook-signature", "")
+    if not (webhook_id and timestamp and offered):
+        raise VerificationError(
+            "missing_signature",
+            "webhook-id, webhook-timestamp and webhook-signature headers are required",
+        )
+    try:
+        sent_at = int(timestamp)
+    except ValueError:
+        raise VerificationError("malformed_signature", "webhook-timestamp is not an integer") from None
+    now = time.time() if now is None else now
+    if abs(now - sent_at) > tolerance_s:
+        raise VerificationError(
+            "timestamp_out_of_tolerance",
+            f"webhook-timestamp is more than {tolerance_s} s away from our clock",
+        )
+    candidates = []
+    for entry in offered.split():
+        version, _, signature = entry.partition(",")
+        if version == "v1" and signature:
+            candidates.append(signature.encode())
+    if not candidates:
+        raise VerificationError("malformed_signature", "webhook-signature has no v1 entry")
+    for secret in secrets:
+        expected = sign(secret, webhook_id, sent_at, delivery.body)[3:].encode()
+        # Every candidate is compared, in constant time, whatever matched before.
+        if any(hmac.compare_digest(expected, c) for c in candidates):
+            return
+    raise VerificationError("invalid_signature", "no signature matches a configured secret")
+
+
+class StandardWebhooks(Provider):
+    name = "standard"
+    recorded_headers = ("content-type", "user-agent", "webhook-id", "webhook-timestamp")
+
+    def check_settings(self, settings: ProviderSettings) -> None:
+        for secret in settings.secrets:
+            decode_secret(secret)
+
+    def verify(self, delivery: Delivery, settings: ProviderSettings) -> None:
+        verify_standard_signature(delivery, settings.secrets, settings.tolerance_s)
+
+    def identify(self, delivery: Delivery, payload: dict[str, Any]) -> EventIdentity:
+        event_type = payload.get("type")
+        return EventIdentity(
+            event_id=delivery.headers.get("webhook-id") or body_digest(delivery.body),
+            event_type=event_type if isinstance(event_type, str) else "",
+            queue=QUEUE,
+        )
+
+
+PROVIDER = StandardWebhooks()

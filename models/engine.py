@@ -1,0 +1,57 @@
+"""Engines and sessions, built from :class:`~models.settings.Settings`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.settings import Settings
+
+
+def make_engine(settings: Settings) -> Engine:
+    """A pooled engine for ``settings.database_url``. Opens no connection yet.
+
+    MariaDB gets a real QueuePool sized from the settings; SQLite files get a pool too
+    and WAL mode, so the receiver's lookups and the workers' writes do not block each
+    other more than SQLite must.
+    """
+    url = make_url(settings.database_url)
+    options: dict[str, Any] = {"pool_pre_ping": settings.db_pool_pre_ping}
+    if url.get_backend_name() == "sqlite":
+        _ensure_sqlite_directory(url.database)
+        options["connect_args"] = {"timeout": 30}
+    else:
+        if url.get_backend_name() in ("mysql", "mariadb"):
+            url = url.update_query_dict({"charset": "utf8mb4"}, append=False)
+        options.update(
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout_s,
+            pool_recycle=settings.db_pool_recycle_s,
+        )
+    engine = create_engine(url, **options)
+    if url.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _ensure_sqlite_directory(database: str | None) -> None:
+    if database and database != ":memory:" and not database.startswith("file:"):
+        directory = os.path.dirname(os.path.abspath(database))
+        os.makedirs(directory, exist_ok=True)

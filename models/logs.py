@@ -1,0 +1,47 @@
+"""JSON-lines logging for every Hookfleet process.
+
+Here because the receiver and the workers both log the same way and ``models`` is the
+one package both may import. Lines go to stdout; rotation belongs to journald or the
+container runtime.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+
+from pythonjsonlogger.json import JsonFormatter
+
+# The delivery a line is about; the receiver and the task wrapper set it.
+log_context: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar(
+    "hookfleet_log_context", default=None
+)
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (log_context.get() or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send ``hookfleet.*`` loggers to stdout as JSON lines. Safe to call twice."""
+    logger = logging.getLogger("hookfleet")
+    logger.setLevel(level)
+    if any(getattr(h, "_hookfleet", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        JsonFormatter(
+            "{asctime}{levelname}{name}{message}",
+            style="{",
+            rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
+        )
+    )
+    handler.addFilter(_ContextFilter())
+    handler._hookfleet = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.propagate = False

@@ -1,0 +1,175 @@
+"""Hookfleet's configuration: one frozen object, built from ``HOOKFLEET_*`` variables.
+
+It lives in ``models`` because that is the one package both the receiver and the
+workers may import; it imports nothing of either. Nothing here reads the environment at
+import time: callers build a :class:`Settings` with :meth:`Settings.from_env` (tests
+pass their own mapping).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+QUEUES = ("hookfleet.high", "hookfleet.default", "hookfleet.low")
+
+_PROVIDER_VAR = re.compile(r"^HOOKFLEET_([A-Z0-9]+)_(VERIFY|SECRETS|TOLERANCE_S|DEDUP_TTL_S)$")
+_FALSY = {"0", "off", "false", "no"}
+_TRUTHY = {"1", "on", "true", "yes"}
+
+
+class ConfigError(ValueError):
+    """A ``HOOKFLEET_*`` variable holds a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """What one provider may configure: ``HOOKFLEET_<PROVIDER>_*``."""
+
+    verify: bool = True
+    secrets: tuple[str, ...] = ()
+    tolerance_s: int = 300
+    dedup_ttl_s: int = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob Hookfleet has. See the README's configuration table."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "sqlite:///var/hookfleet.db"
+
+    db_pool_size: int = 5
+    db_max_overflow: int = 10
+    db_pool_timeout_s: float = 10.0
+    db_pool_recycle_s: int = 1800
+    db_pool_pre_ping: bool = True
+
+    max_body_bytes: int = 1024 * 1024
+    redis_timeout_s: float = 2.0
+    retry_after_s: int = 5
+
+    # The broker's visibility timeout bounds how long a message whose worker died stays
+    # invisible; the task time limit and every retry countdown must stay below it, or a
+    # slow task is delivered a second time while it still runs.
+    visibility_timeout_s: int = 900
+    task_time_limit_s: int = 300
+    worker_prefetch_multiplier: int = 4
+
+    log_level: str = "INFO"
+    var_dir: str = "var"
+    providers: Mapping[str, ProviderSettings] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+    def provider(self, name: str) -> ProviderSettings:
+        """Settings for ``name``; defaults when nothing was configured for it."""
+        return self.providers.get(name, _DEFAULT_PROVIDER)
+
+    @property
+    def dedup_on_broker(self) -> bool:
+        """True when dedup keys and the queues share one Redis: claim+enqueue is atomic."""
+        return _redis_identity(self.redis_url) == _redis_identity(self.broker_url)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from ``env`` (usually ``os.environ``); raises ConfigError."""
+        redis_url = env.get("HOOKFLEET_REDIS_URL") or cls.redis_url
+        settings = cls(
+            redis_url=redis_url,
+            broker_url=env.get("HOOKFLEET_BROKER_URL") or redis_url,
+            database_url=env.get("HOOKFLEET_DATABASE_URL") or cls.database_url,
+            db_pool_size=_int(env, "HOOKFLEET_DB_POOL_SIZE", cls.db_pool_size),
+            db_max_overflow=_int(env, "HOOKFLEET_DB_MAX_OVERFLOW", cls.db_max_overflow),
+            db_pool_timeout_s=_float(env, "HOOKFLEET_DB_POOL_TIMEOUT_S", cls.db_pool_timeout_s),
+            db_pool_recycle_s=_int(env, "HOOKFLEET_DB_POOL_RECYCLE_S", cls.db_pool_recycle_s),
+            db_pool_pre_ping=_bool(env, "HOOKFLEET_DB_POOL_PRE_PING", cls.db_pool_pre_ping),
+            max_body_bytes=_int(env, "HOOKFLEET_MAX_BODY_BYTES", cls.max_body_bytes),
+            redis_timeout_s=_float(env, "HOOKFLEET_REDIS_TIMEOUT_S", cls.redis_timeout_s),
+            retry_after_s=_int(env, "HOOKFLEET_RETRY_AFTER_S", cls.retry_after_s),
+            visibility_timeout_s=_int(
+                env, "HOOKFLEET_VISIBILITY_TIMEOUT_S", cls.visibility_timeout_s
+            ),
+            task_time_limit_s=_int(env, "HOOKFLEET_TASK_TIME_LIMIT_S", cls.task_time_limit_s),
+            worker_prefetch_multiplier=_int(
+                env, "HOOKFLEET_WORKER_PREFETCH", cls.worker_prefetch_multiplier
+            ),
+            log_level=(env.get("HOOKFLEET_LOG_LEVEL") or cls.log_level).upper(),
+            var_dir=env.get("HOOKFLEET_VAR_DIR") or cls.var_dir,
+            providers=MappingProxyType(_providers(env)),
+        )
+        if settings.task_time_limit_s >= settings.visibility_timeout_s:
+            raise ConfigError(
+                "HOOKFLEET_TASK_TIME_LIMIT_S must be below HOOKFLEET_VISIBILITY_TIMEOUT_S, "
+                "or a long task is redelivered while it still runs"
+            )
+        return settings
+
+
+_DEFAULT_PROVIDER = ProviderSettings()
+
+
+def _providers(env: Mapping[str, str]) -> dict[str, ProviderSettings]:
+    found: dict[str, dict[str, object]] = {}
+    for var, raw in env.items():
+        match = _PROVIDER_VAR.match(var)
+        if match is None:
+            continue
+        name, knob = match.group(1).lower(), match.group(2)
+        values = found.setdefault(name, {})
+        if knob == "VERIFY":
+            values["verify"] = _bool(env, var, True)
+        elif knob == "SECRETS":
+            values["secrets"] = tuple(s.strip() for s in raw.split(",") if s.strip())
+        elif knob == "TOLERANCE_S":
+            values["tolerance_s"] = _int(env, var, 300)
+        else:
+            values["dedup_ttl_s"] = _int(env, var, 24 * 3600)
+    return {name: ProviderSettings(**values) for name, values in found.items()}  # type: ignore[arg-type]
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUTHY:
+        return True
+    if raw in _FALSY:
+        return False
+    raise ConfigError(f"{name} must be on or off, got {raw!r}")
+
+
+def _redis_identity(url: str) -> tuple[str, str, str]:
+    """Where a redis:// or unix:// URL points (server and database), for comparison."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return (parts.path, "unix", parse_qs(parts.query).get("db", ["0"])[0])
+    return (parts.hostname or "localhost", str(parts.port or 6379), parts.path.lstrip("/") or "0")

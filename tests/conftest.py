@@ -1,0 +1,67 @@
+"""Fixtures: real Redis and MariaDB servers (started here), SQLite files, app clients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from flask.testing import FlaskClient
+
+from ingest import create_app
+from models.migrate import upgrade
+from models.settings import Settings
+from tests.servers import MariaDBServer, RedisServer, sqlite_url
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The shared test Redis, emptied for each test."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    redis_server.client().flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServer]:
+    server = MariaDBServer(tmp_path_factory.mktemp("mariadb")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A freshly migrated, empty database on each backend."""
+    if request.param == "mariadb":
+        url = request.getfixturevalue("mariadb_server").create_database()
+    else:
+        url = sqlite_url(tmp_path / "db")
+    upgrade(Settings(database_url=url))
+    return url
+
+
+@pytest.fixture
+def settings_env(redis_url: str) -> dict[str, str]:
+    """Receiver settings for unsigned trials against the test Redis."""
+    return {"HOOKFLEET_REDIS_URL": redis_url, "HOOKFLEET_STANDARD_VERIFY": "off"}
+
+
+@pytest.fixture
+def client(settings_env: dict[str, str]) -> FlaskClient:
+    return create_app(settings_env).test_client()

@@ -1,0 +1,34 @@
+"""Small things several test modules need: reading queued Celery messages."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import redis
+
+QUEUES = ("hookfleet.high", "hookfleet.default", "hookfleet.low")
+
+
+def queued(client: redis.Redis, queue: str = "hookfleet.default") -> list[dict[str, Any]]:
+    """The Celery messages waiting on ``queue``, oldest first, with the body decoded."""
+    messages = []
+    for raw in reversed(client.lrange(queue, 0, -1)):
+        envelope = json.loads(raw)
+        envelope["decoded_body"] = json.loads(base64.b64decode(envelope["body"]))
+        messages.append(envelope)
+    return messages
+
+
+def total_queued(client: redis.Redis) -> int:
+    return sum(int(client.llen(q)) for q in QUEUES)
+
+
+def dedup_keys(client: redis.Redis) -> list[bytes]:
+    return list(client.scan_iter("hookfleet:dedup:*"))
+
+
+def post_json(client: Any, path: str, body: Any, **headers: str) -> Any:
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return client.post(path, data=data, content_type="application/json", headers=headers)

@@ -1,0 +1,186 @@
+"""Real Redis and MariaDB servers for the tests: private, on loopback, thrown away after.
+
+Each server runs from a scratch directory with a free port, is stopped by its own pid,
+and never touches a system instance.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _binary(*names: str) -> str:
+    for name in names:
+        found = shutil.which(name) or next(
+            (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()),
+            None,
+        )
+        if found:
+            return found
+    raise RuntimeError(
+        f"{names[0]} is not installed; run the test command (bash tests/run.sh), "
+        "which installs it"
+    )
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class RedisServer:
+    """``redis-server`` on a free port; ``stop()`` and ``start()`` again keep the port."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    appendonly: bool = False
+    maxmemory: str | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+    def start(self) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        argv = [
+            _binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.directory), "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--maxmemory-policy", "noeviction",
+            "--logfile", str(self.directory / "redis.log"),
+        ]
+        if self.maxmemory:
+            argv += ["--maxmemory", self.maxmemory]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._answers, 15, f"redis-server on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited; see {self.directory}/redis.log")
+        try:
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@dataclass
+class MariaDBServer:
+    """``mariadbd`` in a scratch data directory; ``create_database()`` hands out URLs."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    user: str = "hookfleet"
+    password: str = "hookfleet-test"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.directory / "sock"
+
+    def start(self) -> MariaDBServer:
+        data = self.directory / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                _binary("mariadb-install-db", "mysql_install_db"), "--user=root",
+                f"--datadir={data}", "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        log = open(self.directory / "mariadb.log", "wb")  # noqa: SIM115 (lives with the server)
+        self.proc = subprocess.Popen(
+            [
+                _binary("mariadbd", "mysqld"), "--no-defaults", "--user=root",
+                f"--datadir={data}", f"--socket={self.socket_path}", f"--port={self.port}",
+                "--bind-address=127.0.0.1", "--skip-log-bin", "--innodb-flush-log-at-trx-commit=2",
+                "--innodb-buffer-pool-size=128M", "--max-connections=500",
+                f"--pid-file={self.directory / 'mariadb.pid'}",
+            ],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_until(self._answers, 60, f"mariadbd on port {self.port}", interval=0.2)
+        self.sql(
+            f"CREATE USER IF NOT EXISTS '{self.user}'@'127.0.0.1' IDENTIFIED BY '{self.password}';"
+            f"GRANT ALL ON *.* TO '{self.user}'@'127.0.0.1';"
+        )
+        return self
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"mariadbd exited; see {self.directory}/mariadb.log")
+        done = subprocess.run(
+            [_binary("mariadb", "mysql"), "-uroot", f"-S{self.socket_path}", "-e", "select 1"],
+            capture_output=True,
+        )
+        return done.returncode == 0
+
+    def sql(self, statements: str) -> None:
+        subprocess.run(
+            [_binary("mariadb", "mysql"), "-uroot", f"-S{self.socket_path}", "-e", statements],
+            check=True, capture_output=True,
+        )
+
+    def create_database(self) -> str:
+        name = "hf_" + uuid.uuid4().hex[:12]
+        self.sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+        return f"mysql+pymysql://{self.user}:{self.password}@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def sqlite_url(directory: Path) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{directory / ('hf_' + uuid.uuid4().hex[:8] + '.db')}"
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """The process environment minus any HOOKFLEET_* the developer had set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOOKFLEET_")}
+    env.update(overrides)
+    return env

