@@ -33,7 +33,6 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     configure_logging(settings.log_level)
     app = Flask("hookfleet")
     app.config["HOOKFLEET_SETTINGS"] = settings
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     def client(url: str) -> redis.Redis:

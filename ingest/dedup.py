@@ -58,9 +58,7 @@ class DedupGate:
     def atomic(self) -> bool:
         return self._same_server
 
-    def admit(
-        self, key: str, claim: str, ttl_s: int, queue: str, message: str
-    ) -> Admission:
+    def admit(self, key: str, claim: str, ttl_s: int, queue: str, message: str) -> Admission:
         """Claim ``key`` for ``ttl_s`` seconds and push ``message`` onto ``queue``.
 
         Accepted: the message is on the queue and the key is set. Duplicate: nothing

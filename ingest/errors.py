@@ -49,7 +49,7 @@ def register_error_handlers(app: Flask) -> None:
     def _unexpected(error: Exception) -> Response:
         # The traceback goes to our log, never to the sender; a 500 means a Hookfleet
         # bug, and the provider will retry.
-        log.exception(
-            "unhandled error", extra={"correlation_id": g.get("correlation_id", "")}
+        log.exception("unhandled error", extra={"correlation_id": g.get("correlation_id", "")})
+        return error_response(
+            500, "internal_error", "Internal error; the delivery was not accepted."
         )
-        return error_response(500, "internal_error", "Internal error; the delivery was not accepted.")

@@ -80,7 +80,9 @@ def receive(provider_name: str) -> tuple[Response, int]:
         try:
             provider.verify(delivery, provider_settings)
         except VerificationError as error:
-            log.warning("rejected delivery", extra={"provider": provider.name, "reason": error.code})
+            log.warning(
+                "rejected delivery", extra={"provider": provider.name, "reason": error.code}
+            )
             raise ApiError(401, error.code, error.message) from None
 
     payload, text = _parse_object(delivery.body)
@@ -146,19 +148,30 @@ def _read_delivery(limit: int) -> Delivery:
     """The raw body, refused early when it is not JSON or too large."""
     mimetype = request.mimetype
     if mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise ApiError(
-            415, "unsupported_media_type", "Send the body as application/json."
-        )
+        raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "body_too_large", f"The body exceeds {limit} bytes.")
-    # Read one byte past the limit, so a body without Content-Length cannot grow unbounded.
-    body = request.stream.read(limit + 1)
+    body = _read_at_most(limit + 1)
     if len(body) > limit:
         raise ApiError(413, "body_too_large", f"The body exceeds {limit} bytes.")
     if not body:
         raise ApiError(400, "empty_body", "The body is empty.")
     headers = {name.lower(): value for name, value in request.headers.items()}
     return Delivery(body=body, headers=headers, received_at=time.time())
+
+
+def _read_at_most(size: int) -> bytes:
+    """Up to ``size`` bytes of the body. A chunked body (no Content-Length) arrives in
+    pieces, so read until the end or one byte past the limit, never further."""
+    parts: list[bytes] = []
+    remaining = size
+    while remaining > 0:
+        part = request.stream.read(remaining)
+        if not part:
+            break
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)
 
 
 def _reject_constant(name: str) -> Any:

@@ -42,8 +42,12 @@ class WebhookEvent(Base):
     queue: Mapped[str] = mapped_column(String(64), default="")
     correlation_id: Mapped[str] = mapped_column(String(128), default="")
     status: Mapped[EventStatus] = mapped_column(
-        Enum(EventStatus, native_enum=False, length=16,
-             values_callable=lambda e: [m.value for m in e]),
+        Enum(
+            EventStatus,
+            native_enum=False,
+            length=16,
+            values_callable=lambda e: [m.value for m in e],
+        ),
         default=EventStatus.RECEIVED,
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)

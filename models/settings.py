@@ -61,9 +61,7 @@ class Settings:
 
     log_level: str = "INFO"
     var_dir: str = "var"
-    providers: Mapping[str, ProviderSettings] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    providers: Mapping[str, ProviderSettings] = field(default_factory=lambda: MappingProxyType({}))
 
     def provider(self, name: str) -> ProviderSettings:
         """Settings for ``name``; defaults when nothing was configured for it."""

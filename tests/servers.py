@@ -34,8 +34,7 @@ def _binary(*names: str) -> str:
         if found:
             return found
     raise RuntimeError(
-        f"{names[0]} is not installed; run the test command (bash tests/run.sh), "
-        "which installs it"
+        f"{names[0]} is not installed; run the test command (bash tests/run.sh), which installs it"
     )
 
 
@@ -67,11 +66,21 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         argv = [
-            _binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.directory), "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--maxmemory-policy", "noeviction",
-            "--logfile", str(self.directory / "redis.log"),
+            _binary("redis-server"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--maxmemory-policy",
+            "noeviction",
+            "--logfile",
+            str(self.directory / "redis.log"),
         ]
         if self.maxmemory:
             argv += ["--maxmemory", self.maxmemory]
@@ -118,22 +127,34 @@ class MariaDBServer:
         data.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [
-                _binary("mariadb-install-db", "mysql_install_db"), "--user=root",
-                f"--datadir={data}", "--auth-root-authentication-method=normal",
+                _binary("mariadb-install-db", "mysql_install_db"),
+                "--user=root",
+                f"--datadir={data}",
+                "--auth-root-authentication-method=normal",
                 "--skip-test-db",
             ],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
-        log = open(self.directory / "mariadb.log", "wb")  # noqa: SIM115 (lives with the server)
+        log = open(self.directory / "mariadb.log", "wb")
         self.proc = subprocess.Popen(
             [
-                _binary("mariadbd", "mysqld"), "--no-defaults", "--user=root",
-                f"--datadir={data}", f"--socket={self.socket_path}", f"--port={self.port}",
-                "--bind-address=127.0.0.1", "--skip-log-bin", "--innodb-flush-log-at-trx-commit=2",
-                "--innodb-buffer-pool-size=128M", "--max-connections=500",
+                _binary("mariadbd", "mysqld"),
+                "--no-defaults",
+                "--user=root",
+                f"--datadir={data}",
+                f"--socket={self.socket_path}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                "--skip-log-bin",
+                "--innodb-flush-log-at-trx-commit=2",
+                "--innodb-buffer-pool-size=128M",
+                "--max-connections=500",
                 f"--pid-file={self.directory / 'mariadb.pid'}",
             ],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         wait_until(self._answers, 60, f"mariadbd on port {self.port}", interval=0.2)
         self.sql(
@@ -155,7 +176,8 @@ class MariaDBServer:
     def sql(self, statements: str) -> None:
         subprocess.run(
             [_binary("mariadb", "mysql"), "-uroot", f"-S{self.socket_path}", "-e", statements],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
 
     def create_database(self) -> str:

@@ -74,11 +74,13 @@ def test_a_request_id_that_is_not_a_plain_token_is_replaced(client: FlaskClient)
 
 
 def test_dedup_key_lives_for_the_providers_ttl(redis_url: str, redis_client: redis.Redis) -> None:
-    app = create_app({
-        "HOOKFLEET_REDIS_URL": redis_url,
-        "HOOKFLEET_STANDARD_VERIFY": "off",
-        "HOOKFLEET_STANDARD_DEDUP_TTL_S": "600",
-    })
+    app = create_app(
+        {
+            "HOOKFLEET_REDIS_URL": redis_url,
+            "HOOKFLEET_STANDARD_VERIFY": "off",
+            "HOOKFLEET_STANDARD_DEDUP_TTL_S": "600",
+        }
+    )
     post_json(app.test_client(), "/webhooks/standard", EVENT, **{"webhook-id": "ttl"})
 
     [key] = dedup_keys(redis_client)
@@ -130,7 +132,9 @@ def test_bad_input_gets_a_json_error_and_nothing_is_queued(
     response = client.post("/webhooks/standard", data=data, content_type=content_type)
 
     assert response.status_code == status
-    assert response.get_json() == {"error": {"code": code, "message": response.get_json()["error"]["message"]}}
+    assert response.get_json() == {
+        "error": {"code": code, "message": response.get_json()["error"]["message"]}
+    }
     assert response.get_json()["error"]["message"]
     assert total_queued(redis_client) == 0
     assert dedup_keys(redis_client) == []
@@ -178,11 +182,13 @@ def test_healthz_answers_without_redis() -> None:
 def test_redis_down_is_503_with_retry_after_and_the_retry_is_accepted(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "redis").start()
     try:
-        client = create_app({
-            "HOOKFLEET_REDIS_URL": server.url,
-            "HOOKFLEET_STANDARD_VERIFY": "off",
-            "HOOKFLEET_REDIS_TIMEOUT_S": "0.5",
-        }).test_client()
+        client = create_app(
+            {
+                "HOOKFLEET_REDIS_URL": server.url,
+                "HOOKFLEET_STANDARD_VERIFY": "off",
+                "HOOKFLEET_REDIS_TIMEOUT_S": "0.5",
+            }
+        ).test_client()
         server.stop()
 
         down = post_json(client, "/webhooks/standard", EVENT, **{"webhook-id": "while-down"})
@@ -212,7 +218,9 @@ def test_redis_out_of_memory_is_503_and_leaves_no_claim(
     assert full.status_code == 503
     assert "Retry-After" in full.headers
     assert dedup_keys(redis_client) == []
-    assert post_json(client, "/webhooks/standard", EVENT, **{"webhook-id": "oom"}).status_code == 202
+    assert (
+        post_json(client, "/webhooks/standard", EVENT, **{"webhook-id": "oom"}).status_code == 202
+    )
 
 
 def test_separate_dedup_and_broker_release_the_claim_when_the_broker_is_down(
@@ -220,12 +228,14 @@ def test_separate_dedup_and_broker_release_the_claim_when_the_broker_is_down(
 ) -> None:
     broker = RedisServer(tmp_path / "broker").start()
     try:
-        client = create_app({
-            "HOOKFLEET_REDIS_URL": redis_url,
-            "HOOKFLEET_BROKER_URL": broker.url,
-            "HOOKFLEET_STANDARD_VERIFY": "off",
-            "HOOKFLEET_REDIS_TIMEOUT_S": "0.5",
-        }).test_client()
+        client = create_app(
+            {
+                "HOOKFLEET_REDIS_URL": redis_url,
+                "HOOKFLEET_BROKER_URL": broker.url,
+                "HOOKFLEET_STANDARD_VERIFY": "off",
+                "HOOKFLEET_REDIS_TIMEOUT_S": "0.5",
+            }
+        ).test_client()
         broker.stop()
 
         down = post_json(client, "/webhooks/standard", EVENT, **{"webhook-id": "split"})

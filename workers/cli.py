@@ -28,20 +28,30 @@ def migrate() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Receiver address.")
 @click.option("--port", default=8000, show_default=True, help="Receiver port.")
-@click.option("--var-dir", default="var", show_default=True, type=click.Path(),
-              help="Where the embedded SQLite database and Redis data live.")
-@click.option("--concurrency", default=2, show_default=True,
-              help="Processes per Celery worker (one worker per queue).")
+@click.option(
+    "--var-dir",
+    default="var",
+    show_default=True,
+    type=click.Path(),
+    help="Where the embedded SQLite database and Redis data live.",
+)
+@click.option(
+    "--concurrency",
+    default=2,
+    show_default=True,
+    help="Processes per Celery worker (one worker per queue).",
+)
 def up(host: str, port: int, var_dir: str, concurrency: int) -> None:
     """Run the whole fleet: Redis (unless given), receiver, workers, beat."""
     from workers.fleet import Fleet
 
-    fleet = Fleet(host=host, port=port, var_dir=Path(var_dir).resolve(),
-                  concurrency=concurrency)
+    fleet = Fleet(host=host, port=port, var_dir=Path(var_dir).resolve(), concurrency=concurrency)
     try:
         fleet.start(os.environ)
-        click.echo(f"hookfleet is up: POST webhooks to http://{host}:{port}/webhooks/<provider>"
-                   f"  (e.g. http://{host}:{port}/webhooks/standard); Ctrl-C stops it.")
+        click.echo(
+            f"hookfleet is up: POST webhooks to http://{host}:{port}/webhooks/<provider>"
+            f"  (e.g. http://{host}:{port}/webhooks/standard); Ctrl-C stops it."
+        )
         fleet.wait()
     finally:
         click.echo("stopping hookfleet...")

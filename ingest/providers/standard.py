@@ -57,7 +57,9 @@ def verify_standard_signature(
     try:
         sent_at = int(timestamp)
     except ValueError:
-        raise VerificationError("malformed_signature", "webhook-timestamp is not an integer") from None
+        raise VerificationError(
+            "malformed_signature", "webhook-timestamp is not an integer"
+        ) from None
     now = time.time() if now is None else now
     if abs(now - sent_at) > tolerance_s:
         raise VerificationError(

@@ -39,8 +39,13 @@ def upgrade() -> None:
         sa.Column(
             "status",
             sa.Enum(
-                "received", "processed", "failed", "dead",
-                name="eventstatus", native_enum=False, length=16,
+                "received",
+                "processed",
+                "failed",
+                "dead",
+                name="eventstatus",
+                native_enum=False,
+                length=16,
             ),
             nullable=False,
         ),

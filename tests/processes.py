@@ -1,0 +1,127 @@
+"""Running the Procfile's real commands (gunicorn, celery) as subprocesses in tests."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.servers import clean_env, free_port, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def procfile() -> dict[str, str]:
+    entries = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, command = line.partition(":")
+            entries[name.strip()] = command.strip()
+    return entries
+
+
+@dataclass
+class Processes:
+    """Procfile entries started with ``bash -c``, as a Procfile runner would."""
+
+    logs: Path
+    env: dict[str, str]
+    running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @classmethod
+    def for_servers(cls, logs: Path, **hookfleet: str) -> Processes:
+        env = clean_env(**hookfleet)
+        # The venv's gunicorn and celery first on PATH, like an activated environment.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.setdefault("PORT", str(free_port()))
+        env.setdefault("HOOKFLEET_VAR_DIR", str(logs))
+        logs.mkdir(parents=True, exist_ok=True)
+        return cls(logs=logs, env=env)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['PORT']}"
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        command = procfile()[name]
+        log = open(self.logs / f"{name}.log", "ab")
+        proc = subprocess.Popen(
+            ["bash", "-c", f"exec {command}"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.running[name] = proc
+        return proc
+
+    def wait_for_web(self) -> None:
+        def healthy() -> bool:
+            if self.running["web"].poll() is not None:
+                raise RuntimeError(f"web exited:\n{self.log('web')}")
+            try:
+                return request(self.base_url, "GET", "/healthz")[0] == 200
+            except OSError:
+                return False
+
+        wait_until(healthy, 30, "gunicorn /healthz", interval=0.1)
+
+    def wait_for_worker(self, name: str) -> None:
+        wait_until(
+            lambda: re.search(r"ready\.", self.log(name)) is not None,
+            60,
+            f"{name} to be ready",
+            interval=0.2,
+        )
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        proc = self.running.pop(name)
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            self.stop(name)
+
+
+def request(
+    base_url: str, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], Any]:
+    """One HTTP request on a fresh connection; returns (status, headers, JSON or text)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        connection.request(method, path, body=data, headers=all_headers)
+        response = connection.getresponse()
+        raw = response.read()
+        try:
+            parsed: Any = json.loads(raw)
+        except ValueError:
+            parsed = raw.decode(errors="replace")
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, parsed
+    finally:
+        connection.close()
+
+
+def shell_words(command: str) -> list[str]:
+    return shlex.split(command)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite, on real Redis and real MariaDB (and SQLite). Installs what is
+# missing (redis-server, mariadb-server with apt-get when root; the venv with pip),
+# then lints, type-checks and runs pytest. Arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "please install: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+. deploy/venv.sh
+hookfleet_venv test,embedded
+
+.venv/bin/ruff check .
+.venv/bin/mypy
+# pytest exits 5 when it collected nothing; that is a failure here too.
+exec .venv/bin/pytest "$@"

@@ -1,0 +1,139 @@
+"""The whole road with real processes: gunicorn and celery workers from the Procfile,
+real Redis, real MariaDB. What a provider sees, and what lands in the database."""
+
+from __future__ import annotations
+
+import http.client
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.engine import Engine
+
+from models.events import EventStatus, WebhookEvent
+from models.migrate import upgrade
+from models.settings import Settings
+from tests.processes import Processes, request
+from tests.servers import MariaDBServer, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def mariadb_url(mariadb_server: MariaDBServer) -> str:
+    url = mariadb_server.create_database()
+    upgrade(Settings(database_url=url))
+    return url
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, redis_url: str, mariadb_url: str) -> Iterator[Processes]:
+    processes = Processes.for_servers(
+        tmp_path / "fleet",
+        HOOKFLEET_REDIS_URL=redis_url,
+        HOOKFLEET_DATABASE_URL=mariadb_url,
+        HOOKFLEET_STANDARD_VERIFY="off",
+        HOOKFLEET_VISIBILITY_TIMEOUT_S="60",
+        HOOKFLEET_TASK_TIME_LIMIT_S="30",
+        WEB_CONCURRENCY="2",
+        HOOKFLEET_WORKER_CONCURRENCY="2",
+    )
+    for name in ("web", "worker_high", "worker_default", "worker_low", "beat"):
+        processes.start(name)
+    processes.wait_for_web()
+    try:
+        yield processes
+    finally:
+        processes.stop_all()
+
+
+@pytest.fixture
+def engine(mariadb_url: str) -> Iterator[Engine]:
+    engine = create_engine(mariadb_url)
+    yield engine
+    engine.dispose()
+
+
+def post_event(base_url: str, event_id: str) -> tuple[str, int, dict[str, str]]:
+    body = {"type": "order.created", "data": {"order": event_id}}
+    status, _, answer = request(
+        base_url, "POST", "/webhooks/standard", body, {"webhook-id": event_id}
+    )
+    return event_id, status, answer
+
+
+def test_deliveries_and_repeats_become_exactly_one_row_each(
+    fleet: Processes, engine: Engine
+) -> None:
+    ids = [f"evt_{n:03d}" for n in range(200)]
+    repeats = random.Random(7).sample(ids, 50)
+    # Repeats are mixed in with the originals, so many race their first delivery.
+    deliveries = ids + repeats
+    random.Random(11).shuffle(deliveries)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(lambda e: post_event(fleet.base_url, e), deliveries))
+
+    answers: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for event_id, status, answer in results:
+        answers[event_id].append((status, answer["status"]))
+    for event_id, seen in answers.items():
+        assert sorted(seen) == [(200, "duplicate")] * (len(seen) - 1) + [(202, "accepted")], (
+            event_id
+        )
+    assert Counter(status for _, status, _ in results) == {202: 200, 200: 50}
+
+    def all_processed() -> bool:
+        with engine.connect() as connection:
+            done = connection.scalar(
+                select(func.count()).where(WebhookEvent.status == EventStatus.PROCESSED)
+            )
+        return done == 200
+
+    wait_until(all_processed, 90, "200 processed rows", interval=0.5)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(WebhookEvent.event_id, WebhookEvent.correlation_id, WebhookEvent.queue)
+        ).all()
+    assert sorted(r.event_id for r in rows) == ids  # every event once, none twice
+    accepted = {e: a["correlation_id"] for e, s, a in results if s == 202}
+    assert {r.event_id: r.correlation_id for r in rows} == accepted
+    assert {r.queue for r in rows} == {"hookfleet.default"}
+    assert fleet.running["beat"].poll() is None
+
+
+def test_oversized_chunked_body_is_refused_by_the_real_server(fleet: Processes) -> None:
+    host, port = fleet.base_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    chunks = (b"x" * 65536 for _ in range(32))  # 2 MiB, no Content-Length
+    connection.request(
+        "POST",
+        "/webhooks/standard",
+        body=chunks,
+        encode_chunked=True,
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+    )
+    response = connection.getresponse()
+
+    assert response.status == 413
+    assert b'"body_too_large"' in response.read()
+    connection.close()
+
+
+def test_correlation_id_reaches_the_worker_log(fleet: Processes, engine: Engine) -> None:
+    status, headers, _ = request(
+        fleet.base_url,
+        "POST",
+        "/webhooks/standard",
+        {"type": "t"},
+        {"webhook-id": "corr-check", "X-Request-ID": "trace-abc-123"},
+    )
+
+    assert status == 202 and headers["x-request-id"] == "trace-abc-123"
+    wait_until(lambda: "trace-abc-123" in fleet.log("worker_default"), 30, "worker log line")
+    line = next(x for x in fleet.log("worker_default").splitlines() if "trace-abc-123" in x)
+    assert '"event_id": "corr-check"' in line

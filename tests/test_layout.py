@@ -1,0 +1,63 @@
+"""The shape the project promises: imports run one way, nothing happens at import."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.processes import ROOT
+
+FORBIDDEN = {"ingest": {"workers"}, "models": {"ingest", "workers"}, "workers": {"ingest"}}
+
+
+def imported_packages(package: str) -> set[str]:
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_imports_run_one_way(package: str) -> None:
+    assert imported_packages(package) & FORBIDDEN[package] == set()
+
+
+def test_top_level_is_exactly_the_documented_layout() -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if not tracked:
+        pytest.fail("not a git checkout")
+    top = {Path(p).parts[0] for p in tracked if not p.startswith(".")}
+    assert top == {
+        "pyproject.toml",
+        "ingest",
+        "workers",
+        "models",
+        "deploy",
+        "tests",
+        "Procfile",
+        "README.md",
+    }
+
+
+def test_the_receiver_loads_without_celery_or_worker_code() -> None:
+    code = (
+        "import sys, ingest; ingest.create_app({'HOOKFLEET_REDIS_URL': 'redis://127.0.0.1:1/0'});"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('celery', 'workers')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

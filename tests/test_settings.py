@@ -1,0 +1,77 @@
+"""Configuration from HOOKFLEET_* variables: defaults, parsing, clear refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.settings import ConfigError, Settings
+
+
+def test_defaults_are_the_embedded_setup() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.database_url == "sqlite:///var/hookfleet.db"
+    assert settings.broker_url == settings.redis_url
+    assert settings.dedup_on_broker
+    assert settings.provider("standard").verify is True
+    assert settings.provider("standard").dedup_ttl_s == 86400
+
+
+def test_broker_defaults_to_the_dedup_redis_and_can_be_split() -> None:
+    same = Settings.from_env({"HOOKFLEET_REDIS_URL": "redis://cache:6380/2"})
+    split = Settings.from_env(
+        {
+            "HOOKFLEET_REDIS_URL": "redis://cache:6380/2",
+            "HOOKFLEET_BROKER_URL": "redis://cache:6380/3",
+        }
+    )
+    spelled_differently = Settings.from_env(
+        {
+            "HOOKFLEET_REDIS_URL": "redis://cache:6379",
+            "HOOKFLEET_BROKER_URL": "redis://cache/0",
+        }
+    )
+
+    assert same.broker_url == "redis://cache:6380/2" and same.dedup_on_broker
+    assert not split.dedup_on_broker
+    assert spelled_differently.dedup_on_broker
+
+
+def test_provider_variables_are_read_per_provider() -> None:
+    settings = Settings.from_env(
+        {
+            "HOOKFLEET_STANDARD_SECRETS": "whsec_a, whsec_b,,",
+            "HOOKFLEET_STANDARD_TOLERANCE_S": "60",
+            "HOOKFLEET_STRIPE_VERIFY": "off",
+            "HOOKFLEET_STRIPE_DEDUP_TTL_S": "259200",
+        }
+    )
+
+    assert settings.provider("standard").secrets == ("whsec_a", "whsec_b")
+    assert settings.provider("standard").tolerance_s == 60
+    assert settings.provider("stripe").verify is False
+    assert settings.provider("stripe").dedup_ttl_s == 259200
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("HOOKFLEET_DB_POOL_SIZE", "ten"),
+        ("HOOKFLEET_MAX_BODY_BYTES", "-1"),
+        ("HOOKFLEET_STANDARD_VERIFY", "maybe"),
+        ("HOOKFLEET_REDIS_TIMEOUT_S", "soon"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_task_time_limit_must_stay_below_the_visibility_timeout() -> None:
+    with pytest.raises(ConfigError, match="VISIBILITY_TIMEOUT"):
+        Settings.from_env(
+            {
+                "HOOKFLEET_VISIBILITY_TIMEOUT_S": "300",
+                "HOOKFLEET_TASK_TIME_LIMIT_S": "300",
+            }
+        )

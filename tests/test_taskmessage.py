@@ -1,0 +1,56 @@
+"""The message the receiver pushes is the one Celery's own producer would push."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+from celery import Celery
+
+from ingest.taskmessage import build_task_message
+from models.settings import Settings
+from tests.helpers import queued
+from workers.celery_app import celery_config
+
+
+def test_message_matches_what_celery_send_task_writes(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    app = Celery("reference", set_as_current=False)
+    app.conf.update(celery_config(Settings(broker_url=redis_url, redis_url=redis_url)))
+    kwargs = {"provider": "standard", "event_id": "e1", "payload": "{}"}
+    app.send_task(
+        "hookfleet.process_event",
+        kwargs=kwargs,
+        queue="hookfleet.default",
+        exchange="",
+        routing_key="hookfleet.default",
+        ignore_result=True,
+    )
+    _, ours = build_task_message("hookfleet.process_event", kwargs, "hookfleet.default")
+    redis_client.lpush("hookfleet.default", ours)
+
+    reference, mine = queued(redis_client, "hookfleet.default")
+
+    assert mine.keys() == reference.keys()
+    assert mine["headers"].keys() == reference["headers"].keys()
+    assert mine["properties"].keys() == reference["properties"].keys()
+    assert mine["decoded_body"] == reference["decoded_body"]
+    for key in ("content-type", "content-encoding"):
+        assert mine[key] == reference[key]
+    for key in ("body_encoding", "delivery_mode", "priority", "delivery_info"):
+        assert mine["properties"][key] == reference["properties"][key]
+    same = ("lang", "task", "retries", "timelimit", "eta", "expires", "group", "parent_id")
+    for key in same:
+        assert mine["headers"][key] == reference["headers"][key]
+    assert (
+        mine["headers"]["root_id"] == mine["headers"]["id"] == mine["properties"]["correlation_id"]
+    )
+
+
+def test_kwargsrepr_keeps_the_payload_out_of_monitoring() -> None:
+    _, raw = build_task_message(
+        "t", {"payload": "secret-ish personal data"}, "q", kwargsrepr="{'event_id': 'e'}"
+    )
+
+    assert json.loads(raw)["headers"]["kwargsrepr"] == "{'event_id': 'e'}"

