@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import time
 from typing import Any
 
@@ -24,15 +25,24 @@ from ingest.providers.base import (
 from models.settings import ProviderSettings
 
 QUEUE = "hookfleet.default"
+# Unix seconds, as the spec sends them; anything longer cannot be within tolerance.
+_TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
 
 
 def decode_secret(secret: str) -> bytes:
-    """The key bytes of a ``whsec_<base64>`` secret (the prefix is optional)."""
+    """The key bytes of a ``whsec_<base64>`` secret (the prefix is optional).
+
+    Raises ValueError unless it decodes to 24-64 bytes, as the spec requires: an empty
+    key (``whsec_${UNSET}``) would let anyone sign.
+    """
     encoded = secret.removeprefix("whsec_")
     try:
-        return base64.b64decode(encoded, validate=True)
+        key = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("a Standard Webhooks secret is whsec_ followed by base64") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError(f"a Standard Webhooks secret must be 24-64 bytes, not {len(key)}")
+    return key
 
 
 def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
@@ -54,14 +64,11 @@ def verify_standard_signature(
             "missing_signature",
             "webhook-id, webhook-timestamp and webhook-signature headers are required",
         )
-    try:
-        sent_at = int(timestamp)
-    except ValueError:
-        raise VerificationError(
-            "malformed_signature", "webhook-timestamp is not an integer"
-        ) from None
+    if not _TIMESTAMP.match(timestamp):
+        raise VerificationError("malformed_signature", "webhook-timestamp is not unix seconds")
+    sent_at = int(timestamp)
     now = time.time() if now is None else now
-    if abs(now - sent_at) > tolerance_s:
+    if abs(int(now) - sent_at) > tolerance_s:
         raise VerificationError(
             "timestamp_out_of_tolerance",
             f"webhook-timestamp is more than {tolerance_s} s away from our clock",
