@@ -4,6 +4,7 @@ Imports neither ``ingest`` nor ``workers``; both may import it.
 """
 
 from models.base import Base
+from models.business import Branch, Company
 from models.events import EventStatus, WebhookEvent
 
-__all__ = ["Base", "EventStatus", "WebhookEvent"]
+__all__ = ["Base", "Branch", "Company", "EventStatus", "WebhookEvent"]

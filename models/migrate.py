@@ -31,6 +31,15 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     command.upgrade(alembic_config(settings.database_url), revision)
 
 
+def head() -> str:
+    """The newest revision the migrations in this checkout know."""
+    from alembic.script import ScriptDirectory
+
+    revision = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert revision is not None
+    return revision
+
+
 def current(settings: Settings) -> str | None:
     """The schema revision the database is at, or None when it was never migrated."""
     from alembic.runtime.migration import MigrationContext

@@ -59,8 +59,15 @@ class Settings:
     task_time_limit_s: int = 300
     worker_prefetch_multiplier: int = 4
 
+    # Retell's inbound call waits on us while the phone rings: answer within this, or
+    # answer without an override.
+    inbound_budget_ms: int = 300
+    inbound_cache_ttl_s: int = 60
+    phone_regions: tuple[str, ...] = ("DE", "AT", "CH")
+
     log_level: str = "INFO"
     var_dir: str = "var"
+    routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     providers: Mapping[str, ProviderSettings] = field(default_factory=lambda: MappingProxyType({}))
 
     def provider(self, name: str) -> ProviderSettings:
@@ -95,8 +102,16 @@ class Settings:
             worker_prefetch_multiplier=_int(
                 env, "HOOKFLEET_WORKER_PREFETCH", cls.worker_prefetch_multiplier
             ),
+            inbound_budget_ms=_int(env, "HOOKFLEET_INBOUND_BUDGET_MS", cls.inbound_budget_ms),
+            inbound_cache_ttl_s=_int(env, "HOOKFLEET_INBOUND_CACHE_TTL_S", cls.inbound_cache_ttl_s),
+            phone_regions=tuple(
+                r.strip().upper()
+                for r in (env.get("HOOKFLEET_PHONE_REGIONS") or "DE,AT,CH").split(",")
+                if r.strip()
+            ),
             log_level=(env.get("HOOKFLEET_LOG_LEVEL") or cls.log_level).upper(),
             var_dir=env.get("HOOKFLEET_VAR_DIR") or cls.var_dir,
+            routes=MappingProxyType(_routes(env.get("HOOKFLEET_ROUTES", ""))),
             providers=MappingProxyType(_providers(env)),
         )
         if settings.task_time_limit_s >= settings.visibility_timeout_s:
@@ -127,6 +142,20 @@ def _providers(env: Mapping[str, str]) -> dict[str, ProviderSettings]:
         else:
             values["dedup_ttl_s"] = _int(env, var, 24 * 3600)
     return {name: ProviderSettings(**values) for name, values in found.items()}  # type: ignore[arg-type]
+
+
+def _routes(raw: str) -> dict[str, str]:
+    """``provider[:event_type]=queue`` pairs, comma-separated."""
+    routes = {}
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        key, sep, queue = entry.partition("=")
+        if not sep or not key.strip() or queue.strip() not in QUEUES:
+            raise ConfigError(
+                f"HOOKFLEET_ROUTES entry {entry!r} must be provider[:event_type]=queue "
+                f"with queue one of {', '.join(QUEUES)}"
+            )
+        routes[key.strip()] = queue.strip()
+    return routes
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -13,6 +13,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from models.logs import configure_logging
+from models.phones import configure_regions
 from models.settings import QUEUES, Settings
 
 app = Celery("hookfleet", include=["workers.tasks"], set_as_current=False)
@@ -74,4 +75,5 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def _configure(sender: Celery, **_: Any) -> None:
     settings = Settings.from_env(os.environ)
     configure_logging(settings.log_level)
+    configure_regions(settings.phone_regions)
     sender.conf.update(celery_config(settings))
