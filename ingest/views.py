@@ -7,19 +7,27 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from ingest.dedup import DedupGate, dedup_key
+from ingest.dedup import Admission, DedupGate, dedup_key
 from ingest.errors import ApiError
+from ingest.inbound import InboundDirectory
 from ingest.providers import find_provider
-from ingest.providers.base import Delivery, ShapeError, VerificationError
+from ingest.providers.base import (
+    Delivery,
+    EventIdentity,
+    Provider,
+    ShapeError,
+    VerificationError,
+)
 from ingest.taskmessage import build_task_message
 from models.logs import log_context
-from models.settings import Settings
+from models.settings import ProviderSettings, Settings
 
 PROCESS_EVENT_TASK = "hookfleet.process_event"
 MAX_EVENT_ID = 191  # the width of webhook_events.event_id
@@ -51,6 +59,18 @@ def healthz() -> Response:
     return jsonify(status="ok")
 
 
+@dataclass(frozen=True)
+class Job:
+    """A delivery ready for the dedup gate: its key, queue and Celery message."""
+
+    provider: str
+    event_id: str
+    queue: str
+    dedup_key: str
+    ttl_s: int
+    message: str
+
+
 @bp.post("/webhooks/<provider_name>")
 def receive(provider_name: str) -> tuple[Response, int]:
     """Accept one delivery: check it, claim its key and queue its job, answer.
@@ -58,6 +78,8 @@ def receive(provider_name: str) -> tuple[Response, int]:
     - 202 ``{"status": "accepted", "event_id", "correlation_id"}``: the job is on its
       queue and the key is claimed; it will take effect exactly once.
     - 200 ``{"status": "duplicate", ...}``: seen within the dedup window; nothing queued.
+    - 200 with the provider's answer, for a sender that waits for one (Retell's inbound
+      call): always, within the inbound budget; the event is queued after the answer.
     - 4xx: the delivery is wrong and will stay wrong; nothing queued.
     - 503 with ``Retry-After``: we could not queue it; nothing is left half-claimed,
       so the provider's retry is accepted later.
@@ -66,89 +88,167 @@ def receive(provider_name: str) -> tuple[Response, int]:
     provider = find_provider(provider_name)
     if provider is None:
         raise ApiError(404, "unknown_provider", f"No provider is called {provider_name!r}.")
-    provider_settings = settings.provider(provider.name)
-
+    declared_json = _is_json(request.mimetype)
+    if not declared_json and provider.requires_json_content_type:
+        raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
     delivery = _read_delivery(settings.max_body_bytes)
-    if provider_settings.verify:
-        if not provider_settings.secrets:
-            raise ApiError(
-                503,
-                "provider_not_configured",
-                f"No secret is configured for {provider.name}; set "
-                f"HOOKFLEET_{provider.name.upper()}_SECRETS (or _VERIFY=off for trials).",
-            )
-        try:
-            provider.verify(delivery, provider_settings)
-        except VerificationError as error:
-            log.warning(
-                "rejected delivery", extra={"provider": provider.name, "reason": error.code}
-            )
-            raise ApiError(401, error.code, error.message) from None
-
-    payload, text = _parse_object(delivery.body)
+    _verify(provider, delivery, settings.provider(provider.name))
+    try:
+        payload, text = _parse_object(delivery.body)
+    except ApiError as error:
+        if declared_json:
+            raise
+        # The sender chose another content type (a Cal.com custom payload template):
+        # authentic, but not a shape we can use.
+        raise ApiError(
+            422,
+            "unknown_shape",
+            f"{error.message} The body was sent as {request.mimetype or 'no content type'}; "
+            f"{provider.name} deliveries must be a JSON object (check any custom template).",
+        ) from None
     try:
         identity = provider.identify(delivery, payload)
     except ShapeError as error:
         raise ApiError(422, "unknown_shape", str(error)) from None
-    event_id = identity.event_id
-    if len(event_id) > MAX_EVENT_ID:
-        event_id = "blake2b:" + dedup_key("", event_id).rsplit(":", 1)[1]
-
-    correlation_id: str = g.correlation_id
-    received_at = datetime.fromtimestamp(delivery.received_at, UTC).isoformat()
-    _, message = build_task_message(
-        PROCESS_EVENT_TASK,
+    job = _job(provider, delivery, identity, text, settings)
+    log_context.set(
         {
-            "provider": provider.name,
-            "event_id": event_id,
-            "event_type": identity.event_type,
-            "queue": identity.queue,
-            "correlation_id": correlation_id,
-            "received_at": received_at,
-            "headers": provider.headers_to_record(delivery),
-            "payload": text,
-        },
-        identity.queue,
-        kwargsrepr=f"{{'provider': {provider.name!r}, 'event_id': {event_id!r}}}",
-        extra_headers={"hookfleet_correlation_id": correlation_id},
+            **(log_context.get() or {}),
+            "provider": job.provider,
+            "event_id": job.event_id,
+            "queue": job.queue,
+        }
     )
-    gate: DedupGate = current_app.extensions["hookfleet_gate"]
-    context = {"provider": provider.name, "event_id": event_id, "queue": identity.queue}
-    try:
-        admission = gate.admit(
-            dedup_key(provider.name, event_id),
-            correlation_id,
-            provider_settings.dedup_ttl_s,
-            identity.queue,
-            message,
-        )
-    except redis.RedisError as error:
-        log.error("could not enqueue", extra={**context, "error": type(error).__name__})
-        raise ApiError(
-            503,
-            "queue_unavailable",
-            "The queue is unavailable; the delivery was not accepted. Retry later.",
-            {"Retry-After": str(settings.retry_after_s)},
-        ) from None
+    if identity.inline:
+        return _answer_inline(provider, payload, identity, job)
 
+    admission = _admit(job, settings.retry_after_s)
     outcome = "accepted" if admission.accepted else "duplicate"
-    duration_ms = round((time.perf_counter() - g.started) * 1000, 2)
-    log.info(outcome, extra={**context, "outcome": outcome, "duration_ms": duration_ms})
+    log.info(outcome, extra={"outcome": outcome, "duration_ms": _elapsed_ms()})
     body: dict[str, Any] = {
         "status": outcome,
-        "event_id": event_id,
-        "correlation_id": correlation_id,
+        "event_id": job.event_id,
+        "correlation_id": g.correlation_id,
     }
     if not admission.accepted:
         body["original_correlation_id"] = admission.prior_claim
     return jsonify(body), 202 if admission.accepted else 200
 
 
+def _verify(provider: Provider, delivery: Delivery, settings: ProviderSettings) -> None:
+    """401 unless the delivery is authentic; 503 when we cannot tell (no secret)."""
+    if not settings.verify:
+        return
+    if not settings.secrets:
+        raise ApiError(
+            503,
+            "provider_not_configured",
+            f"No secret is configured for {provider.name}; set "
+            f"HOOKFLEET_{provider.name.upper()}_SECRETS (or _VERIFY=off for trials).",
+        )
+    try:
+        provider.verify(delivery, settings)
+    except VerificationError as error:
+        log.warning("rejected delivery", extra={"provider": provider.name, "reason": error.code})
+        raise ApiError(401, error.code, error.message) from None
+
+
+def _job(
+    provider: Provider,
+    delivery: Delivery,
+    identity: EventIdentity,
+    text: str,
+    settings: Settings,
+) -> Job:
+    queue = current_app.extensions["hookfleet_router"].queue_for(provider.name, identity.event_type)
+    event_id = identity.event_id
+    if len(event_id) > MAX_EVENT_ID:
+        event_id = "blake2b:" + dedup_key("", event_id).rsplit(":", 1)[1]
+    correlation_id: str = g.correlation_id
+    _, message = build_task_message(
+        PROCESS_EVENT_TASK,
+        {
+            "provider": provider.name,
+            "event_id": event_id,
+            "event_type": identity.event_type,
+            "queue": queue,
+            "correlation_id": correlation_id,
+            "received_at": datetime.fromtimestamp(delivery.received_at, UTC).isoformat(),
+            "headers": provider.headers_to_record(delivery),
+            "payload": text,
+        },
+        queue,
+        kwargsrepr=f"{{'provider': {provider.name!r}, 'event_id': {event_id!r}}}",
+        extra_headers={"hookfleet_correlation_id": correlation_id},
+    )
+    return Job(
+        provider=provider.name,
+        event_id=event_id,
+        queue=queue,
+        dedup_key=dedup_key(provider.name, event_id),
+        ttl_s=settings.provider(provider.name).dedup_ttl_s,
+        message=message,
+    )
+
+
+def _admit(job: Job, retry_after_s: int) -> Admission:
+    """Claim and enqueue; 503 with Retry-After when Redis cannot do it."""
+    gate: DedupGate = current_app.extensions["hookfleet_gate"]
+    try:
+        return gate.admit(job.dedup_key, g.correlation_id, job.ttl_s, job.queue, job.message)
+    except redis.RedisError as error:
+        log.error("could not enqueue", extra={"error": type(error).__name__})
+        raise ApiError(
+            503,
+            "queue_unavailable",
+            "The queue is unavailable; the delivery was not accepted. Retry later.",
+            {"Retry-After": str(retry_after_s)},
+        ) from None
+
+
+def _answer_inline(
+    provider: Provider, payload: dict[str, Any], identity: EventIdentity, job: Job
+) -> tuple[Response, int]:
+    """Answer the waiting sender first, then queue the event for the record.
+
+    The answer never fails (an empty answer is always valid). Queueing happens once the
+    response is on its way; if Redis is down then, the answer stands and the failure
+    is logged: the call's own events (call_started, call_ended) carry it on.
+    """
+    directory: InboundDirectory = current_app.extensions["hookfleet_inbound"]
+    try:
+        answer = provider.answer(payload, identity, directory)
+    except Exception as error:  # noqa: BLE001 (a waiting phone must get an answer)
+        log.error("inline answer failed", extra={"error": type(error).__name__})
+        answer = provider.empty_answer(identity)
+    log.info("answered inline", extra={"outcome": "answered", "duration_ms": _elapsed_ms()})
+    response = jsonify(answer)
+    gate: DedupGate = current_app.extensions["hookfleet_gate"]
+    correlation_id = g.correlation_id
+
+    def record() -> None:
+        try:
+            gate.admit(job.dedup_key, correlation_id, job.ttl_s, job.queue, job.message)
+        except redis.RedisError as error:
+            log.error(
+                "could not record inline event",
+                extra={"error": type(error).__name__, "event_id": job.event_id},
+            )
+
+    response.call_on_close(record)
+    return response, 200
+
+
+def _elapsed_ms() -> float:
+    return round((time.perf_counter() - g.started) * 1000, 2)
+
+
+def _is_json(mimetype: str) -> bool:
+    return mimetype == "application/json" or mimetype.endswith("+json")
+
+
 def _read_delivery(limit: int) -> Delivery:
-    """The raw body, refused early when it is not JSON or too large."""
-    mimetype = request.mimetype
-    if mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
+    """The raw body, refused early when it is too large (without reading the rest)."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "body_too_large", f"The body exceeds {limit} bytes.")
     body = _read_at_most(limit + 1)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from ingest.providers import standard
+from ingest.providers import calcom, retell, standard, stripe
 from ingest.providers.base import Provider
 
 REGISTRY: dict[str, Provider] = {
+    "retell": retell.PROVIDER,
+    "calcom": calcom.PROVIDER,
+    "stripe": stripe.PROVIDER,
     "standard": standard.PROVIDER,
 }
 

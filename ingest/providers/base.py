@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.settings import ProviderSettings
+
+if TYPE_CHECKING:
+    from ingest.inbound import InboundDirectory
 
 
 @dataclass(frozen=True)
@@ -21,11 +24,15 @@ class Delivery:
 
 @dataclass(frozen=True)
 class EventIdentity:
-    """What the receiver needs to dedup and route: key, type, queue."""
+    """What the receiver needs to dedup and route a delivery.
+
+    ``inline``: the sender waits for an answer in the response (Retell's inbound call);
+    the provider's ``answer()`` gives it, and the event is still queued and recorded.
+    """
 
     event_id: str
     event_type: str
-    queue: str
+    inline: bool = False
 
 
 class VerificationError(Exception):
@@ -45,6 +52,9 @@ class Provider:
     """A provider is one subclass in one module; the registry maps its URL name to it."""
 
     name: str = ""
+    # False where the sender lets users change the content type (Cal.com's custom
+    # payload templates): the body is then verified and judged by its bytes.
+    requires_json_content_type: bool = True
     # Headers kept with the event (never signatures or anything secret).
     recorded_headers: tuple[str, ...] = ("content-type", "user-agent")
 
@@ -56,8 +66,18 @@ class Provider:
         raise NotImplementedError
 
     def identify(self, delivery: Delivery, payload: dict[str, Any]) -> EventIdentity:
-        """Idempotency key, event type and queue; raise ShapeError for foreign shapes."""
+        """Idempotency key and event type; raise ShapeError for foreign shapes."""
         raise NotImplementedError
+
+    def answer(
+        self, payload: dict[str, Any], identity: EventIdentity, directory: InboundDirectory
+    ) -> dict[str, Any]:
+        """The synchronous reply for an ``inline`` event. Only Retell has one."""
+        return self.empty_answer(identity)
+
+    def empty_answer(self, identity: EventIdentity) -> dict[str, Any]:
+        """A reply that is always valid: the sender falls back to its defaults."""
+        return {}
 
     def headers_to_record(self, delivery: Delivery) -> dict[str, str]:
         return {h: delivery.headers[h] for h in self.recorded_headers if h in delivery.headers}

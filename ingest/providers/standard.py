@@ -24,7 +24,6 @@ from ingest.providers.base import (
 )
 from models.settings import ProviderSettings
 
-QUEUE = "hookfleet.default"
 # Unix seconds, as the spec sends them; anything longer cannot be within tolerance.
 _TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
 
@@ -104,7 +103,6 @@ class StandardWebhooks(Provider):
         return EventIdentity(
             event_id=delivery.headers.get("webhook-id") or body_digest(delivery.body),
             event_type=event_type if isinstance(event_type, str) else "",
-            queue=QUEUE,
         )
 
 

@@ -1,0 +1,174 @@
+"""Retell AI (voice and chat agents): ``POST /webhooks/retell``.
+
+``x-retell-signature: v=<unix_ms>,d=<hex>``, ``d`` the hex HMAC-SHA256 under the Retell
+API key of the raw body followed directly by the decimal millisecond timestamp (as the
+Retell SDK's ``verify`` checks it). Tolerance: ``tolerance_s`` (5 minutes by default).
+
+Retell sends no event id. The key for a call's once-per-call events (``call_started``,
+``call_ended``, ``call_analyzed`` and their chat twins) is ``f"{call_id}:{event}"``, so
+``call_ended`` sent twice is one event and ``call_analyzed`` after it another. Events that
+recur within one call (``transcript_updated``, ``transfer_*``) add the body's SHA-256 to
+that key: an identical re-send dedups, the next update does not. ``call_inbound`` and
+``chat_inbound`` come before any call id exists; they are answered in-line (see
+``EventIdentity.inline``) and keyed by event and body digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from ingest.providers.base import (
+    Delivery,
+    EventIdentity,
+    Provider,
+    ShapeError,
+    VerificationError,
+    body_digest,
+)
+from models.settings import ProviderSettings
+
+if TYPE_CHECKING:
+    from ingest.inbound import InboundDirectory
+
+HEADER = "x-retell-signature"
+INLINE_EVENTS = frozenset({"call_inbound", "chat_inbound"})
+ONCE_PER_CALL = frozenset(
+    {"call_started", "call_ended", "call_analyzed", "chat_started", "chat_ended", "chat_analyzed"}
+)
+# Unix milliseconds (13 digits today); the bound keeps a hostile header from becoming a
+# huge integer, and nothing longer could be within tolerance anyway.
+_TIMESTAMP_MS = re.compile(r"^[0-9]{1,15}$")
+_HEX_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def _digest(api_key: str, body: bytes, timestamp_ms: int) -> str:
+    message = body + str(timestamp_ms).encode()
+    return hmac.new(api_key.encode(), message, hashlib.sha256).hexdigest()
+
+
+def sign(api_key: str, body: bytes, timestamp_ms: int) -> str:
+    """The full ``x-retell-signature`` value Retell sends: ``v=<unix_ms>,d=<hex>``."""
+    return f"v={timestamp_ms},d={_digest(api_key, body, timestamp_ms)}"
+
+
+def verify_retell_signature(
+    delivery: Delivery, secrets: tuple[str, ...], tolerance_s: int, now: float | None = None
+) -> None:
+    """Raise VerificationError unless ``d`` matches one API key and ``v`` is recent.
+
+    Codes: ``missing_signature``, ``malformed_signature`` (no ``v`` or ``d``, ``v`` not
+    1-15 digits, ``d`` not 64 hex digits), ``timestamp_out_of_tolerance``
+    (``|now_ms - v| > tolerance_s * 1000``), ``invalid_signature``.
+    """
+    header = delivery.headers.get(HEADER, "")
+    if not header:
+        raise VerificationError("missing_signature", "the x-retell-signature header is required")
+    parts: dict[str, list[str]] = {}
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        parts.setdefault(key, []).append(value)
+    sent, offered = parts.get("v", []), parts.get("d", [])
+    if len(sent) != 1 or len(offered) != 1:
+        raise VerificationError(
+            "malformed_signature", "x-retell-signature must be v=<unix ms>,d=<hex>"
+        )
+    if not _TIMESTAMP_MS.match(sent[0]):
+        raise VerificationError("malformed_signature", "x-retell-signature v is not unix ms")
+    if not _HEX_SHA256.match(offered[0]):
+        raise VerificationError("malformed_signature", "x-retell-signature d is not hex SHA-256")
+    sent_at_ms = int(sent[0])
+    now_ms = int((time.time() if now is None else now) * 1000)
+    if abs(now_ms - sent_at_ms) > tolerance_s * 1000:
+        raise VerificationError(
+            "timestamp_out_of_tolerance",
+            f"the x-retell-signature timestamp is more than {tolerance_s} s from our clock",
+        )
+    candidate = offered[0].lower().encode()
+    matched = False
+    for api_key in secrets:
+        # Every key is compared, in constant time, whatever matched before.
+        expected = _digest(api_key, delivery.body, sent_at_ms).encode()
+        matched |= hmac.compare_digest(expected, candidate)
+    if not matched:
+        raise VerificationError("invalid_signature", "the signature matches no configured key")
+
+
+class Retell(Provider):
+    name = "retell"
+
+    def verify(self, delivery: Delivery, settings: ProviderSettings) -> None:
+        verify_retell_signature(delivery, settings.secrets, settings.tolerance_s)
+
+    def identify(self, delivery: Delivery, payload: dict[str, Any]) -> EventIdentity:
+        """Raises ShapeError unless ``event`` is a non-empty string and the object the
+        event is about (``call_inbound``, ``call`` or ``chat``) is there."""
+        event = payload.get("event")
+        if not isinstance(event, str) or not event:
+            raise ShapeError("A Retell webhook needs a non-empty string 'event'.")
+        if event in INLINE_EVENTS:
+            return self._identify_inline(delivery, payload, event)
+        return self._identify_async(delivery, payload, event)
+
+    def _identify_inline(
+        self, delivery: Delivery, payload: dict[str, Any], event: str
+    ) -> EventIdentity:
+        if not isinstance(payload.get(event), dict):
+            raise ShapeError(f"A Retell {event} webhook needs an object under {event!r}.")
+        # No call id exists yet: the body is the only identity.
+        return EventIdentity(
+            event_id=f"{event}:{body_digest(delivery.body)}", event_type=event, inline=True
+        )
+
+    def _identify_async(
+        self, delivery: Delivery, payload: dict[str, Any], event: str
+    ) -> EventIdentity:
+        subject = "chat" if event.startswith("chat_") else "call"
+        about = payload.get(subject)
+        if not isinstance(about, dict):
+            raise ShapeError(f"A Retell {event} webhook needs an object under {subject!r}.")
+        subject_id = about.get(f"{subject}_id")
+        if not isinstance(subject_id, str) or not subject_id:
+            event_id = body_digest(delivery.body)
+        elif event in ONCE_PER_CALL:
+            event_id = f"{subject_id}:{event}"
+        else:
+            event_id = f"{subject_id}:{event}:{body_digest(delivery.body)}"
+        return EventIdentity(event_id=event_id, event_type=event)
+
+    def answer(
+        self, payload: dict[str, Any], identity: EventIdentity, directory: InboundDirectory
+    ) -> dict[str, Any]:
+        """``{"call_inbound": {"override_agent_id", "dynamic_variables", "metadata"}}``
+        for a number an active branch owns; ``{"call_inbound": {}}`` otherwise, which
+        lets Retell use the number's default agent. ``chat_inbound`` alike."""
+        event = identity.event_type
+        details = payload[event]
+        contact = directory.find(_text(details.get("to_number")))
+        if contact is None:
+            return self.empty_answer(identity)
+        reply: dict[str, Any] = {
+            "dynamic_variables": {
+                "company_name": contact.company_name,
+                "branch_name": contact.branch_name,
+                "branch_timezone": contact.timezone,
+                "caller_number": _text(details.get("from_number")),
+            },
+            "metadata": {"company_id": contact.company_id, "branch_id": contact.branch_id},
+        }
+        if contact.agent_id:
+            reply["override_agent_id"] = contact.agent_id
+        return {event: reply}
+
+    def empty_answer(self, identity: EventIdentity) -> dict[str, Any]:
+        return {identity.event_type: {}}
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+PROVIDER = Retell()

@@ -1,0 +1,31 @@
+"""Which queue a delivery goes to: the one routing table, overridable by env.
+
+``HOOKFLEET_ROUTES`` adds or replaces entries, comma-separated: ``provider=queue`` for
+all of a provider's events, ``provider:event_type=queue`` for one type, e.g.
+``HOOKFLEET_ROUTES="stripe=hookfleet.low,retell:transcript_updated=hookfleet.low"``.
+Replays and bulk work go to ``hookfleet.low`` from the CLI, never through this table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+HIGH, DEFAULT, LOW = "hookfleet.high", "hookfleet.default", "hookfleet.low"
+
+ROUTES: Mapping[str, str] = {
+    # A voice call is happening now: its events jump the queue.
+    "retell": HIGH,
+    "calcom": DEFAULT,
+    "stripe": DEFAULT,
+    "standard": DEFAULT,
+}
+
+
+class Router:
+    """Looks up ``provider:event_type``, then ``provider``, then ``hookfleet.default``."""
+
+    def __init__(self, overrides: Mapping[str, str] | None = None) -> None:
+        self._routes = {**ROUTES, **(overrides or {})}
+
+    def queue_for(self, provider: str, event_type: str) -> str:
+        return self._routes.get(f"{provider}:{event_type}") or self._routes.get(provider) or DEFAULT
