@@ -19,9 +19,12 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     a mapping is read as environment variables. Opens no connection."""
     from ingest.dedup import DedupGate
     from ingest.errors import register_error_handlers
+    from ingest.inbound import InboundDirectory
     from ingest.providers import REGISTRY
+    from ingest.routing import Router
     from ingest.views import bp
     from models.logs import configure_logging
+    from models.phones import configure_regions
 
     if settings is None:
         settings = Settings.from_env(os.environ)
@@ -31,6 +34,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
         provider.check_settings(settings.provider(provider.name))
 
     configure_logging(settings.log_level)
+    configure_regions(settings.phone_regions)
     app = Flask("hookfleet")
     app.config["HOOKFLEET_SETTINGS"] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -48,6 +52,8 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     app.extensions["hookfleet_gate"] = DedupGate(
         dedup, broker, same_server=settings.dedup_on_broker
     )
+    app.extensions["hookfleet_router"] = Router(settings.routes)
+    app.extensions["hookfleet_inbound"] = InboundDirectory(settings, dedup)
     register_error_handlers(app)
     app.register_blueprint(bp)
     return app

@@ -1,0 +1,170 @@
+"""Who answers a dialled number: the receiver's one synchronous database lookup.
+
+A caller's phone rings while Retell waits for our answer, so :meth:`InboundDirectory.find`
+never fails and never waits past its budget: on a timeout, an unknown number or any
+error it returns None, and the provider answers without an override (Retell then uses
+the number's default agent). Answers are cached in the process and in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict, dataclass
+from time import monotonic
+
+import redis
+from sqlalchemy import Engine, select
+
+from models.business import Branch, Company
+from models.engine import make_engine
+from models.phones import normalize_phone
+from models.settings import Settings
+
+log = logging.getLogger("hookfleet.ingest.inbound")
+
+REDIS_PREFIX = "hookfleet:inbound:"
+LOCAL_ENTRIES = 4096
+# An unknown number is remembered briefly, so a branch added a moment ago is found soon.
+UNKNOWN_TTL_S = 10
+_MISS = object()
+
+
+@dataclass(frozen=True)
+class BranchContact:
+    """What an inbound answer needs about the branch that owns a number."""
+
+    company_id: int
+    company_name: str
+    branch_id: int
+    branch_name: str
+    agent_id: str | None
+    timezone: str
+
+
+class InboundDirectory:
+    """Dialled number → active branch, cached, within ``settings.inbound_budget_ms``."""
+
+    def __init__(self, settings: Settings, cache: redis.Redis) -> None:
+        self._settings = settings
+        self._cache = cache
+        self._budget_s = settings.inbound_budget_ms / 1000
+        self._local: OrderedDict[str, tuple[float, BranchContact | None]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._engine: Engine | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def find(self, number: str) -> BranchContact | None:
+        """The branch for ``number`` (any spelling); None when unknown or not in time."""
+        phone = normalize_phone(number, self._settings.phone_regions)
+        if not phone.valid:
+            return None
+        cached = self._local_get(phone.value)
+        if cached is not _MISS:
+            return cached  # type: ignore[return-value]
+        started = monotonic()
+        future = self._executor().submit(self._lookup, phone.value)
+        try:
+            contact = future.result(timeout=self._budget_s)
+        except FutureTimeout:
+            log.warning("inbound lookup over budget", extra={"budget_ms": self._budget_s * 1000})
+            return None
+        except Exception as error:  # noqa: BLE001 (the phone must never ring into an error)
+            log.error("inbound lookup failed", extra={"error": type(error).__name__})
+            return None
+        log.debug("inbound lookup", extra={"ms": round((monotonic() - started) * 1000, 2)})
+        self._local_put(phone.value, contact)
+        return contact
+
+    def _lookup(self, e164: str) -> BranchContact | None:
+        key = REDIS_PREFIX + e164
+        try:
+            raw = self._cache.get(key)
+        except redis.RedisError:
+            raw = None
+        if raw is not None:
+            data = json.loads(raw)
+            return None if data is None else BranchContact(**data)
+        contact = self._query(e164)
+        try:
+            ttl = self._settings.inbound_cache_ttl_s if contact else UNKNOWN_TTL_S
+            self._cache.set(key, json.dumps(contact and asdict(contact)), ex=ttl)
+        except redis.RedisError:
+            pass  # the cache is an optimisation; the answer stands without it
+        return contact
+
+    def _query(self, e164: str) -> BranchContact | None:
+        statement = (
+            select(
+                Company.id,
+                Company.name,
+                Branch.id,
+                Branch.name,
+                Branch.retell_agent_id,
+                Branch.timezone,
+            )
+            .join(Company, Branch.company_id == Company.id)
+            .where(Branch.phone == e164, Branch.is_active.is_(True))
+            .order_by(Branch.id)
+            .limit(1)
+        )
+        with self._db().connect() as connection:
+            row = connection.execute(statement).first()
+        if row is None:
+            return None
+        return BranchContact(*row)
+
+    def _local_get(self, e164: str) -> BranchContact | object | None:
+        with self._lock:
+            entry = self._local.get(e164)
+            if entry is None:
+                return _MISS
+            expires, contact = entry
+            if expires < monotonic():
+                del self._local[e164]
+                return _MISS
+            self._local.move_to_end(e164)
+            return contact
+
+    def _local_put(self, e164: str, contact: BranchContact | None) -> None:
+        # The in-process entry lives briefly: the Redis entry is the one that is shared.
+        ttl = min(5, self._settings.inbound_cache_ttl_s) if contact else UNKNOWN_TTL_S / 2
+        with self._lock:
+            self._local[e164] = (monotonic() + ttl, contact)
+            self._local.move_to_end(e164)
+            while len(self._local) > LOCAL_ENTRIES:
+                self._local.popitem(last=False)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        self._for_this_process()
+        assert self._pool is not None
+        return self._pool
+
+    def _db(self) -> Engine:
+        self._for_this_process()
+        assert self._engine is not None
+        return self._engine
+
+    def _for_this_process(self) -> None:
+        """Threads and connections do not survive a fork: build them per process."""
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            small = Settings(
+                database_url=self._settings.database_url,
+                db_pool_size=2,
+                db_max_overflow=2,
+                db_pool_timeout_s=self._budget_s,
+                db_pool_pre_ping=True,
+            )
+            self._engine = make_engine(small, io_timeout_s=1)
+            self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="inbound")
+            self._pid = os.getpid()
