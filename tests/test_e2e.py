@@ -4,16 +4,22 @@ real Redis, real MariaDB. What a provider sees, and what lands in the database."
 from __future__ import annotations
 
 import http.client
+import json
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
+from ingest.providers import calcom, retell, standard, stripe
+from models.business import Branch, Company
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
@@ -30,17 +36,19 @@ def mariadb_url(mariadb_server: MariaDBServer) -> str:
     return url
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, redis_url: str, mariadb_url: str) -> Iterator[Processes]:
+@contextmanager
+def running_fleet(
+    tmp_path: Path, redis_url: str, database_url: str, **env: str
+) -> Iterator[Processes]:
     processes = Processes.for_servers(
         tmp_path / "fleet",
         HOOKFLEET_REDIS_URL=redis_url,
-        HOOKFLEET_DATABASE_URL=mariadb_url,
-        HOOKFLEET_STANDARD_VERIFY="off",
+        HOOKFLEET_DATABASE_URL=database_url,
         HOOKFLEET_VISIBILITY_TIMEOUT_S="60",
         HOOKFLEET_TASK_TIME_LIMIT_S="30",
         WEB_CONCURRENCY="2",
         HOOKFLEET_WORKER_CONCURRENCY="2",
+        **env,
     )
     for name in ("web", "worker_high", "worker_default", "worker_low", "beat"):
         processes.start(name)
@@ -49,6 +57,12 @@ def fleet(tmp_path: Path, redis_url: str, mariadb_url: str) -> Iterator[Processe
         yield processes
     finally:
         processes.stop_all()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, redis_url: str, mariadb_url: str) -> Iterator[Processes]:
+    with running_fleet(tmp_path, redis_url, mariadb_url, HOOKFLEET_STANDARD_VERIFY="off") as p:
+        yield p
 
 
 @pytest.fixture
@@ -137,3 +151,165 @@ def test_correlation_id_reaches_the_worker_log(fleet: Processes, engine: Engine)
     wait_until(lambda: "trace-abc-123" in fleet.log("worker_default"), 30, "worker log line")
     line = next(x for x in fleet.log("worker_default").splitlines() if "trace-abc-123" in x)
     assert '"event_id": "corr-check"' in line
+
+
+SECRETS = {
+    "standard": "whsec_" + "c2VjcmV0LWZvci10aGUtZW5kLXRvLWVuZC10ZXN0cw==",
+    "stripe": "whsec_stripe_e2e_secret",
+    "calcom": "calcom-e2e-secret",
+    "retell": "key_retell_e2e",
+}
+
+
+def signed_deliveries() -> list[tuple[str, bytes, dict[str, str], str, str]]:
+    """(provider, body, headers, expected event_id, expected queue), signed for real."""
+    now = int(time.time())
+    stripe_body = json.dumps(
+        {
+            "id": "evt_e2e_1",
+            "object": "event",
+            "type": "invoice.paid",
+            "data": {"object": {"id": "in_1"}},
+        }
+    ).encode()
+    calcom_body = json.dumps(
+        {
+            "triggerEvent": "BOOKING_CREATED",
+            "createdAt": "2026-11-23T08:00:00Z",
+            "payload": {
+                "uid": "bk_e2e_1",
+                "title": "Haircut",
+                "startTime": "2026-11-24T09:00:00Z",
+                "endTime": "2026-11-24T09:30:00Z",
+                "attendees": [],
+                "eventTypeId": 7,
+            },
+        }
+    ).encode()
+    retell_body = json.dumps(
+        {
+            "event": "call_ended",
+            "call": {
+                "call_id": "call_e2e_1",
+                "call_status": "ended",
+                "direction": "inbound",
+                "from_number": "+4915112345678",
+                "to_number": "+49301234567",
+            },
+        }
+    ).encode()
+    standard_body = json.dumps({"type": "user.created", "data": {"id": 1}}).encode()
+    return [
+        (
+            "stripe",
+            stripe_body,
+            {"Stripe-Signature": stripe.sign(SECRETS["stripe"], now, stripe_body)},
+            "evt_e2e_1",
+            "hookfleet.default",
+        ),
+        (
+            "calcom",
+            calcom_body,
+            {"X-Cal-Signature-256": calcom.sign(SECRETS["calcom"], calcom_body)},
+            "BOOKING_CREATED:bk_e2e_1:2026-11-24T09:00:00Z",
+            "hookfleet.default",
+        ),
+        (
+            "retell",
+            retell_body,
+            {"x-retell-signature": retell.sign(SECRETS["retell"], retell_body, now * 1000)},
+            "call_e2e_1:call_ended",
+            "hookfleet.high",
+        ),
+        (
+            "standard",
+            standard_body,
+            {
+                "webhook-id": "msg_e2e_1",
+                "webhook-timestamp": str(now),
+                "webhook-signature": standard.sign(
+                    SECRETS["standard"], "msg_e2e_1", now, standard_body
+                ),
+            },
+            "msg_e2e_1",
+            "hookfleet.default",
+        ),
+    ]
+
+
+def test_every_provider_lands_in_webhook_events_with_its_key_and_queue(
+    tmp_path: Path, redis_url: str, mariadb_url: str, engine: Engine
+) -> None:
+    env = {f"HOOKFLEET_{p.upper()}_SECRETS": s for p, s in SECRETS.items()}
+    deliveries = signed_deliveries()
+    with running_fleet(tmp_path, redis_url, mariadb_url, **env) as fleet:
+        for provider, body, headers, event_id, _queue in deliveries:
+            status, _, answer = request(
+                fleet.base_url, "POST", f"/webhooks/{provider}", body, headers
+            )
+            assert (status, answer["event_id"]) == (202, event_id), (provider, answer)
+
+        def all_processed() -> bool:
+            with engine.connect() as connection:
+                done = connection.scalar(
+                    select(func.count()).where(WebhookEvent.status == EventStatus.PROCESSED)
+                )
+            return done == len(deliveries)
+
+        wait_until(all_processed, 60, "one processed row per provider", interval=0.5)
+
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(WebhookEvent.provider, WebhookEvent.event_id, WebhookEvent.queue)
+        ).all()
+    assert sorted(tuple(r) for r in rows) == sorted(
+        (provider, event_id, queue) for provider, _, _, event_id, queue in deliveries
+    )
+
+
+def test_inbound_call_is_answered_in_line_and_then_recorded(
+    tmp_path: Path, redis_url: str, mariadb_url: str, engine: Engine
+) -> None:
+    with Session(engine) as session:
+        company = Company(name="Praxis Dr. Berg")
+        session.add(
+            Branch(
+                company=company,
+                name="Zentrum",
+                phone="+49 30 1234567",
+                retell_agent_id="agent_zentrum",
+            )
+        )
+        session.commit()
+    body = json.dumps(
+        {
+            "event": "call_inbound",
+            "call_inbound": {"from_number": "+4915112345678", "to_number": "030 1234567"},
+        }
+    ).encode()
+    signature = retell.sign(SECRETS["retell"], body, int(time.time() * 1000))
+
+    with running_fleet(
+        tmp_path, redis_url, mariadb_url, HOOKFLEET_RETELL_SECRETS=SECRETS["retell"]
+    ) as fleet:
+        status, _, answer = request(
+            fleet.base_url, "POST", "/webhooks/retell", body, {"x-retell-signature": signature}
+        )
+
+        assert status == 200
+        assert answer["call_inbound"]["override_agent_id"] == "agent_zentrum"
+        assert answer["call_inbound"]["dynamic_variables"]["company_name"] == "Praxis Dr. Berg"
+
+        def recorded() -> bool:
+            with engine.connect() as connection:
+                return (
+                    connection.execute(
+                        select(WebhookEvent.queue).where(
+                            WebhookEvent.event_type == "call_inbound",
+                            WebhookEvent.status == EventStatus.PROCESSED,
+                        )
+                    ).first()
+                    is not None
+                )
+
+        wait_until(recorded, 60, "the inbound event to be recorded", interval=0.3)
