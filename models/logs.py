@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+from typing import IO
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -27,13 +28,9 @@ class _ContextFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send ``hookfleet.*`` loggers to stdout as JSON lines. Safe to call twice."""
-    logger = logging.getLogger("hookfleet")
-    logger.setLevel(level)
-    if any(getattr(h, "_hookfleet", False) for h in logger.handlers):
-        return
-    handler = logging.StreamHandler(sys.stdout)
+def json_handler(stream: IO[str]) -> logging.Handler:
+    """A handler writing JSON lines, with the delivery's context, to ``stream``."""
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         JsonFormatter(
             "{asctime}{levelname}{name}{message}",
@@ -42,6 +39,16 @@ def configure_logging(level: str = "INFO") -> None:
         )
     )
     handler.addFilter(_ContextFilter())
+    return handler
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send ``hookfleet.*`` loggers to stdout as JSON lines. Safe to call twice."""
+    logger = logging.getLogger("hookfleet")
+    logger.setLevel(level)
+    if any(getattr(h, "_hookfleet", False) for h in logger.handlers):
+        return
+    handler = json_handler(sys.stdout)
     handler._hookfleet = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.propagate = False

@@ -3,9 +3,12 @@ through the app, against a real Redis."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +22,7 @@ from hypothesis import strategies as st
 from ingest import create_app
 from ingest.providers import calcom, retell, stripe
 from ingest.providers.base import Delivery, ShapeError, VerificationError, body_digest
+from models.logs import json_handler
 from tests.helpers import dedup_keys, queued, total_queued
 
 STRIPE_SECRET = "whsec_3kTq9vPz7LmN2xR8wY4bC6dF1gH5jK0s"
@@ -880,3 +884,45 @@ def test_other_providers_refuse_a_non_json_content_type_415(
     )
 
     assert_error(response, redis_client, 415, "unsupported_media_type")
+
+
+# --- What the logs say, and what they never say ---------------------------------------------
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """Every hookfleet log line written while the test runs, as the receiver writes it."""
+    stream = io.StringIO()
+    handler = json_handler(stream)
+    logger = logging.getLogger("hookfleet")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@by_sender
+def test_logs_give_the_reason_and_correlation_id_and_never_a_secret_or_signature(
+    make_app: Callable[..., Flask], json_log: io.StringIO, sender: Sender
+) -> None:
+    client = make_app(sender, sender.secret, sender.new_secret).test_client()
+    good = sender.headers(sender.body)
+    forged = sender.headers(sender.body, secret=WRONG_SECRET)
+
+    accepted = post(client, sender, sender.body, {**good, "X-Request-ID": "req-good"})
+    rejected = post(client, sender, sender.body, {**forged, "X-Request-ID": "req-forged"})
+
+    assert (accepted.status_code, rejected.status_code) == (202, 401)
+    lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
+    rejections = [line for line in lines if line.get("correlation_id") == "req-forged"]
+    assert any(line.get("reason") == "invalid_signature" for line in rejections), lines
+    text = json_log.getvalue()
+    for secret in (sender.secret, sender.new_secret, WRONG_SECRET):
+        assert secret not in text
+    for value in (*good.values(), *forged.values()):
+        for digest in re.findall(r"[0-9a-fA-F]{64}", value):
+            assert digest not in text
