@@ -1,10 +1,25 @@
-"""Hookfleet's record: SQLAlchemy 2.0 typed models, the engine factory and migrations.
+"""Typed SQLAlchemy models, the engine factory, migrations, settings and logging.
 
 Imports neither ``ingest`` nor ``workers``; both may import it.
 """
 
+from models.appointments import Appointment
 from models.base import Base
-from models.business import Branch, Company
+from models.business import Agent, Branch, Company, Service, Staff
+from models.calls import Call
+from models.customers import Customer
 from models.events import EventStatus, WebhookEvent
 
-__all__ = ["Base", "Branch", "Company", "EventStatus", "WebhookEvent"]
+__all__ = [
+    "Agent",
+    "Appointment",
+    "Base",
+    "Branch",
+    "Call",
+    "Company",
+    "Customer",
+    "EventStatus",
+    "Service",
+    "Staff",
+    "WebhookEvent",
+]

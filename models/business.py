@@ -1,11 +1,11 @@
-"""The businesses Hookfleet serves: companies and their branches."""
+"""The businesses Hookfleet serves: companies, branches, staff, services, agents."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from models.base import Base, PortableJSON, UTCDateTime, utcnow
@@ -52,4 +52,83 @@ class Branch(Base):
 
     @validates("phone")
     def _normalize_phone(self, _key: str, value: str | None) -> str | None:
-        return None if value is None else normalize_phone(value).value
+        return None if value is None or not value.strip() else normalize_phone(value).value
+
+
+class Staff(Base):
+    """Someone who takes appointments (a Cal.com organizer is matched by email)."""
+
+    __tablename__ = "staff"
+    __table_args__ = (Index(None, "company_id", "email"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    branch_id: Mapped[int | None] = mapped_column(
+        ForeignKey("branches.id", ondelete="SET NULL"), default=None
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(191), default=None)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    @validates("email")
+    def _lower_email(self, _key: str, value: str | None) -> str | None:
+        return normalize_email(value)
+
+
+class Service(Base):
+    """What a company offers, with how long it takes (a Cal.com event type, often)."""
+
+    __tablename__ = "services"
+    __table_args__ = (Index(None, "company_id", "is_active"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    branch_id: Mapped[int | None] = mapped_column(
+        ForeignKey("branches.id", ondelete="SET NULL"), default=None
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    duration_minutes: Mapped[int | None] = mapped_column(Integer, default=None)
+    price_cents: Mapped[int | None] = mapped_column(Integer, default=None)
+    calcom_event_type_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class Agent(Base):
+    """The Retell voice agent that answers one branch's phone.
+
+    One per branch (UNIQUE branch_id), so provisioning twice updates, never duplicates.
+    ``config_digest`` is the SHA-256 of what was last sent to Retell: an unchanged branch
+    costs no API call.
+    """
+
+    __tablename__ = "agents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    branch_id: Mapped[int] = mapped_column(
+        ForeignKey("branches.id", ondelete="CASCADE"), unique=True
+    )
+    retell_agent_id: Mapped[str | None] = mapped_column(String(64), default=None, unique=True)
+    retell_llm_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    phone_number: Mapped[str | None] = mapped_column(String(32), default=None)
+    name: Mapped[str] = mapped_column(String(200))
+    language: Mapped[str] = mapped_column(String(16), default="de-DE")
+    voice_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    status: Mapped[str] = mapped_column(String(32), default="draft")
+    config_digest: Mapped[str | None] = mapped_column(String(64), default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    provisioned_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+def normalize_email(value: str | None) -> str | None:
+    """Lower-cased and trimmed; empty means unknown (NULL), so UNIQUE allows many."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    return text or None

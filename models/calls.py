@@ -1,0 +1,63 @@
+"""``calls``: one row per Retell call, merged from its events in any order."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, deferred, mapped_column
+
+from models.base import Base, LongText, PortableJSON, UTCDateTime, utcnow
+
+
+class Call(Base):
+    """A voice (or chat) call. ``call_id`` is Retell's id, UNIQUE.
+
+    ``event_rank`` is the rank of the latest-stage event merged so far (started <
+    ended < analyzed): a lower-ranked event arriving late only fills gaps, so the
+    final row does not depend on arrival order. ``transcript``, ``analysis`` and
+    ``raw_payload`` are deferred: listings never load them.
+    """
+
+    __tablename__ = "calls"
+    __table_args__ = (
+        Index(None, "company_id", "created_at"),
+        Index(None, "customer_id", "created_at"),
+        Index(None, "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    call_id: Mapped[str] = mapped_column(String(128), unique=True)
+    company_id: Mapped[int | None] = mapped_column(
+        ForeignKey("companies.id", ondelete="SET NULL"), default=None
+    )
+    branch_id: Mapped[int | None] = mapped_column(
+        ForeignKey("branches.id", ondelete="SET NULL"), default=None
+    )
+    customer_id: Mapped[int | None] = mapped_column(
+        ForeignKey("customers.id", ondelete="SET NULL"), default=None
+    )
+    staff_id: Mapped[int | None] = mapped_column(
+        ForeignKey("staff.id", ondelete="SET NULL"), default=None
+    )
+    agent_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    direction: Mapped[str | None] = mapped_column(String(16), default=None)
+    status: Mapped[str] = mapped_column(String(32), default="registered")
+    event_rank: Mapped[int] = mapped_column(Integer, default=0)
+    from_number: Mapped[str | None] = mapped_column(String(32), default=None)
+    to_number: Mapped[str | None] = mapped_column(String(32), default=None)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    duration_ms: Mapped[int | None] = mapped_column(Integer, default=None)
+    disconnection_reason: Mapped[str | None] = mapped_column(String(64), default=None)
+    recording_url: Mapped[str | None] = mapped_column(Text, default=None)
+    summary: Mapped[str | None] = mapped_column(Text, default=None)
+    analysis: Mapped[dict[str, Any] | None] = deferred(mapped_column(PortableJSON(), default=None))
+    transcript: Mapped[str | None] = deferred(mapped_column(LongText, default=None))
+    raw_payload: Mapped[str | None] = deferred(mapped_column(LongText, default=None))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<Call {self.call_id} {self.status}>"
