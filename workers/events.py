@@ -14,12 +14,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.base import utcnow
 from models.events import EventStatus, WebhookEvent
+from workers.appointments import apply_calcom_event
+from workers.calls import apply_retell_event
 
 # What a provider's events do to the business record, by provider name. A handler runs
 # inside the transaction that marks the event processed, so its effect and the mark
 # commit together or not at all. Providers without a handler are recorded only.
+# Stripe and Standard Webhooks events are recorded only, for now.
 Handler = Callable[[Session, WebhookEvent], None]
-HANDLERS: dict[str, Handler] = {}
+HANDLERS: dict[str, Handler] = {"retell": apply_retell_event, "calcom": apply_calcom_event}
 
 
 @dataclass(frozen=True)
@@ -121,15 +124,21 @@ def _claim_unfinished(session: Session, event: IncomingEvent) -> WebhookEvent | 
     return session.execute(select(WebhookEvent).where(*where)).scalar_one()
 
 
-def mark_failed(sessions: sessionmaker[Session], event: IncomingEvent, error: str) -> None:
-    """Record why ``event`` could not be processed; its payload stays for a replay.
+def mark_failed(
+    sessions: sessionmaker[Session],
+    event: IncomingEvent,
+    error: str,
+    status: EventStatus = EventStatus.FAILED,
+) -> None:
+    """Record why ``event`` could not be processed (``failed``: it cannot be applied as
+    it is; ``dead``: the retry budget is spent); its payload stays for a replay.
 
     Never downgrades an event that another attempt already processed.
     """
     with sessions() as session:
         row = _insert(session, event)
         if row is not None:
-            row.status = EventStatus.FAILED
+            row.status = status
             row.last_error = error[:4000]
         else:
             session.execute(
@@ -139,7 +148,7 @@ def mark_failed(sessions: sessionmaker[Session], event: IncomingEvent, error: st
                     WebhookEvent.event_id == event.event_id,
                     WebhookEvent.status != EventStatus.PROCESSED,
                 )
-                .values(status=EventStatus.FAILED, last_error=error[:4000])
+                .values(status=status, last_error=error[:4000])
                 .execution_options(synchronize_session=False)
             )
         session.commit()

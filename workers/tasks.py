@@ -11,21 +11,21 @@ import redis
 from celery import Task
 from celery.signals import worker_process_shutdown
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.engine import make_engine, make_sessionmaker
+from models.events import EventStatus
 from models.logs import log_context
 from models.settings import QUEUES, Settings
 from workers.celery_app import app
 from workers.events import IncomingEvent, mark_failed, record_event
+from workers.retries import RetryPolicy, is_transient
 
 log = logging.getLogger("hookfleet.worker")
 
-# Errors worth another try: the database went away, was busy or locked. Anything else
-# (a payload the code cannot map) fails at once and keeps its row for a replay.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, PoolTimeout)
+# Quick tries inside the task first (a deadlock or a dropped connection usually clears
+# in well under a second); what survives them goes back to Celery with a longer wait.
+IN_TASK_RETRIES = RetryPolicy()
 
 _engine: tuple[int, Engine, sessionmaker[Session]] | None = None
 
@@ -69,16 +69,20 @@ def process_event(self: Task, **kwargs: Any) -> str:
     )
     started = time.perf_counter()
     try:
-        outcome = record_event(sessions(), event)
-    except TRANSIENT_ERRORS as error:
+        outcome = IN_TASK_RETRIES.call(lambda: record_event(sessions(), event))
+    except Exception as error:
+        reason = f"{type(error).__name__}: {error}"
+        if not is_transient(error):
+            # Permanent (workers.retries): retrying would fail the same way.
+            log.error("event failed", extra={"error": type(error).__name__})
+            mark_failed(sessions(), event, reason)
+            raise
         if self.request.retries >= self.max_retries:
-            mark_failed(sessions(), event, f"{type(error).__name__}: {error}")
+            log.error("retry budget spent, event is dead", extra={"error": type(error).__name__})
+            mark_failed(sessions(), event, reason, EventStatus.DEAD)
             raise
         log.warning("transient failure, will retry", extra={"error": type(error).__name__})
         raise self.retry(exc=error, countdown=_retry_countdown(self.request.retries)) from None
-    except Exception as error:
-        mark_failed(sessions(), event, f"{type(error).__name__}: {error}")
-        raise
     duration_ms = round((time.perf_counter() - started) * 1000, 2)
     log.info(outcome.value, extra={"outcome": outcome.value, "duration_ms": duration_ms})
     return outcome.value

@@ -1,0 +1,162 @@
+"""Transient database failures are retried and succeed; permanent ones are not retried.
+
+The failures are real: a MariaDB server of the test's own is stopped and started again,
+or a row lock is held from another connection until the worker's wait times out.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pymysql
+import pytest
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import Call, WebhookEvent
+from models.engine import make_engine, make_sessionmaker
+from models.events import EventStatus
+from models.migrate import upgrade
+from models.settings import Settings
+from tests.servers import MariaDBServer
+from workers.events import IncomingEvent, Outcome, record_event
+from workers.retries import PermanentError, RaceLost, RetryPolicy, is_transient
+
+
+def call_ended(call_id: str) -> IncomingEvent:
+    body = {"event": "call_ended", "call": {"call_id": call_id, "call_status": "ended"}}
+    return IncomingEvent(
+        provider="retell",
+        event_id=f"{call_id}:call_ended",
+        event_type="call_ended",
+        queue="hookfleet.high",
+        correlation_id="corr",
+        received_at=datetime.now(UTC),
+        headers={},
+        payload=json.dumps(body),
+    )
+
+
+@pytest.fixture
+def own_mariadb(tmp_path: Path) -> Iterator[tuple[MariaDBServer, str]]:
+    """A MariaDB this test may stop, start and reconfigure."""
+    server = MariaDBServer(tmp_path / "db").start()
+    url = server.create_database()
+    upgrade(Settings(database_url=url))
+    yield server, url
+    server.stop()
+
+
+@pytest.fixture
+def sessions(own_mariadb: tuple[MariaDBServer, str]) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(Settings(database_url=own_mariadb[1], db_pool_timeout_s=2))
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def test_the_database_stopped_briefly_is_retried_and_the_event_lands_once(
+    own_mariadb: tuple[MariaDBServer, str], sessions: sessionmaker[Session]
+) -> None:
+    server, _ = own_mariadb
+    assert record_event(sessions, call_ended("call_warm")) is Outcome.PROCESSED  # pool warm
+    server.stop()
+    restart = threading.Timer(1.5, server.start)
+    restart.start()
+    tries: list[float] = []
+
+    def attempt() -> Outcome:
+        tries.append(time.monotonic())
+        return record_event(sessions, call_ended("call_1"))
+
+    try:
+        outcome = RetryPolicy(attempts=8, initial_s=0.2, max_wait_s=1.0).call(attempt)
+    finally:
+        restart.join()
+
+    assert outcome is Outcome.PROCESSED
+    assert len(tries) > 1  # it failed at least once while the server was down
+    with sessions() as session:
+        rows = session.scalars(select(WebhookEvent).where(WebhookEvent.event_id.like("call_1%")))
+        assert [(r.status, r.attempts) for r in rows] == [(EventStatus.PROCESSED, 1)]
+        assert session.scalar(select(Call.status).where(Call.call_id == "call_1")) == "ended"
+
+
+def test_a_lock_wait_timeout_is_retried_and_succeeds_once_the_lock_is_released(
+    own_mariadb: tuple[MariaDBServer, str], sessions: sessionmaker[Session]
+) -> None:
+    server, url = own_mariadb
+    server.sql("SET GLOBAL innodb_lock_wait_timeout = 1")
+    record_event(sessions, call_ended("call_locked"))  # the row exists
+    blocker = create_engine(url).connect()
+    blocker.begin()
+    blocker.execute(text("SELECT id FROM calls WHERE call_id = 'call_locked' FOR UPDATE"))
+    release = threading.Timer(1.5, blocker.commit)
+    release.start()
+    errors: list[BaseException] = []
+
+    def attempt() -> Outcome:
+        try:
+            later = call_ended("call_locked")
+            analyzed = IncomingEvent(**{**later.__dict__, "event_id": "call_locked:call_analyzed"})
+            return record_event(sessions, analyzed)
+        except Exception as error:
+            errors.append(error)
+            raise
+
+    try:
+        outcome = RetryPolicy(attempts=6, initial_s=0.2, max_wait_s=1.0).call(attempt)
+    finally:
+        release.join()
+        blocker.close()
+
+    assert outcome is Outcome.PROCESSED
+    assert errors and all(is_transient(e) for e in errors)
+    assert any("Lock wait timeout" in str(e) for e in errors)
+
+
+def test_a_permanent_failure_is_not_retried() -> None:
+    tries: list[int] = []
+
+    def attempt() -> None:
+        tries.append(1)
+        raise PermanentError("payload.startTime 'soon' is not an ISO-8601 timestamp")
+
+    with pytest.raises(PermanentError):
+        RetryPolicy(attempts=5, initial_s=0.01).call(attempt)
+    assert len(tries) == 1
+
+
+def _mysql_error(code: int, message: str) -> OperationalError:
+    return OperationalError("SELECT 1", {}, pymysql.err.OperationalError(code, message))
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (_mysql_error(1213, "Deadlock found when trying to get lock"), True),
+        (_mysql_error(1205, "Lock wait timeout exceeded"), True),
+        (_mysql_error(2006, "MySQL server has gone away"), True),
+        (_mysql_error(2013, "Lost connection to MySQL server during query"), True),
+        (_mysql_error(2003, "Can't connect to MySQL server"), True),
+        (_mysql_error(1040, "Too many connections"), True),
+        (PoolTimeout("QueuePool limit reached"), True),
+        (RaceLost("call_1 was created concurrently"), True),
+        (OperationalError("INSERT", {}, Exception("database is locked")), True),
+        (_mysql_error(1054, "Unknown column 'x'"), False),
+        (ProgrammingError("SELECT", {}, pymysql.err.ProgrammingError(1146, "no table")), False),
+        (IntegrityError("INSERT", {}, pymysql.err.IntegrityError(1062, "Duplicate")), False),
+        (PermanentError("cannot map"), False),
+        (KeyError("payload"), False),
+        (ValueError("bad json"), False),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
+)
+def test_which_errors_are_transient(error: BaseException, transient: bool) -> None:
+    assert is_transient(error) is transient

@@ -1,0 +1,84 @@
+"""Which failures are worth another try, and how the tries are spaced.
+
+One explicit list: a failure is *transient* when the same work may succeed a moment
+later unchanged (the database went away, was busy, or another worker won a race);
+everything else is *permanent* and is never retried — the event is marked failed with
+the reason and its payload kept for a replay once the cause is fixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+T = TypeVar("T")
+
+# MariaDB/MySQL error numbers that mean "try again": 1205 lock wait timeout, 1213
+# deadlock, 1040 too many connections, 1053 server shutting down, 1927 connection
+# killed, 2002/2003 cannot connect, 2006 server has gone away, 2013 lost connection
+# during query, 2014/2055 connection out of sync or lost.
+TRANSIENT_MYSQL_ERRORS = frozenset(
+    {1205, 1213, 1040, 1053, 1927, 2002, 2003, 2006, 2013, 2014, 2055}
+)
+# SQLite's only transient failure: another writer holds the lock past the busy timeout.
+TRANSIENT_SQLITE_MESSAGES = ("database is locked", "database table is locked")
+
+
+class PermanentError(Exception):
+    """The event cannot be applied as it is (e.g. a payload that cannot be mapped).
+    Retrying would fail the same way: mark it failed, keep the payload."""
+
+
+class RaceLost(Exception):
+    """Another worker inserted the same natural key first; rerun and find its row."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for failures that may succeed if the same work is tried again."""
+    if isinstance(error, RaceLost | PoolTimeout | DisconnectionError):
+        return True
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return True
+        args = getattr(error.orig, "args", ())
+        if args and isinstance(args[0], int):
+            return args[0] in TRANSIENT_MYSQL_ERRORS
+        message = str(error.orig).lower()
+        return any(text in message for text in TRANSIENT_SQLITE_MESSAGES)
+    return False
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Quick retries inside the task: exponential backoff with jitter, bounded.
+
+    What survives these goes back to Celery, which retries with longer countdowns
+    (``workers.tasks``), so a database down for minutes holds no worker process.
+    """
+
+    attempts: int = 4
+    initial_s: float = 0.2
+    max_wait_s: float = 3.0
+
+    def call(self, work: Callable[[], T]) -> T:
+        retrying = Retrying(
+            stop=stop_after_attempt(self.attempts),
+            # Exponential from initial_s, capped, plus up to initial_s of jitter so workers
+            # that failed together do not retry together.
+            wait=wait_exponential(multiplier=self.initial_s, max=self.max_wait_s)
+            + wait_random(0, self.initial_s),
+            retry=retry_if_exception(is_transient),
+            reraise=True,
+        )
+        return retrying(work)
