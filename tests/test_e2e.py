@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from ingest.providers import calcom, retell, standard, stripe
+from models import Appointment, Call, Customer
 from models.business import Branch, Company
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
@@ -313,3 +314,100 @@ def test_inbound_call_is_answered_in_line_and_then_recorded(
                 )
 
         wait_until(recorded, 60, "the inbound event to be recorded", interval=0.3)
+
+
+def test_deliveries_become_calls_appointments_and_customers_through_real_workers(
+    tmp_path: Path, redis_url: str, mariadb_url: str, engine: Engine
+) -> None:
+    with Session(engine) as session:
+        company = Company(name="Salon Ada")
+        session.add(
+            Branch(company=company, name="Mitte", phone="030 901820", calcom_event_type_id=1001)
+        )
+        session.commit()
+        company_id = company.id
+    call: dict[str, object] = {
+        "call_id": "call_life_1",
+        "call_status": "ongoing",
+        "direction": "inbound",
+        "from_number": "0151 12345678",
+        "to_number": "+4930901820",
+        "start_timestamp": 1764061200000,
+    }
+    ended = {**call, "call_status": "ended", "end_timestamp": 1764061260000}
+    analyzed = {**ended, "call_analysis": {"call_summary": "Booked a haircut."}}
+    retell_bodies = [
+        {"event": "call_analyzed", "call": analyzed},  # a retry overtook the others
+        {"event": "call_started", "call": call},
+        {"event": "call_ended", "call": ended},
+        {"event": "call_ended", "call": ended},  # Retell's double call_ended
+        {"event": "call_ended", "call": {"call_status": "ended"}},  # no call id: poison
+    ]
+
+    def booking(trigger: str, uid: str, start: str, **extra: object) -> dict[str, object]:
+        payload = {
+            "uid": uid,
+            "startTime": start,
+            "endTime": start.replace(":00:00Z", ":30:00Z"),
+            "eventTypeId": 1001,
+            "attendees": [{"name": "Ada", "email": "ADA@example.com", "timeZone": "UTC"}],
+            **extra,
+        }
+        return {
+            "triggerEvent": trigger,
+            "createdAt": f"2026-11-23T1{len(uid)}:00:00Z",
+            "payload": payload,
+        }
+
+    calcom_bodies = [
+        booking("BOOKING_CREATED", "bk_a", "2026-12-01T09:00:00Z"),
+        booking("BOOKING_RESCHEDULED", "bk_bb", "2026-12-02T10:00:00Z", rescheduleUid="bk_a"),
+        booking("BOOKING_CANCELLED", "bk_bb", "2026-12-02T10:00:00Z", cancellationReason="Ill"),
+    ]
+    env = {
+        "HOOKFLEET_RETELL_SECRETS": SECRETS["retell"],
+        "HOOKFLEET_CALCOM_SECRETS": SECRETS["calcom"],
+    }
+    with running_fleet(tmp_path, redis_url, mariadb_url, **env) as fleet:
+        answers = []
+        for body in retell_bodies:
+            raw = json.dumps(body).encode()
+            signature = retell.sign(SECRETS["retell"], raw, int(time.time() * 1000))
+            headers = {"x-retell-signature": signature}
+            answers.append(request(fleet.base_url, "POST", "/webhooks/retell", raw, headers)[0])
+        for body in calcom_bodies:
+            raw = json.dumps(body).encode()
+            headers = {"X-Cal-Signature-256": calcom.sign(SECRETS["calcom"], raw)}
+            answers.append(request(fleet.base_url, "POST", "/webhooks/calcom", raw, headers)[0])
+        assert answers == [202, 202, 202, 200, 202, 202, 202, 202]
+
+        def settled() -> bool:
+            with engine.connect() as connection:
+                open_rows = connection.scalar(
+                    select(func.count()).where(WebhookEvent.status == EventStatus.RECEIVED)
+                )
+                total = connection.scalar(select(func.count()).select_from(WebhookEvent))
+            return total == 7 and open_rows == 0
+
+        wait_until(settled, 60, "every event processed or failed", interval=0.5)
+
+    with Session(engine) as session:
+        statuses = Counter(session.scalars(select(WebhookEvent.status)))
+        assert statuses == {EventStatus.PROCESSED: 6, EventStatus.FAILED: 1}
+        poison = session.scalars(
+            select(WebhookEvent).where(WebhookEvent.status == EventStatus.FAILED)
+        ).one()
+        assert poison.last_error is not None and "call_id" in poison.last_error
+        saved = session.scalars(select(Call)).one()
+        assert (saved.call_id, saved.status, saved.summary) == (
+            "call_life_1",
+            "ended",
+            "Booked a haircut.",
+        )
+        assert (saved.company_id, saved.from_number) == (company_id, "+4915112345678")
+        by_uid = {a.calcom_uid: a for a in session.scalars(select(Appointment))}
+        assert (by_uid["bk_a"].status, by_uid["bk_bb"].status) == ("rescheduled", "cancelled")
+        assert by_uid["bk_bb"].cancellation_reason == "Ill"
+        customers = session.scalars(select(Customer)).all()
+        assert len(customers) == 2  # the caller (by phone) and the booker (by email)
+        assert {c.id for c in customers} == {saved.customer_id, by_uid["bk_a"].customer_id}
