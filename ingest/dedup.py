@@ -18,9 +18,13 @@ from dataclasses import dataclass
 
 import redis
 
+# KEYS: dedup key, queue. ARGV: claim, ttl, message, shed depth (0: never shed).
+# Returns false (accepted), the prior claim (duplicate) or 0 (shed: the queue is full).
 _CLAIM_AND_ENQUEUE = """
 local prior = redis.call('GET', KEYS[1])
 if prior then return prior end
+local limit = tonumber(ARGV[4])
+if limit > 0 and redis.call('LLEN', KEYS[2]) >= limit then return 0 end
 redis.call('LPUSH', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
@@ -38,10 +42,12 @@ def dedup_key(provider: str, event_id: str) -> str:
 @dataclass(frozen=True)
 class Admission:
     """What the gate decided. ``prior_claim`` is set for a duplicate: the value the
-    first delivery stored (its correlation id)."""
+    first delivery stored (its correlation id). ``shed``: refused because the queue is
+    at its limit; nothing was claimed or queued."""
 
     accepted: bool
     prior_claim: str | None = None
+    shed: bool = False
 
 
 class DedupGate:
@@ -58,24 +64,36 @@ class DedupGate:
     def atomic(self) -> bool:
         return self._same_server
 
-    def admit(self, key: str, claim: str, ttl_s: int, queue: str, message: str) -> Admission:
+    def admit(
+        self, key: str, claim: str, ttl_s: int, queue: str, message: str, shed_depth: int = 0
+    ) -> Admission:
         """Claim ``key`` for ``ttl_s`` seconds and push ``message`` onto ``queue``.
 
         Accepted: the message is on the queue and the key is set. Duplicate: nothing
-        was pushed. Idempotent by construction: calling it again for the same key is a
-        duplicate until the TTL ends.
+        was pushed. Shed: ``queue`` already holds ``shed_depth`` messages (0: no limit),
+        so nothing was claimed or pushed and a retry later is a fresh delivery — the
+        duplicate check comes first, so a duplicate is still answered as one.
+        Idempotent by construction: calling it again for the same key is a duplicate
+        until the TTL ends.
         """
         if self._same_server:
-            prior = self._script(keys=[key, queue], args=[claim, ttl_s, message])
+            prior = self._script(keys=[key, queue], args=[claim, ttl_s, message, shed_depth])
         else:
-            prior = self._claim_then_publish(key, claim, ttl_s, queue, message)
+            prior = self._claim_then_publish(key, claim, ttl_s, queue, message, shed_depth)
         if prior is None:
             return Admission(accepted=True)
+        if isinstance(prior, int):
+            return Admission(accepted=False, shed=True)
         return Admission(accepted=False, prior_claim=_text(prior))
 
     def _claim_then_publish(
-        self, key: str, claim: str, ttl_s: int, queue: str, message: str
-    ) -> bytes | str | None:
+        self, key: str, claim: str, ttl_s: int, queue: str, message: str, shed_depth: int
+    ) -> bytes | str | int | None:
+        prior = self._dedup.get(key)
+        if prior is not None:
+            return prior
+        if shed_depth and self._broker.llen(queue) >= shed_depth:
+            return 0
         if not self._dedup.set(key, claim, nx=True, ex=ttl_s):
             return self._dedup.get(key) or b""
         try:

@@ -122,7 +122,16 @@ def receive(provider_name: str) -> tuple[Response, int]:
     if identity.inline:
         return _answer_inline(provider, payload, identity, job)
 
-    admission = _admit(job, settings.retry_after_s)
+    admission = _admit(job, settings.retry_after_s, settings.shed_queue_depth)
+    if admission.shed:
+        log.warning("shed", extra={"outcome": "shed", "duration_ms": _elapsed_ms()})
+        raise ApiError(
+            503,
+            "queue_full",
+            f"{job.queue} is at its limit of {settings.shed_queue_depth} waiting jobs; "
+            "the delivery was not accepted. Retry later.",
+            {"Retry-After": str(settings.retry_after_s)},
+        )
     outcome = "accepted" if admission.accepted else "duplicate"
     log.info(outcome, extra={"outcome": outcome, "duration_ms": _elapsed_ms()})
     body: dict[str, Any] = {
@@ -191,11 +200,14 @@ def _job(
     )
 
 
-def _admit(job: Job, retry_after_s: int) -> Admission:
-    """Claim and enqueue; 503 with Retry-After when Redis cannot do it."""
+def _admit(job: Job, retry_after_s: int, shed_depth: int) -> Admission:
+    """Claim and enqueue; 503 with Retry-After when Redis cannot do it (down, or out of
+    memory under ``noeviction``)."""
     gate: DedupGate = current_app.extensions["hookfleet_gate"]
     try:
-        return gate.admit(job.dedup_key, g.correlation_id, job.ttl_s, job.queue, job.message)
+        return gate.admit(
+            job.dedup_key, g.correlation_id, job.ttl_s, job.queue, job.message, shed_depth
+        )
     except redis.RedisError as error:
         log.error("could not enqueue", extra={"error": type(error).__name__})
         raise ApiError(

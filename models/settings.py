@@ -51,6 +51,9 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     redis_timeout_s: float = 2.0
     retry_after_s: int = 5
+    # Past this many waiting messages a queue refuses new asynchronous deliveries (503):
+    # providers retry later instead of Redis growing without bound. 0 disables it.
+    shed_queue_depth: int = 100_000
 
     # The broker's visibility timeout bounds how long a message whose worker died stays
     # invisible; the task time limit and every retry countdown must stay below it, or a
@@ -95,6 +98,7 @@ class Settings:
             max_body_bytes=_int(env, "HOOKFLEET_MAX_BODY_BYTES", cls.max_body_bytes),
             redis_timeout_s=_float(env, "HOOKFLEET_REDIS_TIMEOUT_S", cls.redis_timeout_s),
             retry_after_s=_int(env, "HOOKFLEET_RETRY_AFTER_S", cls.retry_after_s),
+            shed_queue_depth=_int(env, "HOOKFLEET_SHED_QUEUE_DEPTH", cls.shed_queue_depth),
             visibility_timeout_s=_int(
                 env, "HOOKFLEET_VISIBILITY_TIMEOUT_S", cls.visibility_timeout_s
             ),
