@@ -12,29 +12,40 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.settings import Settings
 
 
-def make_engine(settings: Settings, *, io_timeout_s: int | None = None) -> Engine:
+def make_engine(
+    settings: Settings, *, io_timeout_s: int | None = None, lock_wait_s: int | None = None
+) -> Engine:
     """A pooled engine for ``settings.database_url``. Opens no connection yet.
 
     MariaDB gets a real QueuePool sized from the settings; SQLite files get a pool too
     and WAL mode, so the receiver's lookups and the workers' writes do not block each
     other more than SQLite must. ``io_timeout_s`` bounds connecting and each read or
     write (whole seconds, PyMySQL's unit) for callers that must not hang on a stalled
-    server.
+    server. ``lock_wait_s`` sets MariaDB's ``innodb_lock_wait_timeout`` for the session,
+    so a row lock held elsewhere ends in a clean, retryable error (1205) rather than
+    a wait past the task's time limit.
     """
     url = make_url(settings.database_url)
     options: dict[str, Any] = {"pool_pre_ping": settings.db_pool_pre_ping}
     if url.get_backend_name() == "sqlite":
         _ensure_sqlite_directory(url.database)
-        options["connect_args"] = {"timeout": io_timeout_s or 30}
+        options["connect_args"] = {"timeout": lock_wait_s or io_timeout_s or 30}
     else:
         if url.get_backend_name() in ("mysql", "mariadb"):
             url = url.update_query_dict({"charset": "utf8mb4"}, append=False)
+            connect_args: dict[str, Any] = {}
             if io_timeout_s:
-                options["connect_args"] = {
+                connect_args |= {
                     "connect_timeout": io_timeout_s,
                     "read_timeout": io_timeout_s,
                     "write_timeout": io_timeout_s,
                 }
+            if lock_wait_s:
+                connect_args["init_command"] = (
+                    f"SET SESSION innodb_lock_wait_timeout = {int(lock_wait_s)}"
+                )
+            if connect_args:
+                options["connect_args"] = connect_args
         options.update(
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,

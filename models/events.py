@@ -52,6 +52,7 @@ class WebhookEvent(Base):
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    last_traceback: Mapped[str | None] = deferred(mapped_column(Text, default=None))
     headers: Mapped[dict[str, Any]] = mapped_column(PortableJSON(), default=dict)
     payload: Mapped[str] = deferred(mapped_column(LongText, nullable=False))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())

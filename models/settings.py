@@ -61,6 +61,12 @@ class Settings:
     visibility_timeout_s: int = 900
     task_time_limit_s: int = 300
     worker_prefetch_multiplier: int = 4
+    # The retry budget for transient failures: quick tries inside the task, then Celery
+    # retries with growing countdowns. Spent, the event is dead (a dead letter).
+    db_retry_attempts: int = 4
+    task_max_retries: int = 8
+    # SIGTERM gives running tasks this long before they are cancelled and requeued.
+    worker_soft_shutdown_s: float = 20.0
 
     # Retell's inbound call waits on us while the phone rings: answer within this, or
     # answer without an override.
@@ -103,6 +109,13 @@ class Settings:
                 env, "HOOKFLEET_VISIBILITY_TIMEOUT_S", cls.visibility_timeout_s
             ),
             task_time_limit_s=_int(env, "HOOKFLEET_TASK_TIME_LIMIT_S", cls.task_time_limit_s),
+            db_retry_attempts=max(
+                1, _int(env, "HOOKFLEET_DB_RETRY_ATTEMPTS", cls.db_retry_attempts)
+            ),
+            task_max_retries=_int(env, "HOOKFLEET_TASK_MAX_RETRIES", cls.task_max_retries),
+            worker_soft_shutdown_s=_float(
+                env, "HOOKFLEET_WORKER_SOFT_SHUTDOWN_S", cls.worker_soft_shutdown_s
+            ),
             worker_prefetch_multiplier=_int(
                 env, "HOOKFLEET_WORKER_PREFETCH", cls.worker_prefetch_multiplier
             ),

@@ -65,3 +65,27 @@ def settings_env(redis_url: str) -> dict[str, str]:
 @pytest.fixture
 def client(settings_env: dict[str, str]) -> FlaskClient:
     return create_app(settings_env).test_client()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault-injection suite's counts, one line per scenario, so CI logs show them."""
+    from tests.test_faults import RESULTS
+
+    if not RESULTS:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("fault injection: counts per scenario")
+    write(
+        f"{'scenario':<40} {'sent':>6} {'accepted':>8} {'persisted':>9} {'effects':>7} "
+        f"{'lost':>5} {'dup':>4}  answers"
+    )
+    for row in RESULTS:
+        extra = {k: v for k, v in row.items() if k not in HEADLINE}
+        write(
+            f"{row['scenario']:<40} {row['sent']:>6} {row['accepted']:>8} "
+            f"{row['persisted']:>9} {row['effects']:>7} {row['lost']:>5} "
+            f"{row['duplicated']:>4}  {extra}"
+        )
+
+
+HEADLINE = ("scenario", "sent", "accepted", "persisted", "effects", "lost", "duplicated")

@@ -30,6 +30,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_connect_timeout": 10,
         "health_check_interval": 30,
         "retry_on_timeout": True,
+        # Sweep for messages whose worker died every 10 s instead of kombu's default
+        # 10 s x 10 (throttle): with a visibility timeout of minutes the sweep period
+        # is what a crashed worker's jobs wait on beyond it.
+        "unacked_restore_interval": 10,
+        "unacked_restore_throttle": 1,
     }
     return {
         "broker_url": settings.broker_url,
@@ -46,11 +51,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         # ...and a pool child killed by the OOM killer or SIGKILL does too.
         "task_reject_on_worker_lost": True,
+        # ...and so does a task killed by the hard time limit: it goes back on its queue
+        # instead of being acknowledged as failed (which would drop the event).
+        "task_acks_on_timeout": False,
         # Prefetch a few messages per process: enough to hide the broker round trip,
         # few enough that a dead worker strands little until the visibility timeout.
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         "task_time_limit": settings.task_time_limit_s,
-        "task_soft_time_limit": max(1, settings.task_time_limit_s - 15),
+        # The soft limit raises inside the task, which then retries later on a fresh
+        # message (workers.tasks); the hard limit is only a backstop: a task killed by it
+        # is acknowledged as failed, so the soft limit must leave room to hand over.
+        "task_soft_time_limit": soft_time_limit(settings.task_time_limit_s),
         "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
         "task_default_queue": "hookfleet.default",
         "task_create_missing_queues": False,
@@ -61,6 +72,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Tasks still running when the broker connection drops will be redelivered;
         # cancelling them avoids the same work running twice at once.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # SIGTERM is a warm shutdown: no new jobs, the running ones finish (database waits
+        # are bounded well inside the time limit, see workers.tasks), reserved messages
+        # go back to the queue. A cold shutdown (SIGQUIT, a second SIGTERM) first allows
+        # this long for running tasks, then cancels them and restores their messages.
+        "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_s,
         "worker_hijack_root_logger": False,
         "timezone": "UTC",
         "enable_utc": True,
@@ -69,6 +85,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "beat_schedule_filename": os.path.join(settings.var_dir, "celerybeat-schedule"),
     }
+
+
+def soft_time_limit(hard_s: int) -> int:
+    """15 s before the hard limit, or 80 % of a short one."""
+    return max(1, hard_s - 15 if hard_s >= 75 else int(hard_s * 0.8))
 
 
 @app.on_configure.connect

@@ -37,6 +37,9 @@ class IncomingEvent:
     received_at: datetime
     headers: Mapping[str, str]
     payload: str
+    # A deliberate replay (``hookfleet replay``): re-applies the effect whatever the
+    # event's status. Effects are idempotent, so a processed event stays as it was.
+    replay: bool = False
 
     @classmethod
     def from_task(cls, kwargs: Mapping[str, Any]) -> IncomingEvent:
@@ -49,7 +52,11 @@ class IncomingEvent:
             received_at=datetime.fromisoformat(kwargs["received_at"]),
             headers=dict(kwargs.get("headers") or {}),
             payload=kwargs["payload"],
+            replay=bool(kwargs.get("replay", False)),
         )
+
+
+UNFINISHED = (EventStatus.RECEIVED, EventStatus.FAILED, EventStatus.DEAD)
 
 
 class Outcome(enum.StrEnum):
@@ -78,6 +85,7 @@ def record_event(sessions: sessionmaker[Session], event: IncomingEvent) -> Outco
         row.status = EventStatus.PROCESSED
         row.processed_at = utcnow()
         row.last_error = None
+        row.last_traceback = None
         session.commit()
         return Outcome.PROCESSED
 
@@ -108,13 +116,16 @@ def _insert(session: Session, event: IncomingEvent) -> WebhookEvent | None:
 def _claim_unfinished(session: Session, event: IncomingEvent) -> WebhookEvent | None:
     """Lock the existing row if it still needs work; None when it is already done.
 
-    The conditional UPDATE takes the row lock (MariaDB) or the write lock (SQLite), so
-    two workers holding the same event cannot both apply it.
+    Unfinished: received, failed or dead (a provider's late retry or a replay gives it
+    another chance); a replay claims a processed event too. The conditional UPDATE
+    takes the row lock (MariaDB) or the write lock (SQLite), so two workers holding the
+    same event cannot both apply it.
     """
     where = (WebhookEvent.provider == event.provider, WebhookEvent.event_id == event.event_id)
+    statuses = list(EventStatus) if event.replay else list(UNFINISHED)
     claimed = session.execute(
         update(WebhookEvent)
-        .where(*where, WebhookEvent.status.in_([EventStatus.RECEIVED, EventStatus.FAILED]))
+        .where(*where, WebhookEvent.status.in_(statuses))
         .values(attempts=WebhookEvent.attempts + 1)
         .execution_options(synchronize_session=False)
     )
@@ -129,6 +140,7 @@ def mark_failed(
     event: IncomingEvent,
     error: str,
     status: EventStatus = EventStatus.FAILED,
+    traceback: str | None = None,
 ) -> None:
     """Record why ``event`` could not be processed (``failed``: it cannot be applied as
     it is; ``dead``: the retry budget is spent); its payload stays for a replay.
@@ -140,6 +152,7 @@ def mark_failed(
         if row is not None:
             row.status = status
             row.last_error = error[:4000]
+            row.last_traceback = traceback
         else:
             session.execute(
                 update(WebhookEvent)
@@ -148,7 +161,7 @@ def mark_failed(
                     WebhookEvent.event_id == event.event_id,
                     WebhookEvent.status != EventStatus.PROCESSED,
                 )
-                .values(status=status, last_error=error[:4000])
+                .values(status=status, last_error=error[:4000], last_traceback=traceback)
                 .execution_options(synchronize_session=False)
             )
         session.commit()

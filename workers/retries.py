@@ -12,12 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
+    stop_after_delay,
     wait_exponential,
     wait_random,
 )
@@ -46,7 +48,9 @@ class RaceLost(Exception):
 
 def is_transient(error: BaseException) -> bool:
     """True for failures that may succeed if the same work is tried again."""
-    if isinstance(error, RaceLost | PoolTimeout | DisconnectionError):
+    if isinstance(error, RaceLost | PoolTimeout | DisconnectionError | SoftTimeLimitExceeded):
+        # A task past its soft time limit (e.g. stuck behind a lock) was rolled back;
+        # it is tried again later, on a fresh message, not within the same task.
         return True
     if isinstance(error, DBAPIError):
         if error.connection_invalidated:
@@ -57,6 +61,11 @@ def is_transient(error: BaseException) -> bool:
         message = str(error.orig).lower()
         return any(text in message for text in TRANSIENT_SQLITE_MESSAGES)
     return False
+
+
+def _retry_in_task(error: BaseException) -> bool:
+    # Past the soft time limit there is no time left in this task: hand over to Celery.
+    return is_transient(error) and not isinstance(error, SoftTimeLimitExceeded)
 
 
 @dataclass(frozen=True)
@@ -70,15 +79,17 @@ class RetryPolicy:
     attempts: int = 4
     initial_s: float = 0.2
     max_wait_s: float = 3.0
+    # No new try starts after this long: leave the rest of the task's time to Celery.
+    within_s: float = 60.0
 
     def call(self, work: Callable[[], T]) -> T:
         retrying = Retrying(
-            stop=stop_after_attempt(self.attempts),
+            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.within_s),
             # Exponential from initial_s, capped, plus up to initial_s of jitter so workers
             # that failed together do not retry together.
             wait=wait_exponential(multiplier=self.initial_s, max=self.max_wait_s)
             + wait_random(0, self.initial_s),
-            retry=retry_if_exception(is_transient),
+            retry=retry_if_exception(_retry_in_task),
             reraise=True,
         )
         return retrying(work)

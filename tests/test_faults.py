@@ -1,0 +1,590 @@
+"""Fault injection: real processes are killed, stopped and starved while deliveries
+stream in, and every scenario ends with counts — sent, accepted, persisted, effects,
+lost, duplicated. It passes only with lost = 0 and duplicated = 0.
+
+Run alone with ``pytest -m faults``; the table of counts is printed at the end of the run.
+
+*Persisted*: the delivery's ``webhook_events`` row is processed. *Effects*: its ``calls``
+row exists. *Duplicated*: a worker logged ``processed`` for the same event more than once
+(an effect applied twice). *Lost*: accepted (202 at least once) but never persisted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import Engine
+
+from ingest.providers import retell
+from models import Call
+from models.events import EventStatus, WebhookEvent
+from models.migrate import upgrade
+from models.settings import Settings
+from tests.processes import Processes, request
+from tests.servers import MariaDBServer, RedisServer, wait_until
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e]
+
+RESULTS: list[dict[str, Any]] = []
+SECRET = "key_faults"
+
+
+@dataclass
+class Ledger:
+    """What the senders saw, per delivery."""
+
+    scenario: str
+    sent: set[str] = field(default_factory=set)
+    accepted: set[str] = field(default_factory=set)
+    answers: Counter[int] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def saw(self, call_id: str, status: int) -> None:
+        with self.lock:
+            self.sent.add(call_id)
+            self.answers[status] += 1
+            if status == 202:
+                self.accepted.add(call_id)
+
+
+@dataclass
+class Stack:
+    fleet: Processes
+    redis: RedisServer
+    mariadb: MariaDBServer
+    database_url: str
+    engine: Engine
+    logs: Path
+
+    def processed(self, ids: set[str]) -> set[str]:
+        """Call ids whose ``call_ended`` delivery (what the senders send) is processed."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(WebhookEvent.event_id).where(
+                    WebhookEvent.status == EventStatus.PROCESSED,
+                    WebhookEvent.event_type == "call_ended",
+                )
+            ).scalars()
+            return {event_id.removesuffix(":call_ended") for event_id in rows} & ids
+
+    def calls(self, ids: set[str]) -> set[str]:
+        """Call ids whose row shows the ``call_ended`` effect."""
+        with self.engine.connect() as connection:
+            ended = select(Call.call_id).where(Call.status == "ended")
+            return set(connection.execute(ended).scalars()) & ids
+
+    def applied_twice(self) -> list[str]:
+        """Events a worker logged as processed (effect applied) more than once."""
+        seen: Counter[str] = Counter()
+        for path in self.logs.glob("worker_*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("{") and '"message": "processed"' in line:
+                    seen[json.loads(line).get("event_id", "")] += 1
+        return [event_id for event_id, n in seen.items() if n > 1]
+
+
+def call_body(call_id: str) -> bytes:
+    return json.dumps(
+        {
+            "event": "call_ended",
+            "call": {
+                "call_id": call_id,
+                "call_status": "ended",
+                "direction": "inbound",
+                "from_number": "+4915112345678",
+                "to_number": "+4930901820",
+                "start_timestamp": 1764061200000,
+                "end_timestamp": 1764061260000,
+            },
+        }
+    ).encode()
+
+
+def deliver(
+    stack: Stack, ledger: Ledger, call_id: str, give_up_s: float = 120, body: bytes | None = None
+) -> int:
+    """Post as Retell would: signed, retried on 5xx or a dropped connection until a 2xx."""
+    raw = body or call_body(call_id)
+    deadline = time.monotonic() + give_up_s
+    while True:
+        headers = {"x-retell-signature": retell.sign(SECRET, raw, int(time.time() * 1000))}
+        try:
+            status = request(stack.fleet.base_url, "POST", "/webhooks/retell", raw, headers)[0]
+        except OSError:
+            status = 599  # connection refused or reset: the provider retries
+        ledger.saw(call_id, status)
+        if status < 500 or time.monotonic() > deadline:
+            return status
+        time.sleep(0.2)
+
+
+def stream(stack: Stack, ledger: Ledger, ids: list[str], threads: int = 8) -> Callable[[], None]:
+    """Deliver ``ids`` in the background; the returned function waits for the senders."""
+    pool = ThreadPoolExecutor(threads)
+    futures = [pool.submit(deliver, stack, ledger, call_id) for call_id in ids]
+
+    def finish() -> None:
+        for future in futures:
+            future.result()
+        pool.shutdown()
+
+    return finish
+
+
+def settle_and_count(stack: Stack, ledger: Ledger, timeout_s: float = 180) -> dict[str, Any]:
+    """Wait until every accepted delivery is persisted (or the timeout), then count."""
+    try:
+        wait_until(
+            lambda: stack.processed(ledger.accepted) == ledger.accepted,
+            timeout_s,
+            f"{ledger.scenario}: every accepted delivery persisted",
+            interval=1,
+        )
+    except TimeoutError:
+        pass  # the counts below say what is missing
+    persisted = stack.processed(ledger.accepted | ledger.sent)
+    row = {
+        "scenario": ledger.scenario,
+        "sent": len(ledger.sent),
+        "accepted": len(ledger.accepted),
+        "persisted": len(persisted),
+        "effects": len(stack.calls(ledger.sent)),
+        "lost": len(ledger.accepted - persisted),
+        "duplicated": len(stack.applied_twice()),
+        "answers": dict(sorted(ledger.answers.items())),
+    }
+    RESULTS.append(row)
+    return row
+
+
+def assert_exactly_once(row: dict[str, Any]) -> None:
+    assert (row["lost"], row["duplicated"]) == (0, 0), row
+    assert row["persisted"] == row["effects"] == row["accepted"], row
+
+
+@pytest.fixture
+def stack(tmp_path: Path, mariadb_server: MariaDBServer) -> Iterator[Stack]:
+    with running_stack(tmp_path, mariadb_server) as built:
+        yield built
+
+
+@contextmanager
+def running_stack(tmp_path: Path, mariadb: MariaDBServer, **env: str) -> Iterator[Stack]:
+    """Its own Redis (AOF on, as shipped), a fresh database, and the Procfile's processes."""
+    redis_server = RedisServer(tmp_path / "redis", appendonly=True).start()
+    database_url = mariadb.create_database()
+    upgrade(Settings(database_url=database_url))
+    logs = tmp_path / "fleet"
+    fleet = Processes.for_servers(
+        logs,
+        HOOKFLEET_REDIS_URL=redis_server.url,
+        HOOKFLEET_DATABASE_URL=database_url,
+        HOOKFLEET_RETELL_SECRETS=SECRET,
+        HOOKFLEET_STANDARD_VERIFY="off",
+        HOOKFLEET_VISIBILITY_TIMEOUT_S="20",
+        HOOKFLEET_TASK_TIME_LIMIT_S="10",
+        HOOKFLEET_REDIS_TIMEOUT_S="1",
+        HOOKFLEET_WORKER_SOFT_SHUTDOWN_S="3",
+        WEB_CONCURRENCY="2",
+        HOOKFLEET_WORKER_CONCURRENCY="2",
+        **env,
+    )
+    for name in ("web", "worker_high", "worker_default", "worker_low"):
+        fleet.start(name)
+    fleet.wait_for_web()
+    fleet.wait_for_worker("worker_high")
+    engine = create_engine(database_url)
+    try:
+        yield Stack(fleet, redis_server, mariadb, database_url, engine, logs)
+    finally:
+        fleet.stop_all()
+        engine.dispose()
+        redis_server.stop()
+
+
+def ids(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}_{i:05d}" for i in range(n)]
+
+
+def wait_for_accepted(ledger: Ledger, n: int, timeout_s: float = 60) -> None:
+    wait_until(lambda: len(ledger.accepted) >= n, timeout_s, f"{n} accepted", interval=0.05)
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def pool_children(stack: Stack, name: str) -> list[int]:
+    main = stack.fleet.running[name].pid
+    out = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
+
+
+# --- Crashes ------------------------------------------------------------------------------
+
+
+def test_kill_9_of_a_whole_worker_mid_stream(stack: Stack) -> None:
+    ledger = Ledger("kill -9 worker process group")
+    finish = stream(stack, ledger, ids("wk", 2000))
+    wait_for_accepted(ledger, 400)
+    kill_group(stack.fleet.running.pop("worker_high"))
+    time.sleep(1)
+    stack.fleet.start("worker_high")
+    finish()
+
+    assert_exactly_once(settle_and_count(stack, ledger))
+
+
+def test_kill_9_of_one_pool_child_mid_stream(stack: Stack) -> None:
+    ledger = Ledger("kill -9 one pool child")
+    finish = stream(stack, ledger, ids("pc", 1000))
+    wait_for_accepted(ledger, 300)
+    wait_until(lambda: bool(pool_children(stack, "worker_high")), 10, "pool children")
+    os.kill(pool_children(stack, "worker_high")[0], signal.SIGKILL)
+    finish()
+
+    assert_exactly_once(settle_and_count(stack, ledger))
+
+
+def test_kill_9_of_redis_mid_stream_and_restart(stack: Stack) -> None:
+    ledger = Ledger("kill -9 redis (AOF), restart")
+    finish = stream(stack, ledger, ids("rd", 1000))
+    wait_for_accepted(ledger, 300)
+    assert stack.redis.proc is not None
+    stack.redis.proc.kill()
+    stack.redis.proc.wait()
+    time.sleep(2)  # providers meet 503s and connection errors meanwhile
+    stack.redis.start()  # same port, same AOF
+    finish()
+
+    row = settle_and_count(stack, ledger)
+    assert_exactly_once(row)
+    assert row["answers"].get(503, 0) > 0  # the outage was real and answered 503
+
+
+def test_mariadb_stopped_for_20_s_mid_stream(tmp_path: Path) -> None:
+    own = MariaDBServer(tmp_path / "db").start()
+    try:
+        with running_stack(tmp_path, own) as stack:
+            ledger = Ledger("MariaDB stopped 20 s")
+            finish = stream(stack, ledger, ids("db", 600))
+            wait_for_accepted(ledger, 150)
+            own.stop()
+            time.sleep(20)
+            own.start()
+            finish()
+
+            row = settle_and_count(stack, ledger)
+            with stack.engine.connect() as connection:
+                dead = connection.scalar(
+                    select(func.count()).where(WebhookEvent.status != EventStatus.PROCESSED)
+                )
+    finally:
+        own.stop()
+    assert_exactly_once(row)
+    assert dead == 0
+
+
+# --- Overload and refusals ------------------------------------------------------------------
+
+
+def test_redis_at_maxmemory_answers_503_then_everything_lands(stack: Stack) -> None:
+    ledger = Ledger("redis at maxmemory")
+    client = stack.redis.client()
+    client.config_set("maxmemory", 1)
+    try:
+        for call_id in ids("mm", 20):
+            raw = call_body(call_id)
+            headers = {"x-retell-signature": retell.sign(SECRET, raw, int(time.time() * 1000))}
+            status = request(stack.fleet.base_url, "POST", "/webhooks/retell", raw, headers)[0]
+            ledger.saw(call_id, status)
+        assert ledger.answers == {503: 20}  # refused, not accepted and dropped
+        finish = stream(stack, ledger, ids("mm", 20))
+        time.sleep(1)
+    finally:
+        client.config_set("maxmemory", 0)
+    finish()
+
+    assert_exactly_once(settle_and_count(stack, ledger))
+
+
+def test_a_duplicate_storm_lands_each_event_once(stack: Stack) -> None:
+    ledger = Ledger("duplicate storm 100 x 20")
+    storm = [call_id for call_id in ids("ds", 100) for _ in range(20)]
+    random.Random(7).shuffle(storm)
+    stream(stack, ledger, storm, threads=16)()
+
+    row = settle_and_count(stack, ledger)
+    assert_exactly_once(row)
+    assert row["answers"] == {202: 100, 200: 1900}
+
+
+def test_bad_requests_interleaved_with_good_ones(stack: Stack) -> None:
+    ledger = Ledger("10,000 bad requests + 500 good")
+    rng = random.Random(11)
+    bad_statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def bad(n: int) -> None:
+        kind = n % 6
+        raw = rng.randbytes(rng.randint(0, 300))
+        headers: dict[str, str] = {}
+        if kind == 1:
+            raw = call_body(f"bad_{n}")
+            headers = {"x-retell-signature": f"v={int(time.time() * 1000)},d={'0' * 64}"}
+        elif kind == 2:
+            raw = b'{"event": "call_ended"}'
+            headers = {"x-retell-signature": retell.sign(SECRET, raw, int(time.time() * 1000))}
+        elif kind == 3:
+            headers = {"x-retell-signature": rng.choice(["", "v=,d=", "garbage", "v=1,d=zz"])}
+        path = rng.choice(["/webhooks/retell", "/webhooks/retell", "/webhooks/nope", "/"])
+        method = "GET" if kind == 4 else "POST"
+        status = request(stack.fleet.base_url, method, path, raw, headers)[0]
+        with lock:
+            bad_statuses[status] += 1
+
+    good = ids("gd", 500)
+    jobs: list[Callable[[], Any]] = [lambda n=n: bad(n) for n in range(10_000)]
+    jobs += [lambda c=c: deliver(stack, ledger, c) for c in good]
+    rng.shuffle(jobs)
+    with ThreadPoolExecutor(8) as pool:
+        for future in [pool.submit(job) for job in jobs]:
+            future.result()
+
+    row = settle_and_count(stack, ledger)
+    assert_exactly_once(row)
+    assert row["accepted"] == 500
+    assert not [s for s in bad_statuses if s >= 500], bad_statuses
+
+
+def test_clock_skew_just_inside_and_just_outside_the_tolerance(stack: Stack) -> None:
+    def post_at(offset_s: float, call_id: str) -> int:
+        raw = call_body(call_id)
+        at = int((time.time() + offset_s) * 1000)
+        headers = {"x-retell-signature": retell.sign(SECRET, raw, at)}
+        return request(stack.fleet.base_url, "POST", "/webhooks/retell", raw, headers)[0]
+
+    assert [post_at(-290, "sk_1"), post_at(290, "sk_2")] == [202, 202]
+    assert [post_at(-310, "sk_3"), post_at(310, "sk_4")] == [401, 401]
+
+
+def test_a_slow_client_and_an_oversized_body_do_not_starve_the_receiver(stack: Stack) -> None:
+    host, port = stack.fleet.base_url.removeprefix("http://").split(":")
+    trickling = []
+    for _ in range(2):
+        sock = socket.create_connection((host, int(port)))
+        sock.sendall(
+            b"POST /webhooks/retell HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 5000\r\n\r\n{"
+        )
+        trickling.append(sock)
+    oversized = socket.create_connection((host, int(port)), timeout=5)
+    oversized.sendall(
+        b"POST /webhooks/retell HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 50000000\r\n\r\n"
+    )
+    started = time.monotonic()
+    answer = oversized.recv(200)
+    early = time.monotonic() - started
+
+    ledger = Ledger("slow clients + oversized body")
+    latencies = []
+    for call_id in ids("sl", 40):
+        t0 = time.monotonic()
+        deliver(stack, ledger, call_id)
+        latencies.append(time.monotonic() - t0)
+        for sock in trickling:
+            sock.sendall(b" ")
+    for sock in [*trickling, oversized]:
+        sock.close()
+
+    assert answer.startswith(b"HTTP/1.1 413") and early < 2
+    assert max(latencies) < 2, latencies
+    assert_exactly_once(settle_and_count(stack, ledger))
+
+
+def test_a_flood_on_low_does_not_delay_high(tmp_path: Path, mariadb_server: MariaDBServer) -> None:
+    with running_stack(
+        tmp_path, mariadb_server, HOOKFLEET_ROUTES="standard=hookfleet.low"
+    ) as stack:
+        flood = ThreadPoolExecutor(4)
+        for n in range(3000):
+            flood.submit(
+                request,
+                stack.fleet.base_url,
+                "POST",
+                "/webhooks/standard",
+                {"type": "bulk.import", "n": n},
+                {"webhook-id": f"bulk_{n}"},
+            )
+        time.sleep(2)
+        ledger = Ledger("flood on hookfleet.low, high p99")
+        for call_id in ids("hi", 100):
+            deliver(stack, ledger, call_id)
+        row = settle_and_count(stack, ledger, timeout_s=60)
+        flood.shutdown(wait=True)
+        with stack.engine.connect() as connection:
+            waits = sorted(
+                (processed - received).total_seconds()
+                for received, processed in connection.execute(
+                    select(WebhookEvent.received_at, WebhookEvent.processed_at).where(
+                        WebhookEvent.queue == "hookfleet.high"
+                    )
+                )
+            )
+            low_backlog = stack.redis.client().llen("hookfleet.low")
+    p99 = waits[int(len(waits) * 0.99) - 1]
+    row["high_p99_s"] = round(p99, 3)
+    assert_exactly_once(row)
+    row["low_backlog_after"] = low_backlog
+    assert p99 < 2.0, waits[-5:]
+
+
+# --- Slow work, shutdown, poison --------------------------------------------------------------
+
+
+@contextmanager
+def call_row_locked(stack: Stack, call_id: str) -> Iterator[Callable[[], None]]:
+    """Create the call's row and hold its lock from another connection; yields release()."""
+    raw = call_body(call_id)
+    ledger = Ledger("seed")
+    deliver(stack, ledger, call_id, body=raw.replace(b"call_ended", b"call_started"))
+    wait_until(lambda: stack.calls({call_id}) == {call_id}, 30, "the call row")
+    blocker = stack.engine.connect()
+    transaction = blocker.begin()
+    blocker.execute(text("SELECT id FROM calls WHERE call_id = :c FOR UPDATE"), {"c": call_id})
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            transaction.commit()
+            released.set()
+
+    try:
+        yield release
+    finally:
+        release()
+        blocker.close()
+
+
+def test_a_task_outliving_its_time_limit_and_the_visibility_timeout_takes_effect_once(
+    stack: Stack,
+) -> None:
+    stack.mariadb.sql("SET GLOBAL innodb_lock_wait_timeout = 60")
+    try:
+        ledger = Ledger("task longer than visibility timeout")
+        with call_row_locked(stack, "slow_1") as release:
+            assert deliver(stack, ledger, "slow_1") == 202
+            time.sleep(25)  # > time limit (10 s) and > visibility timeout (20 s)
+            release()
+        row = settle_and_count(stack, ledger, timeout_s=90)
+    finally:
+        stack.mariadb.sql("SET GLOBAL innodb_lock_wait_timeout = 50")
+    assert_exactly_once(row)
+    # The database's lock wait (2 s in the workers' sessions) ended each try in time, and
+    # the task was retried on fresh messages until the lock was gone.
+    assert stack.fleet.log("worker_high").count("transient failure, will retry") >= 2
+
+
+def test_sigterm_to_a_worker_requeues_its_running_task_and_nothing_is_lost(stack: Stack) -> None:
+    ledger = Ledger("SIGTERM worker mid-task")
+    with call_row_locked(stack, "term_1") as release:
+        assert deliver(stack, ledger, "term_1") == 202
+        time.sleep(2)  # the task is running, waiting on the lock
+        started = time.monotonic()
+        stack.fleet.stop("worker_high", signal.SIGTERM, timeout=30)
+        stopped_in = time.monotonic() - started
+        release()
+    stack.fleet.start("worker_high")
+
+    row = settle_and_count(stack, ledger, timeout_s=90)
+    assert_exactly_once(row)
+    assert stopped_in < 15  # soft shutdown of 3 s, then cancel and requeue
+
+
+def test_sigterm_to_the_receiver_finishes_requests_in_flight(stack: Stack) -> None:
+    host, port = stack.fleet.base_url.removeprefix("http://").split(":")
+    raw = call_body("inflight_1")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    signature = retell.sign(SECRET, raw, int(time.time() * 1000))
+    sock.sendall(
+        b"POST /webhooks/retell HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"x-retell-signature: {signature}\r\nContent-Length: {len(raw)}\r\n\r\n".encode()
+        + raw[:10]
+    )
+    time.sleep(0.5)
+    os.kill(stack.fleet.running["web"].pid, signal.SIGTERM)
+    time.sleep(0.5)
+    sock.sendall(raw[10:])
+    answer = sock.recv(500)
+    sock.close()
+
+    assert answer.startswith(b"HTTP/1.1 202"), answer
+    ledger = Ledger("SIGTERM receiver mid-request")
+    ledger.saw("inflight_1", 202)
+    assert_exactly_once(settle_and_count(stack, ledger, timeout_s=30))
+
+
+def test_a_poison_message_is_dead_lettered_then_replayed_once(
+    tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    with running_stack(
+        tmp_path,
+        mariadb_server,
+        HOOKFLEET_TASK_MAX_RETRIES="1",
+        HOOKFLEET_DB_RETRY_ATTEMPTS="2",
+    ) as stack:
+        stack.mariadb.sql("SET GLOBAL innodb_lock_wait_timeout = 1")
+        ledger = Ledger("poison: dead letter, then replay")
+        env = {**stack.fleet.env}
+        try:
+            with call_row_locked(stack, "poison_1") as release:
+                assert deliver(stack, ledger, "poison_1") == 202
+
+                def dead() -> bool:
+                    with stack.engine.connect() as connection:
+                        return (
+                            connection.scalar(
+                                select(WebhookEvent.status).where(
+                                    WebhookEvent.event_id == "poison_1:call_ended"
+                                )
+                            )
+                            is EventStatus.DEAD
+                        )
+
+                wait_until(dead, 60, "the event to be dead", interval=0.5)
+                listing = subprocess.run(
+                    ["hookfleet", "dlq", "list"], env=env, capture_output=True, text=True
+                )
+                release()  # the cause is fixed
+            replayed = subprocess.run(
+                ["hookfleet", "replay", "--all-dead"], env=env, capture_output=True, text=True
+            )
+            row = settle_and_count(stack, ledger, timeout_s=60)
+        finally:
+            stack.mariadb.sql("SET GLOBAL innodb_lock_wait_timeout = 50")
+        with stack.engine.connect() as connection:
+            attempts = connection.scalar(
+                select(WebhookEvent.attempts).where(WebhookEvent.event_id == "poison_1:call_ended")
+            )
+    assert "poison_1:call_ended" in listing.stdout and "Lock wait timeout" in listing.stdout
+    assert "replayed 1 event(s) on hookfleet.low" in replayed.stdout, replayed
+    assert_exactly_once(row)
+    assert attempts == 2  # the dead attempt, then the replay

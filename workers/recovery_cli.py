@@ -1,0 +1,217 @@
+"""``hookfleet dlq`` and ``hookfleet replay``: see what did not take effect, run it again."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+
+from models.events import EventStatus
+from models.settings import Settings
+
+_RELATIVE = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+class When(click.ParamType):
+    """An ISO date or time (UTC unless it says otherwise), or an age like ``24h``."""
+
+    name = "when"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        relative = _RELATIVE.match(text)
+        if relative:
+            amount, unit = int(relative.group(1)), _UNITS[relative.group(2)]
+            return datetime.now(UTC) - timedelta(**{unit: amount})
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(f"{text!r} is neither a date/time (2026-11-23T08:00) nor an age (24h)")
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+STATUS = click.Choice([s.value for s in EventStatus])
+
+
+def _sessions() -> Any:
+    from models.engine import make_engine, make_sessionmaker
+
+    return make_sessionmaker(make_engine(Settings.from_env(os.environ)))
+
+
+def _selection(
+    event_ids: tuple[str, ...],
+    provider: str | None,
+    event_type: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    statuses: tuple[str, ...],
+) -> Any:
+    from workers.deadletters import Selection
+
+    return Selection(
+        event_ids=event_ids,
+        provider=provider,
+        event_type=event_type,
+        since=since,
+        until=until,
+        statuses=tuple(EventStatus(s) for s in statuses) or (EventStatus.DEAD,),
+    )
+
+
+def _filters(command: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--provider", help="Only this provider (retell, calcom, ...)."),
+            click.option("--type", "event_type", help="Only this event type."),
+            click.option("--since", type=When(), help="Created at or after (ISO or 24h)."),
+            click.option("--until", type=When(), help="Created before (ISO or 24h)."),
+            click.option(
+                "--status",
+                "statuses",
+                type=STATUS,
+                multiple=True,
+                help="Statuses to select (repeatable). Default: dead.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+@click.group()
+def dlq() -> None:
+    """Dead letters: events whose retry budget is spent (and, with --status, others)."""
+
+
+@dlq.command("list")
+@_filters
+@click.option("--after", "after_id", default=0, help="Page on: show ids after this one.")
+@click.option("--limit", default=50, show_default=True)
+def list_command(
+    provider: str | None,
+    event_type: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    statuses: tuple[str, ...],
+    after_id: int,
+    limit: int,
+) -> None:
+    """List events, oldest first, without loading their payloads."""
+    from workers.deadletters import list_letters
+
+    selection = _selection((), provider, event_type, since, until, statuses)
+    with _sessions()() as session:
+        letters = list_letters(session, selection, after_id=after_id, limit=limit)
+    if not letters:
+        click.echo("no events match.")
+        return
+    click.echo(f"{'ID':>8}  {'PROVIDER':<9} {'TYPE':<22} {'STATUS':<9} {'TRIES':>5}  EVENT / ERROR")
+    for letter in letters:
+        click.echo(
+            f"{letter.id:>8}  {letter.provider:<9} {letter.event_type[:22]:<22} "
+            f"{letter.status:<9} {letter.attempts:>5}  {letter.event_id}"
+        )
+        if letter.error:
+            click.echo(f"{'':>8}  └ {letter.error}")
+    if len(letters) == limit:
+        click.echo(f"more: hookfleet dlq list --after {letters[-1].id} ...")
+
+
+@dlq.command("show")
+@click.argument("event_pk", type=int)
+def show_command(event_pk: int) -> None:
+    """Everything about one event (by its ``ID`` from ``dlq list``), payload included."""
+    from workers.deadletters import show_letter
+
+    with _sessions()() as session:
+        row = show_letter(session, event_pk)
+        if row is None:
+            raise click.ClickException(f"no event with id {event_pk}")
+        click.echo(f"id:             {row.id}")
+        click.echo(f"provider:       {row.provider}")
+        click.echo(f"event_id:       {row.event_id}")
+        click.echo(f"event_type:     {row.event_type}")
+        click.echo(f"status:         {row.status.value} after {row.attempts} attempt(s)")
+        click.echo(f"queue:          {row.queue}")
+        click.echo(f"correlation_id: {row.correlation_id}")
+        click.echo(f"received_at:    {row.received_at.isoformat()}")
+        click.echo(f"updated_at:     {row.updated_at.isoformat()}")
+        click.echo(f"headers:        {json.dumps(row.headers)}")
+        click.echo(f"last_error:     {row.last_error or '-'}")
+        if row.last_traceback:
+            click.echo("traceback:")
+            click.echo(row.last_traceback.rstrip())
+        click.echo("payload:")
+        click.echo(row.payload)
+
+
+@click.command()
+@click.option("--event-id", "event_ids", multiple=True, help="Replay this event (repeatable).")
+@_filters
+@click.option("--all-dead", is_flag=True, help="Replay every dead letter.")
+@click.option("--dry-run", is_flag=True, help="Only count what would be replayed.")
+@click.option("--batch-size", default=500, show_default=True)
+def replay(
+    event_ids: tuple[str, ...],
+    provider: str | None,
+    event_type: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    statuses: tuple[str, ...],
+    all_dead: bool,
+    dry_run: bool,
+    batch_size: int,
+) -> None:
+    """Run events again, on hookfleet.low, past the receiver's dedup.
+
+    Choose by --event-id, by --provider with --since/--until (and --status, default
+    dead), or --all-dead. Effects are idempotent: a replayed event that had already
+    taken effect leaves the same rows.
+    """
+    from workers.deadletters import REPLAY_QUEUE, ReplayReport
+    from workers.deadletters import replay as run_replay
+
+    if not (event_ids or provider or since or until or all_dead):
+        raise click.UsageError(
+            "say what to replay: --event-id, --provider/--since/--until or --all-dead"
+        )
+    selection = _selection(event_ids, provider, event_type, since, until, statuses)
+
+    def progress(report: ReplayReport) -> None:
+        verb = "would replay" if dry_run else "replayed"
+        click.echo(f"... {verb} {report.selected}", err=True)
+
+    report = run_replay(
+        _sessions(),
+        selection,
+        None if dry_run else _celery_publisher(),
+        batch_size=batch_size,
+        progress=progress,
+    )
+    by_provider = ", ".join(f"{p}: {n}" for p, n in sorted(report.by_provider.items())) or "none"
+    if dry_run:
+        click.echo(f"dry run: {report.selected} event(s) would be replayed ({by_provider}).")
+    else:
+        click.echo(f"replayed {report.published} event(s) on {REPLAY_QUEUE} ({by_provider}).")
+
+
+def _celery_publisher() -> Any:
+    from workers.celery_app import app
+    from workers.deadletters import REPLAY_QUEUE
+
+    def publish(batch: list[dict[str, Any]]) -> None:
+        with app.producer_or_acquire() as producer:
+            for kwargs in batch:
+                app.send_task(
+                    "hookfleet.process_event", kwargs=kwargs, queue=REPLAY_QUEUE, producer=producer
+                )
+
+    return publish
