@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from models.settings import Settings
+from workers.integrity_command import integrity
 
 
 @click.group()
@@ -57,3 +58,6 @@ def up(host: str, port: int, var_dir: str, concurrency: int) -> None:
         click.echo("stopping hookfleet...")
         fleet.stop()
         click.echo("hookfleet stopped.")
+
+
+main.add_command(integrity)
