@@ -195,26 +195,31 @@ def _duplicate_emails(engine: Engine, report: Report, *, apply: bool, batch_size
     key = func.lower(func.trim(Customer.email))
     last: str | None = None
     while True:
-        query = select(key).where(Customer.email.is_not(None))
+        # The members' ids come with their group: finding them by the key again would
+        # scan the whole table once per group.
+        query = select(key, func.group_concat(Customer.id)).where(Customer.email.is_not(None))
         if last is not None:
             query = query.where(key > last)
         with engine.connect() as connection:
-            keys = connection.scalars(
+            groups = connection.execute(
                 query.group_by(key).having(func.count() > 1).order_by(key).limit(batch_size)
             ).all()
-        if not keys:
+        if not groups:
             return
-        for email in keys:
-            _merge(engine, email, report, apply=apply)
-        last = keys[-1]
+        for email, ids in groups:
+            _merge(engine, email, [int(i) for i in ids.split(",")], report, apply=apply)
+        last = groups[-1][0]
 
 
-def _merge(engine: Engine, email: str, report: Report, *, apply: bool) -> None:
+def _merge(engine: Engine, email: str, ids: list[int], report: Report, *, apply: bool) -> None:
     """Keep the most complete customer (then the oldest), move every call and appointment
     of the others to it, fill its empty fields from theirs, delete them, normalize its
     email. One transaction, the group's rows locked."""
     with Session(engine) as session, session.begin():
-        query = select(Customer).where(func.lower(func.trim(Customer.email)) == email)
+        # Read again, locked, by primary key: a worker may have changed them meanwhile.
+        query = select(Customer).where(
+            Customer.id.in_(ids), func.lower(func.trim(Customer.email)) == email
+        )
         members = session.scalars(
             query.order_by(Customer.id).with_for_update() if apply else query
         ).all()
@@ -222,10 +227,10 @@ def _merge(engine: Engine, email: str, report: Report, *, apply: bool) -> None:
             return
         keeper = max(members, key=lambda c: (c.completeness(), -c.id))
         others = sorted((c for c in members if c is not keeper), key=lambda c: -c.completeness())
-        ids = [c.id for c in others]
+        merged = [c.id for c in others]
         moved = [
             session.scalar(
-                select(func.count()).select_from(model).where(model.customer_id.in_(ids))
+                select(func.count()).select_from(model).where(model.customer_id.in_(merged))
             )
             for model in (Call, Appointment)
         ]
@@ -233,14 +238,14 @@ def _merge(engine: Engine, email: str, report: Report, *, apply: bool) -> None:
         report.add(
             DUPLICATE_EMAILS,
             f"{normalize_email(email)}: keep customer {keeper.id}, merge "
-            f"{', '.join(map(str, ids))} ({moved[0]} calls, {moved[1]} appointments"
+            f"{', '.join(map(str, merged))} ({moved[0]} calls, {moved[1]} appointments"
             + (f"; fill {', '.join(filled)})" if filled else ")"),
         )
         if not apply:
             return
         for model in (Call, Appointment):
             session.execute(
-                update(model).where(model.customer_id.in_(ids)).values(customer_id=keeper.id)
+                update(model).where(model.customer_id.in_(merged)).values(customer_id=keeper.id)
             )
         for other in others:
             session.delete(other)
