@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from models.settings import Settings
+from workers.integrity_command import integrity
 from workers.recovery_cli import dlq, replay
 
 
@@ -62,3 +63,4 @@ def up(host: str, port: int, var_dir: str, concurrency: int) -> None:
 
 main.add_command(dlq)
 main.add_command(replay)
+main.add_command(integrity)

@@ -1,0 +1,81 @@
+"""``hookfleet integrity check|fix``: the command-line face of :mod:`workers.integrity`.
+
+Kept apart from it so ``hookfleet`` starts without importing SQLAlchemy for other
+commands.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from workers.integrity import Report
+
+batch_size_option = click.option(
+    "--batch-size",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Rows read per query; memory stays bounded by it.",
+)
+
+
+@click.group()
+def integrity() -> None:
+    """Find and repair orphans, duplicate customers and phones stored before E.164."""
+
+
+@integrity.command()
+@batch_size_option
+def check(batch_size: int) -> None:
+    """Report problems; change nothing. Exits 1 when something needs `fix`, else 0."""
+    from workers import integrity as run
+
+    report = run.check(_engine(), batch_size=batch_size)
+    _print(report, "found")
+    if report.problems:
+        click.echo(f"{report.problems} to repair: `hookfleet integrity fix --dry-run` shows how.")
+        raise SystemExit(1)
+    click.echo("nothing to repair.")
+
+
+@integrity.command()
+@click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
+@batch_size_option
+def fix(dry_run: bool, batch_size: int) -> None:
+    """Set orphan links to NULL, merge duplicate customers, normalize phones."""
+    from workers import integrity as run
+
+    report = run.fix(_engine(), dry_run=dry_run, batch_size=batch_size)
+    _print(report, "would fix" if dry_run else "fixed")
+    done = "would be repaired (dry run, nothing changed)" if dry_run else "repaired"
+    click.echo(f"{report.problems} {done}.")
+
+
+def _engine() -> Engine:
+    from models.engine import make_engine
+    from models.settings import Settings
+
+    return make_engine(Settings.from_env(os.environ))
+
+
+def _print(report: Report, verb: str) -> None:
+    """One line per kind with something in it, then its first examples indented."""
+    found = [f for f in report.findings.values() if f.count]
+    width = max((len(f.label) for f in found), default=0)
+    for heading, repairable in ((verb, True), ("to review (fix leaves these)", False)):
+        kinds = [f for f in found if f.repairable is repairable]
+        if not kinds:
+            continue
+        click.echo(f"{heading}:")
+        for finding in kinds:
+            click.echo(f"  {finding.label:<{width}}  {finding.count:>7}")
+            for example in finding.examples:
+                click.echo(f"      {example}")
+            if finding.count > len(finding.examples):
+                click.echo(f"      … and {finding.count - len(finding.examples)} more")
