@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-QUEUES = ("hookfleet.high", "hookfleet.default", "hookfleet.low")
+QUEUES = ("hookfleet.high", "hookfleet.default", "hookfleet.low", "hookfleet.provisioning")
 
 _PROVIDER_VAR = re.compile(r"^HOOKFLEET_([A-Z0-9]+)_(VERIFY|SECRETS|TOLERANCE_S|DEDUP_TTL_S)$")
 _FALSY = {"0", "off", "false", "no"}

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from models.settings import Settings
+from workers.provisioning_cli import breaker, provision
 
 
 @click.group()
@@ -57,3 +58,7 @@ def up(host: str, port: int, var_dir: str, concurrency: int) -> None:
         click.echo("stopping hookfleet...")
         fleet.stop()
         click.echo("hookfleet stopped.")
+
+
+main.add_command(provision)
+main.add_command(breaker)
