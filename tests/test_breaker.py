@@ -135,3 +135,27 @@ def test_provision_command_prints_findings_and_provisions(
     assert f"created: branch {good} is answered by agent {agent_id}" in done.stdout
     assert again.returncode == 0 and f"unchanged: branch {good}" in again.stdout
     assert len(standin.agents) == 1
+
+
+@pytest.mark.e2e
+def test_provision_queue_runs_on_the_procfile_provisioning_worker(
+    tmp_path: Path, redis_url: str, database: str, standin: StandIn
+) -> None:
+    from tests.processes import Processes
+
+    env = env_for(database, redis_url, standin)
+    engine = make_engine(Settings(database_url=database))
+    branch_id = seed_branch(make_sessionmaker(engine))
+    engine.dispose()
+    processes = Processes.for_servers(tmp_path / "fleet", **env)
+    processes.start("worker_provisioning")
+    try:
+        processes.wait_for_worker("worker_provisioning")
+        done = hookfleet("provision", str(branch_id), "--queue", "--wait", "60", env=env)
+    finally:
+        processes.stop_all()
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    [agent_id] = standin.agents
+    assert f"active: agent {agent_id}" in done.stdout
+    assert "hookfleet.provision_branch" in processes.log("worker_provisioning")
