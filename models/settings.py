@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-QUEUES = ("hookfleet.high", "hookfleet.default", "hookfleet.low")
+QUEUES = ("hookfleet.high", "hookfleet.default", "hookfleet.low", "hookfleet.provisioning")
 
 _PROVIDER_VAR = re.compile(r"^HOOKFLEET_([A-Z0-9]+)_(VERIFY|SECRETS|TOLERANCE_S|DEDUP_TTL_S)$")
 _FALSY = {"0", "off", "false", "no"}
@@ -32,6 +32,44 @@ class ProviderSettings:
     secrets: tuple[str, ...] = ()
     tolerance_s: int = 300
     dedup_ttl_s: int = 24 * 3600
+
+
+@dataclass(frozen=True)
+class OutboundSettings:
+    """Calling out to Retell and Cal.com when provisioning (workers.outbound)."""
+
+    retell_api_url: str = "https://api.retellai.com"
+    # Retell signs webhooks with the API key, so the first webhook secret is the default.
+    retell_api_key: str = ""
+    retell_voice_id: str = "11labs-Adrian"
+    retell_webhook_url: str = ""
+    calcom_api_url: str = "https://api.cal.com"
+    calcom_api_key: str = ""
+    timeout_s: float = 10.0
+    retries: int = 3
+    backoff_s: float = 0.5
+    breaker_fail_max: int = 5
+    breaker_reset_s: int = 60
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> OutboundSettings:
+        retell_secrets = [
+            s.strip() for s in env.get("HOOKFLEET_RETELL_SECRETS", "").split(",") if s.strip()
+        ]
+        return cls(
+            retell_api_url=(env.get("HOOKFLEET_RETELL_API_URL") or cls.retell_api_url).rstrip("/"),
+            retell_api_key=env.get("HOOKFLEET_RETELL_API_KEY")
+            or (retell_secrets[0] if retell_secrets else ""),
+            retell_voice_id=env.get("HOOKFLEET_RETELL_VOICE_ID") or cls.retell_voice_id,
+            retell_webhook_url=env.get("HOOKFLEET_RETELL_WEBHOOK_URL", ""),
+            calcom_api_url=(env.get("HOOKFLEET_CALCOM_API_URL") or cls.calcom_api_url).rstrip("/"),
+            calcom_api_key=env.get("HOOKFLEET_CALCOM_API_KEY", ""),
+            timeout_s=_float(env, "HOOKFLEET_OUTBOUND_TIMEOUT_S", cls.timeout_s),
+            retries=max(1, _int(env, "HOOKFLEET_OUTBOUND_RETRIES", cls.retries)),
+            backoff_s=_float(env, "HOOKFLEET_OUTBOUND_BACKOFF_S", cls.backoff_s),
+            breaker_fail_max=max(1, _int(env, "HOOKFLEET_BREAKER_FAIL_MAX", cls.breaker_fail_max)),
+            breaker_reset_s=_int(env, "HOOKFLEET_BREAKER_RESET_S", cls.breaker_reset_s),
+        )
 
 
 @dataclass(frozen=True)
@@ -78,6 +116,7 @@ class Settings:
     var_dir: str = "var"
     routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     providers: Mapping[str, ProviderSettings] = field(default_factory=lambda: MappingProxyType({}))
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
 
     def provider(self, name: str) -> ProviderSettings:
         """Settings for ``name``; defaults when nothing was configured for it."""
@@ -130,6 +169,7 @@ class Settings:
             var_dir=env.get("HOOKFLEET_VAR_DIR") or cls.var_dir,
             routes=MappingProxyType(_routes(env.get("HOOKFLEET_ROUTES", ""))),
             providers=MappingProxyType(_providers(env)),
+            outbound=OutboundSettings.from_env(env),
         )
         if settings.task_time_limit_s >= settings.visibility_timeout_s:
             raise ConfigError(

@@ -49,7 +49,14 @@ def _pings(client: redis.Redis) -> bool:
 def test_procfile_has_every_process_the_fleet_needs() -> None:
     entries = procfile()
 
-    assert set(entries) == {"web", "worker_high", "worker_default", "worker_low", "beat"}
-    for queue in ("high", "default", "low"):
+    assert set(entries) == {
+        "web",
+        "worker_high",
+        "worker_default",
+        "worker_low",
+        "worker_provisioning",
+        "beat",
+    }
+    for queue in ("high", "default", "low", "provisioning"):
         assert f"-Q hookfleet.{queue}" in entries[f"worker_{queue}"]
     assert "ingest.gunicorn_conf" in entries["web"]

@@ -16,7 +16,9 @@ from models.logs import configure_logging
 from models.phones import configure_regions
 from models.settings import QUEUES, Settings
 
-app = Celery("hookfleet", include=["workers.tasks"], set_as_current=False)
+app = Celery(
+    "hookfleet", include=["workers.tasks", "workers.provisioning.tasks"], set_as_current=False
+)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

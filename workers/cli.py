@@ -9,6 +9,7 @@ import click
 
 from models.settings import Settings
 from workers.integrity_command import integrity
+from workers.provisioning_cli import breaker, provision
 from workers.recovery_cli import dlq, replay
 
 
@@ -64,3 +65,5 @@ def up(host: str, port: int, var_dir: str, concurrency: int) -> None:
 main.add_command(dlq)
 main.add_command(replay)
 main.add_command(integrity)
+main.add_command(provision)
+main.add_command(breaker)

@@ -1,0 +1,161 @@
+"""The circuit breaker's state is shared through Redis: what one process learned, another
+process obeys; an operator sees it and resets it with the ``hookfleet`` command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from models.engine import make_engine, make_sessionmaker
+from models.migrate import upgrade
+from models.settings import Settings
+from tests.provisioning_helpers import env_for, ready_standin, seed_branch, settings_for
+from tests.servers import clean_env, sqlite_url
+from tests.standin import Reply, StandIn
+from workers.outbound.breaker import breaker_states, breaker_status
+from workers.outbound.errors import ApiRejected, CircuitOpen
+from workers.outbound.retell import RetellApi
+
+HOOKFLEET = str(Path(sys.executable).parent / "hookfleet")
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    server = ready_standin(StandIn().start())
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> str:
+    url = sqlite_url(tmp_path)
+    upgrade(Settings(database_url=url))
+    return url
+
+
+def hookfleet(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The console script, as an operator (or another worker host) runs it."""
+    return subprocess.run(
+        [HOOKFLEET, *args], env=clean_env(**env), capture_output=True, text=True, timeout=60
+    )
+
+
+def test_permanent_5xx_opens_the_breaker_after_fail_max_attempts(
+    redis_url: str, database: str, standin: StandIn
+) -> None:
+    settings = settings_for(database, redis_url, standin, breaker_fail_max=3)
+    standin.script("POST", "/v2/list-agents", *[Reply(503)] * 10)
+
+    with pytest.raises(CircuitOpen):
+        RetellApi(settings).ping()  # three attempts: the third one trips the breaker
+
+    assert len(standin.requests) == 3
+    assert breaker_states(settings) == {"retell": "open", "calcom": "closed"}
+    with pytest.raises(CircuitOpen):
+        RetellApi(settings).ping()
+    assert len(standin.requests) == 3  # refused without calling
+
+
+def test_4xx_answers_never_count_against_the_breaker(
+    redis_url: str, database: str, standin: StandIn
+) -> None:
+    settings = settings_for(database, redis_url, standin, breaker_fail_max=2, retell_api_key="bad")
+
+    for _ in range(5):
+        with pytest.raises(ApiRejected):
+            RetellApi(settings).ping()
+
+    assert len(standin.requests) == 5  # not retried either
+    assert breaker_status("retell", settings).state == "closed"
+
+
+def test_another_process_sees_the_open_breaker_and_reset_closes_it(
+    redis_url: str, database: str, standin: StandIn
+) -> None:
+    settings = settings_for(database, redis_url, standin, breaker_fail_max=3)
+    env = env_for(database, redis_url, standin, HOOKFLEET_BREAKER_FAIL_MAX="3")
+    engine = make_engine(settings)
+    branch_id = seed_branch(make_sessionmaker(engine))
+    engine.dispose()
+    standin.script("POST", "/v2/list-agents", *[Reply(503)] * 3)
+    with pytest.raises(CircuitOpen):
+        RetellApi(settings).ping()
+    before = len(standin.requests)
+
+    status = hookfleet("breaker", "status", env=env)
+    checked = hookfleet("provision", str(branch_id), "--check-connectivity", env=env)
+
+    assert status.returncode == 0, status.stderr
+    assert [line.split()[:3] for line in status.stdout.splitlines()[1:]] == [
+        ["retell", "open", "3"],
+        ["calcom", "closed", "0"],
+    ]
+    assert checked.returncode == 1
+    assert "RETELL_CIRCUIT_OPEN" in checked.stdout
+    assert "hookfleet breaker reset retell" in checked.stdout
+    # The other process asked Cal.com, but sent Retell nothing: the breaker held.
+    assert [r.path for r in standin.requests[before:]] == ["/v2/event-types/1001"]
+
+    reset = hookfleet("breaker", "reset", "retell", env=env)
+
+    assert (reset.returncode, reset.stdout) == (0, "retell: closed\n")
+    assert breaker_status("retell", settings).state == "closed"
+    RetellApi(settings).ping()
+    assert standin.requests[-1].path == "/v2/list-agents"
+
+
+def test_provision_command_prints_findings_and_provisions(
+    redis_url: str, database: str, standin: StandIn
+) -> None:
+    env = env_for(database, redis_url, standin)
+    engine = make_engine(Settings(database_url=database))
+    sessions = make_sessionmaker(engine)
+    broken = seed_branch(sessions, phone="030 12", working_hours={"mon": [["18:00", "09:00"]]})
+    good = seed_branch(sessions)
+    engine.dispose()
+
+    refused = hookfleet("provision", str(broken), env=env)
+    dry = hookfleet("provision", str(good), "--dry-run", env=env)
+    done = hookfleet("provision", str(good), "--check-connectivity", env=env)
+    again = hookfleet("provision", str(good), env=env)
+
+    assert refused.returncode == 1
+    assert "BRANCH_PHONE_INVALID" in refused.stdout
+    assert "Branch phone '030 12' is not a valid number in DE, AT, CH" in refused.stdout
+    assert "WORKING_HOURS_INTERVAL_EMPTY" in refused.stdout
+    assert "refused: fix the errors above" in refused.stderr
+    assert dry.returncode == 0, dry.stderr
+    assert "Dry run: nothing was sent" in dry.stdout and '"agent_name"' in dry.stdout
+    assert done.returncode == 0, done.stderr
+    [agent_id] = standin.agents
+    assert f"created: branch {good} is answered by agent {agent_id}" in done.stdout
+    assert again.returncode == 0 and f"unchanged: branch {good}" in again.stdout
+    assert len(standin.agents) == 1
+
+
+@pytest.mark.e2e
+def test_provision_queue_runs_on_the_procfile_provisioning_worker(
+    tmp_path: Path, redis_url: str, database: str, standin: StandIn
+) -> None:
+    from tests.processes import Processes
+
+    env = env_for(database, redis_url, standin)
+    engine = make_engine(Settings(database_url=database))
+    branch_id = seed_branch(make_sessionmaker(engine))
+    engine.dispose()
+    processes = Processes.for_servers(tmp_path / "fleet", **env)
+    processes.start("worker_provisioning")
+    try:
+        processes.wait_for_worker("worker_provisioning")
+        done = hookfleet("provision", str(branch_id), "--queue", "--wait", "60", env=env)
+    finally:
+        processes.stop_all()
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    [agent_id] = standin.agents
+    assert f"active: agent {agent_id}" in done.stdout
+    assert "hookfleet.provision_branch" in processes.log("worker_provisioning")

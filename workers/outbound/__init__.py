@@ -1,0 +1,1 @@
+"""Calling other services: Retell and Cal.com clients, retries, shared circuit breakers."""

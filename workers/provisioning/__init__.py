@@ -1,0 +1,1 @@
+"""Provisioning Retell voice agents for branches: validate, then create or update."""

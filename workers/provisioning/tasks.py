@@ -1,0 +1,58 @@
+"""The provisioning task: a thin wrapper around provisioner.provision_branch."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery import Task
+
+from models.logs import log_context
+from models.settings import Settings
+from workers.celery_app import app
+from workers.outbound.errors import ApiUnavailable, CircuitOpen
+from workers.provisioning.provisioner import (
+    PROVISIONING_QUEUE,
+    ProvisioningBusy,
+    provision_branch,
+)
+from workers.tasks import sessions
+
+log = logging.getLogger("hookfleet.provisioning")
+
+TASK_NAME = "hookfleet.provision_branch"
+
+
+@app.task(name=TASK_NAME, bind=True, max_retries=5, queue=PROVISIONING_QUEUE)
+def provision_branch_task(self: Task, branch_id: int, check_connectivity: bool = False) -> str:
+    """Provision one branch. Transient failures (Retell down, breaker open, another run
+    busy) come back later; a refusal or a 4xx is final and recorded on the Agent row."""
+    attempt = self.request.retries + 1
+    log_context.set({"task": self.name, "branch_id": branch_id, "attempt": attempt})
+    settings = Settings.from_env(os.environ)
+    try:
+        outcome = provision_branch(
+            sessions(), branch_id, settings, check_connectivity=check_connectivity
+        )
+    except (ApiUnavailable, CircuitOpen, ProvisioningBusy) as error:
+        if self.request.retries >= self.max_retries:
+            raise
+        # Past the breaker's reset timeout, so the retry is the breaker's trial call.
+        countdown = settings.outbound.breaker_reset_s + 2 ** (self.request.retries + 1)
+        log.warning("provisioning will retry", extra={"error": str(error)})
+        raise self.retry(exc=error, countdown=countdown) from None
+    log.info(
+        "provisioning finished",
+        extra={"outcome": outcome.action, "agent_id": outcome.agent_id},
+    )
+    return outcome.action
+
+
+def enqueue_provisioning(branch_id: int, check_connectivity: bool = False) -> str:
+    """Queue provisioning on the provisioning queue; returns the task id."""
+    result = app.send_task(
+        TASK_NAME,
+        kwargs={"branch_id": branch_id, "check_connectivity": check_connectivity},
+        queue=PROVISIONING_QUEUE,
+    )
+    return str(result.id)

@@ -1,0 +1,144 @@
+"""``hookfleet provision`` and ``hookfleet breaker``: provisioning from a terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime
+
+import click
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.settings import Settings
+
+
+@click.command()
+@click.argument("branch_id", type=int)
+@click.option("--dry-run", is_flag=True, help="Validate and show what would be sent; send nothing.")
+@click.option(
+    "--check-connectivity",
+    is_flag=True,
+    help="Also ask Retell and Cal.com whether the key, number and event type work.",
+)
+@click.option(
+    "--queue",
+    "use_queue",
+    is_flag=True,
+    help="Run on the hookfleet.provisioning worker instead of here, and wait for it.",
+)
+@click.option("--wait", default=120, show_default=True, help="Seconds --queue waits.")
+def provision(
+    branch_id: int, dry_run: bool, check_connectivity: bool, use_queue: bool, wait: int
+) -> None:
+    """Validate branch BRANCH_ID and create or update its Retell agent.
+
+    Refuses, printing what to fix, when the validator finds an error. Safe to repeat:
+    a branch never gets a second agent. Exit status: 0 provisioned (or dry run clean),
+    1 refused or failed.
+    """
+    from models.engine import make_engine, make_sessionmaker
+    from workers.outbound.errors import OutboundError
+    from workers.provisioning.findings import findings_table, has_errors
+    from workers.provisioning.provisioner import ProvisioningBusy, provision_branch
+    from workers.provisioning.validator import BranchNotFound
+
+    settings = Settings.from_env(os.environ)
+    engine = make_engine(settings)
+    sessions = make_sessionmaker(engine)
+    try:
+        if use_queue:
+            _provision_on_worker(sessions, branch_id, check_connectivity, wait)
+            return
+        try:
+            outcome = provision_branch(
+                sessions,
+                branch_id,
+                settings,
+                dry_run=dry_run,
+                check_connectivity=check_connectivity,
+            )
+        except BranchNotFound as missing:
+            raise click.ClickException(str(missing)) from None
+        except (OutboundError, ProvisioningBusy) as failed:
+            raise click.ClickException(f"provisioning failed: {failed}") from None
+    finally:
+        engine.dispose()
+    click.echo(f"Branch {branch_id}: {len(outcome.findings)} finding(s)\n")
+    click.echo(findings_table(outcome.findings))
+    if outcome.action == "refused":
+        raise click.ClickException("refused: fix the errors above, then run this again")
+    click.echo("")
+    if dry_run:
+        click.echo("Dry run: nothing was sent. Would send:")
+        click.echo(json.dumps(outcome.config, indent=2, ensure_ascii=False))
+        click.echo("Steps:\n" + "\n".join(f"  - {step}" for step in outcome.steps))
+        if has_errors(outcome.findings):
+            raise SystemExit(1)
+        return
+    for step in outcome.steps:
+        click.echo(f"  - {step}")
+    click.echo(f"{outcome.action}: branch {branch_id} is answered by agent {outcome.agent_id}")
+
+
+def _provision_on_worker(
+    sessions: sessionmaker[Session], branch_id: int, check_connectivity: bool, wait: int
+) -> None:
+    """Queue the task, then watch the Agent row: the fleet keeps no task results."""
+    from sqlalchemy import select
+
+    from models.business import Agent
+    from workers.provisioning.provisioner import AgentStatus
+    from workers.provisioning.tasks import enqueue_provisioning
+
+    asked = datetime.now(UTC)
+    task_id = enqueue_provisioning(branch_id, check_connectivity)
+    click.echo(f"queued on hookfleet.provisioning as task {task_id}; waiting up to {wait} s")
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        with sessions() as session:
+            row = session.scalar(select(Agent).where(Agent.branch_id == branch_id))
+        if row is not None and row.updated_at >= asked and row.status != AgentStatus.PROVISIONING:
+            detail = f" — {row.last_error}" if row.last_error else ""
+            click.echo(f"{row.status}: agent {row.retell_agent_id}{detail}")
+            if row.last_error:
+                raise SystemExit(1)
+            return
+        time.sleep(0.5)
+    raise click.ClickException(
+        f"no outcome within {wait} s: is a worker running on hookfleet.provisioning?"
+    )
+
+
+@click.group()
+def breaker() -> None:
+    """Circuit breakers for Retell and Cal.com (shared by all workers through Redis)."""
+
+
+@breaker.command("status")
+def breaker_status_command() -> None:
+    """Show each breaker's state, failure count and when it opened."""
+    from workers.outbound.breaker import BREAKER_NAMES, breaker_status
+
+    settings = Settings.from_env(os.environ)
+    click.echo(f"{'NAME':<8}{'STATE':<11}{'FAILURES':<10}OPENED AT (retry after)")
+    for name in BREAKER_NAMES:
+        status = breaker_status(name, settings)
+        opened = (
+            f"{status.opened_at:%Y-%m-%d %H:%M:%S} UTC ({status.reset_after_s} s)"
+            if status.opened_at
+            else "-"
+        )
+        click.echo(f"{name:<8}{status.state:<11}{status.failures:<10}{opened}")
+
+
+@breaker.command("reset")
+@click.argument("name")
+def breaker_reset_command(name: str) -> None:
+    """Close breaker NAME (retell or calcom) for every process, now."""
+    from workers.outbound.breaker import BREAKER_NAMES, reset_breaker
+
+    if name not in BREAKER_NAMES:
+        raise click.BadParameter(f"choose one of {', '.join(BREAKER_NAMES)}", param_hint="NAME")
+    reset_breaker(name, Settings.from_env(os.environ))
+    click.echo(f"{name}: closed")
