@@ -9,6 +9,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.metrics import watch_pool
 from models.settings import Settings
 
 
@@ -44,6 +45,7 @@ def make_engine(settings: Settings, *, io_timeout_s: int | None = None) -> Engin
     engine = create_engine(url, **options)
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    watch_pool(engine)
     return engine
 
 

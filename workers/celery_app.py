@@ -13,10 +13,15 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from models.logs import configure_logging
+from models.metrics import use_metrics_dir
 from models.phones import configure_regions
 from models.settings import QUEUES, Settings
 
-app = Celery("hookfleet", include=["workers.tasks"], set_as_current=False)
+app = Celery(
+    "hookfleet",
+    include=["workers.tasks", "workers.metrics"],
+    set_as_current=False,
+)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -74,6 +79,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 @app.on_configure.connect
 def _configure(sender: Celery, **_: Any) -> None:
     settings = Settings.from_env(os.environ)
+    # Before workers.metrics is imported (include=, after configuration): one metrics
+    # directory per host, so prefork children add up.
+    use_metrics_dir()
     configure_logging(settings.log_level)
     configure_regions(settings.phone_regions)
     sender.conf.update(celery_config(settings))

@@ -20,6 +20,7 @@ from models.logs import log_context
 from models.settings import QUEUES, Settings
 from workers.celery_app import app
 from workers.events import IncomingEvent, mark_failed, record_event
+from workers.metrics import event_dead
 
 log = logging.getLogger("hookfleet.worker")
 
@@ -73,11 +74,13 @@ def process_event(self: Task, **kwargs: Any) -> str:
     except TRANSIENT_ERRORS as error:
         if self.request.retries >= self.max_retries:
             mark_failed(sessions(), event, f"{type(error).__name__}: {error}")
+            event_dead(event.provider)
             raise
         log.warning("transient failure, will retry", extra={"error": type(error).__name__})
         raise self.retry(exc=error, countdown=_retry_countdown(self.request.retries)) from None
     except Exception as error:
         mark_failed(sessions(), event, f"{type(error).__name__}: {error}")
+        event_dead(event.provider)
         raise
     duration_ms = round((time.perf_counter() - started) * 1000, 2)
     log.info(outcome.value, extra={"outcome": outcome.value, "duration_ms": duration_ms})
