@@ -19,7 +19,7 @@ from models.settings import QUEUES, Settings
 
 app = Celery(
     "hookfleet",
-    include=["workers.tasks", "workers.metrics"],
+    include=["workers.tasks", "workers.metrics", "workers.retention"],
     set_as_current=False,
 )
 
@@ -71,6 +71,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "beat_schedule": {
             "report-queue-depths": {"task": "hookfleet.report_queue_depths", "schedule": 60.0},
+            # Daily retention of processed webhook_events (HOOKFLEET_RETENTION_DAYS).
+            "prune-events": {"task": "hookfleet.prune_events", "schedule": 24 * 3600.0},
         },
         "beat_schedule_filename": os.path.join(settings.var_dir, "celerybeat-schedule"),
     }

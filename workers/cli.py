@@ -57,3 +57,9 @@ def up(host: str, port: int, var_dir: str, concurrency: int) -> None:
         click.echo("stopping hookfleet...")
         fleet.stop()
         click.echo("hookfleet stopped.")
+
+
+from workers.ops_cli import prune, stats  # noqa: E402 (the operator's commands)
+
+main.add_command(stats)
+main.add_command(prune)
