@@ -59,7 +59,8 @@ def up(host: str, port: int, var_dir: str, concurrency: int) -> None:
         click.echo("hookfleet stopped.")
 
 
-from workers.ops_cli import prune, stats  # noqa: E402 (the operator's commands)
+from workers.ops_cli import prune, replay, stats  # noqa: E402 (the operator's commands)
 
 main.add_command(stats)
 main.add_command(prune)
+main.add_command(replay)

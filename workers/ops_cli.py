@@ -93,3 +93,50 @@ def prune(older_than: str | None, include_dead: bool, dry_run: bool, batch_size:
         f"{verb} {result.deleted} webhook_events ({', '.join(result.statuses)}) "
         f"created before {result.cutoff.isoformat()}"
     )
+
+
+@click.command()
+@click.option("--provider", default=None, help="Only this provider's events.")
+@click.option("--since", default=None, metavar="AGE", help="Only events recorded within AGE.")
+@click.option("--limit", default=1000, show_default=True, help="At most this many, oldest first.")
+@click.option(
+    "--queue",
+    default="hookfleet.low",
+    show_default=True,
+    type=click.Choice(QUEUES),
+    help="Queue to replay on; low keeps live traffic first.",
+)
+@click.option("--dry-run", is_flag=True, help="Only count what would be replayed.")
+def replay(provider: str | None, since: str | None, limit: int, queue: str, dry_run: bool) -> None:
+    """Queue failed webhook_events again, from the payload their rows kept."""
+    from datetime import UTC, datetime
+    from typing import Any
+
+    from models.engine import make_engine, make_sessionmaker
+    from workers.celery_app import app
+    from workers.replay import replay_failed
+    from workers.retention import parse_age
+
+    try:
+        after = datetime.now(UTC) - parse_age(since) if since else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--since") from None
+
+    def send(task: str, kwargs: dict[str, Any], headers: dict[str, str]) -> None:
+        summary = f"{{'provider': {kwargs['provider']!r}, 'event_id': {kwargs['event_id']!r}}}"
+        app.send_task(task, kwargs=kwargs, queue=queue, headers=headers, kwargsrepr=summary)
+
+    engine = make_engine(Settings.from_env(os.environ))
+    try:
+        count = replay_failed(
+            make_sessionmaker(engine),
+            send,
+            provider=provider,
+            since=after,
+            limit=limit,
+            dry_run=dry_run,
+        )
+    finally:
+        engine.dispose()
+    verb = "would replay" if dry_run else f"queued on {queue}"
+    click.echo(f"{verb}: {count} failed webhook_events")
