@@ -22,7 +22,7 @@ from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
 from tests.processes import Processes, request
-from tests.servers import MariaDBServer, wait_until
+from tests.servers import MariaDBServer, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -182,3 +182,52 @@ def test_counters_queue_depth_and_task_histogram_add_up_across_processes(
 
 def moved_now(base_url: str, before: Samples, name: str, **labels: str) -> float:
     return value(scrape(base_url), name, **labels) - value(before, name, **labels)
+
+
+def test_a_worker_apart_from_any_receiver_serves_its_own_metrics_port(
+    tmp_path: Path, redis_url: str, mariadb_url: str
+) -> None:
+    """The Kubernetes layout: receiver and worker in different pods, different metrics
+    directories; the worker's main process serves its children's samples."""
+    common = {
+        "HOOKFLEET_REDIS_URL": redis_url,
+        "HOOKFLEET_DATABASE_URL": mariadb_url,
+        "HOOKFLEET_STANDARD_VERIFY": "off",
+        "HOOKFLEET_ROUTES": "standard=hookfleet.low",
+        "HOOKFLEET_VISIBILITY_TIMEOUT_S": "60",
+        "HOOKFLEET_TASK_TIME_LIMIT_S": "30",
+    }
+    metrics_port = free_port()
+    web = Processes.for_servers(tmp_path / "web-pod", **common)
+    worker = Processes.for_servers(
+        tmp_path / "worker-pod", HOOKFLEET_WORKER_METRICS_PORT=str(metrics_port), **common
+    )
+    try:
+        web.start("web")
+        worker.start("worker_low")
+        web.wait_for_web()
+        worker.wait_for_worker("worker_low")
+        assert post_standard(web.base_url, "evt_apart") == 202
+        worker_url = f"http://127.0.0.1:{metrics_port}"
+        task = {"task": "hookfleet.process_event", "outcome": "success"}
+        histogram = "hookfleet_task_duration_seconds_count"
+
+        def counted() -> bool:
+            try:
+                return value(parse(_get(worker_url)), histogram, **task) == 1
+            except OSError:
+                return False
+
+        wait_until(counted, 60, "the worker's metrics port to count the task", interval=0.3)
+        on_web = scrape(web.base_url)
+        assert value(on_web, histogram, **task) == 0  # its own pod's processes only
+        assert value(on_web, "hookfleet_queue_depth", queue="hookfleet.low") == 0
+    finally:
+        web.stop_all()
+        worker.stop_all()
+
+
+def _get(base_url: str) -> str:
+    status, _, body = request(base_url, "GET", "/metrics")
+    assert status == 200
+    return str(body)
