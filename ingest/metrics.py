@@ -141,6 +141,7 @@ class Probe:
         self._lock = threading.Lock()
         self._pid = 0
         self._redis: redis.Redis | None = None
+        self._dedup: redis.Redis | None = None
         self._engine: Engine | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._cache: dict[str, tuple[float, Backlog]] = {}
@@ -148,11 +149,9 @@ class Probe:
     def _ready(self) -> tuple[redis.Redis, Engine, ThreadPoolExecutor]:
         with self._lock:
             if self._pid != os.getpid() or self._pool is None:
-                self._redis = redis.Redis.from_url(
-                    self.settings.broker_url,
-                    socket_timeout=CHECK_TIMEOUT_S,
-                    socket_connect_timeout=CHECK_TIMEOUT_S,
-                )
+                self._redis = _short_timeout_client(self.settings.broker_url)
+                if not self.settings.dedup_on_broker:
+                    self._dedup = _short_timeout_client(self.settings.redis_url)
                 self._engine = make_engine(self.settings, io_timeout_s=int(CHECK_TIMEOUT_S))
                 self._pool = ThreadPoolExecutor(4, thread_name_prefix="hookfleet-probe")
                 self._pid = os.getpid()
@@ -163,16 +162,12 @@ class Probe:
         """Ping Redis (dedup store and broker) and the database, in parallel, each
         within ``CHECK_TIMEOUT_S``."""
         client, engine, pool = self._ready()
-        dedup_url = self.settings.redis_url
         probes: dict[str, Callable[[], object]] = {
             "redis": client.ping,
             "database": lambda: _select_one(engine),
         }
-        if not self.settings.dedup_on_broker:
-            dedup = redis.Redis.from_url(
-                dedup_url, socket_timeout=CHECK_TIMEOUT_S, socket_connect_timeout=CHECK_TIMEOUT_S
-            )
-            probes["dedup_redis"] = dedup.ping
+        if self._dedup is not None:
+            probes["dedup_redis"] = self._dedup.ping
         started = time.perf_counter()
         futures = {name: pool.submit(probe) for name, probe in probes.items()}
         results: dict[str, dict[str, Any]] = {}
@@ -202,6 +197,12 @@ class Probe:
             reading = Backlog(taken_at=time.time(), errors={"timeout": "no reading in time"})
         self._cache[key] = (time.monotonic(), reading)
         return reading
+
+
+def _short_timeout_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url, socket_timeout=CHECK_TIMEOUT_S, socket_connect_timeout=CHECK_TIMEOUT_S
+    )
 
 
 def _select_one(engine: Engine) -> None:

@@ -136,3 +136,14 @@ def test_beat_prunes_daily() -> None:
     schedule = celery_config(Settings())["beat_schedule"]
 
     assert {"task": "hookfleet.prune_events", "schedule": 86400.0} in schedule.values()
+
+
+def test_ready_checks_the_dedup_redis_too_when_it_is_not_the_broker(
+    ops_env: dict[str, str], redis_url: str
+) -> None:
+    env = {**ops_env, "HOOKFLEET_BROKER_URL": redis_url.rsplit("/", 1)[0] + "/1"}
+
+    response = create_app(env).test_client().get("/readyz")
+
+    assert response.status_code == 200
+    assert set(response.json["checks"]) == {"redis", "dedup_redis", "database"}
