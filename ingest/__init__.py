@@ -20,6 +20,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     from ingest.dedup import DedupGate
     from ingest.errors import register_error_handlers
     from ingest.inbound import InboundDirectory
+    from ingest.metrics import init_app as init_metrics
     from ingest.providers import REGISTRY
     from ingest.routing import Router
     from ingest.views import bp
@@ -56,4 +57,5 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     app.extensions["hookfleet_inbound"] = InboundDirectory(settings, dedup)
     register_error_handlers(app)
     app.register_blueprint(bp)
+    init_metrics(app, settings)
     return app

@@ -17,3 +17,15 @@ graceful_timeout = 20
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("HOOKFLEET_LOG_LEVEL", "info").lower()
+
+# One metrics directory for every process of this host, set before any worker imports
+# prometheus_client (see models/metrics.py); `hookfleet up` and the systemd units empty
+# it when the whole fleet starts.
+from models.metrics import mark_process_dead, use_metrics_dir  # noqa: E402
+
+use_metrics_dir()
+
+
+def child_exit(_server: object, worker: object) -> None:
+    """A gunicorn worker ended: drop its live gauges; its counters stay in the sums."""
+    mark_process_dead(worker.pid)  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.metrics import watch_pool
 from models.settings import Settings
 
 
@@ -55,6 +56,7 @@ def make_engine(
     engine = create_engine(url, **options)
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    watch_pool(engine)
     return engine
 
 

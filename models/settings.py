@@ -114,6 +114,12 @@ class Settings:
 
     log_level: str = "INFO"
     var_dir: str = "var"
+    # Operations: GET /stats wants this bearer token when set; processed webhook_events
+    # older than retention_days are pruned daily (0: never); a worker running apart from
+    # a receiver serves its metrics on worker_metrics_port (0: off).
+    admin_token: str = field(default="", repr=False)
+    retention_days: int = 30
+    worker_metrics_port: int = 0
     routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     providers: Mapping[str, ProviderSettings] = field(default_factory=lambda: MappingProxyType({}))
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
@@ -167,6 +173,9 @@ class Settings:
             ),
             log_level=(env.get("HOOKFLEET_LOG_LEVEL") or cls.log_level).upper(),
             var_dir=env.get("HOOKFLEET_VAR_DIR") or cls.var_dir,
+            admin_token=env.get("HOOKFLEET_ADMIN_TOKEN", "").strip(),
+            retention_days=_int(env, "HOOKFLEET_RETENTION_DAYS", cls.retention_days),
+            worker_metrics_port=_int(env, "HOOKFLEET_WORKER_METRICS_PORT", 0),
             routes=MappingProxyType(_routes(env.get("HOOKFLEET_ROUTES", ""))),
             providers=MappingProxyType(_providers(env)),
             outbound=OutboundSettings.from_env(env),

@@ -43,6 +43,9 @@ class Processes:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("PORT", str(free_port()))
         env.setdefault("HOOKFLEET_VAR_DIR", str(logs))
+        if "PROMETHEUS_MULTIPROC_DIR" not in hookfleet:
+            # Every process of this fleet adds up in one metrics directory of its own.
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(logs / "metrics")
         logs.mkdir(parents=True, exist_ok=True)
         return cls(logs=logs, env=env)
 

@@ -22,10 +22,34 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# promtool checks and unit-tests deploy/prometheus; Debian ships it in "prometheus"
+# (~7 s to install without recommends, which would add node-exporter and more).
+if ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing prometheus (for promtool)"
+    # The package would start a Prometheus server; policy-rc.d forbids that here.
+    policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+      policy=added
+    fi
+    apt-get update -qq
+    status=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+      >/dev/null || status=$?
+    [ "$policy" = added ] && rm -f /usr/sbin/policy-rc.d
+    [ "$status" = 0 ] || exit "$status"
+  else
+    echo "please install prometheus (for promtool)" >&2
+    exit 1
+  fi
+fi
+
 . deploy/venv.sh
 hookfleet_venv test,embedded
 
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy
 # pytest exits 5 when it collected nothing; that is a failure here too.
 exec .venv/bin/pytest "$@"

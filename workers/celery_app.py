@@ -13,11 +13,14 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from models.logs import configure_logging
+from models.metrics import use_metrics_dir
 from models.phones import configure_regions
 from models.settings import QUEUES, Settings
 
 app = Celery(
-    "hookfleet", include=["workers.tasks", "workers.provisioning.tasks"], set_as_current=False
+    "hookfleet",
+    include=["workers.tasks", "workers.provisioning.tasks", "workers.metrics", "workers.retention"],
+    set_as_current=False,
 )
 
 
@@ -84,6 +87,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "beat_schedule": {
             "report-queue-depths": {"task": "hookfleet.report_queue_depths", "schedule": 60.0},
+            # Daily retention of processed webhook_events (HOOKFLEET_RETENTION_DAYS).
+            "prune-events": {"task": "hookfleet.prune_events", "schedule": 24 * 3600.0},
         },
         "beat_schedule_filename": os.path.join(settings.var_dir, "celerybeat-schedule"),
     }
@@ -97,6 +102,9 @@ def soft_time_limit(hard_s: int) -> int:
 @app.on_configure.connect
 def _configure(sender: Celery, **_: Any) -> None:
     settings = Settings.from_env(os.environ)
+    # Before workers.metrics is imported (include=, after configuration): one metrics
+    # directory per host, so prefork children add up.
+    use_metrics_dir()
     configure_logging(settings.log_level)
     configure_regions(settings.phone_regions)
     sender.conf.update(celery_config(settings))

@@ -9,6 +9,7 @@ import click
 
 from models.settings import Settings
 from workers.integrity_command import integrity
+from workers.ops_cli import prune, stats
 from workers.provisioning_cli import breaker, provision
 from workers.recovery_cli import dlq, replay
 
@@ -67,3 +68,5 @@ main.add_command(replay)
 main.add_command(integrity)
 main.add_command(provision)
 main.add_command(breaker)
+main.add_command(stats)
+main.add_command(prune)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import redis
 
+from models.metrics import use_metrics_dir, wipe_metrics_dir
 from models.migrate import upgrade
 from models.settings import QUEUES, Settings
 
@@ -82,6 +83,8 @@ class Fleet:
                     "(set HOOKFLEET_STANDARD_SECRETS to verify)",
                     flush=True,
                 )
+        # This host's metrics directory, emptied while nothing of the fleet runs yet.
+        wipe_metrics_dir(use_metrics_dir(env))
         self.env = env
         settings = Settings.from_env(env)
         upgrade(settings)

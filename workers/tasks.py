@@ -20,6 +20,7 @@ from models.logs import log_context
 from models.settings import QUEUES, Settings
 from workers.celery_app import app, soft_time_limit
 from workers.events import IncomingEvent, mark_failed, record_event
+from workers.metrics import event_dead
 from workers.retries import RetryPolicy, is_transient
 
 log = logging.getLogger("hookfleet.worker")
@@ -118,6 +119,7 @@ def _record_failure(
     record, so nothing accepted is ever silently dropped."""
     try:
         mark_failed(sessions(), event, reason, status, trace)
+        event_dead(event.provider)
     except Exception as error:
         if not is_transient(error):
             raise

@@ -1,0 +1,294 @@
+"""What operators see of the receiver: ``/metrics``, ``/readyz``, ``/stats``.
+
+Every webhook answer is counted in one place, :func:`_count`, from what the answer says
+(its status and error code), so the views stay free of metric calls.
+
+``/metrics`` is this host's exporter: it adds up the samples of every Hookfleet process
+that shares ``PROMETHEUS_MULTIPROC_DIR`` (receiver and, where they run on the same host,
+the workers) and reads the queues and dead letters at scrape time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import redis
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+from sqlalchemy import Engine, text
+
+from ingest.errors import error_response
+from ingest.providers import REGISTRY
+from models.backlog import Backlog, read_backlog
+from models.engine import make_engine
+from models.metrics import declare_shared_metrics, scrape_registry
+from models.settings import QUEUES, Settings
+
+OUTCOMES = (
+    "accepted",
+    "duplicate",
+    "answered",
+    "invalid_signature",
+    "expired",
+    "too_large",
+    "bad_request",
+    "shed",
+    "error",
+)
+_OUTCOME_BY_CODE = {
+    "missing_signature": "invalid_signature",
+    "malformed_signature": "invalid_signature",
+    "invalid_signature": "invalid_signature",
+    "timestamp_out_of_tolerance": "expired",
+    "body_too_large": "too_large",
+    "shed": "shed",
+}
+# The receiver's checks must answer while a probe still waits: each dependency gets
+# this long, and they are checked at the same time.
+CHECK_TIMEOUT_S = 1.0
+STATS_CACHE_S = 5.0
+# A scrape reads afresh (a few cheap commands, one index count): Prometheus asks
+# every 15 s or so, and a stale queue depth would mislead an autoscaler.
+METRICS_CACHE_S = 0.0
+
+RECEIVED = Counter(
+    "hookfleet_webhooks_received",
+    "Webhook deliveries answered, by provider and outcome.",
+    ["provider", "outcome"],
+)
+INGEST_DURATION = Histogram(
+    "hookfleet_ingest_duration_seconds",
+    "Time the receiver spent on a delivery, until the answer.",
+    ["provider"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+)
+INBOUND_ANSWER_DURATION = Histogram(
+    "hookfleet_inbound_answer_duration_seconds",
+    "Time to answer Retell's inbound call webhook in line (the caller is waiting).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0),
+)
+
+ops = Blueprint("ops", __name__)
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """Count every webhook answer and serve the operator endpoints."""
+    for provider in (*REGISTRY, "unknown"):
+        INGEST_DURATION.labels(provider=provider)
+        for outcome in OUTCOMES:
+            RECEIVED.labels(provider=provider, outcome=outcome)
+    declare_shared_metrics()
+    app.extensions["hookfleet_probe"] = Probe(settings)
+    app.before_request(_start_clock)
+    app.after_request(_count)
+    app.register_blueprint(ops)
+
+
+def _start_clock() -> None:
+    g.metrics_started = time.perf_counter()
+
+
+def _count(response: Response) -> Response:
+    parts = request.path.split("/")
+    if len(parts) != 3 or parts[1] != "webhooks" or "metrics_started" not in g:
+        return response
+    provider = parts[2] if parts[2] in REGISTRY else "unknown"
+    outcome = outcome_of(response)
+    elapsed = time.perf_counter() - g.metrics_started
+    RECEIVED.labels(provider=provider, outcome=outcome).inc()
+    INGEST_DURATION.labels(provider=provider).observe(elapsed)
+    if outcome == "answered":
+        INBOUND_ANSWER_DURATION.observe(elapsed)
+    return response
+
+
+def outcome_of(response: Response) -> str:
+    """The ``outcome`` label for a webhook answer, from its status and error code."""
+    status = response.status_code
+    if status == 202:
+        return "accepted"
+    body = response.get_json(silent=True) if response.is_json else None
+    if status == 200:
+        is_duplicate = isinstance(body, dict) and body.get("status") == "duplicate"
+        return "duplicate" if is_duplicate else "answered"
+    code = ""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        code = str(body["error"].get("code", ""))
+    if code in _OUTCOME_BY_CODE:
+        return _OUTCOME_BY_CODE[code]
+    if status == 429:
+        return "shed"
+    if 400 <= status < 500:
+        return "bad_request"
+    return "error"
+
+
+class Probe:
+    """The receiver's short-timeout view of Redis and the database, for the operator
+    endpoints. Its connections are its own, built after the fork, never the gate's."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._redis: redis.Redis | None = None
+        self._dedup: redis.Redis | None = None
+        self._engine: Engine | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._cache: dict[str, tuple[float, Backlog]] = {}
+
+    def _ready(self) -> tuple[redis.Redis, Engine, ThreadPoolExecutor]:
+        with self._lock:
+            if self._pid != os.getpid() or self._pool is None:
+                self._redis = _short_timeout_client(self.settings.broker_url)
+                if not self.settings.dedup_on_broker:
+                    self._dedup = _short_timeout_client(self.settings.redis_url)
+                self._engine = make_engine(self.settings, io_timeout_s=int(CHECK_TIMEOUT_S))
+                self._pool = ThreadPoolExecutor(4, thread_name_prefix="hookfleet-probe")
+                self._pid = os.getpid()
+            assert self._redis is not None and self._engine is not None
+            return self._redis, self._engine, self._pool
+
+    def checks(self) -> dict[str, dict[str, Any]]:
+        """Ping Redis (dedup store and broker) and the database, in parallel, each
+        within ``CHECK_TIMEOUT_S``."""
+        client, engine, pool = self._ready()
+        probes: dict[str, Callable[[], object]] = {
+            "redis": client.ping,
+            "database": lambda: _select_one(engine),
+        }
+        if self._dedup is not None:
+            probes["dedup_redis"] = self._dedup.ping
+        started = time.perf_counter()
+        futures = {name: pool.submit(probe) for name, probe in probes.items()}
+        results: dict[str, dict[str, Any]] = {}
+        for name, future in futures.items():
+            left = max(0.0, CHECK_TIMEOUT_S + 0.5 - (time.perf_counter() - started))
+            try:
+                future.result(timeout=left)
+                results[name] = {"ok": True}
+            except FutureTimeout:
+                results[name] = {"ok": False, "error": f"no answer within {CHECK_TIMEOUT_S} s"}
+            except Exception as error:  # noqa: BLE001 (every failure means "not ready")
+                results[name] = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+        return results
+
+    def backlog(self, *, rates: bool, max_age_s: float) -> Backlog:
+        """A cached reading, at most ``max_age_s`` old: a busy dashboard or several
+        Prometheus servers cost Redis and the database one reading per interval."""
+        key = "rates" if rates else "plain"
+        cached = self._cache.get(key)
+        if cached is not None and time.monotonic() - cached[0] < max_age_s:
+            return cached[1]
+        client, engine, pool = self._ready()
+        future = pool.submit(read_backlog, client, engine, QUEUES, rates=rates)
+        try:
+            reading = future.result(timeout=CHECK_TIMEOUT_S * 3)
+        except FutureTimeout:
+            reading = Backlog(taken_at=time.time(), errors={"timeout": "no reading in time"})
+        self._cache[key] = (time.monotonic(), reading)
+        return reading
+
+
+def _short_timeout_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url, socket_timeout=CHECK_TIMEOUT_S, socket_connect_timeout=CHECK_TIMEOUT_S
+    )
+
+
+def _select_one(engine: Engine) -> None:
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+class BacklogCollector(Collector):
+    """Queue depth, unacked, oldest age and dead letters, read when Prometheus asks."""
+
+    def __init__(self, probe: Probe) -> None:
+        self._probe = probe
+
+    def collect(self) -> Any:
+        reading = self._probe.backlog(rates=False, max_age_s=METRICS_CACHE_S)
+        up = GaugeMetricFamily(
+            "hookfleet_dependency_up",
+            "1 when the last reading of this dependency succeeded.",
+            labels=["dependency"],
+        )
+        up.add_metric(["redis"], 1.0 if reading.queues else 0.0)
+        up.add_metric(["database"], 1.0 if reading.dead_letters is not None else 0.0)
+        yield up
+        depth = GaugeMetricFamily(
+            "hookfleet_queue_depth", "Messages waiting on the queue.", labels=["queue"]
+        )
+        unacked = GaugeMetricFamily(
+            "hookfleet_queue_unacked",
+            "Messages reserved by a worker but not finished (not on the list).",
+            labels=["queue"],
+        )
+        age = GaugeMetricFamily(
+            "hookfleet_queue_oldest_age_seconds",
+            "Age of the next message out of the queue (since the receiver took it).",
+            labels=["queue"],
+        )
+        for queue in reading.queues:
+            depth.add_metric([queue.queue], queue.waiting)
+            unacked.add_metric([queue.queue], queue.unacked)
+            if queue.oldest_age_s is not None or queue.waiting == 0:
+                # Empty: nothing is waiting, so nothing is late. Waiting but no message
+                # tells its age (not one of ours): no sample rather than a wrong one.
+                age.add_metric([queue.queue], queue.oldest_age_s or 0.0)
+        yield depth
+        yield unacked
+        yield age
+        if reading.dead_letters is not None:
+            yield GaugeMetricFamily(
+                "hookfleet_dead_letters",
+                "webhook_events rows with status dead, waiting for a replay.",
+                value=reading.dead_letters,
+            )
+
+
+@ops.get("/metrics")
+def metrics() -> Response:
+    """Prometheus exposition: this host's processes plus the live backlog."""
+    probe: Probe = current_app.extensions["hookfleet_probe"]
+    live = CollectorRegistry()
+    live.register(BacklogCollector(probe))
+    body = generate_latest(scrape_registry()) + generate_latest(live)
+    return Response(body, mimetype=CONTENT_TYPE_LATEST)
+
+
+@ops.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """200 when Redis and the database answer within about a second; else 503 naming
+    the one that did not."""
+    probe: Probe = current_app.extensions["hookfleet_probe"]
+    checks = probe.checks()
+    ready = all(check["ok"] for check in checks.values())
+    body = jsonify(status="ready" if ready else "not_ready", checks=checks)
+    return body, 200 if ready else 503
+
+
+@ops.get("/stats")
+def stats() -> Response | tuple[Response, int]:
+    """Queue depths, recent rates and dead letters as JSON, at most a few seconds old.
+    Needs ``Authorization: Bearer $HOOKFLEET_ADMIN_TOKEN`` when that is set."""
+    probe: Probe = current_app.extensions["hookfleet_probe"]
+    token = probe.settings.admin_token
+    if token:
+        offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(offered.encode(), token.encode()):
+            response = error_response(401, "unauthorized", "Send the admin token as a Bearer.")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response, 401
+    reading = probe.backlog(rates=True, max_age_s=STATS_CACHE_S)
+    return jsonify(reading.as_dict())

@@ -1,0 +1,153 @@
+"""Prometheus plumbing shared by the receiver and the workers.
+
+Every Hookfleet process on a host writes its samples into one directory
+(``PROMETHEUS_MULTIPROC_DIR``); a scrape adds them up across processes, so counts from
+two gunicorn workers and four Celery children add up. prometheus_client decides between
+per-process and shared mode when it is first imported, so the variable must be set
+before that: :func:`use_metrics_dir` does it and is called from the gunicorn config and
+the Celery app's configuration hook, which run before any metric exists.
+
+Here because ``models`` is the one package both sides may import. Importing this module
+imports no prometheus_client and reads no environment.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import threading
+import weakref
+from collections.abc import MutableMapping
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Engine, event
+
+METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+
+# Circuit breaker states as numbers, so "max over processes" means "worst".
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def use_metrics_dir(environ: MutableMapping[str, str] | None = None) -> str:
+    """Make sure ``PROMETHEUS_MULTIPROC_DIR`` names an existing directory; return it.
+
+    Keeps a value that is already set; otherwise ``$HOOKFLEET_VAR_DIR/metrics``. Call it
+    before prometheus_client is imported in this process (or set it in the environment
+    the process starts with, as the Procfile, the systemd units and ``hookfleet up`` do).
+    """
+    env = os.environ if environ is None else environ
+    var_dir = env.get("HOOKFLEET_VAR_DIR") or "var"
+    path = os.path.abspath(env.get(METRICS_DIR_VAR) or os.path.join(var_dir, "metrics"))
+    os.makedirs(path, exist_ok=True)
+    env[METRICS_DIR_VAR] = path
+    return path
+
+
+def wipe_metrics_dir(path: str) -> None:
+    """Forget every process's samples. Only while no Hookfleet process on this host
+    runs (fleet start): a live process keeps writing to a file unlinked under it."""
+    for stale in glob.glob(os.path.join(path, "*.db")):
+        os.remove(stale)
+
+
+def multiprocess() -> bool:
+    return bool(os.environ.get(METRICS_DIR_VAR))
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a finished process's live gauges (its counters keep counting in the sum)."""
+    if multiprocess():
+        from prometheus_client import multiprocess as mp
+
+        mp.mark_process_dead(pid)
+
+
+def scrape_registry() -> Any:
+    """A registry holding everything this host's processes recorded.
+
+    Shared mode: a fresh registry that reads the directory at collect time. Otherwise
+    the process's own default registry (tests in one process, ``flask run``).
+    """
+    from prometheus_client import REGISTRY, CollectorRegistry
+    from prometheus_client import multiprocess as mp
+
+    if not multiprocess():
+        return REGISTRY
+    registry = CollectorRegistry()
+    mp.MultiProcessCollector(registry)
+    return registry
+
+
+@cache
+def _pool_gauges() -> tuple[Any, Any]:
+    from prometheus_client import Gauge
+
+    return (
+        Gauge(
+            "hookfleet_db_pool_checked_out",
+            "Database connections in use, summed over live processes.",
+            multiprocess_mode="livesum",
+        ),
+        Gauge(
+            "hookfleet_db_pool_overflow",
+            "Connections open beyond the pool size (HOOKFLEET_DB_MAX_OVERFLOW), summed.",
+            multiprocess_mode="livesum",
+        ),
+    )
+
+
+@cache
+def _breaker_gauge() -> Any:
+    from prometheus_client import Gauge
+
+    return Gauge(
+        "hookfleet_breaker_state",
+        "Circuit breaker state: 0 closed, 1 half-open, 2 open (worst live process).",
+        ["name"],
+        multiprocess_mode="livemax",
+    )
+
+
+def declare_shared_metrics() -> None:
+    """Create the shared metrics now, so a scrape lists them before first use."""
+    _pool_gauges()
+    _breaker_gauge()
+
+
+def set_breaker_state(name: str, state: str) -> None:
+    """For circuit breakers: ``state`` is closed, half_open or open."""
+    _breaker_gauge().labels(name=name).set(BREAKER_STATES[state])
+
+
+_in_use: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_pools_lock = threading.Lock()
+
+
+def watch_pool(engine: Engine) -> None:
+    """Keep the pool gauges current for ``engine``; every pooled engine of a process adds
+    to the same two numbers. Pools without a size (SQLite in memory) are skipped."""
+    pool = engine.pool
+    if not hasattr(pool, "checkedout") or not hasattr(pool, "size"):
+        return
+
+    def checked_out(*_: Any) -> None:
+        _record(pool, pool.checkedout())
+
+    def checked_in(*_: Any) -> None:
+        # SQLAlchemy fires "checkin" before the connection is back in the pool.
+        _record(pool, pool.checkedout() - 1)
+
+    event.listen(engine, "checkout", checked_out)
+    event.listen(engine, "checkin", checked_in)
+
+
+def _record(pool: Any, in_use: int) -> None:
+    gauge_in_use, gauge_overflow = _pool_gauges()
+    with _pools_lock:
+        _in_use[pool] = max(0, in_use)
+        counts = list(_in_use.items())
+    gauge_in_use.set(sum(n for _, n in counts))
+    # Overflow: connections in use beyond the pool size, i.e. HOOKFLEET_DB_MAX_OVERFLOW
+    # being spent. Sustained > 0 means the pool is too small for the concurrency.
+    gauge_overflow.set(sum(max(0, n - p.size()) for p, n in counts))

@@ -1,0 +1,149 @@
+"""``/readyz``, ``/stats`` and ``hookfleet stats`` against real Redis and databases,
+including the moments they exist for: a server down or frozen."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from ingest import create_app
+from models.settings import QUEUES, Settings
+from tests.helpers import post_json
+from tests.servers import MariaDBServer, RedisServer, clean_env
+from workers.celery_app import celery_config
+
+
+@pytest.fixture
+def ops_env(settings_env: dict[str, str], database_url: str) -> dict[str, str]:
+    return {**settings_env, "HOOKFLEET_DATABASE_URL": database_url}
+
+
+def test_ready_when_redis_and_database_answer(ops_env: dict[str, str]) -> None:
+    response = create_app(ops_env).test_client().get("/readyz")
+
+    assert response.status_code == 200
+    assert response.json == {
+        "status": "ready",
+        "checks": {"redis": {"ok": True}, "database": {"ok": True}},
+    }
+
+
+def test_not_ready_names_redis_when_it_is_stopped(
+    redis_server: RedisServer, ops_env: dict[str, str]
+) -> None:
+    client = create_app(ops_env).test_client()
+    redis_server.stop()  # the redis_url fixture starts it again for the next test
+
+    started = time.monotonic()
+    response = client.get("/readyz")
+    metrics = client.get("/metrics").text
+
+    assert time.monotonic() - started < 3
+    assert response.status_code == 503
+    assert response.json["status"] == "not_ready"
+    assert response.json["checks"]["redis"]["ok"] is False
+    assert response.json["checks"]["database"] == {"ok": True}
+    assert 'hookfleet_dependency_up{dependency="redis"} 0.0' in metrics
+
+
+def test_not_ready_within_two_seconds_when_mariadb_is_frozen(
+    mariadb_server: MariaDBServer, settings_env: dict[str, str]
+) -> None:
+    env = {**settings_env, "HOOKFLEET_DATABASE_URL": mariadb_server.create_database()}
+    client = create_app(env).test_client()
+    assert client.get("/readyz").status_code == 200  # a pooled connection exists now
+    assert mariadb_server.proc is not None
+    os.kill(mariadb_server.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = client.get("/readyz")
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(mariadb_server.proc.pid, signal.SIGCONT)
+
+    assert response.status_code == 503 and elapsed < 2.0
+    assert response.json["checks"]["database"]["ok"] is False
+    assert response.json["checks"]["redis"] == {"ok": True}
+
+
+def test_stats_wants_the_admin_token_when_one_is_set(ops_env: dict[str, str]) -> None:
+    client = create_app({**ops_env, "HOOKFLEET_ADMIN_TOKEN": "s3cret-admin"}).test_client()
+
+    refused = client.get("/stats")
+    wrong = client.get("/stats", headers={"Authorization": "Bearer nope"})
+    allowed = client.get("/stats", headers={"Authorization": "Bearer s3cret-admin"})
+
+    assert (refused.status_code, wrong.status_code, allowed.status_code) == (401, 401, 200)
+    assert refused.json["error"]["code"] == "unauthorized"
+    assert set(allowed.json["queues"]) == set(QUEUES)
+
+
+def test_stats_are_cached_for_a_few_seconds(client: FlaskClient, ops_env: dict[str, str]) -> None:
+    stats_client = create_app(ops_env).test_client()
+    first = stats_client.get("/stats").json
+    assert post_json(client, "/webhooks/standard", {"type": "t"}).status_code == 202
+
+    again = stats_client.get("/stats").json
+
+    assert again == first  # a busy dashboard costs Redis one reading per few seconds
+    assert first["queues"]["hookfleet.default"]["waiting"] == 0
+    assert first["dead_letters"] == 0 and first["errors"] == {}
+
+
+def test_hookfleet_stats_prints_depths_rates_and_dead_letters(
+    client: FlaskClient, ops_env: dict[str, str]
+) -> None:
+    for n in range(3):
+        post_json(client, "/webhooks/standard", {"type": "t"}, **{"webhook-id": f"s{n}"})
+    hookfleet = str(Path(sys.executable).parent / "hookfleet")
+    env = clean_env(**ops_env)
+
+    table = subprocess.run([hookfleet, "stats"], env=env, capture_output=True, text=True)
+    as_json = subprocess.run(
+        [hookfleet, "stats", "--json"], env=env, capture_output=True, text=True
+    )
+
+    assert table.returncode == 0, table.stderr
+    lines = {line.split()[0]: line.split() for line in table.stdout.splitlines() if line}
+    assert lines["hookfleet.default"][1:3] == ["3", "0"]
+    assert "dead letters: 0" in table.stdout
+    assert "events recorded, last minute:" in table.stdout
+    assert json.loads(as_json.stdout)["queues"]["hookfleet.default"]["waiting"] == 3
+
+
+def test_hookfleet_stats_fails_loudly_when_redis_is_down(
+    redis_server: RedisServer, ops_env: dict[str, str]
+) -> None:
+    redis_server.stop()
+    hookfleet = str(Path(sys.executable).parent / "hookfleet")
+
+    done = subprocess.run(
+        [hookfleet, "stats"], env=clean_env(**ops_env), capture_output=True, text=True
+    )
+
+    assert done.returncode == 1 and "redis unreachable" in done.stderr
+
+
+def test_beat_prunes_daily() -> None:
+    schedule = celery_config(Settings())["beat_schedule"]
+
+    assert {"task": "hookfleet.prune_events", "schedule": 86400.0} in schedule.values()
+
+
+def test_ready_checks_the_dedup_redis_too_when_it_is_not_the_broker(
+    ops_env: dict[str, str], redis_url: str
+) -> None:
+    env = {**ops_env, "HOOKFLEET_BROKER_URL": redis_url.rsplit("/", 1)[0] + "/1"}
+
+    response = create_app(env).test_client().get("/readyz")
+
+    assert response.status_code == 200
+    assert set(response.json["checks"]) == {"redis", "dedup_redis", "database"}

@@ -1,0 +1,118 @@
+"""Task metrics from Celery's signals, written into the host's shared metrics directory.
+
+Prefork children each write their own file; a scrape of the receiver's ``/metrics`` on
+the same host adds them up. A worker that runs apart from any receiver (a Kubernetes
+pod) serves the same on ``HOOKFLEET_WORKER_METRICS_PORT`` from its main process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    task_retry,
+    worker_process_shutdown,
+    worker_ready,
+)
+from prometheus_client import Counter, Histogram, start_http_server
+
+from models.metrics import declare_shared_metrics, mark_process_dead, scrape_registry
+from models.settings import Settings
+
+log = logging.getLogger("hookfleet.worker")
+
+PROCESS_EVENT_TASK = "hookfleet.process_event"
+
+TASK_DURATION = Histogram(
+    "hookfleet_task_duration_seconds",
+    "Time a task ran, by task name and outcome (success, retry, failure).",
+    ["task", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+TASK_RETRIES = Counter(
+    "hookfleet_task_retries",
+    "Task retries scheduled, by task and the error that caused them.",
+    ["task", "reason"],
+)
+EVENTS_DEAD = Counter(
+    "hookfleet_events_dead",
+    "Events given up on (failed permanently, payload kept for a replay), by provider.",
+    ["provider"],
+)
+END_TO_END = Histogram(
+    "hookfleet_end_to_end_seconds",
+    "From the receiver taking a delivery to a worker having processed it.",
+    ["provider"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0),
+)
+
+_started: dict[str, float] = {}
+_started_lock = threading.Lock()
+
+
+def event_dead(provider: str) -> None:
+    """Count an event that will not be retried any more. Call it where that is decided."""
+    EVENTS_DEAD.labels(provider=provider).inc()
+
+
+@task_prerun.connect
+def _task_started(task_id: str, **_: Any) -> None:
+    with _started_lock:
+        _started[task_id] = time.perf_counter()
+
+
+@task_postrun.connect
+def _task_finished(
+    task_id: str,
+    task: Any,
+    kwargs: dict[str, Any] | None = None,
+    retval: Any = None,
+    state: str | None = None,
+    **_: Any,
+) -> None:
+    with _started_lock:
+        started = _started.pop(task_id, None)
+    if started is not None:
+        outcome = (state or "unknown").lower()
+        TASK_DURATION.labels(task=task.name, outcome=outcome).observe(time.perf_counter() - started)
+    if task.name == PROCESS_EVENT_TASK and state == "SUCCESS" and retval == "processed":
+        _observe_end_to_end(kwargs or {})
+
+
+def _observe_end_to_end(kwargs: dict[str, Any]) -> None:
+    try:
+        received = datetime.fromisoformat(kwargs["received_at"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return
+    provider = str(kwargs.get("provider", "unknown"))
+    END_TO_END.labels(provider=provider).observe(max(0.0, time.time() - received))
+
+
+@task_retry.connect
+def _task_retried(sender: Any = None, reason: Any = None, **_: Any) -> None:
+    # The error's class, never its text: labels must stay few.
+    cause = type(reason).__name__ if isinstance(reason, BaseException) else "unknown"
+    TASK_RETRIES.labels(task=getattr(sender, "name", "unknown"), reason=cause).inc()
+
+
+@worker_process_shutdown.connect
+def _process_gone(**_: Any) -> None:
+    mark_process_dead(os.getpid())
+
+
+@worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    """In the worker's main process, after the pool started: serve this host's metrics
+    directory when a port is configured."""
+    declare_shared_metrics()
+    port = Settings.from_env(os.environ).worker_metrics_port
+    if port:
+        start_http_server(port, registry=scrape_registry())
+        log.info("serving metrics", extra={"port": port})

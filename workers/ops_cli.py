@@ -1,0 +1,95 @@
+"""``hookfleet stats`` and ``hookfleet prune``: the operator's terminal commands."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+import redis
+
+from models.settings import QUEUES, Settings
+
+# The command must answer even when a server does not: short timeouts everywhere.
+TIMEOUT_S = 3
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the same JSON as GET /stats.")
+def stats(as_json: bool) -> None:
+    """Queue depths, unacked messages, oldest age, recent rates and dead letters."""
+    from models.backlog import read_backlog
+    from models.engine import make_engine
+
+    settings = Settings.from_env(os.environ)
+    client = redis.Redis.from_url(
+        settings.broker_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
+    )
+    engine = make_engine(settings, io_timeout_s=TIMEOUT_S)
+    try:
+        reading = read_backlog(client, engine, QUEUES)
+    finally:
+        client.close()
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(reading.as_dict(), indent=2))
+    else:
+        click.echo(f"{'queue':<22}{'waiting':>9}{'unacked':>9}{'oldest':>10}")
+        for queue in reading.queues:
+            age = "-" if queue.oldest_age_s is None else f"{queue.oldest_age_s:.1f}s"
+            click.echo(f"{queue.queue:<22}{queue.waiting:>9}{queue.unacked:>9}{age:>10}")
+        for label, counts in (
+            ("last minute", reading.recorded_last_minute),
+            ("last 5 minutes", reading.recorded_last_5_minutes),
+        ):
+            if counts is not None:
+                parts = ", ".join(f"{status} {n}" for status, n in counts.items())
+                click.echo(f"events recorded, {label}: {parts}")
+        if reading.dead_letters is not None:
+            click.echo(f"dead letters: {reading.dead_letters}")
+        for part, error in reading.errors.items():
+            click.echo(f"{part} unreachable: {error}", err=True)
+    if reading.errors:
+        raise SystemExit(1)
+
+
+@click.command()
+@click.option(
+    "--older-than",
+    default=None,
+    metavar="AGE",
+    help="Age like 30d, 12h, 90m [default: HOOKFLEET_RETENTION_DAYS, 30d].",
+)
+@click.option("--include-dead", is_flag=True, help="Also delete failed and dead rows.")
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@click.option("--batch-size", default=1000, show_default=True, help="Rows per transaction.")
+def prune(older_than: str | None, include_dead: bool, dry_run: bool, batch_size: int) -> None:
+    """Delete processed webhook_events older than AGE, in batches."""
+    from datetime import timedelta
+
+    from models.engine import make_engine, make_sessionmaker
+    from workers.retention import parse_age, prune_events
+
+    settings = Settings.from_env(os.environ)
+    try:
+        age = parse_age(older_than) if older_than else timedelta(days=settings.retention_days)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--older-than") from None
+    if age.total_seconds() <= 0:
+        raise click.BadParameter("must be more than 0", param_hint="--older-than")
+    engine = make_engine(settings)
+    try:
+        result = prune_events(
+            make_sessionmaker(engine),
+            age,
+            include_dead=include_dead,
+            dry_run=dry_run,
+            batch_size=batch_size,
+        )
+    finally:
+        engine.dispose()
+    verb = "would delete" if result.dry_run else "deleted"
+    click.echo(
+        f"{verb} {result.deleted} webhook_events ({', '.join(result.statuses)}) "
+        f"created before {result.cutoff.isoformat()}"
+    )
