@@ -30,7 +30,13 @@ from ingest.errors import error_response
 from ingest.providers import REGISTRY
 from models.backlog import Backlog, read_backlog
 from models.engine import make_engine
-from models.metrics import declare_shared_metrics, scrape_registry
+from models.metrics import (
+    BREAKER_NAMES,
+    BREAKER_STATES,
+    breaker_state_key,
+    declare_shared_metrics,
+    scrape_registry,
+)
 from models.settings import QUEUES, Settings
 
 OUTCOMES = (
@@ -182,6 +188,20 @@ class Probe:
                 results[name] = {"ok": False, "error": f"{type(error).__name__}: {error}"}
         return results
 
+    def breakers(self) -> dict[str, str]:
+        """Each circuit breaker's state as every worker sees it (shared in Redis);
+        empty when Redis cannot be read."""
+        client, _, _ = self._ready()
+        reader = self._dedup or client
+        try:
+            values = reader.mget([breaker_state_key(name) for name in BREAKER_NAMES])
+        except redis.RedisError:
+            return {}
+        return {
+            name: (value.decode() if isinstance(value, bytes) else value) or "closed"
+            for name, value in zip(BREAKER_NAMES, values, strict=True)
+        }
+
     def backlog(self, *, rates: bool, max_age_s: float) -> Backlog:
         """A cached reading, at most ``max_age_s`` old: a busy dashboard or several
         Prometheus servers cost Redis and the database one reading per interval."""
@@ -249,6 +269,14 @@ class BacklogCollector(Collector):
         yield depth
         yield unacked
         yield age
+        breakers = GaugeMetricFamily(
+            "hookfleet_breaker_state",
+            "Circuit breaker state shared by all workers: 0 closed, 1 half-open, 2 open.",
+            labels=["name"],
+        )
+        for name, state in self._probe.breakers().items():
+            breakers.add_metric([name], BREAKER_STATES.get(state, 0))
+        yield breakers
         if reading.dead_letters is not None:
             yield GaugeMetricFamily(
                 "hookfleet_dead_letters",

@@ -25,8 +25,16 @@ from sqlalchemy import Engine, event
 
 METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
 
-# Circuit breaker states as numbers, so "max over processes" means "worst".
-BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+# Circuit breakers (workers.outbound.breaker) keep their state in Redis under
+# f"{BREAKER_NAMESPACE}:{name}:pybreaker:state" (pybreaker's CircuitRedisStorage); the
+# receiver's /metrics reads it there, so the gauge is the state every process shares.
+BREAKER_NAMES = ("retell", "calcom")
+BREAKER_NAMESPACE = "hookfleet:breaker"
+BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+def breaker_state_key(name: str) -> str:
+    return f"{BREAKER_NAMESPACE}:{name}:pybreaker:state"
 
 
 def use_metrics_dir(environ: MutableMapping[str, str] | None = None) -> str:
@@ -97,27 +105,9 @@ def _pool_gauges() -> tuple[Any, Any]:
     )
 
 
-@cache
-def _breaker_gauge() -> Any:
-    from prometheus_client import Gauge
-
-    return Gauge(
-        "hookfleet_breaker_state",
-        "Circuit breaker state: 0 closed, 1 half-open, 2 open (worst live process).",
-        ["name"],
-        multiprocess_mode="livemax",
-    )
-
-
 def declare_shared_metrics() -> None:
     """Create the shared metrics now, so a scrape lists them before first use."""
     _pool_gauges()
-    _breaker_gauge()
-
-
-def set_breaker_state(name: str, state: str) -> None:
-    """For circuit breakers: ``state`` is closed, half_open or open."""
-    _breaker_gauge().labels(name=name).set(BREAKER_STATES[state])
 
 
 _in_use: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()

@@ -159,3 +159,30 @@ def test_provision_queue_runs_on_the_procfile_provisioning_worker(
     [agent_id] = standin.agents
     assert f"active: agent {agent_id}" in done.stdout
     assert "hookfleet.provision_branch" in processes.log("worker_provisioning")
+
+
+def test_the_receivers_metrics_show_the_breaker_state_every_worker_shares(
+    redis_url: str, database: str, standin: StandIn
+) -> None:
+    from ingest import create_app
+
+    settings = settings_for(database, redis_url, standin, breaker_fail_max=2)
+    standin.script("POST", "/v2/list-agents", *[Reply(503)] * 10)
+    client = create_app(
+        {"HOOKFLEET_REDIS_URL": redis_url, "HOOKFLEET_DATABASE_URL": database}
+    ).test_client()
+
+    def gauge(name: str) -> str:
+        text = client.get("/metrics").get_data(as_text=True)
+        line = next(
+            x
+            for x in text.splitlines()
+            if x.startswith(f'hookfleet_breaker_state{{name="{name}"}}')
+        )
+        return line.split()[-1]
+
+    assert (gauge("retell"), gauge("calcom")) == ("0.0", "0.0")
+    with pytest.raises(CircuitOpen):
+        RetellApi(settings).ping()  # this process trips it; the receiver reads Redis
+
+    assert (gauge("retell"), gauge("calcom")) == ("2.0", "0.0")

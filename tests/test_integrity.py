@@ -292,3 +292,25 @@ def test_the_command_prints_what_it_found_and_exits_1_until_fixed(database_url: 
     assert clean.returncode == 0, clean.stderr
     assert clean.stdout.startswith("to review (fix leaves these):\n")
     assert clean.stdout.endswith("nothing to repair.\n")
+
+
+def test_the_hourly_task_exports_what_check_finds_and_fixes_nothing(
+    database_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from workers import tasks
+
+    seed(database_url)
+    before = snapshot(engine)
+    monkeypatch.setenv("HOOKFLEET_DATABASE_URL", database_url)
+    monkeypatch.setattr(tasks, "_engine", None)  # this process's engine, for this database
+
+    counts = tasks.integrity_report()
+
+    expected = check(engine).counts()
+    assert {kind: n for kind, n in counts.items() if n} == expected
+    for kind, n in counts.items():
+        assert REGISTRY.get_sample_value("hookfleet_integrity_problems", {"kind": kind}) == n
+    assert snapshot(engine) == before  # it reports; it never fixes
+    tasks._dispose_engine()

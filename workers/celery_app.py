@@ -89,6 +89,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "report-queue-depths": {"task": "hookfleet.report_queue_depths", "schedule": 60.0},
             # Daily retention of processed webhook_events (HOOKFLEET_RETENTION_DAYS).
             "prune-events": {"task": "hookfleet.prune_events", "schedule": 24 * 3600.0},
+            # Reports (never fixes) orphans, duplicate customers and raw phones.
+            "integrity-report": {"task": "hookfleet.integrity_report", "schedule": 3600.0},
         },
         "beat_schedule_filename": os.path.join(settings.var_dir, "celerybeat-schedule"),
     }

@@ -21,7 +21,7 @@ from celery.signals import (
     worker_process_shutdown,
     worker_ready,
 )
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from models.metrics import declare_shared_metrics, mark_process_dead, scrape_registry
 from models.settings import Settings
@@ -53,8 +53,21 @@ END_TO_END = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0),
 )
 
+INTEGRITY_PROBLEMS = Gauge(
+    "hookfleet_integrity_problems",
+    "What the hourly integrity check found, by kind (hookfleet integrity check).",
+    ["kind"],
+    multiprocess_mode="mostrecent",
+)
+
 _started: dict[str, float] = {}
 _started_lock = threading.Lock()
+
+
+def integrity_found(counts: dict[str, int]) -> None:
+    """Export the latest integrity check: every kind it looks for, zeros included."""
+    for kind, count in counts.items():
+        INTEGRITY_PROBLEMS.labels(kind=kind).set(count)
 
 
 def event_dead(provider: str) -> None:

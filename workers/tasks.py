@@ -20,7 +20,7 @@ from models.logs import log_context
 from models.settings import QUEUES, Settings
 from workers.celery_app import app, soft_time_limit
 from workers.events import IncomingEvent, mark_failed, record_event
-from workers.metrics import event_dead
+from workers.metrics import event_dead, integrity_found
 from workers.retries import RetryPolicy, is_transient
 
 log = logging.getLogger("hookfleet.worker")
@@ -35,6 +35,10 @@ def sessions() -> sessionmaker[Session]:
 
 def settings() -> Settings:
     return _process()[3]
+
+
+def engine() -> Engine:
+    return _process()[1]
 
 
 def _process() -> tuple[int, Engine, sessionmaker[Session], Settings]:
@@ -141,3 +145,19 @@ def report_queue_depths() -> dict[str, int]:
         client.close()
     log.info("queue depths", extra={"depths": depths})
     return depths
+
+
+@app.task(name="hookfleet.integrity_report")
+def integrity_report() -> dict[str, int]:
+    """Run ``hookfleet integrity check`` and export what it finds (beat: hourly).
+
+    It reports and never fixes: merging customers is a decision for a person
+    (``hookfleet integrity fix --dry-run`` first).
+    """
+    from workers.integrity import check
+
+    report = check(engine())
+    counts = {finding.kind: finding.count for finding in report.findings.values()}
+    integrity_found(counts)
+    log.info("integrity check", extra={"problems": report.problems, "counts": counts})
+    return counts

@@ -19,11 +19,9 @@ from datetime import datetime
 import pybreaker
 import redis
 
+from models.metrics import BREAKER_NAMES, BREAKER_NAMESPACE
 from models.settings import Settings
 from workers.outbound.errors import ApiRejected
-
-BREAKER_NAMES = ("retell", "calcom")
-_NAMESPACE = "hookfleet:breaker"
 
 _breakers: dict[tuple[object, ...], pybreaker.CircuitBreaker] = {}
 
@@ -61,7 +59,7 @@ def get_breaker(name: str, settings: Settings) -> pybreaker.CircuitBreaker:
     found = _breakers.get(key)
     if found is None:
         storage = pybreaker.CircuitRedisStorage(
-            pybreaker.STATE_CLOSED, _redis(settings), namespace=f"{_NAMESPACE}:{name}"
+            pybreaker.STATE_CLOSED, _redis(settings), namespace=f"{BREAKER_NAMESPACE}:{name}"
         )
         found = pybreaker.CircuitBreaker(
             fail_max=outbound.breaker_fail_max,
