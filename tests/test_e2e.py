@@ -154,6 +154,22 @@ def test_correlation_id_reaches_the_worker_log(fleet: Processes, engine: Engine)
     assert '"event_id": "corr-check"' in line
 
 
+def test_logs_are_json_lines_from_every_process(fleet: Processes) -> None:
+    status, _, _ = request(
+        fleet.base_url, "POST", "/webhooks/standard", {"type": "t"}, {"webhook-id": "json-logs"}
+    )
+    assert status == 202
+    wait_until(lambda: "succeeded" in fleet.log("worker_default"), 30, "the task's log line")
+
+    web = [json.loads(x) for x in fleet.log("web").splitlines() if x.strip()]
+    assert any(x["logger"] == "gunicorn.error" and "Booting worker" in x["message"] for x in web)
+    worker = [json.loads(x) for x in fleet.log("worker_default").splitlines() if x.startswith("{")]
+    # Celery's own lines too: the worker is ready, the task succeeded.
+    assert any(x["message"].endswith("ready.") for x in worker)
+    succeeded = next(x for x in worker if "succeeded" in x["message"])
+    assert succeeded["logger"] == "celery.app.trace" and succeeded["level"] == "INFO"
+
+
 SECRETS = {
     "standard": "whsec_" + "c2VjcmV0LWZvci10aGUtZW5kLXRvLWVuZC10ZXN0cw==",
     "stripe": "whsec_stripe_e2e_secret",

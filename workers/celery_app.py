@@ -6,13 +6,16 @@ is built from ``HOOKFLEET_*`` the first time Celery asks for it (``on_configure`
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from typing import Any
 
 from celery import Celery
+from celery.signals import setup_logging
 from kombu import Exchange, Queue
 
-from models.logs import configure_logging
+from models.logs import configure_logging, json_handler
 from models.metrics import use_metrics_dir
 from models.phones import configure_regions
 from models.settings import QUEUES, Settings
@@ -110,3 +113,13 @@ def _configure(sender: Celery, **_: Any) -> None:
     configure_logging(settings.log_level)
     configure_regions(settings.phone_regions)
     sender.conf.update(celery_config(settings))
+
+
+@setup_logging.connect
+def _json_logs(loglevel: Any = None, **_: Any) -> None:
+    """Celery's own lines (worker ready, task received/succeeded, errors) as JSON lines
+    on stdout too, like Hookfleet's: one format for journald or the log shipper.
+    Connecting this signal also stops Celery from installing its own handlers."""
+    root = logging.getLogger()
+    root.handlers[:] = [json_handler(sys.stdout)]
+    root.setLevel(loglevel or logging.INFO)
