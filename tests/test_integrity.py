@@ -303,6 +303,9 @@ def test_the_hourly_task_exports_what_check_finds_and_fixes_nothing(
 
     seed(database_url)
     before = snapshot(engine)
+    # The Celery app's configuration sets the shared metrics directory in os.environ;
+    # give it back afterwards so later tests read this process's own registry.
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     monkeypatch.setenv("HOOKFLEET_DATABASE_URL", database_url)
     monkeypatch.setattr(tasks, "_engine", None)  # this process's engine, for this database
 

@@ -47,9 +47,13 @@ def test_alert_rules_fire_on_the_stories_in_their_unit_tests() -> None:
 
 
 @pytest.fixture
-def exported(settings_env: dict[str, str], tmp_path: Path) -> set[str]:
+def exported(
+    settings_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> set[str]:
     """Every series name a scrape of the receiver can show (with the workers' metrics
     registered in this process too)."""
+    # This process's own registry, whatever an earlier test left in os.environ.
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     env = {**settings_env, "HOOKFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'h.db'}"}
     from models.migrate import upgrade
     from models.settings import Settings
