@@ -36,7 +36,7 @@ def _configure(sender: Celery, **_: Any) -> None:
     sender.conf.update(celery_config(Settings.from_env(os.environ)))
 
 
-@noop_app.task(name="hookfleet.process_event")
+@noop_app.task(name="hookfleet.process_event", shared=False)
 def noop(**_: Any) -> None:
     """Nothing: the cost of one Celery message and nothing else."""
 
@@ -51,7 +51,7 @@ def _session_factory() -> sessionmaker[Session]:
     return _sessions[1]
 
 
-@naive_app.task(name="hookfleet.process_event")
+@naive_app.task(name="hookfleet.process_event", shared=False)
 def naive_insert(**kwargs: Any) -> None:
     """One row, one commit."""
     with _session_factory()() as session:

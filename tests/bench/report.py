@@ -36,8 +36,10 @@ def machine(redis_url: str, bench: Bench) -> dict[str, Any]:
     url = bench.database_url or (bench.mariadb.create_database() if bench.mariadb else None)
     if url:
         engine = create_engine(url)
+        sqlite = engine.dialect.name == "sqlite"
         with engine.connect() as db:
-            info["mariadb"] = db.execute(text("SELECT VERSION()")).scalar_one()
+            version = db.execute(text("SELECT sqlite_version()" if sqlite else "SELECT VERSION()"))
+            info["sqlite" if sqlite else "mariadb"] = version.scalar_one()
         engine.dispose()
     if bench.wrk:
         done = subprocess.run([bench.wrk, "--version"], capture_output=True, text=True)
