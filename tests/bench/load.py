@@ -1,0 +1,214 @@
+"""Load generators, each run as its own process so it never shares the server's GIL.
+
+- ``wrk`` (preferred): C, event loop, a Lua script that cycles through pre-signed
+  requests. Installed by :func:`ensure_wrk` when missing and we may (root + apt-get).
+- This module as a script (``python -m tests.bench.load``): the fallback when wrk is
+  missing, and the only generator with a *fixed rate* (wrk 4 has none, and wrk2 is not
+  packaged here) and with a fixed request *count* (used to fill queues). It is slower
+  than wrk, so the report always says which generator measured a figure.
+
+Both report the same fields: requests, seconds, rate, errors (non-2xx and socket
+errors), p50/p90/p99/max latency in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.bench.deliveries import Request, read_requests
+
+WRK_LUA = Path(__file__).with_name("wrk.lua")
+
+
+def ensure_wrk() -> str | None:
+    """The wrk binary, installing Debian's package when missing and we are root."""
+    found = shutil.which("wrk")
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "wrk"]
+    for argv in (install, ["apt-get", "update", "-qq"], install):
+        subprocess.run(argv, env=env, capture_output=True, check=False)
+    return shutil.which("wrk")
+
+
+def run_wrk(
+    wrk: str, url: str, request_file: Path, seconds: float, connections: int, threads: int
+) -> dict[str, Any]:
+    """A closed-loop run of ``seconds`` at full speed; wrk's own latency histogram."""
+    argv = [
+        wrk,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(WRK_LUA),
+        url,
+        "--",
+        str(request_file),
+        str(threads),
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    line = next((raw for raw in done.stdout.splitlines() if raw.startswith('{"requests"')), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary:\n{done.stdout}\n{done.stderr}")
+    raw = json.loads(line)
+    secs = raw["duration_us"] / 1e6
+    return {
+        "generator": "wrk",
+        "connections": connections,
+        "requests": raw["requests"],
+        "seconds": round(secs, 3),
+        "rate": round(raw["requests"] / secs, 1),
+        "errors": sum(raw["errors"].values()),
+        "error_detail": raw["errors"],
+        "p50_ms": raw["p50_us"] / 1000,
+        "p90_ms": raw["p90_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
+        "wrapped": raw["wrapped"],
+    }
+
+
+def run_python(
+    url: str,
+    request_file: Path,
+    *,
+    seconds: float = 0,
+    rate: float = 0,
+    count: int = 0,
+    connections: int = 8,
+) -> dict[str, Any]:
+    """Run this module's generator in a separate process (see :func:`generate`)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.bench.load",
+        url,
+        str(request_file),
+        f"--seconds={seconds}",
+        f"--rate={rate}",
+        f"--count={count}",
+        f"--connections={connections}",
+    ]
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=root)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _percentile(ordered: list[float], pct: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
+
+
+def generate(
+    url: str, reqs: list[Request], seconds: float, rate: float, count: int, connections: int
+) -> dict[str, Any]:
+    """Send ``reqs`` in order over ``connections`` keep-alive connections.
+
+    Stops after ``seconds`` (0: no limit) or ``count`` requests (0: the whole list,
+    cycled while ``seconds`` lasts). ``rate`` > 0 paces sends to that many per second
+    overall (request i is due at start + i / rate); latency is measured from the due
+    time, so a server that falls behind is charged for the wait it causes.
+    """
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    total = count or (len(reqs) if not seconds else 0)
+    lock = threading.Lock()
+    latencies: list[float] = []
+    state = {"next": 0, "errors": 0, "statuses": {}}
+    started = time.perf_counter()
+    deadline = started + seconds if seconds else float("inf")
+
+    def take() -> int | None:
+        with lock:
+            i = state["next"]
+            if total and i >= total:
+                return None
+            state["next"] = i + 1
+            return int(i)
+
+    def worker() -> None:
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        while True:
+            i = take()
+            if i is None:
+                break
+            due = started + i / rate if rate else time.perf_counter()
+            now = time.perf_counter()
+            if due > deadline or now > deadline:
+                break
+            if due > now:
+                time.sleep(due - now)
+            request = reqs[i % len(reqs)]
+            sent = due if rate else time.perf_counter()
+            try:
+                connection.request("POST", request.path, request.body, request.headers)
+                response = connection.getresponse()
+                response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                connection = http.client.HTTPConnection(host, int(port), timeout=10)
+                status = 0
+            elapsed = time.perf_counter() - sent
+            with lock:
+                latencies.append(elapsed)
+                statuses: dict[int, int] = state["statuses"]  # type: ignore[assignment]
+                statuses[status] = statuses.get(status, 0) + 1
+                if not 200 <= status < 300:
+                    state["errors"] = int(state["errors"]) + 1
+        connection.close()
+
+    workers = [threading.Thread(target=worker) for _ in range(connections)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    secs = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return {
+        "generator": "python-paced" if rate else "python",
+        "connections": connections,
+        "target_rate": rate or None,
+        "requests": len(ordered),
+        "seconds": round(secs, 3),
+        "rate": round(len(ordered) / secs, 1) if secs else 0.0,
+        "errors": state["errors"],
+        "statuses": {str(k): v for k, v in sorted(state["statuses"].items())},  # type: ignore[attr-defined]
+        "p50_ms": round(_percentile(ordered, 50) * 1000, 3),
+        "p90_ms": round(_percentile(ordered, 90) * 1000, 3),
+        "p99_ms": round(_percentile(ordered, 99) * 1000, 3),
+        "max_ms": round(ordered[-1] * 1000, 3) if ordered else 0.0,
+        "wrapped": max(0, len(ordered) - len(reqs)) // max(1, len(reqs)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("url")
+    parser.add_argument("request_file", type=Path)
+    parser.add_argument("--seconds", type=float, default=0)
+    parser.add_argument("--rate", type=float, default=0)
+    parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+    reqs = read_requests(args.request_file)
+    result = generate(args.url, reqs, args.seconds, args.rate, args.count, args.connections)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,509 @@
+"""``python -m tests.bench.run``: every performance case back to back, in one run.
+
+Starts a private Redis and MariaDB (tests/servers.py) unless ``--redis-url`` and
+``--database-url`` are given, runs the cases, prints a table, and writes
+``tests/bench/results/latest.json`` and ``latest.png`` (the plot needs the ``bench``
+extra: ``pip install -e '.[bench]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import create_engine, func, insert, select, text
+
+from models.business import Branch, Company
+from models.events import EventStatus, WebhookEvent
+from models.migrate import upgrade
+from models.settings import QUEUES, Settings
+from tests.bench import deliveries, load
+from tests.bench.fleet import Proc, rss_kb, web_command, worker_command
+from tests.bench.report import machine, render_table, summarize, write_plot
+from tests.servers import MariaDBServer, RedisServer, clean_env, wait_until
+
+RESULTS = Path(__file__).with_name("results")
+
+# name → (WSGI app, request kind, duplicate share, also measure p99 at half the max rate)
+RECEIVER_CASES: dict[str, tuple[str, str, float, bool]] = {
+    "ceiling": ("tests.bench.apps:ceiling_app()", "standard", 0.0, False),
+    "usual-recipe": ("tests.bench.apps:usual_recipe_app()", "standard", 0.0, False),
+    "hookfleet-standard": ("ingest:create_app()", "standard", 0.0, True),
+    "hookfleet-standard-dup30": ("ingest:create_app()", "standard", 0.3, False),
+    "hookfleet-stripe": ("ingest:create_app()", "stripe", 0.0, False),
+    "hookfleet-stripe-dup30": ("ingest:create_app()", "stripe", 0.3, False),
+    "hookfleet-calcom": ("ingest:create_app()", "calcom", 0.0, False),
+    "hookfleet-calcom-dup30": ("ingest:create_app()", "calcom", 0.3, False),
+    "hookfleet-retell": ("ingest:create_app()", "retell", 0.0, False),
+    "hookfleet-retell-dup30": ("ingest:create_app()", "retell", 0.3, False),
+    "inbound-warm": ("ingest:create_app()", "inbound-warm", 0.0, True),
+    "inbound-cold": ("ingest:create_app()", "inbound-cold", 0.0, True),
+}
+DRAIN_CASES = ("celery-noop", "hookfleet-worker", "naive-worker", "end-to-end")
+MEMORY_CASES = ("memory",)
+ALL_CASES = (*RECEIVER_CASES, *DRAIN_CASES, *MEMORY_CASES)
+
+
+@dataclass
+class Bench:
+    work: Path
+    redis_url: str
+    mariadb: MariaDBServer | None
+    database_url: str | None
+    duration: float
+    warmup: float
+    connections: int
+    wrk: str | None
+    drain_events: int
+    memory_events: int
+    max_rate: int
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    # -- plumbing --------------------------------------------------------------------
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, socket_timeout=30)
+
+    def new_database(self) -> str:
+        """A freshly migrated database (a new one per case on the private MariaDB)."""
+        if self.mariadb is not None:
+            url = self.mariadb.create_database()
+        else:
+            assert self.database_url, "--database-url is required with --redis-url"
+            url = self.database_url
+        upgrade(Settings(database_url=url))
+        return url
+
+    def env(self, database_url: str, **extra: str) -> dict[str, str]:
+        env = clean_env(
+            HOOKFLEET_REDIS_URL=self.redis_url,
+            HOOKFLEET_DATABASE_URL=database_url,
+            HOOKFLEET_VAR_DIR=str(self.work),
+            **extra,
+        )
+        for provider, secret in deliveries.SECRETS.items():
+            env[f"HOOKFLEET_{provider.upper()}_SECRETS"] = secret
+        return env
+
+    def requests_file(self, name: str, kind: str, dups: float, count: int, start: int) -> Path:
+        path = self.work / f"{name}.requests"
+        deliveries.write_requests(path, deliveries.requests(kind, count, dups, start=start))
+        return path
+
+    def blast(self, url: str, requests: Path, seconds: float) -> dict[str, Any]:
+        """Full speed for ``seconds``: wrk when we have it, else the Python generator."""
+        if self.wrk:
+            return load.run_wrk(self.wrk, url, requests, seconds, self.connections, threads=2)
+        return load.run_python(url, requests, seconds=seconds, connections=self.connections)
+
+    # -- cases 1-4: receivers ----------------------------------------------------------
+    def receiver_case(self, name: str, database_url: str) -> None:
+        app, kind, dups, paced = RECEIVER_CASES[name]
+        client = self.redis()
+        client.flushall()
+        warm_n = int(self.max_rate * self.warmup) + 1
+        measured_n = int(self.max_rate * self.duration) + 1
+        warm_file = self.requests_file(f"{name}-warmup", kind, dups, warm_n, 0)
+        measured_file = self.requests_file(name, kind, dups, measured_n, warm_n)
+        web = Proc(name, web_command(app), self.env(database_url), self.work / "logs")
+        try:
+            web.start().wait_for_web()
+            if self.warmup:
+                self.blast(web.url, warm_file, self.warmup)
+            queued_before = _queued(client)
+            result = self.blast(web.url, measured_file, self.duration)
+            result["queued"] = _queued(client) - queued_before
+            result["kind"], result["duplicates"] = kind, dups
+            if paced:
+                paced_file = self.requests_file(
+                    f"{name}-paced", kind, dups, measured_n, warm_n + measured_n
+                )
+                result["half_rate"] = load.run_python(
+                    web.url,
+                    paced_file,
+                    seconds=self.duration,
+                    rate=max(1.0, result["rate"] / 2),
+                    connections=self.connections,
+                )
+        finally:
+            web.stop()
+        self.results[name] = result
+        print(f"  {name}: {result['rate']:.0f}/s p99 {result['p99_ms']:.1f} ms", flush=True)
+
+    def seed_branches(self, database_url: str, cold: int) -> None:
+        """One warm branch, and ``cold`` more each with a number of its own."""
+        engine = create_engine(database_url)
+        with engine.begin() as db:
+            company_id = db.execute(insert(Company).values(name="Bench GmbH")).inserted_primary_key[
+                0
+            ]  # type: ignore[index]
+            rows = [
+                {
+                    "company_id": company_id,
+                    "name": "Mitte",
+                    "phone": deliveries.WARM_NUMBER,
+                    "retell_agent_id": "agent_bench",
+                }
+            ]
+            rows += [
+                {
+                    "company_id": company_id,
+                    "name": f"b{i}",
+                    "phone": deliveries.cold_number(i),
+                    "retell_agent_id": f"agent_{i}",
+                }
+                for i in range(cold)
+            ]
+            for start in range(0, len(rows), 5000):
+                db.execute(insert(Branch), rows[start : start + 5000])
+        engine.dispose()
+
+    # -- cases 5-6: workers --------------------------------------------------------------
+    def fill_queue(self, database_url: str, count: int, name: str) -> dict[str, Any]:
+        """``count`` unique Standard Webhooks deliveries accepted through the receiver."""
+        web = Proc(
+            f"{name}-fill",
+            web_command("ingest:create_app()"),
+            self.env(database_url),
+            self.work / "logs",
+        )
+        requests = self.requests_file(f"{name}-fill", "standard", 0.0, count, 0)
+        try:
+            web.start().wait_for_web()
+            result = load.run_python(web.url, requests, count=count, connections=16)
+        finally:
+            web.stop()
+        return result
+
+    def drain(
+        self,
+        name: str,
+        worker_app: str | None,
+        database_url: str,
+        count: int,
+        done: Callable[[], bool],
+    ) -> dict[str, Any]:
+        """Start a worker on a full ``hookfleet.default``; events/s from its first take
+        until ``done()``."""
+        client = self.redis()
+        worker = Proc(name, worker_command(worker_app), self.env(database_url), self.work / "logs")
+        worker.start()
+        try:
+            wait_until(
+                lambda: client.llen("hookfleet.default") < count,
+                120,
+                f"{name} to start taking",
+                interval=0.005,
+            )
+            started = time.perf_counter()
+            wait_until(done, 1800, f"{name} to finish {count} events", interval=0.02)
+            seconds = time.perf_counter() - started
+        finally:
+            worker.stop()
+        result = {"events": count, "seconds": round(seconds, 3), "rate": round(count / seconds, 1)}
+        print(f"  {name}: {result['rate']:.0f} events/s", flush=True)
+        return result
+
+    def drain_cases(self, selected: list[str]) -> None:
+        n = self.drain_events
+        client = self.redis()
+        client.flushall()
+        fill = self.fill_queue(self.new_database(), n, "drain")
+        assert client.llen("hookfleet.default") == n, client.llen("hookfleet.default")
+        client.copy("hookfleet.default", "bench:saved")
+
+        def restore() -> None:
+            client.delete("hookfleet.default", "unacked", "unacked_index")
+            client.copy("bench:saved", "hookfleet.default")
+
+        def rows_done(url: str) -> Callable[[], bool]:
+            engine = create_engine(url)
+            query = (
+                select(func.count())
+                .select_from(WebhookEvent)
+                .where(WebhookEvent.status == EventStatus.PROCESSED)
+            )
+
+            def check() -> bool:
+                with engine.connect() as db:
+                    return int(db.execute(query).scalar_one()) >= n
+
+            return check
+
+        def drained() -> bool:
+            return client.llen("hookfleet.default") == 0 and client.hlen("unacked") == 0
+
+        if "celery-noop" in selected:
+            restore()
+            self.results["celery-noop"] = self.drain(
+                "celery-noop", "tests.bench.comparison_workers:noop_app", "sqlite://", n, drained
+            )
+        if "hookfleet-worker" in selected:
+            restore()
+            url = self.new_database()
+            result = self.drain("hookfleet-worker", None, url, n, rows_done(url))
+            result["fill"] = fill
+            self.results["hookfleet-worker"] = result
+        if "naive-worker" in selected:
+            restore()
+            url = self.new_database()
+            self.results["naive-worker"] = self.drain(
+                "naive-worker", "tests.bench.comparison_workers:naive_app", url, n, rows_done(url)
+            )
+        if "end-to-end" in selected:
+            self.results["end-to-end"] = self.end_to_end()
+
+    def end_to_end(self) -> dict[str, Any]:
+        """Receiver and worker together: load for ``duration``, then until every
+        accepted event is a committed row."""
+        client = self.redis()
+        client.flushall()
+        url = self.new_database()
+        env = self.env(url)
+        requests = self.requests_file(
+            "e2e", "standard", 0.0, int(self.max_rate * self.duration) + 1, 0
+        )
+        web = Proc("e2e-web", web_command("ingest:create_app()"), env, self.work / "logs")
+        worker = Proc("e2e-worker", worker_command(), env, self.work / "logs")
+        engine = create_engine(url)
+        try:
+            web.start()
+            worker.start()
+            web.wait_for_web()
+            worker.wait_for_worker()
+            started = time.perf_counter()
+            result = self.blast(web.url, requests, self.duration)
+            accepted = result["requests"] - result["errors"]
+            backlog = _queued(client)
+
+            def committed() -> int:
+                with engine.connect() as db:
+                    return int(
+                        db.execute(
+                            select(func.count())
+                            .select_from(WebhookEvent)
+                            .where(WebhookEvent.status == EventStatus.PROCESSED)
+                        ).scalar_one()
+                    )
+
+            wait_until(lambda: committed() >= accepted, 1800, "end-to-end drain", interval=0.05)
+            seconds = time.perf_counter() - started
+        finally:
+            web.stop()
+            worker.stop()
+            engine.dispose()
+        result.update(
+            events=accepted,
+            backlog_after_load=backlog,
+            total_seconds=round(seconds, 3),
+            committed_rate=round(accepted / seconds, 1),
+        )
+        print(
+            f"  end-to-end: accepted {result['rate']:.0f}/s, committed "
+            f"{result['committed_rate']:.0f}/s",
+            flush=True,
+        )
+        return result
+
+    # -- case 7: memory --------------------------------------------------------------
+    def memory(self) -> None:
+        n = self.memory_events
+        client = self.redis()
+        client.flushall()
+        url = self.new_database()
+        # No shedding: all n events must stay queued for the worker half of the case.
+        env = self.env(url, HOOKFLEET_SHED_QUEUE_DEPTH="0")
+        warm = self.requests_file("memory-warm", "standard", 0.0, 2000, 0)
+        requests = self.requests_file("memory", "standard", 0.0, n, 2000)
+        web = Proc("memory-web", web_command("ingest:create_app()"), env, self.work / "logs")
+        result: dict[str, Any] = {"events": n}
+        try:
+            web.start().wait_for_web()
+            load.run_python(web.url, warm, count=2000, connections=8)
+            result["receiver_rss_before_kb"] = [rss_kb(p) for p in web.pids()]
+            sent = self._send_exactly(web.url, requests, n)
+            result["receiver_sent"] = sent
+            result["receiver_rss_after_kb"] = [rss_kb(p) for p in web.pids()]
+        finally:
+            web.stop()
+        queued = int(client.llen("hookfleet.default"))
+        worker = Proc("memory-worker", worker_command(), env, self.work / "logs")
+        engine = create_engine(url)
+        try:
+            worker.start().wait_for_worker()
+            wait_until(
+                lambda: client.llen("hookfleet.default") <= queued - 2000,
+                600,
+                "the first 2000 events",
+                interval=0.05,
+            )
+            result["worker_rss_before_kb"] = [rss_kb(p) for p in worker.pids()]
+            wait_until(
+                lambda: client.llen("hookfleet.default") == 0 and client.hlen("unacked") == 0,
+                3600,
+                "the memory drain",
+                interval=0.2,
+            )
+            result["worker_rss_after_kb"] = [rss_kb(p) for p in worker.pids()]
+            with engine.connect() as db:
+                result["worker_rows"] = int(
+                    db.execute(text("SELECT COUNT(*) FROM webhook_events")).scalar_one()
+                )
+        finally:
+            worker.stop()
+            engine.dispose()
+        result["replay"] = "not measured: `hookfleet replay` does not exist on this branch"
+        self.results["memory"] = result
+        print(
+            f"  memory: receiver {result['receiver_rss_before_kb']} -> "
+            f"{result['receiver_rss_after_kb']} KiB, worker {result['worker_rss_before_kb']}"
+            f" -> {result['worker_rss_after_kb']} KiB",
+            flush=True,
+        )
+
+    def _send_exactly(self, url: str, requests: Path, n: int) -> int:
+        """All of ``requests`` once: wrk cannot stop at a count, so the Python
+        generator sends them (slower, but memory does not care)."""
+        result = load.run_python(url, requests, count=n, connections=self.connections)
+        return int(result["requests"])
+
+
+def _queued(client: redis.Redis) -> int:
+    return sum(int(client.llen(q)) for q in (*QUEUES, "bench.usual"))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--duration", type=float, default=10, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=3, help="seconds of warm-up per case")
+    parser.add_argument(
+        "--cases", default="all", help=f"comma-separated, from: {', '.join(ALL_CASES)}"
+    )
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--generator",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="auto: wrk (installed when missing, as root), else Python",
+    )
+    parser.add_argument("--drain-events", type=int, default=20_000)
+    parser.add_argument("--memory-events", type=int, default=100_000)
+    parser.add_argument(
+        "--max-rate",
+        type=int,
+        default=6000,
+        help="requests/s to prepare signed bodies for (unique per request)",
+    )
+    parser.add_argument("--redis-url")
+    parser.add_argument("--database-url", help="a MariaDB/MySQL URL (migrated here)")
+    parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    args = parser.parse_args(argv)
+    args.cases = list(ALL_CASES) if args.cases == "all" else args.cases.split(",")
+    unknown = set(args.cases) - set(ALL_CASES)
+    if unknown:
+        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    wrk = None
+    if args.generator != "python":
+        wrk = load.ensure_wrk()
+        if wrk is None and args.generator == "wrk":
+            print("wrk is not installed and could not be installed", file=sys.stderr)
+            return 2
+    work = Path(tempfile.mkdtemp(prefix="hookfleet-bench-"))
+    redis_server = mariadb = None
+    try:
+        if args.redis_url:
+            redis_url = args.redis_url
+        else:
+            redis_server = RedisServer(work / "redis").start()
+            redis_url = redis_server.url
+        if not args.database_url:
+            mariadb = MariaDBServer(work / "mariadb").start()
+            # The test server relaxes commit durability for speed; production MariaDB
+            # flushes the log at every commit, and that cost is what batching saves.
+            mariadb.sql("SET GLOBAL innodb_flush_log_at_trx_commit = 1")
+        bench = Bench(
+            work=work,
+            redis_url=redis_url,
+            mariadb=mariadb,
+            database_url=args.database_url,
+            duration=args.duration,
+            warmup=args.warmup,
+            connections=args.connections,
+            wrk=wrk,
+            drain_events=args.drain_events,
+            memory_events=args.memory_events,
+            max_rate=args.max_rate,
+        )
+        print(f"generator: {wrk or 'python'}; work dir {work}", flush=True)
+        receiver_db = None
+        for name in args.cases:
+            if name in RECEIVER_CASES:
+                if receiver_db is None:
+                    receiver_db = bench.new_database()
+                    cold = "inbound-cold" in args.cases
+                    bench.seed_branches(
+                        receiver_db,
+                        cold=int(args.max_rate * (args.warmup + 2 * args.duration)) + 3
+                        if cold
+                        else 0,
+                    )
+                bench.receiver_case(name, receiver_db)
+        drains = [c for c in args.cases if c in DRAIN_CASES]
+        if drains:
+            bench.drain_cases(drains)
+        if "memory" in args.cases:
+            bench.memory()
+        report = {
+            "command": "python -m tests.bench.run " + " ".join(argv or sys.argv[1:]),
+            "machine": machine(redis_url, bench),
+            "settings": {
+                "duration_s": args.duration,
+                "warmup_s": args.warmup,
+                "connections": args.connections,
+                "generator": "wrk" if wrk else "python",
+                "gunicorn": "ingest/gunicorn_conf.py defaults (2 workers x 4 gthreads)",
+                "celery": "Procfile worker_default: prefork, concurrency 2, prefetch 4, acks late",
+            },
+            "cases": bench.results,
+            "summary": summarize(bench.results),
+        }
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2) + "\n")
+        print(render_table(report))
+        plot = write_plot(report, args.output.with_suffix(".png"))
+        print(
+            f"wrote {args.output}"
+            + (
+                f" and {plot}"
+                if plot
+                else " (no plot: matplotlib is missing; pip install -e '.[bench]')"
+            )
+        )
+        return 0
+    finally:
+        if mariadb is not None:
+            mariadb.stop()
+        if redis_server is not None:
+            redis_server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The benchmark script (tests/bench) still runs: a one-second smoke run of two cases.
+
+It measures nothing worth keeping; it only keeps ``python -m tests.bench.run`` from
+rotting while nobody runs the full benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.processes import ROOT
+from tests.servers import RedisServer
+
+
+def test_benchmark_smoke_run_reports_both_receivers(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    output = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.run",
+            "--duration=1",
+            "--warmup=0.5",
+            "--max-rate=2000",
+            "--connections=4",
+            "--generator=python",
+            "--cases=ceiling,hookfleet-standard",
+            f"--redis-url={redis_server.url}",
+            f"--database-url=sqlite:///{tmp_path / 'bench.db'}",
+            f"--output={output}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(output.read_text())
+    ceiling, hookfleet = report["cases"]["ceiling"], report["cases"]["hookfleet-standard"]
+    assert ceiling["requests"] > 0 and ceiling["errors"] == 0
+    assert hookfleet["requests"] > 0 and hookfleet["errors"] == 0
+    # Every delivery was unique and signed, so every one was accepted and queued.
+    assert hookfleet["queued"] == hookfleet["requests"]
+    assert 0 < report["summary"]["ratios"]["hookfleet-standard"]["vs_ceiling"]
+    assert "| hookfleet-standard |" in done.stdout
