@@ -74,30 +74,34 @@ def record_event(sessions: sessionmaker[Session], event: IncomingEvent) -> Outco
     then rolled back and the caller decides whether to retry.
     """
     with sessions() as session:
-        row = _insert(session, event)
+        # Inserted as processed: the row, the effect and that status commit together or
+        # not at all, so no other session ever sees it half done — and one INSERT per
+        # event is all the bookkeeping costs (no UPDATE after the effect).
+        row = _insert(session, event, EventStatus.PROCESSED)
         if row is None:
             row = _claim_unfinished(session, event)
             if row is None:
                 return Outcome.ALREADY_DONE
+            row.status = EventStatus.PROCESSED
+            row.processed_at = utcnow()
+            row.last_error = None
+            row.last_traceback = None
         handler = HANDLERS.get(event.provider)
         if handler is not None:
             handler(session, row)
-        row.status = EventStatus.PROCESSED
-        row.processed_at = utcnow()
-        row.last_error = None
-        row.last_traceback = None
         session.commit()
         return Outcome.PROCESSED
 
 
-def _insert(session: Session, event: IncomingEvent) -> WebhookEvent | None:
+def _insert(session: Session, event: IncomingEvent, status: EventStatus) -> WebhookEvent | None:
     row = WebhookEvent(
         provider=event.provider,
         event_id=event.event_id,
         event_type=event.event_type,
         queue=event.queue,
         correlation_id=event.correlation_id,
-        status=EventStatus.RECEIVED,
+        status=status,
+        processed_at=utcnow() if status is EventStatus.PROCESSED else None,
         attempts=1,
         headers=dict(event.headers),
         payload=event.payload,
@@ -148,7 +152,7 @@ def mark_failed(
     Never downgrades an event that another attempt already processed.
     """
     with sessions() as session:
-        row = _insert(session, event)
+        row = _insert(session, event, status)
         if row is not None:
             row.status = status
             row.last_error = error[:4000]
