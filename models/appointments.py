@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, deferred, mapped_column
 
-from models.base import Base, LongText, UTCDateTime, utcnow
+from models.base import Base, LongText, UTCDateTime, optional_link, utcnow
 
 
 class Appointment(Base):
@@ -27,21 +27,11 @@ class Appointment(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     calcom_uid: Mapped[str] = mapped_column(String(128), unique=True)
-    company_id: Mapped[int | None] = mapped_column(
-        ForeignKey("companies.id", ondelete="SET NULL"), default=None
-    )
-    branch_id: Mapped[int | None] = mapped_column(
-        ForeignKey("branches.id", ondelete="SET NULL"), default=None
-    )
-    customer_id: Mapped[int | None] = mapped_column(
-        ForeignKey("customers.id", ondelete="SET NULL"), default=None
-    )
-    staff_id: Mapped[int | None] = mapped_column(
-        ForeignKey("staff.id", ondelete="SET NULL"), default=None
-    )
-    service_id: Mapped[int | None] = mapped_column(
-        ForeignKey("services.id", ondelete="SET NULL"), default=None
-    )
+    company_id: Mapped[int | None] = optional_link("companies")
+    branch_id: Mapped[int | None] = optional_link("branches")
+    customer_id: Mapped[int | None] = optional_link("customers")
+    staff_id: Mapped[int | None] = optional_link("staff")
+    service_id: Mapped[int | None] = optional_link("services")
     calcom_event_type_id: Mapped[int | None] = mapped_column(Integer, default=None)
     title: Mapped[str | None] = mapped_column(String(255), default=None)
     status: Mapped[str] = mapped_column(String(16), default="booked")

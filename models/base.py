@@ -6,9 +6,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, Text
+from sqlalchemy import DateTime, ForeignKey, MetaData, Text
 from sqlalchemy.dialects import mysql
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, MappedColumn, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 # Stable constraint names, so Alembic migrations name the same things on every backend.
@@ -65,6 +65,12 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
+
+
+def optional_link(table: str) -> MappedColumn[Any]:
+    """A nullable link to ``table``'s row that becomes NULL when that row is deleted:
+    the record (a call, a booking) outlives what it points at."""
+    return mapped_column(ForeignKey(f"{table}.id", ondelete="SET NULL"), default=None)
 
 
 def utcnow() -> datetime:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
-from models.base import Base, PortableJSON, UTCDateTime, utcnow
+from models.base import Base, PortableJSON, UTCDateTime, optional_link, utcnow
 from models.phones import normalize_phone
 
 
@@ -63,9 +63,7 @@ class Staff(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     company_id: Mapped[int] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
-    branch_id: Mapped[int | None] = mapped_column(
-        ForeignKey("branches.id", ondelete="SET NULL"), default=None
-    )
+    branch_id: Mapped[int | None] = optional_link("branches")
     name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str | None] = mapped_column(String(191), default=None)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -85,9 +83,7 @@ class Service(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     company_id: Mapped[int] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
-    branch_id: Mapped[int | None] = mapped_column(
-        ForeignKey("branches.id", ondelete="SET NULL"), default=None
-    )
+    branch_id: Mapped[int | None] = optional_link("branches")
     name: Mapped[str] = mapped_column(String(200))
     duration_minutes: Mapped[int | None] = mapped_column(Integer, default=None)
     price_cents: Mapped[int | None] = mapped_column(Integer, default=None)

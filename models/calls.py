@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, deferred, mapped_column
 
-from models.base import Base, LongText, PortableJSON, UTCDateTime, utcnow
+from models.base import Base, LongText, PortableJSON, UTCDateTime, optional_link, utcnow
 
 
 class Call(Base):
@@ -29,18 +29,10 @@ class Call(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     call_id: Mapped[str] = mapped_column(String(128), unique=True)
-    company_id: Mapped[int | None] = mapped_column(
-        ForeignKey("companies.id", ondelete="SET NULL"), default=None
-    )
-    branch_id: Mapped[int | None] = mapped_column(
-        ForeignKey("branches.id", ondelete="SET NULL"), default=None
-    )
-    customer_id: Mapped[int | None] = mapped_column(
-        ForeignKey("customers.id", ondelete="SET NULL"), default=None
-    )
-    staff_id: Mapped[int | None] = mapped_column(
-        ForeignKey("staff.id", ondelete="SET NULL"), default=None
-    )
+    company_id: Mapped[int | None] = optional_link("companies")
+    branch_id: Mapped[int | None] = optional_link("branches")
+    customer_id: Mapped[int | None] = optional_link("customers")
+    staff_id: Mapped[int | None] = optional_link("staff")
     agent_id: Mapped[str | None] = mapped_column(String(64), default=None)
     direction: Mapped[str | None] = mapped_column(String(16), default=None)
     status: Mapped[str] = mapped_column(String(32), default="registered")

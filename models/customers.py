@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String
+from sqlalchemy import Boolean, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, validates
 
-from models.base import Base, UTCDateTime, utcnow
+from models.base import Base, UTCDateTime, optional_link, utcnow
 from models.business import normalize_email
 from models.phones import normalize_phone
 
@@ -23,9 +23,7 @@ class Customer(Base):
     __table_args__ = (Index(None, "company_id", "phone"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    company_id: Mapped[int | None] = mapped_column(
-        ForeignKey("companies.id", ondelete="SET NULL"), default=None
-    )
+    company_id: Mapped[int | None] = optional_link("companies")
     name: Mapped[str | None] = mapped_column(String(200), default=None)
     email: Mapped[str | None] = mapped_column(String(191), default=None, unique=True)
     phone: Mapped[str | None] = mapped_column(String(32), default=None)

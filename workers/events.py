@@ -154,7 +154,6 @@ def mark_failed(
     with sessions() as session:
         row = _insert(session, event, status)
         if row is not None:
-            row.status = status
             row.last_error = error[:4000]
             row.last_traceback = traceback
         else:

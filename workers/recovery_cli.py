@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 from models.events import EventStatus
 from models.settings import Settings
-
-_RELATIVE = re.compile(r"^(\d+)([smhd])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 class When(click.ParamType):
@@ -25,11 +21,13 @@ class When(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> datetime:
         if isinstance(value, datetime):
             return value
+        from workers.retention import parse_age
+
         text = str(value).strip()
-        relative = _RELATIVE.match(text)
-        if relative:
-            amount, unit = int(relative.group(1)), _UNITS[relative.group(2)]
-            return datetime.now(UTC) - timedelta(**{unit: amount})
+        try:
+            return datetime.now(UTC) - parse_age(text)
+        except ValueError:
+            pass
         try:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:

@@ -14,6 +14,7 @@ from celery.signals import worker_process_shutdown
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.backlog import read_backlog
 from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus
 from models.logs import log_context
@@ -136,14 +137,16 @@ def _record_failure(
 
 @app.task(name="hookfleet.report_queue_depths")
 def report_queue_depths() -> dict[str, int]:
-    """Log how many messages wait on each queue (beat runs it every minute)."""
-    settings = Settings.from_env(os.environ)
-    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
+    """Log how many messages wait on each queue (beat: every minute) — the same
+    reading as ``/metrics`` and ``hookfleet stats``, reserved ones logged beside."""
+    client = redis.Redis.from_url(settings().broker_url, socket_timeout=5)
     try:
-        depths = {queue: int(client.llen(queue)) for queue in QUEUES}
+        reading = read_backlog(client, None, QUEUES, rates=False)
     finally:
         client.close()
-    log.info("queue depths", extra={"depths": depths})
+    depths = {q.queue: q.waiting for q in reading.queues}
+    unacked = {q.queue: q.unacked for q in reading.queues}
+    log.info("queue depths", extra={"depths": depths, "unacked": unacked, "errors": reading.errors})
     return depths
 
 
