@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ from time import monotonic
 import redis
 from sqlalchemy import Engine, select
 
+from ingest.perprocess import PerProcess
 from models.business import Branch, Company
 from models.engine import make_engine
 from models.phones import normalize_phone
@@ -56,9 +56,7 @@ class InboundDirectory:
         self._budget_s = settings.inbound_budget_ms / 1000
         self._local: OrderedDict[str, tuple[float, BranchContact | None]] = OrderedDict()
         self._lock = threading.Lock()
-        self._pid = 0
-        self._engine: Engine | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._resources = PerProcess(self._connect)
 
     def find(self, number: str) -> BranchContact | None:
         """The branch for ``number`` (any spelling); None when unknown or not in time."""
@@ -142,29 +140,19 @@ class InboundDirectory:
                 self._local.popitem(last=False)
 
     def _executor(self) -> ThreadPoolExecutor:
-        self._for_this_process()
-        assert self._pool is not None
-        return self._pool
+        return self._resources.get()[1]
 
     def _db(self) -> Engine:
-        self._for_this_process()
-        assert self._engine is not None
-        return self._engine
+        return self._resources.get()[0]
 
-    def _for_this_process(self) -> None:
-        """Threads and connections do not survive a fork: build them per process."""
-        if self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            small = Settings(
-                database_url=self._settings.database_url,
-                db_pool_size=2,
-                db_max_overflow=2,
-                db_pool_timeout_s=self._budget_s,
-                db_pool_pre_ping=True,
-            )
-            self._engine = make_engine(small, io_timeout_s=1)
-            self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="inbound")
-            self._pid = os.getpid()
+    def _connect(self) -> tuple[Engine, ThreadPoolExecutor]:
+        """A small pool with short timeouts, and the lookup threads: per process."""
+        small = Settings(
+            database_url=self._settings.database_url,
+            db_pool_size=2,
+            db_max_overflow=2,
+            db_pool_timeout_s=self._budget_s,
+            db_pool_pre_ping=True,
+        )
+        engine = make_engine(small, io_timeout_s=1)
+        return engine, ThreadPoolExecutor(max_workers=4, thread_name_prefix="inbound")

@@ -11,8 +11,6 @@ the workers) and reads the queues and dead letters at scrape time.
 from __future__ import annotations
 
 import hmac
-import os
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +25,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import Engine, text
 
 from ingest.errors import error_response
+from ingest.perprocess import PerProcess
 from ingest.providers import REGISTRY
 from models.backlog import Backlog, read_backlog
 from models.engine import make_engine
@@ -144,25 +143,26 @@ class Probe:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._lock = threading.Lock()
-        self._pid = 0
-        self._redis: redis.Redis | None = None
-        self._dedup: redis.Redis | None = None
-        self._engine: Engine | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._resources = PerProcess(self._connect)
         self._cache: dict[str, tuple[float, Backlog]] = {}
 
+    def _connect(self) -> tuple[redis.Redis, redis.Redis | None, Engine, ThreadPoolExecutor]:
+        broker = _short_timeout_client(self.settings.broker_url)
+        dedup = (
+            None
+            if self.settings.dedup_on_broker
+            else _short_timeout_client(self.settings.redis_url)
+        )
+        engine = make_engine(self.settings, io_timeout_s=int(CHECK_TIMEOUT_S))
+        return broker, dedup, engine, ThreadPoolExecutor(4, thread_name_prefix="hookfleet-probe")
+
     def _ready(self) -> tuple[redis.Redis, Engine, ThreadPoolExecutor]:
-        with self._lock:
-            if self._pid != os.getpid() or self._pool is None:
-                self._redis = _short_timeout_client(self.settings.broker_url)
-                if not self.settings.dedup_on_broker:
-                    self._dedup = _short_timeout_client(self.settings.redis_url)
-                self._engine = make_engine(self.settings, io_timeout_s=int(CHECK_TIMEOUT_S))
-                self._pool = ThreadPoolExecutor(4, thread_name_prefix="hookfleet-probe")
-                self._pid = os.getpid()
-            assert self._redis is not None and self._engine is not None
-            return self._redis, self._engine, self._pool
+        broker, _, engine, pool = self._resources.get()
+        return broker, engine, pool
+
+    @property
+    def _dedup(self) -> redis.Redis | None:
+        return self._resources.get()[1]
 
     def checks(self) -> dict[str, dict[str, Any]]:
         """Ping Redis (dedup store and broker) and the database, in parallel, each
