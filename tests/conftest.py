@@ -8,11 +8,15 @@ from pathlib import Path
 import pytest
 import redis
 from flask.testing import FlaskClient
+from sqlalchemy.orm import Session, sessionmaker
 
 from ingest import create_app
+from models.engine import make_engine, make_sessionmaker
 from models.migrate import upgrade
 from models.settings import Settings
+from tests.provisioning_helpers import ready_standin
 from tests.servers import MariaDBServer, RedisServer, sqlite_url
+from tests.standin import StandIn
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +58,30 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         url = sqlite_url(tmp_path / "db")
     upgrade(Settings(database_url=url))
     return url
+
+
+@pytest.fixture
+def mariadb_url(mariadb_server: MariaDBServer) -> str:
+    """A freshly migrated, empty MariaDB database (for tests that need MariaDB itself)."""
+    url = mariadb_server.create_database()
+    upgrade(Settings(database_url=url))
+    return url
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the migrated ``database_url``, with room for concurrent workers."""
+    engine = make_engine(Settings(database_url=database_url, db_pool_size=20))
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    """A real local HTTP server standing in for the Retell and Cal.com APIs."""
+    server = ready_standin(StandIn().start())
+    yield server
+    server.stop()
 
 
 @pytest.fixture

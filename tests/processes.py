@@ -10,6 +10,8 @@ import shlex
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,39 @@ class Processes:
     def stop_all(self) -> None:
         for name in list(self.running):
             self.stop(name)
+
+
+FLEET = ("web", "worker_high", "worker_default", "worker_low", "beat")
+# Short enough that a crashed worker's jobs come back within a test; two of everything,
+# so work is really spread over processes.
+TEST_SETTINGS = {
+    "HOOKFLEET_VISIBILITY_TIMEOUT_S": "60",
+    "HOOKFLEET_TASK_TIME_LIMIT_S": "30",
+    "WEB_CONCURRENCY": "2",
+    "HOOKFLEET_WORKER_CONCURRENCY": "2",
+}
+
+
+@contextmanager
+def running_fleet(
+    tmp_path: Path, redis_url: str, database_url: str, *, names: Sequence[str] = FLEET, **env: str
+) -> Iterator[Processes]:
+    """The Procfile's ``names`` against these servers (logs in ``tmp_path/fleet``),
+    stopped afterwards; ``env`` adds to or overrides TEST_SETTINGS."""
+    processes = Processes.for_servers(
+        tmp_path / "fleet",
+        HOOKFLEET_REDIS_URL=redis_url,
+        HOOKFLEET_DATABASE_URL=database_url,
+        **{**TEST_SETTINGS, **env},
+    )
+    for name in names:
+        processes.start(name)
+    if "web" in names:
+        processes.wait_for_web()
+    try:
+        yield processes
+    finally:
+        processes.stop_all()
 
 
 def request(

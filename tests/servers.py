@@ -117,6 +117,9 @@ class MariaDBServer:
     proc: subprocess.Popen[bytes] | None = None
     user: str = "hookfleet"
     password: str = "hookfleet-test"
+    # A server configuration to run with instead of the fast test settings below.
+    defaults_file: Path | None = None
+    extra_args: tuple[str, ...] = ()
 
     @property
     def socket_path(self) -> Path:
@@ -138,20 +141,27 @@ class MariaDBServer:
             stderr=subprocess.PIPE,
         )
         log = open(self.directory / "mariadb.log", "wb")
+        if self.defaults_file is None:
+            settings = [
+                "--no-defaults",
+                "--innodb-flush-log-at-trx-commit=2",
+                "--innodb-buffer-pool-size=128M",
+                "--max-connections=500",
+            ]
+        else:
+            settings = [f"--defaults-file={self.defaults_file}"]
         self.proc = subprocess.Popen(
             [
                 _binary("mariadbd", "mysqld"),
-                "--no-defaults",
+                *settings,
                 "--user=root",
                 f"--datadir={data}",
                 f"--socket={self.socket_path}",
                 f"--port={self.port}",
                 "--bind-address=127.0.0.1",
                 "--skip-log-bin",
-                "--innodb-flush-log-at-trx-commit=2",
-                "--innodb-buffer-pool-size=128M",
-                "--max-connections=500",
                 f"--pid-file={self.directory / 'mariadb.pid'}",
+                *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

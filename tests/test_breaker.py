@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from models.engine import make_engine, make_sessionmaker
 from models.migrate import upgrade
 from models.settings import Settings
-from tests.provisioning_helpers import env_for, ready_standin, seed_branch, settings_for
+from tests.provisioning_helpers import env_for, seed_branch, settings_for
 from tests.servers import clean_env, sqlite_url
 from tests.standin import Reply, StandIn
 from workers.outbound.breaker import breaker_states, breaker_status
@@ -21,13 +20,6 @@ from workers.outbound.errors import ApiRejected, CircuitOpen
 from workers.outbound.retell import RetellApi
 
 HOOKFLEET = str(Path(sys.executable).parent / "hookfleet")
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    server = ready_standin(StandIn().start())
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import yaml
 
 from models.settings import QUEUES, Settings
 from tests.processes import ROOT
-from tests.servers import MariaDBServer, _binary, free_port, wait_until
+from tests.servers import MariaDBServer, _binary
 
 DEPLOY = ROOT / "deploy"
 
@@ -90,42 +90,13 @@ def test_mariadb_takes_every_connection_the_k8s_pools_may_open() -> None:
 
 
 def test_shipped_mariadb_config_is_what_the_server_runs_with(tmp_path: Path) -> None:
-    server = MariaDBServer(tmp_path)
-    data = tmp_path / "data"
-    data.mkdir()
-    subprocess.run(
-        [
-            _binary("mariadb-install-db", "mysql_install_db"),
-            "--user=root",
-            f"--datadir={data}",
-            "--auth-root-authentication-method=normal",
-            "--skip-test-db",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            _binary("mariadbd", "mysqld"),
-            f"--defaults-file={DEPLOY / 'mariadb.cnf'}",
-            "--user=root",
-            f"--datadir={data}",
-            f"--socket={server.socket_path}",
-            f"--port={port}",
-            "--bind-address=127.0.0.1",
-            "--skip-log-bin",
-            # Small enough for a test machine; everything else as shipped.
-            "--innodb-buffer-pool-size=128M",
-            "--innodb-log-file-size=48M",
-            f"--pid-file={tmp_path / 'mariadb.pid'}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    server.proc = proc
+    server = MariaDBServer(
+        tmp_path,
+        defaults_file=DEPLOY / "mariadb.cnf",
+        # Small enough for a test machine; everything else as shipped.
+        extra_args=("--innodb-buffer-pool-size=128M", "--innodb-log-file-size=48M"),
+    ).start()
     try:
-        wait_until(server._answers, 60, "mariadbd with deploy/mariadb.cnf", interval=0.2)
         out = subprocess.run(
             [
                 _binary("mariadb", "mysql"),

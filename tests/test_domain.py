@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,22 +17,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Appointment, Branch, Call, Company, Customer, Service, Staff, WebhookEvent
-from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus
 from models.phones import normalize_phone
-from models.settings import Settings
 from workers.events import IncomingEvent, Outcome, record_event
 from workers.retries import PermanentError
 
 BRANCH_PHONE = "+4930901820"
 CALLER = "+4915112345678"
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(Settings(database_url=database_url, db_pool_size=10))
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,42 +21,10 @@ from ingest.providers import calcom, retell, standard, stripe
 from models import Appointment, Call, Customer
 from models.business import Branch, Company
 from models.events import EventStatus, WebhookEvent
-from models.migrate import upgrade
-from models.settings import Settings
-from tests.processes import Processes, request
-from tests.servers import MariaDBServer, wait_until
+from tests.processes import Processes, request, running_fleet
+from tests.servers import wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def mariadb_url(mariadb_server: MariaDBServer) -> str:
-    url = mariadb_server.create_database()
-    upgrade(Settings(database_url=url))
-    return url
-
-
-@contextmanager
-def running_fleet(
-    tmp_path: Path, redis_url: str, database_url: str, **env: str
-) -> Iterator[Processes]:
-    processes = Processes.for_servers(
-        tmp_path / "fleet",
-        HOOKFLEET_REDIS_URL=redis_url,
-        HOOKFLEET_DATABASE_URL=database_url,
-        HOOKFLEET_VISIBILITY_TIMEOUT_S="60",
-        HOOKFLEET_TASK_TIME_LIMIT_S="30",
-        WEB_CONCURRENCY="2",
-        HOOKFLEET_WORKER_CONCURRENCY="2",
-        **env,
-    )
-    for name in ("web", "worker_high", "worker_default", "worker_low", "beat"):
-        processes.start(name)
-    processes.wait_for_web()
-    try:
-        yield processes
-    finally:
-        processes.stop_all()
 
 
 @pytest.fixture

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
-from models.settings import Settings
 from workers import events
 from workers.events import IncomingEvent, Outcome, mark_failed, record_event
 
@@ -28,13 +25,6 @@ def incoming(event_id: str = "evt_1", provider: str = "standard") -> IncomingEve
         headers={"webhook-id": event_id},
         payload='{"type": "invoice.paid", "ünïcode": "✓"}',
     )
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(Settings(database_url=database_url, db_pool_size=20))
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 @pytest.fixture

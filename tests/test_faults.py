@@ -36,7 +36,7 @@ from models import Call
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
-from tests.processes import Processes, request
+from tests.processes import Processes, request, running_fleet
 from tests.servers import MariaDBServer, RedisServer, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -190,31 +190,27 @@ def running_stack(tmp_path: Path, mariadb: MariaDBServer, **env: str) -> Iterato
     redis_server = RedisServer(tmp_path / "redis", appendonly=True).start()
     database_url = mariadb.create_database()
     upgrade(Settings(database_url=database_url))
-    logs = tmp_path / "fleet"
-    fleet = Processes.for_servers(
-        logs,
-        HOOKFLEET_REDIS_URL=redis_server.url,
-        HOOKFLEET_DATABASE_URL=database_url,
-        HOOKFLEET_RETELL_SECRETS=SECRET,
-        HOOKFLEET_STANDARD_VERIFY="off",
-        HOOKFLEET_VISIBILITY_TIMEOUT_S="20",
-        HOOKFLEET_TASK_TIME_LIMIT_S="10",
-        HOOKFLEET_REDIS_TIMEOUT_S="1",
-        HOOKFLEET_WORKER_SOFT_SHUTDOWN_S="3",
-        WEB_CONCURRENCY="2",
-        HOOKFLEET_WORKER_CONCURRENCY="2",
-        **env,
-    )
-    for name in ("web", "worker_high", "worker_default", "worker_low"):
-        fleet.start(name)
-    fleet.wait_for_web()
-    fleet.wait_for_worker("worker_high")
-    engine = create_engine(database_url)
     try:
-        yield Stack(fleet, redis_server, mariadb, database_url, engine, logs)
+        with running_fleet(
+            tmp_path,
+            redis_server.url,
+            database_url,
+            names=("web", "worker_high", "worker_default", "worker_low"),
+            HOOKFLEET_RETELL_SECRETS=SECRET,
+            HOOKFLEET_STANDARD_VERIFY="off",
+            HOOKFLEET_VISIBILITY_TIMEOUT_S="20",
+            HOOKFLEET_TASK_TIME_LIMIT_S="10",
+            HOOKFLEET_REDIS_TIMEOUT_S="1",
+            HOOKFLEET_WORKER_SOFT_SHUTDOWN_S="3",
+            **env,
+        ) as fleet:
+            fleet.wait_for_worker("worker_high")
+            engine = create_engine(database_url)
+            try:
+                yield Stack(fleet, redis_server, mariadb, database_url, engine, fleet.logs)
+            finally:
+                engine.dispose()
     finally:
-        fleet.stop_all()
-        engine.dispose()
         redis_server.stop()
 
 

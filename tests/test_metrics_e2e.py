@@ -19,10 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, func, select, text
 
 from models.events import EventStatus, WebhookEvent
-from models.migrate import upgrade
-from models.settings import Settings
-from tests.processes import Processes, request
-from tests.servers import MariaDBServer, free_port, wait_until
+from tests.processes import Processes, request, running_fleet
+from tests.servers import free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -62,34 +60,18 @@ def per_process(metrics_dir: Path, kind: str, name: str, **labels: str) -> dict[
 
 
 @pytest.fixture
-def mariadb_url(mariadb_server: MariaDBServer) -> str:
-    url = mariadb_server.create_database()
-    upgrade(Settings(database_url=url))
-    return url
-
-
-@pytest.fixture
 def fleet(tmp_path: Path, redis_url: str, mariadb_url: str) -> Iterator[Processes]:
     """The receiver and the high/low workers; worker_default is started by the test."""
-    processes = Processes.for_servers(
-        tmp_path / "fleet",
-        HOOKFLEET_REDIS_URL=redis_url,
-        HOOKFLEET_DATABASE_URL=mariadb_url,
-        HOOKFLEET_VISIBILITY_TIMEOUT_S="60",
-        HOOKFLEET_TASK_TIME_LIMIT_S="30",
+    with running_fleet(
+        tmp_path,
+        redis_url,
+        mariadb_url,
+        names=("web", "worker_high", "worker_low"),
         HOOKFLEET_STANDARD_VERIFY="off",
         HOOKFLEET_STRIPE_SECRETS="whsec_metrics_test",
         HOOKFLEET_MAX_BODY_BYTES="2000",
-        WEB_CONCURRENCY="2",
-        HOOKFLEET_WORKER_CONCURRENCY="2",
-    )
-    for name in ("web", "worker_high", "worker_low"):
-        processes.start(name)
-    processes.wait_for_web()
-    try:
+    ) as processes:
         yield processes
-    finally:
-        processes.stop_all()
 
 
 def post_standard(base_url: str, event_id: str, size: int = 0) -> int:

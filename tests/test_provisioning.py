@@ -3,34 +3,17 @@ per branch whatever happens — reruns, 5xx, and an answer lost after Retell act
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.business import Agent, Branch, Service
-from models.engine import make_engine, make_sessionmaker
 from models.settings import Settings
-from tests.provisioning_helpers import BRANCH_PHONE, ready_standin, seed_branch, settings_for
+from tests.provisioning_helpers import BRANCH_PHONE, seed_branch, settings_for
 from tests.servers import wait_until
 from tests.standin import Reply, StandIn
 from workers.outbound.errors import ApiRejected, ApiUnavailable
 from workers.provisioning.provisioner import AgentStatus, provision_branch
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    server = ready_standin(StandIn().start())
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(Settings(database_url=database_url))
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 @pytest.fixture
