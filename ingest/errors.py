@@ -24,6 +24,7 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str) -> Response:
+    g.outcome_code = code  # for the metrics hook: it need not read the body back
     response = jsonify(error={"code": code, "message": message})
     response.status_code = status
     return response

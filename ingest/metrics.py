@@ -55,7 +55,7 @@ _OUTCOME_BY_CODE = {
     "invalid_signature": "invalid_signature",
     "timestamp_out_of_tolerance": "expired",
     "body_too_large": "too_large",
-    "shed": "shed",
+    "queue_full": "shed",
 }
 # The receiver's checks must answer while a probe still waits: each dependency gets
 # this long, and they are checked at the same time.
@@ -93,22 +93,17 @@ def init_app(app: Flask, settings: Settings) -> None:
             RECEIVED.labels(provider=provider, outcome=outcome)
     declare_shared_metrics()
     app.extensions["hookfleet_probe"] = Probe(settings)
-    app.before_request(_start_clock)
     app.after_request(_count)
     app.register_blueprint(ops)
 
 
-def _start_clock() -> None:
-    g.metrics_started = time.perf_counter()
-
-
 def _count(response: Response) -> Response:
     parts = request.path.split("/")
-    if len(parts) != 3 or parts[1] != "webhooks" or "metrics_started" not in g:
+    if len(parts) != 3 or parts[1] != "webhooks" or "started" not in g:
         return response
     provider = parts[2] if parts[2] in REGISTRY else "unknown"
     outcome = outcome_of(response)
-    elapsed = time.perf_counter() - g.metrics_started
+    elapsed = time.perf_counter() - g.started  # set by views._correlate
     RECEIVED.labels(provider=provider, outcome=outcome).inc()
     INGEST_DURATION.labels(provider=provider).observe(elapsed)
     if outcome == "answered":
@@ -117,22 +112,17 @@ def _count(response: Response) -> Response:
 
 
 def outcome_of(response: Response) -> str:
-    """The ``outcome`` label for a webhook answer, from its status and error code."""
-    status = response.status_code
-    if status == 202:
-        return "accepted"
-    body = response.get_json(silent=True) if response.is_json else None
-    if status == 200:
-        is_duplicate = isinstance(body, dict) and body.get("status") == "duplicate"
-        return "duplicate" if is_duplicate else "answered"
-    code = ""
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        code = str(body["error"].get("code", ""))
+    """The ``outcome`` label for a webhook answer: what the view decided (``g.outcome``)
+    or the error code it answered with (``g.outcome_code``), else the status."""
+    outcome = g.get("outcome")
+    if outcome is not None and response.status_code < 300:
+        return str(outcome)
+    code = g.get("outcome_code", "")
     if code in _OUTCOME_BY_CODE:
         return _OUTCOME_BY_CODE[code]
-    if status == 429:
+    if response.status_code == 429:
         return "shed"
-    if 400 <= status < 500:
+    if 400 <= response.status_code < 500:
         return "bad_request"
     return "error"
 

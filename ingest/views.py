@@ -132,7 +132,7 @@ def receive(provider_name: str) -> tuple[Response, int]:
             "the delivery was not accepted. Retry later.",
             {"Retry-After": str(settings.retry_after_s)},
         )
-    outcome = "accepted" if admission.accepted else "duplicate"
+    outcome = g.outcome = "accepted" if admission.accepted else "duplicate"
     log.info(outcome, extra={"outcome": outcome, "duration_ms": _elapsed_ms()})
     body: dict[str, Any] = {
         "status": outcome,
@@ -233,6 +233,7 @@ def _answer_inline(
     except Exception as error:  # noqa: BLE001 (a waiting phone must get an answer)
         log.error("inline answer failed", extra={"error": type(error).__name__})
         answer = provider.empty_answer(identity)
+    g.outcome = "answered"
     log.info("answered inline", extra={"outcome": "answered", "duration_ms": _elapsed_ms()})
     response = jsonify(answer)
     gate: DedupGate = current_app.extensions["hookfleet_gate"]

@@ -150,3 +150,17 @@ def test_signed_retell_is_unaffected_by_other_queues(redis_url: str) -> None:
     )
 
     assert response.status_code == 202
+
+
+def test_a_shed_delivery_is_counted_as_shed(limited: FlaskClient) -> None:
+    for n in range(LIMIT + 2):
+        send(limited, f"msg_{n}")
+
+    metrics = limited.get("/metrics").get_data(as_text=True)
+
+    def count(outcome: str) -> float:
+        label = f'hookfleet_webhooks_received_total{{outcome="{outcome}",provider="standard"}}'
+        lines = [x for x in metrics.splitlines() if x.startswith(label)]
+        return float(lines[0].split()[-1]) if lines else 0.0
+
+    assert count("shed") >= 2 and count("error") == 0
