@@ -98,7 +98,13 @@ class Settings:
     # slow task is delivered a second time while it still runs.
     visibility_timeout_s: int = 900
     task_time_limit_s: int = 300
-    worker_prefetch_multiplier: int = 4
+    # Workers record and apply deliveries in batches of up to batch_size (or what came
+    # within batch_wait_ms of the first): two commits per batch instead of one per event.
+    batch_size: int = 50
+    batch_wait_ms: int = 10
+    # Messages each worker process reserves ahead; 0: twice the batch size, so one
+    # batch fills while the last one runs.
+    worker_prefetch_multiplier: int = 0
     # The retry budget for transient failures: quick tries inside the task, then Celery
     # retries with growing countdowns. Spent, the event is dead (a dead letter).
     db_retry_attempts: int = 4
@@ -127,6 +133,10 @@ class Settings:
     def provider(self, name: str) -> ProviderSettings:
         """Settings for ``name``; defaults when nothing was configured for it."""
         return self.providers.get(name, _DEFAULT_PROVIDER)
+
+    @property
+    def prefetch_multiplier(self) -> int:
+        return self.worker_prefetch_multiplier or 2 * self.batch_size
 
     @property
     def dedup_on_broker(self) -> bool:
@@ -161,6 +171,8 @@ class Settings:
             worker_soft_shutdown_s=_float(
                 env, "HOOKFLEET_WORKER_SOFT_SHUTDOWN_S", cls.worker_soft_shutdown_s
             ),
+            batch_size=max(1, _int(env, "HOOKFLEET_BATCH_SIZE", cls.batch_size)),
+            batch_wait_ms=max(0, _int(env, "HOOKFLEET_BATCH_WAIT_MS", cls.batch_wait_ms)),
             worker_prefetch_multiplier=_int(
                 env, "HOOKFLEET_WORKER_PREFETCH", cls.worker_prefetch_multiplier
             ),

@@ -47,9 +47,20 @@ def test_every_queue_has_a_worker_and_a_keda_scaler_on_its_own_list() -> None:
         scaler = scalers[worker["metadata"]["name"]]
         (trigger,) = scaler["spec"]["triggers"]
         assert (trigger["type"], trigger["metadata"]["listName"]) == ("redis", queue)
-        # Prefetch 1: reserved messages are only the running ones, so LLEN is the backlog.
-        assert container_env(worker)["HOOKFLEET_WORKER_PREFETCH"] == "1"
-        assert container_env(worker)["HOOKFLEET_WORKER_METRICS_PORT"] == "9808"
+        env = container_env(worker)
+        if queue == "hookfleet.provisioning":
+            # Prefetch 1: reserved messages are only the running ones; LLEN is the backlog.
+            assert env["HOOKFLEET_WORKER_PREFETCH"] == "1"
+        else:
+            # Batching reserves 2 x batch per process, invisible to LLEN: the scaler's
+            # per-replica backlog must dwarf it or it reads a busy pod as idle.
+            assert "HOOKFLEET_WORKER_PREFETCH" not in env
+            command = worker["spec"]["template"]["spec"]["containers"][0]["command"]
+            reserved = Settings().prefetch_multiplier * int(
+                command[command.index("--concurrency") + 1]
+            )
+            assert int(trigger["metadata"]["listLength"]) >= 5 * reserved
+        assert env["HOOKFLEET_WORKER_METRICS_PORT"] == "9808"
 
 
 def test_web_pods_are_probed_on_readyz_and_healthz_and_reached_by_the_service() -> None:

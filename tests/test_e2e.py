@@ -126,15 +126,17 @@ def test_logs_are_json_lines_from_every_process(fleet: Processes) -> None:
         fleet.base_url, "POST", "/webhooks/standard", {"type": "t"}, {"webhook-id": "json-logs"}
     )
     assert status == 202
-    wait_until(lambda: "succeeded" in fleet.log("worker_default"), 30, "the task's log line")
+    wait_until(lambda: '"processed"' in fleet.log("worker_default"), 30, "the event's log line")
 
     web = [json.loads(x) for x in fleet.log("web").splitlines() if x.strip()]
     assert any(x["logger"] == "gunicorn.error" and "Booting worker" in x["message"] for x in web)
     worker = [json.loads(x) for x in fleet.log("worker_default").splitlines() if x.startswith("{")]
-    # Celery's own lines too: the worker is ready, the task succeeded.
-    assert any(x["message"].endswith("ready.") for x in worker)
-    succeeded = next(x for x in worker if "succeeded" in x["message"])
-    assert succeeded["logger"] == "celery.app.trace" and succeeded["level"] == "INFO"
+    # Celery's own lines too (the worker is ready), and one line per event with its
+    # outcome and the task id Celery knows it by.
+    assert any(x["logger"].startswith("celery") and x["message"].endswith("ready.") for x in worker)
+    processed = next(x for x in worker if x["message"] == "processed")
+    assert processed["logger"] == "hookfleet.worker" and processed["level"] == "INFO"
+    assert processed["event_id"] == "json-logs" and processed["task_id"]
 
 
 SECRETS = {

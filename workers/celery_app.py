@@ -62,9 +62,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # ...and so does a task killed by the hard time limit: it goes back on its queue
         # instead of being acknowledged as failed (which would drop the event).
         "task_acks_on_timeout": False,
-        # Prefetch a few messages per process: enough to hide the broker round trip,
-        # few enough that a dead worker strands little until the visibility timeout.
-        "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
+        # Deliveries are recorded in batches (workers.batching): each process reserves
+        # enough for one batch running and the next one filling. A worker killed with
+        # SIGKILL strands these until the visibility timeout (nothing is lost).
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
+        "hookfleet_batch_size": settings.batch_size,
+        "hookfleet_batch_wait_s": settings.batch_wait_ms / 1000,
         "task_time_limit": settings.task_time_limit_s,
         # The soft limit raises inside the task, which then retries later on a fresh
         # message (workers.tasks); the hard limit is only a backstop: a task killed by it

@@ -6,11 +6,12 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Insert, Table, select, update
+from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from models.base import utcnow
 from models.events import EventStatus, WebhookEvent
@@ -93,6 +94,157 @@ def record_event(sessions: sessionmaker[Session], event: IncomingEvent) -> Outco
         return Outcome.PROCESSED
 
 
+def record_batch(sessions: sessionmaker[Session], batch: list[IncomingEvent]) -> list[Outcome]:
+    """Store and apply many events at once: the fast path of the worker.
+
+    Two commits for the whole batch, whatever its size:
+
+    1. *Record*: the events not on record yet are inserted in one multi-row INSERT —
+       finished at once when their provider has no handler, ``received`` otherwise —
+       and committed. From here on every delivery a worker took is in the database:
+       if its message is lost (a Redis failover), the stuck-work sweep finds the
+       ``received`` row and queues it again.
+    2. *Apply*: the unfinished rows are claimed (a conditional UPDATE that takes their
+       locks, as ``record_event`` does), each handler runs in message order, and the
+       rows are marked processed; one commit.
+
+    Raises whatever the database or a handler raises, with nothing of the failing
+    phase written; the caller then settles each event on its own (``record_event``),
+    which is the same work done one event at a time. Replays are not batched.
+    """
+    assert not any(event.replay for event in batch), "replays go through record_event"
+    outcomes = [Outcome.ALREADY_DONE] * len(batch)
+    with sessions() as session:
+        known = _statuses(session, batch)
+        fresh: dict[tuple[str, str], int] = {}
+        for index, event in enumerate(batch):
+            key = (event.provider, event.event_id)
+            if key not in known and key not in fresh:
+                fresh[key] = index
+        if fresh:
+            session.execute(
+                _insert_ignoring_duplicates(session),
+                [_row(batch[i], _first_status(batch[i])) for i in fresh.values()],
+            )
+            session.commit()
+        pending: dict[tuple[str, str], int] = {}
+        for key, index in fresh.items():
+            if batch[index].provider in HANDLERS:
+                pending[key] = index
+            else:
+                outcomes[index] = Outcome.PROCESSED
+        for index, event in enumerate(batch):
+            key = (event.provider, event.event_id)
+            if known.get(key) in UNFINISHED and key not in pending:
+                pending[key] = index
+        if not pending:
+            return outcomes
+
+        rows = _claim_many(session, list(pending))
+        for key, index in sorted(pending.items(), key=lambda item: item[1]):
+            row = rows.get(key)
+            if row is None:  # finished meanwhile by another worker
+                continue
+            handler = HANDLERS.get(row.provider)
+            if handler is not None:
+                handler(session, row)
+            row.status = EventStatus.PROCESSED
+            row.processed_at = utcnow()
+            row.last_error = None
+            row.last_traceback = None
+            outcomes[index] = Outcome.PROCESSED
+        session.commit()
+    return outcomes
+
+
+def _first_status(event: IncomingEvent) -> EventStatus:
+    return EventStatus.RECEIVED if event.provider in HANDLERS else EventStatus.PROCESSED
+
+
+def _statuses(session: Session, batch: list[IncomingEvent]) -> dict[tuple[str, str], EventStatus]:
+    """The status of each event of ``batch`` already on record (one query a provider)."""
+    found: dict[tuple[str, str], EventStatus] = {}
+    for provider, event_ids in _by_provider(batch).items():
+        for event_id, status in session.execute(
+            select(WebhookEvent.event_id, WebhookEvent.status).where(
+                WebhookEvent.provider == provider, WebhookEvent.event_id.in_(event_ids)
+            )
+        ):
+            found[(provider, event_id)] = status
+    return found
+
+
+def _claim_many(
+    session: Session, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], WebhookEvent]:
+    """Lock the unfinished rows among ``keys`` for this transaction and load them.
+
+    The UPDATE waits for any other worker holding one of them; what it leaves out was
+    finished by that worker, so the rows loaded after it are exactly the ones claimed.
+    """
+    rows: dict[tuple[str, str], WebhookEvent] = {}
+    by_provider: dict[str, list[str]] = {}
+    for provider, event_id in keys:
+        by_provider.setdefault(provider, []).append(event_id)
+    for provider, event_ids in by_provider.items():
+        where = (
+            WebhookEvent.provider == provider,
+            WebhookEvent.event_id.in_(event_ids),
+            WebhookEvent.status.in_(list(UNFINISHED)),
+        )
+        session.execute(
+            update(WebhookEvent)
+            .where(*where)
+            .values(attempts=WebhookEvent.attempts + 1)
+            .execution_options(synchronize_session=False)
+        )
+        for row in session.scalars(
+            select(WebhookEvent).where(*where).options(undefer(WebhookEvent.payload))
+        ):
+            rows[(row.provider, row.event_id)] = row
+    return rows
+
+
+def _by_provider(batch: list[IncomingEvent]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for event in batch:
+        grouped.setdefault(event.provider, []).append(event.event_id)
+    return grouped
+
+
+def _insert_ignoring_duplicates(session: Session) -> Insert:
+    """INSERT that skips rows whose (provider, event_id) exists: a concurrent worker
+    recorded the same event between our look-up and our insert."""
+    table = cast(Table, WebhookEvent.__table__)
+    dialect = session.get_bind().dialect.name
+    if dialect in ("mysql", "mariadb"):
+        return mysql.insert(table).on_duplicate_key_update(id=table.c.id)
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    raise NotImplementedError(f"batch recording on {dialect}")
+
+
+def _row(event: IncomingEvent, status: EventStatus) -> dict[str, Any]:
+    done = status is EventStatus.PROCESSED
+    now = utcnow()
+    return {
+        "provider": event.provider,
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "queue": event.queue,
+        "correlation_id": event.correlation_id,
+        "status": status,
+        "attempts": 1 if done else 0,
+        "last_error": None,
+        "headers": dict(event.headers),
+        "payload": event.payload,
+        "received_at": event.received_at,
+        "processed_at": now if done else None,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 def _insert(session: Session, event: IncomingEvent, status: EventStatus) -> WebhookEvent | None:
     row = WebhookEvent(
         provider=event.provider,
@@ -164,7 +316,12 @@ def mark_failed(
                     WebhookEvent.event_id == event.event_id,
                     WebhookEvent.status != EventStatus.PROCESSED,
                 )
-                .values(status=status, last_error=error[:4000], last_traceback=traceback)
+                .values(
+                    status=status,
+                    attempts=WebhookEvent.attempts + 1,
+                    last_error=error[:4000],
+                    last_traceback=traceback,
+                )
                 .execution_options(synchronize_session=False)
             )
         session.commit()

@@ -94,6 +94,8 @@ class Fleet:
         celery = [python, "-m", "celery", "-A", "workers.celery_app"]
         for queue in QUEUES:
             worker = f"worker -Q {queue} -n {queue}@%h --concurrency {self.concurrency}"
+            if queue == "hookfleet.provisioning":
+                worker += " --prefetch-multiplier 1"  # long tasks, never batched
             self._spawn(queue, [*celery, *worker.split(), "--loglevel", "INFO"])
         self._spawn("beat", [*celery, "beat", "--loglevel", "INFO"])
         self._wait_for_receiver()

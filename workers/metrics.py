@@ -53,6 +53,12 @@ END_TO_END = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0),
 )
 
+BATCH_SIZE = Histogram(
+    "hookfleet_worker_batch_size",
+    "Deliveries a worker recorded and applied together (one pool job, two commits).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+)
+
 INTEGRITY_PROBLEMS = Gauge(
     "hookfleet_integrity_problems",
     "What the hourly integrity check found, by kind (hookfleet integrity check).",
@@ -75,37 +81,40 @@ def event_dead(provider: str) -> None:
     EVENTS_DEAD.labels(provider=provider).inc()
 
 
+def event_processed(provider: str, received_at: datetime) -> None:
+    """An event's effect committed: how long after the receiver took it."""
+    END_TO_END.labels(provider=provider).observe(max(0.0, time.time() - received_at.timestamp()))
+
+
+def batch_finished(seconds: float, size: int) -> None:
+    """A batch of ``hookfleet.process_event`` messages ran: each of its events took the
+    batch's time (the task duration of a batched event)."""
+    BATCH_SIZE.observe(size)
+    duration = TASK_DURATION.labels(task=PROCESS_EVENT_TASK, outcome="success")
+    for _ in range(size):
+        duration.observe(seconds)
+
+
+def task_retried(task: str, error: BaseException) -> None:
+    """A retry was published. The error's class, never its text: labels must stay few."""
+    TASK_RETRIES.labels(task=task, reason=type(error).__name__).inc()
+
+
 @task_prerun.connect
-def _task_started(task_id: str, **_: Any) -> None:
+def _task_started(task_id: str, task: Any = None, **_: Any) -> None:
+    if getattr(task, "name", None) == PROCESS_EVENT_TASK:
+        return  # batched: measured by batch_finished
     with _started_lock:
         _started[task_id] = time.perf_counter()
 
 
 @task_postrun.connect
-def _task_finished(
-    task_id: str,
-    task: Any,
-    kwargs: dict[str, Any] | None = None,
-    retval: Any = None,
-    state: str | None = None,
-    **_: Any,
-) -> None:
+def _task_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
     with _started_lock:
         started = _started.pop(task_id, None)
     if started is not None:
         outcome = (state or "unknown").lower()
         TASK_DURATION.labels(task=task.name, outcome=outcome).observe(time.perf_counter() - started)
-    if task.name == PROCESS_EVENT_TASK and state == "SUCCESS" and retval == "processed":
-        _observe_end_to_end(kwargs or {})
-
-
-def _observe_end_to_end(kwargs: dict[str, Any]) -> None:
-    try:
-        received = datetime.fromisoformat(kwargs["received_at"]).timestamp()
-    except (KeyError, TypeError, ValueError):
-        return
-    provider = str(kwargs.get("provider", "unknown"))
-    END_TO_END.labels(provider=provider).observe(max(0.0, time.time() - received))
 
 
 @task_retry.connect

@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,9 +20,17 @@ from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus
 from models.logs import log_context
 from models.settings import QUEUES, Settings
+from workers.batching import BatchTask, Entry, Verdict
 from workers.celery_app import app, soft_time_limit
-from workers.events import IncomingEvent, mark_failed, record_event
-from workers.metrics import event_dead, integrity_found
+from workers.events import IncomingEvent, Outcome, mark_failed, record_batch, record_event
+from workers.metrics import (
+    PROCESS_EVENT_TASK,
+    batch_finished,
+    event_dead,
+    event_processed,
+    integrity_found,
+    task_retried,
+)
 from workers.retries import RetryPolicy, is_transient
 
 log = logging.getLogger("hookfleet.worker")
@@ -71,68 +80,160 @@ def _retry_countdown(retries: int) -> int:
     return int(min(cap, 2 ** (retries + 1)))
 
 
-@app.task(name="hookfleet.process_event", bind=True)
+@app.task(
+    name="hookfleet.process_event",
+    base=BatchTask,
+    bind=True,
+    run_batch="workers.tasks:process_batch",
+)
 def process_event(self: Task, **kwargs: Any) -> str:
-    """Record one delivery and apply its effect. Safe to run any number of times.
+    """Record one delivery and apply its effect (a batch of one). Safe to run any
+    number of times. The worker runs this task's messages in batches
+    (``workers.batching``): see :func:`process_batch`."""
+    queue = (self.request.delivery_info or {}).get("routing_key") or kwargs.get("queue", "")
+    entry = Entry(self.request.id or "", kwargs, self.request.retries or 0, queue)
+    return process_batch([entry])[0].value
 
-    Transient failures: quick tries inside the task (a deadlock or a dropped connection
-    usually clears in well under a second), then Celery retries with growing
-    countdowns; when ``task_max_retries`` is spent the event is ``dead``. Permanent
-    failures: ``failed`` at once. Either way the payload stays for ``hookfleet replay``.
+
+def process_batch(entries: list[Entry]) -> list[Verdict]:
+    """Record and apply a batch of deliveries; one verdict per message.
+
+    First all at once (``record_batch``: two commits for the lot). If that raises —
+    a handler's permanent error, a deadlock, the database away — nothing of it stuck,
+    and each event is settled on its own instead: quick tries inside this job (a
+    deadlock or a dropped connection usually clears in well under a second), then a
+    retry on a new message with a growing countdown; when ``task_max_retries`` is
+    spent the event is ``dead``. Permanent failures are ``failed`` at once. Either way
+    the payload stays for ``hookfleet replay``.
     """
-    event = IncomingEvent.from_task(kwargs)
-    log_context.set(
-        {
-            "correlation_id": event.correlation_id,
-            "provider": event.provider,
-            "event_id": event.event_id,
-            "queue": event.queue,
-            "task": self.name,
-            "attempt": self.request.retries + 1,
-        }
-    )
     started = time.perf_counter()
     config = settings()
+    # Past this, nothing more is tried here: the soft time limit must find the job
+    # handing over, not halfway through an event.
+    deadline = started + soft_time_limit(config.task_time_limit_s) / 2
+    verdicts = [Verdict.REQUEUE] * len(entries)
+    events: list[IncomingEvent | None] = []
+    for index, entry in enumerate(entries):
+        try:
+            events.append(IncomingEvent.from_task(entry.kwargs))
+        except (KeyError, TypeError, ValueError) as error:
+            # Not a message the receiver wrote: nothing to record it under.
+            log.error("malformed task message dropped", extra={"error": repr(error)})
+            events.append(None)
+            verdicts[index] = Verdict.ACK
+    batched = [i for i, e in enumerate(events) if e is not None and not e.replay]
     try:
-        in_task = RetryPolicy(
-            attempts=config.db_retry_attempts,
-            within_s=soft_time_limit(config.task_time_limit_s) / 2,
+        if batched:
+            outcomes = record_batch(sessions(), [events[i] for i in batched])  # type: ignore[misc]
+            for index, outcome in zip(batched, outcomes, strict=True):
+                verdicts[index] = Verdict.ACK
+                _done(entries[index], events[index], outcome, started)  # type: ignore[arg-type]
+    except SoftTimeLimitExceeded:
+        return verdicts
+    except Exception as error:  # noqa: BLE001 - every failure is settled below, one by one
+        log.warning(
+            "batch failed, settling its events one by one",
+            extra={"error": type(error).__name__, "batch": len(batched)},
         )
-        outcome = in_task.call(lambda: record_event(sessions(), event))
-    except Exception as error:
-        reason = f"{type(error).__name__}: {error}"
-        if not is_transient(error):
-            # Permanent (workers.retries): retrying would fail the same way.
-            _record_failure(self, event, reason, traceback.format_exc(), EventStatus.FAILED)
-            raise
-        if self.request.retries < config.task_max_retries:
-            log.warning("transient failure, will retry", extra={"error": type(error).__name__})
-            countdown = _retry_countdown(self.request.retries)
-            raise self.retry(exc=error, countdown=countdown, max_retries=None) from None
-        _record_failure(self, event, reason, traceback.format_exc(), EventStatus.DEAD)
-        raise
+    try:
+        for index, event in enumerate(events):
+            if event is not None and verdicts[index] is Verdict.REQUEUE:
+                verdicts[index] = _settle_one(entries[index], event, config, deadline)
+    except SoftTimeLimitExceeded:
+        log.warning("soft time limit reached; the rest of the batch is requeued")
+    if len(entries) > 1:
+        log.debug("batch done", extra={"batch": len(entries)})
+    batch_finished(time.perf_counter() - started, len(entries))
+    return verdicts
+
+
+def _done(entry: Entry, event: IncomingEvent, outcome: Outcome, started: float) -> None:
+    log_context.set(_context(entry, event))
     duration_ms = round((time.perf_counter() - started) * 1000, 2)
     log.info(outcome.value, extra={"outcome": outcome.value, "duration_ms": duration_ms})
-    return outcome.value
+    if outcome is Outcome.PROCESSED:
+        event_processed(event.provider, event.received_at)
+
+
+def _context(entry: Entry, event: IncomingEvent) -> dict[str, Any]:
+    return {
+        "correlation_id": event.correlation_id,
+        "provider": event.provider,
+        "event_id": event.event_id,
+        "queue": event.queue,
+        "task": PROCESS_EVENT_TASK,
+        "task_id": entry.task_id,
+        "attempt": entry.retries + 1,
+    }
+
+
+def _settle_one(entry: Entry, event: IncomingEvent, config: Settings, deadline: float) -> Verdict:
+    """One event on its own: processed, failed, dead or retried later."""
+    started = time.perf_counter()
+    log_context.set(_context(entry, event))
+    remaining = deadline - started
+    if remaining <= 0:
+        return Verdict.REQUEUE
+    try:
+        in_task = RetryPolicy(attempts=config.db_retry_attempts, within_s=remaining)
+        outcome = in_task.call(lambda: record_event(sessions(), event))
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as error:  # noqa: BLE001 - classified: failed, dead or retried
+        reason = f"{type(error).__name__}: {error}"
+        trace = traceback.format_exc()
+        if not is_transient(error):
+            # Permanent (workers.retries): retrying would fail the same way.
+            return _record_failure(entry, event, reason, trace, EventStatus.FAILED, error)
+        if entry.retries < config.task_max_retries:
+            log.warning("transient failure, will retry", extra={"error": type(error).__name__})
+            return _retry_later(entry, error)
+        return _record_failure(entry, event, reason, trace, EventStatus.DEAD, error)
+    _done(entry, event, outcome, started)
+    return Verdict.ACK
+
+
+def _retry_later(entry: Entry, error: BaseException) -> Verdict:
+    """Publish the delivery again with a countdown; the old message is then acked.
+
+    If even that fails (Redis away), the message is requeued as it is."""
+    try:
+        process_event.apply_async(
+            kwargs=entry.kwargs,
+            queue=entry.queue or entry.kwargs.get("queue") or "hookfleet.default",
+            countdown=_retry_countdown(entry.retries),
+            retries=entry.retries + 1,
+        )
+    except Exception as publish_error:  # noqa: BLE001 - the message is requeued instead
+        log.error("cannot publish the retry; requeued", extra={"error": repr(publish_error)})
+        return Verdict.REQUEUE
+    task_retried(PROCESS_EVENT_TASK, error)
+    return Verdict.ACK
 
 
 def _record_failure(
-    task: Task, event: IncomingEvent, reason: str, trace: str, status: EventStatus
-) -> None:
+    entry: Entry,
+    event: IncomingEvent,
+    reason: str,
+    trace: str,
+    status: EventStatus,
+    error: BaseException,
+) -> Verdict:
     """Mark the event failed or dead. If even that cannot be written (the database is
-    away), retry the task later: a message is acknowledged only once its outcome is on
-    record, so nothing accepted is ever silently dropped."""
+    away), retry later: a message is acknowledged only once its outcome is on record,
+    so nothing accepted is ever silently dropped."""
     try:
         mark_failed(sessions(), event, reason, status, trace)
-        event_dead(event.provider)
-    except Exception as error:
-        if not is_transient(error):
-            raise
+    except Exception as mark_error:
+        if not is_transient(mark_error):
+            log.exception("cannot record the failure; requeued")
+            return Verdict.REQUEUE
         log.error("cannot record the failure yet; will retry", extra={"error": reason})
-        countdown = _retry_countdown(task.request.retries)
-        raise task.retry(exc=error, countdown=countdown, max_retries=None) from None
+        return _retry_later(entry, mark_error)
+    event_dead(event.provider)
     message = "event failed" if status is EventStatus.FAILED else "retry budget spent: dead"
     log.error(message, extra={"error": reason, "status": status.value})
+    return Verdict.ACK
 
 
 @app.task(name="hookfleet.report_queue_depths")

@@ -1,0 +1,244 @@
+"""Running a task's messages in batches: one pool job and one transaction for many.
+
+A Celery worker normally hands every message to a pool process on its own; for
+``hookfleet.process_event`` that means one database commit per delivery, which costs
+about as much as everything else together. A :class:`BatchTask` instead has the worker's
+main process collect its messages (up to ``batch_size``, or whatever arrived within
+``batch_wait_s`` of the first) and run them as one pool job, ``run_batch(entries)``,
+which answers with one :class:`Verdict` per message. The messages are acknowledged only
+after that job returned — the same promise as ``acks_late``, kept for the whole batch:
+
+- the job returns: each message is acknowledged, or requeued where its verdict says so;
+- the pool process dies, or the hard time limit kills it: every message of the batch is
+  requeued (``task_reject_on_worker_lost`` / ``task_acks_on_timeout=False`` for one task);
+- the worker stops, or loses its broker connection, with messages still collected: they
+  were never acknowledged, so the broker gives them out again (kombu's Redis transport
+  restores a closed channel's unacknowledged messages).
+
+So a message is never acknowledged before its outcome is on record, and ``run_batch``
+must be idempotent: a requeued message may meet work already done.
+
+The worker must prefetch at least ``batch_size`` messages per pool process (see
+``workers.celery_app``), or batches never fill and each waits out ``batch_wait_s``.
+
+Learned from celery-batches (BSD), which needs a Celery older than the 5.7 Hookfleet
+relies on for ``task_acks_on_timeout``, and acknowledges a batch that raised.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from weakref import ref
+
+from celery import Celery, Task, signals
+from celery.utils.imports import symbol_by_name
+from celery.utils.time import timezone
+from celery.worker.request import Request, create_request_cls
+from celery.worker.state import task_ready, task_reserved
+from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
+from kombu.asynchronous.timer import to_timestamp
+
+log = logging.getLogger("hookfleet.worker.batching")
+
+
+class Verdict(enum.StrEnum):
+    ACK = "ack"  # done (processed, failed or dead on record, or retried on a new message)
+    REQUEUE = "requeue"  # not settled: give the message out again
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the pool process gets of one message (it must pickle)."""
+
+    task_id: str
+    kwargs: dict[str, Any]
+    retries: int
+    queue: str
+
+
+class BatchTask(Task):
+    """Base for a task whose messages run in batches (see the module docstring).
+
+    ``run_batch`` names a module-level function ``(list[Entry]) -> list[Verdict]``;
+    calling the task directly (``apply``, tests) runs a batch of one.
+    """
+
+    Strategy = "workers.batching:strategy"
+    run_batch: str = ""
+    batch_size: int = 50
+    batch_wait_s: float = 0.01
+
+
+class Batch:
+    """One pool job's messages and how they end: each is settled exactly once."""
+
+    def __init__(self, requests: list[Request]) -> None:
+        self.requests = requests
+        self.settled = False
+
+    def entries(self) -> list[Entry]:
+        return [
+            Entry(
+                task_id=r.id,
+                kwargs=dict(r.kwargs),
+                retries=int(r.request_dict.get("retries") or 0),
+                queue=str((r.delivery_info or {}).get("routing_key") or ""),
+            )
+            for r in self.requests
+        ]
+
+    def accepted(self, pid: int, time_accepted: float) -> None:
+        # Celery's bookkeeping of running tasks: `celery inspect active`, and the
+        # shutdown and connection-loss paths that cancel what is still running.
+        for request in self.requests:
+            request.on_accepted(pid, time_accepted)
+
+    def returned(self, verdicts: list[str]) -> None:
+        if len(verdicts) != len(self.requests):  # cannot happen; never guess
+            log.error("batch returned %d verdicts for %d messages", len(verdicts), len(self))
+            verdicts = [Verdict.REQUEUE] * len(self.requests)
+        self._settle(verdicts)
+
+    def failed(self, exc_info: Any = None) -> None:
+        """The pool process died (SIGKILL, OOM killer) or the job raised."""
+        if not self.settled:
+            log.error(
+                "batch of %d did not finish (%s); its messages are requeued",
+                len(self),
+                getattr(exc_info, "exception", exc_info),
+            )
+        self._settle([Verdict.REQUEUE] * len(self.requests))
+
+    def timed_out(self, soft: bool, timeout: float) -> None:
+        if not soft:  # the hard limit: the process is being killed
+            log.error("batch of %d outlived the hard time limit (%ss)", len(self), timeout)
+            self._settle([Verdict.REQUEUE] * len(self.requests))
+
+    def _settle(self, verdicts: list[str]) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        for request, verdict in zip(self.requests, verdicts, strict=True):
+            if verdict == Verdict.ACK:
+                request.acknowledge()
+            else:
+                request.reject(requeue=True)
+            task_ready(request)
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+
+class Collector:
+    """The worker main process's buffer for one batch task."""
+
+    def __init__(self, task: BatchTask, pool: Any, timer: Any) -> None:
+        self.task = task
+        self.pool = pool
+        self.timer = timer
+        self.target: Callable[[list[Entry]], list[str]] = symbol_by_name(task.run_batch)
+        self.buffer: list[Request] = []
+        self.flush_entry: Any = None
+        conf = task.app.conf
+        self.batch_size = int(conf.get("hookfleet_batch_size") or task.batch_size)
+        self.batch_wait_s = float(conf.get("hookfleet_batch_wait_s", task.batch_wait_s))
+        self.soft_limit = task.soft_time_limit or conf.task_soft_time_limit
+        self.hard_limit = task.time_limit or conf.task_time_limit
+
+    def add(self, request: Request) -> None:
+        task_reserved(request)
+        self.buffer.append(request)
+        if len(self.buffer) >= self.batch_size:
+            self.flush()
+        elif self.flush_entry is None:
+            self.flush_entry = self.timer.call_after(self.batch_wait_s, self.flush)
+
+    def flush(self) -> None:
+        if self.flush_entry is not None:
+            self.timer.cancel(self.flush_entry)
+            self.flush_entry = None
+        if not self.buffer:
+            return
+        batch, self.buffer = Batch(self.buffer), []
+        result = self.pool.apply_async(
+            self.target,
+            args=(batch.entries(),),
+            accept_callback=batch.accepted,
+            callback=batch.returned,
+            error_callback=batch.failed,
+            timeout_callback=batch.timed_out,
+            soft_timeout=self.soft_limit,
+            timeout=self.hard_limit,
+        )
+        # Lets Celery's request.cancel() (shutdown, connection loss) stop the job.
+        for request in batch.requests:
+            request._apply_result = ref(result) if result is not None else None
+
+
+def strategy(task: BatchTask, app: Celery, consumer: Any, **_: Any) -> Callable[..., None]:
+    """The consumer's handler for ``task``'s messages: decode, then collect.
+
+    Modelled on ``celery.worker.strategy.default``, which hands each request to the pool
+    at once; rate limits are not supported for batch tasks.
+    """
+    Req = create_request_cls(
+        symbol_by_name(task.Request),
+        task,
+        consumer.pool,
+        consumer.hostname,
+        consumer.event_dispatcher,
+        app=app,
+    )
+    revoked = consumer.controller.state.revoked
+    collector = Collector(task, consumer.pool, consumer.timer)
+
+    def eta_due(request: Request) -> None:
+        consumer.qos.decrement_eventually()
+        collector.add(request)
+
+    def handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **__: Any) -> None:
+        if body is None and "args" not in message.payload:
+            body, headers, decoded, utc = (
+                message.body,
+                message.headers,
+                False,
+                app.uses_utc_timezone(),
+            )
+        elif "args" in message.payload:
+            body, headers, decoded, utc = hybrid_to_proto2(message, message.payload)
+        else:
+            body, headers, decoded, utc = proto1_to_proto2(message, body)
+        request = Req(
+            message,
+            on_ack=ack,
+            on_reject=reject,
+            app=app,
+            hostname=consumer.hostname,
+            eventer=consumer.event_dispatcher,
+            task=task,
+            connection_errors=consumer.connection_errors,
+            body=body,
+            headers=headers,
+            decoded=decoded,
+            utc=utc,
+        )
+        if (request.expires or request.id in revoked) and request.revoked():
+            return
+        signals.task_received.send(sender=consumer, request=request)
+        if request.eta:
+            # A retry's countdown: held here, outside the prefetch window, until due.
+            eta = (
+                to_timestamp(timezone.to_system(request.eta))
+                if request.utc
+                else to_timestamp(request.eta, app.timezone)
+            )
+            consumer.qos.increment_eventually()
+            consumer.timer.call_at(eta, eta_due, (request,), priority=6)
+            return
+        collector.add(request)
+
+    return handler
