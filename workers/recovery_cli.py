@@ -174,7 +174,7 @@ def replay(
     dead), or --all-dead. Effects are idempotent: a replayed event that had already
     taken effect leaves the same rows.
     """
-    from workers.deadletters import REPLAY_QUEUE, ReplayReport
+    from workers.deadletters import REPLAY_QUEUE, ReplayReport, send_to_workers
     from workers.deadletters import replay as run_replay
 
     if not (event_ids or provider or since or until or all_dead):
@@ -190,7 +190,7 @@ def replay(
     report = run_replay(
         _sessions(),
         selection,
-        None if dry_run else _celery_publisher(),
+        None if dry_run else send_to_workers,
         batch_size=batch_size,
         progress=progress,
     )
@@ -199,17 +199,3 @@ def replay(
         click.echo(f"dry run: {report.selected} event(s) would be replayed ({by_provider}).")
     else:
         click.echo(f"replayed {report.published} event(s) on {REPLAY_QUEUE} ({by_provider}).")
-
-
-def _celery_publisher() -> Any:
-    from workers.celery_app import app
-    from workers.deadletters import REPLAY_QUEUE
-
-    def publish(batch: list[dict[str, Any]]) -> None:
-        with app.producer_or_acquire() as producer:
-            for kwargs in batch:
-                app.send_task(
-                    "hookfleet.process_event", kwargs=kwargs, queue=REPLAY_QUEUE, producer=producer
-                )
-
-    return publish
