@@ -13,16 +13,19 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from models import Call
 from models.base import utcnow
 from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
 from tests.helpers import QUEUES, queued
-from tests.servers import clean_env, sqlite_url
+from tests.processes import ROOT, request, running_fleet
+from tests.servers import clean_env, sqlite_url, wait_until
 from workers.sweeper import sweep
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -53,6 +56,7 @@ def add(
     provider: str = "retell",
     queue: str = "hookfleet.high",
     now: datetime = NOW,
+    payload: str | None = None,
 ) -> None:
     """A row recorded ``age`` before ``now`` and last changed ``touched`` before it."""
     with sessions() as session:
@@ -65,7 +69,8 @@ def add(
                 correlation_id=f"corr-{event_id}",
                 status=status,
                 headers={"user-agent": "retell"},
-                payload=json.dumps({"event": "call_ended", "call": {"call_id": event_id}}),
+                payload=payload
+                or json.dumps({"event": "call_ended", "call": {"call_id": event_id}}),
                 received_at=now - age,
                 created_at=now - age,
                 updated_at=now - (age if touched is None else touched),
@@ -231,3 +236,92 @@ def test_sweep_and_replay_publish_each_event_on_the_queue_it_names(
         ("lost_no_queue", False)
     ]
     assert [(k["event_id"], k["replay"]) for k in on["hookfleet.low"]] == [("given_up", True)]
+
+
+def retell_call_ended(call_id: str) -> str:
+    """A Retell ``call_ended`` body as Retell sends it (and the fault suite does)."""
+    call = {
+        "call_id": call_id,
+        "call_status": "ended",
+        "direction": "inbound",
+        "from_number": "+4915112345678",
+        "to_number": "+4930901820",
+        "start_timestamp": 1764061200000,
+        "end_timestamp": 1764061260000,
+    }
+    return json.dumps({"event": "call_ended", "call": call})
+
+
+@pytest.mark.e2e
+def test_a_lost_message_is_requeued_by_command_and_by_beat_and_takes_effect_once(
+    tmp_path: Path, redis_url: str, mariadb_url: str
+) -> None:
+    engine = make_engine(Settings(database_url=mariadb_url))
+    sessions = make_sessionmaker(engine)
+
+    def lose(call_id: str) -> None:
+        """What a lost message leaves: the row a worker recorded, two hours ago."""
+        event_id = f"{call_id}:call_ended"
+        add(sessions, event_id, now=utcnow(), payload=retell_call_ended(call_id))
+
+    def finished(call_id: str) -> bool:
+        with sessions() as session:
+            status = session.scalar(
+                select(WebhookEvent.status).where(WebhookEvent.event_id == f"{call_id}:call_ended")
+            )
+        return status is EventStatus.PROCESSED
+
+    def calls(call_id: str) -> list[str]:
+        with sessions() as session:
+            return list(session.scalars(select(Call.status).where(Call.call_id == call_id)))
+
+    names = ("web", "worker_high", "worker_default")
+    try:
+        with running_fleet(tmp_path, redis_url, mariadb_url, names=names) as fleet:
+            lose("call_lost_1")
+            first = hookfleet(fleet.env, "sweep")
+            wait_until(lambda: finished("call_lost_1"), 60, "the requeued event", interval=0.3)
+            second = hookfleet(fleet.env, "sweep")
+
+            # Beat's task, sent as beat sends it, run by the real default worker.
+            lose("call_lost_2")
+            beat = ["celery", "-A", "workers.celery_app", "call", "hookfleet.sweep_stuck"]
+            sent = subprocess.run(
+                [*beat, "--queue", "hookfleet.default"],
+                env=fleet.env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
+            assert sent.returncode == 0, sent.stderr
+            wait_until(lambda: finished("call_lost_2"), 60, "the event beat requeued", interval=0.3)
+
+            def exported() -> bool:
+                samples = scrape(fleet.base_url)
+                requeued = samples.get(("hookfleet_events_requeued_total", "retell"))
+                return requeued == 1 and samples.get(("hookfleet_events_stuck", "")) == 1
+
+            wait_until(exported, 30, "the sweep's metrics on the receiver", interval=0.3)
+            sweep_log = fleet.log("worker_default")
+        rows = (calls("call_lost_1"), calls("call_lost_2"))
+    finally:
+        engine.dispose()
+
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("requeued 1 stuck event(s) (retell: 1)"), first.stdout
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == "requeued 0 stuck event(s) (none) on their queues.\n"
+    assert rows == (["ended"], ["ended"])  # one call row each
+    line = next(x for x in sweep_log.splitlines() if "requeued stuck events" in x)
+    assert json.loads(line)["by_provider"] == {"retell": 1}
+
+
+def scrape(base_url: str) -> dict[tuple[str, str], float]:
+    """``/metrics`` as {(sample name, provider label or ""): value}."""
+    status, _, body = request(base_url, "GET", "/metrics")
+    assert status == 200
+    return {
+        (sample.name, sample.labels.get("provider", "")): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
