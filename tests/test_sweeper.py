@@ -26,6 +26,7 @@ from models.settings import Settings
 from tests.helpers import QUEUES, queued
 from tests.processes import ROOT, request, running_fleet
 from tests.servers import clean_env, sqlite_url, wait_until
+from workers.celery_app import celery_config
 from workers.sweeper import sweep
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -173,6 +174,13 @@ def test_the_limit_is_honoured_in_batches_of_at_most_batch_size(
     assert publish.event_ids == [f"lost_{n}" for n in range(7)]  # oldest id first, once
 
 
+def test_beat_sweeps_every_minute() -> None:
+    # The end-to-end test below sends this name to a real worker, which must know it.
+    schedule = celery_config(Settings())["beat_schedule"]
+
+    assert {"task": "hookfleet.sweep_stuck", "schedule": 60.0} in schedule.values()
+
+
 @pytest.fixture
 def sqlite_sessions(tmp_path: Path) -> Iterator[tuple[str, sessionmaker[Session]]]:
     """One backend is enough for the commands; the selection is tested on both above."""
@@ -188,15 +196,24 @@ def hookfleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
     return subprocess.run(command, env=env, capture_output=True, text=True)
 
 
+def command_env(database_url: str, redis_url: str, var_dir: Path) -> dict[str, str]:
+    # Publishing configures the Celery app, which makes $HOOKFLEET_VAR_DIR/metrics.
+    return clean_env(
+        HOOKFLEET_DATABASE_URL=database_url,
+        HOOKFLEET_REDIS_URL=redis_url,
+        HOOKFLEET_VAR_DIR=str(var_dir),
+    )
+
+
 def test_sweep_command_counts_requeues_up_to_a_limit_and_refuses_bad_ages(
-    sqlite_sessions: tuple[str, sessionmaker[Session]], redis_url: str
+    sqlite_sessions: tuple[str, sessionmaker[Session]], redis_url: str, tmp_path: Path
 ) -> None:
     url, sessions = sqlite_sessions
     now = utcnow()
     add(sessions, "lost_1", now=now)
     add(sessions, "lost_2", provider="stripe", queue="", age=timedelta(hours=1), now=now)
     add(sessions, "recent", age=timedelta(minutes=5), now=now)
-    env = clean_env(HOOKFLEET_DATABASE_URL=url, HOOKFLEET_REDIS_URL=redis_url)
+    env = command_env(url, redis_url, tmp_path)
 
     dry = hookfleet(env, "sweep", "--dry-run")
     limited = hookfleet(env, "sweep", "--limit", "1")
@@ -215,14 +232,17 @@ def test_sweep_command_counts_requeues_up_to_a_limit_and_refuses_bad_ages(
 
 
 def test_sweep_and_replay_publish_each_event_on_the_queue_it_names(
-    sqlite_sessions: tuple[str, sessionmaker[Session]], redis_url: str, redis_client: redis.Redis
+    sqlite_sessions: tuple[str, sessionmaker[Session]],
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
 ) -> None:
     url, sessions = sqlite_sessions
     now = utcnow()
     add(sessions, "lost_high", now=now)
     add(sessions, "lost_no_queue", provider="stripe", queue="", now=now)
     add(sessions, "given_up", EventStatus.DEAD, queue="hookfleet.high", now=now)
-    env = clean_env(HOOKFLEET_DATABASE_URL=url, HOOKFLEET_REDIS_URL=redis_url)
+    env = command_env(url, redis_url, tmp_path)
 
     swept = hookfleet(env, "sweep")
     replayed = hookfleet(env, "replay", "--all-dead")

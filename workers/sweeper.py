@@ -118,11 +118,11 @@ def _next_batch(
             .limit(size)
         ).all()
         return [row.id for row in rows], [
-            task_kwargs(row, queue=own_queue(row.queue), replay=False) for row in rows
+            task_kwargs(row, queue=_own_queue(row.queue), replay=False) for row in rows
         ]
 
 
-def own_queue(queue: str) -> str:
+def _own_queue(queue: str) -> str:
     """The queue the receiver chose; hookfleet.default for a row without one (or one
     this version no longer declares, which Celery would refuse)."""
     return queue if queue in QUEUES else FALLBACK_QUEUE
