@@ -111,6 +111,9 @@ class Settings:
     task_max_retries: int = 8
     # SIGTERM gives running tasks this long before they are cancelled and requeued.
     worker_soft_shutdown_s: float = 20.0
+    # A ``received`` row untouched this long lost its message: beat requeues it
+    # (workers.sweeper). Must exceed the visibility timeout; 0 turns the sweep off.
+    stuck_after_s: int = 1800
 
     # Retell's inbound call waits on us while the phone rings: answer within this, or
     # answer without an override.
@@ -176,6 +179,7 @@ class Settings:
             worker_prefetch_multiplier=_int(
                 env, "HOOKFLEET_WORKER_PREFETCH", cls.worker_prefetch_multiplier
             ),
+            stuck_after_s=_int(env, "HOOKFLEET_STUCK_AFTER_S", cls.stuck_after_s),
             inbound_budget_ms=_int(env, "HOOKFLEET_INBOUND_BUDGET_MS", cls.inbound_budget_ms),
             inbound_cache_ttl_s=_int(env, "HOOKFLEET_INBOUND_CACHE_TTL_S", cls.inbound_cache_ttl_s),
             phone_regions=tuple(
@@ -196,6 +200,13 @@ class Settings:
             raise ConfigError(
                 "HOOKFLEET_TASK_TIME_LIMIT_S must be below HOOKFLEET_VISIBILITY_TIMEOUT_S, "
                 "or a long task is redelivered while it still runs"
+            )
+        if 0 < settings.stuck_after_s <= settings.visibility_timeout_s:
+            raise ConfigError(
+                "HOOKFLEET_STUCK_AFTER_S must be above HOOKFLEET_VISIBILITY_TIMEOUT_S (or 0, "
+                "off): a message held by a dead worker comes back after the visibility "
+                "timeout and every retry countdown stays below it, so requeueing sooner "
+                "only duplicates work"
             )
         return settings
 

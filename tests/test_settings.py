@@ -75,3 +75,14 @@ def test_task_time_limit_must_stay_below_the_visibility_timeout() -> None:
                 "HOOKFLEET_TASK_TIME_LIMIT_S": "300",
             }
         )
+
+
+def test_stuck_work_waits_longer_than_the_visibility_timeout_or_is_off() -> None:
+    assert Settings.from_env({}).stuck_after_s == 1800
+    assert Settings.from_env({"HOOKFLEET_STUCK_AFTER_S": "0"}).stuck_after_s == 0
+    with pytest.raises(ConfigError, match=r"STUCK_AFTER_S must be above .*VISIBILITY_TIMEOUT"):
+        Settings.from_env({"HOOKFLEET_STUCK_AFTER_S": "900"})
+    with pytest.raises(ConfigError, match="only duplicates work"):
+        Settings.from_env(
+            {"HOOKFLEET_VISIBILITY_TIMEOUT_S": "3600", "HOOKFLEET_TASK_TIME_LIMIT_S": "300"}
+        )

@@ -22,7 +22,13 @@ from models.settings import QUEUES, Settings
 
 app = Celery(
     "hookfleet",
-    include=["workers.tasks", "workers.provisioning.tasks", "workers.metrics", "workers.retention"],
+    include=[
+        "workers.tasks",
+        "workers.provisioning.tasks",
+        "workers.metrics",
+        "workers.retention",
+        "workers.sweeper",
+    ],
     set_as_current=False,
 )
 
@@ -97,6 +103,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "prune-events": {"task": "hookfleet.prune_events", "schedule": 24 * 3600.0},
             # Reports (never fixes) orphans, duplicate customers and raw phones.
             "integrity-report": {"task": "hookfleet.integrity_report", "schedule": 3600.0},
+            # Requeues events recorded but never finished (HOOKFLEET_STUCK_AFTER_S).
+            "sweep-stuck": {"task": "hookfleet.sweep_stuck", "schedule": 60.0},
         },
         "beat_schedule_filename": os.path.join(settings.var_dir, "celerybeat-schedule"),
     }

@@ -11,7 +11,7 @@ from models.settings import Settings
 from workers.integrity_command import integrity
 from workers.ops_cli import prune, stats
 from workers.provisioning_cli import breaker, provision
-from workers.recovery_cli import dlq, replay
+from workers.recovery_cli import dlq, replay, sweep
 
 
 @click.group()
@@ -65,6 +65,7 @@ def up(host: str, port: int, var_dir: str, concurrency: int) -> None:
 
 main.add_command(dlq)
 main.add_command(replay)
+main.add_command(sweep)
 main.add_command(integrity)
 main.add_command(provision)
 main.add_command(breaker)

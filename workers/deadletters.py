@@ -18,6 +18,8 @@ from models.events import EventStatus, WebhookEvent
 
 REPLAY_QUEUE = "hookfleet.low"
 _Statement = TypeVar("_Statement", bound=Select)
+# Hands a batch of task arguments to the workers (send_to_workers); None: a dry run.
+Publish = Callable[[list[dict[str, Any]]], None]
 
 
 @dataclass(frozen=True)
@@ -103,19 +105,36 @@ def show_letter(session: Session, event_pk: int) -> WebhookEvent | None:
     ).first()
 
 
-def task_kwargs(row: WebhookEvent) -> dict[str, Any]:
-    """The ``hookfleet.process_event`` arguments that replay ``row`` deliberately."""
+def task_kwargs(row: WebhookEvent, *, queue: str, replay: bool) -> dict[str, Any]:
+    """The ``hookfleet.process_event`` arguments that run ``row`` again on ``queue``.
+
+    ``replay=True`` is a deliberate replay (the effect is applied again whatever the
+    row's status); ``replay=False`` is a plain redelivery, which the worker finishes only
+    if the row is still unfinished. ``row.payload`` must be loaded (it is deferred).
+    """
     return {
         "provider": row.provider,
         "event_id": row.event_id,
         "event_type": row.event_type,
-        "queue": REPLAY_QUEUE,
+        "queue": queue,
         "correlation_id": row.correlation_id,
         "received_at": row.received_at.isoformat(),
         "headers": dict(row.headers or {}),
         "payload": row.payload,
-        "replay": True,
+        "replay": replay,
     }
+
+
+def send_to_workers(batch: list[dict[str, Any]]) -> None:
+    """Publish each of ``batch`` as ``hookfleet.process_event`` on the queue its own
+    ``queue`` argument names, over one broker connection (the Celery app's)."""
+    from workers.celery_app import app
+
+    with app.producer_or_acquire() as producer:
+        for kwargs in batch:
+            app.send_task(
+                "hookfleet.process_event", kwargs=kwargs, queue=kwargs["queue"], producer=producer
+            )
 
 
 @dataclass
@@ -145,14 +164,14 @@ def batches(
             if not rows:
                 return
             last = rows[-1].id
-            batch = [task_kwargs(row) for row in rows]
+            batch = [task_kwargs(row, queue=REPLAY_QUEUE, replay=True) for row in rows]
         yield batch
 
 
 def replay(
     sessions: sessionmaker[Session],
     selection: Selection,
-    publish: Callable[[list[dict[str, Any]]], None] | None,
+    publish: Publish | None,
     *,
     batch_size: int = 500,
     progress: Callable[[ReplayReport], None] | None = None,

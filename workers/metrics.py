@@ -66,6 +66,19 @@ INTEGRITY_PROBLEMS = Gauge(
     multiprocess_mode="mostrecent",
 )
 
+EVENTS_REQUEUED = Counter(
+    "hookfleet_events_requeued",
+    "Events the stuck-work sweeper put back on their queue (recorded, never finished), "
+    "by provider.",
+    ["provider"],
+)
+EVENTS_STUCK = Gauge(
+    "hookfleet_events_stuck",
+    "Events recorded over HOOKFLEET_STUCK_AFTER_S ago and still unfinished, as the last "
+    "sweep found them (before requeueing).",
+    multiprocess_mode="mostrecent",
+)
+
 _started: dict[str, float] = {}
 _started_lock = threading.Lock()
 
@@ -74,6 +87,13 @@ def integrity_found(counts: dict[str, int]) -> None:
     """Export the latest integrity check: every kind it looks for, zeros included."""
     for kind, count in counts.items():
         INTEGRITY_PROBLEMS.labels(kind=kind).set(count)
+
+
+def stuck_swept(stuck: int, requeued: dict[str, int]) -> None:
+    """Export one sweep: how many events it found stuck, how many it requeued."""
+    EVENTS_STUCK.set(stuck)
+    for provider, count in requeued.items():
+        EVENTS_REQUEUED.labels(provider=provider).inc(count)
 
 
 def event_dead(provider: str) -> None:

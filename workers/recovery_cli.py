@@ -1,10 +1,10 @@
-"""``hookfleet dlq`` and ``hookfleet replay``: see what did not take effect, run it again."""
+"""``hookfleet dlq``, ``replay`` and ``sweep``: see what did not take effect, run it again."""
 
 from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -174,7 +174,7 @@ def replay(
     dead), or --all-dead. Effects are idempotent: a replayed event that had already
     taken effect leaves the same rows.
     """
-    from workers.deadletters import REPLAY_QUEUE, ReplayReport
+    from workers.deadletters import REPLAY_QUEUE, ReplayReport, send_to_workers
     from workers.deadletters import replay as run_replay
 
     if not (event_ids or provider or since or until or all_dead):
@@ -190,26 +190,78 @@ def replay(
     report = run_replay(
         _sessions(),
         selection,
-        None if dry_run else _celery_publisher(),
+        None if dry_run else send_to_workers,
         batch_size=batch_size,
         progress=progress,
     )
-    by_provider = ", ".join(f"{p}: {n}" for p, n in sorted(report.by_provider.items())) or "none"
+    by_provider = _per_provider(report.by_provider)
     if dry_run:
         click.echo(f"dry run: {report.selected} event(s) would be replayed ({by_provider}).")
     else:
         click.echo(f"replayed {report.published} event(s) on {REPLAY_QUEUE} ({by_provider}).")
 
 
-def _celery_publisher() -> Any:
-    from workers.celery_app import app
-    from workers.deadletters import REPLAY_QUEUE
+@click.command()
+@click.option(
+    "--older-than",
+    default=None,
+    metavar="AGE",
+    help="Untouched this long, like 30m or 2h [default: HOOKFLEET_STUCK_AFTER_S, 30m].",
+)
+@click.option("--dry-run", is_flag=True, help="Only count what would be requeued.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Requeue at most N, oldest first."
+)
+def sweep(older_than: str | None, dry_run: bool, limit: int | None) -> None:
+    """Requeue events a worker recorded but never finished (their message was lost).
 
-    def publish(batch: list[dict[str, Any]]) -> None:
-        with app.producer_or_acquire() as producer:
-            for kwargs in batch:
-                app.send_task(
-                    "hookfleet.process_event", kwargs=kwargs, queue=REPLAY_QUEUE, producer=producer
-                )
+    Each goes back on its own queue as a plain redelivery: one that finishes meanwhile
+    is not applied twice. Beat does this every minute (HOOKFLEET_STUCK_AFTER_S).
+    """
+    from workers.deadletters import send_to_workers
+    from workers.retention import parse_age
+    from workers.sweeper import sweep as run_sweep
 
-    return publish
+    settings = Settings.from_env(os.environ)
+    if older_than:
+        try:
+            age = parse_age(older_than)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--older-than") from None
+    elif settings.stuck_after_s:
+        age = timedelta(seconds=settings.stuck_after_s)
+    else:
+        raise click.UsageError("HOOKFLEET_STUCK_AFTER_S is 0 (sweeping off): say --older-than")
+    if age.total_seconds() <= 0:
+        raise click.BadParameter("must be more than 0", param_hint="--older-than")
+    if age.total_seconds() <= settings.visibility_timeout_s:
+        click.echo(
+            f"warning: {_span(age)} is within HOOKFLEET_VISIBILITY_TIMEOUT_S "
+            f"({settings.visibility_timeout_s} s): events whose message a worker still holds "
+            "are requeued too (they take effect once; the extra message does nothing)",
+            err=True,
+        )
+    report = run_sweep(_sessions(), None if dry_run else send_to_workers, age, limit=limit)
+    by_provider = _per_provider(report.by_provider)
+    if dry_run:
+        click.echo(f"dry run: {report.selected} stuck event(s) would be requeued ({by_provider}).")
+    else:
+        click.echo(f"requeued {report.requeued} stuck event(s) ({by_provider}) on their queues.")
+    if report.oldest_age is not None:
+        click.echo(
+            f"{report.stuck} event(s) recorded over {_span(age)} ago are unfinished, "
+            f"the oldest for {_span(report.oldest_age)}."
+        )
+    if limit is not None and report.selected == limit:
+        click.echo("limit reached: more may be due; run it again.")
+
+
+def _per_provider(counts: dict[str, int]) -> str:
+    return ", ".join(f"{p}: {n}" for p, n in sorted(counts.items())) or "none"
+
+
+def _span(age: timedelta) -> str:
+    seconds = int(age.total_seconds())
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m" if seconds >= 60 else f"{seconds}s"
