@@ -179,6 +179,9 @@ class DedupGate:
     ) -> bytes | str | int | None:
         prior = self._dedup.get(key)
         if prior is not None:
+            # Not confirmed: the claim is on the dedup Redis, out of the broker's WAIT.
+            # Its original was confirmed (202) or gave it back (503) — or, for a retry
+            # racing its original, is still waiting: the gap of this setup.
             return prior
         if shed_depth and self._broker.llen(queue) >= shed_depth:
             return 0
