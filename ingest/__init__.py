@@ -51,7 +51,11 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     dedup = client(settings.redis_url)
     broker = dedup if settings.dedup_on_broker else client(settings.broker_url)
     app.extensions["hookfleet_gate"] = DedupGate(
-        dedup, broker, same_server=settings.dedup_on_broker
+        dedup,
+        broker,
+        same_server=settings.dedup_on_broker,
+        min_replicas=settings.redis_min_replicas,
+        replica_wait_ms=settings.redis_replica_wait_ms,
     )
     app.extensions["hookfleet_router"] = Router(settings.routes)
     app.extensions["hookfleet_inbound"] = InboundDirectory(settings, dedup)

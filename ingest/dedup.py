@@ -9,6 +9,11 @@ job.
 
 On two different Redis servers no script can span both; then the gate claims, publishes,
 and releases the claim when the publish fails (see :meth:`DedupGate._claim_then_publish`).
+
+With ``min_replicas`` the gate also asks Redis to ``WAIT`` until that many replicas hold
+the write, sent together with the write itself, and raises :class:`NotReplicated` when
+they do not confirm it in time: a failover to a replica cannot then lose a delivery the
+receiver accepted.
 """
 
 from __future__ import annotations
@@ -17,12 +22,22 @@ import hashlib
 from dataclasses import dataclass
 
 import redis
+from redis.exceptions import NoScriptError
 
-# KEYS: dedup key, queue. ARGV: claim, ttl, message, shed depth (0: never shed).
-# Returns false (accepted), the prior claim (duplicate) or 0 (shed: the queue is full).
+# KEYS: dedup key, queue. ARGV: claim, ttl, message, shed depth (0: never shed), and
+# '1' when a WAIT follows. Returns false (accepted), the prior claim (duplicate) or 0
+# (shed: the queue is full).
+# A duplicate writes nothing, and WAIT waits for the replication offset of this
+# connection's last command — in newer Redis versions, only of its last *write* (Redis
+# 7.0 moves it with every command). So before a WAIT the script writes the claim it found
+# again, unchanged (KEEPTTL): on every version the WAIT then confirms that the replicas
+# hold the claim, and with it the original message pushed before it.
 _CLAIM_AND_ENQUEUE = """
 local prior = redis.call('GET', KEYS[1])
-if prior then return prior end
+if prior then
+  if ARGV[5] == '1' then redis.call('SET', KEYS[1], prior, 'KEEPTTL') end
+  return prior
+end
 local limit = tonumber(ARGV[4])
 if limit > 0 and redis.call('LLEN', KEYS[2]) >= limit then return 0 end
 redis.call('LPUSH', KEYS[2], ARGV[3])
@@ -50,22 +65,54 @@ class Admission:
     shed: bool = False
 
 
+class NotReplicated(Exception):
+    """Fewer than ``wanted`` replicas confirmed the write within the wait. On one server
+    the claim and its message stay on the primary, where a retry finds the claim (a
+    duplicate), unless a failover loses both (then the retry is new). With a separate
+    broker the claim has been given back: a retry is new."""
+
+    def __init__(self, confirmed: int, wanted: int, wait_ms: int) -> None:
+        super().__init__(f"{confirmed} of {wanted} replicas confirmed within {wait_ms} ms")
+        self.confirmed = confirmed
+        self.wanted = wanted
+        self.wait_ms = wait_ms
+
+
 class DedupGate:
     """Claims idempotency keys and enqueues jobs. Raises ``redis.RedisError`` when it
-    cannot do both; then nothing is left behind and the caller answers 503."""
+    cannot do both; then nothing is left behind and the caller answers 503. With
+    ``min_replicas``, raises :class:`NotReplicated` when too few replicas confirm."""
 
-    def __init__(self, dedup: redis.Redis, broker: redis.Redis, *, same_server: bool) -> None:
+    def __init__(
+        self,
+        dedup: redis.Redis,
+        broker: redis.Redis,
+        *,
+        same_server: bool,
+        min_replicas: int = 0,
+        replica_wait_ms: int = 200,
+    ) -> None:
         self._dedup = dedup
         self._broker = broker
         self._same_server = same_server
         self._script = dedup.register_script(_CLAIM_AND_ENQUEUE)
+        self._min_replicas = min_replicas
+        self._replica_wait_ms = replica_wait_ms
 
     @property
     def atomic(self) -> bool:
         return self._same_server
 
     def admit(
-        self, key: str, claim: str, ttl_s: int, queue: str, message: str, shed_depth: int = 0
+        self,
+        key: str,
+        claim: str,
+        ttl_s: int,
+        queue: str,
+        message: str,
+        shed_depth: int = 0,
+        *,
+        confirm: bool = True,
     ) -> Admission:
         """Claim ``key`` for ``ttl_s`` seconds and push ``message`` onto ``queue``.
 
@@ -75,36 +122,98 @@ class DedupGate:
         duplicate check comes first, so a duplicate is still answered as one.
         Idempotent by construction: calling it again for the same key is a duplicate
         until the TTL ends.
+
+        With ``min_replicas`` and ``confirm``, an accepted or duplicate admission is
+        returned only once that many replicas hold the claim and its message; otherwise
+        it raises :class:`NotReplicated`. ``confirm=False`` skips the wait.
         """
-        if self._same_server:
-            prior = self._script(keys=[key, queue], args=[claim, ttl_s, message, shed_depth])
+        replicas = self._min_replicas if confirm else 0
+        if self._same_server and replicas:
+            prior = self._script_then_wait(
+                [key, queue], [claim, ttl_s, message, shed_depth, 1], replicas
+            )
+        elif self._same_server:
+            prior = self._script(keys=[key, queue], args=[claim, ttl_s, message, shed_depth, 0])
         else:
-            prior = self._claim_then_publish(key, claim, ttl_s, queue, message, shed_depth)
+            prior = self._claim_then_publish(
+                key, claim, ttl_s, queue, message, shed_depth, replicas
+            )
         if prior is None:
             return Admission(accepted=True)
         if isinstance(prior, int):
             return Admission(accepted=False, shed=True)
         return Admission(accepted=False, prior_claim=_text(prior))
 
+    def _script_then_wait(
+        self, keys: list[str], args: list[str | int], replicas: int
+    ) -> bytes | str | int | None:
+        """The script and ``WAIT`` in one round trip: a pipeline without MULTI (inside
+        a transaction WAIT would not block). ``EVALSHA`` rather than the registered
+        script object, which would ask ``SCRIPT EXISTS`` first, a second round trip."""
+        for command, script in (("EVALSHA", self._script.sha), ("EVAL", self._script.script)):
+            with self._broker.pipeline(transaction=False) as pipe:
+                pipe.execute_command(command, script, len(keys), *keys, *args)
+                pipe.wait(replicas, self._replica_wait_ms)
+                prior, confirmed = pipe.execute(raise_on_error=False)
+            # A promoted replica or a restarted primary has no scripts cached: send the
+            # script itself once (Redis caches it), waiting again for what it wrote.
+            if not isinstance(prior, NoScriptError):
+                break
+        if isinstance(prior, Exception):
+            raise prior  # out of memory, too few replicas to write, ...: nothing written
+        if isinstance(confirmed, Exception):
+            raise confirmed
+        if prior != 0 and confirmed < replicas:
+            raise NotReplicated(confirmed, replicas, self._replica_wait_ms)
+        return prior
+
     def _claim_then_publish(
-        self, key: str, claim: str, ttl_s: int, queue: str, message: str, shed_depth: int
+        self,
+        key: str,
+        claim: str,
+        ttl_s: int,
+        queue: str,
+        message: str,
+        shed_depth: int,
+        replicas: int,
     ) -> bytes | str | int | None:
         prior = self._dedup.get(key)
         if prior is not None:
+            # Not confirmed: the claim is on the dedup Redis, out of the broker's WAIT.
+            # Its original was confirmed (202) or gave it back (503) — or, for a retry
+            # racing its original, is still waiting: the gap of this setup.
             return prior
         if shed_depth and self._broker.llen(queue) >= shed_depth:
             return 0
         if not self._dedup.set(key, claim, nx=True, ex=ttl_s):
             return self._dedup.get(key) or b""
         try:
-            self._broker.lpush(queue, message)
+            confirmed = self._publish(queue, message, replicas)
         except redis.RedisError:
             # Give the key back so the provider's retry is not mistaken for a duplicate.
             # If the dedup store fails too, the claim lapses with its TTL: the one window
             # where this (non-atomic) setup can drop a retry — the README says so.
             self._dedup.delete(key)
             raise
+        if confirmed < replicas:
+            # The broker may lose the message in a failover while the dedup store keeps
+            # the claim: give it back, so the retry is accepted anew. If the message
+            # survives after all, the second copy meets the database's unique constraint.
+            self._dedup.delete(key)
+            raise NotReplicated(confirmed, replicas, self._replica_wait_ms)
         return None
+
+    def _publish(self, queue: str, message: str, replicas: int) -> int:
+        """Push ``message``; with ``replicas``, WAIT for them in the same round trip.
+        Returns how many replicas confirmed (0 when none are wanted)."""
+        if not replicas:
+            self._broker.lpush(queue, message)
+            return 0
+        with self._broker.pipeline(transaction=False) as pipe:
+            pipe.lpush(queue, message)
+            pipe.wait(replicas, self._replica_wait_ms)
+            _, confirmed = pipe.execute()
+        return int(confirmed)
 
 
 def _text(value: bytes | str) -> str:

@@ -47,6 +47,7 @@ OUTCOMES = (
     "too_large",
     "bad_request",
     "shed",
+    "not_replicated",
     "error",
 )
 _OUTCOME_BY_CODE = {
@@ -56,6 +57,7 @@ _OUTCOME_BY_CODE = {
     "timestamp_out_of_tolerance": "expired",
     "body_too_large": "too_large",
     "queue_full": "shed",
+    "not_replicated": "not_replicated",
 }
 # The receiver's checks must answer while a probe still waits: each dependency gets
 # this long, and they are checked at the same time.

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from ingest.dedup import Admission, DedupGate, dedup_key
+from ingest.dedup import Admission, DedupGate, NotReplicated, dedup_key
 from ingest.errors import ApiError
 from ingest.inbound import InboundDirectory
 from ingest.providers import find_provider
@@ -82,7 +82,9 @@ def receive(provider_name: str) -> tuple[Response, int]:
       call): always, within the inbound budget; the event is queued after the answer.
     - 4xx: the delivery is wrong and will stay wrong; nothing queued.
     - 503 with ``Retry-After``: we could not queue it; nothing is left half-claimed,
-      so the provider's retry is accepted later.
+      so the provider's retry is accepted later. Code ``not_replicated``: fewer Redis
+      replicas than HOOKFLEET_REDIS_MIN_REPLICAS confirmed it; the retry is answered
+      as a duplicate or accepted anew, and takes effect once either way.
     """
     settings: Settings = current_app.config["HOOKFLEET_SETTINGS"]
     provider = find_provider(provider_name)
@@ -216,6 +218,30 @@ def _admit(job: Job, retry_after_s: int, shed_depth: int) -> Admission:
             "The queue is unavailable; the delivery was not accepted. Retry later.",
             {"Retry-After": str(retry_after_s)},
         ) from None
+    except NotReplicated as error:
+        # 503 is safe although the claim and the message may stand on the primary. If
+        # the primary survives, the provider's retry finds the claim and is answered 200
+        # (duplicate) while the queued message is processed; if a failover lost the
+        # write, the claim went with it and the retry is accepted anew. Either way the
+        # event takes effect exactly once. (With a separate broker the gate has given
+        # the claim back; a second message then meets the database's unique constraint.)
+        log.warning(
+            "not replicated",
+            extra={
+                "outcome": "not_replicated",
+                "replicas": error.confirmed,
+                "wanted": error.wanted,
+                "duration_ms": _elapsed_ms(),
+            },
+        )
+        raise ApiError(
+            503,
+            "not_replicated",
+            f"Only {error.confirmed} of {error.wanted} Redis replicas confirmed the delivery "
+            f"within {error.wait_ms} ms, so it was not accepted. Retry later: it will be "
+            "accepted or answered as a duplicate, and take effect once.",
+            {"Retry-After": str(retry_after_s)},
+        ) from None
 
 
 def _answer_inline(
@@ -226,6 +252,11 @@ def _answer_inline(
     The answer never fails (an empty answer is always valid). Queueing happens once the
     response is on its way; if Redis is down then, the answer stands and the failure
     is logged: the call's own events (call_started, call_ended) carry it on.
+
+    The record does not wait for Redis replicas (HOOKFLEET_REDIS_MIN_REPLICAS): the
+    answer has gone, so no retry could follow a refusal, and the wait would hold a
+    receiver thread that the next ringing phone may need. The record is as durable as
+    the primary's own persistence; a failover may lose it like a Redis outage would.
     """
     directory: InboundDirectory = current_app.extensions["hookfleet_inbound"]
     try:
@@ -241,7 +272,9 @@ def _answer_inline(
 
     def record() -> None:
         try:
-            gate.admit(job.dedup_key, correlation_id, job.ttl_s, job.queue, job.message)
+            gate.admit(
+                job.dedup_key, correlation_id, job.ttl_s, job.queue, job.message, confirm=False
+            )
         except redis.RedisError as error:
             log.error(
                 "could not record inline event",

@@ -88,6 +88,14 @@ class Settings:
 
     max_body_bytes: int = 1024 * 1024
     redis_timeout_s: float = 2.0
+    # With a replicated Redis: answer 202 only once this many replicas confirm the
+    # write (Redis WAIT), so a failover cannot lose an accepted delivery. 0: off.
+    redis_min_replicas: int = 0
+    # How long WAIT may take. A healthy replica confirms within a network round trip
+    # (WAIT asks it at once), so 200 ms rides out a replica's fork or fsync stall and
+    # Redis's timer tick (100 ms at hz 10) while keeping a lagging replica's cost per
+    # delivery to a fifth of a second, far inside any provider's delivery timeout.
+    redis_replica_wait_ms: int = 200
     retry_after_s: int = 5
     # Past this many waiting messages a queue refuses new asynchronous deliveries (503):
     # providers retry later instead of Redis growing without bound. 0 disables it.
@@ -161,6 +169,10 @@ class Settings:
             db_pool_pre_ping=_bool(env, "HOOKFLEET_DB_POOL_PRE_PING", cls.db_pool_pre_ping),
             max_body_bytes=_int(env, "HOOKFLEET_MAX_BODY_BYTES", cls.max_body_bytes),
             redis_timeout_s=_float(env, "HOOKFLEET_REDIS_TIMEOUT_S", cls.redis_timeout_s),
+            redis_min_replicas=_int(env, "HOOKFLEET_REDIS_MIN_REPLICAS", cls.redis_min_replicas),
+            redis_replica_wait_ms=_int(
+                env, "HOOKFLEET_REDIS_REPLICA_WAIT_MS", cls.redis_replica_wait_ms
+            ),
             retry_after_s=_int(env, "HOOKFLEET_RETRY_AFTER_S", cls.retry_after_s),
             shed_queue_depth=_int(env, "HOOKFLEET_SHED_QUEUE_DEPTH", cls.shed_queue_depth),
             visibility_timeout_s=_int(
@@ -208,7 +220,27 @@ class Settings:
                 "timeout and every retry countdown stays below it, so requeueing sooner "
                 "only duplicates work"
             )
+        if settings.redis_min_replicas:
+            _check_replica_wait(settings)
         return settings
+
+
+def _check_replica_wait(settings: Settings) -> None:
+    # WAIT 0 blocks until enough replicas answer, however long that takes. And the
+    # wait must end well inside the socket's read timeout (WAIT may end a timer tick
+    # late): a read timing out first is re-sent by redis-py and reported as Redis down.
+    wait_ms = settings.redis_replica_wait_ms
+    if wait_ms == 0:
+        raise ConfigError(
+            "HOOKFLEET_REDIS_REPLICA_WAIT_MS must be at least 1 when "
+            "HOOKFLEET_REDIS_MIN_REPLICAS is set (0 would wait forever)"
+        )
+    if wait_ms >= settings.redis_timeout_s * 1000 / 2:
+        raise ConfigError(
+            f"HOOKFLEET_REDIS_REPLICA_WAIT_MS ({wait_ms}) must be below half of "
+            f"HOOKFLEET_REDIS_TIMEOUT_S ({settings.redis_timeout_s} s), or the read times "
+            "out before the replicas' answer"
+        )
 
 
 _DEFAULT_PROVIDER = ProviderSettings()

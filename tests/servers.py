@@ -48,12 +48,14 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> 
 
 @dataclass
 class RedisServer:
-    """``redis-server`` on a free port; ``stop()`` and ``start()`` again keep the port."""
+    """``redis-server`` on a free port; ``stop()`` and ``start()`` again keep the port.
+    With ``replica_of`` it replicates that server (``--replicaof``)."""
 
     directory: Path
     port: int = field(default_factory=free_port)
     appendonly: bool = False
     maxmemory: str | None = None
+    replica_of: RedisServer | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -79,14 +81,41 @@ class RedisServer:
             "yes" if self.appendonly else "no",
             "--maxmemory-policy",
             "noeviction",
+            # A replica's first sync starts at once, not after Redis's 5 s default delay.
+            "--repl-diskless-sync-delay",
+            "0",
             "--logfile",
             str(self.directory / "redis.log"),
         ]
         if self.maxmemory:
             argv += ["--maxmemory", self.maxmemory]
+        if self.replica_of is not None:
+            argv += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self._answers, 15, f"redis-server on port {self.port}")
+        if self.replica_of is not None:
+            wait_until(self.in_sync, 15, f"replica on port {self.port} to sync")
         return self
+
+    def in_sync(self) -> bool:
+        """A replica that confirms a fresh write at once, as WAIT sees it. (Right after a
+        sync, Redis streams to a replica only from its first periodic ACK, up to a
+        second later; the primary's INFO may call it online before that.)"""
+        assert self.replica_of is not None
+        if self.client().info("replication").get("master_link_status") != "up":
+            return False
+        primary = self.replica_of.client()
+        primary.set("tests:replica-probe", self.port)
+        return int(primary.wait(1, 100)) >= 1
+
+    def freeze(self) -> None:
+        """SIGSTOP: the process holds its connections but answers nothing."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
     def _answers(self) -> bool:
         assert self.proc is not None
@@ -99,6 +128,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen server could not act on TERM
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=10)

@@ -538,6 +538,47 @@ def test_sigterm_to_the_receiver_finishes_requests_in_flight(stack: Stack) -> No
     assert_exactly_once(settle_and_count(stack, ledger, timeout_s=30))
 
 
+def test_a_message_lost_by_redis_after_a_worker_recorded_it_is_swept_back(
+    stack: Stack,
+) -> None:
+    """A failover to a replica that never saw the message: the worker had recorded the
+    event (`received`) and was applying it when Redis lost everything. The sweep finds
+    the row and queues it again; the effect lands once."""
+    ledger = Ledger("redis loses a recorded message, sweep")
+    with call_row_locked(stack, "lost_1") as release:
+        assert deliver(stack, ledger, "lost_1") == 202
+
+        def recorded() -> bool:
+            with stack.engine.connect() as connection:
+                return (
+                    connection.scalar(
+                        select(WebhookEvent.status).where(
+                            WebhookEvent.event_id == "lost_1:call_ended"
+                        )
+                    )
+                    is EventStatus.RECEIVED
+                )
+
+        wait_until(recorded, 30, "the event recorded, its effect waiting on the lock")
+        kill_group(stack.fleet.running.pop("worker_high"))  # its message is in hand
+        stack.redis.client().flushall()  # ...and the new primary never had it
+        release()
+    stack.fleet.start("worker_high")
+    time.sleep(3)
+    assert stack.processed({"lost_1"}) == set()  # nothing on Redis brings it back
+
+    swept = subprocess.run(
+        ["hookfleet", "sweep", "--older-than", "1s"],
+        env=stack.fleet.env,
+        capture_output=True,
+        text=True,
+    )
+    assert swept.returncode == 0, swept.stderr
+    assert "requeued 1" in swept.stdout, swept.stdout
+    row = settle_and_count(stack, ledger, timeout_s=60)
+    assert_exactly_once(row)
+
+
 def test_a_poison_message_is_dead_lettered_then_replayed_once(
     tmp_path: Path, mariadb_server: MariaDBServer
 ) -> None:

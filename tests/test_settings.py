@@ -86,3 +86,40 @@ def test_stuck_work_waits_longer_than_the_visibility_timeout_or_is_off() -> None
         Settings.from_env(
             {"HOOKFLEET_VISIBILITY_TIMEOUT_S": "3600", "HOOKFLEET_TASK_TIME_LIMIT_S": "300"}
         )
+
+
+def test_replica_confirmation_is_off_by_default_and_read_when_set() -> None:
+    default = Settings.from_env({})
+    on = Settings.from_env(
+        {"HOOKFLEET_REDIS_MIN_REPLICAS": "2", "HOOKFLEET_REDIS_REPLICA_WAIT_MS": "50"}
+    )
+
+    assert (default.redis_min_replicas, default.redis_replica_wait_ms) == (0, 200)
+    assert (on.redis_min_replicas, on.redis_replica_wait_ms) == (2, 50)
+
+
+@pytest.mark.parametrize(
+    ("env", "complaint"),
+    [
+        ({"HOOKFLEET_REDIS_MIN_REPLICAS": "two"}, "HOOKFLEET_REDIS_MIN_REPLICAS"),
+        ({"HOOKFLEET_REDIS_MIN_REPLICAS": "-1"}, "HOOKFLEET_REDIS_MIN_REPLICAS"),
+        ({"HOOKFLEET_REDIS_REPLICA_WAIT_MS": "0.2s"}, "HOOKFLEET_REDIS_REPLICA_WAIT_MS"),
+        # WAIT 0 would block until the replicas answer, however long.
+        (
+            {"HOOKFLEET_REDIS_MIN_REPLICAS": "1", "HOOKFLEET_REDIS_REPLICA_WAIT_MS": "0"},
+            "wait forever",
+        ),
+        # The socket's read timeout must not fire before WAIT's own.
+        (
+            {
+                "HOOKFLEET_REDIS_MIN_REPLICAS": "1",
+                "HOOKFLEET_REDIS_REPLICA_WAIT_MS": "1000",
+                "HOOKFLEET_REDIS_TIMEOUT_S": "2",
+            },
+            "half of HOOKFLEET_REDIS_TIMEOUT_S",
+        ),
+    ],
+)
+def test_unusable_replica_settings_are_refused(env: dict[str, str], complaint: str) -> None:
+    with pytest.raises(ConfigError, match=complaint):
+        Settings.from_env(env)
