@@ -360,7 +360,7 @@ class Bench:
         finally:
             worker.stop()
             engine.dispose()
-        result["replay"] = "not measured: `hookfleet replay` does not exist on this branch"
+        result["replay"] = "measured apart: python -m tests.bench.replay_memory"
         self.results["memory"] = result
         print(
             f"  memory: receiver {result['receiver_rss_before_kb']} -> "
