@@ -236,3 +236,21 @@ def marks() -> dict[str, str]:
     with tasks.sessions()() as session:
         found = session.execute(select(WebhookEvent.event_id, WebhookEvent.event_type))
         return {event_id: event_type for event_id, event_type in found}
+
+
+def test_an_effect_logs_under_its_own_event(
+    worker_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler's warnings (e.g. a call to a number no branch owns) carry the event it
+    is applying, not the one before it in the batch."""
+    from models.logs import log_context
+
+    seen: list[tuple[str, str]] = []
+
+    def handler(session: Session, row: WebhookEvent) -> None:
+        seen.append((row.event_id, str((log_context.get() or {}).get("event_id", ""))))
+
+    monkeypatch.setitem(events.HANDLERS, "test", handler)
+    tasks.process_batch([entry("evt_1"), entry("plain", "standard"), entry("evt_2")])
+
+    assert seen == [("evt_1", "evt_1"), ("evt_2", "evt_2")]

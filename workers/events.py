@@ -94,7 +94,11 @@ def record_event(sessions: sessionmaker[Session], event: IncomingEvent) -> Outco
         return Outcome.PROCESSED
 
 
-def record_batch(sessions: sessionmaker[Session], batch: list[IncomingEvent]) -> list[Outcome]:
+def record_batch(
+    sessions: sessionmaker[Session],
+    batch: list[IncomingEvent],
+    before_apply: Callable[[int], None] | None = None,
+) -> list[Outcome]:
     """Store and apply many events at once: the fast path of the worker.
 
     Two commits for the whole batch, whatever its size:
@@ -111,6 +115,7 @@ def record_batch(sessions: sessionmaker[Session], batch: list[IncomingEvent]) ->
     Raises whatever the database or a handler raises, with nothing of the failing
     phase written; the caller then settles each event on its own (``record_event``),
     which is the same work done one event at a time. Replays are not batched.
+    ``before_apply(index)`` runs before each effect (the worker sets its log context).
     """
     assert not any(event.replay for event in batch), "replays go through record_event"
     outcomes = [Outcome.ALREADY_DONE] * len(batch)
@@ -147,6 +152,8 @@ def record_batch(sessions: sessionmaker[Session], batch: list[IncomingEvent]) ->
                 continue
             handler = HANDLERS.get(row.provider)
             if handler is not None:
+                if before_apply is not None:
+                    before_apply(index)
                 handler(session, row)
             row.status = EventStatus.PROCESSED
             row.processed_at = utcnow()

@@ -124,7 +124,17 @@ def process_batch(entries: list[Entry]) -> list[Verdict]:
     batched = [i for i, e in enumerate(events) if e is not None and not e.replay]
     try:
         if batched:
-            outcomes = record_batch(sessions(), [events[i] for i in batched])  # type: ignore[misc]
+
+            def in_context(position: int) -> None:
+                # A handler's own log lines carry the event it is applying.
+                index = batched[position]
+                log_context.set(_context(entries[index], events[index]))  # type: ignore[arg-type]
+
+            outcomes = record_batch(
+                sessions(),
+                [events[i] for i in batched],  # type: ignore[misc]
+                before_apply=in_context,
+            )
             for index, outcome in zip(batched, outcomes, strict=True):
                 verdicts[index] = Verdict.ACK
                 _done(entries[index], events[index], outcome, started)  # type: ignore[arg-type]
