@@ -52,6 +52,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     return {
         "broker_url": settings.broker_url,
+        # kombu's Redis transport with a pop that records the message as unacknowledged
+        # in the same step: stock kombu loses a message to a kill between the two.
+        "broker_transport": "workers.transport:Transport",
         "broker_transport_options": transport,
         # Celery reads the visibility timeout from here too when a Redis result backend
         # is configured; keep the two equal so nothing disagrees.

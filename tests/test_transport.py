@@ -1,0 +1,238 @@
+"""The broker transport's pop: a message is on its queue or in ``unacked``, never neither.
+
+The worker-side loss these tests pin down: a consumer receives a message and then loses
+Redis (or dies) before it could tell Redis it holds it. A TCP proxy between consumer and
+Redis forwards the reply that carries the message and cuts the connection right after,
+which is that instant made repeatable.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Queue
+from kombu.exceptions import KombuError
+
+from tests.servers import RedisServer, free_port
+from workers.transport import UNREADABLE_KEY
+
+QUEUE = "hookfleet.high"
+OURS = "workers.transport:Transport"
+STOCK = "redis"
+OPTIONS = {"visibility_timeout": 1, "unacked_restore_throttle": 1}
+
+
+class CuttingProxy:
+    """Forwards TCP to Redis until a reply containing ``marker`` went through, then
+    closes every connection and refuses new ones: Redis is gone for the consumer."""
+
+    def __init__(self, upstream_port: int, marker: bytes) -> None:
+        self.upstream_port = upstream_port
+        self.marker = marker
+        self.port = free_port()
+        self.cut = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.cut.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, watch: bool) -> None:
+        tail = b""
+        try:
+            while chunk := src.recv(65536):
+                if watch and self.marker in tail + chunk:
+                    self.cut.set()  # from now on nothing the consumer says reaches Redis
+                    dst.sendall(chunk)
+                    self.close()
+                    return
+                if self.cut.is_set():
+                    return
+                dst.sendall(chunk)
+                tail = chunk[-len(self.marker) :]
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.cut.set()
+        self._listener.close()
+        for sock in self._sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+def _queue() -> Queue:
+    return Queue(QUEUE, Exchange(QUEUE), routing_key=QUEUE)
+
+
+def _publish(url: str, bodies: list[dict[str, Any]], marker: str = "") -> None:
+    with Connection(url, transport=OURS) as conn:
+        producer = conn.Producer()
+        for body in bodies:
+            producer.publish(
+                body,
+                exchange=_queue().exchange,
+                routing_key=QUEUE,
+                declare=[_queue()],
+                headers={"marker": marker},
+            )
+
+
+def _receive(url: str, transport: str, want: int, seconds: float = 8) -> list[dict[str, Any]]:
+    """What a consumer on ``transport`` receives (and acknowledges), until it has
+    ``want`` messages or ``seconds`` passed."""
+    got: list[dict[str, Any]] = []
+
+    def on_message(body: dict[str, Any], message: Any) -> None:
+        got.append(body)
+        message.ack()
+
+    with Connection(url, transport=transport, transport_options=OPTIONS) as conn:
+        with conn.Consumer(_queue(), callbacks=[on_message]):
+            deadline = time.monotonic() + seconds
+            while len(got) < want and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=0.2)
+                except TimeoutError:
+                    pass
+    return got
+
+
+def _receive_then_lose_redis(redis_port: int, transport: str) -> None:
+    """A consumer through a proxy that cuts the moment the message reaches it."""
+    marker = f"cut-{uuid.uuid4().hex}"
+    proxy = CuttingProxy(redis_port, marker.encode())
+    seen: list[Any] = []
+    try:
+        with Connection(
+            f"redis://127.0.0.1:{proxy.port}/0",
+            transport=transport,
+            transport_options={**OPTIONS, "socket_timeout": 2, "socket_connect_timeout": 2},
+        ) as conn:
+            with conn.Consumer(_queue(), callbacks=[lambda body, msg: seen.append(body)]):
+                _publish(f"redis://127.0.0.1:{redis_port}/0", [{"n": 1}], marker)
+                for _ in range(20):
+                    if proxy.cut.is_set():
+                        break
+                    try:
+                        conn.drain_events(timeout=0.2)
+                    except (TimeoutError, *conn.connection_errors, *conn.channel_errors):
+                        pass
+    except (OSError, redis.exceptions.RedisError, KombuError):
+        pass  # the consumer dies with its connection, as a killed worker would
+    finally:
+        proxy.close()
+    assert proxy.cut.is_set(), "the message never reached the consumer"
+
+
+@pytest.fixture
+def server(redis_url: str, redis_server: RedisServer) -> Iterator[RedisServer]:
+    yield redis_server
+
+
+def test_a_consumer_that_loses_redis_as_the_message_arrives_does_not_lose_the_message(
+    server: RedisServer, redis_client: redis.Redis
+) -> None:
+    _receive_then_lose_redis(server.port, OURS)
+
+    assert redis_client.llen(QUEUE) + redis_client.hlen("unacked") == 1
+    # After the visibility timeout the next consumer gets it again.
+    assert _receive(server.url, OURS, want=1) == [{"n": 1}]
+    assert redis_client.llen(QUEUE) + redis_client.hlen("unacked") == 0
+
+
+def test_stock_kombu_loses_that_message_which_is_why_hookfleet_has_its_own_pop(
+    server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """The control: if kombu ever records in the same step, workers.transport can go."""
+    _receive_then_lose_redis(server.port, STOCK)
+
+    assert redis_client.llen(QUEUE) + redis_client.hlen("unacked") == 0
+    assert _receive(server.url, OURS, want=1, seconds=3) == []
+
+
+def test_every_message_is_received_once_in_order_and_acknowledged(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    _publish(redis_url, [{"n": n} for n in range(200)])
+
+    got = _receive(redis_url, OURS, want=200)
+
+    assert got == [{"n": n} for n in range(200)]
+    assert redis_client.hlen("unacked") == redis_client.zcard("unacked_index") == 0
+
+
+def test_a_message_that_is_not_kombu_json_is_set_aside_and_the_rest_still_flow(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    _publish(redis_url, [{"n": 1}])
+    redis_client.lpush(QUEUE, b"not json", b'{"properties": {}}')
+    _publish(redis_url, [{"n": 2}])
+
+    got = _receive(redis_url, OURS, want=2)
+
+    assert got == [{"n": 1}, {"n": 2}]
+    assert redis_client.lrange(UNREADABLE_KEY, 0, -1) == [b'{"properties": {}}', b"not json"]
+
+
+def test_a_message_published_while_the_consumer_waits_is_received(redis_url: str) -> None:
+    got: list[dict[str, Any]] = []
+
+    def on_message(body: dict[str, Any], message: Any) -> None:
+        got.append(body)
+        message.ack()
+
+    with Connection(redis_url, transport=OURS) as conn:
+        with conn.Consumer(_queue(), callbacks=[on_message]):
+            with pytest.raises(TimeoutError):
+                conn.drain_events(timeout=1.5)  # idle: the consumer is parked in its wait
+            _publish(redis_url, [{"n": 7}])
+            conn.drain_events(timeout=5)
+    assert got == [{"n": 7}]
+
+
+def test_a_consumer_drains_a_full_redis(tmp_path: Any) -> None:
+    """At maxmemory (noeviction) consuming still works: it is what frees the memory."""
+    server = RedisServer(tmp_path / "full").start()
+    got: list[dict[str, Any]] = []
+
+    def on_message(body: dict[str, Any], message: Any) -> None:
+        got.append(body)
+        message.ack()
+
+    try:
+        client = server.client()
+        _publish(server.url, [{"n": n, "pad": "x" * 1000} for n in range(300)])
+        with Connection(server.url, transport=OURS, transport_options=OPTIONS) as conn:
+            with conn.Consumer(_queue(), callbacks=[on_message]):
+                used = int(client.info("memory")["used_memory"])
+                client.config_set("maxmemory", str(used - 100_000))
+                with pytest.raises(redis.exceptions.OutOfMemoryError):
+                    client.set("more", "x")
+                deadline = time.monotonic() + 10
+                while len(got) < 300 and time.monotonic() < deadline:
+                    conn.drain_events(timeout=1)
+
+        assert [body["n"] for body in got] == list(range(300))
+        assert client.llen(QUEUE) == client.hlen("unacked") == 0
+    finally:
+        server.stop()

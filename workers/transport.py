@@ -1,0 +1,223 @@
+"""kombu's Redis transport, with a pop that cannot lose a message.
+
+Stock kombu consumes with ``BRPOP`` and records the message as unacknowledged
+(``ZADD unacked_index`` + ``HSET unacked``) in a second round trip. A worker killed, or a
+Redis restarted, between the two loses the message: it is in no queue, not in
+``unacked``, and no database row exists yet. Under a steady stream that gap is hit by a
+plain ``kill -9`` (the fault suite found it). Here the pop and the record are one Lua
+script, so at every instant a message is either on its queue or in ``unacked`` (from
+where kombu's visibility timeout restores it).
+
+A script cannot block, so an idle consumer waits with ``BLMOVE q q RIGHT RIGHT`` on its
+first queue -- a blocking no-op rotation that returns as soon as that list has an item,
+pops nothing -- pipelined with the pop script. A busy consumer sends only the script.
+Everything else (acks, restores, publishing, fanout) is kombu's own.
+
+Selected by ``broker_transport`` in :mod:`workers.celery_app`; the broker URL stays
+``redis://``. Needs Redis 7 for ``allow-oom`` (below); older servers get the same
+script without it and stop consuming while Redis is full, as stock kombu does.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from time import monotonic, time
+from typing import Any
+
+from kombu.exceptions import InconsistencyError
+from kombu.transport import redis as kredis
+from kombu.transport import virtual
+from kombu.utils.json import loads
+from kombu.utils.objects import cached_property
+
+log = logging.getLogger(__name__)
+
+#: Where a message that is not kombu JSON goes instead of wedging the consumer.
+UNREADABLE_KEY = "hookfleet.unreadable"
+
+# KEYS: the queue keys in poll order, then unacked, unacked_index, the unreadable list.
+# ARGV: the number of queue keys, the time to index the message at.
+# Reads and checks before the first write: a script that fails part way is not undone.
+# ``allow-oom``: consuming moves bytes from a list into the hash, it does not grow
+# Redis; without the flag a full Redis (noeviction) would refuse the script and the
+# workers could not drain the very queue that filled it.
+_POP_BODY = """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  local item = redis.call('LINDEX', KEYS[i], -1)
+  if item then
+    local ok, msg = pcall(cjson.decode, item)
+    local props = ok and type(msg) == 'table' and msg['properties']
+    local tag = type(props) == 'table' and props['delivery_tag']
+    local info = type(props) == 'table' and props['delivery_info']
+    if type(tag) ~= 'string' or type(info) ~= 'table' then
+      redis.call('LPUSH', KEYS[n + 3], redis.call('RPOP', KEYS[i]))
+      return {KEYS[i], false}
+    end
+    redis.call('ZADD', KEYS[n + 2], ARGV[2], tag)
+    redis.call('HSET', KEYS[n + 1], tag,
+      '[' .. item .. ',' .. cjson.encode(info['exchange'] or '') .. ','
+          .. cjson.encode(info['routing_key'] or '') .. ']')
+    redis.call('RPOP', KEYS[i])
+    return {KEYS[i], item}
+  end
+end
+return false
+"""
+
+# KEYS: unacked, unacked_index; ARGV: the delivery tag. kombu acknowledges in a
+# MULTI/EXEC block, and a full Redis refuses every command queued in one: the workers
+# could take messages but not let go of them.
+_ACK_BODY = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('HDEL', KEYS[1], ARGV[1])
+"""
+
+#: Longest idle wait when a consumer reads several queues (it wakes only for the first).
+MULTI_QUEUE_WAIT_S = 0.1
+#: A key nobody pushes to: ``BLPOP`` on it is a sleep that a full Redis still allows.
+IDLE_KEY = "hookfleet.consumer.idle"
+#: The idle sleep while Redis is full, and how long to keep using it before trying the
+#: waking wait again.
+FULL_REDIS_WAIT_S = 0.1
+FULL_REDIS_RETRY_S = 10.0
+
+
+class QoS(kredis.QoS):
+    """Skips kombu's second round trip for messages the pop script already recorded,
+    and acknowledges with a script a full Redis still runs."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if self.channel.recorded.pop(delivery_tag, None):
+            virtual.QoS.append(self, message, delivery_tag)
+        else:  # basic_get and other paths that did not go through the script
+            super().append(message, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:
+            super().reject(delivery_tag, requeue=True)
+        else:
+            self.ack(delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        with self.channel.conn_or_acquire() as client:
+            client.eval(
+                self.channel.script(_ACK_BODY),
+                2,
+                self.unacked_key,
+                self.unacked_index_key,
+                delivery_tag,
+            )
+        virtual.QoS.ack(self, delivery_tag)
+
+
+class Channel(kredis.Channel):
+    QoS = QoS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Delivery tags popped by the script whose QoS.append is still to come.
+        self.recorded: dict[str, bool] = {}
+        self._idle = True
+        self._pending = 0
+        self._plain_wait_until = 0.0
+
+    @cached_property
+    def _redis_major(self) -> int:
+        with self.conn_or_acquire() as client:
+            return int(str(client.info("server")["redis_version"]).split(".")[0])
+
+    @functools.cache  # noqa: B019 -- two bodies per channel, channels are few
+    def script(self, body: str) -> str:
+        """``body`` flagged ``allow-oom`` where the server knows script flags (Redis 7)."""
+        return "#!lua flags=allow-oom\n" + body if self._redis_major >= 7 else body
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if self.global_keyprefix:  # keys would need prefixing inside the script
+            raise InconsistencyError("global_keyprefix is not supported by Hookfleet")
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        keys = [self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
+        script = self.script(_POP_BODY)
+        connection = self.client.connection
+        commands: list[tuple[Any, ...]] = []
+        if self._idle:
+            commands.append(self._wait_command(keys[0], len(queues), timeout))
+        commands.append(
+            (
+                "EVAL",
+                script,
+                len(keys) + 3,
+                *keys,
+                self.unacked_key,
+                self.unacked_index_key,
+                UNREADABLE_KEY,
+                len(keys),
+                time(),
+            )
+        )
+        self._in_poll = connection
+        self._brpop_sent_at = monotonic()  # type: ignore[assignment]
+        self._pending = len(commands)
+        connection.send_packed_command(connection.pack_commands(commands))
+
+    def _wait_command(self, first_key: str, queues: int, timeout: float | None) -> tuple[Any, ...]:
+        wait = timeout or self.brpop_timeout or 1
+        if monotonic() < self._plain_wait_until:
+            # BLMOVE may push, so a full Redis refuses it; BLPOP on a key nobody
+            # fills is a plain sleep it still allows.
+            return ("BLPOP", IDLE_KEY, min(wait, FULL_REDIS_WAIT_S))
+        if queues > 1:
+            wait = min(wait, MULTI_QUEUE_WAIT_S)
+        return ("BLMOVE", first_key, first_key, "RIGHT", "RIGHT", wait)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            popped = self._read_replies(**options)
+            if not popped:
+                self._idle = True
+                raise virtual.Empty()
+            self._idle = False
+            key, item = popped
+            dest = kredis.bytes_to_str(key).rsplit(self.sep, 1)[0]
+            if not item:
+                log.error("An unreadable message on %s was moved to %s", dest, UNREADABLE_KEY)
+                raise virtual.Empty()
+            self._queue_cycle.rotate(dest)
+            payload = loads(kredis.bytes_to_str(item))
+            self.recorded[payload["properties"]["delivery_tag"]] = True
+            self.connection._deliver(payload, dest)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            self._pending = 0
+            self._flush_brpop_reauth()
+
+    def _read_replies(self, **options: Any) -> Any:
+        """Every reply sent for, so the connection stays in step; the pop's is returned."""
+        replies: list[Any] = []
+        for _ in range(self._pending):
+            try:
+                replies.append(
+                    self.client.parse_response(self.client.connection, "EVAL", **options)
+                )
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            except self.ResponseError as exc:
+                replies.append(exc)
+        popped = replies[-1]
+        if any(isinstance(r, self.ResponseError) for r in replies[:-1]):
+            # The wait was refused (a full Redis): sleep instead of waking on a push
+            # for a while; the pop itself is unaffected.
+            self._plain_wait_until = monotonic() + FULL_REDIS_RETRY_S
+        if isinstance(popped, Exception):
+            self._idle = True  # wait before asking again
+            raise popped
+        return popped
+
+
+class Transport(kredis.Transport):
+    Channel = Channel
