@@ -94,6 +94,26 @@ class QoS(kredis.QoS):
         else:  # basic_get and other paths that did not go through the script
             super().append(message, delivery_tag)
 
+    def restore_unacked(self, client: Any = None) -> None:
+        """Give back what this channel holds when it closes -- if Redis can be reached.
+
+        When the broker connection is lost kombu closes the channel after tearing down
+        its transport, and the restore then fails with an AttributeError that Celery
+        treats as unrecoverable: the worker exits instead of reconnecting (seen in the
+        fault suite's Redis restart). The messages are in ``unacked`` either way, where
+        the visibility timeout returns them, so a failed restore is only late.
+        """
+        try:
+            super().restore_unacked(client)
+        except (AttributeError, *self.channel.connection_errors) as error:
+            log.warning(
+                "could not restore %d unacknowledged message(s) now (%s); they return "
+                "to their queue after the visibility timeout",
+                len(self._delivered),
+                type(error).__name__,
+            )
+            self._delivered.clear()
+
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         if requeue:
             super().reject(delivery_tag, requeue=True)
