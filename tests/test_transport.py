@@ -236,3 +236,31 @@ def test_a_consumer_drains_a_full_redis(tmp_path: Any) -> None:
         assert client.llen(QUEUE) == client.hlen("unacked") == 0
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("settle", ["ack", "requeue"])
+def test_settling_a_message_of_a_connection_lost_with_redis_neither_raises_nor_loses_it(
+    tmp_path: Any, settle: str
+) -> None:
+    """What a worker does after a Redis restart: batches taken on the old connection
+    finish and settle their messages on it. That must not take the worker down, and the
+    message must come back (it may run again: the database makes that a no-op)."""
+    server = RedisServer(tmp_path / "restart", appendonly=True).start()
+    held: list[Any] = []
+    try:
+        _publish(server.url, [{"n": 1}])
+        conn = Connection(server.url, transport=OURS, transport_options=OPTIONS)
+        with conn.Consumer(_queue(), callbacks=[lambda body, message: held.append(message)]):
+            conn.drain_events(timeout=5)
+            server.stop()  # kill -9 of Redis: the consumer's connection is gone
+            conn.close()
+        server.start()
+
+        if settle == "ack":
+            held[0].ack()
+        else:
+            held[0].reject(requeue=True)
+
+        assert _receive(server.url, OURS, want=1) == [{"n": 1}]
+    finally:
+        server.stop()

@@ -94,41 +94,59 @@ class QoS(kredis.QoS):
         else:  # basic_get and other paths that did not go through the script
             super().append(message, delivery_tag)
 
-    def restore_unacked(self, client: Any = None) -> None:
-        """Give back what this channel holds when it closes -- if Redis can be reached.
+    # A channel outlives its broker connection: after a connection loss Celery
+    # reconnects on a new channel, while batches taken on the old one still finish
+    # (or are cancelled) and ack or requeue their messages on it. kombu has by then
+    # torn down the old transport, and touching Redis through it raises an
+    # AttributeError that Celery treats as unrecoverable: the worker exits instead of
+    # consuming again (found by the fault suite's Redis restart). Those messages are in
+    # ``unacked`` whatever happens here; the visibility timeout returns them, and a
+    # message that ran already is a no-op the second time (its event is processed).
+    # So on a detached channel these only do kombu's in-memory bookkeeping.
 
-        When the broker connection is lost kombu closes the channel after tearing down
-        its transport, and the restore then fails with an AttributeError that Celery
-        treats as unrecoverable: the worker exits instead of reconnecting (seen in the
-        fault suite's Redis restart). The messages are in ``unacked`` either way, where
-        the visibility timeout returns them, so a failed restore is only late.
-        """
+    def _detached(self) -> bool:
+        transport = getattr(self.channel, "connection", None)
+        return transport is None or getattr(transport, "client", None) is None
+
+    def _skip(self, what: str, count: int) -> None:
+        log.warning(
+            "broker connection was replaced: %s of %d message(s) left to the visibility timeout",
+            what,
+            count,
+        )
+
+    def restore_unacked(self, client: Any = None) -> None:
+        if self._detached():
+            self._skip("restore", len(self._delivered))
+            self._delivered.clear()
+            return
         try:
             super().restore_unacked(client)
-        except (AttributeError, *self.channel.connection_errors) as error:
-            log.warning(
-                "could not restore %d unacknowledged message(s) now (%s); they return "
-                "to their queue after the visibility timeout",
-                len(self._delivered),
-                type(error).__name__,
-            )
+        except self.channel.connection_errors:
+            self._skip("restore", len(self._delivered))
             self._delivered.clear()
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        if requeue:
-            super().reject(delivery_tag, requeue=True)
-        else:
+        if not requeue:
             self.ack(delivery_tag)
+        elif self._detached():
+            self._skip("requeue", 1)
+            virtual.QoS.ack(self, delivery_tag)
+        else:
+            super().reject(delivery_tag, requeue=True)
 
     def ack(self, delivery_tag: str) -> None:
-        with self.channel.conn_or_acquire() as client:
-            client.eval(
-                self.channel.script(_ACK_BODY),
-                2,
-                self.unacked_key,
-                self.unacked_index_key,
-                delivery_tag,
-            )
+        if self._detached():
+            self._skip("ack", 1)
+        else:
+            with self.channel.conn_or_acquire() as client:
+                client.eval(
+                    self.channel.script(_ACK_BODY),
+                    2,
+                    self.unacked_key,
+                    self.unacked_index_key,
+                    delivery_tag,
+                )
         virtual.QoS.ack(self, delivery_tag)
 
 
