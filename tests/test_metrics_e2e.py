@@ -70,6 +70,10 @@ def fleet(tmp_path: Path, redis_url: str, mariadb_url: str) -> Iterator[Processe
         HOOKFLEET_STANDARD_VERIFY="off",
         HOOKFLEET_STRIPE_SECRETS="whsec_metrics_test",
         HOOKFLEET_MAX_BODY_BYTES="2000",
+        # Forty events fill four pool jobs, so both pool children take some: the test
+        # checks that their histograms add up. (At the default of 50 one job may take
+        # them all.)
+        HOOKFLEET_BATCH_SIZE="10",
     ) as processes:
         yield processes
 
