@@ -25,6 +25,8 @@ class ApiError(Exception):
 
 def error_response(status: int, code: str, message: str) -> Response:
     g.outcome_code = code  # for the metrics hook: it need not read the body back
+    if status < 500:  # 5xx are logged where they happen, with their cause
+        log.info("refused", extra={"outcome": code, "status": status})
     response = jsonify(error={"code": code, "message": message})
     response.status_code = status
     return response

@@ -4,6 +4,8 @@ is the one module that reads the environment on import, as gunicorn expects."""
 
 import os
 
+from gunicorn import glogging
+
 bind = os.environ.get("HOOKFLEET_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Threads let one process serve keep-alive connections and overlap Redis round trips.
@@ -14,6 +16,9 @@ keepalive = 5
 timeout = 30
 # SIGTERM lets in-flight requests finish for this long before workers are killed.
 graceful_timeout = 20
+# No access line: the receiver logs one line per delivery itself (outcome, event id,
+# correlation id, duration), and gunicorn's would double the logging cost of every
+# request. ``--access-logfile -`` (e.g. in GUNICORN_CMD_ARGS) turns it back on.
 accesslog = None
 errorlog = "-"
 # gunicorn's own lines (booting, worker exits, timeouts) as JSON on stdout, like ours.
@@ -49,6 +54,18 @@ loglevel = os.environ.get("HOOKFLEET_LOG_LEVEL", "info").lower()
 from models.metrics import mark_process_dead, use_metrics_dir  # noqa: E402
 
 use_metrics_dir()
+
+
+class JsonLogger(glogging.Logger):
+    """gunicorn's logger, writing an access line only when ``accesslog`` asks for one
+    (with a ``logconfig_dict`` gunicorn writes one for every request otherwise)."""
+
+    def access(self, resp: object, req: object, environ: object, request_time: object) -> None:
+        if self.cfg.accesslog:
+            super().access(resp, req, environ, request_time)
+
+
+logger_class = JsonLogger
 
 
 def child_exit(_server: object, worker: object) -> None:

@@ -130,6 +130,12 @@ def test_logs_are_json_lines_from_every_process(fleet: Processes) -> None:
 
     web = [json.loads(x) for x in fleet.log("web").splitlines() if x.strip()]
     assert any(x["logger"] == "gunicorn.error" and "Booting worker" in x["message"] for x in web)
+    # One line per delivery, ours, with its outcome; no second access line from gunicorn.
+    ours = [x for x in web if x.get("event_id") == "json-logs"]
+    assert [(x["logger"], x["message"], x["outcome"]) for x in ours] == [
+        ("hookfleet.ingest", "accepted", "accepted")
+    ]
+    assert not [x for x in web if x["logger"] == "gunicorn.access"]
     worker = [json.loads(x) for x in fleet.log("worker_default").splitlines() if x.startswith("{")]
     # Celery's own lines too (the worker is ready), and one line per event with its
     # outcome and the task id Celery knows it by.

@@ -124,12 +124,17 @@ def test_very_long_event_id_is_shortened_to_fit_the_database(client: FlaskClient
 def test_bad_input_gets_a_json_error_and_nothing_is_queued(
     client: FlaskClient,
     redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
     data: bytes,
     content_type: str,
     status: int,
     code: str,
 ) -> None:
     response = client.post("/webhooks/standard", data=data, content_type=content_type)
+
+    # The one log line the refusal leaves (there is no access log), with its code.
+    refused = [r for r in caplog.records if r.getMessage() == "refused"]
+    assert [(r.outcome, r.status) for r in refused] == [(code, status)]  # type: ignore[attr-defined]
 
     assert response.status_code == status
     assert response.get_json() == {
