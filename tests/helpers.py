@@ -32,3 +32,18 @@ def dedup_keys(client: redis.Redis) -> list[bytes]:
 def post_json(client: Any, path: str, body: Any, **headers: str) -> Any:
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
     return client.post(path, data=data, content_type="application/json", headers=headers)
+
+
+def retell_call_ended(call_id: str) -> str:
+    """A Retell ``call_ended`` body as Retell sends it (the fault suite and the sweeper
+    tests send this one)."""
+    call = {
+        "call_id": call_id,
+        "call_status": "ended",
+        "direction": "inbound",
+        "from_number": "+4915112345678",
+        "to_number": "+4930901820",
+        "start_timestamp": 1764061200000,
+        "end_timestamp": 1764061260000,
+    }
+    return json.dumps({"event": "call_ended", "call": call})

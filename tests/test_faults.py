@@ -38,6 +38,7 @@ from models import Call
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
+from tests.helpers import retell_call_ended
 from tests.processes import Processes, request, running_fleet
 from tests.servers import MariaDBServer, RedisServer, wait_until
 
@@ -102,20 +103,7 @@ class Stack:
 
 
 def call_body(call_id: str) -> bytes:
-    return json.dumps(
-        {
-            "event": "call_ended",
-            "call": {
-                "call_id": call_id,
-                "call_status": "ended",
-                "direction": "inbound",
-                "from_number": "+4915112345678",
-                "to_number": "+4930901820",
-                "start_timestamp": 1764061200000,
-                "end_timestamp": 1764061260000,
-            },
-        }
-    ).encode()
+    return retell_call_ended(call_id).encode()
 
 
 def deliver(

@@ -23,7 +23,7 @@ from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
-from tests.helpers import QUEUES, queued
+from tests.helpers import QUEUES, queued, retell_call_ended
 from tests.processes import ROOT, request, running_fleet
 from tests.servers import clean_env, sqlite_url, wait_until
 from workers.celery_app import celery_config
@@ -256,20 +256,6 @@ def test_sweep_and_replay_publish_each_event_on_the_queue_it_names(
         ("lost_no_queue", False)
     ]
     assert [(k["event_id"], k["replay"]) for k in on["hookfleet.low"]] == [("given_up", True)]
-
-
-def retell_call_ended(call_id: str) -> str:
-    """A Retell ``call_ended`` body as Retell sends it (and the fault suite does)."""
-    call = {
-        "call_id": call_id,
-        "call_status": "ended",
-        "direction": "inbound",
-        "from_number": "+4915112345678",
-        "to_number": "+4930901820",
-        "start_timestamp": 1764061200000,
-        "end_timestamp": 1764061260000,
-    }
-    return json.dumps({"event": "call_ended", "call": call})
 
 
 @pytest.mark.e2e
