@@ -76,6 +76,8 @@ return redis.call('HDEL', KEYS[1], ARGV[1])
 
 #: Longest idle wait when a consumer reads several queues (it wakes only for the first).
 MULTI_QUEUE_WAIT_S = 0.1
+#: At most one "connection was replaced" line per channel this often (seconds).
+SKIP_LOG_EVERY_S = 5.0
 #: A key nobody pushes to: ``BLPOP`` on it is a sleep that a full Redis still allows.
 IDLE_KEY = "hookfleet.consumer.idle"
 #: The idle sleep while Redis is full, and how long to keep using it before trying the
@@ -109,11 +111,18 @@ class QoS(kredis.QoS):
         return transport is None or getattr(transport, "client", None) is None
 
     def _skip(self, what: str, count: int) -> None:
+        # A cancelled batch settles fifty messages at once: one line per few seconds.
+        self._skipped = getattr(self, "_skipped", 0) + count
+        if monotonic() - getattr(self, "_skip_logged_at", float("-inf")) < SKIP_LOG_EVERY_S:
+            return
         log.warning(
-            "broker connection was replaced: %s of %d message(s) left to the visibility timeout",
+            "broker connection was replaced: settling %d message(s) left to the "
+            "visibility timeout (latest: %s)",
+            self._skipped,
             what,
-            count,
         )
+        self._skipped = 0
+        self._skip_logged_at = monotonic()
 
     def restore_unacked(self, client: Any = None) -> None:
         if self._detached():
