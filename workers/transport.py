@@ -20,7 +20,6 @@ script without it and stop consuming while Redis is full, as stock kombu does.
 
 from __future__ import annotations
 
-import functools
 import logging
 from time import monotonic, time
 from typing import Any
@@ -91,7 +90,8 @@ class QoS(kredis.QoS):
     and acknowledges with a script a full Redis still runs."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        if self.channel.recorded.pop(delivery_tag, None):
+        if delivery_tag in self.channel.recorded:
+            self.channel.recorded.remove(delivery_tag)
             virtual.QoS.append(self, message, delivery_tag)
         else:  # basic_get and other paths that did not go through the script
             super().append(message, delivery_tag)
@@ -106,14 +106,17 @@ class QoS(kredis.QoS):
     # message that ran already is a no-op the second time (its event is processed).
     # So on a detached channel these only do kombu's in-memory bookkeeping.
 
+    _skipped = 0
+    _skip_logged_at = float("-inf")
+
     def _detached(self) -> bool:
         transport = getattr(self.channel, "connection", None)
         return transport is None or getattr(transport, "client", None) is None
 
     def _skip(self, what: str, count: int) -> None:
         # A cancelled batch settles fifty messages at once: one line per few seconds.
-        self._skipped = getattr(self, "_skipped", 0) + count
-        if monotonic() - getattr(self, "_skip_logged_at", float("-inf")) < SKIP_LOG_EVERY_S:
+        self._skipped += count
+        if monotonic() - self._skip_logged_at < SKIP_LOG_EVERY_S:
             return
         log.warning(
             "broker connection was replaced: settling %d message(s) left to the "
@@ -125,15 +128,13 @@ class QoS(kredis.QoS):
         self._skip_logged_at = monotonic()
 
     def restore_unacked(self, client: Any = None) -> None:
-        if self._detached():
-            self._skip("restore", len(self._delivered))
-            self._delivered.clear()
-            return
-        try:
-            super().restore_unacked(client)
-        except self.channel.connection_errors:
-            self._skip("restore", len(self._delivered))
-            self._delivered.clear()
+        if not self._detached():
+            try:
+                return super().restore_unacked(client)
+            except self.channel.connection_errors:
+                pass
+        self._skip("restore", len(self._delivered))
+        self._delivered.clear()
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         if not requeue:
@@ -164,25 +165,25 @@ class Channel(kredis.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.global_keyprefix:  # keys would need prefixing inside the scripts
+            raise InconsistencyError("global_keyprefix is not supported by Hookfleet")
         #: Delivery tags popped by the script whose QoS.append is still to come.
-        self.recorded: dict[str, bool] = {}
+        self.recorded: set[str] = set()
         self._idle = True
         self._pending = 0
         self._plain_wait_until = 0.0
 
     @cached_property
-    def _redis_major(self) -> int:
+    def _script_flags(self) -> str:
+        """``allow-oom`` where the server knows script flags (Redis 7), else nothing."""
         with self.conn_or_acquire() as client:
-            return int(str(client.info("server")["redis_version"]).split(".")[0])
+            major = int(str(client.info("server")["redis_version"]).split(".")[0])
+        return "#!lua flags=allow-oom\n" if major >= 7 else ""
 
-    @functools.cache  # noqa: B019 -- two bodies per channel, channels are few
     def script(self, body: str) -> str:
-        """``body`` flagged ``allow-oom`` where the server knows script flags (Redis 7)."""
-        return "#!lua flags=allow-oom\n" + body if self._redis_major >= 7 else body
+        return self._script_flags + body
 
     def _brpop_start(self, timeout: float | None = None) -> None:
-        if self.global_keyprefix:  # keys would need prefixing inside the script
-            raise InconsistencyError("global_keyprefix is not supported by Hookfleet")
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
@@ -234,7 +235,7 @@ class Channel(kredis.Channel):
                 raise virtual.Empty()
             self._queue_cycle.rotate(dest)
             payload = loads(kredis.bytes_to_str(item))
-            self.recorded[payload["properties"]["delivery_tag"]] = True
+            self.recorded.add(payload["properties"]["delivery_tag"])
             self.connection._deliver(payload, dest)
             return True
         finally:
