@@ -84,15 +84,19 @@ INBOUND_ANSWER_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0),
 )
 
+# The labelled series, looked up by a dict per answer rather than by ``labels()``.
+_RECEIVED: dict[tuple[str, str], Any] = {}
+_DURATION: dict[str, Any] = {}
+
 ops = Blueprint("ops", __name__)
 
 
 def init_app(app: Flask, settings: Settings) -> None:
     """Count every webhook answer and serve the operator endpoints."""
     for provider in (*REGISTRY, "unknown"):
-        INGEST_DURATION.labels(provider=provider)
+        _DURATION[provider] = INGEST_DURATION.labels(provider=provider)
         for outcome in OUTCOMES:
-            RECEIVED.labels(provider=provider, outcome=outcome)
+            _RECEIVED[provider, outcome] = RECEIVED.labels(provider=provider, outcome=outcome)
     declare_shared_metrics()
     app.extensions["hookfleet_probe"] = Probe(settings)
     app.after_request(_count)
@@ -106,8 +110,8 @@ def _count(response: Response) -> Response:
     provider = parts[2] if parts[2] in REGISTRY else "unknown"
     outcome = outcome_of(response)
     elapsed = time.perf_counter() - g.started  # set by views._correlate
-    RECEIVED.labels(provider=provider, outcome=outcome).inc()
-    INGEST_DURATION.labels(provider=provider).observe(elapsed)
+    _RECEIVED[provider, outcome].inc()
+    _DURATION[provider].observe(elapsed)
     if outcome == "answered":
         INBOUND_ANSWER_DURATION.observe(elapsed)
     return response

@@ -9,6 +9,7 @@ against what ``send_task`` really writes, and the end-to-end tests have a stock
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -18,6 +19,8 @@ from typing import Any
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _origin: tuple[int, str] | None = None
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_string = json.encoder.encode_basestring_ascii
 
 
 def _origin_name() -> str:
@@ -27,6 +30,46 @@ def _origin_name() -> str:
     if _origin is None or _origin[0] != pid:
         _origin = (pid, f"gen{pid}@{socket.gethostname()}")
     return _origin[1]
+
+
+_CELERY_HEADERS = frozenset(
+    "lang task id shadow eta expires group group_index retries timelimit root_id parent_id "
+    "argsrepr kwargsrepr origin ignore_result replaced_task_nesting stamped_headers stamps".split()
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_parts(task_name: str, queue: str, origin: str) -> tuple[str, str]:
+    """The headers and properties that are the same for every message of a task on a
+    queue, as JSON members: built once, then joined with what varies (ids, body)."""
+    headers: dict[str, Any] = {
+        "lang": "py",
+        "task": task_name,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "parent_id": None,
+        "argsrepr": "()",
+        "origin": origin,
+        "ignore_result": True,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+    }
+    properties = {
+        "reply_to": "",
+        "delivery_mode": 2,
+        # Exchange "" is the default direct exchange: a retry republishes the task
+        # to the same queue by its routing key.
+        "delivery_info": {"exchange": "", "routing_key": queue},
+        "priority": 0,
+        "body_encoding": "base64",
+    }
+    return _dumps(headers)[1:-1], _dumps(properties)[1:-1]
 
 
 def build_task_message(
@@ -42,47 +85,23 @@ def build_task_message(
 
     ``kwargsrepr`` is what Celery shows for the arguments in logs and monitors; callers
     pass a short summary so payloads (and the personal data in them) stay out of logs.
+    The receiver builds one per delivery, so the parts that never change are kept as
+    JSON text (:func:`_fixed_parts`) and only the ids, the body and the extra headers
+    are encoded each time.
     """
     task_id = task_id or str(uuid.uuid4())
-    body = json.dumps([[], kwargs, _EMBED], separators=(",", ":"))
-    headers: dict[str, Any] = {
-        "lang": "py",
-        "task": task_name,
-        "id": task_id,
-        "shadow": None,
-        "eta": None,
-        "expires": None,
-        "group": None,
-        "group_index": None,
-        "retries": 0,
-        "timelimit": [None, None],
-        "root_id": task_id,
-        "parent_id": None,
-        "argsrepr": "()",
-        "kwargsrepr": kwargsrepr or "{...}",
-        "origin": _origin_name(),
-        "ignore_result": True,
-        "replaced_task_nesting": 0,
-        "stamped_headers": None,
-        "stamps": {},
-    }
+    body = b64encode(_dumps([[], kwargs, _EMBED]).encode()).decode("ascii")
+    headers, properties = _fixed_parts(task_name, queue, _origin_name())
+    task = _string(task_id)
+    varying = {"kwargsrepr": kwargsrepr or "{...}"}
     if extra_headers:
-        headers.update(extra_headers)
-    envelope = {
-        "body": b64encode(body.encode()).decode("ascii"),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": headers,
-        "properties": {
-            "correlation_id": task_id,
-            "reply_to": "",
-            "delivery_mode": 2,
-            # Exchange "" is the default direct exchange: a retry republishes the task
-            # to the same queue by its routing key.
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-        },
-    }
-    return task_id, json.dumps(envelope, separators=(",", ":"))
+        if not _CELERY_HEADERS.isdisjoint(extra_headers):
+            raise ValueError(f"extra headers may not replace Celery's: {sorted(extra_headers)}")
+        varying.update(extra_headers)
+    message = (
+        f'{{"body":"{body}","content-encoding":"utf-8","content-type":"application/json",'
+        f'"headers":{{{headers},"id":{task},"root_id":{task},{_dumps(varying)[1:-1]}}},'
+        f'"properties":{{"correlation_id":{task},{properties},'
+        f'"delivery_tag":"{uuid.uuid4()}"}}}}'
+    )
+    return task_id, message

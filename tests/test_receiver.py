@@ -211,6 +211,44 @@ def test_redis_down_is_503_with_retry_after_and_the_retry_is_accepted(tmp_path: 
         server.stop()
 
 
+def test_each_delivery_costs_redis_one_command(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    post_json(client, "/webhooks/standard", EVENT, **{"webhook-id": "warm-up"})
+    redis_client.config_resetstat()
+
+    for i in range(3):
+        post_json(client, "/webhooks/standard", EVENT, **{"webhook-id": f"one-command-{i}"})
+    post_json(client, "/webhooks/standard", EVENT, **{"webhook-id": "one-command-0"})
+
+    calls = {name: stat["calls"] for name, stat in redis_client.info("commandstats").items()}
+    # What the claim script runs inside counts too; nothing else was sent (no PING, no
+    # SCRIPT EXISTS, no second round trip).
+    inside = {"cmdstat_get", "cmdstat_llen", "cmdstat_lpush", "cmdstat_set"}
+    assert calls.pop("cmdstat_evalsha") == 4
+    assert set(calls) - inside == {"cmdstat_config|resetstat"}
+    assert total_queued(redis_client) == 4  # the warm-up and three; the repeat was not
+
+
+def test_after_redis_restarts_the_next_delivery_is_accepted(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        client = create_app(
+            {"HOOKFLEET_REDIS_URL": server.url, "HOOKFLEET_STANDARD_VERIFY": "off"}
+        ).test_client()
+        first = post_json(client, "/webhooks/standard", EVENT, **{"webhook-id": "before"})
+        assert first.status_code == 202
+        server.stop()
+        server.start()  # same port; the receiver's connections are now dead
+
+        after = post_json(client, "/webhooks/standard", EVENT, **{"webhook-id": "after"})
+
+        assert after.status_code == 202
+        assert total_queued(server.client()) >= 1
+    finally:
+        server.stop()
+
+
 def test_redis_out_of_memory_is_503_and_leaves_no_claim(
     client: FlaskClient, redis_client: redis.Redis
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import redis
 from celery import Celery
 
@@ -54,3 +55,11 @@ def test_kwargsrepr_keeps_the_payload_out_of_monitoring() -> None:
     )
 
     assert json.loads(raw)["headers"]["kwargsrepr"] == "{'event_id': 'e'}"
+
+
+def test_extra_headers_travel_with_the_message_but_cannot_replace_celerys() -> None:
+    _, raw = build_task_message("t", {}, "q", extra_headers={"hookfleet_correlation_id": "c1"})
+    assert json.loads(raw)["headers"]["hookfleet_correlation_id"] == "c1"
+
+    with pytest.raises(ValueError, match="Celery"):
+        build_task_message("t", {}, "q", extra_headers={"id": "mine"})

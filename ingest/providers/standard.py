@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
+import functools
 import hmac
 import re
 import time
@@ -28,6 +28,7 @@ from models.settings import ProviderSettings
 _TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
 
 
+@functools.lru_cache(maxsize=64)  # the configured secrets, decoded once per process
 def decode_secret(secret: str) -> bytes:
     """The key bytes of a ``whsec_<base64>`` secret (the prefix is optional).
 
@@ -47,7 +48,7 @@ def decode_secret(secret: str) -> bytes:
 def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     """The ``v1,<base64>`` signature a sender puts in ``webhook-signature``."""
     content = f"{webhook_id}.{timestamp}.".encode() + body
-    digest = hmac.new(decode_secret(secret), content, hashlib.sha256).digest()
+    digest = hmac.digest(decode_secret(secret), content, "sha256")
     return "v1," + base64.b64encode(digest).decode()
 
 
