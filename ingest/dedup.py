@@ -265,7 +265,7 @@ def _pack(command: Sequence[object]) -> bytes:
     """One command in RESP, the way redis-py packs it but in a single bytes object."""
     parts = [b"*%d\r\n" % len(command)]
     for arg in command:
-        data = str(arg).encode()
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
 
