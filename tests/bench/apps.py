@@ -7,6 +7,10 @@
   with: verify the signature, ``SET NX`` the idempotency key, ``send_task`` one Celery
   message, answer. It verifies with the same function as Hookfleet, so the comparison
   is about everything after verification.
+- :func:`without_claim_app` is a diagnostic, not a mode Hookfleet has: the shipped
+  receiver with the Redis claim replaced by an answer of "accepted" (nothing is queued).
+  Against the real receiver in the same run it shows what the one Redis round trip
+  per delivery costs, and against the ceiling what everything else costs.
 """
 
 from __future__ import annotations
@@ -18,11 +22,20 @@ import redis
 from celery import Celery
 from flask import Flask, Response, jsonify, request
 
+from ingest import create_app
+from ingest.dedup import Admission
 from ingest.providers.base import Delivery, VerificationError
 from ingest.providers.standard import verify_standard_signature
 from models.settings import Settings
 
 USUAL_QUEUE = "bench.usual"
+
+
+class _NoClaim:
+    """A dedup gate that admits everything and touches nothing (diagnostic only)."""
+
+    def admit(self, *_args: object, **_kwargs: object) -> Admission:
+        return Admission(accepted=True)
 
 
 def ceiling_app() -> Flask:
@@ -84,4 +97,12 @@ def usual_recipe_app() -> Flask:
     def healthz() -> str:
         return "ok"
 
+    return app
+
+
+def without_claim_app() -> Flask:
+    """The shipped receiver minus its Redis round trip: every delivery is "accepted"
+    and nothing is queued. For the benchmark's breakdown only."""
+    app = create_app()
+    app.extensions["hookfleet_gate"] = _NoClaim()
     return app

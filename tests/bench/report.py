@@ -129,6 +129,12 @@ def _growth(memory: dict[str, Any], who: str) -> float | None:
     return max(after) / max(before) - 1
 
 
+_LABELS = {
+    "usual-recipe": "usual-recipe (comparison)",
+    "no-claim-standard": "no-claim-standard (diagnostic: Hookfleet minus its Redis call)",
+}
+
+
 def render_table(report: dict[str, Any]) -> str:
     """The run as Markdown tables (the README's Performance section is one of these)."""
     cases, summary = report["cases"], report["summary"]
@@ -150,7 +156,7 @@ def render_table(report: dict[str, Any]) -> str:
         r = ratios.get(name, {})
         half = case.get("half_rate")
         half_text = f"{half['p99_ms']:.1f} @ {half['rate']:.0f}/s" if half else ""
-        label = f"{name} (comparison)" if name == "usual-recipe" else name
+        label = _LABELS.get(name, name)
         lines.append(
             f"| {label} | {case['rate']:.0f} | {case['p50_ms']:.2f} | {case['p99_ms']:.2f} | "
             f"{case['errors']} | {_pct(r.get('vs_ceiling'))} | {_x(r.get('vs_usual_recipe'))} "
@@ -227,7 +233,13 @@ def write_plot(report: dict[str, Any], path: Path) -> Path | None:
     )
     ax = axes[0][0]
     colors = [
-        "#888888" if n == "ceiling" else "#d9822b" if n == "usual-recipe" else "#2b6cb0"
+        "#888888"
+        if n == "ceiling"
+        else "#d9822b"
+        if n == "usual-recipe"
+        else "#bbbbbb"
+        if n == "no-claim-standard"
+        else "#2b6cb0"
         for n, _ in receivers
     ]
     ax.bar([n for n, _ in receivers], [c["rate"] for _, c in receivers], color=colors)

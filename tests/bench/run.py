@@ -38,6 +38,8 @@ RECEIVER_CASES: dict[str, tuple[str, str, float, bool]] = {
     "ceiling": ("tests.bench.apps:ceiling_app()", "standard", 0.0, False),
     "usual-recipe": ("tests.bench.apps:usual_recipe_app()", "standard", 0.0, False),
     "hookfleet-standard": ("ingest:create_app()", "standard", 0.0, True),
+    # Diagnostic: the same receiver without its Redis claim (see tests/bench/apps.py).
+    "no-claim-standard": ("tests.bench.apps:without_claim_app()", "standard", 0.0, False),
     "hookfleet-standard-dup30": ("ingest:create_app()", "standard", 0.3, False),
     "hookfleet-stripe": ("ingest:create_app()", "stripe", 0.0, False),
     "hookfleet-stripe-dup30": ("ingest:create_app()", "stripe", 0.3, False),
