@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.bench import profile
 from tests.processes import ROOT
 from tests.servers import RedisServer
 
@@ -30,6 +31,7 @@ def test_benchmark_smoke_run_reports_both_receivers(
             "--connections=4",
             "--generator=python",
             "--cases=ceiling,hookfleet-standard",
+            "--rounds=2",
             f"--redis-url={redis_server.url}",
             f"--database-url=sqlite:///{tmp_path / 'bench.db'}",
             f"--output={output}",
@@ -48,3 +50,27 @@ def test_benchmark_smoke_run_reports_both_receivers(
     assert hookfleet["queued"] == hookfleet["requests"]
     assert 0 < report["summary"]["ratios"]["hookfleet-standard"]["vs_ceiling"]
     assert "| hookfleet-standard |" in done.stdout
+    # Headline cases run in rounds; of two, the slower one stands for the case.
+    for case in (ceiling, hookfleet):
+        assert len(case["rounds"]) == 2
+        assert case["rate"] == min(r["rate"] for r in case["rounds"])
+
+
+def test_profile_counts_a_sample_for_every_part_on_its_stack(tmp_path: Path) -> None:
+    raw = tmp_path / "pyspy.txt"
+    raw.write_text(
+        "run (gunicorn/workers/gthread.py:1);Flask.wsgi_app (flask/app.py:2);"
+        "receive (ingest/views.py:3);_admit (ingest/views.py:4) 3\n"
+        "run (gunicorn/workers/gthread.py:1);Flask.wsgi_app (flask/app.py:2);"
+        "_count (ingest/metrics.py:5) 1\n"
+        "run (gunicorn/workers/gthread.py:1);parse (gunicorn/http/parser.py:6) 4\n"
+    )
+
+    total, parts = profile.shares(raw)
+
+    share = dict(parts)
+    assert total == 8
+    assert share["the whole WSGI app (Flask and ours)"] == 0.5
+    assert share["  our webhook view"] == share["    the Redis claim (client side)"] == 3 / 8
+    assert share["  metrics (after the view)"] == 1 / 8
+    assert share["    verify the signature"] == 0

@@ -162,6 +162,14 @@ def render_table(report: dict[str, Any]) -> str:
             f"{case['errors']} | {_pct(r.get('vs_ceiling'))} | {_x(r.get('vs_usual_recipe'))} "
             f"| {half_text} |"
         )
+    rounds = [
+        name + " " + " / ".join(f"{r['rate']:.0f}" for r in case["rounds"])
+        for name, case in cases.items()
+        if len(case.get("rounds", [])) > 1
+    ]
+    if rounds:
+        lines += ["", "Rounds, req/s in the order run (the median one is in the table): "]
+        lines[-1] += "; ".join(rounds) + "."
     workers = [n for n in ("celery-noop", "hookfleet-worker", "naive-worker") if n in cases]
     if workers or "end-to-end" in cases:
         lines += [
