@@ -163,13 +163,13 @@ def render_table(report: dict[str, Any]) -> str:
             f"| {half_text} |"
         )
     rounds = [
-        name + " " + " / ".join(f"{r['rate']:.0f}" for r in case["rounds"])
+        name + " " + " / ".join(_round(r) for r in case["rounds"])
         for name, case in cases.items()
         if len(case.get("rounds", [])) > 1
     ]
     if rounds:
-        lines += ["", "Rounds, req/s in the order run (the median one is in the table): "]
-        lines[-1] += "; ".join(rounds) + "."
+        lines += ["", "Rounds in the order run, req/s (p99 ms at half rate); the table shows "]
+        lines[-1] += "the median of each: " + "; ".join(rounds) + "."
     workers = [n for n in ("celery-noop", "hookfleet-worker", "naive-worker") if n in cases]
     if workers or "end-to-end" in cases:
         lines += [
@@ -207,6 +207,11 @@ def render_table(report: dict[str, Any]) -> str:
         measured = "" if t["measured"] is None else f"{t['measured']} {t['unit']}"
         lines.append(f"| {t['target']} | {t['goal']} {t['unit']} | {measured} | {met} |")
     return "\n".join(lines)
+
+
+def _round(case: dict[str, Any]) -> str:
+    half = case.get("half_rate")
+    return f"{case['rate']:.0f}" + (f" ({half['p99_ms']:.1f})" if half else "")
 
 
 def _pct(value: float | None) -> str:
