@@ -440,7 +440,13 @@ def test_a_flood_on_low_does_not_delay_high(tmp_path: Path, mariadb_server: Mari
     row["high_p99_s"] = round(p99, 3)
     assert_exactly_once(row)
     row["low_backlog_after"] = low_backlog
-    assert p99 < 2.0, waits[-5:]
+    # The high events overtook the flood: when the last of them was processed, most of
+    # the low events accepted before them were still waiting (2,700-2,800 of 3,000 in
+    # every run so far). Their own wait is typically ~1 s; the bound leaves room for a
+    # busy 2-core machine (one local run measured 2.25 s) and still fails if they had
+    # queued behind the flood.
+    assert low_backlog >= 1500, low_backlog
+    assert p99 < 5.0, waits[-5:]
 
 
 # --- Slow work, shutdown, poison --------------------------------------------------------------
