@@ -32,17 +32,9 @@ def _origin_name() -> str:
     return _origin[1]
 
 
-_CELERY_HEADERS = frozenset(
-    "lang task id shadow eta expires group group_index retries timelimit root_id parent_id "
-    "argsrepr kwargsrepr origin ignore_result replaced_task_nesting stamped_headers stamps".split()
-)
-
-
-@functools.lru_cache(maxsize=256)
-def _fixed_parts(task_name: str, queue: str, origin: str) -> tuple[str, str]:
-    """The headers and properties that are the same for every message of a task on a
-    queue, as JSON members: built once, then joined with what varies (ids, body)."""
-    headers: dict[str, Any] = {
+def _fixed_headers(task_name: str, origin: str) -> dict[str, Any]:
+    """Celery's headers that do not vary from one message of a task to the next."""
+    return {
         "lang": "py",
         "task": task_name,
         "shadow": None,
@@ -60,6 +52,16 @@ def _fixed_parts(task_name: str, queue: str, origin: str) -> tuple[str, str]:
         "stamped_headers": None,
         "stamps": {},
     }
+
+
+# Every header Celery writes: extra headers may add to them, never replace one.
+_CELERY_HEADERS = frozenset(_fixed_headers("", "")) | {"id", "root_id", "kwargsrepr"}
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_parts(task_name: str, queue: str, origin: str) -> tuple[str, str]:
+    """The headers and properties that are the same for every message of a task on a
+    queue, as JSON members: built once, then joined with what varies (ids, body)."""
     properties = {
         "reply_to": "",
         "delivery_mode": 2,
@@ -69,7 +71,7 @@ def _fixed_parts(task_name: str, queue: str, origin: str) -> tuple[str, str]:
         "priority": 0,
         "body_encoding": "base64",
     }
-    return _dumps(headers)[1:-1], _dumps(properties)[1:-1]
+    return _dumps(_fixed_headers(task_name, origin))[1:-1], _dumps(properties)[1:-1]
 
 
 def build_task_message(

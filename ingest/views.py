@@ -310,7 +310,8 @@ def _read_delivery(limit: int) -> Delivery:
     return Delivery(body=body, headers=_lower_headers(request.environ), received_at=time.time())
 
 
-_ENTITY_HEADERS = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})  # as werkzeug: unused
+# Some servers also set these; like werkzeug, the CONTENT_* variables are the real ones.
+_ENTITY_HEADERS = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})
 
 
 def _lower_headers(environ: dict[str, Any]) -> dict[str, str]:

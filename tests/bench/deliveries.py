@@ -25,6 +25,8 @@ SECRETS = {
     "calcom": "bench-calcom-secret",
     "retell": "key_bench_retell_api_key",
 }
+# The same, as the environment a receiver under load is started with.
+SECRET_ENV = {f"HOOKFLEET_{p.upper()}_SECRETS": s for p, s in SECRETS.items()}
 # The branch every warm call_inbound request dials (seeded by the benchmark).
 WARM_NUMBER = "+4930901820"
 

@@ -100,9 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         HOOKFLEET_REDIS_URL=redis_server.url,
         HOOKFLEET_DATABASE_URL=sqlite_url(work),
         HOOKFLEET_VAR_DIR=str(work),
+        **deliveries.SECRET_ENV,
     )
-    for provider, secret in deliveries.SECRETS.items():
-        env[f"HOOKFLEET_{provider.upper()}_SECRETS"] = secret
     requests = work / "requests"
     count = int(6500 * (args.seconds + 3))
     deliveries.write_requests(requests, deliveries.requests("standard", count, 0.0, start=0))

@@ -93,15 +93,13 @@ class Bench:
         return url
 
     def env(self, database_url: str, **extra: str) -> dict[str, str]:
-        env = clean_env(
+        return clean_env(
             HOOKFLEET_REDIS_URL=self.redis_url,
             HOOKFLEET_DATABASE_URL=database_url,
             HOOKFLEET_VAR_DIR=str(self.work),
+            **deliveries.SECRET_ENV,
             **extra,
         )
-        for provider, secret in deliveries.SECRETS.items():
-            env[f"HOOKFLEET_{provider.upper()}_SECRETS"] = secret
-        return env
 
     def requests_file(self, name: str, kind: str, dups: float, count: int, start: int) -> Path:
         path = self.work / f"{name}.requests"
@@ -153,10 +151,7 @@ class Bench:
         if paced:
             # The tail at half rate is the noisiest figure: its own median round.
             median["half_rate"] = _median(paced, lambda r: r["half_rate"]["p99_ms"])["half_rate"]
-        self.results[name] = {
-            **{k: v for k, v in median.items() if k != "rounds"},
-            "rounds": [{k: v for k, v in r.items() if k != "rounds"} for r in rounds],
-        }
+        self.results[name] = {**median, "rounds": rounds}
         print(f"  {name}: {result['rate']:.0f}/s p99 {result['p99_ms']:.1f} ms", flush=True)
 
     def seed_branches(self, database_url: str, cold: int) -> None:
