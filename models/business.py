@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Any
 
@@ -123,8 +124,18 @@ class Agent(Base):
 
 
 def normalize_email(value: str | None) -> str | None:
-    """Lower-cased and trimmed; empty means unknown (NULL), so UNIQUE allows many."""
+    """An e-mail address as Hookfleet stores and compares it; None (unknown) when blank.
+
+    Trimmed, Unicode NFC (RFC 6532 §3.1: the composed and decomposed spellings of
+    ``ü`` are one address) and lower-cased — nothing else. Lower-casing the local part
+    is a decision: RFC 5321 §2.4 lets a mail server tell ``Ada@`` from ``ada@`` but
+    calls relying on it "discouraged", no common provider does, and people type their
+    address in any case, so a case-sensitive key would split one person. No accent
+    or other folding: ``jürgen@`` and ``jurgen@`` are different mailboxes, so different
+    people (``str.lower``, not ``casefold``: ``straße@`` stays distinct from ``strasse@``).
+    Empty means unknown (NULL), so the unique key allows many.
+    """
     if value is None:
         return None
-    text = value.strip().lower()
+    text = unicodedata.normalize("NFC", value.strip()).lower()
     return text or None

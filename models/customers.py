@@ -1,36 +1,75 @@
-"""``customers``: the people who call and book, found again by email or phone."""
+"""``customers``: the people who call and book, one row per person per company.
+
+The identity rule that fills this table is :func:`workers.customers.find_or_create_customer`;
+the table holds the two keys that make the rule safe under concurrency.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Index, Integer, String
+from sqlalchemy import Boolean, Index, Integer, String, UniqueConstraint
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from models.base import Base, UTCDateTime, optional_link, utcnow
 from models.business import normalize_email
 from models.phones import normalize_phone
 
+# What "no company" is in the unique keys: NULLs never collide in a UNIQUE index (on
+# MariaDB or SQLite), so a NULL company would let two workers create the same caller.
+NO_COMPANY = 0
+
+
+def identity_text(length: int) -> String:
+    """A column compared byte for byte. MariaDB's default ``utf8mb4_general_ci`` (and
+    ``utf8mb4_unicode_ci``) compare ``jürgen`` equal to ``Jurgen``; ``utf8mb4_bin``
+    compares what was stored, already normalized by the model. SQLite's default
+    collation is BINARY already."""
+    return String(length).with_variant(
+        mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+    )
+
 
 class Customer(Base):
-    """A caller or booker. ``phone`` is E.164 when ``phone_valid``; else as given.
+    """A caller or booker of one company. ``phone`` is E.164 when ``phone_valid``;
+    else as given.
 
-    ``email`` is UNIQUE and NULL when unknown (both backends allow many NULLs).
-    ``company_id`` is NULL for a caller of a number no branch owns.
+    ``company_key`` is the company the customer was created for (``company_id``, or 0
+    for a caller of a number no branch owns) and is what the unique keys use. Deleting
+    the company sets ``company_id`` NULL but leaves the key, so its former customers
+    are never mixed with the company-less ones. ``email`` (see ``normalize_email``) is
+    UNIQUE per company, NULL when unknown (many allowed). ``phone_key`` is the valid phone this
+    customer is *found by*: set for the first customer of the company who gave the
+    number, NULL for the others sharing it (a family landline) — UNIQUE per company,
+    so concurrent first contacts from one number create one customer.
     """
 
     __tablename__ = "customers"
-    __table_args__ = (Index(None, "company_id", "phone"),)
+    __table_args__ = (
+        UniqueConstraint("company_key", "email"),
+        UniqueConstraint("company_key", "phone_key"),
+        Index(None, "company_id", "phone"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     company_id: Mapped[int | None] = optional_link("companies")
+    company_key: Mapped[int] = mapped_column(
+        Integer, default=NO_COMPANY, server_default=str(NO_COMPANY)
+    )
     name: Mapped[str | None] = mapped_column(String(200), default=None)
-    email: Mapped[str | None] = mapped_column(String(191), default=None, unique=True)
-    phone: Mapped[str | None] = mapped_column(String(32), default=None)
+    email: Mapped[str | None] = mapped_column(identity_text(191), default=None)
+    phone: Mapped[str | None] = mapped_column(identity_text(32), default=None)
+    phone_key: Mapped[str | None] = mapped_column(identity_text(32), default=None)
     phone_type: Mapped[str | None] = mapped_column(String(32), default=None)
     phone_valid: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    @validates("company_id")
+    def _company_key(self, _key: str, value: int | None) -> int | None:
+        self.company_key = NO_COMPANY if value is None else value
+        return value
 
     @validates("phone")
     def _normalize_phone(self, _key: str, value: str | None) -> str | None:
@@ -42,7 +81,7 @@ class Customer(Base):
         return phone.value[:32]
 
     @validates("email")
-    def _lower_email(self, _key: str, value: str | None) -> str | None:
+    def _normalize_email(self, _key: str, value: str | None) -> str | None:
         return normalize_email(value)
 
     def completeness(self) -> int:

@@ -1,15 +1,101 @@
-"""Finding the customer an event is about, or creating them, without duplicates."""
+"""The customer identity rule: who an event is about, found or created exactly once.
+
+A customer is one person of one company (``company_key``: the company, or 0 when no
+branch owns the number or event type). Every path that links a customer — Retell calls
+inbound and outbound, Cal.com bookings (every attendee, seats, reschedules) — goes
+through :func:`find_or_create_customer`; the integrity command merges by
+:func:`conflicts`, the same comparison.
+
+The rule, for a contact with an e-mail and/or a phone:
+
+1. **E-mail decides.** A contact with an e-mail is the company's customer with exactly
+   that address (``normalize_email``: trimmed, NFC, lower-cased, never accent-folded).
+2. **Else the number's customer.** Each valid E.164 number of a company has at most
+   one *holder* (``phone_key``): the first customer who gave it. A contact without an
+   e-mail (a call) is that holder. A contact whose e-mail is new is the holder too when
+   the holder has no e-mail (the caller now books: the e-mail is filled in) — but not
+   when the holder has another e-mail: then the number is shared (a family landline, a
+   receptionist booking for others) and the contact is a *new* customer with the same
+   phone. Nothing the contact said is dropped.
+3. **Nothing identifies no one.** Invalid numbers are kept on a new record but identify
+   no one (``anonymous`` would otherwise be one person); a contact with neither an
+   e-mail nor a valid number links to no customer.
+
+Known details are never overwritten: a missing one is filled in; a different one is a
+*conflict*, logged (``customer detail conflicts``) and left for a person (the event's
+raw payload keeps what it said; ``hookfleet integrity check`` lists merge candidates).
+
+Why it holds under concurrency: the database decides, not timing. UNIQUE
+(company_key, email) and UNIQUE (company_key, phone_key), with 0 for "no company"
+because NULLs never collide. Look-ups are plain reads, so a new person costs no gap
+lock (two inserts into one gap under REPEATABLE READ deadlock); a plain read may be an
+old snapshot (MariaDB's REPEATABLE READ fixes it at the transaction's first read), so:
+a row found is re-read with ``SELECT … FOR UPDATE``, which reads the latest committed
+version and holds it; a row missed is inserted and the unique key refuses the second
+insert — :class:`RaceLost`, and the retry, in a new transaction, finds the winner.
+"""
 
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.business import Company, normalize_email
-from models.customers import Customer
+from models.business import normalize_email
+from models.customers import NO_COMPANY, Customer
 from models.phones import normalize_phone
 from workers.retries import RaceLost
+
+log = logging.getLogger("hookfleet.worker.customers")
+
+
+@dataclass(frozen=True)
+class Details:
+    """What identifies a person: e-mail (normalized), phone (E.164 when valid), name."""
+
+    email: str | None = None
+    phone: str | None = None
+    name: str | None = None
+
+    @classmethod
+    def of(cls, customer: Customer) -> Details:
+        return cls(normalize_email(customer.email), customer.phone, customer.name or None)
+
+
+def conflicts(a: Details, b: Details) -> list[str]:
+    """The details both know and disagree on, of ``email``, ``phone``, ``name`` (names
+    compared ignoring case and spacing). Empty: nothing says they are two people."""
+    different = []
+    for name in ("email", "phone", "name"):
+        mine, theirs = getattr(a, name), getattr(b, name)
+        if mine is None or theirs is None:
+            continue
+        if name == "name":
+            mine, theirs = _plain_name(mine), _plain_name(theirs)
+        if mine != theirs:
+            different.append(name)
+    return different
+
+
+def _plain_name(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
+@dataclass(frozen=True)
+class Contact:
+    """One event's account of a person, normalized."""
+
+    company_id: int | None
+    details: Details
+    raw_phone: str | None  # an invalid number, kept on a new record as given
+
+    @property
+    def company_key(self) -> int:
+        return NO_COMPANY if self.company_id is None else self.company_id
 
 
 def find_or_create_customer(
@@ -20,66 +106,112 @@ def find_or_create_customer(
     email: str | None = None,
     name: str | None = None,
 ) -> Customer | None:
-    """The customer with this email (anywhere: email is UNIQUE), else with this phone
-    in this company (NULL company: callers of numbers no branch owns); created when
-    neither exists. Missing details are filled in, known ones never overwritten.
-    None when the event names neither a phone nor an email.
+    """The customer of company ``company_id`` (None: no company) these details are,
+    by the rule in this module's docstring; created when there is none.
 
-    Creation is serialized per company (the company row is locked), so two workers
-    seeing the same new caller at once create one customer. Raises RaceLost when a
-    concurrent insert of the same email wins; the caller's retry then finds it.
+    ``phone`` in any spelling (``normalize_phone``), ``email`` as given. Returns None
+    when there is neither an e-mail nor a valid phone. The returned row is locked
+    (MariaDB) until the transaction ends. Raises RaceLost when a concurrent transaction
+    inserted the same e-mail or number first: roll back and retry, the retry finds it.
     """
-    email = normalize_email(email)
-    number = normalize_phone(phone).value if phone and phone.strip() else None
-    if email is None and number is None:
+    contact = _contact(company_id, phone, email, name)
+    wanted = contact.details
+    if wanted.email is None and wanted.phone is None:
+        if contact.raw_phone:
+            log.info("no customer for a number that is not a valid phone number")
         return None
-    customer = _find(session, company_id, email, number)
-    if customer is None and company_id is not None:
-        session.execute(select(Company.id).where(Company.id == company_id).with_for_update())
-        customer = _find(session, company_id, email, number)
-    if customer is None:
-        customer = Customer(company_id=company_id, email=email, phone=number, name=name or None)
-        session.add(customer)
-        try:
-            session.flush()
-        except IntegrityError as error:
-            raise RaceLost(f"customer {email or number} was created concurrently") from error
-        return customer
-    _fill(customer, company_id, email, number, name)
+    if wanted.email is not None:
+        customer = _locked(session, Customer.email == wanted.email, contact)
+        if customer is not None:
+            _fill(session, customer, contact)
+            return customer
+    if wanted.phone is not None:
+        holder = _locked(session, Customer.phone_key == wanted.phone, contact)
+        if holder is not None:
+            if holder.email is None or holder.email == wanted.email:
+                _fill(session, holder, contact)
+                return holder
+            log.info(
+                "phone shared: a new customer with another customer's number",
+                extra={"customer_id": holder.id},
+            )
+            return _create(session, contact, holds_phone=False)
+    return _create(session, contact, holds_phone=wanted.phone is not None)
+
+
+def _contact(
+    company_id: int | None, phone: str | None, email: str | None, name: str | None
+) -> Contact:
+    number = raw = None
+    if phone and phone.strip():
+        normal = normalize_phone(phone)
+        number, raw = (normal.value, None) if normal.valid else (None, normal.value[:32])
+    details = Details(normalize_email(email), number, (name or "").strip()[:200] or None)
+    return Contact(company_id, details, raw)
+
+
+def _locked(session: Session, where: Any, contact: Contact) -> Customer | None:
+    """The company's customer matching ``where``, re-read locked and current.
+
+    The plain read finds the id without gap locks; ``FOR UPDATE`` by primary key then
+    reads the latest committed row (not the snapshot) and keeps it ours.
+    """
+    found = session.scalar(
+        select(Customer.id).where(Customer.company_key == contact.company_key, where)
+    )
+    if found is None:
+        return None
+    return session.scalars(
+        select(Customer)
+        .where(Customer.id == found)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+
+
+def _create(session: Session, contact: Contact, *, holds_phone: bool) -> Customer:
+    details = contact.details
+    customer = Customer(
+        company_id=contact.company_id,
+        email=details.email,
+        phone=details.phone or contact.raw_phone,
+        phone_key=details.phone if holds_phone else None,
+        name=details.name,
+    )
+    session.add(customer)
+    try:
+        session.flush()
+    except IntegrityError as error:
+        raise RaceLost("a customer with this e-mail or number was created concurrently") from (
+            error
+        )
     return customer
 
 
-def _find(
-    session: Session, company_id: int | None, email: str | None, number: str | None
-) -> Customer | None:
-    if email is not None:
-        found = session.scalars(select(Customer).where(Customer.email == email)).first()
-        if found is not None:
-            return found
-    if number is not None:
-        company = (
-            Customer.company_id.is_(None)
-            if company_id is None
-            else Customer.company_id == company_id
+def _fill(session: Session, customer: Customer, contact: Contact) -> None:
+    """Fill what ``customer`` lacks from the contact; log what disagrees (kept as is)."""
+    given = contact.details
+    clash = conflicts(Details.of(customer), given)
+    if clash:
+        log.warning(
+            "customer detail conflicts",
+            extra={"customer_id": customer.id, "conflicting": ",".join(clash)},
         )
-        return session.scalars(
-            select(Customer).where(company, Customer.phone == number).order_by(Customer.id)
-        ).first()
-    return None
-
-
-def _fill(
-    customer: Customer,
-    company_id: int | None,
-    email: str | None,
-    number: str | None,
-    name: str | None,
-) -> None:
-    if customer.company_id is None and company_id is not None:
-        customer.company_id = company_id
-    if customer.email is None and email is not None:
-        customer.email = email
-    if customer.phone is None and number is not None:
-        customer.phone = number
-    if not customer.name and name:
-        customer.name = name
+    if customer.email is None and given.email is not None:
+        customer.email = given.email
+    if customer.name is None and given.name is not None:
+        customer.name = given.name
+    if customer.phone is None and given.phone is not None:
+        customer.phone = given.phone
+        # The number's holder if it has none yet (the unique key settles a race).
+        holder = session.scalar(
+            select(Customer.id).where(
+                Customer.company_key == contact.company_key, Customer.phone_key == given.phone
+            )
+        )
+        if holder is None:
+            customer.phone_key = given.phone
+    try:
+        session.flush()
+    except IntegrityError as error:
+        raise RaceLost(f"customer {customer.id} was completed concurrently") from error
