@@ -15,70 +15,26 @@ the others are deleted together, or not at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, ForeignKey, Table, bindparam, exists, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError
 
 # The package, not single modules: every table must be in Base.metadata for the orphan scan.
-from models import Appointment, Base, Call, Customer
-from models.business import normalize_email
+from models import Base, Customer
 from models.phones import normalize_phone
+from workers.customer_merges import SHARED_PHONES, duplicate_customers
+from workers.integrity_report import EXAMPLES, Report, batches
+
+__all__ = ["Report", "check", "fix"]
 
 BATCH_SIZE = 1000
-EXAMPLES = 5
 
-DUPLICATE_EMAILS = "customers.email duplicate"
 CUSTOMER_PHONES = "customers.phone not E.164"
 BRANCH_PHONES = "branches.phone not E.164"
 NO_CUSTOMER = "appointments.customer_id NULL"
 INVALID_CUSTOMER_PHONES = "customers.phone invalid"
 INVALID_BRANCH_PHONES = "branches.phone invalid"
-SHARED_PHONES = "customers.phone shared"
-
-
-@dataclass
-class Finding:
-    """One kind of problem: how many rows (or groups) and the first few, described."""
-
-    kind: str
-    label: str
-    repairable: bool
-    count: int = 0
-    examples: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Report:
-    """What a run found (``applied`` False) or changed (True), per kind, in a fixed order.
-
-    ``problems`` counts what ``fix`` repairs; the rest (appointments without a customer,
-    invalid phones, phones now shared) is for a person to review: nothing automatic can
-    clear it, so it does not fail ``check``.
-    """
-
-    applied: bool
-    max_examples: int = EXAMPLES
-    findings: dict[str, Finding] = field(default_factory=dict)
-
-    def kind(self, kind: str, label: str, *, repairable: bool) -> None:
-        self.findings.setdefault(kind, Finding(kind, label, repairable))
-
-    def add(self, kind: str, example: str) -> None:
-        finding = self.findings[kind]
-        finding.count += 1
-        if len(finding.examples) < self.max_examples:
-            finding.examples.append(example)
-
-    def counts(self) -> dict[str, int]:
-        """Kinds with something found, and how much."""
-        return {f.kind: f.count for f in self.findings.values() if f.count}
-
-    @property
-    def problems(self) -> int:
-        return sum(f.count for f in self.findings.values() if f.repairable)
 
 
 def check(engine: Engine, *, batch_size: int = BATCH_SIZE, examples: int = EXAMPLES) -> Report:
@@ -105,7 +61,9 @@ def _run(engine: Engine, *, apply: bool, batch_size: int, examples: int) -> Repo
     # Orphans before merges: a merge then moves only links to customers that exist.
     for fk in _foreign_keys():
         _orphans(engine, fk, report, apply=apply, batch_size=batch_size)
-    _duplicate_emails(engine, report, apply=apply, batch_size=batch_size)
+    # Merges before phones are normalized: a number normalized now is listed as shared,
+    # and merged by the next run if certain, so a dry run reports what the fix does.
+    duplicate_customers(engine, report, apply=apply, batch_size=batch_size)
     _customer_phones(engine, report, apply=apply, batch_size=batch_size)
     _branch_phones(engine, report, apply=apply, batch_size=batch_size)
     return report
@@ -133,7 +91,7 @@ def _orphans(
     kind = f"{child.name}.{column.name}"
     report.kind(kind, f"{kind} → missing {parent.name}", repairable=column.nullable is True)
     parent_exists = exists().where(fk.column == column)
-    for rows in _batches(
+    for rows in batches(
         engine,
         child.c.id,
         lambda last: select(child.c.id, column).where(
@@ -153,21 +111,6 @@ def _orphans(
                 )
 
 
-def _batches(
-    engine: Engine, key: Any, query: Callable[[Any], Any], batch_size: int
-) -> Iterator[list[Any]]:
-    """Rows of ``query(last_key)`` ordered by ``key``, ``batch_size`` at a time; each
-    batch is read in its own short transaction."""
-    last: Any = 0
-    while True:
-        with engine.connect() as connection:
-            rows = list(connection.execute(query(last).order_by(key).limit(batch_size)))
-        if not rows:
-            return
-        yield rows
-        last = rows[-1][0]
-
-
 def _appointments_without_customer(engine: Engine, report: Report) -> None:
     report.kind(NO_CUSTOMER, "appointments without a customer", repairable=False)
     table = Base.metadata.tables["appointments"]
@@ -185,87 +128,6 @@ def _appointments_without_customer(engine: Engine, report: Report) -> None:
     report.findings[NO_CUSTOMER].examples = [f"appointment {id_}" for id_ in first]
 
 
-# --- duplicate customers --------------------------------------------------------------------
-
-
-def _duplicate_emails(engine: Engine, report: Report, *, apply: bool, batch_size: int) -> None:
-    """Customers whose emails are equal once trimmed and lower-cased (written before the
-    model normalized them), grouped in the database and paged by that key."""
-    report.kind(DUPLICATE_EMAILS, "duplicate customers by email", repairable=True)
-    key = func.lower(func.trim(Customer.email))
-    last: str | None = None
-    while True:
-        # The members' ids come with their group: finding them by the key again would
-        # scan the whole table once per group.
-        query = select(key, func.group_concat(Customer.id)).where(Customer.email.is_not(None))
-        if last is not None:
-            query = query.where(key > last)
-        with engine.connect() as connection:
-            groups = connection.execute(
-                query.group_by(key).having(func.count() > 1).order_by(key).limit(batch_size)
-            ).all()
-        if not groups:
-            return
-        for email, ids in groups:
-            _merge(engine, email, [int(i) for i in ids.split(",")], report, apply=apply)
-        last = groups[-1][0]
-
-
-def _merge(engine: Engine, email: str, ids: list[int], report: Report, *, apply: bool) -> None:
-    """Keep the most complete customer (then the oldest), move every call and appointment
-    of the others to it, fill its empty fields from theirs, delete them, normalize its
-    email. One transaction, the group's rows locked."""
-    with Session(engine) as session, session.begin():
-        # Read again, locked, by primary key: a worker may have changed them meanwhile.
-        query = select(Customer).where(
-            Customer.id.in_(ids), func.lower(func.trim(Customer.email)) == email
-        )
-        members = session.scalars(
-            query.order_by(Customer.id).with_for_update() if apply else query
-        ).all()
-        if len(members) < 2:
-            return
-        keeper = max(members, key=lambda c: (c.completeness(), -c.id))
-        others = sorted((c for c in members if c is not keeper), key=lambda c: -c.completeness())
-        merged = [c.id for c in others]
-        moved = [
-            session.scalar(
-                select(func.count()).select_from(model).where(model.customer_id.in_(merged))
-            )
-            for model in (Call, Appointment)
-        ]
-        filled = _missing_fields(keeper, others)
-        report.add(
-            DUPLICATE_EMAILS,
-            f"{normalize_email(email)}: keep customer {keeper.id}, merge "
-            f"{', '.join(map(str, merged))} ({moved[0]} calls, {moved[1]} appointments"
-            + (f"; fill {', '.join(filled)})" if filled else ")"),
-        )
-        if not apply:
-            return
-        for model in (Call, Appointment):
-            session.execute(
-                update(model).where(model.customer_id.in_(merged)).values(customer_id=keeper.id)
-            )
-        for other in others:
-            session.delete(other)
-        session.flush()  # the others' emails are gone before the keeper takes the clean one
-        for name, value in filled.items():
-            setattr(keeper, name, value)  # phone through the validator: E.164 and flags
-        keeper.email = normalize_email(keeper.email)
-
-
-def _missing_fields(keeper: Customer, others: list[Customer]) -> dict[str, Any]:
-    """The keeper's empty fields, each from the most complete other that has it."""
-    filled = {}
-    for name in ("name", "phone", "company_id"):
-        if getattr(keeper, name) is None:
-            value = next((v for c in others if (v := getattr(c, name)) is not None), None)
-            if value is not None:
-                filled[name] = value
-    return filled
-
-
 # --- phones ---------------------------------------------------------------------------------
 
 
@@ -274,22 +136,21 @@ def _customer_phones(engine: Engine, report: Report, *, apply: bool, batch_size:
     (rows written before normalization): normalized; invalid numbers kept as given."""
     report.kind(CUSTOMER_PHONES, "customer phones not in E.164", repairable=True)
     report.kind(INVALID_CUSTOMER_PHONES, "invalid customer phones (kept)", repairable=False)
-    report.kind(SHARED_PHONES, "customers sharing a phone", repairable=False)
     table = Base.metadata.tables["customers"]
     c = table.c
-    for rows in _batches(
+    for rows in batches(
         engine,
         c.id,
         # A valid E.164 phone with its type is what the model writes: only the rest is read.
-        lambda last: select(c.id, c.company_id, c.phone, c.phone_valid, c.phone_type).where(
+        lambda last: select(c.id, c.company_key, c.phone, c.phone_valid, c.phone_type).where(
             c.phone.is_not(None),
             or_(c.phone_valid.is_(False), c.phone_type.is_(None), ~c.phone.startswith("+")),
             c.id > last,
         ),
         batch_size,
     ):
-        changes = []
-        for id_, company_id, phone, valid, type_ in rows:
+        changes, now_valid = [], []
+        for id_, company_key, phone, valid, type_ in rows:
             value, is_valid, kind = _stored(phone)
             if value and not is_valid:
                 report.add(INVALID_CUSTOMER_PHONES, f"customer {id_}: {phone!r}")
@@ -301,27 +162,49 @@ def _customer_phones(engine: Engine, report: Report, *, apply: bool, batch_size:
                 {"b_id": id_, "b_old": phone, "b_phone": value, "b_valid": is_valid, "b_type": kind}
             )
             if value and is_valid:
-                _report_shared(engine, report, id_, company_id, value)
+                _report_shared(engine, report, id_, company_key, value)
+                now_valid.append((id_, company_key, value))
         if apply and changes:
             _update_phones(engine, table, changes, phone_flags=True)
+            _claim_phone_keys(engine, now_valid)
 
 
-def _report_shared(
-    engine: Engine, report: Report, id_: int, company_id: int | None, phone: str
-) -> None:
-    """Normalizing may make two customers of a company share a number; allowed, but said."""
-    same_company = (
-        Customer.company_id.is_(None) if company_id is None else Customer.company_id == company_id
-    )
+def _report_shared(engine: Engine, report: Report, id_: int, company_key: int, phone: str) -> None:
+    """Normalizing may make two customers of a company share a number: a merge candidate
+    now (the next run merges it when certain), said here."""
     with engine.connect() as connection:
         other = connection.scalar(
             select(Customer.id)
-            .where(same_company, Customer.phone == phone, Customer.id != id_)
+            .where(Customer.company_key == company_key, Customer.phone == phone)
+            .where(Customer.id != id_)
             .order_by(Customer.id)
             .limit(1)
         )
     if other is not None:
         report.add(SHARED_PHONES, f"customer {id_} and customer {other}: {phone}")
+
+
+def _claim_phone_keys(engine: Engine, customers: list[tuple[int, int, str]]) -> None:
+    """A customer whose number became valid is found by it (``phone_key``) unless the
+    company has a customer found by it already — the unique key decides a race."""
+    table = Base.metadata.tables["customers"]
+    for id_, company_key, phone in customers:
+        try:
+            with engine.begin() as connection:
+                held = connection.scalar(
+                    select(table.c.id).where(
+                        table.c.company_key == company_key, table.c.phone_key == phone
+                    )
+                )
+                if held is None:
+                    connection.execute(
+                        update(table)
+                        .where(table.c.id == id_, table.c.phone == phone)
+                        .where(table.c.phone_key.is_(None))
+                        .values(phone_key=phone)
+                    )
+        except IntegrityError:
+            continue  # claimed meanwhile: this customer shares the number
 
 
 def _branch_phones(engine: Engine, report: Report, *, apply: bool, batch_size: int) -> None:
@@ -330,7 +213,7 @@ def _branch_phones(engine: Engine, report: Report, *, apply: bool, batch_size: i
     report.kind(INVALID_BRANCH_PHONES, "invalid branch phones (kept)", repairable=False)
     table = Base.metadata.tables["branches"]
     c = table.c
-    for rows in _batches(
+    for rows in batches(
         engine,
         c.id,
         lambda last: select(c.id, c.phone).where(c.phone.is_not(None), c.id > last),

@@ -27,7 +27,8 @@ batch_size_option = click.option(
 
 @click.group()
 def integrity() -> None:
-    """Find and repair orphans, duplicate customers and phones stored before E.164."""
+    """Find and repair orphans, duplicate customers and phones stored before E.164;
+    list customers who may be one person (merge candidates) for you to decide."""
 
 
 @integrity.command()
@@ -48,7 +49,8 @@ def check(batch_size: int) -> None:
 @click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
 @batch_size_option
 def fix(dry_run: bool, batch_size: int) -> None:
-    """Set orphan links to NULL, merge duplicate customers, normalize phones."""
+    """Set orphan links to NULL, merge customers certain to be one person (same e-mail or
+    phone, nothing differing), normalize phones. Merge candidates are only listed."""
     from workers import integrity as run
 
     report = run.fix(_engine(), dry_run=dry_run, batch_size=batch_size)
