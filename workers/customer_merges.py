@@ -217,7 +217,7 @@ def _merge(
     )
     if not apply:
         return
-    scope, held = keeper.company_key, [c.phone_key for c in members if c.phone_key]
+    scope = keeper.company_key
     for model in (Call, Appointment):
         session.execute(
             update(model).where(model.customer_id.in_(merged)).values(customer_id=keeper.id)
@@ -229,8 +229,16 @@ def _merge(
         setattr(keeper, name, value)  # phone through the validator: E.164 and flags
     keeper.company_key = scope  # one company's customers: filling company_id moves no one
     keeper.email = normalize_email(keeper.email)
-    if keeper.phone_key is None and keeper.phone_valid and keeper.phone in held:
-        keeper.phone_key = keeper.phone
+    if keeper.phone_key is None and keeper.phone_valid:
+        # The number's customer from now on, unless the company has one already (then
+        # the keeper shares it). The others' keys were freed by the flush above.
+        holder = session.scalar(
+            select(Customer.id).where(
+                Customer.company_key == scope, Customer.phone_key == keeper.phone
+            )
+        )
+        if holder is None:
+            keeper.phone_key = keeper.phone
 
 
 def _missing_fields(keeper: Customer, others: list[Customer]) -> dict[str, Any]:

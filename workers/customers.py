@@ -128,7 +128,7 @@ def find_or_create_customer(
     if wanted.phone is not None:
         holder = _locked(session, Customer.phone_key == wanted.phone, contact)
         if holder is not None:
-            if holder.email is None or holder.email == wanted.email:
+            if holder.email in (None, wanted.email) or wanted.email is None:
                 _fill(session, holder, contact)
                 return holder
             log.info(

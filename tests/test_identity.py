@@ -1,0 +1,414 @@
+"""A customer is one person: the identity rule, on SQLite and MariaDB.
+
+Deliveries go through ``record_event`` as the worker calls it, on a real, migrated
+database; the assertions are on the ``customers`` rows a salon would look at. The race
+with real worker processes is in ``tests/test_identity_race.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import Appointment, Branch, Call, Company, Customer
+from models.engine import make_engine, make_sessionmaker
+from models.settings import Settings
+from workers import customers as identity
+from workers.events import IncomingEvent, Outcome, record_event
+from workers.integrity import check, fix
+from workers.retries import RetryPolicy
+
+BRANCH_PHONE = "+4930901820"
+UNOWNED = "+41445556677"
+
+
+@pytest.fixture
+def company(sessions: sessionmaker[Session]) -> int:
+    """A salon whose branch answers BRANCH_PHONE and owns Cal.com event type 1001."""
+    with sessions() as session, session.begin():
+        salon = Company(name="Salon Ada")
+        session.add(
+            Branch(company=salon, name="Mitte", phone=BRANCH_PHONE, calcom_event_type_id=1001)
+        )
+        session.flush()
+        return salon.id
+
+
+def deliver(sessions: sessionmaker[Session], provider: str, event_id: str, body: Any) -> Outcome:
+    event_type = body.get("event") or body.get("triggerEvent")
+    return record_event(
+        sessions,
+        IncomingEvent(
+            provider=provider,
+            event_id=event_id,
+            event_type=event_type,
+            queue="hookfleet.default",
+            correlation_id="corr",
+            received_at=datetime.now(UTC),
+            headers={},
+            payload=json.dumps(body),
+        ),
+    )
+
+
+def call(call_id: str, caller: str, ours: str = BRANCH_PHONE, **extra: Any) -> dict[str, Any]:
+    details = {
+        "call_id": call_id,
+        "call_status": "ended",
+        "direction": "inbound",
+        "from_number": caller,
+        "to_number": ours,
+        "start_timestamp": 1764061200000,
+        "end_timestamp": 1764061260000,
+        **extra,
+    }
+    return {"event": "call_ended", "call": details}
+
+
+def booking(uid: str, name: str, email: str | None, phone: str | None = None) -> dict[str, Any]:
+    attendee: dict[str, Any] = {"name": name, "timeZone": "Europe/Berlin"}
+    if email is not None:
+        attendee["email"] = email
+    if phone is not None:
+        attendee["phoneNumber"] = phone
+    payload = {
+        "uid": uid,
+        "title": "Haircut",
+        "startTime": "2026-12-01T09:00:00Z",
+        "endTime": "2026-12-01T09:30:00Z",
+        "eventTypeId": 1001,
+        "attendees": [attendee],
+    }
+    return {
+        "triggerEvent": "BOOKING_CREATED",
+        "createdAt": "2026-11-23T09:00:00Z",
+        "payload": payload,
+    }
+
+
+def book(sessions: sessionmaker[Session], uid: str, *args: Any) -> None:
+    deliver(sessions, "calcom", f"BOOKING_CREATED:{uid}", booking(uid, *args))
+
+
+def ring(sessions: sessionmaker[Session], call_id: str, caller: str, **kw: Any) -> None:
+    deliver(sessions, "retell", f"{call_id}:call_ended", call(call_id, caller, **kw))
+
+
+def customers(sessions: sessionmaker[Session]) -> list[tuple[Any, ...]]:
+    """(company_id, email, phone, name) of every customer, oldest first."""
+    with sessions() as session:
+        rows = session.execute(
+            select(Customer.company_id, Customer.email, Customer.phone, Customer.name).order_by(
+                Customer.id
+            )
+        )
+        return [tuple(row) for row in rows]
+
+
+def customer_of_booking(sessions: sessionmaker[Session], uid: str) -> tuple[Any, ...]:
+    with sessions() as session:
+        found = session.execute(
+            select(Customer.email, Customer.phone, Customer.name)
+            .join(Appointment, Appointment.customer_id == Customer.id)
+            .where(Appointment.calcom_uid == uid)
+        ).one()
+        return tuple(found)
+
+
+def customer_of_call(sessions: sessionmaker[Session], call_id: str) -> int | None:
+    with sessions() as session:
+        return session.scalar(select(Call.customer_id).where(Call.call_id == call_id))
+
+
+# --- e-mail ---------------------------------------------------------------------------------
+
+
+def test_accented_and_plain_emails_are_two_people_with_their_own_details(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    book(sessions, "bk_umlaut", "Jürgen Müller", "jürgen.mueller@example.de", "0151 11111111")
+    book(sessions, "bk_plain", "Jurgen Mueller", "jurgen.mueller@example.de", "0151 22222222")
+
+    assert customers(sessions) == [
+        (company, "jürgen.mueller@example.de", "+4915111111111", "Jürgen Müller"),
+        (company, "jurgen.mueller@example.de", "+4915122222222", "Jurgen Mueller"),
+    ]
+    assert customer_of_booking(sessions, "bk_plain")[0] == "jurgen.mueller@example.de"
+
+
+def test_strasse_and_strasse_with_eszett_are_two_people(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    book(sessions, "bk_ss", "A", "strasse@example.de")
+    book(sessions, "bk_sz", "B", "straße@example.de")
+
+    assert [row[1] for row in customers(sessions)] == ["strasse@example.de", "straße@example.de"]
+
+
+def test_an_email_in_another_case_or_unicode_form_is_the_same_person(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    composed, decomposed = "j\u00fcrgen@example.de", "ju\u0308rgen@example.de"
+    book(sessions, "bk_1", "Jürgen", composed)
+    book(sessions, "bk_2", "Jürgen", f"  {decomposed.upper()} ")
+    book(sessions, "bk_3", "Jürgen", "JÜRGEN@Example.DE")
+
+    assert customers(sessions) == [(company, composed, None, "Jürgen")]
+
+
+# --- phone ----------------------------------------------------------------------------------
+
+
+def test_a_new_email_with_a_known_phone_is_a_second_customer_and_keeps_both(
+    sessions: sessionmaker[Session], company: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    book(sessions, "bk_mum", "Anna Berg", "anna@example.de", "+49 30 1234567")
+    with caplog.at_level(logging.INFO, "hookfleet.worker.customers"):
+        book(sessions, "bk_dad", "Bert Berg", "bert@example.de", "030 1234567")  # the landline
+
+    assert customers(sessions) == [
+        (company, "anna@example.de", "+49301234567", "Anna Berg"),
+        (company, "bert@example.de", "+49301234567", "Bert Berg"),
+    ]
+    assert customer_of_booking(sessions, "bk_dad")[0] == "bert@example.de"
+    assert any("phone shared" in r.getMessage() for r in caplog.records)
+
+
+def test_a_call_from_a_shared_phone_links_the_first_customer_who_gave_it(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    book(sessions, "bk_mum", "Anna Berg", "anna@example.de", "030 1234567")
+    book(sessions, "bk_dad", "Bert Berg", "bert@example.de", "030 1234567")
+    ring(sessions, "call_home", "+49301234567")
+
+    with sessions() as session:
+        anna = session.scalar(select(Customer.id).where(Customer.email == "anna@example.de"))
+    assert customer_of_call(sessions, "call_home") == anna
+    assert len(customers(sessions)) == 2
+
+
+def test_the_caller_who_books_later_is_one_customer_with_the_email_filled_in(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    ring(sessions, "call_first", "+4915112345678")
+    book(sessions, "bk_then", "Ada Lovelace", "ada@example.com", "0151 12345678")
+    ring(sessions, "call_again", "0049 151 12345678")
+
+    assert customers(sessions) == [(company, "ada@example.com", "+4915112345678", "Ada Lovelace")]
+    assert customer_of_call(sessions, "call_first") == customer_of_call(sessions, "call_again")
+
+
+def test_a_known_email_with_another_phone_keeps_the_customer_and_logs_the_conflict(
+    sessions: sessionmaker[Session], company: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    book(sessions, "bk_1", "Ada Lovelace", "ada@example.com", "0151 12345678")
+    with caplog.at_level(logging.WARNING, "hookfleet.worker.customers"):
+        book(sessions, "bk_2", "Ada King", "ada@example.com", "0170 9999999")
+
+    assert customers(sessions) == [(company, "ada@example.com", "+4915112345678", "Ada Lovelace")]
+    conflict = [r for r in caplog.records if r.getMessage() == "customer detail conflicts"]
+    assert [getattr(r, "conflicting", None) for r in conflict] == ["phone,name"]
+
+
+def test_a_call_from_an_invalid_number_links_no_customer(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    ring(sessions, "call_anon", "anonymous")
+    ring(sessions, "call_anon_2", "anonymous")
+
+    assert customers(sessions) == []
+    assert customer_of_call(sessions, "call_anon") is None
+
+
+def test_two_calls_to_an_unowned_number_are_one_customer_without_company(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    ring(sessions, "call_stray_1", "+4915112345678", ours=UNOWNED)
+    ring(sessions, "call_stray_2", "0151 12345678", ours=UNOWNED)
+    ring(sessions, "call_salon", "+4915112345678")  # the same person calls the salon
+
+    assert customers(sessions) == [
+        (None, None, "+4915112345678", None),
+        (company, None, "+4915112345678", None),
+    ]
+    assert customer_of_call(sessions, "call_stray_1") == customer_of_call(sessions, "call_stray_2")
+
+
+def test_the_database_refuses_a_second_customer_for_one_number_or_email(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    """The unique keys, whatever code writes: "no company" (0) collides too."""
+    for company_id in (None, company):
+        for second in (
+            {"phone": "+4915112345678", "phone_key": "+4915112345678"},
+            {"email": "ada@example.com"},
+        ):
+            with sessions() as session, session.begin():
+                session.add(Customer(company_id=company_id, **second))
+            with sessions() as session:
+                session.add(Customer(company_id=company_id, name="again", **second))
+                with pytest.raises(IntegrityError):
+                    session.commit()
+
+
+def test_identity_columns_compare_byte_for_byte_on_mariadb(mariadb_url: str) -> None:
+    engine = create_engine(mariadb_url)
+    try:
+        with engine.connect() as connection:
+            collations = dict(
+                connection.execute(
+                    text(
+                        "SELECT column_name, collation_name FROM information_schema.columns"
+                        " WHERE table_schema = DATABASE() AND table_name = 'customers'"
+                        " AND column_name IN ('email', 'phone', 'phone_key')"
+                    )
+                ).all()
+            )
+    finally:
+        engine.dispose()
+    assert collations == {
+        "email": "utf8mb4_bin",
+        "phone": "utf8mb4_bin",
+        "phone_key": "utf8mb4_bin",
+    }
+
+
+# --- the race, forced -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def maria_sessions(mariadb_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(Settings(database_url=mariadb_url, db_pool_size=10))
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+FIRST_CONTACTS = {
+    "call-and-booking": [
+        ("retell", "c1:call_ended", call("c1", "+4915112345678")),
+        ("calcom", "b1", booking("b1", "Ada", "ada@example.com", "0151 12345678")),
+    ],
+    "two-calls-unowned-number": [
+        ("retell", "call_a:call_ended", call("call_a", "+4915112345678", ours=UNOWNED)),
+        ("retell", "call_z:call_ended", call("call_z", "0151 12345678", ours=UNOWNED)),
+    ],
+    "two-bookings-one-email": [
+        ("calcom", "b1", booking("b1", "Ada", "ADA@example.com")),
+        ("calcom", "b2", booking("b2", "Ada", "ada@example.com", "0151 12345678")),
+    ],
+}
+
+
+@pytest.mark.parametrize("contacts", FIRST_CONTACTS.values(), ids=FIRST_CONTACTS.keys())
+def test_first_contacts_that_both_found_nobody_make_one_customer_on_mariadb(
+    maria_sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+    contacts: list[tuple[str, str, dict[str, Any]]],
+) -> None:
+    """Both transactions look up, find nobody, and only then insert: the interleaving
+    that gave two customers, forced with a barrier, under REPEATABLE READ (MariaDB's
+    default, which Hookfleet ships). The loser's retry must find the winner."""
+    with maria_sessions() as session, session.begin():
+        # A call between call_a and call_z: their look-ups of their own call rows lock
+        # different gaps, so they do not queue behind each other before the customer.
+        session.add(Call(call_id="call_m", event_rank=2))
+        session.add(
+            Branch(
+                company=Company(name="Salon"),
+                name="Mitte",
+                phone=BRANCH_PHONE,
+                calcom_event_type_id=1001,
+            )
+        )
+    both_looked = threading.Barrier(2, timeout=20)
+    waited: set[int] = set()
+    create = identity._create
+
+    def create_after_both_looked(*args: Any, **kwargs: Any) -> Customer:
+        if threading.get_ident() not in waited:  # only the first try of each worker
+            waited.add(threading.get_ident())
+            both_looked.wait()
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(identity, "_create", create_after_both_looked)
+    errors: list[BaseException] = []
+
+    def worker(provider: str, event_id: str, body: dict[str, Any]) -> None:
+        try:
+            RetryPolicy(attempts=4, initial_s=0.05).call(
+                lambda: deliver(maria_sessions, provider, event_id, body)
+            )
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=contact) for contact in contacts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    with maria_sessions() as session:
+        everyone = session.scalars(select(Customer)).all()
+        calls = select(Call.customer_id).where(Call.call_id != "call_m")
+        linked = set(session.scalars(calls)) | set(session.scalars(select(Appointment.customer_id)))
+    assert len(everyone) == 1
+    assert linked == {everyone[0].id}
+    assert everyone[0].phone in (None, "+4915112345678")
+
+
+# --- integrity: certain merges and candidates -----------------------------------------------
+
+
+def test_integrity_merges_the_old_race_and_lists_what_a_person_must_decide(
+    database_url: str, sessions: sessionmaker[Session], company: int
+) -> None:
+    """Rows as the old code left them (no phone keys): a caller twice and the same
+    caller who booked (certain), a landline with two e-mails and an accent twin (not)."""
+    engine = sessions.kw["bind"]
+    with sessions() as session, session.begin():
+        session.add_all(
+            [
+                Customer(company_id=company, phone="+4915112345678"),
+                Customer(company_id=company, phone="+4915112345678"),
+                Customer(company_id=company, phone="0151 12345678", email="ada@example.com"),
+                Customer(company_id=company, phone="030 1234567", email="anna@example.de"),
+                Customer(company_id=company, phone="030 1234567", email="bert@example.de"),
+                Customer(company_id=company, email="jürgen@example.de", name="Jürgen"),
+                Customer(company_id=company, email="jurgen@example.de", name="Jurgen"),
+            ]
+        )
+
+    found = check(engine).counts()
+    assert found == {
+        "customers.phone duplicate": 1,
+        "customers.phone shared": 1,
+        "customers.email similar": 1,
+    }
+
+    fixed = fix(engine)
+    assert fixed.counts() == found
+    assert customers(sessions) == [
+        (company, "ada@example.com", "+4915112345678", None),
+        (company, "anna@example.de", "+49301234567", None),
+        (company, "bert@example.de", "+49301234567", None),
+        (company, "jürgen@example.de", None, "Jürgen"),
+        (company, "jurgen@example.de", None, "Jurgen"),
+    ]
+    # The merged caller is the number's customer: the next call finds it.
+    ring(sessions, "call_after_fix", "+4915112345678")
+    assert len(customers(sessions)) == 5
+    again = fix(engine)
+    assert again.problems == 0
+    assert again.counts() == {"customers.phone shared": 1, "customers.email similar": 1}
+    similar = again.findings["customers.email similar"].examples[0]
+    assert "jürgen@example.de" in similar and "jurgen@example.de" in similar
