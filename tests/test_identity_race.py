@@ -1,0 +1,175 @@
+"""Concurrent first contacts of one person through real processes make one customer.
+
+gunicorn and two ``celery worker`` processes from the Procfile (hookfleet.high for
+Retell, hookfleet.default for Cal.com), three pool children each, on MariaDB with its
+default isolation level, REPEATABLE READ, which Hookfleet ships. Each round is a new
+person: two calls to the salon (phone only) and a booking (name, e-mail, the same
+phone in national format) sent at once, and two calls from another new number to a
+number no branch owns. Before the unique phone key, 28 of 50 such rounds gave two
+customers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from ingest.providers import calcom, retell
+from models import Appointment, Call, Customer
+from models.business import Branch, Company
+from models.events import EventStatus, WebhookEvent
+from tests.processes import Processes, request, running_fleet
+from tests.servers import wait_until
+
+pytestmark = pytest.mark.e2e
+
+ROUNDS = 32
+SALON_PHONE = "+4930901820"
+UNOWNED = "+41445556677"
+SECRETS = {"retell": "key_identity_race", "calcom": "calcom-identity-race"}
+
+
+@pytest.fixture
+def engine(mariadb_url: str) -> Iterator[Engine]:
+    engine = create_engine(mariadb_url)
+    yield engine
+    engine.dispose()
+
+
+def salon(engine: Engine) -> int:
+    with Session(engine) as session:
+        company = Company(name="Salon Ada")
+        session.add(
+            Branch(company=company, name="Mitte", phone=SALON_PHONE, calcom_event_type_id=1001)
+        )
+        session.commit()
+        return company.id
+
+
+def person(n: int) -> dict[str, str]:
+    return {
+        "e164": f"+49151{20000000 + n:08d}",
+        "national": f"0151 {20000000 + n:08d}",
+        "email": f"Person.{n}@Example.de",
+        "name": f"Person {n}",
+        "stray": f"+49151{30000000 + n:08d}",
+    }
+
+
+def post_call(fleet: Processes, call_id: str, caller: str, ours: str) -> int:
+    details = {
+        "call_id": call_id,
+        "call_status": "ended",
+        "direction": "inbound",
+        "from_number": caller,
+        "to_number": ours,
+        "start_timestamp": 1764061200000,
+        "end_timestamp": 1764061260000,
+    }
+    raw = json.dumps({"event": "call_ended", "call": details}).encode()
+    signature = retell.sign(SECRETS["retell"], raw, int(time.time() * 1000))
+    headers = {"x-retell-signature": signature}
+    return request(fleet.base_url, "POST", "/webhooks/retell", raw, headers)[0]
+
+
+def post_booking(fleet: Processes, uid: str, who: dict[str, str]) -> int:
+    attendee = {
+        "name": who["name"],
+        "email": who["email"],
+        "timeZone": "Europe/Berlin",
+        "phoneNumber": who["national"],
+    }
+    payload = {
+        "uid": uid,
+        "title": "Haircut",
+        "startTime": "2026-12-01T09:00:00Z",
+        "endTime": "2026-12-01T09:30:00Z",
+        "eventTypeId": 1001,
+        "attendees": [attendee],
+    }
+    body = {
+        "triggerEvent": "BOOKING_CREATED",
+        "createdAt": "2026-11-23T09:00:00Z",
+        "payload": payload,
+    }
+    raw = json.dumps(body).encode()
+    headers = {"X-Cal-Signature-256": calcom.sign(SECRETS["calcom"], raw)}
+    return request(fleet.base_url, "POST", "/webhooks/calcom", raw, headers)[0]
+
+
+def first_contacts(fleet: Processes, n: int) -> list[Any]:
+    """Person n's five deliveries, sent at the same moment from five threads."""
+    who = person(n)
+    sends = [
+        lambda: post_call(fleet, f"race_{n}_a", who["e164"], SALON_PHONE),
+        lambda: post_booking(fleet, f"race_{n}", who),
+        lambda: post_call(fleet, f"race_{n}_b", who["national"], SALON_PHONE),
+        lambda: post_call(fleet, f"stray_{n}_a", who["stray"], UNOWNED),
+        lambda: post_call(fleet, f"stray_{n}_b", who["stray"], UNOWNED),
+    ]
+    with ThreadPoolExecutor(max_workers=len(sends)) as pool:
+        return list(pool.map(lambda send: send(), sends))
+
+
+@pytest.mark.parametrize("batch_size", ["50", "1"], ids=["shipped-batches", "one-per-task"])
+def test_simultaneous_first_contacts_through_two_queues_make_one_customer(
+    tmp_path: Path, redis_url: str, mariadb_url: str, engine: Engine, batch_size: str
+) -> None:
+    company = salon(engine)
+    env = {
+        "HOOKFLEET_RETELL_SECRETS": SECRETS["retell"],
+        "HOOKFLEET_CALCOM_SECRETS": SECRETS["calcom"],
+        "HOOKFLEET_WORKER_CONCURRENCY": "3",
+        "HOOKFLEET_BATCH_SIZE": batch_size,
+    }
+    names = ("web", "worker_high", "worker_default")
+    with running_fleet(tmp_path, redis_url, mariadb_url, names=names, **env) as fleet:
+        fleet.wait_for_worker("worker_high")
+        fleet.wait_for_worker("worker_default")
+        answers = [status for n in range(ROUNDS) for status in first_contacts(fleet, n)]
+        assert answers == [202] * (5 * ROUNDS)
+
+        def all_processed() -> bool:
+            with engine.connect() as connection:
+                done = connection.scalar(
+                    select(func.count()).where(WebhookEvent.status == EventStatus.PROCESSED)
+                )
+            return done == 5 * ROUNDS
+
+        wait_until(all_processed, 180, "every delivery processed", interval=0.5)
+        races = sum(
+            len(re.findall(r"RaceLost|IntegrityError", fleet.log(name)))
+            for name in ("worker_high", "worker_default")
+        )
+        print(f"batch size {batch_size}: {races} lost races retried in {ROUNDS} rounds")
+
+    with Session(engine) as session:
+        rows = session.execute(
+            select(Customer.id, Customer.company_id, Customer.email, Customer.phone, Customer.name)
+        ).all()
+        by_call = dict(session.execute(select(Call.call_id, Call.customer_id)).all())
+        by_uid = dict(
+            session.execute(select(Appointment.calcom_uid, Appointment.customer_id)).all()
+        )
+    assert len(rows) == 2 * ROUNDS
+    for n in range(ROUNDS):
+        who = person(n)
+        theirs = [r for r in rows if r.phone == who["e164"]]
+        strays = [r for r in rows if r.phone == who["stray"]]
+        assert [(r.company_id, r.email, r.name) for r in theirs] == [
+            (company, who["email"].lower(), who["name"])
+        ], n
+        assert [(r.company_id, r.email) for r in strays] == [(None, None)], n
+        me, stray = theirs[0].id, strays[0].id
+        assert (by_call[f"race_{n}_a"], by_call[f"race_{n}_b"], by_uid[f"race_{n}"]) == (me,) * 3
+        assert (by_call[f"stray_{n}_a"], by_call[f"stray_{n}_b"]) == (stray, stray)
