@@ -29,14 +29,17 @@ SEED = [
     # seq_1_to_N is MariaDB's Sequence engine: N rows with no table behind them.
     "INSERT INTO companies (id, name, created_at, updated_at) VALUES (1, 'Big', NOW(), NOW())",
     """INSERT INTO customers
-         (id, company_id, name, email, phone, phone_type, phone_valid, created_at, updated_at)
-       SELECT seq, 1, CONCAT('Customer ', seq), CONCAT('user', seq, '@example.com'),
+         (id, company_id, company_key, name, email, phone, phone_key, phone_type, phone_valid,
+          created_at, updated_at)
+       SELECT seq, 1, 1, CONCAT('Customer ', seq), CONCAT('user', seq, '@example.com'),
               IF(MOD(seq, 100) = 0, CONCAT('0151 ', LPAD(seq, 8, '0')),
                  CONCAT('+49151', LPAD(seq, 8, '0'))),
+              IF(MOD(seq, 100) = 0, NULL, CONCAT('+49151', LPAD(seq, 8, '0'))),
               IF(MOD(seq, 100) = 0, NULL, 'mobile'), MOD(seq, 100) <> 0, NOW(), NOW()
        FROM seq_1_to_{n}""",
-    """INSERT INTO customers (email, phone_valid, created_at, updated_at)
-       SELECT CONCAT(' User', seq, '@Example.com'), 0, NOW(), NOW()
+    # The same company's case-variant twins, written past the model (no phone, no name).
+    """INSERT INTO customers (company_id, company_key, email, phone_valid, created_at, updated_at)
+       SELECT 1, 1, CONCAT(' User', seq, '@Example.com'), 0, NOW(), NOW()
        FROM seq_1_to_{n} WHERE MOD(seq, 200) = 0""",
     """INSERT INTO calls (call_id, company_id, customer_id, staff_id, status, event_rank,
                           created_at, updated_at)

@@ -30,9 +30,11 @@ Why it holds under concurrency: the database decides, not timing. UNIQUE
 because NULLs never collide. Look-ups are plain reads, so a new person costs no gap
 lock (two inserts into one gap under REPEATABLE READ deadlock); a plain read may be an
 old snapshot (MariaDB's REPEATABLE READ fixes it at the transaction's first read), so:
-a row found is re-read with ``SELECT … FOR UPDATE``, which reads the latest committed
-version and holds it; a row missed is inserted and the unique key refuses the second
-insert — :class:`RaceLost`, and the retry, in a new transaction, finds the winner.
+a row found that the contact would fill in is re-read with ``SELECT … FOR UPDATE``,
+which reads the latest committed version and holds it; a row missed is inserted and
+the unique key refuses the second insert — :class:`RaceLost`, and the retry, in a new
+transaction, finds the winner. (A holder seen with an e-mail keeps it: e-mails are
+never changed once set, so that decision needs no lock.)
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def find_or_create_customer(
     by the rule in this module's docstring; created when there is none.
 
     ``phone`` in any spelling (``normalize_phone``), ``email`` as given. Returns None
-    when there is neither an e-mail nor a valid phone. The returned row is locked
+    when there is neither an e-mail nor a valid phone. A row it fills in stays locked
     (MariaDB) until the transaction ends. Raises RaceLost when a concurrent transaction
     inserted the same e-mail or number first: roll back and retry, the retry finds it.
     """
@@ -121,12 +123,16 @@ def find_or_create_customer(
             log.info("no customer for a number that is not a valid phone number")
         return None
     if wanted.email is not None:
-        customer = _locked(session, Customer.email == wanted.email, contact)
+        customer = _current(
+            session, _find(session, Customer.email == wanted.email, contact), contact
+        )
         if customer is not None:
             _fill(session, customer, contact)
             return customer
     if wanted.phone is not None:
-        holder = _locked(session, Customer.phone_key == wanted.phone, contact)
+        holder = _current(
+            session, _find(session, Customer.phone_key == wanted.phone, contact), contact
+        )
         if holder is not None:
             if holder.email in (None, wanted.email) or wanted.email is None:
                 _fill(session, holder, contact)
@@ -150,23 +156,38 @@ def _contact(
     return Contact(company_id, details, raw)
 
 
-def _locked(session: Session, where: Any, contact: Contact) -> Customer | None:
-    """The company's customer matching ``where``, re-read locked and current.
+def _find(session: Session, where: Any, contact: Contact) -> Customer | None:
+    """The company's customer matching ``where``: a plain read, so a miss takes no gap
+    lock — but it may be the transaction's old snapshot (see :func:`_current`)."""
+    return session.scalars(
+        select(Customer).where(Customer.company_key == contact.company_key, where)
+    ).first()
 
-    The plain read finds the id without gap locks; ``FOR UPDATE`` by primary key then
-    reads the latest committed row (not the snapshot) and keeps it ours.
+
+def _current(session: Session, found: Customer | None, contact: Contact) -> Customer | None:
+    """``found`` as it is now and locked, when the contact would write to it.
+
+    ``SELECT … FOR UPDATE`` by primary key reads the latest committed row, not the
+    snapshot, and holds it: an e-mail filled in meanwhile by another worker is seen, not
+    overwritten. A customer the contact adds nothing to is not locked, so calls from a
+    known number do not queue behind each other.
     """
-    found = session.scalar(
-        select(Customer.id).where(Customer.company_key == contact.company_key, where)
-    )
-    if found is None:
-        return None
+    if found is None or not _adds_to(found, contact.details):
+        return found
     return session.scalars(
         select(Customer)
-        .where(Customer.id == found)
+        .where(Customer.id == found.id)
         .with_for_update()
         .execution_options(populate_existing=True)
     ).one_or_none()
+
+
+def _adds_to(customer: Customer, given: Details) -> bool:
+    return (
+        (customer.email is None and given.email is not None)
+        or (customer.phone is None and given.phone is not None)
+        or (customer.name is None and given.name is not None)
+    )
 
 
 def _create(session: Session, contact: Contact, *, holds_phone: bool) -> Customer:
