@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import Appointment, Branch, Call, Company, Customer
 from models.engine import make_engine, make_sessionmaker
+from models.migrate import upgrade
 from models.settings import Settings
+from tests.servers import sqlite_url
 from workers import customers as identity
 from workers.events import IncomingEvent, Outcome, record_event
 from workers.integrity import check, fix
@@ -412,3 +415,61 @@ def test_integrity_merges_the_old_race_and_lists_what_a_person_must_decide(
     assert again.counts() == {"customers.phone shared": 1, "customers.email similar": 1}
     similar = again.findings["customers.email similar"].examples[0]
     assert "jürgen@example.de" in similar and "jurgen@example.de" in similar
+
+
+# --- migration 0005 on rows the old code wrote ----------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def at_0004(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database migrated only up to 0004 (before the identity keys)."""
+    if request.param == "mariadb":
+        url = request.getfixturevalue("mariadb_server").create_database()
+    else:
+        url = sqlite_url(tmp_path / "db")
+    upgrade(Settings(database_url=url), "0004")
+    return url
+
+
+def test_migration_gives_each_number_one_holder_and_keeps_the_old_rows(at_0004: str) -> None:
+    engine = create_engine(at_0004)
+    old = (
+        "INSERT INTO customers (company_id, email, phone, phone_valid, created_at, updated_at)"
+        " VALUES (:company, :email, :phone, :valid, '2024-01-01', '2024-01-01')"
+    )
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO companies (id, name, created_at, updated_at)"
+                    " VALUES (7, 'Salon', '2024-01-01', '2024-01-01')"
+                )
+            )
+            for company, email, phone, valid in [
+                (7, None, "+4915112345678", True),  # the old race: the caller twice
+                (7, None, "+4915112345678", True),
+                (None, "ada@example.com", "+4915112345678", True),  # no company
+                (7, "jürgen@example.de", "0151 2", False),  # invalid: holds nothing
+            ]:
+                connection.execute(
+                    text(old),
+                    {"company": company, "email": email, "phone": phone, "valid": valid},
+                )
+        upgrade(Settings(database_url=at_0004))
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT company_key, email, phone_key FROM customers ORDER BY id")
+            ).all()
+            # Now allowed: the accent-free twin of an existing address is another person.
+            connection.execute(
+                text(old),
+                {"company": 7, "email": "jurgen@example.de", "phone": None, "valid": False},
+            )
+    finally:
+        engine.dispose()
+    assert [tuple(r) for r in rows] == [
+        (7, None, "+4915112345678"),
+        (7, None, None),
+        (0, "ada@example.com", "+4915112345678"),
+        (7, "jürgen@example.de", None),
+    ]
