@@ -6,6 +6,7 @@ the table holds the two keys that make the rule safe under concurrency.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Boolean, Index, Integer, String, UniqueConstraint
@@ -90,3 +91,35 @@ class Customer(Base):
 
     def __repr__(self) -> str:
         return f"<Customer {self.id} {self.email or self.phone}>"
+
+
+@dataclass(frozen=True)
+class Details:
+    """What identifies a person: e-mail (normalized), phone (E.164 when valid), name."""
+
+    email: str | None = None
+    phone: str | None = None
+    name: str | None = None
+
+    @classmethod
+    def of(cls, customer: Customer) -> Details:
+        return cls(normalize_email(customer.email), customer.phone, customer.name or None)
+
+
+def conflicts(a: Details, b: Details) -> list[str]:
+    """The details both know and disagree on, of ``email``, ``phone``, ``name`` (names
+    compared ignoring case and spacing). Empty: nothing says they are two people."""
+    different = []
+    for name in ("email", "phone", "name"):
+        mine, theirs = getattr(a, name), getattr(b, name)
+        if mine is None or theirs is None:
+            continue
+        if name == "name":
+            mine, theirs = _plain_name(mine), _plain_name(theirs)
+        if mine != theirs:
+            different.append(name)
+    return different
+
+
+def _plain_name(name: str) -> str:
+    return " ".join(name.split()).casefold()

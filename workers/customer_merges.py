@@ -9,7 +9,7 @@ Groups are customers of one company (``company_key``) who share
 
 A group is **certain**, and ``fix`` merges it, when no two members disagree on anything
 both know (e-mail, phone, name ignoring case and spacing:
-:func:`workers.customers.conflicts`). One side without an e-mail is no disagreement;
+:func:`models.customers.conflicts`). One side without an e-mail is no disagreement;
 two e-mails, two phones or two names are. Every other group is a **merge candidate**,
 listed for a person and never merged: a shared landline with two e-mails is a family
 as often as it is one person. So are e-mails equal only once accents and case are folded
@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from models import Appointment, Call, Customer
 from models.business import normalize_email
-from workers.customers import Details, conflicts
+from models.customers import Details, conflicts
 from workers.integrity_report import Report
 
 DUPLICATE_EMAILS = "customers.email duplicate"

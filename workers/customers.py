@@ -4,7 +4,7 @@ A customer is one person of one company (``company_key``: the company, or 0 when
 branch owns the number or event type). Every path that links a customer — Retell calls
 inbound and outbound, Cal.com bookings (every attendee, seats, reschedules) — goes
 through :func:`find_or_create_customer`; the integrity command merges by
-:func:`conflicts`, the same comparison.
+:func:`models.customers.conflicts`, the same comparison.
 
 The rule, for a contact with an e-mail and/or a phone:
 
@@ -48,43 +48,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.business import normalize_email
-from models.customers import NO_COMPANY, Customer
+from models.customers import NO_COMPANY, Customer, Details, conflicts
 from models.phones import normalize_phone
 from workers.retries import RaceLost
 
 log = logging.getLogger("hookfleet.worker.customers")
-
-
-@dataclass(frozen=True)
-class Details:
-    """What identifies a person: e-mail (normalized), phone (E.164 when valid), name."""
-
-    email: str | None = None
-    phone: str | None = None
-    name: str | None = None
-
-    @classmethod
-    def of(cls, customer: Customer) -> Details:
-        return cls(normalize_email(customer.email), customer.phone, customer.name or None)
-
-
-def conflicts(a: Details, b: Details) -> list[str]:
-    """The details both know and disagree on, of ``email``, ``phone``, ``name`` (names
-    compared ignoring case and spacing). Empty: nothing says they are two people."""
-    different = []
-    for name in ("email", "phone", "name"):
-        mine, theirs = getattr(a, name), getattr(b, name)
-        if mine is None or theirs is None:
-            continue
-        if name == "name":
-            mine, theirs = _plain_name(mine), _plain_name(theirs)
-        if mine != theirs:
-            different.append(name)
-    return different
-
-
-def _plain_name(name: str) -> str:
-    return " ".join(name.split()).casefold()
 
 
 @dataclass(frozen=True)
