@@ -199,6 +199,28 @@ def test_a_call_from_a_shared_phone_links_the_first_customer_who_gave_it(
     assert len(customers(sessions)) == 2
 
 
+def test_on_a_shared_phone_without_emails_the_name_tells_people_apart(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    book(sessions, "bk_bert", "Bert Berg", None, "030 1234567")
+    book(sessions, "bk_anna", "Anna Berg", None, "030 1234567")
+    book(sessions, "bk_anna_again", "anna  berg", None, "+49 30 1234567")
+    book(sessions, "bk_anna_mail", "Anna Berg", "anna@example.de", "030 1234567")
+    ring(sessions, "call_home", "030 1234567")
+
+    assert customers(sessions) == [
+        (company, None, "+49301234567", "Bert Berg"),
+        (company, "anna@example.de", "+49301234567", "Anna Berg"),
+    ]
+    with sessions() as session:
+        linked = dict(
+            session.execute(select(Appointment.calcom_uid, Appointment.customer_id)).all()
+        )
+        bert, anna = session.scalars(select(Customer.id).order_by(Customer.id)).all()
+    assert linked == {"bk_bert": bert, "bk_anna": anna, "bk_anna_again": anna, "bk_anna_mail": anna}
+    assert customer_of_call(sessions, "call_home") == bert
+
+
 def test_the_caller_who_books_later_is_one_customer_with_the_email_filled_in(
     sessions: sessionmaker[Session], company: int
 ) -> None:

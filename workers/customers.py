@@ -11,11 +11,13 @@ The rule, for a contact with an e-mail and/or a phone:
 1. **E-mail decides.** A contact with an e-mail is the company's customer with exactly
    that address (``normalize_email``: trimmed, NFC, lower-cased, never accent-folded).
 2. **Else the number's customer.** Each valid E.164 number of a company has at most
-   one *holder* (``phone_key``): the first customer who gave it. A contact without an
-   e-mail (a call) is that holder. A contact whose e-mail is new is the holder too when
-   the holder has no e-mail (the caller now books: the e-mail is filled in) — but not
-   when the holder has another e-mail: then the number is shared (a family landline, a
-   receptionist booking for others) and the contact is a *new* customer with the same
+   one *holder* (``phone_key``): the first customer who gave it. The contact is the
+   first of the company's customers with that number — the holder first, then the
+   oldest — whom nothing contradicts (no other e-mail, no other name:
+   :func:`models.customers.conflicts`); a call, a number and nothing else, is thus
+   the holder. The caller who now books is the holder, and the e-mail is filled in.
+   When everyone with the number is contradicted — a family landline, a receptionist
+   booking for others, a reused number — the contact is a *new* customer with the same
    phone. Nothing the contact said is dropped.
 3. **Nothing identifies no one.** Invalid numbers are kept on a new record but identify
    no one (``anonymous`` would otherwise be one person); a contact with neither an
@@ -97,20 +99,27 @@ def find_or_create_customer(
         if customer is not None:
             _fill(session, customer, contact)
             return customer
-    if wanted.phone is not None:
-        holder = _current(
-            session, _find(session, Customer.phone_key == wanted.phone, contact), contact
-        )
-        if holder is not None:
-            if holder.email in (None, wanted.email) or wanted.email is None:
-                _fill(session, holder, contact)
-                return holder
-            log.info(
-                "phone shared: a new customer with another customer's number",
-                extra={"customer_id": holder.id},
-            )
-            return _create(session, contact, holds_phone=False)
-    return _create(session, contact, holds_phone=wanted.phone is not None)
+    if wanted.phone is None:
+        return _create(session, contact, holds_phone=False)
+    return _by_number(session, contact)
+
+
+def _by_number(session: Session, contact: Contact) -> Customer:
+    """Rule 2: the first of the company's customers with this number (its holder first,
+    then the oldest) that nothing contradicts; else a new one, the number's holder if
+    it has none."""
+    wanted = contact.details
+    for found in _sharing(session, contact):
+        if conflicts(Details.of(found), wanted):
+            continue
+        customer = _current(session, found, contact)  # the latest may contradict now
+        if customer is not None and not conflicts(Details.of(customer), wanted):
+            _fill(session, customer, contact)
+            return customer
+    holder = _find(session, Customer.phone_key == wanted.phone, contact)
+    if holder is not None:
+        log.info("phone shared: a new customer with another customer's number")
+    return _create(session, contact, holds_phone=holder is None)
 
 
 def _contact(
@@ -130,6 +139,25 @@ def _find(session: Session, where: Any, contact: Contact) -> Customer | None:
     return session.scalars(
         select(Customer).where(Customer.company_key == contact.company_key, where)
     ).first()
+
+
+def _sharing(session: Session, contact: Contact) -> list[Customer]:
+    """The company's customers with the contact's number, the holder first (plain read).
+
+    With an e-mail, only those without one: one with another e-mail is someone else."""
+    company = (
+        Customer.company_id.is_(None)
+        if contact.company_id is None
+        else Customer.company_id == contact.company_id
+    )
+    query = select(Customer).where(
+        company,
+        Customer.company_key == contact.company_key,
+        Customer.phone == contact.details.phone,
+    )
+    if contact.details.email is not None:
+        query = query.where(Customer.email.is_(None))
+    return list(session.scalars(query.order_by(Customer.phone_key.is_(None), Customer.id)))
 
 
 def _current(session: Session, found: Customer | None, contact: Contact) -> Customer | None:
@@ -193,12 +221,7 @@ def _fill(session: Session, customer: Customer, contact: Contact) -> None:
     if customer.phone is None and given.phone is not None:
         customer.phone = given.phone
         # The number's holder if it has none yet (the unique key settles a race).
-        holder = session.scalar(
-            select(Customer.id).where(
-                Customer.company_key == contact.company_key, Customer.phone_key == given.phone
-            )
-        )
-        if holder is None:
+        if _find(session, Customer.phone_key == given.phone, contact) is None:
             customer.phone_key = given.phone
     try:
         session.flush()
