@@ -142,7 +142,9 @@ def _customer_phones(engine: Engine, report: Report, *, apply: bool, batch_size:
         engine,
         c.id,
         # A valid E.164 phone with its type is what the model writes: only the rest is read.
-        lambda last: select(c.id, c.company_key, c.phone, c.phone_valid, c.phone_type).where(
+        lambda last: select(
+            c.id, c.company_id, c.company_key, c.phone, c.phone_valid, c.phone_type
+        ).where(
             c.phone.is_not(None),
             or_(c.phone_valid.is_(False), c.phone_type.is_(None), ~c.phone.startswith("+")),
             c.id > last,
@@ -150,7 +152,7 @@ def _customer_phones(engine: Engine, report: Report, *, apply: bool, batch_size:
         batch_size,
     ):
         changes, now_valid = [], []
-        for id_, company_key, phone, valid, type_ in rows:
+        for id_, company_id, company_key, phone, valid, type_ in rows:
             value, is_valid, kind = _stored(phone)
             if value and not is_valid:
                 report.add(INVALID_CUSTOMER_PHONES, f"customer {id_}: {phone!r}")
@@ -162,20 +164,27 @@ def _customer_phones(engine: Engine, report: Report, *, apply: bool, batch_size:
                 {"b_id": id_, "b_old": phone, "b_phone": value, "b_valid": is_valid, "b_type": kind}
             )
             if value and is_valid:
-                _report_shared(engine, report, id_, company_key, value)
+                _report_shared(engine, report, id_, (company_id, company_key), value)
                 now_valid.append((id_, company_key, value))
         if apply and changes:
             _update_phones(engine, table, changes, phone_flags=True)
             _claim_phone_keys(engine, now_valid)
 
 
-def _report_shared(engine: Engine, report: Report, id_: int, company_key: int, phone: str) -> None:
+def _report_shared(
+    engine: Engine, report: Report, id_: int, company: tuple[int | None, int], phone: str
+) -> None:
     """Normalizing may make two customers of a company share a number: a merge candidate
     now (the next run merges it when certain), said here."""
+    company_id, company_key = company
+    # company_id too, for the (company_id, phone) index: one look-up, not a table scan.
+    same_id = (
+        Customer.company_id.is_(None) if company_id is None else Customer.company_id == company_id
+    )
     with engine.connect() as connection:
         other = connection.scalar(
             select(Customer.id)
-            .where(Customer.company_key == company_key, Customer.phone == phone)
+            .where(same_id, Customer.company_key == company_key, Customer.phone == phone)
             .where(Customer.id != id_)
             .order_by(Customer.id)
             .limit(1)
