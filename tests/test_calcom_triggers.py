@@ -155,7 +155,7 @@ EXPECTED: dict[str, tuple[str | None, str]] = {
         "hookfleet.default",
     ),
     "template_form_urlencoded": (
-        "BOOKING_CREATED:bk_fx_form:2026-12-02T08:00:00.000Z:",
+        "BOOKING_CREATED:bk_fx_form:2026-12-02T08:00:00.000Z",
         "hookfleet.default",
     ),
     "template_json": (None, "hookfleet.default"),

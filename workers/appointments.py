@@ -316,9 +316,12 @@ def _retire(session: Session, calcom: CalcomEvent, old: Appointment, order: Orde
 
 
 def _sync_attendees(session: Session, calcom: CalcomEvent, appointment: Appointment) -> None:
-    """One row per listed attendee, each linked to its customer. The booker (the seat
-    named by ``attendeeSeatId``: the last attendee, ``createNewSeat.ts``; else the first)
-    also becomes the appointment's customer if it has none yet."""
+    """One row per listed attendee, each linked to its customer. The booker of this
+    delivery is the seat named by ``attendeeSeatId`` (the last attendee:
+    ``createNewSeat.ts`` lists the earlier seats first), else the first attendee; the
+    form's answers (phone) are theirs. The first attendee listed, the first seat's
+    holder in every seat's event, becomes the appointment's customer if it has none:
+    whatever order the seats' events are applied in."""
     attendees = calcom.attendees()
     if not attendees:
         return
@@ -343,7 +346,7 @@ def _sync_attendees(session: Session, calcom: CalcomEvent, appointment: Appointm
         if customer is not None:
             session.flush()
             row.customer_id = row.customer_id or customer.id
-            if attendee is booker and appointment.customer_id is None:
+            if attendee is attendees[0] and appointment.customer_id is None:
                 appointment.customer_id = customer.id
 
 

@@ -235,9 +235,10 @@ def event_key(envelope: Envelope, body: bytes) -> str:
     """The idempotency key of a Cal.com delivery (Cal.com sends no event id).
 
     - Booking lifecycle (``BOOKING_CREATED`` … ``BOOKING_PAID``):
-      ``T:uid:startTime:<seat>`` where ``<seat>`` is ``seat:<attendeeSeatId>`` or the
-      sorted attendee e-mails: every seat of a seated event shares uid and start, and a
-      seat's cancellation lists only the leaving attendee. A reschedule moves the start
+      ``T:uid:startTime[:<seat>]`` where ``<seat>`` is ``seat:<attendeeSeatId>`` or the
+      sorted attendee e-mails (left out when there are none): every seat of a seated
+      event shares uid and start, and a seat's cancellation lists only the leaving
+      attendee. A reschedule moves the start
       (or makes a new uid); the same booking re-sent, even with a new ``createdAt``, is
       a duplicate.
     - ``MEETING_STARTED`` / ``MEETING_ENDED``: ``T:uid:startTime`` (once per booking).
@@ -251,7 +252,8 @@ def event_key(envelope: Envelope, body: bytes) -> str:
     """
     trigger, ref = envelope.trigger, envelope.booking_ref()
     if ref and trigger in LIFECYCLE:
-        return f"{trigger}:{ref}:{envelope.text('startTime')}:{envelope.attendee_part()}"
+        seat = envelope.attendee_part()
+        return f"{trigger}:{ref}:{envelope.text('startTime')}" + (f":{seat}" if seat else "")
     if ref and trigger in ("MEETING_STARTED", "MEETING_ENDED"):
         return f"{trigger}:{ref}:{envelope.text('startTime')}"
     if ref and trigger == "BOOKING_NO_SHOW_UPDATED":
