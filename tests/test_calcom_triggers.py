@@ -479,3 +479,32 @@ def test_the_batch_path_applies_seats_in_message_order(
         "anna.weber@example.com": "booked",
         "ben.kurz@example.com": "cancelled",
     }
+
+
+def test_cancelling_a_seated_booking_whose_only_seat_is_known_cancels_the_booking(
+    post: Post, redis_client: redis.Redis, sessions: sessionmaker[Session]
+) -> None:
+    # cancelAttendeeSeat.ts refuses below two attendees: the last seat's cancellation
+    # is the booking's (handleCancelBooking.ts), listing that one attendee.
+    deliver(post, redis_client, sessions, "seat_1_BOOKING_CREATED")
+    anna_only = [{"email": "anna.weber@example.com", "name": "Anna Weber"}]
+
+    assert (
+        deliver(post, redis_client, sessions, "seat_2_BOOKING_CANCELLED", attendees=anna_only)
+        == 202
+    )
+
+    assert appointment(sessions, "bk_fx_seated").status == "cancelled"
+    assert attendees(sessions, "bk_fx_seated")["anna.weber@example.com"].status == "cancelled"
+
+
+def test_a_booking_without_seats_is_cancelled_whole_whoever_is_listed(
+    post: Post, redis_client: redis.Redis, sessions: sessionmaker[Session]
+) -> None:
+    guest = {"email": "guest@example.com", "name": "Gast", "timeZone": "Europe/Berlin"}
+    first = json.loads(fixture_body("BOOKING_CREATED")[0])["payload"]["attendees"][0]
+    deliver(post, redis_client, sessions, "BOOKING_CREATED", attendees=[first, guest])
+
+    assert deliver(post, redis_client, sessions, "BOOKING_CANCELLED", attendees=[first]) == 202
+
+    assert appointment(sessions, UID).status == "cancelled"

@@ -283,18 +283,25 @@ def _merge(
 
 
 def _gives_up_seats(calcom: CalcomEvent, appointment: Appointment | None) -> bool:
-    """A BOOKING_CANCELLED gives up seats rather than the booking when it lists only the
-    leaving attendee(s) (``cancelAttendeeSeat.ts``) while others still hold a seat, or
-    when the event is seated and no other attendee is known yet."""
+    """A BOOKING_CANCELLED of a seated event gives up seats rather than the booking when
+    it lists only the leaving attendee(s) (``cancelAttendeeSeat.ts``) while others still
+    hold a seat, or when it lists one attendee and no attendee is known yet (the seats'
+    own events come later). Cal.com cancels the whole booking when its last seat goes
+    (``cancelAttendeeSeat`` refuses below two attendees), so a cancellation listing
+    every known attendee is the booking's.
+
+    Seated: the payload's ``seatsPerTimeSlot`` (``CalendarEvent``), or a known seat."""
     leaving = {normalize_email(_email(a)) for a in calcom.attendees()}
-    if not leaving:
-        return False
     known = appointment.attendees if appointment is not None else []
+    seats = calcom.booking.get("seatsPerTimeSlot")
+    seated = (isinstance(seats, int) and not isinstance(seats, bool) and seats > 0) or any(
+        row.seat_uid for row in known
+    )
+    if not leaving or not seated:
+        return False
     if any(row.email not in leaving and row.status == AttendeeStatus.BOOKED for row in known):
         return True
-    seats = calcom.booking.get("seatsPerTimeSlot")
-    seated = isinstance(seats, int) and not isinstance(seats, bool) and seats > 0
-    return seated and len(leaving) == 1 and all(row.email in leaving for row in known)
+    return not known and len(leaving) == 1
 
 
 def _cancel_attendees(session: Session, calcom: CalcomEvent, appointment: Appointment) -> None:

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, ForeignKey, Table, bindparam, exists, func, or_, 
 from sqlalchemy.orm import Session
 
 # The package, not single modules: every table must be in Base.metadata for the orphan scan.
-from models import Appointment, Base, Call, Customer
+from models import Appointment, AppointmentAttendee, Base, Call, Customer
 from models.business import normalize_email
 from models.phones import normalize_phone
 
@@ -243,7 +243,8 @@ def _merge(engine: Engine, email: str, ids: list[int], report: Report, *, apply:
         )
         if not apply:
             return
-        for model in (Call, Appointment):
+        # Seats and attendees point at customers too (no count above: not a headline).
+        for model in (Call, Appointment, AppointmentAttendee):
             session.execute(
                 update(model).where(model.customer_id.in_(merged)).values(customer_id=keeper.id)
             )
