@@ -508,3 +508,30 @@ def test_a_booking_without_seats_is_cancelled_whole_whoever_is_listed(
     assert deliver(post, redis_client, sessions, "BOOKING_CANCELLED", attendees=[first]) == 202
 
     assert appointment(sessions, UID).status == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        (b"[" * 100_000, "application/x-www-form-urlencoded", 202),
+        ("Grüße=\udcff".encode("utf-8", "surrogateescape"), "text/plain", 202),
+        (b"", "application/x-www-form-urlencoded", 400),
+    ],
+    ids=["deep-nesting-as-form", "not-utf8", "empty"],
+)
+def test_odd_template_bodies_are_answered_without_a_server_error(
+    body: bytes, content_type: str, status: int, post: Post, redis_client: redis.Redis
+) -> None:
+    response = post(body, content_type)
+
+    assert response.status_code == status, response.get_data()
+    if status == 202:
+        [event] = take_queued(redis_client)
+        assert event.event_type == "CUSTOM_TEMPLATE"
+        # What the worker will read: JSON, the text kept (U+FFFD for the bad byte).
+        assert json.loads(event.payload)["hookfleet_reframed"]["body"] == body.decode(
+            "utf-8", errors="replace"
+        )
+    else:
+        assert response.get_json()["error"]["code"] == "empty_body"
+        assert take_queued(redis_client) == []

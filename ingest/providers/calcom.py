@@ -147,7 +147,7 @@ def wrap_foreign_body(body: bytes, content_type: str) -> tuple[dict[str, Any], s
     text = body.decode("utf-8", errors="replace")
     try:
         parsed: Any = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON (or nested past the parser's depth)
         parsed = None
     fields = form_fields(text) if parsed is None else {}
     trigger = fields.get("triggerEvent", "")
