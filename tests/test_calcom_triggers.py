@@ -97,7 +97,7 @@ EXPECTED: dict[str, tuple[str | None, str]] = {
         "hookfleet.default",
     ),
     "BOOKING_RESCHEDULED": (
-        "BOOKING_RESCHEDULED:bk_fx_moved:2026-12-03T14:00:00Z:anna.weber@example.com",
+        "BOOKING_RESCHEDULED:bk_fx_moved:2026-12-03T14:00:00Z:2026-11-21T08:00:00.000Z:anna.weber@example.com",
         "hookfleet.default",
     ),
     "BOOKING_CANCELLED": (
@@ -535,3 +535,23 @@ def test_odd_template_bodies_are_answered_without_a_server_error(
     else:
         assert response.get_json()["error"]["code"] == "empty_body"
         assert take_queued(redis_client) == []
+
+
+def test_a_booking_moved_away_and_back_in_place_is_two_moves(
+    post: Post, redis_client: redis.Redis, sessions: sessionmaker[Session]
+) -> None:
+    deliver(post, redis_client, sessions, "BOOKING_CREATED")
+    moves = [
+        ("2026-12-01T10:00:00Z", "2026-11-21T08:00:00.000Z"),
+        ("2026-12-01T09:00:00Z", "2026-11-21T09:00:00.000Z"),
+        ("2026-12-01T10:00:00Z", "2026-11-21T10:00:00.000Z"),  # the first start again
+    ]
+    for start, created in moves:
+        body = json.loads(fixture_body("BOOKING_CREATED")[0])
+        body["triggerEvent"], body["createdAt"] = "BOOKING_RESCHEDULED", created
+        body["payload"]["startTime"] = start
+        assert post(json.dumps(body).encode()).status_code == 202
+        for event in take_queued(redis_client):
+            record_event(sessions, event)
+
+    assert appointment(sessions, UID).starts_at == datetime(2026, 12, 1, 10, 0, tzinfo=UTC)

@@ -595,8 +595,8 @@ def test_calcom_reschedule_of_a_booking_is_a_new_event(
     ids = [kwargs["event_id"] for kwargs in task_kwargs(redis_client, CALCOM.queue)]
     assert ids == [
         "BOOKING_CREATED:bFJeNb2uX8ANpT3JL5EfXw:2025-07-01T09:00:00Z:anna.weber@example.com",
-        "BOOKING_RESCHEDULED:bFJeNb2uX8ANpT3JL5EfXw:2025-07-03T14:00:00Z:anna.weber@example.com",
-        "BOOKING_RESCHEDULED:bFJeNb2uX8ANpT3JL5EfXw:2025-07-04T08:00:00Z:anna.weber@example.com",
+        "BOOKING_RESCHEDULED:bFJeNb2uX8ANpT3JL5EfXw:2025-07-03T14:00:00Z:2025-06-20T14:03:11.512Z:anna.weber@example.com",
+        "BOOKING_RESCHEDULED:bFJeNb2uX8ANpT3JL5EfXw:2025-07-04T08:00:00Z:2025-06-20T14:03:11.512Z:anna.weber@example.com",
     ]
 
 

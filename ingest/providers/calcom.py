@@ -240,7 +240,8 @@ def event_key(envelope: Envelope, body: bytes) -> str:
       event shares uid and start, and a seat's cancellation lists only the leaving
       attendee. A reschedule moves the start
       (or makes a new uid); the same booking re-sent, even with a new ``createdAt``, is
-      a duplicate.
+      a duplicate. ``BOOKING_RESCHEDULED`` adds its ``createdAt`` after the start
+      (``T:uid:startTime:createdAt``): a booking moved away and back is two moves.
     - ``MEETING_STARTED`` / ``MEETING_ENDED``: ``T:uid:startTime`` (once per booking).
     - ``BOOKING_NO_SHOW_UPDATED``: ``T:bookingUid:createdAt:<email=0|1,...>``: marking and
       unmarking, or two attendees, are distinct updates; a retry is byte-identical.
@@ -252,8 +253,12 @@ def event_key(envelope: Envelope, body: bytes) -> str:
     """
     trigger, ref = envelope.trigger, envelope.booking_ref()
     if ref and trigger in LIFECYCLE:
+        start = envelope.text("startTime")
+        if trigger == "BOOKING_RESCHEDULED":
+            # Moved there and back (same uid): the same start twice, two moves.
+            start = f"{start}:{envelope.created_at}"
         seat = envelope.attendee_part()
-        return f"{trigger}:{ref}:{envelope.text('startTime')}" + (f":{seat}" if seat else "")
+        return f"{trigger}:{ref}:{start}" + (f":{seat}" if seat else "")
     if ref and trigger in ("MEETING_STARTED", "MEETING_ENDED"):
         return f"{trigger}:{ref}:{envelope.text('startTime')}"
     if ref and trigger == "BOOKING_NO_SHOW_UPDATED":
