@@ -7,6 +7,7 @@ import enum
 from datetime import datetime
 
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, deferred, mapped_column, relationship
 
 from models.base import Base, LongText, UTCDateTime, optional_link, utcnow
@@ -23,6 +24,13 @@ class AppointmentStatus(enum.StrEnum):
     ENDED = "ended"  # MEETING_ENDED: the appointment is closed
     CANCELLED = "cancelled"  # BOOKING_CANCELLED of the whole booking (or of its last seat)
     REJECTED = "rejected"  # BOOKING_REJECTED of a requested booking
+
+
+# E-mail addresses compared as written (lower-cased by normalize_email): MariaDB's default
+# utf8mb4_general_ci would take jürgen@ and jurgen@ for one attendee and refuse the second.
+ExactEmail = String(191).with_variant(
+    mysql.VARCHAR(191, collation="utf8mb4_bin"), "mysql", "mariadb"
+)
 
 
 class AttendeeStatus(enum.StrEnum):
@@ -95,7 +103,7 @@ class AppointmentAttendee(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     appointment_id: Mapped[int] = mapped_column(ForeignKey("appointments.id", ondelete="CASCADE"))
-    email: Mapped[str | None] = mapped_column(String(191), default=None)
+    email: Mapped[str | None] = mapped_column(ExactEmail, default=None)
     name: Mapped[str | None] = mapped_column(String(200), default=None)
     seat_uid: Mapped[str | None] = mapped_column(String(128), default=None)
     customer_id: Mapped[int | None] = optional_link("customers")

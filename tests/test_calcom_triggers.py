@@ -555,3 +555,17 @@ def test_a_booking_moved_away_and_back_in_place_is_two_moves(
             record_event(sessions, event)
 
     assert appointment(sessions, UID).starts_at == datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+
+
+def test_attendees_whose_emails_differ_only_by_an_accent_are_two_seats(
+    post: Post, redis_client: redis.Redis, sessions: sessionmaker[Session]
+) -> None:
+    # MariaDB's default collation compares jürgen@ and jurgen@ equal; they are two people.
+    people = [
+        {"email": "jurgen@example.com", "name": "Jurgen", "timeZone": "Europe/Berlin"},
+        {"email": "jürgen@example.com", "name": "Jürgen", "timeZone": "Europe/Berlin"},
+    ]
+
+    assert deliver(post, redis_client, sessions, "BOOKING_CREATED", attendees=people) == 202
+
+    assert set(attendees(sessions, UID)) == {"jurgen@example.com", "jürgen@example.com"}

@@ -21,6 +21,10 @@ depends_on: str | Sequence[str] | None = None
 
 # Types frozen here rather than imported from models (see 0001).
 TIMESTAMP = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+# Compared as written on MariaDB too (its default collation equates jürgen@ and jurgen@).
+EXACT_EMAIL = sa.String(length=191).with_variant(
+    mysql.VARCHAR(191, collation="utf8mb4_bin"), "mysql", "mariadb"
+)
 TABLE_OPTIONS: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_engine": "InnoDB"}
 
 
@@ -39,7 +43,7 @@ def upgrade() -> None:
         "appointment_attendees",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("appointment_id", sa.Integer(), nullable=False),
-        sa.Column("email", sa.String(length=191), nullable=True),
+        sa.Column("email", EXACT_EMAIL, nullable=True),
         sa.Column("name", sa.String(length=200), nullable=True),
         sa.Column("seat_uid", sa.String(length=128), nullable=True),
         sa.Column("customer_id", sa.Integer(), nullable=True),
