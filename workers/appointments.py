@@ -1,5 +1,6 @@
-"""Cal.com events → ``appointments`` (one row per booking uid) and
-``appointment_attendees`` (one row per attendee, i.e. per seat of a seated event).
+"""Cal.com events → ``appointments`` (one row per booking uid); their attendees and seats
+(``appointment_attendees``) are ``workers/attendees.py``'s, the delivery's shapes
+``workers/calcom_events.py``'s.
 
 What each trigger does (shapes: ``ingest/providers/calcom.py``; sender source in
 calcom/cal.com ``packages/features/webhooks/lib/sendPayload.ts``,
@@ -23,13 +24,12 @@ calcom/cal.com ``packages/features/webhooks/lib/sendPayload.ts``,
 
 Status changes are ordered by (rank, the trigger's ``createdAt``): an event below the
 row's order only fills empty fields, so a late BOOKING_CREATED never undoes a move, an
-end or a cancellation. The appointment's customer is its first booker and never moves;
-each attendee is linked to a customer of their own.
+end or a cancellation. The appointment's customer is its first attendee and never
+moves; each attendee is linked to a customer of their own.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,16 +39,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.appointments import (
-    Appointment,
-    AppointmentAttendee,
-    AppointmentStatus,
-    AttendeeStatus,
-)
+from models.appointments import Appointment, AppointmentStatus, AttendeeStatus
 from models.business import Branch, Service, Staff, normalize_email
 from models.events import WebhookEvent
-from workers.customers import find_or_create_customer
-from workers.retries import PermanentError, RaceLost
+from workers.attendees import cancel_attendees, gives_up_seats, mark_no_shows, sync_attendees
+from workers.calcom_events import CalcomEvent, text, when
+from workers.retries import RaceLost
 
 log = logging.getLogger("hookfleet.worker.appointments")
 
@@ -68,7 +64,6 @@ NO_SHOW_TRIGGERS = (
     "AFTER_GUESTS_CAL_VIDEO_NO_SHOW",
     "AFTER_HOSTS_CAL_VIDEO_NO_SHOW",
 )
-_WRAPPER = "hookfleet_reframed"  # ingest.providers.calcom.WRAPPER: a custom-template body
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -81,49 +76,6 @@ class Order:
         mine = (self.rank, self.at or _EPOCH)
         theirs = (appointment.event_rank, appointment.event_at or _EPOCH)
         return mine >= theirs
-
-
-@dataclass(frozen=True)
-class CalcomEvent:
-    """A stored delivery read back: the trigger, its ``createdAt`` and the booking (or
-    no-show notice) it is about, whichever of Cal.com's shapes it came in."""
-
-    trigger: str
-    created_at: datetime | None
-    booking: dict[str, Any]
-    raw: str
-
-    @classmethod
-    def load(cls, event: WebhookEvent) -> CalcomEvent:
-        body = json.loads(event.payload)
-        wrapped = body.get(_WRAPPER)
-        if isinstance(wrapped, dict) and isinstance(wrapped.get("fields"), dict):
-            booking = wrapped["fields"]
-        elif isinstance(body.get("payload"), dict):
-            booking = body["payload"]
-        else:  # flat: the scheduled job's MEETING_STARTED / MEETING_ENDED, or a template
-            booking = body
-        created = _when(body.get("createdAt"), "createdAt", required=False)
-        return cls(event.event_type, created, booking, event.payload)
-
-    def booking_id(self) -> int | None:
-        number = self.booking.get("bookingId")
-        if number is None and self.trigger in ("MEETING_STARTED", "MEETING_ENDED"):
-            number = self.booking.get("id")  # the flat booking row's own id
-        return number if isinstance(number, int) and not isinstance(number, bool) else None
-
-    def uid(self) -> str | None:
-        for name in ("uid", "bookingUid"):
-            value = self.booking.get(name)
-            if isinstance(value, str) and value:
-                return value[:128]
-        return None
-
-    def attendees(self) -> list[dict[str, Any]]:
-        found = self.booking.get("attendees")
-        if not isinstance(found, list):
-            return []
-        return [a for a in found if isinstance(a, dict) and normalize_email(_email(a))]
 
 
 def apply_calcom_event(session: Session, event: WebhookEvent) -> None:
@@ -160,12 +112,12 @@ def _apply_booking_event(session: Session, calcom: CalcomEvent) -> None:
     order = Order(RANKS[calcom.trigger], calcom.created_at)
     uid = calcom.uid() or (appointment.calcom_uid if appointment else "")
     fields = _fields(session, calcom)
-    if calcom.trigger == "BOOKING_CANCELLED" and _gives_up_seats(calcom, appointment):
+    if calcom.trigger == "BOOKING_CANCELLED" and gives_up_seats(calcom, appointment):
         if appointment is None:  # the seat's booking is not here yet: a placeholder
             appointment = _get_or_add(session, uid)
             _merge(session, appointment, fields | {"status": None}, Order(0, None))
             session.flush()
-        _cancel_attendees(session, calcom, appointment)
+        cancel_attendees(session, calcom, appointment)
         return
     previous = calcom.booking.get("rescheduleUid")
     if isinstance(previous, str) and previous and previous != uid:
@@ -175,7 +127,7 @@ def _apply_booking_event(session: Session, calcom: CalcomEvent) -> None:
     _merge(session, appointment, fields, order)
     _merge_payment(appointment, calcom.trigger)
     session.flush()  # the appointment has its id for its attendees
-    _sync_attendees(session, calcom, appointment)
+    sync_attendees(session, calcom, appointment)
     if calcom.trigger in ("BOOKING_CANCELLED", "BOOKING_REJECTED") and order.at_least(appointment):
         for row in appointment.attendees:
             row.status = AttendeeStatus.CANCELLED
@@ -208,11 +160,11 @@ def _fields(session: Session, calcom: CalcomEvent) -> dict[str, Any]:
             "booking for an event type no branch or service has",
             extra={"calcom_event_type_id": event_type_id},
         )
-    starts_at = _when(booking.get("startTime"), "startTime")
-    ends_at = _when(booking.get("endTime"), "endTime")
+    starts_at = when(booking.get("startTime"), "startTime")
+    ends_at = when(booking.get("endTime"), "endTime")
     fields: dict[str, Any] = {
         "status": _status(calcom),
-        "title": _text(booking.get("title"), 255),
+        "title": text(booking.get("title"), 255),
         "starts_at": starts_at,
         "ends_at": ends_at,
         "calcom_booking_id": calcom.booking_id(),
@@ -228,9 +180,9 @@ def _fields(session: Session, calcom: CalcomEvent) -> dict[str, Any]:
     if calcom.trigger == "MEETING_ENDED":
         fields["ended_at"] = ends_at or calcom.created_at
     if calcom.trigger == "BOOKING_CANCELLED":
-        fields["cancellation_reason"] = _text(booking.get("cancellationReason"), 2000)
+        fields["cancellation_reason"] = text(booking.get("cancellationReason"), 2000)
     if calcom.trigger == "BOOKING_REJECTED":
-        fields["cancellation_reason"] = _text(booking.get("rejectionReason"), 2000)
+        fields["cancellation_reason"] = text(booking.get("rejectionReason"), 2000)
     return fields
 
 
@@ -240,6 +192,16 @@ def _merge_payment(appointment: Appointment, trigger: str) -> None:
         appointment.payment_status = "paid"
     elif trigger == "BOOKING_PAYMENT_INITIATED" and appointment.payment_status is None:
         appointment.payment_status = "initiated"
+
+
+def _retire(session: Session, calcom: CalcomEvent, old: Appointment, order: Order) -> None:
+    """The booking a reschedule came from is over: ``rescheduled``, unless a later event
+    (its own cancellation) outranks this one. For a seat moved out of a seated booking
+    that others still hold, only that seat's row leaves the old booking."""
+    if gives_up_seats(calcom, old) and old.id is not None:
+        cancel_attendees(session, calcom, old)
+        return
+    _merge(session, old, {"status": AppointmentStatus.RESCHEDULED}, order)
 
 
 def _find(session: Session, calcom: CalcomEvent) -> Appointment | None:
@@ -279,114 +241,7 @@ def _merge(
         appointment.event_rank, appointment.event_at = order.rank, order.at
 
 
-# --- Attendees and seats --------------------------------------------------------------------
-
-
-def _gives_up_seats(calcom: CalcomEvent, appointment: Appointment | None) -> bool:
-    """A BOOKING_CANCELLED of a seated event gives up seats rather than the booking when
-    it lists only the leaving attendee(s) (``cancelAttendeeSeat.ts``) while others still
-    hold a seat, or when it lists one attendee and no attendee is known yet (the seats'
-    own events come later). Cal.com cancels the whole booking when its last seat goes
-    (``cancelAttendeeSeat`` refuses below two attendees), so a cancellation listing
-    every known attendee is the booking's.
-
-    Seated: the payload's ``seatsPerTimeSlot`` (``CalendarEvent``), or a known seat."""
-    leaving = {normalize_email(_email(a)) for a in calcom.attendees()}
-    known = appointment.attendees if appointment is not None else []
-    seats = calcom.booking.get("seatsPerTimeSlot")
-    seated = (isinstance(seats, int) and not isinstance(seats, bool) and seats > 0) or any(
-        row.seat_uid for row in known
-    )
-    if not leaving or not seated:
-        return False
-    if any(row.email not in leaving and row.status == AttendeeStatus.BOOKED for row in known):
-        return True
-    return not known and len(leaving) == 1
-
-
-def _cancel_attendees(session: Session, calcom: CalcomEvent, appointment: Appointment) -> None:
-    """Only the listed attendees' rows are cancelled; the appointment and its customer
-    stay as they are."""
-    for attendee in calcom.attendees():
-        row = _attendee_row(session, appointment, attendee)
-        row.status = AttendeeStatus.CANCELLED
-
-
-def _retire(session: Session, calcom: CalcomEvent, old: Appointment, order: Order) -> None:
-    """The booking a reschedule came from is over: ``rescheduled``, unless a later event
-    (its own cancellation) outranks this one. For a seat moved out of a seated booking
-    that others still hold, only that seat's row leaves the old booking."""
-    if _gives_up_seats(calcom, old) and old.id is not None:
-        _cancel_attendees(session, calcom, old)
-        return
-    _merge(session, old, {"status": AppointmentStatus.RESCHEDULED}, order)
-
-
-def _sync_attendees(session: Session, calcom: CalcomEvent, appointment: Appointment) -> None:
-    """One row per listed attendee, each linked to its customer. The booker of this
-    delivery is the seat named by ``attendeeSeatId`` (the last attendee:
-    ``createNewSeat.ts`` lists the earlier seats first), else the first attendee; the
-    form's answers (phone) are theirs. The first attendee listed, the first seat's
-    holder in every seat's event, becomes the appointment's customer if it has none:
-    whatever order the seats' events are applied in."""
-    attendees = calcom.attendees()
-    if not attendees:
-        return
-    seat = calcom.booking.get("attendeeSeatId")
-    booker = attendees[-1] if isinstance(seat, str) and seat else attendees[0]
-    for attendee in attendees:
-        row = _attendee_row(session, appointment, attendee)
-        if row.seat_uid is None:
-            row.seat_uid = _seat_of(attendee) or (
-                seat[:128] if attendee is booker and seat else None
-            )
-        phone = attendee.get("phoneNumber") or (
-            _booker_phone(calcom) if attendee is booker else None
-        )
-        customer = find_or_create_customer(
-            session,
-            appointment.company_id,
-            email=_text(_email(attendee), 191),
-            phone=_text(phone, 64),
-            name=_text(attendee.get("name"), 200),
-        )
-        if customer is not None:
-            session.flush()
-            row.customer_id = row.customer_id or customer.id
-            if attendee is attendees[0] and appointment.customer_id is None:
-                appointment.customer_id = customer.id
-
-
-def _attendee_row(
-    session: Session, appointment: Appointment, attendee: dict[str, Any]
-) -> AppointmentAttendee:
-    email = normalize_email(_email(attendee))
-    for row in appointment.attendees:
-        if row.email == email:
-            return row
-    row = AppointmentAttendee(
-        appointment=appointment,
-        email=email,
-        name=_text(attendee.get("name"), 200),
-        status=AttendeeStatus.BOOKED,
-    )
-    session.add(row)
-    return row
-
-
-def _seat_of(attendee: dict[str, Any]) -> str | None:
-    seat = attendee.get("bookingSeat")
-    reference = seat.get("referenceUid") if isinstance(seat, dict) else None
-    return reference[:128] if isinstance(reference, str) and reference else None
-
-
-def _booker_phone(calcom: CalcomEvent) -> object:
-    responses = calcom.booking.get("responses")
-    answers: dict[str, Any] = responses if isinstance(responses, dict) else {}
-    return _answer(answers, "attendeePhoneNumber") or _answer(answers, "phone")
-
-
-# --- No-shows -------------------------------------------------------------------------------
+# --- No-shows: the appointment they are about -------------------------------------------------
 
 
 def _apply_no_show(session: Session, calcom: CalcomEvent) -> None:
@@ -403,31 +258,16 @@ def _apply_no_show(session: Session, calcom: CalcomEvent) -> None:
         appointment = _get_or_add(session, uid)
         _merge(session, appointment, _no_show_fields(calcom), Order(0, None))
         session.flush()
-    if calcom.trigger == "AFTER_HOSTS_CAL_VIDEO_NO_SHOW":
-        appointment.host_no_show = True
-        return
-    attendees = calcom.attendees()
-    if calcom.trigger == "AFTER_GUESTS_CAL_VIDEO_NO_SHOW":
-        # Newer senders mark the missing guests (``noShow: true``); older ones sent the
-        # booking's attendees with the message "Guest didn't join": all of them.
-        flagged = [a for a in attendees if a.get("noShow") is True]
-        marks = [(a, True) for a in (flagged or attendees)]
-    else:
-        marks = [(a, bool(a.get("noShow"))) for a in attendees]
-    for attendee, no_show in marks:
-        row = _attendee_row(session, appointment, attendee)
-        at = calcom.created_at
-        if row.no_show_at is None or at is None or at >= row.no_show_at:
-            row.no_show, row.no_show_at = no_show, at or row.no_show_at
+    mark_no_shows(session, calcom, appointment)
 
 
 def _no_show_fields(calcom: CalcomEvent) -> dict[str, Any]:
     booking = calcom.booking
     return {
         "calcom_booking_id": calcom.booking_id(),
-        "title": _text(booking.get("title"), 255),
-        "starts_at": _when(booking.get("startTime"), "startTime", required=False),
-        "ends_at": _when(booking.get("endTime"), "endTime", required=False),
+        "title": text(booking.get("title"), 255),
+        "starts_at": when(booking.get("startTime"), "startTime", required=False),
+        "ends_at": when(booking.get("endTime"), "endTime", required=False),
     }
 
 
@@ -449,39 +289,9 @@ def _place(session: Session, event_type_id: int | None) -> tuple[Branch | None, 
 def _staff(session: Session, company_id: int | None, organizer: object) -> int | None:
     if company_id is None or not isinstance(organizer, dict):
         return None
-    email = normalize_email(_text(organizer.get("email"), 191))
+    email = normalize_email(text(organizer.get("email"), 191))
     if email is None:
         return None
     return session.scalar(
         select(Staff.id).where(Staff.company_id == company_id, Staff.email == email)
     )
-
-
-def _email(attendee: dict[str, Any]) -> str | None:
-    value = attendee.get("email")
-    return value if isinstance(value, str) else None
-
-
-def _answer(responses: dict[str, Any], key: str) -> object:
-    value = responses.get(key)
-    return value.get("value") if isinstance(value, dict) else value
-
-
-def _when(value: object, name: str, *, required: bool = True) -> datetime | None:
-    """An ISO-8601 timestamp as aware UTC; PermanentError when present but unreadable."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            parsed = None
-        if parsed is not None:
-            return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    if required:
-        raise PermanentError(f"payload.{name} {value!r} is not an ISO-8601 timestamp")
-    return None
-
-
-def _text(value: object, limit: int) -> str | None:
-    return value[:limit] if isinstance(value, str) and value else None
