@@ -141,8 +141,9 @@ def form_fields(text: str) -> dict[str, str]:
 
 def wrap_foreign_body(body: bytes, content_type: str) -> tuple[dict[str, Any], str]:
     """A body that is not a JSON object as ``(payload, JSON text)`` for the queue:
-    ``{"triggerEvent": <from the fields or "">, "hookfleet_reframed": {"content_type",
-    "body": <the text as received>, "fields": {...}}}``. Bytes that are not UTF-8 are
+    ``{"triggerEvent": <from the fields or "">, "createdAt"?: <from the fields>,
+    "hookfleet_reframed": {"content_type", "body": <the text as received>,
+    "fields": {...}}}``. Bytes that are not UTF-8 are
     kept with U+FFFD in their place (the signature was checked over the raw bytes)."""
     text = body.decode("utf-8", errors="replace")
     try:
@@ -150,11 +151,10 @@ def wrap_foreign_body(body: bytes, content_type: str) -> tuple[dict[str, Any], s
     except (ValueError, RecursionError):  # not JSON (or nested past the parser's depth)
         parsed = None
     fields = form_fields(text) if parsed is None else {}
-    trigger = fields.get("triggerEvent", "")
-    wrapped = {
-        "triggerEvent": trigger,
-        WRAPPER: {"content_type": content_type, "body": text, "fields": fields},
-    }
+    wrapped: dict[str, Any] = {"triggerEvent": fields.get("triggerEvent", "")}
+    if "createdAt" in fields:
+        wrapped["createdAt"] = fields["createdAt"]
+    wrapped[WRAPPER] = {"content_type": content_type, "body": text, "fields": fields}
     return wrapped, json.dumps(wrapped, ensure_ascii=False)
 
 
