@@ -16,6 +16,14 @@ ROUTES: Mapping[str, str] = {
     # A voice call is happening now: its events jump the queue.
     "retell": HIGH,
     "calcom": DEFAULT,
+    # Cal.com: a meeting happening now (or an instant meeting someone waits in) first;
+    # recordings, transcripts and the test ping are bulk.
+    "calcom:MEETING_STARTED": HIGH,
+    "calcom:MEETING_ENDED": HIGH,
+    "calcom:INSTANT_MEETING": HIGH,
+    "calcom:RECORDING_READY": LOW,
+    "calcom:RECORDING_TRANSCRIPTION_GENERATED": LOW,
+    "calcom:PING": LOW,
     "stripe": DEFAULT,
     "standard": DEFAULT,
 }

@@ -98,16 +98,19 @@ def receive(provider_name: str) -> tuple[Response, int]:
     try:
         payload, text = _parse_object(delivery.body)
     except ApiError as error:
-        if declared_json:
-            raise
-        # The sender chose another content type (a Cal.com custom payload template):
-        # authentic, but not a shape we can use.
-        raise ApiError(
-            422,
-            "unknown_shape",
-            f"{error.message} The body was sent as {request.mimetype or 'no content type'}; "
-            f"{provider.name} deliveries must be a JSON object (check any custom template).",
-        ) from None
+        # A sender that really sends other bodies (Cal.com's custom templates) wraps them.
+        reframed = provider.reframe(delivery, request.mimetype)
+        if reframed is None:
+            if declared_json:
+                raise
+            raise ApiError(
+                422,
+                "unknown_shape",
+                f"{error.message} The body was sent as "
+                f"{request.mimetype or 'no content type'}; {provider.name} deliveries must "
+                "be a JSON object.",
+            ) from None
+        payload, text = reframed
     try:
         identity = provider.identify(delivery, payload)
     except ShapeError as error:

@@ -3,7 +3,7 @@
 Imports neither ``ingest`` nor ``workers``; both may import it.
 """
 
-from models.appointments import Appointment
+from models.appointments import Appointment, AppointmentAttendee, AppointmentStatus
 from models.base import Base
 from models.business import Agent, Branch, Company, Service, Staff
 from models.calls import Call
@@ -13,6 +13,8 @@ from models.events import EventStatus, WebhookEvent
 __all__ = [
     "Agent",
     "Appointment",
+    "AppointmentAttendee",
+    "AppointmentStatus",
     "Base",
     "Branch",
     "Call",

@@ -1,16 +1,35 @@
-"""Cal.com booking events → one ``appointments`` row per booking uid.
+"""Cal.com events → ``appointments`` (one row per booking uid); their attendees and seats
+(``appointment_attendees``) are ``workers/attendees.py``'s, the delivery's shapes
+``workers/calcom_events.py``'s.
 
-``BOOKING_CREATED`` books; ``BOOKING_RESCHEDULED`` either moves the booking in place
-(same uid, new start) or, when it names an older booking in ``rescheduleUid``, marks
-that one ``rescheduled`` and books the new uid; ``BOOKING_CANCELLED`` cancels. Events
-are ordered by (rank, the trigger's ``createdAt``): one below a row's order only fills
-empty fields, so a late or repeated BOOKING_CREATED never undoes a move or a
-cancellation. Other triggers are recorded only.
+What each trigger does (shapes: ``ingest/providers/calcom.py``; sender source in
+calcom/cal.com ``packages/features/webhooks/lib/sendPayload.ts``,
+``handleWebhookScheduledTriggers.ts``, ``packages/features/bookings/lib/handleSeats/``,
+``packages/features/tasker/tasks/triggerNoShow/``):
+
+- ``BOOKING_REQUESTED`` / ``BOOKING_PAYMENT_INITIATED`` → ``pending`` (payment
+  ``initiated``); ``BOOKING_CREATED`` → ``booked`` (``pending`` when its status says so);
+  ``BOOKING_PAID`` → payment ``paid``; ``BOOKING_RESCHEDULED`` moves the booking in place
+  or, naming an older uid in ``rescheduleUid``, retires that one as ``rescheduled``.
+- ``MEETING_STARTED`` → ``started``; ``MEETING_ENDED`` → ``ended`` (closed). Both may come
+  flat (no ``payload`` key) from Cal.com's scheduled job, or name the booking only by id.
+- ``BOOKING_CANCELLED`` → ``cancelled``, unless it gives up one seat: it lists only the
+  leaving attendee(s) while others still hold seats (or the event is seated and nothing
+  else is known); then only those attendees' rows are ``cancelled``.
+- ``BOOKING_REJECTED`` → ``rejected``.
+- ``BOOKING_NO_SHOW_UPDATED`` sets each listed attendee's ``no_show`` (newest ``createdAt``
+  wins); ``AFTER_GUESTS_CAL_VIDEO_NO_SHOW`` marks the guests Cal Video saw missing;
+  ``AFTER_HOSTS_CAL_VIDEO_NO_SHOW`` sets ``host_no_show``.
+- Every other trigger is recorded only.
+
+Status changes are ordered by (rank, the trigger's ``createdAt``): an event below the
+row's order only fills empty fields, so a late BOOKING_CREATED never undoes a move, an
+end or a cancellation. The appointment's customer is its first attendee and never
+moves; each attendee is linked to a customer of their own.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,15 +39,31 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.appointments import Appointment
+from models.appointments import Appointment, AppointmentStatus, AttendeeStatus
 from models.business import Branch, Service, Staff, normalize_email
 from models.events import WebhookEvent
-from workers.customers import find_or_create_customer
-from workers.retries import PermanentError, RaceLost
+from workers.attendees import cancel_attendees, gives_up_seats, mark_no_shows, sync_attendees
+from workers.calcom_events import CalcomEvent, text, when
+from workers.retries import RaceLost
 
 log = logging.getLogger("hookfleet.worker.appointments")
 
-RANKS = {"BOOKING_CREATED": 1, "BOOKING_RESCHEDULED": 2, "BOOKING_CANCELLED": 3}
+RANKS = {
+    "BOOKING_REQUESTED": 1,
+    "BOOKING_PAYMENT_INITIATED": 1,
+    "BOOKING_CREATED": 2,
+    "BOOKING_PAID": 2,
+    "BOOKING_RESCHEDULED": 3,
+    "MEETING_STARTED": 4,
+    "MEETING_ENDED": 5,
+    "BOOKING_CANCELLED": 6,
+    "BOOKING_REJECTED": 6,
+}
+NO_SHOW_TRIGGERS = (
+    "BOOKING_NO_SHOW_UPDATED",
+    "AFTER_GUESTS_CAL_VIDEO_NO_SHOW",
+    "AFTER_HOSTS_CAL_VIDEO_NO_SHOW",
+)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -44,59 +79,78 @@ class Order:
 
 
 def apply_calcom_event(session: Session, event: WebhookEvent) -> None:
-    """Upsert the appointment(s) a booking event is about.
+    """Apply what a Cal.com event means to the appointment it is about.
 
-    Raises PermanentError for a booking event without ``payload.uid`` or with a start
-    or end that is not a timestamp; RaceLost when a concurrent worker created the same
-    booking first.
+    Raises PermanentError for a start or end that is present but not a timestamp;
+    RaceLost when a concurrent worker created the same booking or attendee first (the
+    retry finds it). Events that name no booking we can find are recorded only.
     """
-    rank = RANKS.get(event.event_type)
-    if rank is None:
+    if event.event_type not in RANKS and event.event_type not in NO_SHOW_TRIGGERS:
         return
-    body = json.loads(event.payload)
-    booking: dict[str, Any] = body["payload"]  # the receiver checked it is an object
-    uid = booking.get("uid")
-    if not isinstance(uid, str) or not uid:
-        raise PermanentError(f"{event.event_type} without payload.uid cannot be an appointment")
-    order = Order(rank, _when(body.get("createdAt"), "createdAt", required=False))
-    fields = _fields(session, booking, event.payload)
-    previous = booking.get("rescheduleUid")
-    moved_from = previous if isinstance(previous, str) and previous and previous != uid else None
-
-    if event.event_type == "BOOKING_CANCELLED":
-        reason = booking.get("cancellationReason")
-        fields |= {"status": "cancelled", "cancellation_reason": _text(reason, 2000)}
-    else:
-        fields["status"] = "booked"
-    if moved_from:
-        fields["rescheduled_from_uid"] = moved_from[:128]
-        # The old booking is over: rescheduled, whatever it said before (unless a later
-        # event, e.g. its own cancellation, outranks this one).
-        _upsert(session, moved_from, {"status": "rescheduled"}, order)
-    _upsert(session, uid, fields, order)
+    calcom = CalcomEvent.load(event)
     try:
+        if calcom.trigger in RANKS:
+            _apply_booking_event(session, calcom)
+        else:
+            _apply_no_show(session, calcom)
         session.flush()
     except IntegrityError as error:
-        raise RaceLost(f"booking {uid} was created concurrently") from error
+        raise RaceLost(f"{calcom.trigger} for {calcom.uid()} raced another worker") from error
 
 
-def _upsert(session: Session, uid: str, fields: dict[str, Any], order: Order) -> None:
-    appointment = session.scalars(
-        select(Appointment).where(Appointment.calcom_uid == uid).with_for_update()
-    ).first()
-    if appointment is None:
-        appointment = Appointment(calcom_uid=uid[:128], event_rank=0)
-        session.add(appointment)
-    later = order.at_least(appointment)
-    for name, value in fields.items():
-        if value is not None and (later or getattr(appointment, name) is None):
-            setattr(appointment, name, value)
-    if later:
-        appointment.event_rank, appointment.event_at = order.rank, order.at
+# --- The booking lifecycle and the meeting ------------------------------------------------
 
 
-def _fields(session: Session, booking: dict[str, Any], raw: str) -> dict[str, Any]:
-    """Columns from the booking, with branch, service, staff and customer resolved."""
+def _apply_booking_event(session: Session, calcom: CalcomEvent) -> None:
+    appointment = _find(session, calcom)
+    if appointment is None and calcom.uid() is None:
+        log.warning(
+            "Cal.com event names no booking we know; recorded only",
+            extra={"trigger": calcom.trigger, "calcom_booking_id": calcom.booking_id()},
+        )
+        return
+    order = Order(RANKS[calcom.trigger], calcom.created_at)
+    uid = calcom.uid() or (appointment.calcom_uid if appointment else "")
+    fields = _fields(session, calcom)
+    if calcom.trigger == "BOOKING_CANCELLED" and gives_up_seats(calcom, appointment):
+        if appointment is None:  # the seat's booking is not here yet: a placeholder
+            appointment = _get_or_add(session, uid)
+            _merge(session, appointment, fields | {"status": None}, Order(0, None))
+            session.flush()
+        cancel_attendees(session, calcom, appointment)
+        return
+    previous = calcom.booking.get("rescheduleUid")
+    if isinstance(previous, str) and previous and previous != uid:
+        fields["rescheduled_from_uid"] = previous[:128]
+        _retire(session, calcom, _get_or_add(session, previous), order)
+    appointment = appointment or _get_or_add(session, uid)
+    _merge(session, appointment, fields, order)
+    _merge_payment(appointment, calcom.trigger)
+    session.flush()  # the appointment has its id for its attendees
+    sync_attendees(session, calcom, appointment)
+    if calcom.trigger in ("BOOKING_CANCELLED", "BOOKING_REJECTED") and order.at_least(appointment):
+        for row in appointment.attendees:
+            row.status = AttendeeStatus.CANCELLED
+
+
+def _status(calcom: CalcomEvent) -> str:
+    trigger, said = calcom.trigger, calcom.booking.get("status")
+    if trigger in ("BOOKING_REQUESTED", "BOOKING_PAYMENT_INITIATED"):
+        return AppointmentStatus.PENDING
+    if trigger in ("BOOKING_CREATED", "BOOKING_PAID"):
+        return AppointmentStatus.PENDING if said == "PENDING" else AppointmentStatus.BOOKED
+    return {
+        "BOOKING_RESCHEDULED": AppointmentStatus.BOOKED,
+        "MEETING_STARTED": AppointmentStatus.STARTED,
+        "MEETING_ENDED": AppointmentStatus.ENDED,
+        "BOOKING_CANCELLED": AppointmentStatus.CANCELLED,
+        "BOOKING_REJECTED": AppointmentStatus.REJECTED,
+    }[trigger]
+
+
+def _fields(session: Session, calcom: CalcomEvent) -> dict[str, Any]:
+    """Columns from the booking, with branch, service and staff resolved."""
+    booking = calcom.booking
     event_type_id = booking.get("eventTypeId")
     event_type_id = event_type_id if isinstance(event_type_id, int) else None
     branch, service = _place(session, event_type_id)
@@ -106,19 +160,118 @@ def _fields(session: Session, booking: dict[str, Any], raw: str) -> dict[str, An
             "booking for an event type no branch or service has",
             extra={"calcom_event_type_id": event_type_id},
         )
-    customer = _customer(session, company_id, booking)
-    return {
-        "title": _text(booking.get("title"), 255),
-        "starts_at": _when(booking.get("startTime"), "startTime"),
-        "ends_at": _when(booking.get("endTime"), "endTime"),
+    starts_at = when(booking.get("startTime"), "startTime")
+    ends_at = when(booking.get("endTime"), "endTime")
+    fields: dict[str, Any] = {
+        "status": _status(calcom),
+        "title": text(booking.get("title"), 255),
+        "starts_at": starts_at,
+        "ends_at": ends_at,
+        "calcom_booking_id": calcom.booking_id(),
         "calcom_event_type_id": event_type_id,
         "company_id": company_id,
         "branch_id": branch.id if branch else (service.branch_id if service else None),
         "service_id": service.id if service else None,
-        "staff_id": _staff(session, company_id, booking.get("organizer")),
-        "customer_id": customer.id if customer else None,
-        "raw_payload": raw,
+        "staff_id": _staff(session, company_id, booking.get("organizer") or booking.get("user")),
+        "raw_payload": calcom.raw,
     }
+    if calcom.trigger == "MEETING_STARTED":
+        fields["started_at"] = starts_at or calcom.created_at
+    if calcom.trigger == "MEETING_ENDED":
+        fields["ended_at"] = ends_at or calcom.created_at
+    if calcom.trigger == "BOOKING_CANCELLED":
+        fields["cancellation_reason"] = text(booking.get("cancellationReason"), 2000)
+    if calcom.trigger == "BOOKING_REJECTED":
+        fields["cancellation_reason"] = text(booking.get("rejectionReason"), 2000)
+    return fields
+
+
+def _merge_payment(appointment: Appointment, trigger: str) -> None:
+    # Paid is final whatever order the two arrive in.
+    if trigger == "BOOKING_PAID":
+        appointment.payment_status = "paid"
+    elif trigger == "BOOKING_PAYMENT_INITIATED" and appointment.payment_status is None:
+        appointment.payment_status = "initiated"
+
+
+def _retire(session: Session, calcom: CalcomEvent, old: Appointment, order: Order) -> None:
+    """The booking a reschedule came from is over: ``rescheduled``, unless a later event
+    (its own cancellation) outranks this one. For a seat moved out of a seated booking
+    that others still hold, only that seat's row leaves the old booking."""
+    if gives_up_seats(calcom, old) and old.id is not None:
+        cancel_attendees(session, calcom, old)
+        return
+    _merge(session, old, {"status": AppointmentStatus.RESCHEDULED}, order)
+
+
+def _find(session: Session, calcom: CalcomEvent) -> Appointment | None:
+    uid, number = calcom.uid(), calcom.booking_id()
+    if uid is not None:
+        return session.scalars(
+            select(Appointment).where(Appointment.calcom_uid == uid).with_for_update()
+        ).first()
+    if number is not None:
+        return session.scalars(
+            select(Appointment)
+            .where(Appointment.calcom_booking_id == number)
+            .order_by(Appointment.id)
+            .with_for_update()
+        ).first()
+    return None
+
+
+def _get_or_add(session: Session, uid: str) -> Appointment:
+    appointment = session.scalars(
+        select(Appointment).where(Appointment.calcom_uid == uid).with_for_update()
+    ).first()
+    if appointment is None:
+        appointment = Appointment(calcom_uid=uid[:128], event_rank=0)
+        session.add(appointment)
+    return appointment
+
+
+def _merge(
+    session: Session, appointment: Appointment, fields: dict[str, Any], order: Order
+) -> None:
+    later = order.at_least(appointment)
+    for name, value in fields.items():
+        if value is not None and (later or getattr(appointment, name) is None):
+            setattr(appointment, name, value)
+    if later:
+        appointment.event_rank, appointment.event_at = order.rank, order.at
+
+
+# --- No-shows: the appointment they are about -------------------------------------------------
+
+
+def _apply_no_show(session: Session, calcom: CalcomEvent) -> None:
+    appointment = _find(session, calcom)
+    if appointment is None:
+        uid = calcom.uid()
+        if uid is None:
+            log.warning(
+                "no-show for a booking we do not know; recorded only",
+                extra={"trigger": calcom.trigger, "calcom_booking_id": calcom.booking_id()},
+            )
+            return
+        # Out of order: the booking itself arrives later and fills the rest in.
+        appointment = _get_or_add(session, uid)
+        _merge(session, appointment, _no_show_fields(calcom), Order(0, None))
+        session.flush()
+    mark_no_shows(session, calcom, appointment)
+
+
+def _no_show_fields(calcom: CalcomEvent) -> dict[str, Any]:
+    booking = calcom.booking
+    return {
+        "calcom_booking_id": calcom.booking_id(),
+        "title": text(booking.get("title"), 255),
+        "starts_at": when(booking.get("startTime"), "startTime", required=False),
+        "ends_at": when(booking.get("endTime"), "endTime", required=False),
+    }
+
+
+# --- Small readers --------------------------------------------------------------------------
 
 
 def _place(session: Session, event_type_id: int | None) -> tuple[Branch | None, Service | None]:
@@ -133,60 +286,12 @@ def _place(session: Session, event_type_id: int | None) -> tuple[Branch | None, 
     return branch, service
 
 
-def _customer(session: Session, company_id: int | None, booking: dict[str, Any]) -> Any:
-    attendees = booking.get("attendees")
-    first = attendees[0] if isinstance(attendees, list) and attendees else {}
-    first = first if isinstance(first, dict) else {}
-    raw_responses = booking.get("responses")
-    responses: dict[str, Any] = raw_responses if isinstance(raw_responses, dict) else {}
-    phone = (
-        first.get("phoneNumber")
-        or _answer(responses, "attendeePhoneNumber")
-        or _answer(responses, "phone")
-    )
-    customer = find_or_create_customer(
-        session,
-        company_id,
-        email=_text(first.get("email"), 191),
-        phone=_text(phone, 64),
-        name=_text(first.get("name"), 200),
-    )
-    if customer is not None:
-        session.flush()
-    return customer
-
-
 def _staff(session: Session, company_id: int | None, organizer: object) -> int | None:
     if company_id is None or not isinstance(organizer, dict):
         return None
-    email = normalize_email(_text(organizer.get("email"), 191))
+    email = normalize_email(text(organizer.get("email"), 191))
     if email is None:
         return None
     return session.scalar(
         select(Staff.id).where(Staff.company_id == company_id, Staff.email == email)
     )
-
-
-def _answer(responses: dict[str, Any], key: str) -> object:
-    value = responses.get(key)
-    return value.get("value") if isinstance(value, dict) else value
-
-
-def _when(value: object, name: str, *, required: bool = True) -> datetime | None:
-    """An ISO-8601 timestamp as aware UTC; PermanentError when present but unreadable."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            parsed = None
-        if parsed is not None:
-            return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    if required:
-        raise PermanentError(f"payload.{name} {value!r} is not an ISO-8601 timestamp")
-    return None
-
-
-def _text(value: object, limit: int) -> str | None:
-    return value[:limit] if isinstance(value, str) and value else None

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from models import Appointment, Call, Customer
+from models import Appointment, AppointmentAttendee, Call, Customer
 from models.business import normalize_email
 from models.customers import Details, conflicts
 from workers.integrity_report import Report
@@ -218,7 +218,8 @@ def _merge(
     if not apply:
         return
     scope = keeper.company_key
-    for model in (Call, Appointment):
+    # Seats and attendees point at customers too (no count above: not a headline).
+    for model in (Call, Appointment, AppointmentAttendee):
         session.execute(
             update(model).where(model.customer_id.in_(merged)).values(customer_id=keeper.id)
         )

@@ -69,6 +69,12 @@ class Provider:
         """Idempotency key and event type; raise ShapeError for foreign shapes."""
         raise NotImplementedError
 
+    def reframe(self, delivery: Delivery, content_type: str) -> tuple[dict[str, Any], str] | None:
+        """For a body that is not a JSON object: ``(payload, JSON text)`` to queue in its
+        place, or None to refuse it (400/422). Only senders that really send such bodies
+        (Cal.com's custom templates) override it."""
+        return None
+
     def answer(
         self, payload: dict[str, Any], identity: EventIdentity, directory: InboundDirectory
     ) -> dict[str, Any]:

@@ -5,33 +5,83 @@ so no replay window: the dedup key is the only replay defence. A webhook saved i
 Cal.com without a secret is sent with the literal ``no-secret-provided`` (newer senders
 leave the header out); both are refused as unsigned.
 
-Cal.com sends no event id. The key is ``f"{triggerEvent}:{payload.uid}:{payload.startTime}"``:
-a reschedule keeps the booking's uid but moves its start, so it is a new event, while the
-same booking re-sent is a duplicate. ``startTime`` missing (or not a string) leaves that
-part empty, so the key is still one per trigger and booking. Without a uid (``PING``,
-form submissions) the key is the body's SHA-256: only a byte-identical re-send dedups.
+What Cal.com sends (calcom/cal.com, ``packages/features/webhooks/lib/sendPayload.ts``,
+``handleWebhookScheduledTriggers.ts``, ``scheduleTrigger.ts``,
+``packages/features/tasker/tasks/triggerNoShow/common.ts``):
+
+- ``{"triggerEvent", "createdAt", "payload": {...}}`` for most triggers
+  (``sendPayload`` / ``sendGenericWebhookPayload``), ``application/json``;
+- the booking **flat** at the top level, ``{"triggerEvent", ...booking}`` with no
+  ``payload`` key, for ``MEETING_STARTED`` / ``MEETING_ENDED`` from the scheduled-trigger
+  job (``scheduleTrigger`` stores ``JSON.stringify({triggerEvent, ...booking})``; the job
+  sends it once and never retries);
+- with a custom payload template, whatever the template renders (Handlebars, so values
+  are HTML-escaped): a JSON template is re-serialized as JSON (or as ``false`` when the
+  rendered text is not JSON), any other template is sent as is, as
+  ``application/x-www-form-urlencoded``.
+
+All of them are accepted once the signature holds (:meth:`CalCom.reframe` wraps what is
+not a JSON object, see :func:`wrap_foreign_body`). Keys: :func:`event_key`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import html
+import json
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ingest.providers.base import (
     Delivery,
     EventIdentity,
     Provider,
-    ShapeError,
     VerificationError,
-    body_digest,
 )
 from models.settings import ProviderSettings
 
 HEADER = "x-cal-signature-256"
 UNSIGNED_SENTINEL = "no-secret-provided"
 _HEX_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+# What a body that is not a JSON object is wrapped in before it is queued (the task
+# carries JSON text). The original text is kept whole under "body".
+WRAPPER = "hookfleet_reframed"
+# The event type of a custom-template body that names no trigger.
+CUSTOM_TEMPLATE = "CUSTOM_TEMPLATE"
+
+# `WebhookTriggerEvents` (packages/prisma/schema.prisma) and the test ping. A trigger
+# outside this list is still accepted and recorded (Cal.com adds triggers over time).
+LIFECYCLE = (
+    "BOOKING_CREATED",
+    "BOOKING_REQUESTED",
+    "BOOKING_RESCHEDULED",
+    "BOOKING_CANCELLED",
+    "BOOKING_REJECTED",
+    "BOOKING_PAYMENT_INITIATED",
+    "BOOKING_PAID",
+)
+TRIGGERS = (
+    *LIFECYCLE,
+    "BOOKING_NO_SHOW_UPDATED",
+    "MEETING_STARTED",
+    "MEETING_ENDED",
+    "AFTER_HOSTS_CAL_VIDEO_NO_SHOW",
+    "AFTER_GUESTS_CAL_VIDEO_NO_SHOW",
+    "RECORDING_READY",
+    "RECORDING_TRANSCRIPTION_GENERATED",
+    "INSTANT_MEETING",
+    "OOO_CREATED",
+    "FORM_SUBMITTED",
+    "FORM_SUBMITTED_NO_EVENT",
+    "ROUTING_FORM_FALLBACK_HIT",
+    "WRONG_ASSIGNMENT_REPORT",
+    "DELEGATION_CREDENTIAL_ERROR",
+    "PING",
+)
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -67,6 +117,160 @@ def verify_calcom_signature(delivery: Delivery, secrets: tuple[str, ...]) -> Non
         raise VerificationError("invalid_signature", "the signature matches no configured secret")
 
 
+# --- Bodies that are not a JSON object: custom templates -----------------------------------
+
+# A pair separator is an "&" that does not open an HTML entity: Handlebars writes a value's
+# "&" as "&amp;" and its "=" as "&#x3D;", so those never split a pair.
+_PAIR_SEPARATOR = re.compile(r"&(?!(?:[A-Za-z][A-Za-z0-9]*|#[0-9]+|#[xX][0-9A-Fa-f]+);)")
+
+
+def form_fields(text: str) -> dict[str, str]:
+    """``key=value`` pairs of a rendered non-JSON template, values HTML-unescaped.
+
+    Not percent-decoded: Cal.com sends the rendered text as is (a ``+`` in a phone
+    number is a plus). Pieces without ``=`` are skipped; the first of a repeated key wins.
+    """
+    fields: dict[str, str] = {}
+    for piece in _PAIR_SEPARATOR.split(text):
+        key, sep, value = piece.partition("=")
+        key = html.unescape(key.strip())
+        if sep and key and key not in fields:
+            fields[key] = html.unescape(value.strip())
+    return fields
+
+
+def wrap_foreign_body(body: bytes, content_type: str) -> tuple[dict[str, Any], str]:
+    """A body that is not a JSON object as ``(payload, JSON text)`` for the queue:
+    ``{"triggerEvent": <from the fields or "">, "createdAt"?: <from the fields>,
+    "hookfleet_reframed": {"content_type", "body": <the text as received>,
+    "fields": {...}}}``. Bytes that are not UTF-8 are
+    kept with U+FFFD in their place (the signature was checked over the raw bytes)."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        parsed: Any = json.loads(text)
+    except (ValueError, RecursionError):  # not JSON (or nested past the parser's depth)
+        parsed = None
+    fields = form_fields(text) if parsed is None else {}
+    wrapped: dict[str, Any] = {"triggerEvent": fields.get("triggerEvent", "")}
+    if "createdAt" in fields:
+        wrapped["createdAt"] = fields["createdAt"]
+    wrapped[WRAPPER] = {"content_type": content_type, "body": text, "fields": fields}
+    return wrapped, json.dumps(wrapped, ensure_ascii=False)
+
+
+# --- Which deliveries are the same event ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A delivery read in whichever of Cal.com's shapes it came: the trigger, its
+    ``createdAt``, and the object the trigger is about (``payload``, the flat top
+    level, or a form template's fields)."""
+
+    trigger: str
+    created_at: str
+    subject: Mapping[str, Any]
+
+    @classmethod
+    def read(cls, payload: Mapping[str, Any]) -> Envelope:
+        wrapped = payload.get(WRAPPER)
+        if isinstance(wrapped, dict) and isinstance(wrapped.get("fields"), dict):
+            subject: Mapping[str, Any] = wrapped["fields"]
+        elif isinstance(payload.get("payload"), dict):
+            subject = payload["payload"]
+        else:  # the scheduled job's flat booking, or a flat custom template
+            subject = payload
+        trigger = payload.get("triggerEvent")
+        created = payload.get("createdAt")
+        return cls(
+            trigger=trigger if isinstance(trigger, str) and trigger else CUSTOM_TEMPLATE,
+            created_at=created if isinstance(created, str) else "",
+            subject=subject,
+        )
+
+    def text(self, name: str) -> str:
+        value = self.subject.get(name)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return ""
+
+    def booking_ref(self) -> str:
+        """The booking's uid; for triggers that carry only its number, ``id:<n>``."""
+        uid = self.text("uid") or self.text("bookingUid")
+        if uid:
+            return uid
+        number = self.text("bookingId")
+        if not number and self.trigger in ("MEETING_STARTED", "MEETING_ENDED"):
+            number = self.text("id")  # the flat booking row: its own id
+        return f"id:{number}" if number else ""
+
+    def attendee_part(self) -> str:
+        """The seat (``attendeeSeatId``), else the attendees' e-mails, sorted."""
+        seat = self.text("attendeeSeatId")
+        if seat:
+            return f"seat:{seat}"
+        attendees = self.subject.get("attendees")
+        if not isinstance(attendees, list):
+            return ""
+        emails = sorted(
+            a["email"].strip().lower()
+            for a in attendees
+            if isinstance(a, dict) and isinstance(a.get("email"), str)
+        )
+        return ",".join(emails)
+
+    def no_show_part(self) -> str:
+        attendees = self.subject.get("attendees")
+        marks = sorted(
+            f"{a['email'].strip().lower()}={int(bool(a.get('noShow')))}"
+            for a in (attendees if isinstance(attendees, list) else [])
+            if isinstance(a, dict) and isinstance(a.get("email"), str)
+        )
+        return ",".join(marks)
+
+
+def event_key(envelope: Envelope, body: bytes) -> str:
+    """The idempotency key of a Cal.com delivery (Cal.com sends no event id).
+
+    - Booking lifecycle (``BOOKING_CREATED`` … ``BOOKING_PAID``):
+      ``T:uid:startTime[:<seat>]`` where ``<seat>`` is ``seat:<attendeeSeatId>`` or the
+      sorted attendee e-mails (left out when there are none): every seat of a seated
+      event shares uid and start, and a seat's cancellation lists only the leaving
+      attendee. A reschedule moves the start
+      (or makes a new uid); the same booking re-sent, even with a new ``createdAt``, is
+      a duplicate. ``BOOKING_RESCHEDULED`` adds its ``createdAt`` after the start
+      (``T:uid:startTime:createdAt``): a booking moved away and back is two moves.
+    - ``MEETING_STARTED`` / ``MEETING_ENDED``: ``T:uid:startTime`` (once per booking).
+    - ``BOOKING_NO_SHOW_UPDATED``: ``T:bookingUid:createdAt:<email=0|1,...>``: marking and
+      unmarking, or two attendees, are distinct updates; a retry is byte-identical.
+    - ``AFTER_HOSTS_CAL_VIDEO_NO_SHOW``: ``T:bookingUid:hostEmail`` (one per host);
+      ``AFTER_GUESTS_CAL_VIDEO_NO_SHOW``: ``T:bookingUid``.
+    - Anything else (recordings, forms, out-of-office, instant meetings, ``PING``,
+      custom templates, future triggers): ``T:sha256:<body digest>`` (with the booking
+      uid after ``T`` when there is one): only a byte-identical re-send dedups.
+    """
+    trigger, ref = envelope.trigger, envelope.booking_ref()
+    if ref and trigger in LIFECYCLE:
+        start = envelope.text("startTime")
+        if trigger == "BOOKING_RESCHEDULED":
+            # Moved there and back (same uid): the same start twice, two moves.
+            start = f"{start}:{envelope.created_at}"
+        seat = envelope.attendee_part()
+        return f"{trigger}:{ref}:{start}" + (f":{seat}" if seat else "")
+    if ref and trigger in ("MEETING_STARTED", "MEETING_ENDED"):
+        return f"{trigger}:{ref}:{envelope.text('startTime')}"
+    if ref and trigger == "BOOKING_NO_SHOW_UPDATED":
+        return f"{trigger}:{ref}:{envelope.created_at}:{envelope.no_show_part()}"
+    if ref and trigger == "AFTER_HOSTS_CAL_VIDEO_NO_SHOW":
+        return f"{trigger}:{ref}:{envelope.text('hostEmail').lower()}"
+    if ref and trigger == "AFTER_GUESTS_CAL_VIDEO_NO_SHOW":
+        return f"{trigger}:{ref}"
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    return f"{trigger}:{ref}:{digest}" if ref else f"{trigger}:{digest}"
+
+
 class CalCom(Provider):
     name = "calcom"
     recorded_headers = ("content-type", "user-agent", "x-cal-webhook-version")
@@ -75,22 +279,24 @@ class CalCom(Provider):
     def verify(self, delivery: Delivery, settings: ProviderSettings) -> None:
         verify_calcom_signature(delivery, settings.secrets)
 
+    def reframe(self, delivery: Delivery, content_type: str) -> tuple[dict[str, Any], str] | None:
+        """A rendered custom template that is not a JSON object, wrapped (see
+        :func:`wrap_foreign_body`). Cal.com never sends invalid JSON as JSON, so that
+        stays a 400."""
+        if content_type == "application/json":
+            try:
+                json.loads(delivery.body)
+            except (ValueError, RecursionError):
+                return None
+        return wrap_foreign_body(delivery.body, content_type)
+
     def identify(self, delivery: Delivery, payload: dict[str, Any]) -> EventIdentity:
-        """Raises ShapeError unless ``triggerEvent`` is a non-empty string and ``payload``
-        an object: a custom payload template can send anything."""
-        trigger, booking = payload.get("triggerEvent"), payload.get("payload")
-        if not isinstance(trigger, str) or not trigger or not isinstance(booking, dict):
-            raise ShapeError(
-                "A Cal.com webhook needs a non-empty string 'triggerEvent' and an object "
-                "'payload'; a custom payload template must keep both."
-            )
-        uid, start = booking.get("uid"), booking.get("startTime")
-        if isinstance(uid, str) and uid:
-            start_part = start if isinstance(start, str) else ""
-            event_id = f"{trigger}:{uid}:{start_part}"
-        else:
-            event_id = body_digest(delivery.body)
-        return EventIdentity(event_id=event_id, event_type=trigger)
+        """Never refuses a shape: every JSON object an authentic Cal.com sends is one of
+        its shapes (a custom template can render any object)."""
+        envelope = Envelope.read(payload)
+        return EventIdentity(
+            event_id=event_key(envelope, delivery.body), event_type=envelope.trigger
+        )
 
 
 PROVIDER = CalCom()

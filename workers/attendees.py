@@ -1,0 +1,141 @@
+"""Cal.com attendees: one ``appointment_attendees`` row per attendee (per seat of a
+seated event), each linked to its customer; seats given up; no-shows.
+
+Sender source (calcom/cal.com): ``packages/features/bookings/lib/handleSeats/``
+(``create/createNewSeat.ts``, ``cancel/cancelAttendeeSeat.ts``),
+``packages/features/handleMarkNoShow.ts``,
+``packages/features/tasker/tasks/triggerNoShow/``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from models.appointments import Appointment, AppointmentAttendee, AttendeeStatus
+from models.business import normalize_email
+from workers.calcom_events import CalcomEvent, email_of, text
+from workers.customers import find_or_create_customer
+
+
+def sync_attendees(session: Session, calcom: CalcomEvent, appointment: Appointment) -> None:
+    """One row per listed attendee, each linked to its customer. The booker of this
+    delivery is the seat named by ``attendeeSeatId`` (the last attendee:
+    ``createNewSeat.ts`` lists the earlier seats first), else the first attendee; the
+    form's answers (phone) are theirs. The first attendee listed, the first seat's
+    holder in every seat's event, becomes the appointment's customer if it has none:
+    whatever order the seats' events are applied in."""
+    attendees = calcom.attendees()
+    if not attendees:
+        return
+    seat = calcom.booking.get("attendeeSeatId")
+    booker = attendees[-1] if isinstance(seat, str) and seat else attendees[0]
+    for attendee in attendees:
+        row = attendee_row(session, appointment, attendee)
+        if row.seat_uid is None:
+            row.seat_uid = _seat_of(attendee) or (
+                seat[:128] if attendee is booker and seat else None
+            )
+        phone = attendee.get("phoneNumber") or (
+            _booker_phone(calcom) if attendee is booker else None
+        )
+        customer = find_or_create_customer(
+            session,
+            appointment.company_id,
+            email=text(email_of(attendee), 191),
+            phone=text(phone, 64),
+            name=text(attendee.get("name"), 200),
+        )
+        if customer is not None:
+            session.flush()
+            row.customer_id = row.customer_id or customer.id
+            if attendee is attendees[0] and appointment.customer_id is None:
+                appointment.customer_id = customer.id
+
+
+def attendee_row(
+    session: Session, appointment: Appointment, attendee: dict[str, Any]
+) -> AppointmentAttendee:
+    email = normalize_email(email_of(attendee))
+    for row in appointment.attendees:
+        if row.email == email:
+            return row
+    row = AppointmentAttendee(
+        appointment=appointment,
+        email=email,
+        name=text(attendee.get("name"), 200),
+        status=AttendeeStatus.BOOKED,
+    )
+    session.add(row)
+    return row
+
+
+def gives_up_seats(calcom: CalcomEvent, appointment: Appointment | None) -> bool:
+    """A BOOKING_CANCELLED of a seated event gives up seats rather than the booking when
+    it lists only the leaving attendee(s) (``cancelAttendeeSeat.ts``) while others still
+    hold a seat, or when it lists one attendee and no attendee is known yet (the seats'
+    own events come later). Cal.com cancels the whole booking when its last seat goes
+    (``cancelAttendeeSeat`` refuses below two attendees), so a cancellation listing
+    every known attendee is the booking's.
+
+    Seated: the payload's ``seatsPerTimeSlot`` (``CalendarEvent``), or a known seat."""
+    leaving = {normalize_email(email_of(a)) for a in calcom.attendees()}
+    known = appointment.attendees if appointment is not None else []
+    seats = calcom.booking.get("seatsPerTimeSlot")
+    seated = (isinstance(seats, int) and not isinstance(seats, bool) and seats > 0) or any(
+        row.seat_uid for row in known
+    )
+    if not leaving or not seated:
+        return False
+    if any(row.email not in leaving and row.status == AttendeeStatus.BOOKED for row in known):
+        return True
+    return not known and len(leaving) == 1
+
+
+def cancel_attendees(session: Session, calcom: CalcomEvent, appointment: Appointment) -> None:
+    """Only the listed attendees' rows are cancelled; the appointment and its customer
+    stay as they are."""
+    for attendee in calcom.attendees():
+        row = attendee_row(session, appointment, attendee)
+        row.status = AttendeeStatus.CANCELLED
+
+
+def mark_no_shows(session: Session, calcom: CalcomEvent, appointment: Appointment) -> None:
+    """``host_no_show`` for AFTER_HOSTS_CAL_VIDEO_NO_SHOW; each listed attendee's
+    ``no_show`` for BOOKING_NO_SHOW_UPDATED (set or unset) and
+    AFTER_GUESTS_CAL_VIDEO_NO_SHOW (the guests Cal Video saw missing). The newest
+    ``createdAt`` wins, so a late older update does not undo a newer one."""
+    if calcom.trigger == "AFTER_HOSTS_CAL_VIDEO_NO_SHOW":
+        appointment.host_no_show = True
+        return
+    attendees = calcom.attendees()
+    if calcom.trigger == "AFTER_GUESTS_CAL_VIDEO_NO_SHOW":
+        # Newer senders mark the missing guests (``noShow: true``); older ones sent the
+        # booking's attendees with the message "Guest didn't join": all of them.
+        flagged = [a for a in attendees if a.get("noShow") is True]
+        marks = [(a, True) for a in (flagged or attendees)]
+    else:
+        marks = [(a, bool(a.get("noShow"))) for a in attendees]
+    for attendee, no_show in marks:
+        row = attendee_row(session, appointment, attendee)
+        at = calcom.created_at
+        if row.no_show_at is None or at is None or at >= row.no_show_at:
+            row.no_show, row.no_show_at = no_show, at or row.no_show_at
+
+
+def _seat_of(attendee: dict[str, Any]) -> str | None:
+    seat = attendee.get("bookingSeat")
+    reference = seat.get("referenceUid") if isinstance(seat, dict) else None
+    return reference[:128] if isinstance(reference, str) and reference else None
+
+
+def _booker_phone(calcom: CalcomEvent) -> object:
+    responses = calcom.booking.get("responses")
+    answers: dict[str, Any] = responses if isinstance(responses, dict) else {}
+    return _answer(answers, "attendeePhoneNumber") or _answer(answers, "phone")
+
+
+def _answer(responses: dict[str, Any], key: str) -> object:
+    value = responses.get(key)
+    return value.get("value") if isinstance(value, dict) else value

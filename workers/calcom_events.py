@@ -1,0 +1,89 @@
+"""A stored Cal.com delivery read back for the worker, whichever shape it came in.
+
+The receiver (``ingest/providers/calcom.py``, which the worker may not import) reads the
+same shapes for the key: ``{"triggerEvent", "createdAt", "payload": {...}}``; the booking
+flat at the top level (the scheduled job's MEETING_STARTED / MEETING_ENDED,
+``scheduleTrigger.ts``); or a custom template's body wrapped under
+``hookfleet_reframed``, its form fields HTML-unescaped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from models.business import normalize_email
+from models.events import WebhookEvent
+from workers.retries import PermanentError
+
+_WRAPPER = "hookfleet_reframed"  # ingest.providers.calcom.WRAPPER
+
+
+@dataclass(frozen=True)
+class CalcomEvent:
+    """A stored delivery read back: the trigger, its ``createdAt`` and the booking (or
+    no-show notice) it is about, whichever of Cal.com's shapes it came in."""
+
+    trigger: str
+    created_at: datetime | None
+    booking: dict[str, Any]
+    raw: str
+
+    @classmethod
+    def load(cls, event: WebhookEvent) -> CalcomEvent:
+        body = json.loads(event.payload)
+        wrapped = body.get(_WRAPPER)
+        if isinstance(wrapped, dict) and isinstance(wrapped.get("fields"), dict):
+            booking = wrapped["fields"]
+        elif isinstance(body.get("payload"), dict):
+            booking = body["payload"]
+        else:  # flat: the scheduled job's MEETING_STARTED / MEETING_ENDED, or a template
+            booking = body
+        created = when(body.get("createdAt"), "createdAt", required=False)
+        return cls(event.event_type, created, booking, event.payload)
+
+    def booking_id(self) -> int | None:
+        number = self.booking.get("bookingId")
+        if number is None and self.trigger in ("MEETING_STARTED", "MEETING_ENDED"):
+            number = self.booking.get("id")  # the flat booking row's own id
+        return number if isinstance(number, int) and not isinstance(number, bool) else None
+
+    def uid(self) -> str | None:
+        for name in ("uid", "bookingUid"):
+            value = self.booking.get(name)
+            if isinstance(value, str) and value:
+                return value[:128]
+        return None
+
+    def attendees(self) -> list[dict[str, Any]]:
+        found = self.booking.get("attendees")
+        if not isinstance(found, list):
+            return []
+        return [a for a in found if isinstance(a, dict) and normalize_email(email_of(a))]
+
+
+def email_of(attendee: dict[str, Any]) -> str | None:
+    value = attendee.get("email")
+    return value if isinstance(value, str) else None
+
+
+def when(value: object, name: str, *, required: bool = True) -> datetime | None:
+    """An ISO-8601 timestamp as aware UTC; PermanentError when present but unreadable."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            parsed = None
+        if parsed is not None:
+            return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if required:
+        raise PermanentError(f"payload.{name} {value!r} is not an ISO-8601 timestamp")
+    return None
+
+
+def text(value: object, limit: int) -> str | None:
+    return value[:limit] if isinstance(value, str) and value else None
