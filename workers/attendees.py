@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from models.appointments import Appointment, AppointmentAttendee, AttendeeStatus
 from models.business import normalize_email
-from workers.calcom_events import CalcomEvent, email_of, text
+from workers.calcom_events import CalcomEvent, attendee_key, email_of, text
 from workers.customers import find_or_create_customer
 
 
@@ -58,8 +58,9 @@ def attendee_row(
     session: Session, appointment: Appointment, attendee: dict[str, Any]
 ) -> AppointmentAttendee:
     email = normalize_email(email_of(attendee))
+    key = attendee_key(attendee)
     for row in appointment.attendees:
-        if row.email == email:
+        if _row_key(row) == key:
             return row
     row = AppointmentAttendee(
         appointment=appointment,
@@ -80,7 +81,7 @@ def gives_up_seats(calcom: CalcomEvent, appointment: Appointment | None) -> bool
     every known attendee is the booking's.
 
     Seated: the payload's ``seatsPerTimeSlot`` (``CalendarEvent``), or a known seat."""
-    leaving = {normalize_email(email_of(a)) for a in calcom.attendees()}
+    leaving = {attendee_key(a) for a in calcom.attendees()}
     known = appointment.attendees if appointment is not None else []
     seats = calcom.booking.get("seatsPerTimeSlot")
     seated = (isinstance(seats, int) and not isinstance(seats, bool) and seats > 0) or any(
@@ -88,7 +89,7 @@ def gives_up_seats(calcom: CalcomEvent, appointment: Appointment | None) -> bool
     )
     if not leaving or not seated:
         return False
-    if any(row.email not in leaving and row.status == AttendeeStatus.BOOKED for row in known):
+    if any(_row_key(row) not in leaving and row.status == AttendeeStatus.BOOKED for row in known):
         return True
     return not known and len(leaving) == 1
 
@@ -122,6 +123,10 @@ def mark_no_shows(session: Session, calcom: CalcomEvent, appointment: Appointmen
         at = calcom.created_at
         if row.no_show_at is None or at is None or at >= row.no_show_at:
             row.no_show, row.no_show_at = no_show, at or row.no_show_at
+
+
+def _row_key(row: AppointmentAttendee) -> str | None:
+    return attendee_key({"email": row.email, "name": row.name})
 
 
 def _seat_of(attendee: dict[str, Any]) -> str | None:

@@ -61,7 +61,19 @@ class CalcomEvent:
         found = self.booking.get("attendees")
         if not isinstance(found, list):
             return []
-        return [a for a in found if isinstance(a, dict) and normalize_email(email_of(a))]
+        return [a for a in found if isinstance(a, dict) and attendee_key(a) is not None]
+
+
+def attendee_key(attendee: dict[str, Any]) -> str | None:
+    """Who an attendee is within one booking: the e-mail as written (normalized), else
+    the name (a phone-only booker). None when the attendee names neither."""
+    email = normalize_email(email_of(attendee))
+    if email:
+        return email
+    name = attendee.get("name")
+    return (
+        f"name:{' '.join(name.split()).lower()}" if isinstance(name, str) and name.strip() else None
+    )
 
 
 def email_of(attendee: dict[str, Any]) -> str | None:
