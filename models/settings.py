@@ -23,10 +23,10 @@ _TRUTHY = {"1", "on", "true", "yes"}
 
 
 # Body limits: a provider's largest real delivery, with margin (README, "Body limits").
-# Retell: a two-hour call's call_analyzed (the longest call Retell allows) with
-# transcript, per-word transcript_object and transcript_with_tool_calls measured
-# about 2.4 MB (tests/fixtures/retell/long_call.py); 6 MiB leaves 2.5x. The rest send
-# events of a few KB, far below 1 MiB.
+# Retell: a two-hour call_analyzed (Retell's longest call) with transcript, per-word
+# transcript_object and transcript_with_tool_calls measures 2.1 MiB, 3.1 MiB with PII
+# scrubbing's third copy (tests/long_calls.py); 6 MiB leaves 2-3x and stays under half
+# of MariaDB's 16 MiB max_allowed_packet. Everything else sends a few KB.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 PROVIDER_MAX_BODY_BYTES = MappingProxyType({"retell": 6 * 1024 * 1024})
 
