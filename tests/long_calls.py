@@ -149,6 +149,4 @@ if __name__ == "__main__":
     for minutes in (4, 55, 120):
         for scrubbed in (False, True):
             size = len(call_body("call_measure", minutes, scrubbed=scrubbed))
-            print(
-                f"{minutes:>4} min scrubbed={scrubbed!s:<5} {size:>9} bytes ({size / 2**20:.2f} MiB)"
-            )
+            print(f"{minutes:>4} min scrubbed={scrubbed!s:<5} {size:>9} B ({size / 2**20:.2f} MiB)")
