@@ -200,3 +200,19 @@ def test_any_json_payload_is_a_standard_webhook(client, name: str) -> None:  # t
     )
 
     assert response.status_code == 202, response.get_json()
+
+
+def test_a_retell_event_added_later_without_a_call_object_is_recorded_not_refused(
+    redis_url: str,
+) -> None:
+    from ingest import create_app
+
+    client = create_app(
+        {"HOOKFLEET_REDIS_URL": redis_url, "HOOKFLEET_RETELL_VERIFY": "off"}
+    ).test_client()
+    body = b'{"event":"agent_version_published","agent":{"agent_id":"agent_1","version":4}}'
+
+    response = client.post("/webhooks/retell", data=body, content_type="application/json")
+
+    assert response.status_code == 202
+    assert response.get_json()["event_id"] == f"agent_version_published:{body_digest(body)}"
