@@ -22,26 +22,27 @@ from gunicorn import util
 from gunicorn.http import errors
 from gunicorn.workers.gthread import ThreadWorker
 
-# (status, reason phrase, code) by gunicorn's exception type, most specific first.
-_ANSWERS: tuple[tuple[type[Exception], int, str, str], ...] = (
-    (
-        errors.UnsupportedTransferCoding,
-        415,
-        "Unsupported Media Type",
-        "unsupported_transfer_encoding",
-    ),
-    (errors.LimitRequestLine, 414, "URI Too Long", "request_line_too_long"),
-    (errors.LimitRequestHeaders, 431, "Request Header Fields Too Large", "headers_too_large"),
-    (errors.ExpectationFailed, 417, "Expectation Failed", "expectation_failed"),
-    (errors.InvalidChunkSize, 400, "Bad Request", "malformed_body"),
-    (errors.ChunkMissingTerminator, 400, "Bad Request", "malformed_body"),
-    (errors.InvalidChunkExtension, 400, "Bad Request", "malformed_body"),
-    (errors.InvalidHeader, 400, "Bad Request", "malformed_request"),
-    (errors.InvalidHeaderName, 400, "Bad Request", "malformed_request"),
-    (errors.ObsoleteFolding, 400, "Bad Request", "malformed_request"),
-    (errors.InvalidRequestLine, 400, "Bad Request", "malformed_request"),
-    (errors.InvalidRequestMethod, 400, "Bad Request", "malformed_request"),
-    (errors.InvalidHTTPVersion, 400, "Bad Request", "malformed_request"),
+# (gunicorn exception name, status, reason phrase, code), most specific first. By name:
+# older gunicorn releases lack some (InvalidChunkExtension, ObsoleteFolding).
+_ANSWERS_BY_NAME = (
+    ("UnsupportedTransferCoding", 415, "Unsupported Media Type", "unsupported_transfer_encoding"),
+    ("LimitRequestLine", 414, "URI Too Long", "request_line_too_long"),
+    ("LimitRequestHeaders", 431, "Request Header Fields Too Large", "headers_too_large"),
+    ("ExpectationFailed", 417, "Expectation Failed", "expectation_failed"),
+    ("InvalidChunkSize", 400, "Bad Request", "malformed_body"),
+    ("ChunkMissingTerminator", 400, "Bad Request", "malformed_body"),
+    ("InvalidChunkExtension", 400, "Bad Request", "malformed_body"),
+    ("InvalidHeader", 400, "Bad Request", "malformed_request"),
+    ("InvalidHeaderName", 400, "Bad Request", "malformed_request"),
+    ("ObsoleteFolding", 400, "Bad Request", "malformed_request"),
+    ("InvalidRequestLine", 400, "Bad Request", "malformed_request"),
+    ("InvalidRequestMethod", 400, "Bad Request", "malformed_request"),
+    ("InvalidHTTPVersion", 400, "Bad Request", "malformed_request"),
+)
+_ANSWERS: tuple[tuple[type[Exception], int, str, str], ...] = tuple(
+    (getattr(errors, name), status, reason, code)
+    for name, status, reason, code in _ANSWERS_BY_NAME
+    if hasattr(errors, name)
 )
 
 
