@@ -7,7 +7,8 @@ nothing the receiver answered 202 can fail to decode or to store in the worker.
 The rule (JSON is RFC 8259; the database is MariaDB utf8mb4 or SQLite):
 
 - UTF-8 text of JSON. Invalid UTF-8 bytes are refused (no real sender produces them:
-  Node's and Python's encoders write well-formed UTF-8).
+  Node's and Python's encoders write well-formed UTF-8). A leading byte order mark is
+  dropped (RFC 8259 section 8.1 lets a parser ignore it; some .NET senders write one).
 - Lone surrogate escapes (``"\\ud83d"``: valid JSON syntax, not Unicode; a truncated
   emoji in a Node.js sender's transcript) are **accepted and stored as U+FFFD**, the
   replacement character: in the stored text the escape becomes ``\\ufffd``; nothing else
@@ -59,7 +60,8 @@ def parse_payload(body: bytes | str) -> tuple[Any, str]:
     """``(value, text)``: the JSON value of ``body`` and the text to store for it.
 
     ``text`` is ``body`` decoded, with lone surrogate escapes replaced by ``\\ufffd``
-    (the only change). Raises PayloadError for anything the rule refuses.
+    and a leading byte order mark dropped (the only changes). Raises PayloadError for
+    anything the rule refuses.
     """
     if isinstance(body, bytes):
         try:
@@ -68,6 +70,7 @@ def parse_payload(body: bytes | str) -> tuple[Any, str]:
             raise PayloadError("The body is not valid UTF-8.") from None
     else:
         text = body
+    text = text.removeprefix("\ufeff")
     if _MAYBE_SURROGATE.search(text):
         text = _SURROGATE_ESCAPES.sub(_keep_pairs, text)
     checked_floats = _BIG_EXPONENT.search(text) is not None

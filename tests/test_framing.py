@@ -179,6 +179,27 @@ REFUSED = [
         "malformed_request",
     ),
     (
+        "trailer line ending in a bare LF",
+        chunked("f15", b"%x\r\n" % len(BODY) + BODY + b"\r\n0\r\nX-Trailer: a\n\r\n"),
+        400,
+        "malformed_body",
+    ),
+    (
+        "two Content-Length headers",
+        (headers_for(BODY, "f16") + f"Content-Length: {len(BODY)}\r\n" * 2 + "\r\n").encode()
+        + BODY,
+        400,
+        "malformed_request",
+    ),
+    (
+        "chunked in HTTP/1.0",
+        chunked("f17", b"%x\r\n" % len(BODY) + BODY + b"\r\n0\r\n\r\n").replace(
+            b"HTTP/1.1", b"HTTP/1.0", 1
+        ),
+        400,
+        "malformed_request",
+    ),
+    (
         "Content-Length not a number",
         (headers_for(BODY, "f14") + "Content-Length: 4x\r\n\r\n").encode() + BODY,
         400,
@@ -187,6 +208,8 @@ REFUSED = [
 ]
 
 BEFORE_THE_APP = {
+    "two Content-Length headers",
+    "chunked in HTTP/1.0",
     "Transfer-Encoding br, chunked",
     "Transfer-Encoding gzip without chunked",
     "Content-Length and Transfer-Encoding together",

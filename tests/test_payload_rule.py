@@ -205,3 +205,26 @@ def test_an_event_type_longer_than_its_column_is_recorded_with_its_payload_whole
         stored = session.scalars(select(WebhookEvent).options(undefer(WebhookEvent.payload))).one()
     assert stored.event_type == long_type[:128]
     assert json.loads(stored.payload)["type"] == long_type
+
+
+def test_nul_characters_emoji_and_a_byte_order_mark_are_stored_faithfully(
+    open_client: FlaskClient, sessions: sessionmaker[Session], redis_client: redis.Redis
+) -> None:
+    data = '{"nul": "a\\u0000b", "raw": "😀", "pair": "\\ud83d\\ude00"}'
+    text = '{"type": "note.created", "data": ' + data + "}"
+    body = "\ufeff".encode() + text.encode()  # a .NET sender's byte order mark
+
+    answer = post_bytes(open_client, "standard", body, **{"webhook-id": "msg_bom"})
+    outcomes = run_worker(sessions, redis_client)
+
+    assert answer.status_code == 202 and outcomes == [Outcome.PROCESSED]
+    with sessions() as session:
+        stored = session.scalars(select(WebhookEvent).options(undefer(WebhookEvent.payload))).one()
+    assert stored.payload == text
+    assert json.loads(stored.payload)["data"] == {"nul": "a\0b", "raw": "😀", "pair": "😀"}
+
+
+def post_bytes(client: FlaskClient, provider: str, body: bytes, **headers: str) -> Any:
+    return client.post(
+        f"/webhooks/{provider}", data=body, content_type="application/json", headers=headers
+    )
