@@ -9,7 +9,9 @@ from gunicorn import glogging
 bind = os.environ.get("HOOKFLEET_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Threads let one process serve keep-alive connections and overlap Redis round trips.
-worker_class = "gthread"
+# gunicorn's gthread worker, answering the requests gunicorn refuses itself (bad framing
+# headers, unknown transfer codings) with a JSON 4xx instead of an HTML page or a 501.
+worker_class = "ingest.gunicorn_worker.JsonErrorWorker"
 threads = int(os.environ.get("HOOKFLEET_WEB_THREADS", "4"))
 keepalive = 5
 # A provider gives up after 10 s (Retell) to 20 s (Stripe); nothing we do takes longer.

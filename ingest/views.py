@@ -13,6 +13,8 @@ from typing import Any
 
 import redis
 from flask import Blueprint, Response, current_app, g, jsonify, request
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import ClientDisconnected
 
 from ingest.dedup import Admission, DedupGate, NotReplicated, dedup_key
 from ingest.errors import ApiError
@@ -27,10 +29,12 @@ from ingest.providers.base import (
 )
 from ingest.taskmessage import build_task_message
 from models.logs import log_context
+from models.payloads import PayloadError, parse_payload
 from models.settings import ProviderSettings, Settings
 
 PROCESS_EVENT_TASK = "hookfleet.process_event"
 MAX_EVENT_ID = 191  # the width of webhook_events.event_id
+MAX_EVENT_TYPE = 128  # the width of webhook_events.event_type
 
 log = logging.getLogger("hookfleet.ingest")
 bp = Blueprint("webhooks", __name__)
@@ -93,10 +97,11 @@ def receive(provider_name: str) -> tuple[Response, int]:
     declared_json = _is_json(request.mimetype)
     if not declared_json and provider.requires_json_content_type:
         raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
-    delivery = _read_delivery(settings.max_body_bytes)
+    _refuse_codings(request.environ)
+    delivery = _read_delivery(settings.body_limit(provider.name))
     _verify(provider, delivery, settings.provider(provider.name))
     try:
-        payload, text = _parse_object(delivery.body)
+        payload, text = _parse(delivery.body, provider.accepts_any_json)
     except ApiError as error:
         # A sender that really sends other bodies (Cal.com's custom templates) wraps them.
         reframed = provider.reframe(delivery, request.mimetype)
@@ -175,6 +180,8 @@ def _job(
     settings: Settings,
 ) -> Job:
     queue = current_app.extensions["hookfleet_router"].queue_for(provider.name, identity.event_type)
+    # A name longer than the column is kept whole in the payload; the column gets a prefix.
+    event_type = identity.event_type[:MAX_EVENT_TYPE]
     event_id = identity.event_id
     if len(event_id) > MAX_EVENT_ID:
         event_id = "blake2b:" + dedup_key("", event_id).rsplit(":", 1)[1]
@@ -184,7 +191,7 @@ def _job(
         {
             "provider": provider.name,
             "event_id": event_id,
-            "event_type": identity.event_type,
+            "event_type": event_type,
             "queue": queue,
             "correlation_id": correlation_id,
             "received_at": datetime.fromtimestamp(delivery.received_at, UTC).isoformat(),
@@ -302,15 +309,57 @@ def _is_json(mimetype: str) -> bool:
 
 
 def _read_delivery(limit: int) -> Delivery:
-    """The raw body, refused early when it is too large (without reading the rest)."""
-    if request.content_length is not None and request.content_length > limit:
+    """The raw body, refused early when it is too large (without reading the rest).
+
+    400 ``incomplete_body`` when the body ends before its ``Content-Length`` or its last
+    chunk (the client hung up: it is most likely gone, and nothing is queued), 400
+    ``malformed_body`` for broken chunked framing, 413 ``body_too_large``.
+    """
+    declared = request.content_length
+    if declared is not None and declared > limit:
         raise ApiError(413, "body_too_large", f"The body exceeds {limit} bytes.")
     body = _read_at_most(limit + 1)
     if len(body) > limit:
         raise ApiError(413, "body_too_large", f"The body exceeds {limit} bytes.")
+    if declared is not None and len(body) < declared:
+        raise ApiError(
+            400,
+            "incomplete_body",
+            f"The body ended after {len(body)} of its {declared} bytes (Content-Length).",
+        )
     if not body:
         raise ApiError(400, "empty_body", "The body is empty.")
     return Delivery(body=body, headers=_lower_headers(request.environ), received_at=time.time())
+
+
+# Codings a body may be sent with. A content coding (gzip, br) would change the bytes
+# the provider signed, and no provider Hookfleet speaks compresses its deliveries, so
+# only "identity" passes; a transfer coding other than chunked would need decoding
+# gunicorn does not do (it passes "gzip, chunked" through still compressed).
+_IDENTITY = frozenset({"", "identity"})
+_TRANSFER_CODINGS = frozenset({"", "identity", "chunked"})
+
+
+def _refuse_codings(environ: dict[str, Any]) -> None:
+    """415 for a body in a content or transfer coding the receiver does not decode,
+    before its signature is checked (a compressed body would fail it: a 401 would send
+    the sender hunting for a secret problem)."""
+    content = environ.get("HTTP_CONTENT_ENCODING", "")
+    if any(c.strip().lower() not in _IDENTITY for c in content.split(",")):
+        raise ApiError(
+            415,
+            "unsupported_content_encoding",
+            f"Content-Encoding {content[:64]!r} is not supported; send the body "
+            "uncompressed (Content-Encoding: identity or none).",
+        )
+    transfer = environ.get("HTTP_TRANSFER_ENCODING", "")
+    if any(c.strip().lower() not in _TRANSFER_CODINGS for c in transfer.split(",")):
+        raise ApiError(
+            415,
+            "unsupported_transfer_encoding",
+            f"Transfer-Encoding {transfer[:64]!r} is not supported; send the body with "
+            "Content-Length or Transfer-Encoding: chunked alone.",
+        )
 
 
 # Some servers also set these; like werkzeug, the CONTENT_* variables are the real ones.
@@ -333,11 +382,25 @@ def _lower_headers(environ: dict[str, Any]) -> dict[str, str]:
 
 def _read_at_most(size: int) -> bytes:
     """Up to ``size`` bytes of the body. A chunked body (no Content-Length) arrives in
-    pieces, so read until the end or one byte past the limit, never further."""
+    pieces, so read until the end or one byte past the limit, never further.
+
+    Broken framing is the client's fault and answered 400: gunicorn raises its parse
+    errors (a bad chunk size line, a missing CRLF) from inside the read, and
+    ``NoMoreData`` / a reset when the client hangs up mid-chunk.
+    """
     parts: list[bytes] = []
     remaining = size
     while remaining > 0:
-        part = request.stream.read(remaining)
+        try:
+            part = request.stream.read(remaining)
+        except ParseException as error:
+            raise ApiError(
+                400, "malformed_body", f"The chunked body is malformed: {error}"[:300]
+            ) from None
+        except (OSError, ClientDisconnected):  # gunicorn's NoMoreData is an OSError
+            raise ApiError(
+                400, "incomplete_body", "The connection ended in the middle of the body."
+            ) from None
         if not part:
             break
         parts.append(part)
@@ -345,17 +408,13 @@ def _read_at_most(size: int) -> bytes:
     return b"".join(parts)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _parse_object(body: bytes) -> tuple[dict[str, Any], str]:
-    """The body as a JSON object and as text; 400 for anything else."""
+def _parse(body: bytes, any_json: bool) -> tuple[Any, str]:
+    """The body's JSON value and the text to queue (``models.payloads``: the rule the
+    worker decodes by); 400 for anything else, or for a non-object unless ``any_json``."""
     try:
-        text = body.decode("utf-8")
-        payload = json.loads(text, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ApiError(400, "invalid_json", "The body is not valid UTF-8 JSON.") from None
-    if not isinstance(payload, dict):
+        payload, text = parse_payload(body)
+    except PayloadError as error:
+        raise ApiError(400, "invalid_json", error.reason) from None
+    if not any_json and not isinstance(payload, dict):
         raise ApiError(400, "not_an_object", "The body must be a JSON object.")
     return payload, text

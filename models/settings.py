@@ -15,9 +15,20 @@ from types import MappingProxyType
 
 QUEUES = ("hookfleet.high", "hookfleet.default", "hookfleet.low", "hookfleet.provisioning")
 
-_PROVIDER_VAR = re.compile(r"^HOOKFLEET_([A-Z0-9]+)_(VERIFY|SECRETS|TOLERANCE_S|DEDUP_TTL_S)$")
+_PROVIDER_VAR = re.compile(
+    r"^HOOKFLEET_([A-Z0-9]+)_(VERIFY|SECRETS|TOLERANCE_S|DEDUP_TTL_S|MAX_BODY_BYTES)$"
+)
 _FALSY = {"0", "off", "false", "no"}
 _TRUTHY = {"1", "on", "true", "yes"}
+
+
+# Body limits: a provider's largest real delivery, with margin (README, "Body limits").
+# Retell: a two-hour call_analyzed (Retell's longest call) with transcript, per-word
+# transcript_object and transcript_with_tool_calls measures 2.1 MiB, 3.1 MiB with PII
+# scrubbing's third copy (tests/long_calls.py); 6 MiB leaves 2-3x and stays under half
+# of MariaDB's 16 MiB max_allowed_packet. Everything else sends a few KB.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+PROVIDER_MAX_BODY_BYTES = MappingProxyType({"retell": 6 * 1024 * 1024})
 
 
 class ConfigError(ValueError):
@@ -32,6 +43,8 @@ class ProviderSettings:
     secrets: tuple[str, ...] = ()
     tolerance_s: int = 300
     dedup_ttl_s: int = 24 * 3600
+    # HOOKFLEET_<PROVIDER>_MAX_BODY_BYTES; None: see Settings.body_limit().
+    max_body_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +99,9 @@ class Settings:
     db_pool_recycle_s: int = 1800
     db_pool_pre_ping: bool = True
 
-    max_body_bytes: int = 1024 * 1024
+    # HOOKFLEET_MAX_BODY_BYTES: one limit for every provider without its own variable;
+    # None (unset): each provider's default (PROVIDER_MAX_BODY_BYTES, else 1 MiB).
+    max_body_bytes: int | None = None
     redis_timeout_s: float = 2.0
     # With a replicated Redis: answer 202 only once this many replicas confirm the
     # write (Redis WAIT), so a failover cannot lose an accepted delivery. 0: off.
@@ -145,6 +160,24 @@ class Settings:
         """Settings for ``name``; defaults when nothing was configured for it."""
         return self.providers.get(name, _DEFAULT_PROVIDER)
 
+    def body_limit(self, name: str) -> int:
+        """Largest body (bytes) accepted for provider ``name``: its own
+        ``HOOKFLEET_<PROVIDER>_MAX_BODY_BYTES``, else ``HOOKFLEET_MAX_BODY_BYTES``, else
+        its default (PROVIDER_MAX_BODY_BYTES, else DEFAULT_MAX_BODY_BYTES)."""
+        own = self.provider(name).max_body_bytes
+        if own is not None:
+            return own
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return PROVIDER_MAX_BODY_BYTES.get(name, DEFAULT_MAX_BODY_BYTES)
+
+    @property
+    def largest_body_limit(self) -> int:
+        """The largest body any provider may send: what a worker and the database must
+        hold (MariaDB's max_allowed_packet must exceed twice this, see README)."""
+        names = {*PROVIDER_MAX_BODY_BYTES, *self.providers}
+        return max([self.body_limit(name) for name in names] + [self.body_limit("")])
+
     @property
     def prefetch_multiplier(self) -> int:
         return self.worker_prefetch_multiplier or 2 * self.batch_size
@@ -167,7 +200,7 @@ class Settings:
             db_pool_timeout_s=_float(env, "HOOKFLEET_DB_POOL_TIMEOUT_S", cls.db_pool_timeout_s),
             db_pool_recycle_s=_int(env, "HOOKFLEET_DB_POOL_RECYCLE_S", cls.db_pool_recycle_s),
             db_pool_pre_ping=_bool(env, "HOOKFLEET_DB_POOL_PRE_PING", cls.db_pool_pre_ping),
-            max_body_bytes=_int(env, "HOOKFLEET_MAX_BODY_BYTES", cls.max_body_bytes),
+            max_body_bytes=_optional_int(env, "HOOKFLEET_MAX_BODY_BYTES"),
             redis_timeout_s=_float(env, "HOOKFLEET_REDIS_TIMEOUT_S", cls.redis_timeout_s),
             redis_min_replicas=_int(env, "HOOKFLEET_REDIS_MIN_REPLICAS", cls.redis_min_replicas),
             redis_replica_wait_ms=_int(
@@ -260,6 +293,8 @@ def _providers(env: Mapping[str, str]) -> dict[str, ProviderSettings]:
             values["secrets"] = tuple(s.strip() for s in raw.split(",") if s.strip())
         elif knob == "TOLERANCE_S":
             values["tolerance_s"] = _int(env, var, 300)
+        elif knob == "MAX_BODY_BYTES":
+            values["max_body_bytes"] = _optional_int(env, var)
         else:
             values["dedup_ttl_s"] = _int(env, var, 24 * 3600)
     return {name: ProviderSettings(**values) for name, values in found.items()}  # type: ignore[arg-type]
@@ -289,6 +324,16 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
     if value < 0:
         raise ConfigError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def _optional_int(env: Mapping[str, str], name: str) -> int | None:
+    """A whole number of at least 1 when set; None when unset or empty."""
+    if not env.get(name, "").strip():
+        return None
+    value = _int(env, name, 0)
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1, got {value}")
     return value
 
 

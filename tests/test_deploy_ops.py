@@ -129,7 +129,7 @@ def test_shipped_mariadb_config_is_what_the_server_runs_with(tmp_path: Path) -> 
     assert int(max_connections) == int(cnf_value("max_connections"))
     assert int(wait_timeout) > Settings().db_pool_recycle_s
     assert charset == "utf8mb4" and flush == "1"
-    assert int(packet) > 2 * Settings().max_body_bytes
+    assert int(packet) >= 2 * Settings().largest_body_limit
 
 
 def unit(name: str) -> configparser.ConfigParser:

@@ -10,7 +10,6 @@ never goes back (an ended call is not "ongoing" again because call_started came 
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +21,7 @@ from sqlalchemy.orm import Session
 from models.business import Branch, Staff, normalize_email
 from models.calls import Call
 from models.events import WebhookEvent
+from models.payloads import PayloadError, loads
 from models.phones import normalize_phone
 from workers.customers import find_or_create_customer
 from workers.retries import PermanentError, RaceLost
@@ -41,10 +41,13 @@ def apply_retell_event(session: Session, event: WebhookEvent) -> None:
     rank = RANKS.get(event.event_type)
     if rank is None:
         return
-    payload = json.loads(event.payload)
-    details = payload.get("call")
+    try:
+        payload = loads(event.payload)
+    except PayloadError as error:  # only a row stored before the receiver's rule
+        raise PermanentError(f"{event.event_type} payload: {error.reason}") from None
+    details = payload.get("call") if isinstance(payload, dict) else None
     call_id = details.get("call_id") if isinstance(details, dict) else None
-    if not isinstance(call_id, str) or not call_id:
+    if not isinstance(details, dict) or not isinstance(call_id, str) or not call_id:
         raise PermanentError(f"{event.event_type} without call.call_id cannot become a call")
     fields = _fields(event.event_type, details, event.payload)
 

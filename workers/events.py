@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Insert, Table, select, update
+from sqlalchemy import Insert, Table, select, text, update
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker, undefer
@@ -103,7 +103,8 @@ def record_batch(
 
     Two commits for the whole batch, whatever its size:
 
-    1. *Record*: the events not on record yet are inserted in one multi-row INSERT —
+    1. *Record*: the events not on record yet are inserted in multi-row INSERTs —
+       as few as the database's packet limit allows (``split_by_bytes``) —
        finished at once when their provider has no handler, ``received`` otherwise —
        and committed. From here on every delivery a worker took is in the database:
        if its message is lost (a Redis failover), the stuck-work sweep finds the
@@ -127,10 +128,10 @@ def record_batch(
             if key not in known and key not in fresh:
                 fresh[key] = index
         if fresh:
-            session.execute(
-                _insert_ignoring_duplicates(session),
-                [_row(batch[i], _first_status(batch[i])) for i in fresh.values()],
-            )
+            statement = _insert_ignoring_duplicates(session)
+            new_rows = [_row(batch[i], _first_status(batch[i])) for i in fresh.values()]
+            for part in split_by_bytes(new_rows, insert_budget(session)):
+                session.execute(statement, part)
             session.commit()
         pending: dict[tuple[str, str], int] = {}
         for key, index in fresh.items():
@@ -162,6 +163,52 @@ def record_batch(
             outcomes[index] = Outcome.PROCESSED
         session.commit()
     return outcomes
+
+
+# Bytes a row costs besides its payload (headers, ids, timestamps, SQL syntax).
+ROW_OVERHEAD_BYTES = 4096
+# SQLite has no packet limit (a statement may reach SQLITE_MAX_LENGTH, 1e9 bytes); the
+# budget only keeps one statement's size, and the memory to build it, bounded.
+SQLITE_INSERT_BUDGET = 16 * 1024 * 1024
+_PACKET_BUDGETS: dict[str, int] = {}
+
+
+def insert_budget(session: Session) -> int:
+    """Bytes of payload one multi-row INSERT may carry on this session's database.
+
+    MariaDB/MySQL refuse a statement larger than ``max_allowed_packet`` ("packet too
+    big", 1153); it is read once per database, and the budget is half of it (escaping
+    can double a string: every quote or backslash gains a backslash). SQLite: a fixed
+    16 MiB.
+    """
+    bind = session.get_bind()
+    if bind.dialect.name not in ("mysql", "mariadb"):
+        return SQLITE_INSERT_BUDGET
+    key = bind.engine.url.render_as_string(hide_password=True)
+    budget = _PACKET_BUDGETS.get(key)
+    if budget is None:
+        packet = int(session.execute(text("SELECT @@max_allowed_packet")).scalar_one())
+        budget = _PACKET_BUDGETS[key] = max(packet // 2 - 64 * 1024, 1)
+    return budget
+
+
+def split_by_bytes(rows: list[dict[str, Any]], budget: int) -> list[list[dict[str, Any]]]:
+    """``rows`` in order, in runs whose payload bytes (plus a fixed overhead a row) stay
+    within ``budget``; a row larger than the budget alone goes in a run of its own (the
+    receiver's body limit keeps it under the packet limit: see README)."""
+    runs: list[list[dict[str, Any]]] = []
+    run: list[dict[str, Any]] = []
+    used = 0
+    for row in rows:
+        size = len(row["payload"].encode("utf-8", "surrogatepass")) + ROW_OVERHEAD_BYTES
+        if run and used + size > budget:
+            runs.append(run)
+            run, used = [], 0
+        run.append(row)
+        used += size
+    if run:
+        runs.append(run)
+    return runs
 
 
 def _first_status(event: IncomingEvent) -> EventStatus:

@@ -55,6 +55,9 @@ class Provider:
     # False where the sender lets users change the content type (Cal.com's custom
     # payload templates): the body is then verified and judged by its bytes.
     requires_json_content_type: bool = True
+    # True where the sender's spec lets the payload be any JSON value, not only an
+    # object (Standard Webhooks); ``identify`` then gets arrays and scalars too.
+    accepts_any_json: bool = False
     # Headers kept with the event (never signatures or anything secret).
     recorded_headers: tuple[str, ...] = ("content-type", "user-agent")
 
@@ -65,8 +68,9 @@ class Provider:
         """Raise VerificationError unless the delivery is authentic. Before parsing."""
         raise NotImplementedError
 
-    def identify(self, delivery: Delivery, payload: dict[str, Any]) -> EventIdentity:
-        """Idempotency key and event type; raise ShapeError for foreign shapes."""
+    def identify(self, delivery: Delivery, payload: Any) -> EventIdentity:
+        """Idempotency key and event type; raise ShapeError for foreign shapes.
+        ``payload`` is a dict unless ``accepts_any_json``."""
         raise NotImplementedError
 
     def reframe(self, delivery: Delivery, content_type: str) -> tuple[dict[str, Any], str] | None:

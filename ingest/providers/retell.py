@@ -10,7 +10,8 @@ Retell sends no event id. The key for a call's once-per-call events (``call_star
 recur within one call (``transcript_updated``, ``transfer_*``) add the body's SHA-256 to
 that key: an identical re-send dedups, the next update does not. ``call_inbound`` and
 ``chat_inbound`` come before any call id exists; they are answered in-line (see
-``EventIdentity.inline``) and keyed by event and body digest.
+``EventIdentity.inline``) and keyed by event and body digest. An event this module does
+not know that comes without a call or chat object is recorded, keyed the same way.
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ INLINE_EVENTS = frozenset({"call_inbound", "chat_inbound"})
 ONCE_PER_CALL = frozenset(
     {"call_started", "call_ended", "call_analyzed", "chat_started", "chat_ended", "chat_analyzed"}
 )
+# Every event Retell's docs list (docs.retellai.com/features/webhook-overview) and the
+# chat twins (retell-python-sdk chat_response.py): these must carry their object.
+KNOWN_EVENTS = ONCE_PER_CALL | {
+    "transcript_updated",
+    "transfer_started",
+    "transfer_bridged",
+    "transfer_cancelled",
+    "transfer_ended",
+}
 # Unix milliseconds (13 digits today); the bound keeps a hostile header from becoming a
 # huge integer, and nothing longer could be within tolerance anyway.
 _TIMESTAMP_MS = re.compile(r"^[0-9]{1,15}$")
@@ -129,7 +139,11 @@ class Retell(Provider):
         subject = "chat" if event.startswith("chat_") else "call"
         about = payload.get(subject)
         if not isinstance(about, dict):
-            raise ShapeError(f"A Retell {event} webhook needs an object under {subject!r}.")
+            if event in KNOWN_EVENTS:
+                raise ShapeError(f"A Retell {event} webhook needs an object under {subject!r}.")
+            # An event Retell added after this module was written: signed, so recorded
+            # (keyed by its body) rather than refused and lost.
+            return EventIdentity(event_id=f"{event}:{body_digest(delivery.body)}", event_type=event)
         subject_id = about.get(f"{subject}_id")
         if not isinstance(subject_id, str) or not subject_id:
             event_id = body_digest(delivery.body)

@@ -3,6 +3,11 @@
 Headers ``webhook-id`` (the idempotency key), ``webhook-timestamp`` (unix seconds) and
 ``webhook-signature`` (space-separated ``v1,<base64>``), HMAC-SHA256 over
 ``f"{id}.{timestamp}.{body}"`` with the bytes of a ``whsec_<base64>`` secret.
+
+The payload is any JSON value: the spec (standard-webhooks ``spec/standard-webhooks.md``,
+"Payload") "does not dictate the structure" and only recommends an object with
+``type``, ``timestamp`` and ``data``. An array, a string or a number is accepted and
+recorded like an object; the event type is the object's ``type`` when there is one.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ def verify_standard_signature(
 class StandardWebhooks(Provider):
     name = "standard"
     recorded_headers = ("content-type", "user-agent", "webhook-id", "webhook-timestamp")
+    accepts_any_json = True
 
     def check_settings(self, settings: ProviderSettings) -> None:
         for secret in settings.secrets:
@@ -99,8 +105,8 @@ class StandardWebhooks(Provider):
     def verify(self, delivery: Delivery, settings: ProviderSettings) -> None:
         verify_standard_signature(delivery, settings.secrets, settings.tolerance_s)
 
-    def identify(self, delivery: Delivery, payload: dict[str, Any]) -> EventIdentity:
-        event_type = payload.get("type")
+    def identify(self, delivery: Delivery, payload: Any) -> EventIdentity:
+        event_type = payload.get("type") if isinstance(payload, dict) else None
         return EventIdentity(
             event_id=delivery.headers.get("webhook-id") or body_digest(delivery.body),
             event_type=event_type if isinstance(event_type, str) else "",

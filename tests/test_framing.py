@@ -1,0 +1,296 @@
+"""Framing errors are the client's fault: raw sockets against a real gunicorn.
+
+Every way a request's framing can be wrong — a bad chunk size line, a chunk without its
+CRLF, a client that hangs up mid-chunk or before its Content-Length, a transfer or
+content coding we do not decode, conflicting or malformed length headers — gets a 4xx
+with the JSON error shape (or, for a client already gone, a closed connection), a line
+below ERROR, an ``outcome`` other than ``error`` and nothing queued.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from ingest.providers import standard
+from tests.helpers import total_queued
+from tests.processes import Processes, request, running_fleet
+from tests.servers import wait_until
+
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # 24 bytes once decoded
+BODY = b'{"type":"invoice.paid","data":{"id":"in_1"}}'
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory: pytest.TempPathFactory, redis_server) -> Iterator[Processes]:  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("framing")
+    with running_fleet(
+        tmp,
+        redis_server.url,
+        f"sqlite:///{tmp / 'unused.db'}",
+        names=("web",),
+        HOOKFLEET_STANDARD_SECRETS=SECRET,
+    ) as processes:
+        yield processes
+
+
+@pytest.fixture
+def redis_client(redis_server) -> Iterator[redis.Redis]:  # type: ignore[no-untyped-def]
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+def headers_for(body: bytes, webhook_id: str) -> str:
+    timestamp = int(time.time())
+    signature = standard.sign(SECRET, webhook_id, timestamp, body)
+    return (
+        f"POST /webhooks/standard HTTP/1.1\r\nHost: hookfleet\r\n"
+        f"Content-Type: application/json\r\nwebhook-id: {webhook_id}\r\n"
+        f"webhook-timestamp: {timestamp}\r\nwebhook-signature: {signature}\r\n"
+    )
+
+
+def exchange(web: Processes, raw: bytes, *, hang_up: bool = True) -> bytes:
+    """Send ``raw``, close our sending side (a client that stops mid-body), read all."""
+    port = int(web.env["PORT"])
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(raw)
+        if hang_up:
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+                if not hang_up and b"\r\n\r\n" in answer and _complete(answer):
+                    break
+        except (ConnectionResetError, TimeoutError):
+            pass
+        return answer
+
+
+def _complete(answer: bytes) -> bool:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    match = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+    return match is not None and len(body) >= int(match.group(1))
+
+
+def received(metrics: str, provider: str, outcome: str) -> float:
+    """``hookfleet_webhooks_received_total`` for one provider and outcome (0 if absent)."""
+    for labels, value in re.findall(r"hookfleet_webhooks_received_total\{([^}]*)\} (\S+)", metrics):
+        if f'provider="{provider}"' in labels and f'outcome="{outcome}"' in labels:
+            return float(value)
+    return 0.0
+
+
+def parsed(answer: bytes) -> tuple[int, dict[str, str]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body)["error"]
+
+
+def chunked(webhook_id: str, chunks: bytes, extra_headers: str = "") -> bytes:
+    return (
+        headers_for(BODY, webhook_id) + "Transfer-Encoding: chunked\r\n" + extra_headers + "\r\n"
+    ).encode() + chunks
+
+
+# (name, raw request, expected status, expected code); all signed correctly for BODY.
+REFUSED = [
+    (
+        "chunk size not hex",
+        chunked("f1", b"zz\r\n" + BODY + b"\r\n0\r\n\r\n"),
+        400,
+        "malformed_body",
+    ),
+    ("chunk size negative", chunked("f2", b"-5\r\nhello\r\n0\r\n\r\n"), 400, "malformed_body"),
+    ("chunk size empty", chunked("f3", b"\r\nhello\r\n0\r\n\r\n"), 400, "malformed_body"),
+    (
+        "chunk without its CRLF",
+        chunked("f4", b"%x\r\n" % len(BODY) + BODY + b"XX0\r\n\r\n"),
+        400,
+        "malformed_body",
+    ),
+    (
+        "bad chunk extension",
+        chunked("f5", b"%x;=\r\n" % len(BODY) + BODY + b"\r\n0\r\n\r\n"),
+        400,
+        "malformed_body",
+    ),
+    (
+        "client hangs up mid-chunk",
+        chunked("f6", b"%x\r\n" % (len(BODY) + 100) + BODY),
+        400,
+        "incomplete_body",
+    ),
+    (
+        "client hangs up before the last chunk",
+        chunked("f7", b"%x\r\n" % len(BODY) + BODY + b"\r\n"),
+        400,
+        "incomplete_body",
+    ),
+    (
+        "last chunk without its final CRLF",
+        chunked("f8", b"%x\r\n" % len(BODY) + BODY + b"\r\n0\r\n"),
+        400,
+        "malformed_body",
+    ),
+    (
+        "Content-Length larger than what was sent",
+        (headers_for(BODY, "f9") + f"Content-Length: {len(BODY) + 50}\r\n\r\n").encode() + BODY,
+        400,
+        "incomplete_body",
+    ),
+    (
+        "Transfer-Encoding gzip, chunked",
+        chunked(
+            "f10", b"%x\r\n" % len(gzip.compress(BODY)) + gzip.compress(BODY) + b"\r\n0\r\n\r\n"
+        ).replace(b"Transfer-Encoding: chunked", b"Transfer-Encoding: gzip, chunked"),
+        415,
+        "unsupported_transfer_encoding",
+    ),
+    (
+        "Transfer-Encoding br, chunked",
+        chunked("f11", b"0\r\n\r\n").replace(
+            b"Transfer-Encoding: chunked", b"Transfer-Encoding: br, chunked"
+        ),
+        415,
+        "unsupported_transfer_encoding",
+    ),
+    (
+        "Transfer-Encoding gzip without chunked",
+        (headers_for(BODY, "f12") + "Transfer-Encoding: gzip\r\n\r\n").encode()
+        + gzip.compress(BODY),
+        400,
+        "malformed_request",
+    ),
+    (
+        "Content-Length and Transfer-Encoding together",
+        chunked("f13", b"%x\r\n" % len(BODY) + BODY + b"\r\n0\r\n\r\n", "Content-Length: 5\r\n"),
+        400,
+        "malformed_request",
+    ),
+    (
+        "trailer line ending in a bare LF",
+        chunked("f15", b"%x\r\n" % len(BODY) + BODY + b"\r\n0\r\nX-Trailer: a\n\r\n"),
+        400,
+        "malformed_body",
+    ),
+    (
+        "two Content-Length headers",
+        (headers_for(BODY, "f16") + f"Content-Length: {len(BODY)}\r\n" * 2 + "\r\n").encode()
+        + BODY,
+        400,
+        "malformed_request",
+    ),
+    (
+        "chunked in HTTP/1.0",
+        chunked("f17", b"%x\r\n" % len(BODY) + BODY + b"\r\n0\r\n\r\n").replace(
+            b"HTTP/1.1", b"HTTP/1.0", 1
+        ),
+        400,
+        "malformed_request",
+    ),
+    (
+        "Content-Length not a number",
+        (headers_for(BODY, "f14") + "Content-Length: 4x\r\n\r\n").encode() + BODY,
+        400,
+        "malformed_request",
+    ),
+]
+
+BEFORE_THE_APP = {
+    "two Content-Length headers",
+    "chunked in HTTP/1.0",
+    "Transfer-Encoding br, chunked",
+    "Transfer-Encoding gzip without chunked",
+    "Content-Length and Transfer-Encoding together",
+    "Content-Length not a number",
+}
+CONTENT_CODINGS = ["gzip", "br", "deflate", "x-unknown", "identity, gzip"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [case[1:] for case in REFUSED],
+    ids=[case[0] for case in REFUSED],
+)
+def test_broken_framing_is_a_json_4xx_and_nothing_is_queued(
+    web: Processes, redis_client: redis.Redis, raw: bytes, status: int, code: str
+) -> None:
+    answer = exchange(web, raw)
+
+    assert parsed(answer) == (status, {"code": code, "message": parsed(answer)[1]["message"]})
+    assert total_queued(redis_client) == 0
+
+
+@pytest.mark.parametrize("coding", CONTENT_CODINGS)
+def test_compressed_body_is_415_never_401(
+    web: Processes, redis_client: redis.Redis, coding: str
+) -> None:
+    # Signed over the uncompressed body, as a sender signs: still refused, as 415.
+    body = gzip.compress(BODY)
+    raw = (
+        headers_for(BODY, f"ce-{coding}") + f"Content-Encoding: {coding}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+    status, error = parsed(exchange(web, raw, hang_up=False))
+
+    assert (status, error["code"]) == (415, "unsupported_content_encoding")
+    assert total_queued(redis_client) == 0
+
+
+def test_a_client_gone_mid_body_costs_a_closed_connection_only(
+    web: Processes, redis_client: redis.Redis
+) -> None:
+    raw = (headers_for(BODY, "gone") + f"Content-Length: {len(BODY) + 10}\r\n\r\n").encode()
+    port = int(web.env["PORT"])
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(raw + BODY[:10])
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    # SO_LINGER 0: the close is a reset, like a sender whose process died.
+    time.sleep(0.5)
+    assert total_queued(redis_client) == 0
+    # The receiver is still serving.
+    assert request(web.base_url, "GET", "/healthz")[0] == 200
+
+
+def test_framing_errors_log_no_error_and_count_no_error_outcome(
+    web: Processes, redis_client: redis.Redis
+) -> None:
+    for _, raw, _, _ in REFUSED:
+        exchange(web, raw)
+    test_a_client_gone_mid_body_costs_a_closed_connection_only(web, redis_client)
+
+    def logged() -> bool:
+        return "incomplete_body" in web.log("web")
+
+    wait_until(logged, 10, "the refusals in the log")
+    lines = [json.loads(line) for line in web.log("web").splitlines() if line.startswith("{")]
+    assert not [line for line in lines if line.get("level") in ("ERROR", "CRITICAL")]
+    assert "Traceback" not in web.log("web")
+    metrics = request(web.base_url, "GET", "/metrics")[2]
+    assert received(metrics, "standard", "error") == 0
+    # gunicorn answers those it refuses before the application itself (uncounted).
+    assert received(metrics, "standard", "bad_request") >= len(REFUSED) - len(BEFORE_THE_APP)
+    assert total_queued(redis_client) == 0
+
+
+def test_a_well_framed_chunked_delivery_is_still_accepted(
+    web: Processes, redis_client: redis.Redis
+) -> None:
+    raw = chunked("ok-1", b"%x\r\n" % len(BODY) + BODY + b"\r\n0\r\n\r\n")
+
+    answer = exchange(web, raw, hang_up=False)
+
+    assert answer.startswith(b"HTTP/1.1 202")
+    assert total_queued(redis_client) == 1
