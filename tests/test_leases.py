@@ -9,19 +9,48 @@ live worker keeps them however long it works.
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
+import os
+import signal
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, select, text, update
 from sqlalchemy import event as sa_event
-from sqlalchemy import select, text, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.events import EventStatus, WebhookEvent
-from tests.servers import wait_until
+from models.migrate import upgrade
+from models.settings import Settings
+from tests.processes import ROOT, Processes, procfile, running_fleet
+from tests.servers import MariaDBServer, RedisServer, wait_until
+from tests.test_faults import (
+    SECRET,
+    Ledger,
+    Stack,
+    assert_exactly_once,
+    call_row_locked,
+    deliver,
+    ids,
+    kill_group,
+    pool_children,
+    settle_and_count,
+    stream,
+    wait_for_accepted,
+)
 from workers import events
 from workers.events import Outcome, record_batch
+from workers.leases import HELD_PREFIX
 
 from .test_events import incoming
 
@@ -90,7 +119,7 @@ def test_two_copies_of_one_message_waiting_on_the_same_row_lock_apply_once(
         workers.add(threading.get_ident())
         try:
             outcomes.extend(record_batch(sessions, [event]))
-        except Exception as error:  # noqa: BLE001 - asserted on below
+        except SQLAlchemyError as error:  # asserted on below
             errors.append(error)
 
     threads = [threading.Thread(target=copy) for _ in range(2)]
@@ -119,3 +148,257 @@ def test_two_copies_of_one_message_waiting_on_the_same_row_lock_apply_once(
             select(WebhookEvent).where(WebhookEvent.event_id == "evt_twice")
         ).one()
     assert (row.status, row.event_type) == (EventStatus.PROCESSED, "invoice.paid+")
+
+
+# --- Fault rows: real processes, shipped lease settings --------------------------------------
+
+SHIPPED = Settings()
+
+
+@contextmanager
+def lease_stack(tmp_path: Path, mariadb: MariaDBServer, *, second_high: bool) -> Iterator[Stack]:
+    """test_faults' stack with the shipped lease, visibility timeout and time limit, and
+    optionally a second ``hookfleet.high`` worker (``worker_high2``)."""
+    redis_server = RedisServer(tmp_path / "redis", appendonly=True).start()
+    database_url = mariadb.create_database()
+    upgrade(Settings(database_url=database_url))
+    try:
+        with running_fleet(
+            tmp_path,
+            redis_server.url,
+            database_url,
+            names=("web", "worker_high", "worker_default"),
+            HOOKFLEET_RETELL_SECRETS=SECRET,
+            HOOKFLEET_VISIBILITY_TIMEOUT_S=str(SHIPPED.visibility_timeout_s),
+            HOOKFLEET_TASK_TIME_LIMIT_S=str(SHIPPED.task_time_limit_s),
+            HOOKFLEET_REDIS_TIMEOUT_S="1",
+            HOOKFLEET_WORKER_SOFT_SHUTDOWN_S="3",
+        ) as fleet:
+            if second_high:
+                start_as(fleet, "worker_high2", "worker_high")
+            fleet.wait_for_worker("worker_high")
+            engine = create_engine(database_url)
+            try:
+                yield Stack(fleet, redis_server, mariadb, database_url, engine, fleet.logs)
+            finally:
+                engine.dispose()
+    finally:
+        redis_server.stop()
+
+
+def start_as(fleet: Processes, alias: str, name: str) -> None:
+    """Another process of the Procfile's ``name`` (its own node name and log)."""
+    command = procfile()[name].replace("-n high@", f"-n {alias}@")
+    log = open(fleet.logs / f"{alias}.log", "ab")
+    fleet.running[alias] = subprocess.Popen(
+        ["bash", "-c", f"exec {command}"],
+        cwd=ROOT,
+        env=fleet.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    fleet.wait_for_worker(alias)
+
+
+def recovered_after(stack: Stack, held: set[str], fault_at: float, but: int = 0) -> float:
+    """Seconds from the fault until the deliveries whose messages were held at the
+    fault (``held``) are processed, all but ``but`` of them."""
+    wait_until(
+        lambda: len(held - stack.processed(held)) <= but,
+        120,
+        f"the {len(held)} held deliveries processed",
+        interval=0.2,
+    )
+    return round(time.monotonic() - fault_at, 1)
+
+
+def held_call_ids(stack: Stack) -> set[str]:
+    """Call ids of the messages consumers hold under a lease right now."""
+    client = stack.redis.client()
+    found = set()
+    for key in client.scan_iter(f"{HELD_PREFIX}*"):
+        for tag in client.hkeys(key):
+            entry = client.hget("unacked", tag)
+            if entry:
+                message = json.loads(entry)[0]
+                body = json.loads(base64.b64decode(message["body"]))
+                kwargs = body["kwargs"] if isinstance(body, dict) else body[1]
+                found.add(kwargs["event_id"].removesuffix(":call_ended"))
+    return found
+
+
+def restores_logged(stack: Stack) -> int:
+    return sum(
+        stack.fleet.log(path.stem).count("lease lapsed") for path in stack.logs.glob("worker_*.log")
+    )
+
+
+def deliver_through_crashes(stack: Stack, ledger: Ledger, call_id: str) -> None:
+    """As Retell would, also when the receiver dies mid-answer (a truncated reply)."""
+    for _ in range(600):
+        try:
+            if deliver(stack, ledger, call_id) < 500:
+                return
+        except http.client.HTTPException:
+            ledger.saw(call_id, 599)
+        time.sleep(0.2)
+
+
+faults = pytest.mark.faults
+
+
+@faults
+def test_kill_9_of_a_worker_group_is_recovered_within_the_lease(
+    tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    with lease_stack(tmp_path, mariadb_server, second_high=False) as stack:
+        ledger = Ledger("lease: kill -9 worker group (shipped)")
+        finish = stream(stack, ledger, ids("lk", 1000))
+        wait_for_accepted(ledger, 300)
+        kill_group(stack.fleet.running.pop("worker_high"))
+        killed_at = time.monotonic()
+        held = held_call_ids(stack)
+        time.sleep(1)
+        stack.fleet.start("worker_high")
+        recovery = recovered_after(stack, held, killed_at)
+        finish()
+        row = settle_and_count(stack, ledger)
+        row["recovery_s"] = recovery
+    assert_exactly_once(row)
+    assert recovery < 30, row
+
+
+@faults
+def test_kill_9_of_one_pool_child_is_recovered_at_once(
+    tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    with lease_stack(tmp_path, mariadb_server, second_high=False) as stack:
+        ledger = Ledger("lease: kill -9 one pool child")
+        finish = stream(stack, ledger, ids("lc", 1000))
+        wait_for_accepted(ledger, 300)
+        wait_until(lambda: bool(pool_children(stack, "worker_high")), 10, "pool children")
+        os.kill(pool_children(stack, "worker_high")[0], signal.SIGKILL)
+        killed_at = time.monotonic()
+        held = held_call_ids(stack)
+        recovery = recovered_after(stack, held, killed_at)
+        finish()
+        row = settle_and_count(stack, ledger)
+        row["recovery_s"] = recovery
+    assert_exactly_once(row)
+    assert recovery < 30, row
+
+
+@faults
+def test_a_frozen_busy_worker_loses_its_messages_and_its_late_work_lands_once(
+    tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    with lease_stack(tmp_path, mariadb_server, second_high=True) as stack:
+        ledger = Ledger("lease: SIGSTOP busy worker, SIGCONT")
+        finish = stream(stack, ledger, ids("fz", 600), threads=12)
+        wait_for_accepted(ledger, 100)
+        frozen = stack.fleet.running["worker_high"].pid
+        os.killpg(frozen, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        held = held_call_ids(stack)
+        try:
+            # A batch inside the frozen worker's transaction keeps its row locks until
+            # the worker wakes: the database makes the other worker wait for those.
+            recovery = recovered_after(stack, held, frozen_at, but=SHIPPED.batch_size)
+            finish()
+        finally:
+            os.killpg(frozen, signal.SIGCONT)  # thawed: its late work and acks land now
+        time.sleep(SHIPPED.lease_s)
+        row = settle_and_count(stack, ledger)
+        row["recovery_s"] = recovery
+        row["held_when_frozen"] = len(held)
+        lapsed = restores_logged(stack)
+    assert len(held) > SHIPPED.batch_size, "the frozen worker was not busy"
+    assert_exactly_once(row)
+    assert lapsed >= 1
+    assert recovery < 30, row
+
+
+@faults
+def test_a_whole_host_killed_is_recovered_by_the_restarted_one(
+    tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    with lease_stack(tmp_path, mariadb_server, second_high=False) as stack:
+        ledger = Ledger("lease: whole host kill -9")
+        senders = ThreadPoolExecutor(8)
+        sent = [
+            senders.submit(deliver_through_crashes, stack, ledger, call_id)
+            for call_id in ids("hk", 800)
+        ]
+        wait_for_accepted(ledger, 300)
+        for name in ("web", "worker_high", "worker_default"):
+            os.killpg(stack.fleet.running[name].pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        held = held_call_ids(stack)
+        for name in ("web", "worker_high", "worker_default"):
+            stack.fleet.running.pop(name).wait()
+        time.sleep(1)
+        for name in ("web", "worker_high", "worker_default"):
+            stack.fleet.start(name)
+        stack.fleet.wait_for_web()
+        recovery = recovered_after(stack, held, killed_at)
+        for future in sent:
+            future.result()
+        senders.shutdown()
+        row = settle_and_count(stack, ledger)
+        row["recovery_s"] = recovery
+    assert_exactly_once(row)
+    assert recovery < 30, row
+
+
+@faults
+def test_redis_restarted_while_leases_are_held_loses_and_repeats_nothing(
+    tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    with lease_stack(tmp_path, mariadb_server, second_high=True) as stack:
+        ledger = Ledger("lease: Redis kill -9 + restart (AOF)")
+        finish = stream(stack, ledger, ids("rr", 800))
+        wait_for_accepted(ledger, 300)
+        assert stack.redis.proc is not None
+        held = held_call_ids(stack)
+        stack.redis.proc.kill()
+        stack.redis.proc.wait()
+        killed_at = time.monotonic()
+        time.sleep(2)
+        stack.redis.start()
+        recovery = recovered_after(stack, held, killed_at)
+        finish()
+        row = settle_and_count(stack, ledger)
+        row["recovery_s"] = recovery
+    assert_exactly_once(row)
+
+
+@faults
+def test_a_task_running_3x_the_lease_on_a_healthy_worker_runs_once(
+    tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    with lease_stack(tmp_path, mariadb_server, second_high=True) as stack:
+        stack.mariadb.sql("SET GLOBAL innodb_lock_wait_timeout = 120")
+        try:
+            ledger = Ledger("lease: task 3x the lease, healthy worker")
+            with call_row_locked(stack, "long_1") as release:
+                assert deliver(stack, ledger, "long_1") == 202
+                time.sleep(3 * SHIPPED.lease_s)
+                release()
+                released_at = time.monotonic()
+            # Not a recovery: the time from the lock's release to the effect.
+            recovery = recovered_after(stack, {"long_1"}, released_at)
+            row = settle_and_count(stack, ledger, timeout_s=60)
+            row["recovery_s"] = recovery
+        finally:
+            stack.mariadb.sql("SET GLOBAL innodb_lock_wait_timeout = 50")
+        processed = sum(
+            1
+            for p in stack.logs.glob("worker_*.log")
+            for line in stack.fleet.log(p.stem).splitlines()
+            if '"message": "processed"' in line and "long_1:call_ended" in line
+        )
+        lapsed = restores_logged(stack)
+    assert_exactly_once(row)
+    assert lapsed == 0, "a live worker's message was restored"
+    assert processed == 1
