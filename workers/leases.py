@@ -151,7 +151,7 @@ class Restored:
 
 
 @cache
-def _restored_counter() -> Any:
+def restored_counter() -> Any:
     # Created on first use, after the worker chose its metrics directory.
     from prometheus_client import Counter
 
@@ -166,7 +166,7 @@ def _restored_counter() -> Any:
 
 def count_restored(queue: str, reason: str, n: int = 1) -> None:
     """Adds to ``hookfleet_messages_restored_total{queue,reason}``."""
-    _restored_counter().labels(queue=queue, reason=reason).inc(n)
+    restored_counter().labels(queue=queue, reason=reason).inc(n)
 
 
 def report_lapsed(rows: Iterable[Any], sep: str) -> list[Restored]:
