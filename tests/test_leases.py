@@ -402,3 +402,37 @@ def test_a_task_running_3x_the_lease_on_a_healthy_worker_runs_once(
     assert_exactly_once(row)
     assert lapsed == 0, "a live worker's message was restored"
     assert processed == 1
+
+
+def held_by_leases(stack: Stack) -> int:
+    client = stack.redis.client()
+    return sum(int(client.hlen(key)) for key in client.scan_iter(f"{HELD_PREFIX}*"))
+
+
+@faults
+def test_sigterm_hands_back_reserved_messages_at_once_while_the_database_hangs(
+    tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    with lease_stack(tmp_path, mariadb_server, second_high=False) as stack:
+        ledger = Ledger("lease: SIGTERM, database hung")
+        hung = stack.engine.connect()  # every batch waits on the table lock
+        hung.execute(text("LOCK TABLES webhook_events WRITE"))
+        try:
+            stream(stack, ledger, ids("st", 400))()
+            running = 2 * SHIPPED.batch_size  # two pool processes, one batch each
+            wait_until(lambda: held_by_leases(stack) > running + 20, 60, "messages reserved")
+            worker = stack.fleet.running.pop("worker_high")
+            os.kill(worker.pid, signal.SIGTERM)
+            termed_at = time.monotonic()
+            wait_until(lambda: held_by_leases(stack) <= running, 30, "reserved handed back")
+            handed_back_s = round(time.monotonic() - termed_at, 1)
+            still_running = worker.poll() is None
+        finally:
+            hung.close()  # the database answers again: the running batches finish
+        worker.wait(60)
+        stack.fleet.start("worker_high")
+        row = settle_and_count(stack, ledger)
+        row["recovery_s"] = handed_back_s
+    assert_exactly_once(row)
+    assert still_running, "the worker had exited: nothing showed the hand-back was early"
+    assert handed_back_s < 5, row

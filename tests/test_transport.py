@@ -362,3 +362,84 @@ def test_the_message_envelope_our_pop_script_reads_is_kombus() -> None:
     assert isinstance(properties["delivery_tag"], str), properties
     assert properties["delivery_info"]["exchange"] == QUEUE, properties
     assert properties["delivery_info"]["routing_key"] == QUEUE, properties
+
+
+# --- Leases (workers.leases): a dead consumer's messages come back within its lease --------
+
+LEASED = {"hookfleet_lease_s": 1, "hookfleet_lease_renew_s": 0.2}
+
+_HOLD_AND_WAIT = """
+import sys, time
+from kombu import Connection, Exchange, Queue
+q = Queue(sys.argv[2], Exchange(sys.argv[2]), routing_key=sys.argv[2])
+with Connection(sys.argv[1], transport="workers.transport:Transport",
+                transport_options={"hookfleet_lease_s": 1, "hookfleet_lease_renew_s": 0.2,
+                                   "visibility_timeout": 3600}) as conn:
+    with conn.Consumer(q, callbacks=[lambda body, message: print("holding", flush=True)]):
+        conn.drain_events(timeout=10)
+        time.sleep(600)
+"""
+
+
+def _held_by_a_killed_consumer(url: str) -> None:
+    """A consumer process takes the message, holds it unacknowledged, and is killed."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_AND_WAIT, url, QUEUE], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_killed_consumers_message_comes_back_within_its_lease_not_the_visibility_timeout(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    _publish(redis_url, [{"n": 1}])
+    _held_by_a_killed_consumer(redis_url)
+    assert redis_client.llen(QUEUE) == 0 and redis_client.hlen("unacked") == 1
+
+    started = time.monotonic()
+    with Connection(
+        redis_url, transport=OURS, transport_options={**LEASED, "visibility_timeout": 3600}
+    ) as conn:
+        got: list[Any] = []
+        with conn.Consumer(_queue(), callbacks=[lambda body, m: (got.append(body), m.ack())]):
+            deadline = time.monotonic() + 10
+            while not got and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=0.2)
+                except TimeoutError:
+                    pass
+    assert got == [{"n": 1}]
+    assert time.monotonic() - started < 5  # the 1 s lease, not the hour
+    assert redis_client.hlen("unacked") == redis_client.hlen("hookfleet.unacked_owner") == 0
+
+
+def test_a_message_restored_by_lease_is_one_a_stock_kombu_consumer_reads(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Stock workers can share the queues: the restore puts the very bytes back."""
+    _publish(redis_url, [{"n": 2}])
+    published = redis_client.lrange(QUEUE, 0, -1)
+    _held_by_a_killed_consumer(redis_url)
+    time.sleep(1.5)  # the lease lapses
+    other = Queue("hookfleet.low", Exchange("hookfleet.low"), routing_key="hookfleet.low")
+    with Connection(redis_url, transport=OURS, transport_options=LEASED) as conn:
+        with conn.Consumer(other):  # consuming anything sweeps for lapsed leases
+            try:
+                conn.drain_events(timeout=1)
+            except TimeoutError:
+                pass
+
+    assert redis_client.lrange(QUEUE, 0, -1) == published
+    stock = {"visibility_timeout": 3600}
+    with Connection(redis_url, transport=STOCK, transport_options=stock) as conn:
+        got: list[Any] = []
+        with conn.Consumer(_queue(), callbacks=[lambda body, m: (got.append(body), m.ack())]):
+            conn.drain_events(timeout=5)
+    assert got == [{"n": 2}]
