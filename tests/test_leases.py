@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import create_engine, select, text, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import SQLAlchemyError
@@ -428,7 +429,8 @@ def test_sigterm_hands_back_reserved_messages_at_once_while_the_database_hangs(
             handed_back_s = round(time.monotonic() - termed_at, 1)
             still_running = worker.poll() is None
         finally:
-            hung.close()  # the database answers again: the running batches finish
+            hung.execute(text("UNLOCK TABLES"))  # the database answers again
+            hung.close()
         worker.wait(60)
         stack.fleet.start("worker_high")
         row = settle_and_count(stack, ledger)
@@ -436,3 +438,36 @@ def test_sigterm_hands_back_reserved_messages_at_once_while_the_database_hangs(
     assert_exactly_once(row)
     assert still_running, "the worker had exited: nothing showed the hand-back was early"
     assert handed_back_s < 5, row
+
+
+@pytest.mark.e2e
+def test_a_stock_celery_worker_still_consumes_hookfleets_queues(
+    tmp_path: Path, redis_url: str, mariadb_url: str
+) -> None:
+    """Messages stay in kombu's format: a worker on kombu's own transport processes
+    them (it recovers a crash only by the visibility timeout, and holds no lease)."""
+    with running_fleet(
+        tmp_path, redis_url, mariadb_url, names=("web",), HOOKFLEET_RETELL_SECRETS=SECRET
+    ) as fleet:
+        command = procfile()["worker_high"].replace("workers.celery_app", "tests.stock_worker")
+        log = open(fleet.logs / "worker_stock.log", "ab")
+        fleet.running["worker_stock"] = subprocess.Popen(
+            ["bash", "-c", f"exec {command.replace('-n high@', '-n stock@')}"],
+            cwd=ROOT,
+            env=fleet.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        fleet.wait_for_worker("worker_stock")
+        engine = create_engine(mariadb_url)
+        try:
+            stack = Stack(fleet, None, None, mariadb_url, engine, fleet.logs)
+            ledger = Ledger("stock worker")
+            stream(stack, ledger, ids("sw", 20))()
+            wait_until(lambda: stack.processed(ledger.accepted) == ledger.accepted, 60, "all")
+            leases = list(redis.Redis.from_url(redis_url).scan_iter("hookfleet.lease.*"))
+        finally:
+            engine.dispose()
+    assert len(ledger.accepted) == 20
+    assert leases == []  # really kombu's transport: nobody took a lease
