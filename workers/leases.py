@@ -45,6 +45,8 @@ LEASE_PREFIX = "hookfleet.lease."
 HELD_PREFIX = "hookfleet.held."
 OWNER_KEY = "hookfleet.unacked_owner"
 CONSUMERS_KEY = "hookfleet.consumers"
+#: kombu's ``Channel.sep``: a list key is the queue name, then this and a priority.
+PRIORITY_SEP = "\x06\x16"
 
 #: Held this long (seconds) without being in this process's hands, a message it still
 #: owns in Redis is given back (an ack that could not reach Redis, a lost reply).
@@ -192,8 +194,10 @@ class Lease:
     """This process's lease: its consumer id, renewed by a daemon thread.
 
     One per process (messages taken on a channel that Celery since replaced are still
-    this process's to finish). ``attach(channel)`` starts it; Redis errors are logged
-    and retried at the next renewal, never raised into the consumer.
+    this process's to finish), with the lease options of the first channel that
+    consumed. ``attach(channel)`` starts it; Redis errors are logged and retried at the
+    next renewal, never raised into the consumer. The thread ends with the process: a
+    lease outlives a clean exit by at most ``lease_s`` (with nothing left to restore).
     """
 
     def __init__(self, lease_s: float, renew_s: float) -> None:
@@ -207,7 +211,6 @@ class Lease:
         self.client: Any = None
         self._params: Any = None
         self._thread: threading.Thread | None = None
-        self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._last_error_logged = float("-inf")
 
@@ -234,22 +237,10 @@ class Lease:
             self._log_error("renew", error)
             return False
 
-    def stop(self) -> None:
-        """Stop renewing (the lease lapses ``lease_s`` later). Tests and shutdown."""
-        self._stopped.set()
-
-    def release(self) -> None:
-        """Give the lease up now: whatever this process still owns is restored at the
-        next sweep of any consumer."""
-        self.stop()
-        try:
-            self.client.delete(self.key)
-        except (RedisError, OSError) as error:
-            self._log_error("release", error)
-
     def _run(self) -> None:
         next_orphan_check = time.monotonic() + ORPHAN_AFTER_S
-        while not self._stopped.wait(self.renew_s):
+        while True:
+            time.sleep(self.renew_s)
             self.renew()
             if time.monotonic() >= next_orphan_check:
                 next_orphan_check = time.monotonic() + ORPHAN_AFTER_S
@@ -270,7 +261,7 @@ class Lease:
                     continue
                 list_key = self.client.hget(self.held_key, tag)
                 if self.settle(self.client, name, "front"):
-                    queue = _text(list_key or b"?").split("\x06\x16", 1)[0]
+                    queue = _text(list_key or b"?").split(PRIORITY_SEP, 1)[0]
                     count_restored(queue, "orphaned")
                     log.warning("gave back a message no longer in hand", extra={"tag": name})
         except (RedisError, OSError) as error:

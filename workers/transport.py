@@ -1,21 +1,25 @@
-"""kombu's Redis transport, with a pop that cannot lose a message.
+"""kombu's Redis transport, with a pop that cannot lose a message and leases.
 
 Stock kombu consumes with ``BRPOP`` and records the message as unacknowledged
 (``ZADD unacked_index`` + ``HSET unacked``) in a second round trip. A worker killed, or a
 Redis restarted, between the two loses the message: it is in no queue, not in
 ``unacked``, and no database row exists yet. Under a steady stream that gap is hit by a
 plain ``kill -9`` (the fault suite found it). Here the pop and the record are one Lua
-script, so at every instant a message is either on its queue or in ``unacked`` (from
-where kombu's visibility timeout restores it).
+script, so at every instant a message is either on its queue or in ``unacked``; the
+same script records this process as the message's owner (:mod:`workers.leases`).
 
 A script cannot block, so an idle consumer waits with ``BLMOVE q q RIGHT RIGHT`` on its
 first queue -- a blocking no-op rotation that returns as soon as that list has an item,
 pops nothing -- pipelined with the pop script. A busy consumer sends only the script.
-Everything else (acks, restores, publishing, fanout) is kombu's own.
+Acks, requeues and restores of the messages it took go through the owner-checked
+script of :mod:`workers.leases`; kombu's periodic ``restore_visible`` runs the lease
+sweep (and the visibility timeout only for messages no lease covers). Publishing and
+fanout are kombu's own.
 
 Selected by ``broker_transport`` in :mod:`workers.celery_app`; the broker URL stays
 ``redis://``. Needs Redis 7 for ``allow-oom`` (below); older servers get the same
 script without it and stop consuming while Redis is full, as stock kombu does.
+Private kombu names this relies on are listed (and checked) in tests/test_transport.py.
 """
 
 from __future__ import annotations
