@@ -8,7 +8,10 @@ which is that instant made repeatable.
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -368,32 +371,42 @@ def test_the_message_envelope_our_pop_script_reads_is_kombus() -> None:
 
 LEASED = {"hookfleet_lease_s": 1, "hookfleet_lease_renew_s": 0.2}
 
-_HOLD_AND_WAIT = """
-import sys, time
+# A consumer process: takes one message, says "holding", then acknowledges it when its
+# stdin says so and says "acked".
+_HOLDER = """
+import sys
 from kombu import Connection, Exchange, Queue
 q = Queue(sys.argv[2], Exchange(sys.argv[2]), routing_key=sys.argv[2])
+held = []
 with Connection(sys.argv[1], transport="workers.transport:Transport",
                 transport_options={"hookfleet_lease_s": 1, "hookfleet_lease_renew_s": 0.2,
                                    "visibility_timeout": 3600}) as conn:
-    with conn.Consumer(q, callbacks=[lambda body, message: print("holding", flush=True)]):
+    with conn.Consumer(q, callbacks=[lambda body, message: held.append(message)]):
         conn.drain_events(timeout=10)
-        time.sleep(600)
+        print("holding", flush=True)
+        sys.stdin.readline()
+        held[0].ack()
+        print("acked", flush=True)
+        sys.stdin.readline()
 """
+
+
+def _holder(url: str) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, url, QUEUE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+    return holder
 
 
 def _held_by_a_killed_consumer(url: str) -> None:
     """A consumer process takes the message, holds it unacknowledged, and is killed."""
-    import subprocess
-    import sys
-
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD_AND_WAIT, url, QUEUE], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
-    finally:
-        holder.kill()
-        holder.wait()
+    holder = _holder(url)
+    holder.kill()
+    holder.wait()
 
 
 def test_a_killed_consumers_message_comes_back_within_its_lease_not_the_visibility_timeout(
@@ -443,3 +456,39 @@ def test_a_message_restored_by_lease_is_one_a_stock_kombu_consumer_reads(
         with conn.Consumer(_queue(), callbacks=[lambda body, m: (got.append(body), m.ack())]):
             conn.drain_events(timeout=5)
     assert got == [{"n": 2}]
+
+
+def test_a_thawed_consumers_late_ack_leaves_the_copy_another_consumer_holds(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Frozen past its lease, the first holder lost the message to a second consumer;
+    its ack on waking must not remove the entry that protects the second one's copy."""
+    _publish(redis_url, [{"n": 3}])
+    holder = _holder(redis_url)
+    try:
+        holder.send_signal(signal.SIGSTOP)
+        time.sleep(1.5)  # the lease lapses
+        taken: list[Any] = []
+        options = {**LEASED, "visibility_timeout": 3600}
+        with Connection(redis_url, transport=OURS, transport_options=options) as conn:
+            with conn.Consumer(_queue(), callbacks=[lambda body, m: taken.append(m)]):
+                deadline = time.monotonic() + 10
+                while not taken and time.monotonic() < deadline:
+                    try:
+                        conn.drain_events(timeout=0.2)
+                    except TimeoutError:
+                        pass
+                assert [m.payload for m in taken] == [{"n": 3}]
+                tag = taken[0].delivery_tag
+                holder.send_signal(signal.SIGCONT)
+                assert holder.stdin is not None and holder.stdout is not None
+                holder.stdin.write("ack\n")
+                holder.stdin.flush()
+                assert holder.stdout.readline().strip() == "acked"
+
+                assert redis_client.hexists("unacked", tag)  # the copy is still protected
+                taken[0].ack()
+        assert redis_client.hlen("unacked") == redis_client.llen(QUEUE) == 0
+    finally:
+        holder.kill()
+        holder.wait()
