@@ -116,10 +116,14 @@ class Settings:
     # providers retry later instead of Redis growing without bound. 0 disables it.
     shed_queue_depth: int = 100_000
 
-    # The broker's visibility timeout bounds how long a message whose worker died stays
-    # invisible; the task time limit and every retry countdown must stay below it, or a
-    # slow task is delivered a second time while it still runs.
-    visibility_timeout_s: int = 900
+    # A consuming worker process holds a lease in Redis for this long, renewed five
+    # times per period while it lives; the messages of a worker whose lease lapsed
+    # (killed, frozen, cut off) go back to their queues within about lease_s plus one
+    # sweep (lease_s / 5). A live worker keeps its messages however long tasks run.
+    lease_s: float = 8.0
+    # The last resort for messages no lease covers (taken by a stock kombu consumer):
+    # back after this long unacknowledged. Not tied to the task time limit any more.
+    visibility_timeout_s: int = 3 * 3600
     task_time_limit_s: int = 300
     # Workers record and apply deliveries in batches of up to batch_size (or what came
     # within batch_wait_ms of the first): two commits per batch instead of one per event.
@@ -135,7 +139,7 @@ class Settings:
     # SIGTERM gives running tasks this long before they are cancelled and requeued.
     worker_soft_shutdown_s: float = 20.0
     # A ``received`` row untouched this long lost its message: beat requeues it
-    # (workers.sweeper). Must exceed the visibility timeout; 0 turns the sweep off.
+    # (workers.sweeper). Must exceed the task time limit; 0 turns the sweep off.
     stuck_after_s: int = 1800
 
     # Retell's inbound call waits on us while the phone rings: answer within this, or
@@ -179,6 +183,11 @@ class Settings:
         return max([self.body_limit(name) for name in names] + [self.body_limit("")])
 
     @property
+    def lease_renew_s(self) -> float:
+        """How often a worker renews its lease and sweeps for lapsed ones (seconds)."""
+        return max(0.2, self.lease_s / 5)
+
+    @property
     def prefetch_multiplier(self) -> int:
         return self.worker_prefetch_multiplier or 2 * self.batch_size
 
@@ -208,6 +217,7 @@ class Settings:
             ),
             retry_after_s=_int(env, "HOOKFLEET_RETRY_AFTER_S", cls.retry_after_s),
             shed_queue_depth=_int(env, "HOOKFLEET_SHED_QUEUE_DEPTH", cls.shed_queue_depth),
+            lease_s=_float(env, "HOOKFLEET_LEASE_S", cls.lease_s),
             visibility_timeout_s=_int(
                 env, "HOOKFLEET_VISIBILITY_TIMEOUT_S", cls.visibility_timeout_s
             ),
@@ -241,17 +251,17 @@ class Settings:
             providers=MappingProxyType(_providers(env)),
             outbound=OutboundSettings.from_env(env),
         )
-        if settings.task_time_limit_s >= settings.visibility_timeout_s:
+        if settings.lease_s < 1:
             raise ConfigError(
-                "HOOKFLEET_TASK_TIME_LIMIT_S must be below HOOKFLEET_VISIBILITY_TIMEOUT_S, "
-                "or a long task is redelivered while it still runs"
+                "HOOKFLEET_LEASE_S must be at least 1: a shorter lease lapses under an "
+                "ordinary scheduling hiccup and moves messages that are in good hands"
             )
-        if 0 < settings.stuck_after_s <= settings.visibility_timeout_s:
+        if 0 < settings.stuck_after_s <= settings.task_time_limit_s + settings.lease_s:
             raise ConfigError(
-                "HOOKFLEET_STUCK_AFTER_S must be above HOOKFLEET_VISIBILITY_TIMEOUT_S (or 0, "
-                "off): a message held by a dead worker comes back after the visibility "
-                "timeout and every retry countdown stays below it, so requeueing sooner "
-                "only duplicates work"
+                "HOOKFLEET_STUCK_AFTER_S must be above HOOKFLEET_TASK_TIME_LIMIT_S plus "
+                "HOOKFLEET_LEASE_S (or 0, off): a message held by a live worker is "
+                "running, one held by a dead worker is back within the lease, so "
+                "requeueing sooner only duplicates work"
             )
         if settings.redis_min_replicas:
             _check_replica_wait(settings)

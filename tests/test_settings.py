@@ -67,25 +67,28 @@ def test_a_bad_value_is_refused_naming_the_variable(name: str, value: str) -> No
         Settings.from_env({name: value})
 
 
-def test_task_time_limit_must_stay_below_the_visibility_timeout() -> None:
-    with pytest.raises(ConfigError, match="VISIBILITY_TIMEOUT"):
-        Settings.from_env(
-            {
-                "HOOKFLEET_VISIBILITY_TIMEOUT_S": "300",
-                "HOOKFLEET_TASK_TIME_LIMIT_S": "300",
-            }
-        )
+def test_a_task_may_outlive_the_visibility_timeout_now_a_last_resort() -> None:
+    settings = Settings.from_env(
+        {"HOOKFLEET_VISIBILITY_TIMEOUT_S": "300", "HOOKFLEET_TASK_TIME_LIMIT_S": "600"}
+    )
+    assert (settings.task_time_limit_s, settings.visibility_timeout_s) == (600, 300)
+    assert Settings.from_env({}).visibility_timeout_s >= 3600  # a last resort: hours
 
 
-def test_stuck_work_waits_longer_than_the_visibility_timeout_or_is_off() -> None:
+def test_the_lease_is_read_renewed_five_times_per_period_and_not_too_short() -> None:
+    assert (Settings.from_env({}).lease_s, Settings.from_env({}).lease_renew_s) == (8.0, 1.6)
+    assert Settings.from_env({"HOOKFLEET_LEASE_S": "20"}).lease_renew_s == 4.0
+    with pytest.raises(ConfigError, match="HOOKFLEET_LEASE_S"):
+        Settings.from_env({"HOOKFLEET_LEASE_S": "0.5"})
+
+
+def test_stuck_work_waits_longer_than_a_running_task_or_is_off() -> None:
     assert Settings.from_env({}).stuck_after_s == 1800
     assert Settings.from_env({"HOOKFLEET_STUCK_AFTER_S": "0"}).stuck_after_s == 0
-    with pytest.raises(ConfigError, match=r"STUCK_AFTER_S must be above .*VISIBILITY_TIMEOUT"):
-        Settings.from_env({"HOOKFLEET_STUCK_AFTER_S": "900"})
+    with pytest.raises(ConfigError, match=r"STUCK_AFTER_S must be above .*TASK_TIME_LIMIT"):
+        Settings.from_env({"HOOKFLEET_STUCK_AFTER_S": "300"})
     with pytest.raises(ConfigError, match="only duplicates work"):
-        Settings.from_env(
-            {"HOOKFLEET_VISIBILITY_TIMEOUT_S": "3600", "HOOKFLEET_TASK_TIME_LIMIT_S": "300"}
-        )
+        Settings.from_env({"HOOKFLEET_TASK_TIME_LIMIT_S": "1800"})
 
 
 def test_replica_confirmation_is_off_by_default_and_read_when_set() -> None:

@@ -227,7 +227,7 @@ def test_sweep_command_counts_requeues_up_to_a_limit_and_refuses_bad_ages(
     assert "limit reached" in limited.stdout
     assert bad.returncode == 2 and "not an age like 30d" in bad.stderr
     assert too_soon.returncode == 0, too_soon.stderr
-    assert "HOOKFLEET_VISIBILITY_TIMEOUT_S" in too_soon.stderr
+    assert "HOOKFLEET_TASK_TIME_LIMIT_S + HOOKFLEET_LEASE_S" in too_soon.stderr
     assert too_soon.stdout.startswith("dry run: 2 stuck event(s) would be requeued")
 
 

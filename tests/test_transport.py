@@ -8,7 +8,10 @@ which is that instant made repeatable.
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -264,3 +267,228 @@ def test_settling_a_message_of_a_connection_lost_with_redis_neither_raises_nor_l
         assert _receive(server.url, OURS, want=1) == [{"n": 1}]
     finally:
         server.stop()
+
+
+# --- The kombu / Celery names Hookfleet relies on (fast: no servers) ------------------------
+
+# (where, name, what of ours breaks without it). workers.transport subclasses kombu's
+# Redis transport and overrides its consuming and settling; workers.batching replaces
+# Celery's task strategy. Both reach past the public API. When an upgrade renames one
+# of these, this names it; then read the new kombu/Celery source around it (README,
+# "Upgrading Celery and kombu").
+PRIVATE_NAMES = [
+    ("kombu.transport.redis:Channel", "_brpop_start", "transport: sends our pop script"),
+    ("kombu.transport.redis:Channel", "_brpop_read", "transport: reads the pop's reply"),
+    ("kombu.transport.redis:Channel", "_queue_cycle", "transport: queue order"),
+    ("kombu.transport.redis:Channel", "_q_for_pri", "transport: priority list keys"),
+    ("kombu.transport.redis:Channel", "priority_steps", "transport: priority list keys"),
+    ("kombu.transport.redis:Channel", "_in_poll", "transport: poller bookkeeping"),
+    ("kombu.transport.redis:Channel", "_brpop_sent_at", "transport: poller health check"),
+    ("kombu.transport.redis:Channel", "_flush_brpop_reauth", "transport: re-auth after a pop"),
+    ("kombu.transport.redis:Channel", "_create_client", "transport: settling off the pop's socket"),
+    ("kombu.transport.redis:Channel", "_connparams", "leases: the lease's own connection"),
+    ("kombu.transport.redis:Channel", "_get_pool", "leases: the lease's own connection"),
+    ("kombu.transport.redis:Channel", "conn_or_acquire", "transport: restores"),
+    ("kombu.transport.redis:Channel", "unacked_key", "leases: kombu's unacked hash"),
+    ("kombu.transport.redis:Channel", "unacked_index_key", "leases: kombu's unacked index"),
+    ("kombu.transport.redis:Channel", "global_keyprefix", "transport: refuses key prefixes"),
+    ("kombu.transport.redis:Channel", "sep", "leases: priority suffix of list keys"),
+    ("kombu.transport.redis:QoS", "restore_visible", "transport: the lease sweep hook"),
+    ("kombu.transport.redis:QoS", "restore_by_tag", "transport: visibility-timeout restore"),
+    ("kombu.transport.redis:QoS", "restore_unacked", "transport: restore at channel close"),
+    ("kombu.transport.redis:QoS", "_vrestore_count", "transport: restore throttle"),
+    ("kombu.transport.redis:QoS", "visibility_timeout", "transport: last-resort restore"),
+    ("kombu.transport.virtual:QoS", "_delivered", "transport: what a channel holds"),
+    ("kombu.transport.virtual:Channel", "_inplace_augment_message", "pop script: envelope"),
+    ("kombu.transport.redis:MultiChannelPoller", "maybe_restore_messages", "lease sweep timer"),
+    ("kombu.transport.redis:MultiChannelPoller", "on_poll_init", "lease sweep at start"),
+    ("kombu.transport.redis", "bytes_to_str", "transport: decoding replies"),
+    ("celery.worker.request:Request", "on_accepted", "batching: running-task bookkeeping"),
+    ("celery.worker.request:Request", "_apply_result", "batching: cancel at shutdown"),
+    ("celery.worker.request:Request", "request_dict", "batching: retries of a message"),
+    ("celery.worker.request", "create_request_cls", "batching: the strategy's requests"),
+    ("celery.worker.strategy", "hybrid_to_proto2", "batching: message protocols"),
+    ("celery.worker.strategy", "proto1_to_proto2", "batching: message protocols"),
+    ("celery.worker.state", "task_reserved", "batching: reserved bookkeeping"),
+    ("celery.worker.state", "task_ready", "batching: reserved bookkeeping"),
+    ("celery.worker.state", "should_stop", "batching: shutdown vs reconnect"),
+    ("celery.worker.state", "should_terminate", "batching: shutdown vs reconnect"),
+    ("celery.worker.consumer.tasks", "Tasks", "batching: ReleaseReserved runs before it"),
+    ("kombu.asynchronous.timer", "to_timestamp", "batching: retry countdowns"),
+]
+
+
+@pytest.mark.parametrize(("where", "name", "why"), PRIVATE_NAMES)
+def test_every_private_kombu_and_celery_name_hookfleet_relies_on_exists(
+    where: str, name: str, why: str
+) -> None:
+    import importlib
+    import inspect
+
+    module, _, attribute = where.partition(":")
+    owner = importlib.import_module(module)
+    if attribute:
+        owner = getattr(owner, attribute)
+    # Some are set on the instance: then kombu's __init__ must still set them.
+    on_instance = inspect.isclass(owner) and f"self.{name} =" in inspect.getsource(owner.__init__)
+    assert hasattr(owner, name) or on_instance, (
+        f"{where}.{name} is gone ({why}): read the new kombu/Celery source around it "
+        "before upgrading (README: Upgrading Celery and kombu)"
+    )
+
+
+def test_the_signatures_hookfleet_calls_past_the_public_api_still_fit() -> None:
+    import inspect
+
+    from billiard.pool import Pool
+    from kombu.transport.redis import QoS as RedisQoS
+
+    wanted = {"callback", "error_callback", "accept_callback", "timeout_callback"}
+    wanted |= {"soft_timeout", "timeout"}
+    missing = wanted - set(inspect.signature(Pool.apply_async).parameters)
+    assert not missing, f"billiard Pool.apply_async lost {missing} (workers.batching)"
+    restore = set(inspect.signature(RedisQoS.restore_visible).parameters)
+    assert {"start", "num", "interval"} <= restore, (
+        f"kombu QoS.restore_visible is now {restore} (workers.transport overrides it)"
+    )
+
+
+def test_the_message_envelope_our_pop_script_reads_is_kombus() -> None:
+    """The pop and restore scripts read ``properties.delivery_tag`` (a string) and
+    ``properties.delivery_info.{exchange,routing_key}`` from the JSON kombu stores, and
+    the unacked entry as ``[message, exchange, routing_key]``."""
+    with Connection("memory://") as conn:
+        channel = conn.default_channel
+        message = channel.prepare_message("{}", priority=0, headers={}, properties={})
+        channel._inplace_augment_message(message, QUEUE, QUEUE)
+    properties = message["properties"]
+    assert isinstance(properties["delivery_tag"], str), properties
+    assert properties["delivery_info"]["exchange"] == QUEUE, properties
+    assert properties["delivery_info"]["routing_key"] == QUEUE, properties
+
+
+# --- Leases (workers.leases): a dead consumer's messages come back within its lease --------
+
+LEASED = {"hookfleet_lease_s": 1, "hookfleet_lease_renew_s": 0.2}
+
+# A consumer process: takes one message, says "holding", then acknowledges it when its
+# stdin says so and says "acked".
+_HOLDER = """
+import sys
+from kombu import Connection, Exchange, Queue
+q = Queue(sys.argv[2], Exchange(sys.argv[2]), routing_key=sys.argv[2])
+held = []
+with Connection(sys.argv[1], transport="workers.transport:Transport",
+                transport_options={"hookfleet_lease_s": 1, "hookfleet_lease_renew_s": 0.2,
+                                   "visibility_timeout": 3600}) as conn:
+    with conn.Consumer(q, callbacks=[lambda body, message: held.append(message)]):
+        conn.drain_events(timeout=10)
+        print("holding", flush=True)
+        sys.stdin.readline()
+        held[0].ack()
+        print("acked", flush=True)
+        sys.stdin.readline()
+"""
+
+
+def _holder(url: str) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, url, QUEUE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+    return holder
+
+
+def _held_by_a_killed_consumer(url: str) -> None:
+    """A consumer process takes the message, holds it unacknowledged, and is killed."""
+    holder = _holder(url)
+    holder.kill()
+    holder.wait()
+
+
+def test_a_killed_consumers_message_comes_back_within_its_lease_not_the_visibility_timeout(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    _publish(redis_url, [{"n": 1}])
+    _held_by_a_killed_consumer(redis_url)
+    assert redis_client.llen(QUEUE) == 0 and redis_client.hlen("unacked") == 1
+
+    started = time.monotonic()
+    with Connection(
+        redis_url, transport=OURS, transport_options={**LEASED, "visibility_timeout": 3600}
+    ) as conn:
+        got: list[Any] = []
+        with conn.Consumer(_queue(), callbacks=[lambda body, m: (got.append(body), m.ack())]):
+            deadline = time.monotonic() + 10
+            while not got and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=0.2)
+                except TimeoutError:
+                    pass
+    assert got == [{"n": 1}]
+    assert time.monotonic() - started < 5  # the 1 s lease, not the hour
+    assert redis_client.hlen("unacked") == redis_client.hlen("hookfleet.unacked_owner") == 0
+
+
+def test_a_message_restored_by_lease_is_one_a_stock_kombu_consumer_reads(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Stock workers can share the queues: the restore puts the very bytes back."""
+    _publish(redis_url, [{"n": 2}])
+    published = redis_client.lrange(QUEUE, 0, -1)
+    _held_by_a_killed_consumer(redis_url)
+    time.sleep(1.5)  # the lease lapses
+    other = Queue("hookfleet.low", Exchange("hookfleet.low"), routing_key="hookfleet.low")
+    with Connection(redis_url, transport=OURS, transport_options=LEASED) as conn:
+        with conn.Consumer(other):  # consuming anything sweeps for lapsed leases
+            try:
+                conn.drain_events(timeout=1)
+            except TimeoutError:
+                pass
+
+    assert redis_client.lrange(QUEUE, 0, -1) == published
+    stock = {"visibility_timeout": 3600}
+    with Connection(redis_url, transport=STOCK, transport_options=stock) as conn:
+        got: list[Any] = []
+        with conn.Consumer(_queue(), callbacks=[lambda body, m: (got.append(body), m.ack())]):
+            conn.drain_events(timeout=5)
+    assert got == [{"n": 2}]
+
+
+def test_a_thawed_consumers_late_ack_leaves_the_copy_another_consumer_holds(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Frozen past its lease, the first holder lost the message to a second consumer;
+    its ack on waking must not remove the entry that protects the second one's copy."""
+    _publish(redis_url, [{"n": 3}])
+    holder = _holder(redis_url)
+    try:
+        holder.send_signal(signal.SIGSTOP)
+        time.sleep(1.5)  # the lease lapses
+        taken: list[Any] = []
+        options = {**LEASED, "visibility_timeout": 3600}
+        with Connection(redis_url, transport=OURS, transport_options=options) as conn:
+            with conn.Consumer(_queue(), callbacks=[lambda body, m: taken.append(m)]):
+                deadline = time.monotonic() + 10
+                while not taken and time.monotonic() < deadline:
+                    try:
+                        conn.drain_events(timeout=0.2)
+                    except TimeoutError:
+                        pass
+                assert [m.payload for m in taken] == [{"n": 3}]
+                tag = taken[0].delivery_tag
+                holder.send_signal(signal.SIGCONT)
+                assert holder.stdin is not None and holder.stdout is not None
+                holder.stdin.write("ack\n")
+                holder.stdin.flush()
+                assert holder.stdout.readline().strip() == "acked"
+
+                assert redis_client.hexists("unacked", tag)  # the copy is still protected
+                taken[0].ack()
+        assert redis_client.hlen("unacked") == redis_client.llen(QUEUE) == 0
+    finally:
+        holder.kill()
+        holder.wait()

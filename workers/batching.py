@@ -11,9 +11,13 @@ after that job returned — the same promise as ``acks_late``, kept for the whol
 - the job returns: each message is acknowledged, or requeued where its verdict says so;
 - the pool process dies, or the hard time limit kills it: every message of the batch is
   requeued (``task_reject_on_worker_lost`` / ``task_acks_on_timeout=False`` for one task);
-- the worker stops, or loses its broker connection, with messages still collected: they
-  were never acknowledged, so the broker gives them out again (kombu's Redis transport
-  restores a closed channel's unacknowledged messages).
+- the worker stops (SIGTERM) with messages collected but not started: they go back to
+  their queue at once (:class:`ReleaseReserved`), whatever the running batch waits for;
+- the worker loses its broker connection, or dies: they were never acknowledged, so the
+  broker gives them out again (the worker's lease lapses, see ``workers.leases``).
+
+A batch goes to the pool only when a pool process is free for it: a batch waiting
+inside the pool for a busy process could not be handed back at shutdown.
 
 So a message is never acknowledged before its outcome is on record, and ``run_batch``
 must be idempotent: a requeued message may meet work already done.
@@ -32,15 +36,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from weakref import ref
+from weakref import WeakSet, ref
 
-from celery import Celery, Task, signals
+from celery import Celery, Task, bootsteps, signals
 from celery.utils.imports import symbol_by_name
 from celery.utils.time import timezone
 from celery.worker.request import Request, create_request_cls
 from celery.worker.state import task_ready, task_reserved
 from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 from kombu.asynchronous.timer import to_timestamp
+
+from workers.leases import count_restored
 
 log = logging.getLogger("hookfleet.worker.batching")
 
@@ -76,9 +82,10 @@ class BatchTask(Task):
 class Batch:
     """One pool job's messages and how they end: each is settled exactly once."""
 
-    def __init__(self, requests: list[Request]) -> None:
+    def __init__(self, requests: list[Request], on_settled: Callable[[], None]) -> None:
         self.requests = requests
         self.settled = False
+        self.on_settled = on_settled
 
     def entries(self) -> list[Entry]:
         return [
@@ -128,6 +135,7 @@ class Batch:
             else:
                 request.reject(requeue=True)
             task_ready(request)
+        self.on_settled()
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -143,6 +151,12 @@ class Collector:
         self.target: Callable[[list[Entry]], list[str]] = symbol_by_name(task.run_batch)
         self.buffer: list[Request] = []
         self.flush_entry: Any = None
+        #: Batches given to the pool and not settled yet.
+        self.running = 0
+        #: Retries waiting out their countdown: id(request) -> (request, timer entry).
+        self.waiting: dict[int, tuple[Request, Any]] = {}
+        self.released = False
+        COLLECTORS.add(self)
         conf = task.app.conf
         self.batch_size = int(conf.get("hookfleet_batch_size") or task.batch_size)
         self.batch_wait_s = float(conf.get("hookfleet_batch_wait_s", task.batch_wait_s))
@@ -150,6 +164,9 @@ class Collector:
         self.hard_limit = task.time_limit or conf.task_time_limit
 
     def add(self, request: Request) -> None:
+        if self.released:  # arrived during shutdown: straight back
+            self._hand_back([request])
+            return
         task_reserved(request)
         self.buffer.append(request)
         if len(self.buffer) >= self.batch_size:
@@ -157,13 +174,58 @@ class Collector:
         elif self.flush_entry is None:
             self.flush_entry = self.timer.call_after(self.batch_wait_s, self.flush)
 
+    def hold(self, eta: float, request: Request, due: Callable[[Request], None]) -> None:
+        """Keep a retry's message until its countdown is over, then ``due(request)``."""
+
+        def fire() -> None:
+            self.waiting.pop(id(request), None)
+            due(request)
+
+        entry = self.timer.call_at(eta, fire, (), priority=6)
+        self.waiting[id(request)] = (request, entry)
+
     def flush(self) -> None:
         if self.flush_entry is not None:
             self.timer.cancel(self.flush_entry)
             self.flush_entry = None
-        if not self.buffer:
-            return
-        batch, self.buffer = Batch(self.buffer), []
+        while self.buffer and self.running < self._processes():
+            batch = Batch(self.buffer[: self.batch_size], self._settled)
+            self.buffer = self.buffer[self.batch_size :]
+            self.running += 1
+            self._submit(batch)
+
+    def release(self) -> None:
+        """Shutdown: every message collected or held but not started goes back to its
+        queue now; messages arriving later go straight back."""
+        self.released = True
+        if self.flush_entry is not None:
+            self.timer.cancel(self.flush_entry)
+            self.flush_entry = None
+        held = [request for request, _ in self.waiting.values()]
+        for _, entry in self.waiting.values():
+            self.timer.cancel(entry)
+        self.waiting.clear()
+        buffered, self.buffer = self.buffer, []
+        for request in buffered:
+            task_ready(request)
+        self._hand_back(buffered + held)
+
+    def _hand_back(self, requests: list[Request]) -> None:
+        for request in requests:
+            request.reject(requeue=True)
+            count_restored(str((request.delivery_info or {}).get("routing_key") or ""), "shutdown")
+        if requests:
+            log.warning("handed %d message(s) not started back to their queue", len(requests))
+
+    def _processes(self) -> int:
+        return max(1, int(getattr(self.pool, "num_processes", 1) or 1))
+
+    def _settled(self) -> None:
+        self.running -= 1
+        if self.buffer and not self.released:
+            self.flush()
+
+    def _submit(self, batch: Batch) -> None:
         result = self.pool.apply_async(
             self.target,
             args=(batch.entries(),),
@@ -177,6 +239,27 @@ class Collector:
         # Lets Celery's request.cancel() (shutdown, connection loss) stop the job.
         for request in batch.requests:
             request._apply_result = ref(result) if result is not None else None
+
+
+#: Every collector of this process, for :class:`ReleaseReserved`.
+COLLECTORS: WeakSet[Collector] = WeakSet()
+
+
+class ReleaseReserved(bootsteps.StartStopStep):
+    """A consumer step that, on a warm or cold shutdown, hands the messages collected
+    but not started back to their queue at once. Celery would keep them until the
+    running batches finished (however long a hung database makes that) and restore
+    them only when it closes its connection. Stops before the task consumer does."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def stop(self, c: Any) -> None:
+        from celery.worker import state
+
+        if state.should_stop is None and state.should_terminate is None:
+            return  # a reconnect restarts the consumer: keep consuming
+        for collector in list(COLLECTORS):
+            collector.release()
 
 
 def strategy(task: BatchTask, app: Celery, consumer: Any, **_: Any) -> Callable[..., None]:
@@ -237,7 +320,7 @@ def strategy(task: BatchTask, app: Celery, consumer: Any, **_: Any) -> Callable[
                 else to_timestamp(request.eta, app.timezone)
             )
             consumer.qos.increment_eventually()
-            consumer.timer.call_at(eta, eta_due, (request,), priority=6)
+            collector.hold(eta, request, eta_due)
             return
         collector.add(request)
 

@@ -19,6 +19,7 @@ from models.logs import configure_logging, json_handler
 from models.metrics import use_metrics_dir
 from models.phones import configure_regions
 from models.settings import QUEUES, Settings
+from workers.batching import ReleaseReserved
 
 app = Celery(
     "hookfleet",
@@ -31,24 +32,29 @@ app = Celery(
     ],
     set_as_current=False,
 )
+# SIGTERM hands back the messages reserved but not started at once (workers.batching).
+app.steps["consumer"].add(ReleaseReserved)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery setting Hookfleet relies on, and why."""
     transport = {
-        # How long a delivered-but-unacknowledged message stays invisible before Redis
-        # gives it to another worker. Must exceed the task time limit and every retry
-        # countdown, or a slow task runs twice.
+        # Ownership of an unacknowledged message is a lease of the live worker that took
+        # it (workers.leases): renewed every lease_s / 5 by a thread of the worker's main
+        # process; a dead or frozen worker's messages are restored by the others' sweep.
+        "hookfleet_lease_s": settings.lease_s,
+        "hookfleet_lease_renew_s": settings.lease_renew_s,
+        # Only for messages no lease covers (a stock kombu consumer took them): they
+        # come back after this long. A leased message is never restored by it.
         "visibility_timeout": settings.visibility_timeout_s,
         "socket_timeout": 30,
         "socket_connect_timeout": 10,
         "health_check_interval": 30,
         "retry_on_timeout": True,
-        # Sweep for messages whose worker died every 10 s instead of kombu's default
-        # 10 s x 10 (throttle): with a visibility timeout of minutes the sweep period
-        # is what a crashed worker's jobs wait on beyond it.
-        "unacked_restore_interval": 10,
-        "unacked_restore_throttle": 1,
+        # The sweep for lapsed leases runs this often (and once at start); the
+        # visibility-timeout sweep every tenth time.
+        "unacked_restore_interval": settings.lease_renew_s,
+        "unacked_restore_throttle": 10,
     }
     return {
         "broker_url": settings.broker_url,
@@ -73,7 +79,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_on_timeout": False,
         # Deliveries are recorded in batches (workers.batching): each process reserves
         # enough for one batch running and the next one filling. A worker killed with
-        # SIGKILL strands these until the visibility timeout (nothing is lost).
+        # SIGKILL holds these until its lease lapses (HOOKFLEET_LEASE_S).
         "worker_prefetch_multiplier": settings.prefetch_multiplier,
         "hookfleet_batch_size": settings.batch_size,
         "hookfleet_batch_wait_s": settings.batch_wait_ms / 1000,

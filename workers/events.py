@@ -234,7 +234,13 @@ def _claim_many(
     """Lock the unfinished rows among ``keys`` for this transaction and load them.
 
     The UPDATE waits for any other worker holding one of them; what it leaves out was
-    finished by that worker, so the rows loaded after it are exactly the ones claimed.
+    finished by that worker. The rows are then loaded with a *locking* read: under
+    MariaDB's REPEATABLE READ a plain SELECT reads the snapshot taken at this
+    transaction's first read (``_statuses``, before the wait), where a row that another
+    copy of the same message finished meanwhile is still unfinished; both copies would
+    apply it. A locking read sees the latest committed row, so exactly the rows claimed
+    here are returned, and their locks are held until the effect commits. (SQLite runs
+    both statements inside its one write transaction: FOR UPDATE is not needed there.)
     """
     rows: dict[tuple[str, str], WebhookEvent] = {}
     by_provider: dict[str, list[str]] = {}
@@ -253,7 +259,11 @@ def _claim_many(
             .execution_options(synchronize_session=False)
         )
         for row in session.scalars(
-            select(WebhookEvent).where(*where).options(undefer(WebhookEvent.payload))
+            select(WebhookEvent)
+            .where(*where)
+            .options(undefer(WebhookEvent.payload))
+            .with_for_update()
+            .execution_options(populate_existing=True)
         ):
             rows[(row.provider, row.event_id)] = row
     return rows

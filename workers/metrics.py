@@ -25,6 +25,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from models.metrics import declare_shared_metrics, mark_process_dead, scrape_registry
 from models.settings import Settings
+from workers.leases import restored_counter
 
 log = logging.getLogger("hookfleet.worker")
 
@@ -52,6 +53,10 @@ END_TO_END = Histogram(
     ["provider"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0),
 )
+
+# hookfleet_messages_restored_total{queue,reason}: counted by workers.leases, declared
+# with the others so a scrape lists it before the first restore.
+MESSAGES_RESTORED = restored_counter()
 
 BATCH_SIZE = Histogram(
     "hookfleet_worker_batch_size",

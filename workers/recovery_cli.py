@@ -234,10 +234,11 @@ def sweep(older_than: str | None, dry_run: bool, limit: int | None) -> None:
         raise click.UsageError("HOOKFLEET_STUCK_AFTER_S is 0 (sweeping off): say --older-than")
     if age.total_seconds() <= 0:
         raise click.BadParameter("must be more than 0", param_hint="--older-than")
-    if age.total_seconds() <= settings.visibility_timeout_s:
+    held_at_most_s = settings.task_time_limit_s + settings.lease_s
+    if age.total_seconds() <= held_at_most_s:
         click.echo(
-            f"warning: {_span(age)} is within HOOKFLEET_VISIBILITY_TIMEOUT_S "
-            f"({settings.visibility_timeout_s} s): events whose message a worker still holds "
+            f"warning: {_span(age)} is within HOOKFLEET_TASK_TIME_LIMIT_S + HOOKFLEET_LEASE_S "
+            f"({held_at_most_s:g} s): events whose message a worker still holds "
             "are requeued too (they take effect once; the extra message does nothing)",
             err=True,
         )

@@ -1,9 +1,10 @@
 """Stuck work: events a worker recorded (``received``) whose message is gone.
 
 A worker records a batch of deliveries as ``received`` rows, then applies them. A row
-left ``received`` long after the broker would have redelivered its message (the
-visibility timeout) lost that message: a Redis failover to a replica without the
-latest writes, a retry message lost on the way. The sweep publishes such rows again
+left ``received`` long after the broker would have redelivered its message (a live
+worker holds one at most the task time limit; a dead worker's comes back within its
+lease, see ``workers.leases``) lost that message: a Redis failover to a replica
+without the latest writes, a retry message lost on the way. The sweep publishes such rows again
 as ``hookfleet.process_event`` on their own queue, built from the row; the worker
 claims a ``received`` row once and applies it once, so a requeue that races a late
 original changes nothing.

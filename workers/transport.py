@@ -1,21 +1,25 @@
-"""kombu's Redis transport, with a pop that cannot lose a message.
+"""kombu's Redis transport, with a pop that cannot lose a message and leases.
 
 Stock kombu consumes with ``BRPOP`` and records the message as unacknowledged
 (``ZADD unacked_index`` + ``HSET unacked``) in a second round trip. A worker killed, or a
 Redis restarted, between the two loses the message: it is in no queue, not in
 ``unacked``, and no database row exists yet. Under a steady stream that gap is hit by a
 plain ``kill -9`` (the fault suite found it). Here the pop and the record are one Lua
-script, so at every instant a message is either on its queue or in ``unacked`` (from
-where kombu's visibility timeout restores it).
+script, so at every instant a message is either on its queue or in ``unacked``; the
+same script records this process as the message's owner (:mod:`workers.leases`).
 
 A script cannot block, so an idle consumer waits with ``BLMOVE q q RIGHT RIGHT`` on its
 first queue -- a blocking no-op rotation that returns as soon as that list has an item,
 pops nothing -- pipelined with the pop script. A busy consumer sends only the script.
-Everything else (acks, restores, publishing, fanout) is kombu's own.
+Acks, requeues and restores of the messages it took go through the owner-checked
+script of :mod:`workers.leases`; kombu's periodic ``restore_visible`` runs the lease
+sweep (and the visibility timeout only for messages no lease covers). Publishing and
+fanout are kombu's own.
 
 Selected by ``broker_transport`` in :mod:`workers.celery_app`; the broker URL stays
 ``redis://``. Needs Redis 7 for ``allow-oom`` (below); older servers get the same
 script without it and stop consuming while Redis is full, as stock kombu does.
+Private kombu names this relies on are listed (and checked) in tests/test_transport.py.
 """
 
 from __future__ import annotations
@@ -30,13 +34,28 @@ from kombu.transport import virtual
 from kombu.utils.json import loads
 from kombu.utils.objects import cached_property
 
+from workers.leases import (
+    CONSUMERS_KEY,
+    HELD_PREFIX,
+    LEASE_PREFIX,
+    OVERDUE_UNLEASED,
+    OWNER_KEY,
+    RESTORE_LAPSED,
+    Lease,
+    count_restored,
+    process_lease,
+    report_lapsed,
+    script_text,
+)
+
 log = logging.getLogger(__name__)
 
 #: Where a message that is not kombu JSON goes instead of wedging the consumer.
 UNREADABLE_KEY = "hookfleet.unreadable"
 
-# KEYS: the queue keys in poll order, then unacked, unacked_index, the unreadable list.
-# ARGV: the number of queue keys, the time to index the message at.
+# KEYS: the queue keys in poll order, then unacked, unacked_index, the unreadable list,
+# the owner hash, this consumer's held hash, the consumers set (workers.leases).
+# ARGV: the number of queue keys, the time to index the message at, the consumer's id.
 # Reads and checks before the first write: a script that fails part way is not undone.
 # ``allow-oom``: consuming moves bytes from a list into the hash, it does not grow
 # Redis; without the flag a full Redis (noeviction) would refuse the script and the
@@ -58,6 +77,9 @@ for i = 1, n do
     redis.call('HSET', KEYS[n + 1], tag,
       '[' .. item .. ',' .. cjson.encode(info['exchange'] or '') .. ','
           .. cjson.encode(info['routing_key'] or '') .. ']')
+    redis.call('HSET', KEYS[n + 4], tag, ARGV[3])
+    redis.call('HSET', KEYS[n + 5], tag, KEYS[i])
+    redis.call('SADD', KEYS[n + 6], ARGV[3])
     redis.call('RPOP', KEYS[i])
     return {KEYS[i], item}
   end
@@ -86,12 +108,19 @@ FULL_REDIS_RETRY_S = 10.0
 
 
 class QoS(kredis.QoS):
-    """Skips kombu's second round trip for messages the pop script already recorded,
-    and acknowledges with a script a full Redis still runs."""
+    """Settles through the owner-checked script of :mod:`workers.leases` the messages
+    the pop script took (and recorded as this process's), and restores by lease."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Delivery tags taken by the pop script on this channel and not settled yet.
+        self._leased: set[str] = set()
 
     def append(self, message: Any, delivery_tag: str) -> None:
         if delivery_tag in self.channel.recorded:
             self.channel.recorded.remove(delivery_tag)
+            self._leased.add(delivery_tag)
+            self.channel.lease.in_hand.add(delivery_tag)
             virtual.QoS.append(self, message, delivery_tag)
         else:  # basic_get and other paths that did not go through the script
             super().append(message, delivery_tag)
@@ -101,10 +130,10 @@ class QoS(kredis.QoS):
     # (or are cancelled) and ack or requeue their messages on it. kombu has by then
     # torn down the old transport, and touching Redis through it raises an
     # AttributeError that Celery treats as unrecoverable: the worker exits instead of
-    # consuming again (found by the fault suite's Redis restart). Those messages are in
-    # ``unacked`` whatever happens here; the visibility timeout returns them, and a
-    # message that ran already is a no-op the second time (its event is processed).
-    # So on a detached channel these only do kombu's in-memory bookkeeping.
+    # consuming again (found by the fault suite's Redis restart). So a detached channel
+    # settles through the process lease's own connection; if Redis cannot be reached
+    # at all the message stays this process's in ``unacked`` and the lease thread gives
+    # it back later (workers.leases.ORPHAN_AFTER_S).
 
     _skipped = 0
     _skip_logged_at = float("-inf")
@@ -119,7 +148,7 @@ class QoS(kredis.QoS):
         if monotonic() - self._skip_logged_at < SKIP_LOG_EVERY_S:
             return
         log.warning(
-            "broker connection was replaced: settling %d message(s) left to the "
+            "broker unreachable: %d message(s) left to the lease's orphan check or the "
             "visibility timeout (latest: %s)",
             self._skipped,
             what,
@@ -127,7 +156,47 @@ class QoS(kredis.QoS):
         self._skipped = 0
         self._skip_logged_at = monotonic()
 
+    _lost = 0
+    _lost_logged_at = float("-inf")
+
+    def _taken_over(self, how: str) -> None:
+        # A thawed worker settles its whole backlog at once: one line per few seconds.
+        self._lost += 1
+        if monotonic() - self._lost_logged_at < SKIP_LOG_EVERY_S:
+            return
+        log.warning(
+            "this worker's lease had lapsed: %d message(s) it held were taken over and "
+            "are left to their new holder (latest: %s)",
+            self._lost,
+            how,
+        )
+        self._lost = 0
+        self._lost_logged_at = monotonic()
+
+    def _settle_leased(self, tag: str, how: str) -> None:
+        """Ack or requeue a message this process owns; a copy another consumer took
+        over meanwhile (our lease lapsed) is left alone."""
+        self._leased.discard(tag)
+        lease = self.channel.lease
+        # Never the channel's ``client``: its connection carries the pending pop.
+        clients = [] if self._detached() else [self.channel._create_client()]
+        clients.append(lease.client)
+        for client in clients:
+            try:
+                if not lease.settle(client, tag, how):
+                    self._taken_over(how)
+                return
+            except (*self.channel.connection_errors, AttributeError):
+                continue
+        lease.in_hand.discard(tag)  # no longer in hand: the orphan check gives it back
+        self._skip(how, 1)
+
     def restore_unacked(self, client: Any = None) -> None:
+        for tag in [t for t in self._delivered if t in self._leased]:
+            self._settle_leased(tag, "front")
+            virtual.QoS.ack(self, tag)
+        if not self._delivered:
+            return
         if not self._detached():
             try:
                 return super().restore_unacked(client)
@@ -136,9 +205,52 @@ class QoS(kredis.QoS):
         self._skip("restore", len(self._delivered))
         self._delivered.clear()
 
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        """Every call: the messages of lapsed leases. Every ``interval``-th call, as
+        kombu does: unleased messages older than the visibility timeout."""
+        self._vrestore_count += 1
+        with self.channel.conn_or_acquire() as client:
+            lapsed = client.eval(
+                script_text(client, RESTORE_LAPSED),
+                4,
+                CONSUMERS_KEY,
+                self.unacked_key,
+                self.unacked_index_key,
+                OWNER_KEY,
+                LEASE_PREFIX,
+                HELD_PREFIX,
+            )
+            report_lapsed(lapsed, self.channel.sep)
+            if (self._vrestore_count - 1) % (interval or 1):
+                return
+            overdue = client.eval(
+                OVERDUE_UNLEASED,
+                2,
+                self.unacked_index_key,
+                OWNER_KEY,
+                time() - self.visibility_timeout,
+                LEASE_PREFIX,
+                num or 1000,
+            )
+            for tag in overdue:
+                entry = client.hget(self.unacked_key, tag)
+                self.restore_by_tag(tag, client)
+                client.hdel(OWNER_KEY, tag)
+                if entry:
+                    queue = str(loads(kredis.bytes_to_str(entry))[2])
+                    count_restored(queue, "visibility_timeout")
+                    log.warning(
+                        "restored an unleased message after the visibility timeout",
+                        extra={"queue": queue, "tag": kredis.bytes_to_str(tag)},
+                    )
+
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         if not requeue:
             self.ack(delivery_tag)
+        elif delivery_tag in self._leased:
+            # To the front: a batch whose pool process died was next in line.
+            self._settle_leased(delivery_tag, "front")
+            virtual.QoS.ack(self, delivery_tag)
         elif self._detached():
             self._skip("requeue", 1)
             virtual.QoS.ack(self, delivery_tag)
@@ -146,7 +258,9 @@ class QoS(kredis.QoS):
             super().reject(delivery_tag, requeue=True)
 
     def ack(self, delivery_tag: str) -> None:
-        if self._detached():
+        if delivery_tag in self._leased:
+            self._settle_leased(delivery_tag, "ack")
+        elif self._detached():
             self._skip("ack", 1)
         else:
             with self.channel.conn_or_acquire() as client:
@@ -163,15 +277,34 @@ class QoS(kredis.QoS):
 class Channel(kredis.Channel):
     QoS = QoS
 
+    #: Seconds a consumer's lease lasts unrenewed, and how often it is renewed
+    #: (transport options ``hookfleet_lease_s``, ``hookfleet_lease_renew_s``).
+    hookfleet_lease_s = 10.0
+    hookfleet_lease_renew_s = 2.0
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.global_keyprefix:  # keys would need prefixing inside the scripts
             raise InconsistencyError("global_keyprefix is not supported by Hookfleet")
+        options = self.connection.client.transport_options
+        self.hookfleet_lease_s = float(options.get("hookfleet_lease_s", self.hookfleet_lease_s))
+        self.hookfleet_lease_renew_s = float(
+            options.get("hookfleet_lease_renew_s", self.hookfleet_lease_renew_s)
+        )
         #: Delivery tags popped by the script whose QoS.append is still to come.
         self.recorded: set[str] = set()
         self._idle = True
         self._pending = 0
         self._plain_wait_until = 0.0
+
+    @property
+    def lease(self) -> Lease:
+        return process_lease(self.hookfleet_lease_s, self.hookfleet_lease_renew_s)
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        consumer_tag = super().basic_consume(queue, *args, **kwargs)
+        self.lease.attach(self)  # before the first message is taken under it
+        return consumer_tag
 
     @cached_property
     def _script_flags(self) -> str:
@@ -197,13 +330,17 @@ class Channel(kredis.Channel):
             (
                 "EVAL",
                 script,
-                len(keys) + 3,
+                len(keys) + 6,
                 *keys,
                 self.unacked_key,
                 self.unacked_index_key,
                 UNREADABLE_KEY,
+                OWNER_KEY,
+                self.lease.held_key,
+                CONSUMERS_KEY,
                 len(keys),
                 time(),
+                self.lease.consumer_id,
             )
         )
         self._in_poll = connection

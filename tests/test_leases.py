@@ -1,0 +1,487 @@
+"""Ownership of a message is a lease of the live worker that took it.
+
+Two parts. First, the database's half, forced deterministically: two copies of one
+message, in two workers at once, waiting on the same row lock, apply once. Then the
+fault rows (marker ``faults``, real processes, counted like tests/test_faults.py): a
+worker killed, frozen, or cut off loses its messages to the others within its lease; a
+live worker keeps them however long it works.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import create_engine, select, text, update
+from sqlalchemy import event as sa_event
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.events import EventStatus, WebhookEvent
+from models.migrate import upgrade
+from models.settings import Settings
+from tests.processes import ROOT, Processes, procfile, running_fleet
+from tests.servers import MariaDBServer, RedisServer, wait_until
+from tests.test_faults import (
+    SECRET,
+    Ledger,
+    Stack,
+    assert_exactly_once,
+    call_row_locked,
+    deliver,
+    ids,
+    kill_group,
+    pool_children,
+    settle_and_count,
+    stream,
+    wait_for_accepted,
+)
+from workers import events
+from workers.events import Outcome, record_batch
+from workers.leases import HELD_PREFIX
+
+from .test_events import incoming
+
+
+@pytest.fixture
+def applied(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Provider 'test' gets a handler whose effect is not idempotent, like a new
+    booking: each call lists itself and appends '+' to the row's event type (in the
+    same transaction), so an effect applied twice shows as '++'."""
+    calls: list[str] = []
+
+    def handler(session: Session, row: WebhookEvent) -> None:
+        calls.append(row.event_id)
+        row.event_type += "+"
+
+    monkeypatch.setitem(events.HANDLERS, "test", handler)
+    return calls
+
+
+def _lock_waits(session: Session) -> int:
+    return int(
+        session.scalar(
+            text("SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'")
+        )
+        or 0
+    )
+
+
+def test_two_copies_of_one_message_waiting_on_the_same_row_lock_apply_once(
+    sessions: sessionmaker[Session], database_url: str, applied: list[str]
+) -> None:
+    """The issue's double apply: a frozen worker holds the event's row lock inside its
+    transaction; its message went to another worker twice over (two pool processes),
+    both of which already read the row as ``received`` and now wait on that lock. The
+    frozen one rolls back. Exactly one copy may apply."""
+    event = incoming("evt_twice", provider="test")
+    record_batch(sessions, [incoming("evt_other", provider="test")])  # warm the schema
+    with sessions() as session:  # the first delivery recorded the event, unfinished
+        session.execute(
+            events._insert_ignoring_duplicates(session), [events._row(event, EventStatus.RECEIVED)]
+        )
+        session.commit()
+    engine = sessions.kw["bind"]
+    mariadb = engine.dialect.name in ("mysql", "mariadb")
+
+    arrived = threading.Semaphore(0)
+    workers: set[int] = set()
+
+    @sa_event.listens_for(engine, "before_cursor_execute")
+    def at_the_claim(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if threading.get_ident() in workers and statement.lstrip().upper().startswith(
+            "UPDATE WEBHOOK_EVENTS"
+        ):
+            arrived.release()
+
+    frozen = sessions()  # the frozen worker's transaction, holding the row lock
+    frozen.execute(
+        update(WebhookEvent)
+        .where(WebhookEvent.event_id == "evt_twice")
+        .values(attempts=WebhookEvent.attempts + 1)
+    )
+    outcomes: list[Outcome] = []
+    errors: list[BaseException] = []
+
+    def copy() -> None:
+        workers.add(threading.get_ident())
+        try:
+            outcomes.extend(record_batch(sessions, [event]))
+        except SQLAlchemyError as error:  # asserted on below
+            errors.append(error)
+
+    threads = [threading.Thread(target=copy) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for _ in threads:  # both copies read the row and reached the claim...
+            assert arrived.acquire(timeout=30)
+        if mariadb:  # ...and both are waiting on the frozen worker's lock
+            with sessions() as probe:
+                wait_until(lambda: _lock_waits(probe) == 2, 20, "two lock waits")
+        else:  # SQLite cannot show its waiters: give them time to start waiting
+            time.sleep(1)
+    finally:
+        frozen.rollback()  # the thawed worker gives up its transaction
+        frozen.close()
+        for thread in threads:
+            thread.join(60)
+        sa_event.remove(engine, "before_cursor_execute", at_the_claim)
+
+    assert not errors, errors
+    assert sorted(outcomes) == [Outcome.ALREADY_DONE, Outcome.PROCESSED]
+    assert applied.count("evt_twice") == 1
+    with sessions() as session:
+        row = session.scalars(
+            select(WebhookEvent).where(WebhookEvent.event_id == "evt_twice")
+        ).one()
+    assert (row.status, row.event_type) == (EventStatus.PROCESSED, "invoice.paid+")
+
+
+# --- Fault rows: real processes, shipped lease settings --------------------------------------
+
+SHIPPED = Settings()
+
+
+@contextmanager
+def lease_stack(tmp_path: Path, mariadb: MariaDBServer, *, second_high: bool) -> Iterator[Stack]:
+    """test_faults' stack with the shipped lease, visibility timeout and time limit, and
+    optionally a second ``hookfleet.high`` worker (``worker_high2``)."""
+    redis_server = RedisServer(tmp_path / "redis", appendonly=True).start()
+    database_url = mariadb.create_database()
+    upgrade(Settings(database_url=database_url))
+    try:
+        with running_fleet(
+            tmp_path,
+            redis_server.url,
+            database_url,
+            names=("web", "worker_high", "worker_default"),
+            HOOKFLEET_RETELL_SECRETS=SECRET,
+            HOOKFLEET_VISIBILITY_TIMEOUT_S=str(SHIPPED.visibility_timeout_s),
+            HOOKFLEET_TASK_TIME_LIMIT_S=str(SHIPPED.task_time_limit_s),
+            HOOKFLEET_REDIS_TIMEOUT_S="1",
+            HOOKFLEET_WORKER_SOFT_SHUTDOWN_S="3",
+        ) as fleet:
+            if second_high:
+                start_as(fleet, "worker_high2", "worker_high")
+            fleet.wait_for_worker("worker_high")
+            engine = create_engine(database_url)
+            try:
+                yield Stack(fleet, redis_server, mariadb, database_url, engine, fleet.logs)
+            finally:
+                engine.dispose()
+    finally:
+        redis_server.stop()
+
+
+def start_as(fleet: Processes, alias: str, name: str) -> None:
+    """Another process of the Procfile's ``name`` (its own node name and log)."""
+    command = procfile()[name].replace("-n high@", f"-n {alias}@")
+    log = open(fleet.logs / f"{alias}.log", "ab")
+    fleet.running[alias] = subprocess.Popen(
+        ["bash", "-c", f"exec {command}"],
+        cwd=ROOT,
+        env=fleet.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    fleet.wait_for_worker(alias)
+
+
+def recovered_after(stack: Stack, held: set[str], fault_at: float, but: int = 0) -> float:
+    """Seconds from the fault until the deliveries whose messages were held at the
+    fault (``held``) are processed, all but ``but`` of them."""
+    wait_until(
+        lambda: len(held - stack.processed(held)) <= but,
+        120,
+        f"the {len(held)} held deliveries processed",
+        interval=0.2,
+    )
+    return round(time.monotonic() - fault_at, 1)
+
+
+def held_call_ids(stack: Stack, pid: int | None = None) -> set[str]:
+    """Call ids of the messages consumers (the one of ``pid``) hold under a lease now."""
+    client = stack.redis.client()
+    found = set()
+    for key in client.scan_iter(f"{HELD_PREFIX}*:{pid}:*" if pid else f"{HELD_PREFIX}*"):
+        for tag in client.hkeys(key):
+            entry = client.hget("unacked", tag)
+            if entry:
+                message = json.loads(entry)[0]
+                body = json.loads(base64.b64decode(message["body"]))
+                kwargs = body["kwargs"] if isinstance(body, dict) else body[1]
+                found.add(kwargs["event_id"].removesuffix(":call_ended"))
+    return found
+
+
+def restores_logged(stack: Stack) -> int:
+    return sum(
+        stack.fleet.log(path.stem).count("lease lapsed") for path in stack.logs.glob("worker_*.log")
+    )
+
+
+def deliver_through_crashes(stack: Stack, ledger: Ledger, call_id: str) -> None:
+    """As Retell would, also when the receiver dies mid-answer (a truncated reply)."""
+    for _ in range(600):
+        try:
+            if deliver(stack, ledger, call_id) < 500:
+                return
+        except http.client.HTTPException:
+            ledger.saw(call_id, 599)
+        time.sleep(0.2)
+
+
+faults = pytest.mark.faults
+
+
+@faults
+def test_kill_9_of_a_worker_group_is_recovered_within_the_lease(
+    tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    with lease_stack(tmp_path, mariadb_server, second_high=False) as stack:
+        ledger = Ledger("lease: kill -9 worker group (shipped)")
+        finish = stream(stack, ledger, ids("lk", 1000))
+        wait_for_accepted(ledger, 300)
+        kill_group(stack.fleet.running.pop("worker_high"))
+        killed_at = time.monotonic()
+        held = held_call_ids(stack)
+        time.sleep(1)
+        stack.fleet.start("worker_high")
+        recovery = recovered_after(stack, held, killed_at)
+        finish()
+        row = settle_and_count(stack, ledger)
+        row["recovery_s"] = recovery
+    assert_exactly_once(row)
+    assert recovery < 30, row
+
+
+@faults
+def test_kill_9_of_one_pool_child_is_recovered_at_once(
+    tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    with lease_stack(tmp_path, mariadb_server, second_high=False) as stack:
+        ledger = Ledger("lease: kill -9 one pool child")
+        finish = stream(stack, ledger, ids("lc", 1000))
+        wait_for_accepted(ledger, 300)
+        wait_until(lambda: bool(pool_children(stack, "worker_high")), 10, "pool children")
+        os.kill(pool_children(stack, "worker_high")[0], signal.SIGKILL)
+        killed_at = time.monotonic()
+        held = held_call_ids(stack)
+        recovery = recovered_after(stack, held, killed_at)
+        finish()
+        row = settle_and_count(stack, ledger)
+        row["recovery_s"] = recovery
+    assert_exactly_once(row)
+    assert recovery < 30, row
+
+
+@faults
+def test_a_frozen_busy_worker_loses_its_messages_and_its_late_work_lands_once(
+    tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    with lease_stack(tmp_path, mariadb_server, second_high=True) as stack:
+        ledger = Ledger("lease: SIGSTOP busy worker, SIGCONT")
+        frozen = stack.fleet.running["worker_high"].pid
+        # The database holds every batch at its first statement while the deliveries
+        # pile up in the workers' hands: worker_high is busy for certain when frozen.
+        hung = stack.engine.connect()
+        hung.execute(text("LOCK TABLES webhook_events WRITE"))
+        try:
+            stream(stack, ledger, ids("fz", 600), threads=12)()
+            wait_until(
+                lambda: len(held_call_ids(stack, frozen)) > 2 * SHIPPED.batch_size,
+                60,
+                "worker_high holding its batches and more",
+            )
+            os.killpg(frozen, signal.SIGSTOP)
+            frozen_at = time.monotonic()
+            held = held_call_ids(stack, frozen)
+        finally:
+            hung.execute(text("UNLOCK TABLES"))
+            hung.close()
+        try:
+            recovery = recovered_after(stack, held, frozen_at)
+        finally:
+            os.killpg(frozen, signal.SIGCONT)  # thawed: its late work and acks land now
+        wait_until(
+            lambda: "lease had lapsed" in stack.fleet.log("worker_high"),
+            60,
+            "the thawed worker's late acks, ignored",
+        )
+        row = settle_and_count(stack, ledger)
+        row["recovery_s"] = recovery
+        row["held_when_frozen"] = len(held)
+        lapsed = restores_logged(stack)
+    assert_exactly_once(row)
+    assert lapsed >= 1
+    assert recovery < 30, row
+
+
+@faults
+def test_a_whole_host_killed_is_recovered_by_the_restarted_one(
+    tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    with lease_stack(tmp_path, mariadb_server, second_high=False) as stack:
+        ledger = Ledger("lease: whole host kill -9")
+        senders = ThreadPoolExecutor(8)
+        sent = [
+            senders.submit(deliver_through_crashes, stack, ledger, call_id)
+            for call_id in ids("hk", 800)
+        ]
+        wait_for_accepted(ledger, 300)
+        for name in ("web", "worker_high", "worker_default"):
+            os.killpg(stack.fleet.running[name].pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        held = held_call_ids(stack)
+        for name in ("web", "worker_high", "worker_default"):
+            stack.fleet.running.pop(name).wait()
+        time.sleep(1)
+        for name in ("web", "worker_high", "worker_default"):
+            stack.fleet.start(name)
+        stack.fleet.wait_for_web()
+        recovery = recovered_after(stack, held, killed_at)
+        for future in sent:
+            future.result()
+        senders.shutdown()
+        row = settle_and_count(stack, ledger)
+        row["recovery_s"] = recovery
+    assert_exactly_once(row)
+    assert recovery < 30, row
+
+
+@faults
+def test_redis_restarted_while_leases_are_held_loses_and_repeats_nothing(
+    tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    with lease_stack(tmp_path, mariadb_server, second_high=True) as stack:
+        ledger = Ledger("lease: Redis kill -9 + restart (AOF)")
+        finish = stream(stack, ledger, ids("rr", 800))
+        wait_for_accepted(ledger, 300)
+        assert stack.redis.proc is not None
+        held = held_call_ids(stack)
+        stack.redis.proc.kill()
+        stack.redis.proc.wait()
+        killed_at = time.monotonic()
+        time.sleep(2)
+        stack.redis.start()
+        recovery = recovered_after(stack, held, killed_at)
+        finish()
+        row = settle_and_count(stack, ledger)
+        row["recovery_s"] = recovery
+        lapsed = restores_logged(stack)
+    assert_exactly_once(row)
+    assert lapsed == 0  # back within the lease: nobody's messages were taken from them
+
+
+@faults
+def test_a_task_running_3x_the_lease_on_a_healthy_worker_runs_once(
+    tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    with lease_stack(tmp_path, mariadb_server, second_high=True) as stack:
+        stack.mariadb.sql("SET GLOBAL innodb_lock_wait_timeout = 120")
+        try:
+            ledger = Ledger("lease: task 3x the lease, healthy worker")
+            with call_row_locked(stack, "long_1") as release:
+                assert deliver(stack, ledger, "long_1") == 202
+                time.sleep(3 * SHIPPED.lease_s)
+                release()
+                released_at = time.monotonic()
+            # Not a recovery: the time from the lock's release to the effect.
+            recovery = recovered_after(stack, {"long_1"}, released_at)
+            row = settle_and_count(stack, ledger, timeout_s=60)
+            row["recovery_s"] = recovery
+        finally:
+            stack.mariadb.sql("SET GLOBAL innodb_lock_wait_timeout = 50")
+        processed = sum(
+            1
+            for p in stack.logs.glob("worker_*.log")
+            for line in stack.fleet.log(p.stem).splitlines()
+            if '"message": "processed"' in line and "long_1:call_ended" in line
+        )
+        lapsed = restores_logged(stack)
+    assert_exactly_once(row)
+    assert lapsed == 0, "a live worker's message was restored"
+    assert processed == 1
+
+
+def held_by_leases(stack: Stack) -> int:
+    client = stack.redis.client()
+    return sum(int(client.hlen(key)) for key in client.scan_iter(f"{HELD_PREFIX}*"))
+
+
+@faults
+def test_sigterm_hands_back_reserved_messages_at_once_while_the_database_hangs(
+    tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    with lease_stack(tmp_path, mariadb_server, second_high=False) as stack:
+        ledger = Ledger("lease: SIGTERM, database hung")
+        hung = stack.engine.connect()  # every batch waits on the table lock
+        hung.execute(text("LOCK TABLES webhook_events WRITE"))
+        try:
+            stream(stack, ledger, ids("st", 400))()
+            running = 2 * SHIPPED.batch_size  # two pool processes, one batch each
+            wait_until(lambda: held_by_leases(stack) > running + 20, 60, "messages reserved")
+            worker = stack.fleet.running.pop("worker_high")
+            os.kill(worker.pid, signal.SIGTERM)
+            termed_at = time.monotonic()
+            wait_until(lambda: held_by_leases(stack) <= running, 30, "reserved handed back")
+            handed_back_s = round(time.monotonic() - termed_at, 1)
+            still_running = worker.poll() is None
+        finally:
+            hung.execute(text("UNLOCK TABLES"))  # the database answers again
+            hung.close()
+        worker.wait(60)
+        stack.fleet.start("worker_high")
+        row = settle_and_count(stack, ledger)
+        row["recovery_s"] = handed_back_s
+    assert_exactly_once(row)
+    assert still_running, "the worker had exited: nothing showed the hand-back was early"
+    assert handed_back_s < 5, row
+
+
+@pytest.mark.e2e
+def test_a_stock_celery_worker_still_consumes_hookfleets_queues(
+    tmp_path: Path, redis_url: str, mariadb_url: str
+) -> None:
+    """Messages stay in kombu's format: a worker on kombu's own transport processes
+    them (it recovers a crash only by the visibility timeout, and holds no lease)."""
+    with running_fleet(
+        tmp_path, redis_url, mariadb_url, names=("web",), HOOKFLEET_RETELL_SECRETS=SECRET
+    ) as fleet:
+        command = procfile()["worker_high"].replace("workers.celery_app", "tests.stock_worker")
+        log = open(fleet.logs / "worker_stock.log", "ab")
+        fleet.running["worker_stock"] = subprocess.Popen(
+            ["bash", "-c", f"exec {command.replace('-n high@', '-n stock@')}"],
+            cwd=ROOT,
+            env=fleet.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        fleet.wait_for_worker("worker_stock")
+        engine = create_engine(mariadb_url)
+        try:
+            stack = Stack(fleet, None, None, mariadb_url, engine, fleet.logs)
+            ledger = Ledger("stock worker")
+            stream(stack, ledger, ids("sw", 20))()
+            wait_until(lambda: stack.processed(ledger.accepted) == ledger.accepted, 60, "all")
+            leases = list(redis.Redis.from_url(redis_url).scan_iter("hookfleet.lease.*"))
+        finally:
+            engine.dispose()
+    assert len(ledger.accepted) == 20
+    assert leases == []  # really kombu's transport: nobody took a lease

@@ -1,0 +1,324 @@
+"""Who holds an unacknowledged message: a lease of the live consumer that took it.
+
+Stock kombu brings a message back only when it has been unacknowledged for the
+visibility timeout, whether its worker died a second ago or is still busy with it. Here
+every consuming process has an id and a lease key in Redis (``hookfleet.lease.<id>``,
+``lease_s`` long) that a thread of that process renews every ``renew_s``; the pop
+script (:mod:`workers.transport`) records the owner of each message it takes
+(``hookfleet.unacked_owner``: tag -> id; ``hookfleet.held.<id>``: tag -> the list it
+came from). Every consumer, at start and then every few seconds, runs
+:data:`RESTORE_LAPSED`: the messages of every owner whose lease key is gone go back to
+the front of the list they came from, in one atomic step. A process that is alive keeps
+its lease however long its tasks run; a process killed (or frozen past its lease) loses
+its messages within ``lease_s`` plus one sweep. The layout kombu reads (``unacked``,
+``unacked_index``, the queue lists, the message JSON) is unchanged, so a stock kombu
+consumer still works, restoring by the visibility timeout only.
+
+Settling checks ownership: a consumer acknowledges or requeues a message only while it
+still owns it. A frozen worker that wakes after its messages went to another consumer
+settles nothing of theirs (its late work itself is made harmless by the database:
+``workers.events`` claims each event once).
+
+Anchors: dramatiq's Redis broker (heartbeats, requeue of dead workers' messages),
+BullMQ (lock renewal, stalled-job check), Sidekiq Pro ``super_fetch``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("hookfleet.worker.leases")
+
+LEASE_PREFIX = "hookfleet.lease."
+HELD_PREFIX = "hookfleet.held."
+OWNER_KEY = "hookfleet.unacked_owner"
+CONSUMERS_KEY = "hookfleet.consumers"
+#: kombu's ``Channel.sep``: a list key is the queue name, then this and a priority.
+PRIORITY_SEP = "\x06\x16"
+
+#: Held this long (seconds) without being in this process's hands, a message it still
+#: owns in Redis is given back (an ack that could not reach Redis, a lost reply).
+ORPHAN_AFTER_S = 60.0
+
+# The raw message (the bytes the publisher wrote) out of an ``unacked`` entry: the pop
+# script stores '[' .. raw .. ',' .. ex .. ',' .. rk .. ']'; re-encoding would change
+# the bytes (cjson's number and escaping rules), so the raw text is cut out instead.
+_RAW = """
+local function raw_message(entry)
+  local ok, decoded = pcall(cjson.decode, entry)
+  if not ok or type(decoded) ~= 'table' then return nil end
+  local tail = ',' .. cjson.encode(decoded[2] or '') .. ','
+      .. cjson.encode(decoded[3] or '') .. ']'
+  if string.sub(entry, 1, 1) == '[' and string.sub(entry, -#tail) == tail then
+    return string.sub(entry, 2, #entry - #tail)
+  end
+  return cjson.encode(decoded[1])
+end
+"""
+
+# KEYS: consumers set, unacked, unacked_index, owner hash. ARGV: lease prefix, held
+# prefix. Returns {owner, list key, count} per list a lapsed owner held messages of.
+RESTORE_LAPSED = (
+    _RAW
+    + """
+local out = {}
+for _, owner in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. owner) == 0 then
+    local held = ARGV[2] .. owner
+    local entries = redis.call('HGETALL', held)
+    local counts, order = {}, {}
+    for i = 1, #entries, 2 do
+      local tag, list = entries[i], entries[i + 1]
+      if redis.call('HGET', KEYS[4], tag) == owner then
+        local entry = redis.call('HGET', KEYS[2], tag)
+        local raw = entry and raw_message(entry)
+        if raw then
+          redis.call('RPUSH', list, raw)
+          if not counts[list] then counts[list] = 0; table.insert(order, list) end
+          counts[list] = counts[list] + 1
+        end
+        redis.call('HDEL', KEYS[2], tag)
+        redis.call('ZREM', KEYS[3], tag)
+        redis.call('HDEL', KEYS[4], tag)
+      end
+    end
+    redis.call('DEL', held)
+    redis.call('SREM', KEYS[1], owner)
+    for _, list in ipairs(order) do table.insert(out, {owner, list, counts[list]}) end
+  end
+end
+return out
+"""
+)
+
+# KEYS: unacked, unacked_index, owner hash, this owner's held hash. ARGV: tag, owner,
+# how ('ack'; 'front' or 'back': requeue at that end of its list). Returns 1 if
+# settled, 0 if the message is not (or no longer) this owner's: nothing is touched.
+SETTLE = (
+    _RAW
+    + """
+if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
+if ARGV[3] ~= 'ack' then
+  local list = redis.call('HGET', KEYS[4], ARGV[1])
+  local entry = redis.call('HGET', KEYS[1], ARGV[1])
+  local raw = entry and raw_message(entry)
+  if list and raw then
+    if ARGV[3] == 'front' then redis.call('RPUSH', list, raw)
+    else redis.call('LPUSH', list, raw) end
+  end
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+return 1
+"""
+)
+
+# KEYS: unacked_index, owner hash. ARGV: the oldest index time still visible, lease
+# prefix, limit. Tags unacknowledged since before it whose owner is unknown or lapsed:
+# the visibility timeout's share (messages a stock consumer or basic_get took).
+OVERDUE_UNLEASED = """
+local out = {}
+local tags = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[3])
+for _, tag in ipairs(tags) do
+  local owner = redis.call('HGET', KEYS[2], tag)
+  if not owner or redis.call('EXISTS', ARGV[2] .. owner) == 0 then
+    table.insert(out, tag)
+  end
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Restored:
+    """Messages of one lapsed owner put back on one list."""
+
+    owner: str
+    queue: str
+    count: int
+
+
+@cache
+def restored_counter() -> Any:
+    # Created on first use, after the worker chose its metrics directory.
+    from prometheus_client import Counter
+
+    return Counter(
+        "hookfleet_messages_restored",
+        "Unacknowledged messages put back on their queue, by queue and why: "
+        "lease_expired (their consumer died or froze), visibility_timeout (an "
+        "unleased message, e.g. taken by a stock worker), orphaned, shutdown.",
+        ["queue", "reason"],
+    )
+
+
+def count_restored(queue: str, reason: str, n: int = 1) -> None:
+    """Adds to ``hookfleet_messages_restored_total{queue,reason}``."""
+    restored_counter().labels(queue=queue, reason=reason).inc(n)
+
+
+def report_lapsed(rows: Iterable[Any], sep: str) -> list[Restored]:
+    """Log and count what :data:`RESTORE_LAPSED` returned; ``sep`` splits priority."""
+    restored = []
+    for owner, key, count in rows:
+        queue = _text(key).split(sep, 1)[0]
+        item = Restored(_text(owner), queue, int(count))
+        restored.append(item)
+        count_restored(queue, "lease_expired", item.count)
+        log.warning(
+            "restored messages of a consumer whose lease lapsed",
+            extra={"owner": item.owner, "queue": queue, "restored": item.count},
+        )
+    return restored
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Lease:
+    """This process's lease: its consumer id, renewed by a daemon thread.
+
+    One per process (messages taken on a channel that Celery since replaced are still
+    this process's to finish), with the lease options of the first channel that
+    consumed. ``attach(channel)`` starts it; Redis errors are logged and retried at the
+    next renewal, never raised into the consumer. The thread ends with the process: a
+    lease outlives a clean exit by at most ``lease_s`` (with nothing left to restore).
+    """
+
+    def __init__(self, lease_s: float, renew_s: float) -> None:
+        self.consumer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease_s = lease_s
+        self.renew_s = renew_s
+        self.key = LEASE_PREFIX + self.consumer_id
+        self.held_key = HELD_PREFIX + self.consumer_id
+        #: Delivery tags this process took and has not settled (any channel).
+        self.in_hand: set[str] = set()
+        self.client: Any = None
+        self._params: Any = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._last_error_logged = float("-inf")
+
+    def attach(self, channel: Any) -> None:
+        """Use ``channel``'s server (a new one after a reconnect) and hold the lease."""
+        params = channel._connparams()
+        with self._lock:
+            if params != self._params:
+                self.client = redis.Redis(connection_pool=channel._get_pool())
+                self._params = params
+        self.renew()
+        # Called on the consuming thread, between pops: whatever this process owns in
+        # Redis but has not in hand is a reply lost with the previous connection.
+        self.give_back_orphans(min_age_s=0)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="hookfleet-lease", daemon=True)
+            self._thread.start()
+
+    def renew(self) -> bool:
+        try:
+            self.client.set(self.key, str(time.time()), px=int(self.lease_s * 1000))
+            return True
+        except (RedisError, OSError) as error:
+            self._log_error("renew", error)
+            return False
+
+    def _run(self) -> None:
+        next_orphan_check = time.monotonic() + ORPHAN_AFTER_S
+        while True:
+            time.sleep(self.renew_s)
+            self.renew()
+            if time.monotonic() >= next_orphan_check:
+                next_orphan_check = time.monotonic() + ORPHAN_AFTER_S
+                self.give_back_orphans(ORPHAN_AFTER_S)
+
+    def give_back_orphans(self, min_age_s: float) -> None:
+        """Messages Redis says this process owns, taken at least ``min_age_s`` ago, but
+        it has not in hand: a pop whose reply was lost with its connection, a settle
+        that never reached Redis. Back to the front of their list."""
+        try:
+            held = self.client.hkeys(self.held_key)
+            scores = self.client.zmscore("unacked_index", held) if held else []
+            in_hand = set(self.in_hand)
+            cutoff = time.time() - min_age_s
+            for tag, score in zip(held, scores, strict=True):
+                name = _text(tag)
+                if name in in_hand or (score is not None and score > cutoff):
+                    continue
+                list_key = self.client.hget(self.held_key, tag)
+                if self.settle(self.client, name, "front"):
+                    queue = _text(list_key or b"?").split(PRIORITY_SEP, 1)[0]
+                    count_restored(queue, "orphaned")
+                    log.warning("gave back a message no longer in hand", extra={"tag": name})
+        except (RedisError, OSError) as error:
+            self._log_error("orphan check", error)
+
+    def settle(self, client: Any, tag: str, how: str) -> bool:
+        """Ack (``how='ack'``) or requeue (``'front'``/``'back'``) ``tag`` if this
+        process still owns it; False when it does not (nothing touched)."""
+        done = client.eval(
+            script_text(client, SETTLE),
+            4,
+            "unacked",
+            "unacked_index",
+            OWNER_KEY,
+            self.held_key,
+            tag,
+            self.consumer_id,
+            how,
+        )
+        self.in_hand.discard(tag)
+        return bool(done)
+
+    def _log_error(self, what: str, error: BaseException) -> None:
+        if time.monotonic() - self._last_error_logged >= 5:
+            self._last_error_logged = time.monotonic()
+            log.warning("lease %s failed, retrying: %r", what, error)
+
+
+_flags: dict[int, str] = {}
+
+
+def script_text(client: Any, body: str) -> str:
+    """``body`` with ``allow-oom`` where the server knows script flags (Redis 7):
+    settling frees memory, so a full Redis must still run it."""
+    key = id(client.connection_pool)
+    if key not in _flags:
+        major = int(str(client.info("server")["redis_version"]).split(".")[0])
+        _flags[key] = "#!lua flags=allow-oom\n" if major >= 7 else ""
+    return _flags[key] + body
+
+
+_lease: Lease | None = None
+_lease_lock = threading.Lock()
+
+
+def process_lease(lease_s: float, renew_s: float) -> Lease:
+    """This process's lease (created on first use; a forked child gets its own)."""
+    global _lease
+    with _lease_lock:
+        if _lease is None:
+            _lease = Lease(lease_s, renew_s)
+        return _lease
+
+
+def _forget_in_child() -> None:
+    global _lease
+    _lease = None
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
