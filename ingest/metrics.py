@@ -36,6 +36,7 @@ from models.metrics import (
     declare_shared_metrics,
     scrape_registry,
 )
+from models.redis_links import redis_client
 from models.settings import QUEUES, Settings
 
 OUTCOMES = (
@@ -216,9 +217,9 @@ class Probe:
 
 
 def _short_timeout_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
-        url, socket_timeout=CHECK_TIMEOUT_S, socket_connect_timeout=CHECK_TIMEOUT_S
-    )
+    # A failover reply drops the connection, so the probe and the queue-depth reading
+    # follow the new primary (or what Sentinel names) at their next try.
+    return redis_client(url, timeout_s=CHECK_TIMEOUT_S)
 
 
 def _select_one(engine: Engine) -> None:

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from typing import Any
+from urllib.parse import quote
 
 from celery import Celery
 from celery.signals import setup_logging
@@ -18,6 +19,12 @@ from kombu import Exchange, Queue
 from models.logs import configure_logging, json_handler
 from models.metrics import use_metrics_dir
 from models.phones import configure_regions
+from models.redis_links import (
+    HEALTH_CHECK_S,
+    is_sentinel_url,
+    keepalive_options,
+    parse_sentinel_url,
+)
 from models.settings import QUEUES, Settings
 
 app = Celery(
@@ -40,9 +47,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # gives it to another worker. Must exceed the task time limit and every retry
         # countdown, or a slow task runs twice.
         "visibility_timeout": settings.visibility_timeout_s,
-        "socket_timeout": 30,
-        "socket_connect_timeout": 10,
-        "health_check_interval": 30,
+        **broker_socket_options(),
         "retry_on_timeout": True,
         # Sweep for messages whose worker died every 10 s instead of kombu's default
         # 10 s x 10 (throttle): with a visibility timeout of minutes the sweep period
@@ -50,11 +55,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_restore_interval": 10,
         "unacked_restore_throttle": 1,
     }
+    broker_url, broker_transport, sentinel_options = kombu_broker(settings.broker_url)
+    transport.update(sentinel_options)
     return {
-        "broker_url": settings.broker_url,
+        "broker_url": broker_url,
         # kombu's Redis transport with a pop that records the message as unacknowledged
         # in the same step: stock kombu loses a message to a kill between the two.
-        "broker_transport": "workers.transport:Transport",
+        "broker_transport": broker_transport,
         "broker_transport_options": transport,
         # Celery reads the visibility timeout from here too when a Redis result backend
         # is configured; keep the two equal so nothing disagrees.
@@ -113,6 +120,72 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def broker_socket_options() -> dict[str, Any]:
+    """How the workers notice a broker connection that died without a word.
+
+    A NAT or load balancer that forgets an idle flow sends neither FIN nor RST. kombu
+    5.7 drops a consumer's ``BRPOP`` connection whose reply is overdue by
+    ``brpop_timeout`` (1 s) + ``health_check_interval``, checked every
+    ``health_check_interval`` (kombu/transport/redis.py, ``maybe_check_brpop_health``):
+    with 5 s an idle worker dials again within 1 + 2 x 5 = 11 s. ``socket_timeout``
+    bounds the synchronous commands (acks, publishes) of a busy one, and redis-py's
+    ``health_check_interval`` pings a pooled connection idle that long before use.
+    TCP keepalive (5 s idle, 3 probes 2 s apart) and ``TCP_USER_TIMEOUT`` (10 s) let the
+    kernel give up on a peer that vanished even while nothing is being read.
+    (Celery's ``broker_heartbeat`` applies to AMQP only; kombu's Redis transport has
+    no heartbeats.)
+    """
+    return {
+        "socket_timeout": 5,
+        "socket_connect_timeout": 5,
+        "health_check_interval": HEALTH_CHECK_S,
+        "socket_keepalive": True,
+        "socket_keepalive_options": keepalive_options(),
+    }
+
+
+def kombu_broker(url: str) -> tuple[str, str, dict[str, Any]]:
+    """The broker URL, transport and extra transport options kombu needs for ``url``.
+
+    A Sentinel URL (``redis+sentinel://[:password@]h1:26379,h2:26379/service[/db]``,
+    the receiver's format) becomes kombu's own (``sentinel://h1:26379/db;sentinel://
+    h2:26379/db`` with the ``master_name`` transport option, kombu/transport/redis.py
+    ``SentinelChannel``), served by Hookfleet's transport on kombu's Sentinel channel
+    (:mod:`workers.sentinel_transport`). Anything else is passed on as it is.
+    """
+    if not is_sentinel_url(url):
+        return url, "workers.transport:Transport", {}
+    address = parse_sentinel_url(url)
+    credentials = ""
+    if address.password:
+        credentials = f"{quote(address.username or '')}:{quote(address.password)}@"
+    sentinels = ";".join(
+        f"sentinel://{credentials}{host}:{port}/{address.db}" for host, port in address.sentinels
+    )
+    timeouts = {"socket_timeout": 5, "socket_connect_timeout": 5}
+    return (
+        sentinels,
+        "workers.sentinel_transport:Transport",
+        {"master_name": address.service, "sentinel_kwargs": timeouts},
+    )
+
+
+class _ReconnectIsAWarning(logging.Filter):
+    """Celery logs each failed dial to the broker at ERROR ("consumer: Cannot connect
+    to ...: ... Trying again in N seconds"), though it retries forever (as configured
+    here) and a Redis restart or failover is expected to pass. One WARNING per try
+    says the same without paging anyone; the consumer's own "Connection to broker
+    lost" line already is a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and str(record.msg).startswith(
+            "consumer: Cannot connect"
+        ):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = None
+        return True
+
+
 def soft_time_limit(hard_s: int) -> int:
     """15 s before the hard limit, or 80 % of a short one."""
     return max(1, hard_s - 15 if hard_s >= 75 else int(hard_s * 0.8))
@@ -137,3 +210,6 @@ def _json_logs(loglevel: Any = None, **_: Any) -> None:
     root = logging.getLogger()
     root.handlers[:] = [json_handler(sys.stdout)]
     root.setLevel(loglevel or logging.INFO)
+    consumer = logging.getLogger("celery.worker.consumer.consumer")
+    if not any(isinstance(f, _ReconnectIsAWarning) for f in consumer.filters):
+        consumer.addFilter(_ReconnectIsAWarning())
