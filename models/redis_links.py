@@ -37,7 +37,9 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import BusyLoadingError, MasterDownError, ReadOnlyError, ResponseError
+from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
 log = logging.getLogger("hookfleet.redis")
@@ -88,9 +90,12 @@ def failover_code(error: BaseException) -> str | None:
 class _FailoverAware:
     """Mixed into a redis-py connection class: a failover reply drops the connection."""
 
+    def _read(self, *args: Any, **kwargs: Any) -> Any:
+        return super().read_response(*args, **kwargs)  # type: ignore[misc]
+
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+            return self._read(*args, **kwargs)
         except (ResponseError, BusyLoadingError) as error:
             code = failover_code(error)
             if code is None:
@@ -117,7 +122,11 @@ class FailoverAwareUnixConnection(_FailoverAware, redis.UnixDomainSocketConnecti
 
 
 class FailoverAwareSentinelConnection(_FailoverAware, SentinelManagedConnection):
-    pass
+    def _read(self, *args: Any, **kwargs: Any) -> Any:
+        # Past redis-py's own Sentinel handling, which turns READONLY into a plain
+        # ConnectionError: as a FailoverReply it is retried at once, like the others.
+        # Dialling again asks the Sentinels for the primary (its connect()).
+        return redis.Connection.read_response(self, *args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -177,6 +186,10 @@ def redis_client(url: str, *, timeout_s: float, decode_responses: bool = False) 
     connections are dropped on a failover reply (see the module docstring). Opens no
     connection until first used."""
     options: dict[str, Any] = {
+        # Dial again once after a failover reply: the node refused the command, so
+        # sending it to the new primary cannot apply it twice. Never after a timeout
+        # or a broken read, where the first send may have been applied.
+        "retry": Retry(NoBackoff(), 1, supported_errors=(FailoverReply,)),
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,
         "health_check_interval": HEALTH_CHECK_S,
