@@ -214,11 +214,11 @@ def test_a_sentinel_broker_url_becomes_kombus_sentinel_transport() -> None:
     url, transport, options = kombu_broker("redis+sentinel://:pw@a:26379,b:26380/hookfleet/1")
 
     assert url == "sentinel://:pw@a:26379/1;sentinel://:pw@b:26380/1"
-    assert transport == "workers.sentinel_transport:Transport"
+    assert transport == "workers.broker_links:SentinelTransport"
     assert options["master_name"] == "hookfleet"
     assert kombu_broker("redis://r:6379/0") == (
         "redis://r:6379/0",
-        "workers.transport:Transport",
+        "workers.broker_links:Transport",
         {},
     )
 

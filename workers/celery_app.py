@@ -151,10 +151,10 @@ def kombu_broker(url: str) -> tuple[str, str, dict[str, Any]]:
     the receiver's format) becomes kombu's own (``sentinel://h1:26379/db;sentinel://
     h2:26379/db`` with the ``master_name`` transport option, kombu/transport/redis.py
     ``SentinelChannel``), served by Hookfleet's transport on kombu's Sentinel channel
-    (:mod:`workers.sentinel_transport`). Anything else is passed on as it is.
+    (:mod:`workers.broker_links`). Anything else is passed on as it is.
     """
     if not is_sentinel_url(url):
-        return url, "workers.transport:Transport", {}
+        return url, "workers.broker_links:Transport", {}
     address = parse_sentinel_url(url)
     credentials = ""
     if address.password:
@@ -165,7 +165,7 @@ def kombu_broker(url: str) -> tuple[str, str, dict[str, Any]]:
     timeouts = {"socket_timeout": 5, "socket_connect_timeout": 5}
     return (
         sentinels,
-        "workers.sentinel_transport:Transport",
+        "workers.broker_links:SentinelTransport",
         {"master_name": address.service, "sentinel_kwargs": timeouts},
     )
 
