@@ -272,6 +272,10 @@ class _Lane:
 
         def round_trip() -> list[Any]:
             self._check_idle(connection)
+            if not connection.is_connected:
+                # Dial through connect(): with Sentinel, that is where the primary's
+                # address is asked for (a send would dial the configured one).
+                connection.connect()
             connection.send_packed_command([packed], check_health=False)
             return [_reply(connection) for _ in commands]
 
@@ -287,7 +291,11 @@ class _Lane:
         """Ping a connection idle past its health-check interval; drop it (to be dialled
         again by the send) when the ping fails or is not answered in time."""
         interval = getattr(connection, "health_check_interval", 0)
-        if not interval or connection._sock is None or monotonic() < connection.next_health_check:
+        if (
+            not interval
+            or not connection.is_connected
+            or monotonic() < connection.next_health_check
+        ):
             return
         try:
             connection.send_packed_command([_pack(("PING",))], check_health=False)

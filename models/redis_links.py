@@ -38,6 +38,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import AbstractConnection
 from redis.exceptions import BusyLoadingError, MasterDownError, ReadOnlyError, ResponseError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
@@ -87,11 +88,11 @@ def failover_code(error: BaseException) -> str | None:
     return None
 
 
-class _FailoverAware:
+class _FailoverAware(AbstractConnection):
     """Mixed into a redis-py connection class: a failover reply drops the connection."""
 
     def _read(self, *args: Any, **kwargs: Any) -> Any:
-        return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        return super().read_response(*args, **kwargs)
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -100,7 +101,7 @@ class _FailoverAware:
             code = failover_code(error)
             if code is None:
                 raise
-            self.disconnect()  # type: ignore[attr-defined]
+            self.disconnect()
             address = f"{getattr(self, 'host', '?')}:{getattr(self, 'port', '?')}"
             log.warning(
                 "redis failover reply: connection dropped, dialling again",
@@ -122,6 +123,14 @@ class FailoverAwareUnixConnection(_FailoverAware, redis.UnixDomainSocketConnecti
 
 
 class FailoverAwareSentinelConnection(_FailoverAware, SentinelManagedConnection):
+    def _connect(self) -> Any:
+        # redis-py asks the Sentinels only in connect(); a command sent on a dropped
+        # connection (a retry after a failover reply) dials the last address it knew,
+        # the demoted node. Every dial asks for the primary here.
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        return super()._connect()
+
     def _read(self, *args: Any, **kwargs: Any) -> Any:
         # Past redis-py's own Sentinel handling, which turns READONLY into a plain
         # ConnectionError: as a FailoverReply it is retried at once, like the others.
@@ -180,16 +189,20 @@ def keepalive_options() -> dict[int, int]:
     return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
 
+def retry_after_failover() -> Retry:
+    """Dial again once after a failover reply: the node refused the command, so sending
+    it to the new primary cannot apply it twice. Never after a timeout or a broken read,
+    where the first send may have been applied."""
+    return Retry(NoBackoff(), 1, supported_errors=(FailoverReply,))
+
+
 def redis_client(url: str, *, timeout_s: float, decode_responses: bool = False) -> redis.Redis:
     """A client for ``url`` (``redis://``, ``rediss://``, ``unix://`` or a Sentinel URL)
     whose every command and connect gives up after ``timeout_s`` seconds, and whose
     connections are dropped on a failover reply (see the module docstring). Opens no
     connection until first used."""
     options: dict[str, Any] = {
-        # Dial again once after a failover reply: the node refused the command, so
-        # sending it to the new primary cannot apply it twice. Never after a timeout
-        # or a broken read, where the first send may have been applied.
-        "retry": Retry(NoBackoff(), 1, supported_errors=(FailoverReply,)),
+        "retry": retry_after_failover(),
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,
         "health_check_interval": HEALTH_CHECK_S,

@@ -20,7 +20,7 @@ Selected by :func:`workers.celery_app.kombu_broker`.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from kombu.transport import redis as kredis
 from redis.sentinel import SentinelManagedConnection
@@ -29,11 +29,23 @@ from models.redis_links import (
     FailoverAwareConnection,
     FailoverAwareSentinelConnection,
     FailoverAwareSSLConnection,
+    retry_after_failover,
 )
 from workers import transport as hookfleet
 
 
-class Channel(hookfleet.Channel):
+class _RetriesAfterFailover(kredis.Channel):
+    """kombu's connection parameters plus a retry after a failover reply: an ack or a
+    publish the demoted node refused is sent once more, to the new primary, instead of
+    failing ("Couldn't ack") and leaving the message to the visibility timeout."""
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = super()._connparams(asynchronous)
+        params["retry"] = retry_after_failover()
+        return params
+
+
+class Channel(_RetriesAfterFailover, hookfleet.Channel):
     connection_class = FailoverAwareConnection
     connection_class_ssl = FailoverAwareSSLConnection
 
@@ -46,7 +58,7 @@ class _SentinelSSLConnection(FailoverAwareSentinelConnection, kredis.SentinelMan
     pass
 
 
-class SentinelChannel(kredis.SentinelChannel, hookfleet.Channel):
+class SentinelChannel(_RetriesAfterFailover, kredis.SentinelChannel, hookfleet.Channel):
     """kombu's Sentinel pool over Hookfleet's channel, with failover-aware connections."""
 
     # (cast: both are SentinelManaged* subclasses; mypy does not match them against
