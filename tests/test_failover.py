@@ -12,6 +12,7 @@ which replies count as a failover, the Sentinel URL, the translation for kombu.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -728,3 +729,39 @@ def kill_a_child_holding_a_connection(stack: Stack) -> int:
 def holds_a_connection(metrics_dir: Path, pid: int) -> bool:
     shares = per_process(metrics_dir, "gauge_livesum", "hookfleet_db_pool_checked_out")
     return shares.get(f"gauge_livesum_{pid}.db", 0) >= 1
+
+
+def test_what_a_reconnect_makes_celery_and_kombu_log_is_one_warning_line() -> None:
+    from workers.celery_app import _ReconnectIsAWarning
+
+    def record(name: str, msg: str, *args: object, error: BaseException | None = None) -> Any:
+        exc_info = (type(error), error, None) if error else None
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, args, exc_info)
+
+    cannot_connect = record(
+        "celery.worker.consumer.consumer", "consumer: Cannot connect to %s: %s.", "redis://", "x"
+    )
+    refresh = record(
+        "kombu.transport.redis",
+        "maybe_refresh_binding_expiry: Redis error, will retry",
+        error=redis.ConnectionError("Connection refused"),
+    )
+    cancelled = record(
+        "hookfleet.worker.batching",
+        "batch of %d did not finish (%s); its messages are requeued",
+        2,
+        "Traceback ... billiard.exceptions.Terminated: 15",
+    )
+    died = record(
+        "hookfleet.worker.batching",
+        "batch of %d did not finish (%s); its messages are requeued",
+        2,
+        "WorkerLostError('Worker exited prematurely: signal 9 (SIGKILL)')",
+    )
+    for item in (cannot_connect, refresh, cancelled, died):
+        assert _ReconnectIsAWarning().filter(item)
+
+    assert [r.levelname for r in (cannot_connect, refresh, cancelled)] == ["WARNING"] * 3
+    assert refresh.exc_info is None and "Connection refused" in refresh.getMessage()
+    assert "Traceback" not in cancelled.getMessage()
+    assert died.levelname == "ERROR"  # a killed pool process stays an error

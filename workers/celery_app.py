@@ -171,19 +171,47 @@ def kombu_broker(url: str) -> tuple[str, str, dict[str, Any]]:
 
 
 class _ReconnectIsAWarning(logging.Filter):
-    """Celery logs each failed dial to the broker at ERROR ("consumer: Cannot connect
-    to ...: ... Trying again in N seconds"), though it retries forever (as configured
-    here) and a Redis restart or failover is expected to pass. One WARNING per try
-    says the same without paging anyone; the consumer's own "Connection to broker
-    lost" line already is a warning."""
+    """What a broker reconnect makes Celery, kombu and the batches log, as one warning
+    line each instead of ERROR lines and tracebacks: the reconnect is retried forever
+    (as configured here) and a Redis restart or failover is expected to pass; nothing
+    was lost, so nothing should page anyone.
+
+    - Celery logs each failed dial at ERROR ("consumer: Cannot connect to ...: ...
+      Trying again in N seconds"); its "Connection to broker lost" is a warning already.
+    - kombu logs its periodic binding refresh failing on the old connection with a
+      traceback ("...: Redis error, will retry").
+    - A batch cancelled because the connection was lost (Celery terminates running tasks
+      then, ``worker_cancel_long_running_tasks_on_connection_loss``) ends with
+      billiard's ``Terminated``: its messages are requeued, as designed.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.ERROR and str(record.msg).startswith(
-            "consumer: Cannot connect"
-        ):
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.exc_info = None
+        text = str(record.msg)
+        if record.name == "celery.worker.consumer.consumer":
+            demote = text.startswith("consumer: Cannot connect")
+        elif record.name == "kombu.transport.redis":
+            demote = text.endswith("will retry")
+        else:  # hookfleet.worker.batching
+            demote = text.startswith("batch of") and "Terminated" in record.getMessage()
+        if not demote:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None:
+            record.msg = f"{text} ({type(error).__name__}: {error})"
+        elif text.startswith("batch of") and isinstance(record.args, tuple):
+            record.msg = "batch of %d cancelled: the broker connection was lost; requeued"
+            record.args = record.args[:1]
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = None
+        record.exc_text = None
         return True
+
+
+_RECONNECT_LOGGERS = (
+    "celery.worker.consumer.consumer",
+    "kombu.transport.redis",
+    "hookfleet.worker.batching",
+)
 
 
 def soft_time_limit(hard_s: int) -> int:
@@ -210,6 +238,7 @@ def _json_logs(loglevel: Any = None, **_: Any) -> None:
     root = logging.getLogger()
     root.handlers[:] = [json_handler(sys.stdout)]
     root.setLevel(loglevel or logging.INFO)
-    consumer = logging.getLogger("celery.worker.consumer.consumer")
-    if not any(isinstance(f, _ReconnectIsAWarning) for f in consumer.filters):
-        consumer.addFilter(_ReconnectIsAWarning())
+    for name in _RECONNECT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ReconnectIsAWarning) for f in logger.filters):
+            logger.addFilter(_ReconnectIsAWarning())
