@@ -765,3 +765,28 @@ def test_what_a_reconnect_makes_celery_and_kombu_log_is_one_warning_line() -> No
     assert refresh.exc_info is None and "Connection refused" in refresh.getMessage()
     assert "Traceback" not in cancelled.getMessage()
     assert died.levelname == "ERROR"  # a killed pool process stays an error
+
+
+def test_readyz_says_not_ready_on_a_demoted_node_and_ready_once_the_address_moves(
+    pair: tuple[RedisServer, RedisServer], tmp_path: Path
+) -> None:
+    primary, replica = pair
+    proxy = SilentProxy(primary.port).start()
+    try:
+        client = create_app(
+            {
+                "HOOKFLEET_REDIS_URL": proxy.url,
+                "HOOKFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'ready.db'}",
+            }
+        ).test_client()
+        assert client.get("/readyz").status_code == 200
+        demote_in_place(primary, replica)  # still answers PING, refuses writes
+        demoted = client.get("/readyz")
+        proxy.retarget(replica.port)
+        moved = client.get("/readyz")
+    finally:
+        proxy.stop()
+
+    assert demoted.status_code == 503
+    assert "READONLY" in demoted.get_json()["checks"]["redis"]["error"]
+    assert moved.status_code == 200
