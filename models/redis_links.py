@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.connection import AbstractConnection
 from redis.exceptions import BusyLoadingError, MasterDownError, ReadOnlyError, ResponseError
 from redis.retry import Retry
@@ -189,11 +189,22 @@ def keepalive_options() -> dict[int, int]:
     return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
 
-def retry_after_failover() -> Retry:
-    """Dial again once after a failover reply: the node refused the command, so sending
-    it to the new primary cannot apply it twice. Never after a timeout or a broken read,
-    where the first send may have been applied."""
-    return Retry(NoBackoff(), 1, supported_errors=(FailoverReply,))
+def retry_after_failover(patience_s: float = 0.0) -> Retry:
+    """Dial again after a failover reply: the node refused the command, so sending it to
+    the new primary cannot apply it twice. Never after a timeout or a broken read, where
+    the first send may have been applied.
+
+    ``patience_s`` 0: once, at once (a request with a budget). Otherwise retries with
+    growing pauses (0.2, 0.4, 0.8, 1, ... s) until about ``patience_s`` has passed, riding
+    out the moment in which the address still names the demoted node."""
+    if patience_s <= 0:
+        return Retry(NoBackoff(), 1, supported_errors=(FailoverReply,))
+    retries, waited = 0, 0.0
+    while waited < patience_s:
+        waited += min(1.0, 0.1 * 2 ** (retries + 1))  # redis-py counts failures from 1
+        retries += 1
+    backoff = ExponentialBackoff(cap=1.0, base=0.1)
+    return Retry(backoff, retries, supported_errors=(FailoverReply,))
 
 
 def redis_client(url: str, *, timeout_s: float, decode_responses: bool = False) -> redis.Redis:

@@ -33,15 +33,19 @@ from models.redis_links import (
 )
 from workers import transport as hookfleet
 
+#: How long an ack or publish refused by a demoted node is retried (with growing pauses)
+#: while the address still names it: the main loop waits, the message stays settled.
+FAILOVER_PATIENCE_S = 3.0
+
 
 class _RetriesAfterFailover(kredis.Channel):
-    """kombu's connection parameters plus a retry after a failover reply: an ack or a
-    publish the demoted node refused is sent once more, to the new primary, instead of
-    failing ("Couldn't ack") and leaving the message to the visibility timeout."""
+    """kombu's connection parameters plus retries after a failover reply: an ack or a
+    publish the demoted node refused is sent again, to the new primary, instead of
+    failing ("Couldn't ack", CRITICAL) and leaving the message to come back later."""
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         params: dict[str, Any] = super()._connparams(asynchronous)
-        params["retry"] = retry_after_failover()
+        params["retry"] = retry_after_failover(patience_s=FAILOVER_PATIENCE_S)
         return params
 
 
