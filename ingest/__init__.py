@@ -26,6 +26,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     from ingest.views import bp
     from models.logs import configure_logging
     from models.phones import configure_regions
+    from models.redis_links import redis_client
 
     if settings is None:
         settings = Settings.from_env(os.environ)
@@ -41,12 +42,8 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     def client(url: str) -> redis.Redis:
-        return redis.Redis.from_url(
-            url,
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-            health_check_interval=30,
-        )
+        # Dropped and dialled again on a failover reply; Sentinel URLs too.
+        return redis_client(url, timeout_s=settings.redis_timeout_s)
 
     dedup = client(settings.redis_url)
     broker = dedup if settings.dedup_on_broker else client(settings.broker_url)

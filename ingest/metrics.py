@@ -36,6 +36,7 @@ from models.metrics import (
     declare_shared_metrics,
     scrape_registry,
 )
+from models.redis_links import FailoverReply, redis_client
 from models.settings import QUEUES, Settings
 
 OUTCOMES = (
@@ -165,11 +166,12 @@ class Probe:
         within ``CHECK_TIMEOUT_S``."""
         client, engine, pool = self._ready()
         probes: dict[str, Callable[[], object]] = {
-            "redis": client.ping,
+            "redis": lambda: _writable_primary(client),
             "database": lambda: _select_one(engine),
         }
         if self._dedup is not None:
-            probes["dedup_redis"] = self._dedup.ping
+            dedup = self._dedup
+            probes["dedup_redis"] = lambda: _writable_primary(dedup)
         started = time.perf_counter()
         futures = {name: pool.submit(probe) for name, probe in probes.items()}
         results: dict[str, dict[str, Any]] = {}
@@ -216,9 +218,24 @@ class Probe:
 
 
 def _short_timeout_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
-        url, socket_timeout=CHECK_TIMEOUT_S, socket_connect_timeout=CHECK_TIMEOUT_S
-    )
+    # A failover reply drops the connection, so the probe and the queue-depth reading
+    # follow the new primary (or what Sentinel names) at their next try.
+    return redis_client(url, timeout_s=CHECK_TIMEOUT_S)
+
+
+def _writable_primary(client: redis.Redis) -> None:
+    """Raise unless ``client`` reaches a primary. A demoted node still answers PING, so
+    a plain ping would call the receiver ready while every delivery would be refused:
+    ask for the role, and drop the connections to a replica so the next check dials
+    again (reaching the new primary where the address has moved)."""
+    role = client.execute_command("ROLE")[0]
+    if role not in (b"master", "master"):
+        client.connection_pool.disconnect()
+        raise FailoverReply("READONLY", f"the node is a {_text(role)}, not the primary")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _select_one(engine: Engine) -> None:

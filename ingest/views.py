@@ -221,7 +221,15 @@ def _admit(job: Job, retry_after_s: int, shed_depth: int) -> Admission:
             job.dedup_key, g.correlation_id, job.ttl_s, job.queue, job.message, shed_depth
         )
     except redis.RedisError as error:
-        log.error("could not enqueue", extra={"error": type(error).__name__})
+        # Unreachable, restarting or failing over: expected to pass, and answered with
+        # Retry-After, so a warning. Anything else (out of memory, a refused write) is
+        # an error an operator has to act on.
+        transient = isinstance(error, redis.ConnectionError | redis.TimeoutError)
+        log.log(
+            logging.WARNING if transient else logging.ERROR,
+            "could not enqueue",
+            extra={"error": type(error).__name__},
+        )
         raise ApiError(
             503,
             "queue_unavailable",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import threading
 import weakref
 from collections.abc import MutableMapping
@@ -74,17 +75,70 @@ def mark_process_dead(pid: int) -> None:
 def scrape_registry() -> Any:
     """A registry holding everything this host's processes recorded.
 
-    Shared mode: a fresh registry that reads the directory at collect time. Otherwise
-    the process's own default registry (tests in one process, ``flask run``).
+    Shared mode: a fresh registry that reads the directory at collect time, after
+    dropping the live gauges of processes that no longer exist
+    (:func:`forget_dead_processes`). Otherwise the process's own default registry (tests
+    in one process, ``flask run``).
     """
     from prometheus_client import REGISTRY, CollectorRegistry
     from prometheus_client import multiprocess as mp
 
     if not multiprocess():
         return REGISTRY
+
+    class LiveProcessesCollector(mp.MultiProcessCollector):
+        def collect(self) -> Any:
+            forget_dead_processes(self._path)
+            return super().collect()
+
     registry = CollectorRegistry()
-    mp.MultiProcessCollector(registry)
+    LiveProcessesCollector(registry)
     return registry
+
+
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
+
+
+def forget_dead_processes(path: str) -> list[int]:
+    """Drop the live gauges (``livesum``, ``liveall``, ``livemax``, ...) of every process
+    that wrote to ``path`` and no longer runs; returns their pids.
+
+    A process that exits cleanly is marked dead by its parent (gunicorn's
+    ``child_exit``, Celery's ``worker_process_shutdown``); one killed by SIGKILL or the
+    OOM killer is not, and its last values would stay in the sums for good (a pool
+    checkout count stuck high, feeding the pool-exhaustion alert). Counters and
+    histograms of dead processes stay: a count does not go back.
+
+    Pids are this PID namespace's: every process writing to ``path`` must run in it
+    (one host, or one container or pod, as shipped), or a live process elsewhere would
+    be taken for dead and its gauges dropped.
+    """
+    gone = set()
+    for name in os.listdir(path):
+        match = _LIVE_GAUGE_FILE.match(name)
+        if match and not _running(int(match.group(1))):
+            gone.add(int(match.group(1)))
+    for pid in gone:
+        from prometheus_client import multiprocess as mp
+
+        mp.mark_process_dead(pid, path)
+    return sorted(gone)
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (killed, not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, under another user
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): existing is the best we know
+    return state not in (b"Z", b"X")
 
 
 @cache

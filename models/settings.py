@@ -369,10 +369,16 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def _redis_identity(url: str) -> tuple[str, str, str]:
-    """Where a redis:// or unix:// URL points (server and database), for comparison."""
+    """Where a redis://, unix:// or Sentinel URL points (server or Sentinel service, and
+    database), for comparison."""
     from urllib.parse import parse_qs, urlsplit
 
     parts = urlsplit(url)
+    if parts.scheme in ("redis+sentinel", "sentinel"):
+        # One Sentinel service is one primary, whichever Sentinels are asked about it.
+        path = [p for p in parts.path.split("/") if p]
+        db = parse_qs(parts.query).get("db", [path[1] if len(path) > 1 else "0"])[0]
+        return ("sentinel", path[0] if path else "", db)
     if parts.scheme == "unix":
         return (parts.path, "unix", parse_qs(parts.query).get("db", ["0"])[0])
     return (parts.hostname or "localhost", str(parts.port or 6379), parts.path.lstrip("/") or "0")

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from typing import Any
+from urllib.parse import quote
 
 from celery import Celery
 from celery.signals import setup_logging
@@ -18,6 +19,12 @@ from kombu import Exchange, Queue
 from models.logs import configure_logging, json_handler
 from models.metrics import use_metrics_dir
 from models.phones import configure_regions
+from models.redis_links import (
+    HEALTH_CHECK_S,
+    is_sentinel_url,
+    keepalive_options,
+    parse_sentinel_url,
+)
 from models.settings import QUEUES, Settings
 from workers.batching import ReleaseReserved
 
@@ -47,20 +54,20 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Only for messages no lease covers (a stock kombu consumer took them): they
         # come back after this long. A leased message is never restored by it.
         "visibility_timeout": settings.visibility_timeout_s,
-        "socket_timeout": 30,
-        "socket_connect_timeout": 10,
-        "health_check_interval": 30,
+        **broker_socket_options(),
         "retry_on_timeout": True,
         # The sweep for lapsed leases runs this often (and once at start); the
         # visibility-timeout sweep every tenth time.
         "unacked_restore_interval": settings.lease_renew_s,
         "unacked_restore_throttle": 10,
     }
+    broker_url, broker_transport, sentinel_options = kombu_broker(settings.broker_url)
+    transport.update(sentinel_options)
     return {
-        "broker_url": settings.broker_url,
+        "broker_url": broker_url,
         # kombu's Redis transport with a pop that records the message as unacknowledged
         # in the same step: stock kombu loses a message to a kill between the two.
-        "broker_transport": "workers.transport:Transport",
+        "broker_transport": broker_transport,
         "broker_transport_options": transport,
         # Celery reads the visibility timeout from here too when a Redis result backend
         # is configured; keep the two equal so nothing disagrees.
@@ -119,6 +126,100 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def broker_socket_options() -> dict[str, Any]:
+    """How the workers notice a broker connection that died without a word.
+
+    A NAT or load balancer that forgets an idle flow sends neither FIN nor RST. kombu
+    5.7 drops a consumer's ``BRPOP`` connection whose reply is overdue by
+    ``brpop_timeout`` (1 s) + ``health_check_interval``, checked every
+    ``health_check_interval`` (kombu/transport/redis.py, ``maybe_check_brpop_health``):
+    with 5 s an idle worker dials again within 1 + 2 x 5 = 11 s. ``socket_timeout``
+    bounds the synchronous commands (acks, publishes) of a busy one, and redis-py's
+    ``health_check_interval`` pings a pooled connection idle that long before use.
+    TCP keepalive (5 s idle, 3 probes 2 s apart) and ``TCP_USER_TIMEOUT`` (10 s) let the
+    kernel give up on a peer that vanished even while nothing is being read.
+    (Celery's ``broker_heartbeat`` applies to AMQP only; kombu's Redis transport has
+    no heartbeats.)
+    """
+    return {
+        "socket_timeout": 5,
+        "socket_connect_timeout": 5,
+        "health_check_interval": HEALTH_CHECK_S,
+        "socket_keepalive": True,
+        "socket_keepalive_options": keepalive_options(),
+    }
+
+
+def kombu_broker(url: str) -> tuple[str, str, dict[str, Any]]:
+    """The broker URL, transport and extra transport options kombu needs for ``url``.
+
+    A Sentinel URL (``redis+sentinel://[:password@]h1:26379,h2:26379/service[/db]``,
+    the receiver's format) becomes kombu's own (``sentinel://h1:26379/db;sentinel://
+    h2:26379/db`` with the ``master_name`` transport option, kombu/transport/redis.py
+    ``SentinelChannel``), served by Hookfleet's transport on kombu's Sentinel channel
+    (:mod:`workers.broker_links`). Anything else is passed on as it is.
+    """
+    if not is_sentinel_url(url):
+        return url, "workers.broker_links:Transport", {}
+    address = parse_sentinel_url(url)
+    credentials = ""
+    if address.password:
+        credentials = f"{quote(address.username or '')}:{quote(address.password)}@"
+    sentinels = ";".join(
+        f"sentinel://{credentials}{host}:{port}/{address.db}" for host, port in address.sentinels
+    )
+    timeouts = {"socket_timeout": 5, "socket_connect_timeout": 5}
+    return (
+        sentinels,
+        "workers.broker_links:SentinelTransport",
+        {"master_name": address.service, "sentinel_kwargs": timeouts},
+    )
+
+
+class _ReconnectIsAWarning(logging.Filter):
+    """What a broker reconnect makes Celery, kombu and the batches log, as one warning
+    line each instead of ERROR lines and tracebacks: the reconnect is retried forever
+    (as configured here) and a Redis restart or failover is expected to pass; nothing
+    was lost, so nothing should page anyone.
+
+    - Celery logs each failed dial at ERROR ("consumer: Cannot connect to ...: ...
+      Trying again in N seconds"); its "Connection to broker lost" is a warning already.
+    - kombu logs its periodic binding refresh failing on the old connection with a
+      traceback ("...: Redis error, will retry").
+    - A batch cancelled because the connection was lost (Celery terminates running tasks
+      then, ``worker_cancel_long_running_tasks_on_connection_loss``) ends with
+      billiard's ``Terminated``: its messages are requeued, as designed.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        if record.name == "celery.worker.consumer.consumer":
+            demote = text.startswith("consumer: Cannot connect")
+        elif record.name == "kombu.transport.redis":
+            demote = text.endswith("will retry")
+        else:  # hookfleet.worker.batching
+            demote = text.startswith("batch of") and "Terminated" in record.getMessage()
+        if not demote:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None:
+            record.msg = f"{text} ({type(error).__name__}: {error})"
+        elif text.startswith("batch of") and isinstance(record.args, tuple):
+            record.msg = "batch of %d cancelled: the broker connection was lost; requeued"
+            record.args = record.args[:1]
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+_RECONNECT_LOGGERS = (
+    "celery.worker.consumer.consumer",
+    "kombu.transport.redis",
+    "hookfleet.worker.batching",
+)
+
+
 def soft_time_limit(hard_s: int) -> int:
     """15 s before the hard limit, or 80 % of a short one."""
     return max(1, hard_s - 15 if hard_s >= 75 else int(hard_s * 0.8))
@@ -143,3 +244,7 @@ def _json_logs(loglevel: Any = None, **_: Any) -> None:
     root = logging.getLogger()
     root.handlers[:] = [json_handler(sys.stdout)]
     root.setLevel(loglevel or logging.INFO)
+    for name in _RECONNECT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ReconnectIsAWarning) for f in logger.filters):
+            logger.addFilter(_ReconnectIsAWarning())

@@ -27,6 +27,10 @@ from models.migrate import upgrade
 from models.settings import QUEUES, Settings
 
 STOP_TIMEOUT_S = 30
+# Celery's worker-to-worker chatter on the broker (clock sync and worker-online events,
+# revoked-task sync at start, heartbeat events for monitors): Hookfleet uses none of it,
+# and its gossip step logs an AttributeError traceback at every broker reconnect.
+QUIET_CLUSTER = "--without-gossip --without-mingle --without-heartbeat"
 
 
 def find_redis_server() -> str:
@@ -93,7 +97,9 @@ class Fleet:
         self._spawn("web", [python, *web.split(), "ingest:create_app()"])
         celery = [python, "-m", "celery", "-A", "workers.celery_app"]
         for queue in QUEUES:
-            worker = f"worker -Q {queue} -n {queue}@%h --concurrency {self.concurrency}"
+            worker = (
+                f"worker {QUIET_CLUSTER} -Q {queue} -n {queue}@%h --concurrency {self.concurrency}"
+            )
             if queue == "hookfleet.provisioning":
                 worker += " --prefetch-multiplier 1"  # long tasks, never batched
             self._spawn(queue, [*celery, *worker.split(), "--loglevel", "INFO"])

@@ -6,7 +6,6 @@ import json
 import os
 
 import click
-import redis
 
 from models.settings import QUEUES, Settings
 
@@ -20,11 +19,10 @@ def stats(as_json: bool) -> None:
     """Queue depths, unacked messages, oldest age, recent rates and dead letters."""
     from models.backlog import read_backlog
     from models.engine import make_engine
+    from models.redis_links import redis_client
 
     settings = Settings.from_env(os.environ)
-    client = redis.Redis.from_url(
-        settings.broker_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
-    )
+    client = redis_client(settings.broker_url, timeout_s=TIMEOUT_S)
     engine = make_engine(settings, io_timeout_s=TIMEOUT_S)
     try:
         reading = read_backlog(client, engine, QUEUES)

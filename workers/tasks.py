@@ -8,7 +8,6 @@ import time
 import traceback
 from typing import Any
 
-import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
@@ -19,6 +18,7 @@ from models.backlog import read_backlog
 from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus
 from models.logs import log_context
+from models.redis_links import redis_client
 from models.settings import QUEUES, Settings
 from workers.batching import BatchTask, Entry, Verdict
 from workers.celery_app import app, soft_time_limit
@@ -250,7 +250,7 @@ def _record_failure(
 def report_queue_depths() -> dict[str, int]:
     """Log how many messages wait on each queue (beat: every minute) — the same
     reading as ``/metrics`` and ``hookfleet stats``, reserved ones logged beside."""
-    client = redis.Redis.from_url(settings().broker_url, socket_timeout=5)
+    client = redis_client(settings().broker_url, timeout_s=5)  # follows a failover
     try:
         reading = read_backlog(client, None, QUEUES, rates=False)
     finally:
