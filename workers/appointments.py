@@ -30,6 +30,7 @@ moves; each attendee is linked to a customer of their own.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,10 +41,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.appointments import Appointment, AppointmentStatus, AttendeeStatus
-from models.business import Branch, Service, Staff, normalize_email
+from models.business import Branch, Service, Staff
 from models.events import WebhookEvent
-from workers.attendees import cancel_attendees, gives_up_seats, mark_no_shows, sync_attendees
-from workers.calcom_events import CalcomEvent, text, when
+from workers.attendees import (
+    cancel_attendees,
+    cancel_seat_by_reference,
+    gives_up_seats,
+    is_seated,
+    mark_no_shows,
+    row_key,
+    set_cancelled,
+    set_moved,
+    sync_attendees,
+)
+from workers.calcom_events import CalcomEvent, attendee_key, email_of, text, when
 from workers.retries import RaceLost
 
 log = logging.getLogger("hookfleet.worker.appointments")
@@ -112,17 +123,12 @@ def _apply_booking_event(session: Session, calcom: CalcomEvent) -> None:
     order = Order(RANKS[calcom.trigger], calcom.created_at)
     uid = calcom.uid() or (appointment.calcom_uid if appointment else "")
     fields = _fields(session, calcom)
-    if calcom.trigger == "BOOKING_CANCELLED" and gives_up_seats(calcom, appointment):
-        if appointment is None:  # the seat's booking is not here yet: a placeholder
-            appointment = _get_or_add(session, uid)
-            _merge(session, appointment, fields | {"status": None}, Order(0, None))
-            session.flush()
-        cancel_attendees(session, calcom, appointment)
+    if calcom.trigger == "BOOKING_CANCELLED" and _cancels_seats_only(session, calcom, appointment):
         return
     previous = calcom.booking.get("rescheduleUid")
     if isinstance(previous, str) and previous and previous != uid:
-        fields["rescheduled_from_uid"] = previous[:128]
-        _retire(session, calcom, _get_or_add(session, previous), order)
+        if _retire(session, calcom, _get_or_add(session, previous), order):
+            fields["rescheduled_from_uid"] = previous[:128]
     appointment = appointment or _get_or_add(session, uid)
     _merge(session, appointment, fields, order)
     _merge_payment(appointment, calcom.trigger)
@@ -130,7 +136,53 @@ def _apply_booking_event(session: Session, calcom: CalcomEvent) -> None:
     sync_attendees(session, calcom, appointment)
     if calcom.trigger in ("BOOKING_CANCELLED", "BOOKING_REJECTED") and order.at_least(appointment):
         for row in appointment.attendees:
-            row.status = AttendeeStatus.CANCELLED
+            set_cancelled(row, calcom)
+
+
+def _cancels_seats_only(
+    session: Session, calcom: CalcomEvent, appointment: Appointment | None
+) -> bool:
+    """Apply a BOOKING_CANCELLED that gives up seats rather than the booking; True when
+    it did (or must not touch the booking at all).
+
+    - It lists the leaving attendee(s) while others hold seats (``gives_up_seats``):
+      only their rows, with a placeholder appointment when the booking is not here yet.
+    - It lists no attendee (a custom template that renders none) for a seated
+      appointment: the seat it names (``attendeeSeatId`` / ``seatReferenceUid``), else
+      nothing at all but a warning: which seat left cannot be known, and cancelling
+      every seat would tell the salon the whole slot is off.
+    """
+    if gives_up_seats(calcom, appointment):
+        if appointment is None:  # the seat's booking is not here yet: a placeholder
+            appointment = _get_or_add(session, calcom.uid() or "")
+            _merge(
+                session, appointment, _fields(session, calcom) | {"status": None}, Order(0, None)
+            )
+            session.flush()
+        cancel_attendees(session, calcom, appointment)
+        return True
+    if calcom.attendees() or appointment is None or not _seated(calcom, appointment):
+        return False
+    if not cancel_seat_by_reference(calcom, appointment):
+        log.warning(
+            "seat cancellation that names no attendee or seat; the booking is left as is",
+            extra={"calcom_uid": appointment.calcom_uid},
+        )
+    return True
+
+
+def _seated(calcom: CalcomEvent, appointment: Appointment) -> bool:
+    """The payload or any payload stored for the appointment says it has seats, or a
+    seat (or more than one attendee holding a place) is known."""
+    if is_seated(calcom, appointment):
+        return True
+    try:
+        stored = json.loads(appointment.raw_payload or "null")
+    except ValueError:
+        return False
+    booking = stored.get("payload", stored) if isinstance(stored, dict) else None
+    seats = booking.get("seatsPerTimeSlot") if isinstance(booking, dict) else None
+    return isinstance(seats, int) and not isinstance(seats, bool) and seats > 0
 
 
 def _status(calcom: CalcomEvent) -> str:
@@ -194,14 +246,29 @@ def _merge_payment(appointment: Appointment, trigger: str) -> None:
         appointment.payment_status = "initiated"
 
 
-def _retire(session: Session, calcom: CalcomEvent, old: Appointment, order: Order) -> None:
-    """The booking a reschedule came from is over: ``rescheduled``, unless a later event
-    (its own cancellation) outranks this one. For a seat moved out of a seated booking
-    that others still hold, only that seat's row leaves the old booking."""
-    if gives_up_seats(calcom, old) and old.id is not None:
-        cancel_attendees(session, calcom, old)
-        return
+def _retire(session: Session, calcom: CalcomEvent, old: Appointment, order: Order) -> bool:
+    """The booking a reschedule came from. True when the whole booking moved: it is
+    ``rescheduled`` (unless a later event, its own cancellation, outranks this one)
+    and so are its attendees' rows. False when one seat moved out of a seated booking
+    others still hold: only that seat's row leaves it.
+
+    Who moved: the listed attendees the old booking knows. An attendee moving into a
+    slot that already has a seated booking gets that booking's uid and a payload
+    listing the mover first, then the target's own seat holders
+    (``handleSeats/reschedule/attendee/attendeeRescheduleSeatedBooking.ts``); those
+    never held a seat in the old booking and are left out of it."""
+    if old.id is not None and is_seated(calcom, old):
+        holding = {row_key(r): r for r in old.attendees if r.status == AttendeeStatus.BOOKED}
+        listed = {attendee_key(a) for a in calcom.attendees()}
+        leaving = [a for a in calcom.attendees() if attendee_key(a) in holding]
+        if leaving and any(key not in listed for key in holding):
+            cancel_attendees(session, calcom, old, leaving)
+            return False
     _merge(session, old, {"status": AppointmentStatus.RESCHEDULED}, order)
+    if old.status == AppointmentStatus.RESCHEDULED:
+        for row in old.attendees:
+            set_moved(row, calcom)
+    return True
 
 
 def _find(session: Session, calcom: CalcomEvent) -> Appointment | None:
@@ -289,7 +356,7 @@ def _place(session: Session, event_type_id: int | None) -> tuple[Branch | None, 
 def _staff(session: Session, company_id: int | None, organizer: object) -> int | None:
     if company_id is None or not isinstance(organizer, dict):
         return None
-    email = normalize_email(text(organizer.get("email"), 191))
+    email = email_of(organizer)
     if email is None:
         return None
     return session.scalar(
