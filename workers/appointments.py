@@ -288,11 +288,12 @@ def _find(session: Session, calcom: CalcomEvent) -> Appointment | None:
 
 
 def _get_or_add(session: Session, uid: str) -> Appointment:
+    uid = uid[:128]  # as stored: a longer one would be looked up in vain and re-inserted
     appointment = session.scalars(
         select(Appointment).where(Appointment.calcom_uid == uid).with_for_update()
     ).first()
     if appointment is None:
-        appointment = Appointment(calcom_uid=uid[:128], event_rank=0)
+        appointment = Appointment(calcom_uid=uid, event_rank=0)
         session.add(appointment)
     return appointment
 

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from models.appointments import Appointment, AppointmentAttendee, AttendeeStatus
-from workers.calcom_events import CalcomEvent, attendee_key, email_of, text
+from workers.calcom_events import NAME_MAX, CalcomEvent, attendee_key, email_of, text
 from workers.customers import find_or_create_customer
 
 
@@ -51,7 +51,7 @@ def sync_attendees(session: Session, calcom: CalcomEvent, appointment: Appointme
             appointment.company_id,
             email=email_of(attendee),
             phone=text(phone, 64),
-            name=text(attendee.get("name"), 200),
+            name=text(attendee.get("name"), NAME_MAX),
         )
         if customer is not None:
             session.flush()
@@ -82,12 +82,12 @@ def attendee_row(
     key = attendee_key(attendee)
     for row in appointment.attendees:
         if row_key(row) == key:
-            row.name = row.name or text(attendee.get("name"), 200)  # an early no-show's row
+            row.name = row.name or text(attendee.get("name"), NAME_MAX)  # an early no-show's row
             return row
     row = AppointmentAttendee(
         appointment=appointment,
         email=email,
-        name=text(attendee.get("name"), 200),
+        name=text(attendee.get("name"), NAME_MAX),
         status=AttendeeStatus.BOOKED,
     )
     session.add(row)

@@ -67,6 +67,9 @@ class CalcomEvent:
         return [a for a in found if isinstance(a, dict) and attendee_key(a) is not None]
 
 
+NAME_MAX = 200  # appointment_attendees.name, customers.name
+
+
 def attendee_key(attendee: dict[str, Any]) -> str | None:
     """Who an attendee is within one booking: the e-mail as written (normalized), else
     the name (a phone-only booker). None when the attendee names neither."""
@@ -74,9 +77,10 @@ def attendee_key(attendee: dict[str, Any]) -> str | None:
     if email:
         return email
     name = attendee.get("name")
-    return (
-        f"name:{' '.join(name.split()).lower()}" if isinstance(name, str) and name.strip() else None
-    )
+    if not isinstance(name, str) or not name.strip():
+        return None
+    # As stored (``appointment_attendees.name``, 200): the row's key must match the event's.
+    return f"name:{' '.join(name[:NAME_MAX].split()).lower()}"
 
 
 # Cal.com's stand-in address for a booker who gave only a phone number:
