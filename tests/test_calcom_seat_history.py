@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ingest import create_app
 from ingest.providers import calcom
 from models import Appointment, AppointmentAttendee, Customer
+from models.business import Branch, Company, Staff
 from tests.test_calcom_triggers import SECRET, Post, appointment, count, take_queued
 from workers.events import Outcome, record_event
 
@@ -416,3 +417,76 @@ def test_over_long_values_never_lose_the_booking(
         assert row.email == email and stored == email
     else:  # not an address: identifies no one, the booking is kept
         assert row.email is None and stored is None
+
+
+# --- 9: hosts, early no-shows, the flat meeting shape -------------------------------------
+
+
+def test_a_co_host_missing_the_call_is_not_the_host_no_show(
+    post: Post, redis_client: redis.Redis, sessions: sessionmaker[Session]
+) -> None:
+    plain = booking("hn1", [SAM], seatsPerTimeSlot=None)
+    assert send(post, redis_client, sessions, envelope("BOOKING_CREATED", at(0), plain)) == 202
+    # triggerHostNoShow.ts: one delivery per host who did not join; noShowHost is set for
+    # the booking's user only.
+    for minute, host in ((5, "cohost@salon-nord.example"), (6, ORGANIZER["email"])):
+        notice = {"bookingUid": "hn1", "bookingId": 500, "hostEmail": host, "attendees": []}
+        body = envelope("AFTER_HOSTS_CAL_VIDEO_NO_SHOW", at(minute), notice)
+        assert send(post, redis_client, sessions, body) == 202
+        expected = None if host.startswith("cohost") else True
+        assert appointment(sessions, "hn1").host_no_show is expected
+
+
+def test_an_attendee_first_seen_in_a_no_show_gets_her_name_from_the_booking(
+    post: Post, redis_client: redis.Redis, sessions: sessionmaker[Session]
+) -> None:
+    notice = {
+        "bookingUid": "ns1",
+        "bookingId": 500,
+        "attendees": [{"email": SAM["email"], "noShow": True}],
+    }
+    assert (
+        send(post, redis_client, sessions, envelope("BOOKING_NO_SHOW_UPDATED", at(9), notice))
+        == 202
+    )
+    plain = booking("ns1", [SAM], seatsPerTimeSlot=None)
+    assert send(post, redis_client, sessions, envelope("BOOKING_CREATED", at(0), plain)) == 202
+
+    [row] = rows(sessions, "ns1")
+    assert (row.email, row.name, row.no_show, row.status) == (
+        SAM["email"],
+        "Sam Eins",
+        True,
+        "booked",
+    )
+
+
+def test_a_flat_meeting_event_finds_the_stylist_by_user_primary_email(
+    post: Post, redis_client: redis.Redis, sessions: sessionmaker[Session]
+) -> None:
+    with sessions() as session, session.begin():
+        company = Company(name="Salon Nord")
+        branch = Branch(company=company, name="Nord", calcom_event_type_id=9001)
+        session.add_all([company, branch])
+        session.flush()
+        stylist = Staff(company_id=company.id, name="Jörg", email="joerg@salon-nord.example")
+        session.add(stylist)
+        session.flush()
+        stylist_id = stylist.id
+    # scheduleTrigger.ts stores {triggerEvent, ...booking}: the Prisma booking row, flat.
+    flat = {
+        "triggerEvent": "MEETING_STARTED",
+        "id": 880,
+        "uid": "mt1",
+        "eventTypeId": 9001,
+        "userPrimaryEmail": "joerg@salon-nord.example",
+        "title": "Haarschnitt",
+        "startTime": START,
+        "endTime": END,
+        "createdAt": at(0),
+        "attendees": [SAM],
+    }
+    assert send(post, redis_client, sessions, flat) == 202
+
+    found = appointment(sessions, "mt1")
+    assert (found.status, found.staff_id) == ("started", stylist_id)

@@ -176,13 +176,18 @@ def _seated(calcom: CalcomEvent, appointment: Appointment) -> bool:
     seat (or more than one attendee holding a place) is known."""
     if is_seated(calcom, appointment):
         return True
+    seats = _stored_booking(appointment).get("seatsPerTimeSlot")
+    return isinstance(seats, int) and not isinstance(seats, bool) and seats > 0
+
+
+def _stored_booking(appointment: Appointment) -> dict[str, Any]:
+    """The booking in the last payload merged into the appointment ({} when none)."""
     try:
         stored = json.loads(appointment.raw_payload or "null")
     except ValueError:
-        return False
+        return {}
     booking = stored.get("payload", stored) if isinstance(stored, dict) else None
-    seats = booking.get("seatsPerTimeSlot") if isinstance(booking, dict) else None
-    return isinstance(seats, int) and not isinstance(seats, bool) and seats > 0
+    return booking if isinstance(booking, dict) else {}
 
 
 def _status(calcom: CalcomEvent) -> str:
@@ -224,7 +229,7 @@ def _fields(session: Session, calcom: CalcomEvent) -> dict[str, Any]:
         "company_id": company_id,
         "branch_id": branch.id if branch else (service.branch_id if service else None),
         "service_id": service.id if service else None,
-        "staff_id": _staff(session, company_id, booking.get("organizer") or booking.get("user")),
+        "staff_id": _staff(session, company_id, organizer_email(booking)),
         "raw_payload": calcom.raw,
     }
     if calcom.trigger == "MEETING_STARTED":
@@ -326,7 +331,23 @@ def _apply_no_show(session: Session, calcom: CalcomEvent) -> None:
         appointment = _get_or_add(session, uid)
         _merge(session, appointment, _no_show_fields(calcom), Order(0, None))
         session.flush()
+    if calcom.trigger == "AFTER_HOSTS_CAL_VIDEO_NO_SHOW" and _a_co_host(calcom, appointment):
+        return
     mark_no_shows(session, calcom, appointment)
+
+
+def _a_co_host(calcom: CalcomEvent, appointment: Appointment) -> bool:
+    """Whether the host Cal Video missed is not the booking's organizer. Cal.com sends
+    one AFTER_HOSTS_CAL_VIDEO_NO_SHOW per host who did not join, but marks
+    ``noShowHost`` only for the booking's user
+    (``packages/features/tasker/tasks/triggerNoShow/triggerHostNoShow.ts``); the
+    organizer is read from the booking's stored payload. Unknown: not a co-host."""
+    host = email_of({"email": calcom.booking.get("hostEmail")})
+    organizer = organizer_email(_stored_booking(appointment))
+    if host is None or organizer is None or host == organizer:
+        return False
+    log.info("a co-host missed the call; host_no_show is the organizer's only")
+    return True
 
 
 def _no_show_fields(calcom: CalcomEvent) -> dict[str, Any]:
@@ -354,11 +375,19 @@ def _place(session: Session, event_type_id: int | None) -> tuple[Branch | None, 
     return branch, service
 
 
-def _staff(session: Session, company_id: int | None, organizer: object) -> int | None:
-    if company_id is None or not isinstance(organizer, dict):
-        return None
-    email = email_of(organizer)
-    if email is None:
+def organizer_email(booking: dict[str, Any]) -> str | None:
+    """The booking's organizer (its ``user``): ``organizer.email`` in ``CalendarEvent``;
+    the flat booking row of the scheduled MEETING_* job (``scheduleTrigger.ts``) has
+    ``userPrimaryEmail`` and, from some callers, ``user``."""
+    for holder in (booking.get("organizer"), {"email": booking.get("userPrimaryEmail")}):
+        if isinstance(holder, dict) and (email := email_of(holder)):
+            return email
+    user = booking.get("user")
+    return email_of(user) if isinstance(user, dict) else None
+
+
+def _staff(session: Session, company_id: int | None, email: str | None) -> int | None:
+    if company_id is None or email is None:
         return None
     return session.scalar(
         select(Staff.id).where(Staff.company_id == company_id, Staff.email == email)
