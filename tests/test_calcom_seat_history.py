@@ -30,9 +30,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ingest import create_app
 from ingest.providers import calcom
-from models import Appointment, AppointmentAttendee, Customer
+from models import Appointment, AppointmentAttendee, Call, Customer
 from models.business import Branch, Company, Staff
 from tests.test_calcom_triggers import SECRET, Post, appointment, count, take_queued
+from tests.test_domain import deliver, retell
 from workers.events import Outcome, record_event
 
 
@@ -490,3 +491,29 @@ def test_a_flat_meeting_event_finds_the_stylist_by_user_primary_email(
 
     found = appointment(sessions, "mt1")
     assert (found.status, found.staff_id) == ("started", stylist_id)
+
+
+# --- 8 (Retell): the same kind of overflow in the calls table ----------------------------
+
+
+def test_over_long_retell_values_never_lose_the_call(sessions: sessionmaker[Session]) -> None:
+    call_id = "call_" + "9" * 300
+    summary = "Termin für Jürgen gewünscht. " * 3000  # ~87,000 bytes in UTF-8, 84,000 chars
+    extra = {
+        "agent_id": "a" * 200,
+        "direction": "inbound-" * 10,
+        "disconnection_reason": "r" * 200,
+        "recording_url": "https://recordings.example/" + "x" * 5000,
+        "from_number": "+49 " + "1" * 100,
+        "call_analysis": {"call_summary": summary},
+    }
+    for event in ("call_analyzed", "call_ended"):
+        body = retell(event, call_id, **extra)
+        outcome = deliver(sessions, "retell", f"long-call:{event}", event, body)
+        assert outcome is Outcome.PROCESSED
+
+    with sessions() as session:
+        call = session.scalars(select(Call)).one()
+        assert call.call_id == call_id[:128] and call.status == "ended"
+        assert call.summary and len(call.summary.encode()) <= 65535
+        assert call.summary.startswith("Termin für Jürgen")
