@@ -15,17 +15,21 @@ calcom/cal.com ``packages/features/webhooks/lib/sendPayload.ts``,
   flat (no ``payload`` key) from Cal.com's scheduled job, or name the booking only by id.
 - ``BOOKING_CANCELLED`` → ``cancelled``, unless it gives up one seat: it lists only the
   leaving attendee(s) while others still hold seats (or the event is seated and nothing
-  else is known); then only those attendees' rows are ``cancelled``.
+  else is known); then only those attendees' rows are ``cancelled``. One that lists no
+  attendee (a custom template) of a seated appointment cancels only the seat it names,
+  else nothing (logged).
 - ``BOOKING_REJECTED`` → ``rejected``.
 - ``BOOKING_NO_SHOW_UPDATED`` sets each listed attendee's ``no_show`` (newest ``createdAt``
   wins); ``AFTER_GUESTS_CAL_VIDEO_NO_SHOW`` marks the guests Cal Video saw missing;
-  ``AFTER_HOSTS_CAL_VIDEO_NO_SHOW`` sets ``host_no_show``.
+  ``AFTER_HOSTS_CAL_VIDEO_NO_SHOW`` sets ``host_no_show`` when the host is the organizer.
 - Every other trigger is recorded only.
 
 Status changes are ordered by (rank, the trigger's ``createdAt``): an event below the
 row's order only fills empty fields, so a late BOOKING_CREATED never undoes a move, an
-end or a cancellation. The appointment's customer is its first attendee and never
-moves; each attendee is linked to a customer of their own.
+end or a cancellation. Each attendee row is ordered by its own ``status_at`` (a seat
+given up and booked again is booked). The appointment's customer is the first attendee
+of the first booking event applied and never moves; each attendee is linked to a
+customer of their own.
 """
 
 from __future__ import annotations
