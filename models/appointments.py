@@ -47,8 +47,10 @@ class Appointment(Base):
 
     ``event_rank`` and ``event_at`` (the trigger's ``createdAt``) order the events merged
     so far, so a late BOOKING_CREATED never undoes a cancellation or a move.
-    ``customer_id`` is the first booker and never moves to another person (a seat's
-    events touch only that seat's row in ``attendees``). ``payment_status``:
+    ``customer_id`` is the first booker: the first attendee of the booking event with
+    the earliest ``createdAt`` (``customer_at``), so the first seat's holder even when a
+    later seat's event, which lists only its own holder, is applied first; otherwise it
+    never moves (a seat's events touch only that seat's row in ``attendees``). ``payment_status``:
     ``initiated`` / ``paid``. ``host_no_show``: Cal Video saw a host missing.
     """
 
@@ -65,6 +67,7 @@ class Appointment(Base):
     company_id: Mapped[int | None] = optional_link("companies")
     branch_id: Mapped[int | None] = optional_link("branches")
     customer_id: Mapped[int | None] = optional_link("customers")
+    customer_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     staff_id: Mapped[int | None] = optional_link("staff")
     service_id: Mapped[int | None] = optional_link("services")
     calcom_event_type_id: Mapped[int | None] = mapped_column(Integer, default=None)

@@ -203,6 +203,22 @@ def test_a_second_genuine_cancellation_of_the_same_seat_is_applied(
     assert appointment(sessions, "seatA").status == "booked"
 
 
+def test_the_first_seats_holder_is_the_customer_whatever_order_the_seats_arrive_in(
+    post: Post, redis_client: redis.Redis, sessions: sessionmaker[Session]
+) -> None:
+    seat_1 = booking("seatF", [SAM], attendeeSeatId="seatF-seat-1")
+    bodies = [
+        envelope("BOOKING_CREATED", at(2), booking("seatF", [SVEN])),
+        envelope("BOOKING_CREATED", at(1), booking("seatF", [SARA])),
+        envelope("BOOKING_CREATED", at(0), seat_1),
+    ]
+    assert [send(post, redis_client, sessions, body) for body in bodies] == [202, 202, 202]
+
+    by_email = {row.email: row for row in rows(sessions, "seatF")}
+    assert appointment(sessions, "seatF").customer_id == by_email[SAM["email"]].customer_id
+    assert len({row.customer_id for row in by_email.values()}) == 3
+
+
 # --- 3: a seat moving into a slot that already has a seated booking ----------------------
 
 

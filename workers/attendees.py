@@ -22,8 +22,8 @@ def sync_attendees(session: Session, calcom: CalcomEvent, appointment: Appointme
     """One row per listed attendee, each linked to its customer. The booker of this
     delivery is the seat named by ``attendeeSeatId`` (the last attendee:
     ``createNewSeat.ts`` lists the earlier seats first), else the first attendee; the
-    form's answers (phone) are theirs. The first attendee listed becomes the
-    appointment's customer if it has none.
+    form's answers (phone) are theirs. The first attendee listed is offered as the
+    appointment's customer (:func:`_offer_customer`).
 
     A booking event lists the people who hold a seat when it was sent (Cal.com deletes
     a seat's attendee when the seat is given up, ``cancelAttendeeSeat.ts``), so each
@@ -56,8 +56,23 @@ def sync_attendees(session: Session, calcom: CalcomEvent, appointment: Appointme
         if customer is not None:
             session.flush()
             row.customer_id = row.customer_id or customer.id
-            if attendee is attendees[0] and appointment.customer_id is None:
-                appointment.customer_id = customer.id
+            if attendee is attendees[0] and (holds_seat or appointment.customer_id is None):
+                _offer_customer(appointment, customer.id, calcom)
+
+
+def _offer_customer(appointment: Appointment, customer_id: int, calcom: CalcomEvent) -> None:
+    """The appointment's customer is the first attendee of its earliest booking event:
+    in current Cal.com a later seat's BOOKING_CREATED lists only its own holder
+    (``handleSeats/create/createNewSeat.ts``), so when it is applied before the first
+    seat's, the first seat's event (earlier ``createdAt``) takes over; after that it
+    never moves. Without ``createdAt`` only an empty customer is filled in."""
+    at = calcom.created_at
+    if appointment.customer_id is None or (
+        at is not None and appointment.customer_at is not None and at < appointment.customer_at
+    ):
+        appointment.customer_id, appointment.customer_at = customer_id, at
+    elif appointment.customer_id == customer_id and appointment.customer_at is None:
+        appointment.customer_at = at
 
 
 def _newer(calcom: CalcomEvent, row: AppointmentAttendee) -> bool:

@@ -1,7 +1,9 @@
 """E-mail columns as long as an address can be (254, RFC 5321 §4.5.3.1.3) on customers
 and appointment_attendees; appointment_attendees.status_at (the ``createdAt`` of the
 Cal.com event that last set a seat's status, so a seat given up and booked again is
-booked again).
+booked again); appointments.customer_at (the ``createdAt`` of the booking event that
+named the appointment's customer, so the first seat's holder wins whatever order the
+seats' events arrive in).
 
 UNIQUE (company_key, email) and UNIQUE (appointment_id, email) still fit InnoDB's
 3072-byte key limit: 254 characters x 4 bytes (utf8mb4_bin) + a 4-byte integer.
@@ -41,6 +43,8 @@ def _attendee_email(length: int) -> sa.types.TypeEngine[str]:
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("appointments", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("customer_at", TIMESTAMP, nullable=True))
     with op.batch_alter_table("customers", schema=None) as batch_op:
         batch_op.alter_column(
             "email", existing_type=_email(191), type_=_email(254), existing_nullable=True
@@ -70,3 +74,5 @@ def downgrade() -> None:
         batch_op.alter_column(
             "email", existing_type=_email(254), type_=_email(191), existing_nullable=True
         )
+    with op.batch_alter_table("appointments", schema=None) as batch_op:
+        batch_op.drop_column("customer_at")
