@@ -11,6 +11,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, deferred, mapped_column, relationship
 
 from models.base import Base, LongText, UTCDateTime, optional_link, utcnow
+from models.business import EMAIL_MAX
 
 
 class AppointmentStatus(enum.StrEnum):
@@ -28,14 +29,16 @@ class AppointmentStatus(enum.StrEnum):
 
 # E-mail addresses compared as written (lower-cased by normalize_email): MariaDB's default
 # utf8mb4_general_ci would take jürgen@ and jurgen@ for one attendee and refuse the second.
-ExactEmail = String(191).with_variant(
-    mysql.VARCHAR(191, collation="utf8mb4_bin"), "mysql", "mariadb"
+# EMAIL_MAX (254) x 4 bytes + the appointment id fit InnoDB's 3072-byte key limit.
+ExactEmail = String(EMAIL_MAX).with_variant(
+    mysql.VARCHAR(EMAIL_MAX, collation="utf8mb4_bin"), "mysql", "mariadb"
 )
 
 
 class AttendeeStatus(enum.StrEnum):
     BOOKED = "booked"
     CANCELLED = "cancelled"  # this seat was given up; the booking goes on for the others
+    RESCHEDULED = "rescheduled"  # the whole booking moved: this place is in the new one
 
 
 class Appointment(Base):
@@ -44,8 +47,10 @@ class Appointment(Base):
 
     ``event_rank`` and ``event_at`` (the trigger's ``createdAt``) order the events merged
     so far, so a late BOOKING_CREATED never undoes a cancellation or a move.
-    ``customer_id`` is the first booker and never moves to another person (a seat's
-    events touch only that seat's row in ``attendees``). ``payment_status``:
+    ``customer_id`` is the first booker: the first attendee of the booking event with
+    the earliest ``createdAt`` (``customer_at``), so the first seat's holder even when a
+    later seat's event, which lists only its own holder, is applied first; otherwise it
+    never moves (a seat's events touch only that seat's row in ``attendees``). ``payment_status``:
     ``initiated`` / ``paid``. ``host_no_show``: Cal Video saw a host missing.
     """
 
@@ -62,6 +67,7 @@ class Appointment(Base):
     company_id: Mapped[int | None] = optional_link("companies")
     branch_id: Mapped[int | None] = optional_link("branches")
     customer_id: Mapped[int | None] = optional_link("customers")
+    customer_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     staff_id: Mapped[int | None] = optional_link("staff")
     service_id: Mapped[int | None] = optional_link("services")
     calcom_event_type_id: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -93,6 +99,8 @@ class AppointmentAttendee(Base):
     """One attendee of a booking: for a seated event, one seat. UNIQUE per
     (appointment, email); ``seat_uid`` is Cal.com's seat reference (``attendeeSeatId``).
 
+    ``status_at`` is the ``createdAt`` of the event that last set ``status``: a seat
+    given up and booked again is booked, a late older event does not undo a newer one.
     ``no_show`` is what Cal.com last said (BOOKING_NO_SHOW_UPDATED or the Cal Video
     guest check), ``no_show_at`` the ``createdAt`` of that update, so an older update
     arriving late does not undo a newer one.
@@ -108,6 +116,7 @@ class AppointmentAttendee(Base):
     seat_uid: Mapped[str | None] = mapped_column(String(128), default=None)
     customer_id: Mapped[int | None] = optional_link("customers")
     status: Mapped[str] = mapped_column(String(16), default=AttendeeStatus.BOOKED)
+    status_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     no_show: Mapped[bool | None] = mapped_column(Boolean, default=None)
     no_show_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

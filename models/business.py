@@ -123,6 +123,11 @@ class Agent(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
+# The longest address there is: RFC 5321 §4.5.3.1.3 limits a path to 256 octets, two of
+# them the angle brackets. A longer "address" is no address; it identifies no one.
+EMAIL_MAX = 254
+
+
 def normalize_email(value: str | None) -> str | None:
     """An e-mail address as Hookfleet stores and compares it; None (unknown) when blank.
 

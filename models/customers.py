@@ -14,7 +14,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from models.base import Base, UTCDateTime, optional_link, utcnow
-from models.business import normalize_email
+from models.business import EMAIL_MAX, normalize_email
 from models.phones import normalize_phone
 
 # What "no company" is in the unique keys: NULLs never collide in a UNIQUE index (on
@@ -59,7 +59,7 @@ class Customer(Base):
         Integer, default=NO_COMPANY, server_default=str(NO_COMPANY)
     )
     name: Mapped[str | None] = mapped_column(String(200), default=None)
-    email: Mapped[str | None] = mapped_column(identity_text(191), default=None)
+    email: Mapped[str | None] = mapped_column(identity_text(EMAIL_MAX), default=None)
     phone: Mapped[str | None] = mapped_column(identity_text(32), default=None)
     phone_key: Mapped[str | None] = mapped_column(identity_text(32), default=None)
     phone_type: Mapped[str | None] = mapped_column(String(32), default=None)

@@ -89,11 +89,11 @@ UID = "bk_fx_created"
 EXPECTED: dict[str, tuple[str | None, str]] = {
     # fixture: (event_id, or None for "<trigger>[:uid]:sha256:<body digest>"; queue)
     "BOOKING_CREATED": (
-        f"BOOKING_CREATED:{UID}:2026-12-01T09:00:00Z:anna.weber@example.com",
+        f"BOOKING_CREATED:{UID}:2026-12-01T09:00:00Z:2026-11-20T14:03:11.512Z:anna.weber@example.com",
         "hookfleet.default",
     ),
     "BOOKING_REQUESTED": (
-        "BOOKING_REQUESTED:bk_fx_requested:2026-12-01T09:00:00Z:anna.weber@example.com",
+        "BOOKING_REQUESTED:bk_fx_requested:2026-12-01T09:00:00Z:2026-11-20T14:03:11.512Z:anna.weber@example.com",
         "hookfleet.default",
     ),
     "BOOKING_RESCHEDULED": (
@@ -101,19 +101,19 @@ EXPECTED: dict[str, tuple[str | None, str]] = {
         "hookfleet.default",
     ),
     "BOOKING_CANCELLED": (
-        f"BOOKING_CANCELLED:{UID}:2026-12-01T09:00:00Z:anna.weber@example.com",
+        f"BOOKING_CANCELLED:{UID}:2026-12-01T09:00:00Z:2026-11-22T10:00:00.000Z:anna.weber@example.com",
         "hookfleet.default",
     ),
     "BOOKING_REJECTED": (
-        "BOOKING_REJECTED:bk_fx_requested:2026-12-01T09:00:00Z:anna.weber@example.com",
+        "BOOKING_REJECTED:bk_fx_requested:2026-12-01T09:00:00Z:2026-11-21T09:00:00.000Z:anna.weber@example.com",
         "hookfleet.default",
     ),
     "BOOKING_PAYMENT_INITIATED": (
-        "BOOKING_PAYMENT_INITIATED:bk_fx_paid:2026-12-01T09:00:00Z:anna.weber@example.com",
+        "BOOKING_PAYMENT_INITIATED:bk_fx_paid:2026-12-01T09:00:00Z:2026-11-20T14:03:11.512Z:anna.weber@example.com",
         "hookfleet.default",
     ),
     "BOOKING_PAID": (
-        "BOOKING_PAID:bk_fx_paid:2026-12-01T09:00:00Z:anna.weber@example.com",
+        "BOOKING_PAID:bk_fx_paid:2026-12-01T09:00:00Z:2026-11-20T14:05:00.000Z:anna.weber@example.com",
         "hookfleet.default",
     ),
     "BOOKING_NO_SHOW_UPDATED": (
@@ -139,23 +139,24 @@ EXPECTED: dict[str, tuple[str | None, str]] = {
     "WRONG_ASSIGNMENT_REPORT": (None, "hookfleet.default"),
     "PING": (None, "hookfleet.low"),
     "seat_1_BOOKING_CREATED": (
-        "BOOKING_CREATED:bk_fx_seated:2026-12-05T10:00:00Z:seat:seat_ref_1",
+        "BOOKING_CREATED:bk_fx_seated:2026-12-05T10:00:00Z:2026-11-21T10:00:00.000Z:seat:seat_ref_1",
         "hookfleet.default",
     ),
     "seat_2_BOOKING_CREATED": (
-        "BOOKING_CREATED:bk_fx_seated:2026-12-05T10:00:00Z:seat:seat_ref_2",
+        "BOOKING_CREATED:bk_fx_seated:2026-12-05T10:00:00Z:2026-11-22T10:00:00.000Z:seat:seat_ref_2",
         "hookfleet.default",
     ),
     "seat_3_BOOKING_CREATED": (
-        "BOOKING_CREATED:bk_fx_seated:2026-12-05T10:00:00Z:seat:seat_ref_3",
+        "BOOKING_CREATED:bk_fx_seated:2026-12-05T10:00:00Z:2026-11-23T10:00:00.000Z:seat:seat_ref_3",
         "hookfleet.default",
     ),
     "seat_2_BOOKING_CANCELLED": (
-        "BOOKING_CANCELLED:bk_fx_seated:2026-12-05T10:00:00Z:ben.kurz@example.com",
+        "BOOKING_CANCELLED:bk_fx_seated:2026-12-05T10:00:00Z:2026-11-24T10:00:00.000Z:ben.kurz@example.com",
         "hookfleet.default",
     ),
+    # A template without createdAt: only a byte-identical re-send is the same delivery.
     "template_form_urlencoded": (
-        "BOOKING_CREATED:bk_fx_form:2026-12-02T08:00:00.000Z",
+        "BOOKING_CREATED:bk_fx_form:2026-12-02T08:00:00.000Z:{digest}",
         "hookfleet.default",
     ),
     "template_json": (None, "hookfleet.default"),
@@ -180,6 +181,7 @@ def test_every_trigger_is_accepted_keyed_and_routed(
     trigger = name.split("_", 2)[2] if name.startswith("seat_") else name
     if name.startswith("template_"):
         trigger = "BOOKING_CREATED" if name == "template_form_urlencoded" else "CUSTOM_TEMPLATE"
+    expected_id = expected_id and expected_id.replace("{digest}", digest(body))
     if expected_id is None:
         uid = UID if name.startswith("RECORDING_") else None
         expected_id = f"{trigger}:{uid}:{digest(body)}" if uid else f"{trigger}:{digest(body)}"

@@ -162,7 +162,7 @@ CALCOM = Sender(
     new_secret=CALCOM_SECRET_NEW,
     sign=lambda secret, body, at: calcom.sign(secret, body),
     body=calcom_booking(),
-    event_id="BOOKING_CREATED:bFJeNb2uX8ANpT3JL5EfXw:2025-07-01T09:00:00Z:anna.weber@example.com",
+    event_id="BOOKING_CREATED:bFJeNb2uX8ANpT3JL5EfXw:2025-07-01T09:00:00Z:2025-06-20T14:03:11.512Z:anna.weber@example.com",
     event_type="BOOKING_CREATED",
     tampered=calcom_booking(start="2025-07-01T10:00:00Z"),
     foreign_shape=json.dumps({"event": "booking", "booking": {"uid": "x"}}).encode(),
@@ -594,21 +594,24 @@ def test_calcom_reschedule_of_a_booking_is_a_new_event(
 
     ids = [kwargs["event_id"] for kwargs in task_kwargs(redis_client, CALCOM.queue)]
     assert ids == [
-        "BOOKING_CREATED:bFJeNb2uX8ANpT3JL5EfXw:2025-07-01T09:00:00Z:anna.weber@example.com",
+        "BOOKING_CREATED:bFJeNb2uX8ANpT3JL5EfXw:2025-07-01T09:00:00Z:2025-06-20T14:03:11.512Z:anna.weber@example.com",
         "BOOKING_RESCHEDULED:bFJeNb2uX8ANpT3JL5EfXw:2025-07-03T14:00:00Z:2025-06-20T14:03:11.512Z:anna.weber@example.com",
         "BOOKING_RESCHEDULED:bFJeNb2uX8ANpT3JL5EfXw:2025-07-04T08:00:00Z:2025-06-20T14:03:11.512Z:anna.weber@example.com",
     ]
 
 
-def test_calcom_same_booking_resent_is_a_duplicate_even_with_a_new_created_at(
+def test_calcom_retry_is_a_duplicate_and_a_new_created_at_is_a_new_event(
     client_for: Callable[[Sender], FlaskClient], redis_client: redis.Redis
 ) -> None:
+    # Cal.com stamps createdAt once per trigger occurrence; its retry re-sends the same
+    # body. The same uid, start and attendee at a later createdAt is a new occurrence
+    # (a seat given up and booked again), which the worker applies idempotently.
     first = calcom_booking()
-    resent = first.replace(b"2025-06-20T14:03:11.512Z", b"2025-06-20T14:03:42.907Z")
-    assert resent != first
+    again = first.replace(b"2025-06-20T14:03:11.512Z", b"2025-06-20T14:03:42.907Z")
+    assert again != first
 
-    assert deliver(client_for(CALCOM), CALCOM, first, resent) == [202, 200]
-    assert total_queued(redis_client) == 1
+    assert deliver(client_for(CALCOM), CALCOM, first, first, again) == [202, 200, 202]
+    assert total_queued(redis_client) == 2
 
 
 def test_calcom_event_without_start_time_is_keyed_by_trigger_and_uid(

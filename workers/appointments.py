@@ -15,21 +15,26 @@ calcom/cal.com ``packages/features/webhooks/lib/sendPayload.ts``,
   flat (no ``payload`` key) from Cal.com's scheduled job, or name the booking only by id.
 - ``BOOKING_CANCELLED`` → ``cancelled``, unless it gives up one seat: it lists only the
   leaving attendee(s) while others still hold seats (or the event is seated and nothing
-  else is known); then only those attendees' rows are ``cancelled``.
+  else is known); then only those attendees' rows are ``cancelled``. One that lists no
+  attendee (a custom template) of a seated appointment cancels only the seat it names,
+  else nothing (logged).
 - ``BOOKING_REJECTED`` → ``rejected``.
 - ``BOOKING_NO_SHOW_UPDATED`` sets each listed attendee's ``no_show`` (newest ``createdAt``
   wins); ``AFTER_GUESTS_CAL_VIDEO_NO_SHOW`` marks the guests Cal Video saw missing;
-  ``AFTER_HOSTS_CAL_VIDEO_NO_SHOW`` sets ``host_no_show``.
+  ``AFTER_HOSTS_CAL_VIDEO_NO_SHOW`` sets ``host_no_show`` when the host is the organizer.
 - Every other trigger is recorded only.
 
 Status changes are ordered by (rank, the trigger's ``createdAt``): an event below the
 row's order only fills empty fields, so a late BOOKING_CREATED never undoes a move, an
-end or a cancellation. The appointment's customer is its first attendee and never
-moves; each attendee is linked to a customer of their own.
+end or a cancellation. Each attendee row is ordered by its own ``status_at`` (a seat
+given up and booked again is booked). The appointment's customer is the first attendee
+of the first booking event applied and never moves; each attendee is linked to a
+customer of their own.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,10 +45,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.appointments import Appointment, AppointmentStatus, AttendeeStatus
-from models.business import Branch, Service, Staff, normalize_email
+from models.business import Branch, Service, Staff
 from models.events import WebhookEvent
-from workers.attendees import cancel_attendees, gives_up_seats, mark_no_shows, sync_attendees
-from workers.calcom_events import CalcomEvent, text, when
+from workers.attendees import (
+    cancel_attendees,
+    cancel_seat_by_reference,
+    gives_up_seats,
+    is_seated,
+    mark_no_shows,
+    row_key,
+    set_cancelled,
+    set_moved,
+    sync_attendees,
+)
+from workers.calcom_events import CalcomEvent, attendee_key, email_of, text, when
 from workers.retries import RaceLost
 
 log = logging.getLogger("hookfleet.worker.appointments")
@@ -112,17 +127,12 @@ def _apply_booking_event(session: Session, calcom: CalcomEvent) -> None:
     order = Order(RANKS[calcom.trigger], calcom.created_at)
     uid = calcom.uid() or (appointment.calcom_uid if appointment else "")
     fields = _fields(session, calcom)
-    if calcom.trigger == "BOOKING_CANCELLED" and gives_up_seats(calcom, appointment):
-        if appointment is None:  # the seat's booking is not here yet: a placeholder
-            appointment = _get_or_add(session, uid)
-            _merge(session, appointment, fields | {"status": None}, Order(0, None))
-            session.flush()
-        cancel_attendees(session, calcom, appointment)
+    if calcom.trigger == "BOOKING_CANCELLED" and _cancels_seats_only(session, calcom, appointment):
         return
     previous = calcom.booking.get("rescheduleUid")
     if isinstance(previous, str) and previous and previous != uid:
-        fields["rescheduled_from_uid"] = previous[:128]
-        _retire(session, calcom, _get_or_add(session, previous), order)
+        if _retire(session, calcom, _get_or_add(session, previous), order):
+            fields["rescheduled_from_uid"] = previous[:128]
     appointment = appointment or _get_or_add(session, uid)
     _merge(session, appointment, fields, order)
     _merge_payment(appointment, calcom.trigger)
@@ -130,7 +140,58 @@ def _apply_booking_event(session: Session, calcom: CalcomEvent) -> None:
     sync_attendees(session, calcom, appointment)
     if calcom.trigger in ("BOOKING_CANCELLED", "BOOKING_REJECTED") and order.at_least(appointment):
         for row in appointment.attendees:
-            row.status = AttendeeStatus.CANCELLED
+            set_cancelled(row, calcom)
+
+
+def _cancels_seats_only(
+    session: Session, calcom: CalcomEvent, appointment: Appointment | None
+) -> bool:
+    """Apply a BOOKING_CANCELLED that gives up seats rather than the booking; True when
+    it did (or must not touch the booking at all).
+
+    - It lists the leaving attendee(s) while others hold seats (``gives_up_seats``):
+      only their rows, with a placeholder appointment when the booking is not here yet.
+    - It lists no attendee (a custom template that renders none) for a seated
+      appointment: the seat it names (``attendeeSeatId`` / ``seatReferenceUid``), else
+      nothing at all but a warning: which seat left cannot be known, and cancelling
+      every seat would tell the salon the whole slot is off.
+    """
+    if gives_up_seats(calcom, appointment):
+        if appointment is None:  # the seat's booking is not here yet: a placeholder
+            appointment = _get_or_add(session, calcom.uid() or "")
+            _merge(
+                session, appointment, _fields(session, calcom) | {"status": None}, Order(0, None)
+            )
+            session.flush()
+        cancel_attendees(session, calcom, appointment)
+        return True
+    if calcom.attendees() or appointment is None or not _seated(calcom, appointment):
+        return False
+    if not cancel_seat_by_reference(calcom, appointment):
+        log.warning(
+            "seat cancellation that names no attendee or seat; the booking is left as is",
+            extra={"calcom_uid": appointment.calcom_uid},
+        )
+    return True
+
+
+def _seated(calcom: CalcomEvent, appointment: Appointment) -> bool:
+    """The payload or any payload stored for the appointment says it has seats, or a
+    seat (or more than one attendee holding a place) is known."""
+    if is_seated(calcom, appointment):
+        return True
+    seats = _stored_booking(appointment).get("seatsPerTimeSlot")
+    return isinstance(seats, int) and not isinstance(seats, bool) and seats > 0
+
+
+def _stored_booking(appointment: Appointment) -> dict[str, Any]:
+    """The booking in the last payload merged into the appointment ({} when none)."""
+    try:
+        stored = json.loads(appointment.raw_payload or "null")
+    except ValueError:
+        return {}
+    booking = stored.get("payload", stored) if isinstance(stored, dict) else None
+    return booking if isinstance(booking, dict) else {}
 
 
 def _status(calcom: CalcomEvent) -> str:
@@ -172,7 +233,7 @@ def _fields(session: Session, calcom: CalcomEvent) -> dict[str, Any]:
         "company_id": company_id,
         "branch_id": branch.id if branch else (service.branch_id if service else None),
         "service_id": service.id if service else None,
-        "staff_id": _staff(session, company_id, booking.get("organizer") or booking.get("user")),
+        "staff_id": _staff(session, company_id, organizer_email(booking)),
         "raw_payload": calcom.raw,
     }
     if calcom.trigger == "MEETING_STARTED":
@@ -194,14 +255,29 @@ def _merge_payment(appointment: Appointment, trigger: str) -> None:
         appointment.payment_status = "initiated"
 
 
-def _retire(session: Session, calcom: CalcomEvent, old: Appointment, order: Order) -> None:
-    """The booking a reschedule came from is over: ``rescheduled``, unless a later event
-    (its own cancellation) outranks this one. For a seat moved out of a seated booking
-    that others still hold, only that seat's row leaves the old booking."""
-    if gives_up_seats(calcom, old) and old.id is not None:
-        cancel_attendees(session, calcom, old)
-        return
+def _retire(session: Session, calcom: CalcomEvent, old: Appointment, order: Order) -> bool:
+    """The booking a reschedule came from. True when the whole booking moved: it is
+    ``rescheduled`` (unless a later event, its own cancellation, outranks this one)
+    and so are its attendees' rows. False when one seat moved out of a seated booking
+    others still hold: only that seat's row leaves it.
+
+    Who moved: the listed attendees the old booking knows. An attendee moving into a
+    slot that already has a seated booking gets that booking's uid and a payload
+    listing the mover first, then the target's own seat holders
+    (``handleSeats/reschedule/attendee/attendeeRescheduleSeatedBooking.ts``); those
+    never held a seat in the old booking and are left out of it."""
+    if old.id is not None and is_seated(calcom, old):
+        holding = {row_key(r): r for r in old.attendees if r.status == AttendeeStatus.BOOKED}
+        listed = {attendee_key(a) for a in calcom.attendees()}
+        leaving = [a for a in calcom.attendees() if attendee_key(a) in holding]
+        if leaving and any(key not in listed for key in holding):
+            cancel_attendees(session, calcom, old, leaving)
+            return False
     _merge(session, old, {"status": AppointmentStatus.RESCHEDULED}, order)
+    if old.status == AppointmentStatus.RESCHEDULED:
+        for row in old.attendees:
+            set_moved(row, calcom)
+    return True
 
 
 def _find(session: Session, calcom: CalcomEvent) -> Appointment | None:
@@ -221,11 +297,12 @@ def _find(session: Session, calcom: CalcomEvent) -> Appointment | None:
 
 
 def _get_or_add(session: Session, uid: str) -> Appointment:
+    uid = uid[:128]  # as stored: a longer one would be looked up in vain and re-inserted
     appointment = session.scalars(
         select(Appointment).where(Appointment.calcom_uid == uid).with_for_update()
     ).first()
     if appointment is None:
-        appointment = Appointment(calcom_uid=uid[:128], event_rank=0)
+        appointment = Appointment(calcom_uid=uid, event_rank=0)
         session.add(appointment)
     return appointment
 
@@ -258,7 +335,23 @@ def _apply_no_show(session: Session, calcom: CalcomEvent) -> None:
         appointment = _get_or_add(session, uid)
         _merge(session, appointment, _no_show_fields(calcom), Order(0, None))
         session.flush()
+    if calcom.trigger == "AFTER_HOSTS_CAL_VIDEO_NO_SHOW" and _a_co_host(calcom, appointment):
+        return
     mark_no_shows(session, calcom, appointment)
+
+
+def _a_co_host(calcom: CalcomEvent, appointment: Appointment) -> bool:
+    """Whether the host Cal Video missed is not the booking's organizer. Cal.com sends
+    one AFTER_HOSTS_CAL_VIDEO_NO_SHOW per host who did not join, but marks
+    ``noShowHost`` only for the booking's user
+    (``packages/features/tasker/tasks/triggerNoShow/triggerHostNoShow.ts``); the
+    organizer is read from the booking's stored payload. Unknown: not a co-host."""
+    host = email_of({"email": calcom.booking.get("hostEmail")})
+    organizer = organizer_email(_stored_booking(appointment))
+    if host is None or organizer is None or host == organizer:
+        return False
+    log.info("a co-host missed the call; host_no_show is the organizer's only")
+    return True
 
 
 def _no_show_fields(calcom: CalcomEvent) -> dict[str, Any]:
@@ -286,11 +379,19 @@ def _place(session: Session, event_type_id: int | None) -> tuple[Branch | None, 
     return branch, service
 
 
-def _staff(session: Session, company_id: int | None, organizer: object) -> int | None:
-    if company_id is None or not isinstance(organizer, dict):
-        return None
-    email = normalize_email(text(organizer.get("email"), 191))
-    if email is None:
+def organizer_email(booking: dict[str, Any]) -> str | None:
+    """The booking's organizer (its ``user``): ``organizer.email`` in ``CalendarEvent``;
+    the flat booking row of the scheduled MEETING_* job (``scheduleTrigger.ts``) has
+    ``userPrimaryEmail`` and, from some callers, ``user``."""
+    for holder in (booking.get("organizer"), {"email": booking.get("userPrimaryEmail")}):
+        if isinstance(holder, dict) and (email := email_of(holder)):
+            return email
+    user = booking.get("user")
+    return email_of(user) if isinstance(user, dict) else None
+
+
+def _staff(session: Session, company_id: int | None, email: str | None) -> int | None:
+    if company_id is None or email is None:
         return None
     return session.scalar(
         select(Staff.id).where(Staff.company_id == company_id, Staff.email == email)

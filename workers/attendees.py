@@ -14,8 +14,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from models.appointments import Appointment, AppointmentAttendee, AttendeeStatus
-from models.business import normalize_email
-from workers.calcom_events import CalcomEvent, attendee_key, email_of, text
+from workers.calcom_events import NAME_MAX, CalcomEvent, attendee_key, email_of, text
 from workers.customers import find_or_create_customer
 
 
@@ -23,49 +22,87 @@ def sync_attendees(session: Session, calcom: CalcomEvent, appointment: Appointme
     """One row per listed attendee, each linked to its customer. The booker of this
     delivery is the seat named by ``attendeeSeatId`` (the last attendee:
     ``createNewSeat.ts`` lists the earlier seats first), else the first attendee; the
-    form's answers (phone) are theirs. The first attendee listed, the first seat's
-    holder in every seat's event, becomes the appointment's customer if it has none:
-    whatever order the seats' events are applied in."""
+    form's answers (phone) are theirs. The first attendee listed is offered as the
+    appointment's customer (:func:`_offer_customer`).
+
+    A booking event lists the people who hold a seat when it was sent (Cal.com deletes
+    a seat's attendee when the seat is given up, ``cancelAttendeeSeat.ts``), so each
+    listed row is ``booked`` again when this event is newer than the one that last
+    set its status: a seat given up and then booked again is booked. A cancellation
+    or rejection is applied by the caller."""
     attendees = calcom.attendees()
     if not attendees:
         return
     seat = calcom.booking.get("attendeeSeatId")
     booker = attendees[-1] if isinstance(seat, str) and seat else attendees[0]
+    holds_seat = calcom.trigger not in ("BOOKING_CANCELLED", "BOOKING_REJECTED")
     for attendee in attendees:
         row = attendee_row(session, appointment, attendee)
-        if row.seat_uid is None:
-            row.seat_uid = _seat_of(attendee) or (
-                seat[:128] if attendee is booker and seat else None
-            )
+        own_seat = _seat_of(attendee) or (seat[:128] if attendee is booker and seat else None)
+        if holds_seat and _newer(calcom, row):
+            row.status, row.status_at = AttendeeStatus.BOOKED, calcom.created_at
+            row.seat_uid = own_seat or row.seat_uid
+        row.seat_uid = row.seat_uid or own_seat
         phone = attendee.get("phoneNumber") or (
             _booker_phone(calcom) if attendee is booker else None
         )
         customer = find_or_create_customer(
             session,
             appointment.company_id,
-            email=text(email_of(attendee), 191),
+            email=email_of(attendee),
             phone=text(phone, 64),
-            name=text(attendee.get("name"), 200),
+            name=text(attendee.get("name"), NAME_MAX),
         )
         if customer is not None:
             session.flush()
             row.customer_id = row.customer_id or customer.id
-            if attendee is attendees[0] and appointment.customer_id is None:
-                appointment.customer_id = customer.id
+            if attendee is attendees[0] and (holds_seat or appointment.customer_id is None):
+                _offer_customer(appointment, customer.id, calcom)
+
+
+def _offer_customer(appointment: Appointment, customer_id: int, calcom: CalcomEvent) -> None:
+    """The appointment's customer is the first attendee of its earliest booking event:
+    in current Cal.com a later seat's BOOKING_CREATED lists only its own holder
+    (``handleSeats/create/createNewSeat.ts``), so when it is applied before the first
+    seat's, the first seat's event (earlier ``createdAt``) takes over; after that it
+    never moves. Without ``createdAt`` only an empty customer is filled in."""
+    at = calcom.created_at
+    if appointment.customer_id is None or (
+        at is not None and appointment.customer_at is not None and at < appointment.customer_at
+    ):
+        appointment.customer_id, appointment.customer_at = customer_id, at
+    elif appointment.customer_id == customer_id and appointment.customer_at is None:
+        appointment.customer_at = at
+
+
+def _newer(calcom: CalcomEvent, row: AppointmentAttendee) -> bool:
+    """Whether this booking event is newer than what last set the row's status. An
+    event without ``createdAt`` (a custom template) never re-books a row."""
+    at = calcom.created_at
+    return at is not None and (row.status_at is None or at > row.status_at)
+
+
+def set_cancelled(row: AppointmentAttendee, calcom: CalcomEvent) -> None:
+    """The row's seat given up, unless a newer event booked it again. A cancellation
+    wins a tie and when either time is unknown."""
+    at = calcom.created_at
+    if at is None or row.status_at is None or at >= row.status_at:
+        row.status, row.status_at = AttendeeStatus.CANCELLED, at or row.status_at
 
 
 def attendee_row(
     session: Session, appointment: Appointment, attendee: dict[str, Any]
 ) -> AppointmentAttendee:
-    email = normalize_email(email_of(attendee))
+    email = email_of(attendee)
     key = attendee_key(attendee)
     for row in appointment.attendees:
-        if _row_key(row) == key:
+        if row_key(row) == key:
+            row.name = row.name or text(attendee.get("name"), NAME_MAX)  # an early no-show's row
             return row
     row = AppointmentAttendee(
         appointment=appointment,
         email=email,
-        name=text(attendee.get("name"), 200),
+        name=text(attendee.get("name"), NAME_MAX),
         status=AttendeeStatus.BOOKED,
     )
     session.add(row)
@@ -89,17 +126,56 @@ def gives_up_seats(calcom: CalcomEvent, appointment: Appointment | None) -> bool
     )
     if not leaving or not seated:
         return False
-    if any(_row_key(row) not in leaving and row.status == AttendeeStatus.BOOKED for row in known):
+    if any(row_key(row) not in leaving and row.status == AttendeeStatus.BOOKED for row in known):
         return True
     return not known and len(leaving) == 1
 
 
-def cancel_attendees(session: Session, calcom: CalcomEvent, appointment: Appointment) -> None:
-    """Only the listed attendees' rows are cancelled; the appointment and its customer
-    stay as they are."""
-    for attendee in calcom.attendees():
-        row = attendee_row(session, appointment, attendee)
-        row.status = AttendeeStatus.CANCELLED
+def set_moved(row: AppointmentAttendee, calcom: CalcomEvent) -> None:
+    """The row's booking moved away whole: the person's place is in the new booking."""
+    at = calcom.created_at
+    if row.status == AttendeeStatus.BOOKED and (
+        at is None or row.status_at is None or at >= row.status_at
+    ):
+        row.status, row.status_at = AttendeeStatus.RESCHEDULED, at or row.status_at
+
+
+def cancel_attendees(
+    session: Session,
+    calcom: CalcomEvent,
+    appointment: Appointment,
+    leaving: list[dict[str, Any]] | None = None,
+) -> None:
+    """Only the leaving attendees' rows (default: every listed attendee) are
+    cancelled; the appointment and its customer stay as they are."""
+    for attendee in calcom.attendees() if leaving is None else leaving:
+        set_cancelled(attendee_row(session, appointment, attendee), calcom)
+
+
+def cancel_seat_by_reference(calcom: CalcomEvent, appointment: Appointment) -> bool:
+    """A cancellation naming no attendee but a seat (``attendeeSeatId`` or
+    ``seatReferenceUid``, e.g. through a custom template): that seat's row. False when
+    it names no seat we know."""
+    for name in ("attendeeSeatId", "seatReferenceUid"):
+        reference = calcom.booking.get(name)
+        if not isinstance(reference, str) or not reference:
+            continue
+        for row in appointment.attendees:
+            if row.seat_uid == reference[:128]:
+                set_cancelled(row, calcom)
+                return True
+    return False
+
+
+def is_seated(calcom: CalcomEvent, appointment: Appointment | None) -> bool:
+    """Seated: the payload's ``seatsPerTimeSlot`` (``CalendarEvent``), or a known seat,
+    or more than one attendee holding a place."""
+    seats = calcom.booking.get("seatsPerTimeSlot")
+    if isinstance(seats, int) and not isinstance(seats, bool) and seats > 0:
+        return True
+    known = appointment.attendees if appointment is not None else []
+    holding = [row for row in known if row.status == AttendeeStatus.BOOKED]
+    return any(row.seat_uid for row in known) or len(holding) > 1
 
 
 def mark_no_shows(session: Session, calcom: CalcomEvent, appointment: Appointment) -> None:
@@ -125,7 +201,7 @@ def mark_no_shows(session: Session, calcom: CalcomEvent, appointment: Appointmen
             row.no_show, row.no_show_at = no_show, at or row.no_show_at
 
 
-def _row_key(row: AppointmentAttendee) -> str | None:
+def row_key(row: AppointmentAttendee) -> str | None:
     return attendee_key({"email": row.email, "name": row.name})
 
 

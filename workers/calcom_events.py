@@ -10,13 +10,16 @@ flat at the top level (the scheduled job's MEETING_STARTED / MEETING_ENDED,
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from models.business import normalize_email
+from models.business import EMAIL_MAX, normalize_email
 from models.events import WebhookEvent
 from workers.retries import PermanentError
+
+log = logging.getLogger("hookfleet.worker.appointments")
 
 _WRAPPER = "hookfleet_reframed"  # ingest.providers.calcom.WRAPPER
 
@@ -64,21 +67,45 @@ class CalcomEvent:
         return [a for a in found if isinstance(a, dict) and attendee_key(a) is not None]
 
 
+NAME_MAX = 200  # appointment_attendees.name, customers.name
+
+
 def attendee_key(attendee: dict[str, Any]) -> str | None:
     """Who an attendee is within one booking: the e-mail as written (normalized), else
     the name (a phone-only booker). None when the attendee names neither."""
-    email = normalize_email(email_of(attendee))
+    email = email_of(attendee)
     if email:
         return email
     name = attendee.get("name")
-    return (
-        f"name:{' '.join(name.split()).lower()}" if isinstance(name, str) and name.strip() else None
-    )
+    if not isinstance(name, str) or not name.strip():
+        return None
+    # As stored (``appointment_attendees.name``, 200): the row's key must match the event's.
+    return f"name:{' '.join(name[:NAME_MAX].split()).lower()}"
+
+
+# Cal.com's stand-in address for a booker who gave only a phone number:
+# ``<digits>@sms.cal.com`` (``contructEmailFromPhoneNumber``,
+# packages/lib/contructEmailFromPhoneNumber.ts); Cal.com's own ``isSmsCalEmail``
+# (packages/lib/isSmsCalEmail.ts) treats it as no e-mail.
+SMS_STAND_IN_DOMAIN = "@sms.cal.com"
 
 
 def email_of(attendee: dict[str, Any]) -> str | None:
-    value = attendee.get("email")
-    return value if isinstance(value, str) else None
+    """The attendee's e-mail address, normalized, or None when it identifies no one:
+    absent, Cal.com's phone stand-in (``…@sms.cal.com``), or longer than any address
+    can be (``EMAIL_MAX``, RFC 5321; logged at INFO). The raw payload keeps it all."""
+    email = normalize_email(
+        attendee.get("email") if isinstance(attendee.get("email"), str) else None
+    )
+    if email is None or email.endswith(SMS_STAND_IN_DOMAIN):
+        return None
+    if len(email) > EMAIL_MAX:
+        log.info(
+            "attendee e-mail longer than an address can be; identifies no one",
+            extra={"email_length": len(email)},
+        )
+        return None
+    return email
 
 
 def when(value: object, name: str, *, required: bool = True) -> datetime | None:

@@ -50,6 +50,7 @@ def apply_retell_event(session: Session, event: WebhookEvent) -> None:
     if not isinstance(details, dict) or not isinstance(call_id, str) or not call_id:
         raise PermanentError(f"{event.event_type} without call.call_id cannot become a call")
     fields = _fields(event.event_type, details, event.payload)
+    call_id = call_id[:128]  # as stored (calls.call_id), so a longer id finds its row
 
     call = session.scalars(select(Call).where(Call.call_id == call_id).with_for_update()).first()
     if call is None:
@@ -90,7 +91,7 @@ def _fields(event_type: str, details: dict[str, Any], raw: str) -> dict[str, Any
         "transcript": details.get("transcript")
         if isinstance(details.get("transcript"), str)
         else None,
-        "summary": _text(analysis.get("call_summary"), 65000) if analysis else None,
+        "summary": _fit_bytes(analysis.get("call_summary"), 65535) if analysis else None,
         "analysis": analysis,
         "raw_payload": raw,
     }
@@ -141,6 +142,15 @@ def _ms(value: object) -> datetime | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1e14:
         return datetime.fromtimestamp(value / 1000, UTC)
     return None
+
+
+def _fit_bytes(value: object, limit: int) -> str | None:
+    """``value`` cut to ``limit`` UTF-8 bytes, on a character boundary: MariaDB's TEXT
+    holds 65,535 bytes, and a summary in German or with emoji has more bytes than
+    characters."""
+    if not isinstance(value, str) or not value:
+        return None
+    return value.encode()[:limit].decode(errors="ignore")
 
 
 def _text(value: object, limit: int) -> str | None:

@@ -207,67 +207,84 @@ class Envelope:
         return f"id:{number}" if number else ""
 
     def attendee_part(self) -> str:
-        """The seat (``attendeeSeatId``), else the attendees' e-mails, sorted."""
+        """The seat (``attendeeSeatId``), else who the attendees are, sorted: each one's
+        e-mail, or for an attendee without one (a phone-only booker) their name and
+        phone, so two such seat holders are two people."""
         seat = self.text("attendeeSeatId")
         if seat:
             return f"seat:{seat}"
-        attendees = self.subject.get("attendees")
-        if not isinstance(attendees, list):
-            return ""
-        emails = sorted(
-            a["email"].strip().lower()
-            for a in attendees
-            if isinstance(a, dict) and isinstance(a.get("email"), str)
-        )
-        return ",".join(emails)
+        return ",".join(sorted(_who(a) for a in self._attendees() if _who(a)))
 
     def no_show_part(self) -> str:
-        attendees = self.subject.get("attendees")
         marks = sorted(
-            f"{a['email'].strip().lower()}={int(bool(a.get('noShow')))}"
-            for a in (attendees if isinstance(attendees, list) else [])
-            if isinstance(a, dict) and isinstance(a.get("email"), str)
+            f"{_who(a)}={int(bool(a.get('noShow')))}" for a in self._attendees() if _who(a)
         )
         return ",".join(marks)
+
+    def _attendees(self) -> list[dict[str, Any]]:
+        attendees = self.subject.get("attendees")
+        return [a for a in attendees if isinstance(a, dict)] if isinstance(attendees, list) else []
+
+
+def _who(attendee: Mapping[str, Any]) -> str:
+    """An attendee within one booking, for the key: the e-mail (trimmed, lower-cased),
+    else ``name:<name>|phone:<phone>``; empty when it names no one."""
+    email = attendee.get("email")
+    if isinstance(email, str) and email.strip():
+        return email.strip().lower()
+    parts = [
+        f"{field}:{' '.join(value.split()).lower()}"
+        for field, value in (("name", attendee.get("name")), ("phone", attendee.get("phoneNumber")))
+        if isinstance(value, str) and value.strip()
+    ]
+    return "|".join(parts)
 
 
 def event_key(envelope: Envelope, body: bytes) -> str:
     """The idempotency key of a Cal.com delivery (Cal.com sends no event id).
 
+    What tells two deliveries apart: ``createdAt``. Cal.com stamps it once per trigger
+    occurrence and subscriber (``new Date().toISOString()`` where the trigger fires,
+    e.g. ``handleCancelBooking.ts``, ``handleWebhookTrigger.ts``) and a retry re-sends
+    the same body (the tasker's ``sendWebhook`` task stores ``createdAt`` with the
+    data, ``packages/features/tasker/tasks/sendWebook.ts``). A seat given up and booked
+    again, or given up twice, is the same uid, start and person at a later
+    ``createdAt``: new events. A body without ``createdAt`` (a custom template that
+    does not render it) cannot tell its deliveries apart any other way, so its key ends
+    in the body's SHA-256: only a byte-identical re-send is a duplicate.
+
     - Booking lifecycle (``BOOKING_CREATED`` … ``BOOKING_PAID``):
-      ``T:uid:startTime[:<seat>]`` where ``<seat>`` is ``seat:<attendeeSeatId>`` or the
-      sorted attendee e-mails (left out when there are none): every seat of a seated
-      event shares uid and start, and a seat's cancellation lists only the leaving
-      attendee. A reschedule moves the start
-      (or makes a new uid); the same booking re-sent, even with a new ``createdAt``, is
-      a duplicate. ``BOOKING_RESCHEDULED`` adds its ``createdAt`` after the start
-      (``T:uid:startTime:createdAt``): a booking moved away and back is two moves.
-    - ``MEETING_STARTED`` / ``MEETING_ENDED``: ``T:uid:startTime`` (once per booking).
-    - ``BOOKING_NO_SHOW_UPDATED``: ``T:bookingUid:createdAt:<email=0|1,...>``: marking and
-      unmarking, or two attendees, are distinct updates; a retry is byte-identical.
+      ``T:uid:startTime:createdAt[:<who>]`` where ``<who>`` is ``seat:<attendeeSeatId>``
+      or the sorted attendees (e-mail, else name and phone; left out when none).
+    - ``MEETING_STARTED`` / ``MEETING_ENDED``: ``T:uid:startTime`` (once per booking:
+      the scheduled job's flat booking carries the booking's own ``createdAt``).
+    - ``BOOKING_NO_SHOW_UPDATED``: ``T:bookingUid:createdAt:<who=0|1,...>``.
     - ``AFTER_HOSTS_CAL_VIDEO_NO_SHOW``: ``T:bookingUid:hostEmail`` (one per host);
-      ``AFTER_GUESTS_CAL_VIDEO_NO_SHOW``: ``T:bookingUid``.
-    - Anything else (recordings, forms, out-of-office, instant meetings, ``PING``,
-      custom templates, future triggers): ``T:sha256:<body digest>`` (with the booking
-      uid after ``T`` when there is one): only a byte-identical re-send dedups.
+      ``AFTER_GUESTS_CAL_VIDEO_NO_SHOW``: ``T:bookingUid`` (the task may re-run with a
+      new ``createdAt``; it is sent once per booking).
+    - Lifecycle and no-show keys without ``createdAt``, a host no-show without
+      ``hostEmail``, and anything else (recordings, forms, out-of-office, instant
+      meetings, ``PING``, templates, future triggers) end in ``sha256:<body digest>``
+      (with the booking uid after ``T`` when there is one).
     """
-    trigger, ref = envelope.trigger, envelope.booking_ref()
+    trigger, ref, created = envelope.trigger, envelope.booking_ref(), envelope.created_at
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
     if ref and trigger in LIFECYCLE:
-        start = envelope.text("startTime")
-        if trigger == "BOOKING_RESCHEDULED":
-            # Moved there and back (same uid): the same start twice, two moves.
-            start = f"{start}:{envelope.created_at}"
-        seat = envelope.attendee_part()
-        return f"{trigger}:{ref}:{start}" + (f":{seat}" if seat else "")
+        who = envelope.attendee_part()
+        key = f"{trigger}:{ref}:{envelope.text('startTime')}"
+        key += f":{created}" if created else ""
+        key += f":{who}" if who else ""
+        return key if created else f"{key}:{digest}"
     if ref and trigger in ("MEETING_STARTED", "MEETING_ENDED"):
         return f"{trigger}:{ref}:{envelope.text('startTime')}"
     if ref and trigger == "BOOKING_NO_SHOW_UPDATED":
-        return f"{trigger}:{ref}:{envelope.created_at}:{envelope.no_show_part()}"
-    if ref and trigger == "AFTER_HOSTS_CAL_VIDEO_NO_SHOW":
-        return f"{trigger}:{ref}:{envelope.text('hostEmail').lower()}"
+        key = f"{trigger}:{ref}:{created}:{envelope.no_show_part()}"
+        return key if created else f"{key}:{digest}"
+    host = envelope.text("hostEmail").strip().lower()
+    if ref and trigger == "AFTER_HOSTS_CAL_VIDEO_NO_SHOW" and host:
+        return f"{trigger}:{ref}:{host}"
     if ref and trigger == "AFTER_GUESTS_CAL_VIDEO_NO_SHOW":
         return f"{trigger}:{ref}"
-    digest = "sha256:" + hashlib.sha256(body).hexdigest()
     return f"{trigger}:{ref}:{digest}" if ref else f"{trigger}:{digest}"
 
 
