@@ -73,3 +73,9 @@ logger_class = JsonLogger
 def child_exit(_server: object, worker: object) -> None:
     """A gunicorn worker ended: drop its live gauges; its counters stay in the sums."""
     mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+
+
+def post_worker_init(worker: object) -> None:
+    """A worker loaded the app: connect its inbound lookup now, not on the first call."""
+    app = worker.wsgi  # type: ignore[attr-defined]
+    app.extensions["hookfleet_inbound"].warm()

@@ -80,6 +80,19 @@ class InboundDirectory:
         self._local_put(phone.value, contact)
         return contact
 
+    def warm(self) -> None:
+        """Open this process's lookup connection and run the lookup once, in the
+        background: the first inbound call after a (re)start would otherwise pay for the
+        database connection and the statement's compilation and miss its budget. Never
+        raises; a failure is one warning (the first call then dials, as before)."""
+        self._executor().submit(self._warm)
+
+    def _warm(self) -> None:
+        try:
+            self._query("+0")  # a number no branch has: the connection and the plan only
+        except Exception as error:  # noqa: BLE001 (best effort: the calls still work)
+            log.warning("inbound lookup warm-up failed", extra={"error": type(error).__name__})
+
     def _lookup(self, e164: str) -> BranchContact | None:
         key = REDIS_PREFIX + e164
         try:

@@ -209,3 +209,23 @@ def test_database_frozen_mid_lookup_gives_an_empty_answer_within_the_budget(
 
     assert (response.status_code, response.get_json()) == (200, {"call_inbound": {}})
     assert elapsed < 1.0
+
+
+def test_warm_up_connects_the_lookup_before_the_first_call(
+    database_url: str, redis_url: str
+) -> None:
+    """gunicorn's post_worker_init warms each worker's directory, so the first inbound
+    call after a (re)start does not spend its budget dialling the database."""
+    seed(database_url)
+    app = create_app({"HOOKFLEET_REDIS_URL": redis_url, "HOOKFLEET_DATABASE_URL": database_url})
+    directory = app.extensions["hookfleet_inbound"]
+    directory.warm()
+    engine = directory._db()
+    deadline = time.monotonic() + 10
+    while engine.pool.checkedin() < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    assert engine.pool.checkedin() == 1  # a connection, opened and ready
+    contact = directory.find("030 1234567")
+    assert contact is not None and contact.agent_id == "agent_mitte"
+    assert engine.pool.checkedin() == 1  # the call used it, dialled nothing new
