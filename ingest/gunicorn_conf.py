@@ -76,6 +76,7 @@ def child_exit(_server: object, worker: object) -> None:
 
 
 def post_worker_init(worker: object) -> None:
-    """A worker loaded the app: connect its inbound lookup now, not on the first call."""
+    """A worker loaded the app: connect its inbound lookup before it accepts requests
+    (gunicorn calls this hook before the worker's accept loop), not on the first call."""
     app = worker.wsgi  # type: ignore[attr-defined]
     app.extensions["hookfleet_inbound"].warm()

@@ -80,12 +80,15 @@ class InboundDirectory:
         self._local_put(phone.value, contact)
         return contact
 
-    def warm(self) -> None:
-        """Open this process's lookup connection and run the lookup once, in the
-        background: the first inbound call after a (re)start would otherwise pay for the
-        database connection and the statement's compilation and miss its budget. Never
-        raises; a failure is one warning (the first call then dials, as before)."""
-        self._executor().submit(self._warm)
+    def warm(self, wait_s: float = 5.0) -> None:
+        """Open this process's lookup connection and run the lookup once, waiting at most
+        ``wait_s`` seconds: the first inbound call after a (re)start would otherwise pay
+        for the database connection and the statement's compilation and miss its budget.
+        Never raises; a failure is one warning (the first call then dials, as before)."""
+        try:
+            self._executor().submit(self._warm).result(timeout=wait_s)
+        except FutureTimeout:
+            log.warning("inbound lookup warm-up still running", extra={"wait_s": wait_s})
 
     def _warm(self) -> None:
         try:

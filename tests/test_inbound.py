@@ -221,9 +221,6 @@ def test_warm_up_connects_the_lookup_before_the_first_call(
     directory = app.extensions["hookfleet_inbound"]
     directory.warm()
     engine = directory._db()
-    deadline = time.monotonic() + 10
-    while engine.pool.checkedin() < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
 
     assert engine.pool.checkedin() == 1  # a connection, opened and ready
     contact = directory.find("030 1234567")
