@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, MetaData, Text
+from sqlalchemy import DateTime, ForeignKey, MetaData, String, Text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, MappedColumn, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -19,6 +19,18 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+def exact_text(length: int) -> String:
+    """A natural key compared byte for byte: an id a provider chose (a Retell
+    ``call_id``, a Stripe ``evt_`` id, a Cal.com uid), where ``callAbC`` and ``callabc``,
+    or ``é`` and ``e``, are two things. MariaDB's default ``utf8mb4_general_ci`` folds
+    case and accents (a UNIQUE index would then collapse two ids into one row);
+    ``utf8mb4_bin`` compares what was stored. SQLite's default collation is BINARY."""
+    return String(length).with_variant(
+        mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+    )
+
 
 # TEXT tops out at 64 KiB on MariaDB; a Retell transcript can pass that.
 LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")

@@ -8,11 +8,20 @@ from typing import Any
 from sqlalchemy import Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, deferred, mapped_column
 
-from models.base import Base, LongText, PortableJSON, UTCDateTime, optional_link, utcnow
+from models.base import (
+    Base,
+    LongText,
+    PortableJSON,
+    UTCDateTime,
+    exact_text,
+    optional_link,
+    utcnow,
+)
 
 
 class Call(Base):
-    """A voice (or chat) call. ``call_id`` is Retell's id, UNIQUE.
+    """A voice (or chat) call. ``call_id`` is Retell's id, UNIQUE, compared byte for
+    byte (Retell's ids are mixed-case).
 
     ``event_rank`` is the rank of the latest-stage event merged so far (started <
     ended < analyzed): a lower-ranked event arriving late only fills gaps, so the
@@ -28,7 +37,7 @@ class Call(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    call_id: Mapped[str] = mapped_column(String(128), unique=True)
+    call_id: Mapped[str] = mapped_column(exact_text(128), unique=True)
     company_id: Mapped[int | None] = optional_link("companies")
     branch_id: Mapped[int | None] = optional_link("branches")
     customer_id: Mapped[int | None] = optional_link("customers")
