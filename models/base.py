@@ -21,14 +21,20 @@ NAMING = {
 }
 
 
+# MariaDB's byte-for-byte collation without trailing-space padding.
+EXACT_COLLATION = "utf8mb4_nopad_bin"
+
+
 def exact_text(length: int) -> String:
     """A natural key compared byte for byte: an id a provider chose (a Retell
     ``call_id``, a Stripe ``evt_`` id, a Cal.com uid), where ``callAbC`` and ``callabc``,
-    or ``é`` and ``e``, are two things. MariaDB's default ``utf8mb4_general_ci`` folds
-    case and accents (a UNIQUE index would then collapse two ids into one row);
-    ``utf8mb4_bin`` compares what was stored. SQLite's default collation is BINARY."""
+    or ``é`` and ``e``, or ``id`` and ``id `` are two things. MariaDB's default
+    ``utf8mb4_general_ci`` folds case and accents (a UNIQUE index would then collapse
+    two ids into one row), and even ``utf8mb4_bin`` ignores trailing spaces (a PAD SPACE
+    collation); ``utf8mb4_nopad_bin`` (MariaDB 10.2+) compares the bytes stored.
+    SQLite's default collation is BINARY."""
     return String(length).with_variant(
-        mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+        mysql.VARCHAR(length, charset="utf8mb4", collation=EXACT_COLLATION), "mysql", "mariadb"
     )
 
 

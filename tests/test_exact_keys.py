@@ -16,7 +16,12 @@ from models.events import EventStatus, WebhookEvent
 from workers.events import IncomingEvent, Outcome, record_batch, record_event
 
 # Pairs a case- or accent-folding collation (MariaDB's utf8mb4_general_ci) takes as one.
-TWINS = [("AbCdEf123", "abcdef123"), ("call_é1", "call_e1"), ("evt_ß", "evt_ss")]
+TWINS = [
+    ("AbCdEf123", "abcdef123"),
+    ("call_é1", "call_e1"),
+    ("evt_ß", "evt_ss"),
+    ("evt_pad", "evt_pad "),  # PAD SPACE collations (utf8mb4_bin too) ignore the space
+]
 
 
 def call_event(event_id: str, call_id: str) -> IncomingEvent:

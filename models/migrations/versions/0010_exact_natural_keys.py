@@ -4,7 +4,8 @@ MariaDB's default ``utf8mb4_general_ci`` folds case and accents: a Retell ``call
 ``callAbC`` and ``callabc``, or Stripe ``evt_`` / Standard ``webhook-id`` values that
 differ only in case, were one row in a UNIQUE index while Redis dedup (byte keys) let
 both through: the second delivery was silently lost. These columns become
-``utf8mb4_bin``: ``webhook_events.provider`` and ``event_id``, ``calls.call_id``,
+``utf8mb4_nopad_bin`` (``utf8mb4_bin`` would still take ``id`` and ``id `` for one):
+``webhook_events.provider`` and ``event_id``, ``calls.call_id``,
 ``appointments.calcom_uid`` and ``rescheduled_from_uid``,
 ``appointment_attendees.seat_uid``, ``agents.retell_agent_id``. SQLite compares BINARY
 already: nothing to do there.
@@ -41,7 +42,7 @@ COLUMNS = (
 
 def _binary(length: int) -> sa.types.TypeEngine[str]:
     return sa.String(length).with_variant(
-        mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+        mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_nopad_bin"), "mysql", "mariadb"
     )
 
 
