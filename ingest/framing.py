@@ -47,7 +47,7 @@ def limit_announced_chunks(environ: dict[str, Any], limit: int) -> None:
         return size, rest
 
     # An instance attribute: the parser generator looks the method up at each line.
-    reader.parse_chunk_size = budgeted  # type: ignore[method-assign]
+    reader.parse_chunk_size = budgeted
 
 
 def close_after_answer(environ: dict[str, Any]) -> None:

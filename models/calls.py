@@ -18,6 +18,17 @@ from models.base import (
     utcnow,
 )
 
+# The width of calls.call_id. Retell's ids are 32 characters (retell-python-sdk
+# call_response.py examples: "Jabr9TXYYJHfvl6Syypi88rdAHYHmcq6").
+CALL_ID_LENGTH = 128
+
+
+def is_call_id(value: object) -> bool:
+    """Whether ``value`` can key a call (a Retell ``call_id`` / ``chat_id``): a string
+    of 1 to CALL_ID_LENGTH characters, not only white space. The receiver refuses a
+    call event without one (422), so the worker never meets it."""
+    return isinstance(value, str) and 0 < len(value) <= CALL_ID_LENGTH and not value.isspace()
+
 
 class Call(Base):
     """A voice (or chat) call. ``call_id`` is Retell's id, UNIQUE, compared byte for
@@ -37,7 +48,7 @@ class Call(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    call_id: Mapped[str] = mapped_column(exact_text(128), unique=True)
+    call_id: Mapped[str] = mapped_column(exact_text(CALL_ID_LENGTH), unique=True)
     company_id: Mapped[int | None] = optional_link("companies")
     branch_id: Mapped[int | None] = optional_link("branches")
     customer_id: Mapped[int | None] = optional_link("customers")

@@ -30,6 +30,7 @@ from ingest.providers.base import (
     VerificationError,
     body_digest,
 )
+from models.calls import CALL_ID_LENGTH, is_call_id
 from models.settings import ProviderSettings
 
 if TYPE_CHECKING:
@@ -115,7 +116,8 @@ class Retell(Provider):
 
     def identify(self, delivery: Delivery, payload: dict[str, Any]) -> EventIdentity:
         """Raises ShapeError unless ``event`` is a non-empty string and the object the
-        event is about (``call_inbound``, ``call`` or ``chat``) is there."""
+        event is about (``call_inbound``, ``call`` or ``chat``) is there, and, for a
+        once-per-call event, its ``call_id`` / ``chat_id`` is ``models.calls.is_call_id``."""
         event = payload.get("event")
         if not isinstance(event, str) or not event:
             raise ShapeError("A Retell webhook needs a non-empty string 'event'.")
@@ -145,6 +147,13 @@ class Retell(Provider):
             # (keyed by its body) rather than refused and lost.
             return EventIdentity(event_id=f"{event}:{body_digest(delivery.body)}", event_type=event)
         subject_id = about.get(f"{subject}_id")
+        if event in ONCE_PER_CALL and not is_call_id(subject_id):
+            # The worker makes a row of this call (or chat): without an id it could not,
+            # and a 202 would be a promise the worker breaks.
+            raise ShapeError(
+                f"A Retell {event} webhook needs {subject}.{subject}_id: a non-empty string "
+                f"of at most {CALL_ID_LENGTH} characters."
+            )
         if not isinstance(subject_id, str) or not subject_id:
             event_id = body_digest(delivery.body)
         elif event in ONCE_PER_CALL:
