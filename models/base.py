@@ -53,7 +53,11 @@ class PortableJSON(TypeDecorator[Any]):
     cache_ok = True
 
     def process_bind_param(self, value: Any, dialect: Any) -> str | None:
-        return None if value is None else json.dumps(value, separators=(",", ":"))
+        # Non-ASCII as UTF-8, not \uXXXX: "é" is 2 bytes, not 6 (7 once escaped in SQL),
+        # so a stored document is never much larger than the body it came from.
+        if value is None:
+            return None
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
     def process_result_value(self, value: str | None, dialect: Any) -> Any:
         return None if value is None else json.loads(value)

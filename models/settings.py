@@ -25,8 +25,9 @@ _TRUTHY = {"1", "on", "true", "yes"}
 # Body limits: a provider's largest real delivery, with margin (README, "Body limits").
 # Retell: a two-hour call_analyzed (Retell's longest call) with transcript, per-word
 # transcript_object and transcript_with_tool_calls measures 2.1 MiB, 3.1 MiB with PII
-# scrubbing's third copy (tests/long_calls.py); 6 MiB leaves 2-3x and stays under half
-# of MariaDB's 16 MiB max_allowed_packet. Everything else sends a few KB.
+# scrubbing's third copy (tests/long_calls.py); 6 MiB leaves 2-3x, and a call's row
+# (the body and its transcript, each escaped: up to 4x the body) stays under the
+# 32 MiB max_allowed_packet of deploy/mariadb.cnf. Everything else sends a few KB.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 PROVIDER_MAX_BODY_BYTES = MappingProxyType({"retell": 6 * 1024 * 1024})
 
@@ -178,7 +179,7 @@ class Settings:
     @property
     def largest_body_limit(self) -> int:
         """The largest body any provider may send: what a worker and the database must
-        hold (MariaDB's max_allowed_packet must exceed twice this, see README)."""
+        hold (MariaDB's max_allowed_packet should be 4x this + 1 MiB, see README)."""
         names = {*PROVIDER_MAX_BODY_BYTES, *self.providers}
         return max([self.body_limit(name) for name in names] + [self.body_limit("")])
 

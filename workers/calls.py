@@ -10,6 +10,7 @@ never goes back (an ended call is not "ongoing" again because call_started came 
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,7 @@ from models.events import WebhookEvent
 from models.payloads import PayloadError, loads
 from models.phones import normalize_phone
 from workers.customers import find_or_create_customer
+from workers.packets import escaped_size, statement_budget
 from workers.retries import PermanentError, RaceLost
 
 log = logging.getLogger("hookfleet.worker.calls")
@@ -52,6 +54,7 @@ def apply_retell_event(session: Session, event: WebhookEvent) -> None:
         raise PermanentError(f"{event.event_type} without a usable call.call_id")
     assert isinstance(call_id, str)
     fields = _fields(event.event_type, details, event.payload)
+    _fit_statement(fields, statement_budget(session))
 
     call = session.scalars(select(Call).where(Call.call_id == call_id).with_for_update()).first()
     if call is None:
@@ -146,6 +149,33 @@ def _whole_number(value: object) -> int | None:
 
 def _skipped(field: str, reason: str) -> None:
     log.info("call field not stored", extra={"field": field, "reason": reason})
+
+
+# Columns whose value is also inside raw_payload, the first to leave a row too large.
+_REPEATED = ("transcript", "analysis", "summary")
+
+
+def _fit_statement(fields: dict[str, Any], budget: int) -> None:
+    """Leave out repeated columns (``transcript``, then ``analysis``, then ``summary``,
+    each with an INFO line) until the row's escaped size fits one statement: the row is
+    written whatever ``max_allowed_packet`` is, and the values stay in ``raw_payload``.
+    With the README's packet rule nothing is left out."""
+    for name in _REPEATED:
+        if _escaped_row_size(fields) <= budget:
+            return
+        if fields[name] is not None:
+            fields[name] = None
+            _skipped(name, "the row would pass max_allowed_packet; kept in raw_payload")
+
+
+def _escaped_row_size(fields: dict[str, Any]) -> int:
+    size = 0
+    for value in fields.values():
+        if isinstance(value, str):
+            size += escaped_size(value)
+        elif isinstance(value, dict):
+            size += escaped_size(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+    return size
 
 
 def _merge(call: Call, fields: dict[str, Any], rank: int) -> None:
