@@ -130,6 +130,13 @@ class Settings:
     # within batch_wait_ms of the first): two commits per batch instead of one per event.
     batch_size: int = 50
     batch_wait_ms: int = 10
+    # ...and of at most batch_bytes of messages (a single larger one goes alone): what a
+    # pool process decodes and applies at once, so what its memory follows. 0: no bound.
+    batch_bytes: int = 8 * 1024 * 1024
+    # A pool process whose resident memory passed this after a batch is replaced by a
+    # fresh one (Celery's worker_max_memory_per_child): CPython keeps the peak of a
+    # batch of long calls otherwise. 0: never replaced.
+    worker_max_memory_mb: int = 400
     # Messages each worker process reserves ahead; 0: twice the batch size, so one
     # batch fills while the last one runs.
     worker_prefetch_multiplier: int = 0
@@ -232,6 +239,10 @@ class Settings:
             ),
             batch_size=max(1, _int(env, "HOOKFLEET_BATCH_SIZE", cls.batch_size)),
             batch_wait_ms=max(0, _int(env, "HOOKFLEET_BATCH_WAIT_MS", cls.batch_wait_ms)),
+            batch_bytes=max(0, _int(env, "HOOKFLEET_BATCH_BYTES", cls.batch_bytes)),
+            worker_max_memory_mb=max(
+                0, _int(env, "HOOKFLEET_WORKER_MAX_MEMORY_MB", cls.worker_max_memory_mb)
+            ),
             worker_prefetch_multiplier=_int(
                 env, "HOOKFLEET_WORKER_PREFETCH", cls.worker_prefetch_multiplier
             ),
