@@ -12,6 +12,7 @@ event ``processed``. Shapes: retell-python-sdk ``types/call_response.py`` (``cal
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest import create_app
+from ingest.providers import retell
+from ingest.providers.base import Delivery
 from models.calls import Call
 from models.events import EventStatus, WebhookEvent
 from workers.events import IncomingEvent, Outcome, record_event
@@ -162,3 +165,26 @@ def test_a_call_id_of_the_full_width_is_accepted(retell_client: FlaskClient) -> 
     response = retell_client.post("/webhooks/retell", json=body)
 
     assert response.status_code == 202
+
+
+def inbound(body: bytes, signed_at_ms: int) -> Delivery:
+    signature = retell.sign("key_inbound", body, signed_at_ms)
+    return Delivery(body=body, headers={retell.HEADER: signature}, received_at=time.time())
+
+
+@pytest.mark.parametrize("event", ["call_inbound", "chat_inbound"])
+def test_two_inbound_calls_from_one_caller_are_two_events_and_a_resend_is_one(
+    event: str,
+) -> None:
+    # Retell's inbound body names only the numbers: every call from this caller to this
+    # number is the same bytes. Each request is signed when sent (v=, Unix ms).
+    payload = {"event": event, event: {"from_number": "+4915112345678", "to_number": "+4930"}}
+    body = json.dumps(payload).encode()
+
+    first = retell.PROVIDER.identify(inbound(body, 1_764_061_200_000), payload)
+    resent = retell.PROVIDER.identify(inbound(body, 1_764_061_200_000), payload)
+    next_call = retell.PROVIDER.identify(inbound(body, 1_764_061_260_000), payload)
+
+    assert first.event_id == resent.event_id
+    assert first.event_id != next_call.event_id
+    assert first.inline and next_call.inline

@@ -330,3 +330,12 @@ def test_a_malformed_chunked_body_is_answered_with_connection_close(
     head = answer.partition(b"\r\n\r\n")[0].lower()
     assert b"connection: close" in head
     assert b"keep-alive" not in head
+
+
+@pytest.mark.parametrize("path", ["/webhooks//standard", "/webhooks///stripe"])
+def test_a_doubled_slash_is_a_json_404_not_a_redirect(web: Processes, path: str) -> None:
+    status, headers, body = request(web.base_url, "POST", path, {"type": "x"})
+
+    assert status == 404
+    assert headers["content-type"] == "application/json"
+    assert body["error"]["code"] == "not_found"
