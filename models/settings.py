@@ -133,10 +133,13 @@ class Settings:
     # ...and of at most batch_bytes of messages (a single larger one goes alone): what a
     # pool process decodes and applies at once, so what its memory follows. 0: no bound.
     batch_bytes: int = 8 * 1024 * 1024
-    # A pool process whose resident memory passed this after a batch is replaced by a
-    # fresh one (Celery's worker_max_memory_per_child): CPython keeps the peak of a
-    # batch of long calls otherwise. 0: never replaced.
-    worker_max_memory_mb: int = 400
+    # A pool process whose peak resident memory passed this after a batch is replaced by
+    # a fresh one (Celery's worker_max_memory_per_child; billiard reads ru_maxrss):
+    # CPython keeps the peak of a batch of long calls otherwise. The figure counts the
+    # pages a child shares with the main process from its fork, so it must stay well
+    # above the main process's size, or children are replaced after every batch.
+    # 0: never replaced.
+    worker_max_memory_mb: int = 1024
     # Messages each worker process reserves ahead; 0: twice the batch size, so one
     # batch fills while the last one runs.
     worker_prefetch_multiplier: int = 0
