@@ -38,6 +38,10 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     configure_logging(settings.log_level)
     configure_regions(settings.phone_regions)
     app = Flask("hookfleet")
+    # werkzeug would answer /webhooks//stripe with a 308 HTML redirect (Flask passes
+    # routing redirects through its error handlers untouched); a path is matched as
+    # written, so a doubled slash is a JSON 404 like any unknown path.
+    app.url_map.merge_slashes = False
     app.config["HOOKFLEET_SETTINGS"] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]
 

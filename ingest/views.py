@@ -18,6 +18,7 @@ from werkzeug.exceptions import ClientDisconnected
 
 from ingest.dedup import Admission, DedupGate, NotReplicated, dedup_key
 from ingest.errors import ApiError
+from ingest.framing import AnnouncedTooLarge, close_after_answer, limit_announced_chunks
 from ingest.inbound import InboundDirectory
 from ingest.providers import find_provider
 from ingest.providers.base import (
@@ -321,13 +322,16 @@ def _read_delivery(limit: int) -> Delivery:
 
     400 ``incomplete_body`` when the body ends before its ``Content-Length`` or its last
     chunk (the client hung up: it is most likely gone, and nothing is queued), 400
-    ``malformed_body`` for broken chunked framing, 413 ``body_too_large``.
+    ``malformed_body`` for broken chunked framing, 413 ``body_too_large`` (for a chunked
+    body as soon as its chunk-size lines announce more than ``limit``, before the bytes).
     """
     declared = request.content_length
     if declared is not None and declared > limit:
         raise ApiError(413, "body_too_large", f"The body exceeds {limit} bytes.")
+    limit_announced_chunks(request.environ, limit)
     body = _read_at_most(limit + 1)
     if len(body) > limit:
+        close_after_answer(request.environ)
         raise ApiError(413, "body_too_large", f"The body exceeds {limit} bytes.")
     if declared is not None and len(body) < declared:
         raise ApiError(
@@ -401,7 +405,13 @@ def _read_at_most(size: int) -> bytes:
     while remaining > 0:
         try:
             part = request.stream.read(remaining)
+        except AnnouncedTooLarge as error:
+            close_after_answer(request.environ)
+            raise ApiError(
+                413, "body_too_large", f"The body exceeds {error.limit} bytes."
+            ) from None
         except ParseException as error:
+            close_after_answer(request.environ)
             raise ApiError(
                 400, "malformed_body", f"The chunked body is malformed: {error}"[:300]
             ) from None

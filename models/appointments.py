@@ -10,7 +10,7 @@ from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, Unique
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, deferred, mapped_column, relationship
 
-from models.base import Base, LongText, UTCDateTime, optional_link, utcnow
+from models.base import Base, LongText, UTCDateTime, exact_text, optional_link, utcnow
 from models.business import EMAIL_MAX
 
 
@@ -62,7 +62,7 @@ class Appointment(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    calcom_uid: Mapped[str] = mapped_column(String(128), unique=True)
+    calcom_uid: Mapped[str] = mapped_column(exact_text(128), unique=True)
     calcom_booking_id: Mapped[int | None] = mapped_column(Integer, default=None)
     company_id: Mapped[int | None] = optional_link("companies")
     branch_id: Mapped[int | None] = optional_link("branches")
@@ -81,7 +81,7 @@ class Appointment(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     payment_status: Mapped[str | None] = mapped_column(String(16), default=None)
     host_no_show: Mapped[bool | None] = mapped_column(Boolean, default=None)
-    rescheduled_from_uid: Mapped[str | None] = mapped_column(String(128), default=None)
+    rescheduled_from_uid: Mapped[str | None] = mapped_column(exact_text(128), default=None)
     cancellation_reason: Mapped[str | None] = mapped_column(Text, default=None)
     raw_payload: Mapped[str | None] = deferred(mapped_column(LongText, default=None))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -113,7 +113,7 @@ class AppointmentAttendee(Base):
     appointment_id: Mapped[int] = mapped_column(ForeignKey("appointments.id", ondelete="CASCADE"))
     email: Mapped[str | None] = mapped_column(ExactEmail, default=None)
     name: Mapped[str | None] = mapped_column(String(200), default=None)
-    seat_uid: Mapped[str | None] = mapped_column(String(128), default=None)
+    seat_uid: Mapped[str | None] = mapped_column(exact_text(128), default=None)
     customer_id: Mapped[int | None] = optional_link("customers")
     status: Mapped[str] = mapped_column(String(16), default=AttendeeStatus.BOOKED)
     status_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, MetaData, Text
+from sqlalchemy import DateTime, ForeignKey, MetaData, String, Text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, MappedColumn, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -19,6 +19,24 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# MariaDB's byte-for-byte collation without trailing-space padding.
+EXACT_COLLATION = "utf8mb4_nopad_bin"
+
+
+def exact_text(length: int) -> String:
+    """A natural key compared byte for byte: an id a provider chose (a Retell
+    ``call_id``, a Stripe ``evt_`` id, a Cal.com uid), where ``callAbC`` and ``callabc``,
+    or ``é`` and ``e``, or ``id`` and ``id `` are two things. MariaDB's default
+    ``utf8mb4_general_ci`` folds case and accents (a UNIQUE index would then collapse
+    two ids into one row), and even ``utf8mb4_bin`` ignores trailing spaces (a PAD SPACE
+    collation); ``utf8mb4_nopad_bin`` (MariaDB 10.2+) compares the bytes stored.
+    SQLite's default collation is BINARY."""
+    return String(length).with_variant(
+        mysql.VARCHAR(length, charset="utf8mb4", collation=EXACT_COLLATION), "mysql", "mariadb"
+    )
+
 
 # TEXT tops out at 64 KiB on MariaDB; a Retell transcript can pass that.
 LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
@@ -35,7 +53,11 @@ class PortableJSON(TypeDecorator[Any]):
     cache_ok = True
 
     def process_bind_param(self, value: Any, dialect: Any) -> str | None:
-        return None if value is None else json.dumps(value, separators=(",", ":"))
+        # Non-ASCII as UTF-8, not \uXXXX: "é" is 2 bytes, not 6 (7 once escaped in SQL),
+        # so a stored document is never much larger than the body it came from.
+        if value is None:
+            return None
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
     def process_result_value(self, value: str | None, dialect: Any) -> Any:
         return None if value is None else json.loads(value)

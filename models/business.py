@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
-from models.base import Base, PortableJSON, UTCDateTime, optional_link, utcnow
+from models.base import Base, PortableJSON, UTCDateTime, exact_text, optional_link, utcnow
 from models.phones import normalize_phone
 
 
@@ -109,7 +109,7 @@ class Agent(Base):
     branch_id: Mapped[int] = mapped_column(
         ForeignKey("branches.id", ondelete="CASCADE"), unique=True
     )
-    retell_agent_id: Mapped[str | None] = mapped_column(String(64), default=None, unique=True)
+    retell_agent_id: Mapped[str | None] = mapped_column(exact_text(64), default=None, unique=True)
     retell_llm_id: Mapped[str | None] = mapped_column(String(64), default=None)
     phone_number: Mapped[str | None] = mapped_column(String(32), default=None)
     name: Mapped[str] = mapped_column(String(200))

@@ -8,11 +8,31 @@ from typing import Any
 from sqlalchemy import Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, deferred, mapped_column
 
-from models.base import Base, LongText, PortableJSON, UTCDateTime, optional_link, utcnow
+from models.base import (
+    Base,
+    LongText,
+    PortableJSON,
+    UTCDateTime,
+    exact_text,
+    optional_link,
+    utcnow,
+)
+
+# The width of calls.call_id. Retell's ids are 32 characters (retell-python-sdk
+# call_response.py examples: "Jabr9TXYYJHfvl6Syypi88rdAHYHmcq6").
+CALL_ID_LENGTH = 128
+
+
+def is_call_id(value: object) -> bool:
+    """Whether ``value`` can key a call (a Retell ``call_id`` / ``chat_id``): a string
+    of 1 to CALL_ID_LENGTH characters, not only white space. The receiver refuses a
+    call event without one (422), so the worker never meets it."""
+    return isinstance(value, str) and 0 < len(value) <= CALL_ID_LENGTH and not value.isspace()
 
 
 class Call(Base):
-    """A voice (or chat) call. ``call_id`` is Retell's id, UNIQUE.
+    """A voice (or chat) call. ``call_id`` is Retell's id, UNIQUE, compared byte for
+    byte (Retell's ids are mixed-case).
 
     ``event_rank`` is the rank of the latest-stage event merged so far (started <
     ended < analyzed): a lower-ranked event arriving late only fills gaps, so the
@@ -28,7 +48,7 @@ class Call(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    call_id: Mapped[str] = mapped_column(String(128), unique=True)
+    call_id: Mapped[str] = mapped_column(exact_text(CALL_ID_LENGTH), unique=True)
     company_id: Mapped[int | None] = optional_link("companies")
     branch_id: Mapped[int | None] = optional_link("branches")
     customer_id: Mapped[int | None] = optional_link("customers")

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Enum, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, deferred, mapped_column
 
-from models.base import Base, LongText, PortableJSON, UTCDateTime, utcnow
+from models.base import Base, LongText, PortableJSON, UTCDateTime, exact_text, utcnow
 
 
 class EventStatus(enum.StrEnum):
@@ -23,6 +23,8 @@ class WebhookEvent(Base):
     """A delivery as the receiver accepted it and what became of it.
 
     ``(provider, event_id)`` is UNIQUE: Redis dedup forgets after its TTL, this does not.
+    Both compare byte for byte (``exact_text``), like the Redis key: ids that differ
+    only in case or accents are two deliveries.
     ``payload`` is deferred, so listing queries never load it.
     """
 
@@ -36,8 +38,8 @@ class WebhookEvent(Base):
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
-    provider: Mapped[str] = mapped_column(String(32))
-    event_id: Mapped[str] = mapped_column(String(191))
+    provider: Mapped[str] = mapped_column(exact_text(32))
+    event_id: Mapped[str] = mapped_column(exact_text(191))
     event_type: Mapped[str] = mapped_column(String(128), default="")
     queue: Mapped[str] = mapped_column(String(64), default="")
     correlation_id: Mapped[str] = mapped_column(String(128), default="")

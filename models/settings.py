@@ -25,8 +25,9 @@ _TRUTHY = {"1", "on", "true", "yes"}
 # Body limits: a provider's largest real delivery, with margin (README, "Body limits").
 # Retell: a two-hour call_analyzed (Retell's longest call) with transcript, per-word
 # transcript_object and transcript_with_tool_calls measures 2.1 MiB, 3.1 MiB with PII
-# scrubbing's third copy (tests/long_calls.py); 6 MiB leaves 2-3x and stays under half
-# of MariaDB's 16 MiB max_allowed_packet. Everything else sends a few KB.
+# scrubbing's third copy (tests/long_calls.py); 6 MiB leaves 2-3x, and a call's row
+# (the body and its transcript, each escaped: up to 4x the body) stays under the
+# 32 MiB max_allowed_packet of deploy/mariadb.cnf. Everything else sends a few KB.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 PROVIDER_MAX_BODY_BYTES = MappingProxyType({"retell": 6 * 1024 * 1024})
 
@@ -129,6 +130,16 @@ class Settings:
     # within batch_wait_ms of the first): two commits per batch instead of one per event.
     batch_size: int = 50
     batch_wait_ms: int = 10
+    # ...and of at most batch_bytes of messages (a single larger one goes alone): what a
+    # pool process decodes and applies at once, so what its memory follows. 0: no bound.
+    batch_bytes: int = 8 * 1024 * 1024
+    # A pool process whose peak resident memory passed this after a batch is replaced by
+    # a fresh one (Celery's worker_max_memory_per_child; billiard reads ru_maxrss):
+    # CPython keeps the peak of a batch of long calls otherwise. The figure counts the
+    # pages a child shares with the main process from its fork, so it must stay well
+    # above the main process's size, or children are replaced after every batch.
+    # 0: never replaced.
+    worker_max_memory_mb: int = 1024
     # Messages each worker process reserves ahead; 0: twice the batch size, so one
     # batch fills while the last one runs.
     worker_prefetch_multiplier: int = 0
@@ -178,7 +189,7 @@ class Settings:
     @property
     def largest_body_limit(self) -> int:
         """The largest body any provider may send: what a worker and the database must
-        hold (MariaDB's max_allowed_packet must exceed twice this, see README)."""
+        hold (MariaDB's max_allowed_packet should be 4x this + 1 MiB, see README)."""
         names = {*PROVIDER_MAX_BODY_BYTES, *self.providers}
         return max([self.body_limit(name) for name in names] + [self.body_limit("")])
 
@@ -231,6 +242,10 @@ class Settings:
             ),
             batch_size=max(1, _int(env, "HOOKFLEET_BATCH_SIZE", cls.batch_size)),
             batch_wait_ms=max(0, _int(env, "HOOKFLEET_BATCH_WAIT_MS", cls.batch_wait_ms)),
+            batch_bytes=max(0, _int(env, "HOOKFLEET_BATCH_BYTES", cls.batch_bytes)),
+            worker_max_memory_mb=max(
+                0, _int(env, "HOOKFLEET_WORKER_MAX_MEMORY_MB", cls.worker_max_memory_mb)
+            ),
             worker_prefetch_multiplier=_int(
                 env, "HOOKFLEET_WORKER_PREFETCH", cls.worker_prefetch_multiplier
             ),

@@ -294,3 +294,48 @@ def test_a_well_framed_chunked_delivery_is_still_accepted(
 
     assert answer.startswith(b"HTTP/1.1 202")
     assert total_queued(redis_client) == 1
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        b"200000\r\n",  # 2 MiB announced to a 1 MiB provider, no byte of it sent
+        b"ffffffffffffffff\r\n",
+        b"%x\r\n" % len(BODY) + BODY + b"\r\n100000\r\n",  # the second chunk passes the limit
+    ],
+    ids=["2 MiB", "2^64-1", "second chunk over"],
+)
+def test_a_chunk_announcing_more_than_the_limit_is_413_at_once_and_closes(
+    web: Processes, redis_client: redis.Redis, chunks: bytes
+) -> None:
+    # The client keeps its side open and sends nothing more: the size line alone decides.
+    started = time.monotonic()
+    answer = exchange(web, chunked("big-chunk", chunks), hang_up=False)
+
+    assert time.monotonic() - started < 10
+    assert parsed(answer)[0] == 413
+    assert parsed(answer)[1]["code"] == "body_too_large"
+    assert b"connection: close" in answer.lower()
+    assert total_queued(redis_client) == 0
+
+
+def test_a_malformed_chunked_body_is_answered_with_connection_close(
+    web: Processes, redis_client: redis.Redis
+) -> None:
+    raw = chunked("bad-crlf", b"%x\r\n" % len(BODY) + BODY + b"XX0\r\n\r\n")
+
+    answer = exchange(web, raw, hang_up=False)
+
+    assert parsed(answer)[1]["code"] == "malformed_body"
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert b"connection: close" in head
+    assert b"keep-alive" not in head
+
+
+@pytest.mark.parametrize("path", ["/webhooks//standard", "/webhooks///stripe"])
+def test_a_doubled_slash_is_a_json_404_not_a_redirect(web: Processes, path: str) -> None:
+    status, headers, body = request(web.base_url, "POST", path, {"type": "x"})
+
+    assert status == 404
+    assert headers["content-type"] == "application/json"
+    assert body["error"]["code"] == "not_found"

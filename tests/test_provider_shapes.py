@@ -38,11 +38,11 @@ def fixture(provider: str, name: str) -> bytes:
     return (FIXTURES / provider / f"{name}.json").read_bytes()
 
 
-def retell_expected(name: str, body: bytes) -> tuple[str, str]:
+def retell_expected(name: str, body: bytes, signed_at_ms: int) -> tuple[str, str]:
     """(event_id, event_type) by the README's Retell table."""
     event = json.loads(body)["event"]
     if event in ("call_inbound", "chat_inbound"):
-        return f"{event}:{body_digest(body)}", event
+        return f"{event}:{signed_at_ms}:{body_digest(body)}", event
     subject = json.loads(body).get("call") or json.loads(body).get("chat")
     subject_id = subject.get("call_id") or subject.get("chat_id")
     if event in (*RECURRING, "transfer_ended"):
@@ -62,7 +62,7 @@ def deliveries() -> list[tuple[str, bytes, dict[str, str], str, str, str]]:
     for name in RETELL:
         body = fixture("retell", name)
         headers = {"x-retell-signature": retell.sign(RETELL_KEY, body, now * 1000)}
-        event_id, event_type = retell_expected(name, body)
+        event_id, event_type = retell_expected(name, body, now * 1000)
         out.append(("retell", body, headers, event_id, event_type, "hookfleet.high"))
     for name in STRIPE:
         body = fixture("stripe", name)

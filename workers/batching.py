@@ -3,10 +3,11 @@
 A Celery worker normally hands every message to a pool process on its own; for
 ``hookfleet.process_event`` that means one database commit per delivery, which costs
 about as much as everything else together. A :class:`BatchTask` instead has the worker's
-main process collect its messages (up to ``batch_size``, or whatever arrived within
-``batch_wait_s`` of the first) and run them as one pool job, ``run_batch(entries)``,
-which answers with one :class:`Verdict` per message. The messages are acknowledged only
-after that job returned — the same promise as ``acks_late``, kept for the whole batch:
+main process collect its messages (up to ``batch_size`` and ``batch_bytes`` of message
+bodies, or whatever arrived within ``batch_wait_s`` of the first) and run them as one
+pool job, ``run_batch(entries)``, which answers with one :class:`Verdict` per message.
+The messages are acknowledged only after that job returned — the same promise as
+``acks_late``, kept for the whole batch:
 
 - the job returns: each message is acknowledged, or requeued where its verdict says so;
 - the pool process dies, or the hard time limit kills it: every message of the batch is
@@ -150,6 +151,8 @@ class Collector:
         self.timer = timer
         self.target: Callable[[list[Entry]], list[str]] = symbol_by_name(task.run_batch)
         self.buffer: list[Request] = []
+        #: Message bytes in ``buffer``.
+        self.buffered_bytes = 0
         self.flush_entry: Any = None
         #: Batches given to the pool and not settled yet.
         self.running = 0
@@ -159,6 +162,8 @@ class Collector:
         COLLECTORS.add(self)
         conf = task.app.conf
         self.batch_size = int(conf.get("hookfleet_batch_size") or task.batch_size)
+        # 0: no byte bound (count only).
+        self.batch_bytes = int(conf.get("hookfleet_batch_bytes") or 0)
         self.batch_wait_s = float(conf.get("hookfleet_batch_wait_s", task.batch_wait_s))
         self.soft_limit = task.soft_time_limit or conf.task_soft_time_limit
         self.hard_limit = task.time_limit or conf.task_time_limit
@@ -169,7 +174,8 @@ class Collector:
             return
         task_reserved(request)
         self.buffer.append(request)
-        if len(self.buffer) >= self.batch_size:
+        self.buffered_bytes += message_bytes(request)
+        if len(self.buffer) >= self.batch_size or self._bytes_full(self.buffered_bytes):
             self.flush()
         elif self.flush_entry is None:
             self.flush_entry = self.timer.call_after(self.batch_wait_s, self.flush)
@@ -189,10 +195,28 @@ class Collector:
             self.timer.cancel(self.flush_entry)
             self.flush_entry = None
         while self.buffer and self.running < self._processes():
-            batch = Batch(self.buffer[: self.batch_size], self._settled)
-            self.buffer = self.buffer[self.batch_size :]
+            taken = self._next_batch()
+            self.buffer = self.buffer[len(taken) :]
+            self.buffered_bytes = sum(message_bytes(request) for request in self.buffer)
             self.running += 1
-            self._submit(batch)
+            self._submit(Batch(taken, self._settled))
+
+    def _next_batch(self) -> list[Request]:
+        """The buffer's first messages, at most ``batch_size`` of them and, past the
+        first, at most ``batch_bytes`` of message bytes in all: a pool process's memory
+        follows the bytes of the batch it decodes and applies, not its count."""
+        taken: list[Request] = []
+        used = 0
+        for request in self.buffer[: self.batch_size]:
+            size = message_bytes(request)
+            if taken and self.batch_bytes > 0 and used + size > self.batch_bytes:
+                break
+            taken.append(request)
+            used += size
+        return taken
+
+    def _bytes_full(self, used: int) -> bool:
+        return self.batch_bytes > 0 and used >= self.batch_bytes
 
     def release(self) -> None:
         """Shutdown: every message collected or held but not started goes back to its
@@ -206,6 +230,7 @@ class Collector:
             self.timer.cancel(entry)
         self.waiting.clear()
         buffered, self.buffer = self.buffer, []
+        self.buffered_bytes = 0
         for request in buffered:
             task_ready(request)
         self._hand_back(buffered + held)
@@ -239,6 +264,12 @@ class Collector:
         # Lets Celery's request.cancel() (shutdown, connection loss) stop the job.
         for request in batch.requests:
             request._apply_result = ref(result) if result is not None else None
+
+
+def message_bytes(request: Request) -> int:
+    """The size of a reserved message's body (the task arguments with the delivery)."""
+    body = request.body
+    return len(body) if isinstance(body, bytes | str) else 0
 
 
 #: Every collector of this process, for :class:`ReleaseReserved`.

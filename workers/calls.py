@@ -10,6 +10,7 @@ never goes back (an ended call is not "ongoing" again because call_started came 
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -19,11 +20,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.business import Branch, Staff, normalize_email
-from models.calls import Call
+from models.calls import Call, is_call_id
 from models.events import WebhookEvent
 from models.payloads import PayloadError, loads
 from models.phones import normalize_phone
 from workers.customers import find_or_create_customer
+from workers.packets import escaped_size, statement_budget
 from workers.retries import PermanentError, RaceLost
 
 log = logging.getLogger("hookfleet.worker.calls")
@@ -47,10 +49,12 @@ def apply_retell_event(session: Session, event: WebhookEvent) -> None:
         raise PermanentError(f"{event.event_type} payload: {error.reason}") from None
     details = payload.get("call") if isinstance(payload, dict) else None
     call_id = details.get("call_id") if isinstance(details, dict) else None
-    if not isinstance(details, dict) or not isinstance(call_id, str) or not call_id:
-        raise PermanentError(f"{event.event_type} without call.call_id cannot become a call")
+    if not isinstance(details, dict) or not is_call_id(call_id):
+        # The receiver refuses these (422); only a row stored before that rule gets here.
+        raise PermanentError(f"{event.event_type} without a usable call.call_id")
+    assert isinstance(call_id, str)
     fields = _fields(event.event_type, details, event.payload)
-    call_id = call_id[:128]  # as stored (calls.call_id), so a longer id finds its row
+    _fit_statement(fields, statement_budget(session))
 
     call = session.scalars(select(Call).where(Call.call_id == call_id).with_for_update()).first()
     if call is None:
@@ -65,18 +69,28 @@ def apply_retell_event(session: Session, event: WebhookEvent) -> None:
 
 
 def _fields(event_type: str, details: dict[str, Any], raw: str) -> dict[str, Any]:
-    """The columns this event carries (None: not carried)."""
+    """The columns this event carries (None: not carried, or not storable).
+
+    Every value is checked against its column, never trusted: a number where text is
+    expected (or the reverse), a boolean, a timestamp before 1970 or after
+    MAX_TIMESTAMP_MS, a duration that does not fit ``duration_ms`` (INT) or is negative,
+    an end before the start. Such a field is left empty with an INFO line naming it, and
+    the event still applies; the whole body stays in ``raw_payload``.
+    """
     analysis = (
         details.get("call_analysis") if isinstance(details.get("call_analysis"), dict) else None
     )
-    started, ended = _ms(details.get("start_timestamp")), _ms(details.get("end_timestamp"))
-    duration = details.get("duration_ms")
-    if not isinstance(duration, int) and started and ended:
-        duration = int((ended - started).total_seconds() * 1000)
+    started = _ms(details, "start_timestamp")
+    ended = _ms(details, "end_timestamp")
+    if started and ended and ended < started:
+        _skipped("end_timestamp", "before start_timestamp")
+        ended = None
+    duration = _duration(details, started, ended)
     # Retell's own status wins when it says how the call ended (error, not_connected).
     status = details.get("call_status")
     if status not in ("ended", "error", "not_connected"):
         status = STATUS_BY_EVENT[event_type]
+    transcript = details.get("transcript")
     return {
         "agent_id": _text(details.get("agent_id"), 64),
         "direction": _text(details.get("direction"), 16),
@@ -85,16 +99,83 @@ def _fields(event_type: str, details: dict[str, Any], raw: str) -> dict[str, Any
         "to_number": _phone(details.get("to_number")),
         "started_at": started,
         "ended_at": ended,
-        "duration_ms": duration if isinstance(duration, int) else None,
+        "duration_ms": duration,
         "disconnection_reason": _text(details.get("disconnection_reason"), 64),
         "recording_url": _text(details.get("recording_url"), 2000),
-        "transcript": details.get("transcript")
-        if isinstance(details.get("transcript"), str)
-        else None,
-        "summary": _fit_bytes(analysis.get("call_summary"), 65535) if analysis else None,
+        "transcript": transcript if isinstance(transcript, str) else None,
+        "summary": _bounded_text(analysis.get("call_summary"), TEXT_BYTES) if analysis else None,
         "analysis": analysis,
         "raw_payload": raw,
     }
+
+
+# calls.duration_ms is a signed 32-bit INT on MariaDB: about 24.8 days.
+MAX_DURATION_MS = 2**31 - 1
+# Timestamps past this (year 5138) are not a call's; MariaDB DATETIME ends at 9999.
+MAX_TIMESTAMP_MS = 10**14
+# calls.summary is TEXT: 65,535 bytes on MariaDB (not characters).
+TEXT_BYTES = 65_535
+
+
+def _duration(
+    details: dict[str, Any], started: datetime | None, ended: datetime | None
+) -> int | None:
+    """Retell's ``duration_ms`` when it fits the column, else end minus start when that
+    does, else None."""
+    given = details.get("duration_ms")
+    if given is not None:
+        value = _whole_number(given)
+        if value is not None and 0 <= value <= MAX_DURATION_MS:
+            return value
+        _skipped("duration_ms", "not a whole number of milliseconds from 0 to 2^31-1")
+    if started and ended:
+        derived = int((ended - started).total_seconds() * 1000)
+        if derived <= MAX_DURATION_MS:
+            return derived
+        _skipped("duration_ms", "end_timestamp minus start_timestamp is over 2^31-1 ms")
+    return None
+
+
+def _whole_number(value: object) -> int | None:
+    """An int, or a float with no fraction (JSON has one number type); not a bool."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _skipped(field: str, reason: str) -> None:
+    log.info("call field not stored", extra={"field": field, "reason": reason})
+
+
+# Columns whose value is also inside raw_payload, the first to leave a row too large.
+_REPEATED = ("transcript", "analysis", "summary")
+
+
+def _fit_statement(fields: dict[str, Any], budget: int) -> None:
+    """Leave out repeated columns (``transcript``, then ``analysis``, then ``summary``,
+    each with an INFO line) until the row's escaped size fits one statement: the row is
+    written whatever ``max_allowed_packet`` is, and the values stay in ``raw_payload``.
+    With the README's packet rule nothing is left out."""
+    for name in _REPEATED:
+        if _escaped_row_size(fields) <= budget:
+            return
+        if fields[name] is not None:
+            fields[name] = None
+            _skipped(name, "the row would pass max_allowed_packet; kept in raw_payload")
+
+
+def _escaped_row_size(fields: dict[str, Any]) -> int:
+    size = 0
+    for value in fields.values():
+        if isinstance(value, str):
+            size += escaped_size(value)
+        elif isinstance(value, dict):
+            size += escaped_size(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+    return size
 
 
 def _merge(call: Call, fields: dict[str, Any], rank: int) -> None:
@@ -138,23 +219,37 @@ def _link(session: Session, call: Call, details: dict[str, Any]) -> None:
         )
 
 
-def _ms(value: object) -> datetime | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1e14:
+def _ms(details: dict[str, Any], field: str) -> datetime | None:
+    """``details[field]``, Unix milliseconds (Retell's ``start_timestamp`` /
+    ``end_timestamp``), as a time; None when absent or not a time from 1970 to
+    MAX_TIMESTAMP_MS (logged)."""
+    value = details.get(field)
+    if value is None:
+        return None
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and 0 < value < MAX_TIMESTAMP_MS
+    ):
         return datetime.fromtimestamp(value / 1000, UTC)
+    _skipped(field, "not Unix milliseconds between 1970 and year 5138")
     return None
 
 
-def _fit_bytes(value: object, limit: int) -> str | None:
-    """``value`` cut to ``limit`` UTF-8 bytes, on a character boundary: MariaDB's TEXT
-    holds 65,535 bytes, and a summary in German or with emoji has more bytes than
-    characters."""
+def _text(value: object, limit: int) -> str | None:
+    """A non-empty string cut to ``limit`` characters (a VARCHAR's width); else None."""
+    return value[:limit] if isinstance(value, str) and value else None
+
+
+def _bounded_text(value: object, limit_bytes: int) -> str | None:
+    """A non-empty string cut to at most ``limit_bytes`` UTF-8 bytes, on a character
+    boundary (a MariaDB TEXT holds bytes, not characters); else None."""
     if not isinstance(value, str) or not value:
         return None
-    return value.encode()[:limit].decode(errors="ignore")
-
-
-def _text(value: object, limit: int) -> str | None:
-    return value[:limit] if isinstance(value, str) and value else None
+    encoded = value.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit_bytes:
+        return value
+    return encoded[:limit_bytes].decode("utf-8", "ignore")
 
 
 def _phone(value: object) -> str | None:

@@ -90,6 +90,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": settings.prefetch_multiplier,
         "hookfleet_batch_size": settings.batch_size,
         "hookfleet_batch_wait_s": settings.batch_wait_ms / 1000,
+        "hookfleet_batch_bytes": settings.batch_bytes,
+        # KiB; checked by the pool process after each job (one batch). None: off.
+        "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024 or None,
         "task_time_limit": settings.task_time_limit_s,
         # The soft limit raises inside the task, which then retries later on a fresh
         # message (workers.tasks); the hard limit is only a backstop: a task killed by it

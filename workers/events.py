@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Insert, Table, select, text, update
+from sqlalchemy import Insert, Table, select, update
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker, undefer
@@ -17,6 +18,7 @@ from models.base import utcnow
 from models.events import EventStatus, WebhookEvent
 from workers.appointments import apply_calcom_event
 from workers.calls import apply_retell_event
+from workers.packets import escaped_size, statement_budget
 
 # What a provider's events do to the business record, by provider name. A handler runs
 # inside the transaction that marks the event processed, so its effect and the mark
@@ -130,7 +132,7 @@ def record_batch(
         if fresh:
             statement = _insert_ignoring_duplicates(session)
             new_rows = [_row(batch[i], _first_status(batch[i])) for i in fresh.values()]
-            for part in split_by_bytes(new_rows, insert_budget(session)):
+            for part in split_by_bytes(new_rows, statement_budget(session)):
                 session.execute(statement, part)
             session.commit()
         pending: dict[tuple[str, str], int] = {}
@@ -165,42 +167,22 @@ def record_batch(
     return outcomes
 
 
-# Bytes a row costs besides its payload (headers, ids, timestamps, SQL syntax).
+# Bytes a row costs besides its payload and headers (ids, timestamps, SQL syntax).
 ROW_OVERHEAD_BYTES = 4096
-# SQLite has no packet limit (a statement may reach SQLITE_MAX_LENGTH, 1e9 bytes); the
-# budget only keeps one statement's size, and the memory to build it, bounded.
-SQLITE_INSERT_BUDGET = 16 * 1024 * 1024
-_PACKET_BUDGETS: dict[str, int] = {}
-
-
-def insert_budget(session: Session) -> int:
-    """Bytes of payload one multi-row INSERT may carry on this session's database.
-
-    MariaDB/MySQL refuse a statement larger than ``max_allowed_packet`` ("packet too
-    big", 1153); it is read once per database, and the budget is half of it (escaping
-    can double a string: every quote or backslash gains a backslash). SQLite: a fixed
-    16 MiB.
-    """
-    bind = session.get_bind()
-    if bind.dialect.name not in ("mysql", "mariadb"):
-        return SQLITE_INSERT_BUDGET
-    key = bind.engine.url.render_as_string(hide_password=True)
-    budget = _PACKET_BUDGETS.get(key)
-    if budget is None:
-        packet = int(session.execute(text("SELECT @@max_allowed_packet")).scalar_one())
-        budget = _PACKET_BUDGETS[key] = max(packet // 2 - 64 * 1024, 1)
-    return budget
 
 
 def split_by_bytes(rows: list[dict[str, Any]], budget: int) -> list[list[dict[str, Any]]]:
-    """``rows`` in order, in runs whose payload bytes (plus a fixed overhead a row) stay
-    within ``budget``; a row larger than the budget alone goes in a run of its own (the
-    receiver's body limit keeps it under the packet limit: see README)."""
+    """``rows`` in order, in runs whose escaped payload and header bytes (plus a fixed
+    overhead a row) stay within ``budget`` (``workers.packets``); a row larger than the
+    budget alone goes in a run of its own (the receiver's body limit and the README's
+    packet rule keep it under the packet limit)."""
     runs: list[list[dict[str, Any]]] = []
     run: list[dict[str, Any]] = []
     used = 0
     for row in rows:
-        size = len(row["payload"].encode("utf-8", "surrogatepass")) + ROW_OVERHEAD_BYTES
+        size = escaped_size(row["payload"]) + ROW_OVERHEAD_BYTES
+        if row.get("headers"):
+            size += escaped_size(json.dumps(row["headers"], separators=(",", ":")))
         if run and used + size > budget:
             runs.append(run)
             run, used = [], 0

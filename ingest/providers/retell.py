@@ -10,8 +10,10 @@ Retell sends no event id. The key for a call's once-per-call events (``call_star
 recur within one call (``transcript_updated``, ``transfer_*``) add the body's SHA-256 to
 that key: an identical re-send dedups, the next update does not. ``call_inbound`` and
 ``chat_inbound`` come before any call id exists; they are answered in-line (see
-``EventIdentity.inline``) and keyed by event and body digest. An event this module does
-not know that comes without a call or chat object is recorded, keyed the same way.
+``EventIdentity.inline``) and keyed by event, the signature's ``v`` timestamp and body
+digest (the body alone is the same for every call from one caller to one number). An
+event this module does not know that comes without a call or chat object is recorded,
+keyed by event and body digest.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ingest.providers.base import (
     VerificationError,
     body_digest,
 )
+from models.calls import CALL_ID_LENGTH, is_call_id
 from models.settings import ProviderSettings
 
 if TYPE_CHECKING:
@@ -107,6 +110,16 @@ def verify_retell_signature(
         raise VerificationError("invalid_signature", "the signature matches no configured key")
 
 
+def signature_timestamp(delivery: Delivery) -> str | None:
+    """The ``v=`` of ``x-retell-signature`` (Unix ms) when it is one; None otherwise
+    (verification off and no header)."""
+    for item in delivery.headers.get(HEADER, "").split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "v" and _TIMESTAMP_MS.match(value):
+            return value
+    return None
+
+
 class Retell(Provider):
     name = "retell"
 
@@ -115,7 +128,8 @@ class Retell(Provider):
 
     def identify(self, delivery: Delivery, payload: dict[str, Any]) -> EventIdentity:
         """Raises ShapeError unless ``event`` is a non-empty string and the object the
-        event is about (``call_inbound``, ``call`` or ``chat``) is there."""
+        event is about (``call_inbound``, ``call`` or ``chat``) is there, and, for a
+        once-per-call event, its ``call_id`` / ``chat_id`` is ``models.calls.is_call_id``."""
         event = payload.get("event")
         if not isinstance(event, str) or not event:
             raise ShapeError("A Retell webhook needs a non-empty string 'event'.")
@@ -128,9 +142,14 @@ class Retell(Provider):
     ) -> EventIdentity:
         if not isinstance(payload.get(event), dict):
             raise ShapeError(f"A Retell {event} webhook needs an object under {event!r}.")
-        # No call id exists yet: the body is the only identity.
+        # No call id exists yet, and two calls from one caller to one number send the
+        # same body: the signature's timestamp tells them apart (each request is signed
+        # when sent). A retry Retell signs anew is recorded twice (and answered alike);
+        # two calls are never one.
+        signed_at = signature_timestamp(delivery)
+        prefix = f"{event}:{signed_at}" if signed_at else event
         return EventIdentity(
-            event_id=f"{event}:{body_digest(delivery.body)}", event_type=event, inline=True
+            event_id=f"{prefix}:{body_digest(delivery.body)}", event_type=event, inline=True
         )
 
     def _identify_async(
@@ -145,6 +164,13 @@ class Retell(Provider):
             # (keyed by its body) rather than refused and lost.
             return EventIdentity(event_id=f"{event}:{body_digest(delivery.body)}", event_type=event)
         subject_id = about.get(f"{subject}_id")
+        if event in ONCE_PER_CALL and not is_call_id(subject_id):
+            # The worker makes a row of this call (or chat): without an id it could not,
+            # and a 202 would be a promise the worker breaks.
+            raise ShapeError(
+                f"A Retell {event} webhook needs {subject}.{subject}_id: a non-empty string "
+                f"of at most {CALL_ID_LENGTH} characters."
+            )
         if not isinstance(subject_id, str) or not subject_id:
             event_id = body_digest(delivery.body)
         elif event in ONCE_PER_CALL:
