@@ -513,7 +513,7 @@ def test_a_flat_meeting_event_finds_the_stylist_by_user_primary_email(
 
 
 def test_over_long_retell_values_never_lose_the_call(sessions: sessionmaker[Session]) -> None:
-    call_id = "call_" + "9" * 300
+    call_id = "call_" + "9" * 123  # the longest the door admits (longer ones are a 422)
     summary = "Termin für Jürgen gewünscht. " * 3000  # ~87,000 bytes in UTF-8, 84,000 chars
     extra = {
         "agent_id": "a" * 200,
@@ -530,6 +530,6 @@ def test_over_long_retell_values_never_lose_the_call(sessions: sessionmaker[Sess
 
     with sessions() as session:
         call = session.scalars(select(Call)).one()
-        assert call.call_id == call_id[:128] and call.status == "ended"
+        assert call.call_id == call_id and call.status == "ended"
         assert call.summary and len(call.summary.encode()) <= 65535
         assert call.summary.startswith("Termin für Jürgen")

@@ -203,7 +203,7 @@ def signed_deliveries() -> list[tuple[str, bytes, dict[str, str], str, str]]:
             "calcom",
             calcom_body,
             {"X-Cal-Signature-256": calcom.sign(SECRETS["calcom"], calcom_body)},
-            "BOOKING_CREATED:bk_e2e_1:2026-11-24T09:00:00Z",
+            "BOOKING_CREATED:bk_e2e_1:2026-11-24T09:00:00Z:2026-11-23T08:00:00Z",
             "hookfleet.default",
         ),
         (
