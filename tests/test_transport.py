@@ -492,3 +492,16 @@ def test_a_thawed_consumers_late_ack_leaves_the_copy_another_consumer_holds(
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_wake_up_with_no_pop_pending_is_no_message_not_a_crash(redis_url: str) -> None:
+    """After a reconnect the poller can wake for a wait the new connection never sent;
+    reading it raised IndexError, which Celery treats as unrecoverable (the worker
+    exited). It is simply no message."""
+    from kombu.transport import virtual
+
+    with Connection(redis_url, transport=OURS) as conn:
+        channel = conn.default_channel
+        channel._pending = 0
+        with pytest.raises(virtual.Empty):
+            channel._brpop_read()

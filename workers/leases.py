@@ -49,8 +49,11 @@ CONSUMERS_KEY = "hookfleet.consumers"
 PRIORITY_SEP = "\x06\x16"
 
 #: Held this long (seconds) without being in this process's hands, a message it still
-#: owns in Redis is given back (an ack that could not reach Redis, a lost reply).
-ORPHAN_AFTER_S = 60.0
+#: owns in Redis is given back (an ack that could not reach Redis, a lost reply). A
+#: message is in hand milliseconds after its pop, so a short age risks nothing; a pop
+#: run later by the server side of a silently dropped connection (still blocked in its
+#: wait there) comes back within one to two of these, not minutes later.
+ORPHAN_AFTER_S = 10.0
 
 # The raw message (the bytes the publisher wrote) out of an ``unacked`` entry: the pop
 # script stores '[' .. raw .. ',' .. ex .. ',' .. rk .. ']'; re-encoding would change

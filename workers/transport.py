@@ -393,6 +393,11 @@ class Channel(kredis.Channel):
                 raise
             except self.ResponseError as exc:
                 replies.append(exc)
+        if not replies:
+            # Nothing was sent on this connection (a wait torn down by a reconnect, then
+            # the poller woke for it anyway): no message, not an error. Raising here
+            # (IndexError) once made Celery stop the whole worker.
+            return None
         popped = replies[-1]
         if any(isinstance(r, self.ResponseError) for r in replies[:-1]):
             # The wait was refused (a full Redis): sleep instead of waking on a push
