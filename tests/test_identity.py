@@ -16,19 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import ObjectDeletedError
 
 from models import Appointment, Branch, Call, Company, Customer
 from models.engine import make_engine, make_sessionmaker
+from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
 from tests.servers import sqlite_url
 from workers import customers as identity
-from workers.events import IncomingEvent, Outcome, record_event
+from workers import events
+from workers.events import IncomingEvent, Outcome, record_batch, record_event
 from workers.integrity import check, fix
-from workers.retries import RetryPolicy
+from workers.retries import RetryPolicy, is_transient
 
 BRANCH_PHONE = "+4930901820"
 UNOWNED = "+41445556677"
@@ -499,3 +502,108 @@ def test_migration_gives_each_number_one_holder_and_keeps_the_old_rows(at_0004: 
         (0, "ada@example.com", "+4915112345678"),
         (7, "jürgen@example.de", None),
     ]
+
+
+# --- an event settled alone after its batch failed ------------------------------------------
+
+
+def incoming(provider: str, event_id: str, body: dict[str, Any]) -> IncomingEvent:
+    return IncomingEvent(
+        provider=provider,
+        event_id=event_id,
+        event_type=body.get("event") or body.get("triggerEvent") or "",
+        queue="hookfleet.default",
+        correlation_id="corr",
+        received_at=datetime.now(UTC),
+        headers={},
+        payload=json.dumps(body),
+    )
+
+
+def flat_meeting_started(uid: str, name: str, phone: str) -> dict[str, Any]:
+    """Cal.com's scheduled MEETING_STARTED: the booking row itself, no ``payload`` key."""
+    flat = booking(uid, name, None, phone)["payload"]
+    return {"triggerEvent": "MEETING_STARTED", "createdAt": "2026-12-01T09:00:05Z", **flat}
+
+
+def started_call(call_id: str, caller: str) -> dict[str, Any]:
+    body = call(call_id, caller, call_status="ongoing")
+    del body["call"]["end_timestamp"]
+    return {**body, "event": "call_started"}
+
+
+SETTLED_ALONE = {
+    "call_started-after-call_ended": (
+        ("retell", "r1:call_started", started_call("r1", "+4915112345678")),
+        ("retell", "r1:call_ended", call("r1", "+4915112345678")),
+    ),
+    "BOOKING_CREATED-after-MEETING_STARTED": (
+        ("calcom", "BOOKING_CREATED:m1", booking("m1", "Dana Gast", None, "+4930901820")),
+        ("calcom", "MEETING_STARTED:m1", flat_meeting_started("m1", "Dana Gast", "+4930901820")),
+    ),
+}
+
+
+@pytest.mark.parametrize("late, other", SETTLED_ALONE.values(), ids=SETTLED_ALONE.keys())
+def test_an_event_settled_alone_after_a_failed_batch_sees_what_another_worker_committed(
+    maria_sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+    late: tuple[str, str, dict[str, Any]],
+    other: tuple[str, str, dict[str, Any]],
+) -> None:
+    """The batch with ``late`` fails (a deadlock), so the worker settles it alone; between
+    that transaction's first plain read and its handler, another worker commits the
+    call or booking. MariaDB's REPEATABLE READ hides that row from the plain reads of
+    the settling transaction while its locking read finds it: the event was marked
+    ``failed`` with ObjectDeletedError. It must be processed, the row a salon sees
+    merged from both events. (SQLite has one writer at a time: no such interleaving.)"""
+    with maria_sessions() as session, session.begin():
+        session.add(
+            Branch(
+                company=Company(name="Salon"),
+                name="Mitte",
+                phone=BRANCH_PHONE,
+                calcom_event_type_id=1001,
+            )
+        )
+    handler = events.HANDLERS[late[0]]
+
+    def deadlocked(_session: Session, _row: Any) -> None:
+        raise OperationalError("apply", {}, Exception(1213, "Deadlock found"))
+
+    monkeypatch.setitem(events.HANDLERS, late[0], deadlocked)
+    for recorded in (late, other):  # both on record as received, as the batches left them
+        with pytest.raises(OperationalError):
+            record_batch(maria_sessions, [incoming(*recorded)])
+
+    def another_worker_commits_first(session: Session, row: Any) -> None:
+        monkeypatch.setitem(events.HANDLERS, late[0], handler)
+        session.execute(select(Company.id)).all()  # this transaction's snapshot starts
+        assert deliver(maria_sessions, *other) is Outcome.PROCESSED
+        handler(session, row)
+
+    monkeypatch.setitem(events.HANDLERS, late[0], another_worker_commits_first)
+    outcome = RetryPolicy(attempts=3, initial_s=0.05).call(
+        lambda: record_event(maria_sessions, incoming(*late))
+    )
+
+    assert outcome is Outcome.PROCESSED
+    with maria_sessions() as session:
+        statuses = set(session.scalars(select(WebhookEvent.status)))
+        assert statuses == {EventStatus.PROCESSED}
+        if late[0] == "retell":
+            seen = session.execute(select(Call.status, Call.ended_at, Call.customer_id)).one()
+            assert seen.status == "ended" and seen.ended_at is not None
+            assert seen.customer_id is not None
+        else:
+            seen = session.execute(
+                select(Appointment.status, Appointment.started_at, Appointment.customer_id)
+            ).one()
+            assert seen.status == "started" and seen.started_at is not None
+            assert seen.customer_id is not None
+
+
+def test_a_row_missing_from_the_snapshot_is_retried_not_failed() -> None:
+    """ObjectDeletedError means the transaction's snapshot lacks a row it locked: the
+    same event in a fresh transaction succeeds, so it is a transient failure."""
+    assert is_transient(ObjectDeletedError(inspect(Customer())))

@@ -24,7 +24,7 @@ from models.events import WebhookEvent
 from models.payloads import PayloadError, loads
 from models.phones import normalize_phone
 from workers.customers import find_or_create_customer
-from workers.retries import PermanentError, RaceLost
+from workers.retries import PermanentError, RaceLost, locked
 
 log = logging.getLogger("hookfleet.worker.calls")
 
@@ -52,7 +52,7 @@ def apply_retell_event(session: Session, event: WebhookEvent) -> None:
     fields = _fields(event.event_type, details, event.payload)
     call_id = call_id[:128]  # as stored (calls.call_id), so a longer id finds its row
 
-    call = session.scalars(select(Call).where(Call.call_id == call_id).with_for_update()).first()
+    call = session.scalars(locked(select(Call).where(Call.call_id == call_id))).first()
     if call is None:
         call = Call(call_id=call_id, event_rank=0)
         session.add(call)
