@@ -20,6 +20,13 @@ from models.phones import normalize_phone
 # What "no company" is in the unique keys: NULLs never collide in a UNIQUE index (on
 # MariaDB or SQLite), so a NULL company would let two workers create the same caller.
 NO_COMPANY = 0
+PERSON_KEY_MAX = 240  # an E.164 number (at most 16), a space, a name of up to 200
+
+
+def person_key(phone: str, name: str) -> str:
+    """Who a person without an e-mail on a shared number is: the number and the name
+    compared as :func:`conflicts` compares names (case and spacing ignored)."""
+    return f"{phone} {_plain_name(name)}"[:PERSON_KEY_MAX]
 
 
 def identity_text(length: int) -> String:
@@ -43,13 +50,18 @@ class Customer(Base):
     UNIQUE per company, NULL when unknown (many allowed). ``phone_key`` is the valid phone this
     customer is *found by*: set for the first customer of the company who gave the
     number, NULL for the others sharing it (a family landline) — UNIQUE per company,
-    so concurrent first contacts from one number create one customer.
+    so concurrent first contacts from one number create one customer. ``person_key``
+    (:func:`person_key`: number and folded name) is set for a customer created without
+    an e-mail on a number someone else holds — a family member on the landline —
+    UNIQUE per company, so concurrent first contacts of that person create one
+    customer too. NULL otherwise (the e-mail or ``phone_key`` is the key then).
     """
 
     __tablename__ = "customers"
     __table_args__ = (
         UniqueConstraint("company_key", "email"),
         UniqueConstraint("company_key", "phone_key"),
+        UniqueConstraint("company_key", "person_key"),
         Index(None, "company_id", "phone"),
     )
 
@@ -62,6 +74,7 @@ class Customer(Base):
     email: Mapped[str | None] = mapped_column(identity_text(EMAIL_MAX), default=None)
     phone: Mapped[str | None] = mapped_column(identity_text(32), default=None)
     phone_key: Mapped[str | None] = mapped_column(identity_text(32), default=None)
+    person_key: Mapped[str | None] = mapped_column(identity_text(PERSON_KEY_MAX), default=None)
     phone_type: Mapped[str | None] = mapped_column(String(32), default=None)
     phone_valid: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

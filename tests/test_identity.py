@@ -22,6 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import ObjectDeletedError
 
 from models import Appointment, Branch, Call, Company, Customer
+from models.appointments import AppointmentAttendee
+from models.customers import person_key
 from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
@@ -279,6 +281,7 @@ def test_the_database_refuses_a_second_customer_for_one_number_or_email(
         for second in (
             {"phone": "+4915112345678", "phone_key": "+4915112345678"},
             {"email": "ada@example.com"},
+            {"phone": "+4930901821", "person_key": person_key("+4930901821", "Carl Gast")},
         ):
             with sessions() as session, session.begin():
                 session.add(Customer(company_id=company_id, **second))
@@ -607,3 +610,79 @@ def test_a_row_missing_from_the_snapshot_is_retried_not_failed() -> None:
     """ObjectDeletedError means the transaction's snapshot lacks a row it locked: the
     same event in a fresh transaction succeeds, so it is a transient failure."""
     assert is_transient(ObjectDeletedError(inspect(Customer())))
+
+
+def test_the_database_refuses_a_second_attendee_without_email_of_one_name(
+    sessions: sessionmaker[Session],
+) -> None:
+    """UNIQUE (appointment_id, name_key): one row per e-mail-less attendee of a booking."""
+    with sessions() as session, session.begin():
+        session.add(Appointment(calcom_uid="u1", event_rank=0))
+    with sessions() as session, session.begin():
+        appointment = session.scalars(select(Appointment)).one()
+        session.add(AppointmentAttendee(appointment=appointment, name="Dana", name_key="name:dana"))
+    with sessions() as session:
+        appointment = session.scalars(select(Appointment)).one()
+        session.add(AppointmentAttendee(appointment=appointment, name="DANA", name_key="name:dana"))
+        with pytest.raises(IntegrityError):
+            session.commit()
+
+
+LANDLINE = "+4930901821"
+
+
+def test_two_first_bookings_of_one_person_without_email_on_a_held_landline_make_one_customer(
+    maria_sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Carl has no e-mail and books twice at once on the landline Ada holds: both
+    workers look, find only Ada (another name), and only then insert — forced with a
+    barrier, on MariaDB's REPEATABLE READ. The loser's retry must find Carl."""
+    with maria_sessions() as session, session.begin():
+        session.add(
+            Branch(
+                company=Company(name="Salon"),
+                name="Mitte",
+                phone=BRANCH_PHONE,
+                calcom_event_type_id=1001,
+            )
+        )
+        session.add(Appointment(calcom_uid="c1m", event_rank=0))  # between c1 and c2
+    book(maria_sessions, "a1", "Ada", "ada@example.com", LANDLINE)
+    both_looked = threading.Barrier(2, timeout=20)
+    waited: set[int] = set()
+    create = identity._create
+
+    def create_after_both_looked(*args: Any, **kwargs: Any) -> Customer:
+        if threading.get_ident() not in waited:
+            waited.add(threading.get_ident())
+            both_looked.wait()
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(identity, "_create", create_after_both_looked)
+    errors: list[BaseException] = []
+
+    def worker(uid: str) -> None:
+        try:
+            RetryPolicy(attempts=4, initial_s=0.05).call(
+                lambda: book(maria_sessions, uid, "Carl Gast", None, "030 901821")
+            )
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(uid,)) for uid in ("c1", "c2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    with maria_sessions() as session:
+        carls = session.scalars(select(Customer.id).where(Customer.name == "Carl Gast")).all()
+        linked = set(
+            session.scalars(
+                select(Appointment.customer_id).where(Appointment.calcom_uid.in_(["c1", "c2"]))
+            )
+        )
+    assert len(carls) == 1
+    assert linked == {carls[0]}
+    assert customer_of_booking(maria_sessions, "a1") == ("ada@example.com", LANDLINE, "Ada")

@@ -28,10 +28,12 @@ Known details are never overwritten: a missing one is filled in; a different one
 raw payload keeps what it said; ``hookfleet integrity check`` lists merge candidates).
 
 Why it holds under concurrency: the database decides, not timing. UNIQUE
-(company_key, email) and UNIQUE (company_key, phone_key), with 0 for "no company"
-because NULLs never collide. Look-ups are plain reads, so a new person costs no gap
-lock (two inserts into one gap under REPEATABLE READ deadlock); a plain read may be an
-old snapshot (MariaDB's REPEATABLE READ fixes it at the transaction's first read), so:
+(company_key, email), UNIQUE (company_key, phone_key) and, for a second person without
+an e-mail on a held number, UNIQUE (company_key, person_key) (the number and the folded
+name), with 0 for "no company" because NULLs never collide. Look-ups are plain reads,
+so a new person costs no gap lock (two inserts into one gap under REPEATABLE READ
+deadlock); a plain read may be an old snapshot (MariaDB's REPEATABLE READ fixes it at
+the transaction's first read), so:
 a row found that the contact would fill in is re-read with ``SELECT … FOR UPDATE``,
 which reads the latest committed version and holds it; a row missed is inserted and
 the unique key refuses the second insert — :class:`RaceLost`, and the retry, in a new
@@ -50,7 +52,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.business import normalize_email
-from models.customers import NO_COMPANY, Customer, Details, conflicts
+from models.customers import NO_COMPANY, Customer, Details, conflicts, person_key
 from models.phones import normalize_phone
 from workers.retries import RaceLost
 
@@ -193,6 +195,7 @@ def _create(session: Session, contact: Contact, *, holds_phone: bool) -> Custome
         email=details.email,
         phone=details.phone or contact.raw_phone,
         phone_key=details.phone if holds_phone else None,
+        person_key=_person_key(details) if not holds_phone else None,
         name=details.name,
     )
     session.add(customer)
@@ -203,6 +206,15 @@ def _create(session: Session, contact: Contact, *, holds_phone: bool) -> Custome
             error
         )
     return customer
+
+
+def _person_key(details: Details) -> str | None:
+    """The key of a second person on a held number; only without an e-mail (the e-mail
+    is the key then), with a valid number and a name (without one, rule 2 links the
+    holder: nothing contradicts)."""
+    if details.email is not None or details.phone is None or details.name is None:
+        return None
+    return person_key(details.phone, details.name)
 
 
 def _fill(session: Session, customer: Customer, contact: Contact) -> None:
