@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Boolean, Index, Integer, String, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column, validates
 
@@ -26,7 +26,7 @@ PERSON_KEY_MAX = 240  # an E.164 number (at most 16), a space, a name of up to 2
 def person_key(phone: str, name: str) -> str:
     """Who a person without an e-mail on a shared number is: the number and the name
     compared as :func:`conflicts` compares names (case and spacing ignored)."""
-    return f"{phone} {_plain_name(name)}"[:PERSON_KEY_MAX]
+    return f"{phone} {plain_name(name)}"[:PERSON_KEY_MAX]
 
 
 def identity_text(length: int) -> String:
@@ -106,6 +106,32 @@ class Customer(Base):
         return f"<Customer {self.id} {self.email or self.phone}>"
 
 
+DETAIL_MAX = 255
+
+
+class CustomerDetail(Base):
+    """A detail an event gave for a customer that the customer row does not hold: a
+    conflicting name, phone or e-mail (``kind``: ``name``, ``phone``, ``email``), an
+    e-mail that is no address, or a phone as given when it is no valid number. Kept so
+    nothing anyone said is dropped; ``hookfleet integrity check`` lists customers with
+    other names on record as candidates to split. ``value`` as given (phones in E.164
+    when valid), at most 255 characters; ``first_seen_at`` when it was first given.
+    A phone recorded here links later calls from it to the customer (see
+    ``workers.customers``)."""
+
+    __tablename__ = "customer_details"
+    __table_args__ = (
+        UniqueConstraint("customer_id", "kind", "value"),
+        Index(None, "kind", "value"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    value: Mapped[str] = mapped_column(identity_text(DETAIL_MAX))
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 @dataclass(frozen=True)
 class Details:
     """What identifies a person: e-mail (normalized), phone (E.164 when valid), name."""
@@ -128,11 +154,12 @@ def conflicts(a: Details, b: Details) -> list[str]:
         if mine is None or theirs is None:
             continue
         if name == "name":
-            mine, theirs = _plain_name(mine), _plain_name(theirs)
+            mine, theirs = plain_name(mine), plain_name(theirs)
         if mine != theirs:
             different.append(name)
     return different
 
 
-def _plain_name(name: str) -> str:
+def plain_name(name: str) -> str:
+    """A name as identity compares it: spacing collapsed, case folded."""
     return " ".join(name.split()).casefold()

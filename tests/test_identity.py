@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import ObjectDeletedError
 
-from models import Appointment, Branch, Call, Company, Customer
+from models import Appointment, Branch, Call, Company, Customer, CustomerDetail
 from models.appointments import AppointmentAttendee
 from models.customers import person_key
 from models.engine import make_engine, make_sessionmaker
@@ -686,3 +686,94 @@ def test_two_first_bookings_of_one_person_without_email_on_a_held_landline_make_
     assert len(carls) == 1
     assert linked == {carls[0]}
     assert customer_of_booking(maria_sessions, "a1") == ("ada@example.com", LANDLINE, "Ada")
+
+
+# --- details that identify no one, and details that conflict ----------------------------------
+
+
+def details_of(sessions: sessionmaker[Session]) -> list[tuple[Any, ...]]:
+    """(customer name, kind, value) of every recorded detail."""
+    with sessions() as session:
+        rows = session.execute(
+            select(Customer.name, CustomerDetail.kind, CustomerDetail.value)
+            .join(Customer, Customer.id == CustomerDetail.customer_id)
+            .order_by(CustomerDetail.id)
+        )
+        return [tuple(row) for row in rows]
+
+
+def test_a_receptionists_email_for_three_people_keeps_every_name_and_lists_a_split(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    book(sessions, "r1", "Frau Meier", "empfang@praxis.example")
+    book(sessions, "r2", "Herr Schulz", "Empfang@praxis.example")
+    book(sessions, "r3", "Frau Yilmaz", "empfang@praxis.example")
+
+    assert customers(sessions) == [(company, "empfang@praxis.example", None, "Frau Meier")]
+    assert details_of(sessions) == [
+        ("Frau Meier", "name", "Herr Schulz"),
+        ("Frau Meier", "name", "Frau Yilmaz"),
+    ]
+    report = check(sessions.kw["bind"])
+    split = report.findings["customer_details other names"]
+    assert split.count == 1
+    assert "Herr Schulz, Frau Yilmaz" in split.examples[0]
+
+
+@pytest.mark.parametrize("bad", ["not-an-email", "n/a", "zora@localhost", "a@b", "x@@y.de"])
+def test_an_invalid_email_identifies_no_one_and_is_kept_as_given(
+    sessions: sessionmaker[Session], company: int, bad: str
+) -> None:
+    book(sessions, "z1", "Zora", bad, "0151 11111111")
+    book(sessions, "z2", "Zeno", bad, "0151 22222222")
+
+    assert customers(sessions) == [
+        (company, None, "+4915111111111", "Zora"),
+        (company, None, "+4915122222222", "Zeno"),
+    ]
+    assert details_of(sessions) == [("Zora", "email", bad), ("Zeno", "email", bad)]
+
+
+def test_a_new_phone_for_a_known_email_is_recorded_and_calls_from_it_find_her(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    book(sessions, "p1", "Ada", "ada@example.com", "0151 11111111")
+    book(sessions, "p2", "Ada", "ada@example.com", "0151 22222222")
+    ring(sessions, "from_new_phone", "+4915122222222")
+
+    assert customers(sessions) == [(company, "ada@example.com", "+4915111111111", "Ada")]
+    assert details_of(sessions) == [("Ada", "phone", "+4915122222222")]
+    assert customer_of_call(sessions, "from_new_phone") == customer_of_booking_id(sessions, "p1")
+
+
+def customer_of_booking_id(sessions: sessionmaker[Session], uid: str) -> int | None:
+    with sessions() as session:
+        return session.scalar(select(Appointment.customer_id).where(Appointment.calcom_uid == uid))
+
+
+def test_a_free_text_phone_is_kept_whole(sessions: sessionmaker[Session], company: int) -> None:
+    said = "please call my mobile +49 151 1234 5678 after 6 pm"
+    book(sessions, "f1", "Ada", "ada@example.com", said)
+    assert details_of(sessions) == [("Ada", "phone", said)]
+
+
+def test_integrity_fix_merges_identical_copies_of_a_person_on_a_held_landline(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    """Ada holds the landline; Carl without an e-mail exists twice (the old race): the
+    two Carls are certain, Ada and a nameless record are not."""
+    with sessions() as session, session.begin():
+        session.add_all(
+            [
+                Customer(company_id=company, phone=LANDLINE, email="ada@example.com", name="Ada"),
+                Customer(company_id=company, phone=LANDLINE, name="Carl Gast"),
+                Customer(company_id=company, phone=LANDLINE, name="carl  gast"),
+                Customer(company_id=company, phone=LANDLINE),
+            ]
+        )
+    engine = sessions.kw["bind"]
+    assert check(engine).counts()["customers.phone duplicate"] == 1
+    fix(engine)
+    names = [row[3] for row in customers(sessions)]
+    assert names == ["Ada", "Carl Gast", None]
+    assert fix(engine).problems == 0
