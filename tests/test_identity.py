@@ -777,3 +777,46 @@ def test_integrity_fix_merges_identical_copies_of_a_person_on_a_held_landline(
     names = [row[3] for row in customers(sessions)]
     assert names == ["Ada", "Carl Gast", None]
     assert fix(engine).problems == 0
+
+
+def test_integrity_says_an_e164_phone_without_a_type_is_marked_valid(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    """A legacy row already in E.164 but without its type: fix marks it valid, and the
+    check says so (it said "kept as given, marked invalid")."""
+    with sessions() as session, session.begin():
+        ada = Customer(company_id=company, phone="+4915112345678")
+        session.add(ada)
+        session.flush()
+        ada_id = ada.id
+    with sessions() as session, session.begin():
+        session.execute(text("UPDATE customers SET phone_type = NULL, phone_valid = 0"))
+    found = check(sessions.kw["bind"]).findings["customers.phone not E.164"].examples
+    assert found == [f"customer {ada_id}: '+4915112345678' → already E.164, marked valid (mobile)"]
+
+
+def test_integrity_fix_merges_legacy_nfd_and_nfc_copies_of_one_address(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    """Written past the model (an import): the decomposed and composed ``ü`` are one
+    address to the workers, so fix merges them, on MariaDB too."""
+    nfc, nfd = "j\u00fcrgen@example.de", "ju\u0308rgen@example.de"
+    with sessions() as session, session.begin():
+        session.add(Company(name="other"))
+    with sessions() as session, session.begin():
+        for address, phone in ((nfc, "+4915111111111"), (nfd, None)):
+            session.execute(
+                text(
+                    "INSERT INTO customers (company_id, company_key, email, phone, phone_valid,"
+                    " created_at, updated_at) VALUES (:c, :c, :e, :p, :v, :t, :t)"
+                ),
+                {
+                    "c": company,
+                    "e": address,
+                    "p": phone,
+                    "v": phone is not None,
+                    "t": datetime.now(UTC),
+                },
+            )
+    fix(sessions.kw["bind"])
+    assert customers(sessions) == [(company, nfc, "+4915111111111", None)]

@@ -57,8 +57,10 @@ def apply_retell_event(session: Session, event: WebhookEvent) -> None:
         call = Call(call_id=call_id, event_rank=0)
         session.add(call)
     _merge(call, fields, rank)
-    _link(session, call, details)
     try:
+        # Inside: linking queries autoflush the new call row, where its INSERT may meet
+        # the unique call_id another worker committed meanwhile.
+        _link(session, call, details)
         session.flush()
     except IntegrityError as error:
         raise RaceLost(f"call {call_id} was created concurrently") from error

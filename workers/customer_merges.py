@@ -63,7 +63,7 @@ def duplicate_customers(engine: Engine, report: Report, *, apply: bool, batch_si
     for scope, phone, ids in _groups(engine, Customer.phone, valid_phone, batch_size):
         group = Group(scope, ids, "phone", phone)
         _settle(engine, report, group, (DUPLICATE_PHONES, SHARED_PHONES), apply=apply)
-    _similar_emails(engine, report, email_key, batch_size)
+    _similar_emails(engine, report, email_key, batch_size, apply=apply)
     _other_names(engine, report)
 
 
@@ -146,8 +146,14 @@ def _groups(
         last = (rows[-1][0], rows[-1][1])
 
 
-def _similar_emails(engine: Engine, report: Report, email_key: Any, batch_size: int) -> None:
-    """Groups equal once folded whose e-mails differ after normalization: for a person."""
+def _similar_emails(
+    engine: Engine, report: Report, email_key: Any, batch_size: int, *, apply: bool
+) -> None:
+    """Groups equal once folded whose e-mails differ after normalization: for a person.
+
+    On MariaDB the grouping key (LOWER, TRIM) cannot apply Unicode NFC, so legacy NFD
+    and NFC copies of one address (one address to the workers, ``normalize_email``)
+    meet here first: they are settled as duplicates by e-mail, certain or not."""
     folded = _folded_key(engine)
     distinct = func.count(func.distinct(email_key)) > 1
     where = Customer.email.is_not(None)
@@ -158,8 +164,16 @@ def _similar_emails(engine: Engine, report: Report, email_key: Any, batch_size: 
                 .where(Customer.id.in_(ids), Customer.company_key == scope)
                 .order_by(Customer.id)
             ).all()
-        listed = ", ".join(f"{id_} {email}" for id_, email in rows)
-        report.add(SIMILAR_EMAILS, f"company {scope}: customers {listed}")
+        same: dict[str, list[int]] = {}
+        for id_, email in rows:
+            same.setdefault(normalize_email(email) or "", []).append(id_)
+        for address, members in same.items():
+            if len(members) > 1:
+                group = Group(scope, members, "email", address)
+                _settle(engine, report, group, (DUPLICATE_EMAILS, EMAIL_CANDIDATES), apply=apply)
+        if len(same) > 1:
+            listed = ", ".join(f"{id_} {email}" for id_, email in rows)
+            report.add(SIMILAR_EMAILS, f"company {scope}: customers {listed}")
 
 
 # --- one group ------------------------------------------------------------------------------
