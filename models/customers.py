@@ -111,7 +111,8 @@ DETAIL_MAX = 255
 
 class CustomerDetail(Base):
     """A detail an event gave for a customer that the customer row does not hold: a
-    conflicting name, phone or e-mail (``kind``: ``name``, ``phone``, ``email``), an
+    conflicting name, phone or e-mail (``kind``: ``name``, ``phone``, ``email``;
+    ``other_phone`` for a phone given with another name), an
     e-mail that is no address, or a phone as given when it is no valid number. Kept so
     nothing anyone said is dropped; ``hookfleet integrity check`` lists customers with
     other names on record as candidates to split. ``value`` as given (phones in E.164

@@ -820,3 +820,18 @@ def test_integrity_fix_merges_legacy_nfd_and_nfc_copies_of_one_address(
             )
     fix(sessions.kw["bind"])
     assert customers(sessions) == [(company, nfc, "+4915111111111", None)]
+
+
+def test_a_phone_given_with_another_name_on_a_known_email_links_no_calls(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    book(sessions, "m1", "Frau Meier", "empfang@praxis.example", "0151 11111111")
+    book(sessions, "s1", "Herr Schulz", "empfang@praxis.example", "0151 22222222")
+    ring(sessions, "schulz_calls", "+4915122222222")
+
+    assert details_of(sessions) == [
+        ("Frau Meier", "other_phone", "+4915122222222"),
+        ("Frau Meier", "name", "Herr Schulz"),
+    ]
+    meier = customer_of_booking_id(sessions, "m1")
+    assert customer_of_call(sessions, "schulz_calls") not in (None, meier)

@@ -27,7 +27,9 @@ The rule, for a contact with an e-mail and/or a phone:
 
 A further number of a known person: a number that no customer has as their own but
 one recorded as a customer's further phone (below) links to that customer — after the
-number's holder and anyone whose own number it is, who come first.
+number's holder and anyone whose own number it is, who come first. A phone given with
+another name is recorded as ``other_phone`` and links no one (it may be the other
+person's).
 
 Known details are never overwritten: a missing one is filled in; a different one is a
 *conflict*, logged (``customer detail conflicts``) and recorded in
@@ -304,7 +306,10 @@ def _fill(session: Session, customer: Customer, contact: Contact) -> None:
             extra={"customer_id": customer.id, "conflicting": ",".join(clash)},
         )
     for kind in clash:
-        record_detail(session, customer, kind, getattr(given, kind))
+        # A phone given with another name may be that other person's (a receptionist
+        # booking for Herr Schulz with his number): kept, but it links no calls.
+        as_kind = "other_phone" if kind == "phone" and "name" in clash else kind
+        record_detail(session, customer, as_kind, getattr(given, kind))
     if customer.email is None and given.email is not None:
         customer.email = given.email
     if customer.name is None and given.name is not None:
