@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -33,6 +34,7 @@ from workers import customers as identity
 from workers import events
 from workers.events import IncomingEvent, Outcome, record_batch, record_event
 from workers.integrity import check, fix
+from workers.integrity_command import integrity
 from workers.retries import RetryPolicy, is_transient
 
 BRANCH_PHONE = "+4930901820"
@@ -835,3 +837,25 @@ def test_a_phone_given_with_another_name_on_a_known_email_links_no_calls(
     ]
     meier = customer_of_booking_id(sessions, "m1")
     assert customer_of_call(sessions, "schulz_calls") not in (None, meier)
+
+
+def test_integrity_check_lists_every_entry_with_all_and_n_with_limit(
+    database_url: str, sessions: sessionmaker[Session], company: int
+) -> None:
+    """The review lists stopped at 5 entries ("… and 2 more") with no way to see the rest."""
+    with sessions() as session, session.begin():
+        for n in range(7):
+            phone = f"+49151{30000000 + n:08d}"
+            session.add(Customer(company_id=company, phone=phone, email=f"a{n}@example.de"))
+            session.add(Customer(company_id=company, phone=phone, email=f"b{n}@example.de"))
+    runner = CliRunner()
+    env = {"HOOKFLEET_DATABASE_URL": database_url}
+
+    default = runner.invoke(integrity, ["check"], env=env)
+    every = runner.invoke(integrity, ["check", "--all"], env=env)
+    three = runner.invoke(integrity, ["check", "--limit", "3"], env=env)
+
+    assert default.exit_code == every.exit_code == three.exit_code == 0, default.output
+    assert default.output.count("differ in email") == 5 and "… and 2 more" in default.output
+    assert every.output.count("differ in email") == 7 and "more" not in every.output
+    assert three.output.count("differ in email") == 3 and "… and 4 more" in three.output
