@@ -7,7 +7,7 @@ from models.appointments import Appointment, AppointmentAttendee, AppointmentSta
 from models.base import Base
 from models.business import Agent, Branch, Company, Service, Staff
 from models.calls import Call
-from models.customers import Customer
+from models.customers import Customer, CustomerDetail
 from models.events import EventStatus, WebhookEvent
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "Call",
     "Company",
     "Customer",
+    "CustomerDetail",
     "EventStatus",
     "Service",
     "Staff",

@@ -30,6 +30,10 @@ class AppointmentStatus(enum.StrEnum):
 # E-mail addresses compared as written (lower-cased by normalize_email): MariaDB's default
 # utf8mb4_general_ci would take jürgen@ and jurgen@ for one attendee and refuse the second.
 # EMAIL_MAX (254) x 4 bytes + the appointment id fit InnoDB's 3072-byte key limit.
+NAME_KEY_MAX = 210  # "name:" + a name of up to 200 characters
+NameKey = String(NAME_KEY_MAX).with_variant(
+    mysql.VARCHAR(NAME_KEY_MAX, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+)
 ExactEmail = String(EMAIL_MAX).with_variant(
     mysql.VARCHAR(EMAIL_MAX, collation="utf8mb4_bin"), "mysql", "mariadb"
 )
@@ -107,12 +111,20 @@ class AppointmentAttendee(Base):
     """
 
     __tablename__ = "appointment_attendees"
-    __table_args__ = (UniqueConstraint("appointment_id", "email"), Index(None, "seat_uid"))
+    __table_args__ = (
+        UniqueConstraint("appointment_id", "email"),
+        UniqueConstraint("appointment_id", "name_key"),
+        Index(None, "seat_uid"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     appointment_id: Mapped[int] = mapped_column(ForeignKey("appointments.id", ondelete="CASCADE"))
     email: Mapped[str | None] = mapped_column(ExactEmail, default=None)
     name: Mapped[str | None] = mapped_column(String(200), default=None)
+    # Who an attendee without an e-mail is within the appointment (``attendee_key``:
+    # ``name:`` + the name folded): UNIQUE with the appointment, so two workers applying
+    # events of one booking at once cannot both add her. NULL when there is an e-mail.
+    name_key: Mapped[str | None] = mapped_column(NameKey, default=None)
     seat_uid: Mapped[str | None] = mapped_column(exact_text(128), default=None)
     customer_id: Mapped[int | None] = optional_link("customers")
     status: Mapped[str] = mapped_column(String(16), default=AttendeeStatus.BOOKED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from datetime import datetime
 from typing import Any
@@ -126,6 +127,30 @@ class Agent(Base):
 # The longest address there is: RFC 5321 §4.5.3.1.3 limits a path to 256 octets, two of
 # them the angle brackets. A longer "address" is no address; it identifies no one.
 EMAIL_MAX = 254
+
+
+_LABEL = re.compile(r"^(?!-)[^\W_](?:[\w-]{0,61}[^\W_])?$")
+_LOCAL = re.compile(r"^[^\s@\"(),:;<>\[\]\\]{1,64}$")
+
+
+def valid_email(address: str | None) -> bool:
+    r"""Whether a (normalized) address can be a mailbox: the strict, documented subset
+    of RFC 5321 §4.1.2 / RFC 6531 that people type. One ``@``; a local part of 1-64
+    characters without spaces, quotes or the specials ``"(),:;<>[]\``, not starting or
+    ending with a dot and without ``..``; a domain of at least two labels (``example``
+    alone, ``localhost`` or an IP literal are no address a salon's customer gives),
+    each 1-63 letters, digits or inner hyphens (Unicode letters: IDN, RFC 5890), the
+    last not all digits; 254 characters at most (RFC 5321 §4.5.3.1.3). Quoted local
+    parts are refused: they identify no one a booking form lets through."""
+    if not address or len(address) > EMAIL_MAX or address.count("@") != 1:
+        return False
+    local, domain = address.split("@")
+    if not _LOCAL.match(local) or local.startswith(".") or local.endswith(".") or ".." in local:
+        return False
+    labels = domain.split(".")
+    if len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+        return False
+    return not labels[-1].isdigit()
 
 
 def normalize_email(value: str | None) -> str | None:

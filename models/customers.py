@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Boolean, Index, Integer, String, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column, validates
 
@@ -20,6 +20,13 @@ from models.phones import normalize_phone
 # What "no company" is in the unique keys: NULLs never collide in a UNIQUE index (on
 # MariaDB or SQLite), so a NULL company would let two workers create the same caller.
 NO_COMPANY = 0
+PERSON_KEY_MAX = 240  # an E.164 number (at most 16), a space, a name of up to 200
+
+
+def person_key(phone: str, name: str) -> str:
+    """Who a person without an e-mail on a shared number is: the number and the name
+    compared as :func:`conflicts` compares names (case and spacing ignored)."""
+    return f"{phone} {plain_name(name)}"[:PERSON_KEY_MAX]
 
 
 def identity_text(length: int) -> String:
@@ -43,13 +50,18 @@ class Customer(Base):
     UNIQUE per company, NULL when unknown (many allowed). ``phone_key`` is the valid phone this
     customer is *found by*: set for the first customer of the company who gave the
     number, NULL for the others sharing it (a family landline) — UNIQUE per company,
-    so concurrent first contacts from one number create one customer.
+    so concurrent first contacts from one number create one customer. ``person_key``
+    (:func:`person_key`: number and folded name) is set for a customer created without
+    an e-mail on a number someone else holds — a family member on the landline —
+    UNIQUE per company, so concurrent first contacts of that person create one
+    customer too. NULL otherwise (the e-mail or ``phone_key`` is the key then).
     """
 
     __tablename__ = "customers"
     __table_args__ = (
         UniqueConstraint("company_key", "email"),
         UniqueConstraint("company_key", "phone_key"),
+        UniqueConstraint("company_key", "person_key"),
         Index(None, "company_id", "phone"),
     )
 
@@ -62,6 +74,7 @@ class Customer(Base):
     email: Mapped[str | None] = mapped_column(identity_text(EMAIL_MAX), default=None)
     phone: Mapped[str | None] = mapped_column(identity_text(32), default=None)
     phone_key: Mapped[str | None] = mapped_column(identity_text(32), default=None)
+    person_key: Mapped[str | None] = mapped_column(identity_text(PERSON_KEY_MAX), default=None)
     phone_type: Mapped[str | None] = mapped_column(String(32), default=None)
     phone_valid: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -93,6 +106,33 @@ class Customer(Base):
         return f"<Customer {self.id} {self.email or self.phone}>"
 
 
+DETAIL_MAX = 255
+
+
+class CustomerDetail(Base):
+    """A detail an event gave for a customer that the customer row does not hold: a
+    conflicting name, phone or e-mail (``kind``: ``name``, ``phone``, ``email``;
+    ``other_phone`` for a phone given with another name), an
+    e-mail that is no address, or a phone as given when it is no valid number. Kept so
+    nothing anyone said is dropped; ``hookfleet integrity check`` lists customers with
+    other names on record as candidates to split. ``value`` as given (phones in E.164
+    when valid), at most 255 characters; ``first_seen_at`` when it was first given.
+    A phone recorded here links later calls from it to the customer (see
+    ``workers.customers``)."""
+
+    __tablename__ = "customer_details"
+    __table_args__ = (
+        UniqueConstraint("customer_id", "kind", "value"),
+        Index(None, "kind", "value"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    value: Mapped[str] = mapped_column(identity_text(DETAIL_MAX))
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 @dataclass(frozen=True)
 class Details:
     """What identifies a person: e-mail (normalized), phone (E.164 when valid), name."""
@@ -115,11 +155,12 @@ def conflicts(a: Details, b: Details) -> list[str]:
         if mine is None or theirs is None:
             continue
         if name == "name":
-            mine, theirs = _plain_name(mine), _plain_name(theirs)
+            mine, theirs = plain_name(mine), plain_name(theirs)
         if mine != theirs:
             different.append(name)
     return different
 
 
-def _plain_name(name: str) -> str:
+def plain_name(name: str) -> str:
+    """A name as identity compares it: spacing collapsed, case folded."""
     return " ".join(name.split()).casefold()

@@ -58,6 +58,9 @@ def _normalize(raw: str, regions: tuple[str, ...]) -> Phone:
     text = raw.strip()
     if text.startswith("00"):
         text = "+" + text[2:]
+    international = _international_without_plus(text, regions)
+    if international is not None:
+        return international
     for region in (None,) if text.startswith("+") else regions:
         try:
             number = phonenumbers.parse(text, region)
@@ -70,3 +73,34 @@ def _normalize(raw: str, regions: tuple[str, ...]) -> Phone:
                 type=_TYPES.get(phonenumbers.number_type(number), "unknown"),
             )
     return Phone(value=raw.strip(), valid=False, type="unknown")
+
+
+_SEPARATORS = str.maketrans("", "", " -./()")
+
+
+def _international_without_plus(text: str, regions: tuple[str, ...]) -> Phone | None:
+    """``4915153713055``: an international number written without its ``+``. Read
+    nationally it would be ``+49 4915153713055`` — which phonenumbers' length-based
+    check may even call valid (German area codes vary in length). A national number is
+    dialled with its trunk prefix ``0`` in DE/AT/CH, so digits that do not start with
+    0, are at least 10 long (a full number with country code; a local number without
+    area code is shorter), start with the country code of one of ``regions`` and are
+    valid with a ``+`` are taken as international (``15153713055``, a German mobile
+    without its 0, is not read as a US number)."""
+    digits = text.translate(_SEPARATORS)
+    if not digits.isdigit() or digits.startswith("0") or len(digits) < 10:
+        return None
+    codes = {str(phonenumbers.country_code_for_region(region)) for region in regions}
+    if not any(digits.startswith(code) for code in codes):
+        return None
+    try:
+        number = phonenumbers.parse("+" + digits, None)
+    except NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return Phone(
+        value=phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164),
+        valid=True,
+        type=_TYPES.get(phonenumbers.number_type(number), "unknown"),
+    )

@@ -503,3 +503,12 @@ def test_the_region_order_is_configurable(sessions: sessionmaker[Session]) -> No
     # HOOKFLEET_PHONE_REGIONS=CH,DE: a Swiss business reads national numbers as Swiss.
     assert normalize_phone("079 123 45 67", ("CH", "DE")).value == "+41791234567"
     assert normalize_phone("079 123 45 67", ("DE", "CH")).value == "+49791234567"
+
+
+def test_an_international_number_written_without_plus_is_read_as_international() -> None:
+    # Read nationally, 4915153713055 would be "+49 4915153713055", a number no one has.
+    assert normalize_phone("4915153713055").value == "+4915153713055"
+    assert normalize_phone("41 79 123 45 67").value == "+41791234567"
+    # Digits without a country code of the configured regions stay national readings.
+    assert normalize_phone("15153713055").value == "+4915153713055"
+    assert normalize_phone("030 901820").value == "+4930901820"

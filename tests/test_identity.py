@@ -16,19 +16,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.exc import IntegrityError
+from click.testing import CliRunner
+from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import ObjectDeletedError
 
-from models import Appointment, Branch, Call, Company, Customer
+from models import Appointment, Branch, Call, Company, Customer, CustomerDetail
+from models.appointments import AppointmentAttendee
+from models.customers import person_key
 from models.engine import make_engine, make_sessionmaker
+from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
 from tests.servers import sqlite_url
 from workers import customers as identity
-from workers.events import IncomingEvent, Outcome, record_event
+from workers import events
+from workers.events import IncomingEvent, Outcome, record_batch, record_event
 from workers.integrity import check, fix
-from workers.retries import RetryPolicy
+from workers.integrity_command import integrity
+from workers.retries import RetryPolicy, is_transient
 
 BRANCH_PHONE = "+4930901820"
 UNOWNED = "+41445556677"
@@ -276,6 +283,7 @@ def test_the_database_refuses_a_second_customer_for_one_number_or_email(
         for second in (
             {"phone": "+4915112345678", "phone_key": "+4915112345678"},
             {"email": "ada@example.com"},
+            {"phone": "+4930901821", "person_key": person_key("+4930901821", "Carl Gast")},
         ):
             with sessions() as session, session.begin():
                 session.add(Customer(company_id=company_id, **second))
@@ -499,3 +507,355 @@ def test_migration_gives_each_number_one_holder_and_keeps_the_old_rows(at_0004: 
         (0, "ada@example.com", "+4915112345678"),
         (7, "jürgen@example.de", None),
     ]
+
+
+# --- an event settled alone after its batch failed ------------------------------------------
+
+
+def incoming(provider: str, event_id: str, body: dict[str, Any]) -> IncomingEvent:
+    return IncomingEvent(
+        provider=provider,
+        event_id=event_id,
+        event_type=body.get("event") or body.get("triggerEvent") or "",
+        queue="hookfleet.default",
+        correlation_id="corr",
+        received_at=datetime.now(UTC),
+        headers={},
+        payload=json.dumps(body),
+    )
+
+
+def flat_meeting_started(uid: str, name: str, phone: str) -> dict[str, Any]:
+    """Cal.com's scheduled MEETING_STARTED: the booking row itself, no ``payload`` key."""
+    flat = booking(uid, name, None, phone)["payload"]
+    return {"triggerEvent": "MEETING_STARTED", "createdAt": "2026-12-01T09:00:05Z", **flat}
+
+
+def started_call(call_id: str, caller: str) -> dict[str, Any]:
+    body = call(call_id, caller, call_status="ongoing")
+    del body["call"]["end_timestamp"]
+    return {**body, "event": "call_started"}
+
+
+SETTLED_ALONE = {
+    "call_started-after-call_ended": (
+        ("retell", "r1:call_started", started_call("r1", "+4915112345678")),
+        ("retell", "r1:call_ended", call("r1", "+4915112345678")),
+    ),
+    "BOOKING_CREATED-after-MEETING_STARTED": (
+        ("calcom", "BOOKING_CREATED:m1", booking("m1", "Dana Gast", None, "+4930901820")),
+        ("calcom", "MEETING_STARTED:m1", flat_meeting_started("m1", "Dana Gast", "+4930901820")),
+    ),
+}
+
+
+@pytest.mark.parametrize("late, other", SETTLED_ALONE.values(), ids=SETTLED_ALONE.keys())
+def test_an_event_settled_alone_after_a_failed_batch_sees_what_another_worker_committed(
+    maria_sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+    late: tuple[str, str, dict[str, Any]],
+    other: tuple[str, str, dict[str, Any]],
+) -> None:
+    """The batch with ``late`` fails (a deadlock), so the worker settles it alone; between
+    that transaction's first plain read and its handler, another worker commits the
+    call or booking. MariaDB's REPEATABLE READ hides that row from the plain reads of
+    the settling transaction while its locking read finds it: the event was marked
+    ``failed`` with ObjectDeletedError. It must be processed, the row a salon sees
+    merged from both events. (SQLite has one writer at a time: no such interleaving.)"""
+    with maria_sessions() as session, session.begin():
+        session.add(
+            Branch(
+                company=Company(name="Salon"),
+                name="Mitte",
+                phone=BRANCH_PHONE,
+                calcom_event_type_id=1001,
+            )
+        )
+    handler = events.HANDLERS[late[0]]
+
+    def deadlocked(_session: Session, _row: Any) -> None:
+        raise OperationalError("apply", {}, Exception(1213, "Deadlock found"))
+
+    monkeypatch.setitem(events.HANDLERS, late[0], deadlocked)
+    for recorded in (late, other):  # both on record as received, as the batches left them
+        with pytest.raises(OperationalError):
+            record_batch(maria_sessions, [incoming(*recorded)])
+
+    def another_worker_commits_first(session: Session, row: Any) -> None:
+        monkeypatch.setitem(events.HANDLERS, late[0], handler)
+        session.execute(select(Company.id)).all()  # this transaction's snapshot starts
+        assert deliver(maria_sessions, *other) is Outcome.PROCESSED
+        handler(session, row)
+
+    monkeypatch.setitem(events.HANDLERS, late[0], another_worker_commits_first)
+    outcome = RetryPolicy(attempts=3, initial_s=0.05).call(
+        lambda: record_event(maria_sessions, incoming(*late))
+    )
+
+    assert outcome is Outcome.PROCESSED
+    with maria_sessions() as session:
+        statuses = set(session.scalars(select(WebhookEvent.status)))
+        assert statuses == {EventStatus.PROCESSED}
+        if late[0] == "retell":
+            seen = session.execute(select(Call.status, Call.ended_at, Call.customer_id)).one()
+            assert seen.status == "ended" and seen.ended_at is not None
+            assert seen.customer_id is not None
+        else:
+            seen = session.execute(
+                select(Appointment.status, Appointment.started_at, Appointment.customer_id)
+            ).one()
+            assert seen.status == "started" and seen.started_at is not None
+            assert seen.customer_id is not None
+
+
+def test_a_row_missing_from_the_snapshot_is_retried_not_failed() -> None:
+    """ObjectDeletedError means the transaction's snapshot lacks a row it locked: the
+    same event in a fresh transaction succeeds, so it is a transient failure."""
+    assert is_transient(ObjectDeletedError(inspect(Customer())))
+
+
+def test_the_database_refuses_a_second_attendee_without_email_of_one_name(
+    sessions: sessionmaker[Session],
+) -> None:
+    """UNIQUE (appointment_id, name_key): one row per e-mail-less attendee of a booking."""
+    with sessions() as session, session.begin():
+        session.add(Appointment(calcom_uid="u1", event_rank=0))
+    with sessions() as session, session.begin():
+        appointment = session.scalars(select(Appointment)).one()
+        session.add(AppointmentAttendee(appointment=appointment, name="Dana", name_key="name:dana"))
+    with sessions() as session:
+        appointment = session.scalars(select(Appointment)).one()
+        session.add(AppointmentAttendee(appointment=appointment, name="DANA", name_key="name:dana"))
+        with pytest.raises(IntegrityError):
+            session.commit()
+
+
+LANDLINE = "+4930901821"
+
+
+def test_two_first_bookings_of_one_person_without_email_on_a_held_landline_make_one_customer(
+    maria_sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Carl has no e-mail and books twice at once on the landline Ada holds: both
+    workers look, find only Ada (another name), and only then insert — forced with a
+    barrier, on MariaDB's REPEATABLE READ. The loser's retry must find Carl."""
+    with maria_sessions() as session, session.begin():
+        session.add(
+            Branch(
+                company=Company(name="Salon"),
+                name="Mitte",
+                phone=BRANCH_PHONE,
+                calcom_event_type_id=1001,
+            )
+        )
+        session.add(Appointment(calcom_uid="c1m", event_rank=0))  # between c1 and c2
+    book(maria_sessions, "a1", "Ada", "ada@example.com", LANDLINE)
+    both_looked = threading.Barrier(2, timeout=20)
+    waited: set[int] = set()
+    create = identity._create
+
+    def create_after_both_looked(*args: Any, **kwargs: Any) -> Customer:
+        if threading.get_ident() not in waited:
+            waited.add(threading.get_ident())
+            both_looked.wait()
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(identity, "_create", create_after_both_looked)
+    errors: list[BaseException] = []
+
+    def worker(uid: str) -> None:
+        try:
+            RetryPolicy(attempts=4, initial_s=0.05).call(
+                lambda: book(maria_sessions, uid, "Carl Gast", None, "030 901821")
+            )
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(uid,)) for uid in ("c1", "c2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    with maria_sessions() as session:
+        carls = session.scalars(select(Customer.id).where(Customer.name == "Carl Gast")).all()
+        linked = set(
+            session.scalars(
+                select(Appointment.customer_id).where(Appointment.calcom_uid.in_(["c1", "c2"]))
+            )
+        )
+    assert len(carls) == 1
+    assert linked == {carls[0]}
+    assert customer_of_booking(maria_sessions, "a1") == ("ada@example.com", LANDLINE, "Ada")
+
+
+# --- details that identify no one, and details that conflict ----------------------------------
+
+
+def details_of(sessions: sessionmaker[Session]) -> list[tuple[Any, ...]]:
+    """(customer name, kind, value) of every recorded detail."""
+    with sessions() as session:
+        rows = session.execute(
+            select(Customer.name, CustomerDetail.kind, CustomerDetail.value)
+            .join(Customer, Customer.id == CustomerDetail.customer_id)
+            .order_by(CustomerDetail.id)
+        )
+        return [tuple(row) for row in rows]
+
+
+def test_a_receptionists_email_for_three_people_keeps_every_name_and_lists_a_split(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    book(sessions, "r1", "Frau Meier", "empfang@praxis.example")
+    book(sessions, "r2", "Herr Schulz", "Empfang@praxis.example")
+    book(sessions, "r3", "Frau Yilmaz", "empfang@praxis.example")
+
+    assert customers(sessions) == [(company, "empfang@praxis.example", None, "Frau Meier")]
+    assert details_of(sessions) == [
+        ("Frau Meier", "name", "Herr Schulz"),
+        ("Frau Meier", "name", "Frau Yilmaz"),
+    ]
+    report = check(sessions.kw["bind"])
+    split = report.findings["customer_details other names"]
+    assert split.count == 1
+    assert "Herr Schulz, Frau Yilmaz" in split.examples[0]
+
+
+@pytest.mark.parametrize("bad", ["not-an-email", "n/a", "zora@localhost", "a@b", "x@@y.de"])
+def test_an_invalid_email_identifies_no_one_and_is_kept_as_given(
+    sessions: sessionmaker[Session], company: int, bad: str
+) -> None:
+    book(sessions, "z1", "Zora", bad, "0151 11111111")
+    book(sessions, "z2", "Zeno", bad, "0151 22222222")
+
+    assert customers(sessions) == [
+        (company, None, "+4915111111111", "Zora"),
+        (company, None, "+4915122222222", "Zeno"),
+    ]
+    assert details_of(sessions) == [("Zora", "email", bad), ("Zeno", "email", bad)]
+
+
+def test_a_new_phone_for_a_known_email_is_recorded_and_calls_from_it_find_her(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    book(sessions, "p1", "Ada", "ada@example.com", "0151 11111111")
+    book(sessions, "p2", "Ada", "ada@example.com", "0151 22222222")
+    ring(sessions, "from_new_phone", "+4915122222222")
+
+    assert customers(sessions) == [(company, "ada@example.com", "+4915111111111", "Ada")]
+    assert details_of(sessions) == [("Ada", "phone", "+4915122222222")]
+    assert customer_of_call(sessions, "from_new_phone") == customer_of_booking_id(sessions, "p1")
+
+
+def customer_of_booking_id(sessions: sessionmaker[Session], uid: str) -> int | None:
+    with sessions() as session:
+        return session.scalar(select(Appointment.customer_id).where(Appointment.calcom_uid == uid))
+
+
+def test_a_free_text_phone_is_kept_whole(sessions: sessionmaker[Session], company: int) -> None:
+    said = "please call my mobile +49 151 1234 5678 after 6 pm"
+    book(sessions, "f1", "Ada", "ada@example.com", said)
+    assert details_of(sessions) == [("Ada", "phone", said)]
+
+
+def test_integrity_fix_merges_identical_copies_of_a_person_on_a_held_landline(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    """Ada holds the landline; Carl without an e-mail exists twice (the old race): the
+    two Carls are certain, Ada and a nameless record are not."""
+    with sessions() as session, session.begin():
+        session.add_all(
+            [
+                Customer(company_id=company, phone=LANDLINE, email="ada@example.com", name="Ada"),
+                Customer(company_id=company, phone=LANDLINE, name="Carl Gast"),
+                Customer(company_id=company, phone=LANDLINE, name="carl  gast"),
+                Customer(company_id=company, phone=LANDLINE),
+            ]
+        )
+    engine = sessions.kw["bind"]
+    assert check(engine).counts()["customers.phone duplicate"] == 1
+    fix(engine)
+    names = [row[3] for row in customers(sessions)]
+    assert names == ["Ada", "Carl Gast", None]
+    assert fix(engine).problems == 0
+
+
+def test_integrity_says_an_e164_phone_without_a_type_is_marked_valid(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    """A legacy row already in E.164 but without its type: fix marks it valid, and the
+    check says so (it said "kept as given, marked invalid")."""
+    with sessions() as session, session.begin():
+        ada = Customer(company_id=company, phone="+4915112345678")
+        session.add(ada)
+        session.flush()
+        ada_id = ada.id
+    with sessions() as session, session.begin():
+        session.execute(text("UPDATE customers SET phone_type = NULL, phone_valid = 0"))
+    found = check(sessions.kw["bind"]).findings["customers.phone not E.164"].examples
+    assert found == [f"customer {ada_id}: '+4915112345678' → already E.164, marked valid (mobile)"]
+
+
+def test_integrity_fix_merges_legacy_nfd_and_nfc_copies_of_one_address(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    """Written past the model (an import): the decomposed and composed ``ü`` are one
+    address to the workers, so fix merges them, on MariaDB too."""
+    nfc, nfd = "j\u00fcrgen@example.de", "ju\u0308rgen@example.de"
+    with sessions() as session, session.begin():
+        session.add(Company(name="other"))
+    with sessions() as session, session.begin():
+        for address, phone in ((nfc, "+4915111111111"), (nfd, None)):
+            session.execute(
+                text(
+                    "INSERT INTO customers (company_id, company_key, email, phone, phone_valid,"
+                    " created_at, updated_at) VALUES (:c, :c, :e, :p, :v, :t, :t)"
+                ),
+                {
+                    "c": company,
+                    "e": address,
+                    "p": phone,
+                    "v": phone is not None,
+                    "t": datetime.now(UTC),
+                },
+            )
+    fix(sessions.kw["bind"])
+    assert customers(sessions) == [(company, nfc, "+4915111111111", None)]
+
+
+def test_a_phone_given_with_another_name_on_a_known_email_links_no_calls(
+    sessions: sessionmaker[Session], company: int
+) -> None:
+    book(sessions, "m1", "Frau Meier", "empfang@praxis.example", "0151 11111111")
+    book(sessions, "s1", "Herr Schulz", "empfang@praxis.example", "0151 22222222")
+    ring(sessions, "schulz_calls", "+4915122222222")
+
+    assert details_of(sessions) == [
+        ("Frau Meier", "other_phone", "+4915122222222"),
+        ("Frau Meier", "name", "Herr Schulz"),
+    ]
+    meier = customer_of_booking_id(sessions, "m1")
+    assert customer_of_call(sessions, "schulz_calls") not in (None, meier)
+
+
+def test_integrity_check_lists_every_entry_with_all_and_n_with_limit(
+    database_url: str, sessions: sessionmaker[Session], company: int
+) -> None:
+    """The review lists stopped at 5 entries ("… and 2 more") with no way to see the rest."""
+    with sessions() as session, session.begin():
+        for n in range(7):
+            phone = f"+49151{30000000 + n:08d}"
+            session.add(Customer(company_id=company, phone=phone, email=f"a{n}@example.de"))
+            session.add(Customer(company_id=company, phone=phone, email=f"b{n}@example.de"))
+    runner = CliRunner()
+    env = {"HOOKFLEET_DATABASE_URL": database_url}
+
+    default = runner.invoke(integrity, ["check"], env=env)
+    every = runner.invoke(integrity, ["check", "--all"], env=env)
+    three = runner.invoke(integrity, ["check", "--limit", "3"], env=env)
+
+    assert default.exit_code == every.exit_code == three.exit_code == 0, default.output
+    assert default.output.count("differ in email") == 5 and "… and 2 more" in default.output
+    assert every.output.count("differ in email") == 7 and "more" not in every.output
+    assert three.output.count("differ in email") == 3 and "… and 4 more" in three.output

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from ingest.providers import calcom, retell
-from models import Appointment, Call, Customer
+from models import Appointment, AppointmentAttendee, Call, Customer
 from models.business import Branch, Company
 from models.events import EventStatus, WebhookEvent
 from tests.processes import Processes, request, running_fleet
@@ -173,3 +174,116 @@ def test_simultaneous_first_contacts_through_two_queues_make_one_customer(
         me, stray = theirs[0].id, strays[0].id
         assert (by_call[f"race_{n}_a"], by_call[f"race_{n}_b"], by_uid[f"race_{n}"]) == (me,) * 3
         assert (by_call[f"stray_{n}_a"], by_call[f"stray_{n}_b"]) == (stray, stray)
+
+
+LANDLINE_ROUNDS = 20
+
+
+def landline(n: int) -> str:
+    return f"+4930{40000000 + n:08d}"
+
+
+def post_calcom(fleet: Processes, body: dict[str, Any]) -> int:
+    raw = json.dumps(body).encode()
+    headers = {"X-Cal-Signature-256": calcom.sign(SECRETS["calcom"], raw)}
+    return request(fleet.base_url, "POST", "/webhooks/calcom", raw, headers)[0]
+
+
+def no_email_booking(uid: str, name: str, phone: str, flat: str | None = None) -> dict[str, Any]:
+    """A booking whose attendee gave a phone and no e-mail; ``flat``: that trigger in the
+    shape of Cal.com's scheduled MEETING_* job (the booking row, no ``payload`` key)."""
+    booking = {
+        "uid": uid,
+        "title": "Haircut",
+        "startTime": "2026-12-01T09:00:00Z",
+        "endTime": "2026-12-01T09:30:00Z",
+        "eventTypeId": 1001,
+        "attendees": [{"name": name, "timeZone": "Europe/Berlin", "phoneNumber": phone}],
+    }
+    if flat is not None:
+        return {"triggerEvent": flat, "createdAt": "2026-12-01T09:00:05Z", **booking}
+    return {
+        "triggerEvent": "BOOKING_CREATED",
+        "createdAt": "2026-11-23T09:00:00Z",
+        "payload": booking,
+    }
+
+
+def test_people_without_email_on_a_held_landline_are_one_customer_and_one_attendee(
+    tmp_path: Path, redis_url: str, mariadb_url: str, engine: Engine
+) -> None:
+    """Ada holds each landline. At once: Carl books twice on it (no e-mail), and Dana's
+    booking arrives as BOOKING_CREATED and as Cal.com's flat MEETING_STARTED. One Carl,
+    one Dana, one attendee row for Dana, every event processed (none failed). On this
+    box the bookings rarely interleave tightly enough to race (the default queue's
+    batches settle them in one transaction); the interleaving itself is forced in
+    ``tests/test_identity.py``."""
+    salon(engine)
+    env = {
+        "HOOKFLEET_RETELL_SECRETS": SECRETS["retell"],
+        "HOOKFLEET_CALCOM_SECRETS": SECRETS["calcom"],
+        "HOOKFLEET_WORKER_CONCURRENCY": "3",
+    }
+    names = ("web", "worker_high", "worker_default")
+    with running_fleet(tmp_path, redis_url, mariadb_url, names=names, **env) as fleet:
+        fleet.wait_for_worker("worker_high")
+        fleet.wait_for_worker("worker_default")
+        for n in range(LANDLINE_ROUNDS):
+            ada = {"name": "Ada", "email": f"ada.{n}@example.de", "national": landline(n)}
+            assert post_booking(fleet, f"ada_{n}", ada) == 202
+
+        def holders_booked() -> bool:
+            with engine.connect() as connection:
+                done = connection.scalar(
+                    select(func.count()).where(WebhookEvent.status == EventStatus.PROCESSED)
+                )
+            return done == LANDLINE_ROUNDS
+
+        wait_until(holders_booked, 120, "Ada's bookings processed", interval=0.3)
+        answers = []
+        for n in range(LANDLINE_ROUNDS):
+            line = landline(n)
+            sends = [
+                no_email_booking(f"carl_{n}_a", "Carl Gast", line),
+                no_email_booking(f"carl_{n}_b", "Carl Gast", line),
+                no_email_booking(f"dana_{n}", "Dana Gast", line),
+                no_email_booking(f"dana_{n}", "Dana Gast", line, flat="MEETING_STARTED"),
+            ]
+            at_once = threading.Barrier(len(sends))
+
+            def send(body: dict[str, Any], at_once: threading.Barrier = at_once) -> int:
+                at_once.wait()
+                return post_calcom(fleet, body)
+
+            with ThreadPoolExecutor(max_workers=len(sends)) as pool:
+                answers += list(pool.map(send, sends))
+        assert answers == [202] * 4 * LANDLINE_ROUNDS
+        total = LANDLINE_ROUNDS + len(answers)
+
+        def all_settled() -> bool:
+            with engine.connect() as connection:
+                done = connection.scalar(
+                    select(func.count()).where(
+                        WebhookEvent.status.in_([EventStatus.PROCESSED, EventStatus.FAILED])
+                    )
+                )
+            return done == total
+
+        wait_until(all_settled, 180, "every delivery settled", interval=0.5)
+
+    with Session(engine) as session:
+        failed = session.scalar(
+            select(func.count()).where(WebhookEvent.status != EventStatus.PROCESSED)
+        )
+        people = session.execute(select(Customer.phone, Customer.name)).all()
+        dana_rows = session.execute(
+            select(Appointment.calcom_uid, func.count(AppointmentAttendee.id))
+            .join(AppointmentAttendee, AppointmentAttendee.appointment_id == Appointment.id)
+            .where(Appointment.calcom_uid.like("dana_%"))
+            .group_by(Appointment.calcom_uid)
+        ).all()
+    assert failed == 0
+    for n in range(LANDLINE_ROUNDS):
+        on_line = sorted(name for phone, name in people if phone == landline(n))
+        assert on_line == ["Ada", "Carl Gast", "Dana Gast"], n
+    assert sorted(count for _uid, count in dana_rows) == [1] * LANDLINE_ROUNDS

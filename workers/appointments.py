@@ -59,7 +59,7 @@ from workers.attendees import (
     sync_attendees,
 )
 from workers.calcom_events import CalcomEvent, attendee_key, email_of, text, when
-from workers.retries import RaceLost
+from workers.retries import RaceLost, locked
 
 log = logging.getLogger("hookfleet.worker.appointments")
 
@@ -283,15 +283,15 @@ def _retire(session: Session, calcom: CalcomEvent, old: Appointment, order: Orde
 def _find(session: Session, calcom: CalcomEvent) -> Appointment | None:
     uid, number = calcom.uid(), calcom.booking_id()
     if uid is not None:
-        return session.scalars(
-            select(Appointment).where(Appointment.calcom_uid == uid).with_for_update()
-        ).first()
+        by_uid = select(Appointment).where(Appointment.calcom_uid == uid)
+        return session.scalars(locked(by_uid)).first()
     if number is not None:
         return session.scalars(
-            select(Appointment)
-            .where(Appointment.calcom_booking_id == number)
-            .order_by(Appointment.id)
-            .with_for_update()
+            locked(
+                select(Appointment)
+                .where(Appointment.calcom_booking_id == number)
+                .order_by(Appointment.id)
+            )
         ).first()
     return None
 
@@ -299,7 +299,7 @@ def _find(session: Session, calcom: CalcomEvent) -> Appointment | None:
 def _get_or_add(session: Session, uid: str) -> Appointment:
     uid = uid[:128]  # as stored: a longer one would be looked up in vain and re-inserted
     appointment = session.scalars(
-        select(Appointment).where(Appointment.calcom_uid == uid).with_for_update()
+        locked(select(Appointment).where(Appointment.calcom_uid == uid))
     ).first()
     if appointment is None:
         appointment = Appointment(calcom_uid=uid, event_rank=0)

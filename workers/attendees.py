@@ -103,6 +103,7 @@ def attendee_row(
         appointment=appointment,
         email=email,
         name=text(attendee.get("name"), NAME_MAX),
+        name_key=None if email else key,
         status=AttendeeStatus.BOOKED,
     )
     session.add(row)

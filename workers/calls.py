@@ -26,7 +26,7 @@ from models.payloads import PayloadError, loads
 from models.phones import normalize_phone
 from workers.customers import find_or_create_customer
 from workers.packets import escaped_size, statement_budget
-from workers.retries import PermanentError, RaceLost
+from workers.retries import PermanentError, RaceLost, locked
 
 log = logging.getLogger("hookfleet.worker.calls")
 
@@ -56,13 +56,15 @@ def apply_retell_event(session: Session, event: WebhookEvent) -> None:
     fields = _fields(event.event_type, details, event.payload)
     _fit_statement(fields, statement_budget(session))
 
-    call = session.scalars(select(Call).where(Call.call_id == call_id).with_for_update()).first()
+    call = session.scalars(locked(select(Call).where(Call.call_id == call_id))).first()
     if call is None:
         call = Call(call_id=call_id, event_rank=0)
         session.add(call)
     _merge(call, fields, rank)
-    _link(session, call, details)
     try:
+        # Inside: linking queries autoflush the new call row, where its INSERT may meet
+        # the unique call_id another worker committed meanwhile.
+        _link(session, call, details)
         session.flush()
     except IntegrityError as error:
         raise RaceLost(f"call {call_id} was created concurrently") from error

@@ -28,9 +28,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from models import Appointment, AppointmentAttendee, Call, Customer
+from models import Appointment, AppointmentAttendee, Call, Customer, CustomerDetail
 from models.business import normalize_email
-from models.customers import Details, conflicts
+from models.customers import Details, conflicts, plain_name
 from workers.integrity_report import Report
 
 DUPLICATE_EMAILS = "customers.email duplicate"
@@ -38,6 +38,7 @@ DUPLICATE_PHONES = "customers.phone duplicate"
 EMAIL_CANDIDATES = "customers.email differing details"
 SHARED_PHONES = "customers.phone shared"
 SIMILAR_EMAILS = "customers.email similar"
+OTHER_NAMES = "customer_details other names"
 
 
 def register_kinds(report: Report) -> None:
@@ -47,6 +48,7 @@ def register_kinds(report: Report) -> None:
     report.kind(EMAIL_CANDIDATES, "same email, details differ (merge?)", repairable=False)
     report.kind(SHARED_PHONES, "customers sharing a phone (merge?)", repairable=False)
     report.kind(SIMILAR_EMAILS, "emails equal but for accents/case (merge?)", repairable=False)
+    report.kind(OTHER_NAMES, "customers given other names (split?)", repairable=False)
 
 
 def duplicate_customers(engine: Engine, report: Report, *, apply: bool, batch_size: int) -> None:
@@ -61,7 +63,26 @@ def duplicate_customers(engine: Engine, report: Report, *, apply: bool, batch_si
     for scope, phone, ids in _groups(engine, Customer.phone, valid_phone, batch_size):
         group = Group(scope, ids, "phone", phone)
         _settle(engine, report, group, (DUPLICATE_PHONES, SHARED_PHONES), apply=apply)
-    _similar_emails(engine, report, email_key, batch_size)
+    _similar_emails(engine, report, email_key, batch_size, apply=apply)
+    _other_names(engine, report)
+
+
+def _other_names(engine: Engine, report: Report) -> None:
+    """Customers an event gave another name for (``customer_details``): one e-mail used
+    for several people (a receptionist's, a family's) looks like this — for a person to
+    split. The ids in order, so a page of output is stable."""
+    with _connection(engine) as connection:
+        rows = connection.execute(
+            select(Customer.id, Customer.name, CustomerDetail.value)
+            .join(CustomerDetail, CustomerDetail.customer_id == Customer.id)
+            .where(CustomerDetail.kind == "name")
+            .order_by(Customer.id, CustomerDetail.id)
+        ).all()
+    names: dict[tuple[int, str | None], list[str]] = {}
+    for id_, name, other in rows:
+        names.setdefault((id_, name), []).append(other)
+    for (id_, name), others in names.items():
+        report.add(OTHER_NAMES, f"customer {id_} {name!r} also given {', '.join(others)}")
 
 
 # --- grouping in the database ---------------------------------------------------------------
@@ -125,8 +146,14 @@ def _groups(
         last = (rows[-1][0], rows[-1][1])
 
 
-def _similar_emails(engine: Engine, report: Report, email_key: Any, batch_size: int) -> None:
-    """Groups equal once folded whose e-mails differ after normalization: for a person."""
+def _similar_emails(
+    engine: Engine, report: Report, email_key: Any, batch_size: int, *, apply: bool
+) -> None:
+    """Groups equal once folded whose e-mails differ after normalization: for a person.
+
+    On MariaDB the grouping key (LOWER, TRIM) cannot apply Unicode NFC, so legacy NFD
+    and NFC copies of one address (one address to the workers, ``normalize_email``)
+    meet here first: they are settled as duplicates by e-mail, certain or not."""
     folded = _folded_key(engine)
     distinct = func.count(func.distinct(email_key)) > 1
     where = Customer.email.is_not(None)
@@ -137,8 +164,16 @@ def _similar_emails(engine: Engine, report: Report, email_key: Any, batch_size: 
                 .where(Customer.id.in_(ids), Customer.company_key == scope)
                 .order_by(Customer.id)
             ).all()
-        listed = ", ".join(f"{id_} {email}" for id_, email in rows)
-        report.add(SIMILAR_EMAILS, f"company {scope}: customers {listed}")
+        same: dict[str, list[int]] = {}
+        for id_, email in rows:
+            same.setdefault(normalize_email(email) or "", []).append(id_)
+        for address, members in same.items():
+            if len(members) > 1:
+                group = Group(scope, members, "email", address)
+                _settle(engine, report, group, (DUPLICATE_EMAILS, EMAIL_CANDIDATES), apply=apply)
+        if len(same) > 1:
+            listed = ", ".join(f"{id_} {email}" for id_, email in rows)
+            report.add(SIMILAR_EMAILS, f"company {scope}: customers {listed}")
 
 
 # --- one group ------------------------------------------------------------------------------
@@ -183,11 +218,31 @@ def _settle(
                 for f in conflicts(Details.of(a), Details.of(b))
             }
         )
-        if differ:
-            listed = ", ".join(str(c.id) for c in members)
-            report.add(kinds[1], f"{group.value}: customers {listed} differ in {', '.join(differ)}")
+        if not differ:
+            _merge(session, report, kinds[0], group.value, members, apply=apply)
             return
-        _merge(session, report, kinds[0], group.value, members, apply=apply)
+        listed = ", ".join(str(c.id) for c in members)
+        report.add(kinds[1], f"{group.value}: customers {listed} differ in {', '.join(differ)}")
+        for same in _identical(members):
+            _merge(session, report, kinds[0], group.value, same, apply=apply)
+
+
+def _identical(members: list[Customer]) -> list[list[Customer]]:
+    """The certain sub-groups of a group that differs: members with the same e-mail (or
+    none) and the same name, who disagree on nothing — two copies of Carl without an
+    e-mail on Ada's landline. A member without a name and without an e-mail could be
+    anyone of the group: never merged."""
+    same: dict[tuple[str | None, str], list[Customer]] = {}
+    for customer in members:
+        if customer.name:
+            key = (normalize_email(customer.email), plain_name(customer.name))
+            same.setdefault(key, []).append(customer)
+    return [
+        sub
+        for sub in same.values()
+        if len(sub) > 1
+        and not any(conflicts(Details.of(a), Details.of(b)) for a, b in combinations(sub, 2))
+    ]
 
 
 def _merge(
@@ -223,6 +278,7 @@ def _merge(
         session.execute(
             update(model).where(model.customer_id.in_(merged)).values(customer_id=keeper.id)
         )
+    _move_details(session, keeper, merged)
     for other in others:
         session.delete(other)
     session.flush()  # their e-mails and phone keys are gone before the keeper takes them
@@ -251,3 +307,24 @@ def _missing_fields(keeper: Customer, others: list[Customer]) -> dict[str, Any]:
             if value is not None:
                 filled[name] = value
     return filled
+
+
+def _move_details(session: Session, keeper: Customer, merged: list[int]) -> None:
+    """The merged customers' recorded details become the keeper's (once each)."""
+    kept = {
+        (kind, value)
+        for kind, value in session.execute(
+            select(CustomerDetail.kind, CustomerDetail.value).where(
+                CustomerDetail.customer_id == keeper.id
+            )
+        )
+    }
+    for detail in session.scalars(
+        select(CustomerDetail).where(CustomerDetail.customer_id.in_(merged))
+    ):
+        if (detail.kind, detail.value) in kept:
+            session.delete(detail)
+        else:
+            kept.add((detail.kind, detail.value))
+            detail.customer_id = keeper.id
+    session.flush()

@@ -158,7 +158,12 @@ def _customer_phones(engine: Engine, report: Report, *, apply: bool, batch_size:
                 report.add(INVALID_CUSTOMER_PHONES, f"customer {id_}: {phone!r}")
             if (value, is_valid, kind) == (phone, bool(valid), type_):
                 continue
-            to = value if value != phone else "kept as given, marked invalid"
+            if value != phone:
+                to = value
+            elif is_valid:
+                to = f"already E.164, marked valid ({kind})"
+            else:
+                to = "kept as given, marked invalid"
             report.add(CUSTOMER_PHONES, f"customer {id_}: {phone!r} → {to}")
             changes.append(
                 {"b_id": id_, "b_old": phone, "b_phone": value, "b_valid": is_valid, "b_type": kind}

@@ -23,6 +23,20 @@ batch_size_option = click.option(
     type=click.IntRange(min=1),
     help="Rows read per query; memory stays bounded by it.",
 )
+limit_option = click.option(
+    "--limit",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Entries listed per kind (the rest is counted as '… and N more').",
+)
+all_option = click.option(
+    "--all", "list_all", is_flag=True, help="List every entry of every kind (no --limit)."
+)
+
+
+def _examples(limit: int, list_all: bool) -> int:
+    return 2**31 if list_all else limit
 
 
 @click.group()
@@ -33,11 +47,14 @@ def integrity() -> None:
 
 @integrity.command()
 @batch_size_option
-def check(batch_size: int) -> None:
+@limit_option
+@all_option
+def check(batch_size: int, limit: int, list_all: bool) -> None:
     """Report problems; change nothing. Exits 1 when something needs `fix`, else 0."""
     from workers import integrity as run
 
-    report = run.check(_engine(), batch_size=batch_size)
+    examples = _examples(limit, list_all)
+    report = run.check(_engine(), batch_size=batch_size, examples=examples)
     _print(report, "found")
     if report.problems:
         click.echo(f"{report.problems} to repair: `hookfleet integrity fix --dry-run` shows how.")
@@ -48,12 +65,15 @@ def check(batch_size: int) -> None:
 @integrity.command()
 @click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
 @batch_size_option
-def fix(dry_run: bool, batch_size: int) -> None:
+@limit_option
+@all_option
+def fix(dry_run: bool, batch_size: int, limit: int, list_all: bool) -> None:
     """Set orphan links to NULL, merge customers certain to be one person (same e-mail or
     phone, nothing differing), normalize phones. Merge candidates are only listed."""
     from workers import integrity as run
 
-    report = run.fix(_engine(), dry_run=dry_run, batch_size=batch_size)
+    examples = _examples(limit, list_all)
+    report = run.fix(_engine(), dry_run=dry_run, batch_size=batch_size, examples=examples)
     _print(report, "would fix" if dry_run else "fixed")
     done = "would be repaired (dry run, nothing changed)" if dry_run else "repaired"
     click.echo(f"{report.problems} {done}.")

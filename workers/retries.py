@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import Select
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import undefer
+from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 from tenacity import (
     Retrying,
     retry_if_exception,
@@ -25,6 +28,7 @@ from tenacity import (
 )
 
 T = TypeVar("T")
+S = TypeVar("S", bound=Select[Any])
 
 # MariaDB/MySQL error numbers that mean "try again": 1205 lock wait timeout, 1213
 # deadlock, 1040 too many connections, 1053 server shutting down, 1927 connection
@@ -51,6 +55,13 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, RaceLost | PoolTimeout | DisconnectionError | SoftTimeLimitExceeded):
         # A task past its soft time limit (e.g. stuck behind a lock) was rolled back;
         # it is tried again later, on a fresh message, not within the same task.
+        return True
+    if isinstance(error, ObjectDeletedError | StaleDataError):
+        # A row this transaction locked is missing from its own snapshot (MariaDB's
+        # REPEATABLE READ: a row committed after the transaction's first plain read is
+        # seen by a locking read but not by a later plain one), or changed under it.
+        # The same event in a new transaction reads the row as it is: a race, not a
+        # fault of the event (see ``locked``).
         return True
     if isinstance(error, DBAPIError):
         if error.connection_invalidated:
@@ -93,3 +104,20 @@ class RetryPolicy:
             reraise=True,
         )
         return retrying(work)
+
+
+def locked(query: S) -> S:
+    """``query`` as a locking read that loads every column of its rows, now.
+
+    ``SELECT … FOR UPDATE`` reads the latest committed row, while a plain read in the
+    same MariaDB transaction reads the snapshot taken at its first plain read. A row a
+    concurrent worker committed in between is thus seen by the locking read, but a
+    *deferred* column of it loaded later (a plain ``SELECT`` by primary key) finds no
+    row: ``ObjectDeletedError``. Loading everything up front, and overwriting what the
+    session holds (``populate_existing``), leaves nothing to fetch from the snapshot.
+    (SQLite: one writer at a time, no snapshot; FOR UPDATE is not rendered.)
+    """
+    return cast(
+        S,
+        query.options(undefer("*")).with_for_update().execution_options(populate_existing=True),
+    )
