@@ -505,3 +505,37 @@ def test_a_wake_up_with_no_pop_pending_is_no_message_not_a_crash(redis_url: str)
         channel._pending = 0
         with pytest.raises(virtual.Empty):
             channel._brpop_read()
+
+
+def test_a_pop_whose_reply_was_lost_comes_back_to_the_live_consumer_within_seconds(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A silently dropped connection: the server runs the pop (it records the message
+    as this live worker's) but the reply never arrives. The worker's lease stays
+    renewed, so only the orphan check (workers.leases.ORPHAN_AFTER_S) can give it back:
+    seconds, not the visibility timeout, and the same worker then receives it."""
+    _publish(redis_url, [{"n": 9}])
+    got: list[Any] = []
+    with Connection(
+        redis_url, transport=OURS, transport_options={**LEASED, "visibility_timeout": 3600}
+    ) as conn:
+        with conn.Consumer(_queue(), callbacks=[lambda body, m: (got.append(body), m.ack())]):
+            channel = conn.default_channel
+            if channel.client.connection is None:  # as kombu's _register_BRPOP does
+                channel.client.connection = channel.client.connection_pool.get_connection()
+            channel._brpop_start()  # the pop is sent ...
+            deadline = time.monotonic() + 5
+            while redis_client.hlen("unacked") == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            channel.client.connection.disconnect()  # ... and its reply lost
+            channel._in_poll, channel._pending = None, 0
+            assert redis_client.hlen("unacked") == 1 and redis_client.llen(QUEUE) == 0
+
+            started = time.monotonic()
+            while not got and time.monotonic() < started + 40:
+                try:
+                    conn.drain_events(timeout=0.5)
+                except TimeoutError:
+                    pass
+    assert got == [{"n": 9}]
+    assert time.monotonic() - started < 25  # one to two orphan checks, not 60 s or hours
