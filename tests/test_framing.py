@@ -301,9 +301,10 @@ def test_a_well_framed_chunked_delivery_is_still_accepted(
     [
         b"200000\r\n",  # 2 MiB announced to a 1 MiB provider, no byte of it sent
         b"ffffffffffffffff\r\n",
+        b"f" * 5000 + b"\r\n",  # a number Python will not print (4,300-digit limit)
         b"%x\r\n" % len(BODY) + BODY + b"\r\n100000\r\n",  # the second chunk passes the limit
     ],
-    ids=["2 MiB", "2^64-1", "second chunk over"],
+    ids=["2 MiB", "2^64-1", "5,000 hex digits", "second chunk over"],
 )
 def test_a_chunk_announcing_more_than_the_limit_is_413_at_once_and_closes(
     web: Processes, redis_client: redis.Redis, chunks: bytes
