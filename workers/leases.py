@@ -52,8 +52,8 @@ PRIORITY_SEP = "\x06\x16"
 #: owns in Redis is given back (an ack that could not reach Redis, a lost reply). A
 #: message is in hand milliseconds after its pop, so a short age risks nothing; a pop
 #: run later by the server side of a silently dropped connection (still blocked in its
-#: wait there) comes back within one to two of these, not minutes later.
-ORPHAN_AFTER_S = 10.0
+#: wait there) comes back seconds after that pop, not minutes later.
+ORPHAN_AFTER_S = 5.0
 
 # The raw message (the bytes the publisher wrote) out of an ``unacked`` entry: the pop
 # script stores '[' .. raw .. ',' .. ex .. ',' .. rk .. ']'; re-encoding would change
@@ -241,13 +241,12 @@ class Lease:
             return False
 
     def _run(self) -> None:
-        next_orphan_check = time.monotonic() + ORPHAN_AFTER_S
+        # The orphan check at every renewal (two small reads of this process's own
+        # keys): an orphan comes back ORPHAN_AFTER_S + at most renew_s after its pop.
         while True:
             time.sleep(self.renew_s)
             self.renew()
-            if time.monotonic() >= next_orphan_check:
-                next_orphan_check = time.monotonic() + ORPHAN_AFTER_S
-                self.give_back_orphans(ORPHAN_AFTER_S)
+            self.give_back_orphans(ORPHAN_AFTER_S)
 
     def give_back_orphans(self, min_age_s: float) -> None:
         """Messages Redis says this process owns, taken at least ``min_age_s`` ago, but
