@@ -29,13 +29,12 @@ from typing import Any
 import pytest
 import redis
 from redis._parsers.base import BaseParser
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 
 from ingest import create_app
 from ingest.providers import retell
 from models.events import WebhookEvent
 from models.metrics import forget_dead_processes
-from models.migrate import upgrade
 from models.redis_links import (
     FailoverReply,
     failover_code,
@@ -43,7 +42,7 @@ from models.redis_links import (
     redis_client,
 )
 from models.settings import Settings
-from tests.processes import request, running_fleet
+from tests.processes import request
 from tests.servers import MariaDBServer, RedisServer, _binary, free_port, wait_until
 from tests.test_faults import (
     Ledger,
@@ -54,6 +53,7 @@ from tests.test_faults import (
     deliver,
     ids,
     settle_and_count,
+    stack_on,
     stream,
 )
 from tests.test_metrics_e2e import per_process, scrape, value
@@ -406,34 +406,6 @@ def _python() -> str:
 
 
 # --- Fault rows: real processes ---------------------------------------------------------------
-
-
-@contextmanager
-def stack_on(
-    tmp_path: Path, mariadb: MariaDBServer, redis_url: str, server: RedisServer, **env: str
-) -> Iterator[Stack]:
-    """The fault suite's fleet (receiver and three workers) on ``redis_url``."""
-    database_url = mariadb.create_database()
-    upgrade(Settings(database_url=database_url))
-    with running_fleet(
-        tmp_path,
-        redis_url,
-        database_url,
-        names=("web", "worker_high", "worker_default", "worker_low"),
-        HOOKFLEET_RETELL_SECRETS=SECRET,
-        HOOKFLEET_STANDARD_VERIFY="off",
-        HOOKFLEET_VISIBILITY_TIMEOUT_S="20",
-        HOOKFLEET_TASK_TIME_LIMIT_S="10",
-        HOOKFLEET_REDIS_TIMEOUT_S="1",
-        HOOKFLEET_WORKER_SOFT_SHUTDOWN_S="3",
-        **env,
-    ) as fleet:
-        fleet.wait_for_worker("worker_high")
-        engine = create_engine(database_url)
-        try:
-            yield Stack(fleet, server, mariadb, database_url, engine, fleet.logs)
-        finally:
-            engine.dispose()
 
 
 def log_problems(stack: Stack) -> list[str]:

@@ -178,30 +178,40 @@ def stack(tmp_path: Path, mariadb_server: MariaDBServer) -> Iterator[Stack]:
 def running_stack(tmp_path: Path, mariadb: MariaDBServer, **env: str) -> Iterator[Stack]:
     """Its own Redis (AOF on, as shipped), a fresh database, and the Procfile's processes."""
     redis_server = RedisServer(tmp_path / "redis", appendonly=True).start()
-    database_url = mariadb.create_database()
-    upgrade(Settings(database_url=database_url))
     try:
-        with running_fleet(
-            tmp_path,
-            redis_server.url,
-            database_url,
-            names=("web", "worker_high", "worker_default", "worker_low"),
-            HOOKFLEET_RETELL_SECRETS=SECRET,
-            HOOKFLEET_STANDARD_VERIFY="off",
-            HOOKFLEET_VISIBILITY_TIMEOUT_S="20",
-            HOOKFLEET_TASK_TIME_LIMIT_S="10",
-            HOOKFLEET_REDIS_TIMEOUT_S="1",
-            HOOKFLEET_WORKER_SOFT_SHUTDOWN_S="3",
-            **env,
-        ) as fleet:
-            fleet.wait_for_worker("worker_high")
-            engine = create_engine(database_url)
-            try:
-                yield Stack(fleet, redis_server, mariadb, database_url, engine, fleet.logs)
-            finally:
-                engine.dispose()
+        with stack_on(tmp_path, mariadb, redis_server.url, redis_server, **env) as stack:
+            yield stack
     finally:
         redis_server.stop()
+
+
+@contextmanager
+def stack_on(
+    tmp_path: Path, mariadb: MariaDBServer, redis_url: str, server: RedisServer, **env: str
+) -> Iterator[Stack]:
+    """The fault suite's fleet (receiver and three workers) on ``redis_url`` (``server``'s
+    address, or a proxy in front of it), with a fresh database."""
+    database_url = mariadb.create_database()
+    upgrade(Settings(database_url=database_url))
+    with running_fleet(
+        tmp_path,
+        redis_url,
+        database_url,
+        names=("web", "worker_high", "worker_default", "worker_low"),
+        HOOKFLEET_RETELL_SECRETS=SECRET,
+        HOOKFLEET_STANDARD_VERIFY="off",
+        HOOKFLEET_VISIBILITY_TIMEOUT_S="20",
+        HOOKFLEET_TASK_TIME_LIMIT_S="10",
+        HOOKFLEET_REDIS_TIMEOUT_S="1",
+        HOOKFLEET_WORKER_SOFT_SHUTDOWN_S="3",
+        **env,
+    ) as fleet:
+        fleet.wait_for_worker("worker_high")
+        engine = create_engine(database_url)
+        try:
+            yield Stack(fleet, server, mariadb, database_url, engine, fleet.logs)
+        finally:
+            engine.dispose()
 
 
 def ids(prefix: str, n: int) -> list[str]:
