@@ -13,7 +13,7 @@ from functools import lru_cache
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberType
 
-DEFAULT_REGIONS: tuple[str, ...] = ("DE", "AT", "CH")
+from models.settings import DEFAULT_PHONE_REGIONS as DEFAULT_REGIONS
 
 _TYPES = {
     PhoneNumberType.MOBILE: "mobile",

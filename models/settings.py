@@ -3,7 +3,12 @@
 It lives in ``models`` because that is the one package both the receiver and the
 workers may import; it imports nothing of either. Nothing here reads the environment at
 import time: callers build a :class:`Settings` with :meth:`Settings.from_env` (tests
-pass their own mapping).
+pass their own mapping), once per process (``workers.runtime``, the ``hookfleet``
+command's context, ``ingest.create_app``).
+
+Each knob is declared once, as a field with :func:`models.knobs.knob`: its variable,
+default, parser and README line. ``from_env`` and the README's configuration table
+(:func:`configuration_table`, ``python -m models.settings``) are derived from those.
 """
 
 from __future__ import annotations
@@ -12,15 +17,27 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
+
+from models.knobs import (
+    ConfigError,
+    Knob,
+    base_url,
+    items,
+    knob,
+    knobs,
+    positive,
+    read,
+    read_fields,
+    table_rows,
+    text,
+    upper,
+    upper_items,
+)
+
+__all__ = ["ConfigError", "OutboundSettings", "ProviderSettings", "Settings"]
 
 QUEUES = ("hookfleet.high", "hookfleet.default", "hookfleet.low", "hookfleet.provisioning")
-
-_PROVIDER_VAR = re.compile(
-    r"^HOOKFLEET_([A-Z0-9]+)_(VERIFY|SECRETS|TOLERANCE_S|DEDUP_TTL_S|MAX_BODY_BYTES)$"
-)
-_FALSY = {"0", "off", "false", "no"}
-_TRUTHY = {"1", "on", "true", "yes"}
-
 
 # Body limits: a provider's largest real delivery, with margin (README, "Body limits").
 # Retell: a two-hour call_analyzed (Retell's longest call) with transcript, per-word
@@ -30,144 +47,351 @@ _TRUTHY = {"1", "on", "true", "yes"}
 # 32 MiB max_allowed_packet of deploy/mariadb.cnf. Everything else sends a few KB.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 PROVIDER_MAX_BODY_BYTES = MappingProxyType({"retell": 6 * 1024 * 1024})
-
-
-class ConfigError(ValueError):
-    """A ``HOOKFLEET_*`` variable holds a value that cannot be used."""
+# Tried in order for a phone number written without a country code (models.phones).
+DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("DE", "AT", "CH")
 
 
 @dataclass(frozen=True)
 class ProviderSettings:
     """What one provider may configure: ``HOOKFLEET_<PROVIDER>_*``."""
 
-    verify: bool = True
-    secrets: tuple[str, ...] = ()
-    tolerance_s: int = 300
-    dedup_ttl_s: int = 24 * 3600
-    # HOOKFLEET_<PROVIDER>_MAX_BODY_BYTES; None: see Settings.body_limit().
-    max_body_bytes: int | None = None
+    secrets: tuple[str, ...] = knob(
+        (),
+        "HOOKFLEET_{provider}_SECRETS",
+        "Comma-separated signing secrets (several at once while rotating).",
+        parse=items,
+        repr=False,
+    )
+    verify: bool = knob(
+        True,
+        "HOOKFLEET_{provider}_VERIFY",
+        "`off` accepts unsigned deliveries (local trials and tests only).",
+    )
+    tolerance_s: int = knob(
+        300, "HOOKFLEET_{provider}_TOLERANCE_S", "Accepted clock difference for signed timestamps."
+    )
+    dedup_ttl_s: int = knob(
+        24 * 3600,
+        "HOOKFLEET_{provider}_DEDUP_TTL_S",
+        "How long Redis remembers an idempotency key.",
+    )
+    # None: see Settings.body_limit().
+    max_body_bytes: int | None = knob(
+        None,
+        "HOOKFLEET_{provider}_MAX_BODY_BYTES",
+        "This provider's body limit; wins over `HOOKFLEET_MAX_BODY_BYTES`.",
+        parse=positive,
+        shown=f"Retell `{PROVIDER_MAX_BODY_BYTES['retell']}`, others `{DEFAULT_MAX_BODY_BYTES}`",
+    )
+
+
+def _first_retell_secret(env: Mapping[str, str]) -> str | None:
+    # Retell signs webhooks with the API key, so the first webhook secret is the default.
+    secrets = items("", env.get("HOOKFLEET_RETELL_SECRETS", ""))
+    return secrets[0] if secrets else None
 
 
 @dataclass(frozen=True)
 class OutboundSettings:
     """Calling out to Retell and Cal.com when provisioning (workers.outbound)."""
 
-    retell_api_url: str = "https://api.retellai.com"
-    # Retell signs webhooks with the API key, so the first webhook secret is the default.
-    retell_api_key: str = ""
-    retell_voice_id: str = "11labs-Adrian"
-    retell_webhook_url: str = ""
-    calcom_api_url: str = "https://api.cal.com"
-    calcom_api_key: str = ""
-    timeout_s: float = 10.0
-    retries: int = 3
-    backoff_s: float = 0.5
-    breaker_fail_max: int = 5
-    breaker_reset_s: int = 60
+    retell_api_url: str = knob(
+        "https://api.retellai.com",
+        "HOOKFLEET_RETELL_API_URL",
+        "Retell's API, for provisioning agents (tests point it at a stand-in).",
+        parse=base_url,
+    )
+    retell_api_key: str = knob(
+        "",
+        "HOOKFLEET_RETELL_API_KEY",
+        "Retell API key (Retell signs webhooks with it, hence the default).",
+        fallback=_first_retell_secret,
+        shown="first of `HOOKFLEET_RETELL_SECRETS`",
+        repr=False,
+    )
+    retell_voice_id: str = knob(
+        "11labs-Adrian", "HOOKFLEET_RETELL_VOICE_ID", "Voice of provisioned agents."
+    )
+    retell_webhook_url: str = knob(
+        "",
+        "HOOKFLEET_RETELL_WEBHOOK_URL",
+        "`webhook_url` of provisioned agents, e.g. `https://<host>/webhooks/retell`.",
+    )
+    calcom_api_url: str = knob(
+        "https://api.cal.com",
+        "HOOKFLEET_CALCOM_API_URL",
+        "Cal.com's API (v2), for checking event types.",
+        parse=base_url,
+    )
+    calcom_api_key: str = knob("", "HOOKFLEET_CALCOM_API_KEY", "Cal.com API key.", repr=False)
+    timeout_s: float = knob(
+        10.0,
+        "HOOKFLEET_OUTBOUND_TIMEOUT_S",
+        "Timeout of every call to Retell/Cal.com (connect, and each read).",
+    )
+    retries: int = knob(
+        3,
+        "HOOKFLEET_OUTBOUND_RETRIES",
+        "Attempts per call for 5xx, timeouts and connection errors (never 4xx).",
+        at_least=1,
+    )
+    backoff_s: float = knob(
+        0.5,
+        "HOOKFLEET_OUTBOUND_BACKOFF_S",
+        "First retry wait; doubles, capped at 8 times it, plus jitter.",
+    )
+    breaker_fail_max: int = knob(
+        5,
+        "HOOKFLEET_BREAKER_FAIL_MAX",
+        "Failed attempts in a row (any process) that open a service's breaker.",
+        at_least=1,
+    )
+    breaker_reset_s: int = knob(
+        60,
+        "HOOKFLEET_BREAKER_RESET_S",
+        "How long an open breaker refuses before letting one trial call through.",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OutboundSettings:
-        retell_secrets = [
-            s.strip() for s in env.get("HOOKFLEET_RETELL_SECRETS", "").split(",") if s.strip()
-        ]
-        return cls(
-            retell_api_url=(env.get("HOOKFLEET_RETELL_API_URL") or cls.retell_api_url).rstrip("/"),
-            retell_api_key=env.get("HOOKFLEET_RETELL_API_KEY")
-            or (retell_secrets[0] if retell_secrets else ""),
-            retell_voice_id=env.get("HOOKFLEET_RETELL_VOICE_ID") or cls.retell_voice_id,
-            retell_webhook_url=env.get("HOOKFLEET_RETELL_WEBHOOK_URL", ""),
-            calcom_api_url=(env.get("HOOKFLEET_CALCOM_API_URL") or cls.calcom_api_url).rstrip("/"),
-            calcom_api_key=env.get("HOOKFLEET_CALCOM_API_KEY", ""),
-            timeout_s=_float(env, "HOOKFLEET_OUTBOUND_TIMEOUT_S", cls.timeout_s),
-            retries=max(1, _int(env, "HOOKFLEET_OUTBOUND_RETRIES", cls.retries)),
-            backoff_s=_float(env, "HOOKFLEET_OUTBOUND_BACKOFF_S", cls.backoff_s),
-            breaker_fail_max=max(1, _int(env, "HOOKFLEET_BREAKER_FAIL_MAX", cls.breaker_fail_max)),
-            breaker_reset_s=_int(env, "HOOKFLEET_BREAKER_RESET_S", cls.breaker_reset_s),
-        )
+        return cls(**read_fields(cls, env))
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    return read(_knob(Settings, "redis_url"), "HOOKFLEET_REDIS_URL", env)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every knob Hookfleet has. See the README's configuration table."""
+    """Every knob Hookfleet has, each declared once: the field's :func:`knob` holds its
+    variable, default, parser and README line (``tests/test_settings.py`` holds the
+    README's configuration table to :func:`configuration_table`)."""
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    broker_url: str = "redis://127.0.0.1:6379/0"
-    database_url: str = "sqlite:///var/hookfleet.db"
+    redis_url: str = knob(
+        "redis://127.0.0.1:6379/0",
+        "HOOKFLEET_REDIS_URL",
+        "Dedup store (and broker unless set below). "
+        "`redis+sentinel://host:26379[,host:26379]/<service>[/<db>]` for Sentinel "
+        '(see *Guarantees*, "Failovers").',
+        shown="`redis://127.0.0.1:6379/0` (`hookfleet up`: a private Redis)",
+    )
+    broker_url: str = knob(
+        "redis://127.0.0.1:6379/0",
+        "HOOKFLEET_BROKER_URL",
+        "Celery broker (Redis). Keep it equal for atomic claim+enqueue.",
+        fallback=_redis_url,
+        shown="= `HOOKFLEET_REDIS_URL`",
+    )
+    database_url: str = knob(
+        "sqlite:///var/hookfleet.db",
+        "HOOKFLEET_DATABASE_URL",
+        "SQLAlchemy URL, e.g. `mysql+pymysql://user:pw@host:3306/hookfleet`.",
+    )
 
-    db_pool_size: int = 5
-    db_max_overflow: int = 10
-    db_pool_timeout_s: float = 10.0
-    db_pool_recycle_s: int = 1800
-    db_pool_pre_ping: bool = True
+    db_pool_size: int = knob(5, "HOOKFLEET_DB_POOL_SIZE", "Connections kept per process.")
+    db_max_overflow: int = knob(
+        10, "HOOKFLEET_DB_MAX_OVERFLOW", "Extra connections allowed under load."
+    )
+    db_pool_timeout_s: float = knob(
+        10.0,
+        "HOOKFLEET_DB_POOL_TIMEOUT_S",
+        "Wait for a free connection before failing (retried as transient).",
+    )
+    db_pool_recycle_s: int = knob(
+        1800,
+        "HOOKFLEET_DB_POOL_RECYCLE_S",
+        "Reconnect connections older than this (below MariaDB's `wait_timeout`).",
+    )
+    db_pool_pre_ping: bool = knob(
+        True,
+        "HOOKFLEET_DB_POOL_PRE_PING",
+        "Test a connection before use, so a restarted database costs no failed task.",
+    )
 
-    # HOOKFLEET_MAX_BODY_BYTES: one limit for every provider without its own variable;
-    # None (unset): each provider's default (PROVIDER_MAX_BODY_BYTES, else 1 MiB).
-    max_body_bytes: int | None = None
-    redis_timeout_s: float = 2.0
+    # One limit for every provider without its own variable; None (unset): each
+    # provider's default (PROVIDER_MAX_BODY_BYTES, else 1 MiB).
+    max_body_bytes: int | None = knob(
+        None,
+        "HOOKFLEET_MAX_BODY_BYTES",
+        "One body limit (bytes) for every provider without its own; larger bodies get 413. "
+        "Unset: each provider's default (*Body limits*: Retell 6 MiB, the others 1 MiB).",
+        parse=positive,
+        shown="— (per provider)",
+    )
+    redis_timeout_s: float = knob(
+        2.0,
+        "HOOKFLEET_REDIS_TIMEOUT_S",
+        "Receiver's Redis connect/read timeout; past it the answer is 503.",
+    )
     # With a replicated Redis: answer 202 only once this many replicas confirm the
     # write (Redis WAIT), so a failover cannot lose an accepted delivery. 0: off.
-    redis_min_replicas: int = 0
-    # How long WAIT may take. A healthy replica confirms within a network round trip
-    # (WAIT asks it at once), so 200 ms rides out a replica's fork or fsync stall and
-    # Redis's timer tick (100 ms at hz 10) while keeping a lagging replica's cost per
-    # delivery to a fifth of a second, far inside any provider's delivery timeout.
-    redis_replica_wait_ms: int = 200
-    retry_after_s: int = 5
-    # Past this many waiting messages a queue refuses new asynchronous deliveries (503):
-    # providers retry later instead of Redis growing without bound. 0 disables it.
-    shed_queue_depth: int = 100_000
+    redis_min_replicas: int = knob(
+        0,
+        "HOOKFLEET_REDIS_MIN_REPLICAS",
+        "With a replicated Redis: answer 202 only once this many replicas hold the "
+        "delivery (Redis `WAIT`), else 503 `not_replicated`. "
+        'See *Guarantees*, "Redis failover".',
+        shown="`0` (off)",
+    )
+    # A healthy replica confirms within a network round trip (WAIT asks it at once), so
+    # 200 ms rides out a replica's fork or fsync stall and Redis's timer tick (100 ms at
+    # hz 10) while keeping a lagging replica's cost per delivery to a fifth of a second,
+    # far inside any provider's delivery timeout.
+    redis_replica_wait_ms: int = knob(
+        200,
+        "HOOKFLEET_REDIS_REPLICA_WAIT_MS",
+        "How long `WAIT` may take. At least 1, and below half of "
+        "`HOOKFLEET_REDIS_TIMEOUT_S` (checked at startup).",
+    )
+    retry_after_s: int = knob(5, "HOOKFLEET_RETRY_AFTER_S", "`Retry-After` on 503 answers.")
+    # Providers retry later instead of Redis growing without bound.
+    shed_queue_depth: int = knob(
+        100_000,
+        "HOOKFLEET_SHED_QUEUE_DEPTH",
+        "Waiting messages at which a queue answers new deliveries 503 (0: never).",
+    )
 
     # A consuming worker process holds a lease in Redis for this long, renewed five
     # times per period while it lives; the messages of a worker whose lease lapsed
     # (killed, frozen, cut off) go back to their queues within about lease_s plus one
     # sweep (lease_s / 5). A live worker keeps its messages however long tasks run.
-    lease_s: float = 8.0
-    # The last resort for messages no lease covers (taken by a stock kombu consumer):
-    # back after this long unacknowledged. Not tied to the task time limit any more.
-    visibility_timeout_s: int = 3 * 3600
-    task_time_limit_s: int = 300
-    # Workers record and apply deliveries in batches of up to batch_size (or what came
-    # within batch_wait_ms of the first): two commits per batch instead of one per event.
-    batch_size: int = 50
-    batch_wait_ms: int = 10
-    # ...and of at most batch_bytes of messages (a single larger one goes alone): what a
-    # pool process decodes and applies at once, so what its memory follows. 0: no bound.
-    batch_bytes: int = 8 * 1024 * 1024
-    # A pool process whose peak resident memory passed this after a batch is replaced by
-    # a fresh one (Celery's worker_max_memory_per_child; billiard reads ru_maxrss):
-    # CPython keeps the peak of a batch of long calls otherwise. The figure counts the
-    # pages a child shares with the main process from its fork, so it must stay well
-    # above the main process's size, or children are replaced after every batch.
-    # 0: never replaced.
-    worker_max_memory_mb: int = 1024
-    # Messages each worker process reserves ahead; 0: twice the batch size, so one
-    # batch fills while the last one runs.
-    worker_prefetch_multiplier: int = 0
+    lease_s: float = knob(
+        8.0,
+        "HOOKFLEET_LEASE_S",
+        "How long a worker's lease on the messages it took outlives its last renewal "
+        "(renewed every fifth of it). A killed or frozen worker's messages are back on "
+        "their queues about this long after it stopped; a live worker keeps them however "
+        'long it works. At least 1. See *Guarantees*, "Leases".',
+    )
+    # Not tied to the task time limit any more.
+    visibility_timeout_s: int = knob(
+        3 * 3600,
+        "HOOKFLEET_VISIBILITY_TIMEOUT_S",
+        "The last resort, for messages no lease covers (taken by a stock kombu consumer): "
+        "back on their queue after this long unacknowledged. Never applied to a message a "
+        "live worker holds.",
+    )
+    task_time_limit_s: int = knob(
+        300,
+        "HOOKFLEET_TASK_TIME_LIMIT_S",
+        "Hard limit per task (independent of the visibility timeout).",
+    )
+    # Two commits per batch instead of one per event.
+    batch_size: int = knob(
+        50,
+        "HOOKFLEET_BATCH_SIZE",
+        "Deliveries a worker records and applies together (two commits per batch).",
+        at_least=1,
+    )
+    batch_wait_ms: int = knob(
+        10,
+        "HOOKFLEET_BATCH_WAIT_MS",
+        "How long a worker waits for a batch to fill before running what it has.",
+    )
+    # What a pool process decodes and applies at once, so what its memory follows.
+    batch_bytes: int = knob(
+        8 * 1024 * 1024,
+        "HOOKFLEET_BATCH_BYTES",
+        "Message bytes a batch may hold besides its count (one larger message goes "
+        "alone); `0`: count only. See *Body limits*, worker memory.",
+    )
+    # Celery's worker_max_memory_per_child (billiard reads ru_maxrss): CPython keeps the
+    # peak of a batch of long calls otherwise. The figure counts the pages a child
+    # shares with the main process from its fork, so it must stay well above the main
+    # process's size, or children are replaced after every batch.
+    worker_max_memory_mb: int = knob(
+        1024,
+        "HOOKFLEET_WORKER_MAX_MEMORY_MB",
+        "A pool process whose peak resident size passed this after a batch is replaced "
+        "(Celery's `worker_max_memory_per_child`); `0`: never. Keep it well above the "
+        "main process's size (see *Body limits*, worker memory).",
+    )
+    # Twice the batch size by default, so one batch fills while the last one runs.
+    worker_prefetch_multiplier: int = knob(
+        0,
+        "HOOKFLEET_WORKER_PREFETCH",
+        "Messages each worker process reserves ahead; `0` = twice the batch size.",
+    )
     # The retry budget for transient failures: quick tries inside the task, then Celery
     # retries with growing countdowns. Spent, the event is dead (a dead letter).
-    db_retry_attempts: int = 4
-    task_max_retries: int = 8
-    # SIGTERM gives running tasks this long before they are cancelled and requeued.
-    worker_soft_shutdown_s: float = 20.0
-    # A ``received`` row untouched this long lost its message: beat requeues it
-    # (workers.sweeper). Must exceed the task time limit; 0 turns the sweep off.
-    stuck_after_s: int = 1800
+    db_retry_attempts: int = knob(
+        4,
+        "HOOKFLEET_DB_RETRY_ATTEMPTS",
+        "Quick tries inside a task for a transient database failure.",
+        at_least=1,
+    )
+    task_max_retries: int = knob(
+        8,
+        "HOOKFLEET_TASK_MAX_RETRIES",
+        "Celery retries after those; spent, the event is dead.",
+    )
+    worker_soft_shutdown_s: float = knob(
+        20.0,
+        "HOOKFLEET_WORKER_SOFT_SHUTDOWN_S",
+        "On a cold shutdown, time running tasks get before they are cancelled and requeued.",
+    )
+    # A received row untouched this long lost its message (workers.sweeper).
+    stuck_after_s: int = knob(
+        1800,
+        "HOOKFLEET_STUCK_AFTER_S",
+        "A `received` row untouched this long is requeued by beat's sweep (`0`: off); "
+        "must exceed `HOOKFLEET_TASK_TIME_LIMIT_S` + `HOOKFLEET_LEASE_S` (checked at "
+        "startup). See *Guarantees*.",
+    )
 
     # Retell's inbound call waits on us while the phone rings: answer within this, or
     # answer without an override.
-    inbound_budget_ms: int = 300
-    inbound_cache_ttl_s: int = 60
-    phone_regions: tuple[str, ...] = ("DE", "AT", "CH")
+    inbound_budget_ms: int = knob(
+        300,
+        "HOOKFLEET_INBOUND_BUDGET_MS",
+        "Time the Retell inbound answer may spend looking up the dialled number.",
+    )
+    inbound_cache_ttl_s: int = knob(
+        60,
+        "HOOKFLEET_INBOUND_CACHE_TTL_S",
+        "How long a found number→branch answer is cached in Redis.",
+    )
+    phone_regions: tuple[str, ...] = knob(
+        DEFAULT_PHONE_REGIONS,
+        "HOOKFLEET_PHONE_REGIONS",
+        "Regions tried, in order, for phone numbers written without a country code.",
+        parse=upper_items,
+    )
 
-    log_level: str = "INFO"
-    var_dir: str = "var"
-    # Operations: GET /stats wants this bearer token when set; processed webhook_events
-    # older than retention_days are pruned daily (0: never); a worker running apart from
-    # a receiver serves its metrics on worker_metrics_port (0: off).
-    admin_token: str = field(default="", repr=False)
-    retention_days: int = 30
-    worker_metrics_port: int = 0
-    routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    log_level: str = knob(
+        "INFO", "HOOKFLEET_LOG_LEVEL", "Log level for Hookfleet's JSON log lines.", parse=upper
+    )
+    var_dir: str = knob(
+        "var",
+        "HOOKFLEET_VAR_DIR",
+        "Beat's schedule file; `hookfleet up` keeps SQLite and Redis data here.",
+    )
+    routes: Mapping[str, str] = knob(
+        MappingProxyType({}),
+        "HOOKFLEET_ROUTES",
+        "Routing overrides, see *Routing*.",
+        parse=lambda _name, raw: MappingProxyType(_routes(raw)),
+    )
+    admin_token: str = knob(
+        "",
+        "HOOKFLEET_ADMIN_TOKEN",
+        "When set, `GET /stats` wants `Authorization: Bearer <token>`.",
+        repr=False,
+    )
+    retention_days: int = knob(
+        30,
+        "HOOKFLEET_RETENTION_DAYS",
+        "Beat's daily run deletes `processed` rows older than this (`0`: never).",
+    )
+    # A worker running apart from a receiver serves its own metrics.
+    worker_metrics_port: int = knob(
+        0,
+        "HOOKFLEET_WORKER_METRICS_PORT",
+        "A worker serves `/metrics` on this port from its main process; only for workers "
+        "that share no host with a receiver (one per container).",
+        shown="`0` (off)",
+    )
+    # HOOKFLEET_<PROVIDER>_* (see _providers) and the outbound knobs.
     providers: Mapping[str, ProviderSettings] = field(default_factory=lambda: MappingProxyType({}))
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
 
@@ -209,78 +433,32 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Build settings from ``env`` (usually ``os.environ``); raises ConfigError."""
-        redis_url = env.get("HOOKFLEET_REDIS_URL") or cls.redis_url
+        """Build settings from ``env`` (usually ``os.environ``), every field as declared;
+        raises ConfigError for a value that cannot be parsed or breaks an invariant."""
         settings = cls(
-            redis_url=redis_url,
-            broker_url=env.get("HOOKFLEET_BROKER_URL") or redis_url,
-            database_url=env.get("HOOKFLEET_DATABASE_URL") or cls.database_url,
-            db_pool_size=_int(env, "HOOKFLEET_DB_POOL_SIZE", cls.db_pool_size),
-            db_max_overflow=_int(env, "HOOKFLEET_DB_MAX_OVERFLOW", cls.db_max_overflow),
-            db_pool_timeout_s=_float(env, "HOOKFLEET_DB_POOL_TIMEOUT_S", cls.db_pool_timeout_s),
-            db_pool_recycle_s=_int(env, "HOOKFLEET_DB_POOL_RECYCLE_S", cls.db_pool_recycle_s),
-            db_pool_pre_ping=_bool(env, "HOOKFLEET_DB_POOL_PRE_PING", cls.db_pool_pre_ping),
-            max_body_bytes=_optional_int(env, "HOOKFLEET_MAX_BODY_BYTES"),
-            redis_timeout_s=_float(env, "HOOKFLEET_REDIS_TIMEOUT_S", cls.redis_timeout_s),
-            redis_min_replicas=_int(env, "HOOKFLEET_REDIS_MIN_REPLICAS", cls.redis_min_replicas),
-            redis_replica_wait_ms=_int(
-                env, "HOOKFLEET_REDIS_REPLICA_WAIT_MS", cls.redis_replica_wait_ms
-            ),
-            retry_after_s=_int(env, "HOOKFLEET_RETRY_AFTER_S", cls.retry_after_s),
-            shed_queue_depth=_int(env, "HOOKFLEET_SHED_QUEUE_DEPTH", cls.shed_queue_depth),
-            lease_s=_float(env, "HOOKFLEET_LEASE_S", cls.lease_s),
-            visibility_timeout_s=_int(
-                env, "HOOKFLEET_VISIBILITY_TIMEOUT_S", cls.visibility_timeout_s
-            ),
-            task_time_limit_s=_int(env, "HOOKFLEET_TASK_TIME_LIMIT_S", cls.task_time_limit_s),
-            db_retry_attempts=max(
-                1, _int(env, "HOOKFLEET_DB_RETRY_ATTEMPTS", cls.db_retry_attempts)
-            ),
-            task_max_retries=_int(env, "HOOKFLEET_TASK_MAX_RETRIES", cls.task_max_retries),
-            worker_soft_shutdown_s=_float(
-                env, "HOOKFLEET_WORKER_SOFT_SHUTDOWN_S", cls.worker_soft_shutdown_s
-            ),
-            batch_size=max(1, _int(env, "HOOKFLEET_BATCH_SIZE", cls.batch_size)),
-            batch_wait_ms=max(0, _int(env, "HOOKFLEET_BATCH_WAIT_MS", cls.batch_wait_ms)),
-            batch_bytes=max(0, _int(env, "HOOKFLEET_BATCH_BYTES", cls.batch_bytes)),
-            worker_max_memory_mb=max(
-                0, _int(env, "HOOKFLEET_WORKER_MAX_MEMORY_MB", cls.worker_max_memory_mb)
-            ),
-            worker_prefetch_multiplier=_int(
-                env, "HOOKFLEET_WORKER_PREFETCH", cls.worker_prefetch_multiplier
-            ),
-            stuck_after_s=_int(env, "HOOKFLEET_STUCK_AFTER_S", cls.stuck_after_s),
-            inbound_budget_ms=_int(env, "HOOKFLEET_INBOUND_BUDGET_MS", cls.inbound_budget_ms),
-            inbound_cache_ttl_s=_int(env, "HOOKFLEET_INBOUND_CACHE_TTL_S", cls.inbound_cache_ttl_s),
-            phone_regions=tuple(
-                r.strip().upper()
-                for r in (env.get("HOOKFLEET_PHONE_REGIONS") or "DE,AT,CH").split(",")
-                if r.strip()
-            ),
-            log_level=(env.get("HOOKFLEET_LOG_LEVEL") or cls.log_level).upper(),
-            var_dir=env.get("HOOKFLEET_VAR_DIR") or cls.var_dir,
-            admin_token=env.get("HOOKFLEET_ADMIN_TOKEN", "").strip(),
-            retention_days=_int(env, "HOOKFLEET_RETENTION_DAYS", cls.retention_days),
-            worker_metrics_port=_int(env, "HOOKFLEET_WORKER_METRICS_PORT", 0),
-            routes=MappingProxyType(_routes(env.get("HOOKFLEET_ROUTES", ""))),
+            **read_fields(cls, env),
             providers=MappingProxyType(_providers(env)),
             outbound=OutboundSettings.from_env(env),
         )
-        if settings.lease_s < 1:
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """The invariants between knobs that no single parser sees; raises ConfigError."""
+        if self.lease_s < 1:
             raise ConfigError(
                 "HOOKFLEET_LEASE_S must be at least 1: a shorter lease lapses under an "
                 "ordinary scheduling hiccup and moves messages that are in good hands"
             )
-        if 0 < settings.stuck_after_s <= settings.task_time_limit_s + settings.lease_s:
+        if 0 < self.stuck_after_s <= self.task_time_limit_s + self.lease_s:
             raise ConfigError(
                 "HOOKFLEET_STUCK_AFTER_S must be above HOOKFLEET_TASK_TIME_LIMIT_S plus "
                 "HOOKFLEET_LEASE_S (or 0, off): a message held by a live worker is "
                 "running, one held by a dead worker is back within the lease, so "
                 "requeueing sooner only duplicates work"
             )
-        if settings.redis_min_replicas:
-            _check_replica_wait(settings)
-        return settings
+        if self.redis_min_replicas:
+            _check_replica_wait(self)
 
 
 def _check_replica_wait(settings: Settings) -> None:
@@ -304,25 +482,26 @@ def _check_replica_wait(settings: Settings) -> None:
 _DEFAULT_PROVIDER = ProviderSettings()
 
 
+def _knob(cls: type, name: str) -> Knob:
+    return dict(knobs(cls))[name]
+
+
 def _providers(env: Mapping[str, str]) -> dict[str, ProviderSettings]:
-    found: dict[str, dict[str, object]] = {}
-    for var, raw in env.items():
-        match = _PROVIDER_VAR.match(var)
+    """``HOOKFLEET_<PROVIDER>_<KNOB>`` for every provider named in ``env``: the knobs
+    of :class:`ProviderSettings`, read per provider (a provider's name has no ``_``)."""
+    prefix = "HOOKFLEET_{provider}_"
+    declared = {k.env.removeprefix(prefix): (n, k) for n, k in knobs(ProviderSettings)}
+    pattern = re.compile(rf"^HOOKFLEET_([A-Z0-9]+)_({'|'.join(map(re.escape, declared))})$")
+    found: dict[str, dict[str, Any]] = {}
+    for var in env:
+        match = pattern.match(var)
         if match is None:
             continue
-        name, knob = match.group(1).lower(), match.group(2)
-        values = found.setdefault(name, {})
-        if knob == "VERIFY":
-            values["verify"] = _bool(env, var, True)
-        elif knob == "SECRETS":
-            values["secrets"] = tuple(s.strip() for s in raw.split(",") if s.strip())
-        elif knob == "TOLERANCE_S":
-            values["tolerance_s"] = _int(env, var, 300)
-        elif knob == "MAX_BODY_BYTES":
-            values["max_body_bytes"] = _optional_int(env, var)
-        else:
-            values["dedup_ttl_s"] = _int(env, var, 24 * 3600)
-    return {name: ProviderSettings(**values) for name, values in found.items()}  # type: ignore[arg-type]
+        name, declared_knob = declared[match.group(2)]
+        value = read(declared_knob, var, env)
+        if value is not None:
+            found.setdefault(match.group(1).lower(), {})[name] = value
+    return {name: ProviderSettings(**values) for name, values in found.items()}
 
 
 def _routes(raw: str) -> dict[str, str]:
@@ -339,48 +518,44 @@ def _routes(raw: str) -> dict[str, str]:
     return routes
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative, got {value}")
-    return value
+# Read by others than Settings (gunicorn's config module, the Procfile, prometheus_client)
+# but listed in the same table, so the README names every variable there is.
+PROCESS_VARIABLES = (
+    Knob(
+        "`PORT`, `WEB_CONCURRENCY`, `HOOKFLEET_WEB_THREADS`",
+        "gunicorn bind port, processes, threads (`ingest/gunicorn_conf.py`).",
+        text,
+        shown="`8000`, `2`, `4`",
+    ),
+    Knob(
+        "`HOOKFLEET_BIND`",
+        "gunicorn's full bind address, when a port alone is not enough (e.g. `127.0.0.1:8000`).",
+        text,
+        shown="`0.0.0.0:$PORT`",
+    ),
+    Knob(
+        "`HOOKFLEET_WORKER_CONCURRENCY`",
+        "Processes per Celery worker in the `Procfile`.",
+        text,
+        shown="`2`",
+    ),
+    Knob(
+        "`PROMETHEUS_MULTIPROC_DIR`",
+        "Where every process of this host writes its samples. Set before the process "
+        "starts; emptied only when the whole fleet starts (`hookfleet up`, "
+        "`hookfleet-metrics.service`).",
+        text,
+        shown="`$HOOKFLEET_VAR_DIR/metrics`",
+    ),
+)
 
 
-def _optional_int(env: Mapping[str, str], name: str) -> int | None:
-    """A whole number of at least 1 when set; None when unset or empty."""
-    if not env.get(name, "").strip():
-        return None
-    value = _int(env, name, 0)
-    if value < 1:
-        raise ConfigError(f"{name} must be at least 1, got {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in _TRUTHY:
-        return True
-    if raw in _FALSY:
-        return False
-    raise ConfigError(f"{name} must be on or off, got {raw!r}")
+def configuration_table() -> str:
+    """The README's configuration table (markdown), from the declarations above."""
+    rows = [*table_rows(Settings), *table_rows(ProviderSettings), *table_rows(OutboundSettings)]
+    rows += [(k.env, k.shown or "—", k.doc) for k in PROCESS_VARIABLES]
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    return "\n".join(lines + [f"| {var} | {default} | {doc} |" for var, default, doc in rows])
 
 
 def _redis_identity(url: str) -> tuple[str, str, str]:
@@ -397,3 +572,7 @@ def _redis_identity(url: str) -> tuple[str, str, str]:
     if parts.scheme == "unix":
         return (parts.path, "unix", parse_qs(parts.query).get("db", ["0"])[0])
     return (parts.hostname or "localhost", str(parts.port or 6379), parts.path.lstrip("/") or "0")
+
+
+if __name__ == "__main__":
+    print(configuration_table())

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import fields
+from typing import Any
+
 import pytest
 
-from models.settings import ConfigError, Settings
+from models.knobs import Knob, items, knobs, number, positive, switch, whole
+from models.settings import (
+    ConfigError,
+    OutboundSettings,
+    ProviderSettings,
+    Settings,
+    configuration_table,
+)
+from tests.processes import ROOT
 
 
 def test_defaults_are_the_embedded_setup() -> None:
@@ -126,3 +138,77 @@ def test_replica_confirmation_is_off_by_default_and_read_when_set() -> None:
 def test_unusable_replica_settings_are_refused(env: dict[str, str], complaint: str) -> None:
     with pytest.raises(ConfigError, match=complaint):
         Settings.from_env(env)
+
+
+def test_the_readme_configuration_table_is_the_declared_one() -> None:
+    """Every variable, default and meaning in README "Configuration" comes from the
+    declarations; regenerate with ``python -m models.settings`` after changing one."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Configuration") : readme.index("### Providers")]
+    table = re.search(r"^\| Variable \|.*?(?=\n\n)", section, flags=re.DOTALL | re.MULTILINE)
+
+    assert table is not None, "README Configuration has no variable table"
+    assert table.group(0) == configuration_table()
+
+
+def test_an_empty_environment_gives_the_declared_defaults() -> None:
+    # One default per knob: reading nothing must give what the fields declare.
+    assert Settings.from_env({}) == Settings()
+    assert OutboundSettings.from_env({}) == OutboundSettings()
+
+
+def _other_value(declared: Knob, default: Any) -> tuple[str, Any]:
+    """A valid value for ``declared`` that differs from ``default`` (and keeps the
+    invariants between knobs), as text and as parsed."""
+    if declared.parse is switch:
+        return ("off" if default else "on"), not default
+    if declared.parse in (whole, positive):
+        value = 2 * (default or 0) + 1
+        return str(value), value
+    if declared.parse is number:
+        value = 2 * default + 1
+        return f"{value}", value
+    if declared.parse is items:
+        return "a, b,,", ("a", "b")
+    if declared.env == "HOOKFLEET_PHONE_REGIONS":
+        return "fr, be", ("FR", "BE")
+    if declared.env == "HOOKFLEET_ROUTES":
+        return "stripe=hookfleet.low", {"stripe": "hookfleet.low"}
+    if declared.env == "HOOKFLEET_LOG_LEVEL":
+        return "debug", "DEBUG"
+    return "https://elsewhere.example/x", "https://elsewhere.example/x"
+
+
+@pytest.mark.parametrize("cls", [Settings, OutboundSettings])
+def test_every_declared_variable_is_read_into_its_field(cls: type) -> None:
+    defaults = {f.name: getattr(cls(), f.name) for f in fields(cls)}
+    for name, declared in knobs(cls):
+        raw, expected = _other_value(declared, defaults[name])
+        built = cls.from_env({declared.env: raw})
+
+        assert getattr(built, name) == expected, declared.env
+
+
+def test_a_provider_variable_is_read_for_that_provider_only() -> None:
+    for name, declared in knobs(ProviderSettings):
+        raw, expected = _other_value(declared, getattr(ProviderSettings(), name))
+        built = Settings.from_env({declared.env.format(provider="STRIPE"): raw})
+
+        assert getattr(built.provider("stripe"), name) == expected, declared.env
+        assert getattr(built.provider("calcom"), name) == getattr(ProviderSettings(), name)
+
+
+def test_the_retell_api_key_defaults_to_the_first_retell_secret() -> None:
+    only_secrets = Settings.from_env({"HOOKFLEET_RETELL_SECRETS": " key_a , key_b"})
+    both = Settings.from_env(
+        {"HOOKFLEET_RETELL_SECRETS": "key_a", "HOOKFLEET_RETELL_API_KEY": "key_api"}
+    )
+
+    assert only_secrets.outbound.retell_api_key == "key_a"
+    assert both.outbound.retell_api_key == "key_api"
+
+
+def test_counts_that_must_be_positive_are_raised_to_one() -> None:
+    settings = Settings.from_env({"HOOKFLEET_BATCH_SIZE": "0", "HOOKFLEET_DB_RETRY_ATTEMPTS": "0"})
+
+    assert (settings.batch_size, settings.db_retry_attempts) == (1, 1)
