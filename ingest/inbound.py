@@ -20,9 +20,9 @@ from time import monotonic
 import redis
 from sqlalchemy import Engine, select
 
-from ingest.perprocess import PerProcess
 from models.business import Branch, Company
 from models.engine import make_engine
+from models.perprocess import PerProcess
 from models.phones import normalize_phone
 from models.settings import Settings
 

@@ -25,7 +25,6 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import Engine, text
 
 from ingest.errors import error_response
-from ingest.perprocess import PerProcess
 from ingest.providers import REGISTRY
 from models.backlog import Backlog, read_backlog
 from models.engine import make_engine
@@ -36,6 +35,7 @@ from models.metrics import (
     declare_shared_metrics,
     scrape_registry,
 )
+from models.perprocess import PerProcess
 from models.redis_links import FailoverReply, redis_client
 from models.settings import QUEUES, Settings
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.events import EventStatus, WebhookEvent
-from workers import events, tasks
+from workers import events, runtime, tasks
 from workers.batching import Entry, Verdict
 from workers.events import Outcome, mark_failed, record_batch, record_event
 from workers.retries import PermanentError
@@ -176,9 +176,9 @@ def test_concurrent_batches_with_the_same_events_apply_each_once(
 def worker_db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """``workers.tasks`` pointed at the test database, as a worker process would be."""
     monkeypatch.setenv("HOOKFLEET_DATABASE_URL", database_url)
-    monkeypatch.setattr(tasks, "_engine", None)
+    runtime.dispose()  # this process's engine and settings, for this database
     yield database_url
-    tasks._dispose_engine()
+    runtime.dispose()
 
 
 def entry(event_id: str, provider: str = "test", **extra: Any) -> Entry:

@@ -23,6 +23,7 @@ from models import Base
 from models.engine import make_engine
 from models.settings import Settings
 from tests.servers import clean_env
+from workers import runtime
 from workers.integrity import check, fix
 
 HOOKFLEET = str(Path(sys.executable).parent / "hookfleet")
@@ -311,7 +312,7 @@ def test_the_hourly_task_exports_what_check_finds_and_fixes_nothing(
     # give it back afterwards so later tests read this process's own registry.
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     monkeypatch.setenv("HOOKFLEET_DATABASE_URL", database_url)
-    monkeypatch.setattr(tasks, "_engine", None)  # this process's engine, for this database
+    runtime.dispose()  # this process's engine and settings, for this database
 
     counts = tasks.integrity_report()
 
@@ -320,4 +321,4 @@ def test_the_hourly_task_exports_what_check_finds_and_fixes_nothing(
     for kind, n in counts.items():
         assert REGISTRY.get_sample_value("hookfleet_integrity_problems", {"kind": kind}) == n
     assert snapshot(engine) == before  # it reports; it never fixes
-    tasks._dispose_engine()
+    runtime.dispose()

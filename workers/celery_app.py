@@ -230,7 +230,9 @@ def soft_time_limit(hard_s: int) -> int:
 
 @app.on_configure.connect
 def _configure(sender: Celery, **_: Any) -> None:
-    settings = Settings.from_env(os.environ)
+    from workers.runtime import settings as process_settings
+
+    settings = process_settings()
     # Before workers.metrics is imported (include=, after configuration): one metrics
     # directory per host, so prefork children add up.
     use_metrics_dir()

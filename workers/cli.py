@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from models.settings import Settings
+from workers.cli_params import invocation_settings
 from workers.integrity_command import integrity
 from workers.ops_cli import prune, stats
 from workers.provisioning_cli import breaker, provision
@@ -24,7 +24,7 @@ def migrate() -> None:
     """Create or upgrade the schema at HOOKFLEET_DATABASE_URL."""
     from models.migrate import current, upgrade
 
-    settings = Settings.from_env(os.environ)
+    settings = invocation_settings()
     upgrade(settings)
     click.echo(f"schema at revision {current(settings)}")
 

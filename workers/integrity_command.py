@@ -6,7 +6,6 @@ commands.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 import click
@@ -81,9 +80,9 @@ def fix(dry_run: bool, batch_size: int, limit: int, list_all: bool) -> None:
 
 def _engine() -> Engine:
     from models.engine import make_engine
-    from models.settings import Settings
+    from workers.cli_params import invocation_settings
 
-    return make_engine(Settings.from_env(os.environ))
+    return make_engine(invocation_settings())
 
 
 def _print(report: Report, verb: str) -> None:

@@ -24,7 +24,6 @@ from celery.signals import (
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from models.metrics import declare_shared_metrics, mark_process_dead, scrape_registry
-from models.settings import Settings
 from workers.leases import restored_counter
 
 log = logging.getLogger("hookfleet.worker")
@@ -159,7 +158,9 @@ def _serve_metrics(**_: Any) -> None:
     """In the worker's main process, after the pool started: serve this host's metrics
     directory when a port is configured."""
     declare_shared_metrics()
-    port = Settings.from_env(os.environ).worker_metrics_port
+    from workers.runtime import settings
+
+    port = settings().worker_metrics_port
     if port:
         start_http_server(port, registry=scrape_registry())
         log.info("serving metrics", extra={"port": port})

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
+from datetime import timedelta
 
 import click
 
-from models.settings import QUEUES, Settings
+from models.settings import QUEUES
+from workers.cli_params import Age, invocation_settings
 
 # The command must answer even when a server does not: short timeouts everywhere.
 TIMEOUT_S = 3
@@ -21,7 +22,7 @@ def stats(as_json: bool) -> None:
     from models.engine import make_engine
     from models.redis_links import redis_client
 
-    settings = Settings.from_env(os.environ)
+    settings = invocation_settings()
     client = redis_client(settings.broker_url, timeout_s=TIMEOUT_S)
     engine = make_engine(settings, io_timeout_s=TIMEOUT_S)
     try:
@@ -54,27 +55,25 @@ def stats(as_json: bool) -> None:
 @click.command()
 @click.option(
     "--older-than",
+    type=Age(),
     default=None,
-    metavar="AGE",
     help="Age like 30d, 12h, 90m [default: HOOKFLEET_RETENTION_DAYS, 30d].",
 )
 @click.option("--include-dead", is_flag=True, help="Also delete failed and dead rows.")
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 @click.option("--batch-size", default=1000, show_default=True, help="Rows per transaction.")
-def prune(older_than: str | None, include_dead: bool, dry_run: bool, batch_size: int) -> None:
+def prune(older_than: timedelta | None, include_dead: bool, dry_run: bool, batch_size: int) -> None:
     """Delete processed webhook_events older than AGE, in batches."""
-    from datetime import timedelta
-
     from models.engine import make_engine, make_sessionmaker
-    from workers.retention import parse_age, prune_events
+    from workers.retention import prune_events
 
-    settings = Settings.from_env(os.environ)
-    try:
-        age = parse_age(older_than) if older_than else timedelta(days=settings.retention_days)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--older-than") from None
+    settings = invocation_settings()
+    age = older_than or timedelta(days=settings.retention_days)
     if age.total_seconds() <= 0:
-        raise click.BadParameter("must be more than 0", param_hint="--older-than")
+        raise click.BadParameter(
+            "must be more than 0 (HOOKFLEET_RETENTION_DAYS is 0: say --older-than)",
+            param_hint="--older-than",
+        )
     engine = make_engine(settings)
     try:
         result = prune_events(

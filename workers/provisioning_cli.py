@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import UTC, datetime
 
 import click
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.settings import Settings
+from workers.cli_params import invocation_settings
 
 
 @click.command()
@@ -43,7 +42,7 @@ def provision(
     from workers.provisioning.provisioner import ProvisioningBusy, provision_branch
     from workers.provisioning.validator import BranchNotFound
 
-    settings = Settings.from_env(os.environ)
+    settings = invocation_settings()
     engine = make_engine(settings)
     sessions = make_sessionmaker(engine)
     try:
@@ -120,7 +119,7 @@ def breaker_status_command() -> None:
     """Show each breaker's state, failure count and when it opened."""
     from workers.outbound.breaker import BREAKER_NAMES, breaker_status
 
-    settings = Settings.from_env(os.environ)
+    settings = invocation_settings()
     click.echo(f"{'NAME':<8}{'STATE':<11}{'FAILURES':<10}OPENED AT (retry after)")
     for name in BREAKER_NAMES:
         status = breaker_status(name, settings)
@@ -140,5 +139,5 @@ def breaker_reset_command(name: str) -> None:
 
     if name not in BREAKER_NAMES:
         raise click.BadParameter(f"choose one of {', '.join(BREAKER_NAMES)}", param_hint="NAME")
-    reset_breaker(name, Settings.from_env(os.environ))
+    reset_breaker(name, invocation_settings())
     click.echo(f"{name}: closed")

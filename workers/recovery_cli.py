@@ -3,45 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from models.events import EventStatus
-from models.settings import Settings
+from workers.cli_params import Age, When, invocation_settings
 
-
-class When(click.ParamType):
-    """An ISO date or time (UTC unless it says otherwise), or an age like ``24h``."""
-
-    name = "when"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> datetime:
-        if isinstance(value, datetime):
-            return value
-        from workers.retention import parse_age
-
-        text = str(value).strip()
-        try:
-            return datetime.now(UTC) - parse_age(text)
-        except ValueError:
-            pass
-        try:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            self.fail(f"{text!r} is neither a date/time (2026-11-23T08:00) nor an age (24h)")
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 
 STATUS = click.Choice([s.value for s in EventStatus])
 
 
-def _sessions() -> Any:
+def _sessions() -> sessionmaker[Session]:
     from models.engine import make_engine, make_sessionmaker
 
-    return make_sessionmaker(make_engine(Settings.from_env(os.environ)))
+    return make_sessionmaker(make_engine(invocation_settings()))
 
 
 def _selection(
@@ -204,36 +184,30 @@ def replay(
 @click.command()
 @click.option(
     "--older-than",
+    type=Age(),
     default=None,
-    metavar="AGE",
     help="Untouched this long, like 30m or 2h [default: HOOKFLEET_STUCK_AFTER_S, 30m].",
 )
 @click.option("--dry-run", is_flag=True, help="Only count what would be requeued.")
 @click.option(
     "--limit", type=click.IntRange(min=1), default=None, help="Requeue at most N, oldest first."
 )
-def sweep(older_than: str | None, dry_run: bool, limit: int | None) -> None:
+def sweep(older_than: timedelta | None, dry_run: bool, limit: int | None) -> None:
     """Requeue events a worker recorded but never finished (their message was lost).
 
     Each goes back on its own queue as a plain redelivery: one that finishes meanwhile
     is not applied twice. Beat does this every minute (HOOKFLEET_STUCK_AFTER_S).
     """
     from workers.deadletters import send_to_workers
-    from workers.retention import parse_age
     from workers.sweeper import sweep as run_sweep
 
-    settings = Settings.from_env(os.environ)
+    settings = invocation_settings()
     if older_than:
-        try:
-            age = parse_age(older_than)
-        except ValueError as error:
-            raise click.BadParameter(str(error), param_hint="--older-than") from None
+        age = older_than
     elif settings.stuck_after_s:
         age = timedelta(seconds=settings.stuck_after_s)
     else:
         raise click.UsageError("HOOKFLEET_STUCK_AFTER_S is 0 (sweeping off): say --older-than")
-    if age.total_seconds() <= 0:
-        raise click.BadParameter("must be more than 0", param_hint="--older-than")
     held_at_most_s = settings.task_time_limit_s + settings.lease_s
     if age.total_seconds() <= held_at_most_s:
         click.echo(

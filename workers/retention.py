@@ -7,8 +7,6 @@ Dead letters (``failed``, ``dead``) stay until they are replayed or pruned on pu
 from __future__ import annotations
 
 import logging
-import os
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -17,23 +15,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.base import utcnow
 from models.events import EventStatus, WebhookEvent
-from models.settings import Settings
 from workers.celery_app import app
+from workers.runtime import sessions, settings
 
 log = logging.getLogger("hookfleet.worker.retention")
 
-_AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 # Small enough that one DELETE holds its locks briefly next to the workers' inserts.
 BATCH_SIZE = 1000
-
-
-def parse_age(text: str) -> timedelta:
-    """``30d``, ``12h``, ``90m``, ``2w`` or ``45s``; raises ValueError otherwise."""
-    match = _AGE.match(text.lower())
-    if match is None:
-        raise ValueError(f"{text!r} is not an age like 30d, 12h, 90m")
-    return timedelta(seconds=int(match.group(1)) * _UNIT_S[match.group(2)])
 
 
 @dataclass(frozen=True)
@@ -92,9 +80,7 @@ def prune_events(
 @app.task(name="hookfleet.prune_events")
 def prune_events_task() -> int:
     """Beat's daily retention run: processed rows older than HOOKFLEET_RETENTION_DAYS."""
-    from workers.tasks import sessions
-
-    days = Settings.from_env(os.environ).retention_days
+    days = settings().retention_days
     if days == 0:
         log.info("retention off (HOOKFLEET_RETENTION_DAYS=0)")
         return 0

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 import traceback
 from typing import Any
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_shutdown
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 from models.backlog import read_backlog
-from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus
 from models.logs import log_context
 from models.redis_links import redis_client
@@ -32,46 +27,9 @@ from workers.metrics import (
     task_retried,
 )
 from workers.retries import RetryPolicy, is_transient
+from workers.runtime import engine, sessions, settings
 
 log = logging.getLogger("hookfleet.worker")
-
-_engine: tuple[int, Engine, sessionmaker[Session], Settings] | None = None
-
-
-def sessions() -> sessionmaker[Session]:
-    """This process's session factory. Built on first use after a fork, never shared."""
-    return _process()[2]
-
-
-def settings() -> Settings:
-    return _process()[3]
-
-
-def engine() -> Engine:
-    return _process()[1]
-
-
-def _process() -> tuple[int, Engine, sessionmaker[Session], Settings]:
-    global _engine
-    if _engine is None or _engine[0] != os.getpid():
-        config = Settings.from_env(os.environ)
-        # Database waits end well inside the task's soft time limit as ordinary,
-        # retryable errors: a task interrupted by the limit while blocked in the driver
-        # would first have to wait for the blocked statement before it could roll back.
-        soft = soft_time_limit(config.task_time_limit_s)
-        engine = make_engine(
-            config, io_timeout_s=max(2, soft - 2), lock_wait_s=min(50, max(1, soft // 4))
-        )
-        _engine = (os.getpid(), engine, make_sessionmaker(engine), config)
-    return _engine
-
-
-@worker_process_shutdown.connect
-def _dispose_engine(**_: Any) -> None:
-    global _engine
-    if _engine is not None and _engine[0] == os.getpid():
-        _engine[1].dispose()
-    _engine = None
 
 
 def _retry_countdown(retries: int) -> int:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from celery import Task
 
 from models.logs import log_context
-from models.settings import Settings
 from workers.celery_app import app
 from workers.outbound.errors import ApiUnavailable, CircuitOpen
 from workers.provisioning.provisioner import (
@@ -16,7 +14,8 @@ from workers.provisioning.provisioner import (
     ProvisioningBusy,
     provision_branch,
 )
-from workers.tasks import sessions
+from workers.runtime import sessions
+from workers.runtime import settings as runtime_settings
 
 log = logging.getLogger("hookfleet.provisioning")
 
@@ -29,7 +28,7 @@ def provision_branch_task(self: Task, branch_id: int, check_connectivity: bool =
     busy) come back later; a refusal or a 4xx is final and recorded on the Agent row."""
     attempt = self.request.retries + 1
     log_context.set({"task": self.name, "branch_id": branch_id, "attempt": attempt})
-    settings = Settings.from_env(os.environ)
+    settings = runtime_settings()
     try:
         outcome = provision_branch(
             sessions(), branch_id, settings, check_connectivity=check_connectivity
