@@ -17,19 +17,15 @@ import uuid
 from base64 import b64encode
 from typing import Any
 
+from models.perprocess import PerProcess
+
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-_origin: tuple[int, str] | None = None
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 _string = json.encoder.encode_basestring_ascii
 
 
-def _origin_name() -> str:
-    """``gen<pid>@<host>``, as Celery names a producer; recomputed after a fork."""
-    global _origin
-    pid = os.getpid()
-    if _origin is None or _origin[0] != pid:
-        _origin = (pid, f"gen{pid}@{socket.gethostname()}")
-    return _origin[1]
+# ``gen<pid>@<host>``, as Celery names a producer; recomputed after a fork.
+_origin = PerProcess(lambda: f"gen{os.getpid()}@{socket.gethostname()}")
 
 
 def _fixed_headers(task_name: str, origin: str) -> dict[str, Any]:
@@ -93,7 +89,7 @@ def build_task_message(
     """
     task_id = task_id or str(uuid.uuid4())
     body = b64encode(_dumps([[], kwargs, _EMBED]).encode()).decode("ascii")
-    headers, properties = _fixed_parts(task_name, queue, _origin_name())
+    headers, properties = _fixed_parts(task_name, queue, _origin.get())
     task = _string(task_id)
     varying = {"kwargsrepr": kwargsrepr or "{...}"}
     if extra_headers:
