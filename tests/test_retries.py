@@ -27,7 +27,7 @@ from models.migrate import upgrade
 from models.settings import Settings
 from tests.servers import MariaDBServer
 from workers.events import IncomingEvent, Outcome, record_event
-from workers.retries import PermanentError, RaceLost, RetryPolicy, is_transient
+from workers.retries import PermanentError, RaceLost, RetryPolicy, is_transient, retrying
 
 
 def call_ended(call_id: str) -> IncomingEvent:
@@ -160,3 +160,23 @@ def _mysql_error(code: int, message: str) -> OperationalError:
 )
 def test_which_errors_are_transient(error: BaseException, transient: bool) -> None:
     assert is_transient(error) is transient
+
+
+def test_the_retry_builder_tries_what_it_is_told_up_to_the_attempts_then_reraises() -> None:
+    calls: list[str] = []
+
+    def flaky() -> str:
+        calls.append("try")
+        raise RaceLost("again")
+
+    def refused() -> str:
+        calls.append("refused")
+        raise PermanentError("no")
+
+    tries = retrying(attempts=3, initial_s=0, max_wait_s=0, retry_when=is_transient)
+    with pytest.raises(RaceLost):
+        tries(flaky)
+    with pytest.raises(PermanentError):
+        tries(refused)
+
+    assert calls == ["try", "try", "try", "refused"]

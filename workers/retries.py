@@ -26,6 +26,8 @@ from tenacity import (
     wait_exponential,
     wait_random,
 )
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
 
 T = TypeVar("T")
 S = TypeVar("S", bound=Select[Any])
@@ -94,16 +96,39 @@ class RetryPolicy:
     within_s: float = 60.0
 
     def call(self, work: Callable[[], T]) -> T:
-        retrying = Retrying(
-            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.within_s),
-            # Exponential from initial_s, capped, plus up to initial_s of jitter so workers
-            # that failed together do not retry together.
-            wait=wait_exponential(multiplier=self.initial_s, max=self.max_wait_s)
-            + wait_random(0, self.initial_s),
-            retry=retry_if_exception(_retry_in_task),
-            reraise=True,
+        # Up to initial_s of jitter, so workers that failed together do not retry together.
+        tries = retrying(
+            attempts=self.attempts,
+            initial_s=self.initial_s,
+            max_wait_s=self.max_wait_s,
+            within_s=self.within_s,
+            jitter_s=self.initial_s,
+            retry_when=_retry_in_task,
         )
-        return retrying(work)
+        return tries(work)
+
+
+def retrying(
+    *,
+    attempts: int,
+    initial_s: float,
+    max_wait_s: float,
+    retry_when: Callable[[BaseException], bool],
+    within_s: float | None = None,
+    jitter_s: float = 0.0,
+) -> Retrying:
+    """The worker side's one way to build a tenacity ``Retrying``: at most ``attempts``
+    tries (and none started after ``within_s``), waiting ``initial_s``, doubling, capped
+    at ``max_wait_s``, plus up to ``jitter_s`` at random; only errors for which
+    ``retry_when`` is true are retried, and the last one is re-raised as itself.
+    Call it with the work, or iterate it (``for attempt in retrying(...)``)."""
+    stop: stop_base = stop_after_attempt(attempts)
+    if within_s is not None:
+        stop = stop | stop_after_delay(within_s)
+    wait: wait_base = wait_exponential(multiplier=initial_s, max=max_wait_s)
+    if jitter_s:
+        wait = wait + wait_random(0, jitter_s)
+    return Retrying(stop=stop, wait=wait, retry=retry_if_exception(retry_when), reraise=True)
 
 
 def locked(query: S) -> S:

@@ -22,7 +22,6 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from models.business import Agent, Branch
 from models.settings import Settings
@@ -32,6 +31,7 @@ from workers.outbound.retell import RetellApi
 from workers.provisioning import validator
 from workers.provisioning.config import agent_name, config_digest, desired_config
 from workers.provisioning.findings import Finding, has_errors
+from workers.retries import retrying
 
 PROVISIONING_QUEUE = "hookfleet.provisioning"
 
@@ -163,13 +163,13 @@ def _find_or_create(
     """Create the agent; after a lost answer, look for it by name before creating again.
     Returns (agent id, whether it was found rather than created)."""
     outbound = settings.outbound
-    retrying = Retrying(
-        stop=stop_after_attempt(outbound.retries),
-        wait=wait_exponential(multiplier=outbound.backoff_s, max=outbound.backoff_s * 8),
-        retry=retry_if_exception_type(ApiUnavailable),
-        reraise=True,
+    tries = retrying(
+        attempts=outbound.retries,
+        initial_s=outbound.backoff_s,
+        max_wait_s=outbound.backoff_s * 8,
+        retry_when=lambda error: isinstance(error, ApiUnavailable),
     )
-    for attempt in retrying:
+    for attempt in tries:
         with attempt:
             if attempt.retry_state.attempt_number > 1:
                 # A create that timed out may still be landing at Retell: give it as long
