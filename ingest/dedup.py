@@ -108,10 +108,6 @@ class DedupGate:
         self._min_replicas = min_replicas
         self._replica_wait_ms = replica_wait_ms
 
-    @property
-    def atomic(self) -> bool:
-        return self._same_server
-
     def admit(
         self,
         key: str,

@@ -68,14 +68,6 @@ class Backlog:
     recorded_last_5_minutes: dict[str, int] | None = None
     errors: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def redis_ok(self) -> bool:
-        return "redis" not in self.errors
-
-    @property
-    def database_ok(self) -> bool:
-        return "database" not in self.errors
-
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["queues"] = {
