@@ -6,6 +6,8 @@ import os
 
 from gunicorn import glogging
 
+from models.logs import logging_config
+
 bind = os.environ.get("HOOKFLEET_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Threads let one process serve keep-alive connections and overlap Redis round trips.
@@ -24,30 +26,7 @@ graceful_timeout = 20
 accesslog = None
 errorlog = "-"
 # gunicorn's own lines (booting, worker exits, timeouts) as JSON on stdout, like ours.
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "json": {
-            "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": "{asctime}{levelname}{name}{message}",
-            "style": "{",
-            "rename_fields": {"asctime": "ts", "levelname": "level", "name": "logger"},
-        }
-    },
-    "handlers": {
-        "json": {
-            "class": "logging.StreamHandler",
-            "formatter": "json",
-            "stream": "ext://sys.stdout",
-        }
-    },
-    "root": {"level": "INFO", "handlers": ["json"]},
-    "loggers": {
-        "gunicorn.error": {"handlers": ["json"], "level": "INFO", "propagate": False},
-        "gunicorn.access": {"handlers": ["json"], "level": "INFO", "propagate": False},
-    },
-}
+logconfig_dict = logging_config("INFO")
 loglevel = os.environ.get("HOOKFLEET_LOG_LEVEL", "info").lower()
 
 # One metrics directory for every process of this host, set before any worker imports

@@ -2,7 +2,9 @@
 
 Here because the receiver and the workers both log the same way and ``models`` is the
 one package both may import. Lines go to stdout; rotation belongs to journald or the
-container runtime.
+container runtime. The format is written once (:func:`json_formatter`); gunicorn
+(``logconfig_dict``) and Celery (its ``setup_logging`` signal) both install
+:func:`logging_config`, and :func:`configure_logging` adds Hookfleet's own loggers.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
-from typing import IO
+from typing import IO, Any
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -28,18 +30,47 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+def json_formatter() -> logging.Formatter:
+    """One JSON object per line: ``ts``, ``level``, ``logger``, ``message`` and any
+    ``extra`` fields."""
+    return JsonFormatter(
+        "{asctime}{levelname}{name}{message}",
+        style="{",
+        rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
+    )
+
+
 def json_handler(stream: IO[str]) -> logging.Handler:
     """A handler writing JSON lines, with the delivery's context, to ``stream``."""
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(
-        JsonFormatter(
-            "{asctime}{levelname}{name}{message}",
-            style="{",
-            rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
-        )
-    )
+    handler.setFormatter(json_formatter())
     handler.addFilter(_ContextFilter())
     return handler
+
+
+def logging_config(level: str | int = "INFO") -> dict[str, Any]:
+    """The ``logging.config.dictConfig`` every process installs: the root logger and
+    gunicorn's own (booting, worker exits, timeouts; access lines when asked for) write
+    JSON lines to stdout at ``level``. Loggers already made keep working."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "models.logs.json_formatter"}},
+        "filters": {"context": {"()": "models.logs._ContextFilter"}},
+        "handlers": {
+            "json": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "filters": ["context"],
+                "stream": "ext://sys.stdout",
+            }
+        },
+        "root": {"level": level, "handlers": ["json"]},
+        "loggers": {
+            name: {"handlers": ["json"], "level": level, "propagate": False}
+            for name in ("gunicorn.error", "gunicorn.access")
+        },
+    }
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -7,8 +7,8 @@ is built from ``HOOKFLEET_*`` the first time Celery asks for it (``on_configure`
 from __future__ import annotations
 
 import logging
+import logging.config
 import os
-import sys
 from typing import Any
 from urllib.parse import quote
 
@@ -16,7 +16,7 @@ from celery import Celery
 from celery.signals import setup_logging
 from kombu import Exchange, Queue
 
-from models.logs import configure_logging, json_handler
+from models.logs import configure_logging, logging_config
 from models.metrics import use_metrics_dir
 from models.phones import configure_regions
 from models.redis_links import (
@@ -246,9 +246,7 @@ def _json_logs(loglevel: Any = None, **_: Any) -> None:
     """Celery's own lines (worker ready, task received/succeeded, errors) as JSON lines
     on stdout too, like Hookfleet's: one format for journald or the log shipper.
     Connecting this signal also stops Celery from installing its own handlers."""
-    root = logging.getLogger()
-    root.handlers[:] = [json_handler(sys.stdout)]
-    root.setLevel(loglevel or logging.INFO)
+    logging.config.dictConfig(logging_config(loglevel or logging.INFO))
     for name in _RECONNECT_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _ReconnectIsAWarning) for f in logger.filters):
