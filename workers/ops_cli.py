@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import click
 
-from models.settings import QUEUES
+from models.settings import QUEUES, Settings
 from workers.cli_params import Age, invocation_settings
 
 # The command must answer even when a server does not: short timeouts everywhere.
@@ -57,7 +57,7 @@ def stats(as_json: bool) -> None:
     "--older-than",
     type=Age(),
     default=None,
-    help="Age like 30d, 12h, 90m [default: HOOKFLEET_RETENTION_DAYS, 30d].",
+    help=f"Age like 30d, 12h, 90m [default: HOOKFLEET_RETENTION_DAYS, {Settings.retention_days}d].",
 )
 @click.option("--include-dead", is_flag=True, help="Also delete failed and dead rows.")
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")

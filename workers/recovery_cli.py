@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from models.events import EventStatus
+from models.settings import Settings
 from workers.cli_params import Age, When, invocation_settings
 
 if TYPE_CHECKING:
@@ -186,7 +187,8 @@ def replay(
     "--older-than",
     type=Age(),
     default=None,
-    help="Untouched this long, like 30m or 2h [default: HOOKFLEET_STUCK_AFTER_S, 30m].",
+    help="Untouched this long, like 30m or 2h "
+    f"[default: HOOKFLEET_STUCK_AFTER_S, {Settings.stuck_after_s // 60}m].",
 )
 @click.option("--dry-run", is_flag=True, help="Only count what would be requeued.")
 @click.option(
