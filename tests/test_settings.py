@@ -212,3 +212,24 @@ def test_counts_that_must_be_positive_are_raised_to_one() -> None:
     settings = Settings.from_env({"HOOKFLEET_BATCH_SIZE": "0", "HOOKFLEET_DB_RETRY_ATTEMPTS": "0"})
 
     assert (settings.batch_size, settings.db_retry_attempts) == (1, 1)
+
+
+def test_every_variable_the_code_reads_is_in_the_table() -> None:
+    """A HOOKFLEET_* name in the code, the Procfile or the systemd units that the table
+    lacks is a knob read past the declarations (or one the README forgot)."""
+    table = configuration_table()
+    suffixes = "|".join(k.env.split("}_")[1] for _, k in knobs(ProviderSettings))
+    provider_knob = re.compile(rf"^HOOKFLEET_[A-Z0-9]+_({suffixes})$")
+    sources = [ROOT / "Procfile", *(ROOT / "deploy" / "systemd").iterdir()]
+    for package in ("ingest", "workers", "models"):
+        sources += (ROOT / package).rglob("*.py")
+    named = {
+        name
+        for path in sources
+        if path.is_file()
+        for name in re.findall(r"HOOKFLEET_[A-Z0-9_]+", path.read_text())
+    }
+    # Flask's config key for the Settings object, not a variable.
+    named.discard("HOOKFLEET_SETTINGS")
+
+    assert {n for n in named if f"`{n}`" not in table and not provider_knob.match(n)} == set()
