@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 import unicodedata
 from datetime import datetime
@@ -95,6 +96,17 @@ class Service(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
+class AgentStatus(enum.StrEnum):
+    """Where a branch's agent stands (``agents.status``; workers.provisioning)."""
+
+    DRAFT = "draft"  # the row exists; nothing was sent to Retell yet
+    PROVISIONING = "provisioning"  # a run holds the claim
+    ACTIVE = "active"  # Retell's agent matches the branch
+    RETRYING = "retrying"  # a transient failure (Retell down, 429): the task tries again
+    FAILED = "failed"  # the last run failed for good; last_error says why
+    INVALID = "invalid"  # never provisioned: the validator refused
+
+
 class Agent(Base):
     """The Retell voice agent that answers one branch's phone.
 
@@ -116,7 +128,7 @@ class Agent(Base):
     name: Mapped[str] = mapped_column(String(200))
     language: Mapped[str] = mapped_column(String(16), default="de-DE")
     voice_id: Mapped[str | None] = mapped_column(String(64), default=None)
-    status: Mapped[str] = mapped_column(String(32), default="draft")
+    status: Mapped[str] = mapped_column(String(32), default=AgentStatus.DRAFT)
     config_digest: Mapped[str | None] = mapped_column(String(64), default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     provisioned_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
