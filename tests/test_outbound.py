@@ -256,6 +256,7 @@ def test_a_forked_process_builds_its_own_client() -> None:
     child.start()
     child.join(30)
 
+    assert child.exitcode == 0
     assert answer.get() is True
 
 
@@ -335,3 +336,18 @@ def test_the_provisioning_worker_retries_a_rate_limited_branch_after_retry_after
     first, second = standin.calls("POST", "/create-retell-llm")
     assert second.at - first.at >= 3.0
     assert len(standin.llms) == 1
+
+
+def test_a_rate_limited_connectivity_check_is_no_refusal(
+    sessions: sessionmaker[Session], database_url: str, redis_url: str, standin: StandIn
+) -> None:
+    settings = settings_for(database_url, redis_url, standin)
+    branch_id = seed_branch(sessions)
+    standin.script("POST", "/v2/list-agents", Reply(429, headers={"Retry-After": "60"}))
+
+    with pytest.raises(ApiRateLimited):
+        provision_branch(sessions, branch_id, settings, check_connectivity=True, will_retry=True)
+
+    with sessions() as session:
+        assert session.scalar(select(Agent)) is None  # nothing recorded as refused
+    assert standin.agents == {}
