@@ -68,6 +68,10 @@ class StandIn:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; on a kept-alive connection Nagle
+            # would hold the body for the client's delayed ACK (~40 ms a call). Real
+            # servers set TCP_NODELAY on keep-alive connections too (nginx tcp_nodelay).
+            disable_nagle_algorithm = True
 
             def setup(self) -> None:
                 super().setup()
