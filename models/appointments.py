@@ -10,7 +10,7 @@ from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, Unique
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, deferred, mapped_column, relationship
 
-from models.base import Base, LongText, UTCDateTime, exact_text, optional_link, utcnow
+from models.base import Base, LongText, Timestamped, UTCDateTime, exact_text, optional_link
 from models.business import EMAIL_MAX
 
 
@@ -39,13 +39,21 @@ ExactEmail = String(EMAIL_MAX).with_variant(
 )
 
 
+class PaymentStatus(enum.StrEnum):
+    """``appointments.payment_status`` (None: no payment asked for). Paid is final
+    whatever order the two triggers arrive in."""
+
+    INITIATED = "initiated"  # BOOKING_PAYMENT_INITIATED
+    PAID = "paid"  # BOOKING_PAID
+
+
 class AttendeeStatus(enum.StrEnum):
     BOOKED = "booked"
     CANCELLED = "cancelled"  # this seat was given up; the booking goes on for the others
     RESCHEDULED = "rescheduled"  # the whole booking moved: this place is in the new one
 
 
-class Appointment(Base):
+class Appointment(Timestamped, Base):
     """A booking. ``calcom_uid`` is UNIQUE; ``calcom_booking_id`` is Cal.com's numeric id
     (the only reference some triggers carry).
 
@@ -88,8 +96,6 @@ class Appointment(Base):
     rescheduled_from_uid: Mapped[str | None] = mapped_column(exact_text(128), default=None)
     cancellation_reason: Mapped[str | None] = mapped_column(Text, default=None)
     raw_payload: Mapped[str | None] = deferred(mapped_column(LongText, default=None))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     attendees: Mapped[list[AppointmentAttendee]] = relationship(
         back_populates="appointment", order_by="AppointmentAttendee.id"
@@ -99,7 +105,7 @@ class Appointment(Base):
         return f"<Appointment {self.calcom_uid} {self.status}>"
 
 
-class AppointmentAttendee(Base):
+class AppointmentAttendee(Timestamped, Base):
     """One attendee of a booking: for a seated event, one seat. UNIQUE per
     (appointment, email); ``seat_uid`` is Cal.com's seat reference (``attendeeSeatId``).
 
@@ -131,8 +137,6 @@ class AppointmentAttendee(Base):
     status_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     no_show: Mapped[bool | None] = mapped_column(Boolean, default=None)
     no_show_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     appointment: Mapped[Appointment] = relationship(back_populates="attendees")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, ForeignKey, MetaData, String, Text
 from sqlalchemy.dialects import mysql
-from sqlalchemy.orm import DeclarativeBase, MappedColumn, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 # Stable constraint names, so Alembic migrations name the same things on every backend.
@@ -101,3 +101,15 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+class Timestamped:
+    """``created_at`` (set on insert) and ``updated_at`` (set on insert and on every ORM
+    update), both :class:`UTCDateTime` filled in by Python, not by the database (no
+    server default: the migrations have none). A mixin, as SQLAlchemy's
+    ``declarative_mixins`` shows: a table opts in by listing it before ``Base``."""
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, sort_order=1)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), default=utcnow, onupdate=utcnow, sort_order=1
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 import unicodedata
 from datetime import datetime
@@ -10,26 +11,31 @@ from typing import Any
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
-from models.base import Base, PortableJSON, UTCDateTime, exact_text, optional_link, utcnow
-from models.phones import normalize_phone
+from models.base import (
+    Base,
+    PortableJSON,
+    Timestamped,
+    UTCDateTime,
+    exact_text,
+    optional_link,
+)
+from models.phones import PHONE_MAX, stored_phone
 
 
-class Company(Base):
+class Company(Timestamped, Base):
     __tablename__ = "companies"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     industry: Mapped[str | None] = mapped_column(String(64), default=None)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     branches: Mapped[list[Branch]] = relationship(back_populates="company")
 
 
-class Branch(Base):
+class Branch(Timestamped, Base):
     """A location with its own phone number, Retell agent and Cal.com event type.
 
-    ``phone`` is stored in E.164 whenever it is a valid number (see models.phones).
+    ``phone`` is stored in E.164 whenever it is a valid number (models.phones.stored_phone).
     """
 
     __tablename__ = "branches"
@@ -41,23 +47,22 @@ class Branch(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     company_id: Mapped[int] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
-    phone: Mapped[str | None] = mapped_column(String(32), default=None)
+    phone: Mapped[str | None] = mapped_column(String(PHONE_MAX), default=None)
     timezone: Mapped[str] = mapped_column(String(64), default="Europe/Berlin")
     working_hours: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON(), default=None)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     retell_agent_id: Mapped[str | None] = mapped_column(String(64), default=None)
     calcom_event_type_id: Mapped[int | None] = mapped_column(Integer, default=None)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     company: Mapped[Company] = relationship(back_populates="branches")
 
     @validates("phone")
     def _normalize_phone(self, _key: str, value: str | None) -> str | None:
-        return None if value is None or not value.strip() else normalize_phone(value).value
+        phone = stored_phone(value)
+        return phone.value if phone else None
 
 
-class Staff(Base):
+class Staff(Timestamped, Base):
     """Someone who takes appointments (a Cal.com organizer is matched by email)."""
 
     __tablename__ = "staff"
@@ -69,15 +74,13 @@ class Staff(Base):
     name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str | None] = mapped_column(String(191), default=None)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     @validates("email")
     def _lower_email(self, _key: str, value: str | None) -> str | None:
         return normalize_email(value)
 
 
-class Service(Base):
+class Service(Timestamped, Base):
     """What a company offers, with how long it takes (a Cal.com event type, often)."""
 
     __tablename__ = "services"
@@ -91,11 +94,20 @@ class Service(Base):
     price_cents: Mapped[int | None] = mapped_column(Integer, default=None)
     calcom_event_type_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
-class Agent(Base):
+class AgentStatus(enum.StrEnum):
+    """Where a branch's agent stands (``agents.status``; workers.provisioning)."""
+
+    DRAFT = "draft"  # the row exists; nothing was sent to Retell yet
+    PROVISIONING = "provisioning"  # a run holds the claim
+    ACTIVE = "active"  # Retell's agent matches the branch
+    RETRYING = "retrying"  # a transient failure (Retell down, 429): the task tries again
+    FAILED = "failed"  # the last run failed for good; last_error says why
+    INVALID = "invalid"  # never provisioned: the validator refused
+
+
+class Agent(Timestamped, Base):
     """The Retell voice agent that answers one branch's phone.
 
     One per branch (UNIQUE branch_id), so provisioning twice updates, never duplicates.
@@ -112,16 +124,14 @@ class Agent(Base):
     )
     retell_agent_id: Mapped[str | None] = mapped_column(exact_text(64), default=None, unique=True)
     retell_llm_id: Mapped[str | None] = mapped_column(String(64), default=None)
-    phone_number: Mapped[str | None] = mapped_column(String(32), default=None)
+    phone_number: Mapped[str | None] = mapped_column(String(PHONE_MAX), default=None)
     name: Mapped[str] = mapped_column(String(200))
     language: Mapped[str] = mapped_column(String(16), default="de-DE")
     voice_id: Mapped[str | None] = mapped_column(String(64), default=None)
-    status: Mapped[str] = mapped_column(String(32), default="draft")
+    status: Mapped[str] = mapped_column(String(32), default=AgentStatus.DRAFT)
     config_digest: Mapped[str | None] = mapped_column(String(64), default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     provisioned_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
 # The longest address there is: RFC 5321 §4.5.3.1.3 limits a path to 256 octets, two of

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from typing import Any
 
@@ -12,11 +13,12 @@ from models.base import (
     Base,
     LongText,
     PortableJSON,
+    Timestamped,
     UTCDateTime,
     exact_text,
     optional_link,
-    utcnow,
 )
+from models.phones import PHONE_MAX
 
 # The width of calls.call_id. Retell's ids are 32 characters (retell-python-sdk
 # call_response.py examples: "Jabr9TXYYJHfvl6Syypi88rdAHYHmcq6").
@@ -30,7 +32,19 @@ def is_call_id(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= CALL_ID_LENGTH and not value.isspace()
 
 
-class Call(Base):
+class CallStatus(enum.StrEnum):
+    """``calls.status``: Retell's ``call_status`` values (retell-python-sdk
+    ``call_response.py``). Our events set ``ongoing`` (call_started) and ``ended``;
+    Retell's own ``error`` / ``not_connected`` say how a call ended and win."""
+
+    REGISTERED = "registered"  # the row exists; no event has said more
+    ONGOING = "ongoing"
+    ENDED = "ended"
+    ERROR = "error"
+    NOT_CONNECTED = "not_connected"
+
+
+class Call(Timestamped, Base):
     """A voice (or chat) call. ``call_id`` is Retell's id, UNIQUE, compared byte for
     byte (Retell's ids are mixed-case).
 
@@ -55,10 +69,10 @@ class Call(Base):
     staff_id: Mapped[int | None] = optional_link("staff")
     agent_id: Mapped[str | None] = mapped_column(String(64), default=None)
     direction: Mapped[str | None] = mapped_column(String(16), default=None)
-    status: Mapped[str] = mapped_column(String(32), default="registered")
+    status: Mapped[str] = mapped_column(String(32), default=CallStatus.REGISTERED)
     event_rank: Mapped[int] = mapped_column(Integer, default=0)
-    from_number: Mapped[str | None] = mapped_column(String(32), default=None)
-    to_number: Mapped[str | None] = mapped_column(String(32), default=None)
+    from_number: Mapped[str | None] = mapped_column(String(PHONE_MAX), default=None)
+    to_number: Mapped[str | None] = mapped_column(String(PHONE_MAX), default=None)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     duration_ms: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -68,8 +82,6 @@ class Call(Base):
     analysis: Mapped[dict[str, Any] | None] = deferred(mapped_column(PortableJSON(), default=None))
     transcript: Mapped[str | None] = deferred(mapped_column(LongText, default=None))
     raw_payload: Mapped[str | None] = deferred(mapped_column(LongText, default=None))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     def __repr__(self) -> str:
         return f"<Call {self.call_id} {self.status}>"

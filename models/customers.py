@@ -13,9 +13,9 @@ from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstr
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column, validates
 
-from models.base import Base, UTCDateTime, optional_link, utcnow
+from models.base import Base, Timestamped, UTCDateTime, optional_link, utcnow
 from models.business import EMAIL_MAX, normalize_email
-from models.phones import normalize_phone
+from models.phones import PHONE_MAX, stored_phone
 
 # What "no company" is in the unique keys: NULLs never collide in a UNIQUE index (on
 # MariaDB or SQLite), so a NULL company would let two workers create the same caller.
@@ -39,7 +39,7 @@ def identity_text(length: int) -> String:
     )
 
 
-class Customer(Base):
+class Customer(Timestamped, Base):
     """A caller or booker of one company. ``phone`` is E.164 when ``phone_valid``;
     else as given.
 
@@ -72,13 +72,11 @@ class Customer(Base):
     )
     name: Mapped[str | None] = mapped_column(String(200), default=None)
     email: Mapped[str | None] = mapped_column(identity_text(EMAIL_MAX), default=None)
-    phone: Mapped[str | None] = mapped_column(identity_text(32), default=None)
-    phone_key: Mapped[str | None] = mapped_column(identity_text(32), default=None)
+    phone: Mapped[str | None] = mapped_column(identity_text(PHONE_MAX), default=None)
+    phone_key: Mapped[str | None] = mapped_column(identity_text(PHONE_MAX), default=None)
     person_key: Mapped[str | None] = mapped_column(identity_text(PERSON_KEY_MAX), default=None)
     phone_type: Mapped[str | None] = mapped_column(String(32), default=None)
     phone_valid: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     @validates("company_id")
     def _company_key(self, _key: str, value: int | None) -> int | None:
@@ -87,12 +85,12 @@ class Customer(Base):
 
     @validates("phone")
     def _normalize_phone(self, _key: str, value: str | None) -> str | None:
-        if value is None or not value.strip():
+        phone = stored_phone(value)
+        if phone is None:
             self.phone_type, self.phone_valid = None, False
             return None
-        phone = normalize_phone(value)
         self.phone_type, self.phone_valid = phone.type, phone.valid
-        return phone.value[:32]
+        return phone.value
 
     @validates("email")
     def _normalize_email(self, _key: str, value: str | None) -> str | None:

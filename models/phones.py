@@ -7,13 +7,17 @@ number can never kill a task.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberType
 
 from models.settings import DEFAULT_PHONE_REGIONS as DEFAULT_REGIONS
+
+# The width of every phone column (customers, branches, calls, agents): E.164 is at most
+# 16 characters; an invalid number kept as given is cut to fit.
+PHONE_MAX = 32
 
 _TYPES = {
     PhoneNumberType.MOBILE: "mobile",
@@ -51,6 +55,17 @@ def normalize_phone(raw: str, regions: tuple[str, ...] | None = None) -> Phone:
     """E.164 for ``raw``, trying ``regions`` (default: the configured list) for national
     numbers. Never raises; cached (bounded LRU)."""
     return _normalize(raw, regions or _regions)
+
+
+def stored_phone(raw: object) -> Phone | None:
+    """How every phone column stores ``raw``: None when it is no string or blank (an
+    unknown number, NULL); else :func:`normalize_phone`'s answer with ``value`` cut to
+    PHONE_MAX characters. The one rule for Customer, Branch, calls and the integrity
+    repair, so a repaired row equals what the model would have written."""
+    if not isinstance(raw, str) or not raw.strip():
+        return None
+    phone = normalize_phone(raw)
+    return phone if len(phone.value) <= PHONE_MAX else replace(phone, value=phone.value[:PHONE_MAX])
 
 
 @lru_cache(maxsize=65536)

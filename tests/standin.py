@@ -5,7 +5,8 @@ Retell's) so tests assert on the server's state — "exactly one agent" — not 
 client believes. Every request is recorded. Scripted replies (:meth:`StandIn.script`)
 answer matching requests first, in order: a status with a body, slowly, or not at all
 (the connection is closed, or the answer is delayed past the client's timeout while the
-real work still happens — Retell created the agent, we never heard).
+real work still happens — Retell created the agent, we never heard). ``connections``
+counts the TCP connections accepted, so tests see whether the client reuses them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,12 +27,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 @dataclass(frozen=True)
 class Reply:
     """One scripted answer. ``status=None`` lets the normal handler answer (after
-    ``delay_s``); ``close=True`` drops the connection without answering."""
+    ``delay_s``); ``close=True`` drops the connection without answering; ``headers``
+    go with a scripted status (e.g. ``Retry-After``)."""
 
     status: int | None = None
     body: Any = None
     delay_s: float = 0.0
     close: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -40,6 +44,7 @@ class Received:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: Any
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -51,6 +56,7 @@ class StandIn:
     llms: dict[str, dict[str, Any]] = field(default_factory=dict)
     phone_numbers: dict[str, dict[str, Any]] = field(default_factory=dict)
     event_types: dict[int, dict[str, Any]] = field(default_factory=dict)
+    connections: int = 0
     _scripts: list[tuple[str, str, deque[Reply]]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
@@ -62,6 +68,15 @@ class StandIn:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; on a kept-alive connection Nagle
+            # would hold the body for the client's delayed ACK (~40 ms a call). Real
+            # servers set TCP_NODELAY on keep-alive connections too (nginx tcp_nodelay).
+            disable_nagle_algorithm = True
+
+            def setup(self) -> None:
+                super().setup()
+                with standin._lock:
+                    standin.connections += 1
 
             def do_GET(self) -> None:
                 standin._handle(self)
@@ -132,7 +147,7 @@ class StandIn:
             handler.close_connection = True
             return
         if reply is not None and reply.status is not None:
-            self._answer(handler, reply.status, reply.body)
+            self._answer(handler, reply.status, reply.body, reply.headers)
             return
         status, answer = self._serve(received)
         try:
@@ -147,9 +162,16 @@ class StandIn:
         return None
 
     @staticmethod
-    def _answer(handler: BaseHTTPRequestHandler, status: int, body: Any) -> None:
+    def _answer(
+        handler: BaseHTTPRequestHandler,
+        status: int,
+        body: Any,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         data = b"" if body is None else json.dumps(body).encode()
         handler.send_response(status)
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()

@@ -484,6 +484,28 @@ def test_customer_phones_are_stored_in_e164_or_kept_and_flagged(
         )
 
 
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        ("030 901820", "+4930901820"),
+        ("ext. 12 ask for the front desk, thanks", "ext. 12 ask for the front desk, "),
+        ("   ", None),
+    ],
+)
+def test_a_branch_and_a_customer_store_a_phone_the_same_way(
+    sessions: sessionmaker[Session], typed: str, stored: str | None
+) -> None:
+    with sessions() as session, session.begin():
+        company = Company(name="Salon")
+        session.add_all([company, Branch(company=company, name="Mitte", phone=typed)])
+        session.add(Customer(name="X", phone=typed))
+
+    with sessions() as session:
+        branch = session.scalars(select(Branch)).one()
+        customer = session.scalars(select(Customer)).one()
+        assert branch.phone == customer.phone == stored
+
+
 def test_customer_email_is_unique_but_unknown_emails_are_many(
     sessions: sessionmaker[Session],
 ) -> None:

@@ -44,8 +44,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.appointments import Appointment, AppointmentStatus, AttendeeStatus
-from models.business import Branch, Service, Staff
+from models.appointments import Appointment, AppointmentStatus, AttendeeStatus, PaymentStatus
+from models.business import Branch, Service
 from models.events import WebhookEvent
 from workers.attendees import (
     cancel_attendees,
@@ -58,7 +58,8 @@ from workers.attendees import (
     set_moved,
     sync_attendees,
 )
-from workers.calcom_events import CalcomEvent, attendee_key, email_of, text, when
+from workers.calcom_events import CalcomEvent, attendee_key, email_of, when
+from workers.merge import merge_ranked, staff_by_email, text
 from workers.retries import RaceLost, locked
 
 log = logging.getLogger("hookfleet.worker.appointments")
@@ -233,7 +234,7 @@ def _fields(session: Session, calcom: CalcomEvent) -> dict[str, Any]:
         "company_id": company_id,
         "branch_id": branch.id if branch else (service.branch_id if service else None),
         "service_id": service.id if service else None,
-        "staff_id": _staff(session, company_id, organizer_email(booking)),
+        "staff_id": staff_by_email(session, company_id, organizer_email(booking)),
         "raw_payload": calcom.raw,
     }
     if calcom.trigger == "MEETING_STARTED":
@@ -250,9 +251,9 @@ def _fields(session: Session, calcom: CalcomEvent) -> dict[str, Any]:
 def _merge_payment(appointment: Appointment, trigger: str) -> None:
     # Paid is final whatever order the two arrive in.
     if trigger == "BOOKING_PAID":
-        appointment.payment_status = "paid"
+        appointment.payment_status = PaymentStatus.PAID
     elif trigger == "BOOKING_PAYMENT_INITIATED" and appointment.payment_status is None:
-        appointment.payment_status = "initiated"
+        appointment.payment_status = PaymentStatus.INITIATED
 
 
 def _retire(session: Session, calcom: CalcomEvent, old: Appointment, order: Order) -> bool:
@@ -311,9 +312,7 @@ def _merge(
     session: Session, appointment: Appointment, fields: dict[str, Any], order: Order
 ) -> None:
     later = order.at_least(appointment)
-    for name, value in fields.items():
-        if value is not None and (later or getattr(appointment, name) is None):
-            setattr(appointment, name, value)
+    merge_ranked(appointment, fields, later=later)
     if later:
         appointment.event_rank, appointment.event_at = order.rank, order.at
 
@@ -388,11 +387,3 @@ def organizer_email(booking: dict[str, Any]) -> str | None:
             return email
     user = booking.get("user")
     return email_of(user) if isinstance(user, dict) else None
-
-
-def _staff(session: Session, company_id: int | None, email: str | None) -> int | None:
-    if company_id is None or email is None:
-        return None
-    return session.scalar(
-        select(Staff.id).where(Staff.company_id == company_id, Staff.email == email)
-    )

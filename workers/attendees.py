@@ -14,8 +14,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from models.appointments import Appointment, AppointmentAttendee, AttendeeStatus
-from workers.calcom_events import NAME_MAX, CalcomEvent, attendee_key, email_of, text
+from workers.calcom_events import NAME_MAX, CalcomEvent, attendee_key, email_of
 from workers.customers import find_or_create_customer
+from workers.merge import text
 
 
 def sync_attendees(session: Session, calcom: CalcomEvent, appointment: Appointment) -> None:

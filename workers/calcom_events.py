@@ -122,7 +122,3 @@ def when(value: object, name: str, *, required: bool = True) -> datetime | None:
     if required:
         raise PermanentError(f"payload.{name} {value!r} is not an ISO-8601 timestamp")
     return None
-
-
-def text(value: object, limit: int) -> str | None:
-    return value[:limit] if isinstance(value, str) and value else None

@@ -19,19 +19,28 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.business import Branch, Staff, normalize_email
-from models.calls import Call, is_call_id
+from models.business import Branch, normalize_email
+from models.calls import Call, CallStatus, is_call_id
 from models.events import WebhookEvent
 from models.payloads import PayloadError, loads
-from models.phones import normalize_phone
+from models.phones import stored_phone
 from workers.customers import find_or_create_customer
+from workers.merge import merge_ranked, staff_by_email, text
 from workers.packets import escaped_size, statement_budget
 from workers.retries import PermanentError, RaceLost, locked
 
 log = logging.getLogger("hookfleet.worker.calls")
 
 RANKS = {"call_started": 1, "call_ended": 2, "call_analyzed": 3}
-STATUS_BY_EVENT = {"call_started": "ongoing", "call_ended": "ended", "call_analyzed": "ended"}
+STATUS_BY_EVENT = {
+    "call_started": CallStatus.ONGOING,
+    "call_ended": CallStatus.ENDED,
+    "call_analyzed": CallStatus.ENDED,
+}
+# The call_status values that say how a call ended: Retell's own word wins over the
+# event's (retell-python-sdk call_response.py: registered, not_connected, ongoing,
+# ended, error).
+FINAL_STATUSES = frozenset({CallStatus.ENDED, CallStatus.ERROR, CallStatus.NOT_CONNECTED})
 
 
 def apply_retell_event(session: Session, event: WebhookEvent) -> None:
@@ -89,21 +98,21 @@ def _fields(event_type: str, details: dict[str, Any], raw: str) -> dict[str, Any
         ended = None
     duration = _duration(details, started, ended)
     # Retell's own status wins when it says how the call ended (error, not_connected).
-    status = details.get("call_status")
-    if status not in ("ended", "error", "not_connected"):
-        status = STATUS_BY_EVENT[event_type]
+    said, status = details.get("call_status"), STATUS_BY_EVENT[event_type]
+    if isinstance(said, str) and said in FINAL_STATUSES:  # said may be any JSON value
+        status = CallStatus(said)
     transcript = details.get("transcript")
     return {
-        "agent_id": _text(details.get("agent_id"), 64),
-        "direction": _text(details.get("direction"), 16),
+        "agent_id": text(details.get("agent_id"), 64),
+        "direction": text(details.get("direction"), 16),
         "status": status,
         "from_number": _phone(details.get("from_number")),
         "to_number": _phone(details.get("to_number")),
         "started_at": started,
         "ended_at": ended,
         "duration_ms": duration,
-        "disconnection_reason": _text(details.get("disconnection_reason"), 64),
-        "recording_url": _text(details.get("recording_url"), 2000),
+        "disconnection_reason": text(details.get("disconnection_reason"), 64),
+        "recording_url": text(details.get("recording_url"), 2000),
         "transcript": transcript if isinstance(transcript, str) else None,
         "summary": _bounded_text(analysis.get("call_summary"), TEXT_BYTES) if analysis else None,
         "analysis": analysis,
@@ -182,11 +191,7 @@ def _escaped_row_size(fields: dict[str, Any]) -> int:
 
 def _merge(call: Call, fields: dict[str, Any], rank: int) -> None:
     later = rank >= call.event_rank
-    for name, value in fields.items():
-        if value is None:
-            continue
-        if later or getattr(call, name) is None:
-            setattr(call, name, value)
+    merge_ranked(call, fields, later=later)
     if later:
         call.event_rank = rank
 
@@ -211,14 +216,12 @@ def _link(session: Session, call: Call, details: dict[str, Any]) -> None:
             call.customer_id = customer.id
     metadata = details.get("metadata")
     email = (
-        normalize_email(_text(metadata.get("staff_email"), 191))
+        normalize_email(text(metadata.get("staff_email"), 191))
         if isinstance(metadata, dict)
         else None
     )
-    if call.staff_id is None and email and call.company_id is not None:
-        call.staff_id = session.scalar(
-            select(Staff.id).where(Staff.company_id == call.company_id, Staff.email == email)
-        )
+    if call.staff_id is None:
+        call.staff_id = staff_by_email(session, call.company_id, email)
 
 
 def _ms(details: dict[str, Any], field: str) -> datetime | None:
@@ -238,11 +241,6 @@ def _ms(details: dict[str, Any], field: str) -> datetime | None:
     return None
 
 
-def _text(value: object, limit: int) -> str | None:
-    """A non-empty string cut to ``limit`` characters (a VARCHAR's width); else None."""
-    return value[:limit] if isinstance(value, str) and value else None
-
-
 def _bounded_text(value: object, limit_bytes: int) -> str | None:
     """A non-empty string cut to at most ``limit_bytes`` UTF-8 bytes, on a character
     boundary (a MariaDB TEXT holds bytes, not characters); else None."""
@@ -255,4 +253,5 @@ def _bounded_text(value: object, limit_bytes: int) -> str | None:
 
 
 def _phone(value: object) -> str | None:
-    return normalize_phone(value).value[:32] if isinstance(value, str) and value.strip() else None
+    phone = stored_phone(value)
+    return phone.value if phone else None

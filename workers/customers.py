@@ -71,7 +71,7 @@ from models.customers import (
     conflicts,
     person_key,
 )
-from models.phones import normalize_phone
+from models.phones import stored_phone
 from workers.retries import RaceLost
 
 log = logging.getLogger("hookfleet.worker.customers")
@@ -200,11 +200,11 @@ def _contact(
 ) -> Contact:
     number = raw = None
     unusable: list[tuple[str, str]] = []
-    if phone and phone.strip():
-        normal = normalize_phone(phone)
-        number, raw = (normal.value, None) if normal.valid else (None, normal.value[:32])
+    normal = stored_phone(phone)
+    if normal is not None:
+        number, raw = (normal.value, None) if normal.valid else (None, normal.value)
         if raw is not None:
-            unusable.append(("phone", phone.strip()))
+            unusable.append(("phone", (phone or "").strip()))
     address = normalize_email(email)
     if address is not None and not valid_email(address):
         # Like an invalid number: identifies no one ("not-an-email" is not one person).

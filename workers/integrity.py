@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 # The package, not single modules: every table must be in Base.metadata for the orphan scan.
 from models import Base, Customer
-from models.phones import normalize_phone
+from models.phones import stored_phone
 from workers.customer_merges import SHARED_PHONES, duplicate_customers
 from workers.integrity_report import EXAMPLES, Report, batches
 
@@ -263,7 +263,5 @@ def _update_phones(
 
 def _stored(phone: str) -> tuple[str | None, bool, str | None]:
     """(phone, phone_valid, phone_type) as the Customer model writes ``phone``."""
-    if not phone.strip():
-        return None, False, None
-    normal = normalize_phone(phone)
-    return normal.value[:32], normal.valid, normal.type
+    normal = stored_phone(phone)
+    return (normal.value, normal.valid, normal.type) if normal else (None, False, None)

@@ -39,7 +39,11 @@ def provision(
     from models.engine import make_engine, make_sessionmaker
     from workers.outbound.errors import OutboundError
     from workers.provisioning.findings import findings_table, has_errors
-    from workers.provisioning.provisioner import ProvisioningBusy, provision_branch
+    from workers.provisioning.provisioner import (
+        ProvisioningAction,
+        ProvisioningBusy,
+        provision_branch,
+    )
     from workers.provisioning.validator import BranchNotFound
 
     settings = invocation_settings()
@@ -65,7 +69,7 @@ def provision(
         engine.dispose()
     click.echo(f"Branch {branch_id}: {len(outcome.findings)} finding(s)\n")
     click.echo(findings_table(outcome.findings))
-    if outcome.action == "refused":
+    if outcome.action == ProvisioningAction.REFUSED:
         raise click.ClickException("refused: fix the errors above, then run this again")
     click.echo("")
     if dry_run:
@@ -83,7 +87,9 @@ def provision(
 def _provision_on_worker(
     sessions: sessionmaker[Session], branch_id: int, check_connectivity: bool, wait: int
 ) -> None:
-    """Queue the task, then watch the Agent row: the fleet keeps no task results."""
+    """Queue the task, then watch the Agent row: the fleet keeps no task results. A
+    ``retrying`` row (a transient failure, the task tries again later) is shown and
+    waited past; ``failed`` is final."""
     from sqlalchemy import select
 
     from models.business import Agent
@@ -94,15 +100,21 @@ def _provision_on_worker(
     task_id = enqueue_provisioning(branch_id, check_connectivity)
     click.echo(f"queued on hookfleet.provisioning as task {task_id}; waiting up to {wait} s")
     deadline = time.monotonic() + wait
+    reported: str | None = None
     while time.monotonic() < deadline:
         with sessions() as session:
             row = session.scalar(select(Agent).where(Agent.branch_id == branch_id))
-        if row is not None and row.updated_at >= asked and row.status != AgentStatus.PROVISIONING:
-            detail = f" — {row.last_error}" if row.last_error else ""
-            click.echo(f"{row.status}: agent {row.retell_agent_id}{detail}")
-            if row.last_error:
-                raise SystemExit(1)
-            return
+        if row is not None and row.updated_at >= asked:
+            if row.status == AgentStatus.RETRYING:
+                if row.last_error != reported:
+                    reported = row.last_error
+                    click.echo(f"retrying — {row.last_error}")
+            elif row.status != AgentStatus.PROVISIONING:
+                detail = f" — {row.last_error}" if row.last_error else ""
+                click.echo(f"{row.status}: agent {row.retell_agent_id}{detail}")
+                if row.last_error:
+                    raise SystemExit(1)
+                return
         time.sleep(0.5)
     raise click.ClickException(
         f"no outcome within {wait} s: is a worker running on hookfleet.provisioning?"

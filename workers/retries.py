@@ -19,6 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import undefer
 from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 from tenacity import (
+    RetryCallState,
     Retrying,
     retry_if_exception,
     stop_after_attempt,
@@ -116,11 +117,14 @@ def retrying(
     retry_when: Callable[[BaseException], bool],
     within_s: float | None = None,
     jitter_s: float = 0.0,
+    wait_at_least: Callable[[BaseException], float | None] | None = None,
 ) -> Retrying:
     """The worker side's one way to build a tenacity ``Retrying``: at most ``attempts``
     tries (and none started after ``within_s``), waiting ``initial_s``, doubling, capped
     at ``max_wait_s``, plus up to ``jitter_s`` at random; only errors for which
-    ``retry_when`` is true are retried, and the last one is re-raised as itself.
+    ``retry_when`` is true are retried, and the last one is re-raised as itself. A wait
+    is never shorter than ``wait_at_least(error)`` when that gives a number (the
+    outbound side's ``Retry-After``, in seconds).
     Call it with the work, or iterate it (``for attempt in retrying(...)``)."""
     stop: stop_base = stop_after_attempt(attempts)
     if within_s is not None:
@@ -128,7 +132,21 @@ def retrying(
     wait: wait_base = wait_exponential(multiplier=initial_s, max=max_wait_s)
     if jitter_s:
         wait = wait + wait_random(0, jitter_s)
-    return Retrying(stop=stop, wait=wait, retry=retry_if_exception(retry_when), reraise=True)
+    waits: wait_base | Callable[[RetryCallState], float] = wait
+    if wait_at_least is not None:
+        waits = _at_least(wait, wait_at_least)
+    return Retrying(stop=stop, wait=waits, retry=retry_if_exception(retry_when), reraise=True)
+
+
+def _at_least(
+    wait: wait_base, floor: Callable[[BaseException], float | None]
+) -> Callable[[RetryCallState], float]:
+    def waited(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome is not None else None
+        asked = floor(error) if error is not None else None
+        return max(wait(state), asked or 0.0)
+
+    return waited
 
 
 def locked(query: S) -> S:

@@ -43,8 +43,9 @@ def _redis(settings: Settings) -> redis.Redis:
 def get_breaker(name: str, settings: Settings) -> pybreaker.CircuitBreaker:
     """This process's breaker for ``name`` (built once per process, state in Redis).
 
-    A 4xx answer (ApiRejected) means the service is up and said no: it never counts as
-    a failure.
+    A rejection (ApiRejected: a 4xx other than the "not now" ones, see
+    workers.outbound.policy) means the service is up and said no: it never counts as a
+    failure. A 429 does count: a service rate-limiting us is a service to call less.
     """
     if name not in BREAKER_NAMES:
         raise UnknownBreaker(name)

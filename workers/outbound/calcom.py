@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 from models.settings import Settings
 from workers.outbound.jsonapi import JsonApi, path_part
 
@@ -16,7 +18,8 @@ EVENT_TYPES_API_VERSION = "2024-06-14"
 
 
 class CalcomApi:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
+        """``transport``: an ``httpx.MockTransport`` in unit tests; None calls Cal.com."""
         outbound = settings.outbound
         self.api = JsonApi(
             service="calcom",
@@ -26,6 +29,7 @@ class CalcomApi:
                 "Authorization": f"Bearer {outbound.calcom_api_key}",
                 "cal-api-version": EVENT_TYPES_API_VERSION,
             },
+            transport=transport,
         )
 
     def get_event_type(self, event_type_id: int) -> dict[str, Any]:

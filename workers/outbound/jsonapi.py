@@ -1,54 +1,84 @@
-"""One small JSON-over-HTTP client: a timeout on every call, retries, a shared breaker.
+"""One small JSON-over-HTTP client on httpx: pooled connections, a timeout on every call,
+retries by policy, a shared breaker.
+
+**One pooled ``httpx.Client`` per service per process** (:func:`pooled_client`): calls
+reuse kept-alive connections instead of a new TCP (and TLS) handshake each. It is built
+on first use in the process that uses it — a Celery prefork child builds its own after
+the fork, never sharing the parent's sockets.
 
 Order of the layers, and why: **tenacity outside, the breaker inside.** Every HTTP
-attempt goes through the breaker on its own, so each 5xx/timeout counts once towards
-``fail_max`` and a breaker opened by another process stops the very next attempt. When
-the breaker is open the retry loop ends at once (:class:`CircuitOpen` is not retried):
-sleeping and asking again would only wait for a refusal. 4xx answers are neither retried
-nor counted (the service is up; our request is wrong).
+attempt goes through the breaker on its own, so each transient failure (5xx, timeout,
+429…) counts once towards ``fail_max`` and a breaker opened by another process stops the
+very next attempt. When the breaker is open the retry loop ends at once
+(:class:`CircuitOpen` is not retried): sleeping and asking again would only wait for a
+refusal. Other 4xx answers are neither retried nor counted (the service is up; our
+request is wrong).
 
-Only requests that are safe to repeat are retried (``retry=True``, the default for
-reads and full-state PATCHes). Creating calls pass ``retry=False`` and let the caller
-decide, because a create that timed out may well have happened (workers.provisioning
-looks before it creates again).
+Which calls are retried, and how long to wait (``Retry-After``), is the service's
+:class:`~workers.outbound.policy.RetryPolicy`, not a flag at each call site.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
-import urllib.error
-import urllib.request
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
+import httpx
 import pybreaker
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
 
 from models.settings import Settings
 from workers.outbound.breaker import get_breaker
-from workers.outbound.errors import ApiRejected, ApiUnavailable, CircuitOpen
+from workers.outbound.errors import ApiRateLimited, ApiRejected, ApiUnavailable, CircuitOpen
+from workers.outbound.policy import RetryPolicy, is_transient_status, parse_retry_after
 
 log = logging.getLogger("hookfleet.outbound")
+
+# (pid, service, base URL, headers, timeout) -> the client; the pid keeps a forked child
+# off its parent's pooled sockets.
+_clients: dict[tuple[object, ...], httpx.Client] = {}
+
+
+def pooled_client(
+    service: str,
+    base_url: str,
+    headers: Mapping[str, str],
+    timeout_s: float,
+    transport: httpx.BaseTransport | None = None,
+) -> httpx.Client:
+    """This process's client for ``service`` at ``base_url`` (built on first use).
+
+    ``timeout_s`` bounds each of connecting, sending, each read and waiting for a pooled
+    connection. ``transport``: tests pass an ``httpx.MockTransport``.
+    """
+    key = (os.getpid(), service, base_url, tuple(sorted(headers.items())), timeout_s, transport)
+    client = _clients.get(key)
+    if client is None:
+        client = httpx.Client(
+            base_url=base_url,
+            headers={"Accept": "application/json", **headers},
+            timeout=httpx.Timeout(timeout_s),
+            transport=transport,
+        )
+        _clients[key] = client
+    return client
 
 
 @dataclass(frozen=True)
 class JsonApi:
-    """``service`` names the breaker (``retell``/``calcom``) and appears in every error."""
+    """``service`` names the breaker (``retell``/``calcom``) and appears in every error;
+    ``policy`` says which calls may be repeated (default: the idempotent methods)."""
 
     service: str
     base_url: str
     settings: Settings
     headers: Mapping[str, str] = field(default_factory=dict)
+    policy: RetryPolicy | None = None
+    transport: httpx.BaseTransport | None = None
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("https://", "http://")):
@@ -61,11 +91,10 @@ class JsonApi:
         body: Any = None,
         *,
         query: Mapping[str, str | int] | None = None,
-        retry: bool = True,
     ) -> Any:
-        """The decoded JSON answer of a 2xx; raises ApiRejected, ApiUnavailable or
-        CircuitOpen (workers.outbound.errors)."""
-        outbound = self.settings.outbound
+        """The decoded JSON answer of a 2xx; raises ApiRejected, ApiUnavailable (or its
+        ApiRateLimited) or CircuitOpen (workers.outbound.errors)."""
+        policy = self.policy or RetryPolicy.for_outbound(self.settings.outbound)
         breaker = get_breaker(self.service, self.settings)
 
         def attempt() -> Any:
@@ -76,49 +105,47 @@ class JsonApi:
                     self.service, f"circuit open, {method} {path} not sent ({error})"
                 ) from None
 
-        retrying = Retrying(
-            stop=stop_after_attempt(outbound.retries if retry else 1),
-            # Exponential from backoff_s, capped, plus jitter so that workers which failed
-            # together do not come back together.
-            wait=wait_exponential(multiplier=outbound.backoff_s, max=outbound.backoff_s * 8)
-            + wait_random(0, outbound.backoff_s),
-            retry=retry_if_exception_type(ApiUnavailable),
-            reraise=True,
+        return policy.retrying(repeatable=policy.allows(method, path))(attempt)
+
+    def _client(self) -> httpx.Client:
+        return pooled_client(
+            self.service,
+            self.base_url,
+            self.headers,
+            self.settings.outbound.timeout_s,
+            self.transport,
         )
-        return retrying(attempt)
 
     def _send(
         self, method: str, path: str, body: Any, query: Mapping[str, str | int] | None
     ) -> Any:
-        url = self.base_url + path + (f"?{urlencode(query)}" if query else "")
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Accept": "application/json", **self.headers}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        # The scheme is http(s): checked in __post_init__.
-        request = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310
-        timeout = self.settings.outbound.timeout_s
+        where = {"service": self.service, "method": method, "path": path}
         try:
-            try:
-                with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-                    status, raw = response.status, response.read()
-            except urllib.error.HTTPError as error:
-                with error:
-                    status, raw = error.code, error.read()
-        except (OSError, http.client.HTTPException) as error:
-            # URLError (refused, DNS), TimeoutError, a connection dropped mid-answer.
-            reason = getattr(error, "reason", None) or error
-            where = {"service": self.service, "method": method, "path": path}
-            log.warning("outbound call failed", extra={**where, "error": str(reason)})
-            raise ApiUnavailable(self.service, f"{method} {path}: {reason}") from error
-        answer = _decode(raw)
-        if status >= 500:
-            log.warning(
-                "outbound call failed",
-                extra={"service": self.service, "method": method, "path": path, "status": status},
+            response = self._client().request(
+                method, path, json=body, params=dict(query) if query else None
             )
-            raise ApiUnavailable(self.service, f"{method} {path} answered {status}")
-        if status >= 400:
+        except httpx.HTTPError as error:
+            # Refused, DNS, a timeout, a connection dropped mid-answer, a garbled answer.
+            log.warning("outbound call failed", extra={**where, "error": repr(error)})
+            raise ApiUnavailable(self.service, f"{method} {path}: {error!r}") from error
+        status, answer = response.status_code, _decode(response.content)
+        retry_after = response.headers.get("Retry-After")
+        if is_transient_status(status, retry_after is not None):
+            waits = parse_retry_after(retry_after)
+            log.warning(
+                "outbound call failed", extra={**where, "status": status, "retry_after_s": waits}
+            )
+            kind = ApiUnavailable if status >= 500 else ApiRateLimited
+            after = "" if waits is None else f", retry after {waits:g} s"
+            raise kind(
+                self.service,
+                f"{method} {path} answered {status}{after}",
+                status=status,
+                retry_after_s=waits,
+            )
+        if status >= 300:
+            # 4xx; or a redirect, which httpx (unlike urllib) does not follow: a moved
+            # API is a configuration to fix, and following would turn a POST into a GET.
             raise ApiRejected(self.service, method, path, status, answer)
         return answer
 

@@ -12,20 +12,36 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
+
 from models.settings import Settings
 from workers.outbound.jsonapi import JsonApi, path_part
+from workers.outbound.policy import IDEMPOTENT_METHODS, RetryPolicy
 
 LIST_PAGE_SIZE = 1000  # Retell's maximum
+# What Retell lets us send twice besides the idempotent methods: its update-* PATCHes
+# set the fields given to the values given (full state, no increments), and
+# list-agents is a read sent as a POST. The creates are not here: a create that timed
+# out may have happened, so provisioning looks before it creates again.
+SAFE_PATCHES = frozenset({"PATCH"})
+READ_ONLY_POSTS = frozenset({("POST", "/v2/list-agents")})
 
 
 class RetellApi:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
+        """``transport``: an ``httpx.MockTransport`` in unit tests; None calls Retell."""
         outbound = settings.outbound
         self.api = JsonApi(
             service="retell",
             base_url=outbound.retell_api_url,
             settings=settings,
             headers={"Authorization": f"Bearer {outbound.retell_api_key}"},
+            policy=RetryPolicy.for_outbound(
+                outbound,
+                allowed_methods=IDEMPOTENT_METHODS | SAFE_PATCHES,
+                also_safe=READ_ONLY_POSTS,
+            ),
+            transport=transport,
         )
 
     def ping(self) -> None:
@@ -49,15 +65,15 @@ class RetellApi:
         return dict(self.api.call("GET", f"/get-agent/{path_part(agent_id)}"))
 
     def create_agent(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Not retried here: a create that timed out may have happened (look first)."""
-        return dict(self.api.call("POST", "/create-agent", payload, retry=False))
+        """Not retried here (policy): a create that timed out may have happened (look first)."""
+        return dict(self.api.call("POST", "/create-agent", payload))
 
     def update_agent(self, agent_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         return dict(self.api.call("PATCH", f"/update-agent/{path_part(agent_id)}", payload))
 
     def create_llm(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Not retried here, like create_agent."""
-        return dict(self.api.call("POST", "/create-retell-llm", payload, retry=False))
+        return dict(self.api.call("POST", "/create-retell-llm", payload))
 
     def update_llm(self, llm_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         return dict(self.api.call("PATCH", f"/update-retell-llm/{path_part(llm_id)}", payload))
@@ -80,5 +96,5 @@ class RetellApi:
         if pagination_key:
             query["pagination_key"] = pagination_key
         body = {"filter_criteria": {"channel": {"op": "eq", "value": "voice"}}}
-        # A read, though it is a POST: safe to retry.
+        # A read, though it is a POST: READ_ONLY_POSTS lets the policy retry it.
         return dict(self.api.call("POST", "/v2/list-agents", body, query=query))

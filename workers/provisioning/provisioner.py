@@ -10,10 +10,16 @@ number of runs, retries and crashes leave one agent per branch in Retell.
 A run claims the row (status ``provisioning``) with a conditional UPDATE, so two runs for
 one branch never interleave; a claim older than the task time limit is considered dead
 and taken over.
+
+A run that fails leaves the row ``failed`` with the reason, unless the failure is
+transient and the caller will try again (``will_retry``, the provisioning task while it
+has retries left): then the row says ``retrying``, with the reason, so nobody reads a
+rate-limited run as the final word.
 """
 
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,25 +29,28 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.business import Agent, Branch
+from models.business import Agent, AgentStatus, Branch
 from models.settings import Settings
 from workers.outbound.calcom import CalcomApi
-from workers.outbound.errors import ApiUnavailable
+from workers.outbound.errors import ApiUnavailable, CircuitOpen
+from workers.outbound.policy import RetryPolicy
 from workers.outbound.retell import RetellApi
 from workers.provisioning import validator
 from workers.provisioning.config import agent_name, config_digest, desired_config
 from workers.provisioning.findings import Finding, has_errors
-from workers.retries import retrying
 
 PROVISIONING_QUEUE = "hookfleet.provisioning"
 
 
-class AgentStatus:
-    DRAFT = "draft"
-    PROVISIONING = "provisioning"
-    ACTIVE = "active"
-    FAILED = "failed"
-    INVALID = "invalid"  # never provisioned: the validator refused
+class ProvisioningAction(enum.StrEnum):
+    """What a run did (``Outcome.action``; the task's result and the CLI's last line)."""
+
+    REFUSED = "refused"
+    DRY_RUN = "dry-run"
+    UNCHANGED = "unchanged"
+    CREATED = "created"
+    ADOPTED = "adopted"  # found by name after a lost answer
+    UPDATED = "updated"
 
 
 class ProvisioningBusy(Exception):
@@ -50,11 +59,10 @@ class ProvisioningBusy(Exception):
 
 @dataclass
 class Outcome:
-    """``action``: refused, dry-run, unchanged, created, adopted (found by name after a
-    lost answer) or updated."""
+    """What a run found and did: ``action`` is a :class:`ProvisioningAction`."""
 
     branch_id: int
-    action: str
+    action: ProvisioningAction
     findings: list[Finding]
     config: dict[str, Any]
     agent_id: str | None = None
@@ -68,10 +76,12 @@ def provision_branch(
     *,
     dry_run: bool = False,
     check_connectivity: bool = False,
+    will_retry: bool = False,
 ) -> Outcome:
     """Validate the branch and, unless an error was found or ``dry_run``, make Retell's
     agent match it. Idempotent. Raises OutboundError subclasses (the row is then marked
-    ``failed`` with the reason), ProvisioningBusy, validator.BranchNotFound."""
+    ``failed`` with the reason; ``retrying`` instead for a transient one when
+    ``will_retry``), ProvisioningBusy, validator.BranchNotFound."""
     retell = RetellApi(settings)
     with sessions() as session:
         facts = validator.load_facts(session, branch_id)
@@ -80,9 +90,15 @@ def provision_branch(
     if check_connectivity:
         findings += validator.check_connectivity(facts, retell, CalcomApi(settings), settings)
     config = desired_config(facts, settings)
-    outcome = Outcome(branch_id, "dry-run", findings, config, row.retell_agent_id if row else None)
+    outcome = Outcome(
+        branch_id,
+        ProvisioningAction.DRY_RUN,
+        findings,
+        config,
+        row.retell_agent_id if row else None,
+    )
     if has_errors(findings):
-        outcome.action = "refused"
+        outcome.action = ProvisioningAction.REFUSED
         if not dry_run:
             _record_refusal(sessions, facts, findings)
         return outcome
@@ -94,7 +110,9 @@ def provision_branch(
     try:
         return _apply(sessions, row_id, retell, settings, outcome, digest)
     except BaseException as failure:
-        _store(sessions, row_id, status=AgentStatus.FAILED, last_error=_reason(failure))
+        transient = isinstance(failure, ApiUnavailable | CircuitOpen)
+        status = AgentStatus.RETRYING if will_retry and transient else AgentStatus.FAILED
+        _store(sessions, row_id, status=status, last_error=_reason(failure))
         raise
 
 
@@ -111,7 +129,7 @@ def _apply(
         agent_id, llm_id = row.retell_agent_id, row.retell_llm_id
         unchanged = agent_id and row.config_digest == digest and row.provisioned_at
     if unchanged:
-        outcome.action, outcome.agent_id = "unchanged", agent_id
+        outcome.action, outcome.agent_id = ProvisioningAction.UNCHANGED, agent_id
         _store(sessions, row_id, status=AgentStatus.ACTIVE, last_error=None)
         return outcome
     config, steps = outcome.config, outcome.steps
@@ -141,7 +159,13 @@ def _apply(
     if not created:
         retell.update_agent(agent_id, agent_payload)
         steps.append(f"updated agent {agent_id}")
-    outcome.action = "created" if created else "adopted" if adopted else "updated"
+    outcome.action = (
+        ProvisioningAction.CREATED
+        if created
+        else ProvisioningAction.ADOPTED
+        if adopted
+        else ProvisioningAction.UPDATED
+    )
     retell.bind_phone_number(config["phone_number"], agent_id)
     steps.append(f"bound {config['phone_number']} to agent {agent_id}")
     _store(
@@ -163,13 +187,9 @@ def _find_or_create(
     """Create the agent; after a lost answer, look for it by name before creating again.
     Returns (agent id, whether it was found rather than created)."""
     outbound = settings.outbound
-    tries = retrying(
-        attempts=outbound.retries,
-        initial_s=outbound.backoff_s,
-        max_wait_s=outbound.backoff_s * 8,
-        retry_when=lambda error: isinstance(error, ApiUnavailable),
-    )
-    for attempt in tries:
+    # The outbound policy's waits (Retry-After included); repeatable because every try
+    # after the first looks before it creates.
+    for attempt in RetryPolicy.for_outbound(outbound).retrying():
         with attempt:
             if attempt.retry_state.attempt_number > 1:
                 # A create that timed out may still be landing at Retell: give it as long

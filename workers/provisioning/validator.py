@@ -18,7 +18,7 @@ from models.business import Branch, Company, Service
 from models.phones import normalize_phone
 from models.settings import Settings
 from workers.outbound.calcom import CalcomApi
-from workers.outbound.errors import ApiRejected, CircuitOpen, OutboundError
+from workers.outbound.errors import ApiRateLimited, ApiRejected, CircuitOpen, OutboundError
 from workers.outbound.retell import RetellApi
 from workers.provisioning.findings import Finding, error, warning
 from workers.provisioning.hours import check_working_hours
@@ -258,9 +258,14 @@ def check_connectivity(
 
 
 def _reach(label: str, url: str, call: Any, not_found: Finding | None = None) -> Finding | None:
+    """A finding when ``call`` shows a problem to fix. Raises ApiRateLimited: being
+    rate-limited says nothing about the branch, so it must not refuse the run — the
+    caller (the task) tries again after the service's Retry-After."""
     code = label.upper().replace(".", "")
     try:
         call()
+    except ApiRateLimited:
+        raise
     except ApiRejected as rejected:
         if rejected.status == 404 and not_found is not None:
             return not_found
