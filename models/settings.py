@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-QUEUES = ("hookfleet.high", "hookfleet.default", "hookfleet.low", "hookfleet.provisioning")
+from models.contract import QUEUES
 
 _PROVIDER_VAR = re.compile(
     r"^HOOKFLEET_([A-Z0-9]+)_(VERIFY|SECRETS|TOLERANCE_S|DEDUP_TTL_S|MAX_BODY_BYTES)$"

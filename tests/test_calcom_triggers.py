@@ -73,7 +73,7 @@ def take_queued(redis_client: redis.Redis) -> list[IncomingEvent]:
     events = []
     for queue in QUEUES:
         events += [
-            IncomingEvent.from_task(m["decoded_body"][1]) for m in queued(redis_client, queue)
+            IncomingEvent.from_kwargs(m["decoded_body"][1]) for m in queued(redis_client, queue)
         ]
         redis_client.delete(queue)
     return events

@@ -48,7 +48,7 @@ def run_worker(sessions: sessionmaker[Session], redis_client: redis.Redis) -> li
     batch = []
     for queue in ("hookfleet.high", "hookfleet.default", "hookfleet.low"):
         for message in queued(redis_client, queue):
-            batch.append(IncomingEvent.from_task(message["decoded_body"][1]))
+            batch.append(IncomingEvent.from_kwargs(message["decoded_body"][1]))
     return record_batch(sessions, batch)
 
 

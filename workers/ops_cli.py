@@ -7,7 +7,8 @@ import os
 
 import click
 
-from models.settings import QUEUES, Settings
+from models.contract import QUEUES
+from models.settings import Settings
 
 # The command must answer even when a server does not: short timeouts everywhere.
 TIMEOUT_S = 3

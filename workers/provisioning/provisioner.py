@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from models.business import Agent, Branch
+from models.contract import Queue
 from models.settings import Settings
 from workers.outbound.calcom import CalcomApi
 from workers.outbound.errors import ApiUnavailable
@@ -33,7 +34,7 @@ from workers.provisioning import validator
 from workers.provisioning.config import agent_name, config_digest, desired_config
 from workers.provisioning.findings import Finding, has_errors
 
-PROVISIONING_QUEUE = "hookfleet.provisioning"
+PROVISIONING_QUEUE = Queue.PROVISIONING
 
 
 class AgentStatus:
