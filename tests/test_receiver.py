@@ -172,6 +172,8 @@ def test_provider_without_a_secret_is_refused_unless_verification_is_off(
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "provider_not_configured"
     assert "HOOKFLEET_STANDARD_SECRETS" in response.get_json()["error"]["message"]
+    # It waits for an operator: no Retry-After hurries the sender through its attempts.
+    assert "Retry-After" not in response.headers
     assert total_queued(redis_client) == 0
 
 
