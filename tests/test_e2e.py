@@ -195,7 +195,7 @@ def signed_deliveries() -> list[tuple[str, bytes, dict[str, str], str, str]]:
         (
             "stripe",
             stripe_body,
-            {"Stripe-Signature": stripe.sign(SECRETS["stripe"], now, stripe_body)},
+            {"Stripe-Signature": stripe.sign(SECRETS["stripe"], stripe_body, now)},
             "evt_e2e_1",
             "hookfleet.default",
         ),
@@ -220,7 +220,7 @@ def signed_deliveries() -> list[tuple[str, bytes, dict[str, str], str, str]]:
                 "webhook-id": "msg_e2e_1",
                 "webhook-timestamp": str(now),
                 "webhook-signature": standard.sign(
-                    SECRETS["standard"], "msg_e2e_1", now, standard_body
+                    SECRETS["standard"], standard_body, now, webhook_id="msg_e2e_1"
                 ),
             },
             "msg_e2e_1",

@@ -67,7 +67,7 @@ def deliveries() -> list[tuple[str, bytes, dict[str, str], str, str, str]]:
     for name in STRIPE:
         body = fixture("stripe", name)
         # Test mode: an extra v0 signature, which must be ignored.
-        signature = stripe.sign(STRIPE_SECRET, now, body) + ",v0=" + "0" * 64
+        signature = stripe.sign(STRIPE_SECRET, body, now) + ",v0=" + "0" * 64
         event = json.loads(body)
         out.append(
             (
@@ -86,7 +86,7 @@ def deliveries() -> list[tuple[str, bytes, dict[str, str], str, str, str]]:
         headers = {
             "webhook-id": webhook_id,
             "webhook-timestamp": str(now),
-            "webhook-signature": standard.sign(STANDARD_SECRET, webhook_id, now, body),
+            "webhook-signature": standard.sign(STANDARD_SECRET, body, now, webhook_id=webhook_id),
         }
         event_type = value.get("type", "") if isinstance(value, dict) else ""
         out.append(("standard", body, headers, webhook_id, event_type, "hookfleet.default"))

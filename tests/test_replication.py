@@ -68,7 +68,7 @@ def signed(webhook_id: str) -> tuple[bytes, dict[str, str]]:
     return body, {
         "webhook-id": webhook_id,
         "webhook-timestamp": str(now),
-        "webhook-signature": standard.sign(SECRET, webhook_id, now, body),
+        "webhook-signature": standard.sign(SECRET, body, now, webhook_id=webhook_id),
     }
 
 
