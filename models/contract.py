@@ -68,7 +68,7 @@ _REQUIRED: Final[Mapping[str, type]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class EventMessage:
     """One delivery as the receiver queued it: the arguments of ``process_event``.
 
