@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from ingest import create_app
 from ingest.providers import calcom, retell, stripe
 from ingest.providers.base import Delivery, ShapeError, VerificationError, body_digest
+from models.contract import Queue
 from models.logs import json_handler
 from tests.helpers import dedup_keys, queued, total_queued
 
@@ -143,7 +144,7 @@ class Sender:
 
 STRIPE = Sender(
     name="stripe",
-    queue="hookfleet.default",
+    queue=Queue.DEFAULT,
     header="Stripe-Signature",
     secret=STRIPE_SECRET,
     new_secret=STRIPE_SECRET_NEW,
@@ -156,7 +157,7 @@ STRIPE = Sender(
 )
 CALCOM = Sender(
     name="calcom",
-    queue="hookfleet.default",
+    queue=Queue.DEFAULT,
     header="X-Cal-Signature-256",
     secret=CALCOM_SECRET,
     new_secret=CALCOM_SECRET_NEW,
@@ -169,7 +170,7 @@ CALCOM = Sender(
 )
 RETELL = Sender(
     name="retell",
-    queue="hookfleet.high",
+    queue=Queue.HIGH,
     header="x-retell-signature",
     secret=RETELL_KEY,
     new_secret=RETELL_KEY_NEW,
@@ -621,7 +622,7 @@ def test_calcom_event_without_start_time_is_keyed_by_trigger_and_uid(
 
     assert deliver(client_for(CALCOM), CALCOM, ended) == [202]
 
-    [kwargs] = task_kwargs(redis_client, "hookfleet.high")  # a meeting is happening now
+    [kwargs] = task_kwargs(redis_client, Queue.HIGH)  # a meeting is happening now
     assert kwargs["event_id"] == "MEETING_ENDED:bFJeNb2uX8ANpT3JL5EfXw:"
 
 
@@ -638,7 +639,7 @@ def test_calcom_event_without_a_uid_is_keyed_by_the_body_digest(
 
     assert deliver(client_for(CALCOM), CALCOM, ping, ping) == [202, 200]
 
-    [kwargs] = task_kwargs(redis_client, "hookfleet.low")  # the test ping is not urgent
+    [kwargs] = task_kwargs(redis_client, Queue.LOW)  # the test ping is not urgent
     assert kwargs["event_id"] == f"PING:{body_digest(ping)}"
     assert kwargs["event_type"] == "PING"
 

@@ -55,7 +55,7 @@ def add(
     age: timedelta = timedelta(hours=2),
     touched: timedelta | None = None,
     provider: str = "retell",
-    queue: str = "hookfleet.high",
+    queue: str = Queue.HIGH,
     now: datetime = NOW,
     payload: str | None = None,
 ) -> None:
@@ -113,7 +113,7 @@ def test_old_received_rows_are_requeued_on_their_own_queue_and_nothing_else(
         "provider": "retell",
         "event_id": "lost_high",
         "event_type": "call_ended",
-        "queue": "hookfleet.high",
+        "queue": Queue.HIGH,
         "correlation_id": "corr-lost_high",
         "received_at": (NOW - timedelta(hours=2)).isoformat(),
         "headers": {"user-agent": "retell"},
@@ -241,7 +241,7 @@ def test_sweep_and_replay_publish_each_event_on_the_queue_it_names(
     now = utcnow()
     add(sessions, "lost_high", now=now)
     add(sessions, "lost_no_queue", provider="stripe", queue="", now=now)
-    add(sessions, "given_up", EventStatus.DEAD, queue="hookfleet.high", now=now)
+    add(sessions, "given_up", EventStatus.DEAD, queue=Queue.HIGH, now=now)
     env = command_env(url, redis_url, tmp_path)
 
     swept = hookfleet(env, "sweep")
@@ -294,7 +294,7 @@ def test_a_lost_message_is_requeued_by_command_and_by_beat_and_takes_effect_once
             lose("call_lost_2")
             beat = ["celery", "-A", "workers.celery_app", "call", "hookfleet.sweep_stuck"]
             sent = subprocess.run(
-                [*beat, "--queue", "hookfleet.default"],
+                [*beat, "--queue", Queue.DEFAULT],
                 env=fleet.env,
                 cwd=ROOT,
                 capture_output=True,
