@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
@@ -87,7 +87,7 @@ class EventMessage:
     received_at: datetime
     headers: Mapping[str, str]
     payload: str
-    replay: bool = field(default=False)
+    replay: bool = False
 
     def to_kwargs(self) -> dict[str, Any]:
         """The task's keyword arguments, in the wire layout above (``replay`` only

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from models.events import EventStatus, WebhookEvent
@@ -265,6 +266,27 @@ def test_a_message_of_the_wrong_type_is_kept_failed_and_one_without_ids_is_dropp
         [error] = session.scalars(select(WebhookEvent.last_error)).all()
     assert found == [("evt_wrong", EventStatus.FAILED)]
     assert "payload is dict, not str" in (error or "")
+
+
+@pytest.mark.parametrize(
+    ("error", "verdict"),
+    [
+        (DisconnectionError("the database went away"), Verdict.REQUEUE),
+        (ValueError("a row the database refuses"), Verdict.ACK),
+    ],
+    ids=["database-away-requeued", "unrecordable-dropped"],
+)
+def test_a_malformed_message_is_requeued_only_while_its_row_cannot_be_written_yet(
+    worker_db: str, monkeypatch: pytest.MonkeyPatch, error: Exception, verdict: Verdict
+) -> None:
+    def refuse(*_: Any) -> bool:
+        raise error
+
+    monkeypatch.setattr(tasks, "record_malformed", refuse)
+    partial = entry("evt_partial")
+    del partial.kwargs["event_type"]
+
+    assert tasks.process_batch([partial]) == [verdict]
 
 
 def test_messages_the_previous_version_queued_are_applied(

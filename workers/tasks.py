@@ -174,17 +174,19 @@ def _refuse_malformed(entry: Entry, error: MalformedMessage) -> Verdict:
     """A message that is not an event message (no receiver version wrote it) is never
     applied with fields filled in: it is kept as a ``failed`` row saying why, when it
     names its provider and event id, and acknowledged; without those there is nothing
-    to record it under, so it is logged (an error) and acknowledged. Requeued if the
-    database cannot take the row now."""
+    to record it under, so it is logged (an error) and acknowledged. Requeued while
+    the database is away (a transient error); dropped with an error line when even
+    the row cannot be written (it would fail the same way on every redelivery)."""
     log_context.set({"task": PROCESS_EVENT, "task_id": entry.task_id, "queue": entry.queue})
     try:
         recorded = record_malformed(sessions(), entry.kwargs, entry.queue, error.reason)
-    except Exception as record_error:  # noqa: BLE001 - the message stays for a later try
+    except Exception as record_error:  # noqa: BLE001 - classified just below
+        transient = is_transient(record_error)
         log.error(
-            "cannot record a malformed task message; requeued",
+            "cannot record a malformed task message; " + ("requeued" if transient else "dropped"),
             extra={"error": repr(record_error), "reason": error.reason},
         )
-        return Verdict.REQUEUE
+        return Verdict.REQUEUE if transient else Verdict.ACK
     if recorded:
         event_dead(str(entry.kwargs["provider"]))
         log.error(
