@@ -24,9 +24,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import Engine, text
 
-from ingest.errors import error_response
+from ingest.errors import OUTCOME_BY_CODE, error_response
 from ingest.providers import REGISTRY
 from models.backlog import Backlog, read_backlog
+from models.contract import QUEUES
 from models.engine import make_engine
 from models.metrics import (
     BREAKER_NAMES,
@@ -37,7 +38,7 @@ from models.metrics import (
 )
 from models.perprocess import PerProcess
 from models.redis_links import FailoverReply, redis_client
-from models.settings import QUEUES, Settings
+from models.settings import Settings
 
 OUTCOMES = (
     "accepted",
@@ -51,15 +52,6 @@ OUTCOMES = (
     "not_replicated",
     "error",
 )
-_OUTCOME_BY_CODE = {
-    "missing_signature": "invalid_signature",
-    "malformed_signature": "invalid_signature",
-    "invalid_signature": "invalid_signature",
-    "timestamp_out_of_tolerance": "expired",
-    "body_too_large": "too_large",
-    "queue_full": "shed",
-    "not_replicated": "not_replicated",
-}
 # The receiver's checks must answer while a probe still waits: each dependency gets
 # this long, and they are checked at the same time.
 CHECK_TIMEOUT_S = 1.0
@@ -125,8 +117,8 @@ def outcome_of(response: Response) -> str:
     if outcome is not None and response.status_code < 300:
         return str(outcome)
     code = g.get("outcome_code", "")
-    if code in _OUTCOME_BY_CODE:
-        return _OUTCOME_BY_CODE[code]
+    if code in OUTCOME_BY_CODE:
+        return OUTCOME_BY_CODE[code]
     if response.status_code == 429:
         return "shed"
     if 400 <= response.status_code < 500:

@@ -3,16 +3,18 @@
 ``HOOKFLEET_ROUTES`` adds or replaces entries, comma-separated: ``provider=queue`` for
 all of a provider's events, ``provider:event_type=queue`` for one type, e.g.
 ``HOOKFLEET_ROUTES="stripe=hookfleet.low,retell:transcript_updated=hookfleet.low"``.
-Replays and bulk work go to ``hookfleet.low`` from the CLI, never through this table.
+Replays and bulk work go to ``Queue.LOW`` from the CLI, never through this table.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-HIGH, DEFAULT, LOW = "hookfleet.high", "hookfleet.default", "hookfleet.low"
+from models.contract import Queue
 
-ROUTES: Mapping[str, str] = {
+HIGH, DEFAULT, LOW = Queue.HIGH, Queue.DEFAULT, Queue.LOW
+
+ROUTES: Mapping[str, Queue] = {
     # A voice call is happening now: its events jump the queue.
     "retell": HIGH,
     "calcom": DEFAULT,
@@ -30,10 +32,11 @@ ROUTES: Mapping[str, str] = {
 
 
 class Router:
-    """Looks up ``provider:event_type``, then ``provider``, then ``hookfleet.default``."""
+    """Looks up ``provider:event_type``, then ``provider``, then :attr:`Queue.DEFAULT`."""
 
     def __init__(self, overrides: Mapping[str, str] | None = None) -> None:
-        self._routes = {**ROUTES, **(overrides or {})}
+        # Settings checked every override names a Queue (HOOKFLEET_ROUTES).
+        self._routes = {**ROUTES, **{key: Queue(q) for key, q in (overrides or {}).items()}}
 
-    def queue_for(self, provider: str, event_type: str) -> str:
+    def queue_for(self, provider: str, event_type: str) -> Queue:
         return self._routes.get(f"{provider}:{event_type}") or self._routes.get(provider) or DEFAULT

@@ -17,6 +17,7 @@ import uuid
 from base64 import b64encode
 from typing import Any
 
+from models.contract import PROCESS_EVENT, EventMessage
 from models.perprocess import PerProcess
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -103,3 +104,18 @@ def build_task_message(
         f'"delivery_tag":"{uuid.uuid4()}"}}}}'
     )
     return task_id, message
+
+
+def build_event_message(event: EventMessage) -> tuple[str, str]:
+    """Return ``(task_id, message)``: ``event`` as a :data:`~models.contract.PROCESS_EVENT`
+    message on its own queue, its arguments in the contract's layout
+    (:meth:`~models.contract.EventMessage.to_kwargs`), its correlation id in the
+    ``hookfleet_correlation_id`` header, and only provider and event id in the
+    ``kwargsrepr`` that Celery logs (never the payload)."""
+    return build_task_message(
+        PROCESS_EVENT,
+        event.to_kwargs(),
+        event.queue,
+        kwargsrepr=f"{{'provider': {event.provider!r}, 'event_id': {event.event_id!r}}}",
+        extra_headers={"hookfleet_correlation_id": event.correlation_id},
+    )

@@ -13,12 +13,9 @@ from typing import Any
 
 import redis
 from flask import Blueprint, Response, current_app, g, jsonify, request
-from gunicorn.http.errors import ParseException
-from werkzeug.exceptions import ClientDisconnected
 
 from ingest.dedup import Admission, DedupGate, NotReplicated, dedup_key
-from ingest.errors import ApiError
-from ingest.framing import AnnouncedTooLarge, close_after_answer, limit_announced_chunks
+from ingest.errors import ApiError, ErrorCode
 from ingest.inbound import InboundDirectory
 from ingest.providers import find_provider
 from ingest.providers.base import (
@@ -28,12 +25,13 @@ from ingest.providers.base import (
     ShapeError,
     VerificationError,
 )
-from ingest.taskmessage import build_task_message
+from ingest.request import read_delivery, refuse_codings
+from ingest.taskmessage import build_event_message
+from models.contract import EventMessage
 from models.logs import log_context
 from models.payloads import PayloadError, parse_payload
 from models.settings import ProviderSettings, Settings
 
-PROCESS_EVENT_TASK = "hookfleet.process_event"
 MAX_EVENT_ID = 191  # the width of webhook_events.event_id
 MAX_EVENT_TYPE = 128  # the width of webhook_events.event_type
 
@@ -94,12 +92,12 @@ def receive(provider_name: str) -> tuple[Response, int]:
     settings: Settings = current_app.config["HOOKFLEET_SETTINGS"]
     provider = find_provider(provider_name)
     if provider is None:
-        raise ApiError(404, "unknown_provider", f"No provider is called {provider_name!r}.")
+        raise ApiError(ErrorCode.UNKNOWN_PROVIDER, f"No provider is called {provider_name!r}.")
     declared_json = _is_json(request.mimetype)
     if not declared_json and provider.requires_json_content_type:
-        raise ApiError(415, "unsupported_media_type", "Send the body as application/json.")
-    _refuse_codings(request.environ)
-    delivery = _read_delivery(settings.body_limit(provider.name))
+        raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+    refuse_codings(request.environ)
+    delivery = read_delivery(settings.body_limit(provider.name))
     _verify(provider, delivery, settings.provider(provider.name))
     try:
         payload, text = _parse(delivery.body, provider.accepts_any_json)
@@ -110,8 +108,7 @@ def receive(provider_name: str) -> tuple[Response, int]:
             if declared_json:
                 raise
             raise ApiError(
-                422,
-                "unknown_shape",
+                ErrorCode.UNKNOWN_SHAPE,
                 f"{error.message} The body was sent as "
                 f"{request.mimetype or 'no content type'}; {provider.name} deliveries must "
                 "be a JSON object.",
@@ -120,7 +117,7 @@ def receive(provider_name: str) -> tuple[Response, int]:
     try:
         identity = provider.identify(delivery, payload)
     except ShapeError as error:
-        raise ApiError(422, "unknown_shape", str(error)) from None
+        raise ApiError(ErrorCode.UNKNOWN_SHAPE, str(error)) from None
     job = _job(provider, delivery, identity, text, settings)
     log_context.set(
         {
@@ -137,11 +134,10 @@ def receive(provider_name: str) -> tuple[Response, int]:
     if admission.shed:
         log.warning("shed", extra={"outcome": "shed", "duration_ms": _elapsed_ms()})
         raise ApiError(
-            503,
-            "queue_full",
+            ErrorCode.QUEUE_FULL,
             f"{job.queue} is at its limit of {settings.shed_queue_depth} waiting jobs; "
             "the delivery was not accepted. Retry later.",
-            {"Retry-After": str(settings.retry_after_s)},
+            retry_after_s=settings.retry_after_s,
         )
     outcome = g.outcome = "accepted" if admission.accepted else "duplicate"
     log.info(outcome, extra={"outcome": outcome, "duration_ms": _elapsed_ms()})
@@ -161,8 +157,7 @@ def _verify(provider: Provider, delivery: Delivery, settings: ProviderSettings) 
         return
     if not settings.secrets:
         raise ApiError(
-            503,
-            "provider_not_configured",
+            ErrorCode.PROVIDER_NOT_CONFIGURED,
             f"No secret is configured for {provider.name}; set "
             f"HOOKFLEET_{provider.name.upper()}_SECRETS (or _VERIFY=off for trials).",
         )
@@ -170,7 +165,7 @@ def _verify(provider: Provider, delivery: Delivery, settings: ProviderSettings) 
         provider.verify(delivery, settings)
     except VerificationError as error:
         log.warning("rejected delivery", extra={"provider": provider.name, "reason": error.code})
-        raise ApiError(401, error.code, error.message) from None
+        raise ApiError(error.code, error.message) from None
 
 
 def _job(
@@ -186,23 +181,17 @@ def _job(
     event_id = identity.event_id
     if len(event_id) > MAX_EVENT_ID:
         event_id = "blake2b:" + dedup_key("", event_id).rsplit(":", 1)[1]
-    correlation_id: str = g.correlation_id
-    _, message = build_task_message(
-        PROCESS_EVENT_TASK,
-        {
-            "provider": provider.name,
-            "event_id": event_id,
-            "event_type": event_type,
-            "queue": queue,
-            "correlation_id": correlation_id,
-            "received_at": datetime.fromtimestamp(delivery.received_at, UTC).isoformat(),
-            "headers": provider.headers_to_record(delivery),
-            "payload": text,
-        },
-        queue,
-        kwargsrepr=f"{{'provider': {provider.name!r}, 'event_id': {event_id!r}}}",
-        extra_headers={"hookfleet_correlation_id": correlation_id},
+    event = EventMessage(
+        provider=provider.name,
+        event_id=event_id,
+        event_type=event_type,
+        queue=queue,
+        correlation_id=g.correlation_id,
+        received_at=datetime.fromtimestamp(delivery.received_at, UTC),
+        headers=provider.headers_to_record(delivery),
+        payload=text,
     )
+    _, message = build_event_message(event)
     return Job(
         provider=provider.name,
         event_id=event_id,
@@ -231,12 +220,7 @@ def _admit(job: Job, retry_after_s: int, shed_depth: int) -> Admission:
             "could not enqueue",
             extra={"error": type(error).__name__},
         )
-        raise ApiError(
-            503,
-            "queue_unavailable",
-            "The queue is unavailable; the delivery was not accepted. Retry later.",
-            {"Retry-After": str(retry_after_s)},
-        ) from None
+        raise ApiError(ErrorCode.QUEUE_UNAVAILABLE, retry_after_s=retry_after_s) from None
     except NotReplicated as error:
         # 503 is safe although the claim and the message may stand on the primary. If
         # the primary survives, the provider's retry finds the claim and is answered 200
@@ -254,12 +238,11 @@ def _admit(job: Job, retry_after_s: int, shed_depth: int) -> Admission:
             },
         )
         raise ApiError(
-            503,
-            "not_replicated",
+            ErrorCode.NOT_REPLICATED,
             f"Only {error.confirmed} of {error.wanted} Redis replicas confirmed the delivery "
             f"within {error.wait_ms} ms, so it was not accepted. Retry later: it will be "
             "accepted or answered as a duplicate, and take effect once.",
-            {"Retry-After": str(retry_after_s)},
+            retry_after_s=retry_after_s,
         ) from None
 
 
@@ -317,122 +300,13 @@ def _is_json(mimetype: str) -> bool:
     return mimetype == "application/json" or mimetype.endswith("+json")
 
 
-def _read_delivery(limit: int) -> Delivery:
-    """The raw body, refused early when it is too large (without reading the rest).
-
-    400 ``incomplete_body`` when the body ends before its ``Content-Length`` or its last
-    chunk (the client hung up: it is most likely gone, and nothing is queued), 400
-    ``malformed_body`` for broken chunked framing, 413 ``body_too_large`` (for a chunked
-    body as soon as its chunk-size lines announce more than ``limit``, before the bytes).
-    """
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise ApiError(413, "body_too_large", f"The body exceeds {limit} bytes.")
-    limit_announced_chunks(request.environ, limit)
-    body = _read_at_most(limit + 1)
-    if len(body) > limit:
-        close_after_answer(request.environ)
-        raise ApiError(413, "body_too_large", f"The body exceeds {limit} bytes.")
-    if declared is not None and len(body) < declared:
-        raise ApiError(
-            400,
-            "incomplete_body",
-            f"The body ended after {len(body)} of its {declared} bytes (Content-Length).",
-        )
-    if not body:
-        raise ApiError(400, "empty_body", "The body is empty.")
-    return Delivery(body=body, headers=_lower_headers(request.environ), received_at=time.time())
-
-
-# Codings a body may be sent with. A content coding (gzip, br) would change the bytes
-# the provider signed, and no provider Hookfleet speaks compresses its deliveries, so
-# only "identity" passes; a transfer coding other than chunked would need decoding
-# gunicorn does not do (it passes "gzip, chunked" through still compressed).
-_IDENTITY = frozenset({"", "identity"})
-_TRANSFER_CODINGS = frozenset({"", "identity", "chunked"})
-
-
-def _refuse_codings(environ: dict[str, Any]) -> None:
-    """415 for a body in a content or transfer coding the receiver does not decode,
-    before its signature is checked (a compressed body would fail it: a 401 would send
-    the sender hunting for a secret problem)."""
-    content = environ.get("HTTP_CONTENT_ENCODING", "")
-    if any(c.strip().lower() not in _IDENTITY for c in content.split(",")):
-        raise ApiError(
-            415,
-            "unsupported_content_encoding",
-            f"Content-Encoding {content[:64]!r} is not supported; send the body "
-            "uncompressed (Content-Encoding: identity or none).",
-        )
-    transfer = environ.get("HTTP_TRANSFER_ENCODING", "")
-    if any(c.strip().lower() not in _TRANSFER_CODINGS for c in transfer.split(",")):
-        raise ApiError(
-            415,
-            "unsupported_transfer_encoding",
-            f"Transfer-Encoding {transfer[:64]!r} is not supported; send the body with "
-            "Content-Length or Transfer-Encoding: chunked alone.",
-        )
-
-
-# Some servers also set these; like werkzeug, the CONTENT_* variables are the real ones.
-_ENTITY_HEADERS = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})
-
-
-def _lower_headers(environ: dict[str, Any]) -> dict[str, str]:
-    """The request's headers by lower-case name, read straight from the WSGI environ
-    (what ``request.headers`` iterates over, without building each pair twice)."""
-    headers = {
-        key[5:].replace("_", "-").lower(): value
-        for key, value in environ.items()
-        if key.startswith("HTTP_") and key not in _ENTITY_HEADERS
-    }
-    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-        if environ.get(key):
-            headers[key.replace("_", "-").lower()] = environ[key]
-    return headers
-
-
-def _read_at_most(size: int) -> bytes:
-    """Up to ``size`` bytes of the body. A chunked body (no Content-Length) arrives in
-    pieces, so read until the end or one byte past the limit, never further.
-
-    Broken framing is the client's fault and answered 400: gunicorn raises its parse
-    errors (a bad chunk size line, a missing CRLF) from inside the read, and
-    ``NoMoreData`` / a reset when the client hangs up mid-chunk.
-    """
-    parts: list[bytes] = []
-    remaining = size
-    while remaining > 0:
-        try:
-            part = request.stream.read(remaining)
-        except AnnouncedTooLarge as error:
-            close_after_answer(request.environ)
-            raise ApiError(
-                413, "body_too_large", f"The body exceeds {error.limit} bytes."
-            ) from None
-        except ParseException as error:
-            close_after_answer(request.environ)
-            raise ApiError(
-                400, "malformed_body", f"The chunked body is malformed: {error}"[:300]
-            ) from None
-        except (OSError, ClientDisconnected):  # gunicorn's NoMoreData is an OSError
-            raise ApiError(
-                400, "incomplete_body", "The connection ended in the middle of the body."
-            ) from None
-        if not part:
-            break
-        parts.append(part)
-        remaining -= len(part)
-    return b"".join(parts)
-
-
 def _parse(body: bytes, any_json: bool) -> tuple[Any, str]:
     """The body's JSON value and the text to queue (``models.payloads``: the rule the
     worker decodes by); 400 for anything else, or for a non-object unless ``any_json``."""
     try:
         payload, text = parse_payload(body)
     except PayloadError as error:
-        raise ApiError(400, "invalid_json", error.reason) from None
+        raise ApiError(ErrorCode.INVALID_JSON, error.reason) from None
     if not any_json and not isinstance(payload, dict):
-        raise ApiError(400, "not_an_object", "The body must be a JSON object.")
+        raise ApiError(ErrorCode.NOT_AN_OBJECT)
     return payload, text

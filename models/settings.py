@@ -37,7 +37,7 @@ from models.knobs import (
 
 __all__ = ["ConfigError", "OutboundSettings", "ProviderSettings", "Settings"]
 
-QUEUES = ("hookfleet.high", "hookfleet.default", "hookfleet.low", "hookfleet.provisioning")
+from models.contract import QUEUES
 
 # Body limits: a provider's largest real delivery, with margin (README, "Body limits").
 # Retell: a two-hour call_analyzed (Retell's longest call) with transcript, per-word

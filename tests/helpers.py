@@ -8,10 +8,10 @@ from typing import Any
 
 import redis
 
-QUEUES = ("hookfleet.high", "hookfleet.default", "hookfleet.low")
+from models.contract import QUEUES, Queue
 
 
-def queued(client: redis.Redis, queue: str = "hookfleet.default") -> list[dict[str, Any]]:
+def queued(client: redis.Redis, queue: str = Queue.DEFAULT) -> list[dict[str, Any]]:
     """The Celery messages waiting on ``queue``, oldest first, with the body decoded."""
     messages = []
     for raw in reversed(client.lrange(queue, 0, -1)):

@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 
 from ingest import create_app
 from ingest.providers import retell
+from models.contract import PROCESS_EVENT, Queue
 from tests.helpers import dedup_keys, post_json
 from tests.servers import RedisServer
 
@@ -51,7 +52,7 @@ def test_a_full_queue_sheds_new_deliveries_with_503_and_keeps_nothing_of_them(
     assert accepted == [202] * LIMIT
     assert (status, retry_after) == (503, "7")
     assert body["error"]["code"] == "queue_full"  # type: ignore[index]
-    assert redis_client.llen("hookfleet.default") == LIMIT
+    assert redis_client.llen(Queue.DEFAULT) == LIMIT
     assert len(dedup_keys(redis_client)) == LIMIT  # no claim left for the shed one
 
 
@@ -73,7 +74,7 @@ def test_the_providers_retry_is_accepted_once_workers_drain_the_queue(
         send(limited, f"msg_{n}")
     assert send(limited, "msg_later")[0] == 503
 
-    redis_client.rpop("hookfleet.default")  # a worker took the oldest job
+    redis_client.rpop(Queue.DEFAULT)  # a worker took the oldest job
 
     assert send(limited, "msg_later")[0] == 202
     assert send(limited, "msg_later")[0] == 200
@@ -87,14 +88,14 @@ def test_each_queue_has_its_own_limit(limited: FlaskClient, redis_client: redis.
     response = post_json(limited, "/webhooks/retell", call)
 
     assert response.status_code == 202  # hookfleet.high is not full
-    assert redis_client.llen("hookfleet.high") == 1
+    assert redis_client.llen(Queue.HIGH) == 1
 
 
 def test_the_inbound_call_is_never_shed(redis_url: str, redis_client: redis.Redis) -> None:
     client = create_app(app_env(redis_url)).test_client()
     for n in range(LIMIT):
         post_json(client, "/webhooks/retell", {"event": "call_ended", "call": {"call_id": f"c{n}"}})
-    assert redis_client.llen("hookfleet.high") == LIMIT
+    assert redis_client.llen(Queue.HIGH) == LIMIT
     ringing = {
         "event": "call_inbound",
         "call_inbound": {"from_number": "+4915112345678", "to_number": "+4930901820"},
@@ -105,7 +106,7 @@ def test_the_inbound_call_is_never_shed(redis_url: str, redis_client: redis.Redi
     assert (response.status_code, response.get_json()) == (200, {"call_inbound": {}})
     response.close()  # the server finished sending the answer: now it is recorded
     # ...past the limit: the inline path never sheds.
-    assert redis_client.llen("hookfleet.high") == LIMIT + 1
+    assert redis_client.llen(Queue.HIGH) == LIMIT + 1
 
 
 def test_a_separate_broker_sheds_too(tmp_path: Path, redis_url: str) -> None:
@@ -115,7 +116,7 @@ def test_a_separate_broker_sheds_too(tmp_path: Path, redis_url: str) -> None:
         statuses = [send(client, f"msg_{n}")[0] for n in range(LIMIT + 1)]
 
         assert statuses == [202] * LIMIT + [503]
-        assert broker.client().llen("hookfleet.default") == LIMIT
+        assert broker.client().llen(Queue.DEFAULT) == LIMIT
     finally:
         broker.stop()
 
@@ -126,8 +127,8 @@ def test_zero_turns_shedding_off(redis_url: str, redis_client: redis.Redis) -> N
     statuses = {send(client, f"msg_{n}")[0] for n in range(LIMIT * 3)}
 
     assert statuses == {202}
-    assert json.loads(redis_client.lindex("hookfleet.default", 0) or b"{}")["headers"]["task"] == (
-        "hookfleet.process_event"
+    assert json.loads(redis_client.lindex(Queue.DEFAULT, 0) or b"{}")["headers"]["task"] == (
+        PROCESS_EVENT
     )
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from models.events import EventStatus, WebhookEvent
 from workers import events, runtime, tasks
@@ -183,17 +184,7 @@ def worker_db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
 
 def entry(event_id: str, provider: str = "test", **extra: Any) -> Entry:
     event = incoming(event_id, provider=provider)
-    kwargs = {
-        "provider": event.provider,
-        "event_id": event.event_id,
-        "event_type": event.event_type,
-        "queue": event.queue,
-        "correlation_id": event.correlation_id,
-        "received_at": event.received_at.isoformat(),
-        "headers": dict(event.headers),
-        "payload": event.payload,
-        **extra,
-    }
+    kwargs = {**event.to_kwargs(), **extra}
     return Entry(task_id=f"task-{event_id}", kwargs=kwargs, retries=0, queue=event.queue)
 
 
@@ -230,6 +221,98 @@ def test_a_malformed_message_is_dropped_and_replays_are_applied_again(
     # The deliberate replay ran the handler once more (real handlers are idempotent);
     # the plain redelivery after it did nothing.
     assert marks() == {"evt_1": "invoice.paid++"}
+
+
+def test_a_message_missing_a_field_is_kept_failed_with_the_reason_and_never_applied(
+    worker_db: str, applied: list[str]
+) -> None:
+    """Nothing is filled in: a message without its event type and queue is not applied
+    with empty ones, it is dead-lettered (``failed``) saying what it lacks."""
+    complete = entry("evt_partial")
+    partial = Entry(
+        task_id="t-partial",
+        kwargs={k: v for k, v in complete.kwargs.items() if k not in ("event_type", "queue")},
+        retries=0,
+        queue=complete.queue,
+    )
+
+    assert tasks.process_batch([partial, entry("evt_whole")]) == [Verdict.ACK] * 2
+
+    assert applied == ["evt_whole"]
+    with tasks.sessions()() as session:
+        row = session.scalars(
+            select(WebhookEvent)
+            .where(WebhookEvent.event_id == "evt_partial")
+            .options(undefer(WebhookEvent.payload))
+        ).one()
+    assert row.status is EventStatus.FAILED
+    assert "lacks event_type, queue" in (row.last_error or "")
+    assert row.payload == complete.kwargs["payload"]  # kept for a replay
+    assert row.queue == complete.queue  # the queue it was consumed from
+
+
+def test_a_message_of_the_wrong_type_is_kept_failed_and_one_without_ids_is_dropped(
+    worker_db: str, applied: list[str]
+) -> None:
+    wrong = entry("evt_wrong", payload={"not": "text"})
+    anonymous = entry("evt_anonymous")
+    del anonymous.kwargs["event_id"]
+
+    assert tasks.process_batch([wrong, anonymous]) == [Verdict.ACK] * 2
+
+    assert applied == []
+    with tasks.sessions()() as session:
+        found = session.execute(select(WebhookEvent.event_id, WebhookEvent.status)).all()
+        [error] = session.scalars(select(WebhookEvent.last_error)).all()
+    assert found == [("evt_wrong", EventStatus.FAILED)]
+    assert "payload is dict, not str" in (error or "")
+
+
+@pytest.mark.parametrize(
+    ("error", "verdict"),
+    [
+        (DisconnectionError("the database went away"), Verdict.REQUEUE),
+        (ValueError("a row the database refuses"), Verdict.ACK),
+    ],
+    ids=["database-away-requeued", "unrecordable-dropped"],
+)
+def test_a_malformed_message_is_requeued_only_while_its_row_cannot_be_written_yet(
+    worker_db: str, monkeypatch: pytest.MonkeyPatch, error: Exception, verdict: Verdict
+) -> None:
+    def refuse(*_: Any) -> bool:
+        raise error
+
+    monkeypatch.setattr(tasks, "record_malformed", refuse)
+    partial = entry("evt_partial")
+    del partial.kwargs["event_type"]
+
+    assert tasks.process_batch([partial]) == [verdict]
+
+
+def test_messages_the_previous_version_queued_are_applied(
+    worker_db: str, applied: list[str]
+) -> None:
+    """The arguments exactly as the last release's receiver and sweeper wrote them
+    (the sweeper with an explicit ``replay: false``)."""
+    receiver = {
+        "provider": "test",
+        "event_id": "evt_old",
+        "event_type": "invoice.paid",
+        "queue": "hookfleet.default",
+        "correlation_id": "corr-old",
+        "received_at": "2026-11-23T08:00:00.123456+00:00",
+        "headers": {"content-type": "application/json"},
+        "payload": '{"type": "invoice.paid"}',
+    }
+    swept = {**receiver, "event_id": "evt_swept", "replay": False}
+    entries = [
+        Entry(task_id=f"t-{k['event_id']}", kwargs=k, retries=0, queue="hookfleet.default")
+        for k in (receiver, swept)
+    ]
+
+    assert tasks.process_batch(entries) == [Verdict.ACK] * 2
+
+    assert applied == ["evt_old", "evt_swept"]
 
 
 def marks() -> dict[str, str]:

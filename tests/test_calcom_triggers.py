@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ingest import create_app
 from ingest.providers import calcom
 from models import Appointment, AppointmentAttendee, Customer, WebhookEvent
+from models.contract import Queue
 from models.events import EventStatus
 from tests.helpers import QUEUES, queued
 from workers.events import IncomingEvent, Outcome, record_batch, record_event
@@ -73,7 +74,7 @@ def take_queued(redis_client: redis.Redis) -> list[IncomingEvent]:
     events = []
     for queue in QUEUES:
         events += [
-            IncomingEvent.from_task(m["decoded_body"][1]) for m in queued(redis_client, queue)
+            IncomingEvent.from_kwargs(m["decoded_body"][1]) for m in queued(redis_client, queue)
         ]
         redis_client.delete(queue)
     return events
@@ -90,76 +91,76 @@ EXPECTED: dict[str, tuple[str | None, str]] = {
     # fixture: (event_id, or None for "<trigger>[:uid]:sha256:<body digest>"; queue)
     "BOOKING_CREATED": (
         f"BOOKING_CREATED:{UID}:2026-12-01T09:00:00Z:2026-11-20T14:03:11.512Z:anna.weber@example.com",
-        "hookfleet.default",
+        Queue.DEFAULT,
     ),
     "BOOKING_REQUESTED": (
         "BOOKING_REQUESTED:bk_fx_requested:2026-12-01T09:00:00Z:2026-11-20T14:03:11.512Z:anna.weber@example.com",
-        "hookfleet.default",
+        Queue.DEFAULT,
     ),
     "BOOKING_RESCHEDULED": (
         "BOOKING_RESCHEDULED:bk_fx_moved:2026-12-03T14:00:00Z:2026-11-21T08:00:00.000Z:anna.weber@example.com",
-        "hookfleet.default",
+        Queue.DEFAULT,
     ),
     "BOOKING_CANCELLED": (
         f"BOOKING_CANCELLED:{UID}:2026-12-01T09:00:00Z:2026-11-22T10:00:00.000Z:anna.weber@example.com",
-        "hookfleet.default",
+        Queue.DEFAULT,
     ),
     "BOOKING_REJECTED": (
         "BOOKING_REJECTED:bk_fx_requested:2026-12-01T09:00:00Z:2026-11-21T09:00:00.000Z:anna.weber@example.com",
-        "hookfleet.default",
+        Queue.DEFAULT,
     ),
     "BOOKING_PAYMENT_INITIATED": (
         "BOOKING_PAYMENT_INITIATED:bk_fx_paid:2026-12-01T09:00:00Z:2026-11-20T14:03:11.512Z:anna.weber@example.com",
-        "hookfleet.default",
+        Queue.DEFAULT,
     ),
     "BOOKING_PAID": (
         "BOOKING_PAID:bk_fx_paid:2026-12-01T09:00:00Z:2026-11-20T14:05:00.000Z:anna.weber@example.com",
-        "hookfleet.default",
+        Queue.DEFAULT,
     ),
     "BOOKING_NO_SHOW_UPDATED": (
         f"BOOKING_NO_SHOW_UPDATED:{UID}:2026-12-01T10:00:00.000Z:anna.weber@example.com=1",
-        "hookfleet.default",
+        Queue.DEFAULT,
     ),
-    "MEETING_STARTED": (f"MEETING_STARTED:{UID}:2026-12-01T09:00:00.000Z", "hookfleet.high"),
-    "MEETING_ENDED": (f"MEETING_ENDED:{UID}:2026-12-01T09:00:00.000Z", "hookfleet.high"),
+    "MEETING_STARTED": (f"MEETING_STARTED:{UID}:2026-12-01T09:00:00.000Z", Queue.HIGH),
+    "MEETING_ENDED": (f"MEETING_ENDED:{UID}:2026-12-01T09:00:00.000Z", Queue.HIGH),
     "AFTER_HOSTS_CAL_VIDEO_NO_SHOW": (
         f"AFTER_HOSTS_CAL_VIDEO_NO_SHOW:{UID}:termine@praxis-nord.example",
-        "hookfleet.default",
+        Queue.DEFAULT,
     ),
     "AFTER_GUESTS_CAL_VIDEO_NO_SHOW": (
         f"AFTER_GUESTS_CAL_VIDEO_NO_SHOW:{UID}",
-        "hookfleet.default",
+        Queue.DEFAULT,
     ),
-    "RECORDING_READY": (None, "hookfleet.low"),
-    "RECORDING_TRANSCRIPTION_GENERATED": (None, "hookfleet.low"),
-    "INSTANT_MEETING": (None, "hookfleet.high"),
-    "OOO_CREATED": (None, "hookfleet.default"),
-    "FORM_SUBMITTED": (None, "hookfleet.default"),
-    "FORM_SUBMITTED_NO_EVENT": (None, "hookfleet.default"),
-    "WRONG_ASSIGNMENT_REPORT": (None, "hookfleet.default"),
-    "PING": (None, "hookfleet.low"),
+    "RECORDING_READY": (None, Queue.LOW),
+    "RECORDING_TRANSCRIPTION_GENERATED": (None, Queue.LOW),
+    "INSTANT_MEETING": (None, Queue.HIGH),
+    "OOO_CREATED": (None, Queue.DEFAULT),
+    "FORM_SUBMITTED": (None, Queue.DEFAULT),
+    "FORM_SUBMITTED_NO_EVENT": (None, Queue.DEFAULT),
+    "WRONG_ASSIGNMENT_REPORT": (None, Queue.DEFAULT),
+    "PING": (None, Queue.LOW),
     "seat_1_BOOKING_CREATED": (
         "BOOKING_CREATED:bk_fx_seated:2026-12-05T10:00:00Z:2026-11-21T10:00:00.000Z:seat:seat_ref_1",
-        "hookfleet.default",
+        Queue.DEFAULT,
     ),
     "seat_2_BOOKING_CREATED": (
         "BOOKING_CREATED:bk_fx_seated:2026-12-05T10:00:00Z:2026-11-22T10:00:00.000Z:seat:seat_ref_2",
-        "hookfleet.default",
+        Queue.DEFAULT,
     ),
     "seat_3_BOOKING_CREATED": (
         "BOOKING_CREATED:bk_fx_seated:2026-12-05T10:00:00Z:2026-11-23T10:00:00.000Z:seat:seat_ref_3",
-        "hookfleet.default",
+        Queue.DEFAULT,
     ),
     "seat_2_BOOKING_CANCELLED": (
         "BOOKING_CANCELLED:bk_fx_seated:2026-12-05T10:00:00Z:2026-11-24T10:00:00.000Z:ben.kurz@example.com",
-        "hookfleet.default",
+        Queue.DEFAULT,
     ),
     # A template without createdAt: only a byte-identical re-send is the same delivery.
     "template_form_urlencoded": (
         "BOOKING_CREATED:bk_fx_form:2026-12-02T08:00:00.000Z:{digest}",
-        "hookfleet.default",
+        Queue.DEFAULT,
     ),
-    "template_json": (None, "hookfleet.default"),
+    "template_json": (None, Queue.DEFAULT),
 }
 
 

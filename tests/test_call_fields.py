@@ -28,6 +28,7 @@ from ingest import create_app
 from ingest.providers import retell
 from ingest.providers.base import Delivery
 from models.calls import Call
+from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
 from workers.events import IncomingEvent, Outcome, record_event
 
@@ -66,7 +67,7 @@ def call_event(event_type: str, call: dict[str, Any]) -> IncomingEvent:
         provider="retell",
         event_id=f"{call['call_id']}:{event_type}",
         event_type=event_type,
-        queue="hookfleet.high",
+        queue=Queue.HIGH,
         correlation_id="corr",
         received_at=datetime.now(UTC),
         headers={},

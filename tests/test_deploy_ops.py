@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from models.settings import QUEUES, Settings
+from models.contract import QUEUES, Queue
+from models.settings import Settings
 from tests.processes import ROOT
 from tests.servers import MariaDBServer, _binary
 
@@ -48,7 +49,7 @@ def test_every_queue_has_a_worker_and_a_keda_scaler_on_its_own_list() -> None:
         (trigger,) = scaler["spec"]["triggers"]
         assert (trigger["type"], trigger["metadata"]["listName"]) == ("redis", queue)
         env = container_env(worker)
-        if queue == "hookfleet.provisioning":
+        if queue == Queue.PROVISIONING:
             # Prefetch 1: reserved messages are only the running ones; LLEN is the backlog.
             assert env["HOOKFLEET_WORKER_PREFETCH"] == "1"
         else:

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Appointment, Branch, Call, Company, Customer, Service, Staff, WebhookEvent
+from models.contract import Queue
 from models.events import EventStatus
 from models.phones import normalize_phone
 from workers.events import IncomingEvent, Outcome, record_event
@@ -69,7 +70,7 @@ def deliver(
             provider=provider,
             event_id=event_id,
             event_type=event_type,
-            queue="hookfleet.default",
+            queue=Queue.DEFAULT,
             correlation_id="corr",
             received_at=datetime.now(UTC),
             headers={},

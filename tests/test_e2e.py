@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from ingest.providers import calcom, retell, standard, stripe
 from models import Appointment, Call, Customer
 from models.business import Branch, Company
+from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
 from tests.processes import Processes, request, running_fleet
 from tests.servers import wait_until
@@ -84,7 +85,7 @@ def test_deliveries_and_repeats_become_exactly_one_row_each(
     assert sorted(r.event_id for r in rows) == ids  # every event once, none twice
     accepted = {e: a["correlation_id"] for e, s, a in results if s == 202}
     assert {r.event_id: r.correlation_id for r in rows} == accepted
-    assert {r.queue for r in rows} == {"hookfleet.default"}
+    assert {r.queue for r in rows} == {Queue.DEFAULT}
     assert fleet.running["beat"].poll() is None
 
 
@@ -195,23 +196,23 @@ def signed_deliveries() -> list[tuple[str, bytes, dict[str, str], str, str]]:
         (
             "stripe",
             stripe_body,
-            {"Stripe-Signature": stripe.sign(SECRETS["stripe"], now, stripe_body)},
+            {"Stripe-Signature": stripe.sign(SECRETS["stripe"], stripe_body, now)},
             "evt_e2e_1",
-            "hookfleet.default",
+            Queue.DEFAULT,
         ),
         (
             "calcom",
             calcom_body,
             {"X-Cal-Signature-256": calcom.sign(SECRETS["calcom"], calcom_body)},
             "BOOKING_CREATED:bk_e2e_1:2026-11-24T09:00:00Z:2026-11-23T08:00:00Z",
-            "hookfleet.default",
+            Queue.DEFAULT,
         ),
         (
             "retell",
             retell_body,
             {"x-retell-signature": retell.sign(SECRETS["retell"], retell_body, now * 1000)},
             "call_e2e_1:call_ended",
-            "hookfleet.high",
+            Queue.HIGH,
         ),
         (
             "standard",
@@ -220,11 +221,11 @@ def signed_deliveries() -> list[tuple[str, bytes, dict[str, str], str, str]]:
                 "webhook-id": "msg_e2e_1",
                 "webhook-timestamp": str(now),
                 "webhook-signature": standard.sign(
-                    SECRETS["standard"], "msg_e2e_1", now, standard_body
+                    SECRETS["standard"], standard_body, now, webhook_id="msg_e2e_1"
                 ),
             },
             "msg_e2e_1",
-            "hookfleet.default",
+            Queue.DEFAULT,
         ),
     ]
 

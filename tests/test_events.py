@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
 from workers import events
 from workers.events import IncomingEvent, Outcome, mark_failed, record_event
@@ -19,7 +20,7 @@ def incoming(event_id: str = "evt_1", provider: str = "standard") -> IncomingEve
         provider=provider,
         event_id=event_id,
         event_type="invoice.paid",
-        queue="hookfleet.default",
+        queue=Queue.DEFAULT,
         correlation_id="corr-1",
         received_at=datetime(2026, 11, 23, 8, 0, tzinfo=UTC),
         headers={"webhook-id": event_id},

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.appointments import Appointment
 from models.calls import Call
+from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
 from workers.events import IncomingEvent, Outcome, record_batch, record_event
 
@@ -30,7 +31,7 @@ def call_event(event_id: str, call_id: str) -> IncomingEvent:
         provider="retell",
         event_id=event_id,
         event_type="call_ended",
-        queue="hookfleet.high",
+        queue=Queue.HIGH,
         correlation_id="corr",
         received_at=datetime.now(UTC),
         headers={},

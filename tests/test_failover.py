@@ -33,6 +33,7 @@ from sqlalchemy import select
 
 from ingest import create_app
 from ingest.providers import retell
+from models.contract import Queue
 from models.events import WebhookEvent
 from models.metrics import forget_dead_processes
 from models.redis_links import (
@@ -305,7 +306,7 @@ def test_a_receiver_thread_on_a_demoted_primary_dials_the_new_one_within_the_req
         proxy.stop()
 
     assert after.status_code == 202
-    assert replica.client().llen("hookfleet.default") == 2
+    assert replica.client().llen(Queue.DEFAULT) == 2
     levels = [(r.levelname, getattr(r, "code", None)) for r in records]
     assert ("WARNING", "READONLY") in levels  # one line for the dropped connection
     assert not [r for r in records if r.levelno >= logging.ERROR]

@@ -35,6 +35,7 @@ from sqlalchemy.engine import Engine
 
 from ingest.providers import retell
 from models import Call
+from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
@@ -441,11 +442,11 @@ def test_a_flood_on_low_does_not_delay_high(tmp_path: Path, mariadb_server: Mari
                 (processed - received).total_seconds()
                 for received, processed in connection.execute(
                     select(WebhookEvent.received_at, WebhookEvent.processed_at).where(
-                        WebhookEvent.queue == "hookfleet.high"
+                        WebhookEvent.queue == Queue.HIGH
                     )
                 )
             )
-            low_backlog = stack.redis.client().llen("hookfleet.low")
+            low_backlog = stack.redis.client().llen(Queue.LOW)
     p99 = waits[int(len(waits) * 0.99) - 1]
     row["high_p99_s"] = round(p99, 3)
     assert_exactly_once(row)

@@ -51,7 +51,7 @@ def redis_client(redis_server) -> Iterator[redis.Redis]:  # type: ignore[no-unty
 
 def headers_for(body: bytes, webhook_id: str) -> str:
     timestamp = int(time.time())
-    signature = standard.sign(SECRET, webhook_id, timestamp, body)
+    signature = standard.sign(SECRET, body, timestamp, webhook_id=webhook_id)
     return (
         f"POST /webhooks/standard HTTP/1.1\r\nHost: hookfleet\r\n"
         f"Content-Type: application/json\r\nwebhook-id: {webhook_id}\r\n"

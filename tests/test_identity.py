@@ -24,6 +24,7 @@ from sqlalchemy.orm.exc import ObjectDeletedError
 
 from models import Appointment, Branch, Call, Company, Customer, CustomerDetail
 from models.appointments import AppointmentAttendee
+from models.contract import Queue
 from models.customers import person_key
 from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
@@ -61,7 +62,7 @@ def deliver(sessions: sessionmaker[Session], provider: str, event_id: str, body:
             provider=provider,
             event_id=event_id,
             event_type=event_type,
-            queue="hookfleet.default",
+            queue=Queue.DEFAULT,
             correlation_id="corr",
             received_at=datetime.now(UTC),
             headers={},
@@ -517,7 +518,7 @@ def incoming(provider: str, event_id: str, body: dict[str, Any]) -> IncomingEven
         provider=provider,
         event_id=event_id,
         event_type=body.get("event") or body.get("triggerEvent") or "",
-        queue="hookfleet.default",
+        queue=Queue.DEFAULT,
         correlation_id="corr",
         received_at=datetime.now(UTC),
         headers={},

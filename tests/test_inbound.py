@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from ingest import create_app
 from ingest.providers import retell
 from models.business import Branch, Company
+from models.contract import Queue
 from models.engine import make_engine
 from models.migrate import upgrade
 from models.settings import Settings
@@ -138,7 +139,7 @@ def test_inbound_delivery_is_still_queued_for_the_record(
     assert "override_agent_id" in response.get_json()["call_inbound"]
     response.close()  # as a WSGI server does once the answer is sent
 
-    [message] = queued(redis_client, "hookfleet.high")
+    [message] = queued(redis_client, Queue.HIGH)
     kwargs = message["decoded_body"][1]
     assert (kwargs["provider"], kwargs["event_type"]) == ("retell", "call_inbound")
 

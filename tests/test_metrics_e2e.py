@@ -18,6 +18,7 @@ from prometheus_client import multiprocess as mp
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, func, select, text
 
+from models.contract import PROCESS_EVENT, Queue
 from models.events import EventStatus, WebhookEvent
 from tests.processes import Processes, request, running_fleet
 from tests.servers import free_port, wait_until
@@ -123,9 +124,9 @@ def test_counters_queue_depth_and_task_histogram_add_up_across_processes(
     assert moved(received, provider="unknown", outcome="bad_request") == 2
     assert moved("hookfleet_ingest_duration_seconds_count", provider="standard") == 53
     # Nobody consumes hookfleet.default yet: the gauge is Redis's own count.
-    assert value(after, "hookfleet_queue_depth", queue="hookfleet.default") == 40
-    assert value(after, "hookfleet_queue_unacked", queue="hookfleet.default") == 0
-    assert value(after, "hookfleet_queue_oldest_age_seconds", queue="hookfleet.default") > 0
+    assert value(after, "hookfleet_queue_depth", queue=Queue.DEFAULT) == 40
+    assert value(after, "hookfleet_queue_unacked", queue=Queue.DEFAULT) == 0
+    assert value(after, "hookfleet_queue_oldest_age_seconds", queue=Queue.DEFAULT) > 0
     assert value(after, "hookfleet_dependency_up", dependency="redis") == 1
     metrics_dir = Path(fleet.env["PROMETHEUS_MULTIPROC_DIR"])
     shares = per_process(metrics_dir, "counter", received, provider="standard", outcome="accepted")
@@ -156,12 +157,12 @@ def test_counters_queue_depth_and_task_histogram_add_up_across_processes(
 
         def holding() -> bool:
             now = scrape(base)
-            return value(now, "hookfleet_queue_unacked", queue="hookfleet.default") >= 2
+            return value(now, "hookfleet_queue_unacked", queue=Queue.DEFAULT) >= 2
 
         wait_until(holding, 30, "the worker to reserve messages", interval=0.3)
         held = scrape(base)
-        waiting = value(held, "hookfleet_queue_depth", queue="hookfleet.default")
-        unacked = value(held, "hookfleet_queue_unacked", queue="hookfleet.default")
+        waiting = value(held, "hookfleet_queue_depth", queue=Queue.DEFAULT)
+        unacked = value(held, "hookfleet_queue_unacked", queue=Queue.DEFAULT)
         assert waiting < 40 and waiting + unacked == 40
         locker.execute(text("UNLOCK TABLES"))
 
@@ -174,12 +175,12 @@ def test_counters_queue_depth_and_task_histogram_add_up_across_processes(
 
     wait_until(all_processed, 90, "40 processed rows", interval=0.5)
     engine.dispose()
-    task = {"task": "hookfleet.process_event", "outcome": "success"}
+    task = {"task": PROCESS_EVENT, "outcome": "success"}
     histogram = "hookfleet_task_duration_seconds_count"
     wait_until(lambda: moved_now(base, before, histogram, **task) == 40, 15, "task histogram")
     done = scrape(base)
-    assert value(done, "hookfleet_queue_depth", queue="hookfleet.default") == 0
-    assert value(done, "hookfleet_queue_unacked", queue="hookfleet.default") == 0
+    assert value(done, "hookfleet_queue_depth", queue=Queue.DEFAULT) == 0
+    assert value(done, "hookfleet_queue_unacked", queue=Queue.DEFAULT) == 0
     e2e = "hookfleet_end_to_end_seconds_count"
     assert value(done, e2e, provider="standard") - value(before, e2e, provider="standard") == 40
     children = per_process(metrics_dir, "histogram", histogram, **task)
@@ -215,7 +216,7 @@ def test_a_worker_apart_from_any_receiver_serves_its_own_metrics_port(
         worker.wait_for_worker("worker_low")
         assert post_standard(web.base_url, "evt_apart") == 202
         worker_url = f"http://127.0.0.1:{metrics_port}"
-        task = {"task": "hookfleet.process_event", "outcome": "success"}
+        task = {"task": PROCESS_EVENT, "outcome": "success"}
         histogram = "hookfleet_task_duration_seconds_count"
 
         def counted() -> bool:
@@ -227,7 +228,7 @@ def test_a_worker_apart_from_any_receiver_serves_its_own_metrics_port(
         wait_until(counted, 60, "the worker's metrics port to count the task", interval=0.3)
         on_web = scrape(web.base_url)
         assert value(on_web, histogram, **task) == 0  # its own pod's processes only
-        assert value(on_web, "hookfleet_queue_depth", queue="hookfleet.low") == 0
+        assert value(on_web, "hookfleet_queue_depth", queue=Queue.LOW) == 0
     finally:
         web.stop_all()
         worker.stop_all()

@@ -15,7 +15,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from ingest import create_app
-from models.settings import QUEUES, Settings
+from models.contract import QUEUES, Queue
+from models.settings import Settings
 from tests.helpers import post_json
 from tests.servers import MariaDBServer, RedisServer, clean_env
 from workers.celery_app import celery_config
@@ -94,7 +95,7 @@ def test_stats_are_cached_for_a_few_seconds(client: FlaskClient, ops_env: dict[s
     again = stats_client.get("/stats").json
 
     assert again == first  # a busy dashboard costs Redis one reading per few seconds
-    assert first["queues"]["hookfleet.default"]["waiting"] == 0
+    assert first["queues"][Queue.DEFAULT]["waiting"] == 0
     assert first["dead_letters"] == 0 and first["errors"] == {}
 
 
@@ -113,10 +114,10 @@ def test_hookfleet_stats_prints_depths_rates_and_dead_letters(
 
     assert table.returncode == 0, table.stderr
     lines = {line.split()[0]: line.split() for line in table.stdout.splitlines() if line}
-    assert lines["hookfleet.default"][1:3] == ["3", "0"]
+    assert lines[Queue.DEFAULT][1:3] == ["3", "0"]
     assert "dead letters: 0" in table.stdout
     assert "events recorded, last minute:" in table.stdout
-    assert json.loads(as_json.stdout)["queues"]["hookfleet.default"]["waiting"] == 3
+    assert json.loads(as_json.stdout)["queues"][Queue.DEFAULT]["waiting"] == 3
 
 
 def test_hookfleet_stats_fails_loudly_when_redis_is_down(

@@ -17,6 +17,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import undefer
 
 from models.calls import Call
+from models.contract import Queue
 from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
@@ -59,7 +60,7 @@ def event(body: str) -> IncomingEvent:
         provider="retell",
         event_id=f"{call_id}:call_analyzed",
         event_type="call_analyzed",
-        queue="hookfleet.high",
+        queue=Queue.HIGH,
         correlation_id="corr",
         received_at=datetime.now(UTC),
         headers={"x-retell-signature": "v=1,d=" + "0" * 64},

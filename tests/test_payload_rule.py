@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from ingest import create_app
 from models.calls import Call
+from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
 from models.payloads import MAX_DEPTH, PayloadError, parse_payload
 from tests.helpers import queued, total_queued
@@ -46,9 +47,9 @@ def post(client: FlaskClient, provider: str, body: str, **headers: str) -> Any:
 def run_worker(sessions: sessionmaker[Session], redis_client: redis.Redis) -> list[Outcome]:
     """The worker's batch function over every queued message, as the task gets them."""
     batch = []
-    for queue in ("hookfleet.high", "hookfleet.default", "hookfleet.low"):
+    for queue in (Queue.HIGH, Queue.DEFAULT, Queue.LOW):
         for message in queued(redis_client, queue):
-            batch.append(IncomingEvent.from_task(message["decoded_body"][1]))
+            batch.append(IncomingEvent.from_kwargs(message["decoded_body"][1]))
     return record_batch(sessions, batch)
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, undefer
 from ingest.providers import retell, standard, stripe
 from ingest.providers.base import body_digest
 from models.calls import Call
+from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
 from tests.processes import request, running_fleet
 from tests.servers import wait_until
@@ -63,11 +64,11 @@ def deliveries() -> list[tuple[str, bytes, dict[str, str], str, str, str]]:
         body = fixture("retell", name)
         headers = {"x-retell-signature": retell.sign(RETELL_KEY, body, now * 1000)}
         event_id, event_type = retell_expected(name, body, now * 1000)
-        out.append(("retell", body, headers, event_id, event_type, "hookfleet.high"))
+        out.append(("retell", body, headers, event_id, event_type, Queue.HIGH))
     for name in STRIPE:
         body = fixture("stripe", name)
         # Test mode: an extra v0 signature, which must be ignored.
-        signature = stripe.sign(STRIPE_SECRET, now, body) + ",v0=" + "0" * 64
+        signature = stripe.sign(STRIPE_SECRET, body, now) + ",v0=" + "0" * 64
         event = json.loads(body)
         out.append(
             (
@@ -76,7 +77,7 @@ def deliveries() -> list[tuple[str, bytes, dict[str, str], str, str, str]]:
                 {"Stripe-Signature": signature},
                 event["id"],
                 event["type"],
-                "hookfleet.default",
+                Queue.DEFAULT,
             )
         )
     for name in STANDARD:
@@ -86,10 +87,10 @@ def deliveries() -> list[tuple[str, bytes, dict[str, str], str, str, str]]:
         headers = {
             "webhook-id": webhook_id,
             "webhook-timestamp": str(now),
-            "webhook-signature": standard.sign(STANDARD_SECRET, webhook_id, now, body),
+            "webhook-signature": standard.sign(STANDARD_SECRET, body, now, webhook_id=webhook_id),
         }
         event_type = value.get("type", "") if isinstance(value, dict) else ""
-        out.append(("standard", body, headers, webhook_id, event_type, "hookfleet.default"))
+        out.append(("standard", body, headers, webhook_id, event_type, Queue.DEFAULT))
     return out
 
 

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from ingest import create_app
 from ingest.providers import calcom, retell, stripe
 from ingest.providers.base import Delivery, ShapeError, VerificationError, body_digest
+from models.contract import Queue
 from models.logs import json_handler
 from tests.helpers import dedup_keys, queued, total_queued
 
@@ -143,11 +144,11 @@ class Sender:
 
 STRIPE = Sender(
     name="stripe",
-    queue="hookfleet.default",
+    queue=Queue.DEFAULT,
     header="Stripe-Signature",
     secret=STRIPE_SECRET,
     new_secret=STRIPE_SECRET_NEW,
-    sign=lambda secret, body, at: stripe.sign(secret, int(at), body),
+    sign=lambda secret, body, at: stripe.sign(secret, body, int(at)),
     body=stripe_event(),
     event_id="evt_1PqR5sLkdIwHu7ixTb0aXc2N",
     event_type="invoice.paid",
@@ -156,7 +157,7 @@ STRIPE = Sender(
 )
 CALCOM = Sender(
     name="calcom",
-    queue="hookfleet.default",
+    queue=Queue.DEFAULT,
     header="X-Cal-Signature-256",
     secret=CALCOM_SECRET,
     new_secret=CALCOM_SECRET_NEW,
@@ -169,7 +170,7 @@ CALCOM = Sender(
 )
 RETELL = Sender(
     name="retell",
-    queue="hookfleet.high",
+    queue=Queue.HIGH,
     header="x-retell-signature",
     secret=RETELL_KEY,
     new_secret=RETELL_KEY_NEW,
@@ -233,7 +234,7 @@ def test_stripe_sign_matches_an_independently_computed_signature() -> None:
     body = b'{"id":"evt_test","type":"ping"}'
     expected = "074a8f009149b1199a2e01a3b8ab8e86fe82c67391b5f7b4d383d43cd04e29d4"
 
-    assert stripe.sign("whsec_vector", 1700000000, body) == f"t=1700000000,v1={expected}"
+    assert stripe.sign("whsec_vector", body, 1700000000) == f"t=1700000000,v1={expected}"
 
 
 def test_calcom_sign_matches_an_independently_computed_signature() -> None:
@@ -463,8 +464,8 @@ def test_stripe_header_with_several_v1_one_right_is_accepted(
     client_for: Callable[[Sender], FlaskClient], redis_client: redis.Redis, right_first: bool
 ) -> None:
     now = int(time.time())
-    right = stripe.sign(STRIPE_SECRET, now, STRIPE.body).split(",")[1]
-    wrong = stripe.sign(WRONG_SECRET, now, STRIPE.body).split(",")[1]
+    right = stripe.sign(STRIPE_SECRET, STRIPE.body, now).split(",")[1]
+    wrong = stripe.sign(WRONG_SECRET, STRIPE.body, now).split(",")[1]
     entries = [right, wrong] if right_first else [wrong, right]
     # As Stripe sends it while an endpoint secret is rolled, with a v0 it ignores.
     header = f"t={now},{','.join(entries)},v0={'0' * 64}"
@@ -479,7 +480,7 @@ def test_stripe_header_with_several_v1_all_wrong_is_rejected_401_invalid_signatu
     client_for: Callable[[Sender], FlaskClient], redis_client: redis.Redis
 ) -> None:
     now = int(time.time())
-    wrongs = [stripe.sign(s, now, STRIPE.body).split(",")[1] for s in (WRONG_SECRET, "x")]
+    wrongs = [stripe.sign(s, STRIPE.body, now).split(",")[1] for s in (WRONG_SECRET, "x")]
     header = f"t={now},{','.join(wrongs)}"
 
     response = post(client_for(STRIPE), STRIPE, STRIPE.body, {STRIPE.header: header})
@@ -621,7 +622,7 @@ def test_calcom_event_without_start_time_is_keyed_by_trigger_and_uid(
 
     assert deliver(client_for(CALCOM), CALCOM, ended) == [202]
 
-    [kwargs] = task_kwargs(redis_client, "hookfleet.high")  # a meeting is happening now
+    [kwargs] = task_kwargs(redis_client, Queue.HIGH)  # a meeting is happening now
     assert kwargs["event_id"] == "MEETING_ENDED:bFJeNb2uX8ANpT3JL5EfXw:"
 
 
@@ -638,7 +639,7 @@ def test_calcom_event_without_a_uid_is_keyed_by_the_body_digest(
 
     assert deliver(client_for(CALCOM), CALCOM, ping, ping) == [202, 200]
 
-    [kwargs] = task_kwargs(redis_client, "hookfleet.low")  # the test ping is not urgent
+    [kwargs] = task_kwargs(redis_client, Queue.LOW)  # the test ping is not urgent
     assert kwargs["event_id"] == f"PING:{body_digest(ping)}"
     assert kwargs["event_type"] == "PING"
 
@@ -759,7 +760,7 @@ def test_stripe_timestamp_at_the_tolerance_edge_is_accepted_and_past_it_rejected
 ) -> None:
     now = 1718000000
     signed = delivery(
-        STRIPE.body, {"stripe-signature": stripe.sign(STRIPE_SECRET, now + edge_s, STRIPE.body)}
+        STRIPE.body, {"stripe-signature": stripe.sign(STRIPE_SECRET, STRIPE.body, now + edge_s)}
     )
 
     stripe.verify_stripe_signature(signed, (STRIPE_SECRET,), 300, now=now)

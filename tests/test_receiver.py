@@ -10,6 +10,7 @@ import redis
 from flask.testing import FlaskClient
 
 from ingest import create_app
+from models.contract import PROCESS_EVENT, Queue
 from tests.helpers import dedup_keys, post_json, queued, total_queued
 from tests.servers import RedisServer, free_port
 
@@ -26,8 +27,8 @@ def test_new_delivery_is_accepted_and_queued_as_a_celery_task(
     assert body["status"] == "accepted"
     assert body["event_id"] == "msg_1"
     assert response.headers["X-Request-ID"] == body["correlation_id"]
-    [message] = queued(redis_client, "hookfleet.default")
-    assert message["headers"]["task"] == "hookfleet.process_event"
+    [message] = queued(redis_client, Queue.DEFAULT)
+    assert message["headers"]["task"] == PROCESS_EVENT
     args, kwargs, _embed = message["decoded_body"]
     assert args == []
     assert kwargs["provider"] == "standard"
@@ -172,6 +173,8 @@ def test_provider_without_a_secret_is_refused_unless_verification_is_off(
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "provider_not_configured"
     assert "HOOKFLEET_STANDARD_SECRETS" in response.get_json()["error"]["message"]
+    # It waits for an operator: no Retry-After hurries the sender through its attempts.
+    assert "Retry-After" not in response.headers
     assert total_queued(redis_client) == 0
 
 

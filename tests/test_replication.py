@@ -21,6 +21,7 @@ from ingest import create_app
 from ingest.dedup import DedupGate, NotReplicated
 from ingest.providers import retell, standard
 from models.calls import Call
+from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
@@ -68,7 +69,7 @@ def signed(webhook_id: str) -> tuple[bytes, dict[str, str]]:
     return body, {
         "webhook-id": webhook_id,
         "webhook-timestamp": str(now),
-        "webhook-signature": standard.sign(SECRET, webhook_id, now, body),
+        "webhook-signature": standard.sign(SECRET, body, now, webhook_id=webhook_id),
     }
 
 
@@ -88,7 +89,7 @@ def test_a_delivery_the_replica_confirmed_is_accepted_and_already_on_the_replica
     [message] = queued(primary.client())
     assert message["decoded_body"][1]["event_id"] == "msg_1"
     # Read at once, no waiting: the 202 came only after the replica had both.
-    assert replica.client().llen("hookfleet.default") == 1
+    assert replica.client().llen(Queue.DEFAULT) == 1
     assert len(dedup_keys(replica.client())) == 1
 
 
@@ -106,7 +107,7 @@ def test_a_frozen_replica_turns_the_delivery_away_with_503_within_the_wait(
     assert response.get_json()["error"]["code"] == "not_replicated"
     assert 0.9 * WAIT_MS / 1000 <= elapsed < PROMPT_S
     # What the primary holds stays: the retry will find it (see the next test).
-    assert primary.client().llen("hookfleet.default") == 1
+    assert primary.client().llen(Queue.DEFAULT) == 1
     # Logged with its outcome, which is also the outcome label of the received counter.
     # (Counted in /metrics too; asserted by the scrape of real processes in
     # test_metrics_e2e: this process's metrics are shared by every in-process test.)
@@ -132,8 +133,8 @@ def test_the_retry_is_a_duplicate_only_once_the_replica_holds_the_claim(
     assert still_away.status_code == 503
     assert still_away.get_json()["error"]["code"] == "not_replicated"
     assert (back.status_code, back.get_json()["status"]) == (200, "duplicate")
-    assert primary.client().llen("hookfleet.default") == 1
-    assert replica.client().llen("hookfleet.default") == 1
+    assert primary.client().llen(Queue.DEFAULT) == 1
+    assert replica.client().llen(Queue.DEFAULT) == 1
 
 
 def test_a_failover_that_lost_the_write_accepts_the_retry_anew(
@@ -152,7 +153,7 @@ def test_a_failover_that_lost_the_write_accepts_the_retry_anew(
     primary.stop()
     shutil.copy(replica.directory / "dump.rdb", primary.directory / "dump.rdb")
     primary.start()
-    assert primary.client().llen("hookfleet.default") == 0
+    assert primary.client().llen(Queue.DEFAULT) == 0
 
     # (The promoted primary has no replica of its own yet, so nothing to wait for.)
     retry = deliver(receiver(primary.url, HOOKFLEET_REDIS_MIN_REPLICAS="0"), delivery)
@@ -180,7 +181,7 @@ def test_the_inbound_call_is_answered_and_recorded_without_waiting_for_replicas(
 
     assert (response.status_code, response.get_json()) == (200, {"call_inbound": {}})
     assert elapsed < 0.9
-    assert primary.client().llen("hookfleet.high") == 1
+    assert primary.client().llen(Queue.HIGH) == 1
     assert "cmdstat_wait" not in primary.client().info("commandstats")
 
 
@@ -263,7 +264,7 @@ def test_a_separate_broker_gives_the_claim_back_when_its_replica_does_not_confir
     assert deliver(client, delivery).status_code == 202
     # The first message survived here after all: two copies, one row (the database's
     # unique constraint), as with a failed publish.
-    assert primary.client().llen("hookfleet.default") == 2
+    assert primary.client().llen(Queue.DEFAULT) == 2
 
 
 def test_a_primary_refusing_writes_without_its_replicas_answers_503(
@@ -278,7 +279,7 @@ def test_a_primary_refusing_writes_without_its_replicas_answers_503(
 
     assert (response.status_code, response.headers["Retry-After"]) == (503, "7")
     assert response.get_json()["error"]["code"] == "queue_unavailable"
-    assert primary.client().llen("hookfleet.default") == 0
+    assert primary.client().llen(Queue.DEFAULT) == 0
     assert dedup_keys(primary.client()) == []
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Call, WebhookEvent
+from models.contract import Queue
 from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus
 from models.migrate import upgrade
@@ -36,7 +37,7 @@ def call_ended(call_id: str) -> IncomingEvent:
         provider="retell",
         event_id=f"{call_id}:call_ended",
         event_type="call_ended",
-        queue="hookfleet.high",
+        queue=Queue.HIGH,
         correlation_id="corr",
         received_at=datetime.now(UTC),
         headers={},

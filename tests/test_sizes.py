@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from ingest.providers import retell
 from models.calls import Call
+from models.contract import Queue
 from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
@@ -100,7 +101,7 @@ def big_event(n: int, size: int) -> IncomingEvent:
         provider="stripe",
         event_id=f"evt_big_{n}",
         event_type="invoice.paid",
-        queue="hookfleet.default",
+        queue=Queue.DEFAULT,
         correlation_id=f"corr-{n}",
         received_at=datetime.now(UTC),
         headers={},

@@ -56,7 +56,7 @@ def signed_headers(
     return {
         "webhook-id": webhook_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, webhook_id, timestamp, body),
+        "webhook-signature": sign(secret, body, timestamp, webhook_id=webhook_id),
     }
 
 
@@ -104,7 +104,7 @@ def test_spec_test_vector_verifies() -> None:
 
 
 def test_sign_reproduces_the_spec_test_vector_signature() -> None:
-    assert sign(SPEC_SECRET, SPEC_ID, SPEC_TIMESTAMP, SPEC_BODY) == SPEC_SIGNATURE
+    assert sign(SPEC_SECRET, SPEC_BODY, SPEC_TIMESTAMP, webhook_id=SPEC_ID) == SPEC_SIGNATURE
 
 
 def test_spec_test_vector_with_one_body_byte_changed_is_invalid() -> None:
@@ -328,8 +328,8 @@ def test_header_with_several_signatures_one_right_is_accepted(
     signed_client: FlaskClient, redis_client: redis.Redis, right_first: bool
 ) -> None:
     timestamp = int(time.time())
-    right = sign(SECRET_A, "msg_several", timestamp, BODY)
-    wrong = sign(SECRET_OTHER, "msg_several", timestamp, BODY)
+    right = sign(SECRET_A, BODY, timestamp, webhook_id="msg_several")
+    wrong = sign(SECRET_OTHER, BODY, timestamp, webhook_id="msg_several")
     entries = [right, wrong] if right_first else [wrong, right]
     headers = {
         "webhook-id": "msg_several",
@@ -347,7 +347,9 @@ def test_header_with_several_signatures_all_wrong_is_rejected_401_invalid_signat
     signed_client: FlaskClient, redis_client: redis.Redis
 ) -> None:
     timestamp = int(time.time())
-    wrongs = [sign(s, "msg_all_wrong", timestamp, BODY) for s in (SECRET_B, SECRET_OTHER)]
+    wrongs = [
+        sign(s, BODY, timestamp, webhook_id="msg_all_wrong") for s in (SECRET_B, SECRET_OTHER)
+    ]
     headers = {
         "webhook-id": "msg_all_wrong",
         "webhook-timestamp": str(timestamp),
@@ -500,7 +502,7 @@ def test_arbitrary_unsigned_deliveries_never_500_and_never_queue(
     client = make_app(SECRET_A).test_client()
     if forge and webhook_id and timestamp and timestamp.isascii() and timestamp.isdecimal():
         # Well formed in every way, but signed with a key the receiver does not hold.
-        signature = sign(SECRET_OTHER, webhook_id, int(timestamp), body)
+        signature = sign(SECRET_OTHER, body, int(timestamp), webhook_id=webhook_id)
     headers = {
         name: value
         for name, value in (

@@ -9,7 +9,6 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -19,11 +18,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import Call
 from models.base import utcnow
+from models.contract import QUEUES, EventMessage, Queue
 from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
-from tests.helpers import QUEUES, queued, retell_call_ended
+from tests.helpers import queued, retell_call_ended
 from tests.processes import ROOT, request, running_fleet
 from tests.servers import clean_env, sqlite_url, wait_until
 from workers.celery_app import celery_config
@@ -37,14 +37,14 @@ class Publisher:
     """Stands in for the broker: keeps every batch handed to it."""
 
     def __init__(self) -> None:
-        self.batches: list[list[dict[str, Any]]] = []
+        self.batches: list[list[EventMessage]] = []
 
-    def __call__(self, batch: list[dict[str, Any]]) -> None:
+    def __call__(self, batch: list[EventMessage]) -> None:
         self.batches.append(batch)
 
     @property
     def event_ids(self) -> list[str]:
-        return [kwargs["event_id"] for batch in self.batches for kwargs in batch]
+        return [event.event_id for batch in self.batches for event in batch]
 
 
 def add(
@@ -55,7 +55,7 @@ def add(
     age: timedelta = timedelta(hours=2),
     touched: timedelta | None = None,
     provider: str = "retell",
-    queue: str = "hookfleet.high",
+    queue: str = Queue.HIGH,
     now: datetime = NOW,
     payload: str | None = None,
 ) -> None:
@@ -107,19 +107,19 @@ def test_old_received_rows_are_requeued_on_their_own_queue_and_nothing_else(
     report = sweep(seeded, publish, THRESHOLD, limit=None, now=NOW)
 
     [batch] = publish.batches
-    assert [k["event_id"] for k in batch] == ["lost_high", "lost_no_queue"]
-    assert batch[0] == {
+    assert [event.event_id for event in batch] == ["lost_high", "lost_no_queue"]
+    # Exactly what the receiver queued (a redelivery, not a replay: no "replay" key).
+    assert batch[0].to_kwargs() == {
         "provider": "retell",
         "event_id": "lost_high",
         "event_type": "call_ended",
-        "queue": "hookfleet.high",
+        "queue": Queue.HIGH,
         "correlation_id": "corr-lost_high",
         "received_at": (NOW - timedelta(hours=2)).isoformat(),
         "headers": {"user-agent": "retell"},
         "payload": json.dumps({"event": "call_ended", "call": {"call_id": "lost_high"}}),
-        "replay": False,
     }
-    assert batch[1]["queue"] == "hookfleet.default"  # the row had none
+    assert batch[1].queue == Queue.DEFAULT  # the row had none
     assert (report.selected, report.requeued) == (2, 2)
     assert report.by_provider == {"retell": 1, "stripe": 1}
     # Stuck counts every unfinished row past the threshold, requeued lately or not.
@@ -241,21 +241,22 @@ def test_sweep_and_replay_publish_each_event_on_the_queue_it_names(
     now = utcnow()
     add(sessions, "lost_high", now=now)
     add(sessions, "lost_no_queue", provider="stripe", queue="", now=now)
-    add(sessions, "given_up", EventStatus.DEAD, queue="hookfleet.high", now=now)
+    add(sessions, "given_up", EventStatus.DEAD, queue=Queue.HIGH, now=now)
     env = command_env(url, redis_url, tmp_path)
 
     swept = hookfleet(env, "sweep")
     replayed = hookfleet(env, "replay", "--all-dead")
 
     assert swept.returncode == 0 and replayed.returncode == 0, swept.stderr + replayed.stderr
-    on = {q: [m["decoded_body"][1] for m in queued(redis_client, q)] for q in QUEUES}
-    assert [(k["event_id"], k["queue"], k["replay"]) for k in on["hookfleet.high"]] == [
-        ("lost_high", "hookfleet.high", False)
+    on = {
+        q: [EventMessage.from_kwargs(m["decoded_body"][1]) for m in queued(redis_client, q)]
+        for q in QUEUES
+    }
+    assert [(e.event_id, e.queue, e.replay) for e in on[Queue.HIGH]] == [
+        ("lost_high", Queue.HIGH, False)
     ]
-    assert [(k["event_id"], k["replay"]) for k in on["hookfleet.default"]] == [
-        ("lost_no_queue", False)
-    ]
-    assert [(k["event_id"], k["replay"]) for k in on["hookfleet.low"]] == [("given_up", True)]
+    assert [(e.event_id, e.replay) for e in on[Queue.DEFAULT]] == [("lost_no_queue", False)]
+    assert [(e.event_id, e.replay) for e in on[Queue.LOW]] == [("given_up", True)]
 
 
 @pytest.mark.e2e
@@ -293,7 +294,7 @@ def test_a_lost_message_is_requeued_by_command_and_by_beat_and_takes_effect_once
             lose("call_lost_2")
             beat = ["celery", "-A", "workers.celery_app", "call", "hookfleet.sweep_stuck"]
             sent = subprocess.run(
-                [*beat, "--queue", "hookfleet.default"],
+                [*beat, "--queue", Queue.DEFAULT],
                 env=fleet.env,
                 cwd=ROOT,
                 capture_output=True,

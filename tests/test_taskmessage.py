@@ -9,6 +9,7 @@ import redis
 from celery import Celery
 
 from ingest.taskmessage import build_task_message
+from models.contract import PROCESS_EVENT, Queue
 from models.settings import Settings
 from tests.helpers import queued
 from workers.celery_app import celery_config
@@ -21,17 +22,17 @@ def test_message_matches_what_celery_send_task_writes(
     app.conf.update(celery_config(Settings(broker_url=redis_url, redis_url=redis_url)))
     kwargs = {"provider": "standard", "event_id": "e1", "payload": "{}"}
     app.send_task(
-        "hookfleet.process_event",
+        PROCESS_EVENT,
         kwargs=kwargs,
-        queue="hookfleet.default",
+        queue=Queue.DEFAULT,
         exchange="",
-        routing_key="hookfleet.default",
+        routing_key=Queue.DEFAULT,
         ignore_result=True,
     )
-    _, ours = build_task_message("hookfleet.process_event", kwargs, "hookfleet.default")
-    redis_client.lpush("hookfleet.default", ours)
+    _, ours = build_task_message(PROCESS_EVENT, kwargs, Queue.DEFAULT)
+    redis_client.lpush(Queue.DEFAULT, ours)
 
-    reference, mine = queued(redis_client, "hookfleet.default")
+    reference, mine = queued(redis_client, Queue.DEFAULT)
 
     assert mine.keys() == reference.keys()
     assert mine["headers"].keys() == reference["headers"].keys()

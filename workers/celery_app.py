@@ -14,8 +14,17 @@ from urllib.parse import quote
 
 from celery import Celery
 from celery.signals import setup_logging
-from kombu import Exchange, Queue
+from kombu import Exchange
+from kombu import Queue as KombuQueue
 
+from models.contract import (
+    INTEGRITY_REPORT,
+    PRUNE_EVENTS,
+    QUEUES,
+    REPORT_QUEUE_DEPTHS,
+    SWEEP_STUCK,
+    Queue,
+)
 from models.logs import configure_logging, logging_config
 from models.metrics import use_metrics_dir
 from models.phones import configure_regions
@@ -25,7 +34,7 @@ from models.redis_links import (
     keepalive_options,
     parse_sentinel_url,
 )
-from models.settings import QUEUES, Settings
+from models.settings import Settings
 from workers.batching import ReleaseReserved
 
 app = Celery(
@@ -98,8 +107,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # message (workers.tasks); the hard limit is only a backstop: a task killed by it
         # is acknowledged as failed, so the soft limit must leave room to hand over.
         "task_soft_time_limit": soft_time_limit(settings.task_time_limit_s),
-        "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
-        "task_default_queue": "hookfleet.default",
+        # kombu gets the plain names (the contract's values), not the enum members.
+        "task_queues": [
+            KombuQueue(q.value, Exchange(q.value), routing_key=q.value) for q in QUEUES
+        ],
+        "task_default_queue": Queue.DEFAULT.value,
         "task_create_missing_queues": False,
         "broker_connection_retry_on_startup": True,
         # Never give up on the broker: a worker that exits while Redis restarts has to be
@@ -117,13 +129,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         "beat_schedule": {
-            "report-queue-depths": {"task": "hookfleet.report_queue_depths", "schedule": 60.0},
+            "report-queue-depths": {"task": REPORT_QUEUE_DEPTHS, "schedule": 60.0},
             # Daily retention of processed webhook_events (HOOKFLEET_RETENTION_DAYS).
-            "prune-events": {"task": "hookfleet.prune_events", "schedule": 24 * 3600.0},
+            "prune-events": {"task": PRUNE_EVENTS, "schedule": 24 * 3600.0},
             # Reports (never fixes) orphans, duplicate customers and raw phones.
-            "integrity-report": {"task": "hookfleet.integrity_report", "schedule": 3600.0},
+            "integrity-report": {"task": INTEGRITY_REPORT, "schedule": 3600.0},
             # Requeues events recorded but never finished (HOOKFLEET_STUCK_AFTER_S).
-            "sweep-stuck": {"task": "hookfleet.sweep_stuck", "schedule": 60.0},
+            "sweep-stuck": {"task": SWEEP_STUCK, "schedule": 60.0},
         },
         "beat_schedule_filename": os.path.join(settings.var_dir, "celerybeat-schedule"),
     }

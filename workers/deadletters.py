@@ -9,17 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
+from models.contract import PROCESS_EVENT, EventMessage, Queue
 from models.events import EventStatus, WebhookEvent
 
-REPLAY_QUEUE = "hookfleet.low"
+REPLAY_QUEUE = Queue.LOW
 _Statement = TypeVar("_Statement", bound=Select)
-# Hands a batch of task arguments to the workers (send_to_workers); None: a dry run.
-Publish = Callable[[list[dict[str, Any]]], None]
+# Hands a batch of event messages to the workers (send_to_workers); None: a dry run.
+Publish = Callable[[list[EventMessage]], None]
 
 
 @dataclass(frozen=True)
@@ -105,35 +106,35 @@ def show_letter(session: Session, event_pk: int) -> WebhookEvent | None:
     ).first()
 
 
-def task_kwargs(row: WebhookEvent, *, queue: str, replay: bool) -> dict[str, Any]:
-    """The ``hookfleet.process_event`` arguments that run ``row`` again on ``queue``.
+def event_message(row: WebhookEvent, *, queue: str, replay: bool) -> EventMessage:
+    """The message that runs ``row`` again on ``queue``, as the receiver wrote it.
 
     ``replay=True`` is a deliberate replay (the effect is applied again whatever the
     row's status); ``replay=False`` is a plain redelivery, which the worker finishes only
     if the row is still unfinished. ``row.payload`` must be loaded (it is deferred).
     """
-    return {
-        "provider": row.provider,
-        "event_id": row.event_id,
-        "event_type": row.event_type,
-        "queue": queue,
-        "correlation_id": row.correlation_id,
-        "received_at": row.received_at.isoformat(),
-        "headers": dict(row.headers or {}),
-        "payload": row.payload,
-        "replay": replay,
-    }
+    return EventMessage(
+        provider=row.provider,
+        event_id=row.event_id,
+        event_type=row.event_type,
+        queue=queue,
+        correlation_id=row.correlation_id,
+        received_at=row.received_at,
+        headers=dict(row.headers or {}),
+        payload=row.payload,
+        replay=replay,
+    )
 
 
-def send_to_workers(batch: list[dict[str, Any]]) -> None:
-    """Publish each of ``batch`` as ``hookfleet.process_event`` on the queue its own
-    ``queue`` argument names, over one broker connection (the Celery app's)."""
+def send_to_workers(batch: list[EventMessage]) -> None:
+    """Publish each of ``batch`` as ``process_event`` on its own queue, over one
+    broker connection (the Celery app's)."""
     from workers.celery_app import app
 
     with app.producer_or_acquire() as producer:
-        for kwargs in batch:
+        for event in batch:
             app.send_task(
-                "hookfleet.process_event", kwargs=kwargs, queue=kwargs["queue"], producer=producer
+                PROCESS_EVENT, kwargs=event.to_kwargs(), queue=event.queue, producer=producer
             )
 
 
@@ -146,10 +147,10 @@ class ReplayReport:
 
 def batches(
     sessions: sessionmaker[Session], selection: Selection, batch_size: int = 500
-) -> Iterator[list[dict[str, Any]]]:
-    """The selected events as task arguments, ``batch_size`` at a time, by ascending id.
+) -> Iterator[list[EventMessage]]:
+    """The selected events as replay messages, ``batch_size`` at a time, by ascending id.
 
-    Each batch is read in its own short session and handed over as plain dicts, so
+    Each batch is read in its own short session and handed over detached from it, so
     memory holds one batch whatever the total.
     """
     last = 0
@@ -164,7 +165,7 @@ def batches(
             if not rows:
                 return
             last = rows[-1].id
-            batch = [task_kwargs(row, queue=REPLAY_QUEUE, replay=True) for row in rows]
+            batch = [event_message(row, queue=REPLAY_QUEUE, replay=True) for row in rows]
         yield batch
 
 
@@ -176,16 +177,14 @@ def replay(
     batch_size: int = 500,
     progress: Callable[[ReplayReport], None] | None = None,
 ) -> ReplayReport:
-    """Publish every selected event as a replay on ``hookfleet.low``; ``publish=None``
+    """Publish every selected event as a replay on :data:`REPLAY_QUEUE`; ``publish=None``
     is a dry run that only counts. Replays bypass the receiver's dedup on purpose and
     stay idempotent downstream (``record_event`` with ``replay=True``)."""
     report = ReplayReport()
     for batch in batches(sessions, selection, batch_size):
         report.selected += len(batch)
-        for kwargs in batch:
-            report.by_provider[kwargs["provider"]] = (
-                report.by_provider.get(kwargs["provider"], 0) + 1
-            )
+        for event in batch:
+            report.by_provider[event.provider] = report.by_provider.get(event.provider, 0) + 1
         if publish is not None:
             publish(batch)
             report.published += len(batch)

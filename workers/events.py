@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -15,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from models.base import utcnow
+from models.contract import EventMessage
 from models.events import EventStatus, WebhookEvent
 from workers.appointments import apply_calcom_event
 from workers.calls import apply_retell_event
@@ -28,35 +28,9 @@ Handler = Callable[[Session, WebhookEvent], None]
 HANDLERS: dict[str, Handler] = {"retell": apply_retell_event, "calcom": apply_calcom_event}
 
 
-@dataclass(frozen=True)
-class IncomingEvent:
-    """A delivery as the receiver queued it (the task's keyword arguments)."""
-
-    provider: str
-    event_id: str
-    event_type: str
-    queue: str
-    correlation_id: str
-    received_at: datetime
-    headers: Mapping[str, str]
-    payload: str
-    # A deliberate replay (``hookfleet replay``): re-applies the effect whatever the
-    # event's status. Effects are idempotent, so a processed event stays as it was.
-    replay: bool = False
-
-    @classmethod
-    def from_task(cls, kwargs: Mapping[str, Any]) -> IncomingEvent:
-        return cls(
-            provider=kwargs["provider"],
-            event_id=kwargs["event_id"],
-            event_type=kwargs.get("event_type", ""),
-            queue=kwargs.get("queue", ""),
-            correlation_id=kwargs.get("correlation_id", ""),
-            received_at=datetime.fromisoformat(kwargs["received_at"]),
-            headers=dict(kwargs.get("headers") or {}),
-            payload=kwargs["payload"],
-            replay=bool(kwargs.get("replay", False)),
-        )
+# A delivery as the receiver queued it: the contract's message, by the name the
+# worker's code has always used for it.
+IncomingEvent = EventMessage
 
 
 UNFINISHED = (EventStatus.RECEIVED, EventStatus.FAILED, EventStatus.DEAD)
@@ -374,3 +348,47 @@ def mark_failed(
                 .execution_options(synchronize_session=False)
             )
         session.commit()
+
+
+def record_malformed(
+    sessions: sessionmaker[Session], kwargs: Mapping[str, Any], queue: str, reason: str
+) -> bool:
+    """Keep a task message that is not an event message (``MalformedMessage``: a field
+    missing or of the wrong type) as a ``failed`` row whose ``last_error`` says why.
+
+    Only when it names its provider and event id (strings that fit their columns):
+    False otherwise, with nothing written — there is nothing to record it under. The
+    other fields are kept as they came where usable, else stored empty
+    (``received_at``: now), for the record only; its payload, when it carries one,
+    stays for ``hookfleet replay``. Never downgrades a processed event (``mark_failed``).
+    Raises what the database raises.
+    """
+    provider, event_id = kwargs.get("provider"), kwargs.get("event_id")
+    if not (isinstance(provider, str) and 0 < len(provider) <= 32):
+        return False
+    if not (isinstance(event_id, str) and 0 < len(event_id) <= 191):
+        return False
+
+    def text(name: str) -> str:
+        value = kwargs.get(name)
+        return value if isinstance(value, str) else ""
+
+    try:
+        received_at = datetime.fromisoformat(text("received_at"))
+    except ValueError:
+        received_at = utcnow()
+    if received_at.tzinfo is None:
+        received_at = utcnow()
+    headers = kwargs.get("headers")
+    event = EventMessage(
+        provider=provider,
+        event_id=event_id,
+        event_type=text("event_type")[:128],
+        queue=(text("queue") or queue)[:64],
+        correlation_id=text("correlation_id")[:128],
+        received_at=received_at,
+        headers=headers if isinstance(headers, dict) else {},
+        payload=text("payload"),
+    )
+    mark_failed(sessions, event, f"malformed task message: {reason}", EventStatus.FAILED)
+    return True

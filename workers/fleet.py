@@ -22,9 +22,10 @@ from pathlib import Path
 
 import redis
 
+from models.contract import QUEUES, Queue
 from models.metrics import use_metrics_dir, wipe_metrics_dir
 from models.migrate import upgrade
-from models.settings import QUEUES, Settings
+from models.settings import Settings
 
 STOP_TIMEOUT_S = 30
 # Celery's worker-to-worker chatter on the broker (clock sync and worker-online events,
@@ -100,7 +101,7 @@ class Fleet:
             worker = (
                 f"worker {QUIET_CLUSTER} -Q {queue} -n {queue}@%h --concurrency {self.concurrency}"
             )
-            if queue == "hookfleet.provisioning":
+            if queue == Queue.PROVISIONING:
                 worker += " --prefetch-multiplier 1"  # long tasks, never batched
             self._spawn(queue, [*celery, *worker.split(), "--loglevel", "INFO"])
         self._spawn("beat", [*celery, "beat", "--loglevel", "INFO"])
@@ -185,7 +186,7 @@ class Fleet:
     def stop(self) -> None:
         """Stop everything in order; each gets STOP_TIMEOUT_S before SIGKILL."""
         by_name = dict(self.children)
-        order = [["web"], list(QUEUES), ["beat"]]
+        order = [["web"], [q.value for q in QUEUES], ["beat"]]
         for group in order:
             procs = [by_name[n] for n in group if n in by_name]
             _terminate(procs)

@@ -23,12 +23,12 @@ from celery.signals import (
 )
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from models.contract import PROCESS_EVENT
 from models.metrics import declare_shared_metrics, mark_process_dead, scrape_registry
 from workers.leases import restored_counter
 
 log = logging.getLogger("hookfleet.worker")
 
-PROCESS_EVENT_TASK = "hookfleet.process_event"
 
 TASK_DURATION = Histogram(
     "hookfleet_task_duration_seconds",
@@ -114,7 +114,7 @@ def batch_finished(seconds: float, size: int) -> None:
     """A batch of ``hookfleet.process_event`` messages ran: each of its events took the
     batch's time (the task duration of a batched event)."""
     BATCH_SIZE.observe(size)
-    duration = TASK_DURATION.labels(task=PROCESS_EVENT_TASK, outcome="success")
+    duration = TASK_DURATION.labels(task=PROCESS_EVENT, outcome="success")
     for _ in range(size):
         duration.observe(seconds)
 
@@ -126,7 +126,7 @@ def task_retried(task: str, error: BaseException) -> None:
 
 @task_prerun.connect
 def _task_started(task_id: str, task: Any = None, **_: Any) -> None:
-    if getattr(task, "name", None) == PROCESS_EVENT_TASK:
+    if getattr(task, "name", None) == PROCESS_EVENT:
         return  # batched: measured by batch_finished
     with _started_lock:
         _started[task_id] = time.perf_counter()

@@ -7,7 +7,8 @@ from datetime import timedelta
 
 import click
 
-from models.settings import QUEUES, Settings
+from models.contract import QUEUES
+from models.settings import Settings
 from workers.cli_params import Age, invocation_settings
 
 # The command must answer even when a server does not: short timeouts everywhere.

@@ -14,6 +14,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.base import utcnow
+from models.contract import PRUNE_EVENTS
 from models.events import EventStatus, WebhookEvent
 from workers.celery_app import app
 from workers.runtime import sessions, settings
@@ -77,7 +78,7 @@ def prune_events(
     return PruneResult(cutoff, names, deleted, False)
 
 
-@app.task(name="hookfleet.prune_events")
+@app.task(name=PRUNE_EVENTS)
 def prune_events_task() -> int:
     """Beat's daily retention run: processed rows older than HOOKFLEET_RETENTION_DAYS."""
     days = settings().retention_days

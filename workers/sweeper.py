@@ -5,7 +5,7 @@ left ``received`` long after the broker would have redelivered its message (a li
 worker holds one at most the task time limit; a dead worker's comes back within its
 lease, see ``workers.leases``) lost that message: a Redis failover to a replica
 without the latest writes, a retry message lost on the way. The sweep publishes such rows again
-as ``hookfleet.process_event`` on their own queue, built from the row; the worker
+as ``process_event`` on their own queue, built from the row; the worker
 claims a ``received`` row once and applies it once, so a requeue that races a late
 original changes nothing.
 
@@ -23,14 +23,14 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from models.base import utcnow
+from models.contract import QUEUES, SWEEP_STUCK, EventMessage, Queue
 from models.events import EventStatus, WebhookEvent
-from models.settings import QUEUES
 from workers.celery_app import app
-from workers.deadletters import Publish, send_to_workers, task_kwargs
+from workers.deadletters import Publish, event_message, send_to_workers
 
 log = logging.getLogger("hookfleet.worker.sweeper")
 
-FALLBACK_QUEUE = "hookfleet.default"
+FALLBACK_QUEUE = Queue.DEFAULT
 # Per beat run: a large loss drains over a few minutes instead of one long task that
 # the next run (a minute later) would overlap and publish again.
 BEAT_LIMIT = 5000
@@ -96,9 +96,8 @@ def sweep(
             break
         last = ids[-1]
         report.selected += len(batch)
-        for kwargs in batch:
-            provider = kwargs["provider"]
-            report.by_provider[provider] = report.by_provider.get(provider, 0) + 1
+        for event in batch:
+            report.by_provider[event.provider] = report.by_provider.get(event.provider, 0) + 1
         if publish is not None:
             publish(batch)
             _touch(sessions, ids, now)
@@ -108,8 +107,8 @@ def sweep(
 
 def _next_batch(
     sessions: sessionmaker[Session], due: tuple[Any, ...], *, after_id: int, size: int
-) -> tuple[list[int], list[dict[str, Any]]]:
-    """Ids and task arguments of the next ``size`` due rows after ``after_id``."""
+) -> tuple[list[int], list[EventMessage]]:
+    """Ids and messages of the next ``size`` due rows after ``after_id``."""
     with sessions() as session:
         rows = session.scalars(
             select(WebhookEvent)
@@ -119,12 +118,12 @@ def _next_batch(
             .limit(size)
         ).all()
         return [row.id for row in rows], [
-            task_kwargs(row, queue=_own_queue(row.queue), replay=False) for row in rows
+            event_message(row, queue=_own_queue(row.queue), replay=False) for row in rows
         ]
 
 
 def _own_queue(queue: str) -> str:
-    """The queue the receiver chose; hookfleet.default for a row without one (or one
+    """The queue the receiver chose; :data:`FALLBACK_QUEUE` for a row without one (or one
     this version no longer declares, which Celery would refuse)."""
     return queue if queue in QUEUES else FALLBACK_QUEUE
 
@@ -141,7 +140,7 @@ def _touch(sessions: sessionmaker[Session], ids: list[int], now: datetime) -> No
         session.commit()
 
 
-@app.task(name="hookfleet.sweep_stuck")
+@app.task(name=SWEEP_STUCK)
 def sweep_stuck() -> dict[str, int]:
     """Beat, every minute: requeue what HOOKFLEET_STUCK_AFTER_S calls stuck, export the
     counts (hookfleet_events_stuck, hookfleet_events_requeued_total), log one line."""

@@ -11,15 +11,30 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from models.backlog import read_backlog
+from models.contract import (
+    INTEGRITY_REPORT,
+    PROCESS_EVENT,
+    QUEUES,
+    REPORT_QUEUE_DEPTHS,
+    EventMessage,
+    MalformedMessage,
+    Queue,
+)
 from models.events import EventStatus
 from models.logs import log_context
 from models.redis_links import redis_client
-from models.settings import QUEUES, Settings
+from models.settings import Settings
 from workers.batching import BatchTask, Entry, Verdict
 from workers.celery_app import app, soft_time_limit
-from workers.events import IncomingEvent, Outcome, mark_failed, record_batch, record_event
+from workers.events import (
+    IncomingEvent,
+    Outcome,
+    mark_failed,
+    record_batch,
+    record_event,
+    record_malformed,
+)
 from workers.metrics import (
-    PROCESS_EVENT_TASK,
     batch_finished,
     event_dead,
     event_processed,
@@ -39,7 +54,7 @@ def _retry_countdown(retries: int) -> int:
 
 
 @app.task(
-    name="hookfleet.process_event",
+    name=PROCESS_EVENT,
     base=BatchTask,
     bind=True,
     run_batch="workers.tasks:process_batch",
@@ -73,12 +88,10 @@ def process_batch(entries: list[Entry]) -> list[Verdict]:
     events: list[IncomingEvent | None] = []
     for index, entry in enumerate(entries):
         try:
-            events.append(IncomingEvent.from_task(entry.kwargs))
-        except (KeyError, TypeError, ValueError) as error:
-            # Not a message the receiver wrote: nothing to record it under.
-            log.error("malformed task message dropped", extra={"error": repr(error)})
+            events.append(EventMessage.from_kwargs(entry.kwargs))
+        except MalformedMessage as error:
             events.append(None)
-            verdicts[index] = Verdict.ACK
+            verdicts[index] = _refuse_malformed(entry, error)
     batched = [i for i, e in enumerate(events) if e is not None and not e.replay]
     try:
         if batched:
@@ -115,6 +128,34 @@ def process_batch(entries: list[Entry]) -> list[Verdict]:
     return verdicts
 
 
+def _refuse_malformed(entry: Entry, error: MalformedMessage) -> Verdict:
+    """A message that is not an event message (no receiver version wrote it) is never
+    applied with fields filled in: it is kept as a ``failed`` row saying why, when it
+    names its provider and event id, and acknowledged; without those there is nothing
+    to record it under, so it is logged (an error) and acknowledged. Requeued while
+    the database is away (a transient error); dropped with an error line when even
+    the row cannot be written (it would fail the same way on every redelivery)."""
+    log_context.set({"task": PROCESS_EVENT, "task_id": entry.task_id, "queue": entry.queue})
+    try:
+        recorded = record_malformed(sessions(), entry.kwargs, entry.queue, error.reason)
+    except Exception as record_error:  # noqa: BLE001 - classified just below
+        transient = is_transient(record_error)
+        log.error(
+            "cannot record a malformed task message; " + ("requeued" if transient else "dropped"),
+            extra={"error": repr(record_error), "reason": error.reason},
+        )
+        return Verdict.REQUEUE if transient else Verdict.ACK
+    if recorded:
+        event_dead(str(entry.kwargs["provider"]))
+        log.error(
+            "malformed task message: failed",
+            extra={"reason": error.reason, "event_id": entry.kwargs["event_id"]},
+        )
+    else:
+        log.error("malformed task message dropped", extra={"reason": error.reason})
+    return Verdict.ACK
+
+
 def _done(entry: Entry, event: IncomingEvent, outcome: Outcome, started: float) -> None:
     log_context.set(_context(entry, event))
     duration_ms = round((time.perf_counter() - started) * 1000, 2)
@@ -129,7 +170,7 @@ def _context(entry: Entry, event: IncomingEvent) -> dict[str, Any]:
         "provider": event.provider,
         "event_id": event.event_id,
         "queue": event.queue,
-        "task": PROCESS_EVENT_TASK,
+        "task": PROCESS_EVENT,
         "task_id": entry.task_id,
         "attempt": entry.retries + 1,
     }
@@ -168,14 +209,14 @@ def _retry_later(entry: Entry, error: BaseException) -> Verdict:
     try:
         process_event.apply_async(
             kwargs=entry.kwargs,
-            queue=entry.queue or entry.kwargs.get("queue") or "hookfleet.default",
+            queue=entry.queue or entry.kwargs.get("queue") or Queue.DEFAULT,
             countdown=_retry_countdown(entry.retries),
             retries=entry.retries + 1,
         )
     except Exception as publish_error:  # noqa: BLE001 - the message is requeued instead
         log.error("cannot publish the retry; requeued", extra={"error": repr(publish_error)})
         return Verdict.REQUEUE
-    task_retried(PROCESS_EVENT_TASK, error)
+    task_retried(PROCESS_EVENT, error)
     return Verdict.ACK
 
 
@@ -204,7 +245,7 @@ def _record_failure(
     return Verdict.ACK
 
 
-@app.task(name="hookfleet.report_queue_depths")
+@app.task(name=REPORT_QUEUE_DEPTHS)
 def report_queue_depths() -> dict[str, int]:
     """Log how many messages wait on each queue (beat: every minute) — the same
     reading as ``/metrics`` and ``hookfleet stats``, reserved ones logged beside."""
@@ -219,7 +260,7 @@ def report_queue_depths() -> dict[str, int]:
     return depths
 
 
-@app.task(name="hookfleet.integrity_report")
+@app.task(name=INTEGRITY_REPORT)
 def integrity_report() -> dict[str, int]:
     """Run ``hookfleet integrity check`` and export what it finds (beat: hourly).
 

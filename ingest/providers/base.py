@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ingest.errors import ErrorCode
 from models.settings import ProviderSettings
 
 if TYPE_CHECKING:
@@ -36,9 +37,11 @@ class EventIdentity:
 
 
 class VerificationError(Exception):
-    """The delivery is not provably from the provider. ``code`` tells why."""
+    """The delivery is not provably from the provider. ``code`` tells why (a 401 code:
+    ``missing_signature``, ``malformed_signature``, ``invalid_signature``,
+    ``timestamp_out_of_tolerance``)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

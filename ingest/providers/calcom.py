@@ -35,12 +35,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ingest.errors import ErrorCode
 from ingest.providers.base import (
     Delivery,
     EventIdentity,
     Provider,
     VerificationError,
 )
+from ingest.providers.signing import matches_any
 from models.settings import ProviderSettings
 
 HEADER = "x-cal-signature-256"
@@ -97,24 +99,24 @@ def verify_calcom_signature(delivery: Delivery, secrets: tuple[str, ...]) -> Non
     """
     offered = delivery.headers.get(HEADER, "")
     if not offered:
-        raise VerificationError("missing_signature", "the X-Cal-Signature-256 header is required")
+        raise VerificationError(
+            ErrorCode.MISSING_SIGNATURE, "the X-Cal-Signature-256 header is required"
+        )
     if offered == UNSIGNED_SENTINEL:
         raise VerificationError(
-            "missing_signature",
+            ErrorCode.MISSING_SIGNATURE,
             "Cal.com sent no-secret-provided: set a secret on this webhook in Cal.com "
             "and the same one in HOOKFLEET_CALCOM_SECRETS",
         )
     if not _HEX_SHA256.match(offered):
         raise VerificationError(
-            "malformed_signature", "X-Cal-Signature-256 is not a hex HMAC-SHA256"
+            ErrorCode.MALFORMED_SIGNATURE, "X-Cal-Signature-256 is not a hex HMAC-SHA256"
         )
-    candidate = offered.lower().encode()
-    matched = False
-    for secret in secrets:
-        # Every secret is compared, in constant time, whatever matched before.
-        matched |= hmac.compare_digest(sign(secret, delivery.body).encode(), candidate)
-    if not matched:
-        raise VerificationError("invalid_signature", "the signature matches no configured secret")
+    expected = (sign(secret, delivery.body).encode() for secret in secrets)
+    if not matches_any(expected, [offered.lower().encode()]):
+        raise VerificationError(
+            ErrorCode.INVALID_SIGNATURE, "the signature matches no configured secret"
+        )
 
 
 # --- Bodies that are not a JSON object: custom templates -----------------------------------

@@ -21,9 +21,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import time
 from typing import TYPE_CHECKING, Any
 
+from ingest.errors import ErrorCode
 from ingest.providers.base import (
     Delivery,
     EventIdentity,
@@ -32,6 +32,7 @@ from ingest.providers.base import (
     VerificationError,
     body_digest,
 )
+from ingest.providers.signing import check_tolerance, matches_any
 from models.calls import CALL_ID_LENGTH, is_call_id
 from models.settings import ProviderSettings
 
@@ -63,9 +64,10 @@ def _digest(api_key: str, body: bytes, timestamp_ms: int) -> str:
     return hmac.new(api_key.encode(), message, hashlib.sha256).hexdigest()
 
 
-def sign(api_key: str, body: bytes, timestamp_ms: int) -> str:
-    """The full ``x-retell-signature`` value Retell sends: ``v=<unix_ms>,d=<hex>``."""
-    return f"v={timestamp_ms},d={_digest(api_key, body, timestamp_ms)}"
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """The full ``x-retell-signature`` value Retell sends: ``v=<unix_ms>,d=<hex>``
+    (``secret`` the Retell API key, ``timestamp`` in unix milliseconds)."""
+    return f"v={timestamp},d={_digest(secret, body, timestamp)}"
 
 
 def verify_retell_signature(
@@ -79,7 +81,9 @@ def verify_retell_signature(
     """
     header = delivery.headers.get(HEADER, "")
     if not header:
-        raise VerificationError("missing_signature", "the x-retell-signature header is required")
+        raise VerificationError(
+            ErrorCode.MISSING_SIGNATURE, "the x-retell-signature header is required"
+        )
     parts: dict[str, list[str]] = {}
     for item in header.split(","):
         key, _, value = item.strip().partition("=")
@@ -87,27 +91,23 @@ def verify_retell_signature(
     sent, offered = parts.get("v", []), parts.get("d", [])
     if len(sent) != 1 or len(offered) != 1:
         raise VerificationError(
-            "malformed_signature", "x-retell-signature must be v=<unix ms>,d=<hex>"
+            ErrorCode.MALFORMED_SIGNATURE, "x-retell-signature must be v=<unix ms>,d=<hex>"
         )
     if not _TIMESTAMP_MS.match(sent[0]):
-        raise VerificationError("malformed_signature", "x-retell-signature v is not unix ms")
-    if not _HEX_SHA256.match(offered[0]):
-        raise VerificationError("malformed_signature", "x-retell-signature d is not hex SHA-256")
-    sent_at_ms = int(sent[0])
-    now_ms = int((time.time() if now is None else now) * 1000)
-    if abs(now_ms - sent_at_ms) > tolerance_s * 1000:
         raise VerificationError(
-            "timestamp_out_of_tolerance",
-            f"the x-retell-signature timestamp is more than {tolerance_s} s from our clock",
+            ErrorCode.MALFORMED_SIGNATURE, "x-retell-signature v is not unix ms"
         )
-    candidate = offered[0].lower().encode()
-    matched = False
-    for api_key in secrets:
-        # Every key is compared, in constant time, whatever matched before.
-        expected = _digest(api_key, delivery.body, sent_at_ms).encode()
-        matched |= hmac.compare_digest(expected, candidate)
-    if not matched:
-        raise VerificationError("invalid_signature", "the signature matches no configured key")
+    if not _HEX_SHA256.match(offered[0]):
+        raise VerificationError(
+            ErrorCode.MALFORMED_SIGNATURE, "x-retell-signature d is not hex SHA-256"
+        )
+    sent_at_ms = int(sent[0])
+    check_tolerance(sent_at_ms, tolerance_s, header=HEADER, per_second=1000, now=now)
+    expected = (_digest(api_key, delivery.body, sent_at_ms).encode() for api_key in secrets)
+    if not matches_any(expected, [offered[0].lower().encode()]):
+        raise VerificationError(
+            ErrorCode.INVALID_SIGNATURE, "the signature matches no configured key"
+        )
 
 
 def signature_timestamp(delivery: Delivery) -> str | None:

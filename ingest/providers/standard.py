@@ -17,9 +17,9 @@ import binascii
 import functools
 import hmac
 import re
-import time
 from typing import Any
 
+from ingest.errors import ErrorCode
 from ingest.providers.base import (
     Delivery,
     EventIdentity,
@@ -27,6 +27,7 @@ from ingest.providers.base import (
     VerificationError,
     body_digest,
 )
+from ingest.providers.signing import check_tolerance, matches_any
 from models.settings import ProviderSettings
 
 # Unix seconds, as the spec sends them; anything longer cannot be within tolerance.
@@ -50,8 +51,9 @@ def decode_secret(secret: str) -> bytes:
     return key
 
 
-def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
-    """The ``v1,<base64>`` signature a sender puts in ``webhook-signature``."""
+def sign(secret: str, body: bytes, timestamp: int, *, webhook_id: str) -> str:
+    """The ``v1,<base64>`` signature a sender puts in ``webhook-signature``
+    (``timestamp`` in unix seconds)."""
     content = f"{webhook_id}.{timestamp}.".encode() + body
     digest = hmac.digest(decode_secret(secret), content, "sha256")
     return "v1," + base64.b64encode(digest).decode()
@@ -66,31 +68,30 @@ def verify_standard_signature(
     offered = delivery.headers.get("webhook-signature", "")
     if not (webhook_id and timestamp and offered):
         raise VerificationError(
-            "missing_signature",
+            ErrorCode.MISSING_SIGNATURE,
             "webhook-id, webhook-timestamp and webhook-signature headers are required",
         )
     if not _TIMESTAMP.match(timestamp):
-        raise VerificationError("malformed_signature", "webhook-timestamp is not unix seconds")
-    sent_at = int(timestamp)
-    now = time.time() if now is None else now
-    if abs(int(now) - sent_at) > tolerance_s:
         raise VerificationError(
-            "timestamp_out_of_tolerance",
-            f"webhook-timestamp is more than {tolerance_s} s away from our clock",
+            ErrorCode.MALFORMED_SIGNATURE, "webhook-timestamp is not unix seconds"
         )
+    sent_at = int(timestamp)
+    check_tolerance(sent_at, tolerance_s, header="webhook-timestamp", now=now)
     candidates = []
     for entry in offered.split():
         version, _, signature = entry.partition(",")
         if version == "v1" and signature:
             candidates.append(signature.encode())
     if not candidates:
-        raise VerificationError("malformed_signature", "webhook-signature has no v1 entry")
-    for secret in secrets:
-        expected = sign(secret, webhook_id, sent_at, delivery.body)[3:].encode()
-        # Every candidate is compared, in constant time, whatever matched before.
-        if any(hmac.compare_digest(expected, c) for c in candidates):
-            return
-    raise VerificationError("invalid_signature", "no signature matches a configured secret")
+        raise VerificationError(ErrorCode.MALFORMED_SIGNATURE, "webhook-signature has no v1 entry")
+    expected = (
+        sign(secret, delivery.body, sent_at, webhook_id=webhook_id)[3:].encode()
+        for secret in secrets
+    )
+    if not matches_any(expected, candidates):
+        raise VerificationError(
+            ErrorCode.INVALID_SIGNATURE, "no signature matches a configured secret"
+        )
 
 
 class StandardWebhooks(Provider):

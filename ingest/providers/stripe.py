@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import time
 from typing import Any
 
+from ingest.errors import ErrorCode
 from ingest.providers.base import (
     Delivery,
     EventIdentity,
@@ -21,6 +21,7 @@ from ingest.providers.base import (
     ShapeError,
     VerificationError,
 )
+from ingest.providers.signing import check_tolerance, matches_any
 from models.settings import ProviderSettings
 
 HEADER = "stripe-signature"
@@ -34,8 +35,9 @@ def _digest(secret: str, timestamp: int, body: bytes) -> str:
     return hmac.new(secret.encode(), content, hashlib.sha256).hexdigest()
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The full ``Stripe-Signature`` value Stripe sends: ``t=<timestamp>,v1=<hex>``."""
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """The full ``Stripe-Signature`` value Stripe sends: ``t=<timestamp>,v1=<hex>``
+    (``timestamp`` in unix seconds)."""
     return f"t={timestamp},v1={_digest(secret, timestamp, body)}"
 
 
@@ -50,7 +52,9 @@ def verify_stripe_signature(
     """
     header = delivery.headers.get(HEADER, "")
     if not header:
-        raise VerificationError("missing_signature", "the Stripe-Signature header is required")
+        raise VerificationError(
+            ErrorCode.MISSING_SIGNATURE, "the Stripe-Signature header is required"
+        )
     timestamps: list[str] = []
     candidates: list[bytes] = []
     for item in header.split(","):
@@ -62,25 +66,19 @@ def verify_stripe_signature(
             candidates.append(value.encode())
     if len(timestamps) != 1 or not _TIMESTAMP.match(timestamps[0]):
         raise VerificationError(
-            "malformed_signature", "Stripe-Signature needs exactly one t=<unix seconds>"
+            ErrorCode.MALFORMED_SIGNATURE, "Stripe-Signature needs exactly one t=<unix seconds>"
         )
     if not candidates:
-        raise VerificationError("malformed_signature", "Stripe-Signature has no v1 signature")
-    sent_at = int(timestamps[0])
-    now = time.time() if now is None else now
-    if abs(int(now) - sent_at) > tolerance_s:
         raise VerificationError(
-            "timestamp_out_of_tolerance",
-            f"the Stripe-Signature timestamp is more than {tolerance_s} s away from our clock",
+            ErrorCode.MALFORMED_SIGNATURE, "Stripe-Signature has no v1 signature"
         )
-    matched = False
-    for secret in secrets:
-        expected = _digest(secret, sent_at, delivery.body).encode()
-        # Every candidate against every secret, in constant time, whatever matched before.
-        for candidate in candidates:
-            matched |= hmac.compare_digest(expected, candidate)
-    if not matched:
-        raise VerificationError("invalid_signature", "no v1 signature matches a configured secret")
+    sent_at = int(timestamps[0])
+    check_tolerance(sent_at, tolerance_s, header="Stripe-Signature", now=now)
+    expected = (_digest(secret, sent_at, delivery.body).encode() for secret in secrets)
+    if not matches_any(expected, candidates):
+        raise VerificationError(
+            ErrorCode.INVALID_SIGNATURE, "no v1 signature matches a configured secret"
+        )
 
 
 class Stripe(Provider):

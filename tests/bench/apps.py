@@ -26,6 +26,7 @@ from ingest import create_app
 from ingest.dedup import Admission
 from ingest.providers.base import Delivery, VerificationError
 from ingest.providers.standard import verify_standard_signature
+from models.contract import PROCESS_EVENT
 from models.settings import Settings
 
 USUAL_QUEUE = "bench.usual"
@@ -82,7 +83,7 @@ def usual_recipe_app() -> Flask:
         if not cache.set(f"webhook:{webhook_id}", 1, nx=True, ex=standard.dedup_ttl_s):
             return jsonify(status="duplicate", event_id=webhook_id), 200
         celery.send_task(
-            "hookfleet.process_event",
+            PROCESS_EVENT,
             kwargs={
                 "provider": "standard",
                 "event_id": webhook_id,

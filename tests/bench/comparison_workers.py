@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.base import utcnow
+from models.contract import PROCESS_EVENT
 from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
 from models.settings import Settings
@@ -36,7 +37,7 @@ def _configure(sender: Celery, **_: Any) -> None:
     sender.conf.update(celery_config(Settings.from_env(os.environ)))
 
 
-@noop_app.task(name="hookfleet.process_event", shared=False)
+@noop_app.task(name=PROCESS_EVENT, shared=False)
 def noop(**_: Any) -> None:
     """Nothing: the cost of one Celery message and nothing else."""
 
@@ -51,7 +52,7 @@ def _session_factory() -> sessionmaker[Session]:
     return _sessions[1]
 
 
-@naive_app.task(name="hookfleet.process_event", shared=False)
+@naive_app.task(name=PROCESS_EVENT, shared=False)
 def naive_insert(**kwargs: Any) -> None:
     """One row, one commit."""
     with _session_factory()() as session:

@@ -66,7 +66,9 @@ def standard_request(tag: str, i: int) -> Request:
             "Content-Type": "application/json",
             "webhook-id": webhook_id,
             "webhook-timestamp": str(now),
-            "webhook-signature": standard.sign(SECRETS["standard"], webhook_id, now, body),
+            "webhook-signature": standard.sign(
+                SECRETS["standard"], body, now, webhook_id=webhook_id
+            ),
         },
         body,
     )
@@ -87,7 +89,7 @@ def stripe_request(tag: str, i: int) -> Request:
         "/webhooks/stripe",
         {
             "Content-Type": "application/json",
-            "Stripe-Signature": stripe.sign(SECRETS["stripe"], now, body),
+            "Stripe-Signature": stripe.sign(SECRETS["stripe"], body, now),
         },
         body,
     )

@@ -37,7 +37,7 @@ RESULTS = Path(__file__).with_name("results")
 PARTS: tuple[tuple[str, str], ...] = (
     ("the whole WSGI app (Flask and ours)", "Flask.wsgi_app (app.py"),
     ("  our webhook view", "receive (views.py"),
-    ("    read the body and headers", "_read_delivery (views.py"),
+    ("    read the body and headers", "read_delivery (request.py"),
     ("    verify the signature", "_verify (views.py"),
     ("    parse the JSON", "_parse_object (views.py"),
     ("    build the Celery message", "build_task_message (taskmessage.py"),

@@ -23,9 +23,10 @@ import redis
 from sqlalchemy import create_engine, func, insert, select, text
 
 from models.business import Branch, Company
+from models.contract import QUEUES, Queue
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
-from models.settings import QUEUES, Settings
+from models.settings import Settings
 from tests.bench import deliveries, load
 from tests.bench.fleet import Proc, rss_kb, web_command, worker_command
 from tests.bench.report import machine, render_table, summarize, write_plot
@@ -214,7 +215,7 @@ class Bench:
         worker.start()
         try:
             wait_until(
-                lambda: client.llen("hookfleet.default") < count,
+                lambda: client.llen(Queue.DEFAULT) < count,
                 120,
                 f"{name} to start taking",
                 interval=0.005,
@@ -233,12 +234,12 @@ class Bench:
         client = self.redis()
         client.flushall()
         fill = self.fill_queue(self.new_database(), n, "drain")
-        assert client.llen("hookfleet.default") == n, client.llen("hookfleet.default")
-        client.copy("hookfleet.default", "bench:saved")
+        assert client.llen(Queue.DEFAULT) == n, client.llen(Queue.DEFAULT)
+        client.copy(Queue.DEFAULT, "bench:saved")
 
         def restore() -> None:
-            client.delete("hookfleet.default", "unacked", "unacked_index")
-            client.copy("bench:saved", "hookfleet.default")
+            client.delete(Queue.DEFAULT, "unacked", "unacked_index")
+            client.copy("bench:saved", Queue.DEFAULT)
 
         def rows_done(url: str) -> Callable[[], bool]:
             engine = create_engine(url)
@@ -255,7 +256,7 @@ class Bench:
             return check
 
         def drained() -> bool:
-            return client.llen("hookfleet.default") == 0 and client.hlen("unacked") == 0
+            return client.llen(Queue.DEFAULT) == 0 and client.hlen("unacked") == 0
 
         if "celery-noop" in selected:
             restore()
@@ -350,20 +351,20 @@ class Bench:
             result["receiver_rss_after_kb"] = [rss_kb(p) for p in web.pids()]
         finally:
             web.stop()
-        queued = int(client.llen("hookfleet.default"))
+        queued = int(client.llen(Queue.DEFAULT))
         worker = Proc("memory-worker", worker_command(), env, self.work / "logs")
         engine = create_engine(url)
         try:
             worker.start().wait_for_worker()
             wait_until(
-                lambda: client.llen("hookfleet.default") <= queued - 2000,
+                lambda: client.llen(Queue.DEFAULT) <= queued - 2000,
                 600,
                 "the first 2000 events",
                 interval=0.05,
             )
             result["worker_rss_before_kb"] = [rss_kb(p) for p in worker.pids()]
             wait_until(
-                lambda: client.llen("hookfleet.default") == 0 and client.hlen("unacked") == 0,
+                lambda: client.llen(Queue.DEFAULT) == 0 and client.hlen("unacked") == 0,
                 3600,
                 "the memory drain",
                 interval=0.2,

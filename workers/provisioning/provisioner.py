@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.business import Agent, AgentStatus, Branch
+from models.contract import Queue
 from models.settings import Settings
 from workers.outbound.calcom import CalcomApi
 from workers.outbound.errors import ApiUnavailable, CircuitOpen
@@ -39,7 +40,7 @@ from workers.provisioning import validator
 from workers.provisioning.config import agent_name, config_digest, desired_config
 from workers.provisioning.findings import Finding, has_errors
 
-PROVISIONING_QUEUE = "hookfleet.provisioning"
+PROVISIONING_QUEUE = Queue.PROVISIONING
 
 
 class ProvisioningAction(enum.StrEnum):

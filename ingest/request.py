@@ -1,0 +1,127 @@
+"""Reading a webhook request: its codings, its body (within the provider's limit) and
+its headers, straight from gunicorn's WSGI environ and stream.
+
+Every refusal is an :class:`~ingest.errors.ApiError` the sender can act on: 413 before
+reading an oversized body, 400 for broken framing (the client's fault, never a 5xx),
+415 for a coding the receiver does not decode. Sources: gunicorn ``http/body.py`` and
+``http/errors.py`` (what a read raises), RFC 9112 sections 6 and 7 (framing).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import request
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import ClientDisconnected
+
+from ingest.errors import ApiError, ErrorCode
+from ingest.framing import AnnouncedTooLarge, close_after_answer, limit_announced_chunks
+from ingest.providers.base import Delivery
+
+
+def read_delivery(limit: int) -> Delivery:
+    """The raw body, refused early when it is too large (without reading the rest).
+
+    400 ``incomplete_body`` when the body ends before its ``Content-Length`` or its last
+    chunk (the client hung up: it is most likely gone, and nothing is queued), 400
+    ``malformed_body`` for broken chunked framing, 413 ``body_too_large`` (for a chunked
+    body as soon as its chunk-size lines announce more than ``limit``, before the bytes).
+    """
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise ApiError(ErrorCode.BODY_TOO_LARGE, f"The body exceeds {limit} bytes.")
+    limit_announced_chunks(request.environ, limit)
+    body = read_at_most(limit + 1)
+    if len(body) > limit:
+        close_after_answer(request.environ)
+        raise ApiError(ErrorCode.BODY_TOO_LARGE, f"The body exceeds {limit} bytes.")
+    if declared is not None and len(body) < declared:
+        raise ApiError(
+            ErrorCode.INCOMPLETE_BODY,
+            f"The body ended after {len(body)} of its {declared} bytes (Content-Length).",
+        )
+    if not body:
+        raise ApiError(ErrorCode.EMPTY_BODY)
+    return Delivery(body=body, headers=lower_headers(request.environ), received_at=time.time())
+
+
+# Codings a body may be sent with. A content coding (gzip, br) would change the bytes
+# the provider signed, and no provider Hookfleet speaks compresses its deliveries, so
+# only "identity" passes; a transfer coding other than chunked would need decoding
+# gunicorn does not do (it passes "gzip, chunked" through still compressed).
+_IDENTITY = frozenset({"", "identity"})
+_TRANSFER_CODINGS = frozenset({"", "identity", "chunked"})
+
+
+def refuse_codings(environ: dict[str, Any]) -> None:
+    """415 for a body in a content or transfer coding the receiver does not decode,
+    before its signature is checked (a compressed body would fail it: a 401 would send
+    the sender hunting for a secret problem)."""
+    content = environ.get("HTTP_CONTENT_ENCODING", "")
+    if any(c.strip().lower() not in _IDENTITY for c in content.split(",")):
+        raise ApiError(
+            ErrorCode.UNSUPPORTED_CONTENT_ENCODING,
+            f"Content-Encoding {content[:64]!r} is not supported; send the body "
+            "uncompressed (Content-Encoding: identity or none).",
+        )
+    transfer = environ.get("HTTP_TRANSFER_ENCODING", "")
+    if any(c.strip().lower() not in _TRANSFER_CODINGS for c in transfer.split(",")):
+        raise ApiError(
+            ErrorCode.UNSUPPORTED_TRANSFER_ENCODING,
+            f"Transfer-Encoding {transfer[:64]!r} is not supported; send the body with "
+            "Content-Length or Transfer-Encoding: chunked alone.",
+        )
+
+
+# Some servers also set these; like werkzeug, the CONTENT_* variables are the real ones.
+_ENTITY_HEADERS = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})
+
+
+def lower_headers(environ: dict[str, Any]) -> dict[str, str]:
+    """The request's headers by lower-case name, read straight from the WSGI environ
+    (what ``request.headers`` iterates over, without building each pair twice)."""
+    headers = {
+        key[5:].replace("_", "-").lower(): value
+        for key, value in environ.items()
+        if key.startswith("HTTP_") and key not in _ENTITY_HEADERS
+    }
+    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        if environ.get(key):
+            headers[key.replace("_", "-").lower()] = environ[key]
+    return headers
+
+
+def read_at_most(size: int) -> bytes:
+    """Up to ``size`` bytes of the body. A chunked body (no Content-Length) arrives in
+    pieces, so read until the end or one byte past the limit, never further.
+
+    Broken framing is the client's fault and answered 400: gunicorn raises its parse
+    errors (a bad chunk size line, a missing CRLF) from inside the read, and
+    ``NoMoreData`` / a reset when the client hangs up mid-chunk.
+    """
+    parts: list[bytes] = []
+    remaining = size
+    while remaining > 0:
+        try:
+            part = request.stream.read(remaining)
+        except AnnouncedTooLarge as error:
+            close_after_answer(request.environ)
+            raise ApiError(
+                ErrorCode.BODY_TOO_LARGE, f"The body exceeds {error.limit} bytes."
+            ) from None
+        except ParseException as error:
+            close_after_answer(request.environ)
+            raise ApiError(
+                ErrorCode.MALFORMED_BODY, f"The chunked body is malformed: {error}"[:300]
+            ) from None
+        except (OSError, ClientDisconnected):  # gunicorn's NoMoreData is an OSError
+            raise ApiError(
+                ErrorCode.INCOMPLETE_BODY, "The connection ended in the middle of the body."
+            ) from None
+        if not part:
+            break
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)
