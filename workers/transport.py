@@ -33,6 +33,7 @@ from kombu.transport import redis as kredis
 from kombu.transport import virtual
 from kombu.utils.json import loads
 from kombu.utils.objects import cached_property
+from redis.exceptions import RedisError
 
 from workers.leases import (
     CONSUMERS_KEY,
@@ -120,10 +121,16 @@ class QoS(kredis.QoS):
         if delivery_tag in self.channel.recorded:
             self.channel.recorded.remove(delivery_tag)
             self._leased.add(delivery_tag)
-            self.channel.lease.in_hand.add(delivery_tag)
+            self.channel.lease.take(delivery_tag, self)
             virtual.QoS.append(self, message, delivery_tag)
         else:  # basic_get and other paths that did not go through the script
             super().append(message, delivery_tag)
+
+    def forget(self, delivery_tag: str) -> None:
+        """The lease let go of this message (workers.leases.Lease.keep_only): nothing of
+        this channel may settle it any more, nor restore it when the channel closes."""
+        self._leased.discard(delivery_tag)
+        self._delivered.pop(delivery_tag, None)
 
     # A channel outlives its broker connection: after a connection loss Celery
     # reconnects on a new channel, while batches taken on the old one still finish
@@ -176,25 +183,44 @@ class QoS(kredis.QoS):
     def _settle_leased(self, tag: str, how: str) -> None:
         """Ack or requeue a message this process owns; a copy another consumer took
         over meanwhile (our lease lapsed) is left alone."""
-        self._leased.discard(tag)
+        self.settle_many([tag], how)
+
+    def settle_many(self, tags: list[str], how: str) -> None:
+        """Ack (``how='ack'``) or requeue (``'front'``/``'back'``) the messages among
+        ``tags`` this channel still holds, in one round trip on the lease's own
+        connection (never the channel's: it carries the pending pop, and may be the
+        half-open one). Tags already settled, or let go after a reconnect, are left
+        alone. If Redis cannot be reached the messages are let go: the lease's orphan
+        check gives them back once it answers, or the others' sweep if this worker dies."""
         lease = self.channel.lease
-        # Never the channel's ``client``: its connection carries the pending pop.
-        clients = [] if self._detached() else [self.channel._create_client()]
-        clients.append(lease.client)
-        for client in clients:
-            try:
-                if not lease.settle(client, tag, how):
-                    self._taken_over(how)
-                return
-            except (*self.channel.connection_errors, AttributeError):
-                continue
-        lease.in_hand.discard(tag)  # no longer in hand: the orphan check gives it back
-        self._skip(how, 1)
+        mine = [tag for tag in dict.fromkeys(tags) if lease.holds(tag, self)]
+        for tag in tags:
+            self._leased.discard(tag)
+        if not mine:
+            return
+        try:
+            settled = lease.settle_many(mine, how)
+        except (RedisError, OSError, AttributeError):
+            for tag in mine:
+                lease.let_go(tag)
+            self._skip(how, len(mine))
+            return
+        for done in settled:
+            if not done:
+                self._taken_over(how)
 
     def restore_unacked(self, client: Any = None) -> None:
-        for tag in [t for t in self._delivered if t in self._leased]:
-            self._settle_leased(tag, "front")
+        # The channel closes (a reconnect or a shutdown): what it still holds goes back
+        # to the front of its queue, in one round trip, counted.
+        leased = [t for t in self._delivered if t in self._leased]
+        held = [t for t in leased if self.channel.lease.holds(t, self)]
+        queues = [self._queue_of(t) for t in held]
+        self.settle_many(leased, "front")
+        for tag in leased:
             virtual.QoS.ack(self, tag)
+        for queue in set(queues):
+            count_restored(queue, "channel_closed", queues.count(queue))
+        self._flush()
         if not self._delivered:
             return
         if not self._detached():
@@ -204,6 +230,11 @@ class QoS(kredis.QoS):
                 pass
         self._skip("restore", len(self._delivered))
         self._delivered.clear()
+
+    def _queue_of(self, tag: str) -> str:
+        message = self._delivered.get(tag)
+        info = getattr(message, "delivery_info", None) or {}
+        return str(info.get("routing_key") or "?")
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         """Every call: the messages of lapsed leases. Every ``interval``-th call, as
@@ -300,6 +331,12 @@ class Channel(kredis.Channel):
     @property
     def lease(self) -> Lease:
         return process_lease(self.hookfleet_lease_s, self.hookfleet_lease_renew_s)
+
+    def settle_many(self, tags: list[str], how: str) -> None:
+        """Settle many messages taken on this channel in one round trip (a batch's
+        acks or requeues, a shutdown's hand-back); see :meth:`QoS.settle_many`. The
+        per-message ``ack``/``reject`` that follow are then bookkeeping only."""
+        self.qos.settle_many(tags, how)
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         consumer_tag = super().basic_consume(queue, *args, **kwargs)
