@@ -51,6 +51,11 @@ def engine() -> Engine:
     return _process()[1]
 
 
+#: Seconds a worker's statement waits for a row lock (MariaDB ``innodb_lock_wait_timeout``
+#: for its sessions) before it fails with 1205, a transient error.
+ROW_LOCK_WAIT_S = 3
+
+
 def _process() -> tuple[int, Engine, sessionmaker[Session], Settings]:
     global _engine
     if _engine is None or _engine[0] != os.getpid():
@@ -58,9 +63,15 @@ def _process() -> tuple[int, Engine, sessionmaker[Session], Settings]:
         # Database waits end well inside the task's soft time limit as ordinary,
         # retryable errors: a task interrupted by the limit while blocked in the driver
         # would first have to wait for the blocked statement before it could roll back.
+        # Row locks are waited for ROW_LOCK_WAIT_S at most: a lock held by a frozen or
+        # slow transaction then costs the one event that needs it (the batch fails
+        # fast, its events are settled one by one, the contended one retried later),
+        # not a whole batch waiting out MariaDB's default 50 s.
         soft = soft_time_limit(config.task_time_limit_s)
         engine = make_engine(
-            config, io_timeout_s=max(2, soft - 2), lock_wait_s=min(50, max(1, soft // 4))
+            config,
+            io_timeout_s=max(2, soft - 2),
+            lock_wait_s=min(ROW_LOCK_WAIT_S, max(1, soft // 4)),
         )
         _engine = (os.getpid(), engine, make_sessionmaker(engine), config)
     return _engine
