@@ -287,18 +287,21 @@ PRIVATE_NAMES = [
     ("kombu.transport.redis:Channel", "_flush_brpop_reauth", "transport: re-auth after a pop"),
     ("kombu.transport.redis:Channel", "_create_client", "transport: settling off the pop's socket"),
     ("kombu.transport.redis:Channel", "_connparams", "leases: the lease's own connection"),
-    ("kombu.transport.redis:Channel", "_get_pool", "leases: the lease's own connection"),
+    ("kombu.transport.redis:Channel", "_get_pool", "leases: the lease's own connections"),
     ("kombu.transport.redis:Channel", "conn_or_acquire", "transport: restores"),
     ("kombu.transport.redis:Channel", "unacked_key", "leases: kombu's unacked hash"),
     ("kombu.transport.redis:Channel", "unacked_index_key", "leases: kombu's unacked index"),
     ("kombu.transport.redis:Channel", "global_keyprefix", "transport: refuses key prefixes"),
     ("kombu.transport.redis:Channel", "sep", "leases: priority suffix of list keys"),
+    ("kombu.transport.redis:Channel", "_pool", "transport: bounded broker calls at shutdown"),
+    ("kombu.transport.redis:Channel", "_async_pool", "transport: bounded calls at shutdown"),
     ("kombu.transport.redis:QoS", "restore_visible", "transport: the lease sweep hook"),
     ("kombu.transport.redis:QoS", "restore_by_tag", "transport: visibility-timeout restore"),
     ("kombu.transport.redis:QoS", "restore_unacked", "transport: restore at channel close"),
     ("kombu.transport.redis:QoS", "_vrestore_count", "transport: restore throttle"),
     ("kombu.transport.redis:QoS", "visibility_timeout", "transport: last-resort restore"),
     ("kombu.transport.virtual:QoS", "_delivered", "transport: what a channel holds"),
+    ("kombu.transport.virtual:QoS", "_flush", "transport: restore at channel close"),
     ("kombu.transport.virtual:Channel", "_inplace_augment_message", "pop script: envelope"),
     ("kombu.transport.redis:MultiChannelPoller", "maybe_restore_messages", "lease sweep timer"),
     ("kombu.transport.redis:MultiChannelPoller", "on_poll_init", "lease sweep at start"),
@@ -306,6 +309,13 @@ PRIVATE_NAMES = [
     ("celery.worker.request:Request", "on_accepted", "batching: running-task bookkeeping"),
     ("celery.worker.request:Request", "_apply_result", "batching: cancel at shutdown"),
     ("celery.worker.request:Request", "request_dict", "batching: retries of a message"),
+    ("celery.worker.request:Request", "_context", "batching: an invalid ETA's failure"),
+    ("celery.worker.request:Request", "store_errors", "batching: an invalid ETA's failure"),
+    ("celery.worker.request:Request", "argsrepr", "batching: the task-received event"),
+    ("celery.worker.request:Request", "kwargsrepr", "batching: the task-received event"),
+    ("celery.worker.state", "active_requests", "batching: what a reconnect keeps in hand"),
+    ("celery.worker.consumer.consumer:Consumer", "on_close", "batching: a reconnect's drops"),
+    ("celery.worker.consumer.events:Events", "start", "batching: sets event_dispatcher"),
     ("celery.worker.request", "create_request_cls", "batching: the strategy's requests"),
     ("celery.worker.strategy", "hybrid_to_proto2", "batching: message protocols"),
     ("celery.worker.strategy", "proto1_to_proto2", "batching: message protocols"),
@@ -315,6 +325,9 @@ PRIVATE_NAMES = [
     ("celery.worker.state", "should_terminate", "batching: shutdown vs reconnect"),
     ("celery.worker.consumer.tasks", "Tasks", "batching: ReleaseReserved runs before it"),
     ("kombu.asynchronous.timer", "to_timestamp", "batching: retry countdowns"),
+    ("pybreaker:CircuitBreaker", "_state_storage", "outbound.breaker: a breaker's opened_at"),
+    ("pybreaker:CircuitRedisStorage", "BASE_NAMESPACE", "metrics: the breaker state key"),
+    ("pybreaker:CircuitRedisStorage", "_namespace", "metrics: the breaker state key"),
 ]
 
 
@@ -334,6 +347,25 @@ def test_every_private_kombu_and_celery_name_hookfleet_relies_on_exists(
     assert hasattr(owner, name) or on_instance, (
         f"{where}.{name} is gone ({why}): read the new kombu/Celery source around it "
         "before upgrading (README: Upgrading Celery and kombu)"
+    )
+
+
+def test_the_breaker_state_key_the_receiver_reads_is_where_pybreaker_writes_it() -> None:
+    """``/metrics`` reads each breaker's state from Redis under
+    ``models.metrics.breaker_state_key``; pybreaker's CircuitRedisStorage builds the key
+    with its private ``_namespace`` (no public reader)."""
+    from types import SimpleNamespace
+
+    from pybreaker import CircuitRedisStorage
+
+    from models.metrics import BREAKER_NAMESPACE, breaker_state_key
+
+    storage = SimpleNamespace(
+        BASE_NAMESPACE=CircuitRedisStorage.BASE_NAMESPACE,
+        _namespace_name=f"{BREAKER_NAMESPACE}:retell",
+    )
+    assert CircuitRedisStorage._namespace(storage, "state") == breaker_state_key("retell"), (
+        "pybreaker moved its Redis state key: models.metrics.breaker_state_key must follow"
     )
 
 

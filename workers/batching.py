@@ -48,6 +48,7 @@ from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 from kombu.asynchronous.timer import to_timestamp
 
 from workers.leases import count_restored, current_lease
+from workers.transport import bound_for_shutdown
 
 log = logging.getLogger("hookfleet.worker.batching")
 
@@ -337,6 +338,8 @@ class ReleaseReserved(bootsteps.StartStopStep):
         if state.should_stop is None and state.should_terminate is None:
             let_go_of_dropped()
             return
+        # Whatever the network does now, the shutdown's broker calls end in seconds.
+        bound_for_shutdown()
         for collector in list(COLLECTORS):
             collector.release()
 

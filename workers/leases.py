@@ -37,7 +37,7 @@ from functools import cache
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -222,6 +222,9 @@ class Lease:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._last_error_logged = float("-inf")
+        #: Until then (monotonic), settles do not try Redis (a settle just failed to
+        #: reach it); a successful renewal ends it early.
+        self._unreachable_until = 0.0
 
     def take(self, tag: str, holder: object) -> None:
         """``holder`` (a channel's QoS) now has ``tag`` in hand."""
@@ -277,6 +280,7 @@ class Lease:
     def renew(self) -> bool:
         try:
             self.client.set(self.key, str(time.time()), px=int(self.lease_s * 1000))
+            self._unreachable_until = 0.0
             return True
         except (RedisError, OSError) as error:
             self._log_error("renew", error)
@@ -345,6 +349,26 @@ class Lease:
         (:meth:`let_go`), and the orphan check or the lease sweep gives them back."""
         if not tags:
             return []
+        if time.monotonic() < self._unreachable_until:
+            # One bounded failure is enough to know: a shutdown with a batch's acks
+            # and a hand-back to send does not wait on a dead network for each.
+            raise RedisConnectionError("broker unreachable a moment ago; not retried yet")
+        try:
+            try:
+                done = self._settle_all(tags, how)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                # The connection was dropped (half-open, a failover reply): once more,
+                # on a fresh one. The script is owner-checked: a second run of a settle
+                # that did land changes nothing.
+                done = self._settle_all(tags, how)
+        except (RedisError, OSError):
+            self._unreachable_until = time.monotonic() + self.lease_s
+            raise
+        for tag in tags:
+            self.in_hand.pop(tag, None)
+        return [bool(d) for d in done]
+
+    def _settle_all(self, tags: list[str], how: str) -> list[Any]:
         client = self.client
         script = script_text(client, SETTLE)
         with client.pipeline(transaction=False) as pipe:
@@ -360,10 +384,7 @@ class Lease:
                     self.consumer_id,
                     how,
                 )
-            done = pipe.execute()
-        for tag in tags:
-            self.in_hand.pop(tag, None)
-        return [bool(d) for d in done]
+            return list(pipe.execute())
 
     def let_go(self, tag: str) -> None:
         """No longer in hand (a settle that could not reach Redis): the orphan check
@@ -376,27 +397,23 @@ class Lease:
             log.warning("lease %s failed, retrying: %r", what, error)
 
 
-#: The lease's own connections: each broker command gives up after this long, and a
-#: command whose connection timed out or dropped is sent once more on a fresh one (the
-#: settle script is owner-checked, so a second run changes nothing).
+#: The lease's own connections: each dial and each command gives up after this long.
 LEASE_SOCKET_TIMEOUT_S = 2.0
 
 
 def own_pool(channel: Any) -> redis.ConnectionPool:
     """A new connection pool to ``channel``'s server (kombu's ``_get_pool`` builds a
     fresh one each call, Sentinel included) whose connections give up after
-    :data:`LEASE_SOCKET_TIMEOUT_S` and are dialled anew after a timeout, a dropped
-    connection or a failover reply (three more tries within about 1.5 s)."""
+    :data:`LEASE_SOCKET_TIMEOUT_S` and never retry by themselves: redis-py nests a
+    connection's retries (the dial, its health check, the command), which multiplied a
+    few seconds into minutes on a dead network. :meth:`Lease.settle_many` tries once
+    more on a fresh connection instead."""
     pool = channel._get_pool()
     pool.connection_kwargs.update(
         socket_timeout=LEASE_SOCKET_TIMEOUT_S,
         socket_connect_timeout=LEASE_SOCKET_TIMEOUT_S,
         retry_on_timeout=False,
-        retry=Retry(
-            ExponentialBackoff(cap=1.0, base=0.1),
-            3,
-            supported_errors=(RedisConnectionError, RedisTimeoutError),
-        ),
+        retry=Retry(NoBackoff(), 0),
     )
     return pool
 
