@@ -573,3 +573,48 @@ def test_a_pop_whose_reply_was_lost_comes_back_to_the_live_consumer_within_secon
                     pass
     assert got == [{"n": 9}]
     assert time.monotonic() - started < 15  # the orphan age and a renewal, not 60 s or hours
+
+
+def test_messages_a_reconnect_dropped_go_back_at_once_and_are_counted(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """After a lost broker connection Celery forgets the requests it had reserved; the
+    worker keeps only what its running requests will settle (workers.batching,
+    ``let_go_of_dropped``). The rest must not stay recorded as this live worker's — no
+    sweep restores a live worker's messages — but go back at the next consume."""
+    from workers.leases import HELD_PREFIX, current_lease, restored_counter
+
+    _publish(redis_url, [{"n": 1}, {"n": 2}, {"n": 3}])
+    taken: list[Any] = []
+    with Connection(redis_url, transport=OURS, transport_options=LEASED) as conn:
+        with conn.Consumer(_queue(), callbacks=[lambda body, m: taken.append(m)]):
+            deadline = time.monotonic() + 10
+            while len(taken) < 3 and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=0.2)
+                except TimeoutError:
+                    pass
+            lease = current_lease()
+            assert lease is not None and len(taken) == 3
+            running = taken[0]  # a request still running in the pool keeps its message
+            before = _orphaned_count(restored_counter())
+
+            # The connection is replaced; two of the three requests were dropped.
+            assert lease.keep_only([running.delivery_tag]) == 2
+            with Connection(redis_url, transport=OURS, transport_options=LEASED) as again:
+                with again.Consumer(_queue(), callbacks=[]):  # attaches: the give-back
+                    back = redis_client.llen(QUEUE)
+                    held = redis_client.hlen(HELD_PREFIX + lease.consumer_id)
+            after = _orphaned_count(restored_counter())
+            running.ack()  # the running one settles as usual
+
+    assert (back, held) == (2, 1)
+    assert after - before == 2
+    assert redis_client.hlen("unacked") == 0
+
+
+def _orphaned_count(counter: Any) -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"queue": QUEUE, "reason": "orphaned"}
+    return REGISTRY.get_sample_value("hookfleet_messages_restored_total", labels) or 0.0
