@@ -146,20 +146,23 @@ class Batch:
         return len(self.requests)
 
 
-def settle_in_bulk(requests: list[Request], how: str) -> None:
+def settle_in_bulk(requests: list[Request], how: str) -> int | None:
     """Ack or requeue (``'front'``) the messages of ``requests`` in one round trip per
     channel, where the channel can (Hookfleet's transport: ``settle_many``); the
     requests' own ``acknowledge``/``reject`` that follow are then bookkeeping only. A
-    batch's 50 acks cost one bounded call, not 50 that each wait on a dead connection."""
+    batch's 50 acks cost one bounded call, not 50 that each wait on a dead connection.
+    Returns how many were settled (None where no channel settles in bulk)."""
     by_channel: dict[int, tuple[Any, list[str]]] = {}
     for request in requests:
         message = request.message
         channel = getattr(message, "channel", None)
         by_channel.setdefault(id(channel), (channel, []))[1].append(message.delivery_tag)
+    settled: int | None = None  # None: no channel could settle in bulk (stock kombu)
     for channel, tags in by_channel.values():
         settle_many = getattr(channel, "settle_many", None)
         if settle_many is not None:
-            settle_many(tags, how)
+            settled = (settled or 0) + int(settle_many(tags, how))
+    return settled
 
 
 class Collector:
@@ -273,12 +276,22 @@ class Collector:
         return buffered + held
 
     def _hand_back(self, requests: list[Request]) -> None:
-        settle_in_bulk(requests, "front")
+        if not requests:
+            return
+        settled = settle_in_bulk(requests, "front")
         for request in requests:
             request.reject(requeue=True)
-            count_restored(str((request.delivery_info or {}).get("routing_key") or ""), "shutdown")
-        if requests:
-            log.warning("handed %d message(s) not started back to their queue", len(requests))
+        handed = len(requests) if settled is None else settled
+        queue = str((requests[0].delivery_info or {}).get("routing_key") or "")
+        if handed:
+            count_restored(queue, "shutdown", handed)
+        # Those not handed back (Redis unreachable) were let go: the lease's sweep by
+        # the other workers brings them back once this one is gone.
+        log.warning(
+            "handed %d of %d message(s) not started back to their queue",
+            handed,
+            len(requests),
+        )
 
     def _processes(self) -> int:
         return max(1, int(getattr(self.pool, "num_processes", 1) or 1))
