@@ -14,6 +14,10 @@ its messages within ``lease_s`` plus one sweep. The layout kombu reads (``unacke
 ``unacked_index``, the queue lists, the message JSON) is unchanged, so a stock kombu
 consumer still works, restoring by the visibility timeout only.
 
+What a process has in hand is what its live channels hold (``Lease.in_hand``): after a
+reconnect it keeps only the messages its running requests will settle
+(``Lease.keep_only``), and the orphan check gives the rest back at once, counted.
+
 Settling checks ownership: a consumer acknowledges or requeues a message only while it
 still owns it. A frozen worker that wakes after its messages went to another consumer
 settles nothing of theirs (its late work itself is made harmless by the database:
@@ -261,9 +265,9 @@ class Lease:
         """Use ``channel``'s server (a new one after a reconnect) and hold the lease.
 
         The lease talks to Redis on connections of its own (never the consumer's, which
-        carry the pending pop and may be the half-open ones): short socket timeouts, and
-        a timed-out or dropped connection is dialled anew once, so a settle or a
-        renewal fails within seconds whatever the network does, instead of waiting."""
+        carry the pending pop and may be the half-open ones): short socket timeouts and
+        no retries inside redis-py, a settle tried once more on a fresh connection, so
+        a settle or a renewal fails within seconds whatever the network does."""
         params = channel._connparams()
         with self._lock:
             if params != self._params:
