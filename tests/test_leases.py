@@ -463,7 +463,7 @@ def test_a_row_lock_held_by_a_stopped_transaction_costs_one_event_not_its_batch(
     assert waiting and status == EventStatus.RECEIVED, (waiting, status)
     # Before: the batch waited innodb_lock_wait_timeout (50 s) whole, then its events
     # one by one, each waiting again.
-    assert others_s < 20, row
+    assert others_s < 30, row
     assert recovery < 30, row
 
 
