@@ -287,18 +287,21 @@ PRIVATE_NAMES = [
     ("kombu.transport.redis:Channel", "_flush_brpop_reauth", "transport: re-auth after a pop"),
     ("kombu.transport.redis:Channel", "_create_client", "transport: settling off the pop's socket"),
     ("kombu.transport.redis:Channel", "_connparams", "leases: the lease's own connection"),
-    ("kombu.transport.redis:Channel", "_get_pool", "leases: the lease's own connection"),
+    ("kombu.transport.redis:Channel", "_get_pool", "leases: the lease's own connections"),
     ("kombu.transport.redis:Channel", "conn_or_acquire", "transport: restores"),
     ("kombu.transport.redis:Channel", "unacked_key", "leases: kombu's unacked hash"),
     ("kombu.transport.redis:Channel", "unacked_index_key", "leases: kombu's unacked index"),
     ("kombu.transport.redis:Channel", "global_keyprefix", "transport: refuses key prefixes"),
     ("kombu.transport.redis:Channel", "sep", "leases: priority suffix of list keys"),
+    ("kombu.transport.redis:Channel", "_pool", "transport: bounded broker calls at shutdown"),
+    ("kombu.transport.redis:Channel", "_async_pool", "transport: bounded calls at shutdown"),
     ("kombu.transport.redis:QoS", "restore_visible", "transport: the lease sweep hook"),
     ("kombu.transport.redis:QoS", "restore_by_tag", "transport: visibility-timeout restore"),
     ("kombu.transport.redis:QoS", "restore_unacked", "transport: restore at channel close"),
     ("kombu.transport.redis:QoS", "_vrestore_count", "transport: restore throttle"),
     ("kombu.transport.redis:QoS", "visibility_timeout", "transport: last-resort restore"),
     ("kombu.transport.virtual:QoS", "_delivered", "transport: what a channel holds"),
+    ("kombu.transport.virtual:QoS", "_flush", "transport: restore at channel close"),
     ("kombu.transport.virtual:Channel", "_inplace_augment_message", "pop script: envelope"),
     ("kombu.transport.redis:MultiChannelPoller", "maybe_restore_messages", "lease sweep timer"),
     ("kombu.transport.redis:MultiChannelPoller", "on_poll_init", "lease sweep at start"),
@@ -306,6 +309,13 @@ PRIVATE_NAMES = [
     ("celery.worker.request:Request", "on_accepted", "batching: running-task bookkeeping"),
     ("celery.worker.request:Request", "_apply_result", "batching: cancel at shutdown"),
     ("celery.worker.request:Request", "request_dict", "batching: retries of a message"),
+    ("celery.worker.request:Request", "_context", "batching: an invalid ETA's failure"),
+    ("celery.worker.request:Request", "store_errors", "batching: an invalid ETA's failure"),
+    ("celery.worker.request:Request", "argsrepr", "batching: the task-received event"),
+    ("celery.worker.request:Request", "kwargsrepr", "batching: the task-received event"),
+    ("celery.worker.state", "active_requests", "batching: what a reconnect keeps in hand"),
+    ("celery.worker.consumer.consumer:Consumer", "on_close", "batching: a reconnect's drops"),
+    ("celery.worker.consumer.events:Events", "start", "batching: sets event_dispatcher"),
     ("celery.worker.request", "create_request_cls", "batching: the strategy's requests"),
     ("celery.worker.strategy", "hybrid_to_proto2", "batching: message protocols"),
     ("celery.worker.strategy", "proto1_to_proto2", "batching: message protocols"),
@@ -315,6 +325,9 @@ PRIVATE_NAMES = [
     ("celery.worker.state", "should_terminate", "batching: shutdown vs reconnect"),
     ("celery.worker.consumer.tasks", "Tasks", "batching: ReleaseReserved runs before it"),
     ("kombu.asynchronous.timer", "to_timestamp", "batching: retry countdowns"),
+    ("pybreaker:CircuitBreaker", "_state_storage", "outbound.breaker: a breaker's opened_at"),
+    ("pybreaker:CircuitRedisStorage", "BASE_NAMESPACE", "metrics: the breaker state key"),
+    ("pybreaker:CircuitRedisStorage", "_namespace", "metrics: the breaker state key"),
 ]
 
 
@@ -334,6 +347,25 @@ def test_every_private_kombu_and_celery_name_hookfleet_relies_on_exists(
     assert hasattr(owner, name) or on_instance, (
         f"{where}.{name} is gone ({why}): read the new kombu/Celery source around it "
         "before upgrading (README: Upgrading Celery and kombu)"
+    )
+
+
+def test_the_breaker_state_key_the_receiver_reads_is_where_pybreaker_writes_it() -> None:
+    """``/metrics`` reads each breaker's state from Redis under
+    ``models.metrics.breaker_state_key``; pybreaker's CircuitRedisStorage builds the key
+    with its private ``_namespace`` (no public reader)."""
+    from types import SimpleNamespace
+
+    from pybreaker import CircuitRedisStorage
+
+    from models.metrics import BREAKER_NAMESPACE, breaker_state_key
+
+    storage = SimpleNamespace(
+        BASE_NAMESPACE=CircuitRedisStorage.BASE_NAMESPACE,
+        _namespace_name=f"{BREAKER_NAMESPACE}:retell",
+    )
+    assert CircuitRedisStorage._namespace(storage, "state") == breaker_state_key("retell"), (
+        "pybreaker moved its Redis state key: models.metrics.breaker_state_key must follow"
     )
 
 
@@ -541,3 +573,48 @@ def test_a_pop_whose_reply_was_lost_comes_back_to_the_live_consumer_within_secon
                     pass
     assert got == [{"n": 9}]
     assert time.monotonic() - started < 15  # the orphan age and a renewal, not 60 s or hours
+
+
+def test_messages_a_reconnect_dropped_go_back_at_once_and_are_counted(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """After a lost broker connection Celery forgets the requests it had reserved; the
+    worker keeps only what its running requests will settle (workers.batching,
+    ``let_go_of_dropped``). The rest must not stay recorded as this live worker's — no
+    sweep restores a live worker's messages — but go back at the next consume."""
+    from workers.leases import HELD_PREFIX, current_lease, restored_counter
+
+    _publish(redis_url, [{"n": 1}, {"n": 2}, {"n": 3}])
+    taken: list[Any] = []
+    with Connection(redis_url, transport=OURS, transport_options=LEASED) as conn:
+        with conn.Consumer(_queue(), callbacks=[lambda body, m: taken.append(m)]):
+            deadline = time.monotonic() + 10
+            while len(taken) < 3 and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=0.2)
+                except TimeoutError:
+                    pass
+            lease = current_lease()
+            assert lease is not None and len(taken) == 3
+            running = taken[0]  # a request still running in the pool keeps its message
+            before = _orphaned_count(restored_counter())
+
+            # The connection is replaced; two of the three requests were dropped.
+            assert lease.keep_only([running.delivery_tag]) == 2
+            with Connection(redis_url, transport=OURS, transport_options=LEASED) as again:
+                with again.Consumer(_queue(), callbacks=[]):  # attaches: the give-back
+                    back = redis_client.llen(QUEUE)
+                    held = redis_client.hlen(HELD_PREFIX + lease.consumer_id)
+            after = _orphaned_count(restored_counter())
+            running.ack()  # the running one settles as usual
+
+    assert (back, held) == (2, 1)
+    assert after - before == 2
+    assert redis_client.hlen("unacked") == 0
+
+
+def _orphaned_count(counter: Any) -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"queue": QUEUE, "reason": "orphaned"}
+    return REGISTRY.get_sample_value("hookfleet_messages_restored_total", labels) or 0.0

@@ -47,7 +47,8 @@ from celery.worker.state import task_ready, task_reserved
 from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 from kombu.asynchronous.timer import to_timestamp
 
-from workers.leases import count_restored
+from workers.leases import count_restored, current_lease
+from workers.transport import bound_for_shutdown
 
 log = logging.getLogger("hookfleet.worker.batching")
 
@@ -130,6 +131,9 @@ class Batch:
         if self.settled:
             return
         self.settled = True
+        acks = [r for r, v in zip(self.requests, verdicts, strict=True) if v == Verdict.ACK]
+        settle_in_bulk(acks, "ack")
+        settle_in_bulk([r for r in self.requests if r not in acks], "front")
         for request, verdict in zip(self.requests, verdicts, strict=True):
             if verdict == Verdict.ACK:
                 request.acknowledge()
@@ -140,6 +144,25 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.requests)
+
+
+def settle_in_bulk(requests: list[Request], how: str) -> int | None:
+    """Ack or requeue (``'front'``) the messages of ``requests`` in one round trip per
+    channel, where the channel can (Hookfleet's transport: ``settle_many``); the
+    requests' own ``acknowledge``/``reject`` that follow are then bookkeeping only. A
+    batch's 50 acks cost one bounded call, not 50 that each wait on a dead connection.
+    Returns how many were settled (None where no channel settles in bulk)."""
+    by_channel: dict[int, tuple[Any, list[str]]] = {}
+    for request in requests:
+        message = request.message
+        channel = getattr(message, "channel", None)
+        by_channel.setdefault(id(channel), (channel, []))[1].append(message.delivery_tag)
+    settled: int | None = None  # None: no channel could settle in bulk (stock kombu)
+    for channel, tags in by_channel.values():
+        settle_many = getattr(channel, "settle_many", None)
+        if settle_many is not None:
+            settled = (settled or 0) + int(settle_many(tags, how))
+    return settled
 
 
 class Collector:
@@ -156,6 +179,7 @@ class Collector:
         self.flush_entry: Any = None
         #: Batches given to the pool and not settled yet.
         self.running = 0
+        self.batches: set[Batch] = set()
         #: Retries waiting out their countdown: id(request) -> (request, timer entry).
         self.waiting: dict[int, tuple[Request, Any]] = {}
         self.released = False
@@ -199,7 +223,9 @@ class Collector:
             self.buffer = self.buffer[len(taken) :]
             self.buffered_bytes = sum(message_bytes(request) for request in self.buffer)
             self.running += 1
-            self._submit(Batch(taken, self._settled))
+            batch = Batch(taken, self._settled)
+            self.batches.add(batch)
+            self._submit(batch)
 
     def _next_batch(self) -> list[Request]:
         """The buffer's first messages, at most ``batch_size`` of them and, past the
@@ -220,7 +246,21 @@ class Collector:
 
     def release(self) -> None:
         """Shutdown: every message collected or held but not started goes back to its
-        queue now; messages arriving later go straight back."""
+        queue now (one round trip); messages arriving later go straight back."""
+        self._hand_back(self._take_unstarted())
+
+    def drop(self) -> None:
+        """The broker connection was replaced: Celery has forgotten the requests not
+        yet running (``Consumer.on_close``) and makes a new collector; this one lets
+        go of its own the same way. Their messages are given back by the lease
+        (:func:`let_go_of_dropped`), not here: Redis may not answer yet."""
+        self._take_unstarted()
+
+    def in_hand(self) -> list[Request]:
+        """Requests of batches given to the pool and not settled yet."""
+        return [r for batch in self.batches if not batch.settled for r in batch.requests]
+
+    def _take_unstarted(self) -> list[Request]:
         self.released = True
         if self.flush_entry is not None:
             self.timer.cancel(self.flush_entry)
@@ -233,20 +273,32 @@ class Collector:
         self.buffered_bytes = 0
         for request in buffered:
             task_ready(request)
-        self._hand_back(buffered + held)
+        return buffered + held
 
     def _hand_back(self, requests: list[Request]) -> None:
+        if not requests:
+            return
+        settled = settle_in_bulk(requests, "front")
         for request in requests:
             request.reject(requeue=True)
-            count_restored(str((request.delivery_info or {}).get("routing_key") or ""), "shutdown")
-        if requests:
-            log.warning("handed %d message(s) not started back to their queue", len(requests))
+        handed = len(requests) if settled is None else settled
+        queue = str((requests[0].delivery_info or {}).get("routing_key") or "")
+        if handed:
+            count_restored(queue, "shutdown", handed)
+        # Those not handed back (Redis unreachable) were let go: the lease's sweep by
+        # the other workers brings them back once this one is gone.
+        log.warning(
+            "handed %d of %d message(s) not started back to their queue",
+            handed,
+            len(requests),
+        )
 
     def _processes(self) -> int:
         return max(1, int(getattr(self.pool, "num_processes", 1) or 1))
 
     def _settled(self) -> None:
         self.running -= 1
+        self.batches = {batch for batch in self.batches if not batch.settled}
         if self.buffer and not self.released:
             self.flush()
 
@@ -277,10 +329,19 @@ COLLECTORS: WeakSet[Collector] = WeakSet()
 
 
 class ReleaseReserved(bootsteps.StartStopStep):
-    """A consumer step that, on a warm or cold shutdown, hands the messages collected
-    but not started back to their queue at once. Celery would keep them until the
-    running batches finished (however long a hung database makes that) and restore
-    them only when it closes its connection. Stops before the task consumer does."""
+    """A consumer step that keeps what the worker holds true at every stop.
+
+    - Warm or cold shutdown: the messages collected but not started go back to their
+      queue at once. Celery would keep them until the running batches finished
+      (however long a hung database makes that) and restore them only when it closes
+      its connection.
+    - A reconnect (the broker connection was lost, e.g. a failover): Celery forgot its
+      reserved and scheduled requests, and the collectors are made anew; the lease
+      keeps only the messages running batches and tasks will still settle, and gives
+      the others back (:func:`let_go_of_dropped`). Without this they stayed recorded as
+      this live worker's — no sweep restores a live worker's messages — until it exited.
+
+    Stops before the task consumer does."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
@@ -288,16 +349,73 @@ class ReleaseReserved(bootsteps.StartStopStep):
         from celery.worker import state
 
         if state.should_stop is None and state.should_terminate is None:
-            return  # a reconnect restarts the consumer: keep consuming
+            let_go_of_dropped()
+            return
+        # Whatever the network does now, the shutdown's broker calls end in seconds.
+        bound_for_shutdown()
         for collector in list(COLLECTORS):
             collector.release()
+
+
+def let_go_of_dropped() -> int:
+    """After a lost broker connection: what this process still holds is the messages of
+    requests running in the pool (Celery's ``active_requests``) and of batches given to
+    it; the lease lets go of the rest (workers.leases.Lease.keep_only), and its orphan
+    check gives them back at once when Redis answers. Returns how many."""
+    from celery.worker.state import active_requests
+
+    lease = current_lease()
+    running: list[Request] = [r for r in active_requests if not r.acknowledged]
+    for collector in list(COLLECTORS):
+        running += collector.in_hand()
+        collector.drop()
+    if lease is None:
+        return 0
+    return lease.keep_only(r.message.delivery_tag for r in running if r.message is not None)
+
+
+def send_received_event(dispatcher: Any, request: Request) -> None:
+    """Celery's ``task-received`` event, with the fields its default strategy sends
+    (celery/worker/strategy.py), for monitors such as Flower."""
+    dispatcher.send(
+        "task-received",
+        uuid=request.id,
+        name=request.name,
+        args=request.argsrepr,
+        kwargs=request.kwargsrepr,
+        root_id=request.root_id,
+        parent_id=request.parent_id,
+        retries=request.request_dict.get("retries", 0),
+        eta=request.eta and request.eta.isoformat(),
+        expires=request.expires and request.expires.isoformat(),
+    )
+
+
+def reject_invalid_eta(request: Request, error: BaseException) -> None:
+    """What Celery's default strategy does with an ETA it cannot convert (a time out of
+    the platform's range): log, record the failure in the result backend (none in
+    Hookfleet), and reject the message without requeueing it — it would fail the same
+    way forever. Hookfleet never writes such an ETA (retries use short countdowns)."""
+    log.error(
+        "Couldn't convert ETA %r to timestamp: %r; message rejected",
+        request.eta,
+        error,
+        extra={"task_id": request.id},
+    )
+    request.task.backend.mark_as_failure(
+        request.id, error, request=request._context, store_result=request.store_errors
+    )
+    request.reject(requeue=False)
 
 
 def strategy(task: BatchTask, app: Celery, consumer: Any, **_: Any) -> Callable[..., None]:
     """The consumer's handler for ``task``'s messages: decode, then collect.
 
-    Modelled on ``celery.worker.strategy.default``, which hands each request to the pool
-    at once; rate limits are not supported for batch tasks.
+    Modelled on ``celery.worker.strategy.default`` (Celery 5.7), which hands each
+    request to the pool at once. Kept from it: the ``task_received`` signal, the
+    ``task-received`` event when the worker sends task events (``-E``), expiry and
+    revocation, and the rejection (not requeued) of a message whose ETA cannot be
+    turned into a time. Rate limits are not supported for batch tasks.
     """
     Req = create_request_cls(
         symbol_by_name(task.Request),
@@ -309,6 +427,12 @@ def strategy(task: BatchTask, app: Celery, consumer: Any, **_: Any) -> Callable[
     )
     revoked = consumer.controller.state.revoked
     collector = Collector(task, consumer.pool, consumer.timer)
+
+    def events_on() -> bool:
+        # As Celery's default strategy: the worker sends task events (``-E``) and the
+        # task does not opt out.
+        dispatcher = consumer.event_dispatcher
+        return bool(dispatcher and dispatcher.enabled and task.send_events)
 
     def eta_due(request: Request) -> None:
         consumer.qos.decrement_eventually()
@@ -343,13 +467,19 @@ def strategy(task: BatchTask, app: Celery, consumer: Any, **_: Any) -> Callable[
         if (request.expires or request.id in revoked) and request.revoked():
             return
         signals.task_received.send(sender=consumer, request=request)
+        if events_on():
+            send_received_event(consumer.event_dispatcher, request)
         if request.eta:
             # A retry's countdown: held here, outside the prefetch window, until due.
-            eta = (
-                to_timestamp(timezone.to_system(request.eta))
-                if request.utc
-                else to_timestamp(request.eta, app.timezone)
-            )
+            try:
+                eta = (
+                    to_timestamp(timezone.to_system(request.eta))
+                    if request.utc
+                    else to_timestamp(request.eta, app.timezone)
+                )
+            except (OverflowError, ValueError) as error:
+                reject_invalid_eta(request, error)
+                return
             consumer.qos.increment_eventually()
             collector.hold(eta, request, eta_due)
             return

@@ -14,6 +14,10 @@ its messages within ``lease_s`` plus one sweep. The layout kombu reads (``unacke
 ``unacked_index``, the queue lists, the message JSON) is unchanged, so a stock kombu
 consumer still works, restoring by the visibility timeout only.
 
+What a process has in hand is what its live channels hold (``Lease.in_hand``): after a
+reconnect it keeps only the messages its running requests will settle
+(``Lease.keep_only``), and the orphan check gives the rest back at once, counted.
+
 Settling checks ownership: a consumer acknowledges or requeues a message only while it
 still owns it. A frozen worker that wakes after its messages went to another consumer
 settles nothing of theirs (its late work itself is made harmless by the database:
@@ -37,7 +41,11 @@ from functools import cache
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 log = logging.getLogger("hookfleet.worker.leases")
 
@@ -209,20 +217,61 @@ class Lease:
         self.renew_s = renew_s
         self.key = LEASE_PREFIX + self.consumer_id
         self.held_key = HELD_PREFIX + self.consumer_id
-        #: Delivery tags this process took and has not settled (any channel).
-        self.in_hand: set[str] = set()
+        #: Delivery tags this process took and has not settled, each with what holds it
+        #: (the QoS of the channel it came on). Only that holder settles it: after a
+        #: reconnect the same message may come back to this process on a new channel.
+        self.in_hand: dict[str, object] = {}
         self.client: Any = None
         self._params: Any = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._last_error_logged = float("-inf")
+        #: Until then (monotonic), settles do not try Redis (a settle just failed to
+        #: reach it); a successful renewal ends it early.
+        self._unreachable_until = 0.0
+
+    def take(self, tag: str, holder: object) -> None:
+        """``holder`` (a channel's QoS) now has ``tag`` in hand."""
+        self.in_hand[tag] = holder
+
+    def holds(self, tag: str, holder: object) -> bool:
+        return self.in_hand.get(tag) is holder
+
+    def keep_only(self, tags: Iterable[str]) -> int:
+        """What this process really holds after a reconnect: ``tags`` (messages a live
+        request will still settle). Everything else it had in hand was dropped with the
+        old connection (Celery forgets its reserved and scheduled requests then, and
+        our collectors theirs) and would stay recorded as this live worker's, which no
+        sweep restores; it is let go here, and the orphan check gives it back to its
+        queue (at the next attach, or within ``renew_s`` once Redis answers). Returns
+        how many were let go."""
+        keep = set(tags)
+        dropped = [tag for tag in list(self.in_hand) if tag not in keep]
+        for tag in dropped:
+            holder = self.in_hand.pop(tag, None)
+            forget = getattr(holder, "forget", None)
+            if forget is not None:
+                forget(tag)
+        if dropped:
+            log.warning(
+                "broker connection replaced: %d message(s) this worker no longer holds "
+                "go back to their queue",
+                len(dropped),
+                extra={"consumer": self.consumer_id, "dropped": len(dropped)},
+            )
+        return len(dropped)
 
     def attach(self, channel: Any) -> None:
-        """Use ``channel``'s server (a new one after a reconnect) and hold the lease."""
+        """Use ``channel``'s server (a new one after a reconnect) and hold the lease.
+
+        The lease talks to Redis on connections of its own (never the consumer's, which
+        carry the pending pop and may be the half-open ones): short socket timeouts and
+        no retries inside redis-py, a settle tried once more on a fresh connection, so
+        a settle or a renewal fails within seconds whatever the network does."""
         params = channel._connparams()
         with self._lock:
             if params != self._params:
-                self.client = redis.Redis(connection_pool=channel._get_pool())
+                self.client = redis.Redis(connection_pool=own_pool(channel))
                 self._params = params
         self.renew()
         # Called on the consuming thread, between pops: whatever this process owns in
@@ -235,6 +284,7 @@ class Lease:
     def renew(self) -> bool:
         try:
             self.client.set(self.key, str(time.time()), px=int(self.lease_s * 1000))
+            self._unreachable_until = 0.0
             return True
         except (RedisError, OSError) as error:
             self._log_error("renew", error)
@@ -252,22 +302,32 @@ class Lease:
         """Messages Redis says this process owns, taken at least ``min_age_s`` ago, but
         it has not in hand: a pop whose reply was lost with its connection, a settle
         that never reached Redis. Back to the front of their list."""
+        given: dict[str, int] = {}
         try:
             held = self.client.hkeys(self.held_key)
             scores = self.client.zmscore("unacked_index", held) if held else []
             in_hand = set(self.in_hand)
             cutoff = time.time() - min_age_s
-            for tag, score in zip(held, scores, strict=True):
-                name = _text(tag)
-                if name in in_hand or (score is not None and score > cutoff):
-                    continue
-                list_key = self.client.hget(self.held_key, tag)
-                if self.settle(self.client, name, "front"):
+            orphans = [
+                _text(tag)
+                for tag, score in zip(held, scores, strict=True)
+                if _text(tag) not in in_hand and (score is None or score <= cutoff)
+            ]
+            for tag, list_key in zip(orphans, self._lists_of(orphans), strict=True):
+                if self.settle(self.client, tag, "front"):
                     queue = _text(list_key or b"?").split(PRIORITY_SEP, 1)[0]
-                    count_restored(queue, "orphaned")
-                    log.warning("gave back a message no longer in hand", extra={"tag": name})
+                    given[queue] = given.get(queue, 0) + 1
         except (RedisError, OSError) as error:
             self._log_error("orphan check", error)
+        for queue, count in given.items():
+            count_restored(queue, "orphaned", count)
+            log.warning(
+                "gave back messages this worker owned but no longer held",
+                extra={"consumer": self.consumer_id, "queue": queue, "restored": count},
+            )
+
+    def _lists_of(self, tags: list[str]) -> list[Any]:
+        return list(self.client.hmget(self.held_key, tags)) if tags else []
 
     def settle(self, client: Any, tag: str, how: str) -> bool:
         """Ack (``how='ack'``) or requeue (``'front'``/``'back'``) ``tag`` if this
@@ -283,13 +343,83 @@ class Lease:
             self.consumer_id,
             how,
         )
-        self.in_hand.discard(tag)
+        self.in_hand.pop(tag, None)
         return bool(done)
+
+    def settle_many(self, tags: list[str], how: str) -> list[bool]:
+        """:meth:`settle` for many tags in one round trip on the lease's own
+        connection (a batch's acks, a shutdown's hand-back). Raises RedisError/OSError
+        when Redis cannot be reached: the caller lets go of the tags then
+        (:meth:`let_go`), and the orphan check or the lease sweep gives them back."""
+        if not tags:
+            return []
+        if time.monotonic() < self._unreachable_until:
+            # One bounded failure is enough to know: a shutdown with a batch's acks
+            # and a hand-back to send does not wait on a dead network for each.
+            raise RedisConnectionError("broker unreachable a moment ago; not retried yet")
+        try:
+            try:
+                done = self._settle_all(tags, how)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                # The connection was dropped (half-open, a failover reply): once more,
+                # on a fresh one. The script is owner-checked: a second run of a settle
+                # that did land changes nothing.
+                done = self._settle_all(tags, how)
+        except (RedisError, OSError):
+            self._unreachable_until = time.monotonic() + self.lease_s
+            raise
+        for tag in tags:
+            self.in_hand.pop(tag, None)
+        return [bool(d) for d in done]
+
+    def _settle_all(self, tags: list[str], how: str) -> list[Any]:
+        client = self.client
+        script = script_text(client, SETTLE)
+        with client.pipeline(transaction=False) as pipe:
+            for tag in tags:
+                pipe.eval(
+                    script,
+                    4,
+                    "unacked",
+                    "unacked_index",
+                    OWNER_KEY,
+                    self.held_key,
+                    tag,
+                    self.consumer_id,
+                    how,
+                )
+            return list(pipe.execute())
+
+    def let_go(self, tag: str) -> None:
+        """No longer in hand (a settle that could not reach Redis): the orphan check
+        gives it back once Redis answers."""
+        self.in_hand.pop(tag, None)
 
     def _log_error(self, what: str, error: BaseException) -> None:
         if time.monotonic() - self._last_error_logged >= 5:
             self._last_error_logged = time.monotonic()
             log.warning("lease %s failed, retrying: %r", what, error)
+
+
+#: The lease's own connections: each dial and each command gives up after this long.
+LEASE_SOCKET_TIMEOUT_S = 2.0
+
+
+def own_pool(channel: Any) -> redis.ConnectionPool:
+    """A new connection pool to ``channel``'s server (kombu's ``_get_pool`` builds a
+    fresh one each call, Sentinel included) whose connections give up after
+    :data:`LEASE_SOCKET_TIMEOUT_S` and never retry by themselves: redis-py nests a
+    connection's retries (the dial, its health check, the command), which multiplied a
+    few seconds into minutes on a dead network. :meth:`Lease.settle_many` tries once
+    more on a fresh connection instead."""
+    pool = channel._get_pool()
+    pool.connection_kwargs.update(
+        socket_timeout=LEASE_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=LEASE_SOCKET_TIMEOUT_S,
+        retry_on_timeout=False,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return pool
 
 
 _flags: dict[int, str] = {}
@@ -316,6 +446,12 @@ def process_lease(lease_s: float, renew_s: float) -> Lease:
         if _lease is None:
             _lease = Lease(lease_s, renew_s)
         return _lease
+
+
+def current_lease() -> Lease | None:
+    """This process's lease, or None if no Hookfleet consumer took one (a stock
+    transport)."""
+    return _lease
 
 
 def _forget_in_child() -> None:

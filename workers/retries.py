@@ -77,9 +77,22 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+def is_lock_wait_timeout(error: BaseException) -> bool:
+    """MariaDB's 1205: a row lock was held elsewhere past ``innodb_lock_wait_timeout``."""
+    args: tuple[Any, ...] = tuple(getattr(getattr(error, "orig", None), "args", ()))
+    return isinstance(error, DBAPIError) and bool(args) and args[0] == 1205
+
+
 def _retry_in_task(error: BaseException) -> bool:
     # Past the soft time limit there is no time left in this task: hand over to Celery.
-    return is_transient(error) and not isinstance(error, SoftTimeLimitExceeded)
+    # A row lock held past the lock wait is held by a slow or frozen transaction (a
+    # worker stopped inside it): waiting again here would hold the pool process and the
+    # rest of the batch; the event is retried later, on a fresh message, instead.
+    return (
+        is_transient(error)
+        and not isinstance(error, SoftTimeLimitExceeded)
+        and not is_lock_wait_timeout(error)
+    )
 
 
 @dataclass(frozen=True)

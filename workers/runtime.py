@@ -34,6 +34,11 @@ def sessions() -> sessionmaker[Session]:
     return _database.get()[1]
 
 
+#: Seconds a worker's statement waits for a row lock (MariaDB ``innodb_lock_wait_timeout``
+#: for its sessions) before it fails with 1205, a transient error.
+ROW_LOCK_WAIT_S = 3
+
+
 def _connect() -> tuple[Engine, sessionmaker[Session]]:
     from workers.celery_app import soft_time_limit
 
@@ -41,9 +46,15 @@ def _connect() -> tuple[Engine, sessionmaker[Session]]:
     # Database waits end well inside the task's soft time limit as ordinary,
     # retryable errors: a task interrupted by the limit while blocked in the driver
     # would first have to wait for the blocked statement before it could roll back.
+    # Row locks are waited for ROW_LOCK_WAIT_S at most: a lock held by a frozen or
+    # slow transaction then costs the one event that needs it (the batch fails
+    # fast, its events are settled one by one, the contended one retried later),
+    # not a whole batch waiting out MariaDB's default 50 s.
     soft = soft_time_limit(config.task_time_limit_s)
     built = make_engine(
-        config, io_timeout_s=max(2, soft - 2), lock_wait_s=min(50, max(1, soft // 4))
+        config,
+        io_timeout_s=max(2, soft - 2),
+        lock_wait_s=min(ROW_LOCK_WAIT_S, max(1, soft // 4)),
     )
     return built, make_sessionmaker(built)
 

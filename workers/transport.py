@@ -27,12 +27,16 @@ from __future__ import annotations
 import logging
 from time import monotonic, time
 from typing import Any
+from weakref import WeakSet
 
 from kombu.exceptions import InconsistencyError
 from kombu.transport import redis as kredis
 from kombu.transport import virtual
 from kombu.utils.json import loads
 from kombu.utils.objects import cached_property
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from workers.leases import (
     CONSUMERS_KEY,
@@ -120,10 +124,17 @@ class QoS(kredis.QoS):
         if delivery_tag in self.channel.recorded:
             self.channel.recorded.remove(delivery_tag)
             self._leased.add(delivery_tag)
-            self.channel.lease.in_hand.add(delivery_tag)
+            self.channel.lease.take(delivery_tag, self)
             virtual.QoS.append(self, message, delivery_tag)
         else:  # basic_get and other paths that did not go through the script
             super().append(message, delivery_tag)
+
+    def forget(self, delivery_tag: str) -> None:
+        """The lease let go of this message (workers.leases.Lease.keep_only): nothing of
+        this channel may settle it any more, nor restore it when the channel closes."""
+        # Still "leased" here: a late ack or reject of it is then bookkeeping only,
+        # never kombu's own restore through the (maybe dead) channel.
+        self._delivered.pop(delivery_tag, None)
 
     # A channel outlives its broker connection: after a connection loss Celery
     # reconnects on a new channel, while batches taken on the old one still finish
@@ -176,25 +187,43 @@ class QoS(kredis.QoS):
     def _settle_leased(self, tag: str, how: str) -> None:
         """Ack or requeue a message this process owns; a copy another consumer took
         over meanwhile (our lease lapsed) is left alone."""
+        self.settle_many([tag], how)
         self._leased.discard(tag)
+
+    def settle_many(self, tags: list[str], how: str) -> int:
+        """Ack (``how='ack'``) or requeue (``'front'``/``'back'``) the messages among
+        ``tags`` this channel still holds, in one round trip on the lease's own
+        connection (never the channel's: it carries the pending pop, and may be the
+        half-open one). Tags already settled, or let go after a reconnect, are left
+        alone. If Redis cannot be reached the messages are let go: the lease's orphan
+        check gives them back once it answers, or the others' sweep if this worker dies."""
         lease = self.channel.lease
-        # Never the channel's ``client``: its connection carries the pending pop.
-        clients = [] if self._detached() else [self.channel._create_client()]
-        clients.append(lease.client)
-        for client in clients:
-            try:
-                if not lease.settle(client, tag, how):
-                    self._taken_over(how)
-                return
-            except (*self.channel.connection_errors, AttributeError):
-                continue
-        lease.in_hand.discard(tag)  # no longer in hand: the orphan check gives it back
-        self._skip(how, 1)
+        mine = [tag for tag in dict.fromkeys(tags) if lease.holds(tag, self)]
+        if not mine:
+            return 0
+        try:
+            settled = lease.settle_many(mine, how)
+        except (RedisError, OSError, AttributeError):
+            for tag in mine:
+                lease.let_go(tag)
+            self._skip(how, len(mine))
+            return 0
+        for done in settled:
+            if not done:
+                self._taken_over(how)
+        return sum(settled)
 
     def restore_unacked(self, client: Any = None) -> None:
-        for tag in [t for t in self._delivered if t in self._leased]:
-            self._settle_leased(tag, "front")
+        # The channel closes (a reconnect or a shutdown): what it still holds goes back
+        # to the front of its queue, in one round trip, counted.
+        leased = [t for t in self._delivered if t in self._leased]
+        queue = self._queue_of(leased[0]) if leased else ""
+        if restored := self.settle_many(leased, "front"):
+            count_restored(queue, "channel_closed", restored)  # a channel consumes one queue
+        for tag in leased:
+            self._leased.discard(tag)
             virtual.QoS.ack(self, tag)
+        self._flush()
         if not self._delivered:
             return
         if not self._detached():
@@ -204,6 +233,11 @@ class QoS(kredis.QoS):
                 pass
         self._skip("restore", len(self._delivered))
         self._delivered.clear()
+
+    def _queue_of(self, tag: str) -> str:
+        message = self._delivered.get(tag)
+        info = getattr(message, "delivery_info", None) or {}
+        return str(info.get("routing_key") or "?")
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         """Every call: the messages of lapsed leases. Every ``interval``-th call, as
@@ -293,6 +327,7 @@ class Channel(kredis.Channel):
         )
         #: Delivery tags popped by the script whose QoS.append is still to come.
         self.recorded: set[str] = set()
+        CHANNELS.add(self)
         self._idle = True
         self._pending = 0
         self._plain_wait_until = 0.0
@@ -300,6 +335,13 @@ class Channel(kredis.Channel):
     @property
     def lease(self) -> Lease:
         return process_lease(self.hookfleet_lease_s, self.hookfleet_lease_renew_s)
+
+    def settle_many(self, tags: list[str], how: str) -> int:
+        """Settle many messages taken on this channel in one round trip (a batch's
+        acks or requeues, a shutdown's hand-back); see :meth:`QoS.settle_many`. The
+        per-message ``ack``/``reject`` that follow are then bookkeeping only. Returns
+        how many were settled."""
+        return int(self.qos.settle_many(tags, how))
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         consumer_tag = super().basic_consume(queue, *args, **kwargs)
@@ -411,3 +453,41 @@ class Channel(kredis.Channel):
 
 class Transport(kredis.Transport):
     Channel = Channel
+
+
+#: Every channel of this process (for :func:`bound_for_shutdown`).
+CHANNELS: WeakSet[Channel] = WeakSet()
+#: At shutdown, each broker command gives up after this long, without retries.
+SHUTDOWN_BROKER_TIMEOUT_S = 1.0
+
+
+def bound_for_shutdown(timeout_s: float = SHUTDOWN_BROKER_TIMEOUT_S) -> None:
+    """Bound every broker call the shutdown still makes (Celery's remote-control
+    channel deleting its queue, the consumer's cancel and close) to ``timeout_s``, with
+    no retry, on open connections and on those dialled from now on. Configured, those
+    calls wait 5 s each and are retried (a failover reply or timeout); on a network
+    that swallows everything, one shutdown waited minutes. The lease's own connections
+    are bounded already (workers.leases.own_pool)."""
+    for channel in list(CHANNELS):
+        for pool in (channel._pool, channel._async_pool):
+            if pool is None:
+                continue
+            bounded = {"socket_timeout": timeout_s, "retry": Retry(NoBackoff(), 0)}
+            pool.connection_kwargs.update(
+                bounded, socket_connect_timeout=timeout_s, retry_on_timeout=False
+            )
+            # redis-py's own lists (no public accessor); Celery's shutdown bounds the
+            # consumer's sockets the same way (celery.utils.threads).
+            open_now = [
+                *getattr(pool, "_available_connections", []),
+                *getattr(pool, "_in_use_connections", []),
+            ]
+            for connection in open_now:
+                connection.socket_timeout = timeout_s
+                connection.retry = Retry(NoBackoff(), 0)
+                sock = getattr(connection, "_sock", None)
+                if sock is not None:
+                    try:
+                        sock.settimeout(timeout_s)
+                    except OSError:
+                        pass
