@@ -6,7 +6,13 @@ import os
 
 from gunicorn import glogging
 
-bind = os.environ.get("HOOKFLEET_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+from models.settings import DEFAULT_OPS_BIND
+
+# Two listeners: the public one (webhooks and /healthz only) and the ops one for
+# /metrics, /readyz and /stats (ingest/metrics.py), on loopback unless told otherwise.
+public_bind = os.environ.get("HOOKFLEET_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+ops_bind = os.environ.get("HOOKFLEET_OPS_BIND") or DEFAULT_OPS_BIND
+bind = [public_bind] if ops_bind == public_bind else [public_bind, ops_bind]
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Threads let one process serve keep-alive connections and overlap Redis round trips.
 # gunicorn's gthread worker, answering the requests gunicorn refuses itself (bad framing

@@ -29,6 +29,9 @@ _TRUTHY = {"1", "on", "true", "yes"}
 # (the body and its transcript, each escaped: up to 4x the body) stays under the
 # 32 MiB max_allowed_packet of deploy/mariadb.cnf. Everything else sends a few KB.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+# Where the receiver serves /metrics, /readyz and /stats unless HOOKFLEET_OPS_BIND says
+# otherwise: loopback, so nothing of it reaches the internet by default.
+DEFAULT_OPS_BIND = "127.0.0.1:9807"
 PROVIDER_MAX_BODY_BYTES = MappingProxyType({"retell": 6 * 1024 * 1024})
 
 
@@ -167,6 +170,9 @@ class Settings:
     admin_token: str = field(default="", repr=False)
     retention_days: int = 30
     worker_metrics_port: int = 0
+    # The receiver's internal listener for /metrics, /readyz and /stats (``host:port``;
+    # loopback by default). The public one (PORT) answers only /webhooks/* and /healthz.
+    ops_bind: str = DEFAULT_OPS_BIND
     routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     providers: Mapping[str, ProviderSettings] = field(default_factory=lambda: MappingProxyType({}))
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
@@ -192,6 +198,11 @@ class Settings:
         hold (MariaDB's max_allowed_packet should be 4x this + 1 MiB, see README)."""
         names = {*PROVIDER_MAX_BODY_BYTES, *self.providers}
         return max([self.body_limit(name) for name in names] + [self.body_limit("")])
+
+    @property
+    def ops_port(self) -> str:
+        """The ops listener's port, as a WSGI server reports it in ``SERVER_PORT``."""
+        return self.ops_bind.rpartition(":")[2]
 
     @property
     def lease_renew_s(self) -> float:
@@ -262,6 +273,7 @@ class Settings:
             admin_token=env.get("HOOKFLEET_ADMIN_TOKEN", "").strip(),
             retention_days=_int(env, "HOOKFLEET_RETENTION_DAYS", cls.retention_days),
             worker_metrics_port=_int(env, "HOOKFLEET_WORKER_METRICS_PORT", 0),
+            ops_bind=env.get("HOOKFLEET_OPS_BIND") or DEFAULT_OPS_BIND,
             routes=MappingProxyType(_routes(env.get("HOOKFLEET_ROUTES", ""))),
             providers=MappingProxyType(_providers(env)),
             outbound=OutboundSettings.from_env(env),

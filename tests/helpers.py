@@ -8,6 +8,12 @@ from typing import Any
 
 import redis
 
+from models.settings import DEFAULT_OPS_BIND
+
+# What a test client passes as ``base_url`` to reach the operator endpoints, which
+# answer only on the ops listener (its port, as gunicorn would report it).
+OPS = f"http://{DEFAULT_OPS_BIND}"
+
 QUEUES = ("hookfleet.high", "hookfleet.default", "hookfleet.low")
 
 
