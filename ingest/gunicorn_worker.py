@@ -1,5 +1,21 @@
-"""gunicorn's threaded worker, answering requests it refuses itself in Hookfleet's shape.
+"""gunicorn's threaded worker: a request reaches a thread only once it has arrived, and
+the requests gunicorn refuses itself are answered in Hookfleet's shape.
 
+**Arrival.** Stock ``gthread`` hands a connection to one of its few threads as soon as it
+is accepted (or readable again), and that thread then blocks reading the request head
+and body: 8 clients sending their headers slowly (a slowloris, a bad proxy) or going
+silent hold all 8 threads, and real deliveries wait. Here the worker's event loop reads
+each request itself, without blocking, into a per-connection buffer, and hands it to a
+thread only when :func:`request_arrived` says it is whole (head and a ``Content-Length``
+body, or chunks up to the last one), like a buffering proxy would. A body announced
+larger than ``ARRIVAL_BUFFER_BYTES`` goes to a thread at once, so the receiver answers
+413 before reading what it would refuse (ingest/framing.py). A request that has not
+arrived within ``ARRIVAL_TIMEOUT_S`` is answered 408 and closed; a silent connection is
+closed. Source: gunicorn ``workers/gthread.py`` (``accept``, ``enqueue_req``,
+``on_client_socket_readable``, ``murder_pending``, gunicorn 27) and RFC 9112 sections
+6 and 7.1 (message body length, chunked coding).
+
+**Answers.**
 gunicorn rejects some requests before the application sees them: a malformed request
 line or header, a ``Content-Length`` that is not a number, ``Content-Length`` together
 with ``Transfer-Encoding``, a ``Transfer-Encoding`` that does not end in ``chunked``
@@ -15,12 +31,69 @@ Source: gunicorn ``workers/base.py`` ``Worker.handle_error`` and ``http/message.
 
 from __future__ import annotations
 
+import errno
 import json
+import re
+import selectors
+import socket
+import time
+from functools import partial
 from typing import Any
 
 from gunicorn import util
 from gunicorn.http import errors
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+# A request's head and body are read by the event loop up to this size; a larger body
+# is read by the thread that serves it.
+ARRIVAL_BUFFER_BYTES = 128 * 1024
+# A request must arrive whole within this (from its connection or its first byte
+# after a kept-alive wait); a provider sends a delivery in well under a second.
+ARRIVAL_TIMEOUT_S = 10.0
+_READ_BYTES = 64 * 1024
+_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:(.*)$", re.MULTILINE | re.IGNORECASE)
+_TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:", re.MULTILINE | re.IGNORECASE)
+
+
+def request_arrived(data: bytes, limit: int = ARRIVAL_BUFFER_BYTES) -> bool:
+    """True when ``data`` (the bytes received so far on a connection) holds a whole
+    request, or enough for gunicorn and the app to answer without waiting: a head
+    over ``limit``, a framing gunicorn refuses, a body announced over ``limit``."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return len(data) >= limit
+    head, body = data[:end], data[end + 4 :]
+    if _TRANSFER_ENCODING.search(head):
+        return _chunks_arrived(body, limit)
+    lengths = _CONTENT_LENGTH.findall(head)
+    if not lengths:
+        return True
+    try:
+        (length,) = (int(value.strip()) for value in lengths)
+    except ValueError:  # not a number, or several: gunicorn refuses it at once
+        return True
+    return length > limit or len(body) >= length
+
+
+def _chunks_arrived(body: bytes, limit: int) -> bool:
+    """Walk the chunk-size lines (RFC 9112 section 7.1) received so far: arrived at the
+    last chunk, or when they announce more than ``limit`` or are not chunk sizes."""
+    position, announced = 0, 0
+    while True:
+        eol = body.find(b"\r\n", position)
+        if eol < 0:
+            return len(body) - position > 1024  # no size line is that long
+        try:
+            size = int(body[position:eol].split(b";")[0].strip(), 16)
+        except ValueError:
+            return True
+        announced += size
+        if size == 0 or announced > limit:
+            return True
+        position = eol + 2 + size + 2
+        if position > len(body):
+            return False
+
 
 # (gunicorn exception name, status, reason phrase, code), most specific first. By name:
 # older gunicorn releases lack some (InvalidChunkExtension, ObsoleteFolding).
@@ -61,8 +134,100 @@ def json_error_answer(exc: BaseException) -> tuple[int, str, bytes] | None:
     return None
 
 
+_TIMEOUT_BODY = (
+    json.dumps(
+        {"error": {"code": "request_timeout", "message": "The request did not arrive in time."}}
+    ).encode()
+    + b"\n"
+)
+_TIMEOUT_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    + f"Content-Length: {len(_TIMEOUT_BODY)}\r\n\r\n".encode()
+    + _TIMEOUT_BODY
+)
+
+
 class JsonErrorWorker(ThreadWorker):
-    """``gthread`` with JSON answers for the requests gunicorn refuses itself."""
+    """``gthread`` that buffers each request's arrival in its event loop, with JSON
+    answers for the requests gunicorn refuses itself."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Connections whose request is arriving: conn -> (bytes so far, deadline).
+        self.arriving: dict[TConn, tuple[bytearray, float]] = {}
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            client, address = listener.accept()
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        conn = TConn(self.cfg, client, address, listener.getsockname())  # non-blocking
+        if self.cfg.is_ssl:  # the TLS handshake is gunicorn's (never configured here)
+            self.enqueue_req(conn)
+            return
+        self._await_request(conn)
+
+    def on_client_socket_readable(self, conn: TConn, client: socket.socket) -> None:
+        """A kept-alive connection has a new request coming: let it arrive first."""
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._await_request(conn)
+
+    def _await_request(self, conn: TConn) -> None:
+        self.arriving[conn] = (bytearray(), time.monotonic() + ARRIVAL_TIMEOUT_S)
+        self.poller.register(
+            conn.sock, selectors.EVENT_READ, partial(self._on_arriving_readable, conn)
+        )
+
+    def _on_arriving_readable(self, conn: TConn, _sock: socket.socket) -> None:
+        data, _ = self.arriving[conn]
+        try:
+            received = conn.sock.recv(_READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            received = b""
+        if not received and not data:  # hung up (or kept alive no more) before a request
+            self._drop_arriving(conn)
+            return
+        data += received
+        # A client that stops sending mid-request is answered by the thread, as before
+        # (400 incomplete_body: the parser meets the end of the stream).
+        if not received or request_arrived(bytes(data)):
+            self.poller.unregister(conn.sock)
+            del self.arriving[conn]
+            conn.init()  # the parser (a new connection), socket blocking for the thread
+            conn.parser.unreader.unread(bytes(data))
+            conn.data_ready = True
+            self.enqueue_req(conn)
+
+    def _drop_arriving(self, conn: TConn, answer: bytes = b"") -> None:
+        self.arriving.pop(conn, None)
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        if answer:
+            try:
+                conn.sock.send(answer)
+            except OSError:
+                pass
+        self.nr_conns -= 1
+        conn.close()
+
+    def murder_pending(self) -> None:
+        """Also end the arrivals that ran out of time (408 when something came), and
+        on shutdown the connections that sent nothing yet."""
+        super().murder_pending()
+        now = time.monotonic()
+        for conn, (data, deadline) in list(self.arriving.items()):
+            if now >= deadline:
+                self._drop_arriving(conn, _TIMEOUT_ANSWER if data else b"")
+            elif not self.alive and not data:
+                self._drop_arriving(conn)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         answer = json_error_answer(exc)
