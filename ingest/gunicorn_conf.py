@@ -77,8 +77,12 @@ logger_class = JsonLogger
 
 
 def child_exit(_server: object, worker: object) -> None:
-    """A gunicorn worker ended: drop its live gauges; its counters stay in the sums."""
+    """A gunicorn worker ended: drop its live gauges (its counters stay in the sums)
+    and free its place on the connection board (ingest/gunicorn_worker.py)."""
     mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+    from ingest.gunicorn_worker import BOARD
+
+    BOARD.release(getattr(worker, "board_slot", -1))
 
 
 def post_worker_init(worker: object) -> None:
@@ -89,3 +93,4 @@ def post_worker_init(worker: object) -> None:
     inbound = extensions.get("hookfleet_inbound")
     if inbound is not None:
         inbound.warm()
+    worker.log.info("Worker ready: pid %s", worker.pid)  # type: ignore[attr-defined]

@@ -15,6 +15,14 @@ closed. Source: gunicorn ``workers/gthread.py`` (``accept``, ``enqueue_req``,
 ``on_client_socket_readable``, ``murder_pending``, gunicorn 27) and RFC 9112 sections
 6 and 7.1 (message body length, chunked coding).
 
+**Spread.** Kept-alive connections stay with the process that accepted them, and
+which one accepts is a race: 16 connections of one sender all landed on one of two
+workers in half of the starts (one GIL-bound process served everything, the other
+idled). Each worker posts its open connections on a :class:`ConnectionBoard` shared by
+the workers of one master, and stops accepting while it holds ``SPREAD_SLACK`` more
+than a less loaded live worker that is accepting, so the kernel hands the next
+connections to that one (never all of them at once: someone always accepts).
+
 **Answers.**
 gunicorn rejects some requests before the application sees them: a malformed request
 line or header, a ``Content-Length`` that is not a number, ``Content-Length`` together
@@ -33,9 +41,12 @@ from __future__ import annotations
 
 import errno
 import json
+import mmap
+import os
 import re
 import selectors
 import socket
+import struct
 import time
 from functools import partial
 from typing import Any
@@ -51,6 +62,12 @@ ARRIVAL_BUFFER_BYTES = 128 * 1024
 # after a kept-alive wait); a provider sends a delivery in well under a second.
 ARRIVAL_TIMEOUT_S = 10.0
 _READ_BYTES = 64 * 1024
+# A worker accepts while it holds fewer than the least loaded live worker + this.
+SPREAD_SLACK = 2
+# A worker whose event loop has not posted for this long is not waited for (stuck or
+# gone): the others accept without regard to it.
+BOARD_STALE_S = 3.0
+_RECHECK_S = 0.02
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:(.*)$", re.MULTILINE | re.IGNORECASE)
 _TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:", re.MULTILINE | re.IGNORECASE)
 
@@ -134,6 +151,61 @@ def json_error_answer(exc: BaseException) -> tuple[int, str, bytes] | None:
     return None
 
 
+class ConnectionBoard:
+    """Open connections per worker, in memory shared by a gunicorn master's workers
+    (an anonymous shared mmap, inherited at fork). Slot ``i`` holds the worker's pid
+    (0 free, -1 reserved by the master), its connection count, whether it is accepting
+    and when it last posted (``time.monotonic()``, one clock for the whole host)."""
+
+    SLOT = struct.Struct("qqqd")
+    SLOTS = 256
+
+    def __init__(self) -> None:
+        self._memory = mmap.mmap(-1, self.SLOT.size * self.SLOTS)
+
+    def reserve(self) -> int:
+        """A free slot for a worker about to be forked (in the master)."""
+        for slot in range(self.SLOTS):
+            if self._read(slot)[0] == 0:
+                self._write(slot, -1, 0, False, time.monotonic())
+                return slot
+        return -1  # more workers than slots: that one is not balanced
+
+    def release(self, slot: int) -> None:
+        if slot >= 0:
+            self._write(slot, 0, 0, False, 0.0)
+
+    def post(self, slot: int, connections: int, accepting: bool) -> None:
+        if slot >= 0:
+            self._write(slot, os.getpid(), connections, accepting, time.monotonic())
+
+    def may_accept(self, slot: int, connections: int) -> bool:
+        """Whether a worker holding ``connections`` should take another one: unless a
+        live worker holding ``SPREAD_SLACK`` fewer is accepting them."""
+        if slot < 0:
+            return True
+        now, own = time.monotonic(), os.getpid()
+        return not any(
+            pid > 0
+            and pid != own
+            and accepting
+            and now - posted < BOARD_STALE_S
+            and count + SPREAD_SLACK <= connections
+            for pid, count, accepting, posted in map(self._read, range(self.SLOTS))
+        )
+
+    def _read(self, slot: int) -> tuple[int, int, bool, float]:
+        pid, count, accepting, posted = self.SLOT.unpack_from(self._memory, slot * self.SLOT.size)
+        return int(pid), int(count), bool(accepting), float(posted)
+
+    def _write(self, slot: int, pid: int, count: int, accepting: bool, posted: float) -> None:
+        self.SLOT.pack_into(self._memory, slot * self.SLOT.size, pid, count, int(accepting), posted)
+
+
+# Made when gunicorn's master loads this worker class, before it forks any worker.
+BOARD = ConnectionBoard()
+
+
 _TIMEOUT_BODY = (
     json.dumps(
         {"error": {"code": "request_timeout", "message": "The request did not arrive in time."}}
@@ -155,6 +227,27 @@ class JsonErrorWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         # Connections whose request is arriving: conn -> (bytes so far, deadline).
         self.arriving: dict[TConn, tuple[bytearray, float]] = {}
+        # Made in the master before the fork; the master releases it at child_exit.
+        self.board_slot = BOARD.reserve()
+
+    def notify(self) -> None:
+        """Every turn of the event loop (at least once a second): tell the master we
+        live and the other workers how many connections we hold."""
+        super().notify()
+        BOARD.post(self.board_slot, self.nr_conns, self._accepting)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        super().set_accept_enabled(
+            enabled and (not self.alive or BOARD.may_accept(self.board_slot, self.nr_conns))
+        )
+        BOARD.post(self.board_slot, self.nr_conns, self._accepting)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        """While not accepting for the others' sake, look again every
+        ``_RECHECK_S``: the others may have caught up."""
+        if self.alive and not self._accepting:
+            timeout = min(timeout, _RECHECK_S)
+        super().wait_for_and_dispatch_events(timeout)
 
     def accept(self, listener: socket.socket) -> None:
         try:
@@ -164,6 +257,9 @@ class JsonErrorWorker(ThreadWorker):
                 raise
             return
         self.nr_conns += 1
+        if not BOARD.may_accept(self.board_slot, self.nr_conns):
+            self.set_accept_enabled(False)  # the next ones are for the other workers
+        BOARD.post(self.board_slot, self.nr_conns, self._accepting)
         conn = TConn(self.cfg, client, address, listener.getsockname())  # non-blocking
         if self.cfg.is_ssl:  # the TLS handshake is gunicorn's (never configured here)
             self.enqueue_req(conn)

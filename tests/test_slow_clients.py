@@ -1,5 +1,6 @@
 """Slow and silent clients against a real gunicorn: they must not hold the threads that
-serve real deliveries (ingest/gunicorn_worker.py buffers each request's arrival).
+serve real deliveries (ingest/gunicorn_worker.py buffers each request's arrival); and
+kept-alive connections spread over every worker process.
 
 Three kinds, many of each, kept open while signed deliveries are posted: connections
 that send their headers a byte at a time (a slowloris, a bad proxy), ones that send
@@ -8,16 +9,23 @@ their headers and then trickle the body, and ones that connect and say nothing.
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import re
+import signal
 import socket
+import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ingest.gunicorn_worker import request_arrived
+from ingest.gunicorn_worker import BOARD_STALE_S, request_arrived
 from tests.processes import Processes, request, running_fleet
+from tests.servers import wait_until
 
 SLOW_HEADERS = b"POST /webhooks/standard HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
 SLOW_BODY = SLOW_HEADERS + b"Content-Length: 4000\r\n\r\n{"
@@ -123,3 +131,72 @@ def test_a_request_is_handed_to_a_thread_once_it_can_be_answered(
 
 def test_a_head_longer_than_the_buffer_is_handed_on_for_gunicorn_to_refuse() -> None:
     assert request_arrived(b"GET / HTTP/1.1\r\nX: " + b"a" * 200_000)
+
+
+def connections_by_worker(port: int) -> dict[str, int]:
+    """Established connections to ``port`` by the pid holding them (``ss``)."""
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return dict(Counter(re.findall(r"pid=(\d+)", out)))
+
+
+def keep_alive_requests(web: Processes, count: int) -> list[http.client.HTTPConnection]:
+    port = int(web.env["PORT"])
+    connections = []
+    for _ in range(count):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().read() is not None
+        connections.append(connection)
+    return connections
+
+
+def wait_for_every_worker(web: Processes) -> None:
+    """/healthz answers once one worker has loaded the app; the others may still be
+    loading on a busy machine."""
+    workers = int(web.env["WEB_CONCURRENCY"])
+    wait_until(lambda: web.log("web").count("Worker ready") >= workers, 30, "every worker")
+
+
+@pytest.mark.e2e
+def test_keep_alive_connections_are_spread_over_every_worker(web: Processes) -> None:
+    wait_for_every_worker(web)
+    connections = keep_alive_requests(web, 16)
+    try:
+        held = connections_by_worker(int(web.env["PORT"]))
+    finally:
+        for connection in connections:
+            connection.close()
+
+    workers = int(web.env["WEB_CONCURRENCY"])
+    assert len(held) == workers, held
+    assert sum(held.values()) == 16
+    # Opened one after another, the worst case for a race to accept: still none of
+    # them takes (nearly) all while another idles (16 of 16 on one, before).
+    assert min(held.values()) >= 16 // (2 * workers), held
+
+
+@pytest.mark.e2e
+def test_a_stuck_worker_is_not_waited_for(web: Processes) -> None:
+    wait_for_every_worker(web)
+    first = keep_alive_requests(web, 1)[0]
+    stuck = int(next(iter(connections_by_worker(int(web.env["PORT"])))))
+    first.close()
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        time.sleep(BOARD_STALE_S + 1.5)
+        started = time.monotonic()
+        connections = keep_alive_requests(web, 12)
+        elapsed = time.monotonic() - started
+        for connection in connections:
+            connection.close()
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+
+    # Every one answered at once by the worker that still runs (waiting for the
+    # stuck one's fair share, they took about 25 s: until kept-alive ones timed out).
+    assert elapsed < 5, elapsed
