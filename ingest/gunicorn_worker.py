@@ -68,6 +68,7 @@ SPREAD_SLACK = 2
 # gone): the others accept without regard to it.
 BOARD_STALE_S = 3.0
 _RECHECK_S = 0.02
+_WAITING = object()
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:(.*)$", re.MULTILINE | re.IGNORECASE)
 _TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:", re.MULTILINE | re.IGNORECASE)
 
@@ -264,41 +265,53 @@ class JsonErrorWorker(ThreadWorker):
         if self.cfg.is_ssl:  # the TLS handshake is gunicorn's (never configured here)
             self.enqueue_req(conn)
             return
-        self._await_request(conn)
+        self.arriving[conn] = (bytearray(), time.monotonic() + ARRIVAL_TIMEOUT_S)
+        # Often the request is there already: no wait in the poller for it then.
+        if self._receive(conn, registered=False) is _WAITING:
+            self.poller.register(
+                conn.sock, selectors.EVENT_READ, partial(self._on_arriving_readable, conn)
+            )
 
     def on_client_socket_readable(self, conn: TConn, client: socket.socket) -> None:
-        """A kept-alive connection has a new request coming: let it arrive first."""
-        self.poller.unregister(client)
+        """A kept-alive connection has a new request coming: let it arrive first (read
+        what is there now; wait in the poller for the rest)."""
         self.keepalived_conns.remove(conn)
-        self._await_request(conn)
-
-    def _await_request(self, conn: TConn) -> None:
         self.arriving[conn] = (bytearray(), time.monotonic() + ARRIVAL_TIMEOUT_S)
-        self.poller.register(
-            conn.sock, selectors.EVENT_READ, partial(self._on_arriving_readable, conn)
-        )
+        if self._receive(conn, registered=True) is _WAITING:
+            self.poller.modify(
+                client, selectors.EVENT_READ, partial(self._on_arriving_readable, conn)
+            )
 
     def _on_arriving_readable(self, conn: TConn, _sock: socket.socket) -> None:
+        self._receive(conn, registered=True)
+
+    def _receive(self, conn: TConn, *, registered: bool) -> object:
+        """Read what has come of ``conn``'s request; hand it to a thread once it has
+        arrived (or drop the connection when it hung up before a request began).
+        ``_WAITING`` while more is to come."""
         data, _ = self.arriving[conn]
         try:
             received = conn.sock.recv(_READ_BYTES)
         except (BlockingIOError, InterruptedError):
-            return
+            return _WAITING
         except OSError:
             received = b""
         if not received and not data:  # hung up (or kept alive no more) before a request
             self._drop_arriving(conn)
-            return
+            return None
         data += received
         # A client that stops sending mid-request is answered by the thread, as before
         # (400 incomplete_body: the parser meets the end of the stream).
-        if not received or request_arrived(bytes(data)):
+        if received and not request_arrived(bytes(data)):
+            return _WAITING
+        if registered:
             self.poller.unregister(conn.sock)
-            del self.arriving[conn]
-            conn.init()  # the parser (a new connection), socket blocking for the thread
-            conn.parser.unreader.unread(bytes(data))
-            conn.data_ready = True
-            self.enqueue_req(conn)
+        del self.arriving[conn]
+        conn.init()  # the parser (a new connection), socket blocking for the thread
+        conn.parser.unreader.unread(bytes(data))
+        conn.data_ready = True
+        self.enqueue_req(conn)
+        return None
 
     def _drop_arriving(self, conn: TConn, answer: bytes = b"") -> None:
         self.arriving.pop(conn, None)
