@@ -70,6 +70,7 @@ BOARD_STALE_S = 3.0
 _RECHECK_S = 0.02
 _WAITING = object()
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:(.*)$", re.MULTILINE | re.IGNORECASE)
+_EXPECT_CONTINUE = re.compile(rb"^expect[ \t]*:[ \t]*100-continue", re.MULTILINE | re.IGNORECASE)
 _TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:", re.MULTILINE | re.IGNORECASE)
 
 
@@ -81,6 +82,8 @@ def request_arrived(data: bytes, limit: int = ARRIVAL_BUFFER_BYTES) -> bool:
     if end < 0:
         return len(data) >= limit
     head, body = data[:end], data[end + 4 :]
+    if _EXPECT_CONTINUE.search(head):
+        return True  # the client sends its body after gunicorn's "100 Continue"
     if _TRANSFER_ENCODING.search(head):
         return _chunks_arrived(body, limit)
     lengths = _CONTENT_LENGTH.findall(head)

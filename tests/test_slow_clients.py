@@ -111,6 +111,8 @@ def test_a_request_that_never_arrives_whole_gets_a_json_408(web: Processes) -> N
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\n", False),
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", True),
         (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nabc", False),
+        # The body follows gunicorn's "100 Continue" (curl, .NET, Java clients).
+        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n", True),
         (b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nabcde", True),
         # Announced over the buffer: the app answers 413 without waiting for it.
         (b"POST / HTTP/1.1\r\nContent-Length: 50000000\r\n\r\n", True),
@@ -200,3 +202,23 @@ def test_a_stuck_worker_is_not_waited_for(web: Processes) -> None:
     # Every one answered at once by the worker that still runs (waiting for the
     # stuck one's fair share, they took about 25 s: until kept-alive ones timed out).
     assert elapsed < 5, elapsed
+
+
+@pytest.mark.e2e
+def test_a_client_that_expects_100_continue_gets_it_before_sending_its_body(
+    web: Processes,
+) -> None:
+    body = json.dumps({"type": "t"}).encode()
+    head = (
+        b"POST /webhooks/standard HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"webhook-id: expect-1\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    with socket.create_connection(("127.0.0.1", int(web.env["PORT"])), timeout=5) as sock:
+        sock.sendall(head)
+        interim = sock.recv(4096)  # a strict client sends nothing more until this
+        sock.sendall(body)
+        answer = sock.recv(4096)
+
+    assert interim.startswith(b"HTTP/1.1 100 Continue")
+    assert answer.startswith(b"HTTP/1.1 202")
