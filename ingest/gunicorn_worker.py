@@ -337,6 +337,12 @@ class JsonErrorWorker(ThreadWorker):
         now = time.monotonic()
         for conn, (data, deadline) in list(self.arriving.items()):
             if now >= deadline:
+                if data:
+                    peer = (conn.client or ("", -1))[0]
+                    self.log.warning(
+                        f"Request from ip={peer} not whole within {ARRIVAL_TIMEOUT_S:.0f} s "
+                        f"({len(data)} bytes came): answered 408"
+                    )
                 self._drop_arriving(conn, _TIMEOUT_ANSWER if data else b"")
             elif not self.alive and not data:
                 self._drop_arriving(conn)

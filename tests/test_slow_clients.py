@@ -103,6 +103,8 @@ def test_a_request_that_never_arrives_whole_gets_a_json_408(web: Processes) -> N
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408")
     assert json.loads(body)["error"]["code"] == "request_timeout"
+    logged = [json.loads(line) for line in web.log("web").splitlines() if "answered 408" in line]
+    assert [line["level"] for line in logged] == ["WARNING"]
 
 
 @pytest.mark.parametrize(
