@@ -52,6 +52,9 @@ RECEIVER_CASES: dict[str, tuple[str, str, float, bool, str]] = {
     "ceiling": ("tests.bench.apps:ceiling_app()", "standard", 0.0, False, "shipped"),
     "usual-recipe": ("tests.bench.apps:usual_recipe_app()", "standard", 0.0, False, "shipped"),
     "hookfleet-standard": ("ingest:create_app()", "standard", 0.0, True, "shipped"),
+    # The receiver on the reference server: what Hookfleet's own settings and worker
+    # (ingest/gunicorn_conf.py, ingest/gunicorn_worker.py) change.
+    "hookfleet-gthread": ("ingest:create_app()", "standard", 0.0, False, "gthread-2x4"),
     # The A/B: the real receiver (claim, signatures, metrics, logging) and bare Flask
     # on granian.
     "hookfleet-granian": ("ingest:create_app()", "standard", 0.0, True, "granian"),
@@ -81,6 +84,7 @@ HEADLINE_CASES = (
     "ceiling",
     "usual-recipe",
     "hookfleet-standard",
+    "hookfleet-gthread",
     "hookfleet-granian",
     "ceiling-granian",
     "no-claim-standard",
@@ -97,6 +101,7 @@ PRESETS = {
         "ref-recipe-gthread",
         "ceiling",
         "hookfleet-standard",
+        "hookfleet-gthread",
         "hookfleet-granian",
         "ceiling-granian",
         *SLOW_CASES,
