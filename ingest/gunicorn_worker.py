@@ -159,19 +159,23 @@ class ConnectionBoard:
     """Open connections per worker, in memory shared by a gunicorn master's workers
     (an anonymous shared mmap, inherited at fork). Slot ``i`` holds the worker's pid
     (0 free, -1 reserved by the master), its connection count, whether it is accepting
-    and when it last posted (``time.monotonic()``, one clock for the whole host)."""
+    and when it last posted (``time.monotonic()``, one clock for the whole host). A
+    header holds how many slots were ever used, so a reading scans only those (it runs
+    at every turn of a worker's loop while that worker leaves connections to others)."""
 
+    HEAD = struct.Struct("q")
     SLOT = struct.Struct("qqqd")
     SLOTS = 256
 
     def __init__(self) -> None:
-        self._memory = mmap.mmap(-1, self.SLOT.size * self.SLOTS)
+        self._memory = mmap.mmap(-1, self.HEAD.size + self.SLOT.size * self.SLOTS)
 
     def reserve(self) -> int:
         """A free slot for a worker about to be forked (in the master)."""
-        for slot in range(self.SLOTS):
-            if self._read(slot)[0] == 0:
+        for slot, (pid, *_) in enumerate(self.SLOT.iter_unpack(self._slots(self.SLOTS))):
+            if pid == 0:
                 self._write(slot, -1, 0, False, time.monotonic())
+                self.HEAD.pack_into(self._memory, 0, max(self._used(), slot + 1))
                 return slot
         return -1  # more workers than slots: that one is not balanced
 
@@ -195,15 +199,18 @@ class ConnectionBoard:
             and accepting
             and now - posted < BOARD_STALE_S
             and count + SPREAD_SLACK <= connections
-            for pid, count, accepting, posted in map(self._read, range(self.SLOTS))
+            for pid, count, accepting, posted in self.SLOT.iter_unpack(self._slots(self._used()))
         )
 
-    def _read(self, slot: int) -> tuple[int, int, bool, float]:
-        pid, count, accepting, posted = self.SLOT.unpack_from(self._memory, slot * self.SLOT.size)
-        return int(pid), int(count), bool(accepting), float(posted)
+    def _used(self) -> int:
+        return int(self.HEAD.unpack_from(self._memory, 0)[0])
+
+    def _slots(self, count: int) -> bytes:
+        return self._memory[self.HEAD.size : self.HEAD.size + count * self.SLOT.size]
 
     def _write(self, slot: int, pid: int, count: int, accepting: bool, posted: float) -> None:
-        self.SLOT.pack_into(self._memory, slot * self.SLOT.size, pid, count, int(accepting), posted)
+        offset = self.HEAD.size + slot * self.SLOT.size
+        self.SLOT.pack_into(self._memory, offset, pid, count, int(accepting), posted)
 
 
 # Made when gunicorn's master loads this worker class, before it forks any worker.
