@@ -7,8 +7,13 @@ import os
 from gunicorn import glogging
 
 from models.logs import logging_config
+from models.settings import DEFAULT_OPS_BIND
 
-bind = os.environ.get("HOOKFLEET_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+# Two listeners: the public one (webhooks and /healthz only) and the ops one for
+# /metrics, /readyz and /stats (ingest/metrics.py), on loopback unless told otherwise.
+public_bind = os.environ.get("HOOKFLEET_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+ops_bind = os.environ.get("HOOKFLEET_OPS_BIND") or DEFAULT_OPS_BIND
+bind = [public_bind] if ops_bind == public_bind else [public_bind, ops_bind]
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Threads let one process serve keep-alive connections and overlap Redis round trips.
 # gunicorn's gthread worker, answering the requests gunicorn refuses itself (bad framing
@@ -50,8 +55,12 @@ logger_class = JsonLogger
 
 
 def child_exit(_server: object, worker: object) -> None:
-    """A gunicorn worker ended: drop its live gauges; its counters stay in the sums."""
+    """A gunicorn worker ended: drop its live gauges (its counters stay in the sums)
+    and free its place on the connection board (ingest/gunicorn_worker.py)."""
     mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+    from ingest.gunicorn_worker import BOARD
+
+    BOARD.release(getattr(worker, "board_slot", -1))
 
 
 def post_worker_init(worker: object) -> None:
@@ -62,3 +71,4 @@ def post_worker_init(worker: object) -> None:
     inbound = extensions.get("hookfleet_inbound")
     if inbound is not None:
         inbound.warm()
+    worker.log.info("Worker ready: pid %s", worker.pid)  # type: ignore[attr-defined]

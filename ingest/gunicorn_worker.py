@@ -1,5 +1,29 @@
-"""gunicorn's threaded worker, answering requests it refuses itself in Hookfleet's shape.
+"""gunicorn's threaded worker: a request reaches a thread only once it has arrived, and
+the requests gunicorn refuses itself are answered in Hookfleet's shape.
 
+**Arrival.** Stock ``gthread`` hands a connection to one of its few threads as soon as it
+is accepted (or readable again), and that thread then blocks reading the request head
+and body: 8 clients sending their headers slowly (a slowloris, a bad proxy) or going
+silent hold all 8 threads, and real deliveries wait. Here the worker's event loop reads
+each request itself, without blocking, into a per-connection buffer, and hands it to a
+thread only when :func:`request_arrived` says it is whole (head and a ``Content-Length``
+body, or chunks up to the last one), like a buffering proxy would. A body announced
+larger than ``ARRIVAL_BUFFER_BYTES`` goes to a thread at once, so the receiver answers
+413 before reading what it would refuse (ingest/framing.py). A request that has not
+arrived within ``ARRIVAL_TIMEOUT_S`` is answered 408 and closed; a silent connection is
+closed. Source: gunicorn ``workers/gthread.py`` (``accept``, ``enqueue_req``,
+``on_client_socket_readable``, ``murder_pending``, gunicorn 27) and RFC 9112 sections
+6 and 7.1 (message body length, chunked coding).
+
+**Spread.** Kept-alive connections stay with the process that accepted them, and
+which one accepts is a race: 16 connections of one sender all landed on one of two
+workers in half of the starts (one GIL-bound process served everything, the other
+idled). Each worker posts its open connections on a :class:`ConnectionBoard` shared by
+the workers of one master, and stops accepting while it holds ``SPREAD_SLACK`` more
+than a less loaded live worker that is accepting, so the kernel hands the next
+connections to that one (never all of them at once: someone always accepts).
+
+**Answers.**
 gunicorn rejects some requests before the application sees them: a malformed request
 line or header, a ``Content-Length`` that is not a number, ``Content-Length`` together
 with ``Transfer-Encoding``, a ``Transfer-Encoding`` that does not end in ``chunked``
@@ -15,12 +39,82 @@ Source: gunicorn ``workers/base.py`` ``Worker.handle_error`` and ``http/message.
 
 from __future__ import annotations
 
+import errno
 import json
+import mmap
+import os
+import re
+import selectors
+import socket
+import struct
+import time
+from functools import partial
 from typing import Any
 
 from gunicorn import util
 from gunicorn.http import errors
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+# A request's head and body are read by the event loop up to this size; a larger body
+# is read by the thread that serves it.
+ARRIVAL_BUFFER_BYTES = 128 * 1024
+# A request must arrive whole within this (from its connection or its first byte
+# after a kept-alive wait); a provider sends a delivery in well under a second.
+ARRIVAL_TIMEOUT_S = 10.0
+_READ_BYTES = 64 * 1024
+# A worker accepts while it holds fewer than the least loaded live worker + this.
+SPREAD_SLACK = 2
+# A worker whose event loop has not posted for this long is not waited for (stuck or
+# gone): the others accept without regard to it.
+BOARD_STALE_S = 3.0
+_RECHECK_S = 0.02
+_WAITING = object()
+_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:(.*)$", re.MULTILINE | re.IGNORECASE)
+_EXPECT_CONTINUE = re.compile(rb"^expect[ \t]*:[ \t]*100-continue", re.MULTILINE | re.IGNORECASE)
+_TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:", re.MULTILINE | re.IGNORECASE)
+
+
+def request_arrived(data: bytes, limit: int = ARRIVAL_BUFFER_BYTES) -> bool:
+    """True when ``data`` (the bytes received so far on a connection) holds a whole
+    request, or enough for gunicorn and the app to answer without waiting: a head
+    over ``limit``, a framing gunicorn refuses, a body announced over ``limit``."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return len(data) >= limit
+    head, body = data[:end], data[end + 4 :]
+    if _EXPECT_CONTINUE.search(head):
+        return True  # the client sends its body after gunicorn's "100 Continue"
+    if _TRANSFER_ENCODING.search(head):
+        return _chunks_arrived(body, limit)
+    lengths = _CONTENT_LENGTH.findall(head)
+    if not lengths:
+        return True
+    try:
+        (length,) = (int(value.strip()) for value in lengths)
+    except ValueError:  # not a number, or several: gunicorn refuses it at once
+        return True
+    return length > limit or len(body) >= length
+
+
+def _chunks_arrived(body: bytes, limit: int) -> bool:
+    """Walk the chunk-size lines (RFC 9112 section 7.1) received so far: arrived at the
+    last chunk, or when they announce more than ``limit`` or are not chunk sizes."""
+    position, announced = 0, 0
+    while True:
+        eol = body.find(b"\r\n", position)
+        if eol < 0:
+            return len(body) - position > 1024  # no size line is that long
+        try:
+            size = int(body[position:eol].split(b";")[0].strip(), 16)
+        except ValueError:
+            return True
+        announced += size
+        if size == 0 or announced > limit:
+            return True
+        position = eol + 2 + size + 2
+        if position > len(body):
+            return False
+
 
 # (gunicorn exception name, status, reason phrase, code), most specific first. By name:
 # older gunicorn releases lack some (InvalidChunkExtension, ObsoleteFolding).
@@ -61,8 +155,204 @@ def json_error_answer(exc: BaseException) -> tuple[int, str, bytes] | None:
     return None
 
 
+class ConnectionBoard:
+    """Open connections per worker, in memory shared by a gunicorn master's workers
+    (an anonymous shared mmap, inherited at fork). Slot ``i`` holds the worker's pid
+    (0 free, -1 reserved by the master), its connection count, whether it is accepting
+    and when it last posted (``time.monotonic()``, one clock for the whole host). A
+    header holds how many slots were ever used, so a reading scans only those (it runs
+    at every turn of a worker's loop while that worker leaves connections to others)."""
+
+    HEAD = struct.Struct("q")
+    SLOT = struct.Struct("qqqd")
+    SLOTS = 256
+
+    def __init__(self) -> None:
+        self._memory = mmap.mmap(-1, self.HEAD.size + self.SLOT.size * self.SLOTS)
+
+    def reserve(self) -> int:
+        """A free slot for a worker about to be forked (in the master)."""
+        for slot, (pid, *_) in enumerate(self.SLOT.iter_unpack(self._slots(self.SLOTS))):
+            if pid == 0:
+                self._write(slot, -1, 0, False, time.monotonic())
+                self.HEAD.pack_into(self._memory, 0, max(self._used(), slot + 1))
+                return slot
+        return -1  # more workers than slots: that one is not balanced
+
+    def release(self, slot: int) -> None:
+        if slot >= 0:
+            self._write(slot, 0, 0, False, 0.0)
+
+    def post(self, slot: int, connections: int, accepting: bool) -> None:
+        if slot >= 0:
+            self._write(slot, os.getpid(), connections, accepting, time.monotonic())
+
+    def may_accept(self, slot: int, connections: int) -> bool:
+        """Whether a worker holding ``connections`` should take another one: unless a
+        live worker holding ``SPREAD_SLACK`` fewer is accepting them."""
+        if slot < 0:
+            return True
+        now, own = time.monotonic(), os.getpid()
+        return not any(
+            pid > 0
+            and pid != own
+            and accepting
+            and now - posted < BOARD_STALE_S
+            and count + SPREAD_SLACK <= connections
+            for pid, count, accepting, posted in self.SLOT.iter_unpack(self._slots(self._used()))
+        )
+
+    def _used(self) -> int:
+        return int(self.HEAD.unpack_from(self._memory, 0)[0])
+
+    def _slots(self, count: int) -> bytes:
+        return self._memory[self.HEAD.size : self.HEAD.size + count * self.SLOT.size]
+
+    def _write(self, slot: int, pid: int, count: int, accepting: bool, posted: float) -> None:
+        offset = self.HEAD.size + slot * self.SLOT.size
+        self.SLOT.pack_into(self._memory, offset, pid, count, int(accepting), posted)
+
+
+# Made when gunicorn's master loads this worker class, before it forks any worker.
+BOARD = ConnectionBoard()
+
+
+_TIMEOUT_BODY = (
+    json.dumps(
+        {"error": {"code": "request_timeout", "message": "The request did not arrive in time."}}
+    ).encode()
+    + b"\n"
+)
+_TIMEOUT_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    + f"Content-Length: {len(_TIMEOUT_BODY)}\r\n\r\n".encode()
+    + _TIMEOUT_BODY
+)
+
+
 class JsonErrorWorker(ThreadWorker):
-    """``gthread`` with JSON answers for the requests gunicorn refuses itself."""
+    """``gthread`` that buffers each request's arrival in its event loop, with JSON
+    answers for the requests gunicorn refuses itself."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Connections whose request is arriving: conn -> (bytes so far, deadline).
+        self.arriving: dict[TConn, tuple[bytearray, float]] = {}
+        # Made in the master before the fork; the master releases it at child_exit.
+        self.board_slot = BOARD.reserve()
+
+    def notify(self) -> None:
+        """Every turn of the event loop (at least once a second): tell the master we
+        live and the other workers how many connections we hold."""
+        super().notify()
+        BOARD.post(self.board_slot, self.nr_conns, self._accepting)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        super().set_accept_enabled(
+            enabled and (not self.alive or BOARD.may_accept(self.board_slot, self.nr_conns))
+        )
+        BOARD.post(self.board_slot, self.nr_conns, self._accepting)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        """While not accepting for the others' sake, look again every
+        ``_RECHECK_S``: the others may have caught up."""
+        if self.alive and not self._accepting:
+            timeout = min(timeout, _RECHECK_S)
+        super().wait_for_and_dispatch_events(timeout)
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            client, address = listener.accept()
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        if not BOARD.may_accept(self.board_slot, self.nr_conns):
+            self.set_accept_enabled(False)  # the next ones are for the other workers
+        BOARD.post(self.board_slot, self.nr_conns, self._accepting)
+        conn = TConn(self.cfg, client, address, listener.getsockname())  # non-blocking
+        if self.cfg.is_ssl:  # the TLS handshake is gunicorn's (never configured here)
+            self.enqueue_req(conn)
+            return
+        self.arriving[conn] = (bytearray(), time.monotonic() + ARRIVAL_TIMEOUT_S)
+        # Often the request is there already: no wait in the poller for it then.
+        if self._receive(conn, registered=False) is _WAITING:
+            self.poller.register(
+                conn.sock, selectors.EVENT_READ, partial(self._on_arriving_readable, conn)
+            )
+
+    def on_client_socket_readable(self, conn: TConn, client: socket.socket) -> None:
+        """A kept-alive connection has a new request coming: let it arrive first (read
+        what is there now; wait in the poller for the rest)."""
+        self.keepalived_conns.remove(conn)
+        self.arriving[conn] = (bytearray(), time.monotonic() + ARRIVAL_TIMEOUT_S)
+        if self._receive(conn, registered=True) is _WAITING:
+            self.poller.modify(
+                client, selectors.EVENT_READ, partial(self._on_arriving_readable, conn)
+            )
+
+    def _on_arriving_readable(self, conn: TConn, _sock: socket.socket) -> None:
+        self._receive(conn, registered=True)
+
+    def _receive(self, conn: TConn, *, registered: bool) -> object:
+        """Read what has come of ``conn``'s request; hand it to a thread once it has
+        arrived (or drop the connection when it hung up before a request began).
+        ``_WAITING`` while more is to come."""
+        data, _ = self.arriving[conn]
+        try:
+            received = conn.sock.recv(_READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return _WAITING
+        except OSError:
+            received = b""
+        if not received and not data:  # hung up (or kept alive no more) before a request
+            self._drop_arriving(conn)
+            return None
+        data += received
+        # A client that stops sending mid-request is answered by the thread, as before
+        # (400 incomplete_body: the parser meets the end of the stream).
+        if received and not request_arrived(bytes(data)):
+            return _WAITING
+        if registered:
+            self.poller.unregister(conn.sock)
+        del self.arriving[conn]
+        conn.init()  # the parser (a new connection), socket blocking for the thread
+        conn.parser.unreader.unread(bytes(data))
+        conn.data_ready = True
+        self.enqueue_req(conn)
+        return None
+
+    def _drop_arriving(self, conn: TConn, answer: bytes = b"") -> None:
+        self.arriving.pop(conn, None)
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        if answer:
+            try:
+                conn.sock.send(answer)
+            except OSError:
+                pass
+        self.nr_conns -= 1
+        conn.close()
+
+    def murder_pending(self) -> None:
+        """Also end the arrivals that ran out of time (408 when something came), and
+        on shutdown the connections that sent nothing yet."""
+        super().murder_pending()
+        now = time.monotonic()
+        for conn, (data, deadline) in list(self.arriving.items()):
+            if now >= deadline:
+                if data:
+                    peer = (conn.client or ("", -1))[0]
+                    self.log.warning(
+                        f"Request from ip={peer} not whole within {ARRIVAL_TIMEOUT_S:.0f} s "
+                        f"({len(data)} bytes came): answered 408"
+                    )
+                self._drop_arriving(conn, _TIMEOUT_ANSWER if data else b"")
+            elif not self.alive and not data:
+                self._drop_arriving(conn)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         answer = json_error_answer(exc)

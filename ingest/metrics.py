@@ -1,5 +1,10 @@
 """What operators see of the receiver: ``/metrics``, ``/readyz``, ``/stats``.
 
+They answer only on the ops listener (``HOOKFLEET_OPS_BIND``, loopback by default):
+gunicorn binds it beside the public port, and a request that came in on any other
+listener gets the same JSON 404 as an unknown path. The listener is told by
+``SERVER_PORT``, which gunicorn takes from the accepting socket, not from the request.
+
 Every webhook answer is counted in one place, :func:`_count`, from what the answer says
 (its status and error code), so the views stay free of metric calls.
 
@@ -18,7 +23,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import redis
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, abort, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -288,6 +293,15 @@ class BacklogCollector(Collector):
                 "webhook_events rows with status dead, waiting for a replay.",
                 value=reading.dead_letters,
             )
+
+
+@ops.before_request
+def _only_on_the_ops_listener() -> None:
+    """404 for an operator endpoint asked on the public listener: queue depths, rates
+    and breaker states are nothing for the internet to read."""
+    probe: Probe = current_app.extensions["hookfleet_probe"]
+    if request.environ.get("SERVER_PORT") != probe.settings.ops_port:
+        abort(404)
 
 
 @ops.get("/metrics")

@@ -46,6 +46,9 @@ from models.contract import QUEUES
 # (the body and its transcript, each escaped: up to 4x the body) stays under the
 # 32 MiB max_allowed_packet of deploy/mariadb.cnf. Everything else sends a few KB.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+# Where the receiver serves /metrics, /readyz and /stats unless HOOKFLEET_OPS_BIND says
+# otherwise: loopback, so nothing of it reaches the internet by default.
+DEFAULT_OPS_BIND = "127.0.0.1:9807"
 PROVIDER_MAX_BODY_BYTES = MappingProxyType({"retell": 6 * 1024 * 1024})
 # Tried in order for a phone number written without a country code (models.phones).
 DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("DE", "AT", "CH")
@@ -391,6 +394,12 @@ class Settings:
         "that share no host with a receiver (one per container).",
         shown="`0` (off)",
     )
+    ops_bind: str = knob(
+        DEFAULT_OPS_BIND,
+        "HOOKFLEET_OPS_BIND",
+        "The receiver's internal listener (`host:port`) for `/metrics`, `/readyz` and "
+        "`/stats`; the public one (`PORT`) answers only `/webhooks/*` and `/healthz`.",
+    )
     # HOOKFLEET_<PROVIDER>_* (see _providers) and the outbound knobs.
     providers: Mapping[str, ProviderSettings] = field(default_factory=lambda: MappingProxyType({}))
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
@@ -416,6 +425,11 @@ class Settings:
         hold (MariaDB's max_allowed_packet should be 4x this + 1 MiB, see README)."""
         names = {*PROVIDER_MAX_BODY_BYTES, *self.providers}
         return max([self.body_limit(name) for name in names] + [self.body_limit("")])
+
+    @property
+    def ops_port(self) -> str:
+        """The ops listener's port, as a WSGI server reports it in ``SERVER_PORT``."""
+        return self.ops_bind.rpartition(":")[2]
 
     @property
     def lease_renew_s(self) -> float:

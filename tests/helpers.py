@@ -9,6 +9,11 @@ from typing import Any
 import redis
 
 from models.contract import QUEUES, Queue
+from models.settings import DEFAULT_OPS_BIND
+
+# What a test client passes as ``base_url`` to reach the operator endpoints, which
+# answer only on the ops listener (its port, as gunicorn would report it).
+OPS = f"http://{DEFAULT_OPS_BIND}"
 
 
 def queued(client: redis.Redis, queue: str = Queue.DEFAULT) -> list[dict[str, Any]]:

@@ -44,6 +44,8 @@ class Processes:
         # The venv's gunicorn and celery first on PATH, like an activated environment.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("PORT", str(free_port()))
+        # The ops listener (/metrics, /readyz, /stats) on a free loopback port of its own.
+        env.setdefault("HOOKFLEET_OPS_BIND", f"127.0.0.1:{free_port()}")
         env.setdefault("HOOKFLEET_VAR_DIR", str(logs))
         if "PROMETHEUS_MULTIPROC_DIR" not in hookfleet:
             # Every process of this fleet adds up in one metrics directory of its own.
@@ -54,6 +56,10 @@ class Processes:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.env['PORT']}"
+
+    @property
+    def ops_url(self) -> str:
+        return f"http://{self.env['HOOKFLEET_OPS_BIND']}"
 
     def start(self, name: str) -> subprocess.Popen[bytes]:
         command = procfile()[name]

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from ingest import create_app
 from ingest.providers import retell
 from models.contract import PROCESS_EVENT, Queue
-from tests.helpers import dedup_keys, post_json
+from tests.helpers import OPS, dedup_keys, post_json
 from tests.servers import RedisServer
 
 EVENT = {"type": "invoice.paid", "data": {"id": "in_1"}}
@@ -155,7 +155,7 @@ def test_signed_retell_is_unaffected_by_other_queues(redis_url: str) -> None:
 
 def test_a_shed_delivery_is_counted_as_shed(limited: FlaskClient) -> None:
     def count(outcome: str) -> float:
-        metrics = limited.get("/metrics").get_data(as_text=True)
+        metrics = limited.get("/metrics", base_url=OPS).get_data(as_text=True)
         label = f'hookfleet_webhooks_received_total{{outcome="{outcome}",provider="standard"}}'
         lines = [x for x in metrics.splitlines() if x.startswith(label)]
         return float(lines[0].split()[-1]) if lines else 0.0

@@ -12,6 +12,7 @@ import pytest
 from models.engine import make_engine, make_sessionmaker
 from models.migrate import upgrade
 from models.settings import Settings
+from tests.helpers import OPS
 from tests.provisioning_helpers import env_for, seed_branch, settings_for
 from tests.servers import clean_env, sqlite_url
 from tests.standin import Reply, StandIn
@@ -165,7 +166,7 @@ def test_the_receivers_metrics_show_the_breaker_state_every_worker_shares(
     ).test_client()
 
     def gauge(name: str) -> str:
-        text = client.get("/metrics").get_data(as_text=True)
+        text = client.get("/metrics", base_url=OPS).get_data(as_text=True)
         line = next(
             x
             for x in text.splitlines()

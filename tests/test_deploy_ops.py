@@ -158,6 +158,6 @@ def test_systemd_worker_template_serves_the_queue_it_is_named_after() -> None:
     worker = unit("hookfleet-worker@.service")["Service"]["ExecStart"]
     target = (DEPLOY / "systemd" / "hookfleet.target").read_text()
 
-    assert "-Q hookfleet.%i" in worker and "%i@%%h" in worker
+    assert worker.endswith(" run worker_%i")  # the Procfile's worker_<queue>
     for queue in QUEUES:
         assert f"hookfleet-worker@{queue.removeprefix('hookfleet.')}.service" in target

@@ -44,6 +44,7 @@ from models.redis_links import (
     redis_client,
 )
 from models.settings import Settings
+from tests.helpers import OPS
 from tests.processes import request
 from tests.servers import MariaDBServer, RedisServer, _binary, free_port, wait_until
 from tests.test_faults import (
@@ -786,11 +787,11 @@ def test_readyz_says_not_ready_on_a_demoted_node_and_ready_once_the_address_move
                 "HOOKFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'ready.db'}",
             }
         ).test_client()
-        assert client.get("/readyz").status_code == 200
+        assert client.get("/readyz", base_url=OPS).status_code == 200
         demote_in_place(primary, replica)  # still answers PING, refuses writes
-        demoted = client.get("/readyz")
+        demoted = client.get("/readyz", base_url=OPS)
         proxy.retarget(replica.port)
-        moved = client.get("/readyz")
+        moved = client.get("/readyz", base_url=OPS)
     finally:
         proxy.stop()
 

@@ -278,7 +278,7 @@ def test_framing_errors_log_no_error_and_count_no_error_outcome(
     lines = [json.loads(line) for line in web.log("web").splitlines() if line.startswith("{")]
     assert not [line for line in lines if line.get("level") in ("ERROR", "CRITICAL")]
     assert "Traceback" not in web.log("web")
-    metrics = request(web.base_url, "GET", "/metrics")[2]
+    metrics = request(web.ops_url, "GET", "/metrics")[2]
     assert received(metrics, "standard", "error") == 0
     # gunicorn answers those it refuses before the application itself (uncounted).
     assert received(metrics, "standard", "bad_request") >= len(REFUSED) - len(BEFORE_THE_APP)

@@ -93,7 +93,7 @@ def test_counters_queue_depth_and_task_histogram_add_up_across_processes(
     fleet: Processes, mariadb_url: str
 ) -> None:
     base = fleet.base_url
-    before = scrape(base)
+    before = scrape(fleet.ops_url)
     ids = [f"evt_m_{n:03d}" for n in range(40)]
     with ThreadPoolExecutor(max_workers=16) as pool:
         accepted = list(pool.map(lambda e: post_standard(base, e), ids))
@@ -110,7 +110,7 @@ def test_counters_queue_depth_and_task_histogram_add_up_across_processes(
     assert set(accepted) == {202} and set(repeats) == {200} and set(too_large) == {413}
     assert set(forged + replayed) == {401} and set(unknown) == {404}
 
-    after = scrape(base)
+    after = scrape(fleet.ops_url)
 
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -156,11 +156,11 @@ def test_counters_queue_depth_and_task_histogram_add_up_across_processes(
         fleet.wait_for_worker("worker_default")
 
         def holding() -> bool:
-            now = scrape(base)
+            now = scrape(fleet.ops_url)
             return value(now, "hookfleet_queue_unacked", queue=Queue.DEFAULT) >= 2
 
         wait_until(holding, 30, "the worker to reserve messages", interval=0.3)
-        held = scrape(base)
+        held = scrape(fleet.ops_url)
         waiting = value(held, "hookfleet_queue_depth", queue=Queue.DEFAULT)
         unacked = value(held, "hookfleet_queue_unacked", queue=Queue.DEFAULT)
         assert waiting < 40 and waiting + unacked == 40
@@ -177,8 +177,9 @@ def test_counters_queue_depth_and_task_histogram_add_up_across_processes(
     engine.dispose()
     task = {"task": PROCESS_EVENT, "outcome": "success"}
     histogram = "hookfleet_task_duration_seconds_count"
-    wait_until(lambda: moved_now(base, before, histogram, **task) == 40, 15, "task histogram")
-    done = scrape(base)
+    ops = fleet.ops_url
+    wait_until(lambda: moved_now(ops, before, histogram, **task) == 40, 15, "task histogram")
+    done = scrape(fleet.ops_url)
     assert value(done, "hookfleet_queue_depth", queue=Queue.DEFAULT) == 0
     assert value(done, "hookfleet_queue_unacked", queue=Queue.DEFAULT) == 0
     e2e = "hookfleet_end_to_end_seconds_count"
@@ -226,7 +227,7 @@ def test_a_worker_apart_from_any_receiver_serves_its_own_metrics_port(
                 return False
 
         wait_until(counted, 60, "the worker's metrics port to count the task", interval=0.3)
-        on_web = scrape(web.base_url)
+        on_web = scrape(web.ops_url)
         assert value(on_web, histogram, **task) == 0  # its own pod's processes only
         assert value(on_web, "hookfleet_queue_depth", queue=Queue.LOW) == 0
     finally:

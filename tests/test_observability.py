@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import workers.metrics  # noqa: F401 (registers the worker metrics in this process)
 from ingest import create_app
 from ingest.metrics import OUTCOMES
+from tests.helpers import OPS
 from tests.processes import ROOT
 
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -59,7 +60,7 @@ def exported(
     from models.settings import Settings
 
     upgrade(Settings.from_env(env))
-    body = create_app(env).test_client().get("/metrics").text
+    body = create_app(env).test_client().get("/metrics", base_url=OPS).text
     names = set()
     for family in text_string_to_metric_families(body):
         names |= {family.name + suffix for suffix in SUFFIXES.get(family.type, ("",))}

@@ -16,8 +16,10 @@ from flask.testing import FlaskClient
 
 from ingest import create_app
 from models.contract import QUEUES, Queue
+from models.migrate import upgrade
 from models.settings import Settings
-from tests.helpers import post_json
+from tests.helpers import OPS, post_json
+from tests.processes import Processes, request
 from tests.servers import MariaDBServer, RedisServer, clean_env
 from workers.celery_app import celery_config
 
@@ -28,7 +30,7 @@ def ops_env(settings_env: dict[str, str], database_url: str) -> dict[str, str]:
 
 
 def test_ready_when_redis_and_database_answer(ops_env: dict[str, str]) -> None:
-    response = create_app(ops_env).test_client().get("/readyz")
+    response = create_app(ops_env).test_client().get("/readyz", base_url=OPS)
 
     assert response.status_code == 200
     assert response.json == {
@@ -44,8 +46,8 @@ def test_not_ready_names_redis_when_it_is_stopped(
     redis_server.stop()  # the redis_url fixture starts it again for the next test
 
     started = time.monotonic()
-    response = client.get("/readyz")
-    metrics = client.get("/metrics").text
+    response = client.get("/readyz", base_url=OPS)
+    metrics = client.get("/metrics", base_url=OPS).text
 
     assert time.monotonic() - started < 3
     assert response.status_code == 503
@@ -60,12 +62,12 @@ def test_not_ready_within_two_seconds_when_mariadb_is_frozen(
 ) -> None:
     env = {**settings_env, "HOOKFLEET_DATABASE_URL": mariadb_server.create_database()}
     client = create_app(env).test_client()
-    assert client.get("/readyz").status_code == 200  # a pooled connection exists now
+    assert client.get("/readyz", base_url=OPS).status_code == 200  # a pooled connection exists now
     assert mariadb_server.proc is not None
     os.kill(mariadb_server.proc.pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
-        response = client.get("/readyz")
+        response = client.get("/readyz", base_url=OPS)
         elapsed = time.monotonic() - started
     finally:
         os.kill(mariadb_server.proc.pid, signal.SIGCONT)
@@ -78,9 +80,9 @@ def test_not_ready_within_two_seconds_when_mariadb_is_frozen(
 def test_stats_wants_the_admin_token_when_one_is_set(ops_env: dict[str, str]) -> None:
     client = create_app({**ops_env, "HOOKFLEET_ADMIN_TOKEN": "s3cret-admin"}).test_client()
 
-    refused = client.get("/stats")
-    wrong = client.get("/stats", headers={"Authorization": "Bearer nope"})
-    allowed = client.get("/stats", headers={"Authorization": "Bearer s3cret-admin"})
+    refused = client.get("/stats", base_url=OPS)
+    wrong = client.get("/stats", base_url=OPS, headers={"Authorization": "Bearer nope"})
+    allowed = client.get("/stats", base_url=OPS, headers={"Authorization": "Bearer s3cret-admin"})
 
     assert (refused.status_code, wrong.status_code, allowed.status_code) == (401, 401, 200)
     assert refused.json["error"]["code"] == "unauthorized"
@@ -89,10 +91,10 @@ def test_stats_wants_the_admin_token_when_one_is_set(ops_env: dict[str, str]) ->
 
 def test_stats_are_cached_for_a_few_seconds(client: FlaskClient, ops_env: dict[str, str]) -> None:
     stats_client = create_app(ops_env).test_client()
-    first = stats_client.get("/stats").json
+    first = stats_client.get("/stats", base_url=OPS).json
     assert post_json(client, "/webhooks/standard", {"type": "t"}).status_code == 202
 
-    again = stats_client.get("/stats").json
+    again = stats_client.get("/stats", base_url=OPS).json
 
     assert again == first  # a busy dashboard costs Redis one reading per few seconds
     assert first["queues"][Queue.DEFAULT]["waiting"] == 0
@@ -144,7 +146,75 @@ def test_ready_checks_the_dedup_redis_too_when_it_is_not_the_broker(
 ) -> None:
     env = {**ops_env, "HOOKFLEET_BROKER_URL": redis_url.rsplit("/", 1)[0] + "/1"}
 
-    response = create_app(env).test_client().get("/readyz")
+    response = create_app(env).test_client().get("/readyz", base_url=OPS)
 
     assert response.status_code == 200
     assert set(response.json["checks"]) == {"redis", "dedup_redis", "database"}
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/readyz", "/stats"])
+def test_operator_endpoints_are_a_json_404_off_the_ops_listener(
+    client: FlaskClient, path: str
+) -> None:
+    response = client.get(path)  # the test client's port 80 is not the ops listener
+
+    assert response.status_code == 404
+    assert response.json is not None and response.json["error"]["code"] == "not_found"
+
+
+@pytest.mark.e2e
+def test_the_public_port_shows_webhooks_and_healthz_and_the_ops_port_the_rest(
+    tmp_path: Path, redis_url: str, database_url: str
+) -> None:
+    fleet = Processes.for_servers(
+        tmp_path / "fleet",
+        HOOKFLEET_REDIS_URL=redis_url,
+        HOOKFLEET_DATABASE_URL=database_url,
+        HOOKFLEET_STANDARD_VERIFY="off",
+        HOOKFLEET_ADMIN_TOKEN="s3cret-admin",
+    )
+    upgrade(Settings.from_env(fleet.env))
+    fleet.start("web")
+    try:
+        fleet.wait_for_web()
+        public, ops = fleet.base_url, fleet.ops_url
+        for path in ("/metrics", "/readyz", "/stats"):
+            status, _, body = request(public, "GET", path)
+            assert status == 404, (path, body)
+            assert body["error"]["code"] == "not_found"
+        assert request(public, "GET", "/healthz")[0] == 200
+        delivery = {"type": "ping", "data": {}}
+        status, _, _ = request(
+            public, "POST", "/webhooks/standard", delivery, {"webhook-id": "evt_ops_1"}
+        )
+        assert status == 202
+
+        status, _, metrics = request(ops, "GET", "/metrics")
+        assert status == 200
+        assert 'outcome="accepted",provider="standard"} 1.0' in metrics
+        assert request(ops, "GET", "/readyz")[0] == 200
+        assert request(ops, "GET", "/stats")[0] == 401
+        bearer = {"Authorization": "Bearer s3cret-admin"}
+        assert request(ops, "GET", "/stats", headers=bearer)[0] == 200
+    finally:
+        fleet.stop_all()
+
+
+def test_the_ops_listener_is_on_loopback_unless_configured(tmp_path: Path) -> None:
+    read_bind = "import ingest.gunicorn_conf as conf; print(conf.bind)"
+    env = clean_env(PORT="8123", PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "m"))
+
+    default = subprocess.run(
+        [sys.executable, "-c", read_bind], env=env, capture_output=True, text=True, check=True
+    )
+    exposed = subprocess.run(
+        [sys.executable, "-c", read_bind],
+        env={**env, "HOOKFLEET_OPS_BIND": "0.0.0.0:8123"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert default.stdout.strip() == "['0.0.0.0:8123', '127.0.0.1:9807']"
+    # Explicitly exposed: one listener answering everything.
+    assert exposed.stdout.strip() == "['0.0.0.0:8123']"

@@ -304,7 +304,7 @@ def test_a_lost_message_is_requeued_by_command_and_by_beat_and_takes_effect_once
             wait_until(lambda: finished("call_lost_2"), 60, "the event beat requeued", interval=0.3)
 
             def exported() -> bool:
-                samples = scrape(fleet.base_url)
+                samples = scrape(fleet.ops_url)
                 requeued = samples.get(("hookfleet_events_requeued_total", "retell"))
                 return requeued == 1 and samples.get(("hookfleet_events_stuck", "")) == 1
 

@@ -15,14 +15,18 @@ from sqlalchemy import create_engine, func, select
 
 from models.events import EventStatus, WebhookEvent
 from models.migrate import head
+from tests.bench.fleet import children
 from tests.processes import request
 from tests.servers import clean_env, free_port, wait_until
 from workers import fleet
+from workers.fleet import read_procfile
 
 HOOKFLEET = str(Path(sys.executable).parent / "hookfleet")
 
 
-def start_up(tmp_path: Path, port: int, **env: str) -> tuple[subprocess.Popen[str], Path]:
+def start_up(
+    tmp_path: Path, port: int, ops_port: int | None = None, **env: str
+) -> tuple[subprocess.Popen[str], Path]:
     output = tmp_path / "up.log"
     proc = subprocess.Popen(
         [
@@ -30,6 +34,8 @@ def start_up(tmp_path: Path, port: int, **env: str) -> tuple[subprocess.Popen[st
             "up",
             "--port",
             str(port),
+            "--ops-bind",
+            f"127.0.0.1:{ops_port or free_port()}",
             "--var-dir",
             str(tmp_path / "var"),
             "--concurrency",
@@ -51,11 +57,40 @@ def start_up(tmp_path: Path, port: int, **env: str) -> tuple[subprocess.Popen[st
     return proc, output
 
 
+def procfile_argv(command: str, concurrency: str) -> list[str]:
+    """A Procfile command as the shell would run it with HOOKFLEET_WORKER_CONCURRENCY
+    set (the only variable the Procfile reads with a default)."""
+    expanded = re.sub(
+        r"\$\{HOOKFLEET_WORKER_CONCURRENCY:-[^}]*\}", concurrency, command.replace("'", "")
+    )
+    return expanded.split()
+
+
+def running_commands(pid: int) -> list[list[str]]:
+    """The argv of each child of ``pid``, without the interpreter a script runs under."""
+    commands = []
+    for child in children(pid):
+        argv = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")[:-1]
+        if Path(argv[0]).name.startswith("python") and len(argv) > 1:
+            argv = argv[1:]
+        commands.append([Path(argv[0]).name, *argv[1:]])
+    return commands
+
+
 def test_up_runs_the_whole_fleet_on_sqlite_and_a_private_redis(tmp_path: Path) -> None:
-    port = free_port()
-    proc, output = start_up(tmp_path, port)
+    port, ops_port = free_port(), free_port()
+    proc, output = start_up(tmp_path, port, ops_port)
     try:
         assert f"http://127.0.0.1:{port}/webhooks/standard" in output.read_text()
+        # Every Procfile process runs, with the Procfile's command line and no other.
+        expected = [procfile_argv(c, "1") for c in read_procfile().values()]
+        fleet_commands = [
+            c for c in running_commands(proc.pid) if not c[0].startswith("redis-server")
+        ]
+        assert sorted(fleet_commands) == sorted(expected)
+        status, _, _ = request(f"http://127.0.0.1:{ops_port}", "GET", "/readyz")
+        assert status == 200
+        assert request(f"http://127.0.0.1:{port}", "GET", "/metrics")[0] == 404
         status, _, answer = request(
             f"http://127.0.0.1:{port}",
             "POST",

@@ -43,24 +43,50 @@ def migrate() -> None:
     "--concurrency",
     default=2,
     show_default=True,
-    help="Processes per Celery worker (one worker per queue).",
+    help="Processes per Celery worker (HOOKFLEET_WORKER_CONCURRENCY of the Procfile).",
 )
-def up(host: str, port: int, var_dir: str, concurrency: int) -> None:
-    """Run the whole fleet: Redis (unless given), receiver, workers, beat."""
+@click.option(
+    "--ops-bind",
+    default="",
+    help="host:port of /metrics, /readyz and /stats [default: $HOOKFLEET_OPS_BIND, "
+    "else 127.0.0.1:9807].",
+)
+def up(host: str, port: int, var_dir: str, concurrency: int, ops_bind: str) -> None:
+    """Run the whole fleet as the Procfile says: Redis (unless given), receiver,
+    workers, beat."""
     from workers.fleet import Fleet
 
-    fleet = Fleet(host=host, port=port, var_dir=Path(var_dir).resolve(), concurrency=concurrency)
+    fleet = Fleet(
+        host=host,
+        port=port,
+        var_dir=Path(var_dir).resolve(),
+        concurrency=concurrency,
+        ops_bind=ops_bind,
+    )
     try:
         fleet.start(os.environ)
         click.echo(
             f"hookfleet is up: POST webhooks to http://{host}:{port}/webhooks/<provider>"
-            f"  (e.g. http://{host}:{port}/webhooks/standard); Ctrl-C stops it."
+            f"  (e.g. http://{host}:{port}/webhooks/standard); operator endpoints on "
+            f"http://{fleet.env['HOOKFLEET_OPS_BIND']} (/metrics, /readyz, /stats); "
+            "Ctrl-C stops it."
         )
         fleet.wait()
     finally:
         click.echo("stopping hookfleet...")
         fleet.stop()
         click.echo("hookfleet stopped.")
+
+
+@main.command(name="run")
+@click.argument("name")
+def run_process(name: str) -> None:
+    """Become the Procfile's process NAME (web, worker_high, ..., beat): systemd units
+    and containers start it this way, so its command line is written once, in the
+    Procfile. Its environment variables (PORT, HOOKFLEET_WORKER_CONCURRENCY ...) apply."""
+    from workers.fleet import exec_procfile_entry
+
+    exec_procfile_entry(name, os.environ)
 
 
 main.add_command(dlq)

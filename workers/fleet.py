@@ -1,14 +1,17 @@
 """``hookfleet up``: the whole fleet in one terminal, on an embedded default.
 
 Starts a private Redis (when ``HOOKFLEET_REDIS_URL`` is unset), migrates the database
-(SQLite in ``./var`` when ``HOOKFLEET_DATABASE_URL`` is unset), then the receiver, one
-Celery worker per queue and beat. Ctrl-C (or SIGTERM) stops them in order: the receiver
-first so nothing new arrives, then the workers (which finish what they hold), beat, and
-Redis last (which writes its append-only file).
+(SQLite in ``./var`` when ``HOOKFLEET_DATABASE_URL`` is unset), then every process of
+the Procfile with the command line written there (the Procfile is the one source of
+process command lines; systemd and Kubernetes are held to it by tests/test_deploy.py):
+the receiver, one Celery worker per queue and beat. Ctrl-C (or SIGTERM) stops them in
+order: the receiver first so nothing new arrives, then the workers (which finish what
+they hold), beat, and Redis last (which writes its append-only file).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -22,16 +25,49 @@ from pathlib import Path
 
 import redis
 
-from models.contract import QUEUES, Queue
 from models.metrics import use_metrics_dir, wipe_metrics_dir
 from models.migrate import upgrade
-from models.settings import Settings
+from models.settings import DEFAULT_OPS_BIND, Settings
 
 STOP_TIMEOUT_S = 30
-# Celery's worker-to-worker chatter on the broker (clock sync and worker-online events,
-# revoked-task sync at start, heartbeat events for monitors): Hookfleet uses none of it,
-# and its gossip step logs an AttributeError traceback at every broker reconnect.
-QUIET_CLUSTER = "--without-gossip --without-mingle --without-heartbeat"
+PROCFILE = Path(__file__).resolve().parents[1] / "Procfile"
+
+
+def read_procfile(path: Path = PROCFILE) -> dict[str, str]:
+    """``{process name: shell command}`` in file order, as a Procfile runner reads it
+    (``name: command`` lines; blank lines and ``#`` comments skipped)."""
+    entries: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, command = line.partition(":")
+            entries[name.strip()] = command.strip()
+    return entries
+
+
+def procfile_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with this Python's scripts (gunicorn, celery) first on PATH, as in an
+    activated virtualenv: the Procfile names them bare."""
+    env = dict(environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def exec_procfile_entry(name: str, environ: Mapping[str, str]) -> None:
+    """Replace this process with the Procfile's ``name`` (through ``sh -c exec``, so
+    the shell's ``${VAR:-default}`` work and signals reach the server itself)."""
+    entries = read_procfile()
+    if name not in entries:
+        raise SystemExit(f"no {name!r} in {PROCFILE}; it has: {', '.join(entries)}")
+    # A shell on purpose: the Procfile is shell syntax.
+    os.execve("/bin/sh", ["/bin/sh", "-c", f"exec {entries[name]}"], procfile_env(environ))  # noqa: S606
+
+
+def stop_order(names: list[str]) -> list[list[str]]:
+    """The receiver first (nothing new arrives), then the Celery workers, then the
+    rest (beat)."""
+    web = [n for n in names if n == "web"]
+    workers = [n for n in names if n.startswith("worker")]
+    return [web, workers, [n for n in names if n not in web and n not in workers]]
 
 
 def find_redis_server() -> str:
@@ -61,6 +97,7 @@ class Fleet:
     port: int
     var_dir: Path
     concurrency: int
+    ops_bind: str = ""
     env: dict[str, str] = field(default_factory=dict)
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     redis_proc: subprocess.Popen[bytes] | None = None
@@ -90,21 +127,19 @@ class Fleet:
                 )
         # This host's metrics directory, emptied while nothing of the fleet runs yet.
         wipe_metrics_dir(use_metrics_dir(env))
-        self.env = env
         settings = Settings.from_env(env)
         upgrade(settings)
-        python = sys.executable
-        web = f"-m gunicorn -c python:ingest.gunicorn_conf --bind {self.host}:{self.port}"
-        self._spawn("web", [python, *web.split(), "ingest:create_app()"])
-        celery = [python, "-m", "celery", "-A", "workers.celery_app"]
-        for queue in QUEUES:
-            worker = (
-                f"worker {QUIET_CLUSTER} -Q {queue} -n {queue}@%h --concurrency {self.concurrency}"
-            )
-            if queue == Queue.PROVISIONING:
-                worker += " --prefetch-multiplier 1"  # long tasks, never batched
-            self._spawn(queue, [*celery, *worker.split(), "--loglevel", "INFO"])
-        self._spawn("beat", [*celery, "beat", "--loglevel", "INFO"])
+        # The Procfile's commands read their addresses and sizes from the environment.
+        env = procfile_env(env)
+        env["PORT"] = str(self.port)
+        env["HOOKFLEET_BIND"] = f"{self.host}:{self.port}"
+        env["HOOKFLEET_OPS_BIND"] = (
+            self.ops_bind or env.get("HOOKFLEET_OPS_BIND") or DEFAULT_OPS_BIND
+        )
+        env["HOOKFLEET_WORKER_CONCURRENCY"] = str(self.concurrency)
+        self.env = env
+        for name, command in read_procfile().items():
+            self._spawn(name, ["/bin/sh", "-c", f"exec {command}"])
         self._wait_for_receiver()
 
     def _start_redis(self) -> str:
@@ -186,8 +221,7 @@ class Fleet:
     def stop(self) -> None:
         """Stop everything in order; each gets STOP_TIMEOUT_S before SIGKILL."""
         by_name = dict(self.children)
-        order = [["web"], [q.value for q in QUEUES], ["beat"]]
-        for group in order:
+        for group in stop_order(list(by_name)):
             procs = [by_name[n] for n in group if n in by_name]
             _terminate(procs)
         if self.redis_proc is not None:

@@ -1,6 +1,7 @@
-"""Starting what the benchmark measures: gunicorn with the shipped settings and any WSGI
-app, ``celery worker`` with the shipped settings and any Celery app, each as its own
-process group, stopped by its own pid."""
+"""Starting what the benchmark measures: any WSGI app on one of the benchmark's servers
+(:data:`SERVERS`: the shipped one from the Procfile, the fixed gunicorn reference, and
+granian for the A/B), ``celery worker`` with the shipped settings and any Celery app,
+each as its own process group, stopped by its own pid."""
 
 from __future__ import annotations
 
@@ -25,6 +26,30 @@ def web_command(app: str) -> str:
     command = procfile()["web"]
     assert HOOKFLEET_WEB_APP in command, command
     return command.replace(HOOKFLEET_WEB_APP, f"'{app}'")
+
+
+def reference_command(app: str) -> str:
+    """The usual deployment, fixed whatever Hookfleet ships: stock gunicorn, gthread,
+    2 workers x 4 threads, no config module (no access log, gunicorn's defaults)."""
+    return f"gunicorn --worker-class gthread --workers 2 --threads 4 --bind $HOOKFLEET_BIND '{app}'"
+
+
+def granian_command(app: str) -> str:
+    """granian (Rust HTTP server) in WSGI mode, 2 workers, serving ``app`` (a factory
+    call ``module:function()``); the A/B that decided the shipped server."""
+    target = app.removesuffix("()")
+    return (
+        "granian --interface wsgi --factory --no-ws --workers 2 --blocking-threads 2 "
+        f"--host 127.0.0.1 --port $PORT --log-level warning '{target}'"
+    )
+
+
+# Server name -> command for a WSGI app.
+SERVERS = {
+    "shipped": web_command,
+    "gthread-2x4": reference_command,
+    "granian": granian_command,
+}
 
 
 def worker_command(app: str | None = None) -> str:
@@ -74,6 +99,11 @@ class Proc:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["PORT"] = str(self.port)
         env["HOOKFLEET_BIND"] = f"127.0.0.1:{self.port}"
+        # The ops listener on a free port of its own (its default is a fixed one).
+        env["HOOKFLEET_OPS_BIND"] = f"127.0.0.1:{free_port()}"
+        # Servers without gunicorn_conf's hook still share one metrics directory.
+        env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(self.logs / f"{self.name}-metrics"))
+        Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         log = open(self.logs / f"{self.name}.log", "ab")
         self.proc = subprocess.Popen(

@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -212,3 +213,53 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class SlowClients:
+    """``count`` connections to ``127.0.0.1:port`` that never finish a request: a third
+    send their headers a byte a second (a slowloris, a bad proxy), a third send a whole
+    head and then trickle the body, a third connect and say nothing. One the server
+    closes is opened again, so ``count`` stay open while the block runs."""
+
+    HEAD = b"POST /webhooks/standard HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+    KINDS = (HEAD + b"X-Slow: ", HEAD + b"Content-Length: 100000\r\n\r\n{", b"")
+
+    def __init__(self, port: int, count: int) -> None:
+        self.port, self.count = port, count
+        self.sockets: list[socket.socket | None] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._trickle, daemon=True)
+
+    def _open(self, n: int) -> socket.socket | None:
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+            sock.sendall(self.KINDS[n % 3])
+            return sock
+        except OSError:
+            return None
+
+    def _trickle(self) -> None:
+        while not self._stop.wait(1.0):
+            for n, sock in enumerate(self.sockets):
+                if n % 3 == 2 and sock is not None:
+                    continue  # silent
+                try:
+                    if sock is None:
+                        raise OSError
+                    sock.sendall(b"a" if n % 3 == 0 else b" ")
+                except OSError:
+                    if sock is not None:
+                        sock.close()
+                    self.sockets[n] = self._open(n)
+
+    def __enter__(self) -> SlowClients:
+        self.sockets = [self._open(n) for n in range(self.count)]
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for sock in self.sockets:
+            if sock is not None:
+                sock.close()

@@ -60,6 +60,8 @@ def summarize(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Ratios against the ceiling and the usual recipe, and each target met or not."""
     ceiling = cases.get("ceiling", {}).get("rate")
     usual = cases.get("usual-recipe", {}).get("rate")
+    ref_flask = cases.get("ref-flask-gthread", {}).get("rate")
+    ref_recipe = cases.get("ref-recipe-gthread", {}).get("rate")
     ratios: dict[str, dict[str, float]] = {}
     for name, case in cases.items():
         if "kind" not in case:
@@ -69,6 +71,10 @@ def summarize(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
             ratios[name]["vs_ceiling"] = round(case["rate"] / ceiling, 3)
         if usual:
             ratios[name]["vs_usual_recipe"] = round(case["rate"] / usual, 3)
+        if ref_flask:
+            ratios[name]["vs_ref_flask"] = round(case["rate"] / ref_flask, 3)
+        if ref_recipe:
+            ratios[name]["vs_ref_recipe"] = round(case["rate"] / ref_recipe, 3)
     noop = cases.get("celery-noop", {}).get("rate")
     naive = cases.get("naive-worker", {}).get("rate")
     worker = cases.get("hookfleet-worker", {}).get("rate")
@@ -84,9 +90,39 @@ def summarize(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
     warm = cases.get("inbound-warm", {}).get("half_rate", {})
     cold = cases.get("inbound-cold", {}).get("half_rate", {})
     memory = cases.get("memory", {})
+    slow = [c for n, c in cases.items() if n.startswith("slow-")]
+    slow_p99 = max(
+        (max(c["deliveries"]["p99_ms"], c["inbound"]["p99_ms"]) for c in slow), default=None
+    )
     targets = [
-        _target("receiver >= 75% of the ceiling", receiver.get("vs_ceiling"), 0.75, True, "x"),
-        _target("receiver >= 2x the usual recipe", receiver.get("vs_usual_recipe"), 2.0, True, "x"),
+        _target(
+            "receiver >= 1.0x bare Flask on gunicorn gthread 2x4",
+            receiver.get("vs_ref_flask"),
+            1.0,
+            True,
+            "x",
+        ),
+        _target(
+            "receiver >= 3x the usual recipe on gunicorn gthread 2x4",
+            receiver.get("vs_ref_recipe"),
+            3.0,
+            True,
+            "x",
+        ),
+        _target(
+            "receiver >= 75% of bare Flask on its own server settings",
+            receiver.get("vs_ceiling"),
+            0.75,
+            True,
+            "x",
+        ),
+        _target(
+            "p99 of deliveries and inbound with 8/64/512 slow clients <= 50 ms",
+            slow_p99,
+            50,
+            False,
+            "ms",
+        ),
         _target("receiver p99 at half its max rate <= 15 ms", half.get("p99_ms"), 15, False, "ms"),
         _target("call_inbound warm p99 <= 20 ms", warm.get("p99_ms"), 20, False, "ms"),
         _target("call_inbound cold p99 <= 50 ms", cold.get("p99_ms"), 50, False, "ms"),
@@ -146,9 +182,10 @@ def render_table(report: dict[str, Any]) -> str:
         f"{report['settings']['generator']}, {report['settings']['connections']} connections, "
         f"{report['settings']['duration_s']} s after {report['settings']['warmup_s']} s warm-up",
         "",
-        "| Receiver case | req/s | p50 ms | p99 ms | errors | vs ceiling | vs usual recipe "
+        "| Receiver case | server | req/s | p50 ms | p99 ms | errors | vs bare Flask on "
+        "gthread 2x4 | vs usual recipe on gthread 2x4 | vs bare Flask on the same server "
         "| p99 ms at half rate |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, case in cases.items():
         if "kind" not in case:
@@ -158,9 +195,10 @@ def render_table(report: dict[str, Any]) -> str:
         half_text = f"{half['p99_ms']:.1f} @ {half['rate']:.0f}/s" if half else ""
         label = _LABELS.get(name, name)
         lines.append(
-            f"| {label} | {case['rate']:.0f} | {case['p50_ms']:.2f} | {case['p99_ms']:.2f} | "
-            f"{case['errors']} | {_pct(r.get('vs_ceiling'))} | {_x(r.get('vs_usual_recipe'))} "
-            f"| {half_text} |"
+            f"| {label} | {case.get('server', 'shipped')} | {case['rate']:.0f} | "
+            f"{case['p50_ms']:.2f} | {case['p99_ms']:.2f} | {case['errors']} | "
+            f"{_x(r.get('vs_ref_flask'))} | {_x(r.get('vs_ref_recipe'))} | "
+            f"{_same_server(name, case, cases)} | {half_text} |"
         )
     rounds = [
         name + " " + " / ".join(_round(r) for r in case["rounds"])
@@ -170,6 +208,21 @@ def render_table(report: dict[str, Any]) -> str:
     if rounds:
         lines += ["", "Rounds in the order run, req/s (p99 ms at half rate); the table shows "]
         lines[-1] += "the median of each: " + "; ".join(rounds) + "."
+    slow = [(n, c) for n, c in cases.items() if n.startswith("slow-")]
+    if slow:
+        lines += [
+            "",
+            "| Slow or idle connections open | paced at | deliveries p99 ms (errors) | "
+            "inbound answers p99 ms (errors) | /healthz | worker restarts |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for _, c in slow:
+            d, i = c["deliveries"], c["inbound"]
+            lines.append(
+                f"| {c['slow_connections']} | {c['pace_per_s']}/s | {d['p99_ms']:.1f} "
+                f"({d['errors']}) | {i['p99_ms']:.1f} ({i['errors']}) | "
+                f"{c['healthz_status']} | {c['worker_restarts']} |"
+            )
     workers = [n for n in ("celery-noop", "hookfleet-worker", "naive-worker") if n in cases]
     if workers or "end-to-end" in cases:
         lines += [
@@ -207,6 +260,14 @@ def render_table(report: dict[str, Any]) -> str:
         measured = "" if t["measured"] is None else f"{t['measured']} {t['unit']}"
         lines.append(f"| {t['target']} | {t['goal']} {t['unit']} | {measured} | {met} |")
     return "\n".join(lines)
+
+
+def _same_server(name: str, case: dict[str, Any], cases: dict[str, dict[str, Any]]) -> str:
+    """The rate against bare Flask on this case's own server (ceiling, ceiling-granian
+    or ref-flask-gthread), when that was measured."""
+    bare = {"shipped": "ceiling", "granian": "ceiling-granian", "gthread-2x4": "ref-flask-gthread"}
+    reference = cases.get(bare.get(case.get("server", "shipped"), ""), {}).get("rate")
+    return _pct(case["rate"] / reference) if reference else ""
 
 
 def _round(case: dict[str, Any]) -> str:

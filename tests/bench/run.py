@@ -28,40 +28,89 @@ from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
 from tests.bench import deliveries, load
-from tests.bench.fleet import Proc, rss_kb, web_command, worker_command
+from tests.bench.fleet import SERVERS, Proc, rss_kb, web_command, worker_command
 from tests.bench.report import machine, render_table, summarize, write_plot
+from tests.processes import request
 from tests.servers import MariaDBServer, RedisServer, clean_env, wait_until
 
 RESULTS = Path(__file__).with_name("results")
 
-# name → (WSGI app, request kind, duplicate share, also measure p99 at half the max rate)
-RECEIVER_CASES: dict[str, tuple[str, str, float, bool]] = {
-    "ceiling": ("tests.bench.apps:ceiling_app()", "standard", 0.0, False),
-    "usual-recipe": ("tests.bench.apps:usual_recipe_app()", "standard", 0.0, False),
-    "hookfleet-standard": ("ingest:create_app()", "standard", 0.0, True),
+# name → (WSGI app, request kind, duplicate share, also measure p99 at half the max
+# rate, server from tests.bench.fleet.SERVERS)
+RECEIVER_CASES: dict[str, tuple[str, str, float, bool, str]] = {
+    # The fixed reference columns: the usual deployment (stock gunicorn gthread 2 x 4)
+    # with nothing in it, and with the usual recipe. They stay on that server whatever
+    # Hookfleet ships, so the ratios of issue 18 are read off one run.
+    "ref-flask-gthread": ("tests.bench.apps:ceiling_app()", "standard", 0.0, False, "gthread-2x4"),
+    "ref-recipe-gthread": (
+        "tests.bench.apps:usual_recipe_app()",
+        "standard",
+        0.0,
+        False,
+        "gthread-2x4",
+    ),
+    # The same two on Hookfleet's own server settings.
+    "ceiling": ("tests.bench.apps:ceiling_app()", "standard", 0.0, False, "shipped"),
+    "usual-recipe": ("tests.bench.apps:usual_recipe_app()", "standard", 0.0, False, "shipped"),
+    "hookfleet-standard": ("ingest:create_app()", "standard", 0.0, True, "shipped"),
+    # The receiver on the reference server: what Hookfleet's own settings and worker
+    # (ingest/gunicorn_conf.py, ingest/gunicorn_worker.py) change.
+    "hookfleet-gthread": ("ingest:create_app()", "standard", 0.0, False, "gthread-2x4"),
+    # The A/B: the real receiver (claim, signatures, metrics, logging) and bare Flask
+    # on granian.
+    "hookfleet-granian": ("ingest:create_app()", "standard", 0.0, True, "granian"),
+    "ceiling-granian": ("tests.bench.apps:ceiling_app()", "standard", 0.0, False, "granian"),
     # Diagnostic: the same receiver without its Redis claim (see tests/bench/apps.py).
-    "no-claim-standard": ("tests.bench.apps:without_claim_app()", "standard", 0.0, False),
-    "hookfleet-standard-dup30": ("ingest:create_app()", "standard", 0.3, False),
-    "hookfleet-stripe": ("ingest:create_app()", "stripe", 0.0, False),
-    "hookfleet-stripe-dup30": ("ingest:create_app()", "stripe", 0.3, False),
-    "hookfleet-calcom": ("ingest:create_app()", "calcom", 0.0, False),
-    "hookfleet-calcom-dup30": ("ingest:create_app()", "calcom", 0.3, False),
-    "hookfleet-retell": ("ingest:create_app()", "retell", 0.0, False),
-    "hookfleet-retell-dup30": ("ingest:create_app()", "retell", 0.3, False),
-    "inbound-warm": ("ingest:create_app()", "inbound-warm", 0.0, True),
-    "inbound-cold": ("ingest:create_app()", "inbound-cold", 0.0, True),
+    "no-claim-standard": (
+        "tests.bench.apps:without_claim_app()",
+        "standard",
+        0.0,
+        False,
+        "shipped",
+    ),
+    "hookfleet-standard-dup30": ("ingest:create_app()", "standard", 0.3, False, "shipped"),
+    "hookfleet-stripe": ("ingest:create_app()", "stripe", 0.0, False, "shipped"),
+    "hookfleet-stripe-dup30": ("ingest:create_app()", "stripe", 0.3, False, "shipped"),
+    "hookfleet-calcom": ("ingest:create_app()", "calcom", 0.0, False, "shipped"),
+    "hookfleet-calcom-dup30": ("ingest:create_app()", "calcom", 0.3, False, "shipped"),
+    "hookfleet-retell": ("ingest:create_app()", "retell", 0.0, False, "shipped"),
+    "hookfleet-retell-dup30": ("ingest:create_app()", "retell", 0.3, False, "shipped"),
+    "inbound-warm": ("ingest:create_app()", "inbound-warm", 0.0, True, "shipped"),
+    "inbound-cold": ("ingest:create_app()", "inbound-cold", 0.0, True, "shipped"),
 }
 # What the receiver targets are judged on: run --rounds times, interleaved.
 HEADLINE_CASES = (
+    "ref-flask-gthread",
+    "ref-recipe-gthread",
     "ceiling",
     "usual-recipe",
     "hookfleet-standard",
+    "hookfleet-gthread",
+    "hookfleet-granian",
+    "ceiling-granian",
     "no-claim-standard",
     "inbound-warm",
 )
+# N slow or idle connections (a third each: slow headers, slow body, silent) held open
+# while legitimate deliveries and Retell inbound calls come at a moderate pace.
+SLOW_CASES = {"slow-8": 8, "slow-64": 64, "slow-512": 512}
+SLOW_PACE_PER_S = 200
+# `--cases edge`: issue 18's table, under five minutes with --duration 5 --warmup 2.
+PRESETS = {
+    "edge": (
+        "ref-flask-gthread",
+        "ref-recipe-gthread",
+        "ceiling",
+        "hookfleet-standard",
+        "hookfleet-gthread",
+        "hookfleet-granian",
+        "ceiling-granian",
+        *SLOW_CASES,
+    )
+}
 DRAIN_CASES = ("celery-noop", "hookfleet-worker", "naive-worker", "end-to-end")
 MEMORY_CASES = ("memory",)
-ALL_CASES = (*RECEIVER_CASES, *DRAIN_CASES, *MEMORY_CASES)
+ALL_CASES = (*RECEIVER_CASES, *SLOW_CASES, *DRAIN_CASES, *MEMORY_CASES)
 
 
 @dataclass
@@ -115,14 +164,14 @@ class Bench:
 
     # -- cases 1-4: receivers ----------------------------------------------------------
     def receiver_case(self, name: str, database_url: str) -> None:
-        app, kind, dups, paced = RECEIVER_CASES[name]
+        app, kind, dups, paced, server = RECEIVER_CASES[name]
         client = self.redis()
         client.flushall()
         warm_n = int(self.max_rate * self.warmup) + 1
         measured_n = int(self.max_rate * self.duration) + 1
         warm_file = self.requests_file(f"{name}-warmup", kind, dups, warm_n, 0)
         measured_file = self.requests_file(name, kind, dups, measured_n, warm_n)
-        web = Proc(name, web_command(app), self.env(database_url), self.work / "logs")
+        web = Proc(name, SERVERS[server](app), self.env(database_url), self.work / "logs")
         try:
             web.start().wait_for_web()
             if self.warmup:
@@ -130,7 +179,7 @@ class Bench:
             queued_before = _queued(client)
             result = self.blast(web.url, measured_file, self.duration)
             result["queued"] = _queued(client) - queued_before
-            result["kind"], result["duplicates"] = kind, dups
+            result["kind"], result["duplicates"], result["server"] = kind, dups, server
             if paced:
                 paced_file = self.requests_file(
                     f"{name}-paced", kind, dups, measured_n, warm_n + measured_n
@@ -154,6 +203,46 @@ class Bench:
             median["half_rate"] = _median(paced, lambda r: r["half_rate"]["p99_ms"])["half_rate"]
         self.results[name] = {**median, "rounds": rounds}
         print(f"  {name}: {result['rate']:.0f}/s p99 {result['p99_ms']:.1f} ms", flush=True)
+
+    def slow_case(self, name: str, database_url: str) -> None:
+        """``SLOW_CASES[name]`` slow or idle connections held open (and re-opened when
+        the server closes them) while deliveries and inbound calls come paced."""
+        count = SLOW_CASES[name]
+        self.redis().flushall()
+        n = int(SLOW_PACE_PER_S * self.duration) + 1
+        deliveries_file = self.requests_file(f"{name}-standard", "standard", 0.0, n, 0)
+        inbound_file = self.requests_file(f"{name}-inbound", "inbound-warm", 0.0, n, n)
+        web = Proc(
+            name, web_command("ingest:create_app()"), self.env(database_url), self.work / "logs"
+        )
+        try:
+            web.start().wait_for_web()
+            with load.SlowClients(web.port, count):
+                standard = load.run_python(
+                    web.url, deliveries_file, seconds=self.duration, rate=SLOW_PACE_PER_S
+                )
+                inbound = load.run_python(
+                    web.url, inbound_file, seconds=self.duration, rate=SLOW_PACE_PER_S
+                )
+                healthz = request(web.url, "GET", "/healthz")[0]
+            booted = web.log().count("Booting worker")
+        finally:
+            web.stop()
+        self.results[name] = {
+            "slow_connections": count,
+            "pace_per_s": SLOW_PACE_PER_S,
+            "deliveries": standard,
+            "inbound": inbound,
+            "healthz_status": healthz,
+            "worker_restarts": max(
+                0, booted - int(self.env(database_url).get("WEB_CONCURRENCY", "2"))
+            ),
+        }
+        print(
+            f"  {name}: deliveries p99 {standard['p99_ms']:.1f} ms ({standard['errors']} errors), "
+            f"inbound p99 {inbound['p99_ms']:.1f} ms, /healthz {healthz}",
+            flush=True,
+        )
 
     def seed_branches(self, database_url: str, cold: int) -> None:
         """One warm branch, and ``cold`` more each with a number of its own."""
@@ -411,7 +500,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=3, help="seconds of warm-up per case")
     parser.add_argument(
-        "--cases", default="all", help=f"comma-separated, from: {', '.join(ALL_CASES)}"
+        "--cases",
+        default="all",
+        help=f"comma-separated, from: {', '.join((*PRESETS, *ALL_CASES))} (edge: issue 18's)",
     )
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument(
@@ -438,7 +529,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--database-url", help="a MariaDB/MySQL URL (migrated here)")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)
-    args.cases = list(ALL_CASES) if args.cases == "all" else args.cases.split(",")
+    if args.cases == "all":
+        args.cases = list(ALL_CASES)
+    else:
+        args.cases = [c for name in args.cases.split(",") for c in PRESETS.get(name, (name,))]
     unknown = set(args.cases) - set(ALL_CASES)
     if unknown:
         parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
@@ -497,6 +591,11 @@ def main(argv: list[str] | None = None) -> int:
                         else 0,
                     )
                 bench.receiver_case(name, receiver_db)
+        for name in [c for c in args.cases if c in SLOW_CASES]:
+            if receiver_db is None:
+                receiver_db = bench.new_database()
+                bench.seed_branches(receiver_db, cold=0)
+            bench.slow_case(name, receiver_db)
         drains = [c for c in args.cases if c in DRAIN_CASES]
         if drains:
             bench.drain_cases(drains)
@@ -511,7 +610,11 @@ def main(argv: list[str] | None = None) -> int:
                 "connections": args.connections,
                 "rounds": args.rounds,
                 "generator": "wrk" if wrk else "python",
-                "gunicorn": "ingest/gunicorn_conf.py defaults (2 workers x 4 gthreads)",
+                "servers": {
+                    "shipped": "the Procfile's web: gunicorn, ingest/gunicorn_conf.py (2 x 4)",
+                    "gthread-2x4": "stock gunicorn --worker-class gthread --workers 2 --threads 4",
+                    "granian": "granian WSGI, 2 workers, 2 blocking threads each",
+                },
                 "celery": "Procfile worker_default: prefork, concurrency 2, batches of 50",
             },
             "cases": bench.results,
