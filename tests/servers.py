@@ -60,7 +60,11 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_for(0)
+
+    def url_for(self, database: int) -> str:
+        """The URL of one of the server's numbered databases (0-15)."""
+        return f"redis://127.0.0.1:{self.port}/{database}"
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=5)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -29,6 +28,7 @@ from ingest.providers import retell
 from ingest.providers.base import Delivery
 from models.calls import Call
 from models.events import EventStatus, WebhookEvent
+from tests.factories import incoming_event
 from workers.events import IncomingEvent, Outcome, record_event
 
 # Anything JSON can hold, hostile towards the columns (INT, DATETIME, VARCHAR, TEXT).
@@ -62,16 +62,7 @@ ANALYSIS_FIELDS = ["call_summary", "user_sentiment", "call_successful"]
 
 def call_event(event_type: str, call: dict[str, Any]) -> IncomingEvent:
     body = {"event": event_type, "call": call}
-    return IncomingEvent(
-        provider="retell",
-        event_id=f"{call['call_id']}:{event_type}",
-        event_type=event_type,
-        queue="hookfleet.high",
-        correlation_id="corr",
-        received_at=datetime.now(UTC),
-        headers={},
-        payload=json.dumps(body),
-    )
+    return incoming_event("retell", f"{call['call_id']}:{event_type}", body, queue="hookfleet.high")
 
 
 @settings(

@@ -3,9 +3,6 @@ case or accents are two records, as they are two keys in Redis dedup."""
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
-
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.appointments import Appointment
 from models.calls import Call
 from models.events import EventStatus, WebhookEvent
+from tests.factories import incoming_event
 from workers.events import IncomingEvent, Outcome, record_batch, record_event
 
 # Pairs a case- or accent-folding collation (MariaDB's utf8mb4_general_ci) takes as one.
@@ -26,16 +24,7 @@ TWINS = [
 
 def call_event(event_id: str, call_id: str) -> IncomingEvent:
     body = {"event": "call_ended", "call": {"call_id": call_id, "call_status": "ended"}}
-    return IncomingEvent(
-        provider="retell",
-        event_id=event_id,
-        event_type="call_ended",
-        queue="hookfleet.high",
-        correlation_id="corr",
-        received_at=datetime.now(UTC),
-        headers={},
-        payload=json.dumps(body),
-    )
+    return incoming_event("retell", event_id, body, queue="hookfleet.high")
 
 
 @pytest.mark.parametrize(("first", "second"), TWINS)
