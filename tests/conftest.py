@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -23,6 +24,7 @@ from tests.databases import (
     rolled_back,
     savepoint_engine,
 )
+from tests.helpers import FAULT_COUNTS
 from tests.provisioning_helpers import ready_standin
 from tests.servers import MariaDBServer, RedisServer, sqlite_url
 from tests.standin import StandIn
@@ -187,11 +189,28 @@ def client(settings_env: dict[str, str]) -> FlaskClient:
     return create_app(settings_env).test_client()
 
 
+@pytest.fixture(autouse=True)
+def _fault_counts_to_report(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The fault rows this test counted, attached to its report: under pytest-xdist the
+    rows are counted in a worker process, and only reports reach the terminal."""
+    before = len(FAULT_COUNTS)
+    yield
+    for row in FAULT_COUNTS[before:]:
+        request.node.user_properties.append(("fault_counts", row))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":
+        SUMMARY.extend(row for name, row in report.user_properties if name == "fault_counts")
+
+
+SUMMARY: list[dict[str, Any]] = []
+"""Fault rows of every test, gathered where the terminal is (the controller under xdist)."""
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The fault-injection suite's counts, one line per scenario, so CI logs show them."""
-    from tests.test_faults import RESULTS
-
-    if not RESULTS:
+    if not SUMMARY:
         return
     write = terminalreporter.write_line
     terminalreporter.section("fault injection: counts per scenario")
@@ -199,7 +218,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         f"{'scenario':<40} {'sent':>6} {'accepted':>8} {'persisted':>9} {'effects':>7} "
         f"{'lost':>5} {'dup':>4}  answers"
     )
-    for row in RESULTS:
+    for row in SUMMARY:
         extra = {k: v for k, v in row.items() if k not in HEADLINE}
         write(
             f"{row['scenario']:<40} {row['sent']:>6} {row['accepted']:>8} "
