@@ -29,6 +29,34 @@ from tests.provisioning_helpers import ready_standin
 from tests.servers import MariaDBServer, RedisServer, sqlite_url
 from tests.standin import StandIn
 
+TESTS = Path(__file__).resolve().parent
+TIERS = {"faults": ("faults", "e2e"), "e2e": ("e2e",)}
+"""Folders of tests/ whose tests carry markers by where they are, so ``-m "not faults"``
+and ``-m "not e2e"`` select the same tests before and after the tree is split into
+unit/, integration/, e2e/ and faults/."""
+
+
+STARTS_PROCESSES = {
+    "test_bench.py",
+    "test_deploy.py",
+    "test_framing.py",
+    "test_provider_shapes.py",
+    "test_up.py",
+}
+"""Modules (still in tests/ itself) whose tests start gunicorn or Celery but carry no
+``e2e`` marker of their own; they belong in tests/e2e/ and leave this set when moved."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        where = item.path.relative_to(TESTS).parts
+        markers = [m for folder in where[:-1] for m in TIERS.get(folder, ())]
+        if where[-1] in STARTS_PROCESSES:
+            markers.append("e2e")
+        for marker in markers:
+            if item.get_closest_marker(marker) is None:
+                item.add_marker(marker)
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
