@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,17 +66,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
-    """The shared test Redis, emptied for each test, on the next of its numbered databases:
-    a thread a previous test left behind (a lookup past its time budget caches its answer
-    when it ends) writes into that test's database, not this one's."""
+    """The shared test Redis, emptied for each test."""
     if redis_server.proc is None or redis_server.proc.poll() is not None:
         redis_server.start()
     redis_server.client().flushall()
-    return redis_server.url_for(next(REDIS_DATABASES))
-
-
-REDIS_DATABASES = itertools.cycle(range(1, 16))
-"""Redis's 16 databases, less 0 (tests that take ``redis_server`` itself use that)."""
+    return redis_server.url
 
 
 @pytest.fixture

@@ -60,11 +60,7 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return self.url_for(0)
-
-    def url_for(self, database: int) -> str:
-        """The URL of one of the server's numbered databases (0-15)."""
-        return f"redis://127.0.0.1:{self.port}/{database}"
+        return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=5)
