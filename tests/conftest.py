@@ -4,19 +4,57 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from flask.testing import FlaskClient
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest import create_app
 from models.engine import make_engine, make_sessionmaker
 from models.migrate import upgrade
 from models.settings import Settings
+from tests.databases import (
+    BACKENDS,
+    SharedDatabase,
+    copy_sqlite,
+    rolled_back,
+    savepoint_engine,
+)
+from tests.helpers import FAULT_COUNTS
 from tests.provisioning_helpers import ready_standin
 from tests.servers import MariaDBServer, RedisServer, sqlite_url
 from tests.standin import StandIn
+
+TESTS = Path(__file__).resolve().parent
+TIERS = {"faults": ("faults", "e2e"), "e2e": ("e2e",)}
+"""Folders of tests/ whose tests carry markers by where they are, so ``-m "not faults"``
+and ``-m "not e2e"`` select the same tests before and after the tree is split into
+unit/, integration/, e2e/ and faults/."""
+
+
+STARTS_PROCESSES = {
+    "test_bench.py",
+    "test_deploy.py",
+    "test_framing.py",
+    "test_provider_shapes.py",
+    "test_up.py",
+}
+"""Modules (still in tests/ itself) whose tests start gunicorn or Celery but carry no
+``e2e`` marker of their own; they belong in tests/e2e/ and leave this set when moved."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        where = item.path.relative_to(TESTS).parts
+        markers = [m for folder in where[:-1] for m in TIERS.get(folder, ())]
+        if where[-1] in STARTS_PROCESSES:
+            markers.append("e2e")
+        for marker in markers:
+            if item.get_closest_marker(marker) is None:
+                item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")
@@ -49,9 +87,64 @@ def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB
     server.stop()
 
 
-@pytest.fixture(params=["sqlite", "mariadb"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A freshly migrated, empty database on each backend."""
+# --- Databases -------------------------------------------------------------------------
+# Each backend is migrated ONCE per session (Alembic, as `hookfleet migrate` does). A test
+# then gets either
+#   - rolled-back sessions (the default for ``sessions``): one connection inside a
+#     transaction that is rolled back after the test; the code's own commits only release
+#     SAVEPOINTs (SQLAlchemy's "joining a Session into an external transaction" recipe);
+#   - or an emptied shared database (``database_url``, and ``sessions`` in a test that also
+#     uses ``database_url`` or is marked ``several_connections``): for threads, worker
+#     processes and engines of their own, which must see each other's commits.
+# tests/test_migrations.py migrates from scratch on ``fresh_database_url``.
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """``sqlite`` or ``mariadb``: every database test runs on both."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once; tests get copies."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "migrated.db"
+    upgrade(Settings(database_url=f"sqlite:///{path}"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_mariadb(mariadb_server: MariaDBServer) -> Iterator[SharedDatabase]:
+    """One MariaDB database migrated to head once, emptied before each test that uses it."""
+    shared = SharedDatabase.migrated(mariadb_server.create_database())
+    yield shared
+    shared.dispose()
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database at the head revision that any process may connect to: a copy of
+    the migrated SQLite file, or the shared MariaDB database with its tables emptied."""
+    if backend == "mariadb":
+        return mariadb_url_for(request)
+    return copy_sqlite(request.getfixturevalue("sqlite_template"), tmp_path / "db")
+
+
+@pytest.fixture
+def mariadb_url(request: pytest.FixtureRequest) -> str:
+    """The shared MariaDB database, emptied (for tests that need MariaDB itself)."""
+    return mariadb_url_for(request)
+
+
+def mariadb_url_for(request: pytest.FixtureRequest) -> str:
+    shared: SharedDatabase = request.getfixturevalue("shared_mariadb")
+    shared.empty()
+    return shared.url
+
+
+@pytest.fixture(params=BACKENDS)
+def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database of its own, migrated from scratch (slow: for the migration tests)."""
     if request.param == "mariadb":
         url = request.getfixturevalue("mariadb_server").create_database()
     else:
@@ -60,20 +153,42 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-@pytest.fixture
-def mariadb_url(mariadb_server: MariaDBServer) -> str:
-    """A freshly migrated, empty MariaDB database (for tests that need MariaDB itself)."""
+@pytest.fixture(scope="session")
+def sqlite_rollback_engine(
+    sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Engine]:
+    """An engine on a copy of the migrated SQLite file that no test commits to."""
+    engine = savepoint_engine(copy_sqlite(sqlite_template, tmp_path_factory.mktemp("sqlite")))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def mariadb_rollback_engine(mariadb_server: MariaDBServer) -> Iterator[Engine]:
+    """An engine on a second migrated MariaDB database that no test commits to (the
+    shared one keeps what committing tests leave until the next one empties it)."""
     url = mariadb_server.create_database()
     upgrade(Settings(database_url=url))
-    return url
+    engine = savepoint_engine(url)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    """Sessions on the migrated ``database_url``, with room for concurrent workers."""
-    engine = make_engine(Settings(database_url=database_url, db_pool_size=20))
-    yield make_sessionmaker(engine)
-    engine.dispose()
+def sessions(backend: str, request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
+    """Sessions on an empty migrated database of ``backend``. Rolled back after the test,
+    unless the test shares the database with other connections (see above)."""
+    if "database_url" in request.fixturenames or request.node.get_closest_marker(
+        "several_connections"
+    ):
+        engine = make_engine(
+            Settings(database_url=request.getfixturevalue("database_url"), db_pool_size=20)
+        )
+        yield make_sessionmaker(engine)
+        engine.dispose()
+        return
+    with rolled_back(request.getfixturevalue(f"{backend}_rollback_engine")) as rolled:
+        yield rolled
 
 
 @pytest.fixture
@@ -95,11 +210,28 @@ def client(settings_env: dict[str, str]) -> FlaskClient:
     return create_app(settings_env).test_client()
 
 
+@pytest.fixture(autouse=True)
+def _fault_counts_to_report(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The fault rows this test counted, attached to its report: under pytest-xdist the
+    rows are counted in a worker process, and only reports reach the terminal."""
+    before = len(FAULT_COUNTS)
+    yield
+    for row in FAULT_COUNTS[before:]:
+        request.node.user_properties.append(("fault_counts", row))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":
+        SUMMARY.extend(row for name, row in report.user_properties if name == "fault_counts")
+
+
+SUMMARY: list[dict[str, Any]] = []
+"""Fault rows of every test, gathered where the terminal is (the controller under xdist)."""
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The fault-injection suite's counts, one line per scenario, so CI logs show them."""
-    from tests.test_faults import RESULTS
-
-    if not RESULTS:
+    if not SUMMARY:
         return
     write = terminalreporter.write_line
     terminalreporter.section("fault injection: counts per scenario")
@@ -107,7 +239,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         f"{'scenario':<40} {'sent':>6} {'accepted':>8} {'persisted':>9} {'effects':>7} "
         f"{'lost':>5} {'dup':>4}  answers"
     )
-    for row in RESULTS:
+    for row in SUMMARY:
         extra = {k: v for k, v in row.items() if k not in HEADLINE}
         write(
             f"{row['scenario']:<40} {row['sent']:>6} {row['accepted']:>8} "

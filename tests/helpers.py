@@ -52,3 +52,9 @@ def retell_call_ended(call_id: str) -> str:
         "end_timestamp": 1764061260000,
     }
     return json.dumps({"event": "call_ended", "call": call})
+
+
+FAULT_COUNTS: list[dict[str, Any]] = []
+"""The fault suite's count rows (sent, accepted, persisted, effects, lost, duplicated,
+answers), one per scenario, appended by the scenarios of this process. tests/conftest.py
+hands each test's rows to its report, so the summary lists them under pytest-xdist too."""

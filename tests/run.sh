@@ -52,4 +52,7 @@ hookfleet_venv test,embedded
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 # pytest exits 5 when it collected nothing; that is a failure here too.
-exec .venv/bin/pytest "$@"
+# Side by side (pytest-xdist): HOOKFLEET_TEST_WORKERS processes, 2 unless told (each starts
+# its own Redis and MariaDB, and the tests mostly wait on real servers, so two run well even
+# on two cores); HOOKFLEET_TEST_WORKERS=0 runs every test in this one process, in order.
+exec .venv/bin/pytest -n "${HOOKFLEET_TEST_WORKERS:-2}" --dist loadgroup "$@"

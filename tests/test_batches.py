@@ -136,6 +136,7 @@ def test_unfinished_rows_get_another_chance_in_a_batch(
     }
 
 
+@pytest.mark.several_connections
 def test_concurrent_batches_with_the_same_events_apply_each_once(
     sessions: sessionmaker[Session], applied: list[str]
 ) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -30,6 +29,7 @@ from ingest.providers.base import Delivery
 from models.calls import Call
 from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
+from tests.factories import incoming_event
 from workers.events import IncomingEvent, Outcome, record_event
 
 # Anything JSON can hold, hostile towards the columns (INT, DATETIME, VARCHAR, TEXT).
@@ -63,16 +63,7 @@ ANALYSIS_FIELDS = ["call_summary", "user_sentiment", "call_successful"]
 
 def call_event(event_type: str, call: dict[str, Any]) -> IncomingEvent:
     body = {"event": event_type, "call": call}
-    return IncomingEvent(
-        provider="retell",
-        event_id=f"{call['call_id']}:{event_type}",
-        event_type=event_type,
-        queue=Queue.HIGH,
-        correlation_id="corr",
-        received_at=datetime.now(UTC),
-        headers={},
-        payload=json.dumps(body),
-    )
+    return incoming_event("retell", f"{call['call_id']}:{event_type}", body, queue=Queue.HIGH)
 
 
 @settings(

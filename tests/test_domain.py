@@ -7,7 +7,6 @@ real and migrated.
 from __future__ import annotations
 
 import itertools
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,10 +16,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Appointment, Branch, Call, Company, Customer, Service, Staff, WebhookEvent
-from models.contract import Queue
 from models.events import EventStatus
 from models.phones import normalize_phone
-from workers.events import IncomingEvent, Outcome, record_event
+from tests.factories import incoming_event
+from workers.events import Outcome, record_event
 from workers.retries import PermanentError
 
 BRANCH_PHONE = "+4930901820"
@@ -64,19 +63,7 @@ def salon(sessions: sessionmaker[Session]) -> dict[str, int]:
 def deliver(
     sessions: sessionmaker[Session], provider: str, event_id: str, event_type: str, body: Any
 ) -> Outcome:
-    return record_event(
-        sessions,
-        IncomingEvent(
-            provider=provider,
-            event_id=event_id,
-            event_type=event_type,
-            queue=Queue.DEFAULT,
-            correlation_id="corr",
-            received_at=datetime.now(UTC),
-            headers={},
-            payload=json.dumps(body),
-        ),
-    )
+    return record_event(sessions, incoming_event(provider, event_id, body, event_type=event_type))
 
 
 # --- Retell calls ---------------------------------------------------------------------------

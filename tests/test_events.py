@@ -9,22 +9,20 @@ import pytest
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
+from tests.factories import incoming_event
 from workers import events
 from workers.events import IncomingEvent, Outcome, mark_failed, record_event
 
 
 def incoming(event_id: str = "evt_1", provider: str = "standard") -> IncomingEvent:
-    return IncomingEvent(
-        provider=provider,
-        event_id=event_id,
-        event_type="invoice.paid",
-        queue=Queue.DEFAULT,
+    return incoming_event(
+        provider,
+        event_id,
+        '{"type": "invoice.paid", "ünïcode": "✓"}',
         correlation_id="corr-1",
         received_at=datetime(2026, 11, 23, 8, 0, tzinfo=UTC),
         headers={"webhook-id": event_id},
-        payload='{"type": "invoice.paid", "ünïcode": "✓"}',
     )
 
 
@@ -69,6 +67,7 @@ def test_recording_twice_applies_the_effect_once(
     assert count(sessions) == 1
 
 
+@pytest.mark.several_connections
 def test_concurrent_workers_with_the_same_event_apply_it_once(
     sessions: sessionmaker[Session], applied: list[str]
 ) -> None:

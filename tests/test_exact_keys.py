@@ -3,9 +3,6 @@ case or accents are two records, as they are two keys in Redis dedup."""
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
-
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,6 +11,7 @@ from models.appointments import Appointment
 from models.calls import Call
 from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
+from tests.factories import incoming_event
 from workers.events import IncomingEvent, Outcome, record_batch, record_event
 
 # Pairs a case- or accent-folding collation (MariaDB's utf8mb4_general_ci) takes as one.
@@ -27,16 +25,7 @@ TWINS = [
 
 def call_event(event_id: str, call_id: str) -> IncomingEvent:
     body = {"event": "call_ended", "call": {"call_id": call_id, "call_status": "ended"}}
-    return IncomingEvent(
-        provider="retell",
-        event_id=event_id,
-        event_type="call_ended",
-        queue=Queue.HIGH,
-        correlation_id="corr",
-        received_at=datetime.now(UTC),
-        headers={},
-        payload=json.dumps(body),
-    )
+    return incoming_event("retell", event_id, body, queue=Queue.HIGH)
 
 
 @pytest.mark.parametrize(("first", "second"), TWINS)

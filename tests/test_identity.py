@@ -7,7 +7,6 @@ with real worker processes is in ``tests/test_identity_race.py``.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -24,12 +23,12 @@ from sqlalchemy.orm.exc import ObjectDeletedError
 
 from models import Appointment, Branch, Call, Company, Customer, CustomerDetail
 from models.appointments import AppointmentAttendee
-from models.contract import Queue
 from models.customers import person_key
 from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
+from tests.factories import incoming_event
 from tests.servers import sqlite_url
 from workers import customers as identity
 from workers import events
@@ -55,20 +54,7 @@ def company(sessions: sessionmaker[Session]) -> int:
 
 
 def deliver(sessions: sessionmaker[Session], provider: str, event_id: str, body: Any) -> Outcome:
-    event_type = body.get("event") or body.get("triggerEvent")
-    return record_event(
-        sessions,
-        IncomingEvent(
-            provider=provider,
-            event_id=event_id,
-            event_type=event_type,
-            queue=Queue.DEFAULT,
-            correlation_id="corr",
-            received_at=datetime.now(UTC),
-            headers={},
-            payload=json.dumps(body),
-        ),
-    )
+    return record_event(sessions, incoming_event(provider, event_id, body))
 
 
 def call(call_id: str, caller: str, ours: str = BRANCH_PHONE, **extra: Any) -> dict[str, Any]:
@@ -514,16 +500,7 @@ def test_migration_gives_each_number_one_holder_and_keeps_the_old_rows(at_0004: 
 
 
 def incoming(provider: str, event_id: str, body: dict[str, Any]) -> IncomingEvent:
-    return IncomingEvent(
-        provider=provider,
-        event_id=event_id,
-        event_type=body.get("event") or body.get("triggerEvent") or "",
-        queue=Queue.DEFAULT,
-        correlation_id="corr",
-        received_at=datetime.now(UTC),
-        headers={},
-        payload=json.dumps(body),
-    )
+    return incoming_event(provider, event_id, body)
 
 
 def flat_meeting_started(uid: str, name: str, phone: str) -> dict[str, Any]:
@@ -705,6 +682,7 @@ def details_of(sessions: sessionmaker[Session]) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in rows]
 
 
+@pytest.mark.several_connections
 def test_a_receptionists_email_for_three_people_keeps_every_name_and_lists_a_split(
     sessions: sessionmaker[Session], company: int
 ) -> None:
@@ -760,6 +738,7 @@ def test_a_free_text_phone_is_kept_whole(sessions: sessionmaker[Session], compan
     assert details_of(sessions) == [("Ada", "phone", said)]
 
 
+@pytest.mark.several_connections
 def test_integrity_fix_merges_identical_copies_of_a_person_on_a_held_landline(
     sessions: sessionmaker[Session], company: int
 ) -> None:
@@ -782,6 +761,7 @@ def test_integrity_fix_merges_identical_copies_of_a_person_on_a_held_landline(
     assert fix(engine).problems == 0
 
 
+@pytest.mark.several_connections
 def test_integrity_says_an_e164_phone_without_a_type_is_marked_valid(
     sessions: sessionmaker[Session], company: int
 ) -> None:
@@ -798,6 +778,7 @@ def test_integrity_says_an_e164_phone_without_a_type_is_marked_valid(
     assert found == [f"customer {ada_id}: '+4915112345678' → already E.164, marked valid (mobile)"]
 
 
+@pytest.mark.several_connections
 def test_integrity_fix_merges_legacy_nfd_and_nfc_copies_of_one_address(
     sessions: sessionmaker[Session], company: int
 ) -> None:

@@ -80,6 +80,7 @@ def _lock_waits(session: Session) -> int:
     )
 
 
+@pytest.mark.several_connections
 def test_two_copies_of_one_message_waiting_on_the_same_row_lock_apply_once(
     sessions: sessionmaker[Session], database_url: str, applied: list[str]
 ) -> None:

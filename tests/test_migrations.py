@@ -28,13 +28,13 @@ def test_migrated_schema_matches_the_models(database_url: str) -> None:
     )
 
 
-def test_migrate_is_idempotent_and_reversible(database_url: str) -> None:
-    settings = Settings(database_url=database_url)
+def test_migrate_is_idempotent_and_reversible(fresh_database_url: str) -> None:
+    settings = Settings(database_url=fresh_database_url)
 
     upgrade(settings)  # already at head: nothing to do, nothing breaks
     assert current(settings) == head()
 
-    command.downgrade(alembic_config(database_url), "base")
+    command.downgrade(alembic_config(fresh_database_url), "base")
     assert current(settings) is None
     upgrade(settings)
     assert current(settings) == head()

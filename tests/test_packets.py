@@ -9,7 +9,6 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import PROVIDER_MAX_BODY_BYTES, Settings
+from tests.factories import incoming_event
 from tests.servers import MariaDBServer
 from workers.events import IncomingEvent, Outcome, record_batch
 from workers.packets import escaped_size
@@ -56,15 +56,13 @@ def worst_body(filler: str) -> str:
 
 def event(body: str) -> IncomingEvent:
     call_id = json.loads(body)["call"]["call_id"]
-    return IncomingEvent(
-        provider="retell",
-        event_id=f"{call_id}:call_analyzed",
+    return incoming_event(
+        "retell",
+        f"{call_id}:call_analyzed",
+        body,
         event_type="call_analyzed",
         queue=Queue.HIGH,
-        correlation_id="corr",
-        received_at=datetime.now(UTC),
         headers={"x-retell-signature": "v=1,d=" + "0" * 64},
-        payload=body,
     )
 
 

@@ -6,11 +6,9 @@ or a row lock is held from another connection until the worker's wait times out.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pymysql
@@ -26,6 +24,7 @@ from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus
 from models.migrate import upgrade
 from models.settings import Settings
+from tests.factories import incoming_event
 from tests.servers import MariaDBServer
 from workers.events import IncomingEvent, Outcome, record_event
 from workers.retries import PermanentError, RaceLost, RetryPolicy, is_transient, retrying
@@ -33,16 +32,7 @@ from workers.retries import PermanentError, RaceLost, RetryPolicy, is_transient,
 
 def call_ended(call_id: str) -> IncomingEvent:
     body = {"event": "call_ended", "call": {"call_id": call_id, "call_status": "ended"}}
-    return IncomingEvent(
-        provider="retell",
-        event_id=f"{call_id}:call_ended",
-        event_type="call_ended",
-        queue=Queue.HIGH,
-        correlation_id="corr",
-        received_at=datetime.now(UTC),
-        headers={},
-        payload=json.dumps(body),
-    )
+    return incoming_event("retell", f"{call_id}:call_ended", body, queue=Queue.HIGH)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from ingest.providers import retell
 from models.calls import Call
-from models.contract import Queue
 from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
@@ -24,6 +22,7 @@ from models.settings import (
     ConfigError,
     Settings,
 )
+from tests.factories import incoming_event
 from tests.long_calls import call_body
 from tests.processes import request, running_fleet
 from tests.servers import MariaDBServer, wait_until
@@ -97,16 +96,13 @@ def test_a_body_over_its_providers_limit_is_413_and_one_under_it_is_read(
 
 
 def big_event(n: int, size: int) -> IncomingEvent:
-    return IncomingEvent(
-        provider="stripe",
-        event_id=f"evt_big_{n}",
-        event_type="invoice.paid",
-        queue=Queue.DEFAULT,
-        correlation_id=f"corr-{n}",
-        received_at=datetime.now(UTC),
-        headers={},
+    return incoming_event(
+        "stripe",
+        f"evt_big_{n}",
         # Accents and quotes: more bytes than characters, and every quote escaped in SQL.
-        payload='{"id": "evt_big_' + str(n) + '", "pad": "' + '\u00e9\\"' * (size // 4) + '"}',
+        '{"id": "evt_big_' + str(n) + '", "pad": "' + '\u00e9\\"' * (size // 4) + '"}',
+        event_type="invoice.paid",
+        correlation_id=f"corr-{n}",
     )
 
 
