@@ -24,9 +24,9 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     from ingest.providers import REGISTRY
     from ingest.routing import Router
     from ingest.views import bp
+    from models.broker.redis_links import redis_client
     from models.logs import configure_logging
     from models.phones import configure_regions
-    from models.redis_links import redis_client
 
     if settings is None:
         settings = Settings.from_env(os.environ)

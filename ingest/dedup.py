@@ -30,6 +30,8 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from models.broker.lua import lua
+
 log = logging.getLogger("hookfleet.ingest.dedup")
 
 # KEYS: dedup key, queue. ARGV: claim, ttl, message, shed depth (0: never shed), and
@@ -40,18 +42,7 @@ log = logging.getLogger("hookfleet.ingest.dedup")
 # 7.0 moves it with every command). So before a WAIT the script writes the claim it found
 # again, unchanged (KEEPTTL): on every version the WAIT then confirms that the replicas
 # hold the claim, and with it the original message pushed before it.
-_CLAIM_AND_ENQUEUE = """
-local prior = redis.call('GET', KEYS[1])
-if prior then
-  if ARGV[5] == '1' then redis.call('SET', KEYS[1], prior, 'KEEPTTL') end
-  return prior
-end
-local limit = tonumber(ARGV[4])
-if limit > 0 and redis.call('LLEN', KEYS[2]) >= limit then return 0 end
-redis.call('LPUSH', KEYS[2], ARGV[3])
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return false
-"""
+_CLAIM_AND_ENQUEUE = lua("ingest", "claim_and_enqueue")
 
 KEY_PREFIX = "hookfleet:dedup:"
 
@@ -233,7 +224,7 @@ class _Lane:
 
     - A connection Redis closed (a restart, an idle timeout) or that answered like a
       demoted or loading node (``READONLY``, ``MASTERDOWN``, ``LOADING``: see
-      :mod:`models.redis_links`, whose connections drop themselves then) is dialled
+      :mod:`models.broker.redis_links`, whose connections drop themselves then) is dialled
       again once, if the first try left time within the socket timeout; the dial
       reaches the current primary. Sending twice is safe: a claim made by the first send
       answers the second as a duplicate. A timeout is not retried: the answer is 503
@@ -260,7 +251,7 @@ class _Lane:
     def call(self, *commands: Sequence[object]) -> list[Any]:
         """Send ``commands`` in one write and read their replies; an error reply (a
         ``ResponseError``) takes its command's place. Raises ``redis.RedisError`` when
-        Redis cannot be reached, or :class:`models.redis_links.FailoverReply` when the
+        Redis cannot be reached, or :class:`models.broker.redis_links.FailoverReply` when the
         node dialled again still answers like a demoted one."""
         connection = self._connection()
         packed = b"".join(_pack(command) for command in commands)

@@ -31,7 +31,8 @@ from sqlalchemy import Engine, text
 
 from ingest.errors import OUTCOME_BY_CODE, error_response
 from ingest.providers import REGISTRY
-from models.backlog import Backlog, read_backlog
+from models.broker.backlog import Backlog, read_backlog
+from models.broker.redis_links import FailoverReply, redis_client
 from models.contract import QUEUES
 from models.engine import make_engine
 from models.metrics import (
@@ -42,7 +43,6 @@ from models.metrics import (
     scrape_registry,
 )
 from models.perprocess import PerProcess
-from models.redis_links import FailoverReply, redis_client
 from models.settings import Settings
 
 OUTCOMES = (

@@ -26,7 +26,7 @@ from ingest.providers.base import (
     VerificationError,
 )
 from ingest.request import read_delivery, refuse_codings
-from ingest.taskmessage import build_event_message
+from models.broker.envelope import build_event_message
 from models.contract import EventMessage
 from models.logs import log_context
 from models.payloads import PayloadError, parse_payload

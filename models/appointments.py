@@ -16,7 +16,7 @@ from models.business import EMAIL_MAX
 
 class AppointmentStatus(enum.StrEnum):
     """Where a booking stands. Ordered by the trigger that sets it (see
-    ``workers.appointments.RANKS``): a later stage is never undone by a late event."""
+    ``workers.domain.appointments.RANKS``): a later stage is never undone by a late event."""
 
     PENDING = "pending"  # BOOKING_REQUESTED / awaiting payment
     BOOKED = "booked"  # BOOKING_CREATED, BOOKING_RESCHEDULED (in place), BOOKING_PAID

@@ -1,6 +1,6 @@
 """``customers``: the people who call and book, one row per person per company.
 
-The identity rule that fills this table is :func:`workers.customers.find_or_create_customer`;
+The identity rule that fills this table is :func:`workers.domain.customers.find_or_create_customer`;
 the table holds the two keys that make the rule safe under concurrency.
 """
 
@@ -116,7 +116,7 @@ class CustomerDetail(Base):
     other names on record as candidates to split. ``value`` as given (phones in E.164
     when valid), at most 255 characters; ``first_seen_at`` when it was first given.
     A phone recorded here links later calls from it to the customer (see
-    ``workers.customers``)."""
+    ``workers.domain.customers``)."""
 
     __tablename__ = "customer_details"
     __table_args__ = (

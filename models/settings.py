@@ -333,7 +333,7 @@ class Settings:
         "HOOKFLEET_WORKER_SOFT_SHUTDOWN_S",
         "On a cold shutdown, time running tasks get before they are cancelled and requeued.",
     )
-    # A received row untouched this long lost its message (workers.sweeper).
+    # A received row untouched this long lost its message (workers.recovery.sweeper).
     stuck_after_s: int = knob(
         1800,
         "HOOKFLEET_STUCK_AFTER_S",

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from models.contract import Queue
-from workers.events import IncomingEvent
+from workers.pipeline.record import IncomingEvent
 
 
 def incoming_event(

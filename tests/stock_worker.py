@@ -1,5 +1,5 @@
 """Hookfleet's Celery app on kombu's stock Redis transport: what a plain
-``celery worker`` without workers.transport is (no single-step pop, no leases).
+``celery worker`` without workers.broker.transport is (no single-step pop, no leases).
 
 ``celery -A tests.stock_worker worker -Q hookfleet.high`` (tests/test_leases.py).
 """

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 from celery.worker.state import task_ready
 
-from workers.batching import Batch, Collector
+from workers.broker.batching import Batch, Collector
 
 MB = 1_000_000
 
@@ -44,7 +44,7 @@ def collector(pool: Pool, batch_size: int, batch_bytes: int) -> Collector:
         app=SimpleNamespace(
             conf=SimpleNamespace(get=conf.get, task_soft_time_limit=None, task_time_limit=None)
         ),
-        run_batch="workers.tasks:process_batch",
+        run_batch="workers.pipeline.tasks:process_batch",
         batch_size=batch_size,
         batch_wait_s=0.01,
         soft_time_limit=None,

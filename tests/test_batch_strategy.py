@@ -1,6 +1,6 @@
 """The batch strategy keeps what Celery's default strategy does with a message.
 
-``workers.batching.strategy`` replaces ``celery.worker.strategy.default`` for
+``workers.broker.batching.strategy`` replaces ``celery.worker.strategy.default`` for
 ``hookfleet.process_event``. Two of the default's behaviours a user can see were missing:
 the ``task-received`` event a worker started with ``-E`` sends (what Flower and
 ``celery events`` show), and the rejection of a message whose ETA cannot be turned into a

@@ -13,9 +13,11 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from models.events import EventStatus, WebhookEvent
-from workers import events, runtime, tasks
-from workers.batching import Entry, Verdict
-from workers.events import Outcome, mark_failed, record_batch, record_event
+from workers import runtime
+from workers.broker.batching import Entry, Verdict
+from workers.pipeline import record as events
+from workers.pipeline import tasks
+from workers.pipeline.record import Outcome, mark_failed, record_batch, record_event
 from workers.retries import PermanentError
 
 from .test_events import incoming
@@ -176,7 +178,7 @@ def test_concurrent_batches_with_the_same_events_apply_each_once(
 
 @pytest.fixture
 def worker_db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """``workers.tasks`` pointed at the test database, as a worker process would be."""
+    """``workers.pipeline.tasks`` pointed at the test database, as a worker process would be."""
     monkeypatch.setenv("HOOKFLEET_DATABASE_URL", database_url)
     runtime.dispose()  # this process's engine and settings, for this database
     yield database_url

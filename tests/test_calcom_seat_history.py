@@ -34,7 +34,7 @@ from models import Appointment, AppointmentAttendee, Call, Customer
 from models.business import Branch, Company, Staff
 from tests.test_calcom_triggers import SECRET, Post, appointment, count, take_queued
 from tests.test_domain import deliver, retell
-from workers.events import Outcome, record_event
+from workers.pipeline.record import Outcome, record_event
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from models import Appointment, AppointmentAttendee, Customer, WebhookEvent
 from models.contract import Queue
 from models.events import EventStatus
 from tests.helpers import QUEUES, queued
-from workers.events import IncomingEvent, Outcome, record_batch, record_event
+from workers.pipeline.record import IncomingEvent, Outcome, record_batch, record_event
 
 FIXTURES = Path(__file__).parent / "fixtures" / "calcom"
 SECRET = "cal-fixture-secret-41c2b7"

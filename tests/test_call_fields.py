@@ -30,7 +30,7 @@ from models.calls import Call
 from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
 from tests.factories import incoming_event
-from workers.events import IncomingEvent, Outcome, record_event
+from workers.pipeline.record import IncomingEvent, Outcome, record_event
 
 # Anything JSON can hold, hostile towards the columns (INT, DATETIME, VARCHAR, TEXT).
 HOSTILE = st.one_of(

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from models.settings import Settings
-from workers.cli import main
-from workers.cli_params import Age, When, invocation_settings
+from workers.cli.main import main
+from workers.cli.params import Age, When, invocation_settings
 
 
 @pytest.mark.parametrize("option", [["prune"], ["sweep", "--dry-run"]])

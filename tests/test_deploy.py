@@ -16,7 +16,7 @@ import yaml
 from models.settings import QUEUES
 from tests.processes import ROOT, procfile, request
 from tests.servers import clean_env, free_port, wait_until
-from workers.fleet import read_procfile
+from workers.cli.up import read_procfile
 
 
 def test_shipped_redis_config_never_evicts_and_keeps_an_append_only_file(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from models import Appointment, Branch, Call, Company, Customer, Service, Staff,
 from models.events import EventStatus
 from models.phones import normalize_phone
 from tests.factories import incoming_event
-from workers.events import Outcome, record_event
+from workers.pipeline.record import Outcome, record_event
 from workers.retries import PermanentError
 
 BRANCH_PHONE = "+4930901820"

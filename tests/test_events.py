@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.events import EventStatus, WebhookEvent
 from tests.factories import incoming_event
-from workers import events
-from workers.events import IncomingEvent, Outcome, mark_failed, record_event
+from workers.pipeline import record as events
+from workers.pipeline.record import IncomingEvent, Outcome, mark_failed, record_event
 
 
 def incoming(event_id: str = "evt_1", provider: str = "standard") -> IncomingEvent:

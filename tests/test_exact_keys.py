@@ -12,7 +12,7 @@ from models.calls import Call
 from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
 from tests.factories import incoming_event
-from workers.events import IncomingEvent, Outcome, record_batch, record_event
+from workers.pipeline.record import IncomingEvent, Outcome, record_batch, record_event
 
 # Pairs a case- or accent-folding collation (MariaDB's utf8mb4_general_ci) takes as one.
 TWINS = [

@@ -34,15 +34,15 @@ from sqlalchemy import select, text
 
 from ingest import create_app
 from ingest.providers import retell
-from models.contract import Queue
-from models.events import WebhookEvent
-from models.metrics import forget_dead_processes
-from models.redis_links import (
+from models.broker.redis_links import (
     FailoverReply,
     failover_code,
     parse_sentinel_url,
     redis_client,
 )
+from models.contract import Queue
+from models.events import WebhookEvent
+from models.metrics import forget_dead_processes
 from models.settings import Settings
 from tests.helpers import OPS
 from tests.processes import request
@@ -61,8 +61,8 @@ from tests.test_faults import (
 )
 from tests.test_leases import held_call_ids, recovered_after
 from tests.test_metrics_e2e import per_process, scrape, value
+from workers.broker.leases import HELD_PREFIX
 from workers.celery_app import kombu_broker
-from workers.leases import HELD_PREFIX
 
 SECRET = "key_faults"  # tests.test_faults signs with it
 
@@ -231,11 +231,11 @@ def test_a_sentinel_broker_url_becomes_kombus_sentinel_transport() -> None:
     url, transport, options = kombu_broker("redis+sentinel://:pw@a:26379,b:26380/hookfleet/1")
 
     assert url == "sentinel://:pw@a:26379/1;sentinel://:pw@b:26380/1"
-    assert transport == "workers.broker_links:SentinelTransport"
+    assert transport == "workers.broker.links:SentinelTransport"
     assert options["master_name"] == "hookfleet"
     assert kombu_broker("redis://r:6379/0") == (
         "redis://r:6379/0",
-        "workers.broker_links:Transport",
+        "workers.broker.links:Transport",
         {},
     )
 
@@ -371,7 +371,7 @@ def test_pooled_clients_drop_a_connection_that_answers_readonly(
 def test_an_idle_receiver_connection_dropped_silently_is_replaced_without_a_503(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("models.redis_links.HEALTH_CHECK_S", 1)
+    monkeypatch.setattr("models.broker.redis_links.HEALTH_CHECK_S", 1)
     proxy = SilentProxy(redis_server.port).start()
     try:
         client = create_app(

@@ -30,11 +30,11 @@ from models.migrate import upgrade
 from models.settings import Settings
 from tests.factories import incoming_event
 from tests.servers import sqlite_url
-from workers import customers as identity
-from workers import events
-from workers.events import IncomingEvent, Outcome, record_batch, record_event
-from workers.integrity import check, fix
-from workers.integrity_command import integrity
+from workers.cli.integrity import integrity
+from workers.domain import customers as identity
+from workers.integrity.check import check, fix
+from workers.pipeline import record as events
+from workers.pipeline.record import IncomingEvent, Outcome, record_batch, record_event
 from workers.retries import RetryPolicy, is_transient
 
 BRANCH_PHONE = "+4930901820"

@@ -24,7 +24,7 @@ from models.engine import make_engine
 from models.settings import Settings
 from tests.servers import clean_env
 from workers import runtime
-from workers.integrity import check, fix
+from workers.integrity.check import check, fix
 
 HOOKFLEET = str(Path(sys.executable).parent / "hookfleet")
 T = Base.metadata.tables
@@ -304,7 +304,7 @@ def test_the_hourly_task_exports_what_check_finds_and_fixes_nothing(
 ) -> None:
     from prometheus_client import REGISTRY
 
-    from workers import tasks
+    from workers.integrity import tasks
 
     seed(database_url)
     before = snapshot(engine)

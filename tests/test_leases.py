@@ -49,9 +49,9 @@ from tests.test_faults import (
     stream,
     wait_for_accepted,
 )
-from workers import events
-from workers.events import Outcome, record_batch
-from workers.leases import HELD_PREFIX
+from workers.broker.leases import HELD_PREFIX
+from workers.pipeline import record as events
+from workers.pipeline.record import Outcome, record_batch
 
 from .test_events import incoming
 

@@ -23,8 +23,8 @@ from models.migrate import upgrade
 from models.settings import PROVIDER_MAX_BODY_BYTES, Settings
 from tests.factories import incoming_event
 from tests.servers import MariaDBServer
-from workers.events import IncomingEvent, Outcome, record_batch
 from workers.packets import escaped_size
+from workers.pipeline.record import IncomingEvent, Outcome, record_batch
 
 LIMIT = PROVIDER_MAX_BODY_BYTES["retell"]
 CNF = Path(__file__).parent.parent / "deploy" / "mariadb.cnf"

@@ -21,7 +21,7 @@ from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
 from models.payloads import MAX_DEPTH, PayloadError, parse_payload
 from tests.helpers import queued, total_queued
-from workers.events import IncomingEvent, Outcome, record_batch
+from workers.pipeline.record import IncomingEvent, Outcome, record_batch
 
 LONE = "\\ud83d"  # the JSON escape of half an emoji, as Node.js writes a truncated one
 

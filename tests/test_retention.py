@@ -15,8 +15,8 @@ from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
 from models.settings import Settings
 from tests.servers import clean_env
-from workers.cli_params import parse_age
-from workers.retention import prune_events
+from workers.cli.params import parse_age
+from workers.recovery.retention import prune_events
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

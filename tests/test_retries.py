@@ -26,7 +26,7 @@ from models.migrate import upgrade
 from models.settings import Settings
 from tests.factories import incoming_event
 from tests.servers import MariaDBServer
-from workers.events import IncomingEvent, Outcome, record_event
+from workers.pipeline.record import IncomingEvent, Outcome, record_event
 from workers.retries import PermanentError, RaceLost, RetryPolicy, is_transient, retrying
 
 

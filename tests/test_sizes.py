@@ -26,7 +26,7 @@ from tests.factories import incoming_event
 from tests.long_calls import call_body
 from tests.processes import request, running_fleet
 from tests.servers import MariaDBServer, wait_until
-from workers.events import IncomingEvent, Outcome, record_batch, split_by_bytes
+from workers.pipeline.record import IncomingEvent, Outcome, record_batch, split_by_bytes
 
 RETELL_KEY = "key_8f3a1c2e9b7d4f60a5e1c3b2d9f7e6a4"
 MIB = 1024 * 1024

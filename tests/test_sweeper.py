@@ -27,7 +27,7 @@ from tests.helpers import queued, retell_call_ended
 from tests.processes import ROOT, request, running_fleet
 from tests.servers import clean_env, sqlite_url, wait_until
 from workers.celery_app import celery_config
-from workers.sweeper import sweep
+from workers.recovery.sweeper import sweep
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 THRESHOLD = timedelta(minutes=30)

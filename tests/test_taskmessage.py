@@ -8,7 +8,7 @@ import pytest
 import redis
 from celery import Celery
 
-from ingest.taskmessage import build_task_message
+from models.broker.envelope import build_task_message
 from models.contract import PROCESS_EVENT, Queue
 from models.settings import Settings
 from tests.helpers import queued

@@ -24,10 +24,10 @@ from kombu import Connection, Exchange, Queue
 from kombu.exceptions import KombuError
 
 from tests.servers import RedisServer, free_port
-from workers.transport import UNREADABLE_KEY
+from workers.broker.transport import UNREADABLE_KEY
 
 QUEUE = "hookfleet.high"
-OURS = "workers.transport:Transport"
+OURS = "workers.broker.transport:Transport"
 STOCK = "redis"
 OPTIONS = {"visibility_timeout": 1, "unacked_restore_throttle": 1}
 
@@ -166,7 +166,7 @@ def test_a_consumer_that_loses_redis_as_the_message_arrives_does_not_lose_the_me
 def test_stock_kombu_loses_that_message_which_is_why_hookfleet_has_its_own_pop(
     server: RedisServer, redis_client: redis.Redis
 ) -> None:
-    """The control: if kombu ever records in the same step, workers.transport can go."""
+    """The control: if kombu ever records in the same step, workers.broker.transport can go."""
     _receive_then_lose_redis(server.port, STOCK)
 
     assert redis_client.llen(QUEUE) + redis_client.hlen("unacked") == 0
@@ -271,8 +271,8 @@ def test_settling_a_message_of_a_connection_lost_with_redis_neither_raises_nor_l
 
 # --- The kombu / Celery names Hookfleet relies on (fast: no servers) ------------------------
 
-# (where, name, what of ours breaks without it). workers.transport subclasses kombu's
-# Redis transport and overrides its consuming and settling; workers.batching replaces
+# (where, name, what of ours breaks without it). workers.broker.transport subclasses kombu's
+# Redis transport and overrides its consuming and settling; workers.broker.batching replaces
 # Celery's task strategy. Both reach past the public API. When an upgrade renames one
 # of these, this names it; then read the new kombu/Celery source around it (README,
 # "Upgrading Celery and kombu").
@@ -378,10 +378,10 @@ def test_the_signatures_hookfleet_calls_past_the_public_api_still_fit() -> None:
     wanted = {"callback", "error_callback", "accept_callback", "timeout_callback"}
     wanted |= {"soft_timeout", "timeout"}
     missing = wanted - set(inspect.signature(Pool.apply_async).parameters)
-    assert not missing, f"billiard Pool.apply_async lost {missing} (workers.batching)"
+    assert not missing, f"billiard Pool.apply_async lost {missing} (workers.broker.batching)"
     restore = set(inspect.signature(RedisQoS.restore_visible).parameters)
     assert {"start", "num", "interval"} <= restore, (
-        f"kombu QoS.restore_visible is now {restore} (workers.transport overrides it)"
+        f"kombu QoS.restore_visible is now {restore} (workers.broker.transport overrides it)"
     )
 
 
@@ -399,7 +399,7 @@ def test_the_message_envelope_our_pop_script_reads_is_kombus() -> None:
     assert properties["delivery_info"]["routing_key"] == QUEUE, properties
 
 
-# --- Leases (workers.leases): a dead consumer's messages come back within its lease --------
+# --- Leases (workers.broker.leases): a dead consumer's messages come back within its lease --------
 
 LEASED = {"hookfleet_lease_s": 1, "hookfleet_lease_renew_s": 0.2}
 
@@ -410,7 +410,7 @@ import sys
 from kombu import Connection, Exchange, Queue
 q = Queue(sys.argv[2], Exchange(sys.argv[2]), routing_key=sys.argv[2])
 held = []
-with Connection(sys.argv[1], transport="workers.transport:Transport",
+with Connection(sys.argv[1], transport="workers.broker.transport:Transport",
                 transport_options={"hookfleet_lease_s": 1, "hookfleet_lease_renew_s": 0.2,
                                    "visibility_timeout": 3600}) as conn:
     with conn.Consumer(q, callbacks=[lambda body, message: held.append(message)]):
@@ -546,7 +546,7 @@ def test_a_pop_whose_reply_was_lost_comes_back_to_the_live_consumer_within_secon
 ) -> None:
     """A silently dropped connection: the server runs the pop (it records the message
     as this live worker's) but the reply never arrives. The worker's lease stays
-    renewed, so only the orphan check (workers.leases.ORPHAN_AFTER_S) can give it back:
+    renewed, so only the orphan check (workers.broker.leases.ORPHAN_AFTER_S) can give it back:
     seconds, not the visibility timeout, and the same worker then receives it."""
     _publish(redis_url, [{"n": 9}])
     got: list[Any] = []
@@ -579,10 +579,10 @@ def test_messages_a_reconnect_dropped_go_back_at_once_and_are_counted(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     """After a lost broker connection Celery forgets the requests it had reserved; the
-    worker keeps only what its running requests will settle (workers.batching,
+    worker keeps only what its running requests will settle (workers.broker.batching,
     ``let_go_of_dropped``). The rest must not stay recorded as this live worker's — no
     sweep restores a live worker's messages — but go back at the next consume."""
-    from workers.leases import HELD_PREFIX, current_lease, restored_counter
+    from workers.broker.leases import HELD_PREFIX, current_lease, restored_counter
 
     _publish(redis_url, [{"n": 1}, {"n": 2}, {"n": 3}])
     taken: list[Any] = []

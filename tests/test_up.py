@@ -18,8 +18,8 @@ from models.migrate import head
 from tests.bench.fleet import children
 from tests.processes import request
 from tests.servers import clean_env, free_port, wait_until
-from workers import fleet
-from workers.fleet import read_procfile
+from workers.cli import up as fleet
+from workers.cli.up import read_procfile
 
 HOOKFLEET = str(Path(sys.executable).parent / "hookfleet")
 

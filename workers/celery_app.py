@@ -17,6 +17,12 @@ from celery.signals import setup_logging
 from kombu import Exchange
 from kombu import Queue as KombuQueue
 
+from models.broker.redis_links import (
+    HEALTH_CHECK_S,
+    is_sentinel_url,
+    keepalive_options,
+    parse_sentinel_url,
+)
 from models.contract import (
     INTEGRITY_REPORT,
     PRUNE_EVENTS,
@@ -28,27 +34,21 @@ from models.contract import (
 from models.logs import configure_logging, logging_config
 from models.metrics import use_metrics_dir
 from models.phones import configure_regions
-from models.redis_links import (
-    HEALTH_CHECK_S,
-    is_sentinel_url,
-    keepalive_options,
-    parse_sentinel_url,
-)
 from models.settings import Settings
-from workers.batching import ReleaseReserved
+from workers.broker.batching import ReleaseReserved
 
 app = Celery(
     "hookfleet",
     include=[
-        "workers.tasks",
+        "workers.pipeline.tasks",
         "workers.provisioning.tasks",
+        "workers.recovery.tasks",
+        "workers.integrity.tasks",
         "workers.metrics",
-        "workers.retention",
-        "workers.sweeper",
     ],
     set_as_current=False,
 )
-# SIGTERM hands back the messages reserved but not started at once (workers.batching).
+# SIGTERM hands back the messages reserved but not started at once (workers.broker.batching).
 app.steps["consumer"].add(ReleaseReserved)
 
 
@@ -56,7 +56,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery setting Hookfleet relies on, and why."""
     transport = {
         # Ownership of an unacknowledged message is a lease of the live worker that took
-        # it (workers.leases): renewed every lease_s / 5 by a thread of the worker's main
+        # it (workers.broker.leases): renewed every lease_s / 5 by a thread of the worker's main
         # process; a dead or frozen worker's messages are restored by the others' sweep.
         "hookfleet_lease_s": settings.lease_s,
         "hookfleet_lease_renew_s": settings.lease_renew_s,
@@ -93,7 +93,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # ...and so does a task killed by the hard time limit: it goes back on its queue
         # instead of being acknowledged as failed (which would drop the event).
         "task_acks_on_timeout": False,
-        # Deliveries are recorded in batches (workers.batching): each process reserves
+        # Deliveries are recorded in batches (workers.broker.batching): each process reserves
         # enough for one batch running and the next one filling. A worker killed with
         # SIGKILL holds these until its lease lapses (HOOKFLEET_LEASE_S).
         "worker_prefetch_multiplier": settings.prefetch_multiplier,
@@ -104,7 +104,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024 or None,
         "task_time_limit": settings.task_time_limit_s,
         # The soft limit raises inside the task, which then retries later on a fresh
-        # message (workers.tasks); the hard limit is only a backstop: a task killed by it
+        # message (workers.pipeline.tasks); the hard limit is only a backstop: a task killed by it
         # is acknowledged as failed, so the soft limit must leave room to hand over.
         "task_soft_time_limit": soft_time_limit(settings.task_time_limit_s),
         # kombu gets the plain names (the contract's values), not the enum members.
@@ -121,7 +121,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # cancelling them avoids the same work running twice at once.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # SIGTERM is a warm shutdown: no new jobs, the running ones finish (database waits
-        # are bounded well inside the time limit, see workers.tasks), reserved messages
+        # are bounded well inside the time limit, see workers.pipeline.tasks), reserved messages
         # go back to the queue. A cold shutdown (SIGQUIT, a second SIGTERM) first allows
         # this long for running tasks, then cancels them and restores their messages.
         "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_s,
@@ -172,10 +172,10 @@ def kombu_broker(url: str) -> tuple[str, str, dict[str, Any]]:
     the receiver's format) becomes kombu's own (``sentinel://h1:26379/db;sentinel://
     h2:26379/db`` with the ``master_name`` transport option, kombu/transport/redis.py
     ``SentinelChannel``), served by Hookfleet's transport on kombu's Sentinel channel
-    (:mod:`workers.broker_links`). Anything else is passed on as it is.
+    (:mod:`workers.broker.links`). Anything else is passed on as it is.
     """
     if not is_sentinel_url(url):
-        return url, "workers.broker_links:Transport", {}
+        return url, "workers.broker.links:Transport", {}
     address = parse_sentinel_url(url)
     credentials = ""
     if address.password:
@@ -186,7 +186,7 @@ def kombu_broker(url: str) -> tuple[str, str, dict[str, Any]]:
     timeouts = {"socket_timeout": 5, "socket_connect_timeout": 5}
     return (
         sentinels,
-        "workers.broker_links:SentinelTransport",
+        "workers.broker.links:SentinelTransport",
         {"master_name": address.service, "sentinel_kwargs": timeouts},
     )
 

@@ -25,7 +25,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from models.contract import PROCESS_EVENT
 from models.metrics import declare_shared_metrics, mark_process_dead, scrape_registry
-from workers.leases import restored_counter
+from workers.broker.leases import restored_counter
 
 log = logging.getLogger("hookfleet.worker")
 
@@ -53,7 +53,7 @@ END_TO_END = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0),
 )
 
-# hookfleet_messages_restored_total{queue,reason}: counted by workers.leases, declared
+# hookfleet_messages_restored_total{queue,reason}: counted by workers.broker.leases, declared
 # with the others so a scrape lists it before the first restore.
 MESSAGES_RESTORED = restored_counter()
 

@@ -100,7 +100,7 @@ class RetryPolicy:
     """Quick retries inside the task: exponential backoff with jitter, bounded.
 
     What survives these goes back to Celery, which retries with longer countdowns
-    (``workers.tasks``), so a database down for minutes holds no worker process.
+    (``workers.pipeline.tasks``), so a database down for minutes holds no worker process.
     """
 
     attempts: int = 4

@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from models.appointments import Appointment, AppointmentAttendee, AttendeeStatus
-from workers.calcom_events import NAME_MAX, CalcomEvent, attendee_key, email_of
-from workers.customers import find_or_create_customer
-from workers.merge import text
+from workers.domain.calcom_events import NAME_MAX, CalcomEvent, attendee_key, email_of
+from workers.domain.customers import find_or_create_customer
+from workers.domain.merge import text
 
 
 def sync_attendees(session: Session, calcom: CalcomEvent, appointment: Appointment) -> None:

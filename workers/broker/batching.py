@@ -15,7 +15,7 @@ The messages are acknowledged only after that job returned — the same promise 
 - the worker stops (SIGTERM) with messages collected but not started: they go back to
   their queue at once (:class:`ReleaseReserved`), whatever the running batch waits for;
 - the worker loses its broker connection, or dies: they were never acknowledged, so the
-  broker gives them out again (the worker's lease lapses, see ``workers.leases``).
+  broker gives them out again (the worker's lease lapses, see ``workers.broker.leases``).
 
 A batch goes to the pool only when a pool process is free for it: a batch waiting
 inside the pool for a busy process could not be handed back at shutdown.
@@ -47,8 +47,8 @@ from celery.worker.state import task_ready, task_reserved
 from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 from kombu.asynchronous.timer import to_timestamp
 
-from workers.leases import count_restored, current_lease
-from workers.transport import bound_for_shutdown
+from workers.broker.leases import count_restored, current_lease
+from workers.broker.transport import bound_for_shutdown
 
 log = logging.getLogger("hookfleet.worker.batching")
 
@@ -75,7 +75,7 @@ class BatchTask(Task):
     calling the task directly (``apply``, tests) runs a batch of one.
     """
 
-    Strategy = "workers.batching:strategy"
+    Strategy = "workers.broker.batching:strategy"
     run_batch: str = ""
     batch_size: int = 50
     batch_wait_s: float = 0.01
@@ -360,7 +360,7 @@ class ReleaseReserved(bootsteps.StartStopStep):
 def let_go_of_dropped() -> int:
     """After a lost broker connection: what this process still holds is the messages of
     requests running in the pool (Celery's ``active_requests``) and of batches given to
-    it; the lease lets go of the rest (workers.leases.Lease.keep_only), and its orphan
+    it; the lease lets go of the rest (workers.broker.leases.Lease.keep_only), and its orphan
     check gives them back at once when Redis answers. Returns how many."""
     from celery.worker.state import active_requests
 

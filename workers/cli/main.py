@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from workers.cli_params import invocation_settings
-from workers.integrity_command import integrity
-from workers.ops_cli import prune, stats
-from workers.provisioning_cli import breaker, provision
-from workers.recovery_cli import dlq, replay, sweep
+from workers.cli.integrity import integrity
+from workers.cli.ops import prune, stats
+from workers.cli.params import invocation_settings
+from workers.cli.provisioning import breaker, provision
+from workers.cli.recovery import dlq, replay, sweep
 
 
 @click.group()
@@ -54,7 +54,7 @@ def migrate() -> None:
 def up(host: str, port: int, var_dir: str, concurrency: int, ops_bind: str) -> None:
     """Run the whole fleet as the Procfile says: Redis (unless given), receiver,
     workers, beat."""
-    from workers.fleet import Fleet
+    from workers.cli.up import Fleet
 
     fleet = Fleet(
         host=host,
@@ -84,7 +84,7 @@ def run_process(name: str) -> None:
     """Become the Procfile's process NAME (web, worker_high, ..., beat): systemd units
     and containers start it this way, so its command line is written once, in the
     Procfile. Its environment variables (PORT, HOOKFLEET_WORKER_CONCURRENCY ...) apply."""
-    from workers.fleet import exec_procfile_entry
+    from workers.cli.up import exec_procfile_entry
 
     exec_procfile_entry(name, os.environ)
 

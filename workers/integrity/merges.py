@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from models import Appointment, AppointmentAttendee, Call, Customer, CustomerDetail
 from models.business import normalize_email
 from models.customers import Details, conflicts, plain_name
-from workers.integrity_report import Report
+from workers.integrity.report import Report
 
 DUPLICATE_EMAILS = "customers.email duplicate"
 DUPLICATE_PHONES = "customers.phone duplicate"

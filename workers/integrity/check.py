@@ -23,8 +23,8 @@ from sqlalchemy.exc import IntegrityError
 # The package, not single modules: every table must be in Base.metadata for the orphan scan.
 from models import Base, Customer
 from models.phones import stored_phone
-from workers.customer_merges import SHARED_PHONES, duplicate_customers
-from workers.integrity_report import EXAMPLES, Report, batches
+from workers.integrity.merges import SHARED_PHONES, duplicate_customers
+from workers.integrity.report import EXAMPLES, Report, batches
 
 __all__ = ["Report", "check", "fix"]
 

@@ -1,4 +1,4 @@
-"""``hookfleet integrity check|fix``: the command-line face of :mod:`workers.integrity`.
+"""``hookfleet integrity check|fix``: the command-line face of :mod:`workers.integrity.check`.
 
 Kept apart from it so ``hookfleet`` starts without importing SQLAlchemy for other
 commands.
@@ -13,7 +13,7 @@ import click
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from workers.integrity import Report
+    from workers.integrity.check import Report
 
 batch_size_option = click.option(
     "--batch-size",
@@ -50,7 +50,7 @@ def integrity() -> None:
 @all_option
 def check(batch_size: int, limit: int, list_all: bool) -> None:
     """Report problems; change nothing. Exits 1 when something needs `fix`, else 0."""
-    from workers import integrity as run
+    from workers.integrity import check as run
 
     examples = _examples(limit, list_all)
     report = run.check(_engine(), batch_size=batch_size, examples=examples)
@@ -69,7 +69,7 @@ def check(batch_size: int, limit: int, list_all: bool) -> None:
 def fix(dry_run: bool, batch_size: int, limit: int, list_all: bool) -> None:
     """Set orphan links to NULL, merge customers certain to be one person (same e-mail or
     phone, nothing differing), normalize phones. Merge candidates are only listed."""
-    from workers import integrity as run
+    from workers.integrity import check as run
 
     examples = _examples(limit, list_all)
     report = run.fix(_engine(), dry_run=dry_run, batch_size=batch_size, examples=examples)
@@ -80,7 +80,7 @@ def fix(dry_run: bool, batch_size: int, limit: int, list_all: bool) -> None:
 
 def _engine() -> Engine:
     from models.engine import make_engine
-    from workers.cli_params import invocation_settings
+    from workers.cli.params import invocation_settings
 
     return make_engine(invocation_settings())
 

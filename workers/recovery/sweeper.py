@@ -3,7 +3,7 @@
 A worker records a batch of deliveries as ``received`` rows, then applies them. A row
 left ``received`` long after the broker would have redelivered its message (a live
 worker holds one at most the task time limit; a dead worker's comes back within its
-lease, see ``workers.leases``) lost that message: a Redis failover to a replica
+lease, see ``workers.broker.leases``) lost that message: a Redis failover to a replica
 without the latest writes, a retry message lost on the way. The sweep publishes such rows again
 as ``process_event`` on their own queue, built from the row; the worker
 claims a ``received`` row once and applies it once, so a requeue that races a late
@@ -14,7 +14,6 @@ What it cannot see: a message lost before any worker recorded it has no row.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,12 +22,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from models.base import utcnow
-from models.contract import QUEUES, SWEEP_STUCK, EventMessage, Queue
+from models.contract import QUEUES, EventMessage, Queue
 from models.events import EventStatus, WebhookEvent
-from workers.celery_app import app
-from workers.deadletters import Publish, event_message, send_to_workers
-
-log = logging.getLogger("hookfleet.worker.sweeper")
+from workers.recovery.deadletters import Publish, event_message
 
 FALLBACK_QUEUE = Queue.DEFAULT
 # Per beat run: a large loss drains over a few minutes instead of one long task that
@@ -138,30 +134,3 @@ def _touch(sessions: sessionmaker[Session], ids: list[int], now: datetime) -> No
             .execution_options(synchronize_session=False)
         )
         session.commit()
-
-
-@app.task(name=SWEEP_STUCK)
-def sweep_stuck() -> dict[str, int]:
-    """Beat, every minute: requeue what HOOKFLEET_STUCK_AFTER_S calls stuck, export the
-    counts (hookfleet_events_stuck, hookfleet_events_requeued_total), log one line."""
-    from workers.metrics import stuck_swept
-    from workers.tasks import sessions, settings
-
-    after_s = settings().stuck_after_s
-    if after_s == 0:
-        return {}
-    report = sweep(sessions(), send_to_workers, timedelta(seconds=after_s), limit=BEAT_LIMIT)
-    stuck_swept(report.stuck, report.by_provider)
-    oldest_s = None if report.oldest_age is None else round(report.oldest_age.total_seconds())
-    log.log(
-        logging.WARNING if report.requeued else logging.INFO,
-        "requeued stuck events",
-        extra={
-            "stuck": report.stuck,
-            "requeued": report.requeued,
-            "by_provider": report.by_provider,
-            "oldest_age_s": oldest_s,
-            "stuck_after_s": after_s,
-        },
-    )
-    return report.by_provider

@@ -10,7 +10,7 @@ import click
 
 from models.events import EventStatus
 from models.settings import Settings
-from workers.cli_params import Age, When, invocation_settings
+from workers.cli.params import Age, When, invocation_settings
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -33,7 +33,7 @@ def _selection(
     until: datetime | None,
     statuses: tuple[str, ...],
 ) -> Any:
-    from workers.deadletters import Selection
+    from workers.recovery.deadletters import Selection
 
     return Selection(
         event_ids=event_ids,
@@ -84,7 +84,7 @@ def list_command(
     limit: int,
 ) -> None:
     """List events, oldest first, without loading their payloads."""
-    from workers.deadletters import list_letters
+    from workers.recovery.deadletters import list_letters
 
     selection = _selection((), provider, event_type, since, until, statuses)
     with _sessions()() as session:
@@ -108,7 +108,7 @@ def list_command(
 @click.argument("event_pk", type=int)
 def show_command(event_pk: int) -> None:
     """Everything about one event (by its ``ID`` from ``dlq list``), payload included."""
-    from workers.deadletters import show_letter
+    from workers.recovery.deadletters import show_letter
 
     with _sessions()() as session:
         row = show_letter(session, event_pk)
@@ -155,8 +155,8 @@ def replay(
     dead), or --all-dead. Effects are idempotent: a replayed event that had already
     taken effect leaves the same rows.
     """
-    from workers.deadletters import REPLAY_QUEUE, ReplayReport, send_to_workers
-    from workers.deadletters import replay as run_replay
+    from workers.recovery.deadletters import REPLAY_QUEUE, ReplayReport, send_to_workers
+    from workers.recovery.deadletters import replay as run_replay
 
     if not (event_ids or provider or since or until or all_dead):
         raise click.UsageError(
@@ -200,8 +200,8 @@ def sweep(older_than: timedelta | None, dry_run: bool, limit: int | None) -> Non
     Each goes back on its own queue as a plain redelivery: one that finishes meanwhile
     is not applied twice. Beat does this every minute (HOOKFLEET_STUCK_AFTER_S).
     """
-    from workers.deadletters import send_to_workers
-    from workers.sweeper import sweep as run_sweep
+    from workers.recovery.deadletters import send_to_workers
+    from workers.recovery.sweeper import sweep as run_sweep
 
     settings = invocation_settings()
     if older_than:

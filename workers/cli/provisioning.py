@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import click
 from sqlalchemy.orm import Session, sessionmaker
 
-from workers.cli_params import invocation_settings
+from workers.cli.params import invocation_settings
 
 
 @click.command()

@@ -24,8 +24,8 @@ from models.calls import Call, CallStatus, is_call_id
 from models.events import WebhookEvent
 from models.payloads import PayloadError, loads
 from models.phones import stored_phone
-from workers.customers import find_or_create_customer
-from workers.merge import merge_ranked, staff_by_email, text
+from workers.domain.customers import find_or_create_customer
+from workers.domain.merge import merge_ranked, staff_by_email, text
 from workers.packets import escaped_size, statement_budget
 from workers.retries import PermanentError, RaceLost, locked
 

@@ -30,7 +30,7 @@ from models.migrate import upgrade
 from models.settings import DEFAULT_OPS_BIND, Settings
 
 STOP_TIMEOUT_S = 30
-PROCFILE = Path(__file__).resolve().parents[1] / "Procfile"
+PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
 
 
 def read_procfile(path: Path = PROCFILE) -> dict[str, str]:

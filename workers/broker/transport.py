@@ -6,13 +6,13 @@ Redis restarted, between the two loses the message: it is in no queue, not in
 ``unacked``, and no database row exists yet. Under a steady stream that gap is hit by a
 plain ``kill -9`` (the fault suite found it). Here the pop and the record are one Lua
 script, so at every instant a message is either on its queue or in ``unacked``; the
-same script records this process as the message's owner (:mod:`workers.leases`).
+same script records this process as the message's owner (:mod:`workers.broker.leases`).
 
 A script cannot block, so an idle consumer waits with ``BLMOVE q q RIGHT RIGHT`` on its
 first queue -- a blocking no-op rotation that returns as soon as that list has an item,
 pops nothing -- pipelined with the pop script. A busy consumer sends only the script.
 Acks, requeues and restores of the messages it took go through the owner-checked
-script of :mod:`workers.leases`; kombu's periodic ``restore_visible`` runs the lease
+script of :mod:`workers.broker.leases`; kombu's periodic ``restore_visible`` runs the lease
 sweep (and the visibility timeout only for messages no lease covers). Publishing and
 fanout are kombu's own.
 
@@ -38,7 +38,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from workers.leases import (
+from models.broker.lua import lua
+from workers.broker.leases import (
     CONSUMERS_KEY,
     HELD_PREFIX,
     LEASE_PREFIX,
@@ -58,46 +59,18 @@ log = logging.getLogger(__name__)
 UNREADABLE_KEY = "hookfleet.unreadable"
 
 # KEYS: the queue keys in poll order, then unacked, unacked_index, the unreadable list,
-# the owner hash, this consumer's held hash, the consumers set (workers.leases).
+# the owner hash, this consumer's held hash, the consumers set (workers.broker.leases).
 # ARGV: the number of queue keys, the time to index the message at, the consumer's id.
 # Reads and checks before the first write: a script that fails part way is not undone.
 # ``allow-oom``: consuming moves bytes from a list into the hash, it does not grow
 # Redis; without the flag a full Redis (noeviction) would refuse the script and the
 # workers could not drain the very queue that filled it.
-_POP_BODY = """
-local n = tonumber(ARGV[1])
-for i = 1, n do
-  local item = redis.call('LINDEX', KEYS[i], -1)
-  if item then
-    local ok, msg = pcall(cjson.decode, item)
-    local props = ok and type(msg) == 'table' and msg['properties']
-    local tag = type(props) == 'table' and props['delivery_tag']
-    local info = type(props) == 'table' and props['delivery_info']
-    if type(tag) ~= 'string' or type(info) ~= 'table' then
-      redis.call('LPUSH', KEYS[n + 3], redis.call('RPOP', KEYS[i]))
-      return {KEYS[i], false}
-    end
-    redis.call('ZADD', KEYS[n + 2], ARGV[2], tag)
-    redis.call('HSET', KEYS[n + 1], tag,
-      '[' .. item .. ',' .. cjson.encode(info['exchange'] or '') .. ','
-          .. cjson.encode(info['routing_key'] or '') .. ']')
-    redis.call('HSET', KEYS[n + 4], tag, ARGV[3])
-    redis.call('HSET', KEYS[n + 5], tag, KEYS[i])
-    redis.call('SADD', KEYS[n + 6], ARGV[3])
-    redis.call('RPOP', KEYS[i])
-    return {KEYS[i], item}
-  end
-end
-return false
-"""
+_POP_BODY = lua("workers.broker", "pop")
 
 # KEYS: unacked, unacked_index; ARGV: the delivery tag. kombu acknowledges in a
 # MULTI/EXEC block, and a full Redis refuses every command queued in one: the workers
 # could take messages but not let go of them.
-_ACK_BODY = """
-redis.call('ZREM', KEYS[2], ARGV[1])
-return redis.call('HDEL', KEYS[1], ARGV[1])
-"""
+_ACK_BODY = lua("workers.broker", "ack")
 
 #: Longest idle wait when a consumer reads several queues (it wakes only for the first).
 MULTI_QUEUE_WAIT_S = 0.1
@@ -112,7 +85,7 @@ FULL_REDIS_RETRY_S = 10.0
 
 
 class QoS(kredis.QoS):
-    """Settles through the owner-checked script of :mod:`workers.leases` the messages
+    """Settles through the owner-checked script of :mod:`workers.broker.leases` the messages
     the pop script took (and recorded as this process's), and restores by lease."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -130,7 +103,7 @@ class QoS(kredis.QoS):
             super().append(message, delivery_tag)
 
     def forget(self, delivery_tag: str) -> None:
-        """The lease let go of this message (workers.leases.Lease.keep_only): nothing of
+        """The lease let go of this message (workers.broker.leases.Lease.keep_only): nothing of
         this channel may settle it any more, nor restore it when the channel closes."""
         # Still "leased" here: a late ack or reject of it is then bookkeeping only,
         # never kombu's own restore through the (maybe dead) channel.
@@ -144,7 +117,7 @@ class QoS(kredis.QoS):
     # consuming again (found by the fault suite's Redis restart). So a detached channel
     # settles through the process lease's own connection; if Redis cannot be reached
     # at all the message stays this process's in ``unacked`` and the lease thread gives
-    # it back later (workers.leases.ORPHAN_AFTER_S).
+    # it back later (workers.broker.leases.ORPHAN_AFTER_S).
 
     _skipped = 0
     _skip_logged_at = float("-inf")
@@ -467,7 +440,7 @@ def bound_for_shutdown(timeout_s: float = SHUTDOWN_BROKER_TIMEOUT_S) -> None:
     no retry, on open connections and on those dialled from now on. Configured, those
     calls wait 5 s each and are retried (a failover reply or timeout); on a network
     that swallows everything, one shutdown waited minutes. The lease's own connections
-    are bounded already (workers.leases.own_pool)."""
+    are bounded already (workers.broker.leases.own_pool)."""
     for channel in list(CHANNELS):
         for pool in (channel._pool, channel._async_pool):
             if pool is None:

@@ -1,6 +1,6 @@
 """Cal.com events → ``appointments`` (one row per booking uid); their attendees and seats
-(``appointment_attendees``) are ``workers/attendees.py``'s, the delivery's shapes
-``workers/calcom_events.py``'s.
+(``appointment_attendees``) are ``workers/domain/attendees.py``'s, the delivery's shapes
+``workers/domain/calcom_events.py``'s.
 
 What each trigger does (shapes: ``ingest/providers/calcom.py``; sender source in
 calcom/cal.com ``packages/features/webhooks/lib/sendPayload.ts``,
@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session
 from models.appointments import Appointment, AppointmentStatus, AttendeeStatus, PaymentStatus
 from models.business import Branch, Service
 from models.events import WebhookEvent
-from workers.attendees import (
+from workers.domain.attendees import (
     cancel_attendees,
     cancel_seat_by_reference,
     gives_up_seats,
@@ -58,8 +58,8 @@ from workers.attendees import (
     set_moved,
     sync_attendees,
 )
-from workers.calcom_events import CalcomEvent, attendee_key, email_of, when
-from workers.merge import merge_ranked, staff_by_email, text
+from workers.domain.calcom_events import CalcomEvent, attendee_key, email_of, when
+from workers.domain.merge import merge_ranked, staff_by_email, text
 from workers.retries import RaceLost, locked
 
 log = logging.getLogger("hookfleet.worker.appointments")

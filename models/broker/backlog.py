@@ -28,6 +28,7 @@ from typing import Any
 import redis
 from sqlalchemy import Engine, func, select
 
+from models.broker.lua import lua
 from models.events import EventStatus, WebhookEvent
 
 # kombu's Redis transport (kombu/transport/redis.py): priority lists and unacked keys.
@@ -39,13 +40,7 @@ UNACKED_KEY = "unacked"
 AGE_PROBE = 3
 
 # Only the tail of each unacked entry travels: it ends with the routing key (the queue).
-_UNACKED_TAILS = """
-local tails = {}
-for i, value in ipairs(redis.call('HVALS', KEYS[1])) do
-  tails[i] = string.sub(value, -200)
-end
-return tails
-"""
+_UNACKED_TAILS = lua("models.broker", "unacked_tails")
 _ROUTING_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*\]\s*$')
 
 

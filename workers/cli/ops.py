@@ -9,7 +9,7 @@ import click
 
 from models.contract import QUEUES
 from models.settings import Settings
-from workers.cli_params import Age, invocation_settings
+from workers.cli.params import Age, invocation_settings
 
 # The command must answer even when a server does not: short timeouts everywhere.
 TIMEOUT_S = 3
@@ -19,9 +19,9 @@ TIMEOUT_S = 3
 @click.option("--json", "as_json", is_flag=True, help="Print the same JSON as GET /stats.")
 def stats(as_json: bool) -> None:
     """Queue depths, unacked messages, oldest age, recent rates and dead letters."""
-    from models.backlog import read_backlog
+    from models.broker.backlog import read_backlog
+    from models.broker.redis_links import redis_client
     from models.engine import make_engine
-    from models.redis_links import redis_client
 
     settings = invocation_settings()
     client = redis_client(settings.broker_url, timeout_s=TIMEOUT_S)
@@ -66,7 +66,7 @@ def stats(as_json: bool) -> None:
 def prune(older_than: timedelta | None, include_dead: bool, dry_run: bool, batch_size: int) -> None:
     """Delete processed webhook_events older than AGE, in batches."""
     from models.engine import make_engine, make_sessionmaker
-    from workers.retention import prune_events
+    from workers.recovery.retention import prune_events
 
     settings = invocation_settings()
     age = older_than or timedelta(days=settings.retention_days)

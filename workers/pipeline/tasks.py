@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers around :mod:`workers.events`."""
+"""Celery tasks: thin wrappers around :mod:`workers.pipeline.record`."""
 
 from __future__ import annotations
 
@@ -10,23 +10,24 @@ from typing import Any
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from models.backlog import read_backlog
 from models.contract import (
-    INTEGRITY_REPORT,
     PROCESS_EVENT,
-    QUEUES,
-    REPORT_QUEUE_DEPTHS,
     EventMessage,
     MalformedMessage,
     Queue,
 )
 from models.events import EventStatus
 from models.logs import log_context
-from models.redis_links import redis_client
 from models.settings import Settings
-from workers.batching import BatchTask, Entry, Verdict
+from workers.broker.batching import BatchTask, Entry, Verdict
 from workers.celery_app import app, soft_time_limit
-from workers.events import (
+from workers.metrics import (
+    batch_finished,
+    event_dead,
+    event_processed,
+    task_retried,
+)
+from workers.pipeline.record import (
     IncomingEvent,
     Outcome,
     mark_failed,
@@ -34,15 +35,8 @@ from workers.events import (
     record_event,
     record_malformed,
 )
-from workers.metrics import (
-    batch_finished,
-    event_dead,
-    event_processed,
-    integrity_found,
-    task_retried,
-)
 from workers.retries import RetryPolicy, is_transient
-from workers.runtime import engine, sessions, settings
+from workers.runtime import sessions, settings
 
 log = logging.getLogger("hookfleet.worker")
 
@@ -57,12 +51,12 @@ def _retry_countdown(retries: int) -> int:
     name=PROCESS_EVENT,
     base=BatchTask,
     bind=True,
-    run_batch="workers.tasks:process_batch",
+    run_batch="workers.pipeline.tasks:process_batch",
 )
 def process_event(self: Task, **kwargs: Any) -> str:
     """Record one delivery and apply its effect (a batch of one). Safe to run any
     number of times. The worker runs this task's messages in batches
-    (``workers.batching``): see :func:`process_batch`."""
+    (``workers.broker.batching``): see :func:`process_batch`."""
     queue = (self.request.delivery_info or {}).get("routing_key") or kwargs.get("queue", "")
     entry = Entry(self.request.id or "", kwargs, self.request.retries or 0, queue)
     return process_batch([entry])[0].value
@@ -243,34 +237,3 @@ def _record_failure(
     message = "event failed" if status is EventStatus.FAILED else "retry budget spent: dead"
     log.error(message, extra={"error": reason, "status": status.value})
     return Verdict.ACK
-
-
-@app.task(name=REPORT_QUEUE_DEPTHS)
-def report_queue_depths() -> dict[str, int]:
-    """Log how many messages wait on each queue (beat: every minute) — the same
-    reading as ``/metrics`` and ``hookfleet stats``, reserved ones logged beside."""
-    client = redis_client(settings().broker_url, timeout_s=5)  # follows a failover
-    try:
-        reading = read_backlog(client, None, QUEUES, rates=False)
-    finally:
-        client.close()
-    depths = {q.queue: q.waiting for q in reading.queues}
-    unacked = {q.queue: q.unacked for q in reading.queues}
-    log.info("queue depths", extra={"depths": depths, "unacked": unacked, "errors": reading.errors})
-    return depths
-
-
-@app.task(name=INTEGRITY_REPORT)
-def integrity_report() -> dict[str, int]:
-    """Run ``hookfleet integrity check`` and export what it finds (beat: hourly).
-
-    It reports and never fixes: merging customers is a decision for a person
-    (``hookfleet integrity fix --dry-run`` first).
-    """
-    from workers.integrity import check
-
-    report = check(engine())
-    counts = {finding.kind: finding.count for finding in report.findings.values()}
-    integrity_found(counts)
-    log.info("integrity check", extra={"problems": report.problems, "counts": counts})
-    return counts

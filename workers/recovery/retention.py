@@ -6,7 +6,6 @@ Dead letters (``failed``, ``dead``) stay until they are replayed or pruned on pu
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -14,12 +13,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.base import utcnow
-from models.contract import PRUNE_EVENTS
 from models.events import EventStatus, WebhookEvent
-from workers.celery_app import app
-from workers.runtime import sessions, settings
-
-log = logging.getLogger("hookfleet.worker.retention")
 
 # Small enough that one DELETE holds its locks briefly next to the workers' inserts.
 BATCH_SIZE = 1000
@@ -76,15 +70,3 @@ def prune_events(
             session.commit()
             deleted += len(ids)
     return PruneResult(cutoff, names, deleted, False)
-
-
-@app.task(name=PRUNE_EVENTS)
-def prune_events_task() -> int:
-    """Beat's daily retention run: processed rows older than HOOKFLEET_RETENTION_DAYS."""
-    days = settings().retention_days
-    if days == 0:
-        log.info("retention off (HOOKFLEET_RETENTION_DAYS=0)")
-        return 0
-    result = prune_events(sessions(), timedelta(days=days))
-    log.info("pruned webhook_events", extra={"deleted": result.deleted, "older_than_days": days})
-    return result.deleted

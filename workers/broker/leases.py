@@ -4,7 +4,7 @@ Stock kombu brings a message back only when it has been unacknowledged for the
 visibility timeout, whether its worker died a second ago or is still busy with it. Here
 every consuming process has an id and a lease key in Redis (``hookfleet.lease.<id>``,
 ``lease_s`` long) that a thread of that process renews every ``renew_s``; the pop
-script (:mod:`workers.transport`) records the owner of each message it takes
+script (:mod:`workers.broker.transport`) records the owner of each message it takes
 (``hookfleet.unacked_owner``: tag -> id; ``hookfleet.held.<id>``: tag -> the list it
 came from). Every consumer, at start and then every few seconds, runs
 :data:`RESTORE_LAPSED`: the messages of every owner whose lease key is gone go back to
@@ -21,7 +21,7 @@ reconnect it keeps only the messages its running requests will settle
 Settling checks ownership: a consumer acknowledges or requeues a message only while it
 still owns it. A frozen worker that wakes after its messages went to another consumer
 settles nothing of theirs (its late work itself is made harmless by the database:
-``workers.events`` claims each event once).
+``workers.pipeline.record`` claims each event once).
 
 Anchors: dramatiq's Redis broker (heartbeats, requeue of dead workers' messages),
 BullMQ (lock renewal, stalled-job check), Sidekiq Pro ``super_fetch``.
@@ -47,6 +47,8 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from models.broker.lua import lua
+
 log = logging.getLogger("hookfleet.worker.leases")
 
 LEASE_PREFIX = "hookfleet.lease."
@@ -63,95 +65,19 @@ PRIORITY_SEP = "\x06\x16"
 #: wait there) comes back seconds after that pop, not minutes later.
 ORPHAN_AFTER_S = 5.0
 
-# The raw message (the bytes the publisher wrote) out of an ``unacked`` entry: the pop
-# script stores '[' .. raw .. ',' .. ex .. ',' .. rk .. ']'; re-encoding would change
-# the bytes (cjson's number and escaping rules), so the raw text is cut out instead.
-_RAW = """
-local function raw_message(entry)
-  local ok, decoded = pcall(cjson.decode, entry)
-  if not ok or type(decoded) ~= 'table' then return nil end
-  local tail = ',' .. cjson.encode(decoded[2] or '') .. ','
-      .. cjson.encode(decoded[3] or '') .. ']'
-  if string.sub(entry, 1, 1) == '[' and string.sub(entry, -#tail) == tail then
-    return string.sub(entry, 2, #entry - #tail)
-  end
-  return cjson.encode(decoded[1])
-end
-"""
-
 # KEYS: consumers set, unacked, unacked_index, owner hash. ARGV: lease prefix, held
 # prefix. Returns {owner, list key, count} per list a lapsed owner held messages of.
-RESTORE_LAPSED = (
-    _RAW
-    + """
-local out = {}
-for _, owner in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if redis.call('EXISTS', ARGV[1] .. owner) == 0 then
-    local held = ARGV[2] .. owner
-    local entries = redis.call('HGETALL', held)
-    local counts, order = {}, {}
-    for i = 1, #entries, 2 do
-      local tag, list = entries[i], entries[i + 1]
-      if redis.call('HGET', KEYS[4], tag) == owner then
-        local entry = redis.call('HGET', KEYS[2], tag)
-        local raw = entry and raw_message(entry)
-        if raw then
-          redis.call('RPUSH', list, raw)
-          if not counts[list] then counts[list] = 0; table.insert(order, list) end
-          counts[list] = counts[list] + 1
-        end
-        redis.call('HDEL', KEYS[2], tag)
-        redis.call('ZREM', KEYS[3], tag)
-        redis.call('HDEL', KEYS[4], tag)
-      end
-    end
-    redis.call('DEL', held)
-    redis.call('SREM', KEYS[1], owner)
-    for _, list in ipairs(order) do table.insert(out, {owner, list, counts[list]}) end
-  end
-end
-return out
-"""
-)
+RESTORE_LAPSED = lua("workers.broker", "raw_message", "restore_lapsed")
 
 # KEYS: unacked, unacked_index, owner hash, this owner's held hash. ARGV: tag, owner,
 # how ('ack'; 'front' or 'back': requeue at that end of its list). Returns 1 if
 # settled, 0 if the message is not (or no longer) this owner's: nothing is touched.
-SETTLE = (
-    _RAW
-    + """
-if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
-if ARGV[3] ~= 'ack' then
-  local list = redis.call('HGET', KEYS[4], ARGV[1])
-  local entry = redis.call('HGET', KEYS[1], ARGV[1])
-  local raw = entry and raw_message(entry)
-  if list and raw then
-    if ARGV[3] == 'front' then redis.call('RPUSH', list, raw)
-    else redis.call('LPUSH', list, raw) end
-  end
-end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-return 1
-"""
-)
+SETTLE = lua("workers.broker", "raw_message", "settle")
 
 # KEYS: unacked_index, owner hash. ARGV: the oldest index time still visible, lease
 # prefix, limit. Tags unacknowledged since before it whose owner is unknown or lapsed:
 # the visibility timeout's share (messages a stock consumer or basic_get took).
-OVERDUE_UNLEASED = """
-local out = {}
-local tags = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[3])
-for _, tag in ipairs(tags) do
-  local owner = redis.call('HGET', KEYS[2], tag)
-  if not owner or redis.call('EXISTS', ARGV[2] .. owner) == 0 then
-    table.insert(out, tag)
-  end
-end
-return out
-"""
+OVERDUE_UNLEASED = lua("workers.broker", "overdue_unleased")
 
 
 @dataclass(frozen=True)

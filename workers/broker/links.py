@@ -1,14 +1,14 @@
 """Hookfleet's broker transport as the workers dial it: following a Redis failover.
 
-:mod:`workers.transport` decides how messages are taken and settled; this module only
+:mod:`workers.broker.transport` decides how messages are taken and settled; this module only
 changes which redis-py connection classes kombu dials with, so the workers survive what
-the receiver survives (:mod:`models.redis_links`):
+the receiver survives (:mod:`models.broker.redis_links`):
 
 - **A failover reply is a lost connection.** A primary demoted in place answers the
   pop script and the acks with ``-READONLY`` (and a blocked wait with ``-UNBLOCKED``) on
   sockets that stay open. Stock kombu raises those as ``ResponseError``, which Celery
   takes for an unrecoverable error: the worker exits ("Unrecoverable error:
-  ReadOnlyError"). Raised as :class:`models.redis_links.FailoverReply`, a
+  ReadOnlyError"). Raised as :class:`models.broker.redis_links.FailoverReply`, a
   ``redis.ConnectionError``, they are among kombu's connection errors: Celery logs one
   warning, dials again and reaches the new primary.
 - **Sentinel.** kombu serves ``sentinel://`` with its own ``SentinelChannel``
@@ -25,13 +25,13 @@ from typing import Any, cast
 from kombu.transport import redis as kredis
 from redis.sentinel import SentinelManagedConnection
 
-from models.redis_links import (
+from models.broker.redis_links import (
     FailoverAwareConnection,
     FailoverAwareSentinelConnection,
     FailoverAwareSSLConnection,
     retry_after_failover,
 )
-from workers import transport as hookfleet
+from workers.broker import transport as hookfleet
 
 #: How long an ack or publish refused by a demoted node is retried (with growing pauses)
 #: while the address still names it: the main loop waits, the message stays settled.

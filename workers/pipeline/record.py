@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker, undefer
 from models.base import utcnow
 from models.contract import EventMessage
 from models.events import EventStatus, WebhookEvent
-from workers.appointments import apply_calcom_event
-from workers.calls import apply_retell_event
+from workers.domain.appointments import apply_calcom_event
+from workers.domain.calls import apply_retell_event
 from workers.packets import escaped_size, statement_budget
 
 # What a provider's events do to the business record, by provider name. A handler runs

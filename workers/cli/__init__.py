@@ -1,0 +1,1 @@
+"""The ``hookfleet`` command: the terminal's way into the fleet."""

@@ -1,0 +1,1 @@
+"""The business record: calls, appointments, customers. No Celery, no Redis."""

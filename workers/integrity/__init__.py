@@ -1,0 +1,1 @@
+"""Integrity of the business record: what is wrong, and what can be repaired."""

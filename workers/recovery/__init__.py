@@ -1,0 +1,1 @@
+"""Getting work back: dead letters, replays, stuck events, retention."""
