@@ -3,7 +3,7 @@
 :class:`ErrorCode` is the one list of them, each with its status, whether it carries
 ``Retry-After``, the ``outcome`` label ``hookfleet_webhooks_received`` counts it under,
 and a default message. The README's *Answers* table is checked against it
-(``tests/test_errors.py``).
+(``tests/unit/test_errors.py``).
 """
 
 from __future__ import annotations

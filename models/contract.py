@@ -11,7 +11,7 @@ The layout on the wire (task protocol 2 keyword arguments, JSON) is the one ever
 Hookfleet version has written: ``provider``, ``event_id``, ``event_type``, ``queue``,
 ``correlation_id``, ``received_at`` (ISO-8601 with offset), ``headers`` (object),
 ``payload`` (the body as JSON text), and ``replay`` (``true``) on replays only. A
-message queued by an older version is read unchanged (``tests/test_contract.py``).
+message queued by an older version is read unchanged (``tests/unit/test_contract.py``).
 """
 
 from __future__ import annotations

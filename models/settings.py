@@ -167,7 +167,7 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
 @dataclass(frozen=True)
 class Settings:
     """Every knob Hookfleet has, each declared once: the field's :func:`knob` holds its
-    variable, default, parser and README line (``tests/test_settings.py`` holds the
+    variable, default, parser and README line (``tests/unit/test_settings.py`` holds the
     README's configuration table to :func:`configuration_table`)."""
 
     redis_url: str = knob(

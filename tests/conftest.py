@@ -35,23 +35,10 @@ and ``-m "not e2e"`` select the same tests before and after the tree is split in
 unit/, integration/, e2e/ and faults/."""
 
 
-STARTS_PROCESSES = {
-    "test_bench.py",
-    "test_deploy.py",
-    "test_framing.py",
-    "test_provider_shapes.py",
-    "test_up.py",
-}
-"""Modules (still in tests/ itself) whose tests start gunicorn or Celery but carry no
-``e2e`` marker of their own; they belong in tests/e2e/ and leave this set when moved."""
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         where = item.path.relative_to(TESTS).parts
         markers = [m for folder in where[:-1] for m in TIERS.get(folder, ())]
-        if where[-1] in STARTS_PROCESSES:
-            markers.append("e2e")
         for marker in markers:
             if item.get_closest_marker(marker) is None:
                 item.add_marker(marker)
@@ -96,7 +83,7 @@ def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB
 #   - or an emptied shared database (``database_url``, and ``sessions`` in a test that also
 #     uses ``database_url`` or is marked ``several_connections``): for threads, worker
 #     processes and engines of their own, which must see each other's commits.
-# tests/test_migrations.py migrates from scratch on ``fresh_database_url``.
+# tests/integration/test_migrations.py migrates from scratch on ``fresh_database_url``.
 
 
 @pytest.fixture(params=BACKENDS)

@@ -1,7 +1,7 @@
 """Hookfleet's Celery app on kombu's stock Redis transport: what a plain
 ``celery worker`` without workers.broker.transport is (no single-step pop, no leases).
 
-``celery -A tests.stock_worker worker -Q hookfleet.high`` (tests/test_leases.py).
+``celery -A tests.stock_worker worker -Q hookfleet.high`` (tests/faults/test_leases.py).
 """
 
 from __future__ import annotations

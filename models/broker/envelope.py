@@ -2,7 +2,7 @@
 
 The receiver pushes the message inside a Lua script (see :mod:`ingest.dedup`), so it
 cannot call ``apply_async``; it builds the same bytes instead. The format is Celery's
-task protocol 2 inside kombu's Redis envelope; ``tests/test_taskmessage.py`` checks it
+task protocol 2 inside kombu's Redis envelope; ``tests/unit/test_taskmessage.py`` checks it
 against what ``send_task`` really writes, and the end-to-end tests have a stock
 ``celery worker`` consume it.
 """

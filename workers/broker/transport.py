@@ -19,7 +19,7 @@ fanout are kombu's own.
 Selected by ``broker_transport`` in :mod:`workers.celery_app`; the broker URL stays
 ``redis://``. Needs Redis 7 for ``allow-oom`` (below); older servers get the same
 script without it and stop consuming while Redis is full, as stock kombu does.
-Private kombu names this relies on are listed (and checked) in tests/test_transport.py.
+Private kombu names this relies on are listed (and checked) in tests/integration/test_transport.py.
 """
 
 from __future__ import annotations

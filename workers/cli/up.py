@@ -3,7 +3,7 @@
 Starts a private Redis (when ``HOOKFLEET_REDIS_URL`` is unset), migrates the database
 (SQLite in ``./var`` when ``HOOKFLEET_DATABASE_URL`` is unset), then every process of
 the Procfile with the command line written there (the Procfile is the one source of
-process command lines; systemd and Kubernetes are held to it by tests/test_deploy.py):
+process command lines; systemd and Kubernetes are held to it by tests/e2e/test_deploy.py):
 the receiver, one Celery worker per queue and beat. Ctrl-C (or SIGTERM) stops them in
 order: the receiver first so nothing new arrives, then the workers (which finish what
 they hold), beat, and Redis last (which writes its append-only file).

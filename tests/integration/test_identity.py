@@ -2,7 +2,7 @@
 
 Deliveries go through ``record_event`` as the worker calls it, on a real, migrated
 database; the assertions are on the ``customers`` rows a salon would look at. The race
-with real worker processes is in ``tests/test_identity_race.py``.
+with real worker processes is in ``tests/e2e/test_identity_race.py``.
 """
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ import redis
 from celery import Celery
 
 from ingest.providers import retell
+from tests.faults.test_faults import SECRET, call_body
 from tests.processes import ROOT, procfile, request, running_fleet
 from tests.servers import wait_until
-from tests.test_faults import SECRET, call_body
 
 pytestmark = pytest.mark.e2e
 

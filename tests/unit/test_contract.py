@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from models.contract import QUEUES, EventMessage, MalformedMessage, Queue
 from tests.helpers import post_json, queued
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # The arguments exactly as the previous release wrote them: its receiver (no
 # "replay"), its stuck-work sweep ("replay": false) and its replay ("replay": true).

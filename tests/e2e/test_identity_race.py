@@ -217,7 +217,7 @@ def test_people_without_email_on_a_held_landline_are_one_customer_and_one_attend
     one Dana, one attendee row for Dana, every event processed (none failed). On this
     box the bookings rarely interleave tightly enough to race (the default queue's
     batches settle them in one transaction); the interleaving itself is forced in
-    ``tests/test_identity.py``."""
+    ``tests/integration/test_identity.py``."""
     salon(engine)
     env = {
         "HOOKFLEET_RETELL_SECRETS": SECRETS["retell"],

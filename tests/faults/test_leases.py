@@ -2,7 +2,7 @@
 
 Two parts. First, the database's half, forced deterministically: two copies of one
 message, in two workers at once, waiting on the same row lock, apply once. Then the
-fault rows (marker ``faults``, real processes, counted like tests/test_faults.py): a
+fault rows (marker ``faults``, real processes, counted like tests/faults/test_faults.py): a
 worker killed, frozen, or cut off loses its messages to the others within its lease; a
 live worker keeps them however long it works.
 """
@@ -33,9 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
-from tests.processes import ROOT, Processes, procfile, running_fleet
-from tests.servers import MariaDBServer, RedisServer, wait_until
-from tests.test_faults import (
+from tests.faults.test_faults import (
     SECRET,
     Ledger,
     Stack,
@@ -49,11 +47,12 @@ from tests.test_faults import (
     stream,
     wait_for_accepted,
 )
+from tests.integration.test_events import incoming
+from tests.processes import ROOT, Processes, procfile, running_fleet
+from tests.servers import MariaDBServer, RedisServer, wait_until
 from workers.broker.leases import HELD_PREFIX
 from workers.pipeline import record as events
 from workers.pipeline.record import Outcome, record_batch
-
-from .test_events import incoming
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from models.events import EventStatus, WebhookEvent
 from tests.processes import request, running_fleet
 from tests.servers import wait_until
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RETELL_KEY = "key_8f3a1c2e9b7d4f60a5e1c3b2d9f7e6a4"
 STRIPE_SECRET = "whsec_3kTq9vPz7LmN2xR8wY4bC6dF1gH5jK0s"
 STANDARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -12,7 +12,7 @@ import pytest
 from ingest.errors import OUTCOME_BY_CODE, ApiError, ErrorCode
 from ingest.gunicorn_worker import _ANSWERS_BY_NAME
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def readme_answers() -> dict[str, tuple[int, bool]]:

@@ -44,10 +44,8 @@ from models.contract import Queue
 from models.events import WebhookEvent
 from models.metrics import forget_dead_processes
 from models.settings import Settings
-from tests.helpers import OPS
-from tests.processes import request
-from tests.servers import MariaDBServer, RedisServer, _binary, free_port, wait_until
-from tests.test_faults import (
+from tests.e2e.test_metrics_e2e import per_process, scrape, value
+from tests.faults.test_faults import (
     Ledger,
     Stack,
     assert_exactly_once,
@@ -59,12 +57,14 @@ from tests.test_faults import (
     stack_on,
     stream,
 )
-from tests.test_leases import held_call_ids, recovered_after
-from tests.test_metrics_e2e import per_process, scrape, value
+from tests.faults.test_leases import held_call_ids, recovered_after
+from tests.helpers import OPS
+from tests.processes import request
+from tests.servers import MariaDBServer, RedisServer, _binary, free_port, wait_until
 from workers.broker.leases import HELD_PREFIX
 from workers.celery_app import kombu_broker
 
-SECRET = "key_faults"  # tests.test_faults signs with it
+SECRET = "key_faults"  # tests.faults.test_faults signs with it
 
 
 # --- A TCP proxy that can go silent or move -------------------------------------------------

@@ -9,7 +9,7 @@ settled and 5 s after. Prints the peak and the last sample (the plateau) of each
 ``NAME=value`` arguments go to the fleet's environment, e.g. ``HOOKFLEET_BATCH_BYTES=0
 HOOKFLEET_WORKER_MAX_MEMORY_MB=0`` for batches bounded by count only.
 
-    .venv/bin/python -m tests.measure_worker_memory [--mariadb] [NAME=value ...]
+    .venv/bin/python -m tests.bench.measure_worker_memory [--mariadb] [NAME=value ...]
 """
 
 from __future__ import annotations

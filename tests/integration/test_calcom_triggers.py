@@ -25,7 +25,7 @@ from models.events import EventStatus
 from tests.helpers import QUEUES, queued
 from workers.pipeline.record import IncomingEvent, Outcome, record_batch, record_event
 
-FIXTURES = Path(__file__).parent / "fixtures" / "calcom"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "calcom"
 SECRET = "cal-fixture-secret-41c2b7"
 
 

@@ -728,7 +728,7 @@ def test_retell_inbound_without_its_object_is_a_shape_error(inbound: Any) -> Non
 
 def test_retell_update_without_a_call_id_is_keyed_by_the_body_digest() -> None:
     # Recorded only, so it needs no call id; a call_started without one is refused
-    # (tests/test_call_fields.py): the worker could not make a call of it.
+    # (tests/integration/test_call_fields.py): the worker could not make a call of it.
     body = json.dumps({"event": "transcript_updated", "call": {"agent_id": "a_1"}}).encode()
 
     identity = retell.PROVIDER.identify(delivery(body), json.loads(body))

@@ -1,6 +1,6 @@
 """Time and peak memory of ``hookfleet integrity check`` on a large MariaDB (not a test).
 
-    .venv/bin/python -m tests.measure_integrity 20000 200000
+    .venv/bin/python -m tests.bench.measure_integrity 20000 200000
 
 For each size: a private MariaDB database with that many customers (and as many calls),
 of which 1% have raw phones, 0.5% a case-variant twin, and 0.5% of calls a deleted staff

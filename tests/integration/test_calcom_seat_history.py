@@ -32,8 +32,8 @@ from ingest import create_app
 from ingest.providers import calcom
 from models import Appointment, AppointmentAttendee, Call, Customer
 from models.business import Branch, Company, Staff
-from tests.test_calcom_triggers import SECRET, Post, appointment, count, take_queued
-from tests.test_domain import deliver, retell
+from tests.integration.test_calcom_triggers import SECRET, Post, appointment, count, take_queued
+from tests.integration.test_domain import deliver, retell
 from workers.pipeline.record import Outcome, record_event
 
 

@@ -27,7 +27,7 @@ from workers.packets import escaped_size
 from workers.pipeline.record import IncomingEvent, Outcome, record_batch
 
 LIMIT = PROVIDER_MAX_BODY_BYTES["retell"]
-CNF = Path(__file__).parent.parent / "deploy" / "mariadb.cnf"
+CNF = Path(__file__).resolve().parents[2] / "deploy" / "mariadb.cnf"
 UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3}
 
 

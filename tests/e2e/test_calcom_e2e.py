@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 from ingest.providers import calcom
 from models import Appointment, AppointmentAttendee
 from models.events import EventStatus, WebhookEvent
+from tests.integration.test_calcom_triggers import fixture_body
 from tests.processes import request, running_fleet
 from tests.servers import wait_until
-from tests.test_calcom_triggers import fixture_body
 
 pytestmark = pytest.mark.e2e
 

@@ -66,7 +66,7 @@ def test_retells_longest_call_fits_its_default_limit_with_margin() -> None:
     assert an_hour > MIB  # the old global default refused these
     assert longest * 1.5 < Settings().body_limit("retell")
     # Escaped, the stored row takes twice the body, a call's row four times: the
-    # shipped 32 MiB packet holds both (tests/test_packets.py).
+    # shipped 32 MiB packet holds both (tests/integration/test_packets.py).
     assert 4 * Settings().largest_body_limit + MIB <= 32 * MIB
 
 

@@ -1,0 +1,1 @@
+"""Tests that start real gunicorn and celery worker processes; marked e2e by folder."""

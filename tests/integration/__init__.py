@@ -1,0 +1,1 @@
+"""Tests against real Redis and databases (MariaDB and SQLite), in-process."""

@@ -1,0 +1,1 @@
+"""Tests of one module, no servers (or only an in-process one)."""
