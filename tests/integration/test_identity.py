@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
 from tests.factories import incoming_event
+from tests.helpers import retell_call_ended_body
 from tests.servers import sqlite_url
 from workers.cli.integrity import integrity
 from workers.domain import customers as identity
@@ -57,18 +59,41 @@ def deliver(sessions: sessionmaker[Session], provider: str, event_id: str, body:
     return record_event(sessions, incoming_event(provider, event_id, body))
 
 
+def both_look_then_create(
+    monkeypatch: pytest.MonkeyPatch, deliveries: list[Callable[[], object]]
+) -> list[BaseException]:
+    """Two ``deliveries`` on threads of their own, retried as the task is (4 tries), with
+    the interleaving that gave two customers forced: each thread's first try waits at
+    ``identity._create`` until both have looked up and found nobody. The errors left."""
+    both_looked = threading.Barrier(len(deliveries), timeout=20)
+    waited: set[int] = set()
+    create = identity._create
+
+    def create_after_both_looked(*args: Any, **kwargs: Any) -> Customer:
+        if threading.get_ident() not in waited:  # only the first try of each worker
+            waited.add(threading.get_ident())
+            both_looked.wait()
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(identity, "_create", create_after_both_looked)
+    errors: list[BaseException] = []
+
+    def worker(delivery: Callable[[], object]) -> None:
+        try:
+            RetryPolicy(attempts=4, initial_s=0.05).call(delivery)
+        except BaseException as error:  # noqa: BLE001 - reported by the caller's assertion
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(delivery,)) for delivery in deliveries]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return errors
+
+
 def call(call_id: str, caller: str, ours: str = BRANCH_PHONE, **extra: Any) -> dict[str, Any]:
-    details = {
-        "call_id": call_id,
-        "call_status": "ended",
-        "direction": "inbound",
-        "from_number": caller,
-        "to_number": ours,
-        "start_timestamp": 1764061200000,
-        "end_timestamp": 1764061260000,
-        **extra,
-    }
-    return {"event": "call_ended", "call": details}
+    return retell_call_ended_body(call_id, caller, ours, **extra)
 
 
 def booking(uid: str, name: str, email: str | None, phone: str | None = None) -> dict[str, Any]:
@@ -351,32 +376,9 @@ def test_first_contacts_that_both_found_nobody_make_one_customer_on_mariadb(
                 calcom_event_type_id=1001,
             )
         )
-    both_looked = threading.Barrier(2, timeout=20)
-    waited: set[int] = set()
-    create = identity._create
-
-    def create_after_both_looked(*args: Any, **kwargs: Any) -> Customer:
-        if threading.get_ident() not in waited:  # only the first try of each worker
-            waited.add(threading.get_ident())
-            both_looked.wait()
-        return create(*args, **kwargs)
-
-    monkeypatch.setattr(identity, "_create", create_after_both_looked)
-    errors: list[BaseException] = []
-
-    def worker(provider: str, event_id: str, body: dict[str, Any]) -> None:
-        try:
-            RetryPolicy(attempts=4, initial_s=0.05).call(
-                lambda: deliver(maria_sessions, provider, event_id, body)
-            )
-        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker, args=contact) for contact in contacts]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    errors = both_look_then_create(
+        monkeypatch, [partial(deliver, maria_sessions, *contact) for contact in contacts]
+    )
 
     assert errors == []
     with maria_sessions() as session:
@@ -628,32 +630,13 @@ def test_two_first_bookings_of_one_person_without_email_on_a_held_landline_make_
         )
         session.add(Appointment(calcom_uid="c1m", event_rank=0))  # between c1 and c2
     book(maria_sessions, "a1", "Ada", "ada@example.com", LANDLINE)
-    both_looked = threading.Barrier(2, timeout=20)
-    waited: set[int] = set()
-    create = identity._create
-
-    def create_after_both_looked(*args: Any, **kwargs: Any) -> Customer:
-        if threading.get_ident() not in waited:
-            waited.add(threading.get_ident())
-            both_looked.wait()
-        return create(*args, **kwargs)
-
-    monkeypatch.setattr(identity, "_create", create_after_both_looked)
-    errors: list[BaseException] = []
-
-    def worker(uid: str) -> None:
-        try:
-            RetryPolicy(attempts=4, initial_s=0.05).call(
-                lambda: book(maria_sessions, uid, "Carl Gast", None, "030 901821")
-            )
-        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker, args=(uid,)) for uid in ("c1", "c2")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    errors = both_look_then_create(
+        monkeypatch,
+        [
+            partial(book, maria_sessions, uid, "Carl Gast", None, "030 901821")
+            for uid in ("c1", "c2")
+        ],
+    )
 
     assert errors == []
     with maria_sessions() as session:
