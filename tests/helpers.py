@@ -65,6 +65,31 @@ def retell_call_ended(
     return json.dumps(retell_call_ended_body(call_id, caller, ours))
 
 
+def calcom_booking_created(
+    uid: str, name: str, email: str | None, phone: str | None = None
+) -> dict[str, Any]:
+    """A Cal.com ``BOOKING_CREATED`` body (``sendPayload``'s envelope) of a haircut at
+    event type 1001 with one attendee; ``email`` and ``phone`` left out when None."""
+    attendee: dict[str, Any] = {"name": name, "timeZone": "Europe/Berlin"}
+    if email is not None:
+        attendee["email"] = email
+    if phone is not None:
+        attendee["phoneNumber"] = phone
+    payload = {
+        "uid": uid,
+        "title": "Haircut",
+        "startTime": "2026-12-01T09:00:00Z",
+        "endTime": "2026-12-01T09:30:00Z",
+        "eventTypeId": 1001,
+        "attendees": [attendee],
+    }
+    return {
+        "triggerEvent": "BOOKING_CREATED",
+        "createdAt": "2026-11-23T09:00:00Z",
+        "payload": payload,
+    }
+
+
 FAULT_COUNTS: list[dict[str, Any]] = []
 """The fault suite's count rows (sent, accepted, persisted, effects, lost, duplicated,
 answers), one per scenario, appended by the scenarios of this process. tests/conftest.py
