@@ -673,26 +673,25 @@ def test_a_sentinel_failover_under_load_costs_only_the_flip(
 def test_a_redis_restart_logs_warnings_not_errors(
     tmp_path: Path, mariadb_server: MariaDBServer
 ) -> None:
-    server = RedisServer(tmp_path / "redis", appendonly=True).start()
-    try:
-        with stack_on(tmp_path, mariadb_server, server.url, server) as stack:
-            ledger = TimedLedger("redis restarted: warnings only")
-            finish = stream(stack, ledger, ids("rs", 600))
-            wait_until(lambda: len(ledger.accepted) >= 150, 60, "150 accepted")
-            started = time.monotonic()
-            server.stop()  # SIGTERM: Redis writes its AOF and exits
-            time.sleep(2)
-            server.start()
-            finish()
-            row = settle_and_count(stack, ledger, timeout_s=120)
-            row["refused_for_s"] = outage_window(ledger, started)
-            problems = log_problems(stack)
-            warnings = sum(
-                stack.fleet.log(name).count('"level": "WARNING"')
-                for name in ("worker_high", "worker_default", "worker_low")
-            )
-    finally:
-        server.stop()
+    with (
+        aof_redis(tmp_path) as server,
+        stack_on(tmp_path, mariadb_server, server.url, server) as stack,
+    ):
+        ledger = TimedLedger("redis restarted: warnings only")
+        finish = stream(stack, ledger, ids("rs", 600))
+        wait_until(lambda: len(ledger.accepted) >= 150, 60, "150 accepted")
+        started = time.monotonic()
+        server.stop()  # SIGTERM: Redis writes its AOF and exits
+        time.sleep(2)
+        server.start()
+        finish()
+        row = settle_and_count(stack, ledger, timeout_s=120)
+        row["refused_for_s"] = outage_window(ledger, started)
+        problems = log_problems(stack)
+        warnings = sum(
+            stack.fleet.log(name).count('"level": "WARNING"')
+            for name in ("worker_high", "worker_default", "worker_low")
+        )
     assert_exactly_once(row)
     assert problems == [], problems[:5]
     assert warnings > 0  # the reconnects were noticed, as warnings
@@ -703,27 +702,26 @@ def test_a_redis_restart_logs_warnings_not_errors(
 def test_a_killed_pool_childs_gauges_leave_the_metrics_sums(
     tmp_path: Path, mariadb_server: MariaDBServer
 ) -> None:
-    server = RedisServer(tmp_path / "redis", appendonly=True).start()
-    try:
-        with stack_on(tmp_path, mariadb_server, server.url, server) as stack:
-            ledger = TimedLedger("kill -9 pool child: /metrics ghost")
-            with call_row_locked(stack, "ghost_1") as release:
-                deliver(stack, ledger, "ghost_1")
-                # The batch waits on the row lock holding a database connection: freeze
-                # the child while its own gauge says so, then kill it.
-                pid = kill_a_child_holding_a_connection(stack)
-                killed = time.monotonic()
-                release()
-            row = settle_and_count(stack, ledger, timeout_s=90)
+    with (
+        aof_redis(tmp_path) as server,
+        stack_on(tmp_path, mariadb_server, server.url, server) as stack,
+    ):
+        ledger = TimedLedger("kill -9 pool child: /metrics ghost")
+        with call_row_locked(stack, "ghost_1") as release:
+            deliver(stack, ledger, "ghost_1")
+            # The batch waits on the row lock holding a database connection: freeze
+            # the child while its own gauge says so, then kill it.
+            pid = kill_a_child_holding_a_connection(stack)
+            killed = time.monotonic()
+            release()
+        row = settle_and_count(stack, ledger, timeout_s=90)
 
-            def checked_out() -> float:
-                return value(scrape(stack.fleet.base_url), "hookfleet_db_pool_checked_out")
+        def checked_out() -> float:
+            return value(scrape(stack.fleet.base_url), "hookfleet_db_pool_checked_out")
 
-            wait_until(lambda: checked_out() == 0, 30, "the ghost to leave the sum")
-            row["ghost_gone_after_s"] = round(time.monotonic() - killed, 2)
-            left = list(Path(stack.fleet.env["PROMETHEUS_MULTIPROC_DIR"]).glob(f"*_{pid}.db"))
-    finally:
-        server.stop()
+        wait_until(lambda: checked_out() == 0, 30, "the ghost to leave the sum")
+        row["ghost_gone_after_s"] = round(time.monotonic() - killed, 2)
+        left = list(Path(stack.fleet.env["PROMETHEUS_MULTIPROC_DIR"]).glob(f"*_{pid}.db"))
     assert_exactly_once(row)
     # Its counters stay (a count does not go back); its live gauges are gone.
     assert left and not [p for p in left if p.name.startswith("gauge_live")]
