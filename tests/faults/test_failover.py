@@ -717,7 +717,7 @@ def test_a_killed_pool_childs_gauges_leave_the_metrics_sums(
         row = settle_and_count(stack, ledger, timeout_s=90)
 
         def checked_out() -> float:
-            return value(scrape(stack.fleet.base_url), "hookfleet_db_pool_checked_out")
+            return value(scrape(stack.fleet.ops_url), "hookfleet_db_pool_checked_out")
 
         wait_until(lambda: checked_out() == 0, 30, "the ghost to leave the sum")
         row["ghost_gone_after_s"] = round(time.monotonic() - killed, 2)
@@ -819,7 +819,7 @@ def held_in_redis(server: RedisServer, pid: int | None = None) -> int:
 
 def restored_total(stack: Stack) -> float:
     """``hookfleet_messages_restored_total``, all queues and reasons."""
-    samples = scrape(stack.fleet.base_url)
+    samples = scrape(stack.fleet.ops_url)
     return sum(v for (name, _), v in samples.items() if name == "hookfleet_messages_restored_total")
 
 
