@@ -32,6 +32,7 @@ from sqlalchemy.pool import NullPool
 from models.engine import make_engine
 from models.migrate import upgrade
 from models.settings import Settings
+from tests.servers import MariaDBServer
 
 BACKENDS = ("sqlite", "mariadb")
 
@@ -117,3 +118,16 @@ def rolled_back(engine: Engine) -> Iterator[sessionmaker[Session]]:
         finally:
             if outer.is_active:
                 outer.rollback()
+
+
+@contextmanager
+def packet_limited_database(mariadb: MariaDBServer, max_packet: int) -> Iterator[str]:
+    """A fresh migrated database on ``mariadb`` while its ``max_allowed_packet`` is
+    ``max_packet`` bytes (new connections only), as a URL; the server's 16 MiB after."""
+    mariadb.sql(f"SET GLOBAL max_allowed_packet = {max_packet}")
+    try:
+        url = mariadb.create_database()
+        upgrade(Settings(database_url=url))
+        yield url
+    finally:
+        mariadb.sql("SET GLOBAL max_allowed_packet = 16777216")

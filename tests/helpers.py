@@ -39,19 +39,55 @@ def post_json(client: Any, path: str, body: Any, **headers: str) -> Any:
     return client.post(path, data=data, content_type="application/json", headers=headers)
 
 
-def retell_call_ended(call_id: str) -> str:
-    """A Retell ``call_ended`` body as Retell sends it (the fault suite and the sweeper
-    tests send this one)."""
+def retell_call_ended_body(
+    call_id: str, caller: str = "+4915112345678", ours: str = "+4930901820", **extra: Any
+) -> dict[str, Any]:
+    """A Retell ``call_ended`` body as Retell sends it: an inbound call from ``caller`` to
+    ``ours`` (the branch's number), ``extra`` fields added to the ``call`` object last."""
     call = {
         "call_id": call_id,
         "call_status": "ended",
         "direction": "inbound",
-        "from_number": "+4915112345678",
-        "to_number": "+4930901820",
+        "from_number": caller,
+        "to_number": ours,
         "start_timestamp": 1764061200000,
         "end_timestamp": 1764061260000,
+        **extra,
     }
-    return json.dumps({"event": "call_ended", "call": call})
+    return {"event": "call_ended", "call": call}
+
+
+def retell_call_ended(
+    call_id: str, caller: str = "+4915112345678", ours: str = "+4930901820"
+) -> str:
+    """:func:`retell_call_ended_body` as JSON text (the fault suite and the sweeper tests
+    send this one)."""
+    return json.dumps(retell_call_ended_body(call_id, caller, ours))
+
+
+def calcom_booking_created(
+    uid: str, name: str, email: str | None, phone: str | None = None
+) -> dict[str, Any]:
+    """A Cal.com ``BOOKING_CREATED`` body (``sendPayload``'s envelope) of a haircut at
+    event type 1001 with one attendee; ``email`` and ``phone`` left out when None."""
+    attendee: dict[str, Any] = {"name": name, "timeZone": "Europe/Berlin"}
+    if email is not None:
+        attendee["email"] = email
+    if phone is not None:
+        attendee["phoneNumber"] = phone
+    payload = {
+        "uid": uid,
+        "title": "Haircut",
+        "startTime": "2026-12-01T09:00:00Z",
+        "endTime": "2026-12-01T09:30:00Z",
+        "eventTypeId": 1001,
+        "attendees": [attendee],
+    }
+    return {
+        "triggerEvent": "BOOKING_CREATED",
+        "createdAt": "2026-11-23T09:00:00Z",
+        "payload": payload,
+    }
 
 
 FAULT_COUNTS: list[dict[str, Any]] = []

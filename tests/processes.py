@@ -62,11 +62,13 @@ class Processes:
     def ops_url(self) -> str:
         return f"http://{self.env['HOOKFLEET_OPS_BIND']}"
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
-        command = procfile()[name]
+    def start(self, name: str, command: str | None = None) -> subprocess.Popen[bytes]:
+        """Start ``command`` (default: the Procfile's ``name`` entry) as ``name``, with its
+        own log ``<name>.log``; a variant of an entry (another node name, ``-E``) passes
+        its edited command."""
         log = open(self.logs / f"{name}.log", "ab")
         proc = subprocess.Popen(
-            ["bash", "-c", f"exec {command}"],
+            ["bash", "-c", f"exec {command or procfile()[name]}"],
             cwd=ROOT,
             env=self.env,
             stdout=log,

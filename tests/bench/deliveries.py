@@ -57,20 +57,24 @@ def _json(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+def _json_request(path: str, body: bytes, signature_headers: dict[str, str]) -> Request:
+    """A JSON POST of ``body`` to ``path`` with the provider's signature headers."""
+    return Request(path, {"Content-Type": "application/json", **signature_headers}, body)
+
+
 def standard_request(tag: str, i: int) -> Request:
     body = _json({"type": "invoice.paid", "data": {"id": f"in_{tag}_{i}", "amount": 4200}})
     webhook_id, now = f"msg_{tag}_{i}", int(time.time())
-    return Request(
+    return _json_request(
         "/webhooks/standard",
+        body,
         {
-            "Content-Type": "application/json",
             "webhook-id": webhook_id,
             "webhook-timestamp": str(now),
             "webhook-signature": standard.sign(
                 SECRETS["standard"], body, now, webhook_id=webhook_id
             ),
         },
-        body,
     )
 
 
@@ -85,13 +89,12 @@ def stripe_request(tag: str, i: int) -> Request:
         }
     )
     now = int(time.time())
-    return Request(
+    return _json_request(
         "/webhooks/stripe",
+        body,
         {
-            "Content-Type": "application/json",
             "Stripe-Signature": stripe.sign(SECRETS["stripe"], body, now),
         },
-        body,
     )
 
 
@@ -111,25 +114,23 @@ def calcom_request(tag: str, i: int) -> Request:
             },
         }
     )
-    return Request(
+    return _json_request(
         "/webhooks/calcom",
+        body,
         {
-            "Content-Type": "application/json",
             "X-Cal-Signature-256": calcom.sign(SECRETS["calcom"], body),
         },
-        body,
     )
 
 
 def _retell(body: bytes) -> Request:
     now_ms = int(time.time() * 1000)
-    return Request(
+    return _json_request(
         "/webhooks/retell",
+        body,
         {
-            "Content-Type": "application/json",
             "x-retell-signature": retell.sign(SECRETS["retell"], body, now_ms),
         },
-        body,
     )
 
 

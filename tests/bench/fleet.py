@@ -70,6 +70,7 @@ def rss_kb(pid: int) -> int:
 
 
 def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (forked by any of its threads)."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:

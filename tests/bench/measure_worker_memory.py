@@ -27,28 +27,12 @@ from sqlalchemy import create_engine, text
 from ingest.providers import retell
 from models.migrate import upgrade
 from models.settings import Settings
+from tests.bench.fleet import children, rss_kb
 from tests.long_calls import call_body
 from tests.processes import Processes, request, running_fleet
 from tests.servers import MariaDBServer, RedisServer
 
 KEY = "key_measure_memory_0123456789abcdef"
-
-
-def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 def bodies() -> list[bytes]:
@@ -90,9 +74,9 @@ def run(fleet: Processes, database: str) -> None:
 
     def sample() -> None:
         while not stop.is_set():
-            values = {"main": rss_kib(main_pid)}
+            values = {"main": rss_kb(main_pid)}
             for child in children(main_pid):
-                values[f"pool process {child}"] = rss_kib(child)
+                values[f"pool process {child}"] = rss_kb(child)
             for name, value in values.items():
                 peaks[name] = max(peaks[name], value)
             last.clear()

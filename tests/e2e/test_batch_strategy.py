@@ -10,7 +10,6 @@ runs the strategy here, on a real Redis and MariaDB.
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from datetime import UTC, datetime, timedelta, timezone
@@ -23,7 +22,7 @@ from celery import Celery
 
 from ingest.providers import retell
 from tests.faults.test_faults import SECRET, call_body
-from tests.processes import ROOT, procfile, request, running_fleet
+from tests.processes import procfile, request, running_fleet
 from tests.servers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -41,16 +40,7 @@ def test_a_batch_worker_sends_task_received_and_rejects_an_impossible_eta(
     with running_fleet(
         tmp_path, redis_url, mariadb_url, names=("web",), HOOKFLEET_RETELL_SECRETS=SECRET
     ) as fleet:
-        command = procfile()["worker_high"].replace(" worker ", " worker -E ")
-        log = open(fleet.logs / "worker_high.log", "ab")
-        fleet.running["worker_high"] = subprocess.Popen(
-            ["bash", "-c", f"exec {command}"],
-            cwd=ROOT,
-            env=fleet.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        fleet.start("worker_high", procfile()["worker_high"].replace(" worker ", " worker -E "))
         fleet.wait_for_worker("worker_high")
 
         probe = Celery("probe", broker=redis_url, set_as_current=False)

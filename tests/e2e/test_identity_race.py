@@ -29,6 +29,7 @@ from ingest.providers import calcom, retell
 from models import Appointment, AppointmentAttendee, Call, Customer
 from models.business import Branch, Company
 from models.events import EventStatus, WebhookEvent
+from tests.helpers import calcom_booking_created, retell_call_ended
 from tests.processes import Processes, request, running_fleet
 from tests.servers import wait_until
 
@@ -68,41 +69,14 @@ def person(n: int) -> dict[str, str]:
 
 
 def post_call(fleet: Processes, call_id: str, caller: str, ours: str) -> int:
-    details = {
-        "call_id": call_id,
-        "call_status": "ended",
-        "direction": "inbound",
-        "from_number": caller,
-        "to_number": ours,
-        "start_timestamp": 1764061200000,
-        "end_timestamp": 1764061260000,
-    }
-    raw = json.dumps({"event": "call_ended", "call": details}).encode()
+    raw = retell_call_ended(call_id, caller, ours).encode()
     signature = retell.sign(SECRETS["retell"], raw, int(time.time() * 1000))
     headers = {"x-retell-signature": signature}
     return request(fleet.base_url, "POST", "/webhooks/retell", raw, headers)[0]
 
 
 def post_booking(fleet: Processes, uid: str, who: dict[str, str]) -> int:
-    attendee = {
-        "name": who["name"],
-        "email": who["email"],
-        "timeZone": "Europe/Berlin",
-        "phoneNumber": who["national"],
-    }
-    payload = {
-        "uid": uid,
-        "title": "Haircut",
-        "startTime": "2026-12-01T09:00:00Z",
-        "endTime": "2026-12-01T09:30:00Z",
-        "eventTypeId": 1001,
-        "attendees": [attendee],
-    }
-    body = {
-        "triggerEvent": "BOOKING_CREATED",
-        "createdAt": "2026-11-23T09:00:00Z",
-        "payload": payload,
-    }
+    body = calcom_booking_created(uid, who["name"], who["email"], who["national"])
     raw = json.dumps(body).encode()
     headers = {"X-Cal-Signature-256": calcom.sign(SECRETS["calcom"], raw)}
     return request(fleet.base_url, "POST", "/webhooks/calcom", raw, headers)[0]

@@ -251,16 +251,49 @@ def test_one_sentinel_service_is_one_server_for_dedup_and_broker() -> None:
     assert same.dedup_on_broker and not apart.dedup_on_broker
 
 
+@contextmanager
+def proxied(port: int) -> Iterator[SilentProxy]:
+    """A ``SilentProxy`` in front of ``port`` for the block, stopped after it."""
+    proxy = SilentProxy(port).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@contextmanager
+def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis with AOF on, as shipped, for the block."""
+    server = RedisServer(tmp_path / "redis", appendonly=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def primary_and_replica(
+    tmp_path: Path, appendonly: bool = True
+) -> Iterator[tuple[RedisServer, RedisServer]]:
+    """A primary and its replica (AOF on unless ``appendonly`` is false) for the block."""
+    primary = RedisServer(tmp_path / "a", appendonly=appendonly).start()
+    try:
+        replica = RedisServer(tmp_path / "b", appendonly=appendonly, replica_of=primary).start()
+        try:
+            yield primary, replica
+        finally:
+            replica.stop()
+    finally:
+        primary.stop()
+
+
 # --- The receiver alone, in process ------------------------------------------------------------
 
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
-    primary = RedisServer(tmp_path / "a").start()
-    replica = RedisServer(tmp_path / "b", replica_of=primary).start()
-    yield primary, replica
-    replica.stop()
-    primary.stop()
+    with primary_and_replica(tmp_path, appendonly=False) as servers:
+        yield servers
 
 
 def demote_in_place(old: RedisServer, new: RedisServer) -> None:
@@ -306,8 +339,7 @@ def test_a_receiver_thread_on_a_demoted_primary_dials_the_new_one_within_the_req
     pair: tuple[RedisServer, RedisServer],
 ) -> None:
     primary, replica = pair
-    proxy = SilentProxy(primary.port).start()
-    try:
+    with proxied(primary.port) as proxy:
         client = create_app(
             {"HOOKFLEET_REDIS_URL": proxy.url, "HOOKFLEET_STANDARD_VERIFY": "off"}
         ).test_client()
@@ -317,8 +349,6 @@ def test_a_receiver_thread_on_a_demoted_primary_dials_the_new_one_within_the_req
 
         with hookfleet_log() as records:
             after = post(client, "after")
-    finally:
-        proxy.stop()
 
     assert after.status_code == 202
     assert replica.client().llen(Queue.DEFAULT) == 2
@@ -353,8 +383,7 @@ def test_pooled_clients_drop_a_connection_that_answers_readonly(
     pair: tuple[RedisServer, RedisServer],
 ) -> None:
     primary, replica = pair
-    proxy = SilentProxy(primary.port).start()
-    try:
+    with proxied(primary.port) as proxy:
         client = redis_client(proxy.url, timeout_s=2)
         client.set("k", "1")
         demote_in_place(primary, replica)
@@ -364,16 +393,13 @@ def test_pooled_clients_drop_a_connection_that_answers_readonly(
         assert replica.client().get("k") == b"2"
         with pytest.raises(FailoverReply):
             redis_client(primary.url, timeout_s=2).set("k", "3")
-    finally:
-        proxy.stop()
 
 
 def test_an_idle_receiver_connection_dropped_silently_is_replaced_without_a_503(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("models.broker.redis_links.HEALTH_CHECK_S", 1)
-    proxy = SilentProxy(redis_server.port).start()
-    try:
+    with proxied(redis_server.port) as proxy:
         client = create_app(
             {
                 "HOOKFLEET_REDIS_URL": proxy.url,
@@ -388,8 +414,6 @@ def test_an_idle_receiver_connection_dropped_silently_is_replaced_without_a_503(
         started = time.monotonic()
         response = post(client, "idle-2")
         elapsed = time.monotonic() - started
-    finally:
-        proxy.stop()
 
     assert response.status_code == 202
     assert elapsed < 2  # one short ping, not the 2 s socket timeout
@@ -471,9 +495,7 @@ def outage_window(ledger: TimedLedger, started: float) -> float:
 def test_a_silently_dropped_broker_connection_is_replaced_within_15_s(
     tmp_path: Path, mariadb_server: MariaDBServer
 ) -> None:
-    server = RedisServer(tmp_path / "redis", appendonly=True).start()
-    proxy = SilentProxy(server.port).start()
-    try:
+    with aof_redis(tmp_path) as server, proxied(server.port) as proxy:
         with stack_on(tmp_path, mariadb_server, proxy.url, server) as stack:
             warm = TimedLedger("warm-up")
             for call_id in ids("warm", 5):
@@ -495,9 +517,6 @@ def test_a_silently_dropped_broker_connection_is_replaced_within_15_s(
             worst_wait_s = round(time_to_apply(stack, ledger.accepted), 2)
             worker_log = stack.fleet.log("worker_high")
             problems = log_problems(stack)
-    finally:
-        proxy.stop()
-        server.stop()
     row.update(
         receiver_recovery_s=receiver_back_s,
         worker_recovery_s=worker_back_s,
@@ -532,15 +551,13 @@ def failover_under_load(stack: Stack, flip: Any, scenario: str, n: int = 600) ->
 def test_a_primary_demoted_in_place_under_load_costs_only_the_flip(
     tmp_path: Path, mariadb_server: MariaDBServer, min_replicas: str
 ) -> None:
-    primary = RedisServer(tmp_path / "a", appendonly=True).start()
-    replica = RedisServer(tmp_path / "b", appendonly=True, replica_of=primary).start()
-    proxy = SilentProxy(primary.port).start()  # the address clients know, which moves
+    # The proxy is the address clients know, which moves.
+    with primary_and_replica(tmp_path) as (primary, replica), proxied(primary.port) as proxy:
 
-    def flip() -> None:
-        demote_in_place(primary, replica)
-        proxy.retarget(replica.port)
+        def flip() -> None:
+            demote_in_place(primary, replica)
+            proxy.retarget(replica.port)
 
-    try:
         with stack_on(
             tmp_path,
             mariadb_server,
@@ -553,10 +570,6 @@ def test_a_primary_demoted_in_place_under_load_costs_only_the_flip(
                 stack, flip, f"primary demoted in place, min replicas {min_replicas}"
             )
             tail = [status for _, status in stack_tail(stack)]
-    finally:
-        proxy.stop()
-        replica.stop()
-        primary.stop()
     assert_exactly_once(row)
     assert row["refused_for_s"] < 10, row  # the flip, not forever
     assert tail == [202] * len(tail)
@@ -633,23 +646,22 @@ class SentinelServer:
 def test_a_sentinel_failover_under_load_costs_only_the_flip(
     tmp_path: Path, mariadb_server: MariaDBServer
 ) -> None:
-    primary = RedisServer(tmp_path / "a", appendonly=True).start()
-    replica = RedisServer(tmp_path / "b", appendonly=True, replica_of=primary).start()
-    sentinel = SentinelServer(tmp_path / "sentinel", primary).start()
+    with primary_and_replica(tmp_path) as (primary, replica):
+        sentinel = SentinelServer(tmp_path / "sentinel", primary).start()
 
-    def flip() -> None:
-        sentinel.failover()
-        wait_until(lambda: sentinel.primary_port() == replica.port, 30, "sentinel failover")
-        wait_until(lambda: primary.client().info("replication")["role"] == "slave", 30, "demotion")
+        def flip() -> None:
+            sentinel.failover()
+            wait_until(lambda: sentinel.primary_port() == replica.port, 30, "sentinel failover")
+            wait_until(
+                lambda: primary.client().info("replication")["role"] == "slave", 30, "demotion"
+            )
 
-    try:
-        with stack_on(tmp_path, mariadb_server, sentinel.url, primary) as stack:
-            row = failover_under_load(stack, flip, "sentinel failover")
-            tail = [status for _, status in stack_tail(stack)]
-    finally:
-        sentinel.stop()
-        replica.stop()
-        primary.stop()
+        try:
+            with stack_on(tmp_path, mariadb_server, sentinel.url, primary) as stack:
+                row = failover_under_load(stack, flip, "sentinel failover")
+                tail = [status for _, status in stack_tail(stack)]
+        finally:
+            sentinel.stop()
     assert_exactly_once(row)
     assert row["refused_for_s"] < 15, row
     assert tail == [202] * len(tail)
@@ -661,26 +673,25 @@ def test_a_sentinel_failover_under_load_costs_only_the_flip(
 def test_a_redis_restart_logs_warnings_not_errors(
     tmp_path: Path, mariadb_server: MariaDBServer
 ) -> None:
-    server = RedisServer(tmp_path / "redis", appendonly=True).start()
-    try:
-        with stack_on(tmp_path, mariadb_server, server.url, server) as stack:
-            ledger = TimedLedger("redis restarted: warnings only")
-            finish = stream(stack, ledger, ids("rs", 600))
-            wait_until(lambda: len(ledger.accepted) >= 150, 60, "150 accepted")
-            started = time.monotonic()
-            server.stop()  # SIGTERM: Redis writes its AOF and exits
-            time.sleep(2)
-            server.start()
-            finish()
-            row = settle_and_count(stack, ledger, timeout_s=120)
-            row["refused_for_s"] = outage_window(ledger, started)
-            problems = log_problems(stack)
-            warnings = sum(
-                stack.fleet.log(name).count('"level": "WARNING"')
-                for name in ("worker_high", "worker_default", "worker_low")
-            )
-    finally:
-        server.stop()
+    with (
+        aof_redis(tmp_path) as server,
+        stack_on(tmp_path, mariadb_server, server.url, server) as stack,
+    ):
+        ledger = TimedLedger("redis restarted: warnings only")
+        finish = stream(stack, ledger, ids("rs", 600))
+        wait_until(lambda: len(ledger.accepted) >= 150, 60, "150 accepted")
+        started = time.monotonic()
+        server.stop()  # SIGTERM: Redis writes its AOF and exits
+        time.sleep(2)
+        server.start()
+        finish()
+        row = settle_and_count(stack, ledger, timeout_s=120)
+        row["refused_for_s"] = outage_window(ledger, started)
+        problems = log_problems(stack)
+        warnings = sum(
+            stack.fleet.log(name).count('"level": "WARNING"')
+            for name in ("worker_high", "worker_default", "worker_low")
+        )
     assert_exactly_once(row)
     assert problems == [], problems[:5]
     assert warnings > 0  # the reconnects were noticed, as warnings
@@ -691,27 +702,26 @@ def test_a_redis_restart_logs_warnings_not_errors(
 def test_a_killed_pool_childs_gauges_leave_the_metrics_sums(
     tmp_path: Path, mariadb_server: MariaDBServer
 ) -> None:
-    server = RedisServer(tmp_path / "redis", appendonly=True).start()
-    try:
-        with stack_on(tmp_path, mariadb_server, server.url, server) as stack:
-            ledger = TimedLedger("kill -9 pool child: /metrics ghost")
-            with call_row_locked(stack, "ghost_1") as release:
-                deliver(stack, ledger, "ghost_1")
-                # The batch waits on the row lock holding a database connection: freeze
-                # the child while its own gauge says so, then kill it.
-                pid = kill_a_child_holding_a_connection(stack)
-                killed = time.monotonic()
-                release()
-            row = settle_and_count(stack, ledger, timeout_s=90)
+    with (
+        aof_redis(tmp_path) as server,
+        stack_on(tmp_path, mariadb_server, server.url, server) as stack,
+    ):
+        ledger = TimedLedger("kill -9 pool child: /metrics ghost")
+        with call_row_locked(stack, "ghost_1") as release:
+            deliver(stack, ledger, "ghost_1")
+            # The batch waits on the row lock holding a database connection: freeze
+            # the child while its own gauge says so, then kill it.
+            pid = kill_a_child_holding_a_connection(stack)
+            killed = time.monotonic()
+            release()
+        row = settle_and_count(stack, ledger, timeout_s=90)
 
-            def checked_out() -> float:
-                return value(scrape(stack.fleet.ops_url), "hookfleet_db_pool_checked_out")
+        def checked_out() -> float:
+            return value(scrape(stack.fleet.ops_url), "hookfleet_db_pool_checked_out")
 
-            wait_until(lambda: checked_out() == 0, 30, "the ghost to leave the sum")
-            row["ghost_gone_after_s"] = round(time.monotonic() - killed, 2)
-            left = list(Path(stack.fleet.env["PROMETHEUS_MULTIPROC_DIR"]).glob(f"*_{pid}.db"))
-    finally:
-        server.stop()
+        wait_until(lambda: checked_out() == 0, 30, "the ghost to leave the sum")
+        row["ghost_gone_after_s"] = round(time.monotonic() - killed, 2)
+        left = list(Path(stack.fleet.env["PROMETHEUS_MULTIPROC_DIR"]).glob(f"*_{pid}.db"))
     assert_exactly_once(row)
     # Its counters stay (a count does not go back); its live gauges are gone.
     assert left and not [p for p in left if p.name.startswith("gauge_live")]
@@ -779,8 +789,7 @@ def test_readyz_says_not_ready_on_a_demoted_node_and_ready_once_the_address_move
     pair: tuple[RedisServer, RedisServer], tmp_path: Path
 ) -> None:
     primary, replica = pair
-    proxy = SilentProxy(primary.port).start()
-    try:
+    with proxied(primary.port) as proxy:
         client = create_app(
             {
                 "HOOKFLEET_REDIS_URL": proxy.url,
@@ -792,8 +801,6 @@ def test_readyz_says_not_ready_on_a_demoted_node_and_ready_once_the_address_move
         demoted = client.get("/readyz", base_url=OPS)
         proxy.retarget(replica.port)
         moved = client.get("/readyz", base_url=OPS)
-    finally:
-        proxy.stop()
 
     assert demoted.status_code == 503
     assert "READONLY" in demoted.get_json()["checks"]["redis"]["error"]
@@ -851,10 +858,7 @@ def test_a_failover_and_flip_back_under_load_leaves_nothing_owned_but_not_in_han
     stay recorded as a live worker's (no sweep restores those) once all is processed.
     ``moves``: the address follows the primary (a proxy, DNS); ``stays``: it names the
     first node throughout, a replica for 15 s."""
-    primary = RedisServer(tmp_path / "a", appendonly=True).start()
-    replica = RedisServer(tmp_path / "b", appendonly=True, replica_of=primary).start()
-    proxy = SilentProxy(primary.port).start()
-    try:
+    with primary_and_replica(tmp_path) as (primary, replica), proxied(primary.port) as proxy:
         with stack_on(tmp_path, mariadb_server, proxy.url, primary) as stack:
             ledger = TimedLedger(f"failover, flip back 15 s later, address {address}")
             finish = paced_stream(stack, ledger, ids("fb", 1200), per_s=40)
@@ -889,10 +893,6 @@ def test_a_failover_and_flip_back_under_load_leaves_nothing_owned_but_not_in_han
             # Counted in the row; every other ERROR line fails the test.
             slow_forks = [p for p in log_problems(stack) if "waiting for UP message" in p]
             problems = [p for p in log_problems(stack) if p not in slow_forks]
-    finally:
-        proxy.stop()
-        replica.stop()
-        primary.stop()
     row.update(
         recovery_s=recovery_s,
         held_at_flip_back=len(held),
@@ -921,9 +921,7 @@ def test_sigterm_on_a_dead_broker_connection_hands_back_at_once_and_exits_in_bou
     reserved messages go back at once on a fresh one. ``gone``: nothing gets through
     any more; the worker must still exit in bounded time (no broker call waits without
     end), and its messages come back by its lease once the network is back."""
-    server = RedisServer(tmp_path / "redis", appendonly=True).start()
-    proxy = SilentProxy(server.port).start()
-    try:
+    with aof_redis(tmp_path) as server, proxied(server.port) as proxy:
         with stack_on(tmp_path, mariadb_server, proxy.url, server) as stack:
             ledger = TimedLedger(f"SIGTERM, broker connection {network}")
             worker = stack.fleet.running["worker_high"]
@@ -965,9 +963,6 @@ def test_sigterm_on_a_dead_broker_connection_hands_back_at_once_and_exits_in_bou
             stack.fleet.running.pop("worker_high")
             stack.fleet.start("worker_high")
             row = settle_and_count(stack, ledger, timeout_s=120)
-    finally:
-        proxy.stop()
-        server.stop()
     row.update(recovery_s=handed_back_s, exited_after_s=exited_s)
     assert_exactly_once(row)
     if network == "half-open":

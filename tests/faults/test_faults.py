@@ -169,6 +169,17 @@ def assert_exactly_once(row: dict[str, Any]) -> None:
     assert row["persisted"] == row["effects"] == row["accepted"], row
 
 
+FAULT_FLEET = ("web", "worker_high", "worker_default", "worker_low")
+FAULT_SETTINGS = {
+    "HOOKFLEET_RETELL_SECRETS": SECRET,
+    "HOOKFLEET_STANDARD_VERIFY": "off",
+    "HOOKFLEET_VISIBILITY_TIMEOUT_S": "20",
+    "HOOKFLEET_TASK_TIME_LIMIT_S": "10",
+    "HOOKFLEET_REDIS_TIMEOUT_S": "1",
+    "HOOKFLEET_WORKER_SOFT_SHUTDOWN_S": "3",
+}
+
+
 @pytest.fixture
 def stack(tmp_path: Path, mariadb_server: MariaDBServer) -> Iterator[Stack]:
     with running_stack(tmp_path, mariadb_server) as built:
@@ -176,11 +187,13 @@ def stack(tmp_path: Path, mariadb_server: MariaDBServer) -> Iterator[Stack]:
 
 
 @contextmanager
-def running_stack(tmp_path: Path, mariadb: MariaDBServer, **env: str) -> Iterator[Stack]:
+def running_stack(
+    tmp_path: Path, mariadb: MariaDBServer, names: tuple[str, ...] = FAULT_FLEET, **env: str
+) -> Iterator[Stack]:
     """Its own Redis (AOF on, as shipped), a fresh database, and the Procfile's processes."""
     redis_server = RedisServer(tmp_path / "redis", appendonly=True).start()
     try:
-        with stack_on(tmp_path, mariadb, redis_server.url, redis_server, **env) as stack:
+        with stack_on(tmp_path, mariadb, redis_server.url, redis_server, names, **env) as stack:
             yield stack
     finally:
         redis_server.stop()
@@ -188,24 +201,20 @@ def running_stack(tmp_path: Path, mariadb: MariaDBServer, **env: str) -> Iterato
 
 @contextmanager
 def stack_on(
-    tmp_path: Path, mariadb: MariaDBServer, redis_url: str, server: RedisServer, **env: str
+    tmp_path: Path,
+    mariadb: MariaDBServer,
+    redis_url: str,
+    server: RedisServer,
+    names: tuple[str, ...] = FAULT_FLEET,
+    **env: str,
 ) -> Iterator[Stack]:
-    """The fault suite's fleet (receiver and three workers) on ``redis_url`` (``server``'s
-    address, or a proxy in front of it), with a fresh database."""
+    """The fault suite's fleet (receiver and three workers, or ``names``) on ``redis_url``
+    (``server``'s address, or a proxy in front of it), with a fresh database; ``env``
+    adds to or overrides ``FAULT_SETTINGS``."""
     database_url = mariadb.create_database()
     upgrade(Settings(database_url=database_url))
     with running_fleet(
-        tmp_path,
-        redis_url,
-        database_url,
-        names=("web", "worker_high", "worker_default", "worker_low"),
-        HOOKFLEET_RETELL_SECRETS=SECRET,
-        HOOKFLEET_STANDARD_VERIFY="off",
-        HOOKFLEET_VISIBILITY_TIMEOUT_S="20",
-        HOOKFLEET_TASK_TIME_LIMIT_S="10",
-        HOOKFLEET_REDIS_TIMEOUT_S="1",
-        HOOKFLEET_WORKER_SOFT_SHUTDOWN_S="3",
-        **env,
+        tmp_path, redis_url, database_url, names=names, **(FAULT_SETTINGS | env)
     ) as fleet:
         fleet.wait_for_worker("worker_high")
         engine = create_engine(database_url)

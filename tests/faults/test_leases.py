@@ -14,10 +14,9 @@ import http.client
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +30,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.events import EventStatus, WebhookEvent
-from models.migrate import upgrade
 from models.settings import Settings
 from tests.faults.test_faults import (
     SECRET,
@@ -43,13 +41,14 @@ from tests.faults.test_faults import (
     ids,
     kill_group,
     pool_children,
+    running_stack,
     settle_and_count,
     stream,
     wait_for_accepted,
 )
 from tests.integration.test_events import incoming
-from tests.processes import ROOT, Processes, procfile, running_fleet
-from tests.servers import MariaDBServer, RedisServer, wait_until
+from tests.processes import Processes, procfile, running_fleet
+from tests.servers import MariaDBServer, wait_until
 from workers.broker.leases import HELD_PREFIX
 from workers.pipeline import record as events
 from workers.pipeline.record import Outcome, record_batch
@@ -160,45 +159,21 @@ SHIPPED = Settings()
 def lease_stack(tmp_path: Path, mariadb: MariaDBServer, *, second_high: bool) -> Iterator[Stack]:
     """test_faults' stack with the shipped lease, visibility timeout and time limit, and
     optionally a second ``hookfleet.high`` worker (``worker_high2``)."""
-    redis_server = RedisServer(tmp_path / "redis", appendonly=True).start()
-    database_url = mariadb.create_database()
-    upgrade(Settings(database_url=database_url))
-    try:
-        with running_fleet(
-            tmp_path,
-            redis_server.url,
-            database_url,
-            names=("web", "worker_high", "worker_default"),
-            HOOKFLEET_RETELL_SECRETS=SECRET,
-            HOOKFLEET_VISIBILITY_TIMEOUT_S=str(SHIPPED.visibility_timeout_s),
-            HOOKFLEET_TASK_TIME_LIMIT_S=str(SHIPPED.task_time_limit_s),
-            HOOKFLEET_REDIS_TIMEOUT_S="1",
-            HOOKFLEET_WORKER_SOFT_SHUTDOWN_S="3",
-        ) as fleet:
-            if second_high:
-                start_as(fleet, "worker_high2", "worker_high")
-            fleet.wait_for_worker("worker_high")
-            engine = create_engine(database_url)
-            try:
-                yield Stack(fleet, redis_server, mariadb, database_url, engine, fleet.logs)
-            finally:
-                engine.dispose()
-    finally:
-        redis_server.stop()
+    with running_stack(
+        tmp_path,
+        mariadb,
+        names=("web", "worker_high", "worker_default"),
+        HOOKFLEET_VISIBILITY_TIMEOUT_S=str(SHIPPED.visibility_timeout_s),
+        HOOKFLEET_TASK_TIME_LIMIT_S=str(SHIPPED.task_time_limit_s),
+    ) as stack:
+        if second_high:
+            start_as(stack.fleet, "worker_high2", "worker_high")
+        yield stack
 
 
 def start_as(fleet: Processes, alias: str, name: str) -> None:
     """Another process of the Procfile's ``name`` (its own node name and log)."""
-    command = procfile()[name].replace("-n high@", f"-n {alias}@")
-    log = open(fleet.logs / f"{alias}.log", "ab")
-    fleet.running[alias] = subprocess.Popen(
-        ["bash", "-c", f"exec {command}"],
-        cwd=ROOT,
-        env=fleet.env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    fleet.start(alias, procfile()[name].replace("-n high@", f"-n {alias}@"))
     fleet.wait_for_worker(alias)
 
 
@@ -212,6 +187,26 @@ def recovered_after(stack: Stack, held: set[str], fault_at: float, but: int = 0)
         interval=0.2,
     )
     return round(time.monotonic() - fault_at, 1)
+
+
+def streaming(stack: Stack, ledger: Ledger, prefix: str, n: int) -> Callable[[], None]:
+    """``n`` deliveries sent in the background, 300 of them accepted on return (the fault
+    hits mid-stream); the returned function waits for the senders."""
+    finish = stream(stack, ledger, ids(prefix, n))
+    wait_for_accepted(ledger, 300)
+    return finish
+
+
+def settled_after_recovery(
+    stack: Stack, ledger: Ledger, held: set[str], fault_at: float, finish: Callable[[], None]
+) -> dict[str, Any]:
+    """The counted row, with ``recovery_s`` (``recovered_after``) taken before the senders
+    are waited for (``finish``) and everything settles."""
+    recovery = recovered_after(stack, held, fault_at)
+    finish()
+    row = settle_and_count(stack, ledger)
+    row["recovery_s"] = recovery
+    return row
 
 
 def held_call_ids(stack: Stack, pid: int | None = None) -> set[str]:
@@ -255,19 +250,15 @@ def test_kill_9_of_a_worker_group_is_recovered_within_the_lease(
 ) -> None:
     with lease_stack(tmp_path, mariadb_server, second_high=False) as stack:
         ledger = Ledger("lease: kill -9 worker group (shipped)")
-        finish = stream(stack, ledger, ids("lk", 1000))
-        wait_for_accepted(ledger, 300)
+        finish = streaming(stack, ledger, "lk", 1000)
         kill_group(stack.fleet.running.pop("worker_high"))
         killed_at = time.monotonic()
         held = held_call_ids(stack)
         time.sleep(1)
         stack.fleet.start("worker_high")
-        recovery = recovered_after(stack, held, killed_at)
-        finish()
-        row = settle_and_count(stack, ledger)
-        row["recovery_s"] = recovery
+        row = settled_after_recovery(stack, ledger, held, killed_at, finish)
     assert_exactly_once(row)
-    assert recovery < 30, row
+    assert row["recovery_s"] < 30, row
 
 
 @faults
@@ -276,18 +267,14 @@ def test_kill_9_of_one_pool_child_is_recovered_at_once(
 ) -> None:
     with lease_stack(tmp_path, mariadb_server, second_high=False) as stack:
         ledger = Ledger("lease: kill -9 one pool child")
-        finish = stream(stack, ledger, ids("lc", 1000))
-        wait_for_accepted(ledger, 300)
+        finish = streaming(stack, ledger, "lc", 1000)
         wait_until(lambda: bool(pool_children(stack, "worker_high")), 10, "pool children")
         os.kill(pool_children(stack, "worker_high")[0], signal.SIGKILL)
         killed_at = time.monotonic()
         held = held_call_ids(stack)
-        recovery = recovered_after(stack, held, killed_at)
-        finish()
-        row = settle_and_count(stack, ledger)
-        row["recovery_s"] = recovery
+        row = settled_after_recovery(stack, ledger, held, killed_at, finish)
     assert_exactly_once(row)
-    assert recovery < 30, row
+    assert row["recovery_s"] < 30, row
 
 
 @faults
@@ -354,14 +341,15 @@ def test_a_whole_host_killed_is_recovered_by_the_restarted_one(
         for name in ("web", "worker_high", "worker_default"):
             stack.fleet.start(name)
         stack.fleet.wait_for_web()
-        recovery = recovered_after(stack, held, killed_at)
-        for future in sent:
-            future.result()
-        senders.shutdown()
-        row = settle_and_count(stack, ledger)
-        row["recovery_s"] = recovery
+
+        def finish() -> None:
+            for future in sent:
+                future.result()
+            senders.shutdown()
+
+        row = settled_after_recovery(stack, ledger, held, killed_at, finish)
     assert_exactly_once(row)
-    assert recovery < 30, row
+    assert row["recovery_s"] < 30, row
 
 
 @faults
@@ -370,8 +358,7 @@ def test_redis_restarted_while_leases_are_held_loses_and_repeats_nothing(
 ) -> None:
     with lease_stack(tmp_path, mariadb_server, second_high=True) as stack:
         ledger = Ledger("lease: Redis kill -9 + restart (AOF)")
-        finish = stream(stack, ledger, ids("rr", 800))
-        wait_for_accepted(ledger, 300)
+        finish = streaming(stack, ledger, "rr", 800)
         assert stack.redis.proc is not None
         held = held_call_ids(stack)
         stack.redis.proc.kill()
@@ -379,10 +366,7 @@ def test_redis_restarted_while_leases_are_held_loses_and_repeats_nothing(
         killed_at = time.monotonic()
         time.sleep(2)
         stack.redis.start()
-        recovery = recovered_after(stack, held, killed_at)
-        finish()
-        row = settle_and_count(stack, ledger)
-        row["recovery_s"] = recovery
+        row = settled_after_recovery(stack, ledger, held, killed_at, finish)
         lapsed = restores_logged(stack)
     assert_exactly_once(row)
     assert lapsed == 0  # back within the lease: nobody's messages were taken from them
@@ -512,15 +496,7 @@ def test_a_stock_celery_worker_still_consumes_hookfleets_queues(
         tmp_path, redis_url, mariadb_url, names=("web",), HOOKFLEET_RETELL_SECRETS=SECRET
     ) as fleet:
         command = procfile()["worker_high"].replace("workers.celery_app", "tests.stock_worker")
-        log = open(fleet.logs / "worker_stock.log", "ab")
-        fleet.running["worker_stock"] = subprocess.Popen(
-            ["bash", "-c", f"exec {command.replace('-n high@', '-n stock@')}"],
-            cwd=ROOT,
-            env=fleet.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        fleet.start("worker_stock", command.replace("-n high@", "-n stock@"))
         fleet.wait_for_worker("worker_stock")
         engine = create_engine(mariadb_url)
         try:

@@ -227,6 +227,18 @@ def deliver(
     """Send fixture ``name`` through the receiver and record what it queued, as the
     worker does. Returns the receiver's status code."""
     body, content_type = fixture_body(name, **changes)
+    return post_and_record(post, redis_client, sessions, body, content_type)
+
+
+def post_and_record(
+    post: Post,
+    redis_client: redis.Redis,
+    sessions: sessionmaker[Session],
+    body: bytes,
+    content_type: str,
+) -> int:
+    """Post ``body`` signed and record what the receiver queued, as the worker does (each
+    queued event must be processed). Returns the receiver's status code."""
     status: int = post(body, content_type).status_code
     for event in take_queued(redis_client):
         assert record_event(sessions, event) is Outcome.PROCESSED
@@ -240,16 +252,21 @@ def appointment(sessions: sessionmaker[Session], uid: str) -> Appointment:
         return found
 
 
-def attendees(sessions: sessionmaker[Session], uid: str) -> dict[str, AppointmentAttendee]:
+def attendee_rows(sessions: sessionmaker[Session], uid: str) -> list[AppointmentAttendee]:
+    """The attendee rows of booking ``uid``, in the order they were made (detached)."""
     with sessions() as session:
-        rows = session.scalars(
+        found = session.scalars(
             select(AppointmentAttendee)
             .join(Appointment)
             .where(Appointment.calcom_uid == uid)
             .order_by(AppointmentAttendee.id)
         ).all()
         session.expunge_all()
-        return {row.email or "": row for row in rows}
+        return list(found)
+
+
+def attendees(sessions: sessionmaker[Session], uid: str) -> dict[str, AppointmentAttendee]:
+    return {row.email or "": row for row in attendee_rows(sessions, uid)}
 
 
 def count(sessions: sessionmaker[Session], model: Any) -> int:

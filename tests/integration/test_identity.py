@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
 from tests.factories import incoming_event
+from tests.helpers import calcom_booking_created, retell_call_ended_body
 from tests.servers import sqlite_url
 from workers.cli.integrity import integrity
 from workers.domain import customers as identity
@@ -39,6 +41,13 @@ from workers.retries import RetryPolicy, is_transient
 
 BRANCH_PHONE = "+4930901820"
 UNOWNED = "+41445556677"
+
+
+def salon_mitte() -> Branch:
+    """A new salon's branch that answers BRANCH_PHONE and owns Cal.com event type 1001."""
+    return Branch(
+        company=Company(name="Salon"), name="Mitte", phone=BRANCH_PHONE, calcom_event_type_id=1001
+    )
 
 
 @pytest.fixture
@@ -57,43 +66,45 @@ def deliver(sessions: sessionmaker[Session], provider: str, event_id: str, body:
     return record_event(sessions, incoming_event(provider, event_id, body))
 
 
+def both_look_then_create(
+    monkeypatch: pytest.MonkeyPatch, deliveries: list[Callable[[], object]]
+) -> list[BaseException]:
+    """Two ``deliveries`` on threads of their own, retried as the task is (4 tries), with
+    the interleaving that gave two customers forced: each thread's first try waits at
+    ``identity._create`` until both have looked up and found nobody. The errors left."""
+    both_looked = threading.Barrier(len(deliveries), timeout=20)
+    waited: set[int] = set()
+    create = identity._create
+
+    def create_after_both_looked(*args: Any, **kwargs: Any) -> Customer:
+        if threading.get_ident() not in waited:  # only the first try of each worker
+            waited.add(threading.get_ident())
+            both_looked.wait()
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(identity, "_create", create_after_both_looked)
+    errors: list[BaseException] = []
+
+    def worker(delivery: Callable[[], object]) -> None:
+        try:
+            RetryPolicy(attempts=4, initial_s=0.05).call(delivery)
+        except BaseException as error:  # noqa: BLE001 - reported by the caller's assertion
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(delivery,)) for delivery in deliveries]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return errors
+
+
 def call(call_id: str, caller: str, ours: str = BRANCH_PHONE, **extra: Any) -> dict[str, Any]:
-    details = {
-        "call_id": call_id,
-        "call_status": "ended",
-        "direction": "inbound",
-        "from_number": caller,
-        "to_number": ours,
-        "start_timestamp": 1764061200000,
-        "end_timestamp": 1764061260000,
-        **extra,
-    }
-    return {"event": "call_ended", "call": details}
-
-
-def booking(uid: str, name: str, email: str | None, phone: str | None = None) -> dict[str, Any]:
-    attendee: dict[str, Any] = {"name": name, "timeZone": "Europe/Berlin"}
-    if email is not None:
-        attendee["email"] = email
-    if phone is not None:
-        attendee["phoneNumber"] = phone
-    payload = {
-        "uid": uid,
-        "title": "Haircut",
-        "startTime": "2026-12-01T09:00:00Z",
-        "endTime": "2026-12-01T09:30:00Z",
-        "eventTypeId": 1001,
-        "attendees": [attendee],
-    }
-    return {
-        "triggerEvent": "BOOKING_CREATED",
-        "createdAt": "2026-11-23T09:00:00Z",
-        "payload": payload,
-    }
+    return retell_call_ended_body(call_id, caller, ours, **extra)
 
 
 def book(sessions: sessionmaker[Session], uid: str, *args: Any) -> None:
-    deliver(sessions, "calcom", f"BOOKING_CREATED:{uid}", booking(uid, *args))
+    deliver(sessions, "calcom", f"BOOKING_CREATED:{uid}", calcom_booking_created(uid, *args))
 
 
 def ring(sessions: sessionmaker[Session], call_id: str, caller: str, **kw: Any) -> None:
@@ -315,15 +326,15 @@ def maria_sessions(mariadb_url: str) -> Iterator[sessionmaker[Session]]:
 FIRST_CONTACTS = {
     "call-and-booking": [
         ("retell", "c1:call_ended", call("c1", "+4915112345678")),
-        ("calcom", "b1", booking("b1", "Ada", "ada@example.com", "0151 12345678")),
+        ("calcom", "b1", calcom_booking_created("b1", "Ada", "ada@example.com", "0151 12345678")),
     ],
     "two-calls-unowned-number": [
         ("retell", "call_a:call_ended", call("call_a", "+4915112345678", ours=UNOWNED)),
         ("retell", "call_z:call_ended", call("call_z", "0151 12345678", ours=UNOWNED)),
     ],
     "two-bookings-one-email": [
-        ("calcom", "b1", booking("b1", "Ada", "ADA@example.com")),
-        ("calcom", "b2", booking("b2", "Ada", "ada@example.com", "0151 12345678")),
+        ("calcom", "b1", calcom_booking_created("b1", "Ada", "ADA@example.com")),
+        ("calcom", "b2", calcom_booking_created("b2", "Ada", "ada@example.com", "0151 12345678")),
     ],
 }
 
@@ -343,40 +354,10 @@ def test_first_contacts_that_both_found_nobody_make_one_customer_on_mariadb(
         session.add(Call(call_id="call_m", event_rank=2))
         # Likewise a booking between b1 and b2, whose look-ups lock the appointment rows.
         session.add(Appointment(calcom_uid="b1m", event_rank=0))
-        session.add(
-            Branch(
-                company=Company(name="Salon"),
-                name="Mitte",
-                phone=BRANCH_PHONE,
-                calcom_event_type_id=1001,
-            )
-        )
-    both_looked = threading.Barrier(2, timeout=20)
-    waited: set[int] = set()
-    create = identity._create
-
-    def create_after_both_looked(*args: Any, **kwargs: Any) -> Customer:
-        if threading.get_ident() not in waited:  # only the first try of each worker
-            waited.add(threading.get_ident())
-            both_looked.wait()
-        return create(*args, **kwargs)
-
-    monkeypatch.setattr(identity, "_create", create_after_both_looked)
-    errors: list[BaseException] = []
-
-    def worker(provider: str, event_id: str, body: dict[str, Any]) -> None:
-        try:
-            RetryPolicy(attempts=4, initial_s=0.05).call(
-                lambda: deliver(maria_sessions, provider, event_id, body)
-            )
-        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker, args=contact) for contact in contacts]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+        session.add(salon_mitte())
+    errors = both_look_then_create(
+        monkeypatch, [partial(deliver, maria_sessions, *contact) for contact in contacts]
+    )
 
     assert errors == []
     with maria_sessions() as session:
@@ -505,7 +486,7 @@ def incoming(provider: str, event_id: str, body: dict[str, Any]) -> IncomingEven
 
 def flat_meeting_started(uid: str, name: str, phone: str) -> dict[str, Any]:
     """Cal.com's scheduled MEETING_STARTED: the booking row itself, no ``payload`` key."""
-    flat = booking(uid, name, None, phone)["payload"]
+    flat = calcom_booking_created(uid, name, None, phone)["payload"]
     return {"triggerEvent": "MEETING_STARTED", "createdAt": "2026-12-01T09:00:05Z", **flat}
 
 
@@ -521,7 +502,11 @@ SETTLED_ALONE = {
         ("retell", "r1:call_ended", call("r1", "+4915112345678")),
     ),
     "BOOKING_CREATED-after-MEETING_STARTED": (
-        ("calcom", "BOOKING_CREATED:m1", booking("m1", "Dana Gast", None, "+4930901820")),
+        (
+            "calcom",
+            "BOOKING_CREATED:m1",
+            calcom_booking_created("m1", "Dana Gast", None, "+4930901820"),
+        ),
         ("calcom", "MEETING_STARTED:m1", flat_meeting_started("m1", "Dana Gast", "+4930901820")),
     ),
 }
@@ -541,14 +526,7 @@ def test_an_event_settled_alone_after_a_failed_batch_sees_what_another_worker_co
     ``failed`` with ObjectDeletedError. It must be processed, the row a salon sees
     merged from both events. (SQLite has one writer at a time: no such interleaving.)"""
     with maria_sessions() as session, session.begin():
-        session.add(
-            Branch(
-                company=Company(name="Salon"),
-                name="Mitte",
-                phone=BRANCH_PHONE,
-                calcom_event_type_id=1001,
-            )
-        )
+        session.add(salon_mitte())
     handler = events.HANDLERS[late[0]]
 
     def deadlocked(_session: Session, _row: Any) -> None:
@@ -618,42 +596,16 @@ def test_two_first_bookings_of_one_person_without_email_on_a_held_landline_make_
     workers look, find only Ada (another name), and only then insert — forced with a
     barrier, on MariaDB's REPEATABLE READ. The loser's retry must find Carl."""
     with maria_sessions() as session, session.begin():
-        session.add(
-            Branch(
-                company=Company(name="Salon"),
-                name="Mitte",
-                phone=BRANCH_PHONE,
-                calcom_event_type_id=1001,
-            )
-        )
+        session.add(salon_mitte())
         session.add(Appointment(calcom_uid="c1m", event_rank=0))  # between c1 and c2
     book(maria_sessions, "a1", "Ada", "ada@example.com", LANDLINE)
-    both_looked = threading.Barrier(2, timeout=20)
-    waited: set[int] = set()
-    create = identity._create
-
-    def create_after_both_looked(*args: Any, **kwargs: Any) -> Customer:
-        if threading.get_ident() not in waited:
-            waited.add(threading.get_ident())
-            both_looked.wait()
-        return create(*args, **kwargs)
-
-    monkeypatch.setattr(identity, "_create", create_after_both_looked)
-    errors: list[BaseException] = []
-
-    def worker(uid: str) -> None:
-        try:
-            RetryPolicy(attempts=4, initial_s=0.05).call(
-                lambda: book(maria_sessions, uid, "Carl Gast", None, "030 901821")
-            )
-        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker, args=(uid,)) for uid in ("c1", "c2")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    errors = both_look_then_create(
+        monkeypatch,
+        [
+            partial(book, maria_sessions, uid, "Carl Gast", None, "030 901821")
+            for uid in ("c1", "c2")
+        ],
+    )
 
     assert errors == []
     with maria_sessions() as session:

@@ -19,8 +19,8 @@ from models.calls import Call
 from models.contract import Queue
 from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
-from models.migrate import upgrade
 from models.settings import PROVIDER_MAX_BODY_BYTES, Settings
+from tests.databases import packet_limited_database
 from tests.factories import incoming_event
 from tests.servers import MariaDBServer
 from workers.packets import escaped_size
@@ -69,13 +69,8 @@ def event(body: str) -> IncomingEvent:
 @pytest.fixture
 def packet_url(mariadb_server: MariaDBServer, request: pytest.FixtureRequest) -> Iterator[str]:
     """A database on a server whose max_allowed_packet is ``request.param`` bytes."""
-    mariadb_server.sql(f"SET GLOBAL max_allowed_packet = {request.param}")
-    try:
-        url = mariadb_server.create_database()
-        upgrade(Settings(database_url=url))
+    with packet_limited_database(mariadb_server, request.param) as url:
         yield url
-    finally:
-        mariadb_server.sql("SET GLOBAL max_allowed_packet = 16777216")
 
 
 def test_the_shipped_packet_fits_four_times_the_largest_body() -> None:

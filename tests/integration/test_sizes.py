@@ -15,13 +15,13 @@ from ingest.providers import retell
 from models.calls import Call
 from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
-from models.migrate import upgrade
 from models.settings import (
     DEFAULT_MAX_BODY_BYTES,
     PROVIDER_MAX_BODY_BYTES,
     ConfigError,
     Settings,
 )
+from tests.databases import packet_limited_database
 from tests.factories import incoming_event
 from tests.long_calls import call_body
 from tests.processes import request, running_fleet
@@ -128,13 +128,8 @@ def test_a_batch_of_many_large_bodies_inserts_on_either_database(
 @pytest.fixture
 def small_packet_url(mariadb_server: MariaDBServer) -> Iterator[str]:
     """A database whose server takes packets of 512 KiB only (new connections)."""
-    mariadb_server.sql("SET GLOBAL max_allowed_packet = 524288")
-    try:
-        url = mariadb_server.create_database()
-        upgrade(Settings(database_url=url))
+    with packet_limited_database(mariadb_server, 524288) as url:
         yield url
-    finally:
-        mariadb_server.sql("SET GLOBAL max_allowed_packet = 16777216")
 
 
 def test_a_batch_stays_under_the_servers_packet_limit(small_packet_url: str) -> None:

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -100,6 +100,16 @@ def _publish(url: str, bodies: list[dict[str, Any]], marker: str = "") -> None:
             )
 
 
+def _drain_until(conn: Any, done: Callable[[], bool], seconds: float, tick: float = 0.2) -> None:
+    """Let ``conn``'s consumers take messages until ``done()`` or ``seconds`` passed."""
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        try:
+            conn.drain_events(timeout=tick)
+        except TimeoutError:
+            pass
+
+
 def _receive(url: str, transport: str, want: int, seconds: float = 8) -> list[dict[str, Any]]:
     """What a consumer on ``transport`` receives (and acknowledges), until it has
     ``want`` messages or ``seconds`` passed."""
@@ -111,12 +121,7 @@ def _receive(url: str, transport: str, want: int, seconds: float = 8) -> list[di
 
     with Connection(url, transport=transport, transport_options=OPTIONS) as conn:
         with conn.Consumer(_queue(), callbacks=[on_message]):
-            deadline = time.monotonic() + seconds
-            while len(got) < want and time.monotonic() < deadline:
-                try:
-                    conn.drain_events(timeout=0.2)
-                except TimeoutError:
-                    pass
+            _drain_until(conn, lambda: len(got) >= want, seconds)
     return got
 
 
@@ -454,12 +459,7 @@ def test_a_killed_consumers_message_comes_back_within_its_lease_not_the_visibili
     ) as conn:
         got: list[Any] = []
         with conn.Consumer(_queue(), callbacks=[lambda body, m: (got.append(body), m.ack())]):
-            deadline = time.monotonic() + 10
-            while not got and time.monotonic() < deadline:
-                try:
-                    conn.drain_events(timeout=0.2)
-                except TimeoutError:
-                    pass
+            _drain_until(conn, lambda: bool(got), 10)
     assert got == [{"n": 1}]
     assert time.monotonic() - started < 5  # the 1 s lease, not the hour
     assert redis_client.hlen("unacked") == redis_client.hlen("hookfleet.unacked_owner") == 0
@@ -476,12 +476,8 @@ def test_a_message_restored_by_lease_is_one_a_stock_kombu_consumer_reads(
     other = Queue("hookfleet.low", Exchange("hookfleet.low"), routing_key="hookfleet.low")
     with Connection(redis_url, transport=OURS, transport_options=LEASED) as conn:
         with conn.Consumer(other):  # consuming anything sweeps for lapsed leases
-            deadline = time.monotonic() + 10  # the sweep runs at start, then periodically
-            while redis_client.llen(QUEUE) == 0 and time.monotonic() < deadline:
-                try:
-                    conn.drain_events(timeout=0.5)
-                except TimeoutError:
-                    pass
+            # The sweep runs at start, then periodically.
+            _drain_until(conn, lambda: redis_client.llen(QUEUE) > 0, 10, tick=0.5)
 
     assert redis_client.lrange(QUEUE, 0, -1) == published
     stock = {"visibility_timeout": 3600}
@@ -506,12 +502,7 @@ def test_a_thawed_consumers_late_ack_leaves_the_copy_another_consumer_holds(
         options = {**LEASED, "visibility_timeout": 3600}
         with Connection(redis_url, transport=OURS, transport_options=options) as conn:
             with conn.Consumer(_queue(), callbacks=[lambda body, m: taken.append(m)]):
-                deadline = time.monotonic() + 10
-                while not taken and time.monotonic() < deadline:
-                    try:
-                        conn.drain_events(timeout=0.2)
-                    except TimeoutError:
-                        pass
+                _drain_until(conn, lambda: bool(taken), 10)
                 assert [m.payload for m in taken] == [{"n": 3}]
                 tag = taken[0].delivery_tag
                 holder.send_signal(signal.SIGCONT)
@@ -588,12 +579,7 @@ def test_messages_a_reconnect_dropped_go_back_at_once_and_are_counted(
     taken: list[Any] = []
     with Connection(redis_url, transport=OURS, transport_options=LEASED) as conn:
         with conn.Consumer(_queue(), callbacks=[lambda body, m: taken.append(m)]):
-            deadline = time.monotonic() + 10
-            while len(taken) < 3 and time.monotonic() < deadline:
-                try:
-                    conn.drain_events(timeout=0.2)
-                except TimeoutError:
-                    pass
+            _drain_until(conn, lambda: len(taken) >= 3, 10)
             lease = current_lease()
             assert lease is not None and len(taken) == 3
             running = taken[0]  # a request still running in the pool keeps its message

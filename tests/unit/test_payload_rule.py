@@ -20,7 +20,7 @@ from models.calls import Call
 from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
 from models.payloads import MAX_DEPTH, PayloadError, parse_payload
-from tests.helpers import queued, total_queued
+from tests.helpers import queued, retell_call_ended_body, total_queued
 from workers.pipeline.record import IncomingEvent, Outcome, record_batch
 
 LONE = "\\ud83d"  # the JSON escape of half an emoji, as Node.js writes a truncated one
@@ -121,17 +121,10 @@ def test_what_the_rule_keeps_exactly() -> None:
 def test_a_retell_transcript_with_a_lone_surrogate_is_accepted_stored_and_applied(
     open_client: FlaskClient, sessions: sessionmaker[Session], redis_client: redis.Redis
 ) -> None:
-    call = {
-        "call_id": "call_surrogate_1",
-        "call_status": "ended",
-        "direction": "inbound",
-        "from_number": "+4915112345678",
-        "to_number": "+4930901820",
-        "start_timestamp": 1764061200000,
-        "end_timestamp": 1764061260000,
-        "transcript": f"Agent: Hello {LONE}\nUser: Hi",
-    }
-    body = json.dumps({"event": "call_ended", "call": call}).replace("\\\\ud83d", "\\ud83d")
+    call_ended = retell_call_ended_body(
+        "call_surrogate_1", transcript=f"Agent: Hello {LONE}\nUser: Hi"
+    )
+    body = json.dumps(call_ended).replace("\\\\ud83d", "\\ud83d")
     assert LONE in body
 
     answer = post(open_client, "retell", body)

@@ -258,17 +258,7 @@ class Lease:
     def settle(self, client: Any, tag: str, how: str) -> bool:
         """Ack (``how='ack'``) or requeue (``'front'``/``'back'``) ``tag`` if this
         process still owns it; False when it does not (nothing touched)."""
-        done = client.eval(
-            script_text(client, SETTLE),
-            4,
-            "unacked",
-            "unacked_index",
-            OWNER_KEY,
-            self.held_key,
-            tag,
-            self.consumer_id,
-            how,
-        )
+        done = client.eval(script_text(client, SETTLE), *self._settle_call(tag, how))
         self.in_hand.pop(tag, None)
         return bool(done)
 
@@ -303,18 +293,13 @@ class Lease:
         script = script_text(client, SETTLE)
         with client.pipeline(transaction=False) as pipe:
             for tag in tags:
-                pipe.eval(
-                    script,
-                    4,
-                    "unacked",
-                    "unacked_index",
-                    OWNER_KEY,
-                    self.held_key,
-                    tag,
-                    self.consumer_id,
-                    how,
-                )
+                pipe.eval(script, *self._settle_call(tag, how))
             return list(pipe.execute())
+
+    def _settle_call(self, tag: str, how: str) -> tuple[Any, ...]:
+        """SETTLE's key count, keys and arguments (settle.lua) for ``tag``."""
+        keys = ("unacked", "unacked_index", OWNER_KEY, self.held_key)
+        return (len(keys), *keys, tag, self.consumer_id, how)
 
     def let_go(self, tag: str) -> None:
         """No longer in hand (a settle that could not reach Redis): the orphan check
