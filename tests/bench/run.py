@@ -98,6 +98,7 @@ HEADLINE_CASES = (
     "hookfleet-granian",
     "ceiling-granian",
     "no-claim-standard",
+    "flask-route-standard",
     "inbound-warm",
 )
 # N slow or idle connections (a third each: slow headers, slow body, silent) held open
