@@ -19,6 +19,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     a mapping is read as environment variables. Opens no connection."""
     from ingest.dedup import DedupGate
     from ingest.errors import register_error_handlers
+    from ingest.fastpath import ReceiverApp
     from ingest.inbound import InboundDirectory
     from ingest.metrics import init_app as init_metrics
     from ingest.providers import REGISTRY
@@ -37,7 +38,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
 
     configure_logging(settings.log_level)
     configure_regions(settings.phone_regions)
-    app = Flask("hookfleet")
+    app: Flask = ReceiverApp("hookfleet")
     # werkzeug would answer /webhooks//stripe with a 308 HTML redirect (Flask passes
     # routing redirects through its error handlers untouched); a path is matched as
     # written, so a doubled slash is a JSON 404 like any unknown path.

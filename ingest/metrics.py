@@ -106,13 +106,18 @@ def _count(response: Response) -> Response:
     if len(parts) != 3 or parts[1] != "webhooks" or "started" not in g:
         return response
     provider = parts[2] if parts[2] in REGISTRY else "unknown"
-    outcome = outcome_of(response)
-    elapsed = time.perf_counter() - g.started  # set by views._correlate
-    _RECEIVED[provider, outcome].inc()
-    _DURATION[provider].observe(elapsed)
-    if outcome == "answered":
-        INBOUND_ANSWER_DURATION.observe(elapsed)
+    # g.started: set by views._correlate
+    count_answer(provider, outcome_of(response), time.perf_counter() - g.started)
     return response
+
+
+def count_answer(provider: str, outcome: str, elapsed_s: float) -> None:
+    """Count one webhook answer: ``provider`` (a registered name or "unknown"), its
+    ``outcome`` label (one of OUTCOMES), and the seconds it took until the answer."""
+    _RECEIVED[provider, outcome].inc()
+    _DURATION[provider].observe(elapsed_s)
+    if outcome == "answered":
+        INBOUND_ANSWER_DURATION.observe(elapsed_s)
 
 
 def outcome_of(response: Response) -> str:

@@ -10,18 +10,18 @@ reading an oversized body, 400 for broken framing (the client's fault, never a 5
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import IO, Any
 
-from flask import request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected
+from werkzeug.wsgi import get_content_length, get_input_stream
 
 from ingest.errors import ApiError, ErrorCode
 from ingest.framing import AnnouncedTooLarge, close_after_answer, limit_announced_chunks
 from ingest.providers.base import Delivery
 
 
-def read_delivery(limit: int) -> Delivery:
+def read_delivery(environ: dict[str, Any], limit: int) -> Delivery:
     """The raw body, refused early when it is too large (without reading the rest).
 
     400 ``incomplete_body`` when the body ends before its ``Content-Length`` or its last
@@ -29,13 +29,15 @@ def read_delivery(limit: int) -> Delivery:
     ``malformed_body`` for broken chunked framing, 413 ``body_too_large`` (for a chunked
     body as soon as its chunk-size lines announce more than ``limit``, before the bytes).
     """
-    declared = request.content_length
+    # What Flask's ``request.content_length`` and ``request.stream`` are (werkzeug's
+    # functions): None for a chunked body; the stream ends at Content-Length.
+    declared = get_content_length(environ)
     if declared is not None and declared > limit:
         raise ApiError(ErrorCode.BODY_TOO_LARGE, f"The body exceeds {limit} bytes.")
-    limit_announced_chunks(request.environ, limit)
-    body = read_at_most(limit + 1)
+    limit_announced_chunks(environ, limit)
+    body = read_at_most(environ, get_input_stream(environ), limit + 1)
     if len(body) > limit:
-        close_after_answer(request.environ)
+        close_after_answer(environ)
         raise ApiError(ErrorCode.BODY_TOO_LARGE, f"The body exceeds {limit} bytes.")
     if declared is not None and len(body) < declared:
         raise ApiError(
@@ -44,7 +46,7 @@ def read_delivery(limit: int) -> Delivery:
         )
     if not body:
         raise ApiError(ErrorCode.EMPTY_BODY)
-    return Delivery(body=body, headers=lower_headers(request.environ), received_at=time.time())
+    return Delivery(body=body, headers=lower_headers(environ), received_at=time.time())
 
 
 # Codings a body may be sent with. A content coding (gzip, br) would change the bytes
@@ -93,9 +95,10 @@ def lower_headers(environ: dict[str, Any]) -> dict[str, str]:
     return headers
 
 
-def read_at_most(size: int) -> bytes:
-    """Up to ``size`` bytes of the body. A chunked body (no Content-Length) arrives in
-    pieces, so read until the end or one byte past the limit, never further.
+def read_at_most(environ: dict[str, Any], stream: IO[bytes], size: int) -> bytes:
+    """Up to ``size`` bytes of the body from ``stream`` (``environ``'s input). A chunked
+    body (no Content-Length) arrives in pieces, so read until the end or one byte past
+    the limit, never further.
 
     Broken framing is the client's fault and answered 400: gunicorn raises its parse
     errors (a bad chunk size line, a missing CRLF) from inside the read, and
@@ -105,14 +108,14 @@ def read_at_most(size: int) -> bytes:
     remaining = size
     while remaining > 0:
         try:
-            part = request.stream.read(remaining)
+            part = stream.read(remaining)
         except AnnouncedTooLarge as error:
-            close_after_answer(request.environ)
+            close_after_answer(environ)
             raise ApiError(
                 ErrorCode.BODY_TOO_LARGE, f"The body exceeds {error.limit} bytes."
             ) from None
         except ParseException as error:
-            close_after_answer(request.environ)
+            close_after_answer(environ)
             raise ApiError(
                 ErrorCode.MALFORMED_BODY, f"The chunked body is malformed: {error}"[:300]
             ) from None

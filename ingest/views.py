@@ -7,12 +7,14 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from werkzeug.http import parse_options_header
 
 from ingest.dedup import Admission, DedupGate, NotReplicated, dedup_key
 from ingest.errors import ApiError, ErrorCode
@@ -41,11 +43,15 @@ bp = Blueprint("webhooks", __name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 
+def correlation_id_for(offered: str) -> str:
+    """The request's correlation id: the ``X-Request-ID`` it offered when that is a
+    plain token (it goes into every log line), else a new one."""
+    return offered if _REQUEST_ID.match(offered) else uuid.uuid4().hex
+
+
 @bp.before_app_request
 def _correlate() -> None:
-    offered = request.headers.get("X-Request-ID", "")
-    # An offered id is kept only when it is a plain token: it goes into every log line.
-    g.correlation_id = offered if _REQUEST_ID.match(offered) else uuid.uuid4().hex
+    g.correlation_id = correlation_id_for(request.headers.get("X-Request-ID", ""))
     g.started = time.perf_counter()
     log_context.set({"correlation_id": g.correlation_id})
 
@@ -74,8 +80,42 @@ class Job:
     message: str
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What a delivery is answered: ``status``, the JSON ``body`` (bytes), the
+    ``outcome`` label it is counted and logged under, and what to do once the answer
+    has gone (``after``: queue an inline answer's event)."""
+
+    status: int
+    body: bytes
+    outcome: str
+    after: Callable[[], None] | None = None
+
+
 @bp.post("/webhooks/<provider_name>")
 def receive(provider_name: str) -> tuple[Response, int]:
+    """Flask's route for a delivery: an unknown provider is a JSON 404; a known one is
+    answered by :func:`take_delivery` (ingest/fastpath.py serves those before Flask)."""
+    provider = find_provider(provider_name)
+    if provider is None:
+        raise ApiError(ErrorCode.UNKNOWN_PROVIDER, f"No provider is called {provider_name!r}.")
+    answer = take_delivery(
+        current_app._get_current_object(),  # type: ignore[attr-defined]
+        request.environ,
+        provider,
+        g.correlation_id,
+        g.started,
+    )
+    g.outcome = answer.outcome
+    response = Response(answer.body, mimetype="application/json")
+    if answer.after is not None:
+        response.call_on_close(answer.after)
+    return response, answer.status
+
+
+def take_delivery(
+    app: Flask, environ: dict[str, Any], provider: Provider, correlation_id: str, started: float
+) -> Answer:
     """Accept one delivery: check it, claim its key and queue its job, answer.
 
     - 202 ``{"status": "accepted", "event_id", "correlation_id"}``: the job is on its
@@ -88,29 +128,31 @@ def receive(provider_name: str) -> tuple[Response, int]:
       so the provider's retry is accepted later. Code ``not_replicated``: fewer Redis
       replicas than HOOKFLEET_REDIS_MIN_REPLICAS confirmed it; the retry is answered
       as a duplicate or accepted anew, and takes effect once either way.
+
+    Every refusal is raised as :class:`~ingest.errors.ApiError`. Reads only
+    ``environ`` and ``app.config`` / ``app.extensions``: no Flask request context.
     """
-    settings: Settings = current_app.config["HOOKFLEET_SETTINGS"]
-    provider = find_provider(provider_name)
-    if provider is None:
-        raise ApiError(ErrorCode.UNKNOWN_PROVIDER, f"No provider is called {provider_name!r}.")
-    declared_json = _is_json(request.mimetype)
+    settings: Settings = app.config["HOOKFLEET_SETTINGS"]
+    # What werkzeug's ``request.mimetype`` is: the media type, lower case.
+    mimetype = parse_options_header(environ.get("CONTENT_TYPE", ""))[0].lower()
+    declared_json = _is_json(mimetype)
     if not declared_json and provider.requires_json_content_type:
         raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE)
-    refuse_codings(request.environ)
-    delivery = read_delivery(settings.body_limit(provider.name))
+    refuse_codings(environ)
+    delivery = read_delivery(environ, settings.body_limit(provider.name))
     _verify(provider, delivery, settings.provider(provider.name))
     try:
         payload, text = _parse(delivery.body, provider.accepts_any_json)
     except ApiError as error:
         # A sender that really sends other bodies (Cal.com's custom templates) wraps them.
-        reframed = provider.reframe(delivery, request.mimetype)
+        reframed = provider.reframe(delivery, mimetype)
         if reframed is None:
             if declared_json:
                 raise
             raise ApiError(
                 ErrorCode.UNKNOWN_SHAPE,
                 f"{error.message} The body was sent as "
-                f"{request.mimetype or 'no content type'}; {provider.name} deliveries must "
+                f"{mimetype or 'no content type'}; {provider.name} deliveries must "
                 "be a JSON object.",
             ) from None
         payload, text = reframed
@@ -118,7 +160,7 @@ def receive(provider_name: str) -> tuple[Response, int]:
         identity = provider.identify(delivery, payload)
     except ShapeError as error:
         raise ApiError(ErrorCode.UNKNOWN_SHAPE, str(error)) from None
-    job = _job(provider, delivery, identity, text, settings)
+    job = _job(app, provider, delivery, identity, text, correlation_id, settings)
     log_context.set(
         {
             **(log_context.get() or {}),
@@ -128,27 +170,27 @@ def receive(provider_name: str) -> tuple[Response, int]:
         }
     )
     if identity.inline:
-        return _answer_inline(provider, payload, identity, job)
+        return _answer_inline(app, provider, payload, identity, job, correlation_id, started)
 
-    admission = _admit(job, settings.retry_after_s, settings.shed_queue_depth)
+    admission = _admit(app, job, correlation_id, started, settings)
     if admission.shed:
-        log.warning("shed", extra={"outcome": "shed", "duration_ms": _elapsed_ms()})
+        log.warning("shed", extra={"outcome": "shed", "duration_ms": _elapsed_ms(started)})
         raise ApiError(
             ErrorCode.QUEUE_FULL,
             f"{job.queue} is at its limit of {settings.shed_queue_depth} waiting jobs; "
             "the delivery was not accepted. Retry later.",
             retry_after_s=settings.retry_after_s,
         )
-    outcome = g.outcome = "accepted" if admission.accepted else "duplicate"
-    log.info(outcome, extra={"outcome": outcome, "duration_ms": _elapsed_ms()})
+    outcome = "accepted" if admission.accepted else "duplicate"
+    log.info(outcome, extra={"outcome": outcome, "duration_ms": _elapsed_ms(started)})
     body: dict[str, Any] = {
         "status": outcome,
         "event_id": job.event_id,
-        "correlation_id": g.correlation_id,
+        "correlation_id": correlation_id,
     }
     if not admission.accepted:
         body["original_correlation_id"] = admission.prior_claim
-    return _json(body), 202 if admission.accepted else 200
+    return Answer(202 if admission.accepted else 200, json_body(body), outcome)
 
 
 def _verify(provider: Provider, delivery: Delivery, settings: ProviderSettings) -> None:
@@ -169,13 +211,15 @@ def _verify(provider: Provider, delivery: Delivery, settings: ProviderSettings) 
 
 
 def _job(
+    app: Flask,
     provider: Provider,
     delivery: Delivery,
     identity: EventIdentity,
     text: str,
+    correlation_id: str,
     settings: Settings,
 ) -> Job:
-    queue = current_app.extensions["hookfleet_router"].queue_for(provider.name, identity.event_type)
+    queue = app.extensions["hookfleet_router"].queue_for(provider.name, identity.event_type)
     # A name longer than the column is kept whole in the payload; the column gets a prefix.
     event_type = identity.event_type[:MAX_EVENT_TYPE]
     event_id = identity.event_id
@@ -186,7 +230,7 @@ def _job(
         event_id=event_id,
         event_type=event_type,
         queue=queue,
-        correlation_id=g.correlation_id,
+        correlation_id=correlation_id,
         received_at=datetime.fromtimestamp(delivery.received_at, UTC),
         headers=provider.headers_to_record(delivery),
         payload=text,
@@ -202,13 +246,21 @@ def _job(
     )
 
 
-def _admit(job: Job, retry_after_s: int, shed_depth: int) -> Admission:
+def _admit(
+    app: Flask, job: Job, correlation_id: str, started: float, settings: Settings
+) -> Admission:
     """Claim and enqueue; 503 with Retry-After when Redis cannot do it (down, or out of
     memory under ``noeviction``)."""
-    gate: DedupGate = current_app.extensions["hookfleet_gate"]
+    gate: DedupGate = app.extensions["hookfleet_gate"]
+    retry_after_s = settings.retry_after_s
     try:
         return gate.admit(
-            job.dedup_key, g.correlation_id, job.ttl_s, job.queue, job.message, shed_depth
+            job.dedup_key,
+            correlation_id,
+            job.ttl_s,
+            job.queue,
+            job.message,
+            settings.shed_queue_depth,
         )
     except redis.RedisError as error:
         # Unreachable, restarting or failing over: expected to pass, and answered with
@@ -234,7 +286,7 @@ def _admit(job: Job, retry_after_s: int, shed_depth: int) -> Admission:
                 "outcome": "not_replicated",
                 "replicas": error.confirmed,
                 "wanted": error.wanted,
-                "duration_ms": _elapsed_ms(),
+                "duration_ms": _elapsed_ms(started),
             },
         )
         raise ApiError(
@@ -247,8 +299,14 @@ def _admit(job: Job, retry_after_s: int, shed_depth: int) -> Admission:
 
 
 def _answer_inline(
-    provider: Provider, payload: dict[str, Any], identity: EventIdentity, job: Job
-) -> tuple[Response, int]:
+    app: Flask,
+    provider: Provider,
+    payload: dict[str, Any],
+    identity: EventIdentity,
+    job: Job,
+    correlation_id: str,
+    started: float,
+) -> Answer:
     """Answer the waiting sender first, then queue the event for the record.
 
     The answer never fails (an empty answer is always valid). Queueing happens once the
@@ -260,17 +318,16 @@ def _answer_inline(
     receiver thread that the next ringing phone may need. The record is as durable as
     the primary's own persistence; a failover may lose it like a Redis outage would.
     """
-    directory: InboundDirectory = current_app.extensions["hookfleet_inbound"]
+    directory: InboundDirectory = app.extensions["hookfleet_inbound"]
     try:
         answer = provider.answer(payload, identity, directory)
     except Exception as error:  # noqa: BLE001 (a waiting phone must get an answer)
         log.error("inline answer failed", extra={"error": type(error).__name__})
         answer = provider.empty_answer(identity)
-    g.outcome = "answered"
-    log.info("answered inline", extra={"outcome": "answered", "duration_ms": _elapsed_ms()})
-    response = jsonify(answer)
-    gate: DedupGate = current_app.extensions["hookfleet_gate"]
-    correlation_id = g.correlation_id
+    log.info("answered inline", extra={"outcome": "answered", "duration_ms": _elapsed_ms(started)})
+    # ``jsonify(answer)``'s bytes: the app's JSON provider, compact.
+    body = (app.json.dumps(answer, separators=(",", ":")) + "\n").encode()
+    gate: DedupGate = app.extensions["hookfleet_gate"]
 
     def record() -> None:
         try:
@@ -283,17 +340,16 @@ def _answer_inline(
                 extra={"error": type(error).__name__, "event_id": job.event_id},
             )
 
-    response.call_on_close(record)
-    return response, 200
+    return Answer(200, body, "answered", record)
 
 
-def _json(body: dict[str, Any]) -> Response:
-    """``jsonify(body)`` for the one answer every delivery gets, minus its generality."""
-    return Response(json.dumps(body, separators=(",", ":")) + "\n", mimetype="application/json")
+def json_body(body: dict[str, Any]) -> bytes:
+    """``jsonify(body)``'s bytes (compact, ASCII, a final newline), minus its generality."""
+    return (json.dumps(body, separators=(",", ":")) + "\n").encode()
 
 
-def _elapsed_ms() -> float:
-    return round((time.perf_counter() - g.started) * 1000, 2)
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
 
 
 def _is_json(mimetype: str) -> bool:

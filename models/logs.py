@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import IO, Any
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.json import JsonEncoder, JsonFormatter
 
 # The delivery a line is about; the receiver and the task wrapper set it.
 log_context: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar(
@@ -30,14 +30,56 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+class JsonLines(JsonFormatter):
+    """python-json-logger's ``JsonFormatter`` for :func:`json_formatter`'s one format,
+    writing the same line with less work per record.
+
+    The receiver logs one line per delivery, and the library's general ``format``
+    (its field parsing, defaults, static fields, renames, a new encoder per line) was
+    a tenth of a delivery's Python time. This keeps what the format uses: ``ts``,
+    ``level``, ``logger``, ``message``, ``exc_info`` / ``stack_info``, then every
+    ``extra`` field in the record's order (the library's ``merge_record_extra``
+    rule), encoded by the library's ``JsonEncoder``. A record whose message is a dict
+    goes to the library's own ``format``. ``tests/unit/test_logs.py`` compares the
+    two line for line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "{asctime}{levelname}{name}{message}",
+            style="{",
+            rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
+        )
+        self._encode = JsonEncoder(ensure_ascii=True).encode
+
+    def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.msg, dict):
+            return super().format(record)
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        line: dict[str, Any] = {
+            "ts": record.asctime,
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.message,
+        }
+        if record.exc_info:
+            line["exc_info"] = self.formatException(record.exc_info)
+        if not line.get("exc_info") and record.exc_text:
+            line["exc_info"] = record.exc_text
+        if record.stack_info:
+            line["stack_info"] = self.formatStack(record.stack_info)
+        skip = self._skip_fields
+        for key, value in record.__dict__.items():
+            if key not in skip and not key.startswith("_"):
+                line[key] = value
+        return self._encode(line)
+
+
 def json_formatter() -> logging.Formatter:
     """One JSON object per line: ``ts``, ``level``, ``logger``, ``message`` and any
     ``extra`` fields."""
-    return JsonFormatter(
-        "{asctime}{levelname}{name}{message}",
-        style="{",
-        rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
-    )
+    return JsonLines()
 
 
 def json_handler(stream: IO[str]) -> logging.Handler:

@@ -11,6 +11,10 @@
   receiver with the Redis claim replaced by an answer of "accepted" (nothing is queued).
   Against the real receiver in the same run it shows what the one Redis round trip
   per delivery costs, and against the ceiling what everything else costs.
+- :func:`flask_route_app` is a diagnostic too: the shipped receiver with its
+  deliveries served by Flask's route instead of the fast path (ingest/fastpath.py),
+  as before that existed; against the real receiver in the same run it shows what
+  Flask's request machinery costs per delivery.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from flask import Flask, Response, jsonify, request
 
 from ingest import create_app
 from ingest.dedup import Admission
+from ingest.fastpath import ReceiverApp
 from ingest.providers.base import Delivery, VerificationError
 from ingest.providers.standard import verify_standard_signature
 from models.contract import PROCESS_EVENT
@@ -106,4 +111,13 @@ def without_claim_app() -> Flask:
     and nothing is queued. For the benchmark's breakdown only."""
     app = create_app()
     app.extensions["hookfleet_gate"] = _NoClaim()
+    return app
+
+
+def flask_route_app() -> Flask:
+    """The shipped receiver with every delivery going through Flask's route (the same
+    answers; Flask's request context, routing and hooks around them)."""
+    app = create_app()
+    assert isinstance(app, ReceiverApp)
+    app.fast_path = False
     return app

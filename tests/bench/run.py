@@ -68,6 +68,15 @@ RECEIVER_CASES: dict[str, tuple[str, str, float, bool, str]] = {
         False,
         "shipped",
     ),
+    # Diagnostic: the same receiver with deliveries served by Flask's route, not the
+    # fast path (ingest/fastpath.py): what Flask's request machinery costs.
+    "flask-route-standard": (
+        "tests.bench.apps:flask_route_app()",
+        "standard",
+        0.0,
+        False,
+        "shipped",
+    ),
     "hookfleet-standard-dup30": ("ingest:create_app()", "standard", 0.3, False, "shipped"),
     "hookfleet-stripe": ("ingest:create_app()", "stripe", 0.0, False, "shipped"),
     "hookfleet-stripe-dup30": ("ingest:create_app()", "stripe", 0.3, False, "shipped"),
@@ -89,6 +98,7 @@ HEADLINE_CASES = (
     "hookfleet-granian",
     "ceiling-granian",
     "no-claim-standard",
+    "flask-route-standard",
     "inbound-warm",
 )
 # N slow or idle connections (a third each: slow headers, slow body, silent) held open

@@ -1,0 +1,109 @@
+"""``POST /webhooks/<provider>`` served before Flask, with Flask's answers.
+
+Every delivery used to cross Flask's request machinery (a request and an app context
+pushed, URL matching, before/after hooks, werkzeug's response object) before and after
+:func:`ingest.views.take_delivery` did the work: about a quarter of the receiver's
+Python time per delivery (``python -m tests.bench.per_request --profile``). Here the
+app's ``wsgi_app`` recognises a delivery to a known provider from ``REQUEST_METHOD`` and
+``PATH_INFO`` and calls ``take_delivery`` itself; everything else (``/healthz``, the
+operator endpoints, unknown providers, other methods, odd paths) goes to Flask as
+before.
+
+It answers exactly as the Flask route does: the same status line, JSON bodies
+(``{"error": {"code", "message"}}`` for a refusal, ``Retry-After`` where the code
+carries it), ``X-Request-ID``, the "refused" and "unhandled error" log lines, and the
+same ``hookfleet_webhooks_received`` / duration samples. ``tests/integration`` and
+``tests/e2e`` run through it (the Flask test client and gunicorn both call
+``wsgi_app``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from flask import Flask
+from werkzeug.http import HTTP_STATUS_CODES
+
+from ingest.errors import OUTCOME_BY_CODE, ApiError, ErrorCode
+from ingest.metrics import count_answer
+from ingest.providers import REGISTRY
+from ingest.views import Answer, correlation_id_for, json_body, take_delivery
+from models.logs import log_context
+
+log = logging.getLogger("hookfleet.ingest")
+
+_PREFIX = "/webhooks/"
+StartResponse = Callable[..., Any]
+
+
+class ClosingBody:
+    """A one-chunk WSGI body that runs ``after`` when the server closes it (once the
+    answer has been sent), as werkzeug's ``call_on_close`` does."""
+
+    def __init__(self, body: bytes, after: Callable[[], None]) -> None:
+        self._body = body
+        self._after = after
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._body
+
+    def close(self) -> None:
+        self._after()
+
+
+class ReceiverApp(Flask):
+    """The receiver's Flask app: deliveries to known providers are served by
+    :meth:`wsgi_app` itself, the rest by Flask (``super().wsgi_app``).
+    ``fast_path = False`` sends deliveries through Flask's route too (the benchmark's
+    ``flask-route`` diagnostic: what the fast path saves, in the same run)."""
+
+    fast_path = True
+
+    def wsgi_app(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
+        path = environ.get("PATH_INFO", "")
+        provider = (
+            REGISTRY.get(path[len(_PREFIX) :])
+            if self.fast_path
+            and environ.get("REQUEST_METHOD") == "POST"
+            and path.startswith(_PREFIX)
+            else None
+        )
+        if provider is None:
+            return super().wsgi_app(environ, start_response)
+        started = time.perf_counter()
+        correlation_id = correlation_id_for(environ.get("HTTP_X_REQUEST_ID", ""))
+        log_context.set({"correlation_id": correlation_id})
+        headers: list[tuple[str, str]] = []
+        try:
+            answer = take_delivery(self, environ, provider, correlation_id, started)
+        except ApiError as error:
+            answer = _refusal(error.code, error.message)
+            headers = list(error.headers.items())
+        except Exception:
+            log.exception("unhandled error", extra={"correlation_id": correlation_id})
+            code = ErrorCode.INTERNAL_ERROR
+            answer = _refusal(code, code.default_message)
+        count_answer(provider.name, answer.outcome, time.perf_counter() - started)
+        start_response(
+            f"{answer.status} {HTTP_STATUS_CODES[answer.status].upper()}",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(answer.body))),
+                *headers,
+                ("X-Request-ID", correlation_id),
+            ],
+        )
+        if answer.after is not None:
+            return ClosingBody(answer.body, answer.after)
+        return [answer.body]
+
+
+def _refusal(code: ErrorCode, message: str) -> Answer:
+    """``ingest.errors.error_response``'s answer and log line, without a Flask context."""
+    if code.status < 500:  # 5xx are logged where they happen, with their cause
+        log.info("refused", extra={"outcome": code.value, "status": code.status})
+    body = json_body({"error": {"code": code.value, "message": message}})
+    return Answer(code.status, body, OUTCOME_BY_CODE[code.value])
