@@ -331,7 +331,8 @@ class Settings:
     worker_soft_shutdown_s: float = knob(
         20.0,
         "HOOKFLEET_WORKER_SOFT_SHUTDOWN_S",
-        "On a cold shutdown, time running tasks get before they are cancelled and requeued.",
+        "On any shutdown (SIGTERM too), time running batches get before their pool "
+        "processes are ended (their messages come back by lease, their transactions roll back).",
     )
     # A received row untouched this long lost its message (workers.recovery.sweeper).
     stuck_after_s: int = knob(

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import Select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.orm import undefer
+from sqlalchemy.orm import Session, undefer
 from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 from tenacity import (
     RetryCallState,
@@ -177,3 +177,22 @@ def locked(query: S) -> S:
         S,
         query.options(undefer("*")).with_for_update().execution_options(populate_existing=True),
     )
+
+
+def found_locked(session: Session, query: Select[Any]) -> Any | None:
+    """The first row ``query`` finds, then locked by its primary key and loaded as
+    committed now (:func:`locked`); None when there is none — and then no lock is taken.
+
+    For find-or-insert by a natural key (a call by ``call_id``, a booking by its uid).
+    A locking read that finds nothing locks the *gap* where the key would go (MariaDB's
+    REPEATABLE READ), and keys that grow (``call_…`` ids of one sender) share the last
+    gap: two workers inserting new calls then waited on, or deadlocked with, each
+    other, and a frozen worker stalled them all (issue 17). A plain read locks nothing;
+    a row it misses that another worker committed meanwhile meets the unique key on
+    insert (IntegrityError, the callers' RaceLost: retried, and then found). The
+    query's entity needs an ``id`` primary key."""
+    hit = session.scalars(query.limit(1)).first()
+    if hit is None:
+        return None
+    entity = type(hit)
+    return session.scalars(locked(select(entity).where(entity.id == hit.id))).one_or_none()

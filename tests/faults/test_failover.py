@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -490,6 +491,21 @@ def outage_window(ledger: TimedLedger, started: float) -> float:
     return round(max(refused) - started, 2) if refused else 0.0
 
 
+#: What kombu logs when it drops a silent pub/sub connection (broadcast, control).
+PUBSUB_DROPPED = "pub/sub connection missed"
+
+
+def seconds_to_log(log: str, text: str, since: datetime) -> float:
+    """Seconds from ``since`` (local time, as the log's ``ts``) to the first log line
+    containing ``text`` at or after it."""
+    for line in log.splitlines():
+        if text in line and line.startswith("{"):
+            at = datetime.strptime(json.loads(line)["ts"], "%Y-%m-%d %H:%M:%S,%f")
+            if at >= since:
+                return round((at - since).total_seconds(), 2)
+    raise AssertionError(f"{text!r} not logged after {since}")
+
+
 @pytest.mark.faults
 @pytest.mark.e2e
 def test_a_silently_dropped_broker_connection_is_replaced_within_15_s(
@@ -505,7 +521,7 @@ def test_a_silently_dropped_broker_connection_is_replaced_within_15_s(
 
             ledger = TimedLedger("broker connection dropped silently")
             proxy.go_silent()
-            cut = time.monotonic()
+            cut, cut_wall = time.monotonic(), datetime.now()
             first = ids("hz", 1)
             deliver(stack, ledger, first[0])
             receiver_back_s = round(time.monotonic() - cut, 2)
@@ -515,16 +531,25 @@ def test_a_silently_dropped_broker_connection_is_replaced_within_15_s(
 
             row = settle_and_count(stack, ledger, timeout_s=90)
             worst_wait_s = round(time_to_apply(stack, ledger.accepted), 2)
+            wait_until(
+                lambda: PUBSUB_DROPPED in stack.fleet.log("worker_high"),
+                30,
+                "the silent pub/sub connection dropped",
+            )
             worker_log = stack.fleet.log("worker_high")
+            pubsub_back_s = seconds_to_log(worker_log, PUBSUB_DROPPED, cut_wall)
             problems = log_problems(stack)
     row.update(
         receiver_recovery_s=receiver_back_s,
         worker_recovery_s=worker_back_s,
         worst_wait_s=worst_wait_s,
+        pubsub_recovery_s=pubsub_back_s,
     )
     assert_exactly_once(row)
     assert "got no reply" in worker_log  # the idle worker noticed, not a lucky reconnect
     assert receiver_back_s < 15 and worker_back_s < 15, row
+    # Broadcast and remote control too (issue 17: 15.7-17.3 s when checked every 5 s).
+    assert pubsub_back_s < 15, row
     assert worst_wait_s < 20, row  # ~15 s + processing on a loaded box
     assert problems == []
 

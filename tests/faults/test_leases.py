@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,11 +25,12 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import create_engine, select, text, update
+from sqlalchemy import create_engine, func, select, text, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ingest.providers import calcom
 from models.events import EventStatus, WebhookEvent
 from models.settings import Settings
 from tests.faults.test_faults import (
@@ -47,7 +49,7 @@ from tests.faults.test_faults import (
     wait_for_accepted,
 )
 from tests.integration.test_events import incoming
-from tests.processes import Processes, procfile, running_fleet
+from tests.processes import Processes, procfile, request, running_fleet
 from tests.servers import MariaDBServer, wait_until
 from workers.broker.leases import HELD_PREFIX
 from workers.pipeline import record as events
@@ -156,7 +158,9 @@ SHIPPED = Settings()
 
 
 @contextmanager
-def lease_stack(tmp_path: Path, mariadb: MariaDBServer, *, second_high: bool) -> Iterator[Stack]:
+def lease_stack(
+    tmp_path: Path, mariadb: MariaDBServer, *, second_high: bool, **env: str
+) -> Iterator[Stack]:
     """test_faults' stack with the shipped lease, visibility timeout and time limit, and
     optionally a second ``hookfleet.high`` worker (``worker_high2``)."""
     with running_stack(
@@ -165,6 +169,7 @@ def lease_stack(tmp_path: Path, mariadb: MariaDBServer, *, second_high: bool) ->
         names=("web", "worker_high", "worker_default"),
         HOOKFLEET_VISIBILITY_TIMEOUT_S=str(SHIPPED.visibility_timeout_s),
         HOOKFLEET_TASK_TIME_LIMIT_S=str(SHIPPED.task_time_limit_s),
+        **env,
     ) as stack:
         if second_high:
             start_as(stack.fleet, "worker_high2", "worker_high")
@@ -317,6 +322,130 @@ def test_a_frozen_busy_worker_loses_its_messages_and_its_late_work_lands_once(
     assert_exactly_once(row)
     assert lapsed >= 1
     assert recovery < 30, row
+
+
+def booking_body(uid: str) -> bytes:
+    """A Cal.com BOOKING_CREATED (hookfleet.default), as the tester's burst sent it."""
+    return json.dumps(
+        {
+            "triggerEvent": "BOOKING_CREATED",
+            "createdAt": "2026-11-23T09:00:00.000Z",
+            "payload": {
+                "uid": uid,
+                "title": "Haircut",
+                "startTime": "2026-12-01T09:00:00Z",
+                "endTime": "2026-12-01T09:30:00Z",
+                "attendees": [
+                    {"name": "A", "email": f"{uid}@example.com", "timeZone": "Europe/Berlin"}
+                ],
+            },
+        }
+    ).encode()
+
+
+def book(stack: Stack, uid: str) -> int:
+    body = booking_body(uid)
+    headers = {
+        "X-Cal-Signature-256": calcom.sign(CALCOM_SECRET, body),
+        "Content-Type": "application/json",
+    }
+    for _ in range(100):
+        status = request(stack.fleet.base_url, "POST", "/webhooks/calcom", body, headers)[0]
+        if status < 500:
+            return status
+        time.sleep(0.2)
+    return status
+
+
+CALCOM_SECRET = "calcom-faults-secret"
+
+
+def bookings_processed(stack: Stack) -> int:
+    with stack.engine.connect() as connection:
+        return int(
+            connection.scalar(
+                select(func.count()).where(
+                    WebhookEvent.provider == "calcom",
+                    WebhookEvent.status == EventStatus.PROCESSED,
+                )
+            )
+            or 0
+        )
+
+
+def _scalar(stack: Stack, sql: str, **params: Any) -> Any:
+    with stack.engine.connect() as connection:
+        return connection.scalar(text(sql), params)
+
+
+@faults
+def test_a_worker_frozen_inside_its_transaction_does_not_stall_the_other_queues(
+    tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    """Issue 17, the tester's scenario: a ``hookfleet.default`` worker SIGSTOPped in the
+    middle of a Cal.com burst, inside its apply transaction (its claimed rows locked),
+    while Retell's call_ended stream goes to ``hookfleet.high`` with two healthy
+    workers. Before: the frozen transaction's gap lock on the status index made every
+    other worker's batch insert wait, fail, fall back and retry — nothing progressed
+    for the whole freeze. The overlap is forced: the test holds the appointments
+    table, so the default worker's batch stops after its claim; it is frozen there."""
+    with lease_stack(
+        tmp_path, mariadb_server, second_high=True, HOOKFLEET_CALCOM_SECRETS=CALCOM_SECRET
+    ) as stack:
+        ledger = Ledger("lease: default worker frozen in its transaction, high flowing")
+        default = stack.fleet.running["worker_default"].pid
+        held = stack.engine.connect()
+        held.execute(text("LOCK TABLES appointments WRITE"))
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda n: book(stack, f"bk_fz_{n:04d}"), range(300)))
+            assert set(answers) == {202}, answers
+            waiting = (
+                "SELECT id FROM information_schema.processlist"
+                " WHERE state LIKE 'Waiting for table metadata lock'"
+                " AND info LIKE '%appointments%' LIMIT 1"
+            )
+            wait_until(
+                lambda: _scalar(stack, waiting) is not None,
+                60,
+                "the default worker's batch waiting inside its transaction",
+                interval=0.1,
+            )
+            thread_id = _scalar(stack, waiting)
+            os.killpg(default, signal.SIGSTOP)
+        finally:
+            held.execute(text("UNLOCK TABLES"))
+            held.close()
+        try:
+            locks_held = "SELECT trx_rows_locked FROM information_schema.innodb_trx"
+            locks_held += " WHERE trx_mysql_thread_id = :thread"
+            assert (_scalar(stack, locks_held, thread=thread_id) or 0) > 0
+            started = time.monotonic()
+            calls = set(ids("fh", 300))
+            stream(stack, ledger, sorted(calls))()
+            wait_until(lambda: stack.processed(calls) == calls, 120, "high flowing", interval=0.2)
+            high_s = round(time.monotonic() - started, 1)
+            still_frozen = (_scalar(stack, locks_held, thread=thread_id) or 0) > 0
+        finally:
+            os.killpg(default, signal.SIGCONT)
+        row = settle_and_count(stack, ledger)
+        row["high_s"] = high_s
+        wait_until(
+            lambda: bookings_processed(stack) == 300,
+            120,
+            "the thawed default worker's bookings processed",
+        )
+        # A batch that meets a lock wait (3 s) is rolled back and settled one by one.
+        batches_failed = sum(
+            stack.fleet.log(name).count("batch failed") for name in ("worker_high", "worker_high2")
+        )
+        row["high_batches_failed"] = batches_failed
+    assert_exactly_once(row)
+    assert still_frozen, "the default worker's transaction ended before high was done"
+    # Before: 6 of the high workers' batches failed on the frozen gap lock, 14 s for
+    # what takes 3 s alone (and with a longer stream, nothing flowed at all).
+    assert batches_failed == 0, row
+    assert high_s < 30, row
 
 
 @faults
@@ -484,6 +613,45 @@ def test_sigterm_hands_back_reserved_messages_at_once_while_the_database_hangs(
     assert_exactly_once(row)
     assert still_running, "the worker had exited: nothing showed the hand-back was early"
     assert handed_back_s < 5, row
+
+
+@faults
+def test_sigterm_while_mariadb_is_stopped_exits_within_the_soft_shutdown(
+    tmp_path: Path, mariadb_server: MariaDBServer
+) -> None:
+    """Issue 17: mariadbd SIGSTOPped under a busy worker, then SIGTERM. The reserved
+    messages went back at once, but the process lived 284 s, until the task's soft time
+    limit (Celery's warm shutdown waits for running tasks; its soft-shutdown timeout
+    bounds only a cold one). Now the running batches' pool processes are ended when the
+    soft shutdown period (3 s here) is over; nothing is lost or applied twice."""
+    assert mariadb_server.proc is not None
+    with lease_stack(tmp_path, mariadb_server, second_high=False) as stack:
+        ledger = Ledger("lease: SIGTERM, mariadbd stopped")
+        finish = stream(stack, ledger, ids("ms", 600))
+        wait_for_accepted(ledger, 150)
+        worker = stack.fleet.running.pop("worker_high")
+        os.kill(mariadb_server.proc.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: held_by_leases(stack) > 0, 30, "messages held")
+            time.sleep(1)  # the running batches are waiting on the stopped server
+            os.kill(worker.pid, signal.SIGTERM)
+            termed_at = time.monotonic()
+            try:
+                worker.wait(60)
+            except subprocess.TimeoutExpired:
+                kill_group(worker)
+            exited_s = round(time.monotonic() - termed_at, 1)
+        finally:
+            os.kill(mariadb_server.proc.pid, signal.SIGCONT)
+        stack.fleet.start("worker_high")
+        finish()
+        row = settle_and_count(stack, ledger)
+        row["exited_s"] = exited_s
+        ended = "ending the pool's running batches" in stack.fleet.log("worker_high")
+    assert_exactly_once(row)
+    assert ended, "the worker exited before its soft shutdown was over: nothing was bounded"
+    # 3 s of soft shutdown, then the pool ended; workers.broker.shutdown.EXIT_GRACE_S at most.
+    assert exited_s < 3 + 10 + 5, row
 
 
 @pytest.mark.e2e

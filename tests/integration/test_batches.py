@@ -4,11 +4,12 @@ SQLite and MariaDB, and what a batch leaves behind when it fails halfway."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
@@ -340,3 +341,50 @@ def test_an_effect_logs_under_its_own_event(
     tasks.process_batch([entry("evt_1"), entry("plain", "standard"), entry("evt_2")])
 
     assert seen == [("evt_1", "evt_1"), ("evt_2", "evt_2")]
+
+
+# -- a frozen worker's open transaction and everyone else's batches ---------------------
+
+
+def test_a_worker_frozen_inside_its_claim_does_not_hold_up_other_workers_batches(
+    mariadb_url: str, monkeypatch: pytest.MonkeyPatch, applied: list[str]
+) -> None:
+    """Issue 17: a worker SIGSTOPped inside its apply transaction stalled every other
+    worker: its claim's index scan (REPEATABLE READ) held a gap lock at the end of the
+    ``received`` range of the status index, where every new row is inserted. Here a
+    connection of the worker's own engine does exactly what that batch did — records
+    ``received`` rows, claims them, and stays open — and another worker's batch of
+    other events must commit as fast as it would alone, not after lock waits."""
+    monkeypatch.setenv("HOOKFLEET_DATABASE_URL", mariadb_url)
+    runtime.dispose()
+    sessions = runtime.sessions()  # the worker's engine, as a worker process builds it
+    try:
+        # History: many finished rows and a few unfinished, so the optimizer prefers the
+        # status index for the claim's scan (as on the tester's fleet).
+        record_batch(sessions, [incoming(f"old_{n}", provider="test") for n in range(300)])
+        with sessions() as session:
+            session.execute(text("ANALYZE TABLE webhook_events"))
+        # A full batch (the tester's Cal.com burst): the claim then scans the status index.
+        frozen_batch = [incoming(f"frozen_{n}", provider="test") for n in range(100)]
+        frozen = sessions()
+        frozen.execute(
+            events._insert_ignoring_duplicates(frozen),
+            [events._row(e, EventStatus.RECEIVED) for e in frozen_batch],
+        )
+        frozen.commit()
+        claimed = events._claim_many(frozen, [("test", e.event_id) for e in frozen_batch])
+        assert len(claimed) == 100  # ...and the frozen transaction stays open, locks held
+        try:
+            started = time.monotonic()
+            outcomes = record_batch(
+                sessions, [incoming(f"live_{n}", provider="test") for n in range(20)]
+            )
+            took_s = time.monotonic() - started
+        finally:
+            frozen.rollback()
+            frozen.close()
+    finally:
+        runtime.dispose()
+    assert outcomes == [Outcome.PROCESSED] * 20
+    # Alone it takes well under a second; a lock wait is ROW_LOCK_WAIT_S (3 s) at least.
+    assert took_s < 2, took_s

@@ -604,3 +604,37 @@ def _orphaned_count(counter: Any) -> float:
 
     labels = {"queue": QUEUE, "reason": "orphaned"}
     return REGISTRY.get_sample_value("hookfleet_messages_restored_total", labels) or 0.0
+
+
+def test_a_pubsub_read_with_nothing_to_read_gives_up_within_the_socket_timeout(
+    redis_url: str,
+) -> None:
+    """Issue 17 (F2): after kombu dropped a silent pub/sub connection, a worker's main
+    thread waited in ``recvfrom`` for good on the pub/sub socket (no timeout): redis-py
+    8's ``PubSub.parse_response()`` dials a dropped connection again and reads with no
+    socket timeout, and kombu calls it when its poller woke for that connection — with
+    nothing to read, the wait lasts until a broadcast comes, which may be never. It
+    renewed its lease but never consumed again, and SIGTERM did not end it. Now the
+    read gives up within the channel's socket timeout: no reply is no message."""
+    options = {**OPTIONS, "socket_timeout": 1}
+    outcome: list[Any] = []
+    with Connection(redis_url, transport=OURS, transport_options=options) as conn:
+        channel: Any = conn.default_channel
+        channel.subclient.psubscribe("/0.hookfleet-test.*")
+        channel._receive()  # the subscription's confirmation: the link works
+        done = threading.Event()
+
+        def read() -> None:  # as kombu's event loop does on a wake-up with nothing there
+            try:
+                outcome.append(channel._receive())
+            except redis.RedisError as error:  # asserted on below
+                outcome.append(error)
+            done.set()
+
+        started = time.monotonic()
+        threading.Thread(target=read, daemon=True).start()
+        finished = done.wait(15)
+        took_s = time.monotonic() - started
+    assert finished, "the pub/sub read waited for a message that never came"
+    assert outcome == [False]  # no message, no error
+    assert took_s < 5, took_s

@@ -48,6 +48,7 @@ from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 from kombu.asynchronous.timer import to_timestamp
 
 from workers.broker.leases import count_restored, current_lease
+from workers.broker.shutdown import bound_shutdown
 from workers.broker.transport import bound_for_shutdown
 
 log = logging.getLogger("hookfleet.worker.batching")
@@ -351,8 +352,11 @@ class ReleaseReserved(bootsteps.StartStopStep):
         if state.should_stop is None and state.should_terminate is None:
             let_go_of_dropped()
             return
-        # Whatever the network does now, the shutdown's broker calls end in seconds.
+        # Whatever the network does now, the shutdown's broker calls end in seconds,
+        # and whatever the database does, the running batches end with the soft
+        # shutdown period (Celery bounds only a cold shutdown; workers.broker.shutdown).
         bound_for_shutdown()
+        bound_shutdown(float(c.app.conf.worker_soft_shutdown_timeout))
         for collector in list(COLLECTORS):
             collector.release()
 

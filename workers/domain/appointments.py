@@ -60,7 +60,7 @@ from workers.domain.attendees import (
 )
 from workers.domain.calcom_events import CalcomEvent, attendee_key, email_of, when
 from workers.domain.merge import merge_ranked, staff_by_email, text
-from workers.retries import RaceLost, locked
+from workers.retries import RaceLost, found_locked
 
 log = logging.getLogger("hookfleet.worker.appointments")
 
@@ -284,24 +284,20 @@ def _retire(session: Session, calcom: CalcomEvent, old: Appointment, order: Orde
 def _find(session: Session, calcom: CalcomEvent) -> Appointment | None:
     uid, number = calcom.uid(), calcom.booking_id()
     if uid is not None:
-        by_uid = select(Appointment).where(Appointment.calcom_uid == uid)
-        return session.scalars(locked(by_uid)).first()
+        return found_locked(session, select(Appointment).where(Appointment.calcom_uid == uid))
     if number is not None:
-        return session.scalars(
-            locked(
-                select(Appointment)
-                .where(Appointment.calcom_booking_id == number)
-                .order_by(Appointment.id)
-            )
-        ).first()
+        return found_locked(
+            session,
+            select(Appointment)
+            .where(Appointment.calcom_booking_id == number)
+            .order_by(Appointment.id),
+        )
     return None
 
 
 def _get_or_add(session: Session, uid: str) -> Appointment:
     uid = uid[:128]  # as stored: a longer one would be looked up in vain and re-inserted
-    appointment = session.scalars(
-        locked(select(Appointment).where(Appointment.calcom_uid == uid))
-    ).first()
+    appointment = found_locked(session, select(Appointment).where(Appointment.calcom_uid == uid))
     if appointment is None:
         appointment = Appointment(calcom_uid=uid, event_rank=0)
         session.add(appointment)

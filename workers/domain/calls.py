@@ -27,7 +27,7 @@ from models.phones import stored_phone
 from workers.domain.customers import find_or_create_customer
 from workers.domain.merge import merge_ranked, staff_by_email, text
 from workers.packets import escaped_size, statement_budget
-from workers.retries import PermanentError, RaceLost, locked
+from workers.retries import PermanentError, RaceLost, found_locked
 
 log = logging.getLogger("hookfleet.worker.calls")
 
@@ -65,7 +65,7 @@ def apply_retell_event(session: Session, event: WebhookEvent) -> None:
     fields = _fields(event.event_type, details, event.payload)
     _fit_statement(fields, statement_budget(session))
 
-    call = session.scalars(locked(select(Call).where(Call.call_id == call_id))).first()
+    call = found_locked(session, select(Call).where(Call.call_id == call_id))
     if call is None:
         call = Call(call_id=call_id, event_rank=0)
         session.add(call)

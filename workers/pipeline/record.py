@@ -6,9 +6,9 @@ import enum
 import json
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Insert, Table, select, update
+from sqlalchemy import Insert, Select, Table, UniqueConstraint, Update, select, update
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker, undefer
@@ -195,8 +195,9 @@ def _claim_many(
     transaction's first read (``_statuses``, before the wait), where a row that another
     copy of the same message finished meanwhile is still unfinished; both copies would
     apply it. A locking read sees the latest committed row, so exactly the rows claimed
-    here are returned, and their locks are held until the effect commits. (SQLite runs
-    both statements inside its one write transaction: FOR UPDATE is not needed there.)
+    here are returned, and their locks are held until the effect commits. Both go by
+    the unique key (:func:`_by_unique_key`): they lock these rows and no gap. (SQLite
+    runs both statements inside its one write transaction: FOR UPDATE is not needed.)
     """
     rows: dict[tuple[str, str], WebhookEvent] = {}
     by_provider: dict[str, list[str]] = {}
@@ -209,13 +210,13 @@ def _claim_many(
             WebhookEvent.status.in_(list(UNFINISHED)),
         )
         session.execute(
-            update(WebhookEvent)
+            _by_unique_key(update(WebhookEvent))
             .where(*where)
             .values(attempts=WebhookEvent.attempts + 1)
             .execution_options(synchronize_session=False)
         )
         for row in session.scalars(
-            select(WebhookEvent)
+            _by_unique_key(select(WebhookEvent))
             .where(*where)
             .options(undefer(WebhookEvent.payload))
             .with_for_update()
@@ -223,6 +224,42 @@ def _claim_many(
         ):
             rows[(row.provider, row.event_id)] = row
     return rows
+
+
+def _unique_key_index() -> str:
+    table = cast(Table, WebhookEvent.__table__)
+    names = {c.name for c in table.constraints if isinstance(c, UniqueConstraint)}
+    (name,) = names  # the one UNIQUE (provider, event_id)
+    return str(name)
+
+
+#: MariaDB index hint naming UNIQUE (provider, event_id).
+UNIQUE_KEY_HINT = f"FORCE INDEX ({_unique_key_index()})"
+
+Locking = TypeVar("Locking", Update, Select[Any])
+
+
+def _by_unique_key(statement: Locking) -> Locking:
+    """``statement`` (an UPDATE or a locking SELECT of webhook_events whose WHERE names
+    provider and event_id) made to find its rows through UNIQUE (provider, event_id) on
+    MariaDB.
+
+    Left to itself the optimizer may pick the (status, created_at) index — a batch's
+    keys are many, the unfinished rows few — or a scan of the table, and a locking
+    scan at REPEATABLE READ takes next-key locks: up to the end of the ``received``
+    range, the gap every new row is inserted into, or the supremum of the primary key.
+    A worker frozen with its transaction open then stalled every other worker's
+    inserts, on every queue (issue 17). Exact look-ups in a unique index lock the rows
+    found and no gap. (The hint is not rendered for SQLite.)
+    """
+    if isinstance(statement, Update):
+        hinted: Any = statement
+        for dialect in ("mysql", "mariadb"):
+            hinted = hinted.with_hint(UNIQUE_KEY_HINT, dialect_name=dialect)
+        return cast(Locking, hinted)
+    for dialect in ("mysql", "mariadb"):
+        statement = statement.with_hint(WebhookEvent, UNIQUE_KEY_HINT, dialect)
+    return statement
 
 
 def _by_provider(batch: list[IncomingEvent]) -> dict[str, list[str]]:
@@ -300,7 +337,7 @@ def _claim_unfinished(session: Session, event: IncomingEvent) -> WebhookEvent | 
     where = (WebhookEvent.provider == event.provider, WebhookEvent.event_id == event.event_id)
     statuses = list(EventStatus) if event.replay else list(UNFINISHED)
     claimed = session.execute(
-        update(WebhookEvent)
+        _by_unique_key(update(WebhookEvent))
         .where(*where, WebhookEvent.status.in_(statuses))
         .values(attempts=WebhookEvent.attempts + 1)
         .execution_options(synchronize_session=False)
@@ -310,8 +347,10 @@ def _claim_unfinished(session: Session, event: IncomingEvent) -> WebhookEvent | 
         return None
     # A locking read, like ``_claim_many``'s: a plain one would fix MariaDB's snapshot
     # here, before the handler's locking reads, and rows other workers commit meanwhile
-    # would be missing from the handler's plain reads.
-    return session.execute(select(WebhookEvent).where(*where).with_for_update()).scalar_one()
+    # would be missing from the handler's plain reads. Both by the unique key: no gap.
+    return session.execute(
+        _by_unique_key(select(WebhookEvent)).where(*where).with_for_update()
+    ).scalar_one()
 
 
 def mark_failed(
