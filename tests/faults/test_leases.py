@@ -435,11 +435,16 @@ def test_a_worker_frozen_inside_its_transaction_does_not_stall_the_other_queues(
             120,
             "the thawed default worker's bookings processed",
         )
-        # A batch that meets a lock wait (3 s) is rolled back and settled one by one.
+        # A batch that meets a lock wait (3 s) is rolled back and settled one by one. (The
+        # two healthy high workers may still race each other for a customer: RaceLost,
+        # retried at once; that is not the frozen worker's doing.)
         batches_failed = sum(
-            stack.fleet.log(name).count("batch failed") for name in ("worker_high", "worker_high2")
+            line.count('"lock_wait": true')
+            for name in ("worker_high", "worker_high2")
+            for line in stack.fleet.log(name).splitlines()
+            if "batch failed" in line
         )
-        row["high_batches_failed"] = batches_failed
+        row["high_batches_failed_on_a_lock"] = batches_failed
     assert_exactly_once(row)
     assert still_frozen, "the default worker's transaction ended before high was done"
     # Before: 6 of the high workers' batches failed on the frozen gap lock, 14 s for

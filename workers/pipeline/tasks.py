@@ -35,7 +35,7 @@ from workers.pipeline.record import (
     record_event,
     record_malformed,
 )
-from workers.retries import RetryPolicy, is_transient
+from workers.retries import RetryPolicy, is_lock_wait_timeout, is_transient
 from workers.runtime import sessions, settings
 
 log = logging.getLogger("hookfleet.worker")
@@ -108,7 +108,13 @@ def process_batch(entries: list[Entry]) -> list[Verdict]:
     except Exception as error:  # noqa: BLE001 - every failure is settled below, one by one
         log.warning(
             "batch failed, settling its events one by one",
-            extra={"error": type(error).__name__, "batch": len(batched)},
+            # lock_wait: a row lock held past ROW_LOCK_WAIT_S (a slow or frozen
+            # transaction elsewhere), the one failure an operator should look into.
+            extra={
+                "error": type(error).__name__,
+                "batch": len(batched),
+                "lock_wait": is_lock_wait_timeout(error),
+            },
         )
     try:
         for index, event in enumerate(events):
