@@ -48,7 +48,7 @@ from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 from kombu.asynchronous.timer import to_timestamp
 
 from workers.broker.leases import count_restored, current_lease
-from workers.broker.shutdown import bound_shutdown
+from workers.broker.shutdown import arm_on_signal, bound_shutdown
 from workers.broker.transport import bound_for_shutdown
 
 log = logging.getLogger("hookfleet.worker.batching")
@@ -490,3 +490,13 @@ def strategy(task: BatchTask, app: Celery, consumer: Any, **_: Any) -> Callable[
         collector.add(request)
 
     return handler
+
+
+@signals.worker_ready.connect
+def _bound_shutdown_from_the_signal(sender: Any = None, **_: Any) -> None:
+    """Once Celery's own SIGTERM/SIGINT handlers are installed: arm the shutdown bound
+    from the signal itself too (``workers.broker.shutdown.arm_on_signal``), so a main
+    thread blocked on a dead broker socket still exits within the bound."""
+    app = getattr(sender, "app", None)
+    if app is not None:
+        arm_on_signal(float(app.conf.worker_soft_shutdown_timeout))

@@ -23,6 +23,7 @@ import threading
 import time
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger("hookfleet.worker")
 
@@ -45,6 +46,27 @@ def bound_shutdown(soft_shutdown_s: float, exit_grace_s: float = EXIT_GRACE_S) -
         daemon=True,  # a shutdown that finishes in time ends it with the process
     )
     thread.start()
+
+
+def arm_on_signal(soft_shutdown_s: float) -> None:
+    """Arm the bound from SIGTERM/SIGINT themselves, before Celery's own handler runs.
+
+    Celery's shutdown steps (which arm it too) run only once the main loop gets control
+    back; a main thread blocked in a read that never returns (a broker socket gone
+    silent) would never get there. A signal handler still runs: Python interrupts the
+    blocking call, runs the handler, and resumes the call (PEP 475)."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+
+        def handler(number: int, frame: Any, previous: Any = previous) -> None:
+            bound_shutdown(soft_shutdown_s)
+            if callable(previous):
+                previous(number, frame)
+            elif previous == signal.SIG_DFL:
+                signal.signal(number, signal.SIG_DFL)
+                os.kill(os.getpid(), number)
+
+        signal.signal(signum, handler)
 
 
 def _expire(soft_shutdown_s: float, exit_grace_s: float) -> None:
