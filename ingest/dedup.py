@@ -10,6 +10,10 @@ job.
 On two different Redis servers no script can span both; then the gate claims, publishes,
 and releases the claim when the publish fails (see :meth:`DedupGate._claim_then_publish`).
 
+A provider may be rate limited (:class:`RateLimit`): a token bucket in Redis, checked
+and spent inside the same script, so a limit costs no round trip (see
+``ingest/token_bucket.lua``).
+
 With ``min_replicas`` the gate also asks Redis to ``WAIT`` until that many replicas hold
 the write, sent together with the write itself, and raises :class:`NotReplicated` when
 they do not confirm it in time: a failover to a replica cannot then lose a delivery the
@@ -34,17 +38,20 @@ from models.broker.lua import lua
 
 log = logging.getLogger("hookfleet.ingest.dedup")
 
-# KEYS: dedup key, queue. ARGV: claim, ttl, message, shed depth (0: never shed), and
-# '1' when a WAIT follows. Returns false (accepted), the prior claim (duplicate) or 0
-# (shed: the queue is full).
+# KEYS: dedup key, queue[, rate bucket]. ARGV: claim, ttl, message, shed depth (0: never
+# shed), '1' when a WAIT follows[, rate, burst]. Returns false (accepted), the prior
+# claim (duplicate), 0 (shed: the queue is full) or a positive integer (rate limited:
+# milliseconds until the bucket holds a token). The order: duplicate, shed, limited.
 # A duplicate writes nothing, and WAIT waits for the replication offset of this
 # connection's last command — in newer Redis versions, only of its last *write* (Redis
 # 7.0 moves it with every command). So before a WAIT the script writes the claim it found
 # again, unchanged (KEEPTTL): on every version the WAIT then confirms that the replicas
 # hold the claim, and with it the original message pushed before it.
-_CLAIM_AND_ENQUEUE = lua("ingest", "claim_and_enqueue")
+_CLAIM_AND_ENQUEUE = lua("ingest", "token_bucket", "claim_and_enqueue")
+_TAKE_TOKEN = lua("ingest", "token_bucket", "take_token")
 
 KEY_PREFIX = "hookfleet:dedup:"
+RATE_PREFIX = "hookfleet:rate:"
 
 
 def dedup_key(provider: str, event_id: str) -> str:
@@ -54,14 +61,33 @@ def dedup_key(provider: str, event_id: str) -> str:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """A sender's token bucket: ``per_second`` tokens (deliveries) flow in, up to
+    ``burst`` (at least 1) wait; each accepted delivery takes one. Kept in Redis under
+    ``key`` (:func:`rate_key`), by Redis's clock, so every receiver shares it."""
+
+    key: str
+    per_second: float
+    burst: int
+
+
+def rate_key(provider: str) -> str:
+    """The Redis hash holding ``provider``'s bucket (``tokens``, ``at``)."""
+    return f"{RATE_PREFIX}{provider}"
+
+
+@dataclass(frozen=True)
 class Admission:
     """What the gate decided. ``prior_claim`` is set for a duplicate: the value the
     first delivery stored (its correlation id). ``shed``: refused because the queue is
-    at its limit; nothing was claimed or queued."""
+    at its limit; ``limited_ms``: refused by the sender's rate limit, a token will be
+    there in this many milliseconds (at least 1). Refused, nothing was claimed or
+    queued."""
 
     accepted: bool
     prior_claim: str | None = None
     shed: bool = False
+    limited_ms: int = 0
 
 
 class NotReplicated(Exception):
@@ -95,6 +121,7 @@ class DedupGate:
         self._broker = broker
         self._same_server = same_server
         self._script = dedup.register_script(_CLAIM_AND_ENQUEUE)
+        self._take_token = dedup.register_script(_TAKE_TOKEN)
         self._lane = _Lane(broker)
         self._min_replicas = min_replicas
         self._replica_wait_ms = replica_wait_ms
@@ -109,6 +136,7 @@ class DedupGate:
         shed_depth: int = 0,
         *,
         confirm: bool = True,
+        rate_limit: RateLimit | None = None,
     ) -> Admission:
         """Claim ``key`` for ``ttl_s`` seconds and push ``message`` onto ``queue``.
 
@@ -116,8 +144,10 @@ class DedupGate:
         was pushed. Shed: ``queue`` already holds ``shed_depth`` messages (0: no limit),
         so nothing was claimed or pushed and a retry later is a fresh delivery — the
         duplicate check comes first, so a duplicate is still answered as one.
-        Idempotent by construction: calling it again for the same key is a duplicate
-        until the TTL ends.
+        Limited (``rate_limit``, checked after the queue's depth): the bucket holds no
+        token; nothing was claimed or pushed and no token taken. A duplicate takes no
+        token either: only an accepted delivery does. Idempotent by construction:
+        calling it again for the same key is a duplicate until the TTL ends.
 
         With ``min_replicas`` and ``confirm``, an accepted or duplicate admission is
         returned only once that many replicas hold the claim and its message; otherwise
@@ -125,21 +155,24 @@ class DedupGate:
         """
         replicas = self._min_replicas if confirm else 0
         if self._same_server:
-            prior = self._run_script(
-                [key, queue], [claim, ttl_s, message, shed_depth, 1 if replicas else 0], replicas
-            )
+            keys = [key, queue]
+            args: list[str | int | float] = [claim, ttl_s, message, shed_depth, int(bool(replicas))]
+            if rate_limit is not None:
+                keys.append(rate_limit.key)
+                args += [rate_limit.per_second, rate_limit.burst]
+            prior = self._run_script(keys, args, replicas)
         else:
             prior = self._claim_then_publish(
-                key, claim, ttl_s, queue, message, shed_depth, replicas
+                key, claim, ttl_s, queue, message, shed_depth, replicas, rate_limit
             )
         if prior is None:
             return Admission(accepted=True)
         if isinstance(prior, int):
-            return Admission(accepted=False, shed=True)
+            return Admission(accepted=False, shed=prior == 0, limited_ms=prior)
         return Admission(accepted=False, prior_claim=_text(prior))
 
     def _run_script(
-        self, keys: list[str], args: list[str | int], replicas: int
+        self, keys: list[str], args: list[str | int | float], replicas: int
     ) -> bytes | str | int | None:
         """The script, and with ``replicas`` a ``WAIT`` for them, in one round trip
         (without MULTI: inside a transaction WAIT would not block). ``EVALSHA``, and the
@@ -157,7 +190,7 @@ class DedupGate:
             return prior
         if isinstance(confirmed[0], Exception):
             raise confirmed[0]
-        if prior != 0 and confirmed[0] < replicas:
+        if not isinstance(prior, int) and confirmed[0] < replicas:  # refused: nothing written
             raise NotReplicated(confirmed[0], replicas, self._replica_wait_ms)
         return prior
 
@@ -170,6 +203,7 @@ class DedupGate:
         message: str,
         shed_depth: int,
         replicas: int,
+        rate_limit: RateLimit | None,
     ) -> bytes | str | int | None:
         prior = self._dedup.get(key)
         if prior is not None:
@@ -179,6 +213,14 @@ class DedupGate:
             return prior
         if shed_depth and self._broker.llen(queue) >= shed_depth:
             return 0
+        if rate_limit is not None:
+            # A round trip more, in this setup only. A token taken here is spent even
+            # if the claim then finds a racing duplicate or the publish fails.
+            wait_ms = int(
+                self._take_token([rate_limit.key], [rate_limit.per_second, rate_limit.burst])
+            )
+            if wait_ms:
+                return wait_ms
         if not self._dedup.set(key, claim, nx=True, ex=ttl_s):
             return self._dedup.get(key) or b""
         try:

@@ -30,6 +30,9 @@ class ErrorCode(enum.StrEnum):
     consideration when scheduling the next attempt", spec "Delivery success and
     failure") would spend its few attempts in seconds instead of over its schedule of
     days (Stripe 3 days, Standard Webhooks' example ~3 days).
+
+    The header's value is ``HOOKFLEET_RETRY_AFTER_S``, except for ``rate_limited``:
+    there it is the seconds until the sender's token bucket holds a token again.
     """
 
     status: int
@@ -114,6 +117,17 @@ class ErrorCode(enum.StrEnum):
     EXPECTATION_FAILED = "expectation_failed", 417, "Only Expect: 100-continue is supported."
     UNKNOWN_SHAPE = "unknown_shape", 422, "Not a shape this provider sends."
     HEADERS_TOO_LARGE = "headers_too_large", 431, "The request's headers are too large."
+    # 429: the sender's rate limit (HOOKFLEET_<PROVIDER>_RATE_LIMIT). Standard Webhooks:
+    # "429 Too Many Requests: This indicates a rate-limit has been met, and it's
+    # recommended to throttle additional requests" (spec, "Delivery success and
+    # failure"); Stripe retries any non-2xx with exponential backoff, for up to three
+    # days in live mode (docs.stripe.com/webhooks, "Automatic retries").
+    RATE_LIMITED = (
+        "rate_limited",
+        429,
+        "Too many deliveries from this provider; the delivery was not accepted. Retry later.",
+        {"retry_after": True, "outcome": "rate_limited"},
+    )
     # 5xx: we could not take it; nothing was left half-claimed
     INTERNAL_ERROR = "internal_error", 500, "Internal error; the delivery was not accepted."
     QUEUE_UNAVAILABLE = (

@@ -54,6 +54,7 @@ OUTCOMES = (
     "too_large",
     "bad_request",
     "shed",
+    "rate_limited",
     "not_replicated",
     "error",
 )
@@ -69,6 +70,13 @@ RECEIVED = Counter(
     "hookfleet_webhooks_received",
     "Webhook deliveries answered, by provider and outcome.",
     ["provider", "outcome"],
+)
+# Also an outcome of the counter above; a counter of its own so a dashboard or an alert
+# on a limit needs no outcome filter.
+RATE_LIMITED = Counter(
+    "hookfleet_rate_limited",
+    "Deliveries answered 429 rate_limited (HOOKFLEET_<PROVIDER>_RATE_LIMIT), by provider.",
+    ["provider"],
 )
 INGEST_DURATION = Histogram(
     "hookfleet_ingest_duration_seconds",
@@ -93,6 +101,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     """Count every webhook answer and serve the operator endpoints."""
     for provider in (*REGISTRY, "unknown"):
         _DURATION[provider] = INGEST_DURATION.labels(provider=provider)
+        RATE_LIMITED.labels(provider=provider)  # 0 from the start, for rate()
         for outcome in OUTCOMES:
             _RECEIVED[provider, outcome] = RECEIVED.labels(provider=provider, outcome=outcome)
     declare_shared_metrics()
@@ -118,6 +127,8 @@ def count_answer(provider: str, outcome: str, elapsed_s: float) -> None:
     _DURATION[provider].observe(elapsed_s)
     if outcome == "answered":
         INBOUND_ANSWER_DURATION.observe(elapsed_s)
+    elif outcome == "rate_limited":
+        RATE_LIMITED.labels(provider=provider).inc()
 
 
 def outcome_of(response: Response) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -16,7 +17,7 @@ import redis
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.http import parse_options_header
 
-from ingest.dedup import Admission, DedupGate, NotReplicated, dedup_key
+from ingest.dedup import Admission, DedupGate, NotReplicated, RateLimit, dedup_key, rate_key
 from ingest.errors import ApiError, ErrorCode
 from ingest.inbound import InboundDirectory
 from ingest.providers import find_provider
@@ -124,6 +125,10 @@ def take_delivery(
     - 200 with the provider's answer, for a sender that waits for one (Retell's inbound
       call): always, within the inbound budget; the event is queued after the answer.
     - 4xx: the delivery is wrong and will stay wrong; nothing queued.
+    - 429 ``rate_limited`` with ``Retry-After`` (whole seconds until the provider's
+      token bucket holds a token, at least 1): over ``HOOKFLEET_<PROVIDER>_RATE_LIMIT``;
+      nothing claimed or queued, so the retry is accepted later. A duplicate is still
+      answered 200, the inline answer is never limited.
     - 503 with ``Retry-After``: we could not queue it; nothing is left half-claimed,
       so the provider's retry is accepted later. Code ``not_replicated``: fewer Redis
       replicas than HOOKFLEET_REDIS_MIN_REPLICAS confirmed it; the retry is answered
@@ -181,6 +186,8 @@ def take_delivery(
             "the delivery was not accepted. Retry later.",
             retry_after_s=settings.retry_after_s,
         )
+    if admission.limited_ms:
+        raise _rate_limited(job.provider, admission.limited_ms, settings)
     outcome = "accepted" if admission.accepted else "duplicate"
     log.info(outcome, extra={"outcome": outcome, "duration_ms": _elapsed_ms(started)})
     body: dict[str, Any] = {
@@ -261,6 +268,7 @@ def _admit(
             job.queue,
             job.message,
             settings.shed_queue_depth,
+            rate_limit=_rate_limit(job.provider, settings),
         )
     except redis.RedisError as error:
         # Unreachable, restarting or failing over: expected to pass, and answered with
@@ -298,6 +306,23 @@ def _admit(
         ) from None
 
 
+def _rate_limit(provider: str, settings: Settings) -> RateLimit | None:
+    bucket = settings.provider(provider).rate_bucket
+    return None if bucket is None else RateLimit(rate_key(provider), *bucket)
+
+
+def _rate_limited(provider: str, wait_ms: int, settings: Settings) -> ApiError:
+    per_second, burst = settings.provider(provider).rate_bucket or (0.0, 0)
+    retry_after_s = max(1, math.ceil(wait_ms / 1000))
+    log.warning("rate limited", extra={"outcome": "rate_limited", "wait_ms": wait_ms})
+    return ApiError(
+        ErrorCode.RATE_LIMITED,
+        f"{provider} deliveries are limited to {per_second:g} per second (bursts of "
+        f"{burst}); the delivery was not accepted. Retry in {retry_after_s} s.",
+        retry_after_s=retry_after_s,
+    )
+
+
 def _answer_inline(
     app: Flask,
     provider: Provider,
@@ -317,6 +342,8 @@ def _answer_inline(
     answer has gone, so no retry could follow a refusal, and the wait would hold a
     receiver thread that the next ringing phone may need. The record is as durable as
     the primary's own persistence; a failover may lose it like a Redis outage would.
+    For the same reason it is never rate limited and spends no token of the provider's
+    bucket (HOOKFLEET_<PROVIDER>_RATE_LIMIT): a limit never holds up a ringing phone.
     """
     directory: InboundDirectory = app.extensions["hookfleet_inbound"]
     try:

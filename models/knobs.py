@@ -13,6 +13,7 @@ value that cannot be parsed raises :class:`ConfigError` naming the variable.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -202,3 +203,11 @@ def _parser_for(default: Any) -> Parser:
     if default is None:
         return positive
     raise TypeError(f"say how to parse a default of {type(default).__name__}")
+
+
+def rate(name: str, raw: str) -> float:
+    """A finite number, not negative (a rate per second; 0 means off)."""
+    value = number(name, raw)
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a number of at least 0, got {raw!r}")
+    return value

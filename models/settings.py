@@ -13,6 +13,7 @@ default, parser and README line. ``from_env`` and the README's configuration tab
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from models.knobs import (
     knob,
     knobs,
     positive,
+    rate,
     read,
     read_fields,
     table_rows,
@@ -50,6 +52,10 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 # otherwise: loopback, so nothing of it reaches the internet by default.
 DEFAULT_OPS_BIND = "127.0.0.1:9807"
 PROVIDER_MAX_BODY_BYTES = MappingProxyType({"retell": 6 * 1024 * 1024})
+# A rate limit's default bucket holds this many seconds of the rate: a sender that was
+# quiet may catch up at once (Stripe retries a backlog together), while its average
+# stays the rate.
+RATE_BURST_SECONDS = 10
 # Tried in order for a phone number written without a country code (models.phones).
 DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("DE", "AT", "CH")
 
@@ -86,6 +92,32 @@ class ProviderSettings:
         parse=positive,
         shown=f"Retell `{PROVIDER_MAX_BODY_BYTES['retell']}`, others `{DEFAULT_MAX_BODY_BYTES}`",
     )
+    # Off by default: a sender over its rate is answered 429 with Retry-After (README,
+    # "Rate limits"); Retell's inbound call never is.
+    rate_limit: float = knob(
+        0.0,
+        "HOOKFLEET_{provider}_RATE_LIMIT",
+        "Deliveries per second this provider may send, on average, before 429 "
+        "`rate_limited` (*Rate limits*); `0`: no limit.",
+        parse=rate,
+        shown="`0` (off)",
+    )
+    # None: RATE_BURST_SECONDS of the rate (see ProviderSettings.rate_bucket).
+    rate_burst: int | None = knob(
+        None,
+        "HOOKFLEET_{provider}_RATE_BURST",
+        "Deliveries that may arrive at once (the bucket's size), with a rate set.",
+        parse=positive,
+        shown=f"{RATE_BURST_SECONDS} s of the rate, at least 1",
+    )
+
+    @property
+    def rate_bucket(self) -> tuple[float, int] | None:
+        """``(deliveries per second, burst)`` when this provider is rate limited."""
+        if not self.rate_limit:
+            return None
+        burst = self.rate_burst or max(1, math.ceil(self.rate_limit * RATE_BURST_SECONDS))
+        return self.rate_limit, burst
 
 
 def _first_retell_secret(env: Mapping[str, str]) -> str | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from models.knobs import Knob, items, knobs, number, positive, switch, whole
+from models.knobs import Knob, items, knobs, number, positive, rate, switch, whole
 from models.settings import (
     ConfigError,
     OutboundSettings,
@@ -165,7 +165,7 @@ def _other_value(declared: Knob, default: Any) -> tuple[str, Any]:
     if declared.parse in (whole, positive):
         value = 2 * (default or 0) + 1
         return str(value), value
-    if declared.parse is number:
+    if declared.parse in (number, rate):
         value = 2 * default + 1
         return f"{value}", value
     if declared.parse is items:
