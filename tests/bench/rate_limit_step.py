@@ -64,12 +64,12 @@ def measure(client: redis.Redis, admit: Admit, count: int, tag: str) -> tuple[fl
     return server_us, wall_us
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=5000, help="calls per case per round")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--before", type=Path, help="an earlier claim_and_enqueue.lua")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         server = RedisServer(Path(scratch) / "redis").start()
         try:

@@ -13,8 +13,9 @@ import redis
 from flask.testing import FlaskClient
 
 from ingest import create_app
-from ingest.dedup import DedupGate, RateLimit, rate_key
+from ingest.dedup import DedupGate, NotReplicated, RateLimit, rate_key
 from models.contract import Queue
+from tests.bench import rate_limit_step
 from tests.helpers import OPS, dedup_keys, post_json, retell_call_ended_body
 from tests.servers import RedisServer
 
@@ -266,3 +267,25 @@ def test_the_bucket_holds_burst_tokens_and_names_the_wait_for_the_next(
     # The bucket's hash goes once it would be full again (a missing bucket is full).
     assert 0 < redis_client.pttl(limit.key) <= burst * token_ms + 1000
     assert redis_client.llen("q") == burst
+
+
+def test_a_limited_delivery_waits_for_no_replica_it_did_not_write(
+    redis_client: redis.Redis,
+) -> None:
+    # No replica at all: an accepted delivery cannot be confirmed, a refused one wrote
+    # nothing that would need confirming, so it is answered 429 as it is.
+    gate = DedupGate(redis_client, redis_client, same_server=True, min_replicas=1)
+    limit = RateLimit(rate_key("standard"), per_second=0.05, burst=1)
+    with pytest.raises(NotReplicated):
+        gate.admit("k0", "c0", 60, "q", "m0", rate_limit=limit)
+
+    refused = gate.admit("k1", "c1", 60, "q", "m1", rate_limit=limit)
+
+    assert refused.limited_ms > 0 and not refused.accepted
+
+
+def test_the_rate_limit_bench_still_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    rate_limit_step.main(["--rounds", "1", "--count", "20"])
+
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["off", "on", "on"]
