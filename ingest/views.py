@@ -314,7 +314,8 @@ def _rate_limit(provider: str, settings: Settings) -> RateLimit | None:
 def _rate_limited(provider: str, wait_ms: int, settings: Settings) -> ApiError:
     per_second, burst = settings.provider(provider).rate_bucket or (0.0, 0)
     retry_after_s = max(1, math.ceil(wait_ms / 1000))
-    log.warning("rate limited", extra={"outcome": "rate_limited", "wait_ms": wait_ms})
+    # Logged once, as every 4xx, by the error handler ("refused", outcome rate_limited):
+    # a flood of refusals must not double the log.
     return ApiError(
         ErrorCode.RATE_LIMITED,
         f"{provider} deliveries are limited to {per_second:g} per second (bursts of "
