@@ -153,7 +153,8 @@ def _runs_hookfleet(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True
-    return b"hookfleet" in cmdline
+    # Empty for a moment after exec (and for a zombie): unknown, so alive.
+    return not cmdline or b"hookfleet" in cmdline
 
 
 def _write_private(path: Path, text: str) -> None:
