@@ -363,7 +363,7 @@ class Settings:
     )
 
     log_level: str = knob(
-        "INFO", "HOOKFLEET_LOG_LEVEL", "Log level for Hookfleet's JSON log lines.", parse=upper
+        "INFO", "HOOKFLEET_LOG_LEVEL", "Log level for Hookfleet's log lines.", parse=upper
     )
     log_format: str = knob(
         "auto",
