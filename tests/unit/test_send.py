@@ -13,7 +13,14 @@ import pytest
 from ingest.providers import REGISTRY
 from ingest.providers.base import Delivery
 from models.settings import ProviderSettings
-from workers.cli.samples import DEFAULT_FIXTURE, PROVIDERS, fixture_names, fresh, load_fixture
+from workers.cli.samples import (
+    DEFAULT_FIXTURE,
+    PROVIDERS,
+    Sample,
+    fixture_names,
+    fresh,
+    load_fixture,
+)
 from workers.cli.send import _serialize, _sign
 
 TEST_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -67,10 +74,10 @@ def test_each_send_is_a_new_event_the_provider_accepts(provider: str, name: str)
     sends.append(fresh(provider, payload))
     again = [fresh(provider, payload, same_id=True) for _ in range(2)]
 
-    def identity(sample: object) -> tuple[str, str]:
-        body = _serialize(provider, sample.payload)  # type: ignore[attr-defined]
+    def identity(sample: Sample) -> tuple[str, str]:
+        body = _serialize(provider, sample.payload)
         settings = ProviderSettings(secrets=(SECRETS[provider],))
-        headers, _ = _sign(provider, body, settings, sample.headers)  # type: ignore[attr-defined]
+        headers, _ = _sign(provider, body, settings, sample.headers)
         time.sleep(0.002)  # call_inbound is told apart by its signature's millisecond
         return _identity(provider, body, headers)
 
@@ -108,3 +115,33 @@ def test_without_a_secret_in_trial_mode_it_goes_unsigned_and_says_so() -> None:
 
     assert "webhook-signature" not in headers and headers["webhook-id"] == "m"
     assert how == "unsigned: trial mode, HOOKFLEET_STANDARD_VERIFY=off"
+
+
+def test_list_names_the_fixtures_and_the_default() -> None:
+    from click.testing import CliRunner
+
+    from workers.cli.main import main
+
+    result = CliRunner().invoke(main, ["send", "retell", "--list"])
+
+    assert result.exit_code == 0
+    assert result.output.split("\n")[:4] == [
+        "call_analyzed",
+        "call_ended",
+        "call_inbound",
+        "call_started  (default)",
+    ]
+
+
+def test_a_file_of_ones_own_is_sent_and_a_missing_one_named(tmp_path: Path) -> None:
+    import click
+
+    from workers.cli.send import _read_sample
+
+    body = tmp_path / "mine.json"
+    body.write_text('{"type": "order.shipped", "data": {"id": "o_1"}}')
+
+    assert _read_sample("standard", str(body)) == ("mine.json", body.read_text())
+    assert _read_sample("stripe", None) == ("payment_intent.succeeded", None)
+    with pytest.raises(click.ClickException, match="no such file"):
+        _read_sample("standard", str(tmp_path / "missing.json"))
