@@ -8,9 +8,11 @@ Redis URL, the database URL, the ops listener, trial mode, secrets). The file is
 ``$XDG_STATE_HOME/hookfleet/current`` (``~/.local/state/hookfleet/current``), holds the
 file's path, so a command run from any directory finds it. Both go on a clean stop.
 
-:func:`find_fleet` looks in ``$HOOKFLEET_VAR_DIR``, then ``./var`` (``up``'s default),
-then the pointer. A file whose pid no longer runs a ``hookfleet`` process (the fleet was
-killed) is stale: it is ignored, with one line saying so.
+:func:`find_fleet` looks in ``$HOOKFLEET_VAR_DIR`` when it is set, then where the
+pointer says (the last fleet started; not ``./var``, so a command run in a checkout
+where a fleet happens to run, a test for one, does not pick it up unasked). A file
+whose pid no longer runs a ``hookfleet`` process (the fleet was killed) is stale: it is
+ignored, with one line saying so.
 """
 
 from __future__ import annotations
@@ -128,7 +130,6 @@ def _candidates(environ: Mapping[str, str], cwd: Path) -> list[Path]:
     paths = []
     if environ.get("HOOKFLEET_VAR_DIR", "").strip():
         paths.append((cwd / environ["HOOKFLEET_VAR_DIR"].strip()) / FLEET_FILE)
-    paths.append(cwd / "var" / FLEET_FILE)
     try:
         paths.append(Path(pointer_path(environ).read_text().strip()))
     except OSError:
