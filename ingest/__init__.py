@@ -36,7 +36,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     for provider in REGISTRY.values():
         provider.check_settings(settings.provider(provider.name))
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     configure_regions(settings.phone_regions)
     app: Flask = ReceiverApp("hookfleet")
     # werkzeug would answer /webhooks//stripe with a 308 HTML redirect (Flask passes

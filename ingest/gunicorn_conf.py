@@ -7,7 +7,7 @@ import os
 from gunicorn import glogging
 
 from models.logs import logging_config
-from models.settings import DEFAULT_OPS_BIND
+from models.settings import DEFAULT_OPS_BIND, log_format_from_env
 
 # Two listeners: the public one (webhooks and /healthz only) and the ops one for
 # /metrics, /readyz and /stats (ingest/metrics.py), on loopback unless told otherwise.
@@ -30,8 +30,9 @@ graceful_timeout = 20
 # request. ``--access-logfile -`` (e.g. in GUNICORN_CMD_ARGS) turns it back on.
 accesslog = None
 errorlog = "-"
-# gunicorn's own lines (booting, worker exits, timeouts) as JSON on stdout, like ours.
-logconfig_dict = logging_config("INFO")
+# gunicorn's own lines (booting, worker exits, timeouts) on stdout, like ours (JSON, or
+# console lines on a terminal: HOOKFLEET_LOG_FORMAT).
+logconfig_dict = logging_config("INFO", log_format_from_env(os.environ))
 loglevel = os.environ.get("HOOKFLEET_LOG_LEVEL", "info").lower()
 
 # One metrics directory for every process of this host, set before any worker imports

@@ -395,7 +395,15 @@ class Settings:
     )
 
     log_level: str = knob(
-        "INFO", "HOOKFLEET_LOG_LEVEL", "Log level for Hookfleet's JSON log lines.", parse=upper
+        "INFO", "HOOKFLEET_LOG_LEVEL", "Log level for Hookfleet's log lines.", parse=upper
+    )
+    log_format: str = knob(
+        "auto",
+        "HOOKFLEET_LOG_FORMAT",
+        "`json` (one JSON object per line), `console` (one short coloured line per event; "
+        "`NO_COLOR` drops the colour) or `auto`: console when the log stream is a "
+        "terminal, else JSON. `hookfleet up` decides once and passes it to its processes.",
+        parse=lambda name, raw: _log_format(name, raw),
     )
     var_dir: str = knob(
         "var",
@@ -549,6 +557,22 @@ def _providers(env: Mapping[str, str]) -> dict[str, ProviderSettings]:
         if value is not None:
             found.setdefault(match.group(1).lower(), {})[name] = value
     return {name: ProviderSettings(**values) for name, values in found.items()}
+
+
+LOG_FORMATS = ("auto", "json", "console")
+
+
+def _log_format(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"{name} must be one of {', '.join(LOG_FORMATS)}, got {raw!r}")
+    return value
+
+
+def log_format_from_env(env: Mapping[str, str]) -> str:
+    """``HOOKFLEET_LOG_FORMAT`` alone (``auto`` when unset), for a process that logs
+    before it builds its settings (gunicorn's config module); raises ConfigError."""
+    return read(_knob(Settings, "log_format"), "HOOKFLEET_LOG_FORMAT", env) or "auto"
 
 
 def _routes(raw: str) -> dict[str, str]:

@@ -236,3 +236,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 HEADLINE = ("scenario", "sent", "accepted", "persisted", "effects", "lost", "duplicated")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_developer_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A fleet the developer runs (`hookfleet up`) must not answer for the tests'
+    commands: its pointer (workers.cli.discovery) lives in the real state directory."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg_state")))
+    yield
+    patch.undo()

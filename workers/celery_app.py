@@ -248,7 +248,7 @@ def _configure(sender: Celery, **_: Any) -> None:
     # Before workers.metrics is imported (include=, after configuration): one metrics
     # directory per host, so prefork children add up.
     use_metrics_dir()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     configure_regions(settings.phone_regions)
     sender.conf.update(celery_config(settings))
 
@@ -258,7 +258,10 @@ def _json_logs(loglevel: Any = None, **_: Any) -> None:
     """Celery's own lines (worker ready, task received/succeeded, errors) as JSON lines
     on stdout too, like Hookfleet's: one format for journald or the log shipper.
     Connecting this signal also stops Celery from installing its own handlers."""
-    logging.config.dictConfig(logging_config(loglevel or logging.INFO))
+    from workers.runtime import settings as process_settings
+
+    log_format = process_settings().log_format
+    logging.config.dictConfig(logging_config(loglevel or logging.INFO, log_format))
     for name in _RECONNECT_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _ReconnectIsAWarning) for f in logger.filters):

@@ -42,7 +42,8 @@ def start_up(
             "1",
         ],
         cwd=tmp_path,
-        env=clean_env(**env),
+        # The fleet's pointer (workers.cli.discovery) goes here, not in the real home.
+        env=clean_env(XDG_STATE_HOME=str(tmp_path / "state"), **env),
         stdout=output.open("w"),
         stderr=subprocess.STDOUT,
         text=True,

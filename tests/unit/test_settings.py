@@ -176,6 +176,8 @@ def _other_value(declared: Knob, default: Any) -> tuple[str, Any]:
         return "stripe=hookfleet.low", {"stripe": "hookfleet.low"}
     if declared.env == "HOOKFLEET_LOG_LEVEL":
         return "debug", "DEBUG"
+    if declared.env == "HOOKFLEET_LOG_FORMAT":
+        return "JSON", "json"
     return "https://elsewhere.example/x", "https://elsewhere.example/x"
 
 

@@ -12,6 +12,7 @@ from workers.cli.ops import prune, stats
 from workers.cli.params import invocation_settings
 from workers.cli.provisioning import breaker, provision
 from workers.cli.recovery import dlq, replay, sweep
+from workers.cli.send import send
 
 
 @click.group()
@@ -97,3 +98,4 @@ main.add_command(provision)
 main.add_command(breaker)
 main.add_command(stats)
 main.add_command(prune)
+main.add_command(send)

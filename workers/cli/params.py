@@ -2,7 +2,9 @@
 
 Importing this reads no environment: :func:`invocation_settings` builds the settings on
 first use in an invocation and keeps them on the root click context (``ctx.obj``), so
-each command line reads ``HOOKFLEET_*`` once, however many parts of it ask.
+each command line reads ``HOOKFLEET_*`` once, however many parts of it ask. What the
+environment does not set comes from the fleet ``hookfleet up`` runs, when one runs
+(``workers.cli.discovery``).
 """
 
 from __future__ import annotations
@@ -15,21 +17,43 @@ from typing import Any
 import click
 
 from models.settings import ConfigError, Settings
+from workers.cli.discovery import RunningFleet, StaleFleet, fill_from_fleet, find_fleet
 
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+_FLEET = "hookfleet.fleet"
+
+
 def invocation_settings() -> Settings:
-    """This command line's settings, from ``HOOKFLEET_*``, built once per invocation.
-    A variable that cannot be used ends the command with its message (exit status 1)."""
+    """This command line's settings, from ``HOOKFLEET_*``, built once per invocation;
+    a variable the environment leaves unset comes from the running fleet
+    (:func:`invocation_fleet`). A variable that cannot be used ends the command with its
+    message (exit status 1)."""
     root = click.get_current_context().find_root()
     if not isinstance(root.obj, Settings):
+        fleet = invocation_fleet()
+        environ = fill_from_fleet(os.environ, fleet) if fleet else os.environ
         try:
-            root.obj = Settings.from_env(os.environ)
+            root.obj = Settings.from_env(environ)
         except ConfigError as error:
             raise click.ClickException(str(error)) from None
     return root.obj
+
+
+def invocation_fleet() -> RunningFleet | None:
+    """The fleet a running ``hookfleet up`` recorded, looked up once per invocation;
+    None when there is none. A stale record is ignored with one line on stderr."""
+    root = click.get_current_context().find_root()
+    if _FLEET not in root.meta:
+        try:
+            root.meta[_FLEET] = find_fleet(os.environ)
+        except StaleFleet as stale:
+            click.echo(f"note: {stale}", err=True)
+            root.meta[_FLEET] = None
+    fleet: RunningFleet | None = root.meta[_FLEET]
+    return fleet
 
 
 def parse_age(text: str) -> timedelta:

@@ -25,9 +25,17 @@ from pathlib import Path
 
 import redis
 
+from models.logs import chosen_log_format
 from models.metrics import use_metrics_dir, wipe_metrics_dir
 from models.migrate import upgrade
 from models.settings import DEFAULT_OPS_BIND, Settings
+from workers.cli.discovery import (
+    FLEET_FILE,
+    StaleFleet,
+    read_fleet_file,
+    remove_fleet_file,
+    write_fleet_file,
+)
 
 STOP_TIMEOUT_S = 30
 PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
@@ -101,9 +109,19 @@ class Fleet:
     env: dict[str, str] = field(default_factory=dict)
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     redis_proc: subprocess.Popen[bytes] | None = None
+    fleet_file: Path | None = None
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def receiver_url(self) -> str:
+        """Where a client on this host reaches the receiver."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host  # noqa: S104
+        return f"http://{host}:{self.port}"
 
     def start(self, environ: Mapping[str, str]) -> None:
         self.var_dir.mkdir(parents=True, exist_ok=True)
+        self._refuse_a_second_fleet()
+        self.environ = environ
         env = dict(environ)
         env.setdefault("HOOKFLEET_VAR_DIR", str(self.var_dir))
         if not env.get("HOOKFLEET_DATABASE_URL"):
@@ -137,10 +155,27 @@ class Fleet:
             self.ops_bind or env.get("HOOKFLEET_OPS_BIND") or DEFAULT_OPS_BIND
         )
         env["HOOKFLEET_WORKER_CONCURRENCY"] = str(self.concurrency)
+        # Decided here, where the terminal is: a child would see its own stdout, which
+        # a process manager may have made a pipe.
+        env["HOOKFLEET_LOG_FORMAT"] = chosen_log_format(settings.log_format, sys.stdout)
         self.env = env
         for name, command in read_procfile().items():
             self._spawn(name, ["/bin/sh", "-c", f"exec {command}"])
         self._wait_for_receiver()
+        # Last, so a command that finds the file finds a fleet that answers.
+        self.fleet_file = write_fleet_file(
+            self.var_dir, receiver_url=self.receiver_url, env=env, environ=environ
+        )
+
+    def _refuse_a_second_fleet(self) -> None:
+        try:
+            running = read_fleet_file(self.var_dir / FLEET_FILE)
+        except (OSError, ValueError, KeyError, TypeError, StaleFleet):
+            return
+        raise SystemExit(
+            f"a fleet already runs from {self.var_dir} (hookfleet up, pid {running.pid}); "
+            "stop it first or give another --var-dir"
+        )
 
     def _start_redis(self) -> str:
         port = free_port()
@@ -220,6 +255,10 @@ class Fleet:
 
     def stop(self) -> None:
         """Stop everything in order; each gets STOP_TIMEOUT_S before SIGKILL."""
+        if self.fleet_file is not None:
+            # First: from here on a second terminal should not find a fleet to talk to.
+            remove_fleet_file(self.fleet_file, self.environ)
+            self.fleet_file = None
         by_name = dict(self.children)
         for group in stop_order(list(by_name)):
             procs = [by_name[n] for n in group if n in by_name]
