@@ -132,6 +132,8 @@ def take_delivery(
       replicas than HOOKFLEET_REDIS_MIN_REPLICAS confirmed it; the retry is answered
       as a duplicate or accepted anew, and takes effect once either way.
 
+    A refusal for the signature or an unconfigured provider also keeps the delivery
+    (:mod:`ingest.quarantine`, best effort: the answer is the same whatever Redis does).
     Every refusal is raised as :class:`~ingest.errors.ApiError`. Reads only
     ``environ`` and ``app.config`` / ``app.extensions``: no Flask request context.
     """

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import redis
+from click.testing import CliRunner
 from prometheus_client import REGISTRY
 
 from ingest import create_app
@@ -20,6 +21,7 @@ from models.contract import Queue
 from models.settings import Settings
 from tests.helpers import queued, total_queued
 from tests.servers import free_port
+from workers.cli.main import main
 
 RIGHT = "whsec_" + base64.b64encode(b"the right secret, 32 bytes long!").decode()
 WRONG = "whsec_" + base64.b64encode(b"an old secret that was rotated!!").decode()
@@ -373,3 +375,35 @@ def test_nothing_is_let_in_while_verification_is_off(
 
     assert report.stayed == {"verification_off": 1}
     assert total_queued(redis_client) == 0
+
+
+# --- the terminal -------------------------------------------------------------------------
+
+
+def test_show_prints_what_was_kept_and_hides_the_senders_credentials(redis_url: str) -> None:
+    client = create_app(env(redis_url)).test_client()
+    body, headers = standard_delivery(RIGHT, "msg_shown")
+    client.post(
+        "/webhooks/standard", data=body, headers={**headers, "Authorization": "Basic c2VjcmV0"}
+    )
+    runner = CliRunner()
+    cli_env = {"HOOKFLEET_REDIS_URL": redis_url}
+
+    listed = runner.invoke(main, ["quarantine", "list", "--json"], env=cli_env)
+    [entry] = [json.loads(line) for line in listed.output.splitlines()]
+    shown = runner.invoke(main, ["quarantine", "show", entry["id"]], env=cli_env)
+    missing = runner.invoke(main, ["quarantine", "show", "standard:1-0"], env=cli_env)
+    wrong = runner.invoke(main, ["quarantine", "list", "--reason", "nope"], env=cli_env)
+
+    assert (entry["provider"], entry["reason"], entry["body_kept"]) == (
+        "standard",
+        "invalid_signature",
+        True,
+    )
+    assert shown.exit_code == 0, shown.output
+    assert f"webhook-signature: {headers['webhook-signature']}" in shown.output
+    assert "authorization: (14 characters, hidden)" in shown.output
+    assert "c2VjcmV0" not in shown.output
+    assert shown.output.rstrip().endswith(body.decode())
+    assert missing.exit_code == 1 and "nothing kept with id standard:1-0" in missing.output
+    assert wrong.exit_code == 2 and "--reason" in wrong.output
