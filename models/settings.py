@@ -419,7 +419,7 @@ class Settings:
         1024 * 1024,
         "HOOKFLEET_QUARANTINE_MAX_BODY_BYTES",
         "A refused delivery with a larger body is kept without it (headers and reason "
-        "only; it cannot be released).",
+        "only; it cannot be released; `0`: no bodies).",
     )
     quarantine_days: int = knob(
         7,
