@@ -23,6 +23,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     from ingest.inbound import InboundDirectory
     from ingest.metrics import init_app as init_metrics
     from ingest.providers import REGISTRY
+    from ingest.quarantine import quarantine_for
     from ingest.routing import Router
     from ingest.views import bp
     from models.broker.redis_links import redis_client
@@ -61,6 +62,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     )
     app.extensions["hookfleet_router"] = Router(settings.routes)
     app.extensions["hookfleet_inbound"] = InboundDirectory(settings, dedup)
+    app.extensions["hookfleet_quarantine"] = quarantine_for(settings)
     register_error_handlers(app)
     app.register_blueprint(bp)
     init_metrics(app, settings)

@@ -31,6 +31,7 @@ from sqlalchemy import Engine, text
 
 from ingest.errors import OUTCOME_BY_CODE, error_response
 from ingest.providers import REGISTRY
+from ingest.quarantine import DROP_CAUSES, REASONS, Kept, Quarantine
 from models.broker.backlog import Backlog, read_backlog
 from models.broker.redis_links import FailoverReply, redis_client
 from models.contract import QUEUES
@@ -84,6 +85,23 @@ INGEST_DURATION = Histogram(
     ["provider"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
 )
+REFUSED = Counter(
+    "hookfleet_refused",
+    "Deliveries refused for their signature or an unconfigured provider, by reason "
+    "(the error code), kept or not.",
+    ["provider", "reason"],
+)
+QUARANTINED = Counter(
+    "hookfleet_quarantined",
+    "Refused deliveries kept for `hookfleet quarantine release`, by reason.",
+    ["provider", "reason"],
+)
+QUARANTINE_DROPPED = Counter(
+    "hookfleet_quarantine_dropped",
+    "Refused deliveries not kept, or no longer kept: over the rate, count or bytes cap "
+    "(the oldest make room), or Redis not writable (unavailable).",
+    ["provider", "cause"],
+)
 INBOUND_ANSWER_DURATION = Histogram(
     "hookfleet_inbound_answer_duration_seconds",
     "Time to answer Retell's inbound call webhook in line (the caller is waiting).",
@@ -104,6 +122,12 @@ def init_app(app: Flask, settings: Settings) -> None:
         RATE_LIMITED.labels(provider=provider)  # 0 from the start, for rate()
         for outcome in OUTCOMES:
             _RECEIVED[provider, outcome] = RECEIVED.labels(provider=provider, outcome=outcome)
+    for provider in REGISTRY:  # every series from 0, so increase() sees the first one
+        for reason in REASONS:
+            REFUSED.labels(provider=provider, reason=reason)
+            QUARANTINED.labels(provider=provider, reason=reason)
+        for cause in DROP_CAUSES:
+            QUARANTINE_DROPPED.labels(provider=provider, cause=cause)
     declare_shared_metrics()
     app.extensions["hookfleet_probe"] = Probe(settings)
     app.after_request(_count)
@@ -129,6 +153,18 @@ def count_answer(provider: str, outcome: str, elapsed_s: float) -> None:
         INBOUND_ANSWER_DURATION.observe(elapsed_s)
     elif outcome == "rate_limited":
         RATE_LIMITED.labels(provider=provider).inc()
+
+
+def count_refusal(provider: str, reason: str, kept: Kept | None) -> None:
+    """Count a refusal for signature or configuration, and what the quarantine did with
+    it (``None``: the quarantine is off)."""
+    REFUSED.labels(provider=provider, reason=reason).inc()
+    if kept is None:
+        return
+    if kept.entry_id is not None:
+        QUARANTINED.labels(provider=provider, reason=reason).inc()
+    for cause, n in kept.dropped.items():
+        QUARANTINE_DROPPED.labels(provider=provider, cause=cause).inc(n)
 
 
 def outcome_of(response: Response) -> str:
@@ -212,6 +248,15 @@ class Probe:
             name: (value.decode() if isinstance(value, bytes) else value) or "closed"
             for name, value in zip(BREAKER_NAMES, values, strict=True)
         }
+
+    def quarantine_sizes(self) -> dict[str, tuple[int, int]]:
+        """``(deliveries, bytes)`` kept per provider in the quarantine (on the dedup
+        Redis); empty when it cannot be read."""
+        client, _, _ = self._ready()
+        try:
+            return Quarantine(self._dedup or client, self.settings).sizes(list(REGISTRY))
+        except redis.RedisError:
+            return {}
 
     def backlog(self, *, rates: bool, max_age_s: float) -> Backlog:
         """A cached reading, at most ``max_age_s`` old: a busy dashboard or several
@@ -309,6 +354,25 @@ class BacklogCollector(Collector):
                 "webhook_events rows with status dead, waiting for a replay.",
                 value=reading.dead_letters,
             )
+        yield from _quarantine_gauges(self._probe.quarantine_sizes())
+
+
+def _quarantine_gauges(sizes: dict[str, tuple[int, int]]) -> Any:
+    kept = GaugeMetricFamily(
+        "hookfleet_quarantine_kept",
+        "Refused deliveries kept for `hookfleet quarantine release`.",
+        labels=["provider"],
+    )
+    used = GaugeMetricFamily(
+        "hookfleet_quarantine_bytes",
+        "Redis bytes the kept refused deliveries count against HOOKFLEET_QUARANTINE_MAX_BYTES.",
+        labels=["provider"],
+    )
+    for provider, (count, size) in sizes.items():
+        kept.add_metric([provider], count)
+        used.add_metric([provider], size)
+    yield kept
+    yield used
 
 
 @ops.before_request

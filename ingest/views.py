@@ -20,6 +20,7 @@ from werkzeug.http import parse_options_header
 from ingest.dedup import Admission, DedupGate, NotReplicated, RateLimit, dedup_key, rate_key
 from ingest.errors import ApiError, ErrorCode
 from ingest.inbound import InboundDirectory
+from ingest.metrics import count_refusal
 from ingest.providers import find_provider
 from ingest.providers.base import (
     Delivery,
@@ -28,7 +29,9 @@ from ingest.providers.base import (
     ShapeError,
     VerificationError,
 )
+from ingest.quarantine import Quarantine
 from ingest.request import read_delivery, refuse_codings
+from ingest.routing import Router
 from models.broker.envelope import build_event_message
 from models.contract import EventMessage
 from models.logs import log_context
@@ -134,6 +137,8 @@ def take_delivery(
       replicas than HOOKFLEET_REDIS_MIN_REPLICAS confirmed it; the retry is answered
       as a duplicate or accepted anew, and takes effect once either way.
 
+    A refusal for the signature or an unconfigured provider also keeps the delivery
+    (:mod:`ingest.quarantine`, best effort: the answer is the same whatever Redis does).
     Every refusal is raised as :class:`~ingest.errors.ApiError`. Reads only
     ``environ`` and ``app.config`` / ``app.extensions``: no Flask request context.
     """
@@ -145,27 +150,15 @@ def take_delivery(
         raise ApiError(ErrorCode.UNSUPPORTED_MEDIA_TYPE)
     refuse_codings(environ)
     delivery = read_delivery(environ, settings.body_limit(provider.name))
-    _verify(provider, delivery, settings.provider(provider.name))
     try:
-        payload, text = _parse(delivery.body, provider.accepts_any_json)
-    except ApiError as error:
-        # A sender that really sends other bodies (Cal.com's custom templates) wraps them.
-        reframed = provider.reframe(delivery, mimetype)
-        if reframed is None:
-            if declared_json:
-                raise
-            raise ApiError(
-                ErrorCode.UNKNOWN_SHAPE,
-                f"{error.message} The body was sent as "
-                f"{mimetype or 'no content type'}; {provider.name} deliveries must "
-                "be a JSON object.",
-            ) from None
-        payload, text = reframed
-    try:
-        identity = provider.identify(delivery, payload)
-    except ShapeError as error:
-        raise ApiError(ErrorCode.UNKNOWN_SHAPE, str(error)) from None
-    job = _job(app, provider, delivery, identity, text, correlation_id, settings)
+        _verify(provider, delivery, settings.provider(provider.name))
+    except ApiError as refusal:
+        _keep_refused(app, provider, delivery, refusal, correlation_id)
+        raise
+    router: Router = app.extensions["hookfleet_router"]
+    payload, identity, job = prepare_job(
+        provider, delivery, mimetype, correlation_id, settings, router.queue_for
+    )
     log_context.set(
         {
             **(log_context.get() or {}),
@@ -200,6 +193,54 @@ def take_delivery(
     return Answer(202 if admission.accepted else 200, json_body(body), outcome)
 
 
+def prepare_job(
+    provider: Provider,
+    delivery: Delivery,
+    mimetype: str,
+    correlation_id: str,
+    settings: Settings,
+    route: Callable[[str, str], str],
+) -> tuple[Any, EventIdentity, Job]:
+    """A verified delivery's payload, identity and job (its queue: ``route(provider,
+    event_type)``). Raises ApiError: 400 for a body that is not JSON, 422 for a shape
+    the provider does not send. ``mimetype``: the media type, lower case."""
+    try:
+        payload, text = _parse(delivery.body, provider.accepts_any_json)
+    except ApiError as error:
+        # A sender that really sends other bodies (Cal.com's custom templates) wraps them.
+        reframed = provider.reframe(delivery, mimetype)
+        if reframed is None:
+            if _is_json(mimetype):
+                raise
+            raise ApiError(
+                ErrorCode.UNKNOWN_SHAPE,
+                f"{error.message} The body was sent as "
+                f"{mimetype or 'no content type'}; {provider.name} deliveries must "
+                "be a JSON object.",
+            ) from None
+        payload, text = reframed
+    try:
+        identity = provider.identify(delivery, payload)
+    except ShapeError as error:
+        raise ApiError(ErrorCode.UNKNOWN_SHAPE, str(error)) from None
+    job = _job(route, provider, delivery, identity, text, correlation_id, settings)
+    return payload, identity, job
+
+
+def _keep_refused(
+    app: Flask, provider: Provider, delivery: Delivery, refusal: ApiError, correlation_id: str
+) -> None:
+    """Count a refusal for signature or configuration and keep the delivery in the
+    quarantine (ingest.quarantine: bounded, best effort, never raises for Redis)."""
+    quarantine: Quarantine | None = app.extensions.get("hookfleet_quarantine")
+    kept = (
+        None
+        if quarantine is None
+        else quarantine.keep(provider.name, delivery, refusal.code, correlation_id)
+    )
+    count_refusal(provider.name, refusal.code, kept)
+
+
 def _verify(provider: Provider, delivery: Delivery, settings: ProviderSettings) -> None:
     """401 unless the delivery is authentic; 503 when we cannot tell (no secret)."""
     if not settings.verify:
@@ -218,7 +259,7 @@ def _verify(provider: Provider, delivery: Delivery, settings: ProviderSettings) 
 
 
 def _job(
-    app: Flask,
+    route: Callable[[str, str], str],
     provider: Provider,
     delivery: Delivery,
     identity: EventIdentity,
@@ -226,7 +267,7 @@ def _job(
     correlation_id: str,
     settings: Settings,
 ) -> Job:
-    queue = app.extensions["hookfleet_router"].queue_for(provider.name, identity.event_type)
+    queue = route(provider.name, identity.event_type)
     # A name longer than the column is kept whole in the payload; the column gets a prefix.
     event_type = identity.event_type[:MAX_EVENT_TYPE]
     event_id = identity.event_id

@@ -441,6 +441,37 @@ class Settings:
         "The receiver's internal listener (`host:port`) for `/metrics`, `/readyz` and "
         "`/stats`; the public one (`PORT`) answers only `/webhooks/*` and `/healthz`.",
     )
+    # Refused deliveries kept for `hookfleet quarantine release` (ingest.quarantine):
+    # every cap is per provider, and a cap of 0 keeps nothing.
+    quarantine_max_deliveries: int = knob(
+        10_000,
+        "HOOKFLEET_QUARANTINE_MAX_DELIVERIES",
+        "Refused deliveries kept per provider for `hookfleet quarantine release`; past it "
+        "the oldest go (`0`: keep none). See *Quarantine*.",
+    )
+    quarantine_max_bytes: int = knob(
+        32 * 1024 * 1024,
+        "HOOKFLEET_QUARANTINE_MAX_BYTES",
+        "Redis bytes (bodies, headers, bookkeeping) the quarantine keeps per provider; past "
+        "it the oldest go (`0`: keep none).",
+    )
+    quarantine_max_body_bytes: int = knob(
+        1024 * 1024,
+        "HOOKFLEET_QUARANTINE_MAX_BODY_BYTES",
+        "A refused delivery with a larger body is kept without it (headers and reason "
+        "only; it cannot be released; `0`: no bodies).",
+    )
+    quarantine_days: int = knob(
+        7,
+        "HOOKFLEET_QUARANTINE_DAYS",
+        "Refused deliveries older than this are dropped (`0`: keep none).",
+    )
+    quarantine_rate: int = knob(
+        20,
+        "HOOKFLEET_QUARANTINE_RATE",
+        "Refused deliveries kept per provider per second; more are counted and dropped "
+        "(`0`: keep none).",
+    )
     # HOOKFLEET_<PROVIDER>_* (see _providers) and the outbound knobs.
     providers: Mapping[str, ProviderSettings] = field(default_factory=lambda: MappingProxyType({}))
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
@@ -466,6 +497,18 @@ class Settings:
         hold (MariaDB's max_allowed_packet should be 4x this + 1 MiB, see README)."""
         names = {*PROVIDER_MAX_BODY_BYTES, *self.providers}
         return max([self.body_limit(name) for name in names] + [self.body_limit("")])
+
+    @property
+    def quarantine_on(self) -> bool:
+        """True when refused deliveries are kept (no quarantine cap is 0)."""
+        return all(
+            (
+                self.quarantine_max_deliveries,
+                self.quarantine_max_bytes,
+                self.quarantine_days,
+                self.quarantine_rate,
+            )
+        )
 
     @property
     def ops_port(self) -> str:

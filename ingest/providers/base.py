@@ -68,7 +68,11 @@ class Provider:
         """Raise ValueError at startup for secrets this provider cannot use."""
 
     def verify(self, delivery: Delivery, settings: ProviderSettings) -> None:
-        """Raise VerificationError unless the delivery is authentic. Before parsing."""
+        """Raise VerificationError unless the delivery is authentic. Before parsing.
+
+        A signed timestamp is judged against ``delivery.received_at`` (the arrival, not
+        the clock at the call): a refused delivery re-verified by ``hookfleet quarantine
+        release`` days later is judged as if its secret had been right when it came."""
         raise NotImplementedError
 
     def identify(self, delivery: Delivery, payload: Any) -> EventIdentity:

@@ -124,7 +124,9 @@ class Retell(Provider):
     name = "retell"
 
     def verify(self, delivery: Delivery, settings: ProviderSettings) -> None:
-        verify_retell_signature(delivery, settings.secrets, settings.tolerance_s)
+        verify_retell_signature(
+            delivery, settings.secrets, settings.tolerance_s, now=delivery.received_at
+        )
 
     def identify(self, delivery: Delivery, payload: dict[str, Any]) -> EventIdentity:
         """Raises ShapeError unless ``event`` is a non-empty string and the object the

@@ -104,7 +104,9 @@ class StandardWebhooks(Provider):
             decode_secret(secret)
 
     def verify(self, delivery: Delivery, settings: ProviderSettings) -> None:
-        verify_standard_signature(delivery, settings.secrets, settings.tolerance_s)
+        verify_standard_signature(
+            delivery, settings.secrets, settings.tolerance_s, now=delivery.received_at
+        )
 
     def identify(self, delivery: Delivery, payload: Any) -> EventIdentity:
         event_type = payload.get("type") if isinstance(payload, dict) else None

@@ -85,7 +85,9 @@ class Stripe(Provider):
     name = "stripe"
 
     def verify(self, delivery: Delivery, settings: ProviderSettings) -> None:
-        verify_stripe_signature(delivery, settings.secrets, settings.tolerance_s)
+        verify_stripe_signature(
+            delivery, settings.secrets, settings.tolerance_s, now=delivery.received_at
+        )
 
     def identify(self, delivery: Delivery, payload: dict[str, Any]) -> EventIdentity:
         """``event_id`` is the event's ``id``; raises ShapeError unless ``id`` is a

@@ -11,6 +11,7 @@ from workers.cli.integrity import integrity
 from workers.cli.ops import prune, stats
 from workers.cli.params import invocation_settings
 from workers.cli.provisioning import breaker, provision
+from workers.cli.quarantine import quarantine
 from workers.cli.recovery import dlq, replay, sweep
 from workers.cli.send import send
 
@@ -99,3 +100,4 @@ main.add_command(breaker)
 main.add_command(stats)
 main.add_command(prune)
 main.add_command(send)
+main.add_command(quarantine)

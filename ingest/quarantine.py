@@ -1,0 +1,297 @@
+"""Refused deliveries, kept in Redis so they can be let in once the cause is fixed.
+
+A delivery refused for its signature (``missing_signature``, ``malformed_signature``,
+``invalid_signature``, ``timestamp_out_of_tolerance``) or because its provider has no
+secret (``provider_not_configured``) is kept as it came: raw body, every header (what
+re-verifying needs), arrival time (unix seconds), reason, correlation id.
+``hookfleet quarantine release`` re-verifies them with the secrets configured then
+(:mod:`ingest.quarantine_release`).
+
+Bounded per provider, all within the one Lua step (``quarantine_keep.lua``) that keeps an
+entry: at most ``HOOKFLEET_QUARANTINE_MAX_DELIVERIES`` entries and
+``HOOKFLEET_QUARANTINE_MAX_BYTES`` bytes (the oldest go first), none older than
+``HOOKFLEET_QUARANTINE_DAYS`` (trimmed at each write; keys untouched that long expire), at
+most ``HOOKFLEET_QUARANTINE_RATE`` kept per second, and a body larger than
+``HOOKFLEET_QUARANTINE_MAX_BODY_BYTES`` is not kept (its headers and reason are). Each
+receiver process also counts its own refusals per second and does not ask Redis past
+the rate: a flood of junk costs Redis at most the rate times the processes.
+
+Only the refusal path writes, one round trip with a short timeout; when Redis cannot
+be written the refusal is answered as ever and the drop is counted
+(``hookfleet_quarantine_dropped_total{cause="unavailable"}``), and the process leaves
+Redis alone for :data:`PAUSE_AFTER_FAILURE_S`.
+
+Redis layout, per provider ``p``:
+
+- ``hookfleet:quarantine:p`` — a stream, one entry per kept delivery (id from Redis's
+  clock, ms): ``arrived``, ``reason``, ``correlation_id``, ``body_bytes``, ``body_kept``,
+  ``size``;
+- ``hookfleet:quarantine:p:kept`` — a hash: ``<id>:headers`` (JSON) and ``<id>:body``;
+- ``hookfleet:quarantine:p:state`` — a hash: ``bytes`` kept, the rate window.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from ingest.errors import ErrorCode
+from ingest.providers.base import Delivery
+from models.broker.lua import lua
+from models.settings import Settings
+
+log = logging.getLogger("hookfleet.ingest.quarantine")
+
+#: Why a delivery is kept: the refusals a fixed secret can turn around.
+REASONS = (
+    ErrorCode.MISSING_SIGNATURE,
+    ErrorCode.MALFORMED_SIGNATURE,
+    ErrorCode.INVALID_SIGNATURE,
+    ErrorCode.TIMESTAMP_OUT_OF_TOLERANCE,
+    ErrorCode.PROVIDER_NOT_CONFIGURED,
+)
+#: Why a refused delivery is not kept, or no longer: over the rate, the count or the
+#: bytes cap (an older one made room, or this one did not fit), Redis not writable.
+DROP_CAUSES = ("rate", "count", "bytes", "unavailable")
+#: Bytes an entry costs besides its headers and body (its fields, ids, hash slots).
+ENTRY_OVERHEAD = 200
+#: The refusal path's Redis timeout: the answer waits for the write at most this long.
+TIMEOUT_S = 0.25
+#: After a failed write, the process skips Redis (counting drops) for this long, so a
+#: flood of refusals during an outage does not wait on timeouts one by one.
+PAUSE_AFTER_FAILURE_S = 1.0
+PAGE = 500
+
+_KEEP = lua("ingest", "quarantine_keep")
+_FORGET = lua("ingest", "quarantine_forget")
+PREFIX = "hookfleet:quarantine:"
+
+
+def keys(provider: str) -> list[str]:
+    """The stream, the headers-and-bodies hash and the state hash of ``provider``."""
+    return [f"{PREFIX}{provider}", f"{PREFIX}{provider}:kept", f"{PREFIX}{provider}:state"]
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What :meth:`Quarantine.keep` did: ``entry_id`` when kept, and the drops it
+    caused or met, by cause (an older entry evicted for the count or bytes cap, or this
+    one not kept)."""
+
+    entry_id: str | None
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One kept delivery, without its headers and body. ``id`` is ``provider:stream id``
+    (what ``hookfleet quarantine show`` takes); ``arrived`` unix seconds."""
+
+    provider: str
+    entry_id: str
+    arrived: float
+    reason: str
+    correlation_id: str
+    body_bytes: int
+    body_kept: bool
+    size: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.provider}:{self.entry_id}"
+
+
+@dataclass(frozen=True)
+class KeptDelivery:
+    """An entry with its headers (lower-case names, as received) and body (``b""``
+    when it was not kept)."""
+
+    entry: Entry
+    headers: dict[str, str]
+    body: bytes
+
+    def delivery(self) -> Delivery:
+        """The delivery as the receiver read it, arrival time included."""
+        return Delivery(body=self.body, headers=self.headers, received_at=self.entry.arrived)
+
+
+class _LocalRate:
+    """This process's refusals per provider per whole second: past the rate, Redis
+    would refuse to keep one anyway (its count covers every process)."""
+
+    def __init__(self, rate: int) -> None:
+        self._rate = rate
+        self._windows: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, provider: str) -> bool:
+        second = int(time.time())
+        with self._lock:
+            started, taken = self._windows.get(provider, (second, 0))
+            if started != second:
+                taken = 0
+            self._windows[provider] = (second, taken + 1)
+        return taken < self._rate
+
+
+class Quarantine:
+    """The kept deliveries in Redis, for the receiver (:meth:`keep`) and the operator
+    (:meth:`entries`, :meth:`fetch`, :meth:`find`, :meth:`forget`, :meth:`sizes`)."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+        self._keep = client.register_script(_KEEP)
+        self._forget = client.register_script(_FORGET)
+        self._local = _LocalRate(settings.quarantine_rate)
+        self._quiet_until = 0.0
+
+    def keep(self, provider: str, delivery: Delivery, reason: str, correlation_id: str) -> Kept:
+        """Keep a refused delivery if the caps allow; never raises for Redis."""
+        if not self._local.allow(provider):
+            return Kept(None, {"rate": 1})
+        if time.monotonic() < self._quiet_until:
+            return Kept(None, {"unavailable": 1})
+        settings = self._settings
+        body = delivery.body if len(delivery.body) <= settings.quarantine_max_body_bytes else b""
+        headers = json.dumps(dict(delivery.headers), separators=(",", ":"))
+        size = len(headers) + len(body) + ENTRY_OVERHEAD
+        try:
+            reply = self._keep(
+                keys(provider),
+                [
+                    settings.quarantine_max_deliveries,
+                    settings.quarantine_max_bytes,
+                    settings.quarantine_days * 86_400_000,
+                    settings.quarantine_rate,
+                    reason,
+                    f"{delivery.received_at:.6f}",
+                    correlation_id,
+                    headers,
+                    body,
+                    len(delivery.body),
+                    "1" if body or not delivery.body else "0",
+                    size,
+                ],
+            )
+        except redis.RedisError as error:
+            self._quiet_until = time.monotonic() + PAUSE_AFTER_FAILURE_S
+            log.warning(
+                "could not keep a refused delivery",
+                extra={"provider": provider, "error": type(error).__name__},
+            )
+            return Kept(None, {"unavailable": 1})
+        if _text(reply[0]) == "dropped":
+            return Kept(None, {_text(reply[1]): 1})
+        evicted = {"count": int(reply[2]), "bytes": int(reply[3])}
+        return Kept(_text(reply[1]), {cause: n for cause, n in evicted.items() if n})
+
+    def entries(self, provider: str) -> Iterator[Entry]:
+        """``provider``'s kept deliveries, oldest first, in pages (no bodies read)."""
+        stream = keys(provider)[0]
+        start = "-"
+        while True:
+            page = _range(self._client, stream, start, "+", PAGE)
+            for entry_id, fields in page:
+                yield _entry(provider, entry_id, fields)
+            if len(page) < PAGE:
+                return
+            start = "(" + page[-1][0]
+
+    def fetch(self, entries: Sequence[Entry]) -> list[KeptDelivery]:
+        """Headers and bodies of ``entries`` (one round trip); an entry forgotten in
+        the meantime is left out."""
+        with self._client.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                pipe.hmget(
+                    keys(entry.provider)[1], f"{entry.entry_id}:headers", f"{entry.entry_id}:body"
+                )
+            replies = pipe.execute()
+        found = []
+        for entry, (headers, body) in zip(entries, replies, strict=True):
+            if headers is not None:
+                found.append(KeptDelivery(entry, json.loads(headers), body or b""))
+        return found
+
+    def find(self, entry_id: str) -> KeptDelivery | None:
+        """The entry ``provider:stream id``, or None."""
+        provider, _, stream_id = entry_id.partition(":")
+        try:
+            page = _range(self._client, keys(provider)[0], stream_id, stream_id, 1)
+        except redis.ResponseError:  # not a stream id
+            return None
+        if not page:
+            return None
+        found = self.fetch([_entry(provider, stream_id, page[0][1])])
+        return found[0] if found else None
+
+    def forget(self, entries: Sequence[Entry]) -> int:
+        """Remove ``entries`` (released ones); returns how many were still kept."""
+        gone = 0
+        by_provider: dict[str, list[str]] = {}
+        for entry in entries:
+            by_provider.setdefault(entry.provider, []).append(entry.entry_id)
+        for provider, ids in by_provider.items():
+            gone += int(self._forget(keys(provider), ids))
+        return gone
+
+    def sizes(self, providers: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """``(deliveries, bytes)`` kept per provider, in one round trip."""
+        with self._client.pipeline(transaction=False) as pipe:
+            for provider in providers:
+                stream, _, state = keys(provider)
+                pipe.xlen(stream)
+                pipe.hget(state, "bytes")
+            replies = pipe.execute()
+        sizes = {}
+        for n, provider in enumerate(providers):
+            count, used = int(replies[2 * n]), int(replies[2 * n + 1] or 0)
+            sizes[provider] = (count, used if count else 0)
+        return sizes
+
+
+def _range(
+    client: redis.Redis, stream: str, start: str, end: str, count: int
+) -> list[tuple[str, dict[Any, Any]]]:
+    """``XRANGE``'s entries as ``(id, fields)``."""
+    return [
+        (_text(entry_id), dict(fields))
+        for entry_id, fields in client.xrange(stream, start, end, count=count) or ()
+        if entry_id is not None and fields is not None
+    ]
+
+
+def _entry(provider: str, entry_id: str, fields: dict[Any, Any]) -> Entry:
+    values = {_text(k): _text(v) for k, v in fields.items()}
+    return Entry(
+        provider=provider,
+        entry_id=entry_id,
+        arrived=float(values.get("arrived", 0)),
+        reason=values.get("reason", ""),
+        correlation_id=values.get("correlation_id", ""),
+        body_bytes=int(values.get("body_bytes", 0)),
+        body_kept=values.get("body_kept") == "1",
+        size=int(values.get("size", 0)),
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def quarantine_for(settings: Settings) -> Quarantine | None:
+    """The receiver's quarantine on the dedup Redis, with the refusal path's short
+    timeout; None when a cap of 0 turns it off. Opens no connection."""
+    if not settings.quarantine_on:
+        return None
+    from models.broker.redis_links import redis_client
+
+    timeout_s = min(TIMEOUT_S, settings.redis_timeout_s)
+    return Quarantine(redis_client(settings.redis_url, timeout_s=timeout_s), settings)

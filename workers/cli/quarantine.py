@@ -1,0 +1,231 @@
+"""``hookfleet quarantine list | show | release``: refused deliveries, kept and let in.
+
+The receiver keeps a delivery refused for its signature or an unconfigured provider
+(``ingest.quarantine``); once the secret is fixed, ``release`` verifies each again with
+the secrets configured now and lets in those that pass (``ingest.quarantine_release``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from workers.cli.params import When, invocation_settings
+
+if TYPE_CHECKING:
+    from ingest.quarantine import Entry, Quarantine
+    from ingest.quarantine_release import ReleaseReport, Selection
+
+# The command must answer even when Redis does not: short timeouts.
+TIMEOUT_S = 3
+# Shown by `show` as their length only: a sender's credentials, not needed to read it.
+HIDDEN_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def _quarantine() -> Quarantine:
+    from ingest.quarantine import Quarantine
+    from models.broker.redis_links import redis_client
+
+    settings = invocation_settings()
+    return Quarantine(redis_client(settings.redis_url, timeout_s=TIMEOUT_S), settings)
+
+
+def _selection(
+    provider: tuple[str, ...],
+    reason: tuple[str, ...],
+    since: datetime | None,
+    until: datetime | None,
+    ids: tuple[str, ...] = (),
+) -> Selection:
+    from ingest.providers import REGISTRY
+    from ingest.quarantine import REASONS
+    from ingest.quarantine_release import Selection
+
+    for name in provider:
+        if name not in REGISTRY:
+            raise click.BadParameter(f"one of {', '.join(REGISTRY)}", param_hint="--provider")
+    for code in reason:
+        if code not in REASONS:
+            raise click.BadParameter(f"one of {', '.join(REASONS)}", param_hint="--reason")
+    return Selection(provider, reason, since, until, ids)
+
+
+def _filters(command: Any) -> Any:
+    for option in reversed(
+        [
+            click.option(
+                "--provider", multiple=True, help="Only this provider (repeatable): stripe, ..."
+            ),
+            click.option(
+                "--reason",
+                multiple=True,
+                help="Only this refusal (repeatable): invalid_signature, missing_signature, "
+                "malformed_signature, timestamp_out_of_tolerance, provider_not_configured.",
+            ),
+            click.option("--since", type=When(), help="Arrived at or after (ISO or 24h)."),
+            click.option("--until", type=When(), help="Arrived before (ISO or 24h)."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _redis_errors() -> Any:
+    import redis
+
+    return redis.RedisError
+
+
+@click.group()
+def quarantine() -> None:
+    """Deliveries refused for their signature or an unconfigured provider, kept so they
+    can be let in once the secret is fixed."""
+
+
+@quarantine.command("list")
+@_filters
+@click.option("--limit", default=100, show_default=True, help="Show at most N (0: all).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def list_command(
+    provider: tuple[str, ...],
+    reason: tuple[str, ...],
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Kept deliveries, oldest first per provider, without their bodies."""
+    from ingest.quarantine_release import select
+
+    selection = _selection(provider, reason, since, until)
+    shown = 0
+    totals: Counter[str] = Counter()
+    try:
+        for entry in select(_quarantine(), selection):
+            totals[entry.provider] += 1
+            if limit and shown >= limit:
+                continue
+            shown += 1
+            click.echo(json.dumps(_as_dict(entry)) if as_json else _line(entry, shown == 1))
+    except _redis_errors() as error:
+        raise click.ClickException(f"redis unreachable: {error}") from None
+    if as_json:
+        return
+    if not totals:
+        click.echo("nothing kept matches.")
+        return
+    total = sum(totals.values())
+    more = f"; showing {shown}, --limit 0 for all" if shown < total else ""
+    click.echo(f"{total} kept ({_per_provider(totals)}){more}")
+
+
+@quarantine.command("show")
+@click.argument("entry_id")
+def show_command(entry_id: str) -> None:
+    """One kept delivery (ID as `list` prints it): its headers and body."""
+    try:
+        kept = _quarantine().find(entry_id)
+    except _redis_errors() as error:
+        raise click.ClickException(f"redis unreachable: {error}") from None
+    if kept is None:
+        raise click.ClickException(f"nothing kept with id {entry_id}")
+    for key, value in _as_dict(kept.entry).items():
+        click.echo(f"{key + ':':<16}{value}")
+    click.echo("headers:")
+    for name, value in sorted(kept.headers.items()):
+        shown = f"({len(value)} characters, hidden)" if name in HIDDEN_HEADERS else value
+        click.echo(f"  {name}: {shown}")
+    if not kept.entry.body_kept:
+        click.echo("body: not kept (over HOOKFLEET_QUARANTINE_MAX_BODY_BYTES)")
+        return
+    try:
+        click.echo("body:")
+        click.echo(kept.body.decode())
+    except UnicodeDecodeError:
+        click.echo("body (base64, not UTF-8):")
+        click.echo(base64.b64encode(kept.body).decode())
+
+
+@quarantine.command("release")
+@_filters
+@click.option("--id", "ids", multiple=True, help="Release this entry (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Only say what would happen.")
+def release_command(
+    provider: tuple[str, ...],
+    reason: tuple[str, ...],
+    since: datetime | None,
+    until: datetime | None,
+    ids: tuple[str, ...],
+    dry_run: bool,
+) -> None:
+    """Verify kept deliveries with the secrets configured now; let in those that pass.
+
+    A signed timestamp is judged against the delivery's arrival. Those let in go
+    through the receiver's dedup onto hookfleet.low and leave the quarantine; the
+    others stay, counted by why. Safe to run again.
+    """
+    from ingest import create_app
+    from ingest.quarantine_release import Releaser, select
+    from models.broker.redis_links import redis_client
+
+    settings = invocation_settings()
+    selection = _selection(provider, reason, since, until, ids)
+    gate = create_app(settings).extensions["hookfleet_gate"]
+    quarantine = _quarantine()
+    dedup = redis_client(settings.redis_url, timeout_s=TIMEOUT_S)
+    releaser = Releaser(settings, quarantine, gate, dedup)
+    try:
+        report = releaser.release(select(quarantine, selection), dry_run=dry_run)
+    except _redis_errors() as error:
+        raise click.ClickException(
+            f"redis failed mid-way ({error}); what was released stays released, run it "
+            "again for the rest"
+        ) from None
+    for line in _report_lines(report):
+        click.echo(line)
+
+
+def _report_lines(report: ReleaseReport) -> Iterator[str]:
+    released, duplicate = sum(report.released.values()), sum(report.duplicate.values())
+    stayed = sum(report.stayed.values())
+    if report.dry_run:
+        yield f"dry run: would release {released} ({_per_provider(report.released)})"
+        yield f"would be duplicates {duplicate} ({_per_provider(report.duplicate)})"
+        yield f"would stay {stayed}{':' if stayed else ''}"
+    else:
+        yield f"released {released} ({_per_provider(report.released)}) onto hookfleet.low"
+        yield f"duplicate {duplicate} ({_per_provider(report.duplicate)}): not queued again"
+        yield f"still refused {stayed}{':' if stayed else ''}"
+    for why, n in report.stayed.most_common():
+        yield f"  {why}: {n} (e.g. {', '.join(report.examples[why])})"
+
+
+def _as_dict(entry: Entry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "provider": entry.provider,
+        "arrived": datetime.fromtimestamp(entry.arrived, UTC).isoformat(timespec="seconds"),
+        "reason": entry.reason,
+        "correlation_id": entry.correlation_id,
+        "body_bytes": entry.body_bytes,
+        "body_kept": entry.body_kept,
+    }
+
+
+def _line(entry: Entry, first: bool) -> str:
+    header = (
+        f"{'ID':<30} {'ARRIVED (UTC)':<20} {'PROVIDER':<9} {'REASON':<27} BODY\n" if first else ""
+    )
+    arrived = datetime.fromtimestamp(entry.arrived, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    body = f"{entry.body_bytes} B" + ("" if entry.body_kept else " (not kept)")
+    return f"{header}{entry.id:<30} {arrived:<20} {entry.provider:<9} {entry.reason:<27} {body}"
+
+
+def _per_provider(counts: Counter[str]) -> str:
+    return ", ".join(f"{name}: {n}" for name, n in sorted(counts.items())) or "none"
