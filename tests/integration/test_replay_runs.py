@@ -5,6 +5,10 @@ second process resuming it), the rate cap, and what the command prints."""
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -22,7 +26,7 @@ from models.payload_search import parse_condition
 from models.replays import ReplayRun, RunStatus
 from tests.helpers import queued
 from tests.servers import clean_env
-from workers.broker.replay_push import ReplayPush, mark_key
+from workers.broker.replay_push import NotReplicated, ReplayPush, mark_key
 from workers.cli.main import main
 from workers.recovery import replay_runs
 from workers.recovery.selection import Selection
@@ -260,3 +264,64 @@ def test_replay_command_prints_the_estimate_replays_each_once_and_lists_its_run(
     assert "finished" in listed.stdout and "3/3" in listed.stdout
     assert "where data.object.customer=cus_1" in listed.stdout
     assert again.exit_code == 1 and "replay run 1 finished" in again.stderr
+
+
+def test_a_chunk_no_replica_confirmed_stops_the_run_and_is_not_enqueued_again(
+    sessions: sessionmaker[Session], redis_client: redis.Redis
+) -> None:
+    seed(sessions, 10)
+    run = start(sessions, Selection(statuses=(EventStatus.DEAD,)))
+    unreplicated = ReplayPush(redis_client, run.token, min_replicas=1, wait_ms=50)
+
+    with pytest.raises(NotReplicated, match="0 of 1 replicas"):
+        replay_runs.run(sessions, run.id, unreplicated, batch_size=4)
+    resumed = replay_runs.run(sessions, run.id, ReplayPush(redis_client, run.token))
+
+    # The unconfirmed chunk stayed on the primary with its mark: not sent twice.
+    assert (resumed.already_queued, resumed.pushed) == (4, 6)
+    assert replayed_ids(redis_client) == Counter({f"evt_{i}": 1 for i in range(10)})
+
+
+def test_replay_on_a_terminal_asks_first_and_a_no_enqueues_nothing(
+    database_url: str,
+    sessions: sessionmaker[Session],
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    seed(sessions, 3)
+    env = clean_env(
+        HOOKFLEET_DATABASE_URL=database_url,
+        HOOKFLEET_REDIS_URL=redis_url,
+        HOOKFLEET_VAR_DIR=str(tmp_path),
+    )
+    hookfleet = str(Path(sys.executable).parent / "hookfleet")
+
+    def on_a_terminal(*args: str, answer: bytes) -> subprocess.CompletedProcess[str]:
+        controller, terminal = pty.openpty()
+        os.write(controller, answer)
+        try:
+            return subprocess.run(
+                [hookfleet, "replay", *args],
+                env=env,
+                stdin=terminal,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            os.close(controller)
+            os.close(terminal)
+
+    refused = on_a_terminal("--all-dead", answer=b"n\n")
+    assert redis_client.llen(Queue.LOW) == 0
+    agreed = on_a_terminal("--all-dead", "--rate", "100", answer=b"y\n")
+    without_asking = on_a_terminal("--provider", "stripe", "--yes", answer=b"")
+
+    assert refused.returncode == 1, refused
+    assert "replay 3 event(s) on hookfleet.low (500/s)? [y/N]" in refused.stdout
+    assert "Aborted" in refused.stderr
+    assert agreed.returncode == 0, agreed
+    assert "replay 3 event(s) on hookfleet.low (100/s)? [y/N]" in agreed.stdout
+    assert without_asking.returncode == 0 and "[y/N]" not in without_asking.stdout
+    assert replayed_ids(redis_client) == Counter({"evt_0": 2, "evt_1": 2, "evt_2": 2})

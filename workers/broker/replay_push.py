@@ -33,23 +33,43 @@ def mark_key(token: str) -> str:
     return f"{MARK_PREFIX}{token}"
 
 
-class ReplayPush:
-    """Pushes ``(webhook_events.id, message)`` pairs, in ascending id, for one run."""
+class NotReplicated(redis.RedisError):
+    """Fewer replicas than ``HOOKFLEET_REDIS_MIN_REPLICAS`` confirmed a chunk in time. The
+    chunk and its mark stay together (a failover keeps both or loses both), so a resume
+    neither loses nor repeats it; the run stops so its cursor does not move past it."""
 
-    def __init__(self, client: redis.Redis, token: str) -> None:
+
+class ReplayPush:
+    """Pushes ``(webhook_events.id, message)`` pairs, in ascending id, for one run. With
+    ``min_replicas``, a chunk counts as taken only once that many replicas hold it
+    (Redis ``WAIT``, as the receiver does for a delivery)."""
+
+    def __init__(
+        self, client: redis.Redis, token: str, *, min_replicas: int = 0, wait_ms: int = 200
+    ) -> None:
         self._client = client
         self._key = mark_key(token)
         self._script = client.register_script(lua("workers.broker", "replay_push"))
+        self._min_replicas = min_replicas
+        self._wait_ms = wait_ms
 
     def push(self, queue: str, messages: Sequence[tuple[int, str]]) -> int:
         """Push every message whose id is above the run's mark, move the mark to the
         highest id, and return how many were pushed (the others were on the queue
-        already). Raises ``redis.RedisError``: then either all of them or none were
-        pushed, and a retry pushes each at most once."""
+        already). Raises ``redis.RedisError`` (or :class:`NotReplicated`): then either
+        all of them or none were pushed, and a retry pushes each at most once."""
         args: list[str | int] = [MARK_TTL_S]
         for event_pk, message in messages:
             args += [event_pk, message]
-        return int(self._script(keys=[self._key, queue], args=args))
+        pushed = int(self._script(keys=[self._key, queue], args=args))
+        if self._min_replicas:
+            confirmed = int(self._client.wait(self._min_replicas, self._wait_ms))
+            if confirmed < self._min_replicas:
+                raise NotReplicated(
+                    f"{confirmed} of {self._min_replicas} replicas confirmed the chunk "
+                    f"within {self._wait_ms} ms"
+                )
+        return pushed
 
     def mark(self) -> int:
         """The highest id on the queue for this run (0: none yet, or forgotten)."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -125,7 +127,13 @@ def _execute(sessions: sessionmaker[Session], run: ReplayRun, rate: float, batch
     from workers.broker.replay_push import ReplayPush
     from workers.recovery import replay_runs
 
-    pusher = ReplayPush(redis_client(invocation_settings().broker_url, timeout_s=10), run.token)
+    settings = invocation_settings()
+    pusher = ReplayPush(
+        redis_client(settings.broker_url, timeout_s=10),
+        run.token,
+        min_replicas=settings.redis_min_replicas,
+        wait_ms=settings.redis_replica_wait_ms,
+    )
     stop, caught = threading.Event(), []
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -134,11 +142,7 @@ def _execute(sessions: sessionmaker[Session], run: ReplayRun, rate: float, batch
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        # click.progressbar: click is already here; it draws only on a terminal.
-        with click.progressbar(
-            length=max(run.estimated, 1), label=f"replay run {run.id}", file=sys.stderr
-        ) as bar:
-            bar.update(run.replayed)
+        with _progress_bar(run) as advance:
             attempt = replay_runs.run(
                 sessions,
                 run.id,
@@ -146,7 +150,7 @@ def _execute(sessions: sessionmaker[Session], run: ReplayRun, rate: float, batch
                 batch_size=batch_size,
                 rate_per_s=rate,
                 stop=stop,
-                progress=bar.update,
+                progress=advance,
             )
     except (replay_runs.RunTakenOver, redis.RedisError, SQLAlchemyError) as error:
         raise click.ClickException(
@@ -159,6 +163,20 @@ def _execute(sessions: sessionmaker[Session], run: ReplayRun, rate: float, batch
     _report(replay_runs.load_run(sessions, run.id, finished_too=True), attempt)
     if not attempt.finished:
         click.get_current_context().exit(128 + (caught[0] if caught else signal.SIGINT))
+
+
+@contextmanager
+def _progress_bar(run: ReplayRun) -> Iterator[Callable[[int], None] | None]:
+    """click's progress bar on stderr when it is a terminal (click is already the
+    command's library; a log or a pipe gets only the final report)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(
+        length=max(run.estimated, 1), label=f"replay run {run.id}", file=sys.stderr
+    ) as bar:
+        bar.update(run.replayed)
+        yield bar.update
 
 
 def _report(run: ReplayRun, attempt: Attempt) -> None:
