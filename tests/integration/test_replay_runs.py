@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 import threading
@@ -325,3 +326,41 @@ def test_replay_on_a_terminal_asks_first_and_a_no_enqueues_nothing(
     assert "replay 3 event(s) on hookfleet.low (100/s)? [y/N]" in agreed.stdout
     assert without_asking.returncode == 0 and "[y/N]" not in without_asking.stdout
     assert replayed_ids(redis_client) == Counter({"evt_0": 2, "evt_1": 2, "evt_2": 2})
+
+
+def test_sigterm_stops_a_replay_after_its_chunk_and_the_resume_finishes_it(
+    database_url: str,
+    sessions: sessionmaker[Session],
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    seed(sessions, 400)
+    env = clean_env(
+        HOOKFLEET_DATABASE_URL=database_url,
+        HOOKFLEET_REDIS_URL=redis_url,
+        HOOKFLEET_VAR_DIR=str(tmp_path),
+    )
+    hookfleet = [str(Path(sys.executable).parent / "hookfleet"), "replay"]
+    first = subprocess.Popen(
+        [*hookfleet, "--all-dead", "--rate", "100"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while redis_client.llen(Queue.LOW) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGTERM)
+    said, _ = first.communicate(timeout=30)
+    stopped_at = int(redis_client.llen(Queue.LOW))
+    resumed = subprocess.run(
+        [*hookfleet, "--resume", "1", "--rate", "0"], env=env, capture_output=True, text=True
+    )
+
+    assert first.returncode == 128 + signal.SIGTERM, said
+    assert 0 < stopped_at < 400 and "resume with: hookfleet replay --resume 1" in said
+    assert resumed.returncode == 0, resumed.stderr
+    assert "replayed 400 event(s) on hookfleet.low (stripe: 400)." in resumed.stdout
+    assert replayed_ids(redis_client) == Counter({f"evt_{i}": 1 for i in range(400)})

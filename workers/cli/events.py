@@ -95,12 +95,20 @@ def build_selection(
     )
 
 
-def _list(command_name: str, default_status: str) -> Any:
+def _list(command_name: str, default_status: str) -> click.Command:
     @click.command("list")
     @selection_options(default_status)
     @click.option("--event-id", "event_ids", multiple=True, help="This provider event id.")
-    @click.option("--after", "after_id", default=0, help="Page on: ids after this one.")
-    @click.option("--limit", default=50, show_default=True, help="At most this many (0: all).")
+    @click.option(
+        "--after", "after_id", type=click.IntRange(min=0), default=0, help="Ids after this one."
+    )
+    @click.option(
+        "--limit",
+        type=click.IntRange(min=0),
+        default=50,
+        show_default=True,
+        help="At most this many (0: all).",
+    )
     @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
     def list_command(
         event_ids: tuple[str, ...], after_id: int, limit: int, as_json: bool, **filters: Any
@@ -140,7 +148,7 @@ def _echo_line(line: EventLine, *, header: bool) -> None:
         click.echo(f"{'':>8}  └ {line.error}")
 
 
-def _show() -> Any:
+def _show() -> click.Command:
     @click.command("show")
     @click.argument("ref", nargs=-1, required=True)
     @click.option("--json", "as_json", is_flag=True, help="As one JSON object.")

@@ -42,8 +42,14 @@ if TYPE_CHECKING:
     help="Events per second at most (0: no cap) "
     f"[default: HOOKFLEET_REPLAY_RATE, {Settings.replay_rate_per_s:g}].",
 )
-@click.option("--batch-size", default=500, show_default=True, help="Events per read.")
-@click.option("--resume", "resume_id", type=int, help="Continue replay run RUN_ID.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Events per read.",
+)
+@click.option("--resume", "resume_id", type=int, metavar="RUN_ID", help="Continue this run.")
 @click.pass_context
 def replay(
     ctx: click.Context,
