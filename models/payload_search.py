@@ -1,7 +1,7 @@
 """Search stored payloads in SQL: "the value at this JSON path equals this value".
 
 ``--where PATH=VALUE`` (``hookfleet events list``, ``hookfleet replay``) becomes
-:func:`payload_equals`, a condition the database evaluates, so listing never loads a
+:class:`PayloadEquals`, a condition the database evaluates, so listing never loads a
 payload into Python.
 
 **PATH.** ``$.a.b``, or ``a.b`` (the ``$.`` is implied): object keys separated by dots,
@@ -42,7 +42,6 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.expression import ColumnElement as _ColumnElement
 
 _SEGMENT = re.compile(r'\.([^."\[\]=\s]+)|\."([^"\\]*)"|\[(\d+)\]')
 Step = str | int
@@ -120,7 +119,7 @@ def _json_literal(value: str) -> tuple[bool, Any]:
     return False, None
 
 
-class payload_equals(_ColumnElement[bool]):
+class PayloadEquals(ColumnElement[bool]):
     """SQL: ``column`` (text holding JSON) has ``condition``'s value at its path.
     Compiled for SQLite and MariaDB/MySQL; other dialects raise ``CompileError``."""
 
@@ -134,8 +133,8 @@ class payload_equals(_ColumnElement[bool]):
         self.condition = condition
 
 
-@compiles(payload_equals, "sqlite")
-def _sqlite(element: payload_equals, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(PayloadEquals, "sqlite")
+def _sqlite(element: PayloadEquals, compiler: SQLCompiler, **kw: Any) -> str:
     column, condition = element.column, element.condition
     path = literal(condition.json_path)
     kind = func.json_type(column, path)
@@ -161,9 +160,9 @@ def _fits_int64(number: Decimal) -> bool:
     return number == number.to_integral_value() and -(2**63) <= number < 2**63
 
 
-@compiles(payload_equals, "mysql")
-@compiles(payload_equals, "mariadb")
-def _mariadb(element: payload_equals, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(PayloadEquals, "mysql")
+@compiles(PayloadEquals, "mariadb")
+def _mariadb(element: PayloadEquals, compiler: SQLCompiler, **kw: Any) -> str:
     column, condition = element.column, element.condition
     # JSON_EXTRACT gives NULL (and a warning) for text that is not JSON, and for a
     # missing path: no match either way.

@@ -17,7 +17,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from models.events import EventStatus, WebhookEvent
-from models.payload_search import PayloadCondition, parse_condition, payload_equals
+from models.payload_search import PayloadCondition, PayloadEquals, parse_condition
 
 _Statement = TypeVar("_Statement", bound=Select)
 PAGE = 1000  # rows per query when streaming more than one page
@@ -57,7 +57,7 @@ class Selection:
         if self.correlation_id:
             statement = statement.where(WebhookEvent.correlation_id == self.correlation_id)
         for condition in self.where:
-            statement = statement.where(payload_equals(WebhookEvent.payload, condition))
+            statement = statement.where(PayloadEquals(WebhookEvent.payload, condition))
         if self.up_to_id is not None:
             statement = statement.where(WebhookEvent.id <= self.up_to_id)
         return statement
