@@ -9,6 +9,7 @@ from models.business import Agent, Branch, Company, Service, Staff
 from models.calls import Call
 from models.customers import Customer, CustomerDetail
 from models.events import EventStatus, WebhookEvent
+from models.replays import ReplayRun, RunStatus
 
 __all__ = [
     "Agent",
@@ -22,6 +23,8 @@ __all__ = [
     "Customer",
     "CustomerDetail",
     "EventStatus",
+    "ReplayRun",
+    "RunStatus",
     "Service",
     "Staff",
     "WebhookEvent",

@@ -33,6 +33,7 @@ class WebhookEvent(Base):
         UniqueConstraint("provider", "event_id"),
         Index(None, "provider", "event_id", "created_at"),
         Index(None, "status", "created_at"),
+        Index(None, "correlation_id"),
     )
 
     id: Mapped[int] = mapped_column(

@@ -427,6 +427,13 @@ class Settings:
         "HOOKFLEET_RETENTION_DAYS",
         "Beat's daily run deletes `processed` rows older than this (`0`: never).",
     )
+    # Replays share hookfleet.low and the database with live work: a cap keeps a bulk
+    # replay from crowding them out (a million events take about half an hour).
+    replay_rate_per_s: float = knob(
+        500.0,
+        "HOOKFLEET_REPLAY_RATE",
+        "Events per second `hookfleet replay` enqueues unless `--rate` says (`0`: no cap).",
+    )
     # A worker running apart from a receiver serves its own metrics.
     worker_metrics_port: int = knob(
         0,

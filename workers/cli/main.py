@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
+from workers.cli.events import dlq, events
 from workers.cli.integrity import integrity
 from workers.cli.ops import prune, stats
 from workers.cli.params import invocation_settings
 from workers.cli.provisioning import breaker, provision
 from workers.cli.quarantine import quarantine
-from workers.cli.recovery import dlq, replay, sweep
+from workers.cli.recovery import replay, sweep
 from workers.cli.send import send
 
 
@@ -99,5 +100,6 @@ main.add_command(provision)
 main.add_command(breaker)
 main.add_command(stats)
 main.add_command(prune)
+main.add_command(events)
 main.add_command(send)
 main.add_command(quarantine)

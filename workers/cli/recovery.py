@@ -1,185 +1,249 @@
-"""``hookfleet dlq``, ``replay`` and ``sweep``: see what did not take effect, run it again."""
+"""``hookfleet replay`` and ``sweep``: run again what did not take effect (finding events:
+:mod:`workers.cli.events`)."""
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timedelta
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
+import redis
+from sqlalchemy.exc import SQLAlchemyError
 
-from models.events import EventStatus
 from models.settings import Settings
-from workers.cli.params import Age, When, invocation_settings
+from workers.cli.events import build_selection, selection_options
+from workers.cli.events import sessions as events_sessions
+from workers.cli.params import Age, invocation_settings
+from workers.recovery.deadletters import REPLAY_QUEUE
+from workers.recovery.selection import Selection
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
-
-STATUS = click.Choice([s.value for s in EventStatus])
-
-
-def _sessions() -> sessionmaker[Session]:
-    from models.engine import make_engine, make_sessionmaker
-
-    return make_sessionmaker(make_engine(invocation_settings()))
+    from models.replays import ReplayRun
+    from workers.recovery.replay_runs import Attempt
 
 
-def _selection(
-    event_ids: tuple[str, ...],
-    provider: str | None,
-    event_type: str | None,
-    since: datetime | None,
-    until: datetime | None,
-    statuses: tuple[str, ...],
-) -> Any:
-    from workers.recovery.deadletters import Selection
-
-    return Selection(
-        event_ids=event_ids,
-        provider=provider,
-        event_type=event_type,
-        since=since,
-        until=until,
-        statuses=tuple(EventStatus(s) for s in statuses) or (EventStatus.DEAD,),
-    )
-
-
-def _filters(command: Any) -> Any:
-    for option in reversed(
-        [
-            click.option("--provider", help="Only this provider (retell, calcom, ...)."),
-            click.option("--type", "event_type", help="Only this event type."),
-            click.option("--since", type=When(), help="Created at or after (ISO or 24h)."),
-            click.option("--until", type=When(), help="Created before (ISO or 24h)."),
-            click.option(
-                "--status",
-                "statuses",
-                type=STATUS,
-                multiple=True,
-                help="Statuses to select (repeatable). Default: dead.",
-            ),
-        ]
-    ):
-        command = option(command)
-    return command
-
-
-@click.group()
-def dlq() -> None:
-    """Dead letters: events whose retry budget is spent (and, with --status, others)."""
-
-
-@dlq.command("list")
-@_filters
-@click.option("--after", "after_id", default=0, help="Page on: show ids after this one.")
-@click.option("--limit", default=50, show_default=True)
-def list_command(
-    provider: str | None,
-    event_type: str | None,
-    since: datetime | None,
-    until: datetime | None,
-    statuses: tuple[str, ...],
-    after_id: int,
-    limit: int,
-) -> None:
-    """List events, oldest first, without loading their payloads."""
-    from workers.recovery.deadletters import list_letters
-
-    selection = _selection((), provider, event_type, since, until, statuses)
-    with _sessions()() as session:
-        letters = list_letters(session, selection, after_id=after_id, limit=limit)
-    if not letters:
-        click.echo("no events match.")
-        return
-    click.echo(f"{'ID':>8}  {'PROVIDER':<9} {'TYPE':<22} {'STATUS':<9} {'TRIES':>5}  EVENT / ERROR")
-    for letter in letters:
-        click.echo(
-            f"{letter.id:>8}  {letter.provider:<9} {letter.event_type[:22]:<22} "
-            f"{letter.status:<9} {letter.attempts:>5}  {letter.event_id}"
-        )
-        if letter.error:
-            click.echo(f"{'':>8}  └ {letter.error}")
-    if len(letters) == limit:
-        click.echo(f"more: hookfleet dlq list --after {letters[-1].id} ...")
-
-
-@dlq.command("show")
-@click.argument("event_pk", type=int)
-def show_command(event_pk: int) -> None:
-    """Everything about one event (by its ``ID`` from ``dlq list``), payload included."""
-    from workers.recovery.deadletters import show_letter
-
-    with _sessions()() as session:
-        row = show_letter(session, event_pk)
-        if row is None:
-            raise click.ClickException(f"no event with id {event_pk}")
-        click.echo(f"id:             {row.id}")
-        click.echo(f"provider:       {row.provider}")
-        click.echo(f"event_id:       {row.event_id}")
-        click.echo(f"event_type:     {row.event_type}")
-        click.echo(f"status:         {row.status.value} after {row.attempts} attempt(s)")
-        click.echo(f"queue:          {row.queue}")
-        click.echo(f"correlation_id: {row.correlation_id}")
-        click.echo(f"received_at:    {row.received_at.isoformat()}")
-        click.echo(f"updated_at:     {row.updated_at.isoformat()}")
-        click.echo(f"headers:        {json.dumps(row.headers)}")
-        click.echo(f"last_error:     {row.last_error or '-'}")
-        if row.last_traceback:
-            click.echo("traceback:")
-            click.echo(row.last_traceback.rstrip())
-        click.echo("payload:")
-        click.echo(row.payload)
-
-
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--event-id", "event_ids", multiple=True, help="Replay this event (repeatable).")
-@_filters
+@selection_options("dead")
 @click.option("--all-dead", is_flag=True, help="Replay every dead letter.")
-@click.option("--dry-run", is_flag=True, help="Only count what would be replayed.")
-@click.option("--batch-size", default=500, show_default=True)
+@click.option("--dry-run", is_flag=True, help="Only print the estimate.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before replaying.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Events per second at most (0: no cap) "
+    f"[default: HOOKFLEET_REPLAY_RATE, {Settings.replay_rate_per_s:g}].",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Events per read.",
+)
+@click.option("--resume", "resume_id", type=int, metavar="RUN_ID", help="Continue this run.")
+@click.pass_context
 def replay(
+    ctx: click.Context,
     event_ids: tuple[str, ...],
-    provider: str | None,
-    event_type: str | None,
-    since: datetime | None,
-    until: datetime | None,
-    statuses: tuple[str, ...],
     all_dead: bool,
     dry_run: bool,
+    yes: bool,
+    rate: float | None,
     batch_size: int,
+    resume_id: int | None,
+    **filters: Any,
 ) -> None:
-    """Run events again, on hookfleet.low, past the receiver's dedup.
+    """Run events again, on hookfleet.low, past the receiver's dedup, each once.
 
-    Choose by --event-id, by --provider with --since/--until (and --status, default
-    dead), or --all-dead. Effects are idempotent: a replayed event that had already
-    taken effect leaves the same rows.
+    Choose by --event-id (any status), by the filters of `hookfleet events list`
+    (--status defaults to dead here), or --all-dead. Prints the estimate first (all
+    that --dry-run does), asks on a terminal (--yes skips), then replays at --rate with
+    a progress bar. Ctrl-C or SIGTERM stops it after the chunk in hand; --resume RUN_ID
+    continues without enqueuing any event twice (`hookfleet replay runs` lists runs).
+    Effects are idempotent: a replayed event that had already taken effect leaves the
+    same rows.
     """
-    from workers.recovery.deadletters import REPLAY_QUEUE, ReplayReport, send_to_workers
-    from workers.recovery.deadletters import replay as run_replay
-
-    if not (event_ids or provider or since or until or all_dead):
+    if ctx.invoked_subcommand is not None:
+        return
+    if resume_id is not None:
+        if event_ids or all_dead or _chosen(filters) or filters["statuses"] or dry_run:
+            raise click.UsageError("--resume continues a run as it was: give no filters")
+        _resume(resume_id, rate, batch_size)
+        return
+    if not (event_ids or all_dead or _chosen(filters) or filters["statuses"]):
         raise click.UsageError(
-            "say what to replay: --event-id, --provider/--since/--until or --all-dead"
+            "say what to replay: --event-id, --all-dead, or filters (--provider, --type, "
+            "--status, --since/--until, --correlation-id, --where)"
         )
-    selection = _selection(event_ids, provider, event_type, since, until, statuses)
+    from workers.recovery import replay_runs
 
-    def progress(report: ReplayReport) -> None:
-        verb = "would replay" if dry_run else "replayed"
-        click.echo(f"... {verb} {report.selected}", err=True)
-
-    report = run_replay(
-        _sessions(),
-        selection,
-        None if dry_run else send_to_workers,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    by_provider = _per_provider(report.by_provider)
+    sessions = events_sessions()
+    selection = build_selection(filters, default_status="dead", event_ids=event_ids)
+    found = replay_runs.make_estimate(sessions, selection)
+    by_provider = _per_provider(_provider_totals(found.counts))
     if dry_run:
-        click.echo(f"dry run: {report.selected} event(s) would be replayed ({by_provider}).")
-    else:
-        click.echo(f"replayed {report.published} event(s) on {REPLAY_QUEUE} ({by_provider}).")
+        click.echo(f"dry run: {found.total} event(s) would be replayed ({by_provider}).")
+        _echo_kinds(found.counts)
+        return
+    click.echo(f"{found.total} event(s) match ({by_provider}).")
+    _echo_kinds(found.counts)
+    if not found.total:
+        return
+    chosen_rate = invocation_settings().replay_rate_per_s if rate is None else rate
+    if sys.stdin.isatty() and not yes:
+        pace = f"{chosen_rate:g}/s" if chosen_rate > 0 else "no rate cap"
+        click.confirm(f"replay {found.total} event(s) on {REPLAY_QUEUE} ({pace})?", abort=True)
+    run = replay_runs.create_run(sessions, selection, found, chosen_rate)
+    _execute(sessions, run, chosen_rate, batch_size)
+
+
+def _chosen(filters: dict[str, Any]) -> bool:
+    """Whether a filter other than --status was given."""
+    return any(value for name, value in filters.items() if name != "statuses")
+
+
+def _resume(run_id: int, rate: float | None, batch_size: int) -> None:
+    from workers.recovery import replay_runs
+
+    sessions = events_sessions()
+    try:
+        run = replay_runs.load_run(sessions, run_id)
+    except replay_runs.RunNotResumable as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(
+        f"resuming replay run {run.id}: {run.replayed} of {run.estimated} replayed so far "
+        f"({Selection.from_json(run.selection).described()})."
+    )
+    _execute(sessions, run, run.rate_per_s if rate is None else rate, batch_size)
+
+
+def _execute(sessions: sessionmaker[Session], run: ReplayRun, rate: float, batch_size: int) -> None:
+    """Run ``run`` with a progress bar (on stderr); Ctrl-C / SIGTERM stop it after the
+    chunk in hand, with exit status 128 + the signal. Prints what it did."""
+    from models.broker.redis_links import redis_client
+    from workers.broker.replay_push import ReplayPush
+    from workers.recovery import replay_runs
+
+    settings = invocation_settings()
+    pusher = ReplayPush(
+        redis_client(settings.broker_url, timeout_s=10),
+        run.token,
+        min_replicas=settings.redis_min_replicas,
+        wait_ms=settings.redis_replica_wait_ms,
+    )
+    stop, caught = threading.Event(), []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        caught.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with _progress_bar(run) as advance:
+            attempt = replay_runs.run(
+                sessions,
+                run.id,
+                pusher,
+                batch_size=batch_size,
+                rate_per_s=rate,
+                stop=stop,
+                progress=advance,
+            )
+    except (replay_runs.RunTakenOver, redis.RedisError, SQLAlchemyError) as error:
+        raise click.ClickException(
+            f"replay run {run.id} stopped: {error}. Nothing was enqueued twice; "
+            f"resume with: hookfleet replay --resume {run.id}"
+        ) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    _report(replay_runs.load_run(sessions, run.id, finished_too=True), attempt)
+    if not attempt.finished:
+        click.get_current_context().exit(128 + (caught[0] if caught else signal.SIGINT))
+
+
+@contextmanager
+def _progress_bar(run: ReplayRun) -> Iterator[Callable[[int], None] | None]:
+    """click's progress bar on stderr when it is a terminal (click is already the
+    command's library; a log or a pipe gets only the final report)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(
+        length=max(run.estimated, 1), label=f"replay run {run.id}", file=sys.stderr
+    ) as bar:
+        bar.update(run.replayed)
+        yield bar.update
+
+
+def _report(run: ReplayRun, attempt: Attempt) -> None:
+    kinds = {_kind(k): n for k, n in run.counts.items()}
+    if attempt.already_queued:
+        click.echo(
+            f"{attempt.already_queued} event(s) were already on the queue from the attempt "
+            "that was cut off: not enqueued again."
+        )
+    if not attempt.finished:
+        click.echo(
+            f"interrupted: replay run {run.id} replayed {run.replayed} of {run.estimated} "
+            f"({attempt.pushed} this time); resume with: hookfleet replay --resume {run.id}"
+        )
+        return
+    by_provider = _per_provider(_provider_totals(kinds))
+    click.echo(f"replayed {run.replayed} event(s) on {REPLAY_QUEUE} ({by_provider}).")
+    _echo_kinds(kinds)
+    skipped = max(0, run.estimated - run.replayed)
+    if skipped:
+        click.echo(
+            f"skipped {skipped}: counted at the start, but deleted or no longer matching "
+            "(their status changed) when their turn came."
+        )
+    click.echo(f"replay run {run.id} finished.")
+
+
+def _kind(key: str) -> tuple[str, str]:
+    provider, _, event_type = key.partition("/")
+    return provider, event_type
+
+
+def _provider_totals(counts: dict[tuple[str, str], int]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for (provider, _), n in counts.items():
+        totals[provider] = totals.get(provider, 0) + n
+    return totals
+
+
+def _echo_kinds(counts: dict[tuple[str, str], int]) -> None:
+    for (provider, event_type), n in sorted(counts.items()):
+        click.echo(f"  {n:>9}  {provider}/{event_type or '-'}")
+
+
+@replay.command("runs")
+@click.option("--limit", default=20, show_default=True)
+def replay_runs_command(limit: int) -> None:
+    """Replay runs, newest first: status, progress, what each selects."""
+    from workers.recovery.replay_runs import list_runs
+
+    runs = list_runs(events_sessions(), limit)
+    if not runs:
+        click.echo("no replay runs yet.")
+        return
+    click.echo(f"{'RUN':>5}  {'STATUS':<11} {'STARTED (UTC)':<19}  {'REPLAYED':>17}  SELECTION")
+    for run in runs:
+        progress = f"{run.replayed}/{run.estimated}"
+        click.echo(
+            f"{run.id:>5}  {run.status.value:<11} {run.started_at:%Y-%m-%d %H:%M:%S}  "
+            f"{progress:>17}  {Selection.from_json(run.selection).described()}"
+        )
 
 
 @click.command()
@@ -218,7 +282,7 @@ def sweep(older_than: timedelta | None, dry_run: bool, limit: int | None) -> Non
             "are requeued too (they take effect once; the extra message does nothing)",
             err=True,
         )
-    report = run_sweep(_sessions(), None if dry_run else send_to_workers, age, limit=limit)
+    report = run_sweep(events_sessions(), None if dry_run else send_to_workers, age, limit=limit)
     by_provider = _per_provider(report.by_provider)
     if dry_run:
         click.echo(f"dry run: {report.selected} stuck event(s) would be requeued ({by_provider}).")

@@ -1,0 +1,190 @@
+"""Search stored payloads in SQL: "the value at this JSON path equals this value".
+
+``--where PATH=VALUE`` (``hookfleet events list``, ``hookfleet replay``) becomes
+:class:`PayloadEquals`, a condition the database evaluates, so listing never loads a
+payload into Python.
+
+**PATH.** ``$.a.b``, or ``a.b`` (the ``$.`` is implied): object keys separated by dots,
+array positions in brackets (``data.items[0].id``, ``$[0]`` for a payload that is an
+array). A key holding a dot, a bracket, ``=`` or a space is quoted: ``a."b.c"``. Keys
+are case-sensitive; positions count from 0. A double quote or backslash inside a key
+cannot be searched for.
+
+**VALUE** (all of it, after the first ``=`` that follows the path):
+
+- matches a JSON **string** equal to it byte for byte (case and accents count);
+- when VALUE is itself a JSON number, ``true``, ``false`` or ``null``, it also matches
+  that JSON value: ``amount=100`` matches ``100``, ``100.0`` and ``"100"``;
+  ``livemode=true`` matches ``true`` and ``"true"``; ``x=null`` matches a JSON ``null``
+  (never a missing key);
+- a VALUE in double quotes is a JSON string and matches only a string:
+  ``id="100"`` matches ``"100"``, not ``100``.
+
+A missing key, a path through something that is not an object or array, a payload that
+is not JSON or not an object: no match, never an error.
+
+SQL: SQLite's JSON1 (``json_valid``, ``json_type``, ``json_extract``: sqlite.org/json1.html)
+and MariaDB's JSON functions (``JSON_EXTRACT``, ``JSON_TYPE``, ``JSON_UNQUOTE``:
+mariadb.com/kb/en/json-functions); the path is a bound parameter with every key quoted
+(``$."data"."object"[0]``), a form both accept.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Boolean, ColumnElement, and_, case, cast, false, func, literal, or_
+from sqlalchemy.dialects import mysql
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import QueryableAttribute
+from sqlalchemy.sql.compiler import SQLCompiler
+
+_SEGMENT = re.compile(r'\.([^."\[\]=\s]+)|\."([^"\\]*)"|\[(\d+)\]')
+Step = str | int
+
+
+class BadPath(ValueError):
+    """``--where`` text that is not ``PATH=VALUE`` in the syntax above."""
+
+
+@dataclass(frozen=True)
+class PayloadCondition:
+    """One parsed ``PATH=VALUE``: ``steps`` are keys (str) and positions (int); ``text``
+    is the string it matches; ``literal`` the JSON value VALUE spells (a Decimal, bool
+    or None) when ``has_literal``; ``source`` the text as given."""
+
+    steps: tuple[Step, ...]
+    text: str
+    literal: Any = None
+    has_literal: bool = False
+    source: str = ""
+
+    @property
+    def json_path(self) -> str:
+        """``$."a"."b"[0]``: the path as both SQLite and MariaDB read it."""
+        return "$" + "".join(f"[{s}]" if isinstance(s, int) else f'."{s}"' for s in self.steps)
+
+
+def parse_condition(text: str) -> PayloadCondition:
+    """Parse ``PATH=VALUE``; raises :class:`BadPath` saying what is wrong."""
+    rest = text.strip()
+    if rest.startswith("$"):
+        rest = rest[1:]
+    elif rest and rest[0] not in ".[":
+        rest = "." + rest
+    steps: list[Step] = []
+    while rest and not rest.startswith("="):
+        match = _SEGMENT.match(rest)
+        if match is None:
+            raise BadPath(
+                f"{text!r}: expected PATH=VALUE with PATH like data.object.id, $.call.call_id "
+                f'or items[0].id (quote odd keys: a."b.c"), at {rest!r}'
+            )
+        key, quoted_key, position = match.groups()
+        steps.append(int(position) if position is not None else (key or quoted_key or ""))
+        rest = rest[match.end() :]
+    if not rest.startswith("="):
+        raise BadPath(f"{text!r}: no '=VALUE' after the path")
+    if not steps:
+        raise BadPath(f"{text!r}: the path is empty (say which field: data.object.id=...)")
+    return _with_value(tuple(steps), rest[1:], source=text)
+
+
+def _with_value(steps: tuple[Step, ...], value: str, *, source: str) -> PayloadCondition:
+    if len(value) >= 2 and value.startswith('"') and value.endswith('"'):
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, str):
+            return PayloadCondition(steps, text=decoded, source=source)
+    is_literal, parsed = _json_literal(value)
+    if is_literal:
+        return PayloadCondition(steps, value, literal=parsed, has_literal=True, source=source)
+    return PayloadCondition(steps, text=value, source=source)
+
+
+def _json_literal(value: str) -> tuple[bool, Any]:
+    """``(True, value)`` when ``value`` is a JSON number, true, false or null."""
+    try:
+        parsed = json.loads(value, parse_float=Decimal, parse_int=Decimal)
+    except ValueError:
+        return False, None
+    if parsed is None or isinstance(parsed, bool | Decimal):
+        return True, parsed
+    return False, None
+
+
+class PayloadEquals(ColumnElement[bool]):
+    """SQL: ``column`` (text holding JSON) has ``condition``'s value at its path.
+    Compiled for SQLite and MariaDB/MySQL; other dialects raise ``CompileError``."""
+
+    type = Boolean()
+    inherit_cache = False  # holds plain Python values, not SQL elements: not cacheable
+
+    def __init__(
+        self, column: ColumnElement[str] | QueryableAttribute[str], condition: PayloadCondition
+    ) -> None:
+        self.column = column
+        self.condition = condition
+
+
+@compiles(PayloadEquals, "sqlite")
+def _sqlite(element: PayloadEquals, compiler: SQLCompiler, **kw: Any) -> str:
+    column, condition = element.column, element.condition
+    path = literal(condition.json_path)
+    kind = func.json_type(column, path)
+    value = func.json_extract(column, path)
+    matches = [and_(kind == "text", value == literal(condition.text))]
+    if condition.has_literal:
+        matches.append(_sqlite_literal(kind, value, condition.literal))
+    # json_extract raises on text that is not JSON; CASE keeps it from seeing such rows.
+    expression = case((func.json_valid(column) == 1, or_(*matches)), else_=false())
+    return f"({compiler.process(expression, **kw)})"
+
+
+def _sqlite_literal(kind: Any, value: Any, literal_value: Any) -> ColumnElement[bool]:
+    if literal_value is None:
+        return kind == "null"
+    if isinstance(literal_value, bool):
+        return kind == ("true" if literal_value else "false")
+    number = int(literal_value) if _fits_int64(literal_value) else float(literal_value)
+    return and_(kind.in_(["integer", "real"]), value == literal(number))
+
+
+def _fits_int64(number: Decimal) -> bool:
+    return number == number.to_integral_value() and -(2**63) <= number < 2**63
+
+
+@compiles(PayloadEquals, "mysql")
+@compiles(PayloadEquals, "mariadb")
+def _mariadb(element: PayloadEquals, compiler: SQLCompiler, **kw: Any) -> str:
+    column, condition = element.column, element.condition
+    # JSON_EXTRACT gives NULL (and a warning) for text that is not JSON, and for a
+    # missing path: no match either way.
+    extracted = func.json_extract(column, literal(condition.json_path))
+    kind = func.json_type(extracted)
+    # The payload column's collation folds case and accents; ids must not.
+    unquoted = func.json_unquote(extracted).collate("utf8mb4_bin")
+    matches = [and_(kind == "STRING", unquoted == literal(condition.text))]
+    if condition.has_literal:
+        matches.append(_mariadb_literal(kind, extracted, condition.literal))
+    # Parenthesized: the caller may compare it (``= 1``) or AND it with more.
+    return f"({compiler.process(or_(*matches), **kw)})"
+
+
+def _mariadb_literal(kind: Any, extracted: Any, literal_value: Any) -> ColumnElement[bool]:
+    if literal_value is None:
+        return kind == "NULL"
+    if isinstance(literal_value, bool):
+        return and_(kind == "BOOLEAN", extracted == ("true" if literal_value else "false"))
+    # DECIMAL(65, 20): integers of up to 45 digits exact (ids, unix-ms timestamps).
+    as_decimal = cast(func.json_unquote(extracted), mysql.DECIMAL(65, 20))
+    return and_(
+        kind.in_(["INTEGER", "DOUBLE", "DECIMAL"]),
+        as_decimal == literal(literal_value, mysql.DECIMAL(65, 20)),
+    )
