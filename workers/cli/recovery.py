@@ -157,6 +157,9 @@ def replay(
     """
     from workers.recovery.deadletters import REPLAY_QUEUE, ReplayReport, send_to_workers
     from workers.recovery.deadletters import replay as run_replay
+    from workers.tracing import start_cli
+
+    start_cli()  # OTLP traces when OTEL_EXPORTER_OTLP_ENDPOINT is set (README Tracing)
 
     if not (event_ids or provider or since or until or all_dead):
         raise click.UsageError(
@@ -202,6 +205,9 @@ def sweep(older_than: timedelta | None, dry_run: bool, limit: int | None) -> Non
     """
     from workers.recovery.deadletters import send_to_workers
     from workers.recovery.sweeper import sweep as run_sweep
+    from workers.tracing import start_cli
+
+    start_cli()  # OTLP traces when OTEL_EXPORTER_OTLP_ENDPOINT is set (README Tracing)
 
     settings = invocation_settings()
     if older_than:
