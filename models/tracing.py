@@ -40,7 +40,7 @@ log = logging.getLogger("hookfleet.tracing")
 SCOPE = "hookfleet"
 
 _TRUE = ("true", "1", "yes", "on")
-_state: dict[str, Any] = {"on": False, "provider": None, "pid": None}
+_state: dict[str, Any] = {"on": False, "provider": None, "tracer": None}
 
 
 def wanted(environ: Mapping[str, str]) -> bool:
@@ -87,7 +87,8 @@ def start(service: str, environ: Mapping[str, str] | None = None) -> bool:
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    _state.update(on=True, provider=provider, pid=os.getpid())
+    # One tracer for the process: asking the provider for it costs more than a span.
+    _state.update(on=True, provider=provider, tracer=provider.get_tracer(SCOPE))
     return True
 
 
@@ -123,9 +124,8 @@ def flush(timeout_ms: int = 5000) -> None:
 
 
 def tracer() -> Any:
-    from opentelemetry import trace
-
-    return trace.get_tracer(SCOPE)
+    """Hookfleet's tracer (call only while tracing is on)."""
+    return _state["tracer"]
 
 
 @contextlib.contextmanager
@@ -139,12 +139,19 @@ def span(
 ) -> Iterator[Span | None]:
     """A current span named ``name`` (child of ``context``, else of the current span);
     yields None and does nothing when tracing is off. An exception leaving the block
-    is recorded on the span and sets its status to error, then raised on."""
+    is recorded on the span and sets its status to error, then raised on. Under a
+    current span that is not recording (sampled out), yields None too."""
     if not _state["on"]:
         yield None
         return
-    from opentelemetry.trace import SpanKind
+    from opentelemetry.trace import SpanKind, get_current_span
 
+    parent = get_current_span() if context is None else None
+    if parent is not None and parent.get_span_context().is_valid and not parent.is_recording():
+        # Under a span the sampler left out, a child would be left out too: skip the
+        # cost of making one (a delivery sampled out pays for its request span only).
+        yield None
+        return
     with tracer().start_as_current_span(
         name,
         context=context,
