@@ -83,6 +83,10 @@ def start(service: str, environ: Mapping[str, str] | None = None) -> bool:
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: service}))
+    # The batch processor logs a warning for every span it drops when its queue is full
+    # (more spans than the exporter keeps up with): under load, that line per span
+    # would cost more than the spans. One a minute says the same.
+    logging.getLogger(_BATCH_LOGGER).addFilter(_OncePerMinute())
     # The sampler comes from OTEL_TRACES_SAMPLER (parentbased_always_on by default).
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(exporter))
@@ -90,6 +94,24 @@ def start(service: str, environ: Mapping[str, str] | None = None) -> bool:
     # One tracer for the process: asking the provider for it costs more than a span.
     _state.update(on=True, provider=provider, tracer=provider.get_tracer(SCOPE))
     return True
+
+
+#: The logger of the SDK's batch span processor (opentelemetry/sdk/_shared_internal).
+_BATCH_LOGGER = "opentelemetry.sdk._shared_internal"
+
+
+class _OncePerMinute(logging.Filter):
+    """Lets one record through a minute; the rest are dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._next = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.created < self._next:
+            return False
+        self._next = record.created + 60
+        return True
 
 
 def _exporter(environ: Mapping[str, str]) -> Any:
