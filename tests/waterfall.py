@@ -18,8 +18,16 @@ KINDS = {1: "", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 
 
 def waterfall(spans: list[Span], width: int = 36) -> str:
-    """One line per span, children under their parent (by start time), with its
-    service, kind, duration and a bar placed on the trace's time axis."""
+    """Each trace among ``spans`` in the order it started, drawn by :func:`draw`."""
+    traces: dict[str, list[Span]] = {}
+    for span in sorted(spans, key=lambda s: s.start_ns):
+        traces.setdefault(span.trace_id, []).append(span)
+    return "\n\n".join(draw(trace, width) for trace in traces.values())
+
+
+def draw(spans: list[Span], width: int = 36) -> str:
+    """One trace: a line per span, children under their parent (by start time), with
+    its service, kind, duration and a bar placed on the trace's time axis."""
     by_id = {s.span_id: s for s in spans}
     children: dict[str, list[Span]] = {}
     for s in spans:
@@ -29,7 +37,7 @@ def waterfall(spans: list[Span], width: int = 36) -> str:
     total = max(max(s.end_ns for s in spans) - start, 1)
     lines = [f"trace {spans[0].trace_id}   {total / 1e6:.1f} ms in all"]
 
-    def draw(span: Span, depth: int) -> None:
+    def line(span: Span, depth: int) -> None:
         left = int((span.start_ns - start) / total * width)
         size = max(1, int((span.end_ns - span.start_ns) / total * width))
         bar = " " * left + "█" * min(size, width - left)
@@ -40,10 +48,10 @@ def waterfall(spans: list[Span], width: int = 36) -> str:
             f"{(span.end_ns - span.start_ns) / 1e6:>8.2f} ms |{bar:<{width}}|"
         )
         for child in sorted(children.get(span.span_id, []), key=lambda s: s.start_ns):
-            draw(child, depth + 1)
+            line(child, depth + 1)
 
     for root in sorted(children.get("", []), key=lambda s: s.start_ns):
-        draw(root, 0)
+        line(root, 0)
     return "\n".join(lines)
 
 

@@ -126,9 +126,11 @@ def test_a_delivery_is_one_trace_from_the_receiver_into_the_worker_and_a_replay_
         assert (processed.trace_id, processed.span_id) in batch.links
         statements = [s for s in trace if s.parent_id == processed.span_id and is_db(s)]
         assert statements and {s.service for s in statements} == {"hookfleet-worker"}
+        # The picture in the README: this trace, and the batch's own it links to.
+        pictured = trace + in_trace(spans, batch.trace_id)
         if out := os.environ.get("HOOKFLEET_TRACE_OUT"):
-            save(trace, Path(out))
-        print(waterfall(trace))
+            save(pictured, Path(out))
+        print(waterfall(pictured))
 
         # Without a sender's traceparent the request span starts the trace.
         other_id = deliver(fleet, "call_untraced")
