@@ -150,7 +150,10 @@ def tracer() -> Any:
     return _state["tracer"]
 
 
-@contextlib.contextmanager
+#: What :func:`span` returns while tracing is off: one shared, reusable no-op.
+_OFF: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
 def span(
     name: str,
     *,
@@ -158,14 +161,24 @@ def span(
     context: Context | None = None,
     attributes: Mapping[str, Any] | None = None,
     links: list[Link] | None = None,
-) -> Iterator[Span | None]:
+) -> contextlib.AbstractContextManager[Span | None]:
     """A current span named ``name`` (child of ``context``, else of the current span);
     yields None and does nothing when tracing is off. An exception leaving the block
     is recorded on the span and sets its status to error, then raised on. Under a
     current span that is not recording (sampled out), yields None too."""
     if not _state["on"]:
-        yield None
-        return
+        return _OFF
+    return _span(name, kind, context, attributes, links)
+
+
+@contextlib.contextmanager
+def _span(
+    name: str,
+    kind: SpanKind | None,
+    context: Context | None,
+    attributes: Mapping[str, Any] | None,
+    links: list[Link] | None,
+) -> Iterator[Span | None]:
     from opentelemetry.trace import SpanKind, get_current_span
 
     parent = get_current_span() if context is None else None
