@@ -59,6 +59,26 @@ def in_trace(spans: list[Span], trace_id: str) -> list[Span]:
     return [s for s in spans if s.trace_id == trace_id]
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (gunicorn's workers, Celery's pool children)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").iterdir():
+            todo += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def exporter_loaded(fleet: Processes, name: str) -> list[bool]:
+    """For each process of ``name``: whether the OTLP exporter's protobuf runtime
+    (google/_upb, a shared object nothing else in Hookfleet loads) is mapped in it."""
+    return [
+        "/_upb/" in Path(f"/proc/{pid}/maps").read_text()
+        for pid in process_tree(fleet.running[name].pid)
+    ]
+
+
 def ancestors(span: Span, spans: list[Span]) -> list[str]:
     by_id = {s.span_id: s for s in spans if s.trace_id == span.trace_id}
     found = []
@@ -171,3 +191,24 @@ def test_a_delivery_is_one_trace_from_the_receiver_into_the_worker_and_a_replay_
         assert (SENDER_TRACE, received.span_id) in published.links
         assert (SENDER_TRACE, received.span_id) in again.links
         assert again.attributes["hookfleet.outcome"] == "processed"
+        # The exporter runs in every process that does the work (the control for the
+        # test below): gunicorn's workers and Celery's pool children.
+        assert exporter_loaded(fleet, "web").count(True) == 2
+        assert exporter_loaded(fleet, "worker_high").count(True) == 2
+
+
+def test_without_an_endpoint_no_process_of_the_fleet_loads_the_exporter(
+    tmp_path: Path, redis_url: str, mariadb_url: str
+) -> None:
+    with running_fleet(
+        tmp_path,
+        redis_url,
+        mariadb_url,
+        names=("web", "worker_high"),
+        HOOKFLEET_RETELL_SECRETS=SECRET,
+    ) as fleet:
+        fleet.wait_for_worker("worker_high")
+        deliver(fleet, "call_untraced")
+        # The gunicorn master and its 2 workers; the Celery main process and its 2 children.
+        assert exporter_loaded(fleet, "web") == [False] * 3
+        assert exporter_loaded(fleet, "worker_high") == [False] * 3
