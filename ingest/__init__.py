@@ -26,6 +26,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     from ingest.quarantine import quarantine_for
     from ingest.routing import Router
     from ingest.views import bp
+    from models import tracing
     from models.broker.redis_links import redis_client
     from models.logs import configure_logging
     from models.phones import configure_regions
@@ -39,6 +40,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
 
     configure_logging(settings.log_level, settings.log_format)
     configure_regions(settings.phone_regions)
+    tracing.start("hookfleet-receiver")
     app: Flask = ReceiverApp("hookfleet")
     # werkzeug would answer /webhooks//stripe with a 308 HTML redirect (Flask passes
     # routing redirects through its error handlers untouched); a path is matched as

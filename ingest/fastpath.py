@@ -30,7 +30,9 @@ from werkzeug.http import HTTP_STATUS_CODES
 from ingest.errors import OUTCOME_BY_CODE, ApiError, ErrorCode
 from ingest.metrics import count_answer
 from ingest.providers import REGISTRY
+from ingest.tracing import describe_answer, request_span
 from ingest.views import Answer, correlation_id_for, json_body, take_delivery
+from models import tracing
 from models.logs import log_context
 
 log = logging.getLogger("hookfleet.ingest")
@@ -73,6 +75,22 @@ class ReceiverApp(Flask):
         )
         if provider is None:
             return super().wsgi_app(environ, start_response)
+        if tracing.on():
+            return self._traced(environ, start_response, provider)
+        return self._deliver(environ, start_response, provider)
+
+    def _traced(self, environ: dict[str, Any], start_response: StartResponse, provider: Any) -> Any:
+        """:meth:`_deliver` inside the delivery's request span (ingest/tracing.py)."""
+        with request_span(environ, provider.name) as span:
+            return self._deliver(environ, start_response, provider, span)
+
+    def _deliver(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        provider: Any,
+        span: Any = None,
+    ) -> Any:
         started = time.perf_counter()
         correlation_id = correlation_id_for(environ.get("HTTP_X_REQUEST_ID", ""))
         log_context.set({"correlation_id": correlation_id})
@@ -87,6 +105,8 @@ class ReceiverApp(Flask):
             code = ErrorCode.INTERNAL_ERROR
             answer = _refusal(code, code.default_message)
         count_answer(provider.name, answer.outcome, time.perf_counter() - started)
+        if span is not None:
+            describe_answer(span, answer.status, answer.outcome, log_context.get())
         start_response(
             f"{answer.status} {HTTP_STATUS_CODES[answer.status].upper()}",
             [

@@ -32,6 +32,7 @@ from ingest.providers.base import (
 from ingest.quarantine import Quarantine
 from ingest.request import read_delivery, refuse_codings
 from ingest.routing import Router
+from models import tracing
 from models.broker.envelope import build_event_message
 from models.contract import EventMessage
 from models.logs import log_context
@@ -252,7 +253,8 @@ def _verify(provider: Provider, delivery: Delivery, settings: ProviderSettings) 
             f"HOOKFLEET_{provider.name.upper()}_SECRETS (or _VERIFY=off for trials).",
         )
     try:
-        provider.verify(delivery, settings)
+        with tracing.span("hookfleet.verify", attributes={"hookfleet.provider": provider.name}):
+            provider.verify(delivery, settings)
     except VerificationError as error:
         log.warning("rejected delivery", extra={"provider": provider.name, "reason": error.code})
         raise ApiError(error.code, error.message) from None
@@ -302,15 +304,16 @@ def _admit(
     gate: DedupGate = app.extensions["hookfleet_gate"]
     retry_after_s = settings.retry_after_s
     try:
-        return gate.admit(
-            job.dedup_key,
-            correlation_id,
-            job.ttl_s,
-            job.queue,
-            job.message,
-            settings.shed_queue_depth,
-            rate_limit=_rate_limit(job.provider, settings),
-        )
+        with tracing.span("hookfleet.claim_and_enqueue", attributes=_claim_attributes(job)):
+            return gate.admit(
+                job.dedup_key,
+                correlation_id,
+                job.ttl_s,
+                job.queue,
+                job.message,
+                settings.shed_queue_depth,
+                rate_limit=_rate_limit(job.provider, settings),
+            )
     except redis.RedisError as error:
         # Unreachable, restarting or failing over: expected to pass, and answered with
         # Retry-After, so a warning. Anything else (out of memory, a refused write) is
@@ -363,6 +366,16 @@ def _rate_limited(provider: str, wait_ms: int, settings: Settings) -> ApiError:
         f"{burst}); the delivery was not accepted. Retry in {retry_after_s} s.",
         retry_after_s=retry_after_s,
     )
+
+
+def _claim_attributes(job: Job) -> dict[str, str]:
+    """The claim/enqueue span's attributes (OpenTelemetry messaging conventions)."""
+    return {
+        "messaging.system": "redis",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": job.queue,
+        "hookfleet.event_id": job.event_id,
+    }
 
 
 def _answer_inline(

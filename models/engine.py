@@ -9,6 +9,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from models import tracing
 from models.metrics import watch_pool
 from models.settings import Settings
 
@@ -54,6 +55,7 @@ def make_engine(
             pool_recycle=settings.db_pool_recycle_s,
         )
     engine = create_engine(url, **options)
+    tracing.instrument_engine(engine)  # statement spans, while tracing is on
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     watch_pool(engine)

@@ -20,6 +20,8 @@ from typing import IO, Any
 
 from pythonjsonlogger.json import JsonEncoder, JsonFormatter
 
+from models.tracing import current_ids
+
 # The delivery a line is about; the receiver and the task wrapper set it.
 log_context: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar(
     "hookfleet_log_context", default=None
@@ -31,6 +33,9 @@ class _ContextFilter(logging.Filter):
         for key, value in (log_context.get() or {}).items():
             if not hasattr(record, key):
                 setattr(record, key, value)
+        ids = current_ids()  # None unless tracing is on (models.tracing)
+        if ids is not None and not hasattr(record, "trace_id"):
+            record.trace_id, record.span_id = ids
         return True
 
 

@@ -242,7 +242,8 @@ def sqlite_url(directory: Path) -> str:
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
-    """The process environment minus any HOOKFLEET_* the developer had set."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HOOKFLEET_")}
+    """The process environment minus any HOOKFLEET_* (and OTEL_*: tracing) the developer
+    had set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOOKFLEET_", "OTEL_"))}
     env.update(overrides)
     return env

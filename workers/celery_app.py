@@ -45,6 +45,8 @@ app = Celery(
         "workers.recovery.tasks",
         "workers.integrity.tasks",
         "workers.metrics",
+        # Not tasks: the signal handlers that start tracing in each process.
+        "workers.tracing",
     ],
     set_as_current=False,
 )

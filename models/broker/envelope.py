@@ -19,6 +19,7 @@ from typing import Any
 
 from models.contract import PROCESS_EVENT, EventMessage
 from models.perprocess import PerProcess
+from models.tracing import trace_headers
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -110,12 +111,15 @@ def build_event_message(event: EventMessage) -> tuple[str, str]:
     """Return ``(task_id, message)``: ``event`` as a :data:`~models.contract.PROCESS_EVENT`
     message on its own queue, its arguments in the contract's layout
     (:meth:`~models.contract.EventMessage.to_kwargs`), its correlation id in the
-    ``hookfleet_correlation_id`` header, and only provider and event id in the
+    ``hookfleet_correlation_id`` header, the current trace context in ``traceparent`` /
+    ``tracestate`` (while tracing is on), and only provider and event id in the
     ``kwargsrepr`` that Celery logs (never the payload)."""
     return build_task_message(
         PROCESS_EVENT,
         event.to_kwargs(),
         event.queue,
         kwargsrepr=f"{{'provider': {event.provider!r}, 'event_id': {event.event_id!r}}}",
-        extra_headers={"hookfleet_correlation_id": event.correlation_id},
+        # The trace context of the current span (the receiver's request span): the
+        # worker's span for this event continues the delivery's trace (models.tracing).
+        extra_headers={"hookfleet_correlation_id": event.correlation_id, **trace_headers()},
     )

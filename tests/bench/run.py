@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from models.settings import Settings
 from tests.bench import deliveries, load
 from tests.bench.fleet import SERVERS, Proc, rss_kb, web_command, worker_command
 from tests.bench.report import machine, render_table, summarize, write_plot
+from tests.otlp import otlp_sink
 from tests.processes import request
 from tests.servers import MariaDBServer, RedisServer, clean_env, wait_until
 
@@ -85,6 +87,11 @@ RECEIVER_CASES: dict[str, tuple[str, str, float, bool, str]] = {
     "hookfleet-retell": ("ingest:create_app()", "retell", 0.0, False, "shipped"),
     "hookfleet-retell-dup30": ("ingest:create_app()", "retell", 0.3, False, "shipped"),
     "inbound-warm": ("ingest:create_app()", "inbound-warm", 0.0, True, "shipped"),
+    # hookfleet-standard with tracing on (issue 21), exporting every span over OTLP/HTTP
+    # to a local receiver (tests/otlp.py): what tracing costs against the case above.
+    "hookfleet-traced": ("ingest:create_app()", "standard", 0.0, False, "shipped"),
+    # ...keeping one trace in ten (OTEL_TRACES_SAMPLER=parentbased_traceidratio, 0.1).
+    "hookfleet-traced-10pct": ("ingest:create_app()", "standard", 0.0, False, "shipped"),
     "inbound-cold": ("ingest:create_app()", "inbound-cold", 0.0, True, "shipped"),
 }
 # What the receiver targets are judged on: run --rounds times, interleaved.
@@ -100,6 +107,8 @@ HEADLINE_CASES = (
     "no-claim-standard",
     "flask-route-standard",
     "inbound-warm",
+    "hookfleet-traced",
+    "hookfleet-traced-10pct",
 )
 # N slow or idle connections (a third each: slow headers, slow body, silent) held open
 # while legitimate deliveries and Retell inbound calls come at a moderate pace.
@@ -116,7 +125,17 @@ PRESETS = {
         "hookfleet-granian",
         "ceiling-granian",
         *SLOW_CASES,
-    )
+    ),
+    # `--cases tracing`: the receiver with tracing off and on, interleaved by --rounds.
+    "tracing": ("hookfleet-standard", "hookfleet-traced", "hookfleet-traced-10pct"),
+}
+# Cases whose receiver exports traces to a local OTLP receiver, with their OTEL_* settings.
+TRACED_CASES: dict[str, dict[str, str]] = {
+    "hookfleet-traced": {},
+    "hookfleet-traced-10pct": {
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+    },
 }
 DRAIN_CASES = ("celery-noop", "hookfleet-worker", "naive-worker", "end-to-end")
 MEMORY_CASES = ("memory",)
@@ -174,14 +193,40 @@ class Bench:
 
     # -- cases 1-4: receivers ----------------------------------------------------------
     def receiver_case(self, name: str, database_url: str) -> None:
-        app, kind, dups, paced, server = RECEIVER_CASES[name]
+        app, kind, dups, _paced, server = RECEIVER_CASES[name]
         client = self.redis()
         client.flushall()
         warm_n = int(self.max_rate * self.warmup) + 1
         measured_n = int(self.max_rate * self.duration) + 1
         warm_file = self.requests_file(f"{name}-warmup", kind, dups, warm_n, 0)
         measured_file = self.requests_file(name, kind, dups, measured_n, warm_n)
-        web = Proc(name, SERVERS[server](app), self.env(database_url), self.work / "logs")
+        sink = otlp_sink() if name in TRACED_CASES else nullcontext(None)
+        with sink as traces:
+            tracing = (
+                {"OTEL_EXPORTER_OTLP_ENDPOINT": traces.url, **TRACED_CASES[name]} if traces else {}
+            )
+            web = Proc(
+                name, SERVERS[server](app), self.env(database_url, **tracing), self.work / "logs"
+            )
+            result = self._receiver_round(web, client, warm_file, measured_file, name, kind, dups)
+            result["server"] = server
+            if traces is not None:
+                result["spans_exported"] = len(traces.spans)
+        self._keep_round(name, result)
+
+    def _receiver_round(
+        self,
+        web: Proc,
+        client: redis.Redis,
+        warm_file: Path,
+        measured_file: Path,
+        name: str,
+        kind: str,
+        dups: float,
+    ) -> dict[str, Any]:
+        _, _, _, paced, _ = RECEIVER_CASES[name]
+        warm_n = int(self.max_rate * self.warmup) + 1
+        measured_n = int(self.max_rate * self.duration) + 1
         try:
             web.start().wait_for_web()
             if self.warmup:
@@ -189,7 +234,7 @@ class Bench:
             queued_before = _queued(client)
             result = self.blast(web.url, measured_file, self.duration)
             result["queued"] = _queued(client) - queued_before
-            result["kind"], result["duplicates"], result["server"] = kind, dups, server
+            result["kind"], result["duplicates"] = kind, dups
             if paced:
                 paced_file = self.requests_file(
                     f"{name}-paced", kind, dups, measured_n, warm_n + measured_n
@@ -203,6 +248,9 @@ class Bench:
                 )
         finally:
             web.stop()
+        return result
+
+    def _keep_round(self, name: str, result: dict[str, Any]) -> None:
         rounds = [*self.results.get(name, {}).get("rounds", []), result]
         # Several rounds: the one with the median rate stands for the case, and the
         # rates of all of them are kept beside it.

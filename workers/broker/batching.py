@@ -35,7 +35,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from weakref import WeakSet, ref
 
@@ -67,6 +67,8 @@ class Entry:
     kwargs: dict[str, Any]
     retries: int
     queue: str
+    # The message's trace context headers (traceparent, tracestate), when it has them.
+    trace: dict[str, str] = field(default_factory=dict)
 
 
 class BatchTask(Task):
@@ -97,6 +99,7 @@ class Batch:
                 kwargs=dict(r.kwargs),
                 retries=int(r.request_dict.get("retries") or 0),
                 queue=str((r.delivery_info or {}).get("routing_key") or ""),
+                trace=trace_headers(r.request_dict),
             )
             for r in self.requests
         ]
@@ -145,6 +148,15 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.requests)
+
+
+#: The W3C Trace Context headers a message may carry (models.tracing).
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def trace_headers(headers: Any) -> dict[str, str]:
+    """The trace context headers among a message's ``headers``."""
+    return {k: str(headers[k]) for k in TRACE_HEADERS if (headers or {}).get(k)}
 
 
 def settle_in_bulk(requests: list[Request], how: str) -> int | None:

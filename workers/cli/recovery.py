@@ -74,6 +74,9 @@ def replay(
     """
     if ctx.invoked_subcommand is not None:
         return
+    from workers.tracing import start_cli
+
+    start_cli()  # OTLP traces when OTEL_EXPORTER_OTLP_ENDPOINT is set (README Tracing)
     if resume_id is not None:
         if event_ids or all_dead or _chosen(filters) or filters["statuses"] or dry_run:
             raise click.UsageError("--resume continues a run as it was: give no filters")
@@ -266,6 +269,9 @@ def sweep(older_than: timedelta | None, dry_run: bool, limit: int | None) -> Non
     """
     from workers.recovery.deadletters import send_to_workers
     from workers.recovery.sweeper import sweep as run_sweep
+    from workers.tracing import start_cli
+
+    start_cli()  # OTLP traces when OTEL_EXPORTER_OTLP_ENDPOINT is set (README Tracing)
 
     settings = invocation_settings()
     if older_than:

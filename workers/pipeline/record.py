@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
@@ -74,6 +75,7 @@ def record_batch(
     sessions: sessionmaker[Session],
     batch: list[IncomingEvent],
     before_apply: Callable[[int], None] | None = None,
+    apply_scope: Callable[[int], AbstractContextManager[Any]] | None = None,
 ) -> list[Outcome]:
     """Store and apply many events at once: the fast path of the worker.
 
@@ -92,7 +94,8 @@ def record_batch(
     Raises whatever the database or a handler raises, with nothing of the failing
     phase written; the caller then settles each event on its own (``record_event``),
     which is the same work done one event at a time. Replays are not batched.
-    ``before_apply(index)`` runs before each effect (the worker sets its log context).
+    ``before_apply(index)`` runs before each effect (the worker sets its log context),
+    and the effect runs inside ``apply_scope(index)`` (the worker's span for the event).
     """
     assert not any(event.replay for event in batch), "replays go through record_event"
     outcomes = [Outcome.ALREADY_DONE] * len(batch)
@@ -131,7 +134,8 @@ def record_batch(
             if handler is not None:
                 if before_apply is not None:
                     before_apply(index)
-                handler(session, row)
+                with apply_scope(index) if apply_scope is not None else nullcontext():
+                    handler(session, row)
             row.status = EventStatus.PROCESSED
             row.processed_at = utcnow()
             row.last_error = None

@@ -10,6 +10,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from models import tracing
 from models.contract import (
     PROCESS_EVENT,
     EventMessage,
@@ -19,7 +20,7 @@ from models.contract import (
 from models.events import EventStatus
 from models.logs import log_context
 from models.settings import Settings
-from workers.broker.batching import BatchTask, Entry, Verdict
+from workers.broker.batching import BatchTask, Entry, Verdict, trace_headers
 from workers.celery_app import app, soft_time_limit
 from workers.metrics import (
     batch_finished,
@@ -35,6 +36,14 @@ from workers.pipeline.record import (
     record_event,
     record_malformed,
 )
+from workers.pipeline.tracing import (
+    batch_spans,
+    event_scope,
+    remember_trace,
+)
+from workers.pipeline.tracing import failed as traced_failure
+from workers.pipeline.tracing import outcome as traced_outcome
+from workers.pipeline.tracing import retried as traced_retry
 from workers.retries import RetryPolicy, is_lock_wait_timeout, is_transient
 from workers.runtime import sessions, settings
 
@@ -58,7 +67,8 @@ def process_event(self: Task, **kwargs: Any) -> str:
     number of times. The worker runs this task's messages in batches
     (``workers.broker.batching``): see :func:`process_batch`."""
     queue = (self.request.delivery_info or {}).get("routing_key") or kwargs.get("queue", "")
-    entry = Entry(self.request.id or "", kwargs, self.request.retries or 0, queue)
+    trace = trace_headers(vars(self.request))
+    entry = Entry(self.request.id or "", kwargs, self.request.retries or 0, queue, trace)
     return process_batch([entry])[0].value
 
 
@@ -86,6 +96,26 @@ def process_batch(entries: list[Entry]) -> list[Verdict]:
         except MalformedMessage as error:
             events.append(None)
             verdicts[index] = _refuse_malformed(entry, error)
+    with batch_spans(entries, events):
+        events = [e if e is None else remember_trace(entries[i], e) for i, e in enumerate(events)]
+        if not _run_batch(entries, events, verdicts, config, deadline):
+            return verdicts
+    if len(entries) > 1:
+        log.debug("batch done", extra={"batch": len(entries)})
+    batch_finished(time.perf_counter() - started, len(entries))
+    return verdicts
+
+
+def _run_batch(
+    entries: list[Entry],
+    events: list[IncomingEvent | None],
+    verdicts: list[Verdict],
+    config: Settings,
+    deadline: float,
+) -> bool:
+    """:func:`process_batch`'s work: the batch at once, then one by one what is left.
+    False when the soft time limit cut the batch short (the rest is requeued)."""
+    started = time.perf_counter()
     batched = [i for i, e in enumerate(events) if e is not None and not e.replay]
     try:
         if batched:
@@ -99,12 +129,14 @@ def process_batch(entries: list[Entry]) -> list[Verdict]:
                 sessions(),
                 [events[i] for i in batched],  # type: ignore[misc]
                 before_apply=in_context,
+                apply_scope=lambda position: event_scope(entries[batched[position]]),
             )
             for index, outcome in zip(batched, outcomes, strict=True):
                 verdicts[index] = Verdict.ACK
-                _done(entries[index], events[index], outcome, started)  # type: ignore[arg-type]
+                with event_scope(entries[index]):  # its log line carries its trace
+                    _done(entries[index], events[index], outcome, started)  # type: ignore[arg-type]
     except SoftTimeLimitExceeded:
-        return verdicts
+        return False
     except Exception as error:  # noqa: BLE001 - every failure is settled below, one by one
         log.warning(
             "batch failed, settling its events one by one",
@@ -119,13 +151,11 @@ def process_batch(entries: list[Entry]) -> list[Verdict]:
     try:
         for index, event in enumerate(events):
             if event is not None and verdicts[index] is Verdict.REQUEUE:
-                verdicts[index] = _settle_one(entries[index], event, config, deadline)
+                with event_scope(entries[index]):
+                    verdicts[index] = _settle_one(entries[index], event, config, deadline)
     except SoftTimeLimitExceeded:
         log.warning("soft time limit reached; the rest of the batch is requeued")
-    if len(entries) > 1:
-        log.debug("batch done", extra={"batch": len(entries)})
-    batch_finished(time.perf_counter() - started, len(entries))
-    return verdicts
+    return True
 
 
 def _refuse_malformed(entry: Entry, error: MalformedMessage) -> Verdict:
@@ -160,6 +190,7 @@ def _done(entry: Entry, event: IncomingEvent, outcome: Outcome, started: float) 
     log_context.set(_context(entry, event))
     duration_ms = round((time.perf_counter() - started) * 1000, 2)
     log.info(outcome.value, extra={"outcome": outcome.value, "duration_ms": duration_ms})
+    traced_outcome(entry, outcome.value)
     if outcome is Outcome.PROCESSED:
         event_processed(event.provider, event.received_at)
 
@@ -206,17 +237,21 @@ def _retry_later(entry: Entry, error: BaseException) -> Verdict:
     """Publish the delivery again with a countdown; the old message is then acked.
 
     If even that fails (Redis away), the message is requeued as it is."""
+    countdown = _retry_countdown(entry.retries)
     try:
         process_event.apply_async(
             kwargs=entry.kwargs,
             queue=entry.queue or entry.kwargs.get("queue") or Queue.DEFAULT,
-            countdown=_retry_countdown(entry.retries),
+            countdown=countdown,
             retries=entry.retries + 1,
+            # The retry's span is a child of this attempt's: one trace (models.tracing).
+            headers=tracing.trace_headers(),
         )
     except Exception as publish_error:  # noqa: BLE001 - the message is requeued instead
         log.error("cannot publish the retry; requeued", extra={"error": repr(publish_error)})
         return Verdict.REQUEUE
     task_retried(PROCESS_EVENT, error)
+    traced_retry(entry, countdown, error)
     return Verdict.ACK
 
 
@@ -240,6 +275,7 @@ def _record_failure(
         log.error("cannot record the failure yet; will retry", extra={"error": reason})
         return _retry_later(entry, mark_error)
     event_dead(event.provider)
+    traced_failure(entry, status.value, error)
     message = "event failed" if status is EventStatus.FAILED else "retry budget spent: dead"
     log.error(message, extra={"error": reason, "status": status.value})
     return Verdict.ACK

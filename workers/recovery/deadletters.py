@@ -38,10 +38,17 @@ def event_message(row: WebhookEvent, *, queue: str, replay: bool) -> EventMessag
 def send_to_workers(batch: list[EventMessage]) -> None:
     """Publish each of ``batch`` as ``process_event`` on its own queue, over one
     broker connection (the Celery app's)."""
+    from models.tracing import trace_headers
     from workers.celery_app import app
+    from workers.pipeline.tracing import publish_span
 
     with app.producer_or_acquire() as producer:
         for event in batch:
-            app.send_task(
-                PROCESS_EVENT, kwargs=event.to_kwargs(), queue=event.queue, producer=producer
-            )
+            with publish_span(event):  # linked to the event's first trace (tracing on)
+                app.send_task(
+                    PROCESS_EVENT,
+                    kwargs=event.to_kwargs(),
+                    queue=event.queue,
+                    producer=producer,
+                    headers=trace_headers(),
+                )

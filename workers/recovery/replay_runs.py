@@ -233,7 +233,10 @@ def _replay_message(row: Any) -> str:
         payload=row.payload,
         replay=True,
     )
-    return build_event_message(event)[1]
+    from workers.pipeline.tracing import publish_span
+
+    with publish_span(event):  # linked to the event's first trace (tracing on)
+        return build_event_message(event)[1]
 
 
 def _advance(
