@@ -158,11 +158,17 @@ class MariaDBServer:
     def start(self) -> MariaDBServer:
         data = self.directory / "data"
         data.mkdir(parents=True, exist_ok=True)
+        # A private tmpdir: servers bootstrapped at once in the shared /tmp collide on
+        # their temporary tables' file names ("Unknown table 'mysql.tmp_user_sys'",
+        # "Installation of system tables failed": 3 of 6 concurrent installs here).
+        tmp = self.directory / "tmp"
+        tmp.mkdir(exist_ok=True)
         subprocess.run(
             [
                 _binary("mariadb-install-db", "mysql_install_db"),
                 "--user=root",
                 f"--datadir={data}",
+                f"--tmpdir={tmp}",
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
             ],
@@ -186,6 +192,7 @@ class MariaDBServer:
                 *settings,
                 "--user=root",
                 f"--datadir={data}",
+                f"--tmpdir={tmp}",
                 f"--socket={self.socket_path}",
                 f"--port={self.port}",
                 "--bind-address=127.0.0.1",
