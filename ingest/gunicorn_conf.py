@@ -64,6 +64,24 @@ def child_exit(_server: object, worker: object) -> None:
     BOARD.release(getattr(worker, "board_slot", -1))
 
 
+def on_starting(_server: object) -> None:
+    """Before any worker: a setting that cannot be used ends the master with its one
+    line on stderr (exit 1), instead of each worker failing to boot with a traceback
+    and the same message once per worker."""
+    import sys
+
+    from ingest.providers import REGISTRY
+    from models.settings import Settings
+
+    try:
+        settings = Settings.from_env(os.environ)
+        for provider in REGISTRY.values():
+            provider.check_settings(settings.provider(provider.name))
+    except ValueError as error:  # ConfigError, or a provider's refusal of its secrets
+        print(f"hookfleet: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
 def post_worker_init(worker: object) -> None:
     """A worker loaded the app: connect its inbound lookup before it accepts requests
     (gunicorn calls this hook before the worker's accept loop), not on the first call."""

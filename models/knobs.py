@@ -39,6 +39,8 @@ class Knob:
     None to use the field's default. ``shown`` is the README's default column when
     the field's default alone would not tell a reader (``= HOOKFLEET_REDIS_URL``).
     ``at_least`` raises a smaller parsed value to it (what was always done, silently).
+    ``at_most`` refuses a larger one (ConfigError at startup): a TTL or size Redis would
+    overflow on must not be accepted only to fail at every use.
     """
 
     env: str
@@ -47,6 +49,7 @@ class Knob:
     shown: str | None = None
     fallback: Callable[[Mapping[str, str]], Any] | None = None
     at_least: int | None = None
+    at_most: int | None = None
 
 
 def knob(
@@ -59,11 +62,12 @@ def knob(
     fallback: Callable[[Mapping[str, str]], Any] | None = None,
     at_least: int | None = None,
     repr: bool = True,
+    at_most: int | None = None,
 ) -> Any:
     """A dataclass field declared as a setting. The parser defaults to the one for the
     default's type (bool, int, float, str). Typed ``Any`` so ``x: int = knob(...)``
     type-checks, as with :func:`dataclasses.field`."""
-    declared = Knob(env, doc, parse or _parser_for(default), shown, fallback, at_least)
+    declared = Knob(env, doc, parse or _parser_for(default), shown, fallback, at_least, at_most)
     if isinstance(default, Mapping):  # read-only, but unhashable: dataclasses want a factory
         return field(default_factory=lambda: default, repr=repr, metadata={"knob": declared})
     return field(default=default, repr=repr, metadata={"knob": declared})
@@ -95,6 +99,8 @@ def read(declared: Knob, var: str, env: Mapping[str, str]) -> Any:
     value = declared.parse(var, raw)
     if declared.at_least is not None and value is not None:
         value = max(declared.at_least, value)
+    if declared.at_most is not None and value is not None and value > declared.at_most:
+        raise ConfigError(f"{var} must be at most {declared.at_most}, got {value}")
     return value
 
 

@@ -58,6 +58,9 @@ PROVIDER_MAX_BODY_BYTES = MappingProxyType({"retell": 6 * 1024 * 1024})
 RATE_BURST_SECONDS = 10
 # Tried in order for a phone number written without a country code (models.phones).
 DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("DE", "AT", "CH")
+# The longest TTL a knob may give Redis (ten years, in seconds): EXPIRE in ms past it
+# can overflow, and every write would then fail instead of startup.
+MAX_TTL_S = 3650 * 86_400
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class ProviderSettings:
         24 * 3600,
         "HOOKFLEET_{provider}_DEDUP_TTL_S",
         "How long Redis remembers an idempotency key.",
+        at_most=MAX_TTL_S,
     )
     # None: see Settings.body_limit().
     max_body_bytes: int | None = knob(
@@ -386,6 +390,7 @@ class Settings:
         60,
         "HOOKFLEET_INBOUND_CACHE_TTL_S",
         "How long a found number→branch answer is cached in Redis.",
+        at_most=MAX_TTL_S,
     )
     phone_regions: tuple[str, ...] = knob(
         DEFAULT_PHONE_REGIONS,
@@ -455,29 +460,34 @@ class Settings:
         "HOOKFLEET_QUARANTINE_MAX_DELIVERIES",
         "Refused deliveries kept per provider for `hookfleet quarantine release`; past it "
         "the oldest go (`0`: keep none). See *Quarantine*.",
+        at_most=10_000_000,
     )
     quarantine_max_bytes: int = knob(
         32 * 1024 * 1024,
         "HOOKFLEET_QUARANTINE_MAX_BYTES",
         "Redis bytes (bodies, headers, bookkeeping) the quarantine keeps per provider; past "
         "it the oldest go (`0`: keep none).",
+        at_most=64 * 1024**3,
     )
     quarantine_max_body_bytes: int = knob(
         1024 * 1024,
         "HOOKFLEET_QUARANTINE_MAX_BODY_BYTES",
         "A refused delivery with a larger body is kept without it (headers and reason "
-        "only; it cannot be released; `0`: no bodies).",
+        "only; it cannot be released; `0`: no bodies). At most an eighth of "
+        "`HOOKFLEET_QUARANTINE_MAX_BYTES`, so a few large bodies cannot take it all.",
     )
     quarantine_days: int = knob(
         7,
         "HOOKFLEET_QUARANTINE_DAYS",
         "Refused deliveries older than this are dropped (`0`: keep none).",
+        at_most=MAX_TTL_S // 86_400,
     )
     quarantine_rate: int = knob(
         20,
         "HOOKFLEET_QUARANTINE_RATE",
         "Refused deliveries kept per provider per second; more are counted and dropped "
         "(`0`: keep none).",
+        at_most=100_000,
     )
     # HOOKFLEET_<PROVIDER>_* (see _providers) and the outbound knobs.
     providers: Mapping[str, ProviderSettings] = field(default_factory=lambda: MappingProxyType({}))
@@ -564,6 +574,12 @@ class Settings:
             )
         if self.redis_min_replicas:
             _check_replica_wait(self)
+        if self.quarantine_on and self.quarantine_max_body_bytes > self.quarantine_max_bytes // 8:
+            raise ConfigError(
+                "HOOKFLEET_QUARANTINE_MAX_BODY_BYTES must be at most an eighth of "
+                "HOOKFLEET_QUARANTINE_MAX_BYTES: a few large bodies would evict every "
+                "other refused delivery"
+            )
 
 
 def _check_replica_wait(settings: Settings) -> None:
