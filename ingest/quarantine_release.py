@@ -22,6 +22,7 @@ admission was not yet forgotten is a duplicate the second time.
 
 from __future__ import annotations
 
+import heapq
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -69,18 +70,33 @@ class Selection:
         )
 
 
+class UnknownIds(LookupError):
+    """``--id`` values that name no kept delivery (never kept, forgotten, or not an id)."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(f"nothing kept with id {', '.join(ids)}")
+        self.ids = ids
+
+
 def select(quarantine: Quarantine, selection: Selection) -> Iterator[Entry]:
-    """The selected entries, provider by provider, oldest first (no bodies read)."""
+    """The selected entries in arrival order across providers (no bodies read).
+
+    Raises UnknownIds, before yielding any, when an id of ``selection.ids`` names no
+    kept delivery: a typo must not pass for "nothing to do"."""
     if selection.ids:
-        for entry_id in selection.ids:
-            found = quarantine.find(entry_id)
-            if found is not None and selection.matches(found.entry):
-                yield found.entry
+        found = {entry_id: quarantine.find(entry_id) for entry_id in selection.ids}
+        unknown = [entry_id for entry_id, kept in found.items() if kept is None]
+        if unknown:
+            raise UnknownIds(unknown)
+        for kept in found.values():
+            if kept is not None and selection.matches(kept.entry):
+                yield kept.entry
         return
-    for provider in selection.providers or tuple(REGISTRY):
-        for entry in quarantine.entries(provider):
-            if selection.matches(entry):
-                yield entry
+    # Each provider's stream is oldest first: merging them keeps arrival order overall.
+    streams = [quarantine.entries(p) for p in selection.providers or tuple(REGISTRY)]
+    for entry in heapq.merge(*streams, key=lambda entry: entry.arrived):
+        if selection.matches(entry):
+            yield entry
 
 
 @dataclass

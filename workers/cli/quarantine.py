@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -100,7 +101,7 @@ def list_command(
     limit: int,
     as_json: bool,
 ) -> None:
-    """Kept deliveries, oldest first per provider, without their bodies."""
+    """Kept deliveries, oldest first (across providers), without their bodies."""
     from ingest.quarantine_release import select
 
     selection = _selection(provider, reason, since, until)
@@ -127,29 +128,60 @@ def list_command(
 
 @quarantine.command("show")
 @click.argument("entry_id")
-def show_command(entry_id: str) -> None:
-    """One kept delivery (ID as `list` prints it): its headers and body."""
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (body as text or base64).")
+def show_command(entry_id: str, as_json: bool) -> None:
+    """One kept delivery (ID as `list` prints it): its headers and body.
+
+    What the sender sent is printed with its control characters escaped (``\x1b``):
+    a body or header must not drive the terminal (OSC/CSI sequences)."""
     try:
         kept = _quarantine().find(entry_id)
     except _redis_errors() as error:
         raise click.ClickException(f"redis unreachable: {error}") from None
     if kept is None:
-        raise click.ClickException(f"nothing kept with id {entry_id}")
+        raise click.ClickException(f"nothing kept with id {_safe(entry_id)}")
+    headers = {
+        name: f"({len(value)} characters, hidden)" if name in HIDDEN_HEADERS else value
+        for name, value in sorted(kept.headers.items())
+    }
+    if as_json:
+        click.echo(json.dumps({**_as_dict(kept.entry), "headers": headers, **_body(kept.body)}))
+        return
     for key, value in _as_dict(kept.entry).items():
-        click.echo(f"{key + ':':<16}{value}")
+        click.echo(f"{key + ':':<16}{_safe(str(value))}")
     click.echo("headers:")
-    for name, value in sorted(kept.headers.items()):
-        shown = f"({len(value)} characters, hidden)" if name in HIDDEN_HEADERS else value
-        click.echo(f"  {name}: {shown}")
+    for name, value in headers.items():
+        click.echo(f"  {_safe(name)}: {_safe(value)}")
     if not kept.entry.body_kept:
         click.echo("body: not kept (over HOOKFLEET_QUARANTINE_MAX_BODY_BYTES)")
         return
-    try:
+    body = _body(kept.body)
+    if "body" in body:
         click.echo("body:")
-        click.echo(kept.body.decode())
-    except UnicodeDecodeError:
+        click.echo(_safe(body["body"], keep="\n\t"))
+    else:
         click.echo("body (base64, not UTF-8):")
-        click.echo(base64.b64encode(kept.body).decode())
+        click.echo(body["body_base64"])
+
+
+def _body(body: bytes) -> dict[str, str]:
+    try:
+        return {"body": body.decode()}
+    except UnicodeDecodeError:
+        return {"body_base64": base64.b64encode(body).decode()}
+
+
+# C0 controls, DEL and C1 controls: ESC starts CSI/OSC sequences, C1 CSI (U+009B) and
+# OSC (U+009D) are the same in one character, CR rewrites the line it is on.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _safe(text: str, keep: str = "") -> str:
+    """``text`` with every control character but those in ``keep`` written as its
+    Python escape (``\x1b``), so printing it cannot move the cursor or set a title."""
+    return _CONTROLS.sub(
+        lambda found: found[0] if found[0] in keep else f"\\x{ord(found[0]):02x}", text
+    )
 
 
 @quarantine.command("release")
@@ -171,7 +203,7 @@ def release_command(
     others stay, counted by why. Safe to run again.
     """
     from ingest import create_app
-    from ingest.quarantine_release import Releaser, select
+    from ingest.quarantine_release import Releaser, UnknownIds, select
     from models.broker.redis_links import redis_client
 
     settings = invocation_settings()
@@ -182,6 +214,8 @@ def release_command(
     releaser = Releaser(settings, quarantine, gate, dedup)
     try:
         report = releaser.release(select(quarantine, selection), dry_run=dry_run)
+    except UnknownIds as error:
+        raise click.ClickException(f"{_safe(str(error))}; nothing was released") from None
     except _redis_errors() as error:
         raise click.ClickException(
             f"redis failed mid-way ({error}); what was released stays released, run it "
@@ -224,7 +258,10 @@ def _line(entry: Entry, first: bool) -> str:
     )
     arrived = datetime.fromtimestamp(entry.arrived, UTC).strftime("%Y-%m-%d %H:%M:%S")
     body = f"{entry.body_bytes} B" + ("" if entry.body_kept else " (not kept)")
-    return f"{header}{entry.id:<30} {arrived:<20} {entry.provider:<9} {entry.reason:<27} {body}"
+    return _safe(
+        f"{header}{entry.id:<30} {arrived:<20} {entry.provider:<9} {entry.reason:<27} {body}",
+        keep="\n",
+    )
 
 
 def _per_provider(counts: Counter[str]) -> str:
