@@ -68,6 +68,9 @@ TIMEOUT_S = 0.25
 #: flood of refusals during an outage does not wait on timeouts one by one.
 PAUSE_AFTER_FAILURE_S = 1.0
 PAGE = 500
+#: How long a release holds its claim on an entry it is admitting (seconds): a batch
+#: takes well under it; a release that died leaves its entries to the next one then.
+CLAIM_S = 300
 
 _KEEP = lua("ingest", "quarantine_keep")
 _FORGET = lua("ingest", "quarantine_forget")
@@ -232,6 +235,21 @@ class Quarantine:
         found = self.fetch([_entry(provider, stream_id, page[0][1])])
         return found[0] if found else None
 
+    def claim(self, entries: Sequence[Entry], token: str) -> list[Entry]:
+        """Those of ``entries`` this caller now holds (``SET NX``, for :data:`CLAIM_S`):
+        two releases running at once each admit and count an entry only if they hold
+        it, so their printed counts add up. Give them back with :meth:`unclaim`."""
+        with self._client.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                pipe.set(_claim_key(entry), token, nx=True, ex=CLAIM_S)
+            replies = pipe.execute()
+        return [entry for entry, held in zip(entries, replies, strict=True) if held]
+
+    def unclaim(self, entries: Sequence[Entry]) -> None:
+        """Let go of claims taken by :meth:`claim` (forgotten or not)."""
+        if entries:
+            self._client.delete(*(_claim_key(entry) for entry in entries))
+
     def forget(self, entries: Sequence[Entry]) -> int:
         """Remove ``entries`` (released ones); returns how many were still kept."""
         gone = 0
@@ -255,6 +273,10 @@ class Quarantine:
             count, used = int(replies[2 * n]), int(replies[2 * n + 1] or 0)
             sizes[provider] = (count, used if count else 0)
         return sizes
+
+
+def _claim_key(entry: Entry) -> str:
+    return f"{PREFIX}{entry.provider}:claim:{entry.entry_id}"
 
 
 def _range(

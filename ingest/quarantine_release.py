@@ -17,7 +17,10 @@ accepts unsigned deliveries now, so nothing could be verified: nothing is let in
 unverified), ``body_not_kept`` (over ``HOOKFLEET_QUARANTINE_MAX_BODY_BYTES``), a content
 code (``invalid_json``, ``unknown_shape``: signed but not a delivery the receiver would
 take), ``queue_full`` or ``not_replicated``. Running it again is safe: an entry whose
-admission was not yet forgotten is a duplicate the second time.
+admission was not yet forgotten is a duplicate the second time. Two releases running at
+once each claim an entry in Redis before judging it (:meth:`Quarantine.claim`): an entry
+is admitted and counted by one of them only, the other prints it as left to a release
+running now.
 """
 
 from __future__ import annotations
@@ -112,6 +115,8 @@ class ReleaseReport:
     examples: dict[str, list[str]] = field(default_factory=dict)
     # A dry run's own claims: a second copy of one delivery would be a duplicate.
     claimed: set[str] = field(default_factory=set)
+    #: Entries another release running at the same time held (counted by that one).
+    elsewhere: int = 0
 
     def stay(self, reason: str, entry: Entry) -> None:
         self.stayed[reason] += 1
@@ -134,9 +139,11 @@ class Releaser:
         self._quarantine = quarantine
         self._gate = gate
         self._dedup = dedup
+        self._token = ""
 
     def release(self, entries: Iterable[Entry], *, dry_run: bool) -> ReleaseReport:
         report = ReleaseReport(dry_run=dry_run)
+        self._token = uuid.uuid4().hex
         batch: list[Entry] = []
         for entry in entries:
             batch.append(entry)
@@ -149,7 +156,19 @@ class Releaser:
         return report
 
     def _release_batch(self, batch: list[Entry], report: ReleaseReport) -> bool:
-        """Release one batch; False once the queue is full (the rest would be too)."""
+        """Release one batch; False once the queue is full (the rest would be too).
+        Only entries this release claims are judged and counted (a dry run changes
+        nothing, so it claims nothing)."""
+        if report.dry_run:
+            return self._judge_batch(batch, report)
+        held = self._quarantine.claim(batch, self._token)
+        report.elsewhere += len(batch) - len(held)
+        try:
+            return self._judge_batch(held, report)
+        finally:
+            self._quarantine.unclaim(held)
+
+    def _judge_batch(self, batch: list[Entry], report: ReleaseReport) -> bool:
         admitted: list[Entry] = []
         going = True
         for kept in self._quarantine.fetch(batch):

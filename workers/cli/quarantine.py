@@ -238,6 +238,8 @@ def _report_lines(report: ReleaseReport) -> Iterator[str]:
         yield f"still refused {stayed}{':' if stayed else ''}"
     for why, n in report.stayed.most_common():
         yield f"  {why}: {n} (e.g. {', '.join(report.examples[why])})"
+    if report.elsewhere:
+        yield f"left to another release running now: {report.elsewhere}"
 
 
 def _as_dict(entry: Entry) -> dict[str, Any]:
