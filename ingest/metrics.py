@@ -31,7 +31,7 @@ from sqlalchemy import Engine, text
 
 from ingest.errors import OUTCOME_BY_CODE, error_response
 from ingest.providers import REGISTRY
-from ingest.quarantine import DROP_CAUSES, REASONS, Kept, Quarantine
+from ingest.quarantine import DROP_CAUSES, LANES, REASONS, Kept, Quarantine
 from models.broker.backlog import Backlog, read_backlog
 from models.broker.redis_links import FailoverReply, redis_client
 from models.contract import QUEUES
@@ -99,8 +99,9 @@ QUARANTINED = Counter(
 QUARANTINE_DROPPED = Counter(
     "hookfleet_quarantine_dropped",
     "Refused deliveries not kept, or no longer kept: over the rate, count or bytes cap "
-    "(the oldest make room), or Redis not writable (unavailable).",
-    ["provider", "cause"],
+    "(the oldest make room), or Redis not writable (unavailable); by lane (signed: a "
+    "signature of the provider's scheme or no secret configured; unsigned: none).",
+    ["provider", "lane", "cause"],
 )
 INBOUND_ANSWER_DURATION = Histogram(
     "hookfleet_inbound_answer_duration_seconds",
@@ -126,8 +127,9 @@ def init_app(app: Flask, settings: Settings) -> None:
         for reason in REASONS:
             REFUSED.labels(provider=provider, reason=reason)
             QUARANTINED.labels(provider=provider, reason=reason)
-        for cause in DROP_CAUSES:
-            QUARANTINE_DROPPED.labels(provider=provider, cause=cause)
+        for lane in LANES:
+            for cause in DROP_CAUSES:
+                QUARANTINE_DROPPED.labels(provider=provider, lane=lane, cause=cause)
     declare_shared_metrics()
     app.extensions["hookfleet_probe"] = Probe(settings)
     app.after_request(_count)
@@ -164,7 +166,7 @@ def count_refusal(provider: str, reason: str, kept: Kept | None) -> None:
     if kept.entry_id is not None:
         QUARANTINED.labels(provider=provider, reason=reason).inc()
     for cause, n in kept.dropped.items():
-        QUARANTINE_DROPPED.labels(provider=provider, cause=cause).inc(n)
+        QUARANTINE_DROPPED.labels(provider=provider, lane=kept.lane, cause=cause).inc(n)
 
 
 def outcome_of(response: Response) -> str:

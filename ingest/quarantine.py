@@ -32,6 +32,7 @@ Redis layout, per provider ``p``:
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import threading
@@ -60,6 +61,16 @@ REASONS = (
 #: Why a refused delivery is not kept, or no longer: over the rate, the count or the
 #: bytes cap (an older one made room, or this one did not fit), Redis not writable.
 DROP_CAUSES = ("rate", "count", "bytes", "unavailable")
+#: The two lanes, each with its own caps, so junk cannot evict what a real sender sent.
+#: ``signed``: what a real sender with a wrong or rotated secret, a skewed clock, or a
+#: provider not configured yet produces (a signature header of the provider's scheme).
+#: ``unsigned``: no signature header, or one that is not of the scheme: what probes,
+#: scanners and junk produce (no real sender of these providers omits it).
+SIGNED, UNSIGNED = "signed", "unsigned"
+LANES = (SIGNED, UNSIGNED)
+_UNSIGNED_REASONS = frozenset({ErrorCode.MISSING_SIGNATURE, ErrorCode.MALFORMED_SIGNATURE})
+#: The unsigned lane's caps (count, bytes, rate) are this fraction of the signed one's.
+UNSIGNED_SHARE = 4
 #: Bytes an entry costs besides its headers and body (its fields, ids, hash slots).
 ENTRY_OVERHEAD = 200
 #: The refusal path's Redis timeout: the answer waits for the write at most this long.
@@ -77,9 +88,16 @@ _FORGET = lua("ingest", "quarantine_forget")
 PREFIX = "hookfleet:quarantine:"
 
 
-def keys(provider: str) -> list[str]:
-    """The stream, the headers-and-bodies hash and the state hash of ``provider``."""
-    return [f"{PREFIX}{provider}", f"{PREFIX}{provider}:kept", f"{PREFIX}{provider}:state"]
+def lane_of(reason: str) -> str:
+    """The lane a refusal ``reason`` (an error code) is kept in."""
+    return UNSIGNED if reason in _UNSIGNED_REASONS else SIGNED
+
+
+def keys(provider: str, lane: str = SIGNED) -> list[str]:
+    """The stream, the headers-and-bodies hash and the state hash of ``provider``'s
+    ``lane``."""
+    base = f"{PREFIX}{provider}" if lane == SIGNED else f"{PREFIX}{provider}:{lane}"
+    return [base, f"{base}:kept", f"{base}:state"]
 
 
 @dataclass(frozen=True)
@@ -90,12 +108,14 @@ class Kept:
 
     entry_id: str | None
     dropped: dict[str, int] = field(default_factory=dict)
+    lane: str = SIGNED
 
 
 @dataclass(frozen=True)
 class Entry:
     """One kept delivery, without its headers and body. ``id`` is ``provider:stream id``
-    (what ``hookfleet quarantine show`` takes); ``arrived`` unix seconds."""
+    for the signed lane and ``provider:u<stream id>`` for the unsigned one (what
+    ``hookfleet quarantine show`` takes); ``arrived`` unix seconds."""
 
     provider: str
     entry_id: str
@@ -105,10 +125,12 @@ class Entry:
     body_bytes: int
     body_kept: bool
     size: int
+    lane: str = SIGNED
 
     @property
     def id(self) -> str:
-        return f"{self.provider}:{self.entry_id}"
+        marker = "u" if self.lane == UNSIGNED else ""
+        return f"{self.provider}:{marker}{self.entry_id}"
 
 
 @dataclass(frozen=True)
@@ -134,14 +156,16 @@ class _LocalRate:
         self._windows: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
-    def allow(self, provider: str) -> bool:
+    def allow(self, provider: str, rate: int | None = None) -> bool:
+        """One more refusal of ``provider`` (any key: a provider's lane) this second;
+        False past ``rate`` (default: the one given at construction)."""
         second = int(time.time())
         with self._lock:
             started, taken = self._windows.get(provider, (second, 0))
             if started != second:
                 taken = 0
             self._windows[provider] = (second, taken + 1)
-        return taken < self._rate
+        return taken < (self._rate if rate is None else rate)
 
 
 class Quarantine:
@@ -157,23 +181,26 @@ class Quarantine:
         self._quiet_until = 0.0
 
     def keep(self, provider: str, delivery: Delivery, reason: str, correlation_id: str) -> Kept:
-        """Keep a refused delivery if the caps allow; never raises for Redis."""
-        if not self._local.allow(provider):
-            return Kept(None, {"rate": 1})
+        """Keep a refused delivery in its lane (:func:`lane_of`) if that lane's caps
+        allow; never raises for Redis."""
+        lane = lane_of(reason)
+        max_n, max_bytes, rate = self._caps(lane)
+        if not self._local.allow(f"{provider}:{lane}", rate):
+            return Kept(None, {"rate": 1}, lane)
         if time.monotonic() < self._quiet_until:
-            return Kept(None, {"unavailable": 1})
+            return Kept(None, {"unavailable": 1}, lane)
         settings = self._settings
-        body = delivery.body if len(delivery.body) <= settings.quarantine_max_body_bytes else b""
+        body = delivery.body if len(delivery.body) <= settings.quarantine_body_cap else b""
         headers = json.dumps(dict(delivery.headers), separators=(",", ":"))
         size = len(headers) + len(body) + ENTRY_OVERHEAD
         try:
             reply = self._keep(
-                keys(provider),
+                keys(provider, lane),
                 [
-                    settings.quarantine_max_deliveries,
-                    settings.quarantine_max_bytes,
+                    max_n,
+                    max_bytes,
                     settings.quarantine_days * 86_400_000,
-                    settings.quarantine_rate,
+                    rate,
                     reason,
                     f"{delivery.received_at:.6f}",
                     correlation_id,
@@ -190,20 +217,38 @@ class Quarantine:
                 "could not keep a refused delivery",
                 extra={"provider": provider, "error": type(error).__name__},
             )
-            return Kept(None, {"unavailable": 1})
+            return Kept(None, {"unavailable": 1}, lane)
         if _text(reply[0]) == "dropped":
-            return Kept(None, {_text(reply[1]): 1})
+            return Kept(None, {_text(reply[1]): 1}, lane)
         evicted = {"count": int(reply[2]), "bytes": int(reply[3])}
-        return Kept(_text(reply[1]), {cause: n for cause, n in evicted.items() if n})
+        return Kept(_text(reply[1]), {cause: n for cause, n in evicted.items() if n}, lane)
+
+    def _caps(self, lane: str) -> tuple[int, int, int]:
+        """``(max deliveries, max bytes, rate per second)`` of ``lane``, per provider."""
+        settings = self._settings
+        caps = (
+            settings.quarantine_max_deliveries,
+            settings.quarantine_max_bytes,
+            settings.quarantine_rate,
+        )
+        if lane == SIGNED:
+            return caps
+        n, size, rate = (max(1, cap // UNSIGNED_SHARE) for cap in caps)
+        return n, size, rate
 
     def entries(self, provider: str) -> Iterator[Entry]:
-        """``provider``'s kept deliveries, oldest first, in pages (no bodies read)."""
-        stream = keys(provider)[0]
+        """``provider``'s kept deliveries (both lanes), oldest first, in pages (no
+        bodies read)."""
+        lanes = [self._lane_entries(provider, lane) for lane in LANES]
+        return heapq.merge(*lanes, key=lambda entry: entry.arrived)
+
+    def _lane_entries(self, provider: str, lane: str) -> Iterator[Entry]:
+        stream = keys(provider, lane)[0]
         start = "-"
         while True:
             page = _range(self._client, stream, start, "+", PAGE)
             for entry_id, fields in page:
-                yield _entry(provider, entry_id, fields)
+                yield _entry(provider, entry_id, fields, lane)
             if len(page) < PAGE:
                 return
             start = "(" + page[-1][0]
@@ -214,7 +259,9 @@ class Quarantine:
         with self._client.pipeline(transaction=False) as pipe:
             for entry in entries:
                 pipe.hmget(
-                    keys(entry.provider)[1], f"{entry.entry_id}:headers", f"{entry.entry_id}:body"
+                    keys(entry.provider, entry.lane)[1],
+                    f"{entry.entry_id}:headers",
+                    f"{entry.entry_id}:body",
                 )
             replies = pipe.execute()
         found = []
@@ -224,15 +271,18 @@ class Quarantine:
         return found
 
     def find(self, entry_id: str) -> KeptDelivery | None:
-        """The entry ``provider:stream id``, or None."""
+        """The entry ``provider:stream id`` (``provider:u<stream id>``: unsigned lane),
+        or None."""
         provider, _, stream_id = entry_id.partition(":")
+        lane = UNSIGNED if stream_id.startswith("u") else SIGNED
+        stream_id = stream_id.removeprefix("u")
         try:
-            page = _range(self._client, keys(provider)[0], stream_id, stream_id, 1)
+            page = _range(self._client, keys(provider, lane)[0], stream_id, stream_id, 1)
         except redis.ResponseError:  # not a stream id
             return None
         if not page:
             return None
-        found = self.fetch([_entry(provider, stream_id, page[0][1])])
+        found = self.fetch([_entry(provider, stream_id, page[0][1], lane)])
         return found[0] if found else None
 
     def claim(self, entries: Sequence[Entry], token: str) -> list[Entry]:
@@ -253,30 +303,35 @@ class Quarantine:
     def forget(self, entries: Sequence[Entry]) -> int:
         """Remove ``entries`` (released ones); returns how many were still kept."""
         gone = 0
-        by_provider: dict[str, list[str]] = {}
+        by_lane: dict[tuple[str, str], list[str]] = {}
         for entry in entries:
-            by_provider.setdefault(entry.provider, []).append(entry.entry_id)
-        for provider, ids in by_provider.items():
-            gone += int(self._forget(keys(provider), ids))
+            by_lane.setdefault((entry.provider, entry.lane), []).append(entry.entry_id)
+        for (provider, lane), ids in by_lane.items():
+            gone += int(self._forget(keys(provider, lane), ids))
         return gone
 
     def sizes(self, providers: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """``(deliveries, bytes)`` kept per provider, in one round trip."""
+        """``(deliveries, bytes)`` kept per provider (both lanes), in one round trip."""
         with self._client.pipeline(transaction=False) as pipe:
             for provider in providers:
-                stream, _, state = keys(provider)
-                pipe.xlen(stream)
-                pipe.hget(state, "bytes")
-            replies = pipe.execute()
+                for lane in LANES:
+                    stream, _, state = keys(provider, lane)
+                    pipe.xlen(stream)
+                    pipe.hget(state, "bytes")
+            replies = iter(pipe.execute())
         sizes = {}
-        for n, provider in enumerate(providers):
-            count, used = int(replies[2 * n]), int(replies[2 * n + 1] or 0)
-            sizes[provider] = (count, used if count else 0)
+        for provider in providers:
+            total_count = total_bytes = 0
+            for _lane in LANES:
+                count, used = int(next(replies)), int(next(replies) or 0)
+                total_count += count
+                total_bytes += used if count else 0
+            sizes[provider] = (total_count, total_bytes)
         return sizes
 
 
 def _claim_key(entry: Entry) -> str:
-    return f"{PREFIX}{entry.provider}:claim:{entry.entry_id}"
+    return f"{PREFIX}{entry.provider}:claim:{entry.id}"
 
 
 def _range(
@@ -290,7 +345,7 @@ def _range(
     ]
 
 
-def _entry(provider: str, entry_id: str, fields: dict[Any, Any]) -> Entry:
+def _entry(provider: str, entry_id: str, fields: dict[Any, Any], lane: str = SIGNED) -> Entry:
     values = {_text(k): _text(v) for k, v in fields.items()}
     return Entry(
         provider=provider,
@@ -301,6 +356,7 @@ def _entry(provider: str, entry_id: str, fields: dict[Any, Any]) -> Entry:
         body_bytes=int(values.get("body_bytes", 0)),
         body_kept=values.get("body_kept") == "1",
         size=int(values.get("size", 0)),
+        lane=lane,
     )
 
 

@@ -473,8 +473,9 @@ class Settings:
         1024 * 1024,
         "HOOKFLEET_QUARANTINE_MAX_BODY_BYTES",
         "A refused delivery with a larger body is kept without it (headers and reason "
-        "only; it cannot be released; `0`: no bodies). At most an eighth of "
-        "`HOOKFLEET_QUARANTINE_MAX_BYTES`, so a few large bodies cannot take it all.",
+        "only; it cannot be released; `0`: no bodies). An eighth of "
+        "`HOOKFLEET_QUARANTINE_MAX_BYTES` at most, whatever this says: a few large "
+        "bodies must not take the whole budget.",
     )
     quarantine_days: int = knob(
         7,
@@ -528,6 +529,12 @@ class Settings:
         )
 
     @property
+    def quarantine_body_cap(self) -> int:
+        """The largest body kept with a refused delivery (bytes): the body cap, and at
+        most an eighth of the byte budget, so eight large bodies cannot evict it all."""
+        return min(self.quarantine_max_body_bytes, self.quarantine_max_bytes // 8)
+
+    @property
     def ops_port(self) -> str:
         """The ops listener's port, as a WSGI server reports it in ``SERVER_PORT``."""
         return self.ops_bind.rpartition(":")[2]
@@ -574,12 +581,6 @@ class Settings:
             )
         if self.redis_min_replicas:
             _check_replica_wait(self)
-        if self.quarantine_on and self.quarantine_max_body_bytes > self.quarantine_max_bytes // 8:
-            raise ConfigError(
-                "HOOKFLEET_QUARANTINE_MAX_BODY_BYTES must be at most an eighth of "
-                "HOOKFLEET_QUARANTINE_MAX_BYTES: a few large bodies would evict every "
-                "other refused delivery"
-            )
 
 
 def _check_replica_wait(settings: Settings) -> None:

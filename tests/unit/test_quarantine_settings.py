@@ -33,11 +33,12 @@ def test_a_value_past_what_redis_can_take_is_refused_at_startup(variable: str) -
         Settings.from_env({variable: "999999999999"})
 
 
-def test_a_body_cap_above_an_eighth_of_the_byte_budget_is_refused() -> None:
-    with pytest.raises(ConfigError, match="HOOKFLEET_QUARANTINE_MAX_BODY_BYTES"):
-        Settings.from_env({"HOOKFLEET_QUARANTINE_MAX_BODY_BYTES": str(8 * 1024 * 1024)})
-    # Off (a cap of 0) needs no body cap.
-    Settings.from_env({"HOOKFLEET_QUARANTINE_MAX_BYTES": "0"})
+def test_a_kept_body_is_at_most_an_eighth_of_the_byte_budget() -> None:
+    lowered = Settings.from_env({"HOOKFLEET_QUARANTINE_MAX_BYTES": "80000"})
+    default = Settings.from_env({})
+
+    assert lowered.quarantine_body_cap == 10_000
+    assert default.quarantine_body_cap == default.quarantine_max_body_bytes == 1024 * 1024
 
 
 def test_the_receiver_says_a_bad_setting_once_and_exits() -> None:
