@@ -82,3 +82,12 @@ def test_junk_over_the_rate_does_not_take_the_genuine_refusals_rate(redis_url: s
     genuine(client, 5)
 
     assert genuine_left(redis_url) == [f"msg_genuine_{i}" for i in range(5)]
+
+
+def test_by_default_a_busy_senders_refusals_are_all_kept(redis_url: str) -> None:
+    # A real sender delivering 100 a second through a wrong-secret outage: each kept.
+    client = receiver(redis_url)
+
+    genuine(client, 100)
+
+    assert len(genuine_left(redis_url)) == 100
