@@ -11,6 +11,11 @@ delivery the sender retried after the fix is answered as a duplicate and not que
 twice. Released events go to ``hookfleet.low``, like every bulk job from the terminal
 (``ingest.routing``), carrying their arrival time as ``received_at``.
 
+A verified question the sender waited on (Retell's ``call_inbound``, ``chat_inbound``)
+was answered at the time (the refusal: the caller got the number's default agent), so
+it is not let in as if answered now; it leaves the quarantine, counted as
+``inbound_answered_then``. (A live one is recorded because Hookfleet answered it.)
+
 Only admitted deliveries (accepted or duplicate) leave the quarantine; every other one
 stays, counted by why: its refusal code again, ``verification_off`` (the provider
 accepts unsigned deliveries now, so nothing could be verified: nothing is let in
@@ -51,6 +56,11 @@ BODY_NOT_KEPT = "body_not_kept"
 UNKNOWN_PROVIDER = "unknown_provider"
 QUEUE_FULL = "queue_full"
 NOT_REPLICATED = "not_replicated"
+#: A verified question the sender waited on (Retell's ``call_inbound``/``chat_inbound``):
+#: it was answered at the time, with the refusal, so the caller got the number's
+#: default agent. Recording it now would say Hookfleet answered it; the call's own
+#: events (``call_started``, ...) say what happened. Forgotten, not let in.
+INBOUND_ANSWERED_THEN = "inbound_answered_then"
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,8 @@ class ReleaseReport:
     released: Counter[str] = field(default_factory=Counter)
     duplicate: Counter[str] = field(default_factory=Counter)
     stayed: Counter[str] = field(default_factory=Counter)
+    #: Verified but not let in, and forgotten (:data:`INBOUND_ANSWERED_THEN`).
+    skipped: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
     # A dry run's own claims: a second copy of one delivery would be a duplicate.
     claimed: set[str] = field(default_factory=set)
@@ -177,6 +189,10 @@ class Releaser:
                 report.stay(QUEUE_FULL, entry)
                 continue
             judged = self._judge(kept)
+            if judged == INBOUND_ANSWERED_THEN:
+                report.skipped[entry.provider] += 1
+                admitted.append(entry)  # forgotten with the admitted ones
+                continue
             if isinstance(judged, str):
                 report.stay(judged, entry)
                 continue
@@ -213,12 +229,12 @@ class Releaser:
         mimetype = parse_options_header(kept.headers.get("content-type", ""))[0].lower()
         correlation_id = entry.correlation_id or uuid.uuid4().hex
         try:
-            _, _, job = prepare_job(
+            _, identity, job = prepare_job(
                 provider, delivery, mimetype, correlation_id, self._settings, _to_low
             )
         except ApiError as error:
             return str(error.code)
-        return job
+        return INBOUND_ANSWERED_THEN if identity.inline else job
 
     def _admit(self, job: Job, entry: Entry, report: ReleaseReport) -> str:
         """``released``, ``duplicate``, ``queue_full`` or ``not_replicated``."""

@@ -238,6 +238,13 @@ def _report_lines(report: ReleaseReport) -> Iterator[str]:
         yield f"still refused {stayed}{':' if stayed else ''}"
     for why, n in report.stayed.most_common():
         yield f"  {why}: {n} (e.g. {', '.join(report.examples[why])})"
+    skipped = sum(report.skipped.values())
+    if skipped:
+        verb = "would forget" if report.dry_run else "forgotten"
+        yield (
+            f"{verb} {skipped} inbound questions answered when they came "
+            f"(inbound_answered_then: {_per_provider(report.skipped)})"
+        )
     if report.elsewhere:
         yield f"left to another release running now: {report.elsewhere}"
 
