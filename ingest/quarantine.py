@@ -7,12 +7,19 @@ re-verifying needs), arrival time (unix seconds), reason, correlation id.
 ``hookfleet quarantine release`` re-verifies them with the secrets configured then
 (:mod:`ingest.quarantine_release`).
 
-Bounded per provider, all within the one Lua step (``quarantine_keep.lua``) that keeps an
-entry: at most ``HOOKFLEET_QUARANTINE_MAX_DELIVERIES`` entries and
+Two lanes per provider (:func:`lane_of`), each bounded on its own, so a flood of junk
+(no signature of the provider's scheme: ``missing_signature``, ``malformed_signature``)
+cannot evict or out-rate what a real sender with a wrong secret sent (``signed``); the
+``unsigned`` lane gets a quarter of each cap. A forged signature of the right shape
+cannot be told from a real one: it competes in the signed lane (README, *Quarantine*).
+
+Bounded per provider and lane, all within the one Lua step (``quarantine_keep.lua``)
+that keeps an entry: at most ``HOOKFLEET_QUARANTINE_MAX_DELIVERIES`` entries and
 ``HOOKFLEET_QUARANTINE_MAX_BYTES`` bytes (the oldest go first), none older than
 ``HOOKFLEET_QUARANTINE_DAYS`` (trimmed at each write; keys untouched that long expire), at
 most ``HOOKFLEET_QUARANTINE_RATE`` kept per second, and a body larger than
-``HOOKFLEET_QUARANTINE_MAX_BODY_BYTES`` is not kept (its headers and reason are). Each
+``Settings.quarantine_body_cap`` (``HOOKFLEET_QUARANTINE_MAX_BODY_BYTES``, at most an
+eighth of the byte cap) is not kept (its headers and reason are). Each
 receiver process also counts its own refusals per second and does not ask Redis past
 the rate: a flood of junk costs Redis at most the rate times the processes.
 
@@ -21,13 +28,15 @@ be written the refusal is answered as ever and the drop is counted
 (``hookfleet_quarantine_dropped_total{cause="unavailable"}``), and the process leaves
 Redis alone for :data:`PAUSE_AFTER_FAILURE_S`.
 
-Redis layout, per provider ``p``:
+Redis layout, per provider ``p`` (signed lane; the unsigned lane's keys start
+``hookfleet:quarantine:p:unsigned`` instead):
 
 - ``hookfleet:quarantine:p`` — a stream, one entry per kept delivery (id from Redis's
   clock, ms): ``arrived``, ``reason``, ``correlation_id``, ``body_bytes``, ``body_kept``,
   ``size``;
 - ``hookfleet:quarantine:p:kept`` — a hash: ``<id>:headers`` (JSON) and ``<id>:body``;
-- ``hookfleet:quarantine:p:state`` — a hash: ``bytes`` kept, the rate window.
+- ``hookfleet:quarantine:p:state`` — a hash: ``bytes`` kept, the rate window;
+- ``hookfleet:quarantine:p:claim:<entry id>`` — a release's claim (:meth:`Quarantine.claim`).
 """
 
 from __future__ import annotations
