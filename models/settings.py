@@ -459,7 +459,8 @@ class Settings:
         10_000,
         "HOOKFLEET_QUARANTINE_MAX_DELIVERIES",
         "Refused deliveries kept per provider for `hookfleet quarantine release`; past it "
-        "the oldest go (`0`: keep none). See *Quarantine*.",
+        "the oldest go (`0`: keep none). Those without a signature get a quarter of this "
+        "and of the two caps below. See *Quarantine*.",
         at_most=10_000_000,
     )
     quarantine_max_bytes: int = knob(

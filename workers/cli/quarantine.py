@@ -258,6 +258,7 @@ def _as_dict(entry: Entry) -> dict[str, Any]:
         "correlation_id": entry.correlation_id,
         "body_bytes": entry.body_bytes,
         "body_kept": entry.body_kept,
+        "lane": entry.lane,
     }
 
 
