@@ -106,3 +106,14 @@ def test_with_an_endpoint_the_exporter_runs_and_the_message_continues_the_sender
     received = next(s for s in spans if s.name == "POST /webhooks/standard")
     version, trace_id, span_id, _flags = str(headers["traceparent"]).split("-")
     assert (version, trace_id, span_id) == ("00", SENDER_TRACE, received.span_id)
+
+
+def test_a_propagator_not_installed_leaves_tracing_off_and_the_receiver_serves(
+    redis_url: str,
+) -> None:
+    report, headers = probe(
+        redis_url, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9", OTEL_PROPAGATORS="b3"
+    )
+    assert report["status"] == 202
+    assert (report["provider"], report["threads"]) == ("ProxyTracerProvider", ["MainThread"])
+    assert "traceparent" not in headers

@@ -147,3 +147,31 @@ def _queued_retries(redis_url: str) -> list[dict[str, object]]:
         body = json.loads(b64decode(message["body"]))
         found.append({"headers": message["headers"], "kwargs": body[1]})
     return found
+
+
+def test_a_propagator_not_installed_leaves_the_worker_untraced_and_processing(
+    tmp_path: Path, redis_url: str
+) -> None:
+    with otlp_sink() as sink:
+        env = clean_env(
+            HOOKFLEET_DATABASE_URL=sqlite_url(tmp_path),
+            HOOKFLEET_REDIS_URL=redis_url,
+            HOOKFLEET_DB_RETRY_ATTEMPTS="1",
+            OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
+            OTEL_PROPAGATORS="b3",
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", BATCH],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # The batch ran as without tracing: applied, failed for good, retried.
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["ack", "ack", "ack"]
+    assert [m["kwargs"]["event_id"] for m in _queued_retries(redis_url)] == ["flaky_one"]
+    said = done.stdout + done.stderr
+    assert said.count("tracing stays off") == 1 and "Traceback" not in said
+    assert sink.spans == []
