@@ -18,8 +18,13 @@ from workers.cli.send import send
 
 
 @click.group()
-def main() -> None:
+@click.pass_context
+def main(context: click.Context) -> None:
     """Hookfleet: webhook ingestion that never loses an event and never applies one twice."""
+    from workers.tracing import command_span
+
+    # One trace per command while OTEL_EXPORTER_OTLP_ENDPOINT is set (README Tracing).
+    context.with_resource(command_span(context.invoked_subcommand))
 
 
 @main.command()
