@@ -34,6 +34,7 @@ answer = app.test_client().post(
     headers={{
         "webhook-id": "evt_probe",
         "traceparent": "00-{SENDER_TRACE}-00f067aa0ba902b7-01",
+        "tracestate": "congo=t61rcWkgMzE",
     }},
 )
 from opentelemetry import trace
@@ -106,6 +107,7 @@ def test_with_an_endpoint_the_exporter_runs_and_the_message_continues_the_sender
     received = next(s for s in spans if s.name == "POST /webhooks/standard")
     version, trace_id, span_id, _flags = str(headers["traceparent"]).split("-")
     assert (version, trace_id, span_id) == ("00", SENDER_TRACE, received.span_id)
+    assert headers["tracestate"] == "congo=t61rcWkgMzE"  # the sender's, carried on
 
 
 def test_a_propagator_not_installed_leaves_tracing_off_and_the_receiver_serves(

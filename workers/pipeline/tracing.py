@@ -32,6 +32,8 @@ from workers.broker.batching import Entry
 
 #: The key under which a row's headers keep the trace the event was received in.
 TRACE_KEY = "traceparent"
+#: Its W3C companion (vendors' trace data), kept beside it when the message had one.
+STATE_KEY = "tracestate"
 
 _batch: dict[str, Any] = {}  # task id -> event span, for the batch this process runs
 
@@ -42,7 +44,8 @@ def remember_trace(entry: Entry, event: EventMessage) -> EventMessage:
     traceparent = entry.trace.get(TRACE_KEY)
     if not tracing.on() or not traceparent or TRACE_KEY in event.headers:
         return event
-    return dataclasses.replace(event, headers={**event.headers, TRACE_KEY: traceparent})
+    kept = {k: v for k, v in entry.trace.items() if k in (TRACE_KEY, STATE_KEY) and v}
+    return dataclasses.replace(event, headers={**event.headers, **kept})
 
 
 @contextmanager
@@ -186,8 +189,13 @@ def _original(entry: Entry, event: EventMessage | None) -> list[Any]:
     that is the trace its message came with)."""
     if event is None or event.headers.get(TRACE_KEY) in (None, entry.trace.get(TRACE_KEY)):
         return []
-    link = tracing.link_to({TRACE_KEY: event.headers[TRACE_KEY]}, **{"hookfleet.link": "original"})
+    link = tracing.link_to(_first_trace(event), **{"hookfleet.link": "original"})
     return [link] if link is not None else []
+
+
+def _first_trace(event: EventMessage) -> dict[str, Any]:
+    """The trace context the event was first received in, as its row keeps it."""
+    return {k: event.headers.get(k) for k in (TRACE_KEY, STATE_KEY) if event.headers.get(k)}
 
 
 @tracing.guarded(nullcontext())
@@ -201,9 +209,7 @@ def publish_span(event: EventMessage) -> Any:
         return nullcontext()
     from opentelemetry.trace import SpanKind
 
-    link = tracing.link_to(
-        {TRACE_KEY: event.headers.get(TRACE_KEY)}, **{"hookfleet.link": "original"}
-    )
+    link = tracing.link_to(_first_trace(event), **{"hookfleet.link": "original"})
     return tracing.span(
         "hookfleet.replay" if event.replay else "hookfleet.requeue",
         kind=SpanKind.PRODUCER,
