@@ -434,6 +434,29 @@ def _open(
     return span
 
 
+@guarded(None)
+def current_context() -> Context | None:
+    """The current trace context, to make a span under it later or in another thread
+    (``span(context=...)``); None when tracing is off."""
+    if not _state["on"]:
+        return None
+    from opentelemetry import context
+
+    return context.get_current()
+
+
+@guarded(None)
+def record_error(span: Span | None, error: BaseException) -> None:
+    """Record ``error`` on ``span`` (an event and the error status) when the code that
+    failed handles it itself (no exception leaves the span's block)."""
+    if span is None:
+        return
+    from opentelemetry.trace import Status, StatusCode
+
+    span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+
+
 @guarded({})
 def trace_headers() -> dict[str, str]:
     """The current span's context as propagation headers (``traceparent`` and, when
