@@ -105,9 +105,13 @@ def describe_answer(
     span.set_attribute("hookfleet.outcome", outcome)
     if refused is not None:
         span.set_attribute("error.type", refused)
+    context = context or {}
     for key, attribute in _ATTRIBUTES.items():
-        value = (context or {}).get(key)
+        value = context.get(key)
         if value is not None:
-            span.set_attribute(attribute, str(value))
+            value = str(value)
+            if key == "event_id":  # without the attendees of a Cal.com event id
+                value = tracing.private_event_id(str(context.get("provider", "")), value)
+            span.set_attribute(attribute, value)
     if status >= 500:
         span.set_status(Status(StatusCode.ERROR, refused or outcome))

@@ -374,7 +374,7 @@ def _claim_attributes(job: Job) -> dict[str, str]:
         "messaging.system": "redis",
         "messaging.operation.type": "send",
         "messaging.destination.name": job.queue,
-        "hookfleet.event_id": job.event_id,
+        "hookfleet.event_id": tracing.private_event_id(job.provider, job.event_id),
     }
 
 

@@ -27,8 +27,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import hashlib
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -432,6 +434,36 @@ def _open(
         links=links,
     )
     return span
+
+
+#: Providers whose event ids end in personal data: Cal.com's
+#: ``T:uid:startTime:createdAt:<attendees' e-mails, or names and phones>`` and
+#: ``T:bookingUid:hostEmail`` (ingest/providers/calcom.py ``event_key``).
+PERSONAL_EVENT_IDS = frozenset({"calcom"})
+#: An e-mail address inside any other provider's event id.
+_EMAIL = re.compile(r"[^\s:/]+@[^\s:/]+")
+
+
+def private_event_id(provider: str, event_id: str) -> str:
+    """``event_id`` as span attributes show it. For a provider of
+    :data:`PERSONAL_EVENT_IDS`, its first two parts (trigger and booking uid) and
+    ``h:`` with the first 12 hex digits of the rest's BLAKE2b hash; in any other, each
+    e-mail address replaced by ``email:`` and its hash so. A trace backend (often a
+    vendor's) need not hold attendees' addresses, names or phones; the same event still
+    gives the same attribute, and the correlation id leads to the log lines, which
+    carry the event id whole (they stay where the operator keeps them)."""
+    if provider in PERSONAL_EVENT_IDS:
+        parts = event_id.split(":", 2)
+        if len(parts) == 3:
+            return f"{parts[0]}:{parts[1]}:h:{_digest(parts[2])}"
+        return event_id
+    if "@" not in event_id:
+        return event_id
+    return _EMAIL.sub(lambda found: "email:" + _digest(found[0]), event_id)
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 
 
 @guarded(None)

@@ -18,7 +18,10 @@ from tests.servers import clean_env, sqlite_url
 
 ROOT = Path(__file__).resolve().parents[2]
 # One sender trace per request.
-INBOUND, BAD_JSON, UNKNOWN, NOT_POST = (f"{n}bf92f3577b34da6a3ce929d0e0e4736" for n in range(4))
+INBOUND, BAD_JSON, UNKNOWN, NOT_POST, BOOKING = (
+    f"{n}bf92f3577b34da6a3ce929d0e0e4736" for n in range(5)
+)
+CALCOM = ROOT / "tests/fixtures/calcom/BOOKING_CREATED.json"
 SENDER_SPAN = "00f067aa0ba902b7"
 
 PROBE = f"""
@@ -50,6 +53,9 @@ answers.append(client.post(
 ).status_code)
 answers.append(client.post("/webhooks/nope", json={{}}, headers=sent_by("{UNKNOWN}")).status_code)
 answers.append(client.get("/webhooks/standard", headers=sent_by("{NOT_POST}")).status_code)
+booking = json.loads(open("{CALCOM}").read())["body"]
+booked = client.post("/webhooks/calcom", json=booking, headers=sent_by("{BOOKING}"))
+answers.append(booked.status_code)
 tracing.flush()
 print(json.dumps(answers))
 """
@@ -69,6 +75,7 @@ def run_probe(tmp_path: Path) -> tuple[list[Span], list[dict[str, object]]]:
             HOOKFLEET_REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0",
             HOOKFLEET_STANDARD_VERIFY="off",
             HOOKFLEET_RETELL_VERIFY="off",
+            HOOKFLEET_CALCOM_VERIFY="off",
             OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
         )
         done = subprocess.run(
@@ -80,7 +87,7 @@ def run_probe(tmp_path: Path) -> tuple[list[Span], list[dict[str, object]]]:
             timeout=120,
         )
         assert done.returncode == 0, done.stderr[-3000:]
-        assert json.loads(done.stdout.strip().splitlines()[-1]) == [200, 400, 404, 405]
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == [200, 400, 404, 405, 503]
         spans = sink.wait_for(lambda spans: {NOT_POST, INBOUND} <= {s.trace_id for s in spans})
     written = (done.stdout + done.stderr).splitlines()
     logs = [json.loads(line) for line in written if line.startswith('{"')]
@@ -109,7 +116,7 @@ def test_an_inbound_calls_lookup_and_record_are_children_of_its_request_span(
 def test_a_refusal_names_its_code_on_the_request_span(tmp_path: Path) -> None:
     spans, _ = run_probe(tmp_path)
     codes = {}
-    for trace_id in (BAD_JSON, UNKNOWN, NOT_POST):
+    for trace_id in (BAD_JSON, UNKNOWN, NOT_POST, BOOKING):
         (span,) = [s for s in spans if s.trace_id == trace_id and s.parent_id == SENDER_SPAN]
         codes[trace_id] = (
             span.attributes["http.response.status_code"],
@@ -120,4 +127,19 @@ def test_a_refusal_names_its_code_on_the_request_span(tmp_path: Path) -> None:
         BAD_JSON: (400, "invalid_json", True),
         UNKNOWN: (404, "unknown_provider", True),
         NOT_POST: (405, "method_not_allowed", True),
+        BOOKING: (503, "queue_unavailable", True),  # Redis is down
     }
+
+
+def test_a_calcom_event_id_reaches_spans_without_its_attendees(tmp_path: Path) -> None:
+    spans, logs = run_probe(tmp_path)
+    booking = json.loads(CALCOM.read_text())["body"]
+    attendee = booking["payload"]["attendees"][0]
+    named = [s for s in spans if s.trace_id == BOOKING and "hookfleet.event_id" in s.attributes]
+    assert {s.name for s in named} == {"POST /webhooks/calcom", "hookfleet.claim_and_enqueue"}
+    for span in named:
+        shown = str(span.attributes["hookfleet.event_id"])
+        assert shown.startswith(f"BOOKING_CREATED:{booking['payload']['uid']}:h:")
+        assert attendee["email"] not in shown and attendee["name"] not in shown
+    # The log lines keep the whole id (the operator's own store, README Tracing).
+    assert any(attendee["email"] in str(entry.get("event_id", "")) for entry in logs)

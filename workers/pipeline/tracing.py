@@ -175,7 +175,7 @@ def _attributes(entry: Entry, event: EventMessage | None, size: int) -> dict[str
         attributes.update(
             {
                 "hookfleet.provider": event.provider,
-                "hookfleet.event_id": event.event_id,
+                "hookfleet.event_id": tracing.private_event_id(event.provider, event.event_id),
                 "hookfleet.event_type": event.event_type,
                 "hookfleet.correlation_id": event.correlation_id,
                 "hookfleet.replay": event.replay,
@@ -218,7 +218,7 @@ def publish_span(event: EventMessage) -> Any:
             "messaging.operation.type": "send",
             "messaging.destination.name": event.queue,
             "hookfleet.provider": event.provider,
-            "hookfleet.event_id": event.event_id,
+            "hookfleet.event_id": tracing.private_event_id(event.provider, event.event_id),
             "hookfleet.correlation_id": event.correlation_id,
         },
         links=[link] if link is not None else None,
