@@ -21,10 +21,12 @@ from workers.cli.send import send
 @click.pass_context
 def main(context: click.Context) -> None:
     """Hookfleet: webhook ingestion that never loses an event and never applies one twice."""
-    from workers.tracing import command_span
+    from models.tracing import wanted
 
-    # One trace per command while OTEL_EXPORTER_OTLP_ENDPOINT is set (README Tracing).
-    context.with_resource(command_span(context.invoked_subcommand))
+    if wanted(os.environ):  # one trace per command (README Tracing); else nothing imported
+        from workers.tracing import command_span
+
+        context.with_resource(command_span(context.invoked_subcommand))
 
 
 @main.command()
