@@ -74,7 +74,7 @@ class ReceiverApp(Flask):
             else None
         )
         if provider is None:
-            if tracing.on() and path.startswith(_PREFIX):
+            if tracing.on() and self.fast_path and path.startswith(_PREFIX):
                 return self._traced_refusal(environ, start_response)
             return super().wsgi_app(environ, start_response)
         if tracing.on():
