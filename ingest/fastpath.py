@@ -30,7 +30,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from ingest.errors import OUTCOME_BY_CODE, ApiError, ErrorCode
 from ingest.metrics import count_answer
 from ingest.providers import REGISTRY
-from ingest.tracing import describe_answer, request_span
+from ingest.tracing import REFUSAL_BY_STATUS, describe_answer, refusal_span, request_span
 from ingest.views import Answer, correlation_id_for, json_body, take_delivery
 from models import tracing
 from models.logs import log_context
@@ -74,6 +74,8 @@ class ReceiverApp(Flask):
             else None
         )
         if provider is None:
+            if tracing.on() and self.fast_path and path.startswith(_PREFIX):
+                return self._traced_refusal(environ, start_response)
             return super().wsgi_app(environ, start_response)
         if tracing.on():
             return self._traced(environ, start_response, provider)
@@ -83,6 +85,24 @@ class ReceiverApp(Flask):
         """:meth:`_deliver` inside the delivery's request span (ingest/tracing.py)."""
         with request_span(environ, provider.name) as span:
             return self._deliver(environ, start_response, provider, span)
+
+    def _traced_refusal(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
+        """Flask's answer to a webhook path it refuses (404 unknown provider, 405 not a
+        POST), inside a request span of its own (ingest/tracing.py)."""
+        with refusal_span(environ) as span:
+            status: list[int] = []
+
+            def recording_start_response(line: str, *args: Any) -> Any:
+                status.append(int(line.split(" ", 1)[0]))
+                return start_response(line, *args)
+
+            body = super().wsgi_app(environ, recording_start_response)
+            if span is not None and status:
+                code = REFUSAL_BY_STATUS.get(status[0])
+                describe_answer(
+                    span, status[0], OUTCOME_BY_CODE.get(code or "", "bad_request"), None, code
+                )
+            return body
 
     def _deliver(
         self,
@@ -95,18 +115,21 @@ class ReceiverApp(Flask):
         correlation_id = correlation_id_for(environ.get("HTTP_X_REQUEST_ID", ""))
         log_context.set({"correlation_id": correlation_id})
         headers: list[tuple[str, str]] = []
+        refused: str | None = None  # the refusal's ErrorCode value
         try:
             answer = take_delivery(self, environ, provider, correlation_id, started)
         except ApiError as error:
             answer = _refusal(error.code, error.message)
             headers = list(error.headers.items())
+            refused = error.code.value
         except Exception:
             log.exception("unhandled error", extra={"correlation_id": correlation_id})
             code = ErrorCode.INTERNAL_ERROR
             answer = _refusal(code, code.default_message)
+            refused = code.value
         count_answer(provider.name, answer.outcome, time.perf_counter() - started)
         if span is not None:
-            describe_answer(span, answer.status, answer.outcome, log_context.get())
+            describe_answer(span, answer.status, answer.outcome, log_context.get(), refused)
         start_response(
             f"{answer.status} {HTTP_STATUS_CODES[answer.status].upper()}",
             [

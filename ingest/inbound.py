@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextvars import copy_context
 from dataclasses import asdict, dataclass
 from time import monotonic
 
@@ -67,7 +68,9 @@ class InboundDirectory:
         if cached is not _MISS:
             return cached  # type: ignore[return-value]
         started = monotonic()
-        future = self._executor().submit(self._lookup, phone.value)
+        # The lookup thread runs in this request's context (contextvars): its statement
+        # spans are children of the request span, its log lines carry the delivery's ids.
+        future = self._executor().submit(copy_context().run, self._lookup, phone.value)
         try:
             contact = future.result(timeout=self._budget_s)
         except FutureTimeout:

@@ -26,6 +26,7 @@ _ATTRIBUTES = {
 }
 
 
+@tracing.guarded({})
 def _propagation_headers(environ: Mapping[str, Any]) -> dict[str, str]:
     """The propagator's headers (``traceparent``, ``tracestate``, ``baggage``...) as
     the WSGI environ holds them (``HTTP_TRACEPARENT``)."""
@@ -60,19 +61,57 @@ def request_span(environ: Mapping[str, Any], provider: str) -> Iterator[Any]:
         yield span
 
 
+#: The refusal code of a webhook path Flask answers (the provider is not known).
+REFUSAL_BY_STATUS = {404: "unknown_provider", 405: "method_not_allowed"}
+
+
+@contextmanager
+def refusal_span(environ: Mapping[str, Any]) -> Iterator[Any]:
+    """The server span of a request to a webhook path that is refused before any
+    provider takes it (unknown provider, not a POST); in the sender's trace too."""
+    from opentelemetry.trace import SpanKind
+
+    method = str(environ.get("REQUEST_METHOD", ""))
+    with tracing.span(
+        f"{method} /webhooks/<provider>",
+        kind=SpanKind.SERVER,
+        context=tracing.extract(_propagation_headers(environ)),
+        attributes={
+            "http.request.method": method,
+            "url.path": environ.get("PATH_INFO", ""),
+            "http.route": "/webhooks/<provider>",
+        },
+    ) as span:
+        yield span
+
+
+@tracing.guarded(None)
 def describe_answer(
-    span: Any, status: int, outcome: str, context: Mapping[str, object] | None
+    span: Any,
+    status: int,
+    outcome: str,
+    context: Mapping[str, object] | None,
+    refused: str | None = None,
 ) -> None:
-    """Put the answer on the request span: status code, outcome, and the delivery's
+    """Put the answer on the request span: status code, outcome (the metrics' bucket:
+    accepted, duplicate, answered, unauthorized, bad_request, shed, error...), the
+    refusal's own code as ``error.type`` (the ``ErrorCode`` value the JSON body names:
+    missing_signature, body_too_large, queue_unavailable...), and the delivery's
     correlation id, event id and queue (the receiver's log context). A 5xx is an
     error status (a sender's 4xx is not the server's fault: semantic conventions)."""
     from opentelemetry.trace import Status, StatusCode
 
     span.set_attribute("http.response.status_code", status)
     span.set_attribute("hookfleet.outcome", outcome)
+    if refused is not None:
+        span.set_attribute("error.type", refused)
+    context = context or {}
     for key, attribute in _ATTRIBUTES.items():
-        value = (context or {}).get(key)
+        value = context.get(key)
         if value is not None:
-            span.set_attribute(attribute, str(value))
+            value = str(value)
+            if key == "event_id":  # without the attendees of a Cal.com event id
+                value = tracing.private_event_id(str(context.get("provider", "")), value)
+            span.set_attribute(attribute, value)
     if status >= 500:
-        span.set_status(Status(StatusCode.ERROR, outcome))
+        span.set_status(Status(StatusCode.ERROR, refused or outcome))

@@ -374,7 +374,7 @@ def _claim_attributes(job: Job) -> dict[str, str]:
         "messaging.system": "redis",
         "messaging.operation.type": "send",
         "messaging.destination.name": job.queue,
-        "hookfleet.event_id": job.event_id,
+        "hookfleet.event_id": tracing.private_event_id(job.provider, job.event_id),
     }
 
 
@@ -410,17 +410,24 @@ def _answer_inline(
     # ``jsonify(answer)``'s bytes: the app's JSON provider, compact.
     body = (app.json.dumps(answer, separators=(",", ":")) + "\n").encode()
     gate: DedupGate = app.extensions["hookfleet_gate"]
+    # record() runs once the answer is sent, after the request span has ended: its
+    # claim/enqueue span is still that span's child (the context taken now).
+    request = tracing.current_context()
 
     def record() -> None:
-        try:
-            gate.admit(
-                job.dedup_key, correlation_id, job.ttl_s, job.queue, job.message, confirm=False
-            )
-        except redis.RedisError as error:
-            log.error(
-                "could not record inline event",
-                extra={"error": type(error).__name__, "event_id": job.event_id},
-            )
+        with tracing.span(
+            "hookfleet.claim_and_enqueue", context=request, attributes=_claim_attributes(job)
+        ) as span:
+            try:
+                gate.admit(
+                    job.dedup_key, correlation_id, job.ttl_s, job.queue, job.message, confirm=False
+                )
+            except redis.RedisError as error:
+                tracing.record_error(span, error)
+                log.error(
+                    "could not record inline event",
+                    extra={"error": type(error).__name__, "event_id": job.event_id},
+                )
 
     return Answer(200, body, "answered", record)
 

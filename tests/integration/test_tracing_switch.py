@@ -34,6 +34,7 @@ answer = app.test_client().post(
     headers={{
         "webhook-id": "evt_probe",
         "traceparent": "00-{SENDER_TRACE}-00f067aa0ba902b7-01",
+        "tracestate": "congo=t61rcWkgMzE",
     }},
 )
 from opentelemetry import trace
@@ -106,3 +107,46 @@ def test_with_an_endpoint_the_exporter_runs_and_the_message_continues_the_sender
     received = next(s for s in spans if s.name == "POST /webhooks/standard")
     version, trace_id, span_id, _flags = str(headers["traceparent"]).split("-")
     assert (version, trace_id, span_id) == ("00", SENDER_TRACE, received.span_id)
+    assert headers["tracestate"] == "congo=t61rcWkgMzE"  # the sender's, carried on
+
+
+def test_a_propagator_not_installed_leaves_tracing_off_and_the_receiver_serves(
+    redis_url: str,
+) -> None:
+    report, headers = probe(
+        redis_url, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9", OTEL_PROPAGATORS="b3"
+    )
+    assert report["status"] == 202
+    assert (report["provider"], report["threads"]) == ("ProxyTracerProvider", ["MainThread"])
+    assert "traceparent" not in headers
+
+
+STALLED_EXIT = """
+from models import tracing
+
+assert tracing.start("hookfleet-test")
+with tracing.span("last words"):
+    pass
+"""
+
+
+def test_a_stalled_otlp_backend_does_not_hold_a_process_exit() -> None:
+    import socket
+    import time
+
+    with socket.socket() as stalled:  # accepts connections (backlog), never answers
+        stalled.bind(("127.0.0.1", 0))
+        stalled.listen(8)
+        port = stalled.getsockname()[1]
+        started = time.monotonic()
+        subprocess.run(
+            [sys.executable, "-c", STALLED_EXIT],
+            cwd=ROOT,
+            env=clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}"),
+            check=True,
+            timeout=60,
+        )
+        took = time.monotonic() - started
+    # The SDK's own exit waits out its 10 s export timeout (and retries); ours waits
+    # about 1 s (models.tracing.SHUTDOWN_FLUSH_MS) on top of the interpreter's start.
+    assert took < 6, took

@@ -31,6 +31,7 @@ TRACES = {
 
 BATCH = f"""
 import json
+import os
 from datetime import UTC, datetime
 
 from sqlalchemy.exc import DisconnectionError
@@ -60,6 +61,11 @@ def handler(session, row):
 record.HANDLERS["test"] = handler
 entries = []
 for event_id, (trace_id, span_id) in {TRACES!r}.items():
+    # The sender's sampled flag and tracestate, as the receiver's message carries them.
+    flags = os.environ.get("PROBE_FLAGS", "01")
+    trace = {{"traceparent": f"00-{{trace_id}}-{{span_id}}-{{flags}}"}}
+    if os.environ.get("PROBE_TRACESTATE"):
+        trace["tracestate"] = os.environ["PROBE_TRACESTATE"]
     event = EventMessage(
         provider="test", event_id=event_id, event_type="t", queue="hookfleet.default",
         correlation_id="corr-" + event_id, received_at=datetime(2026, 11, 30, tzinfo=UTC),
@@ -67,7 +73,7 @@ for event_id, (trace_id, span_id) in {TRACES!r}.items():
     )
     entries.append(Entry(
         task_id="task-" + event_id, kwargs=event.to_kwargs(), retries=0,
-        queue="hookfleet.default", trace={{"traceparent": f"00-{{trace_id}}-{{span_id}}-01"}},
+        queue="hookfleet.default", trace=trace,
     ))
 print(json.dumps([v.value for v in tasks.process_batch(entries)]))
 tracing.flush()
@@ -83,6 +89,7 @@ def test_a_batch_gives_each_event_a_span_in_its_own_trace_with_failures_and_retr
             HOOKFLEET_REDIS_URL=redis_url,
             HOOKFLEET_DB_RETRY_ATTEMPTS="1",
             OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
+            PROBE_TRACESTATE="congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
         )
         done = subprocess.run(
             [sys.executable, "-c", BATCH],
@@ -130,6 +137,8 @@ def test_a_batch_gives_each_event_a_span_in_its_own_trace_with_failures_and_retr
     (retry,) = [m for m in messages if m["kwargs"]["event_id"] == "flaky_one"]
     _version, trace_id, parent_id, _flags = retry["headers"]["traceparent"].split("-")
     assert trace_id == TRACES["flaky_one"][0]
+    # ...and the sender's tracestate with it (W3C Trace Context: both headers travel).
+    assert retry["headers"]["tracestate"] == "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
     by_id = {s.span_id: s for s in spans}
     chain = []
     while parent_id in by_id:
@@ -147,3 +156,60 @@ def _queued_retries(redis_url: str) -> list[dict[str, object]]:
         body = json.loads(b64decode(message["body"]))
         found.append({"headers": message["headers"], "kwargs": body[1]})
     return found
+
+
+def test_a_propagator_not_installed_leaves_the_worker_untraced_and_processing(
+    tmp_path: Path, redis_url: str
+) -> None:
+    with otlp_sink() as sink:
+        env = clean_env(
+            HOOKFLEET_DATABASE_URL=sqlite_url(tmp_path),
+            HOOKFLEET_REDIS_URL=redis_url,
+            HOOKFLEET_DB_RETRY_ATTEMPTS="1",
+            OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
+            OTEL_PROPAGATORS="b3",
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", BATCH],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # The batch ran as without tracing: applied, failed for good, retried.
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["ack", "ack", "ack"]
+    assert [m["kwargs"]["event_id"] for m in _queued_retries(redis_url)] == ["flaky_one"]
+    said = done.stdout + done.stderr
+    assert said.count("tracing stays off") == 1 and "Traceback" not in said
+    assert sink.spans == []
+
+
+def test_a_batch_of_deliveries_the_sender_did_not_sample_exports_no_span(
+    tmp_path: Path, redis_url: str
+) -> None:
+    with otlp_sink() as sink:
+        env = clean_env(
+            HOOKFLEET_DATABASE_URL=sqlite_url(tmp_path),
+            HOOKFLEET_REDIS_URL=redis_url,
+            HOOKFLEET_DB_RETRY_ATTEMPTS="1",
+            OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
+            PROBE_FLAGS="00",
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", BATCH],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == ["ack", "ack", "ack"]
+    # No batch root trace, no statement or retry-publish span: the process exported
+    # nothing (it flushed before exiting; the sampled run above shows the path works).
+    assert sink.spans == []
+    # The retry still carries the delivery's (unsampled) trace on.
+    (retry,) = _queued_retries(redis_url)
+    assert retry["headers"]["traceparent"].split("-")[1] == TRACES["flaky_one"][0]

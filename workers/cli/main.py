@@ -18,8 +18,15 @@ from workers.cli.send import send
 
 
 @click.group()
-def main() -> None:
+@click.pass_context
+def main(context: click.Context) -> None:
     """Hookfleet: webhook ingestion that never loses an event and never applies one twice."""
+    from models.tracing import wanted
+
+    if wanted(os.environ):  # one trace per command (README Tracing); else nothing imported
+        from workers.tracing import command_span
+
+        context.with_resource(command_span(context.invoked_subcommand))
 
 
 @main.command()

@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Insert, Select, Table, UniqueConstraint, Update, select, update
+from sqlalchemy import Insert, Select, Table, UniqueConstraint, Update, case, select, update
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker, undefer
@@ -363,15 +363,21 @@ def mark_failed(
     error: str,
     status: EventStatus = EventStatus.FAILED,
     traceback: str | None = None,
+    attempt: int = 1,
 ) -> None:
     """Record why ``event`` could not be processed (``failed``: it cannot be applied as
     it is; ``dead``: the retry budget is spent); its payload stays for a replay.
+    ``attempt`` is the number of the message's attempt that failed (1 for the first):
+    the row's ``attempts`` is at least that, as a failed attempt's own count rolled
+    back with its transaction (a lock wait timeout, 1205, leaves no trace of it).
 
     Never downgrades an event that another attempt already processed.
     """
+    counted = WebhookEvent.attempts + 1
     with sessions() as session:
         row = _insert(session, event, status)
         if row is not None:
+            row.attempts = max(1, attempt)
             row.last_error = error[:4000]
             row.last_traceback = traceback
         else:
@@ -384,7 +390,7 @@ def mark_failed(
                 )
                 .values(
                     status=status,
-                    attempts=WebhookEvent.attempts + 1,
+                    attempts=case((counted < attempt, attempt), else_=counted),
                     last_error=error[:4000],
                     last_traceback=traceback,
                 )

@@ -267,7 +267,7 @@ def _record_failure(
     away), retry later: a message is acknowledged only once its outcome is on record,
     so nothing accepted is ever silently dropped."""
     try:
-        mark_failed(sessions(), event, reason, status, trace)
+        mark_failed(sessions(), event, reason, status, trace, attempt=entry.retries + 1)
     except Exception as mark_error:
         if not is_transient(mark_error):
             log.exception("cannot record the failure; requeued")

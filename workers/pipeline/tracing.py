@@ -32,6 +32,8 @@ from workers.broker.batching import Entry
 
 #: The key under which a row's headers keep the trace the event was received in.
 TRACE_KEY = "traceparent"
+#: Its W3C companion (vendors' trace data), kept beside it when the message had one.
+STATE_KEY = "tracestate"
 
 _batch: dict[str, Any] = {}  # task id -> event span, for the batch this process runs
 
@@ -42,16 +44,38 @@ def remember_trace(entry: Entry, event: EventMessage) -> EventMessage:
     traceparent = entry.trace.get(TRACE_KEY)
     if not tracing.on() or not traceparent or TRACE_KEY in event.headers:
         return event
-    return dataclasses.replace(event, headers={**event.headers, TRACE_KEY: traceparent})
+    kept = {k: v for k, v in entry.trace.items() if k in (TRACE_KEY, STATE_KEY) and v}
+    return dataclasses.replace(event, headers={**event.headers, **kept})
 
 
 @contextmanager
 def batch_spans(entries: list[Entry], events: list[EventMessage | None]) -> Iterator[None]:
     """Open a span for every event of the batch and the batch's own span (current while
-    the block runs); end them all when it ends."""
-    if not tracing.on():
+    the block runs); end them all when it ends. A batch none of whose events is sampled
+    (each sender's ``traceparent`` said not-sampled, or the sampler said no) gets no
+    batch span either: an unsampled event's span is current instead, so the shared
+    statements are left out like the events. An error of the tracing itself leaves
+    the batch untraced; it never fails the batch."""
+    opened = _open_batch(entries, events) if tracing.on() else None
+    if opened is None:
         yield
         return
+    from opentelemetry import trace
+
+    current, spans = opened
+    _batch.clear()
+    _batch.update(spans)
+    try:
+        with trace.use_span(current, end_on_exit=False):
+            yield
+    finally:
+        _end([current, *spans.values()])
+        _batch.clear()
+
+
+@tracing.guarded(None)
+def _open_batch(entries: list[Entry], events: list[EventMessage | None]) -> Any:
+    """``(the span current for the batch's shared work, {task id: event span})``."""
     from opentelemetry import trace
     from opentelemetry.trace import SpanKind
 
@@ -66,25 +90,29 @@ def batch_spans(entries: list[Entry], events: list[EventMessage | None]) -> Iter
             attributes=_attributes(entry, event, size),
             links=_original(entry, event),
         )
+    sampled = [s for s in spans.values() if s.is_recording()]
+    if not sampled:
+        # Not a root of its own (the sampler would take it): under an unsampled
+        # event's context, the batch's statements are sampled out with it.
+        return next(iter(spans.values())), spans
     batch = tracer.start_span(
         "hookfleet.batch",
         context=trace.set_span_in_context(trace.INVALID_SPAN),  # a root of its own
         attributes={"hookfleet.batch.size": size},
-        links=[trace.Link(s.get_span_context()) for s in spans.values()],
+        links=[trace.Link(s.get_span_context()) for s in sampled],
     )
-    for span in spans.values():
+    for span in sampled:
         span.add_link(batch.get_span_context(), {"hookfleet.link": "batch"})
-    _batch.clear()
-    _batch.update(spans)
-    try:
-        with trace.use_span(batch, end_on_exit=True):
-            yield
-    finally:
-        for span in spans.values():
-            span.end()
-        _batch.clear()
+    return batch, spans
 
 
+@tracing.guarded(None)
+def _end(spans: list[Any]) -> None:
+    for span in spans:
+        span.end()  # a second end() of the same span is a no-op (the SDK warns only)
+
+
+@tracing.guarded(nullcontext())
 def event_scope(entry: Entry) -> Any:
     """A context manager making ``entry``'s span current (its handler, its settling)."""
     span = _batch.get(entry.task_id)
@@ -95,6 +123,7 @@ def event_scope(entry: Entry) -> Any:
     return trace.use_span(span, end_on_exit=False, record_exception=False)
 
 
+@tracing.guarded(None)
 def outcome(entry: Entry, value: str) -> None:
     """Record how ``entry`` ended (processed, already_done, ...)."""
     span = _batch.get(entry.task_id)
@@ -102,6 +131,7 @@ def outcome(entry: Entry, value: str) -> None:
         span.set_attribute("hookfleet.outcome", value)
 
 
+@tracing.guarded(None)
 def failed(entry: Entry, value: str, error: BaseException) -> None:
     """``entry`` failed or went dead: the error status and the exception as an event."""
     span = _batch.get(entry.task_id)
@@ -114,6 +144,7 @@ def failed(entry: Entry, value: str, error: BaseException) -> None:
     span.set_status(Status(StatusCode.ERROR, f"{value}: {type(error).__name__}"))
 
 
+@tracing.guarded(None)
 def retried(entry: Entry, countdown_s: int, error: BaseException) -> None:
     """``entry`` goes to a new message in ``countdown_s`` (its span is that message's
     parent: the retry continues this trace)."""
@@ -144,7 +175,7 @@ def _attributes(entry: Entry, event: EventMessage | None, size: int) -> dict[str
         attributes.update(
             {
                 "hookfleet.provider": event.provider,
-                "hookfleet.event_id": event.event_id,
+                "hookfleet.event_id": tracing.private_event_id(event.provider, event.event_id),
                 "hookfleet.event_type": event.event_type,
                 "hookfleet.correlation_id": event.correlation_id,
                 "hookfleet.replay": event.replay,
@@ -158,10 +189,16 @@ def _original(entry: Entry, event: EventMessage | None) -> list[Any]:
     that is the trace its message came with)."""
     if event is None or event.headers.get(TRACE_KEY) in (None, entry.trace.get(TRACE_KEY)):
         return []
-    link = tracing.link_to({TRACE_KEY: event.headers[TRACE_KEY]}, **{"hookfleet.link": "original"})
+    link = tracing.link_to(_first_trace(event), **{"hookfleet.link": "original"})
     return [link] if link is not None else []
 
 
+def _first_trace(event: EventMessage) -> dict[str, Any]:
+    """The trace context the event was first received in, as its row keeps it."""
+    return {k: event.headers.get(k) for k in (TRACE_KEY, STATE_KEY) if event.headers.get(k)}
+
+
+@tracing.guarded(nullcontext())
 def publish_span(event: EventMessage) -> Any:
     """The span of publishing ``event`` again from its row (kind PRODUCER): a replay
     (``hookfleet.replay``) or a stuck event's requeue (``hookfleet.requeue``), a child
@@ -172,9 +209,7 @@ def publish_span(event: EventMessage) -> Any:
         return nullcontext()
     from opentelemetry.trace import SpanKind
 
-    link = tracing.link_to(
-        {TRACE_KEY: event.headers.get(TRACE_KEY)}, **{"hookfleet.link": "original"}
-    )
+    link = tracing.link_to(_first_trace(event), **{"hookfleet.link": "original"})
     return tracing.span(
         "hookfleet.replay" if event.replay else "hookfleet.requeue",
         kind=SpanKind.PRODUCER,
@@ -183,7 +218,7 @@ def publish_span(event: EventMessage) -> Any:
             "messaging.operation.type": "send",
             "messaging.destination.name": event.queue,
             "hookfleet.provider": event.provider,
-            "hookfleet.event_id": event.event_id,
+            "hookfleet.event_id": tracing.private_event_id(event.provider, event.event_id),
             "hookfleet.correlation_id": event.correlation_id,
         },
         links=[link] if link is not None else None,

@@ -1,0 +1,145 @@
+"""The receiver's spans beyond an accepted delivery (ingest/tracing.py, ingest/views.py,
+ingest/inbound.py): an inbound call's lookup and record under its request span, and a
+refusal's code on its span.
+
+The receiver runs in a fresh Python process with tracing on, exporting to a real
+OTLP/HTTP receiver (tests/otlp.py), with Redis down (a closed port)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.otlp import Span, otlp_sink
+from tests.servers import clean_env, sqlite_url
+
+ROOT = Path(__file__).resolve().parents[2]
+# One sender trace per request.
+INBOUND, BAD_JSON, UNKNOWN, NOT_POST, BOOKING = (
+    f"{n}bf92f3577b34da6a3ce929d0e0e4736" for n in range(5)
+)
+CALCOM = ROOT / "tests/fixtures/calcom/BOOKING_CREATED.json"
+SENDER_SPAN = "00f067aa0ba902b7"
+
+PROBE = f"""
+import json, os
+from models.migrate import upgrade
+from models.settings import Settings
+
+upgrade(Settings.from_env(os.environ))
+from ingest import create_app
+from models import tracing
+
+
+def sent_by(trace_id):
+    return {{"traceparent": f"00-{{trace_id}}-{SENDER_SPAN}-01"}}
+
+
+client = create_app().test_client()
+ringing = {{
+    "event": "call_inbound",
+    "call_inbound": {{"from_number": "+4915112345678", "to_number": "+4930901820"}},
+}}
+answers = []
+answer = client.post("/webhooks/retell", json=ringing, headers=sent_by("{INBOUND}"))
+answer.close()  # the answer is sent: now the call is recorded (Redis is down)
+answers.append(answer.status_code)
+answers.append(client.post(
+    "/webhooks/standard", data=b"{{not json", content_type="application/json",
+    headers={{"webhook-id": "evt_1", **sent_by("{BAD_JSON}")}},
+).status_code)
+answers.append(client.post("/webhooks/nope", json={{}}, headers=sent_by("{UNKNOWN}")).status_code)
+answers.append(client.get("/webhooks/standard", headers=sent_by("{NOT_POST}")).status_code)
+booking = json.loads(open("{CALCOM}").read())["body"]
+booked = client.post("/webhooks/calcom", json=booking, headers=sent_by("{BOOKING}"))
+answers.append(booked.status_code)
+tracing.flush()
+print(json.dumps(answers))
+"""
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def run_probe(tmp_path: Path) -> tuple[list[Span], list[dict[str, object]]]:
+    """The spans exported, and the JSON log lines written."""
+    with otlp_sink() as sink:
+        env = clean_env(
+            HOOKFLEET_DATABASE_URL=sqlite_url(tmp_path),
+            HOOKFLEET_REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0",
+            HOOKFLEET_STANDARD_VERIFY="off",
+            HOOKFLEET_RETELL_VERIFY="off",
+            HOOKFLEET_CALCOM_VERIFY="off",
+            OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", PROBE],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == [200, 400, 404, 405, 503]
+        spans = sink.wait_for(lambda spans: {NOT_POST, INBOUND} <= {s.trace_id for s in spans})
+    written = (done.stdout + done.stderr).splitlines()
+    logs = [json.loads(line) for line in written if line.startswith('{"')]
+    return spans, logs
+
+
+def test_an_inbound_calls_lookup_and_record_are_children_of_its_request_span(
+    tmp_path: Path,
+) -> None:
+    spans, logs = run_probe(tmp_path)
+    in_call = [s for s in spans if s.trace_id == INBOUND]
+    (request,) = [s for s in in_call if s.name == "POST /webhooks/retell"]
+    assert request.parent_id == SENDER_SPAN
+    # The lookup's statement ran in the lookup thread, in the request's context.
+    lookups = [s for s in spans if "db.system" in s.attributes and s.trace_id == INBOUND]
+    assert lookups and all(s.parent_id == request.span_id for s in lookups)
+    assert not [s for s in spans if "db.system" in s.attributes and not s.parent_id]
+    # The record, after the answer went out, under the request too: Redis was down.
+    (record,) = [s for s in in_call if s.name == "hookfleet.claim_and_enqueue"]
+    assert record.parent_id == request.span_id
+    assert record.status == 2 and "exception" in record.events
+    (line,) = [entry for entry in logs if entry["message"] == "could not record inline event"]
+    assert (line["trace_id"], line["span_id"]) == (INBOUND, record.span_id)
+
+
+def test_a_refusal_names_its_code_on_the_request_span(tmp_path: Path) -> None:
+    spans, _ = run_probe(tmp_path)
+    codes = {}
+    for trace_id in (BAD_JSON, UNKNOWN, NOT_POST, BOOKING):
+        (span,) = [s for s in spans if s.trace_id == trace_id and s.parent_id == SENDER_SPAN]
+        codes[trace_id] = (
+            span.attributes["http.response.status_code"],
+            span.attributes["error.type"],
+            "hookfleet.outcome" in span.attributes,
+        )
+    assert codes == {
+        BAD_JSON: (400, "invalid_json", True),
+        UNKNOWN: (404, "unknown_provider", True),
+        NOT_POST: (405, "method_not_allowed", True),
+        BOOKING: (503, "queue_unavailable", True),  # Redis is down
+    }
+
+
+def test_a_calcom_event_id_reaches_spans_without_its_attendees(tmp_path: Path) -> None:
+    spans, logs = run_probe(tmp_path)
+    booking = json.loads(CALCOM.read_text())["body"]
+    attendee = booking["payload"]["attendees"][0]
+    named = [s for s in spans if s.trace_id == BOOKING and "hookfleet.event_id" in s.attributes]
+    assert {s.name for s in named} == {"POST /webhooks/calcom", "hookfleet.claim_and_enqueue"}
+    for span in named:
+        shown = str(span.attributes["hookfleet.event_id"])
+        assert shown.startswith(f"BOOKING_CREATED:{booking['payload']['uid']}:h:")
+        assert attendee["email"] not in shown and attendee["name"] not in shown
+    # The log lines keep the whole id (the operator's own store, README Tracing).
+    assert any(attendee["email"] in str(entry.get("event_id", "")) for entry in logs)
