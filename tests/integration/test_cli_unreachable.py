@@ -69,12 +69,16 @@ def test_a_database_without_tables_says_to_migrate(tmp_path: Path) -> None:
     assert_one_clear_line(result, "hookfleet migrate")
 
 
-def test_redis_down_is_one_line_naming_redis(tmp_path: Path) -> None:
+@pytest.mark.parametrize("args", [["breaker", "status"], ["quarantine", "list"]], ids=" ".join)
+def test_redis_down_is_one_line_naming_redis(args: list[str], tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fleet.db'}"
     migrated = hookfleet(["migrate"], tmp_path, HOOKFLEET_DATABASE_URL=url)
     assert migrated.returncode == 0, migrated.stderr
     redis_url = f"redis://127.0.0.1:{free_port()}/0"
-    result = hookfleet(
-        ["breaker", "status"], tmp_path, HOOKFLEET_DATABASE_URL=url, HOOKFLEET_REDIS_URL=redis_url
-    )
+    env = {"HOOKFLEET_DATABASE_URL": url, "HOOKFLEET_REDIS_URL": redis_url}
+    result = hookfleet(args, tmp_path, **env)
     assert_one_clear_line(result, "cannot reach Redis", redis_url, "hookfleet up")
+    # stats prints what it could read, then one line for what it could not.
+    stats = hookfleet(["stats"], tmp_path, **env)
+    assert stats.returncode == 1 and "Traceback" not in stats.stderr
+    assert "redis unreachable" in stats.stderr and "HOOKFLEET_REDIS_URL" in stats.stderr

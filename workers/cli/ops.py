@@ -47,7 +47,11 @@ def stats(as_json: bool) -> None:
         if reading.dead_letters is not None:
             click.echo(f"dead letters: {reading.dead_letters}")
         for part, error in reading.errors.items():
-            click.echo(f"{part} unreachable: {error}", err=True)
+            variable = f"HOOKFLEET_{'REDIS' if part == 'redis' else 'DATABASE'}_URL"
+            click.echo(
+                f"{part} unreachable: {error}; is `hookfleet up` running? or set {variable}",
+                err=True,
+            )
     if reading.errors:
         raise SystemExit(1)
 

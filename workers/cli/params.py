@@ -141,11 +141,16 @@ class CommandGroup(click.Group):
         except DBAPIError as error:
             raise click.ClickException(_database_problem(ctx, error)) from None
         except (RedisConnectionError, RedisTimeoutError) as error:
-            where = _setting(ctx, "broker_url")
-            raise click.ClickException(
-                f"cannot reach Redis at {where}: {_first_line(error)}; "
-                "is `hookfleet up` running? or set HOOKFLEET_REDIS_URL"
-            ) from None
+            raise redis_unreachable(error) from None
+
+
+def redis_unreachable(error: BaseException) -> click.ClickException:
+    """The one line for a Redis this invocation cannot reach: where, why, what to do."""
+    where = _setting(click.get_current_context(), "broker_url")
+    return click.ClickException(
+        f"cannot reach Redis at {where}: {_first_line(error)}; "
+        "is `hookfleet up` running? or set HOOKFLEET_REDIS_URL"
+    )
 
 
 def _database_problem(ctx: click.Context, error: Exception) -> str:
