@@ -62,11 +62,17 @@ def test_a_closed_database_port_is_one_line_naming_it_without_the_password(
     assert "s3cret" not in result.stderr
 
 
-def test_a_database_without_tables_says_to_migrate(tmp_path: Path) -> None:
-    (tmp_path / "empty.db").touch()
-    url = f"sqlite:///{tmp_path / 'empty.db'}"
-    result = hookfleet(["events", "list"], tmp_path, HOOKFLEET_DATABASE_URL=url)
-    assert_one_clear_line(result, "hookfleet migrate")
+def test_a_database_without_tables_says_to_migrate(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if backend == "mariadb":
+        url = request.getfixturevalue("mariadb_server").create_database()
+    else:
+        (tmp_path / "empty.db").touch()
+        url = f"sqlite:///{tmp_path / 'empty.db'}"
+    for args in (["events", "list"], ["replay", "runs"]):
+        result = hookfleet(args, tmp_path, HOOKFLEET_DATABASE_URL=url)
+        assert_one_clear_line(result, "no Hookfleet tables", "hookfleet migrate")
 
 
 @pytest.mark.parametrize("args", [["breaker", "status"], ["quarantine", "list"]], ids=" ".join)

@@ -134,11 +134,16 @@ class CommandGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
-        from sqlalchemy.exc import DBAPIError
+        from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 
         try:
             return super().invoke(ctx)
-        except DBAPIError as error:
+        except (OperationalError, InterfaceError) as error:
+            # Connection refused, access denied, no such table (SQLite), lost link.
+            raise click.ClickException(_database_problem(ctx, error)) from None
+        except ProgrammingError as error:
+            if not _no_schema(error):
+                raise  # a bug, not the database's absence: its traceback is the report
             raise click.ClickException(_database_problem(ctx, error)) from None
         except (RedisConnectionError, RedisTimeoutError) as error:
             raise redis_unreachable(error) from None
@@ -156,12 +161,18 @@ def redis_unreachable(error: BaseException) -> click.ClickException:
 def _database_problem(ctx: click.Context, error: Exception) -> str:
     where = _setting(ctx, "database_url")
     reason = _first_line(getattr(error, "orig", None) or error)
-    if "no such table" in reason or "doesn't exist" in reason:
+    if _no_schema(error):
         return (
             f"the database at {where} has no Hookfleet tables ({reason}): "
             f"run `hookfleet migrate`, or {HINT}"
         )
     return f"cannot reach the database at {where}: {reason}; {HINT}"
+
+
+def _no_schema(error: Exception) -> bool:
+    """SQLite's "no such table", MariaDB's 1146 "Table ... doesn't exist"."""
+    reason = str(getattr(error, "orig", None) or error)
+    return "no such table" in reason or "1146" in reason
 
 
 def _setting(ctx: click.Context, name: str) -> str:
