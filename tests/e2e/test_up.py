@@ -166,6 +166,9 @@ def test_a_taken_port_is_refused_up_front_and_a_killed_up_takes_its_processes_al
     try:
         fleet_pids = descendants(proc.pid)
         assert len(fleet_pids) >= len(read_procfile()) + 1  # every entry, and Redis
+        # gunicorn's control socket is the fleet's own, not $HOME/.gunicorn's shared one.
+        control = first / "var" / "gunicorn.ctl"
+        wait_until(control.is_socket, 30, "the receiver's control socket in its var dir")
 
         second = tmp_path / "second"
         second.mkdir()
