@@ -10,13 +10,19 @@ array). A key holding a dot, a bracket, ``=`` or a space is quoted: ``a."b.c"``.
 are case-sensitive; positions count from 0. A double quote or backslash inside a key
 cannot be searched for.
 
-**VALUE** (all of it, after the first ``=`` that follows the path):
+Spaces before PATH and between PATH and ``=`` are ignored.
 
-- matches a JSON **string** equal to it byte for byte (case and accents count);
-- when VALUE is itself a JSON number, ``true``, ``false`` or ``null``, it also matches
-  that JSON value: ``amount=100`` matches ``100``, ``100.0`` and ``"100"``;
-  ``livemode=true`` matches ``true`` and ``"true"``; ``x=null`` matches a JSON ``null``
-  (never a missing key);
+**VALUE** (all of it, after the first ``=`` that follows the path, spaces included):
+
+- matches a JSON **string** equal to it byte for byte (case, accents and trailing
+  spaces count: MariaDB compares in ``utf8mb4_nopad_bin``);
+- when VALUE is itself a JSON number, ``true``, ``false`` or ``null`` (with no space
+  around it), it also matches that JSON value: ``amount=100`` matches ``100``,
+  ``100.0``, ``1e2`` and ``"100"``; ``livemode=true`` matches ``true`` and ``"true"``;
+  ``x=null`` matches a JSON ``null`` (never a missing key). Numbers compare by decimal
+  value, never as doubles (``0.1`` is not ``0.10000000000000001``): MariaDB casts to
+  ``DECIMAL(65, 30)``, SQLite calls :func:`number_equals` on the token's text, which
+  rounds the same way; a VALUE that DECIMAL(65, 30) cannot hold is refused;
 - a VALUE in double quotes is a JSON string and matches only a string:
   ``id="100"`` matches ``"100"``, not ``100``.
 
