@@ -12,6 +12,7 @@ they hold), beat, and Redis last (which writes its append-only file).
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import shutil
 import signal
@@ -317,10 +318,15 @@ def refuse_taken_ports(binds: Mapping[str, str]) -> None:
             try:
                 probe.bind(address)
             except OSError as error:
+                option = "--port" if what == "receiver" else "--ops-bind"
+                if error.errno != errno.EADDRINUSE:
+                    raise PortTaken(
+                        f"hookfleet up: the {what} address {bind} cannot be bound "
+                        f"({error.strerror}); choose another ({option})"
+                    ) from None
                 raise PortTaken(
-                    f"hookfleet up: the {what} port {bind} is already in use "
-                    f"({error.strerror}): another hookfleet up or server runs there; stop "
-                    f"it or choose another ({'--port' if what == 'receiver' else '--ops-bind'})"
+                    f"hookfleet up: the {what} port {bind} is already in use: another "
+                    f"hookfleet up or server runs there; stop it or choose another ({option})"
                 ) from None
 
 
