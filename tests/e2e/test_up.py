@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -190,6 +191,20 @@ def test_a_taken_port_is_refused_up_front_and_a_killed_up_takes_its_processes_al
     wait_until(lambda: all(gone(pid) for pid in fleet_pids), 90, "the fleet's processes to end")
     with pytest.raises(OSError):
         request(f"http://127.0.0.1:{port}", "GET", "/healthz")
+
+
+def test_the_receiver_port_is_told_apart_from_another_process_listening_there() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            assert not fleet.listens_elsewhere(port, os.getpid())
+            assert fleet.listens_elsewhere(port, other.pid)
+        finally:
+            other.kill()
+            other.wait()
 
 
 def test_a_bad_setting_is_one_line_for_up_and_run(tmp_path: Path) -> None:

@@ -249,10 +249,18 @@ class Fleet:
             self._check_children()
             try:
                 with urllib.request.urlopen(url, timeout=1):
-                    return
+                    break
             except OSError:
                 time.sleep(0.2)
-        raise SystemExit("the receiver did not answer /healthz within 60 s")
+        else:
+            raise SystemExit("the receiver did not answer /healthz within 60 s")
+        web = dict(self.children).get("web")
+        if web is not None and listens_elsewhere(self.port, web.pid):
+            # Someone took the port between our check and gunicorn's bind.
+            raise SystemExit(
+                f"hookfleet up: another process answers on port {self.port}, not this "
+                "fleet's receiver; stop it or choose another (--port)"
+            )
 
     def _check_children(self) -> None:
         for name, proc in self.children:
@@ -328,6 +336,34 @@ def refuse_taken_ports(binds: Mapping[str, str]) -> None:
                     f"hookfleet up: the {what} port {bind} is already in use: another "
                     f"hookfleet up or server runs there; stop it or choose another ({option})"
                 ) from None
+
+
+def listens_elsewhere(port: int, pid: int) -> bool:
+    """Whether the socket listening on TCP ``port`` belongs to a process other than
+    ``pid`` (Linux: the LISTEN rows of /proc/net/tcp{,6} and ``pid``'s open sockets,
+    proc(5)). False where /proc cannot tell."""
+    listening: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local_address is HEXIP:HEXPORT; st 0A is LISTEN; the 10th field is the inode.
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                listening.add(f"socket:[{fields[9]}]")
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    held = set()
+    for fd in fds:
+        try:
+            held.add(os.readlink(fd))
+        except OSError:
+            continue  # closed meanwhile
+    return bool(listening) and not listening & held
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
