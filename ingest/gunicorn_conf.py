@@ -91,3 +91,20 @@ def post_worker_init(worker: object) -> None:
     if inbound is not None:
         inbound.warm()
     worker.log.info("Worker ready: pid %s", worker.pid)  # type: ignore[attr-defined]
+
+
+def _control_socket(environ: "os._Environ[str]") -> str:
+    """gunicorn 25.1+'s control socket (``gunicornc``): gunicorn's default,
+    ``$HOME/.gunicorn/gunicorn.ctl``, is one path for every gunicorn of a user, so two
+    fleets would take it from each other. Each fleet's goes in its var dir
+    (``HOOKFLEET_VAR_DIR``); "" (none) without one, or where the path is too long for a
+    unix socket (108 bytes on Linux)."""
+    var_dir = environ.get("HOOKFLEET_VAR_DIR", "").strip()
+    path = os.path.join(os.path.abspath(var_dir), "gunicorn.ctl") if var_dir else ""
+    return path if len(path.encode()) < 100 else ""
+
+
+_own_control_socket = _control_socket(os.environ)
+if _own_control_socket:
+    control_socket = _own_control_socket
+control_socket_disable = not _own_control_socket

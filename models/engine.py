@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import tracing
 from models.metrics import watch_pool
+from models.payload_search import register_sqlite_functions
 from models.settings import Settings
 
 
@@ -72,6 +73,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    register_sqlite_functions(dbapi_connection)
 
 
 def _ensure_sqlite_directory(database: str | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -126,6 +127,96 @@ def test_up_runs_the_whole_fleet_on_sqlite_and_a_private_redis(tmp_path: Path) -
     with pytest.raises(OSError):
         request(f"http://127.0.0.1:{port}", "GET", "/healthz")
     assert (tmp_path / "var" / "redis" / "appendonlydir").exists()  # the queue is durable
+
+
+def descendants(pid: int) -> list[int]:
+    found = children(pid)
+    for child in list(found):
+        found += descendants(child)
+    return found
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie nobody reaped yet counts: it runs nothing)."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return status.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def up_again(cwd: Path, port: int, ops_port: int, state: Path) -> subprocess.CompletedProcess[str]:
+    """A second `hookfleet up` (its own var dir, the same user's state directory)."""
+    return subprocess.run(
+        [HOOKFLEET, "up", "--port", str(port), "--ops-bind", f"127.0.0.1:{ops_port}"],
+        cwd=cwd,
+        env=clean_env(XDG_STATE_HOME=str(state)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_taken_port_is_refused_up_front_and_a_killed_up_takes_its_processes_along(
+    tmp_path: Path,
+) -> None:
+    port, ops_port = free_port(), free_port()
+    first = tmp_path / "first"
+    first.mkdir()
+    proc, _ = start_up(first, port, ops_port)
+    try:
+        fleet_pids = descendants(proc.pid)
+        assert len(fleet_pids) >= len(read_procfile()) + 1  # every entry, and Redis
+        # gunicorn's control socket is the fleet's own, not $HOME/.gunicorn's shared one.
+        control = first / "var" / "gunicorn.ctl"
+        wait_until(control.is_socket, 30, "the receiver's control socket in its var dir")
+
+        second = tmp_path / "second"
+        second.mkdir()
+        same_port = up_again(second, port, free_port(), first / "state")
+        same_ops = up_again(second, free_port(), ops_port, first / "state")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    for refused, which in [(same_port, f"receiver port 127.0.0.1:{port}"), (same_ops, "ops")]:
+        assert refused.returncode != 0, refused
+        assert "hookfleet is up" not in refused.stdout
+        assert which in refused.stderr and "already in use" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    # The pointer still names the first fleet: the refused ones touched none.
+    pointer = first / "state" / "hookfleet" / "current"
+    assert pointer.read_text().strip() == str(first / "var" / "fleet.json")
+    # SIGKILL gave `up` no chance to stop them: the kernel did (PR_SET_PDEATHSIG).
+    wait_until(lambda: all(gone(pid) for pid in fleet_pids), 90, "the fleet's processes to end")
+    with pytest.raises(OSError):
+        request(f"http://127.0.0.1:{port}", "GET", "/healthz")
+
+
+def test_the_receiver_port_is_told_apart_from_another_process_listening_there() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            assert not fleet.listens_elsewhere(port, os.getpid())
+            assert fleet.listens_elsewhere(port, other.pid)
+        finally:
+            other.kill()
+            other.wait()
+
+
+def test_a_bad_setting_is_one_line_for_up_and_run(tmp_path: Path) -> None:
+    env = clean_env(XDG_STATE_HOME=str(tmp_path / "state"), HOOKFLEET_LOG_FORMAT="bogus")
+    for args in (["run", "worker_provisioning"], ["run", "web"], ["up", "--port", "0"]):
+        result = subprocess.run(
+            [HOOKFLEET, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode != 0, result
+        assert "Traceback" not in result.stderr, result.stderr
+        assert "HOOKFLEET_LOG_FORMAT must be one of" in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "var" / "redis").exists()  # nothing started for nothing
 
 
 def test_up_uses_the_redis_it_is_given(tmp_path: Path, redis_url: str) -> None:

@@ -189,10 +189,71 @@ def test_keyset_pages_cover_every_event_once_while_rows_arrive_and_change(
     assert all(len(page) == 3 for page in pages[:-1])
 
 
+def test_strings_match_byte_for_byte_trailing_spaces_included_on_both_backends(
+    sessions: sessionmaker[Session],
+) -> None:
+    add(sessions, "evt_trailing", json.dumps({"k": "trailing ", "c": "cus_1"}))
+    add(sessions, "evt_bare", json.dumps({"k": "trailing", "c": "cus_1   "}))
+    assert found(sessions, 'k="trailing"') == ["evt_bare"]
+    assert found(sessions, "k=trailing") == ["evt_bare"]
+    # VALUE is everything after the first =, its spaces too.
+    assert found(sessions, "k=trailing ") == ["evt_trailing"]
+    assert found(sessions, "c=cus_1") == ["evt_trailing"]
+    assert found(sessions, "c=cus_1   ") == ["evt_bare"]
+    # Spaces before the path and before the = are not part of it.
+    assert found(sessions, "  k =trailing") == ["evt_bare"]
+
+
+def test_a_value_with_spaces_is_text_never_a_number(sessions: sessionmaker[Session]) -> None:
+    add(sessions, "evt_number", json.dumps({"amount": 100}))
+    add(sessions, "evt_spaced", json.dumps({"amount": " 100"}))
+    assert found(sessions, "amount= 100") == ["evt_spaced"]
+    assert found(sessions, "amount=100 ") == []
+    assert found(sessions, "amount=100") == ["evt_number"]
+
+
+def test_numbers_past_64_bits_and_past_double_precision_compare_exactly_on_both_backends(
+    sessions: sessionmaker[Session],
+) -> None:
+    add(sessions, "evt_huge", '{"n": 12345678901234567890}')
+    add(sessions, "evt_tenth", '{"n": 0.10000000000000001}')
+    add(sessions, "evt_exp", '{"n": 1e2}')
+    add(sessions, "evt_places", '{"n": 0.5000000000000000000000000000001}')
+    assert found(sessions, "n=12345678901234567890") == ["evt_huge"]
+    assert found(sessions, "n=12345678901234567891") == []
+    assert found(sessions, "n=12345678901234567890.0") == ["evt_huge"]
+    assert found(sessions, "n=0.1") == []
+    assert found(sessions, "n=0.10000000000000001") == ["evt_tenth"]
+    assert found(sessions, "n=100") == ["evt_exp"]
+    assert found(sessions, "n=1E+2") == ["evt_exp"]
+    # Rounded to 30 places on both (MariaDB's DECIMAL(65, 30)).
+    assert found(sessions, "n=0.5") == ["evt_places"]
+    with pytest.raises(BadPath, match="30 after"):
+        parse_condition("n=0.5000000000000000000000000000001")
+
+
+def test_type_and_correlation_id_match_exactly_on_both_backends(
+    sessions: sessionmaker[Session],
+) -> None:
+    add(sessions, "evt_lower", "{}", event_type="t.a", correlation_id="corr-a")
+    add(sessions, "evt_accent", "{}", event_type="t.é", correlation_id="corr-a ")
+    add(sessions, "evt_exact", "{}", event_type="T.A", correlation_id="CORR-A")
+    assert found(sessions, event_type="T.A") == ["evt_exact"]
+    assert found(sessions, event_type="t.a") == ["evt_lower"]
+    assert found(sessions, event_type="t.e") == []
+    assert found(sessions, event_type="t.a ") == []
+    assert found(sessions, correlation_id="corr-a") == ["evt_lower"]
+    assert found(sessions, correlation_id="corr-a ") == ["evt_accent"]
+    assert found(sessions, provider="STRIPE") == []
+    assert found(sessions, event_ids=("EVT_LOWER",)) == []
+
+
 def test_bad_paths_are_refused_with_what_is_wrong() -> None:
     for text, says in [
         ("data.object.customer", "no '=VALUE'"),
-        ("=cus_1", "expected PATH=VALUE"),
+        ("=cus_1", "the path is empty"),
+        ("  =cus_1", "the path is empty"),
+        ("$=cus_1", "the path is empty"),
         ("data..customer=x", "expected PATH=VALUE"),
         ("items[x]=1", "expected PATH=VALUE"),
     ]:

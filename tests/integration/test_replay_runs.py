@@ -207,6 +207,39 @@ def test_a_second_process_resuming_the_same_run_stops_and_pushes_nothing_twice(
     assert replayed_ids(redis_client) == Counter({f"evt_{i}": 1 for i in range(20)})
 
 
+def test_a_run_redis_stops_is_marked_interrupted_and_resumes(
+    sessions: sessionmaker[Session], redis_client: redis.Redis
+) -> None:
+    seed(sessions, 10)
+    run = start(sessions, Selection(statuses=(EventStatus.DEAD,)))
+    working = ReplayPush(redis_client, run.token)
+
+    class RedisGoesAway:
+        """Takes the first chunk, then Redis is unreachable."""
+
+        def __init__(self) -> None:
+            self.chunks = 0
+
+        def push(self, queue: str, messages: list[tuple[int, str]]) -> int:
+            self.chunks += 1
+            if self.chunks > 1:
+                raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:1")
+            return working.push(queue, messages)
+
+        def forget(self) -> None:
+            working.forget()
+
+    with pytest.raises(redis.ConnectionError):
+        replay_runs.run(sessions, run.id, RedisGoesAway(), batch_size=4)
+
+    with sessions() as session:
+        stopped = session.get_one(ReplayRun, run.id)
+    assert (stopped.status, stopped.replayed) == (RunStatus.INTERRUPTED, 4)
+    assert stopped.interrupted_at is not None
+    assert replay_runs.run(sessions, run.id, working).finished
+    assert replayed_ids(redis_client) == Counter({f"evt_{i}": 1 for i in range(10)})
+
+
 def test_the_rate_cap_spreads_a_replay_over_time(
     sessions: sessionmaker[Session], redis_client: redis.Redis
 ) -> None:
@@ -250,6 +283,7 @@ def test_replay_command_prints_the_estimate_replays_each_once_and_lists_its_run(
         env=env,
     )
     listed = runner.invoke(main, ["replay", "runs"], env=env)
+    as_json = runner.invoke(main, ["replay", "runs", "--json"], env=env)
     again = runner.invoke(main, ["replay", "--resume", "1"], env=env)
 
     assert dry.exit_code == 0, dry.output
@@ -265,6 +299,10 @@ def test_replay_command_prints_the_estimate_replays_each_once_and_lists_its_run(
     assert "finished" in listed.stdout and "3/3" in listed.stdout
     assert "where data.object.customer=cus_1" in listed.stdout
     assert again.exit_code == 1 and "replay run 1 finished" in again.stderr
+    [run] = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert (run["id"], run["status"], run["replayed"], run["estimated"]) == (1, "finished", 3, 3)
+    assert run["selection"]["where"] == ["data.object.customer=cus_1"]
+    assert run["finished_at"] is not None and run["interrupted_at"] is None
 
 
 def test_a_chunk_no_replica_confirmed_stops_the_run_and_is_not_enqueued_again(

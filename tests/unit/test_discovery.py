@@ -154,3 +154,31 @@ def test_a_clean_stop_removes_the_file_and_the_pointer(
 
     assert not path.exists() and not pointer_path(state).exists()
     assert find_fleet(state) is None
+
+
+def test_stopping_the_newer_of_two_fleets_points_back_at_the_older_one(
+    tmp_path: Path, state: dict[str, str], hookfleet_like: subprocess.Popen[bytes]
+) -> None:
+    older = _write(tmp_path / "older" / "var", hookfleet_like.pid, state)
+    newer = _write(tmp_path / "newer" / "var", hookfleet_like.pid, state)
+    assert pointer_path(state).read_text().strip() == str(newer)
+
+    remove_fleet_file(newer, state)
+
+    fleet = find_fleet(state)
+    assert fleet is not None and fleet.path == older
+
+
+def test_stopping_a_fleet_the_pointer_no_longer_names_leaves_the_pointer_alone(
+    tmp_path: Path, state: dict[str, str], hookfleet_like: subprocess.Popen[bytes]
+) -> None:
+    older = _write(tmp_path / "older" / "var", hookfleet_like.pid, state)
+    newer = _write(tmp_path / "newer" / "var", hookfleet_like.pid, state)
+
+    remove_fleet_file(older, state)
+
+    assert not older.exists()
+    assert pointer_path(state).read_text().strip() == str(newer)
+    # The older one stopped first: stopping the newer leaves nothing to point at.
+    remove_fleet_file(newer, state)
+    assert not pointer_path(state).exists()

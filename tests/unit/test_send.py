@@ -57,6 +57,10 @@ def test_every_provider_ships_its_common_events() -> None:
     assert {"BOOKING_CREATED", "BOOKING_CANCELLED", "BOOKING_RESCHEDULED"} <= set(
         fixture_names("calcom")
     )
+    # More than one: a billing event as in the README's curl example, and a failure.
+    assert {"contact.created", "invoice.paid", "subscription.renewed", "payment.failed"} <= set(
+        fixture_names("standard")
+    )
 
 
 @pytest.mark.parametrize(("provider", "name"), SHIPPED)

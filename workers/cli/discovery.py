@@ -6,7 +6,9 @@ Redis URL, the database URL, the ops listener, trial mode, secrets). The file is
 0600 and holds nothing the same user could not already read from
 ``/proc/<pid>/environ`` of the fleet's processes. A pointer,
 ``$XDG_STATE_HOME/hookfleet/current`` (``~/.local/state/hookfleet/current``), holds the
-file's path, so a command run from any directory finds it. Both go on a clean stop.
+file's path, so a command run from any directory finds it. Both go on a clean stop —
+the pointer only while it still names this fleet, and back to the fleet it named before
+when that one still runs.
 
 :func:`find_fleet` looks in ``$HOOKFLEET_VAR_DIR`` when it is set, then where the
 pointer says (the last fleet started; not ``./var``, so a command run in a checkout
@@ -56,14 +58,16 @@ def write_fleet_file(
     state directory at it. ``env`` is the fleet's environment: only its ``HOOKFLEET_*``
     variables are kept. Returns the file's path."""
     path = var_dir / FLEET_FILE
+    pointer = pointer_path(environ)
     record = {
         "pid": os.getpid(),
         "started_at": time.time(),
         "receiver_url": receiver_url,
         "env": {k: v for k, v in env.items() if k.startswith("HOOKFLEET_")},
+        # The fleet the pointer named before this one: it gets the pointer back.
+        "previous": _pointed_at(pointer, other_than=path),
     }
     _write_private(path, json.dumps(record, indent=2) + "\n")
-    pointer = pointer_path(environ)
     try:
         pointer.parent.mkdir(parents=True, exist_ok=True)
         _write_private(pointer, f"{path}\n")
@@ -73,14 +77,43 @@ def write_fleet_file(
 
 
 def remove_fleet_file(path: Path, environ: Mapping[str, str]) -> None:
-    """Remove the fleet file and the pointer, if the pointer still names this file."""
+    """Remove the fleet file; and the pointer if it still names this file (another
+    fleet's pointer is left alone), pointing it back at the fleet it named before this
+    one started when that fleet still runs."""
+    try:
+        previous = str(json.loads(path.read_text()).get("previous") or "")
+    except (OSError, ValueError, AttributeError):
+        previous = ""
     path.unlink(missing_ok=True)
     pointer = pointer_path(environ)
     try:
-        if pointer.read_text().strip() == str(path):
+        if pointer.read_text().strip() != str(path):
+            return
+        if previous and _still_runs(Path(previous)):
+            _write_private(pointer, f"{previous}\n")
+        else:
             pointer.unlink()
     except OSError:
         pass
+
+
+def _pointed_at(pointer: Path, *, other_than: Path) -> str | None:
+    """The fleet file ``pointer`` names, if it is not ``other_than`` and still runs."""
+    try:
+        named = Path(pointer.read_text().strip())
+    except OSError:
+        return None
+    if named == other_than or not _still_runs(named):
+        return None
+    return str(named)
+
+
+def _still_runs(path: Path) -> bool:
+    try:
+        read_fleet_file(path)
+    except (OSError, ValueError, KeyError, TypeError, StaleFleet):
+        return False
+    return True
 
 
 def read_fleet_file(path: Path) -> RunningFleet:

@@ -11,7 +11,7 @@ import click
 
 from models.events import EventStatus
 from models.payload_search import BadPath, PayloadCondition, parse_condition
-from workers.cli.params import When, invocation_settings
+from workers.cli.params import When, open_database
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -43,9 +43,9 @@ class Where(click.ParamType):
 
 
 def sessions() -> sessionmaker[Session]:
-    from models.engine import make_engine, make_sessionmaker
+    from models.engine import make_sessionmaker
 
-    return make_sessionmaker(make_engine(invocation_settings()))
+    return make_sessionmaker(open_database())
 
 
 def selection_options(default_status: str) -> Callable[[Any], Any]:

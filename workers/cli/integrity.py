@@ -79,10 +79,9 @@ def fix(dry_run: bool, batch_size: int, limit: int, list_all: bool) -> None:
 
 
 def _engine() -> Engine:
-    from models.engine import make_engine
-    from workers.cli.params import invocation_settings
+    from workers.cli.params import open_database
 
-    return make_engine(invocation_settings())
+    return open_database()
 
 
 def _print(report: Report, verb: str) -> None:

@@ -10,14 +10,14 @@ import click
 from workers.cli.events import dlq, events
 from workers.cli.integrity import integrity
 from workers.cli.ops import prune, stats
-from workers.cli.params import invocation_settings
+from workers.cli.params import CommandGroup, invocation_settings
 from workers.cli.provisioning import breaker, provision
 from workers.cli.quarantine import quarantine
 from workers.cli.recovery import replay, sweep
 from workers.cli.send import send
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 @click.pass_context
 def main(context: click.Context) -> None:
     """Hookfleet: webhook ingestion that never loses an event and never applies one twice."""

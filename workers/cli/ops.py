@@ -9,7 +9,7 @@ import click
 
 from models.contract import QUEUES
 from models.settings import Settings
-from workers.cli.params import Age, invocation_settings
+from workers.cli.params import Age, invocation_settings, open_database
 
 # The command must answer even when a server does not: short timeouts everywhere.
 TIMEOUT_S = 3
@@ -21,11 +21,10 @@ def stats(as_json: bool) -> None:
     """Queue depths, unacked messages, oldest age, recent rates and dead letters."""
     from models.broker.backlog import read_backlog
     from models.broker.redis_links import redis_client
-    from models.engine import make_engine
 
     settings = invocation_settings()
+    engine = open_database(io_timeout_s=TIMEOUT_S)
     client = redis_client(settings.broker_url, timeout_s=TIMEOUT_S)
-    engine = make_engine(settings, io_timeout_s=TIMEOUT_S)
     try:
         reading = read_backlog(client, engine, QUEUES)
     finally:
@@ -48,7 +47,11 @@ def stats(as_json: bool) -> None:
         if reading.dead_letters is not None:
             click.echo(f"dead letters: {reading.dead_letters}")
         for part, error in reading.errors.items():
-            click.echo(f"{part} unreachable: {error}", err=True)
+            variable = f"HOOKFLEET_{'REDIS' if part == 'redis' else 'DATABASE'}_URL"
+            click.echo(
+                f"{part} unreachable: {error}; is `hookfleet up` running? or set {variable}",
+                err=True,
+            )
     if reading.errors:
         raise SystemExit(1)
 
@@ -65,7 +68,7 @@ def stats(as_json: bool) -> None:
 @click.option("--batch-size", default=1000, show_default=True, help="Rows per transaction.")
 def prune(older_than: timedelta | None, include_dead: bool, dry_run: bool, batch_size: int) -> None:
     """Delete processed webhook_events older than AGE, in batches."""
-    from models.engine import make_engine, make_sessionmaker
+    from models.engine import make_sessionmaker
     from workers.recovery.retention import prune_events
 
     settings = invocation_settings()
@@ -75,7 +78,7 @@ def prune(older_than: timedelta | None, include_dead: bool, dry_run: bool, batch
             "must be more than 0 (HOOKFLEET_RETENTION_DAYS is 0: say --older-than)",
             param_hint="--older-than",
         )
-    engine = make_engine(settings)
+    engine = open_database()
     try:
         result = prune_events(
             make_sessionmaker(engine),

@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy import Engine, make_url
+from sqlalchemy.exc import ArgumentError
 
 from models.settings import ConfigError, Settings
 from workers.cli.discovery import RunningFleet, StaleFleet, fill_from_fleet, find_fleet
@@ -103,3 +106,87 @@ class When(click.ParamType):
                 f"{text!r} is neither a date/time (2026-11-23T08:00) nor an age (24h)", param, ctx
             )
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+HINT = "is `hookfleet up` running? or set HOOKFLEET_DATABASE_URL"
+
+
+def open_database(**options: Any) -> Engine:
+    """The engine of this invocation's database (``options`` go to ``make_engine``),
+    for a command that uses what is there: an SQLite URL naming a file that does not
+    exist ends the command (exit 1) instead of creating an empty database there —
+    only ``hookfleet migrate`` and ``hookfleet up`` create one."""
+    from models.engine import make_engine
+
+    settings = invocation_settings()
+    url = make_url(settings.database_url)
+    path = url.database or ""
+    if url.get_backend_name() == "sqlite" and path not in ("", ":memory:"):
+        if not path.startswith("file:") and not Path(path).exists():
+            raise click.ClickException(f"no Hookfleet database at {path}: {HINT}")
+    return make_engine(settings, **options)
+
+
+class CommandGroup(click.Group):
+    """The ``hookfleet`` group: a command that cannot reach the database or Redis ends
+    with one line saying which and where (exit status 1), never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+        from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
+
+        try:
+            return super().invoke(ctx)
+        except (OperationalError, InterfaceError) as error:
+            # Connection refused, access denied, no such table (SQLite), lost link.
+            raise click.ClickException(_database_problem(ctx, error)) from None
+        except ProgrammingError as error:
+            if not _no_schema(error):
+                raise  # a bug, not the database's absence: its traceback is the report
+            raise click.ClickException(_database_problem(ctx, error)) from None
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            raise redis_unreachable(error) from None
+
+
+def redis_unreachable(error: BaseException) -> click.ClickException:
+    """The one line for a Redis this invocation cannot reach: where, why, what to do."""
+    where = _setting(click.get_current_context(), "broker_url")
+    return click.ClickException(
+        f"cannot reach Redis at {where}: {_first_line(error)}; "
+        "is `hookfleet up` running? or set HOOKFLEET_REDIS_URL"
+    )
+
+
+def _database_problem(ctx: click.Context, error: Exception) -> str:
+    where = _setting(ctx, "database_url")
+    reason = _first_line(getattr(error, "orig", None) or error)
+    if _no_schema(error):
+        return (
+            f"the database at {where} has no Hookfleet tables ({reason}): "
+            f"run `hookfleet migrate`, or {HINT}"
+        )
+    return f"cannot reach the database at {where}: {reason}; {HINT}"
+
+
+def _no_schema(error: Exception) -> bool:
+    """SQLite's "no such table", MariaDB's 1146 "Table ... doesn't exist"."""
+    reason = str(getattr(error, "orig", None) or error)
+    return "no such table" in reason or "1146" in reason
+
+
+def _setting(ctx: click.Context, name: str) -> str:
+    """``name`` of this invocation's settings, password hidden; ``?`` when unknown."""
+    settings = ctx.find_root().obj
+    if not isinstance(settings, Settings):
+        return "?"
+    value = str(getattr(settings, name))
+    try:
+        return make_url(value).render_as_string(hide_password=True)
+    except ArgumentError:
+        return value.split("@")[-1]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0].rstrip(".")

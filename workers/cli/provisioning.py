@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import click
 from sqlalchemy.orm import Session, sessionmaker
 
-from workers.cli.params import invocation_settings
+from workers.cli.params import invocation_settings, open_database
 
 
 @click.command()
@@ -36,7 +36,7 @@ def provision(
     a branch never gets a second agent. Exit status: 0 provisioned (or dry run clean),
     1 refused or failed.
     """
-    from models.engine import make_engine, make_sessionmaker
+    from models.engine import make_sessionmaker
     from workers.outbound.errors import OutboundError
     from workers.provisioning.findings import findings_table, has_errors
     from workers.provisioning.provisioner import (
@@ -47,7 +47,7 @@ def provision(
     from workers.provisioning.validator import BranchNotFound
 
     settings = invocation_settings()
-    engine = make_engine(settings)
+    engine = open_database()
     sessions = make_sessionmaker(engine)
     try:
         if use_queue:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from workers.cli.params import When, invocation_settings
+from workers.cli.params import When, invocation_settings, redis_unreachable
 
 if TYPE_CHECKING:
     from ingest.quarantine import Entry, Quarantine
@@ -115,7 +115,7 @@ def list_command(
             shown += 1
             click.echo(json.dumps(_as_dict(entry)) if as_json else _line(entry, shown == 1))
     except _redis_errors() as error:
-        raise click.ClickException(f"redis unreachable: {error}") from None
+        raise redis_unreachable(error) from None
     if as_json:
         return
     if not totals:
@@ -137,7 +137,7 @@ def show_command(entry_id: str, as_json: bool) -> None:
     try:
         kept = _quarantine().find(entry_id)
     except _redis_errors() as error:
-        raise click.ClickException(f"redis unreachable: {error}") from None
+        raise redis_unreachable(error) from None
     if kept is None:
         raise click.ClickException(f"nothing kept with id {_safe(entry_id)}")
     headers = {

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -161,7 +162,9 @@ def _execute(sessions: sessionmaker[Session], run: ReplayRun, rate: float, batch
                 stop=stop,
                 progress=advance,
             )
-    except (replay_runs.RunTakenOver, redis.RedisError, SQLAlchemyError) as error:
+    except replay_runs.RunTakenOver as error:
+        raise click.ClickException(f"{error}. Nothing was enqueued twice.") from None
+    except (redis.RedisError, SQLAlchemyError) as error:
         raise click.ClickException(
             f"replay run {run.id} stopped: {error}. Nothing was enqueued twice; "
             f"resume with: hookfleet replay --resume {run.id}"
@@ -232,11 +235,16 @@ def _echo_kinds(counts: dict[tuple[str, str], int]) -> None:
 
 @replay.command("runs")
 @click.option("--limit", default=20, show_default=True)
-def replay_runs_command(limit: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def replay_runs_command(limit: int, as_json: bool) -> None:
     """Replay runs, newest first: status, progress, what each selects."""
     from workers.recovery.replay_runs import list_runs
 
     runs = list_runs(events_sessions(), limit)
+    if as_json:
+        for run in runs:
+            click.echo(json.dumps(_run_json(run)))
+        return
     if not runs:
         click.echo("no replay runs yet.")
         return
@@ -247,6 +255,28 @@ def replay_runs_command(limit: int) -> None:
             f"{run.id:>5}  {run.status.value:<11} {run.started_at:%Y-%m-%d %H:%M:%S}  "
             f"{progress:>17}  {Selection.from_json(run.selection).described()}"
         )
+
+
+def _run_json(run: ReplayRun) -> dict[str, Any]:
+    """``replay runs --json``: one run as a JSON object (times ISO 8601, UTC)."""
+
+    def when(moment: Any) -> str | None:
+        return moment.isoformat() if moment is not None else None
+
+    return {
+        "id": run.id,
+        "status": run.status.value,
+        "estimated": run.estimated,
+        "replayed": run.replayed,
+        "rate_per_s": run.rate_per_s,
+        "selection": run.selection,
+        "described": Selection.from_json(run.selection).described(),
+        "counts": run.counts,
+        "started_at": when(run.started_at),
+        "updated_at": when(run.updated_at),
+        "interrupted_at": when(run.interrupted_at),
+        "finished_at": when(run.finished_at),
+    }
 
 
 @click.command()

@@ -11,6 +11,8 @@ they hold), beat, and Redis last (which writes its append-only file).
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
 import signal
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import redis
 from models.logs import chosen_log_format
 from models.metrics import use_metrics_dir, wipe_metrics_dir
 from models.migrate import upgrade
-from models.settings import DEFAULT_OPS_BIND, Settings
+from models.settings import DEFAULT_OPS_BIND, ConfigError, Settings
 from workers.cli.discovery import (
     FLEET_FILE,
     StaleFleet,
@@ -66,6 +68,12 @@ def exec_procfile_entry(name: str, environ: Mapping[str, str]) -> None:
     entries = read_procfile()
     if name not in entries:
         raise SystemExit(f"no {name!r} in {PROCFILE}; it has: {', '.join(entries)}")
+    try:
+        # Every process builds these settings first thing: a bad one is said here, in
+        # one line, instead of as the server's traceback.
+        Settings.from_env(environ)
+    except ConfigError as error:
+        raise SystemExit(f"hookfleet run {name}: {error}") from None
     # A shell on purpose: the Procfile is shell syntax.
     os.execve("/bin/sh", ["/bin/sh", "-c", f"exec {entries[name]}"], procfile_env(environ))  # noqa: S606
 
@@ -119,13 +127,20 @@ class Fleet:
         return f"http://{host}:{self.port}"
 
     def start(self, environ: Mapping[str, str]) -> None:
+        """Start everything; raises SystemExit with one line when it cannot (a port
+        taken, a setting that cannot be used, a process that died starting)."""
         self.var_dir.mkdir(parents=True, exist_ok=True)
         self._refuse_a_second_fleet()
         self.environ = environ
+        ops_bind = self.ops_bind or environ.get("HOOKFLEET_OPS_BIND") or DEFAULT_OPS_BIND
+        refuse_taken_ports({"receiver": f"{self.host}:{self.port}", "ops listener": ops_bind})
         env = dict(environ)
         env.setdefault("HOOKFLEET_VAR_DIR", str(self.var_dir))
         if not env.get("HOOKFLEET_DATABASE_URL"):
             env["HOOKFLEET_DATABASE_URL"] = f"sqlite:///{self.var_dir / 'hookfleet.db'}"
+        # Before anything starts: a setting no process could use is one line, not a
+        # Redis started for nothing and a server's traceback.
+        _check_settings({"HOOKFLEET_REDIS_URL": "redis://127.0.0.1:6379/0", **env})
         if not env.get("HOOKFLEET_REDIS_URL"):
             env["HOOKFLEET_REDIS_URL"] = self._start_redis()
             print(
@@ -145,15 +160,13 @@ class Fleet:
                 )
         # This host's metrics directory, emptied while nothing of the fleet runs yet.
         wipe_metrics_dir(use_metrics_dir(env))
-        settings = Settings.from_env(env)
+        settings = _check_settings(env)
         upgrade(settings)
         # The Procfile's commands read their addresses and sizes from the environment.
         env = procfile_env(env)
         env["PORT"] = str(self.port)
         env["HOOKFLEET_BIND"] = f"{self.host}:{self.port}"
-        env["HOOKFLEET_OPS_BIND"] = (
-            self.ops_bind or env.get("HOOKFLEET_OPS_BIND") or DEFAULT_OPS_BIND
-        )
+        env["HOOKFLEET_OPS_BIND"] = ops_bind
         env["HOOKFLEET_WORKER_CONCURRENCY"] = str(self.concurrency)
         # Decided here, where the terminal is: a child would see its own stdout, which
         # a process manager may have made a pipe.
@@ -202,6 +215,7 @@ class Fleet:
                 str(self.var_dir / "redis.log"),
             ],
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         url = f"redis://127.0.0.1:{port}/0"
         client = redis.Redis.from_url(url, socket_connect_timeout=1)
@@ -219,7 +233,13 @@ class Fleet:
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         # A session of its own: Ctrl-C reaches only us, and we stop children in order.
-        proc = subprocess.Popen(argv, env=self.env, start_new_session=True)
+        # If we are killed without stopping them (SIGKILL), the kernel stops them.
+        proc = subprocess.Popen(
+            argv,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
+        )
         self.children.append((name, proc))
 
     def _wait_for_receiver(self) -> None:
@@ -229,10 +249,18 @@ class Fleet:
             self._check_children()
             try:
                 with urllib.request.urlopen(url, timeout=1):
-                    return
+                    break
             except OSError:
                 time.sleep(0.2)
-        raise SystemExit("the receiver did not answer /healthz within 60 s")
+        else:
+            raise SystemExit("the receiver did not answer /healthz within 60 s")
+        web = dict(self.children).get("web")
+        if web is not None and listens_elsewhere(self.port, web.pid):
+            # Someone took the port between our check and gunicorn's bind.
+            raise SystemExit(
+                f"hookfleet up: another process answers on port {self.port}, not this "
+                "fleet's receiver; stop it or choose another (--port)"
+            )
 
     def _check_children(self) -> None:
         for name, proc in self.children:
@@ -265,6 +293,98 @@ class Fleet:
             _terminate(procs)
         if self.redis_proc is not None:
             _terminate([self.redis_proc])
+
+
+def _check_settings(env: Mapping[str, str]) -> Settings:
+    try:
+        return Settings.from_env(env)
+    except ConfigError as error:
+        raise SystemExit(f"hookfleet up: {error}") from None
+
+
+class PortTaken(SystemExit):
+    """A port ``hookfleet up`` needs is already bound by another process."""
+
+
+def refuse_taken_ports(binds: Mapping[str, str]) -> None:
+    """Bind each ``{what: "host:port"}`` for a moment, as gunicorn will (SO_REUSEADDR,
+    so a port in TIME_WAIT is free); raises :class:`PortTaken` naming the first taken:
+    a fleet must not start behind another process's receiver, nor take its answer to
+    the readiness check for its own."""
+    for what, bind in binds.items():
+        host, _, port = bind.rpartition(":")
+        host = host.strip("[]") or "0.0.0.0"  # noqa: S104
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except (OSError, ValueError) as error:
+            raise PortTaken(
+                f"hookfleet up: the {what} address {bind!r} is unusable: {error}"
+            ) from None
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                option = "--port" if what == "receiver" else "--ops-bind"
+                if error.errno != errno.EADDRINUSE:
+                    raise PortTaken(
+                        f"hookfleet up: the {what} address {bind} cannot be bound "
+                        f"({error.strerror}); choose another ({option})"
+                    ) from None
+                raise PortTaken(
+                    f"hookfleet up: the {what} port {bind} is already in use: another "
+                    f"hookfleet up or server runs there; stop it or choose another ({option})"
+                ) from None
+
+
+def listens_elsewhere(port: int, pid: int) -> bool:
+    """Whether the socket listening on TCP ``port`` belongs to a process other than
+    ``pid`` (Linux: the LISTEN rows of /proc/net/tcp{,6} and ``pid``'s open sockets,
+    proc(5)). False where /proc cannot tell."""
+    listening: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local_address is HEXIP:HEXPORT; st 0A is LISTEN; the 10th field is the inode.
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                listening.add(f"socket:[{fields[9]}]")
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    held = set()
+    for fd in fds:
+        try:
+            held.add(os.readlink(fd))
+        except OSError:
+            continue  # closed meanwhile
+    return bool(listening) and not listening & held
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to send ``signum`` to the child when the process
+    that started it dies, however it dies (prctl(2) ``PR_SET_PDEATHSIG``; kept across
+    exec). SIGTERM: the servers stop as on Ctrl-C (Redis writes its append-only file).
+    None (nothing to do) off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def arm() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the line above
+            os.kill(os.getpid(), signum)
+
+    return arm
 
 
 def _terminate(procs: list[subprocess.Popen[bytes]]) -> None:

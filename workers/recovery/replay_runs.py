@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
 
 from sqlalchemy import CursorResult, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.base import utcnow
@@ -163,25 +164,59 @@ def run(
     progress: Callable[[int], None] | None = None,
 ) -> Attempt:
     """Replay run ``run_id`` from its cursor until done or ``stop`` is set; marks the run
-    finished or interrupted. ``progress(n)`` after each chunk of ``n``. Raises
+    finished or interrupted (interrupted too when Redis or the database fails, as far as
+    the database still answers). ``progress(n)`` after each chunk of ``n``. Raises
     :class:`RunTakenOver`, ``redis.RedisError`` or a database error (the run stays
     resumable; nothing is enqueued twice)."""
     stop = stop or threading.Event()
     loaded = load_run(sessions, run_id)
-    selection = Selection.from_json(loaded.selection)
-    cursor, replayed, counts = loaded.cursor, loaded.replayed, Counter(loaded.counts)
     pacer = Pacer(rate_per_s)
     attempt = Attempt(run_id)
     _set_status(sessions, run_id, RunStatus.RUNNING)
+    try:
+        finished = _push_chunks(
+            sessions, loaded, pusher, attempt, batch_size, pacer, stop, progress
+        )
+    except RunTakenOver:
+        raise  # the run is another process's now: its status is that process's to set
+    except Exception:
+        # Redis or the database failed mid-run: the run stops here, resumable.
+        _mark_interrupted_if_possible(sessions, run_id)
+        raise
+    if finished:
+        _finish(sessions, run_id)
+        pusher.forget()
+        attempt.finished = True
+    else:
+        _set_status(sessions, run_id, RunStatus.INTERRUPTED)
+    return attempt
+
+
+def _push_chunks(
+    sessions: sessionmaker[Session],
+    loaded: ReplayRun,
+    pusher: Pusher,
+    attempt: Attempt,
+    batch_size: int,
+    pacer: Pacer,
+    stop: threading.Event,
+    progress: Callable[[int], None] | None,
+) -> bool:
+    """Push the run's chunks from its cursor; True when none is left, False when
+    ``stop`` was set first."""
+    selection = Selection.from_json(loaded.selection)
+    run_id, cursor, replayed, counts = (
+        loaded.id,
+        loaded.cursor,
+        loaded.replayed,
+        Counter(loaded.counts),
+    )
     while not stop.is_set():
         chunk = _read_chunk(sessions, selection, cursor, pacer.chunk(batch_size))
         if not chunk:
-            _finish(sessions, run_id)
-            pusher.forget()
-            attempt.finished = True
-            return attempt
+            return True
         if not pacer.wait(len(chunk), stop):
-            break
+            return False
         pushed = pusher.push(REPLAY_QUEUE, [(pk, message) for pk, _, message in chunk])
         kinds = Counter(kind for _, kind, _ in chunk)
         counts += kinds
@@ -192,8 +227,14 @@ def run(
         attempt.counts += kinds
         if progress is not None:
             progress(len(chunk))
-    _set_status(sessions, run_id, RunStatus.INTERRUPTED)
-    return attempt
+    return False
+
+
+def _mark_interrupted_if_possible(sessions: sessionmaker[Session], run_id: int) -> None:
+    try:
+        _set_status(sessions, run_id, RunStatus.INTERRUPTED)
+    except SQLAlchemyError:
+        pass  # the database is what failed: `replay runs` shows it running, resumable
 
 
 def _read_chunk(
@@ -262,7 +303,7 @@ def _advance(
     if moved.rowcount != 1:
         raise RunTakenOver(
             f"replay run {run_id} moved on elsewhere: another `hookfleet replay --resume "
-            f"{run_id}` is running (nothing was enqueued twice)"
+            f"{run_id}` is running"
         )
 
 

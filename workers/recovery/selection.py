@@ -17,7 +17,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from models.events import EventStatus, WebhookEvent
-from models.payload_search import PayloadCondition, PayloadEquals, parse_condition
+from models.payload_search import PayloadCondition, PayloadEquals, TextEquals, parse_condition
 
 _Statement = TypeVar("_Statement", bound=Select)
 PAGE = 1000  # rows per query when streaming more than one page
@@ -49,13 +49,16 @@ class Selection:
         if self.provider:
             statement = statement.where(WebhookEvent.provider == self.provider)
         if self.event_type:
-            statement = statement.where(WebhookEvent.event_type == self.event_type)
+            # Exact on MariaDB too, where the column's collation folds case and accents.
+            statement = statement.where(TextEquals(WebhookEvent.event_type, self.event_type))
         if self.since:
             statement = statement.where(WebhookEvent.created_at >= self.since)
         if self.until:
             statement = statement.where(WebhookEvent.created_at < self.until)
         if self.correlation_id:
-            statement = statement.where(WebhookEvent.correlation_id == self.correlation_id)
+            statement = statement.where(
+                TextEquals(WebhookEvent.correlation_id, self.correlation_id)
+            )
         for condition in self.where:
             statement = statement.where(PayloadEquals(WebhookEvent.payload, condition))
         if self.up_to_id is not None:
