@@ -640,4 +640,6 @@ def test_a_poison_message_is_dead_lettered_then_replayed_once(
     assert "poison_1:call_ended" in listing.stdout and "Lock wait timeout" in listing.stdout
     assert "replayed 1 event(s) on hookfleet.low" in replayed.stdout, replayed
     assert_exactly_once(row)
-    assert attempts == 2  # the dead attempt, then the replay
+    # Two failed attempts (the first and its one retry, HOOKFLEET_TASK_MAX_RETRIES=1),
+    # each counted though its transaction rolled back, then the replay.
+    assert attempts == 3

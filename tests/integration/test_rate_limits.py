@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 import redis
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 
 from ingest import create_app
 from ingest.dedup import DedupGate, NotReplicated, RateLimit, rate_key
 from models.contract import Queue
 from tests.bench import rate_limit_step
-from tests.helpers import OPS, dedup_keys, post_json, retell_call_ended_body
+from tests.helpers import dedup_keys, post_json, retell_call_ended_body
 from tests.servers import RedisServer
 
 EVENT = {"type": "invoice.paid", "data": {"id": "in_1"}}
@@ -182,19 +183,23 @@ def test_a_rate_limited_delivery_is_counted_by_provider(redis_url: str) -> None:
         redis_url, HOOKFLEET_STANDARD_RATE_LIMIT=SLOW, HOOKFLEET_STANDARD_RATE_BURST="1"
     )
 
-    def sample(name: str) -> float:
-        metrics = client.get("/metrics", base_url=OPS).get_data(as_text=True)
-        lines = [x for x in metrics.splitlines() if x.startswith(name)]
-        return float(lines[0].split()[-1]) if lines else 0.0
+    def sample(name: str, labels: dict[str, str]) -> float:
+        # This process's own counters (what its /metrics serves when it is alone; the
+        # e2e row reads a real fleet's /metrics): another test in this process may have
+        # switched /metrics to a shared multiprocess directory.
+        return REGISTRY.get_sample_value(name, labels) or 0.0
 
-    limited = 'hookfleet_rate_limited_total{provider="standard"}'
-    outcome = 'hookfleet_webhooks_received_total{outcome="rate_limited",provider="standard"}'
+    limited = ("hookfleet_rate_limited_total", {"provider": "standard"})
+    outcome = (
+        "hookfleet_webhooks_received_total",
+        {"outcome": "rate_limited", "provider": "standard"},
+    )
     # The counters are process-wide: other tests' answers are already in them.
-    before = sample(limited), sample(outcome)
+    before = sample(*limited), sample(*outcome)
     for n in range(4):
         send(client, f"msg_{n}")
 
-    assert (sample(limited) - before[0], sample(outcome) - before[1]) == (3, 3)
+    assert (sample(*limited) - before[0], sample(*outcome) - before[1]) == (3, 3)
 
 
 def test_a_separate_broker_limits_too(tmp_path: Path, redis_url: str) -> None:
