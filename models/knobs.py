@@ -211,9 +211,19 @@ def _parser_for(default: Any) -> Parser:
     raise TypeError(f"say how to parse a default of {type(default).__name__}")
 
 
+MIN_RATE_PER_S = 0.001
+"""The slowest rate a limit may have (one a quarter hour and more): below it the token
+bucket's arithmetic in Redis overflows (1e-16 answered 503 for good)."""
+
+
 def rate(name: str, raw: str) -> float:
-    """A finite number, not negative (a rate per second; 0 means off)."""
+    """A finite number, not negative (a rate per second; 0 means off); a positive one
+    at least :data:`MIN_RATE_PER_S`."""
     value = number(name, raw)
     if not math.isfinite(value) or value < 0:
         raise ConfigError(f"{name} must be a number of at least 0, got {raw!r}")
+    if 0 < value < MIN_RATE_PER_S:
+        raise ConfigError(
+            f"{name} must be 0 (off) or at least {MIN_RATE_PER_S:g} per second, got {raw!r}"
+        )
     return value

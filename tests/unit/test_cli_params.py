@@ -14,7 +14,10 @@ from workers.cli.params import Age, When, invocation_settings
 
 
 @pytest.mark.parametrize("option", [["prune"], ["sweep", "--dry-run"]])
-@pytest.mark.parametrize(("age", "complaint"), [("soon", "not an age"), ("0d", "more than 0")])
+@pytest.mark.parametrize(
+    ("age", "complaint"),
+    [("soon", "not an age"), ("0d", "more than 0"), ("99999999999d", "more than 365000d")],
+)
 def test_an_unusable_older_than_is_refused_before_anything_runs(
     option: list[str], age: str, complaint: str
 ) -> None:
@@ -55,3 +58,19 @@ def test_ages_and_times_read_like_an_operator_writes_them() -> None:
     assert age.convert("90m", None, None) == timedelta(minutes=90)
     assert when.convert("2026-11-23T08:00", None, None) == datetime(2026, 11, 23, 8, tzinfo=UTC)
     assert abs(when.convert("24h", None, None) - (now - timedelta(hours=24))) < timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["events", "list", "--since", "99999999999d"],
+        ["quarantine", "list", "--since", "99999999d"],
+        ["replay", "--dry-run", "--status", "any", "--until", "3000000d"],
+    ],
+)
+def test_an_age_past_any_date_is_refused_not_a_traceback(command: list[str]) -> None:
+    result = CliRunner().invoke(main, command)
+
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # click's usage error, no traceback
+    assert "Traceback" not in result.output

@@ -59,12 +59,19 @@ def invocation_fleet() -> RunningFleet | None:
     return fleet
 
 
+MAX_AGE_S = 1000 * 365 * 86400  # a thousand years: any age a command needs
+
+
 def parse_age(text: str) -> timedelta:
     """``30d``, ``12h``, ``90m``, ``2w`` or ``45s``; raises ValueError otherwise."""
     match = _AGE.match(text.lower())
     if match is None:
         raise ValueError(f"{text!r} is not an age like 30d, 12h, 90m")
-    return timedelta(seconds=int(match.group(1)) * _UNIT_S[match.group(2)])
+    seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
+    if seconds > MAX_AGE_S:
+        # Past this, datetime arithmetic overflows (a traceback, not an answer).
+        raise ValueError(f"{text!r} is more than {MAX_AGE_S // 86400}d")
+    return timedelta(seconds=seconds)
 
 
 class Age(click.ParamType):
