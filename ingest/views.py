@@ -368,8 +368,11 @@ def _rate_limited(provider: str, wait_ms: int, settings: Settings) -> ApiError:
     )
 
 
-def _claim_attributes(job: Job) -> dict[str, str]:
-    """The claim/enqueue span's attributes (OpenTelemetry messaging conventions)."""
+def _claim_attributes(job: Job) -> dict[str, str] | None:
+    """The claim/enqueue span's attributes (OpenTelemetry messaging conventions); None
+    while tracing is off: no span takes them, so no delivery pays for building them."""
+    if not tracing.on():
+        return None
     return {
         "messaging.system": "redis",
         "messaging.operation.type": "send",

@@ -6,6 +6,9 @@ replay runs are :mod:`workers.recovery.replay_runs`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Row
 
 from models.contract import PROCESS_EVENT, EventMessage, Queue
 from models.events import WebhookEvent
@@ -15,8 +18,9 @@ REPLAY_QUEUE = Queue.LOW
 Publish = Callable[[list[EventMessage]], None]
 
 
-def event_message(row: WebhookEvent, *, queue: str, replay: bool) -> EventMessage:
-    """The message that runs ``row`` again on ``queue``, as the receiver wrote it.
+def event_message(row: WebhookEvent | Row[Any], *, queue: str, replay: bool) -> EventMessage:
+    """The message that runs ``row`` (an event, or a plain row of its message columns)
+    again on ``queue``, as the receiver wrote it.
 
     ``replay=True`` is a deliberate replay (the effect is applied again whatever the
     row's status); ``replay=False`` is a plain redelivery, which the worker finishes only

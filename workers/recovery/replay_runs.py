@@ -33,10 +33,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.base import utcnow
 from models.broker.envelope import build_event_message
-from models.contract import EventMessage
 from models.events import WebhookEvent
 from models.replays import ReplayRun, RunStatus
-from workers.recovery.deadletters import REPLAY_QUEUE
+from workers.recovery.deadletters import REPLAY_QUEUE, event_message
 from workers.recovery.selection import Selection, estimate, highest_id
 
 
@@ -261,19 +260,9 @@ MESSAGE_COLUMNS = (
 
 
 def _replay_message(row: Any) -> str:
-    """The Celery message that replays ``row`` on :data:`REPLAY_QUEUE` (as
-    ``deadletters.event_message`` with ``replay=True`` would make it)."""
-    event = EventMessage(
-        provider=row.provider,
-        event_id=row.event_id,
-        event_type=row.event_type,
-        queue=REPLAY_QUEUE,
-        correlation_id=row.correlation_id,
-        received_at=row.received_at,
-        headers=dict(row.headers or {}),
-        payload=row.payload,
-        replay=True,
-    )
+    """The Celery message that replays ``row`` (a row of :data:`MESSAGE_COLUMNS`) on
+    :data:`REPLAY_QUEUE`."""
+    event = event_message(row, queue=REPLAY_QUEUE, replay=True)
     from workers.pipeline.tracing import publish_span
 
     with publish_span(event):  # linked to the event's first trace (tracing on)
