@@ -48,6 +48,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from models.broker.lua import lua
+from models.perprocess import PerProcess
 
 log = logging.getLogger("hookfleet.worker.leases")
 
@@ -346,28 +347,17 @@ def script_text(client: Any, body: str) -> str:
     return _flags[key] + body
 
 
-_lease: Lease | None = None
-_lease_lock = threading.Lock()
+# A forked child (a prefork pool process) gets its own lease: the parent's renewal
+# thread and connections are not the child's (models.perprocess).
+_lease: PerProcess[Lease] = PerProcess()
 
 
 def process_lease(lease_s: float, renew_s: float) -> Lease:
     """This process's lease (created on first use; a forked child gets its own)."""
-    global _lease
-    with _lease_lock:
-        if _lease is None:
-            _lease = Lease(lease_s, renew_s)
-        return _lease
+    return _lease.get(lambda: Lease(lease_s, renew_s))
 
 
 def current_lease() -> Lease | None:
     """This process's lease, or None if no Hookfleet consumer took one (a stock
     transport)."""
-    return _lease
-
-
-def _forget_in_child() -> None:
-    global _lease
-    _lease = None
-
-
-os.register_at_fork(after_in_child=_forget_in_child)
+    return _lease.peek()

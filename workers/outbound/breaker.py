@@ -20,10 +20,13 @@ import pybreaker
 import redis
 
 from models.metrics import BREAKER_NAMES, BREAKER_NAMESPACE
+from models.perprocess import PerProcessMap
 from models.settings import Settings
 from workers.outbound.errors import ApiRejected
 
-_breakers: dict[tuple[object, ...], pybreaker.CircuitBreaker] = {}
+# (name, Redis URL, fail_max, reset_s) -> this process's breaker: its Redis connection
+# pool is not shared with a forked child (models.perprocess).
+_breakers: PerProcessMap[tuple[object, ...], pybreaker.CircuitBreaker] = PerProcessMap()
 
 
 class UnknownBreaker(KeyError):
@@ -50,27 +53,21 @@ def get_breaker(name: str, settings: Settings) -> pybreaker.CircuitBreaker:
     if name not in BREAKER_NAMES:
         raise UnknownBreaker(name)
     outbound = settings.outbound
-    key: tuple[object, ...] = (
-        os.getpid(),
-        name,
-        settings.redis_url,
-        outbound.breaker_fail_max,
-        outbound.breaker_reset_s,
-    )
-    found = _breakers.get(key)
-    if found is None:
+    key = (name, settings.redis_url, outbound.breaker_fail_max, outbound.breaker_reset_s)
+
+    def build() -> pybreaker.CircuitBreaker:
         storage = pybreaker.CircuitRedisStorage(
             pybreaker.STATE_CLOSED, _redis(settings), namespace=f"{BREAKER_NAMESPACE}:{name}"
         )
-        found = pybreaker.CircuitBreaker(
+        return pybreaker.CircuitBreaker(
             fail_max=outbound.breaker_fail_max,
             reset_timeout=outbound.breaker_reset_s,
             exclude=[ApiRejected],
             state_storage=storage,
             name=name,
         )
-        _breakers[key] = found
-    return found
+
+    return _breakers.get(key, build)
 
 
 @dataclass(frozen=True)

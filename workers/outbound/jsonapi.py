@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,7 @@ from urllib.parse import quote
 import httpx
 import pybreaker
 
+from models.perprocess import PerProcessMap
 from models.settings import Settings
 from workers.outbound.breaker import get_breaker
 from workers.outbound.errors import ApiRateLimited, ApiRejected, ApiUnavailable, CircuitOpen
@@ -38,9 +38,9 @@ from workers.outbound.policy import RetryPolicy, is_transient_status, parse_retr
 
 log = logging.getLogger("hookfleet.outbound")
 
-# (pid, service, base URL, headers, timeout) -> the client; the pid keeps a forked child
-# off its parent's pooled sockets.
-_clients: dict[tuple[object, ...], httpx.Client] = {}
+# (service, base URL, headers, timeout, transport) -> this process's client: a forked
+# child builds its own, off its parent's pooled sockets (models.perprocess).
+_clients: PerProcessMap[tuple[object, ...], httpx.Client] = PerProcessMap()
 
 
 def pooled_client(
@@ -55,17 +55,16 @@ def pooled_client(
     ``timeout_s`` bounds each of connecting, sending, each read and waiting for a pooled
     connection. ``transport``: tests pass an ``httpx.MockTransport``.
     """
-    key = (os.getpid(), service, base_url, tuple(sorted(headers.items())), timeout_s, transport)
-    client = _clients.get(key)
-    if client is None:
-        client = httpx.Client(
+    key = (service, base_url, tuple(sorted(headers.items())), timeout_s, transport)
+    return _clients.get(
+        key,
+        lambda: httpx.Client(
             base_url=base_url,
             headers={"Accept": "application/json", **headers},
             timeout=httpx.Timeout(timeout_s),
             transport=transport,
-        )
-        _clients[key] = client
-    return client
+        ),
+    )
 
 
 @dataclass(frozen=True)
