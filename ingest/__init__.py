@@ -29,7 +29,6 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     from models import tracing
     from models.broker.redis_links import redis_client
     from models.logs import configure_logging
-    from models.phones import configure_regions
 
     if settings is None:
         settings = Settings.from_env(os.environ)
@@ -39,7 +38,6 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
         provider.check_settings(settings.provider(provider.name))
 
     configure_logging(settings.log_level, settings.log_format)
-    configure_regions(settings.phone_regions)
     tracing.start("hookfleet-receiver")
     app: Flask = ReceiverApp("hookfleet")
     # werkzeug would answer /webhooks//stripe with a 308 HTML redirect (Flask passes

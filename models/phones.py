@@ -3,6 +3,11 @@
 :func:`normalize_phone` is the only way a phone number is stored: the models call it on
 every write. Invalid input is kept as given and flagged, never raised, so a strange
 number can never kill a task.
+
+A number written without a country code is read in the regions of
+``HOOKFLEET_PHONE_REGIONS``, in order: passed in where settings are at hand, else this
+process's settings (:func:`models.settings.process_settings`, read once per process).
+There is no region state of its own to set or to leak from one test to the next.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from functools import lru_cache
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberType
 
-from models.settings import DEFAULT_PHONE_REGIONS as DEFAULT_REGIONS
+from models.settings import DEFAULT_PHONE_REGIONS, process_settings
 
 # The width of every phone column (customers, branches, calls, agents): E.164 is at most
 # 16 characters; an invalid number kept as given is cut to fit.
@@ -33,14 +38,6 @@ _TYPES = {
     PhoneNumberType.VOICEMAIL: "voicemail",
 }
 
-_regions: tuple[str, ...] = DEFAULT_REGIONS
-
-
-def configure_regions(regions: tuple[str, ...]) -> None:
-    """Set the regions tried, in order, for numbers without a country code."""
-    global _regions
-    _regions = tuple(r.upper() for r in regions) or DEFAULT_REGIONS
-
 
 @dataclass(frozen=True)
 class Phone:
@@ -52,9 +49,10 @@ class Phone:
 
 
 def normalize_phone(raw: str, regions: tuple[str, ...] | None = None) -> Phone:
-    """E.164 for ``raw``, trying ``regions`` (default: the configured list) for national
-    numbers. Never raises; cached (bounded LRU)."""
-    return _normalize(raw, regions or _regions)
+    """E.164 for ``raw``, trying ``regions`` (default: this process's
+    ``HOOKFLEET_PHONE_REGIONS``; DEFAULT_PHONE_REGIONS where that lists none, e.g.
+    ``,``) for national numbers. Never raises; cached (bounded LRU)."""
+    return _normalize(raw, regions or process_settings().phone_regions or DEFAULT_PHONE_REGIONS)
 
 
 def stored_phone(raw: object) -> Phone | None:

@@ -14,6 +14,7 @@ default, parser and README line. ``from_env`` and the README's configuration tab
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from models.knobs import (
 __all__ = ["ConfigError", "OutboundSettings", "ProviderSettings", "Settings"]
 
 from models.contract import QUEUES
+from models.perprocess import PerProcess
 
 # Body limits: a provider's largest real delivery, with margin (README, "Body limits").
 # Retell: a two-hour call_analyzed (Retell's longest call) with transcript, per-word
@@ -712,6 +714,24 @@ def _redis_identity(url: str) -> tuple[str, str, str]:
     if parts.scheme == "unix":
         return (parts.path, "unix", parse_qs(parts.query).get("db", ["0"])[0])
     return (parts.hostname or "localhost", str(parts.port or 6379), parts.path.lstrip("/") or "0")
+
+
+def process_settings() -> Settings:
+    """This process's settings, from ``HOOKFLEET_*`` in ``os.environ``: read on first
+    use, once per process (a forked child reads its own) and again after
+    :func:`forget_process_settings`; raises SettingsError. For code with no settings
+    handed to it: the workers' runtime, and the phone rule the models apply on every
+    write (``HOOKFLEET_PHONE_REGIONS``)."""
+    return _process_settings.get()
+
+
+def forget_process_settings() -> None:
+    """Read the environment again on the next :func:`process_settings` (a test that
+    changed it, a worker process ending)."""
+    _process_settings.forget()
+
+
+_process_settings: PerProcess[Settings] = PerProcess(lambda: Settings.from_env(os.environ))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from models.contract import (
 )
 from models.logs import configure_logging, logging_config
 from models.metrics import use_metrics_dir
-from models.phones import configure_regions
 from models.settings import Settings
 from workers.broker.batching import ReleaseReserved
 
@@ -251,7 +250,6 @@ def _configure(sender: Celery, **_: Any) -> None:
     # directory per host, so prefork children add up.
     use_metrics_dir()
     configure_logging(settings.log_level, settings.log_format)
-    configure_regions(settings.phone_regions)
     sender.conf.update(celery_config(settings))
 
 

@@ -8,7 +8,6 @@ shared with the parent), and every thread of a process shares one.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from celery.signals import worker_process_shutdown
@@ -17,12 +16,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.engine import make_engine, make_sessionmaker
 from models.perprocess import PerProcess
-from models.settings import Settings
+from models.settings import Settings, forget_process_settings, process_settings
 
 
 def settings() -> Settings:
-    """This process's settings, from ``HOOKFLEET_*`` (read once per process)."""
-    return _settings.get()
+    """This process's settings, from ``HOOKFLEET_*`` (read once per process;
+    models.settings.process_settings, the same object the models' phone rule reads)."""
+    return process_settings()
 
 
 def engine() -> Engine:
@@ -59,7 +59,6 @@ def _connect() -> tuple[Engine, sessionmaker[Session]]:
     return built, make_sessionmaker(built)
 
 
-_settings: PerProcess[Settings] = PerProcess(lambda: Settings.from_env(os.environ))
 _database: PerProcess[tuple[Engine, sessionmaker[Session]]] = PerProcess(_connect)
 
 
@@ -70,4 +69,4 @@ def dispose(**_: Any) -> None:
     built = _database.forget()
     if built is not None:
         built[0].dispose()
-    _settings.forget()
+    forget_process_settings()

@@ -49,7 +49,9 @@ def desired_config(facts: BranchFacts, settings: Settings) -> dict[str, Any]:
             "Wie kann ich Ihnen helfen?",
         },
         "agent": agent,
-        "phone_number": normalize_phone(facts.phone).value if facts.phone else None,
+        "phone_number": normalize_phone(facts.phone, settings.phone_regions).value
+        if facts.phone
+        else None,
     }
 
 

@@ -131,7 +131,7 @@ def _company_and_branch(facts: BranchFacts, settings: Settings) -> list[Finding]
                 "Enter the branch's number in full international form, e.g. +49 30 1234567",
             )
         )
-    elif not normalize_phone(facts.phone).valid:
+    elif not normalize_phone(facts.phone, settings.phone_regions).valid:
         regions = ", ".join(settings.phone_regions)
         found.append(
             error(
@@ -227,8 +227,9 @@ def check_connectivity(
     outbound = settings.outbound
     if outbound.retell_api_key:
         problem = _reach("Retell", outbound.retell_api_url, retell.ping)
-        if problem is None and facts.phone and normalize_phone(facts.phone).valid:
-            number = normalize_phone(facts.phone).value
+        phone = normalize_phone(facts.phone, settings.phone_regions) if facts.phone else None
+        if problem is None and phone is not None and phone.valid:
+            number = phone.value
             problem = _reach(
                 "Retell",
                 outbound.retell_api_url,
