@@ -1,9 +1,14 @@
-"""Small things several test modules need: reading queued Celery messages."""
+"""Small things several test modules need: reading queued Celery messages, running a
+script in a fresh Python process."""
 
 from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -14,6 +19,7 @@ from models.settings import DEFAULT_OPS_BIND
 # What a test client passes as ``base_url`` to reach the operator endpoints, which
 # answer only on the ops listener (its port, as gunicorn would report it).
 OPS = f"http://{DEFAULT_OPS_BIND}"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def queued(client: redis.Redis, queue: str = Queue.DEFAULT) -> list[dict[str, Any]]:
@@ -94,3 +100,24 @@ FAULT_COUNTS: list[dict[str, Any]] = []
 """The fault suite's count rows (sent, accepted, persisted, effects, lost, duplicated,
 answers), one per scenario, appended by the scenarios of this process. tests/conftest.py
 hands each test's rows to its report, so the summary lists them under pytest-xdist too."""
+
+
+def run_python(
+    script: str, env: Mapping[str, str], *args: str, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -c script args...`` in a process of its own, in the repository, its
+    output captured as text. For what must not run in the test process: a tracer
+    provider is process-wide, a command runs as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def last_json_line(done: subprocess.CompletedProcess[str]) -> Any:
+    """The JSON value a script printed last on its stdout."""
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -8,27 +8,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import redis
 
 from models.contract import Queue
+from tests.helpers import run_python
 from tests.otlp import otlp_sink
 from tests.servers import clean_env, sqlite_url
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def hookfleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from workers.cli.main import main; main()", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_python("from workers.cli.main import main; main()", env, *args)
 
 
 def test_a_command_is_one_trace_and_the_task_it_queues_continues_it(

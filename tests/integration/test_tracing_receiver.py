@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.helpers import ROOT, last_json_line, run_python
 from tests.otlp import Span, otlp_sink
 from tests.servers import clean_env, sqlite_url
 
-ROOT = Path(__file__).resolve().parents[2]
 # One sender trace per request.
 INBOUND, BAD_JSON, UNKNOWN, NOT_POST, BOOKING = (
     f"{n}bf92f3577b34da6a3ce929d0e0e4736" for n in range(5)
@@ -78,16 +76,9 @@ def run_probe(tmp_path: Path) -> tuple[list[Span], list[dict[str, object]]]:
             HOOKFLEET_CALCOM_VERIFY="off",
             OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
         )
-        done = subprocess.run(
-            [sys.executable, "-c", PROBE],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = run_python(PROBE, env)
         assert done.returncode == 0, done.stderr[-3000:]
-        assert json.loads(done.stdout.strip().splitlines()[-1]) == [200, 400, 404, 405, 503]
+        assert last_json_line(done) == [200, 400, 404, 405, 503]
         spans = sink.wait_for(lambda spans: {NOT_POST, INBOUND} <= {s.trace_id for s in spans})
     written = (done.stdout + done.stderr).splitlines()
     logs = [json.loads(line) for line in written if line.startswith('{"')]

@@ -8,17 +8,14 @@ nothing imported by other tests can hide an import or a thread."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from base64 import b64decode
-from pathlib import Path
 
 import redis
 
+from tests.helpers import last_json_line, run_python
 from tests.otlp import otlp_sink
 from tests.servers import clean_env
 
-ROOT = Path(__file__).resolve().parents[2]
 SENDER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 PROBE = f"""
@@ -51,16 +48,9 @@ print(json.dumps({{
 def probe(redis_url: str, **otel: str) -> tuple[dict[str, object], dict[str, object]]:
     """The probe's report, and the headers of the Celery message it queued."""
     env = clean_env(HOOKFLEET_REDIS_URL=redis_url, HOOKFLEET_STANDARD_VERIFY="off", **otel)
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    done = run_python(PROBE, env, timeout_s=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = last_json_line(done)
     client = redis.Redis.from_url(redis_url)
     (raw,) = client.lrange("hookfleet.default", 0, -1)
     message = json.loads(raw)
@@ -139,13 +129,12 @@ def test_a_stalled_otlp_backend_does_not_hold_a_process_exit() -> None:
         stalled.listen(8)
         port = stalled.getsockname()[1]
         started = time.monotonic()
-        subprocess.run(
-            [sys.executable, "-c", STALLED_EXIT],
-            cwd=ROOT,
-            env=clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}"),
-            check=True,
-            timeout=60,
+        done = run_python(
+            STALLED_EXIT,
+            clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}"),
+            timeout_s=60,
         )
+        assert done.returncode == 0, done.stderr[-3000:]
         took = time.monotonic() - started
     # The SDK's own exit waits out its 10 s export timeout (and retries); ours waits
     # about 1 s (models.tracing.SHUTDOWN_FLUSH_MS) on top of the interpreter's start.

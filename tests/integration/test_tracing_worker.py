@@ -9,17 +9,14 @@ process-wide and must not leak into the other tests of this process."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from base64 import b64decode
 from pathlib import Path
 
 import redis
 
+from tests.helpers import last_json_line, run_python
 from tests.otlp import Span, otlp_sink
 from tests.servers import clean_env, sqlite_url
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # Three deliveries, each from a trace of its own, in one batch: one applies, one cannot
 # be applied (permanent: failed), one meets a dropped connection (transient: retried).
@@ -80,27 +77,35 @@ tracing.flush()
 """
 
 
+def run_batch(tmp_path: Path, redis_url: str, otlp_url: str, **env: str) -> str:
+    """Run BATCH in a process of its own, exporting to ``otlp_url``; assert that every
+    entry was settled (acked: applied, failed for good or retried) and return what the
+    process said (stdout and stderr)."""
+    done = run_python(
+        BATCH,
+        clean_env(
+            HOOKFLEET_DATABASE_URL=sqlite_url(tmp_path),
+            HOOKFLEET_REDIS_URL=redis_url,
+            HOOKFLEET_DB_RETRY_ATTEMPTS="1",
+            OTEL_EXPORTER_OTLP_ENDPOINT=otlp_url,
+            **env,
+        ),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert last_json_line(done) == ["ack", "ack", "ack"]
+    return done.stdout + done.stderr
+
+
 def test_a_batch_gives_each_event_a_span_in_its_own_trace_with_failures_and_retries_on_it(
     tmp_path: Path, redis_url: str
 ) -> None:
     with otlp_sink() as sink:
-        env = clean_env(
-            HOOKFLEET_DATABASE_URL=sqlite_url(tmp_path),
-            HOOKFLEET_REDIS_URL=redis_url,
-            HOOKFLEET_DB_RETRY_ATTEMPTS="1",
-            OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
+        run_batch(
+            tmp_path,
+            redis_url,
+            sink.url,
             PROBE_TRACESTATE="congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
         )
-        done = subprocess.run(
-            [sys.executable, "-c", BATCH],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert json.loads(done.stdout.strip().splitlines()[-1]) == ["ack", "ack", "ack"]
         spans = sink.wait_for(
             lambda spans: sum(s.name == "hookfleet.process_event" for s in spans) == 3
         )
@@ -162,26 +167,9 @@ def test_a_propagator_not_installed_leaves_the_worker_untraced_and_processing(
     tmp_path: Path, redis_url: str
 ) -> None:
     with otlp_sink() as sink:
-        env = clean_env(
-            HOOKFLEET_DATABASE_URL=sqlite_url(tmp_path),
-            HOOKFLEET_REDIS_URL=redis_url,
-            HOOKFLEET_DB_RETRY_ATTEMPTS="1",
-            OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
-            OTEL_PROPAGATORS="b3",
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", BATCH],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    assert done.returncode == 0, done.stderr[-3000:]
-    # The batch ran as without tracing: applied, failed for good, retried.
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["ack", "ack", "ack"]
+        # The batch runs as without tracing: applied, failed for good, retried.
+        said = run_batch(tmp_path, redis_url, sink.url, OTEL_PROPAGATORS="b3")
     assert [m["kwargs"]["event_id"] for m in _queued_retries(redis_url)] == ["flaky_one"]
-    said = done.stdout + done.stderr
     assert said.count("tracing stays off") == 1 and "Traceback" not in said
     assert sink.spans == []
 
@@ -190,23 +178,7 @@ def test_a_batch_of_deliveries_the_sender_did_not_sample_exports_no_span(
     tmp_path: Path, redis_url: str
 ) -> None:
     with otlp_sink() as sink:
-        env = clean_env(
-            HOOKFLEET_DATABASE_URL=sqlite_url(tmp_path),
-            HOOKFLEET_REDIS_URL=redis_url,
-            HOOKFLEET_DB_RETRY_ATTEMPTS="1",
-            OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
-            PROBE_FLAGS="00",
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", BATCH],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert json.loads(done.stdout.strip().splitlines()[-1]) == ["ack", "ack", "ack"]
+        run_batch(tmp_path, redis_url, sink.url, PROBE_FLAGS="00")
     # No batch root trace, no statement or retry-publish span: the process exported
     # nothing (it flushed before exiting; the sampled run above shows the path works).
     assert sink.spans == []
