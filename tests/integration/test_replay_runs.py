@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -71,18 +72,34 @@ def replayed_ids(client: redis.Redis) -> Counter[str]:
     return Counter(m.event_id for m in messages)
 
 
-class CrashAfterPush:
-    """A pusher whose process "dies" right after the broker took chunk ``crash_on``
-    (counting from 1): the push happened, the cursor write never does."""
+def each_once(n: int) -> Counter[str]:
+    """``replayed_ids`` when events evt_0..evt_{n-1} were each enqueued exactly once."""
+    return Counter({f"evt_{i}": 1 for i in range(n)})
 
-    def __init__(self, inner: ReplayPush, crash_on: int) -> None:
-        self.inner, self.crash_on, self.calls = inner, crash_on, 0
+
+def at_chunk(n: int) -> None:
+    """What a :class:`Pusher` does around a chunk by default: nothing."""
+
+
+class Pusher:
+    """Hands each chunk to ``inner``, calling ``before(n)`` and ``after(n)`` around the
+    n-th push (counting from 1): where a test's process dies, races another or loses
+    Redis."""
+
+    def __init__(
+        self,
+        inner: ReplayPush,
+        *,
+        before: Callable[[int], None] = at_chunk,
+        after: Callable[[int], None] = at_chunk,
+    ) -> None:
+        self.inner, self.before, self.after, self.calls = inner, before, after, 0
 
     def push(self, queue: str, messages: list[tuple[int, str]]) -> int:
         self.calls += 1
+        self.before(self.calls)
         pushed = self.inner.push(queue, messages)
-        if self.calls == self.crash_on:
-            raise SystemExit("killed between the push and the cursor write")
+        self.after(self.calls)
         return pushed
 
     def forget(self) -> None:
@@ -92,6 +109,22 @@ class CrashAfterPush:
 def start(sessions: sessionmaker[Session], selection: Selection, rate: float = 0) -> ReplayRun:
     found = replay_runs.make_estimate(sessions, selection)
     return replay_runs.create_run(sessions, selection, found, rate)
+
+
+def dead_run(sessions: sessionmaker[Session], n: int, rate: float = 0) -> ReplayRun:
+    """``n`` dead events (evt_0...) and a run started over every dead event."""
+    seed(sessions, n)
+    return start(sessions, Selection(statuses=(EventStatus.DEAD,)), rate)
+
+
+@pytest.fixture
+def command_env(database_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
+    """The environment a ``hookfleet`` command runs in against the test's servers."""
+    return clean_env(
+        HOOKFLEET_DATABASE_URL=database_url,
+        HOOKFLEET_REDIS_URL=redis_url,
+        HOOKFLEET_VAR_DIR=str(tmp_path),
+    )
 
 
 def test_the_estimate_counts_by_provider_and_type_what_the_filters_select(
@@ -120,12 +153,17 @@ def test_the_estimate_counts_by_provider_and_type_what_the_filters_select(
 def test_a_run_cut_off_between_push_and_cursor_resumes_without_enqueuing_twice(
     sessions: sessionmaker[Session], redis_client: redis.Redis
 ) -> None:
-    seed(sessions, 50)
-    run = start(sessions, Selection(statuses=(EventStatus.DEAD,)))
+    run = dead_run(sessions, 50)
     pusher = ReplayPush(redis_client, run.token)
 
+    def killed_after_the_third(n: int) -> None:
+        if n == 3:  # the broker took the chunk; the cursor write never happens
+            raise SystemExit("killed between the push and the cursor write")
+
     with pytest.raises(SystemExit):
-        replay_runs.run(sessions, run.id, CrashAfterPush(pusher, 3), batch_size=7)
+        replay_runs.run(
+            sessions, run.id, Pusher(pusher, after=killed_after_the_third), batch_size=7
+        )
     with sessions() as session:
         cut = session.get_one(ReplayRun, run.id)
     assert (cut.replayed, cut.status) == (14, RunStatus.RUNNING)  # two chunks recorded
@@ -135,7 +173,7 @@ def test_a_run_cut_off_between_push_and_cursor_resumes_without_enqueuing_twice(
 
     assert attempt.finished and attempt.already_queued == 7
     assert attempt.pushed == 29
-    assert replayed_ids(redis_client) == Counter({f"evt_{i}": 1 for i in range(50)})
+    assert replayed_ids(redis_client) == each_once(50)
     with sessions() as session:
         done = session.get_one(ReplayRun, run.id)
     assert (done.status, done.replayed, done.counts) == (
@@ -149,8 +187,7 @@ def test_a_run_cut_off_between_push_and_cursor_resumes_without_enqueuing_twice(
 def test_a_stopped_run_is_interrupted_and_resumes_where_it_stopped(
     sessions: sessionmaker[Session], redis_client: redis.Redis
 ) -> None:
-    seed(sessions, 30)
-    run = start(sessions, Selection(statuses=(EventStatus.DEAD,)))
+    run = dead_run(sessions, 30)
     pusher = ReplayPush(redis_client, run.token)
     stop = threading.Event()
     chunks: list[int] = []
@@ -173,7 +210,7 @@ def test_a_stopped_run_is_interrupted_and_resumes_where_it_stopped(
     assert (stopped.status, stopped.replayed) == (RunStatus.INTERRUPTED, 8)
     assert stopped.interrupted_at is not None
     assert (second.finished, second.pushed, second.already_queued) == (True, 22, 0)
-    assert replayed_ids(redis_client) == Counter({f"evt_{i}": 1 for i in range(30)})
+    assert replayed_ids(redis_client) == each_once(30)
     with pytest.raises(replay_runs.RunNotResumable, match="finished"):
         replay_runs.run(sessions, run.id, pusher)
 
@@ -181,70 +218,48 @@ def test_a_stopped_run_is_interrupted_and_resumes_where_it_stopped(
 def test_a_second_process_resuming_the_same_run_stops_and_pushes_nothing_twice(
     sessions: sessionmaker[Session], redis_client: redis.Redis
 ) -> None:
-    seed(sessions, 20)
-    run = start(sessions, Selection(statuses=(EventStatus.DEAD,)))
+    run = dead_run(sessions, 20)
     other = ReplayPush(redis_client, run.token)
 
-    class Racer:
-        """Pushes its chunk, then lets "another process" run the whole run."""
-
-        def __init__(self) -> None:
-            self.raced = False
-
-        def push(self, queue: str, messages: list[tuple[int, str]]) -> int:
-            pushed = other.push(queue, messages)
-            if not self.raced:
-                self.raced = True
-                replay_runs.run(sessions, run.id, other, batch_size=6)
-            return pushed
-
-        def forget(self) -> None:
-            other.forget()
+    def another_process_runs_it_all(n: int) -> None:
+        if n == 1:  # after the first chunk
+            replay_runs.run(sessions, run.id, other, batch_size=6)
 
     with pytest.raises(replay_runs.RunTakenOver):
-        replay_runs.run(sessions, run.id, Racer(), batch_size=6)
+        replay_runs.run(
+            sessions, run.id, Pusher(other, after=another_process_runs_it_all), batch_size=6
+        )
 
-    assert replayed_ids(redis_client) == Counter({f"evt_{i}": 1 for i in range(20)})
+    assert replayed_ids(redis_client) == each_once(20)
 
 
 def test_a_run_redis_stops_is_marked_interrupted_and_resumes(
     sessions: sessionmaker[Session], redis_client: redis.Redis
 ) -> None:
-    seed(sessions, 10)
-    run = start(sessions, Selection(statuses=(EventStatus.DEAD,)))
+    run = dead_run(sessions, 10)
     working = ReplayPush(redis_client, run.token)
 
-    class RedisGoesAway:
-        """Takes the first chunk, then Redis is unreachable."""
-
-        def __init__(self) -> None:
-            self.chunks = 0
-
-        def push(self, queue: str, messages: list[tuple[int, str]]) -> int:
-            self.chunks += 1
-            if self.chunks > 1:
-                raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:1")
-            return working.push(queue, messages)
-
-        def forget(self) -> None:
-            working.forget()
+    def redis_goes_away_after_the_first(n: int) -> None:
+        if n > 1:
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:1")
 
     with pytest.raises(redis.ConnectionError):
-        replay_runs.run(sessions, run.id, RedisGoesAway(), batch_size=4)
+        replay_runs.run(
+            sessions, run.id, Pusher(working, before=redis_goes_away_after_the_first), batch_size=4
+        )
 
     with sessions() as session:
         stopped = session.get_one(ReplayRun, run.id)
     assert (stopped.status, stopped.replayed) == (RunStatus.INTERRUPTED, 4)
     assert stopped.interrupted_at is not None
     assert replay_runs.run(sessions, run.id, working).finished
-    assert replayed_ids(redis_client) == Counter({f"evt_{i}": 1 for i in range(10)})
+    assert replayed_ids(redis_client) == each_once(10)
 
 
 def test_the_rate_cap_spreads_a_replay_over_time(
     sessions: sessionmaker[Session], redis_client: redis.Redis
 ) -> None:
-    seed(sessions, 300)
-    run = start(sessions, Selection(statuses=(EventStatus.DEAD,)), rate=200)
+    run = dead_run(sessions, 300, rate=200)
     began = time.monotonic()
 
     replay_runs.run(
@@ -258,20 +273,12 @@ def test_the_rate_cap_spreads_a_replay_over_time(
 
 
 def test_replay_command_prints_the_estimate_replays_each_once_and_lists_its_run(
-    database_url: str,
-    sessions: sessionmaker[Session],
-    redis_url: str,
-    redis_client: redis.Redis,
-    tmp_path: Path,
+    sessions: sessionmaker[Session], redis_client: redis.Redis, command_env: dict[str, str]
 ) -> None:
     seed(sessions, 6)
     seed(sessions, 2, provider="retell", event_type="call_ended", prefix="call")
     seed(sessions, 3, status=EventStatus.PROCESSED, prefix="done")
-    env = clean_env(
-        HOOKFLEET_DATABASE_URL=database_url,
-        HOOKFLEET_REDIS_URL=redis_url,
-        HOOKFLEET_VAR_DIR=str(tmp_path),
-    )
+    env = command_env
     runner = CliRunner()
 
     dry = runner.invoke(main, ["replay", "--all-dead", "--dry-run"], env=env)
@@ -308,8 +315,7 @@ def test_replay_command_prints_the_estimate_replays_each_once_and_lists_its_run(
 def test_a_chunk_no_replica_confirmed_stops_the_run_and_is_not_enqueued_again(
     sessions: sessionmaker[Session], redis_client: redis.Redis
 ) -> None:
-    seed(sessions, 10)
-    run = start(sessions, Selection(statuses=(EventStatus.DEAD,)))
+    run = dead_run(sessions, 10)
     unreplicated = ReplayPush(redis_client, run.token, min_replicas=1, wait_ms=50)
 
     with pytest.raises(NotReplicated, match="0 of 1 replicas"):
@@ -318,22 +324,13 @@ def test_a_chunk_no_replica_confirmed_stops_the_run_and_is_not_enqueued_again(
 
     # The unconfirmed chunk stayed on the primary with its mark: not sent twice.
     assert (resumed.already_queued, resumed.pushed) == (4, 6)
-    assert replayed_ids(redis_client) == Counter({f"evt_{i}": 1 for i in range(10)})
+    assert replayed_ids(redis_client) == each_once(10)
 
 
 def test_replay_on_a_terminal_asks_first_and_a_no_enqueues_nothing(
-    database_url: str,
-    sessions: sessionmaker[Session],
-    redis_url: str,
-    redis_client: redis.Redis,
-    tmp_path: Path,
+    sessions: sessionmaker[Session], redis_client: redis.Redis, command_env: dict[str, str]
 ) -> None:
     seed(sessions, 3)
-    env = clean_env(
-        HOOKFLEET_DATABASE_URL=database_url,
-        HOOKFLEET_REDIS_URL=redis_url,
-        HOOKFLEET_VAR_DIR=str(tmp_path),
-    )
     hookfleet = str(Path(sys.executable).parent / "hookfleet")
 
     def on_a_terminal(*args: str, answer: bytes) -> subprocess.CompletedProcess[str]:
@@ -342,7 +339,7 @@ def test_replay_on_a_terminal_asks_first_and_a_no_enqueues_nothing(
         try:
             return subprocess.run(
                 [hookfleet, "replay", *args],
-                env=env,
+                env=command_env,
                 stdin=terminal,
                 capture_output=True,
                 text=True,
@@ -367,18 +364,10 @@ def test_replay_on_a_terminal_asks_first_and_a_no_enqueues_nothing(
 
 
 def test_sigterm_stops_a_replay_after_its_chunk_and_the_resume_finishes_it(
-    database_url: str,
-    sessions: sessionmaker[Session],
-    redis_url: str,
-    redis_client: redis.Redis,
-    tmp_path: Path,
+    sessions: sessionmaker[Session], redis_client: redis.Redis, command_env: dict[str, str]
 ) -> None:
     seed(sessions, 400)
-    env = clean_env(
-        HOOKFLEET_DATABASE_URL=database_url,
-        HOOKFLEET_REDIS_URL=redis_url,
-        HOOKFLEET_VAR_DIR=str(tmp_path),
-    )
+    env = command_env
     hookfleet = [str(Path(sys.executable).parent / "hookfleet"), "replay"]
     first = subprocess.Popen(
         [*hookfleet, "--all-dead", "--rate", "100"],
@@ -401,4 +390,4 @@ def test_sigterm_stops_a_replay_after_its_chunk_and_the_resume_finishes_it(
     assert 0 < stopped_at < 400 and "resume with: hookfleet replay --resume 1" in said
     assert resumed.returncode == 0, resumed.stderr
     assert "replayed 400 event(s) on hookfleet.low (stripe: 400)." in resumed.stdout
-    assert replayed_ids(redis_client) == Counter({f"evt_{i}": 1 for i in range(400)})
+    assert replayed_ids(redis_client) == each_once(400)
