@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, MetaData, String, Text
+from sqlalchemy import BigInteger, DateTime, Enum, ForeignKey, Integer, MetaData, String, Text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -40,6 +41,19 @@ def exact_text(length: int) -> String:
 
 # TEXT tops out at 64 KiB on MariaDB; a Retell transcript can pass that.
 LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+# An id of webhook_events (its key, and the replay cursor that points into it): BIGINT on
+# MariaDB, INTEGER on SQLite, where only an INTEGER PRIMARY KEY is the autoincrementing
+# rowid.
+EventId = BigInteger().with_variant(Integer, "sqlite")
+
+
+def status_column(values: type[enum.StrEnum]) -> Enum:
+    """A status column of ``values``: their strings in a VARCHAR(16), not a native ENUM
+    (SQLite has none; a new status then needs no ALTER of the column's type)."""
+    return Enum(
+        values, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]
+    )
 
 
 class PortableJSON(TypeDecorator[Any]):

@@ -6,10 +6,19 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Enum, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, deferred, mapped_column
 
-from models.base import Base, LongText, PortableJSON, UTCDateTime, exact_text, utcnow
+from models.base import (
+    Base,
+    EventId,
+    LongText,
+    PortableJSON,
+    UTCDateTime,
+    exact_text,
+    status_column,
+    utcnow,
+)
 
 
 class EventStatus(enum.StrEnum):
@@ -36,22 +45,14 @@ class WebhookEvent(Base):
         Index(None, "correlation_id"),
     )
 
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
     provider: Mapped[str] = mapped_column(exact_text(32))
     event_id: Mapped[str] = mapped_column(exact_text(191))
     event_type: Mapped[str] = mapped_column(String(128), default="")
     queue: Mapped[str] = mapped_column(String(64), default="")
     correlation_id: Mapped[str] = mapped_column(String(128), default="")
     status: Mapped[EventStatus] = mapped_column(
-        Enum(
-            EventStatus,
-            native_enum=False,
-            length=16,
-            values_callable=lambda e: [m.value for m in e],
-        ),
-        default=EventStatus.RECEIVED,
+        status_column(EventStatus), default=EventStatus.RECEIVED
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)

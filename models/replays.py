@@ -14,10 +14,10 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Enum, Float, Integer, String
+from sqlalchemy import Float, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, PortableJSON, UTCDateTime, utcnow
+from models.base import Base, EventId, PortableJSON, UTCDateTime, status_column, utcnow
 
 
 class RunStatus(enum.StrEnum):
@@ -36,18 +36,10 @@ class ReplayRun(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     token: Mapped[str] = mapped_column(String(32), unique=True)
     selection: Mapped[dict[str, Any]] = mapped_column(PortableJSON())
-    up_to_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
-    cursor: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), default=0)
+    up_to_id: Mapped[int] = mapped_column(EventId)
+    cursor: Mapped[int] = mapped_column(EventId, default=0)
     rate_per_s: Mapped[float] = mapped_column(Float, default=0.0)
-    status: Mapped[RunStatus] = mapped_column(
-        Enum(
-            RunStatus,
-            native_enum=False,
-            length=16,
-            values_callable=lambda e: [m.value for m in e],
-        ),
-        default=RunStatus.RUNNING,
-    )
+    status: Mapped[RunStatus] = mapped_column(status_column(RunStatus), default=RunStatus.RUNNING)
     estimated: Mapped[int] = mapped_column(Integer, default=0)
     replayed: Mapped[int] = mapped_column(Integer, default=0)
     counts: Mapped[dict[str, int]] = mapped_column(PortableJSON(), default=dict)

@@ -285,21 +285,29 @@ def _insert_ignoring_duplicates(session: Session) -> Insert:
     raise NotImplementedError(f"batch recording on {dialect}")
 
 
-def _row(event: IncomingEvent, status: EventStatus) -> dict[str, Any]:
-    done = status is EventStatus.PROCESSED
-    now = utcnow()
+def _event_fields(event: IncomingEvent) -> dict[str, Any]:
+    """The columns a delivery fills in as it came: the same for a row inserted by the
+    batch (``_row``) and one inserted alone (``_insert``)."""
     return {
         "provider": event.provider,
         "event_id": event.event_id,
         "event_type": event.event_type,
         "queue": event.queue,
         "correlation_id": event.correlation_id,
-        "status": status,
-        "attempts": 1 if done else 0,
-        "last_error": None,
         "headers": dict(event.headers),
         "payload": event.payload,
         "received_at": event.received_at,
+    }
+
+
+def _row(event: IncomingEvent, status: EventStatus) -> dict[str, Any]:
+    done = status is EventStatus.PROCESSED
+    now = utcnow()
+    return {
+        **_event_fields(event),
+        "status": status,
+        "attempts": 1 if done else 0,
+        "last_error": None,
         "processed_at": now if done else None,
         "created_at": now,
         "updated_at": now,
@@ -308,17 +316,10 @@ def _row(event: IncomingEvent, status: EventStatus) -> dict[str, Any]:
 
 def _insert(session: Session, event: IncomingEvent, status: EventStatus) -> WebhookEvent | None:
     row = WebhookEvent(
-        provider=event.provider,
-        event_id=event.event_id,
-        event_type=event.event_type,
-        queue=event.queue,
-        correlation_id=event.correlation_id,
+        **_event_fields(event),
         status=status,
         processed_at=utcnow() if status is EventStatus.PROCESSED else None,
         attempts=1,
-        headers=dict(event.headers),
-        payload=event.payload,
-        received_at=event.received_at,
     )
     session.add(row)
     try:

@@ -203,6 +203,16 @@ def _find_or_create(
     raise AssertionError("tenacity returns or raises")
 
 
+def _new_agent(facts: validator.BranchFacts, status: AgentStatus) -> Agent:
+    """The Agent row a branch gets on its first provisioning run (one per branch)."""
+    return Agent(
+        company_id=facts.company_id,
+        branch_id=facts.branch_id,
+        name=agent_name(facts.branch_id),
+        status=status,
+    )
+
+
 def _claim(
     sessions: sessionmaker[Session], facts: validator.BranchFacts, settings: Settings
 ) -> int:
@@ -212,12 +222,7 @@ def _claim(
     if row_id is None:
         try:
             with sessions() as session, session.begin():
-                row = Agent(
-                    company_id=facts.company_id,
-                    branch_id=facts.branch_id,
-                    name=agent_name(facts.branch_id),
-                    status=AgentStatus.DRAFT,
-                )
+                row = _new_agent(facts, AgentStatus.DRAFT)
                 session.add(row)
                 session.flush()
                 row_id = row.id
@@ -259,12 +264,7 @@ def _record_refusal(
     with sessions() as session, session.begin():
         row = session.scalar(select(Agent).where(Agent.branch_id == facts.branch_id))
         if row is None:
-            row = Agent(
-                company_id=facts.company_id,
-                branch_id=facts.branch_id,
-                name=agent_name(facts.branch_id),
-                status=AgentStatus.INVALID,
-            )
+            row = _new_agent(facts, AgentStatus.INVALID)
             session.add(row)
         note = " (the live agent keeps its last configuration)" if row.retell_agent_id else ""
         row.last_error = f"provisioning refused: {codes}{note}"
