@@ -83,6 +83,8 @@ EVENTS_STUCK = Gauge(
     multiprocess_mode="mostrecent",
 )
 
+# Start times of the tasks this process runs, by task id (a child inherits only ids of
+# tasks its parent ran, which it never finishes: harmless).
 _started: dict[str, float] = {}
 _started_lock = threading.Lock()
 

@@ -20,6 +20,8 @@ STATEMENT_OVERHEAD_BYTES = 64 * 1024
 # keeps one statement, and the memory to build it, bounded.
 SQLITE_STATEMENT_BUDGET = 16 * 1024 * 1024
 _ESCAPED = (b"\\", b"'", b'"', b"\x00", b"\n", b"\r", b"\x1a")
+# Each database's budget, by URL: a fact about the server, not a connection, so a forked
+# child may inherit it (no PerProcess needed).
 _BUDGETS: dict[str, int] = {}
 
 

@@ -334,6 +334,8 @@ def own_pool(channel: Any) -> redis.ConnectionPool:
     return pool
 
 
+# Which servers know script flags, by connection pool: a fact about a server, not a
+# connection, so a forked child may inherit it (no PerProcess needed).
 _flags: dict[int, str] = {}
 
 
