@@ -51,7 +51,9 @@ class Phone:
 def normalize_phone(raw: str, regions: tuple[str, ...] | None = None) -> Phone:
     """E.164 for ``raw``, trying ``regions`` (default: this process's
     ``HOOKFLEET_PHONE_REGIONS``; DEFAULT_PHONE_REGIONS where that lists none, e.g.
-    ``,``) for national numbers. Never raises; cached (bounded LRU)."""
+    ``,``) for national numbers. Never raises for any ``raw``; cached (bounded LRU).
+    Without ``regions``, a process whose settings do not parse raises their ConfigError
+    on first use (every Hookfleet process has read them before it stores a number)."""
     return _normalize(raw, regions or process_settings().phone_regions or DEFAULT_PHONE_REGIONS)
 
 

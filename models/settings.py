@@ -719,7 +719,7 @@ def _redis_identity(url: str) -> tuple[str, str, str]:
 def process_settings() -> Settings:
     """This process's settings, from ``HOOKFLEET_*`` in ``os.environ``: read on first
     use, once per process (a forked child reads its own) and again after
-    :func:`forget_process_settings`; raises SettingsError. For code with no settings
+    :func:`forget_process_settings`; raises ConfigError. For code with no settings
     handed to it: the workers' runtime, and the phone rule the models apply on every
     write (``HOOKFLEET_PHONE_REGIONS``)."""
     return _process_settings.get()
