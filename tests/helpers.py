@@ -15,6 +15,7 @@ import redis
 
 from models.contract import QUEUES, Queue
 from models.settings import DEFAULT_OPS_BIND
+from tests.servers import clean_env
 
 # What a test client passes as ``base_url`` to reach the operator endpoints, which
 # answer only on the ops listener (its port, as gunicorn would report it).
@@ -121,3 +122,13 @@ def run_python(
 def last_json_line(done: subprocess.CompletedProcess[str]) -> Any:
     """The JSON value a script printed last on its stdout."""
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def command_env(database_url: str, redis_url: str, var_dir: Path) -> dict[str, str]:
+    """The environment a ``hookfleet`` command runs in against a test's servers
+    (publishing configures the Celery app, which makes ``$HOOKFLEET_VAR_DIR/metrics``)."""
+    return clean_env(
+        HOOKFLEET_DATABASE_URL=database_url,
+        HOOKFLEET_REDIS_URL=redis_url,
+        HOOKFLEET_VAR_DIR=str(var_dir),
+    )

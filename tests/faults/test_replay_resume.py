@@ -20,7 +20,7 @@ from models.contract import Queue
 from models.engine import make_engine
 from models.events import WebhookEvent
 from models.settings import Settings
-from tests.servers import clean_env
+from tests.helpers import command_env
 
 HOOKFLEET = str(Path(sys.executable).parent / "hookfleet")
 DEAD = 100_000
@@ -95,11 +95,7 @@ def test_a_replay_interrupted_killed_and_resumed_enqueues_each_event_once(
     database_url: str, redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     seed(database_url)
-    env = clean_env(
-        HOOKFLEET_DATABASE_URL=database_url,
-        HOOKFLEET_REDIS_URL=redis_url,
-        HOOKFLEET_VAR_DIR=str(tmp_path),
-    )
+    env = command_env(database_url, redis_url, tmp_path)
     began = time.monotonic()
 
     first = replay(env, "--all-dead", "--rate", "0", "--batch-size", "1000")

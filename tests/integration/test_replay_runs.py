@@ -26,8 +26,7 @@ from models.contract import EventMessage, Queue
 from models.events import EventStatus, WebhookEvent
 from models.payload_search import parse_condition
 from models.replays import ReplayRun, RunStatus
-from tests.helpers import queued
-from tests.servers import clean_env
+from tests.helpers import command_env, queued
 from workers.broker.replay_push import NotReplicated, ReplayPush, mark_key
 from workers.cli.main import main
 from workers.recovery import replay_runs
@@ -118,13 +117,9 @@ def dead_run(sessions: sessionmaker[Session], n: int, rate: float = 0) -> Replay
 
 
 @pytest.fixture
-def command_env(database_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
+def env(database_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
     """The environment a ``hookfleet`` command runs in against the test's servers."""
-    return clean_env(
-        HOOKFLEET_DATABASE_URL=database_url,
-        HOOKFLEET_REDIS_URL=redis_url,
-        HOOKFLEET_VAR_DIR=str(tmp_path),
-    )
+    return command_env(database_url, redis_url, tmp_path)
 
 
 def test_the_estimate_counts_by_provider_and_type_what_the_filters_select(
@@ -273,12 +268,11 @@ def test_the_rate_cap_spreads_a_replay_over_time(
 
 
 def test_replay_command_prints_the_estimate_replays_each_once_and_lists_its_run(
-    sessions: sessionmaker[Session], redis_client: redis.Redis, command_env: dict[str, str]
+    sessions: sessionmaker[Session], redis_client: redis.Redis, env: dict[str, str]
 ) -> None:
     seed(sessions, 6)
     seed(sessions, 2, provider="retell", event_type="call_ended", prefix="call")
     seed(sessions, 3, status=EventStatus.PROCESSED, prefix="done")
-    env = command_env
     runner = CliRunner()
 
     dry = runner.invoke(main, ["replay", "--all-dead", "--dry-run"], env=env)
@@ -328,7 +322,7 @@ def test_a_chunk_no_replica_confirmed_stops_the_run_and_is_not_enqueued_again(
 
 
 def test_replay_on_a_terminal_asks_first_and_a_no_enqueues_nothing(
-    sessions: sessionmaker[Session], redis_client: redis.Redis, command_env: dict[str, str]
+    sessions: sessionmaker[Session], redis_client: redis.Redis, env: dict[str, str]
 ) -> None:
     seed(sessions, 3)
     hookfleet = str(Path(sys.executable).parent / "hookfleet")
@@ -339,7 +333,7 @@ def test_replay_on_a_terminal_asks_first_and_a_no_enqueues_nothing(
         try:
             return subprocess.run(
                 [hookfleet, "replay", *args],
-                env=command_env,
+                env=env,
                 stdin=terminal,
                 capture_output=True,
                 text=True,
@@ -364,10 +358,9 @@ def test_replay_on_a_terminal_asks_first_and_a_no_enqueues_nothing(
 
 
 def test_sigterm_stops_a_replay_after_its_chunk_and_the_resume_finishes_it(
-    sessions: sessionmaker[Session], redis_client: redis.Redis, command_env: dict[str, str]
+    sessions: sessionmaker[Session], redis_client: redis.Redis, env: dict[str, str]
 ) -> None:
     seed(sessions, 400)
-    env = command_env
     hookfleet = [str(Path(sys.executable).parent / "hookfleet"), "replay"]
     first = subprocess.Popen(
         [*hookfleet, "--all-dead", "--rate", "100"],

@@ -23,9 +23,9 @@ from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
-from tests.helpers import queued, retell_call_ended
+from tests.helpers import command_env, queued, retell_call_ended
 from tests.processes import ROOT, request, running_fleet
-from tests.servers import clean_env, sqlite_url, wait_until
+from tests.servers import sqlite_url, wait_until
 from workers.celery_app import celery_config
 from workers.recovery.sweeper import sweep
 
@@ -194,15 +194,6 @@ def sqlite_sessions(tmp_path: Path) -> Iterator[tuple[str, sessionmaker[Session]
 def hookfleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     command = [str(Path(sys.executable).parent / "hookfleet"), *args]
     return subprocess.run(command, env=env, capture_output=True, text=True)
-
-
-def command_env(database_url: str, redis_url: str, var_dir: Path) -> dict[str, str]:
-    # Publishing configures the Celery app, which makes $HOOKFLEET_VAR_DIR/metrics.
-    return clean_env(
-        HOOKFLEET_DATABASE_URL=database_url,
-        HOOKFLEET_REDIS_URL=redis_url,
-        HOOKFLEET_VAR_DIR=str(var_dir),
-    )
 
 
 def test_sweep_command_counts_requeues_up_to_a_limit_and_refuses_bad_ages(
