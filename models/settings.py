@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from models import url_knobs
 from models.knobs import (
     ConfigError,
     Knob,
@@ -212,12 +213,14 @@ class Settings:
         "Dedup store (and broker unless set below). "
         "`redis+sentinel://host:26379[,host:26379]/<service>[/<db>]` for Sentinel "
         '(see *Guarantees*, "Failovers").',
+        parse=url_knobs.redis_url,
         shown="`redis://127.0.0.1:6379/0` (`hookfleet up`: a private Redis)",
     )
     broker_url: str = knob(
         "redis://127.0.0.1:6379/0",
         "HOOKFLEET_BROKER_URL",
         "Celery broker (Redis). Keep it equal for atomic claim+enqueue.",
+        parse=url_knobs.redis_url,
         fallback=_redis_url,
         shown="= `HOOKFLEET_REDIS_URL`",
     )
@@ -225,6 +228,7 @@ class Settings:
         "sqlite:///var/hookfleet.db",
         "HOOKFLEET_DATABASE_URL",
         "SQLAlchemy URL, e.g. `mysql+pymysql://user:pw@host:3306/hookfleet`.",
+        parse=url_knobs.database_url,
     )
 
     db_pool_size: int = knob(5, "HOOKFLEET_DB_POOL_SIZE", "Connections kept per process.")

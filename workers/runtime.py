@@ -17,12 +17,23 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.engine import make_engine, make_sessionmaker
 from models.perprocess import PerProcess
-from models.settings import Settings
+from models.settings import ConfigError, Settings
 
 
 def settings() -> Settings:
-    """This process's settings, from ``HOOKFLEET_*`` (read once per process)."""
+    """This process's settings, from ``HOOKFLEET_*`` (read once per process).
+
+    A setting that cannot be used ends the process with one line on stderr naming it
+    (SystemExit, status 1): the first call is Celery's configuration, before the worker
+    or beat starts anything, and its traceback would bury the line."""
     return _settings.get()
+
+
+def _read_settings() -> Settings:
+    try:
+        return Settings.from_env(os.environ)
+    except ConfigError as error:
+        raise SystemExit(f"hookfleet: {error}") from None
 
 
 def engine() -> Engine:
@@ -59,7 +70,7 @@ def _connect() -> tuple[Engine, sessionmaker[Session]]:
     return built, make_sessionmaker(built)
 
 
-_settings: PerProcess[Settings] = PerProcess(lambda: Settings.from_env(os.environ))
+_settings: PerProcess[Settings] = PerProcess(_read_settings)
 _database: PerProcess[tuple[Engine, sessionmaker[Session]]] = PerProcess(_connect)
 
 
