@@ -83,9 +83,13 @@ def up(host: str, port: int, var_dir: str, concurrency: int, ops_bind: str) -> N
         )
         fleet.wait()
     finally:
-        click.echo("stopping hookfleet...")
+        # Nothing said about stopping a fleet that a bad setting or a taken port kept
+        # from starting: its one line is the whole answer.
+        if fleet.started:
+            click.echo("stopping hookfleet...")
         fleet.stop()
-        click.echo("hookfleet stopped.")
+        if fleet.started:
+            click.echo("hookfleet stopped.")
 
 
 @main.command(name="run")
