@@ -442,6 +442,7 @@ class Settings:
         500.0,
         "HOOKFLEET_REPLAY_RATE",
         "Events per second `hookfleet replay` enqueues unless `--rate` says (`0`: no cap).",
+        parse=rate,
     )
     # A worker running apart from a receiver serves its own metrics.
     worker_metrics_port: int = knob(

@@ -41,7 +41,9 @@ def migrate() -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Receiver address.")
-@click.option("--port", default=8000, show_default=True, help="Receiver port.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Receiver port."
+)
 @click.option(
     "--var-dir",
     default="var",
@@ -51,6 +53,7 @@ def migrate() -> None:
 )
 @click.option(
     "--concurrency",
+    type=click.IntRange(min=1),
     default=2,
     show_default=True,
     help="Processes per Celery worker (HOOKFLEET_WORKER_CONCURRENCY of the Procfile).",

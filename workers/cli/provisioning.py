@@ -13,7 +13,7 @@ from workers.cli.params import invocation_settings, open_database
 
 
 @click.command()
-@click.argument("branch_id", type=int)
+@click.argument("branch_id", type=click.IntRange(min=1))
 @click.option("--dry-run", is_flag=True, help="Validate and show what would be sent; send nothing.")
 @click.option(
     "--check-connectivity",
@@ -26,7 +26,13 @@ from workers.cli.params import invocation_settings, open_database
     is_flag=True,
     help="Run on the hookfleet.provisioning worker instead of here, and wait for it.",
 )
-@click.option("--wait", default=120, show_default=True, help="Seconds --queue waits.")
+@click.option(
+    "--wait",
+    type=click.IntRange(min=1),
+    default=120,
+    show_default=True,
+    help="Seconds --queue waits.",
+)
 def provision(
     branch_id: int, dry_run: bool, check_connectivity: bool, use_queue: bool, wait: int
 ) -> None:

@@ -91,7 +91,13 @@ def quarantine() -> None:
 
 @quarantine.command("list")
 @_filters
-@click.option("--limit", default=100, show_default=True, help="Show at most N (0: all).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Show at most N (0: all).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def list_command(
     provider: tuple[str, ...],
