@@ -137,7 +137,11 @@ def post_worker_init(worker: object) -> None:
     extensions = getattr(worker.wsgi, "extensions", {})  # type: ignore[attr-defined]
     inbound = extensions.get("hookfleet_inbound")
     if inbound is not None:
-        inbound.warm()
+        from models.tracing import untraced
+
+        # Untraced: each worker's warm-up SELECT was a trace of its own, with no request.
+        with untraced():
+            inbound.warm()
     worker.log.info("Worker ready: pid %s", worker.pid)  # type: ignore[attr-defined]
 
 

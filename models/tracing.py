@@ -412,6 +412,23 @@ def span(
     return _span(name, kind, context, attributes, links)
 
 
+@contextlib.contextmanager
+def untraced() -> Iterator[None]:
+    """No instrumentation span (a database statement's, an HTTP call's) is made inside
+    this block, nor in a thread that runs with its context copied: for a process's own
+    housekeeping (a receiver worker's boot-time warm-up), which would otherwise be a
+    trace of its own that no request or task started. OpenTelemetry's
+    ``suppress_instrumentation`` (opentelemetry-instrumentation ``utils``); nothing
+    when tracing is off."""
+    if not _state["on"]:
+        yield
+        return
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    with suppress_instrumentation():
+        yield
+
+
 def guarded(default: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Make a tracing helper return ``default`` instead of raising: an error of the SDK
     or of an instrumentation (a bug, a value it chokes on) is logged once per helper
