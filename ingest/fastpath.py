@@ -30,7 +30,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from ingest.errors import OUTCOME_BY_CODE, ApiError, ErrorCode
 from ingest.metrics import count_answer
 from ingest.providers import REGISTRY
-from ingest.tracing import REFUSAL_BY_STATUS, describe_answer, refusal_span, request_span
+from ingest.tracing import describe_answer, refusal_code, refusal_span, request_span
 from ingest.views import Answer, correlation_id_for, json_body, take_delivery
 from models import tracing
 from models.logs import log_context
@@ -98,7 +98,7 @@ class ReceiverApp(Flask):
 
             body = super().wsgi_app(environ, recording_start_response)
             if span is not None and status:
-                code = REFUSAL_BY_STATUS.get(status[0])
+                code = refusal_code(status[0], environ.get("PATH_INFO", ""))
                 describe_answer(
                     span, status[0], OUTCOME_BY_CODE.get(code or "", "bad_request"), None, code
                 )

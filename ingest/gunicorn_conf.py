@@ -2,7 +2,9 @@
 'ingest:create_app()'``. A gunicorn config module is read when gunicorn starts, so this
 is the one module that reads the environment on import, as gunicorn expects."""
 
+import atexit
 import os
+import sys
 
 from gunicorn import glogging
 
@@ -36,11 +38,10 @@ logconfig_dict = logging_config("INFO", log_format_from_env(os.environ))
 loglevel = os.environ.get("HOOKFLEET_LOG_LEVEL", "info").lower()
 
 # One metrics directory for every process of this host, set before any worker imports
-# prometheus_client (see models/metrics.py); `hookfleet up` and the systemd units empty
-# it when the whole fleet starts.
+# prometheus_client (see models/metrics.py): in on_starting, once the settings passed,
+# so a master that cannot start leaves no directory behind. `hookfleet up` and the
+# systemd units empty it when the whole fleet starts.
 from models.metrics import mark_process_dead, use_metrics_dir  # noqa: E402
-
-use_metrics_dir()
 
 
 class JsonLogger(glogging.Logger):
@@ -67,8 +68,8 @@ def child_exit(_server: object, worker: object) -> None:
 def on_starting(_server: object) -> None:
     """Before any worker: a setting that cannot be used ends the master with its one
     line on stderr (exit 1), instead of each worker failing to boot with a traceback
-    and the same message once per worker."""
-    import sys
+    and the same message once per worker. Then the metrics directory is made; a master
+    that never serves (a port taken, workers that fail to boot) removes it at exit."""
 
     from ingest.providers import REGISTRY
     from models.settings import Settings
@@ -80,6 +81,53 @@ def on_starting(_server: object) -> None:
     except ValueError as error:  # ConfigError, or a provider's refusal of its secrets
         print(f"hookfleet: {error}", file=sys.stderr)
         sys.exit(1)
+    _made_for_metrics.extend(_missing_parents(_metrics_dir(os.environ)))
+    use_metrics_dir()
+    atexit.register(_forget_metrics_dir_of_failed_boot, os.getpid())
+
+
+# Directories on_starting created for the metrics (deepest first), and whether this
+# master served: a master that never got a worker running removes them again at exit,
+# with what its failed workers wrote there (the directory was new: nothing else's).
+_made_for_metrics: list[str] = []
+_master = {"served": False}
+
+
+def _metrics_dir(environ: "os._Environ[str]") -> str:
+    var_dir = environ.get("HOOKFLEET_VAR_DIR") or "var"
+    return os.path.abspath(
+        environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(var_dir, "metrics")
+    )
+
+
+def _missing_parents(path: str) -> list[str]:
+    missing = []
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def when_ready(_server: object) -> None:
+    """The master listens; from here its workers' boot decides (see on_exit)."""
+    _master["served"] = True
+
+
+def on_exit(_server: object) -> None:
+    """gunicorn halts; after "Worker failed to boot" / "App failed to load" (gunicorn
+    raises HaltServer with status 3 or 4, arbiter.py) it never served."""
+    halted = sys.exc_info()[1]
+    if getattr(halted, "exit_status", 0) in (3, 4):
+        _master["served"] = False
+
+
+def _forget_metrics_dir_of_failed_boot(master_pid: int) -> None:
+    if os.getpid() != master_pid or _master["served"]:
+        return  # a worker exiting (atexit is inherited by fork), or a master that served
+    import shutil
+
+    for made in _made_for_metrics:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def post_worker_init(worker: object) -> None:
@@ -89,7 +137,11 @@ def post_worker_init(worker: object) -> None:
     extensions = getattr(worker.wsgi, "extensions", {})  # type: ignore[attr-defined]
     inbound = extensions.get("hookfleet_inbound")
     if inbound is not None:
-        inbound.warm()
+        from models.tracing import untraced
+
+        # Untraced: each worker's warm-up SELECT was a trace of its own, with no request.
+        with untraced():
+            inbound.warm()
     worker.log.info("Worker ready: pid %s", worker.pid)  # type: ignore[attr-defined]
 
 

@@ -89,7 +89,9 @@ class InboundDirectory:
         for the database connection and the statement's compilation and miss its budget.
         Never raises; a failure is one warning (the first call then dials, as before)."""
         try:
-            self._executor().submit(self._warm).result(timeout=wait_s)
+            # In the caller's context: a warm-up run untraced (models.tracing.untraced)
+            # makes no statement span in the lookup thread either.
+            self._executor().submit(copy_context().run, self._warm).result(timeout=wait_s)
         except FutureTimeout:
             log.warning("inbound lookup warm-up still running", extra={"wait_s": wait_s})
 

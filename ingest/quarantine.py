@@ -94,6 +94,21 @@ CLAIM_S = 300
 
 _KEEP = lua("ingest", "quarantine_keep")
 _FORGET = lua("ingest", "quarantine_forget")
+# KEYS: claim keys; ARGV: token, the release's start (Redis time), TTL (s). Takes a key
+# that is free, or marked "done:<end>" by a release that ended before this one began.
+_CLAIM = """
+local held = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.call('GET', key)
+  local free = not value
+  if value and string.sub(value, 1, 5) == 'done:' then
+    free = tonumber(string.sub(value, 6)) < tonumber(ARGV[2])
+  end
+  if free then redis.call('SET', key, ARGV[1], 'EX', ARGV[3]) end
+  held[i] = free and 1 or 0
+end
+return held
+"""
 PREFIX = "hookfleet:quarantine:"
 
 
@@ -186,6 +201,7 @@ class Quarantine:
         self._settings = settings
         self._keep = client.register_script(_KEEP)
         self._forget = client.register_script(_FORGET)
+        self._claim = client.register_script(_CLAIM)
         self._local = _LocalRate(settings.quarantine_rate)
         self._quiet_until = 0.0
 
@@ -294,20 +310,35 @@ class Quarantine:
         found = self.fetch([_entry(provider, stream_id, page[0][1], lane)])
         return found[0] if found else None
 
-    def claim(self, entries: Sequence[Entry], token: str) -> list[Entry]:
-        """Those of ``entries`` this caller now holds (``SET NX``, for :data:`CLAIM_S`):
-        two releases running at once each admit and count an entry only if they hold
+    def clock(self) -> float:
+        """Redis's time (seconds): what :meth:`claim` and :meth:`unclaim` compare."""
+        seconds, micros = self._client.time()
+        return seconds + micros / 1e6
+
+    def claim(self, entries: Sequence[Entry], token: str, started: float = 0.0) -> list[Entry]:
+        """Those of ``entries`` this caller now holds (for :data:`CLAIM_S`): free, or
+        let go by a release that ended before this one ``started`` (:meth:`clock`).
+        Two releases running at once each admit and count an entry only if they hold
         it, so their printed counts add up. Give them back with :meth:`unclaim`."""
-        with self._client.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                pipe.set(_claim_key(entry), token, nx=True, ex=CLAIM_S)
-            replies = pipe.execute()
+        keys = [_claim_key(entry) for entry in entries]
+        if not keys:
+            return []
+        replies = self._claim(keys=keys, args=[token, started, CLAIM_S])
         return [entry for entry, held in zip(entries, replies, strict=True) if held]
 
-    def unclaim(self, entries: Sequence[Entry]) -> None:
-        """Let go of claims taken by :meth:`claim` (forgotten or not)."""
-        if entries:
+    def unclaim(self, entries: Sequence[Entry], ended: float | None = None) -> None:
+        """Let go of claims taken by :meth:`claim` (forgotten or not); with ``ended``
+        (:meth:`clock`) they stay marked as judged then, for releases that were
+        running at that time (:data:`CLAIM_S` long)."""
+        if not entries:
+            return
+        if ended is None:
             self._client.delete(*(_claim_key(entry) for entry in entries))
+            return
+        with self._client.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                pipe.set(_claim_key(entry), f"done:{ended}", ex=CLAIM_S)
+            pipe.execute()
 
     def forget(self, entries: Sequence[Entry]) -> int:
         """Remove ``entries`` (released ones); returns how many were still kept."""

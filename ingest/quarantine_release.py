@@ -23,9 +23,10 @@ unverified), ``body_not_kept`` (over ``HOOKFLEET_QUARANTINE_MAX_BODY_BYTES``), a
 code (``invalid_json``, ``unknown_shape``: signed but not a delivery the receiver would
 take), ``queue_full`` or ``not_replicated``. Running it again is safe: an entry whose
 admission was not yet forgotten is a duplicate the second time. Two releases running at
-once each claim an entry in Redis before judging it (:meth:`Quarantine.claim`): an entry
-is admitted and counted by one of them only, the other prints it as left to a release
-running now.
+once each claim an entry in Redis before judging it (:meth:`Quarantine.claim`) and hold
+the claim until they end, then mark it judged at their end: an entry is admitted, or
+counted as staying, by one of them only (a release that started before the other ended
+leaves it alone); the other prints it as left to a release running now.
 """
 
 from __future__ import annotations
@@ -152,33 +153,51 @@ class Releaser:
         self._gate = gate
         self._dedup = dedup
         self._token = ""
+        self._held: list[Entry] = []
+        self._started = 0.0
+        #: The report of the release running or last run, also when it raised: what
+        #: was done before Redis failed.
+        self.report = ReleaseReport(dry_run=False)
 
     def release(self, entries: Iterable[Entry], *, dry_run: bool) -> ReleaseReport:
-        report = ReleaseReport(dry_run=dry_run)
+        report = self.report = ReleaseReport(dry_run=dry_run)
         self._token = uuid.uuid4().hex
+        self._started = 0.0 if dry_run else self._quarantine.clock()
+        try:
+            self._release_all(entries, report)
+        finally:
+            held, self._held = self._held, []
+            if held:
+                # Marked with the end: a release that was running meanwhile and reaches
+                # them later leaves them to this one; one started after takes them.
+                ended = self._quarantine.clock()
+                for start in range(0, len(held), BATCH):
+                    self._quarantine.unclaim(held[start : start + BATCH], ended)
+        return report
+
+    def _release_all(self, entries: Iterable[Entry], report: ReleaseReport) -> None:
         batch: list[Entry] = []
         for entry in entries:
             batch.append(entry)
             if len(batch) == BATCH:
                 if not self._release_batch(batch, report):
-                    return report
+                    return
                 batch = []
         if batch:
             self._release_batch(batch, report)
-        return report
 
     def _release_batch(self, batch: list[Entry], report: ReleaseReport) -> bool:
         """Release one batch; False once the queue is full (the rest would be too).
         Only entries this release claims are judged and counted (a dry run changes
-        nothing, so it claims nothing)."""
+        nothing, so it claims nothing). Claims are held until the whole release ends:
+        an entry that stays is counted by this release only, not again by a release
+        running alongside that reaches it after this batch."""
         if report.dry_run:
             return self._judge_batch(batch, report)
-        held = self._quarantine.claim(batch, self._token)
+        held = self._quarantine.claim(batch, self._token, self._started)
         report.elsewhere += len(batch) - len(held)
-        try:
-            return self._judge_batch(held, report)
-        finally:
-            self._quarantine.unclaim(held)
+        self._held.extend(held)
+        return self._judge_batch(held, report)
 
     def _judge_batch(self, batch: list[Entry], report: ReleaseReport) -> bool:
         admitted: list[Entry] = []

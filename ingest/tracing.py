@@ -63,6 +63,19 @@ def request_span(environ: Mapping[str, Any], provider: str) -> Iterator[Any]:
 
 #: The refusal code of a webhook path Flask answers (the provider is not known).
 REFUSAL_BY_STATUS = {404: "unknown_provider", 405: "method_not_allowed"}
+_WEBHOOKS = "/webhooks/"
+
+
+def refusal_code(status: int, path: str) -> str | None:
+    """The ``ErrorCode`` value Flask's answer to a webhook ``path`` names in its body,
+    for the span's ``error.type``: a 404 for one path segment after ``/webhooks/`` is
+    ``unknown_provider`` (ingest/views.py, the ``/webhooks/<provider>`` route), any other
+    404 (``/webhooks/``, ``/webhooks/x/extra``, ``/webhooks//x``) matched no route and is
+    ``not_found`` (ingest/errors.py)."""
+    if status == 404:
+        provider = path[len(_WEBHOOKS) :] if path.startswith(_WEBHOOKS) else ""
+        return "unknown_provider" if provider and "/" not in provider else "not_found"
+    return REFUSAL_BY_STATUS.get(status)
 
 
 @contextmanager

@@ -159,10 +159,15 @@ def positive(name: str, raw: str) -> int:
 
 
 def number(name: str, raw: str) -> float:
+    """A finite number, not negative: every float knob is a duration or a rate, and a
+    negative, ``inf`` or ``nan`` one would only fail at its first use."""
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a number of at least 0, got {raw!r}")
+    return value
 
 
 def switch(name: str, raw: str) -> bool:

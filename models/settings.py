@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from models import url_knobs
 from models.knobs import (
     ConfigError,
     Knob,
@@ -214,12 +215,14 @@ class Settings:
         "Dedup store (and broker unless set below). "
         "`redis+sentinel://host:26379[,host:26379]/<service>[/<db>]` for Sentinel "
         '(see *Guarantees*, "Failovers").',
+        parse=url_knobs.redis_url,
         shown="`redis://127.0.0.1:6379/0` (`hookfleet up`: a private Redis)",
     )
     broker_url: str = knob(
         "redis://127.0.0.1:6379/0",
         "HOOKFLEET_BROKER_URL",
         "Celery broker (Redis). Keep it equal for atomic claim+enqueue.",
+        parse=url_knobs.redis_url,
         fallback=_redis_url,
         shown="= `HOOKFLEET_REDIS_URL`",
     )
@@ -227,6 +230,7 @@ class Settings:
         "sqlite:///var/hookfleet.db",
         "HOOKFLEET_DATABASE_URL",
         "SQLAlchemy URL, e.g. `mysql+pymysql://user:pw@host:3306/hookfleet`.",
+        parse=url_knobs.database_url,
     )
 
     db_pool_size: int = knob(5, "HOOKFLEET_DB_POOL_SIZE", "Connections kept per process.")
@@ -440,6 +444,7 @@ class Settings:
         500.0,
         "HOOKFLEET_REPLAY_RATE",
         "Events per second `hookfleet replay` enqueues unless `--rate` says (`0`: no cap).",
+        parse=rate,
     )
     # A worker running apart from a receiver serves its own metrics.
     worker_metrics_port: int = knob(

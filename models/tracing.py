@@ -29,6 +29,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import math
 import os
 import re
 import threading
@@ -45,14 +46,17 @@ log = logging.getLogger("hookfleet.tracing")
 #: The instrumentation scope every Hookfleet span is made under.
 SCOPE = "hookfleet"
 
-_TRUE = ("true", "1", "yes", "on")
+#: ``OTEL_SDK_DISABLED``'s values (OTel spec, "Configuration / Environment variables",
+#: boolean: only ``true``, any case, is true; the SDK's TracerProvider reads it so).
+#: Another value is refused with one line (tracing stays off), never guessed at.
+SDK_DISABLED_VALUES = ("", "true", "false")
 _state: dict[str, Any] = {"on": False, "provider": None, "tracer": None, "broken": False}
 
 
 def wanted(environ: Mapping[str, str]) -> bool:
     """Whether ``environ`` asks for traces: an OTLP endpoint is set, and neither
     ``OTEL_SDK_DISABLED`` nor ``OTEL_TRACES_EXPORTER=none`` says no."""
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE:
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
     if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() in ("none", ""):
         return False
@@ -152,8 +156,10 @@ def _provider(service: str, environ: Mapping[str, str]) -> Any:
 
 
 #: OTEL_* variables holding a count or a number of milliseconds (the SDK's span limits
-#: and batch processor) or seconds (the OTLP exporter's timeout): a non-negative number.
-NUMBERS = (
+#: and batch processor): the SDK reads them with ``int()`` (opentelemetry-sdk
+#: ``trace/export/__init__.py``, ``trace/__init__.py`` SpanLimits) and on anything else
+#: logs a traceback and uses its default, so only digits pass here.
+WHOLE_NUMBERS = (
     "OTEL_BSP_SCHEDULE_DELAY",
     "OTEL_BSP_EXPORT_TIMEOUT",
     "OTEL_BSP_MAX_QUEUE_SIZE",
@@ -166,9 +172,11 @@ NUMBERS = (
     "OTEL_SPAN_LINK_COUNT_LIMIT",
     "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT",
     "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT",
-    "OTEL_EXPORTER_OTLP_TIMEOUT",
-    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
 )
+#: Seconds, read with ``float()`` by the OTLP exporter (``_resolve_timeout``): a finite
+#: number of at least 0 (``1.5`` and ``1e1`` are fine, ``inf`` or ``0x10`` are not).
+SECONDS = ("OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+NUMBERS = (*WHOLE_NUMBERS, *SECONDS)
 #: ``key=value,...`` lists (W3C Baggage format, SDK spec).
 KEY_VALUE_LISTS = (
     "OTEL_EXPORTER_OTLP_HEADERS",
@@ -188,10 +196,17 @@ def check_environment(environ: Mapping[str, str]) -> None:
     """Raise ValueError for an ``OTEL_*`` value the SDK would not use as given: it
     falls back to a default with a warning (or a logged traceback) for most, and
     raises for some only when the first span is exported. Tracing is off instead."""
-    for name in NUMBERS:
+    disabled = environ.get("OTEL_SDK_DISABLED", "").strip()
+    if disabled.lower() not in SDK_DISABLED_VALUES:
+        raise ValueError(f"OTEL_SDK_DISABLED={disabled!r} is neither true nor false")
+    for name in WHOLE_NUMBERS:
+        raw = environ.get(name, "").strip()
+        if raw and not (raw.isascii() and raw.isdigit()):
+            raise ValueError(f"{name}={raw!r} is not a whole number of at least 0")
+    for name in SECONDS:
         raw = environ.get(name, "").strip()
         if raw and not _non_negative(raw):
-            raise ValueError(f"{name}={raw!r} is not a non-negative number")
+            raise ValueError(f"{name}={raw!r} is not a number of seconds (at least 0)")
     for name in KEY_VALUE_LISTS:
         for item in environ.get(name, "").split(","):
             key, equals, _value = item.partition("=")
@@ -208,8 +223,8 @@ def check_environment(environ: Mapping[str, str]) -> None:
             raise ValueError(f"{name}: no file {raw!r}")
     for name in ENDPOINTS:
         raw = environ.get(name, "").strip()
-        if raw and urlsplit(raw).scheme not in ("http", "https"):
-            raise ValueError(f"{name} is not an http(s) URL")
+        if raw:
+            _check_endpoint(name, raw)
     from opentelemetry.util._importlib_metadata import entry_points
 
     for raw in environ.get("OTEL_PROPAGATORS", "").split(","):
@@ -224,9 +239,26 @@ def check_environment(environ: Mapping[str, str]) -> None:
 
 def _non_negative(raw: str) -> bool:
     try:
-        return float(raw) >= 0
+        value = float(raw)
     except ValueError:
         return False
+    return math.isfinite(value) and value >= 0
+
+
+def _check_endpoint(name: str, raw: str) -> None:
+    """An http(s) URL with a host and, if given, a port in 1-65535: anything else the
+    exporter takes at start and fails to send every batch to (a logged error each)."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{name} is not an http(s) URL")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{name} has a port that is not a number in 0-65535") from None
+    if not parts.hostname:
+        raise ValueError(f"{name} names no host")
+    if port == 0:
+        raise ValueError(f"{name} has port 0")
 
 
 def _sampler(environ: Mapping[str, str], sampling: Any) -> Any:
@@ -325,7 +357,26 @@ def _exporter(environ: Mapping[str, str]) -> Any:
         return GrpcExporter()
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter()
+    return OTLPSpanExporter(session=_session_keeping_its_ca_file())
+
+
+def _session_keeping_its_ca_file() -> Any:
+    """A requests session for the OTLP HTTP exporter in which the CA file the exporter
+    sets (``OTEL_EXPORTER_OTLP(_TRACES)_CERTIFICATE``, as ``session.verify``) wins over
+    ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``: requests lets those variables override
+    a session's ``verify`` (``Session.merge_environment_settings``, psf/requests#3829),
+    so the collector's own CA would be ignored. Proxies from the environment still
+    apply; without an OTLP certificate, requests' behaviour is unchanged."""
+    import requests
+
+    class SessionKeepingItsCaFile(requests.Session):
+        def merge_environment_settings(self, *args: Any, **kwargs: Any) -> Any:
+            settings = super().merge_environment_settings(*args, **kwargs)
+            if isinstance(self.verify, str):
+                settings["verify"] = self.verify
+            return settings
+
+    return SessionKeepingItsCaFile()
 
 
 def flush(timeout_ms: int = SHUTDOWN_FLUSH_MS) -> None:
@@ -359,6 +410,23 @@ def span(
     if not _state["on"]:
         return _OFF
     return _span(name, kind, context, attributes, links)
+
+
+@contextlib.contextmanager
+def untraced() -> Iterator[None]:
+    """No instrumentation span (a database statement's, an HTTP call's) is made inside
+    this block, nor in a thread that runs with its context copied: for a process's own
+    housekeeping (a receiver worker's boot-time warm-up), which would otherwise be a
+    trace of its own that no request or task started. OpenTelemetry's
+    ``suppress_instrumentation`` (opentelemetry-instrumentation ``utils``); nothing
+    when tracing is off."""
+    if not _state["on"]:
+        yield
+        return
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    with suppress_instrumentation():
+        yield
 
 
 def guarded(default: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

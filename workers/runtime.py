@@ -16,13 +16,20 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.engine import make_engine, make_sessionmaker
 from models.perprocess import PerProcess
-from models.settings import Settings, forget_process_settings, process_settings
+from models.settings import ConfigError, Settings, forget_process_settings, process_settings
 
 
 def settings() -> Settings:
     """This process's settings, from ``HOOKFLEET_*`` (read once per process;
-    models.settings.process_settings, the same object the models' phone rule reads)."""
-    return process_settings()
+    models.settings.process_settings, the same object the models' phone rule reads).
+
+    A setting that cannot be used ends the process with one line on stderr naming it
+    (SystemExit, status 1): the first call is Celery's configuration, before the worker
+    or beat starts anything, and its traceback would bury the line."""
+    try:
+        return process_settings()
+    except ConfigError as error:
+        raise SystemExit(f"hookfleet: {error}") from None
 
 
 def engine() -> Engine:

@@ -209,7 +209,11 @@ def test_the_receiver_port_is_told_apart_from_another_process_listening_there() 
 
 def test_a_bad_setting_is_one_line_for_up_and_run(tmp_path: Path) -> None:
     env = clean_env(XDG_STATE_HOME=str(tmp_path / "state"), HOOKFLEET_LOG_FORMAT="bogus")
-    for args in (["run", "worker_provisioning"], ["run", "web"], ["up", "--port", "0"]):
+    for args in (
+        ["run", "worker_provisioning"],
+        ["run", "web"],
+        ["up", "--port", str(free_port())],
+    ):
         result = subprocess.run(
             [HOOKFLEET, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
         )

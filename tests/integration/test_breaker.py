@@ -179,3 +179,27 @@ def test_the_receivers_metrics_show_the_breaker_state_every_worker_shares(
         RetellApi(settings).ping()  # this process trips it; the receiver reads Redis
 
     assert (gauge("retell"), gauge("calcom")) == ("2.0", "0.0")
+
+
+def test_breaker_status_shows_the_breaker_it_is_named_and_refuses_an_unknown_one(
+    redis_url: str, database: str, standin: StandIn
+) -> None:
+    settings = settings_for(database, redis_url, standin, breaker_fail_max=3)
+    env = env_for(database, redis_url, standin, HOOKFLEET_BREAKER_FAIL_MAX="3")
+    standin.script("POST", "/v2/list-agents", *[Reply(503)] * 3)
+    with pytest.raises(CircuitOpen):
+        RetellApi(settings).ping()
+
+    retell = hookfleet("breaker", "status", "retell", env=env)
+    calcom = hookfleet("breaker", "status", "calcom", env=env)
+    unknown = hookfleet("breaker", "status", "stripe", env=env)
+
+    assert retell.returncode == 0, retell.stderr
+    assert [line.split()[:3] for line in retell.stdout.splitlines()[1:]] == [
+        ["retell", "open", "3"]
+    ]
+    assert [line.split()[:3] for line in calcom.stdout.splitlines()[1:]] == [
+        ["calcom", "closed", "0"]
+    ]
+    assert unknown.returncode == 1 and unknown.stdout == ""
+    assert unknown.stderr.splitlines() == ["Error: no breaker 'stripe': one of retell, calcom"]

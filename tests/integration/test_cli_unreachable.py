@@ -75,7 +75,16 @@ def test_a_database_without_tables_says_to_migrate(
         assert_one_clear_line(result, "no Hookfleet tables", "hookfleet migrate")
 
 
-@pytest.mark.parametrize("args", [["breaker", "status"], ["quarantine", "list"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["breaker", "status"],
+        ["quarantine", "list"],
+        ["quarantine", "release", "--dry-run"],
+        ["quarantine", "release"],
+    ],
+    ids=" ".join,
+)
 def test_redis_down_is_one_line_naming_redis(args: list[str], tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fleet.db'}"
     migrated = hookfleet(["migrate"], tmp_path, HOOKFLEET_DATABASE_URL=url)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -15,7 +16,7 @@ from prometheus_client import REGISTRY
 from ingest import create_app
 from ingest.providers import standard, stripe
 from ingest.providers.base import Delivery
-from ingest.quarantine import Quarantine, keys, quarantine_for
+from ingest.quarantine import Entry, Quarantine, keys, quarantine_for
 from ingest.quarantine_release import Releaser, ReleaseReport, Selection, select
 from models.contract import Queue
 from models.settings import Settings
@@ -271,7 +272,13 @@ def test_forgetting_an_entry_twice_frees_its_bytes_once(redis_url: str) -> None:
 # --- release ----------------------------------------------------------------------------
 
 
-def release(redis_url: str, *, dry_run: bool = False, **selection: Any) -> ReleaseReport:
+def release(
+    redis_url: str,
+    *,
+    dry_run: bool = False,
+    entries: Iterable[Entry] | None = None,
+    **selection: Any,
+) -> ReleaseReport:
     settings = Settings.from_env(
         env(
             redis_url,
@@ -283,7 +290,7 @@ def release(redis_url: str, *, dry_run: bool = False, **selection: Any) -> Relea
     client = redis.Redis.from_url(redis_url)
     store = Quarantine(client, settings)
     gate = create_app(settings).extensions["hookfleet_gate"]
-    chosen = select(store, Selection(**selection))
+    chosen = select(store, Selection(**selection)) if entries is None else entries
     return Releaser(settings, store, gate, client).release(chosen, dry_run=dry_run)
 
 

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
+import pytest
 import redis
 
+from ingest import quarantine_release
 from ingest.providers.base import Delivery
-from ingest.quarantine import Quarantine
+from ingest.quarantine import Entry, Quarantine
 from ingest.quarantine_release import ReleaseReport
 from models.contract import Queue
 from models.settings import Settings
-from tests.integration.test_quarantine import RIGHT, release, standard_delivery
+from tests.integration.test_quarantine import RIGHT, WRONG, release, standard_delivery
 
 KEPT = 400
 
@@ -48,3 +51,63 @@ def test_two_releases_at_once_each_take_an_entry_once_and_their_counts_add_up(
     assert all(sum(r.stayed.values()) == 0 for r in reports)
     assert redis_client.llen(Queue.LOW) == KEPT
     assert list(store.entries("standard")) == []
+
+
+def test_an_entry_that_stays_is_counted_by_one_of_the_releases_running_at_once(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signed with a secret nobody has: it stays, whoever judges it. A second release
+    that starts while the first runs (here: between the first's batches) and one that
+    reaches an entry the other judged both leave it to the one that judged it, so
+    "still refused" adds up over the runs; a release started afterwards counts all."""
+    settings = Settings(redis_url=redis_url, quarantine_rate=100_000)
+    store = Quarantine(redis.Redis.from_url(redis_url), settings)
+    now = int(time.time())
+    for n in range(2):
+        body, headers = standard_delivery(WRONG, f"msg_stays_{n}", now)
+        store.keep("standard", Delivery(body, headers, now), "invalid_signature", "corr")
+    monkeypatch.setattr(quarantine_release, "BATCH", 1)
+    entries = list(store.entries("standard"))
+    second: list[ReleaseReport] = []
+
+    def first_run_entries() -> Iterator[Entry]:
+        yield entries[0]
+        # The first release judged entries[0] and is still running: another starts,
+        # finds entries[0] held and judges entries[1] before the first reaches it.
+        second.append(release(redis_url))
+        yield entries[1]
+
+    first = release(redis_url, entries=first_run_entries())
+
+    assert [sum(r.stayed.values()) for r in (first, *second)] == [1, 1]
+    assert [first.elsewhere, second[0].elsewhere] == [1, 1]
+    assert len(list(store.entries("standard"))) == 2  # still kept, for a later release
+    assert sum(release(redis_url).stayed.values()) == 2  # run again afterwards: counted
+
+
+def test_three_releases_at_once_count_each_entry_that_stays_once(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    settings = Settings(redis_url=redis_url, quarantine_rate=100_000)
+    store = Quarantine(redis.Redis.from_url(redis_url), settings)
+    now = int(time.time())
+    for n in range(KEPT):
+        signed_by = RIGHT if n % 2 else WRONG  # half let in, half stay
+        body, headers = standard_delivery(signed_by, f"msg_{n}", now)
+        store.keep("standard", Delivery(body, headers, now), "invalid_signature", "corr")
+    reports: list[ReleaseReport] = []
+    start = threading.Barrier(3)
+
+    def run() -> None:
+        start.wait()
+        reports.append(release(redis_url))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert sum(sum(r.released.values()) for r in reports) == KEPT // 2
+    assert sum(sum(r.stayed.values()) for r in reports) == KEPT // 2
+    assert redis_client.llen(Queue.LOW) == KEPT // 2

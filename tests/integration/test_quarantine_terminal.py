@@ -83,3 +83,32 @@ def test_a_release_naming_an_unknown_id_says_which_and_releases_nothing(redis_ur
     assert "bogus" in done.output and "stripe:1-0" in done.output
     assert known not in done.output
     assert [e.id for e in store(redis_url).entries("standard")] == [known]
+
+
+# Characters that print nothing yet rearrange or break what the terminal shows: bidi
+# overrides and isolates (U+202E turns "exe.txt" around), line and paragraph separators,
+# zero-width and byte-order marks, a tag character, a soft hyphen.
+INVISIBLE = "\u202eexe.txt\u202c\u2066x\u2069\u2028line\u2029para\u200b\u200d\ufeff\U000e0041\u00ad"
+
+
+def test_show_escapes_bidi_overrides_and_separators_and_json_stays_exact(
+    redis_url: str,
+) -> None:
+    body = '{"name":"' + INVISIBLE + ' ü 中"}'
+    entry_id = keep(redis_url, "standard", body, {"x-note": INVISIBLE}, time.time())
+    env = {"HOOKFLEET_REDIS_URL": redis_url}
+
+    shown = CliRunner().invoke(main, ["quarantine", "show", entry_id], env=env)
+    as_json = CliRunner().invoke(main, ["quarantine", "show", "--json", entry_id], env=env)
+
+    assert shown.exit_code == 0, shown.output
+    for char in INVISIBLE:
+        if ord(char) > 0x7F:
+            assert char not in shown.output, repr(char)
+    assert "\\u202eexe.txt\\u202c\\u2066x\\u2069\\u2028line\\u2029para" in shown.output
+    assert "\\u200b\\u200d\\ufeff\\U000e0041\\xad" in shown.output
+    assert "x-note: \\u202eexe.txt" in shown.output
+    assert " ü 中" in shown.output  # letters of any script print as they are
+    document = json.loads(as_json.output)
+    assert document["body"] == body
+    assert document["headers"] == {"x-note": INVISIBLE}

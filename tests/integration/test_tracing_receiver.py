@@ -134,3 +134,118 @@ def test_a_calcom_event_id_reaches_spans_without_its_attendees(tmp_path: Path) -
         assert attendee["email"] not in shown and attendee["name"] not in shown
     # The log lines keep the whole id (the operator's own store, README Tracing).
     assert any(attendee["email"] in str(entry.get("event_id", "")) for entry in logs)
+
+
+OFF_ROUTE = {
+    "0af7651916cd43dd8448eb211c80319c": ("post", "/webhooks/"),
+    "1af7651916cd43dd8448eb211c80319c": ("post", "/webhooks/x/extra"),
+    "2af7651916cd43dd8448eb211c80319c": ("get", "/webhooks/"),
+    "3af7651916cd43dd8448eb211c80319c": ("post", "/webhooks//stripe"),
+    "4af7651916cd43dd8448eb211c80319c": ("post", "/webhooks/nope"),
+    "5af7651916cd43dd8448eb211c80319c": ("get", "/webhooks/stripe"),
+}
+OFF_ROUTE_PROBE = f"""
+import json
+from ingest import create_app
+from models import tracing
+
+client = create_app().test_client()
+codes = {{}}
+for trace_id, (method, path) in {OFF_ROUTE!r}.items():
+    headers = {{"traceparent": f"00-{{trace_id}}-{SENDER_SPAN}-01"}}
+    answer = getattr(client, method)(path, headers=headers)
+    codes[trace_id] = [answer.status_code, answer.get_json()["error"]["code"]]
+tracing.flush()
+print(json.dumps(codes))
+"""
+
+
+def test_a_refused_webhook_path_names_the_same_code_on_its_span_as_in_its_body(
+    tmp_path: Path,
+) -> None:
+    with otlp_sink() as sink:
+        env = clean_env(
+            HOOKFLEET_DATABASE_URL=sqlite_url(tmp_path),
+            HOOKFLEET_REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0",
+            OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", OFF_ROUTE_PROBE],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        answered = json.loads(done.stdout.strip().splitlines()[-1])
+        spans = sink.wait_for(lambda spans: set(OFF_ROUTE) <= {s.trace_id for s in spans})
+    on_spans = {}
+    for trace_id in OFF_ROUTE:
+        (span,) = [s for s in spans if s.trace_id == trace_id and s.parent_id == SENDER_SPAN]
+        on_spans[trace_id] = [
+            span.attributes["http.response.status_code"],
+            span.attributes["error.type"],
+        ]
+    assert on_spans == answered
+    assert {code for _, code in answered.values()} == {
+        "not_found",
+        "unknown_provider",
+        "method_not_allowed",
+    }
+
+
+WARM_PROBE = f"""
+import json, logging, os
+from models.migrate import upgrade
+from models.settings import Settings
+
+upgrade(Settings.from_env(os.environ))
+from ingest import create_app, gunicorn_conf
+from models import tracing
+
+app = create_app()
+
+
+class Worker:  # what gunicorn hands post_worker_init
+    wsgi = app
+    pid = os.getpid()
+    log = logging.getLogger("gunicorn.error")
+
+
+gunicorn_conf.post_worker_init(Worker())
+ringing = {{
+    "event": "call_inbound",
+    "call_inbound": {{"from_number": "+4915112345678", "to_number": "+4930901820"}},
+}}
+headers = {{"traceparent": "00-{INBOUND}-{SENDER_SPAN}-01"}}
+answer = app.test_client().post("/webhooks/retell", json=ringing, headers=headers)
+answer.close()
+tracing.flush()
+print(json.dumps([answer.status_code]))
+"""
+
+
+def test_a_receiver_workers_boot_warm_up_makes_no_trace_of_its_own(tmp_path: Path) -> None:
+    with otlp_sink() as sink:
+        env = clean_env(
+            HOOKFLEET_DATABASE_URL=sqlite_url(tmp_path),
+            HOOKFLEET_REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0",
+            HOOKFLEET_RETELL_VERIFY="off",
+            OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", WARM_PROBE],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == [200]
+        spans = sink.wait_for(lambda spans: INBOUND in {s.trace_id for s in spans})
+    statements = [s for s in spans if "db.system" in s.attributes]
+    # The inbound call's lookup is traced, under its request; the warm-up's is not.
+    assert statements and all(s.trace_id == INBOUND for s in statements), statements
+    assert not [s for s in spans if not s.parent_id and s.trace_id != INBOUND]

@@ -178,6 +178,10 @@ def _other_value(declared: Knob, default: Any) -> tuple[str, Any]:
         return "debug", "DEBUG"
     if declared.env == "HOOKFLEET_LOG_FORMAT":
         return "JSON", "json"
+    if declared.env in ("HOOKFLEET_REDIS_URL", "HOOKFLEET_BROKER_URL"):
+        return "redis://elsewhere.example:6380/1", "redis://elsewhere.example:6380/1"
+    if declared.env == "HOOKFLEET_DATABASE_URL":
+        return "mysql+pymysql://u@elsewhere.example/x", "mysql+pymysql://u@elsewhere.example/x"
     return "https://elsewhere.example/x", "https://elsewhere.example/x"
 
 

@@ -46,6 +46,28 @@ BAD = {
     "compression": {"OTEL_EXPORTER_OTLP_COMPRESSION": "zip"},
     "certificate file missing": {"OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem"},
     "endpoint not a URL": {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"},
+    # The SDK reads counts and milliseconds with int(): it logged a traceback for these
+    # and went on with its default, tracing on.
+    **{
+        f"{name}={raw}": {name: raw}
+        for name in ("OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
+        for raw in ("1.5", "1e3", "inf", "-1", "0x10", "+5", "1_000")
+    },
+    "span limit as a float": {"OTEL_SPAN_LINK_COUNT_LIMIT": "2.0"},
+    "timeout endless": {"OTEL_EXPORTER_OTLP_TIMEOUT": "inf"},
+    "timeout in hex": {"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "0x10"},
+    "timeout nan": {"OTEL_EXPORTER_OTLP_TIMEOUT": "nan"},
+    # Host-less or portless endpoints: every batch's export failed, logged each time.
+    "endpoint without a host": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://"},
+    "endpoint with a port only": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://:4318"},
+    "endpoint port out of range": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:99999"},
+    "endpoint port not a number": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:otlp"},
+    "endpoint port 0": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:0/"},
+    "endpoint ftp": {"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://h"},
+    "traces endpoint without a host": {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https:///v1/traces"},
+    # OTel spec: only "true" disables; a value that is neither is refused, not guessed.
+    "sdk disabled maybe": {"OTEL_SDK_DISABLED": "maybe"},
+    "sdk disabled 1": {"OTEL_SDK_DISABLED": "1"},
 }
 
 
@@ -113,3 +135,53 @@ def test_an_error_of_the_traced_work_still_leaves_the_block(
     monkeypatch.setitem(tracing._state, "tracer", _BrokenTracer())
     with pytest.raises(KeyError), tracing.span("hookfleet.verify"):
         raise KeyError("the delivery's own error")
+
+
+@pytest.mark.parametrize("value", ["true", "TRUE", " True "])
+def test_sdk_disabled_true_in_any_case_keeps_tracing_off_without_a_word(
+    value: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert tracing.wanted({**ENDPOINT, "OTEL_SDK_DISABLED": value}) is False
+    assert caplog.records == []
+
+
+def test_sdk_disabled_false_or_empty_leaves_tracing_to_the_endpoint() -> None:
+    for value in ("false", "FALSE", ""):
+        assert tracing.wanted({**ENDPOINT, "OTEL_SDK_DISABLED": value}) is True
+        tracing.check_environment({**ENDPOINT, "OTEL_SDK_DISABLED": value})
+
+
+@pytest.mark.parametrize(
+    "good",
+    [
+        {"OTEL_BSP_SCHEDULE_DELAY": "500", "OTEL_BSP_MAX_QUEUE_SIZE": "0"},
+        {"OTEL_EXPORTER_OTLP_TIMEOUT": "1.5"},
+        {"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "1e1"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector.example:4318/"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://[::1]:4318/v1/traces"},
+    ],
+)
+def test_good_otel_values_pass_the_start_check(good: dict[str, str]) -> None:
+    tracing.check_environment({**ENDPOINT, **good})
+
+
+def test_the_otlp_certificate_wins_over_requests_ca_bundle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's verify
+    (where the OTLP exporter puts OTEL_EXPORTER_OTLP_CERTIFICATE); the exporter's
+    session keeps the collector's CA file, and without one follows requests' rule."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/system-bundle.crt")
+    monkeypatch.setenv("CURL_CA_BUNDLE", "/etc/ssl/certs/system-bundle.crt")
+    url = "https://collector.example:4318/v1/traces"
+    pinned = tracing._session_keeping_its_ca_file()
+    pinned.verify = "/etc/hookfleet/collector-ca.pem"  # as the exporter's transport sets it
+    plain = tracing._session_keeping_its_ca_file()
+
+    assert pinned.merge_environment_settings(url, {}, None, None, None)["verify"] == (
+        "/etc/hookfleet/collector-ca.pem"
+    )
+    assert plain.merge_environment_settings(url, {}, None, None, None)["verify"] == (
+        "/etc/ssl/certs/system-bundle.crt"
+    )

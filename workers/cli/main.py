@@ -41,7 +41,9 @@ def migrate() -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Receiver address.")
-@click.option("--port", default=8000, show_default=True, help="Receiver port.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Receiver port."
+)
 @click.option(
     "--var-dir",
     default="var",
@@ -51,6 +53,7 @@ def migrate() -> None:
 )
 @click.option(
     "--concurrency",
+    type=click.IntRange(min=1),
     default=2,
     show_default=True,
     help="Processes per Celery worker (HOOKFLEET_WORKER_CONCURRENCY of the Procfile).",
@@ -83,9 +86,13 @@ def up(host: str, port: int, var_dir: str, concurrency: int, ops_bind: str) -> N
         )
         fleet.wait()
     finally:
-        click.echo("stopping hookfleet...")
+        # Nothing said about stopping a fleet that a bad setting or a taken port kept
+        # from starting: its one line is the whole answer.
+        if fleet.started:
+            click.echo("stopping hookfleet...")
         fleet.stop()
-        click.echo("hookfleet stopped.")
+        if fleet.started:
+            click.echo("hookfleet stopped.")
 
 
 @main.command(name="run")

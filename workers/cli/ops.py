@@ -65,7 +65,13 @@ def stats(as_json: bool) -> None:
 )
 @click.option("--include-dead", is_flag=True, help="Also delete failed and dead rows.")
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
-@click.option("--batch-size", default=1000, show_default=True, help="Rows per transaction.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Rows per transaction.",
+)
 def prune(older_than: timedelta | None, include_dead: bool, dry_run: bool, batch_size: int) -> None:
     """Delete processed webhook_events older than AGE, in batches."""
     from models.engine import make_sessionmaker

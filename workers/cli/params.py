@@ -19,6 +19,7 @@ import click
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
+from models.knobs import rate
 from models.settings import ConfigError, Settings
 from workers.cli.discovery import RunningFleet, StaleFleet, fill_from_fleet, find_fleet
 
@@ -113,6 +114,22 @@ class When(click.ParamType):
                 f"{text!r} is neither a date/time (2026-11-23T08:00) nor an age (24h)", param, ctx
             )
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class Rate(click.ParamType):
+    """Events per second: ``0`` (no cap), or a finite number of at least
+    :data:`models.knobs.MIN_RATE_PER_S`, as the rate settings take
+    (:func:`models.knobs.rate`): a float."""
+
+    name = "rate"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return rate("the rate", str(value).strip())
+        except ConfigError as error:
+            self.fail(str(error), param, ctx)
 
 
 HINT = "is `hookfleet up` running? or set HOOKFLEET_DATABASE_URL"

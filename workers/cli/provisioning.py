@@ -13,7 +13,7 @@ from workers.cli.params import invocation_settings, open_database
 
 
 @click.command()
-@click.argument("branch_id", type=int)
+@click.argument("branch_id", type=click.IntRange(min=1))
 @click.option("--dry-run", is_flag=True, help="Validate and show what would be sent; send nothing.")
 @click.option(
     "--check-connectivity",
@@ -26,7 +26,13 @@ from workers.cli.params import invocation_settings, open_database
     is_flag=True,
     help="Run on the hookfleet.provisioning worker instead of here, and wait for it.",
 )
-@click.option("--wait", default=120, show_default=True, help="Seconds --queue waits.")
+@click.option(
+    "--wait",
+    type=click.IntRange(min=1),
+    default=120,
+    show_default=True,
+    help="Seconds --queue waits.",
+)
 def provision(
     branch_id: int, dry_run: bool, check_connectivity: bool, use_queue: bool, wait: int
 ) -> None:
@@ -127,20 +133,25 @@ def breaker() -> None:
 
 
 @breaker.command("status")
-def breaker_status_command() -> None:
-    """Show each breaker's state, failure count and when it opened."""
+@click.argument("name", required=False)
+def breaker_status_command(name: str | None) -> None:
+    """Show each breaker's state, failure count and when it opened; NAME (retell or
+    calcom) shows that one only."""
     from workers.outbound.breaker import BREAKER_NAMES, breaker_status
 
+    if name is not None and name not in BREAKER_NAMES:
+        shown = name.encode("unicode_escape").decode("ascii")
+        raise click.ClickException(f"no breaker {shown!r}: one of {', '.join(BREAKER_NAMES)}")
     settings = invocation_settings()
     click.echo(f"{'NAME':<8}{'STATE':<11}{'FAILURES':<10}OPENED AT (retry after)")
-    for name in BREAKER_NAMES:
-        status = breaker_status(name, settings)
+    for shown_name in [name] if name else BREAKER_NAMES:
+        status = breaker_status(shown_name, settings)
         opened = (
             f"{status.opened_at:%Y-%m-%d %H:%M:%S} UTC ({status.reset_after_s} s)"
             if status.opened_at
             else "-"
         )
-        click.echo(f"{name:<8}{status.state:<11}{status.failures:<10}{opened}")
+        click.echo(f"{shown_name:<8}{status.state:<11}{status.failures:<10}{opened}")
 
 
 @breaker.command("reset")

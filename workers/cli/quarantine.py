@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -91,7 +92,13 @@ def quarantine() -> None:
 
 @quarantine.command("list")
 @_filters
-@click.option("--limit", default=100, show_default=True, help="Show at most N (0: all).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Show at most N (0: all).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def list_command(
     provider: tuple[str, ...],
@@ -132,8 +139,9 @@ def list_command(
 def show_command(entry_id: str, as_json: bool) -> None:
     """One kept delivery (ID as `list` prints it): its headers and body.
 
-    What the sender sent is printed with its control characters escaped (``\x1b``):
-    a body or header must not drive the terminal (OSC/CSI sequences)."""
+    What the sender sent is printed with its control and format characters escaped
+    (``\x1b``, ``\u202e``): a body or header must not drive the terminal (OSC/CSI
+    sequences) nor reorder what it shows (bidi overrides). ``--json`` is exact JSON."""
     try:
         kept = _quarantine().find(entry_id)
     except _redis_errors() as error:
@@ -171,22 +179,47 @@ def _body(body: bytes) -> dict[str, str]:
         return {"body_base64": base64.b64encode(body).decode()}
 
 
-# C0 controls, DEL and C1 controls: ESC starts CSI/OSC sequences, C1 CSI (U+009B) and
-# OSC (U+009D) are the same in one character, CR rewrites the line it is on.
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Anything but printable ASCII is looked at (the fast path for ordinary text); escaped
+# are the Unicode categories that print nothing or rearrange what follows: Cc (C0, DEL,
+# C1: ESC starts CSI/OSC sequences, U+009B/U+009D are CSI/OSC in one character, CR
+# rewrites the line), Cf (format: the bidi overrides and isolates U+202A-U+202E,
+# U+2066-U+2069 that reorder a line, zero-width characters, U+FEFF, tags), Zl/Zp (U+2028,
+# U+2029: a line break to a terminal that honours them) and Cs (lone surrogates).
+_LOOKED_AT = re.compile(r"[^\x20-\x7e]")
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 
 def _safe(text: str, keep: str = "") -> str:
-    """``text`` with every control character but those in ``keep`` written as its
-    Python escape (``\x1b``), so printing it cannot move the cursor or set a title."""
-    return _CONTROLS.sub(
-        lambda found: found[0] if found[0] in keep else f"\\x{ord(found[0]):02x}", text
-    )
+    """``text`` with every control, format or line/paragraph separator character but
+    those in ``keep`` written as its Python escape (``\x1b``, ``\u202e``,
+    ``\U000e0041``), so printing it cannot move the cursor, set a title or reorder
+    what the terminal shows."""
+
+    def escaped(found: re.Match[str]) -> str:
+        char = found[0]
+        if char in keep or unicodedata.category(char) not in _UNSAFE_CATEGORIES:
+            return char
+        code = ord(char)
+        return (
+            f"\\x{code:02x}"
+            if code < 0x100
+            else f"\\u{code:04x}"
+            if code < 0x10000
+            else f"\\U{code:08x}"
+        )
+
+    return _LOOKED_AT.sub(escaped, text)
 
 
 @quarantine.command("release")
 @_filters
-@click.option("--id", "ids", multiple=True, help="Release this entry (repeatable).")
+@click.option(
+    "--id",
+    "ids",
+    multiple=True,
+    metavar="ID",
+    help="Release this entry (as `list` prints it); repeat for several: --id A --id B.",
+)
 @click.option("--dry-run", is_flag=True, help="Only say what would happen.")
 def release_command(
     provider: tuple[str, ...],
@@ -217,12 +250,25 @@ def release_command(
     except UnknownIds as error:
         raise click.ClickException(f"{_safe(str(error))}; nothing was released") from None
     except _redis_errors() as error:
-        raise click.ClickException(
-            f"redis failed mid-way ({error}); what was released stays released, run it "
-            "again for the rest"
-        ) from None
+        raise _release_failed(error, releaser.report) from None
     for line in _report_lines(report):
         click.echo(line)
+
+
+def _release_failed(error: Exception, report: ReleaseReport) -> click.ClickException:
+    """A dry run, or a release that let nothing in yet, changed nothing: a Redis it
+    cannot reach is the one line every command gives. Past that, Redis failed mid-way."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    done = sum(report.released.values()) + sum(report.duplicate.values())
+    done += sum(report.skipped.values())
+    if isinstance(error, RedisConnectionError | RedisTimeoutError) and (report.dry_run or not done):
+        return redis_unreachable(error)
+    return click.ClickException(
+        f"redis failed mid-way ({error}); what was released stays released, run it "
+        "again for the rest"
+    )
 
 
 def _report_lines(report: ReleaseReport) -> Iterator[str]:

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from models.settings import Settings
 from workers.cli.events import build_selection, selection_options
 from workers.cli.events import sessions as events_sessions
-from workers.cli.params import Age, invocation_settings
+from workers.cli.params import Age, Rate, invocation_settings
 from workers.recovery.deadletters import REPLAY_QUEUE
 from workers.recovery.selection import Selection
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before replaying.")
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0),
+    type=Rate(),
     default=None,
     help="Events per second at most (0: no cap) "
     f"[default: HOOKFLEET_REPLAY_RATE, {Settings.replay_rate_per_s:g}].",
@@ -50,7 +50,13 @@ if TYPE_CHECKING:
     show_default=True,
     help="Events per read.",
 )
-@click.option("--resume", "resume_id", type=int, metavar="RUN_ID", help="Continue this run.")
+@click.option(
+    "--resume",
+    "resume_id",
+    type=click.IntRange(min=1),
+    metavar="RUN_ID",
+    help="Continue this run.",
+)
 @click.pass_context
 def replay(
     ctx: click.Context,
@@ -234,7 +240,7 @@ def _echo_kinds(counts: dict[tuple[str, str], int]) -> None:
 
 
 @replay.command("runs")
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def replay_runs_command(limit: int, as_json: bool) -> None:
     """Replay runs, newest first: status, progress, what each selects."""

@@ -129,7 +129,6 @@ class Fleet:
     def start(self, environ: Mapping[str, str]) -> None:
         """Start everything; raises SystemExit with one line when it cannot (a port
         taken, a setting that cannot be used, a process that died starting)."""
-        self.var_dir.mkdir(parents=True, exist_ok=True)
         self._refuse_a_second_fleet()
         self.environ = environ
         ops_bind = self.ops_bind or environ.get("HOOKFLEET_OPS_BIND") or DEFAULT_OPS_BIND
@@ -141,6 +140,7 @@ class Fleet:
         # Before anything starts: a setting no process could use is one line, not a
         # Redis started for nothing and a server's traceback.
         _check_settings({"HOOKFLEET_REDIS_URL": "redis://127.0.0.1:6379/0", **env})
+        self.var_dir.mkdir(parents=True, exist_ok=True)
         if not env.get("HOOKFLEET_REDIS_URL"):
             env["HOOKFLEET_REDIS_URL"] = self._start_redis()
             print(
@@ -179,6 +179,11 @@ class Fleet:
         self.fleet_file = write_fleet_file(
             self.var_dir, receiver_url=self.receiver_url, env=env, environ=environ
         )
+
+    @property
+    def started(self) -> bool:
+        """Whether any process of the fleet (Redis included) was started."""
+        return bool(self.children) or self.redis_proc is not None
 
     def _refuse_a_second_fleet(self) -> None:
         try:

@@ -1,0 +1,84 @@
+"""The URL settings are checked where settings are built: a URL no process could use is
+one ConfigError naming the variable and what is wrong, with any password hidden."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models.settings import ConfigError, Settings
+
+BAD_DATABASE_URLS = {
+    "mysql://hookfleet:s3cret@db/hookfleet": "driver that cannot be loaded",  # MySQLdb
+    "postgresql://hookfleet:s3cret@db/hookfleet": "MariaDB/MySQL or SQLite",
+    "garbage": "not a database URL",
+    "nosuch+driver://hookfleet:s3cret@db/x": "MariaDB/MySQL or SQLite",
+    "mysql+nosuchdriver://hookfleet:s3cret@db/x": "driver that cannot be loaded",
+    "mysql+pymysql://hookfleet:s3cret@db:notaport/hookfleet": "port that is not a number",
+    "mysql+pymysql://hookfleet:s3cret@db:99999/hookfleet": "port outside 1-65535",
+    "sqlite:////etc/hostname/below/a/file.db": "not a directory",
+}
+BAD_REDIS_URLS = {
+    "garbage://x": "must start with redis://",
+    "http://x": "must start with redis://",
+    "garbage": "must start with redis://",
+    "redis://:s3cret@cache:notaport/0": "not a Redis URL",
+    "redis://:s3cret@cache:0/0": "port outside 1-65535",
+    "redis://cache:70000/0": "65535",
+    "redis://cache/x": "database 'x' that is not a number",
+    "redis://cache/0?db=zz": "database 'zz' that is not a number",
+    "redis+sentinel://:s3cret@h1:notaport/mymaster": "Sentinel port 'notaport'",
+    "redis+sentinel://h1:26379": "no Sentinel service",
+    "redis+sentinel:///mymaster": "no Sentinel host",
+}
+
+
+@pytest.mark.parametrize(("url", "why"), BAD_DATABASE_URLS.items())
+def test_an_unusable_database_url_is_refused_naming_the_setting(url: str, why: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"HOOKFLEET_DATABASE_URL": url})
+    message = str(refused.value)
+    assert message.startswith("HOOKFLEET_DATABASE_URL ") and why in message
+    assert "s3cret" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("var", ["HOOKFLEET_REDIS_URL", "HOOKFLEET_BROKER_URL"])
+@pytest.mark.parametrize(("url", "why"), BAD_REDIS_URLS.items())
+def test_an_unusable_redis_url_is_refused_naming_the_setting(var: str, url: str, why: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({var: url})
+    message = str(refused.value)
+    assert message.startswith(f"{var} ") and why in message
+    assert "s3cret" not in message and "\n" not in message
+
+
+def test_a_broker_falling_back_to_a_bad_redis_url_is_refused_too() -> None:
+    with pytest.raises(ConfigError, match="HOOKFLEET_REDIS_URL"):
+        Settings.from_env({"HOOKFLEET_REDIS_URL": "redis://cache:notaport"})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "redis://:pw@cache/2",
+        "rediss://user:pw@cache:6380/0",
+        "unix:///run/redis/redis.sock?db=1",
+        "redis+sentinel://:pw@h1:26379,h2:26380/mymaster/1",
+        "sentinel://h1/mymaster",
+    ],
+)
+def test_every_redis_url_shape_hookfleet_speaks_is_accepted(url: str) -> None:
+    assert Settings.from_env({"HOOKFLEET_REDIS_URL": url}).redis_url == url
+
+
+def test_working_database_urls_are_accepted(tmp_path: Path) -> None:
+    for url in (
+        "mysql+pymysql://hookfleet:pw@db:3306/hookfleet",
+        "mariadb+pymysql://hookfleet@db/hookfleet",
+        "sqlite://",
+        "sqlite:///:memory:",
+        f"sqlite:///{tmp_path}/not/yet/made/hookfleet.db",  # models.engine makes it
+    ):
+        assert Settings.from_env({"HOOKFLEET_DATABASE_URL": url}).database_url == url
