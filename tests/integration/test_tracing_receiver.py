@@ -169,16 +169,9 @@ def test_a_refused_webhook_path_names_the_same_code_on_its_span_as_in_its_body(
             HOOKFLEET_REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0",
             OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
         )
-        done = subprocess.run(
-            [sys.executable, "-c", OFF_ROUTE_PROBE],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = run_python(OFF_ROUTE_PROBE, env)
         assert done.returncode == 0, done.stderr[-3000:]
-        answered = json.loads(done.stdout.strip().splitlines()[-1])
+        answered = last_json_line(done)
         spans = sink.wait_for(lambda spans: set(OFF_ROUTE) <= {s.trace_id for s in spans})
     on_spans = {}
     for trace_id in OFF_ROUTE:
@@ -234,16 +227,9 @@ def test_a_receiver_workers_boot_warm_up_makes_no_trace_of_its_own(tmp_path: Pat
             HOOKFLEET_RETELL_VERIFY="off",
             OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
         )
-        done = subprocess.run(
-            [sys.executable, "-c", WARM_PROBE],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = run_python(WARM_PROBE, env)
         assert done.returncode == 0, done.stderr[-3000:]
-        assert json.loads(done.stdout.strip().splitlines()[-1]) == [200]
+        assert last_json_line(done) == [200]
         spans = sink.wait_for(lambda spans: INBOUND in {s.trace_id for s in spans})
     statements = [s for s in spans if "db.system" in s.attributes]
     # The inbound call's lookup is traced, under its request; the warm-up's is not.
