@@ -1,7 +1,8 @@
 """Real Redis and MariaDB servers for the tests: private, on loopback, thrown away after.
 
 Each server runs from a scratch directory with a free port, is stopped by its own pid,
-and never touches a system instance.
+never touches a system instance, and dies with the test process (PR_SET_PDEATHSIG, as
+the children of `hookfleet up`) however that ends.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+
+from workers.cli.up import die_with_parent
 
 
 def free_port() -> int:
@@ -91,7 +94,12 @@ class RedisServer:
             argv += ["--maxmemory", self.maxmemory]
         if self.replica_of is not None:
             argv += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(),  # no server outlives a killed test run
+        )
         wait_until(self._answers, 15, f"redis-server on port {self.port}")
         if self.replica_of is not None:
             wait_until(self.in_sync, 15, f"replica on port {self.port} to sync")
@@ -202,6 +210,7 @@ class MariaDBServer:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent(),
         )
         wait_until(self._answers, 60, f"mariadbd on port {self.port}", interval=0.2)
         self.sql(
