@@ -22,16 +22,30 @@ from models import Appointment, Call, Customer
 from models.business import Branch, Company
 from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
+from tests.databases import SharedDatabase
 from tests.processes import Processes, request, running_fleet
-from tests.servers import wait_until
+from tests.servers import RedisServer, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, redis_url: str, mariadb_url: str) -> Iterator[Processes]:
-    with running_fleet(tmp_path, redis_url, mariadb_url, HOOKFLEET_STANDARD_VERIFY="off") as p:
-        yield p
+@pytest.fixture(scope="module")
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, shared_mariadb: SharedDatabase
+) -> Iterator[Processes]:
+    """One fleet for the tests below that keep its configuration (the others start their
+    own). Its own Redis: the shared one is flushed for every test, which would take the
+    queues' bindings from under running workers. The shared MariaDB database, emptied
+    for each test that reads it (``engine``); every test sends event ids of its own."""
+    tmp = tmp_path_factory.mktemp("e2e-fleet")
+    redis_server = RedisServer(tmp / "redis").start()
+    try:
+        with running_fleet(
+            tmp, redis_server.url, shared_mariadb.url, HOOKFLEET_STANDARD_VERIFY="off"
+        ) as processes:
+            yield processes
+    finally:
+        redis_server.stop()
 
 
 @pytest.fixture
@@ -127,7 +141,14 @@ def test_logs_are_json_lines_from_every_process(fleet: Processes) -> None:
         fleet.base_url, "POST", "/webhooks/standard", {"type": "t"}, {"webhook-id": "json-logs"}
     )
     assert status == 202
-    wait_until(lambda: '"processed"' in fleet.log("worker_default"), 30, "the event's log line")
+
+    def processed_line() -> bool:
+        return any(
+            '"processed"' in x and '"json-logs"' in x
+            for x in fleet.log("worker_default").splitlines()
+        )
+
+    wait_until(processed_line, 30, "the event's log line")
 
     web = [json.loads(x) for x in fleet.log("web").splitlines() if x.strip()]
     assert any(x["logger"] == "gunicorn.error" and "Booting worker" in x["message"] for x in web)
@@ -141,7 +162,9 @@ def test_logs_are_json_lines_from_every_process(fleet: Processes) -> None:
     # Celery's own lines too (the worker is ready), and one line per event with its
     # outcome and the task id Celery knows it by.
     assert any(x["logger"].startswith("celery") and x["message"].endswith("ready.") for x in worker)
-    processed = next(x for x in worker if x["message"] == "processed")
+    processed = next(
+        x for x in worker if x["message"] == "processed" and x.get("event_id") == "json-logs"
+    )
     assert processed["logger"] == "hookfleet.worker" and processed["level"] == "INFO"
     assert processed["event_id"] == "json-logs" and processed["task_id"]
 
