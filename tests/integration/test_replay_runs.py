@@ -321,6 +321,7 @@ def test_a_chunk_no_replica_confirmed_stops_the_run_and_is_not_enqueued_again(
     assert replayed_ids(redis_client) == Counter({f"evt_{i}": 1 for i in range(10)})
 
 
+@pytest.mark.slow
 def test_replay_on_a_terminal_asks_first_and_a_no_enqueues_nothing(
     database_url: str,
     sessions: sessionmaker[Session],
@@ -366,6 +367,7 @@ def test_replay_on_a_terminal_asks_first_and_a_no_enqueues_nothing(
     assert replayed_ids(redis_client) == Counter({"evt_0": 2, "evt_1": 2, "evt_2": 2})
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_replay_after_its_chunk_and_the_resume_finishes_it(
     database_url: str,
     sessions: sessionmaker[Session],

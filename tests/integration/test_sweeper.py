@@ -21,11 +21,11 @@ from models.base import utcnow
 from models.contract import QUEUES, EventMessage, Queue
 from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
-from models.migrate import upgrade
 from models.settings import Settings
+from tests.databases import copy_sqlite
 from tests.helpers import queued, retell_call_ended
 from tests.processes import ROOT, request, running_fleet
-from tests.servers import clean_env, sqlite_url, wait_until
+from tests.servers import clean_env, wait_until
 from workers.celery_app import celery_config
 from workers.recovery.sweeper import sweep
 
@@ -182,10 +182,11 @@ def test_beat_sweeps_every_minute() -> None:
 
 
 @pytest.fixture
-def sqlite_sessions(tmp_path: Path) -> Iterator[tuple[str, sessionmaker[Session]]]:
+def sqlite_sessions(
+    tmp_path: Path, sqlite_template: Path
+) -> Iterator[tuple[str, sessionmaker[Session]]]:
     """One backend is enough for the commands; the selection is tested on both above."""
-    url = sqlite_url(tmp_path / "db")
-    upgrade(Settings(database_url=url))
+    url = copy_sqlite(sqlite_template, tmp_path / "db")
     engine = make_engine(Settings(database_url=url))
     yield url, make_sessionmaker(engine)
     engine.dispose()
@@ -205,6 +206,7 @@ def command_env(database_url: str, redis_url: str, var_dir: Path) -> dict[str, s
     )
 
 
+@pytest.mark.slow
 def test_sweep_command_counts_requeues_up_to_a_limit_and_refuses_bad_ages(
     sqlite_sessions: tuple[str, sessionmaker[Session]], redis_url: str, tmp_path: Path
 ) -> None:
@@ -231,6 +233,7 @@ def test_sweep_command_counts_requeues_up_to_a_limit_and_refuses_bad_ages(
     assert too_soon.stdout.startswith("dry run: 2 stuck event(s) would be requeued")
 
 
+@pytest.mark.slow
 def test_sweep_and_replay_publish_each_event_on_the_queue_it_names(
     sqlite_sessions: tuple[str, sessionmaker[Session]],
     redis_url: str,

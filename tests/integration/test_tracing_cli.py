@@ -11,11 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import redis
 
 from models.contract import Queue
 from tests.otlp import otlp_sink
 from tests.servers import clean_env, sqlite_url
+
+pytestmark = pytest.mark.slow  # each test runs its probe or command as a process of its own
 
 ROOT = Path(__file__).resolve().parents[2]
 

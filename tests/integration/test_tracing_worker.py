@@ -14,10 +14,13 @@ import sys
 from base64 import b64decode
 from pathlib import Path
 
+import pytest
 import redis
 
 from tests.otlp import Span, otlp_sink
 from tests.servers import clean_env, sqlite_url
+
+pytestmark = pytest.mark.slow  # each test runs its probe or command as a process of its own
 
 ROOT = Path(__file__).resolve().parents[2]
 
