@@ -12,8 +12,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,16 @@ def _binary(*names: str) -> str:
     raise RuntimeError(
         f"{names[0]} is not installed; run the test command (bash tests/run.sh), which installs it"
     )
+
+
+def die_with_tests() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux stop the child when this test process dies
+    (``die_with_parent``: PR_SET_PDEATHSIG, SIGTERM). Linux sends it when the *thread*
+    that started the child ends (prctl(2)), so only children started by the main thread
+    get it: a server restarted from a timer thread would die with that thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return die_with_parent()
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
@@ -98,7 +110,7 @@ class RedisServer:
             argv,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent(),  # no server outlives a killed test run
+            preexec_fn=die_with_tests(),  # no server outlives a killed test run
         )
         wait_until(self._answers, 15, f"redis-server on port {self.port}")
         if self.replica_of is not None:
@@ -210,7 +222,7 @@ class MariaDBServer:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent(),
+            preexec_fn=die_with_tests(),
         )
         wait_until(self._answers, 60, f"mariadbd on port {self.port}", interval=0.2)
         self.sql(
