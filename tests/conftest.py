@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import redis
+from _pytest.nodeid import NodeId
 from flask.testing import FlaskClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,13 +36,54 @@ and ``-m "not e2e"`` select the same tests before and after the tree is split in
 unit/, integration/, e2e/ and faults/."""
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)  # the part before ``yield`` runs before pytest-xdist's hook
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> Iterator[None]:
     for item in items:
         where = item.path.relative_to(TESTS).parts
         markers = [m for folder in where[:-1] for m in TIERS.get(folder, ())]
         for marker in markers:
             if item.get_closest_marker(marker) is None:
                 item.add_marker(marker)
+        if item.get_closest_marker("xdist_group") is None and _shares_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    yield
+    if getattr(config.option, "loadgroup", False):  # an xdist worker under --dist loadgroup
+        _name_xdist_groups(items)
+
+
+def _name_xdist_groups(items: list[pytest.Item]) -> None:
+    """Give each test of an ``xdist_group`` its ``@group`` suffix, which is how
+    ``--dist loadgroup`` tells the controller the groups. pytest-xdist 3.8 writes the
+    suffix to ``Item._nodeid``, which pytest 9.2's structured node ids no longer read:
+    every group was silently spread over the workers (pytest-dev/pytest-xdist#1386; its
+    open fix #1388 sets the structured id the same way). With an older pytest the
+    suffix is already there and this does nothing."""
+    for item in items:
+        groups = sorted(
+            {
+                str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                for m in item.iter_markers("xdist_group")
+            }
+        )
+        if groups and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
+
+
+def _shares_a_module_fixture(item: pytest.Item) -> bool:
+    """Whether ``item`` uses a module-scoped fixture (a fleet or a server started once for
+    its module). ``--dist loadgroup`` then keeps the module's tests in one xdist worker:
+    spread over two, each would start the fleet again (`hookfleet up` in
+    tests/e2e/test_first_hour.py took ~50 s on each worker)."""
+    info = getattr(item, "_fixtureinfo", None)  # pytest's own record of the closure
+    if info is None:
+        return False
+    return any(
+        definitions[-1].scope == "module"
+        for definitions in info.name2fixturedefs.values()
+        if definitions
+    )
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.servers import clean_env, free_port, wait_until
+from tests.servers import clean_env, die_with_tests, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,6 +74,9 @@ class Processes:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # Killed with the test process however it ends (a test run stopped with
+            # SIGKILL left workers polling Redis ports nobody listened on any more).
+            preexec_fn=die_with_tests(),
         )
         self.running[name] = proc
         return proc

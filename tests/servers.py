@@ -1,7 +1,8 @@
 """Real Redis and MariaDB servers for the tests: private, on loopback, thrown away after.
 
 Each server runs from a scratch directory with a free port, is stopped by its own pid,
-and never touches a system instance.
+never touches a system instance, and dies with the test process (PR_SET_PDEATHSIG, as
+the children of `hookfleet up`) however that ends.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+
+from workers.cli.up import die_with_parent
 
 
 def free_port() -> int:
@@ -36,6 +41,16 @@ def _binary(*names: str) -> str:
     raise RuntimeError(
         f"{names[0]} is not installed; run the test command (bash tests/run.sh), which installs it"
     )
+
+
+def die_with_tests() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux stop the child when this test process dies
+    (``die_with_parent``: PR_SET_PDEATHSIG, SIGTERM). Linux sends it when the *thread*
+    that started the child ends (prctl(2)), so only children started by the main thread
+    get it: a server restarted from a timer thread would die with that thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return die_with_parent()
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
@@ -91,7 +106,12 @@ class RedisServer:
             argv += ["--maxmemory", self.maxmemory]
         if self.replica_of is not None:
             argv += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_tests(),  # no server outlives a killed test run
+        )
         wait_until(self._answers, 15, f"redis-server on port {self.port}")
         if self.replica_of is not None:
             wait_until(self.in_sync, 15, f"replica on port {self.port} to sync")
@@ -202,6 +222,7 @@ class MariaDBServer:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_tests(),
         )
         wait_until(self._answers, 60, f"mariadbd on port {self.port}", interval=0.2)
         self.sql(

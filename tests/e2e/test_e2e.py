@@ -7,6 +7,7 @@ import http.client
 import json
 import random
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,16 +23,30 @@ from models import Appointment, Call, Customer
 from models.business import Branch, Company
 from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
+from tests.databases import SharedDatabase
 from tests.processes import Processes, request, running_fleet
-from tests.servers import wait_until
+from tests.servers import RedisServer, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, redis_url: str, mariadb_url: str) -> Iterator[Processes]:
-    with running_fleet(tmp_path, redis_url, mariadb_url, HOOKFLEET_STANDARD_VERIFY="off") as p:
-        yield p
+@pytest.fixture(scope="module")
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, shared_mariadb: SharedDatabase
+) -> Iterator[Processes]:
+    """One fleet for the tests below that keep its configuration (the others start their
+    own). Its own Redis: the shared one is flushed for every test, which would take the
+    queues' bindings from under running workers. The shared MariaDB database, emptied
+    for each test that reads it (``engine``); every test sends event ids of its own."""
+    tmp = tmp_path_factory.mktemp("e2e-fleet")
+    redis_server = RedisServer(tmp / "redis").start()
+    try:
+        with running_fleet(
+            tmp, redis_server.url, shared_mariadb.url, HOOKFLEET_STANDARD_VERIFY="off"
+        ) as processes:
+            yield processes
+    finally:
+        redis_server.stop()
 
 
 @pytest.fixture
@@ -39,6 +54,13 @@ def engine(mariadb_url: str) -> Iterator[Engine]:
     engine = create_engine(mariadb_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def run() -> str:
+    """Per attempt: a rerun (``--reruns``) on the module's fleet must not meet its first
+    attempt's event ids as duplicates."""
+    return uuid.uuid4().hex[:8]
 
 
 def post_event(base_url: str, event_id: str) -> tuple[str, int, dict[str, str]]:
@@ -50,9 +72,9 @@ def post_event(base_url: str, event_id: str) -> tuple[str, int, dict[str, str]]:
 
 
 def test_deliveries_and_repeats_become_exactly_one_row_each(
-    fleet: Processes, engine: Engine
+    fleet: Processes, engine: Engine, run: str
 ) -> None:
-    ids = [f"evt_{n:03d}" for n in range(200)]
+    ids = [f"evt_{run}_{n:03d}" for n in range(200)]
     repeats = random.Random(7).sample(ids, 50)
     # Repeats are mixed in with the originals, so many race their first delivery.
     deliveries = ids + repeats
@@ -107,32 +129,40 @@ def test_oversized_chunked_body_is_refused_by_the_real_server(fleet: Processes) 
     connection.close()
 
 
-def test_correlation_id_reaches_the_worker_log(fleet: Processes, engine: Engine) -> None:
+def test_correlation_id_reaches_the_worker_log(fleet: Processes, engine: Engine, run: str) -> None:
     status, headers, _ = request(
         fleet.base_url,
         "POST",
         "/webhooks/standard",
         {"type": "t"},
-        {"webhook-id": "corr-check", "X-Request-ID": "trace-abc-123"},
+        {"webhook-id": f"corr-check-{run}", "X-Request-ID": f"trace-{run}"},
     )
 
-    assert status == 202 and headers["x-request-id"] == "trace-abc-123"
-    wait_until(lambda: "trace-abc-123" in fleet.log("worker_default"), 30, "worker log line")
-    line = next(x for x in fleet.log("worker_default").splitlines() if "trace-abc-123" in x)
-    assert '"event_id": "corr-check"' in line
+    assert status == 202 and headers["x-request-id"] == f"trace-{run}"
+    wait_until(lambda: f"trace-{run}" in fleet.log("worker_default"), 30, "worker log line")
+    line = next(x for x in fleet.log("worker_default").splitlines() if f"trace-{run}" in x)
+    assert f'"event_id": "corr-check-{run}"' in line
 
 
-def test_logs_are_json_lines_from_every_process(fleet: Processes) -> None:
+def test_logs_are_json_lines_from_every_process(fleet: Processes, run: str) -> None:
+    event_id = f"json-logs-{run}"
     status, _, _ = request(
-        fleet.base_url, "POST", "/webhooks/standard", {"type": "t"}, {"webhook-id": "json-logs"}
+        fleet.base_url, "POST", "/webhooks/standard", {"type": "t"}, {"webhook-id": event_id}
     )
     assert status == 202
-    wait_until(lambda: '"processed"' in fleet.log("worker_default"), 30, "the event's log line")
+
+    def processed_line() -> bool:
+        return any(
+            '"processed"' in x and f'"{event_id}"' in x
+            for x in fleet.log("worker_default").splitlines()
+        )
+
+    wait_until(processed_line, 30, "the event's log line")
 
     web = [json.loads(x) for x in fleet.log("web").splitlines() if x.strip()]
     assert any(x["logger"] == "gunicorn.error" and "Booting worker" in x["message"] for x in web)
     # One line per delivery, ours, with its outcome; no second access line from gunicorn.
-    ours = [x for x in web if x.get("event_id") == "json-logs"]
+    ours = [x for x in web if x.get("event_id") == event_id]
     assert [(x["logger"], x["message"], x["outcome"]) for x in ours] == [
         ("hookfleet.ingest", "accepted", "accepted")
     ]
@@ -141,9 +171,11 @@ def test_logs_are_json_lines_from_every_process(fleet: Processes) -> None:
     # Celery's own lines too (the worker is ready), and one line per event with its
     # outcome and the task id Celery knows it by.
     assert any(x["logger"].startswith("celery") and x["message"].endswith("ready.") for x in worker)
-    processed = next(x for x in worker if x["message"] == "processed")
+    processed = next(
+        x for x in worker if x["message"] == "processed" and x.get("event_id") == event_id
+    )
     assert processed["logger"] == "hookfleet.worker" and processed["level"] == "INFO"
-    assert processed["event_id"] == "json-logs" and processed["task_id"]
+    assert processed["event_id"] == event_id and processed["task_id"]
 
 
 SECRETS = {

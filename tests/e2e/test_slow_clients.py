@@ -19,27 +19,59 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 
 from ingest.gunicorn_worker import BOARD_STALE_S, request_arrived
 from tests.processes import Processes, request, running_fleet
-from tests.servers import wait_until
+from tests.servers import RedisServer, wait_until
 
 SLOW_HEADERS = b"POST /webhooks/standard HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
 SLOW_BODY = SLOW_HEADERS + b"Content-Length: 4000\r\n\r\n{"
 
 
-@pytest.fixture
-def web(tmp_path: Path, redis_url: str) -> Iterator[Processes]:
+@contextmanager
+def receiver(tmp: Path, redis_url: str) -> Iterator[Processes]:
     with running_fleet(
-        tmp_path,
+        tmp,
         redis_url,
-        f"sqlite:///{tmp_path / 'unused.db'}",
+        f"sqlite:///{tmp / 'unused.db'}",
         names=("web",),
         HOOKFLEET_STANDARD_VERIFY="off",
     ) as processes:
+        yield processes
+
+
+@pytest.fixture(scope="module")
+def shared_web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    """One receiver for the tests that leave it as they found it (every slow socket
+    closed), on a Redis of its own."""
+    tmp = tmp_path_factory.mktemp("slow-clients")
+    redis_server = RedisServer(tmp / "redis").start()
+    try:
+        with receiver(tmp, redis_server.url) as processes:
+            yield processes
+    finally:
+        redis_server.stop()
+
+
+@pytest.fixture
+def web(shared_web: Processes) -> Processes:
+    """The module's receiver with its Redis emptied (a receiver alone needs nothing
+    there between requests), so each test, and a rerun of it, starts clean."""
+    client = redis.Redis.from_url(shared_web.env["HOOKFLEET_REDIS_URL"])
+    client.flushall()
+    client.close()
+    return shared_web
+
+
+@pytest.fixture
+def own_web(tmp_path: Path, redis_url: str) -> Iterator[Processes]:
+    """A receiver of its own, for a test that stops one of its workers."""
+    with receiver(tmp_path, redis_url) as processes:
         yield processes
 
 
@@ -75,7 +107,11 @@ def test_slow_and_silent_connections_do_not_delay_deliveries(web: Processes, slo
         for n in range(40):
             started = time.monotonic()
             status, _, _ = request(
-                web.base_url, "POST", "/webhooks/standard", {"type": "t"}, {"webhook-id": f"s{n}"}
+                web.base_url,
+                "POST",
+                "/webhooks/standard",
+                {"type": "t"},
+                {"webhook-id": f"s{n}"},
             )
             latencies.append(time.monotonic() - started)
             assert status == 202
@@ -96,6 +132,7 @@ def test_slow_and_silent_connections_do_not_delay_deliveries(web: Processes, slo
 @pytest.mark.e2e
 def test_a_request_that_never_arrives_whole_gets_a_json_408(web: Processes) -> None:
     port = int(web.env["PORT"])
+    before = len(web.log("web"))
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
         sock.sendall(SLOW_BODY)
         answer = sock.recv(4096)
@@ -103,7 +140,8 @@ def test_a_request_that_never_arrives_whole_gets_a_json_408(web: Processes) -> N
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408")
     assert json.loads(body)["error"]["code"] == "request_timeout"
-    logged = [json.loads(line) for line in web.log("web").splitlines() if "answered 408" in line]
+    since = web.log("web")[before:].splitlines()  # the receiver is shared by the module
+    logged = [json.loads(line) for line in since if "answered 408" in line]
     assert [line["level"] for line in logged] == ["WARNING"]
 
 
@@ -187,7 +225,8 @@ def test_keep_alive_connections_are_spread_over_every_worker(web: Processes) -> 
 
 
 @pytest.mark.e2e
-def test_a_stuck_worker_is_not_waited_for(web: Processes) -> None:
+def test_a_stuck_worker_is_not_waited_for(own_web: Processes) -> None:
+    web = own_web
     wait_for_every_worker(web)
     first = keep_alive_requests(web, 1)[0]
     stuck = int(next(iter(connections_by_worker(int(web.env["PORT"])))))

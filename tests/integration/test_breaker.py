@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from models.engine import make_engine, make_sessionmaker
-from models.migrate import upgrade
 from models.settings import Settings
+from tests.databases import copy_sqlite
 from tests.helpers import OPS
 from tests.provisioning_helpers import env_for, seed_branch, settings_for
-from tests.servers import clean_env, sqlite_url
+from tests.servers import clean_env
 from tests.standin import Reply, StandIn
 from workers.outbound.breaker import breaker_states, breaker_status
 from workers.outbound.errors import ApiRejected, CircuitOpen
@@ -24,10 +24,9 @@ HOOKFLEET = str(Path(sys.executable).parent / "hookfleet")
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> str:
-    url = sqlite_url(tmp_path)
-    upgrade(Settings(database_url=url))
-    return url
+def database(tmp_path: Path, sqlite_template: Path) -> str:
+    """A migrated SQLite file of this test's own (a copy of the session's template)."""
+    return copy_sqlite(sqlite_template, tmp_path)
 
 
 def hookfleet(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -66,6 +65,7 @@ def test_4xx_answers_never_count_against_the_breaker(
     assert breaker_status("retell", settings).state == "closed"
 
 
+@pytest.mark.slow
 def test_another_process_sees_the_open_breaker_and_reset_closes_it(
     redis_url: str, database: str, standin: StandIn
 ) -> None:
@@ -101,6 +101,7 @@ def test_another_process_sees_the_open_breaker_and_reset_closes_it(
     assert standin.requests[-1].path == "/v2/list-agents"
 
 
+@pytest.mark.slow
 def test_provision_command_prints_findings_and_provisions(
     redis_url: str, database: str, standin: StandIn
 ) -> None:

@@ -76,6 +76,7 @@ def call_event(event_type: str, call: dict[str, Any]) -> IncomingEvent:
     values=st.fixed_dictionaries({name: HOSTILE for name in FIELDS}),
     analysis=st.one_of(HOSTILE, st.fixed_dictionaries({n: HOSTILE for n in ANALYSIS_FIELDS})),
 )
+@pytest.mark.slow
 def test_a_call_with_hostile_field_values_is_stored_processed(
     sessions: sessionmaker[Session],
     event_type: str,

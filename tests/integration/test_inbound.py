@@ -146,6 +146,7 @@ def test_inbound_delivery_is_still_queued_for_the_record(
     assert (kwargs["provider"], kwargs["event_type"]) == ("retell", "call_inbound")
 
 
+@pytest.mark.slow
 def test_answers_are_cached_so_a_lost_database_does_not_lose_known_numbers(
     tmp_path: Path, redis_url: str, mariadb_server: MariaDBServer
 ) -> None:
@@ -180,6 +181,7 @@ def own_mariadb(tmp_path: Path) -> Iterator[tuple[MariaDBServer, str]]:
     server.stop()
 
 
+@pytest.mark.slow
 def test_database_stopped_gives_an_empty_answer_within_the_budget(
     own_mariadb: tuple[MariaDBServer, str], redis_url: str
 ) -> None:
@@ -195,6 +197,7 @@ def test_database_stopped_gives_an_empty_answer_within_the_budget(
     assert elapsed < 2.0  # generous: the real target is in the benchmark
 
 
+@pytest.mark.slow
 def test_database_frozen_mid_lookup_gives_an_empty_answer_within_the_budget(
     own_mariadb: tuple[MariaDBServer, str], redis_url: str
 ) -> None:

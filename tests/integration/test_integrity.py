@@ -268,6 +268,7 @@ def hookfleet(database_url: str, *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
+@pytest.mark.slow
 def test_the_command_prints_what_it_found_and_exits_1_until_fixed(database_url: str) -> None:
     seed(database_url)
 

@@ -16,7 +16,6 @@ from flask.testing import FlaskClient
 
 from ingest import create_app
 from models.contract import QUEUES, Queue
-from models.migrate import upgrade
 from models.settings import Settings
 from tests.helpers import OPS, post_json
 from tests.processes import Processes, request
@@ -101,6 +100,7 @@ def test_stats_are_cached_for_a_few_seconds(client: FlaskClient, ops_env: dict[s
     assert first["dead_letters"] == 0 and first["errors"] == {}
 
 
+@pytest.mark.slow
 def test_hookfleet_stats_prints_depths_rates_and_dead_letters(
     client: FlaskClient, ops_env: dict[str, str]
 ) -> None:
@@ -122,6 +122,7 @@ def test_hookfleet_stats_prints_depths_rates_and_dead_letters(
     assert json.loads(as_json.stdout)["queues"][Queue.DEFAULT]["waiting"] == 3
 
 
+@pytest.mark.slow
 def test_hookfleet_stats_fails_loudly_when_redis_is_down(
     redis_server: RedisServer, ops_env: dict[str, str]
 ) -> None:
@@ -173,8 +174,7 @@ def test_the_public_port_shows_webhooks_and_healthz_and_the_ops_port_the_rest(
         HOOKFLEET_STANDARD_VERIFY="off",
         HOOKFLEET_ADMIN_TOKEN="s3cret-admin",
     )
-    upgrade(Settings.from_env(fleet.env))
-    fleet.start("web")
+    fleet.start("web")  # database_url is migrated already
     try:
         fleet.wait_for_web()
         public, ops = fleet.base_url, fleet.ops_url

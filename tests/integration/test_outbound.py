@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.business import Agent, AgentStatus
 from models.engine import make_engine, make_sessionmaker
-from models.migrate import upgrade
 from models.settings import OutboundSettings, Settings
+from tests.databases import copy_sqlite
 from tests.provisioning_helpers import env_for, seed_branch, settings_for
-from tests.servers import clean_env, sqlite_url
+from tests.servers import clean_env
 from tests.standin import Reply, StandIn
 from workers.outbound.breaker import breaker_status
 from workers.outbound.calcom import CalcomApi
@@ -302,14 +302,13 @@ def test_a_rate_limited_run_is_marked_retrying_while_the_task_will_try_again(
 
 @pytest.mark.e2e
 def test_the_provisioning_worker_retries_a_rate_limited_branch_after_retry_after(
-    tmp_path: Path, redis_url: str, standin: StandIn
+    tmp_path: Path, redis_url: str, standin: StandIn, sqlite_template: Path
 ) -> None:
     """Retell answers 429 (Retry-After: 3) to the LLM create: the real worker's task
     leaves the row ``retrying``, comes back no sooner than asked, and finishes."""
     from tests.processes import Processes
 
-    database = sqlite_url(tmp_path / "db")
-    upgrade(Settings(database_url=database))
+    database = copy_sqlite(sqlite_template, tmp_path / "db")
     engine = make_engine(Settings(database_url=database))
     branch_id = seed_branch(make_sessionmaker(engine))
     engine.dispose()

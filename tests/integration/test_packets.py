@@ -82,6 +82,7 @@ def test_the_shipped_packet_fits_four_times_the_largest_body() -> None:
 
 
 @pytest.mark.parametrize("packet_url", [shipped_packet()], indirect=True)
+@pytest.mark.slow
 def test_worst_escaping_bodies_at_the_limit_are_stored_whole_with_the_shipped_packet(
     packet_url: str,
 ) -> None:
@@ -110,6 +111,7 @@ def test_worst_escaping_bodies_at_the_limit_are_stored_whole_with_the_shipped_pa
 
 
 @pytest.mark.parametrize("packet_url", [16 * 1024**2], indirect=True)
+@pytest.mark.slow
 def test_with_a_smaller_packet_the_call_is_written_without_its_repeated_transcript(
     packet_url: str,
 ) -> None:

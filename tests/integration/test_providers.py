@@ -833,6 +833,7 @@ content_types = st.sampled_from(
     forge=st.booleans(),
     content_type=st.sampled_from(["application/json"]) | content_types,
 )
+@pytest.mark.slow
 def test_arbitrary_unsigned_deliveries_never_5xx_and_never_queue(
     make_app: Callable[..., Flask],
     redis_client: redis.Redis,

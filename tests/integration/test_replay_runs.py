@@ -321,6 +321,7 @@ def test_a_chunk_no_replica_confirmed_stops_the_run_and_is_not_enqueued_again(
     assert replayed_ids(redis_client) == each_once(10)
 
 
+@pytest.mark.slow
 def test_replay_on_a_terminal_asks_first_and_a_no_enqueues_nothing(
     sessions: sessionmaker[Session], redis_client: redis.Redis, env: dict[str, str]
 ) -> None:
@@ -357,6 +358,7 @@ def test_replay_on_a_terminal_asks_first_and_a_no_enqueues_nothing(
     assert replayed_ids(redis_client) == Counter({"evt_0": 2, "evt_1": 2, "evt_2": 2})
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_replay_after_its_chunk_and_the_resume_finishes_it(
     sessions: sessionmaker[Session], redis_client: redis.Redis, env: dict[str, str]
 ) -> None:

@@ -85,6 +85,7 @@ def test_prune_include_dead_also_deletes_dead_letters_but_never_rows_in_flight(
     assert remaining(database_url) == ["new_done", "old_in_flight"]
 
 
+@pytest.mark.slow
 def test_prune_command_takes_an_age_and_says_what_it_did(database_url: str) -> None:
     seed(database_url, [("ancient", EventStatus.PROCESSED, 400), ("dead", EventStatus.DEAD, 400)])
     env = clean_env(HOOKFLEET_DATABASE_URL=database_url)

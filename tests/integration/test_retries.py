@@ -52,6 +52,7 @@ def sessions(own_mariadb: tuple[MariaDBServer, str]) -> Iterator[sessionmaker[Se
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_the_database_stopped_briefly_is_retried_and_the_event_lands_once(
     own_mariadb: tuple[MariaDBServer, str], sessions: sessionmaker[Session]
 ) -> None:
@@ -79,6 +80,7 @@ def test_the_database_stopped_briefly_is_retried_and_the_event_lands_once(
         assert session.scalar(select(Call.status).where(Call.call_id == "call_1")) == "ended"
 
 
+@pytest.mark.slow
 def test_a_lock_wait_timeout_goes_back_to_celery_and_a_later_try_succeeds(
     own_mariadb: tuple[MariaDBServer, str], sessions: sessionmaker[Session]
 ) -> None:

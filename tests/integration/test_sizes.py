@@ -132,6 +132,7 @@ def small_packet_url(mariadb_server: MariaDBServer) -> Iterator[str]:
         yield url
 
 
+@pytest.mark.slow
 def test_a_batch_stays_under_the_servers_packet_limit(small_packet_url: str) -> None:
     # 12 bodies of 250 KB (~375 KB escaped): one statement would be 4.5 MB, and
     # PyMySQL's own split (statements up to 1,024,000 bytes) would send two at once.
@@ -151,6 +152,7 @@ def test_a_batch_stays_under_the_servers_packet_limit(small_packet_url: str) -> 
 # --- End to end: a long call through gunicorn and a celery worker --------------------
 
 
+@pytest.mark.slow
 def test_a_two_hour_retell_call_lands_in_calls_through_the_real_fleet(
     tmp_path: Path, redis_url: str, database_url: str
 ) -> None:

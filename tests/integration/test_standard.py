@@ -489,6 +489,7 @@ content_types = weighted((5, _json_types), (1, _other_types))
     content_type=content_types,
     forge=st.booleans(),
 )
+@pytest.mark.slow
 def test_arbitrary_unsigned_deliveries_never_500_and_never_queue(
     make_app: Callable[..., Flask],
     redis_client: redis.Redis,

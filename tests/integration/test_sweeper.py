@@ -21,11 +21,11 @@ from models.base import utcnow
 from models.contract import QUEUES, EventMessage, Queue
 from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
-from models.migrate import upgrade
 from models.settings import Settings
+from tests.databases import copy_sqlite
 from tests.helpers import command_env, queued, retell_call_ended
 from tests.processes import ROOT, request, running_fleet
-from tests.servers import sqlite_url, wait_until
+from tests.servers import wait_until
 from workers.celery_app import celery_config
 from workers.recovery.sweeper import sweep
 
@@ -182,10 +182,11 @@ def test_beat_sweeps_every_minute() -> None:
 
 
 @pytest.fixture
-def sqlite_sessions(tmp_path: Path) -> Iterator[tuple[str, sessionmaker[Session]]]:
+def sqlite_sessions(
+    tmp_path: Path, sqlite_template: Path
+) -> Iterator[tuple[str, sessionmaker[Session]]]:
     """One backend is enough for the commands; the selection is tested on both above."""
-    url = sqlite_url(tmp_path / "db")
-    upgrade(Settings(database_url=url))
+    url = copy_sqlite(sqlite_template, tmp_path / "db")
     engine = make_engine(Settings(database_url=url))
     yield url, make_sessionmaker(engine)
     engine.dispose()
@@ -196,6 +197,7 @@ def hookfleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
     return subprocess.run(command, env=env, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_sweep_command_counts_requeues_up_to_a_limit_and_refuses_bad_ages(
     sqlite_sessions: tuple[str, sessionmaker[Session]], redis_url: str, tmp_path: Path
 ) -> None:
@@ -222,6 +224,7 @@ def test_sweep_command_counts_requeues_up_to_a_limit_and_refuses_bad_ages(
     assert too_soon.stdout.startswith("dry run: 2 stuck event(s) would be requeued")
 
 
+@pytest.mark.slow
 def test_sweep_and_replay_publish_each_event_on_the_queue_it_names(
     sqlite_sessions: tuple[str, sessionmaker[Session]],
     redis_url: str,

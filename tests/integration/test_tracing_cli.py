@@ -10,12 +10,15 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 import redis
 
 from models.contract import Queue
 from tests.helpers import run_python
 from tests.otlp import otlp_sink
 from tests.servers import clean_env, sqlite_url
+
+pytestmark = pytest.mark.slow  # each test runs its probe or command as a process of its own
 
 
 def hookfleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -11,9 +11,13 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import ROOT, last_json_line, run_python
 from tests.otlp import Span, otlp_sink
 from tests.servers import clean_env, sqlite_url
+
+pytestmark = pytest.mark.slow  # each test runs its probe or command as a process of its own
 
 # One sender trace per request.
 INBOUND, BAD_JSON, UNKNOWN, NOT_POST, BOOKING = (

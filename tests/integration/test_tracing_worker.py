@@ -12,11 +12,14 @@ import json
 from base64 import b64decode
 from pathlib import Path
 
+import pytest
 import redis
 
 from tests.helpers import last_json_line, run_python
 from tests.otlp import Span, otlp_sink
 from tests.servers import clean_env, sqlite_url
+
+pytestmark = pytest.mark.slow  # each test runs its probe or command as a process of its own
 
 # Three deliveries, each from a trace of its own, in one batch: one applies, one cannot
 # be applied (permanent: failed), one meets a dropped connection (transient: retried).

@@ -168,6 +168,7 @@ def test_a_consumer_that_loses_redis_as_the_message_arrives_does_not_lose_the_me
     assert redis_client.llen(QUEUE) + redis_client.hlen("unacked") == 0
 
 
+@pytest.mark.slow
 def test_stock_kombu_loses_that_message_which_is_why_hookfleet_has_its_own_pop(
     server: RedisServer, redis_client: redis.Redis
 ) -> None:
@@ -465,6 +466,7 @@ def test_a_killed_consumers_message_comes_back_within_its_lease_not_the_visibili
     assert redis_client.hlen("unacked") == redis_client.hlen("hookfleet.unacked_owner") == 0
 
 
+@pytest.mark.slow
 def test_a_message_restored_by_lease_is_one_a_stock_kombu_consumer_reads(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
@@ -532,6 +534,7 @@ def test_a_wake_up_with_no_pop_pending_is_no_message_not_a_crash(redis_url: str)
             channel._brpop_read()
 
 
+@pytest.mark.slow
 def test_a_pop_whose_reply_was_lost_comes_back_to_the_live_consumer_within_seconds(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
