@@ -7,17 +7,63 @@ from pathlib import Path
 
 import click
 
-from workers.cli.events import dlq, events
-from workers.cli.integrity import integrity
-from workers.cli.ops import prune, stats
-from workers.cli.params import CommandGroup, invocation_settings
-from workers.cli.provisioning import breaker, provision
-from workers.cli.quarantine import quarantine
-from workers.cli.recovery import replay, sweep
-from workers.cli.send import send
+from workers.cli.lazy import Lazy, LazyCommandGroup
+from workers.cli.params import invocation_settings
+
+# Imported only when invoked (workers.cli.lazy): each summary is the first paragraph of
+# the command's help, as `hookfleet --help` lists it (tests/unit/test_cli_lazy.py).
+SUBCOMMANDS = {
+    "breaker": Lazy(
+        "workers.cli.provisioning:breaker",
+        "Circuit breakers for Retell and Cal.com (shared by all workers through Redis).",
+    ),
+    "dlq": Lazy(
+        "workers.cli.events:dlq",
+        "Dead letters: events whose retry budget is spent (``events`` with --status dead).",
+    ),
+    "events": Lazy(
+        "workers.cli.events:events",
+        "Every recorded event, whatever became of it: find, page through, inspect.",
+    ),
+    "integrity": Lazy(
+        "workers.cli.integrity:integrity",
+        "Find and repair orphans, duplicate customers and phones stored before E.164; list "
+        "customers who may be one person (merge candidates) for you to decide.",
+    ),
+    "provision": Lazy(
+        "workers.cli.provisioning:provision",
+        "Validate branch BRANCH_ID and create or update its Retell agent.",
+    ),
+    "prune": Lazy(
+        "workers.cli.ops:prune", "Delete processed webhook_events older than AGE, in batches."
+    ),
+    "quarantine": Lazy(
+        "workers.cli.quarantine:quarantine",
+        "Deliveries refused for their signature or an unconfigured provider, kept so they "
+        "can be let in once the secret is fixed.",
+    ),
+    "replay": Lazy(
+        "workers.cli.recovery:replay",
+        "Run events again, on hookfleet.low, past the receiver's dedup, each once.",
+    ),
+    "send": Lazy(
+        "workers.cli.send:send",
+        "Sign a sample PROVIDER delivery with the configured secret and post it to the "
+        "receiver; print the answer. FIXTURE is one of `--list` (default: a common event), "
+        "FILE a JSON body of your own. Each send is a new event (new ids, the time now).",
+    ),
+    "stats": Lazy(
+        "workers.cli.ops:stats",
+        "Queue depths, unacked messages, oldest age, recent rates and dead letters.",
+    ),
+    "sweep": Lazy(
+        "workers.cli.recovery:sweep",
+        "Requeue events a worker recorded but never finished (their message was lost).",
+    ),
+}
 
 
-@click.group(cls=CommandGroup)
+@click.group(cls=LazyCommandGroup, lazy=SUBCOMMANDS)
 @click.pass_context
 def main(context: click.Context) -> None:
     """Hookfleet: webhook ingestion that never loses an event and never applies one twice."""
@@ -104,16 +150,3 @@ def run_process(name: str) -> None:
     from workers.cli.up import exec_procfile_entry
 
     exec_procfile_entry(name, os.environ)
-
-
-main.add_command(dlq)
-main.add_command(replay)
-main.add_command(sweep)
-main.add_command(integrity)
-main.add_command(provision)
-main.add_command(breaker)
-main.add_command(stats)
-main.add_command(prune)
-main.add_command(events)
-main.add_command(send)
-main.add_command(quarantine)

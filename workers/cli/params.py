@@ -13,15 +13,19 @@ import os
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import Engine, make_url
-from sqlalchemy.exc import ArgumentError
 
-from models.knobs import rate
-from models.settings import ConfigError, Settings
 from workers.cli.discovery import RunningFleet, StaleFleet, fill_from_fleet, find_fleet
+
+# SQLAlchemy and the settings (whose package loads every table) are imported where
+# used, so `hookfleet --help` and the group's start import neither (README "The
+# `hookfleet` command").
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from models.settings import Settings
 
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -35,6 +39,8 @@ def invocation_settings() -> Settings:
     a variable the environment leaves unset comes from the running fleet
     (:func:`invocation_fleet`). A variable that cannot be used ends the command with its
     message (exit status 1)."""
+    from models.settings import ConfigError, Settings
+
     root = click.get_current_context().find_root()
     if not isinstance(root.obj, Settings):
         fleet = invocation_fleet()
@@ -124,6 +130,9 @@ class Rate(click.ParamType):
     name = "rate"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        from models.knobs import rate
+        from models.settings import ConfigError
+
         if isinstance(value, float):
             return value
         try:
@@ -140,6 +149,8 @@ def open_database(**options: Any) -> Engine:
     for a command that uses what is there: an SQLite URL naming a file that does not
     exist ends the command (exit 1) instead of creating an empty database there —
     only ``hookfleet migrate`` and ``hookfleet up`` create one."""
+    from sqlalchemy import make_url
+
     from models.engine import make_engine
 
     settings = invocation_settings()
@@ -201,6 +212,11 @@ def _no_schema(error: Exception) -> bool:
 
 def _setting(ctx: click.Context, name: str) -> str:
     """``name`` of this invocation's settings, password hidden; ``?`` when unknown."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from models.settings import Settings
+
     settings = ctx.find_root().obj
     if not isinstance(settings, Settings):
         return "?"
