@@ -7,9 +7,19 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Enum, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    event,
+)
 from sqlalchemy.dialects import mysql
-from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, Mapper, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 # Stable constraint names, so Alembic migrations name the same things on every backend.
@@ -115,6 +125,16 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+@event.listens_for(Mapper, "before_configured")
+def _load_every_table() -> None:
+    """Before SQLAlchemy first configures the mappers (a first query or new row), every
+    table is loaded: a module that imported one table module still flushes rows whose
+    foreign keys name tables of others (``models`` loads them lazily)."""
+    from models import load_tables
+
+    load_tables()
 
 
 class Timestamped:

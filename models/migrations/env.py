@@ -5,8 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-import models  # noqa: F401  (registers every table on Base.metadata)
-from models.base import Base
+from models import Base  # through the package: every table on Base.metadata
 
 config = context.config
 
