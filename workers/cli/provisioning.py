@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy.orm import Session, sessionmaker
 
 from workers.cli.params import invocation_settings, open_database
+
+if TYPE_CHECKING:  # `hookfleet breaker` needs no SQLAlchemy
+    from sqlalchemy.orm import Session, sessionmaker
 
 
 @click.command()

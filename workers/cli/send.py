@@ -23,10 +23,9 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
 
 from models.settings import ProviderSettings
 from workers.cli.params import invocation_fleet, invocation_settings
@@ -38,6 +37,9 @@ from workers.cli.samples import (
     fresh,
     load_fixture,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 # `hookfleet up`'s receiver when no fleet was found and no --url given.
 DEFAULT_RECEIVER_URL = "http://127.0.0.1:8000"
@@ -81,6 +83,8 @@ def send(provider: str, sample: str | None, list_only: bool, url: str, same_id: 
     headers, how = _sign(provider, body, settings, extra)
     target = f"{base.rstrip('/')}/webhooks/{provider}"
     click.echo(f"POST {target}  ({name}, {how})")
+    import httpx  # here, not at the top: `send --list` and a bad secret post nothing
+
     try:
         answer = httpx.post(target, content=body, headers=headers, timeout=TIMEOUT_S)
     except httpx.HTTPError as error:
