@@ -25,11 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis
-
 from models.logs import chosen_log_format
-from models.metrics import use_metrics_dir, wipe_metrics_dir
-from models.migrate import upgrade
 from models.settings import DEFAULT_OPS_BIND, ConfigError, Settings
 from workers.cli.discovery import (
     FLEET_FILE,
@@ -158,6 +154,11 @@ class Fleet:
                     "(set HOOKFLEET_STANDARD_SECRETS to verify)",
                     flush=True,
                 )
+        # Imported here: `hookfleet run` (exec_procfile_entry) needs neither Alembic nor
+        # SQLAlchemy before it becomes gunicorn or celery, which import their own.
+        from models.metrics import use_metrics_dir, wipe_metrics_dir
+        from models.migrate import upgrade
+
         # This host's metrics directory, emptied while nothing of the fleet runs yet.
         wipe_metrics_dir(use_metrics_dir(env))
         settings = _check_settings(env)
@@ -222,6 +223,8 @@ class Fleet:
             start_new_session=True,
             preexec_fn=die_with_parent(),
         )
+        import redis  # only `hookfleet up` without a given Redis talks to one here
+
         url = f"redis://127.0.0.1:{port}/0"
         client = redis.Redis.from_url(url, socket_connect_timeout=1)
         deadline = time.monotonic() + 20
