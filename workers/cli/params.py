@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -167,21 +168,33 @@ class CommandGroup(click.Group):
     with one line saying which and where (exit status 1), never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-        from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
-
         try:
             return super().invoke(ctx)
-        except (OperationalError, InterfaceError) as error:
+        except Exception as error:
+            answer = _unreachable(ctx, error)
+            if answer is None:
+                raise  # a bug, not an absent database or Redis: its traceback is the report
+            raise answer from None
+
+
+def _unreachable(ctx: click.Context, error: Exception) -> click.ClickException | None:
+    """The one line for a database or Redis ``error`` says is unreachable or empty; None
+    for any other error. Only the libraries already imported are asked: an error of one
+    never imported cannot have been raised, and importing redis or SQLAlchemy here would
+    cost every command (``hookfleet send``) their start-up."""
+    database_errors = sys.modules.get("sqlalchemy.exc")
+    if database_errors is not None:
+        if isinstance(error, database_errors.OperationalError | database_errors.InterfaceError):
             # Connection refused, access denied, no such table (SQLite), lost link.
-            raise click.ClickException(_database_problem(ctx, error)) from None
-        except ProgrammingError as error:
-            if not _no_schema(error):
-                raise  # a bug, not the database's absence: its traceback is the report
-            raise click.ClickException(_database_problem(ctx, error)) from None
-        except (RedisConnectionError, RedisTimeoutError) as error:
-            raise redis_unreachable(error) from None
+            return click.ClickException(_database_problem(ctx, error))
+        if isinstance(error, database_errors.ProgrammingError) and _no_schema(error):
+            return click.ClickException(_database_problem(ctx, error))
+    redis_errors = sys.modules.get("redis.exceptions")
+    if redis_errors is not None and isinstance(
+        error, redis_errors.ConnectionError | redis_errors.TimeoutError
+    ):
+        return redis_unreachable(error)
+    return None
 
 
 def redis_unreachable(error: BaseException) -> click.ClickException:
