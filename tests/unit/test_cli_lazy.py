@@ -16,11 +16,11 @@ from workers.cli.main import SUBCOMMANDS, main
 # What subcommands need and `--help` does not: each adds tenths of a second to a start.
 HEAVY = ("celery", "kombu", "sqlalchemy", "redis", "httpx", "opentelemetry", "models.base")
 
-_HELP_THEN_MODULES = """
+_RUN_THEN_MODULES = """
 import sys
 from workers.cli.main import main
 try:
-    main(["--help"], prog_name="hookfleet")
+    main(sys.argv[1:], prog_name="hookfleet")
 except SystemExit:
     pass
 print("--- modules ---")
@@ -31,7 +31,7 @@ print("\\n".join(sorted(sys.modules)))
 @pytest.mark.slow
 def test_help_lists_every_command_without_importing_the_libraries_they_use() -> None:
     shown = subprocess.run(
-        [sys.executable, "-c", _HELP_THEN_MODULES],
+        [sys.executable, "-c", _RUN_THEN_MODULES, "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -46,6 +46,22 @@ def test_help_lists_every_command_without_importing_the_libraries_they_use() -> 
         [*SUBCOMMANDS, "migrate", "up", "run"]
     )
     assert [m for m in loaded if m in HEAVY or m.partition(".")[0] in HEAVY] == []
+
+
+@pytest.mark.slow
+def test_send_list_shows_the_fixtures_without_importing_the_database_or_http_libraries() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-c", _RUN_THEN_MODULES, "send", "standard", "--list"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+    fixtures, _, modules = shown.stdout.partition("--- modules ---\n")
+    assert fixtures.split()  # the shipped fixtures, one a line
+    assert [m for m in modules.splitlines() if m.partition(".")[0] in HEAVY] == []
 
 
 def test_each_summary_is_the_first_paragraph_of_its_commands_help() -> None:
