@@ -193,7 +193,9 @@ def shared_stack(
     tmp_path_factory: pytest.TempPathFactory, mariadb_server: MariaDBServer
 ) -> Iterator[Stack]:
     """One fault fleet (its own Redis and database) for the rows that leave it whole:
-    they kill nothing and restore what they change (a Redis setting, closed sockets)."""
+    they restore what they change (a Redis setting, closed sockets) and restart the
+    fleet process they kill or stop, as an operator would. Rows that kill or stop a
+    server, flush Redis, or need settings of their own still build their own."""
     with running_stack(tmp_path_factory.mktemp("faults-shared"), mariadb_server) as built:
         yield built
 
@@ -272,27 +274,27 @@ def pool_children(stack: Stack, name: str) -> list[int]:
 # --- Crashes ------------------------------------------------------------------------------
 
 
-def test_kill_9_of_a_whole_worker_mid_stream(stack: Stack) -> None:
+def test_kill_9_of_a_whole_worker_mid_stream(calm_stack: Stack) -> None:
     ledger = Ledger("kill -9 worker process group")
-    finish = stream(stack, ledger, ids("wk", 2000))
+    finish = stream(calm_stack, ledger, ids(f"wk{calm_stack.run}", 2000))
     wait_for_accepted(ledger, 400)
-    kill_group(stack.fleet.running.pop("worker_high"))
+    kill_group(calm_stack.fleet.running.pop("worker_high"))
     time.sleep(1)
-    stack.fleet.start("worker_high")
+    calm_stack.fleet.start("worker_high")
     finish()
 
-    assert_exactly_once(settle_and_count(stack, ledger))
+    assert_exactly_once(settle_and_count(calm_stack, ledger))
 
 
-def test_kill_9_of_one_pool_child_mid_stream(stack: Stack) -> None:
+def test_kill_9_of_one_pool_child_mid_stream(calm_stack: Stack) -> None:
     ledger = Ledger("kill -9 one pool child")
-    finish = stream(stack, ledger, ids("pc", 1000))
+    finish = stream(calm_stack, ledger, ids(f"pc{calm_stack.run}", 1000))
     wait_for_accepted(ledger, 300)
-    wait_until(lambda: bool(pool_children(stack, "worker_high")), 10, "pool children")
-    os.kill(pool_children(stack, "worker_high")[0], signal.SIGKILL)
+    wait_until(lambda: bool(pool_children(calm_stack, "worker_high")), 10, "pool children")
+    os.kill(pool_children(calm_stack, "worker_high")[0], signal.SIGKILL)
     finish()
 
-    assert_exactly_once(settle_and_count(stack, ledger))
+    assert_exactly_once(settle_and_count(calm_stack, ledger))
 
 
 def test_kill_9_of_redis_mid_stream_and_restart(stack: Stack) -> None:
@@ -542,25 +544,29 @@ def test_a_task_outliving_its_time_limit_and_the_visibility_timeout_takes_effect
     assert stack.fleet.log("worker_high").count("transient failure, will retry") >= 2
 
 
-def test_sigterm_to_a_worker_requeues_its_running_task_and_nothing_is_lost(stack: Stack) -> None:
+def test_sigterm_to_a_worker_requeues_its_running_task_and_nothing_is_lost(
+    calm_stack: Stack,
+) -> None:
     ledger = Ledger("SIGTERM worker mid-task")
-    with call_row_locked(stack, "term_1") as release:
-        assert deliver(stack, ledger, "term_1") == 202
+    call_id = f"term{calm_stack.run}"
+    with call_row_locked(calm_stack, call_id) as release:
+        assert deliver(calm_stack, ledger, call_id) == 202
         time.sleep(2)  # the task is running, waiting on the lock
         started = time.monotonic()
-        stack.fleet.stop("worker_high", signal.SIGTERM, timeout=30)
+        calm_stack.fleet.stop("worker_high", signal.SIGTERM, timeout=30)
         stopped_in = time.monotonic() - started
         release()
-    stack.fleet.start("worker_high")
+    calm_stack.fleet.start("worker_high")
 
-    row = settle_and_count(stack, ledger, timeout_s=90)
+    row = settle_and_count(calm_stack, ledger, timeout_s=90)
     assert_exactly_once(row)
     assert stopped_in < 15  # soft shutdown of 3 s, then cancel and requeue
 
 
-def test_sigterm_to_the_receiver_finishes_requests_in_flight(stack: Stack) -> None:
-    host, port = stack.fleet.base_url.removeprefix("http://").split(":")
-    raw = call_body("inflight_1")
+def test_sigterm_to_the_receiver_finishes_requests_in_flight(calm_stack: Stack) -> None:
+    host, port = calm_stack.fleet.base_url.removeprefix("http://").split(":")
+    call_id = f"inflight{calm_stack.run}"
+    raw = call_body(call_id)
     sock = socket.create_connection((host, int(port)), timeout=30)
     signature = retell.sign(SECRET, raw, int(time.time() * 1000))
     sock.sendall(
@@ -569,16 +575,21 @@ def test_sigterm_to_the_receiver_finishes_requests_in_flight(stack: Stack) -> No
         + raw[:10]
     )
     time.sleep(0.5)
-    os.kill(stack.fleet.running["web"].pid, signal.SIGTERM)
-    time.sleep(0.5)
-    sock.sendall(raw[10:])
-    answer = sock.recv(500)
-    sock.close()
+    os.kill(calm_stack.fleet.running["web"].pid, signal.SIGTERM)
+    try:
+        time.sleep(0.5)
+        sock.sendall(raw[10:])
+        answer = sock.recv(500)
+        sock.close()
+    finally:  # the module's next row gets its receiver back
+        calm_stack.fleet.stop("web")
+        calm_stack.fleet.start("web")
+        calm_stack.fleet.wait_for_web()
 
     assert answer.startswith(b"HTTP/1.1 202"), answer
     ledger = Ledger("SIGTERM receiver mid-request")
-    ledger.saw("inflight_1", 202)
-    assert_exactly_once(settle_and_count(stack, ledger, timeout_s=30))
+    ledger.saw(call_id, 202)
+    assert_exactly_once(settle_and_count(calm_stack, ledger, timeout_s=30))
 
 
 def test_a_message_lost_by_redis_after_a_worker_recorded_it_is_swept_back(
