@@ -7,16 +7,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 
 from models.events import EventStatus, WebhookEvent
+from tests.databases import SharedDatabase
 from tests.processes import Processes, request, running_fleet
-from tests.servers import wait_until
+from tests.servers import RedisServer, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -24,21 +25,44 @@ RATE, BURST = 2, 5
 EVENTS = [f"evt_{n:02d}" for n in range(15)]
 
 
+@pytest.fixture(scope="module")
+def shared_fleet(
+    tmp_path_factory: pytest.TempPathFactory, shared_mariadb: SharedDatabase
+) -> Iterator[Processes]:
+    """One fleet for both tests (the same limits), on a Redis of its own and the shared
+    MariaDB database (emptied for each test by ``mariadb_url``)."""
+    tmp = tmp_path_factory.mktemp("rate-limits")
+    redis_server = RedisServer(tmp / "redis").start()
+    try:
+        with running_fleet(
+            tmp,
+            redis_server.url,
+            shared_mariadb.url,
+            names=("web", "worker_default"),
+            HOOKFLEET_STANDARD_VERIFY="off",
+            HOOKFLEET_STANDARD_RATE_LIMIT=str(RATE),
+            HOOKFLEET_STANDARD_RATE_BURST=str(BURST),
+            HOOKFLEET_RETELL_VERIFY="off",
+            HOOKFLEET_RETELL_RATE_LIMIT="0.05",
+            HOOKFLEET_RETELL_RATE_BURST="1",
+        ) as processes:
+            yield processes
+    finally:
+        redis_server.stop()
+
+
 @pytest.fixture
-def fleet(tmp_path: Path, redis_url: str, mariadb_url: str) -> Iterator[Processes]:
-    with running_fleet(
-        tmp_path,
-        redis_url,
-        mariadb_url,
-        names=("web", "worker_default"),
-        HOOKFLEET_STANDARD_VERIFY="off",
-        HOOKFLEET_STANDARD_RATE_LIMIT=str(RATE),
-        HOOKFLEET_STANDARD_RATE_BURST=str(BURST),
-        HOOKFLEET_RETELL_VERIFY="off",
-        HOOKFLEET_RETELL_RATE_LIMIT="0.05",
-        HOOKFLEET_RETELL_RATE_BURST="1",
-    ) as processes:
-        yield processes
+def fleet(shared_fleet: Processes, mariadb_url: str) -> Processes:
+    """The module's fleet as a fresh one would be, for each test and each rerun: full
+    buckets and no claims (every ``hookfleet:*`` key deleted; the broker's own keys,
+    the queues' bindings under the running worker, kept), the database emptied."""
+    client = redis.Redis.from_url(shared_fleet.env["HOOKFLEET_REDIS_URL"])
+    try:
+        for key in client.scan_iter(match="hookfleet:*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+    return shared_fleet
 
 
 @pytest.fixture

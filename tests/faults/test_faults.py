@@ -21,11 +21,12 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ class Stack:
     database_url: str
     engine: Engine
     logs: Path
+    run: str = ""  # added to event ids on a module's shared fleet: see ``calm_stack``
 
     def processed(self, ids: set[str]) -> set[str]:
         """Call ids whose ``call_ended`` delivery (what the senders send) is processed."""
@@ -186,6 +188,32 @@ def stack(tmp_path: Path, mariadb_server: MariaDBServer) -> Iterator[Stack]:
         yield built
 
 
+@pytest.fixture(scope="module")
+def shared_stack(
+    tmp_path_factory: pytest.TempPathFactory, mariadb_server: MariaDBServer
+) -> Iterator[Stack]:
+    """One fault fleet (its own Redis and database) for the rows that leave it whole:
+    they restore what they change (a Redis setting, closed sockets) and restart the
+    fleet process they kill or stop, as an operator would. Rows that kill or stop a
+    server, flush Redis, or need settings of their own still build their own."""
+    with running_stack(tmp_path_factory.mktemp("faults-shared"), mariadb_server) as built:
+        yield built
+
+
+@pytest.fixture
+def calm_stack(shared_stack: Stack) -> Stack:
+    """The module's fleet, checked whole, with event ids of this attempt's own: a rerun
+    (``--reruns``) or a later row must not meet an earlier attempt's ids as duplicates.
+    Its counts stay this row's own: they are taken over the row's ids, and a duplicate
+    anywhere in the fleet's logs still fails the row."""
+    fleet = shared_stack.fleet
+    exited = {
+        name: proc.returncode for name, proc in fleet.running.items() if proc.poll() is not None
+    }
+    assert not exited and set(fleet.running) == set(FAULT_FLEET), exited
+    return replace(shared_stack, run="_" + uuid.uuid4().hex[:6])
+
+
 @contextmanager
 def running_stack(
     tmp_path: Path, mariadb: MariaDBServer, names: tuple[str, ...] = FAULT_FLEET, **env: str
@@ -246,27 +274,27 @@ def pool_children(stack: Stack, name: str) -> list[int]:
 # --- Crashes ------------------------------------------------------------------------------
 
 
-def test_kill_9_of_a_whole_worker_mid_stream(stack: Stack) -> None:
+def test_kill_9_of_a_whole_worker_mid_stream(calm_stack: Stack) -> None:
     ledger = Ledger("kill -9 worker process group")
-    finish = stream(stack, ledger, ids("wk", 2000))
+    finish = stream(calm_stack, ledger, ids(f"wk{calm_stack.run}", 2000))
     wait_for_accepted(ledger, 400)
-    kill_group(stack.fleet.running.pop("worker_high"))
+    kill_group(calm_stack.fleet.running.pop("worker_high"))
     time.sleep(1)
-    stack.fleet.start("worker_high")
+    calm_stack.fleet.start("worker_high")
     finish()
 
-    assert_exactly_once(settle_and_count(stack, ledger))
+    assert_exactly_once(settle_and_count(calm_stack, ledger))
 
 
-def test_kill_9_of_one_pool_child_mid_stream(stack: Stack) -> None:
+def test_kill_9_of_one_pool_child_mid_stream(calm_stack: Stack) -> None:
     ledger = Ledger("kill -9 one pool child")
-    finish = stream(stack, ledger, ids("pc", 1000))
+    finish = stream(calm_stack, ledger, ids(f"pc{calm_stack.run}", 1000))
     wait_for_accepted(ledger, 300)
-    wait_until(lambda: bool(pool_children(stack, "worker_high")), 10, "pool children")
-    os.kill(pool_children(stack, "worker_high")[0], signal.SIGKILL)
+    wait_until(lambda: bool(pool_children(calm_stack, "worker_high")), 10, "pool children")
+    os.kill(pool_children(calm_stack, "worker_high")[0], signal.SIGKILL)
     finish()
 
-    assert_exactly_once(settle_and_count(stack, ledger))
+    assert_exactly_once(settle_and_count(calm_stack, ledger))
 
 
 def test_kill_9_of_redis_mid_stream_and_restart(stack: Stack) -> None:
@@ -311,38 +339,38 @@ def test_mariadb_stopped_for_20_s_mid_stream(tmp_path: Path) -> None:
 # --- Overload and refusals ------------------------------------------------------------------
 
 
-def test_redis_at_maxmemory_answers_503_then_everything_lands(stack: Stack) -> None:
+def test_redis_at_maxmemory_answers_503_then_everything_lands(calm_stack: Stack) -> None:
     ledger = Ledger("redis at maxmemory")
-    client = stack.redis.client()
+    client = calm_stack.redis.client()
     client.config_set("maxmemory", 1)
     try:
-        for call_id in ids("mm", 20):
+        for call_id in ids(f"mm{calm_stack.run}", 20):
             raw = call_body(call_id)
             headers = {"x-retell-signature": retell.sign(SECRET, raw, int(time.time() * 1000))}
-            status = request(stack.fleet.base_url, "POST", "/webhooks/retell", raw, headers)[0]
+            status = request(calm_stack.fleet.base_url, "POST", "/webhooks/retell", raw, headers)[0]
             ledger.saw(call_id, status)
         assert ledger.answers == {503: 20}  # refused, not accepted and dropped
-        finish = stream(stack, ledger, ids("mm", 20))
+        finish = stream(calm_stack, ledger, ids(f"mm{calm_stack.run}", 20))
         time.sleep(1)
     finally:
         client.config_set("maxmemory", 0)
     finish()
 
-    assert_exactly_once(settle_and_count(stack, ledger))
+    assert_exactly_once(settle_and_count(calm_stack, ledger))
 
 
-def test_a_duplicate_storm_lands_each_event_once(stack: Stack) -> None:
+def test_a_duplicate_storm_lands_each_event_once(calm_stack: Stack) -> None:
     ledger = Ledger("duplicate storm 100 x 20")
-    storm = [call_id for call_id in ids("ds", 100) for _ in range(20)]
+    storm = [call_id for call_id in ids(f"ds{calm_stack.run}", 100) for _ in range(20)]
     random.Random(7).shuffle(storm)
-    stream(stack, ledger, storm, threads=16)()
+    stream(calm_stack, ledger, storm, threads=16)()
 
-    row = settle_and_count(stack, ledger)
+    row = settle_and_count(calm_stack, ledger)
     assert_exactly_once(row)
     assert row["answers"] == {202: 100, 200: 1900}
 
 
-def test_bad_requests_interleaved_with_good_ones(stack: Stack) -> None:
+def test_bad_requests_interleaved_with_good_ones(calm_stack: Stack) -> None:
     ledger = Ledger("10,000 bad requests + 500 good")
     rng = random.Random(11)
     bad_statuses: Counter[int] = Counter()
@@ -362,37 +390,38 @@ def test_bad_requests_interleaved_with_good_ones(stack: Stack) -> None:
             headers = {"x-retell-signature": rng.choice(["", "v=,d=", "garbage", "v=1,d=zz"])}
         path = rng.choice(["/webhooks/retell", "/webhooks/retell", "/webhooks/nope", "/"])
         method = "GET" if kind == 4 else "POST"
-        status = request(stack.fleet.base_url, method, path, raw, headers)[0]
+        status = request(calm_stack.fleet.base_url, method, path, raw, headers)[0]
         with lock:
             bad_statuses[status] += 1
 
-    good = ids("gd", 500)
+    good = ids(f"gd{calm_stack.run}", 500)
     jobs: list[Callable[[], Any]] = [lambda n=n: bad(n) for n in range(10_000)]
-    jobs += [lambda c=c: deliver(stack, ledger, c) for c in good]
+    jobs += [lambda c=c: deliver(calm_stack, ledger, c) for c in good]
     rng.shuffle(jobs)
     with ThreadPoolExecutor(8) as pool:
         for future in [pool.submit(job) for job in jobs]:
             future.result()
 
-    row = settle_and_count(stack, ledger)
+    row = settle_and_count(calm_stack, ledger)
     assert_exactly_once(row)
     assert row["accepted"] == 500
     assert not [s for s in bad_statuses if s >= 500], bad_statuses
 
 
-def test_clock_skew_just_inside_and_just_outside_the_tolerance(stack: Stack) -> None:
+def test_clock_skew_just_inside_and_just_outside_the_tolerance(calm_stack: Stack) -> None:
     def post_at(offset_s: float, call_id: str) -> int:
         raw = call_body(call_id)
         at = int((time.time() + offset_s) * 1000)
         headers = {"x-retell-signature": retell.sign(SECRET, raw, at)}
-        return request(stack.fleet.base_url, "POST", "/webhooks/retell", raw, headers)[0]
+        return request(calm_stack.fleet.base_url, "POST", "/webhooks/retell", raw, headers)[0]
 
-    assert [post_at(-290, "sk_1"), post_at(290, "sk_2")] == [202, 202]
-    assert [post_at(-310, "sk_3"), post_at(310, "sk_4")] == [401, 401]
+    sk = f"sk{calm_stack.run}"
+    assert [post_at(-290, f"{sk}_1"), post_at(290, f"{sk}_2")] == [202, 202]
+    assert [post_at(-310, f"{sk}_3"), post_at(310, f"{sk}_4")] == [401, 401]
 
 
-def test_a_slow_client_and_an_oversized_body_do_not_starve_the_receiver(stack: Stack) -> None:
-    host, port = stack.fleet.base_url.removeprefix("http://").split(":")
+def test_a_slow_client_and_an_oversized_body_do_not_starve_the_receiver(calm_stack: Stack) -> None:
+    host, port = calm_stack.fleet.base_url.removeprefix("http://").split(":")
     trickling = []
     for _ in range(2):
         sock = socket.create_connection((host, int(port)))
@@ -412,9 +441,9 @@ def test_a_slow_client_and_an_oversized_body_do_not_starve_the_receiver(stack: S
 
     ledger = Ledger("slow clients + oversized body")
     latencies = []
-    for call_id in ids("sl", 40):
+    for call_id in ids(f"sl{calm_stack.run}", 40):
         t0 = time.monotonic()
-        deliver(stack, ledger, call_id)
+        deliver(calm_stack, ledger, call_id)
         latencies.append(time.monotonic() - t0)
         for sock in trickling:
             sock.sendall(b" ")
@@ -423,7 +452,7 @@ def test_a_slow_client_and_an_oversized_body_do_not_starve_the_receiver(stack: S
 
     assert answer.startswith(b"HTTP/1.1 413") and early < 2
     assert max(latencies) < 2, latencies
-    assert_exactly_once(settle_and_count(stack, ledger))
+    assert_exactly_once(settle_and_count(calm_stack, ledger))
 
 
 def test_a_flood_on_low_does_not_delay_high(tmp_path: Path, mariadb_server: MariaDBServer) -> None:
@@ -497,43 +526,50 @@ def call_row_locked(stack: Stack, call_id: str) -> Iterator[Callable[[], None]]:
 
 
 def test_a_task_outliving_its_time_limit_and_the_visibility_timeout_takes_effect_once(
-    stack: Stack,
+    calm_stack: Stack,
 ) -> None:
-    stack.mariadb.sql("SET GLOBAL innodb_lock_wait_timeout = 60")
+    logged_before = len(calm_stack.fleet.log("worker_high"))  # a shared fleet's log
+    call_id = f"slow{calm_stack.run}"
+    calm_stack.mariadb.sql("SET GLOBAL innodb_lock_wait_timeout = 60")
     try:
         ledger = Ledger("task longer than visibility timeout")
-        with call_row_locked(stack, "slow_1") as release:
-            assert deliver(stack, ledger, "slow_1") == 202
+        with call_row_locked(calm_stack, call_id) as release:
+            assert deliver(calm_stack, ledger, call_id) == 202
             time.sleep(25)  # > time limit (10 s) and > visibility timeout (20 s)
             release()
-        row = settle_and_count(stack, ledger, timeout_s=90)
+        row = settle_and_count(calm_stack, ledger, timeout_s=90)
     finally:
-        stack.mariadb.sql("SET GLOBAL innodb_lock_wait_timeout = 50")
+        calm_stack.mariadb.sql("SET GLOBAL innodb_lock_wait_timeout = 50")
     assert_exactly_once(row)
     # The database's lock wait (2 s in the workers' sessions) ended each try in time, and
     # the task was retried on fresh messages until the lock was gone.
-    assert stack.fleet.log("worker_high").count("transient failure, will retry") >= 2
+    this_row = calm_stack.fleet.log("worker_high")[logged_before:]
+    assert this_row.count("transient failure, will retry") >= 2
 
 
-def test_sigterm_to_a_worker_requeues_its_running_task_and_nothing_is_lost(stack: Stack) -> None:
+def test_sigterm_to_a_worker_requeues_its_running_task_and_nothing_is_lost(
+    calm_stack: Stack,
+) -> None:
     ledger = Ledger("SIGTERM worker mid-task")
-    with call_row_locked(stack, "term_1") as release:
-        assert deliver(stack, ledger, "term_1") == 202
+    call_id = f"term{calm_stack.run}"
+    with call_row_locked(calm_stack, call_id) as release:
+        assert deliver(calm_stack, ledger, call_id) == 202
         time.sleep(2)  # the task is running, waiting on the lock
         started = time.monotonic()
-        stack.fleet.stop("worker_high", signal.SIGTERM, timeout=30)
+        calm_stack.fleet.stop("worker_high", signal.SIGTERM, timeout=30)
         stopped_in = time.monotonic() - started
         release()
-    stack.fleet.start("worker_high")
+    calm_stack.fleet.start("worker_high")
 
-    row = settle_and_count(stack, ledger, timeout_s=90)
+    row = settle_and_count(calm_stack, ledger, timeout_s=90)
     assert_exactly_once(row)
     assert stopped_in < 15  # soft shutdown of 3 s, then cancel and requeue
 
 
-def test_sigterm_to_the_receiver_finishes_requests_in_flight(stack: Stack) -> None:
-    host, port = stack.fleet.base_url.removeprefix("http://").split(":")
-    raw = call_body("inflight_1")
+def test_sigterm_to_the_receiver_finishes_requests_in_flight(calm_stack: Stack) -> None:
+    host, port = calm_stack.fleet.base_url.removeprefix("http://").split(":")
+    call_id = f"inflight{calm_stack.run}"
+    raw = call_body(call_id)
     sock = socket.create_connection((host, int(port)), timeout=30)
     signature = retell.sign(SECRET, raw, int(time.time() * 1000))
     sock.sendall(
@@ -542,16 +578,21 @@ def test_sigterm_to_the_receiver_finishes_requests_in_flight(stack: Stack) -> No
         + raw[:10]
     )
     time.sleep(0.5)
-    os.kill(stack.fleet.running["web"].pid, signal.SIGTERM)
-    time.sleep(0.5)
-    sock.sendall(raw[10:])
-    answer = sock.recv(500)
-    sock.close()
+    os.kill(calm_stack.fleet.running["web"].pid, signal.SIGTERM)
+    try:
+        time.sleep(0.5)
+        sock.sendall(raw[10:])
+        answer = sock.recv(500)
+        sock.close()
+    finally:  # the module's next row gets its receiver back
+        calm_stack.fleet.stop("web")
+        calm_stack.fleet.start("web")
+        calm_stack.fleet.wait_for_web()
 
     assert answer.startswith(b"HTTP/1.1 202"), answer
     ledger = Ledger("SIGTERM receiver mid-request")
-    ledger.saw("inflight_1", 202)
-    assert_exactly_once(settle_and_count(stack, ledger, timeout_s=30))
+    ledger.saw(call_id, 202)
+    assert_exactly_once(settle_and_count(calm_stack, ledger, timeout_s=30))
 
 
 def test_a_message_lost_by_redis_after_a_worker_recorded_it_is_swept_back(

@@ -17,9 +17,11 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +178,31 @@ def lease_stack(
         yield stack
 
 
+LEASE_FLEET = ("web", "worker_high", "worker_default")
+
+
+@pytest.fixture(scope="module")
+def shared_lease_stack(
+    tmp_path_factory: pytest.TempPathFactory, mariadb_server: MariaDBServer
+) -> Iterator[Stack]:
+    """One ``lease_stack`` (no second high worker) for the rows that leave it whole: they
+    restart the worker they kill, or release the lock they hold. Rows that freeze or
+    stop a worker, kill a server, or read every lease of the fleet build their own."""
+    tmp = tmp_path_factory.mktemp("leases-shared")
+    with lease_stack(tmp, mariadb_server, second_high=False) as built:
+        yield built
+
+
+@pytest.fixture
+def lease_row_stack(shared_lease_stack: Stack) -> Stack:
+    """The module's lease fleet, checked whole, with event ids of this attempt's own (a
+    rerun or a later row must not meet an earlier attempt's ids as duplicates)."""
+    fleet = shared_lease_stack.fleet
+    exited = {n: p.returncode for n, p in fleet.running.items() if p.poll() is not None}
+    assert not exited and set(fleet.running) == set(LEASE_FLEET), exited
+    return replace(shared_lease_stack, run="_" + uuid.uuid4().hex[:6])
+
+
 def start_as(fleet: Processes, alias: str, name: str) -> None:
     """Another process of the Procfile's ``name`` (its own node name and log)."""
     fleet.start(alias, procfile()[name].replace("-n high@", f"-n {alias}@"))
@@ -251,33 +278,33 @@ faults = pytest.mark.faults
 
 @faults
 def test_kill_9_of_a_worker_group_is_recovered_within_the_lease(
-    tmp_path: Path, mariadb_server: MariaDBServer
+    lease_row_stack: Stack,
 ) -> None:
-    with lease_stack(tmp_path, mariadb_server, second_high=False) as stack:
-        ledger = Ledger("lease: kill -9 worker group (shipped)")
-        finish = streaming(stack, ledger, "lk", 1000)
-        kill_group(stack.fleet.running.pop("worker_high"))
-        killed_at = time.monotonic()
-        held = held_call_ids(stack)
-        time.sleep(1)
-        stack.fleet.start("worker_high")
-        row = settled_after_recovery(stack, ledger, held, killed_at, finish)
+    stack = lease_row_stack
+    ledger = Ledger("lease: kill -9 worker group (shipped)")
+    finish = streaming(stack, ledger, f"lk{stack.run}", 1000)
+    kill_group(stack.fleet.running.pop("worker_high"))
+    killed_at = time.monotonic()
+    held = held_call_ids(stack)
+    time.sleep(1)
+    stack.fleet.start("worker_high")
+    row = settled_after_recovery(stack, ledger, held, killed_at, finish)
     assert_exactly_once(row)
     assert row["recovery_s"] < 30, row
 
 
 @faults
 def test_kill_9_of_one_pool_child_is_recovered_at_once(
-    tmp_path: Path, mariadb_server: MariaDBServer
+    lease_row_stack: Stack,
 ) -> None:
-    with lease_stack(tmp_path, mariadb_server, second_high=False) as stack:
-        ledger = Ledger("lease: kill -9 one pool child")
-        finish = streaming(stack, ledger, "lc", 1000)
-        wait_until(lambda: bool(pool_children(stack, "worker_high")), 10, "pool children")
-        os.kill(pool_children(stack, "worker_high")[0], signal.SIGKILL)
-        killed_at = time.monotonic()
-        held = held_call_ids(stack)
-        row = settled_after_recovery(stack, ledger, held, killed_at, finish)
+    stack = lease_row_stack
+    ledger = Ledger("lease: kill -9 one pool child")
+    finish = streaming(stack, ledger, f"lc{stack.run}", 1000)
+    wait_until(lambda: bool(pool_children(stack, "worker_high")), 10, "pool children")
+    os.kill(pool_children(stack, "worker_high")[0], signal.SIGKILL)
+    killed_at = time.monotonic()
+    held = held_call_ids(stack)
+    row = settled_after_recovery(stack, ledger, held, killed_at, finish)
     assert_exactly_once(row)
     assert row["recovery_s"] < 30, row
 
@@ -545,38 +572,37 @@ def test_a_task_running_3x_the_lease_on_a_healthy_worker_runs_once(
 
 @faults
 def test_a_row_lock_held_by_a_stopped_transaction_costs_one_event_not_its_batch(
-    tmp_path: Path, mariadb_server: MariaDBServer
+    lease_row_stack: Stack,
 ) -> None:
     """A frozen worker's transaction holds a row lock (here: a test connection holds
     it, so the overlap is certain). The batch that meets it gives up within the short
     lock wait, its other events commit, and only the contended one waits for a retry
     (transient: neither failed nor dead); once the lock goes it is applied, once."""
-    with lease_stack(tmp_path, mariadb_server, second_high=False) as stack:
-        ledger = Ledger("lease: row lock held by a stopped transaction")
-        others = ids("rl", 300)
-        with call_row_locked(stack, "locked_1") as release:
-            started = time.monotonic()
-            # The contended one first, so it shares a batch with the others.
-            stream(stack, ledger, ["locked_1", *others])()
-            wait_until(
-                lambda: stack.processed(set(others)) == set(others),
-                120,
-                "every other delivery processed",
-                interval=0.2,
+    stack = lease_row_stack
+    ledger = Ledger("lease: row lock held by a stopped transaction")
+    others = ids(f"rl{stack.run}", 300)
+    locked = f"locked{stack.run}"
+    with call_row_locked(stack, locked) as release:
+        started = time.monotonic()
+        # The contended one first, so it shares a batch with the others.
+        stream(stack, ledger, [locked, *others])()
+        wait_until(
+            lambda: stack.processed(set(others)) == set(others),
+            120,
+            "every other delivery processed",
+            interval=0.2,
+        )
+        others_s = round(time.monotonic() - started, 1)
+        waiting = stack.processed({locked}) == set()
+        with stack.engine.connect() as connection:
+            status = connection.scalar(
+                select(WebhookEvent.status).where(WebhookEvent.event_id == f"{locked}:call_ended")
             )
-            others_s = round(time.monotonic() - started, 1)
-            waiting = stack.processed({"locked_1"}) == set()
-            with stack.engine.connect() as connection:
-                status = connection.scalar(
-                    select(WebhookEvent.status).where(
-                        WebhookEvent.event_id == "locked_1:call_ended"
-                    )
-                )
-            release()
-            released_at = time.monotonic()
-        recovery = recovered_after(stack, {"locked_1"}, released_at)
-        row = settle_and_count(stack, ledger, timeout_s=120)
-        row.update(others_done_s=others_s, recovery_s=recovery)
+        release()
+        released_at = time.monotonic()
+    recovery = recovered_after(stack, {locked}, released_at)
+    row = settle_and_count(stack, ledger, timeout_s=120)
+    row.update(others_done_s=others_s, recovery_s=recovery)
     assert_exactly_once(row)
     assert waiting and status == EventStatus.RECEIVED, (waiting, status)
     # Before: the batch waited innodb_lock_wait_timeout (50 s) whole, then its events
