@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from models.engine import make_engine, make_sessionmaker
 from models.settings import Settings
 from tests.databases import copy_sqlite
 from tests.helpers import OPS
 from tests.provisioning_helpers import env_for, seed_branch, settings_for
-from tests.servers import clean_env
+from tests.servers import RedisServer, _binary, clean_env, free_port, wait_until
 from tests.standin import Reply, StandIn
 from workers.outbound.breaker import breaker_states, breaker_status
 from workers.outbound.errors import ApiRejected, CircuitOpen
@@ -27,6 +29,38 @@ HOOKFLEET = str(Path(sys.executable).parent / "hookfleet")
 def database(tmp_path: Path, sqlite_template: Path) -> str:
     """A migrated SQLite file of this test's own (a copy of the session's template)."""
     return copy_sqlite(sqlite_template, tmp_path)
+
+
+@pytest.fixture
+def sentinel_url(redis_url: str, redis_server: RedisServer, tmp_path: Path) -> Iterator[str]:
+    """A real ``redis-server --sentinel`` naming the test Redis as service ``hf``: the
+    ``redis+sentinel://`` URL of that Redis's database 0."""
+    port = free_port()
+    config = tmp_path / "sentinel.conf"
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor hf 127.0.0.1 {redis_server.port} 1\n"
+    )
+    proc = subprocess.Popen(
+        [_binary("redis-server"), str(config), "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_timeout=1)
+
+    def names_the_primary() -> bool:
+        try:
+            return client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "hf") is not None
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_until(names_the_primary, 30, "sentinel to answer", interval=0.1)
+        yield f"redis+sentinel://127.0.0.1:{port}/hf/0"
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def hookfleet(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -204,3 +238,24 @@ def test_breaker_status_shows_the_breaker_it_is_named_and_refuses_an_unknown_one
     ]
     assert unknown.returncode == 1 and unknown.stdout == ""
     assert unknown.stderr.splitlines() == ["Error: no breaker 'stripe': one of retell, calcom"]
+
+
+@pytest.mark.slow
+def test_the_breaker_works_through_a_sentinel_url(
+    redis_url: str, sentinel_url: str, database: str, standin: StandIn
+) -> None:
+    settings = settings_for(database, sentinel_url, standin, breaker_fail_max=3)
+    env = env_for(database, sentinel_url, standin, HOOKFLEET_BREAKER_FAIL_MAX="3")
+    standin.script("POST", "/v2/list-agents", *[Reply(503)] * 3)
+    with pytest.raises(CircuitOpen):
+        RetellApi(settings).ping()  # the worker's breaker, its state kept via the Sentinel
+
+    status = hookfleet("breaker", "status", "retell", env=env)
+    reset = hookfleet("breaker", "reset", "retell", env=env)
+
+    # The same state as the primary's own URL shows: one breaker, whichever URL names it.
+    plain = settings_for(database, redis_url, standin, breaker_fail_max=3)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[1].split()[:3] == ["retell", "open", "3"]
+    assert (reset.returncode, reset.stdout) == (0, "retell: closed\n"), reset.stderr
+    assert breaker_status("retell", plain).state == "closed"

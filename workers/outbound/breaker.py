@@ -19,6 +19,7 @@ from datetime import datetime
 import pybreaker
 import redis
 
+from models.broker.redis_links import redis_client
 from models.metrics import BREAKER_NAMES, BREAKER_NAMESPACE
 from models.perprocess import PerProcessMap
 from models.settings import Settings
@@ -34,12 +35,11 @@ class UnknownBreaker(KeyError):
 
 
 def _redis(settings: Settings) -> redis.Redis:
-    # pybreaker decodes the bytes it reads itself: decode_responses must stay off.
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-        decode_responses=False,
+    # The one client factory every Hookfleet process uses: it speaks the Sentinel URL
+    # (redis.Redis.from_url refuses redis+sentinel://) and drops a connection to a
+    # demoted primary. pybreaker decodes the bytes it reads itself: decode_responses off.
+    return redis_client(
+        settings.redis_url, timeout_s=settings.redis_timeout_s, decode_responses=False
     )
 
 
