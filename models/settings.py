@@ -213,8 +213,8 @@ class Settings:
         "redis://127.0.0.1:6379/0",
         "HOOKFLEET_REDIS_URL",
         "Dedup store (and broker unless set below). "
-        "`redis+sentinel://host:26379[,host:26379]/<service>[/<db>]` for Sentinel "
-        '(see *Guarantees*, "Failovers").',
+        "`redis+sentinel://host:26379[,host:26379]/<service>[/<db>]` (or `sentinel://`) "
+        'for Sentinel (see *Guarantees*, "Failovers").',
         parse=url_knobs.redis_url,
         shown="`redis://127.0.0.1:6379/0` (`hookfleet up`: a private Redis)",
     )

@@ -15,8 +15,10 @@ Configuration" docs) and redis-py's ``redis.connection.parse_url`` (``redis://``
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import ssl
 from collections.abc import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -29,6 +31,29 @@ REDIS_EXAMPLE = "redis://host:6379/0, rediss://, unix:///path.sock or redis+sent
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_SCHEMES = ("redis+sentinel", "sentinel")  # models.broker.redis_links
+
+#: The query names redis-py's ``parse_url`` hands the connection (its
+#: ``URL_QUERY_ARGUMENT_PARSERS``, plus the text-valued keywords its connection classes
+#: take): any other name ends the first command in a TypeError, a value its parser
+#: refuses ends it in a ValueError. tests/unit/test_url_settings.py holds this equal to
+#: redis-py's own table and signatures.
+QUERY_WHOLE_NUMBERS = ("db", "socket_read_size", "max_connections", "health_check_interval")
+QUERY_SECONDS = ("socket_timeout", "socket_connect_timeout", "timeout")
+QUERY_FLAGS = ("socket_keepalive", "retry_on_timeout", "legacy_responses")  # any value
+QUERY_TEXT = ("client_name", "username", "password", "lib_name", "lib_version", "encoding")
+QUERY_TLS_NUMBERS = ("ssl_min_version",)
+QUERY_TLS_FLAGS = ("ssl_check_hostname",)
+QUERY_TLS_VERIFY_FLAGS = ("ssl_include_verify_flags", "ssl_exclude_verify_flags")
+QUERY_TLS_TEXT = (
+    "ssl_keyfile",
+    "ssl_certfile",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_ca_path",
+    "ssl_ciphers",
+    "ssl_password",
+)
+RESP_PROTOCOLS = ("2", "3")
 
 # Builds the ConfigError for one reason ("has a port outside 1-65535").
 Refusal = Callable[[str], ConfigError]
@@ -82,19 +107,29 @@ def redis_url(name: str, raw: str) -> str:
 
     try:
         parts = urlsplit(raw)
+        # urllib lowers the scheme; redis-py and kombu compare it as written.
+        if raw.partition("://")[0] not in (*REDIS_SCHEMES, *SENTINEL_SCHEMES):
+            raise refuse(
+                f"must start with {', '.join(f'{s}://' for s in REDIS_SCHEMES)} or "
+                "redis+sentinel:// (sentinel:// too), in lower case"
+            )
+        query = parse_qs(parts.query, keep_blank_values=True)
         if parts.scheme in SENTINEL_SCHEMES:
             ports = _sentinel_ports(parts.netloc.rpartition("@")[2], refuse)
-            if not [p for p in parts.path.split("/") if p]:
+            path = [unquote(p) for p in parts.path.split("/") if p]
+            if not path:
                 raise refuse("names no Sentinel service (.../<service>[/<db>])")
-        elif parts.scheme in REDIS_SCHEMES:
-            ports = [parts.port]
-            db = parse_qs(parts.query).get("db", [unquote(parts.path).strip("/")])[0]
-            if parts.scheme != "unix" and db and not db.isdigit():
-                raise refuse(f"names a database {db!r} that is not a number")
+            if len(path) > 2:
+                raise refuse("has more than .../<service>/<db> in its path")
+            if set(query) - {"db"}:
+                raise refuse(f"gives a Sentinel URL {_names(set(query) - {'db'})}: only ?db=N")
+            _check_db(query.get("db", [path[1] if len(path) > 1 else "0"])[-1], refuse)
         else:
-            raise refuse(
-                f"must start with {', '.join(f'{s}://' for s in REDIS_SCHEMES)} or redis+sentinel://"
-            )
+            ports = [parts.port]
+            db = query.get("db", [unquote(parts.path).strip("/")])[0]
+            if parts.scheme != "unix" and db:
+                _check_db(db, refuse)
+            _check_query(parts.scheme, query, refuse)
     except ValueError as error:  # urllib: a port that is not a number or out of range
         if isinstance(error, ConfigError):
             raise
@@ -102,6 +137,51 @@ def redis_url(name: str, raw: str) -> str:
     for port in ports:
         _check_port(port, refuse)
     return raw
+
+
+def _check_db(db: str, refuse: Refusal) -> None:
+    if not db.isdigit():
+        raise refuse(f"names a database {db!r} that is not a number")
+
+
+def _names(names: set[str]) -> str:
+    return ", ".join(f"?{name}=" for name in sorted(names))
+
+
+def _check_query(scheme: str, query: dict[str, list[str]], refuse: Refusal) -> None:
+    """Each ``?name=value`` is one redis-py takes, with a value its parser takes
+    (``redis.connection.parse_url``; the first value of a repeated name counts)."""
+    tls = scheme == "rediss"
+    flags = {*QUERY_FLAGS, *(QUERY_TLS_FLAGS if tls else ())}
+    if scheme == "unix":
+        flags.discard("socket_keepalive")  # UnixDomainSocketConnection takes no keepalive
+    numbers = {*QUERY_WHOLE_NUMBERS, *(QUERY_TLS_NUMBERS if tls else ())}
+    text = {*QUERY_TEXT, *(QUERY_TLS_TEXT if tls else ())}
+    verify = set(QUERY_TLS_VERIFY_FLAGS if tls else ())
+    known = {*flags, *numbers, *text, *verify, *QUERY_SECONDS, "protocol"}
+    if unknown := set(query) - known:
+        raise refuse(f"has query options redis-py does not take ({_names(unknown)})")
+    for name, values in query.items():
+        value = values[0]
+        if name in numbers and not value.isdigit():
+            raise refuse(f"has ?{name}={value!r}, not a whole number")
+        if name in QUERY_SECONDS and not _positive_seconds(value):
+            raise refuse(f"has ?{name}={value!r}, not a number of seconds above 0")
+        if name == "protocol" and value not in RESP_PROTOCOLS:
+            raise refuse(f"has ?protocol={value!r}: RESP is 2 or 3")
+        if name in verify:
+            flag_names = [f.strip() for f in value.strip("[]").split(",")]
+            bad = [f for f in flag_names if f not in ssl.VerifyFlags.__members__]
+            if bad:
+                raise refuse(f"has ?{name}= naming no ssl.VerifyFlags ({bad[0]!r})")
+
+
+def _positive_seconds(value: str) -> bool:
+    try:
+        seconds = float(value)
+    except ValueError:
+        return False
+    return math.isfinite(seconds) and seconds > 0
 
 
 def _sentinel_ports(hosts: str, refuse: Refusal) -> list[int | None]:

@@ -100,3 +100,19 @@ def test_redis_down_is_one_line_naming_redis(
     stats = hookfleet(["stats"], tmp_path, **env)
     assert stats.returncode == 1 and "Traceback" not in stats.stderr
     assert "redis unreachable" in stats.stderr and "HOOKFLEET_REDIS_URL" in stats.stderr
+
+
+@pytest.mark.parametrize("args", [["quarantine", "list"], ["breaker", "status"]], ids=" ".join)
+def test_unreachable_sentinels_are_one_line_naming_them(
+    args: list[str], tmp_path: Path, sqlite_template: Path
+) -> None:
+    # The documented multi-host form: its netloc is no host:port for a URL parser.
+    one, two = free_port(), free_port()
+    redis_url = f"redis+sentinel://:s3cret@127.0.0.1:{one},127.0.0.1:{two}/mymaster/2"
+    env = {"HOOKFLEET_DATABASE_URL": copy_sqlite(sqlite_template, tmp_path)}
+    result = hookfleet(args, tmp_path, HOOKFLEET_REDIS_URL=redis_url, **env)
+    assert_one_clear_line(
+        result, "cannot reach Redis", f"127.0.0.1:{one},127.0.0.1:{two}/mymaster/2", "mymaster"
+    )
+    assert "s3cret" not in result.stderr
+    assert "<redis." not in result.stderr  # no client reprs: the URL says where

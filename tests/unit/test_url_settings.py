@@ -31,6 +31,24 @@ BAD_REDIS_URLS = {
     "redis+sentinel://:s3cret@h1:notaport/mymaster": "Sentinel port 'notaport'",
     "redis+sentinel://h1:26379": "no Sentinel service",
     "redis+sentinel:///mymaster": "no Sentinel host",
+    # Shapes that passed the check and then broke the first command (redis-py's parse_url).
+    "redis+sentinel://h:1/mymaster/x": "database 'x' that is not a number",
+    "redis+sentinel://h:1,h:2/mymaster?db=x": "database 'x' that is not a number",
+    "redis+sentinel://h:1/mymaster/1/extra": "more than .../<service>/<db>",
+    "redis+sentinel://h:1/mymaster?socket_timeout=1": "only ?db=N",
+    "REDIS://cache:6379/15": "in lower case",
+    "Redis+Sentinel://h:1/mymaster": "in lower case",
+    "redis://cache/1?socket_timeout=abc": "?socket_timeout='abc'",
+    "redis://cache/1?socket_connect_timeout=-1": "seconds above 0",
+    "redis://cache/1?timeout=nan": "seconds above 0",
+    "redis://cache/1?health_check_interval=1.5": "not a whole number",
+    "redis://cache/1?max_connections=many": "not a whole number",
+    "redis://cache/1?protocol=7": "RESP is 2 or 3",
+    "redis://cache/1?foo=1": "?foo=",
+    "redis://cache/1?ssl_cert_reqs=none": "?ssl_cert_reqs=",  # TLS options: rediss:// only
+    "rediss://cache/1?ssl_min_version=x": "not a whole number",
+    "rediss://cache/1?ssl_include_verify_flags=NOPE": "'NOPE'",
+    "unix:///run/redis.sock?socket_keepalive=1": "?socket_keepalive=",
 }
 
 
@@ -67,6 +85,9 @@ def test_a_broker_falling_back_to_a_bad_redis_url_is_refused_too() -> None:
         "unix:///run/redis/redis.sock?db=1",
         "redis+sentinel://:pw@h1:26379,h2:26380/mymaster/1",
         "sentinel://h1/mymaster",
+        "redis+sentinel://h:1,h:2/mymaster?db=3",
+        "redis://cache/1?socket_timeout=2.5&client_name=hf&protocol=3&retry_on_timeout=yes",
+        "rediss://cache/1?ssl_cert_reqs=none&ssl_include_verify_flags=VERIFY_X509_STRICT",
     ],
 )
 def test_every_redis_url_shape_hookfleet_speaks_is_accepted(url: str) -> None:
@@ -82,3 +103,31 @@ def test_working_database_urls_are_accepted(tmp_path: Path) -> None:
         f"sqlite:///{tmp_path}/not/yet/made/hookfleet.db",  # models.engine makes it
     ):
         assert Settings.from_env({"HOOKFLEET_DATABASE_URL": url}).database_url == url
+
+
+def test_the_query_options_accepted_are_ones_redis_py_parses_and_its_connections_take() -> None:
+    import inspect
+
+    import redis
+    from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+
+    from models import url_knobs as k
+
+    def keywords(cls: type) -> set[str]:
+        return {
+            name
+            for klass in cls.__mro__
+            if "__init__" in vars(klass)
+            for name in inspect.signature(klass.__init__).parameters  # type: ignore[misc]
+        }
+
+    typed = {*k.QUERY_WHOLE_NUMBERS, *k.QUERY_SECONDS, *k.QUERY_FLAGS, "protocol"}
+    tls_typed = {*k.QUERY_TLS_NUMBERS, *k.QUERY_TLS_FLAGS, *k.QUERY_TLS_VERIFY_FLAGS}
+    assert typed | tls_typed <= set(URL_QUERY_ARGUMENT_PARSERS)
+    pool_only = {"max_connections", "timeout"}  # the pool's keywords, not the connection's
+    plain = typed | set(k.QUERY_TEXT)
+    assert plain - pool_only <= keywords(redis.Connection)
+    tls = plain | tls_typed | set(k.QUERY_TLS_TEXT)
+    assert tls - pool_only <= keywords(redis.SSLConnection)
+    unix = plain - pool_only - {"socket_keepalive"}
+    assert unix <= keywords(redis.UnixDomainSocketConnection)

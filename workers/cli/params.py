@@ -200,8 +200,11 @@ def _unreachable(ctx: click.Context, error: Exception) -> click.ClickException |
 def redis_unreachable(error: BaseException) -> click.ClickException:
     """The one line for a Redis this invocation cannot reach: where, why, what to do."""
     where = _setting(click.get_current_context(), "broker_url")
+    # redis-py's MasterNotFoundError appends the repr of every Sentinel client it asked
+    # ("No master found for 'svc' : <redis.client.Redis(<...>)> - ..."): the URL says where.
+    reason = _first_line(error).split(" : <redis.", 1)[0]
     return click.ClickException(
-        f"cannot reach Redis at {where}: {_first_line(error)}; "
+        f"cannot reach Redis at {where}: {reason}; "
         "is `hookfleet up` running? or set HOOKFLEET_REDIS_URL"
     )
 
@@ -229,15 +232,19 @@ def _setting(ctx: click.Context, name: str) -> str:
     from sqlalchemy.exc import ArgumentError
 
     from models.settings import Settings
+    from models.url_knobs import masked
 
     settings = ctx.find_root().obj
     if not isinstance(settings, Settings):
         return "?"
     value = str(getattr(settings, name))
+    if name != "database_url":
+        # A Redis URL is no SQLAlchemy URL: a multi-host Sentinel netloc is no port.
+        return masked(value)
     try:
         return make_url(value).render_as_string(hide_password=True)
-    except ArgumentError:
-        return value.split("@")[-1]
+    except (ArgumentError, ValueError):
+        return masked(value)
 
 
 def _first_line(error: BaseException) -> str:
