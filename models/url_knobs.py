@@ -20,9 +20,14 @@ import os
 import re
 import ssl
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from models.knobs import ConfigError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+    from sqlalchemy.engine.default import DefaultDialect
 
 #: The databases Hookfleet runs on (models use MariaDB's dialect where it differs).
 DATABASE_BACKENDS = ("mysql", "mariadb", "sqlite")
@@ -86,12 +91,48 @@ def database_url(name: str, raw: str) -> str:
         raise refuse("must be a MariaDB/MySQL or SQLite URL")
     _check_port(url.port, refuse)
     try:
-        url.get_dialect().import_dbapi()
+        # Every SQLAlchemy dialect derives from DefaultDialect, which takes the DBAPI.
+        dialect = cast("type[DefaultDialect]", url.get_dialect())
+        dbapi = dialect.import_dbapi()
     except (ArgumentError, ImportError) as error:  # NoSuchModuleError: no such driver
         raise refuse(f"names a driver that cannot be loaded ({_first_line(error)})") from None
+    _check_driver_options(url, dialect(dbapi=dbapi), refuse)
     if url.get_backend_name() == "sqlite":
         _check_sqlite_directory(url.database, refuse)
     return raw
+
+
+def _check_driver_options(url: URL, dialect: DefaultDialect, refuse: Refusal) -> None:
+    """The ``?name=value`` options are ones the driver's ``connect()`` takes, with values
+    it takes: without this an unknown name (TypeError), a number that is not one
+    (``?connect_timeout=abc``: ValueError) or a charset PyMySQL does not know
+    (``?charset=bogus``: AttributeError in ``pymysql.connections.Connection``) ended
+    ``hookfleet migrate`` in a traceback before any connection was tried. SQLAlchemy's
+    own ``create_connect_args`` makes the keyword arguments (and coerces the numbers);
+    PyMySQL's ``Connection`` signature and ``pymysql.charset`` are the rest."""
+    try:
+        _, keywords = dialect.create_connect_args(url)
+    except (ValueError, TypeError) as error:
+        raise refuse(f"has a query option its driver cannot take ({_first_line(error)})") from None
+    if url.get_driver_name() != "pymysql":
+        return
+    import inspect
+
+    import pymysql.charset
+    import pymysql.connections
+
+    taken = inspect.signature(pymysql.connections.Connection.__init__).parameters
+    if unknown := set(keywords) - set(taken):
+        raise refuse(f"has query options PyMySQL does not take ({_names(unknown)})")
+    for option, path in (keywords.get("ssl") or {}).items():
+        # PyMySQL loads these while building the connection, before dialling.
+        if option in ("ca", "cert", "key") and not os.path.isfile(path):
+            raise refuse(f"has ?ssl_{option}= naming no file")
+        if option == "capath" and not os.path.isdir(path):
+            raise refuse("has ?ssl_capath= naming no directory")
+    charset = keywords.get("charset")
+    if charset and pymysql.charset.charset_by_name(charset) is None:
+        raise refuse(f"names a charset {charset!r} PyMySQL does not know (e.g. utf8mb4)")
 
 
 def redis_url(name: str, raw: str) -> str:

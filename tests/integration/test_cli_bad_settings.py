@@ -28,6 +28,13 @@ BAD_URLS = [
     ("HOOKFLEET_REDIS_URL", "redis://:s3cret@cache:notaport"),
     ("HOOKFLEET_REDIS_URL", "http://x"),
     ("HOOKFLEET_BROKER_URL", "redis://cache:99999/0"),
+    # Query options the driver refuses in connect(), before dialling: `migrate` tracebacks.
+    ("HOOKFLEET_DATABASE_URL", "mysql+pymysql://hookfleet:s3cret@db/hookfleet?charset=bogus"),
+    ("HOOKFLEET_DATABASE_URL", "mysql+pymysql://hookfleet:s3cret@db/x?connect_timeout=abc"),
+    # Shapes redis-py refuses at the first command.
+    ("HOOKFLEET_REDIS_URL", "REDIS://:s3cret@cache:6379/15"),
+    ("HOOKFLEET_REDIS_URL", "redis+sentinel://:s3cret@h:1/mymaster/x"),
+    ("HOOKFLEET_REDIS_URL", "redis://:s3cret@cache/1?socket_timeout=abc"),
 ]
 COMMANDS = [
     ["events", "list"],

@@ -18,6 +18,13 @@ BAD_DATABASE_URLS = {
     "mysql+pymysql://hookfleet:s3cret@db:notaport/hookfleet": "port that is not a number",
     "mysql+pymysql://hookfleet:s3cret@db:99999/hookfleet": "port outside 1-65535",
     "sqlite:////etc/hostname/below/a/file.db": "not a directory",
+    # Query options PyMySQL's connect() refuses before dialling (a traceback in migrate).
+    "mysql+pymysql://hookfleet:s3cret@db/hookfleet?charset=bogus": "charset 'bogus'",
+    "mysql+pymysql://hookfleet:s3cret@db/hookfleet?connect_timeout=abc": "'abc'",
+    "mysql+pymysql://hookfleet:s3cret@db/hookfleet?local_infile=maybe": "driver cannot take",
+    "mysql+pymysql://hookfleet:s3cret@db/hookfleet?foo=1": "?foo=",
+    "mysql+pymysql://hookfleet:s3cret@db/hookfleet?ssl_ca=/nonexistent/ca.pem": "?ssl_ca=",
+    "sqlite:///hookfleet.db?timeout=abc": "'abc'",
 }
 BAD_REDIS_URLS = {
     "garbage://x": "must start with redis://",
@@ -98,6 +105,8 @@ def test_working_database_urls_are_accepted(tmp_path: Path) -> None:
     for url in (
         "mysql+pymysql://hookfleet:pw@db:3306/hookfleet",
         "mariadb+pymysql://hookfleet@db/hookfleet",
+        "mysql+pymysql://hf:pw@db/hookfleet?charset=utf8mb4&connect_timeout=5&local_infile=0",
+        "sqlite:///hookfleet.db?timeout=5",
         "sqlite://",
         "sqlite:///:memory:",
         f"sqlite:///{tmp_path}/not/yet/made/hookfleet.db",  # models.engine makes it
