@@ -50,6 +50,13 @@ SCOPE = "hookfleet"
 #: boolean: only ``true``, any case, is true; the SDK's TracerProvider reads it so).
 #: Another value is refused with one line (tracing stays off), never guessed at.
 SDK_DISABLED_VALUES = ("", "true", "false")
+
+
+class TracingSettingError(ValueError):
+    """An ``OTEL_*`` value tracing does not start with; the message names the variable
+    and says what is wrong (never a header's value: those hold credentials)."""
+
+
 _state: dict[str, Any] = {"on": False, "provider": None, "tracer": None, "broken": False}
 
 
@@ -60,10 +67,7 @@ def wanted(environ: Mapping[str, str]) -> bool:
         return False
     if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() in ("none", ""):
         return False
-    return bool(
-        environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    )
+    return used_endpoint(environ) is not None
 
 
 def on() -> bool:
@@ -92,14 +96,14 @@ def start(
         provider = _provider(service, environ)
     except Exception as error:  # noqa: BLE001 (tracing must never stop the process)
         _state["broken"] = True
-        log.error("tracing stays off: %s: %s", type(error).__name__, error)
+        log.error("tracing stays off: %s", _what_is_wrong(error))
         return False
     try:
         if instrument is not None:
             instrument(provider)
     except Exception as error:  # noqa: BLE001 (as above)
         _state["broken"] = True
-        log.error("tracing stays off: %s: %s", type(error).__name__, error)
+        log.error("tracing stays off: %s", _what_is_wrong(error))
         provider.shutdown()
         return False
     from opentelemetry import trace
@@ -108,6 +112,12 @@ def start(
     # One tracer for the process: asking the provider for it costs more than a span.
     _state.update(on=True, provider=provider, tracer=provider.get_tracer(SCOPE))
     return True
+
+
+def _what_is_wrong(error: BaseException) -> str:
+    """The reason, for the one log line: ours and the SDK's messages name the variable;
+    the exception's type only when it says nothing else."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 #: The exporters ``OTEL_TRACES_EXPORTER`` may name (besides ``none``): OTLP only.
@@ -127,7 +137,9 @@ def _provider(service: str, environ: Mapping[str, str]) -> Any:
     ]
     unknown = [name for name in exporters if name not in EXPORTERS]
     if unknown:
-        raise ValueError(f"OTEL_TRACES_EXPORTER={','.join(unknown)} is not supported (otlp, none)")
+        raise TracingSettingError(
+            f"OTEL_TRACES_EXPORTER={','.join(unknown)} is not supported (otlp, none)"
+        )
     check_environment(environ)
     # The propagators OTEL_PROPAGATORS names are loaded when this module is first
     # imported: an unknown one (b3 without its package) raises here, once, instead of
@@ -189,7 +201,8 @@ FILES = tuple(
     for part in ("", "_TRACES")
     for name in ("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE")
 )
-ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+#: The traces endpoint first: it wins (:func:`used_endpoint`).
+ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
 def check_environment(environ: Mapping[str, str]) -> None:
@@ -198,33 +211,32 @@ def check_environment(environ: Mapping[str, str]) -> None:
     raises for some only when the first span is exported. Tracing is off instead."""
     disabled = environ.get("OTEL_SDK_DISABLED", "").strip()
     if disabled.lower() not in SDK_DISABLED_VALUES:
-        raise ValueError(f"OTEL_SDK_DISABLED={disabled!r} is neither true nor false")
+        raise TracingSettingError(f"OTEL_SDK_DISABLED={disabled!r} is neither true nor false")
     for name in WHOLE_NUMBERS:
         raw = environ.get(name, "").strip()
         if raw and not (raw.isascii() and raw.isdigit()):
-            raise ValueError(f"{name}={raw!r} is not a whole number of at least 0")
+            raise TracingSettingError(f"{name}={raw!r} is not a whole number of at least 0")
     for name in SECONDS:
         raw = environ.get(name, "").strip()
         if raw and not _non_negative(raw):
-            raise ValueError(f"{name}={raw!r} is not a number of seconds (at least 0)")
+            raise TracingSettingError(f"{name}={raw!r} is not a number of seconds (at least 0)")
     for name in KEY_VALUE_LISTS:
         for item in environ.get(name, "").split(","):
             key, equals, _value = item.partition("=")
             if item.strip() and (not equals or not key.strip()):
                 # Not the item itself: a header list holds credentials.
-                raise ValueError(f"{name} is not a list of key=value")
+                raise TracingSettingError(f"{name} is not a list of key=value")
     for name in COMPRESSIONS:
         raw = environ.get(name, "").strip().lower()
         if raw not in ("", "gzip", "deflate", "none"):
-            raise ValueError(f"{name}={raw!r} is not gzip, deflate or none")
+            raise TracingSettingError(f"{name}={raw!r} is not gzip, deflate or none")
     for name in FILES:
         raw = environ.get(name, "")
         if raw and not os.path.isfile(raw):
-            raise ValueError(f"{name}: no file {raw!r}")
-    for name in ENDPOINTS:
-        raw = environ.get(name, "").strip()
-        if raw:
-            _check_endpoint(name, raw)
+            raise TracingSettingError(f"{name}: no file {raw!r}")
+    used = used_endpoint(environ)
+    if used is not None:
+        _check_endpoint(*used)
     from opentelemetry.util._importlib_metadata import entry_points
 
     for raw in environ.get("OTEL_PROPAGATORS", "").split(","):
@@ -234,7 +246,7 @@ def check_environment(environ: Mapping[str, str]) -> None:
             and name != "none"
             and not entry_points(group="opentelemetry_propagator", name=name)
         ):
-            raise ValueError(f"OTEL_PROPAGATORS: propagator {name} is not installed")
+            raise TracingSettingError(f"OTEL_PROPAGATORS: propagator {name} is not installed")
 
 
 def _non_negative(raw: str) -> bool:
@@ -245,20 +257,35 @@ def _non_negative(raw: str) -> bool:
     return math.isfinite(value) and value >= 0
 
 
+def used_endpoint(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """``(variable, value)`` of the endpoint the OTLP exporter sends to, or None: the
+    traces endpoint when set, else the general one (OTel spec, "OTLP Exporter
+    Configuration": the signal-specific variable wins). "Set" as the exporter reads
+    it (``opentelemetry.exporter.otlp.proto.http._common._resolve_endpoint``): any
+    non-empty value, whitespace too. The unused one is never looked at."""
+    for name in ENDPOINTS:
+        if raw := environ.get(name):
+            return name, raw
+    return None
+
+
 def _check_endpoint(name: str, raw: str) -> None:
     """An http(s) URL with a host and, if given, a port in 1-65535: anything else the
-    exporter takes at start and fails to send every batch to (a logged error each)."""
-    parts = urlsplit(raw)
+    exporter takes at start and fails to send every batch to (a logged error each).
+    Whitespace alone is refused, not taken as unset: the exporter would send to it."""
+    if not raw.strip():
+        raise TracingSettingError(f"{name} is blank (unset it, or name the collector)")
+    parts = urlsplit(raw.strip())
     if parts.scheme not in ("http", "https"):
-        raise ValueError(f"{name} is not an http(s) URL")
+        raise TracingSettingError(f"{name} is not an http(s) URL")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"{name} has a port that is not a number in 0-65535") from None
+        raise TracingSettingError(f"{name} has a port that is not a number in 0-65535") from None
     if not parts.hostname:
-        raise ValueError(f"{name} names no host")
+        raise TracingSettingError(f"{name} names no host")
     if port == 0:
-        raise ValueError(f"{name} has port 0")
+        raise TracingSettingError(f"{name} has port 0")
 
 
 def _sampler(environ: Mapping[str, str], sampling: Any) -> Any:
@@ -267,15 +294,15 @@ def _sampler(environ: Mapping[str, str], sampling: Any) -> Any:
     to a ratio of 1 on a malformed ratio: here either is an error (tracing off)."""
     name = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
     if name not in sampling._KNOWN_SAMPLERS:
-        raise ValueError(f"OTEL_TRACES_SAMPLER={name} is not a sampler the SDK knows")
+        raise TracingSettingError(f"OTEL_TRACES_SAMPLER={name} is not a sampler the SDK knows")
     if "traceidratio" in name:
         raw = environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0")
         try:
             ratio = float(raw)
         except ValueError:
-            raise ValueError(f"OTEL_TRACES_SAMPLER_ARG={raw!r} is not a number") from None
+            raise TracingSettingError(f"OTEL_TRACES_SAMPLER_ARG={raw!r} is not a number") from None
         if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"OTEL_TRACES_SAMPLER_ARG={raw!r} is not between 0 and 1")
+            raise TracingSettingError(f"OTEL_TRACES_SAMPLER_ARG={raw!r} is not between 0 and 1")
     return sampling._get_from_env_or_default()
 
 
@@ -294,7 +321,7 @@ def _export_timeout_ms(environ: Mapping[str, str]) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"OTEL_BSP_EXPORT_TIMEOUT={raw!r} is not a number") from None
+        raise TracingSettingError(f"OTEL_BSP_EXPORT_TIMEOUT={raw!r} is not a number") from None
 
 
 def shutdown(timeout_ms: int = SHUTDOWN_FLUSH_MS) -> None:
@@ -344,7 +371,9 @@ def _exporter(environ: Mapping[str, str]) -> Any:
     )
     protocol = protocol.strip().lower()
     if protocol not in PROTOCOLS:
-        raise ValueError(f"OTLP protocol {protocol!r} is not supported (http/protobuf, grpc)")
+        raise TracingSettingError(
+            f"OTLP protocol {protocol!r} is not supported (http/protobuf, grpc)"
+        )
     if protocol == "grpc":
         try:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (

@@ -5,6 +5,7 @@ up its span, never raising into the pipeline (models/tracing.py)."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,6 +47,9 @@ BAD = {
     "compression": {"OTEL_EXPORTER_OTLP_COMPRESSION": "zip"},
     "certificate file missing": {"OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem"},
     "endpoint not a URL": {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"},
+    # Whitespace is a value to the exporter (it would send every batch to " /v1/traces").
+    "endpoint blank": {"OTEL_EXPORTER_OTLP_ENDPOINT": " "},
+    "traces endpoint blank, over a good endpoint": {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "\t"},
     # The SDK reads counts and milliseconds with int(): it logged a traceback for these
     # and went on with its default, tracing on.
     **{
@@ -95,6 +99,8 @@ def test_a_bad_otel_value_leaves_tracing_off_with_one_log_line(
         assert tracing.start("hookfleet-test") is False  # a second start: no second line
     lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r.getMessage().split(":")[0] for r in lines] == ["tracing stays off"]
+    reason = lines[0].getMessage().removeprefix("tracing stays off: ")
+    assert re.match(r"\w+(Error|Exception): ", reason) is None, reason  # what, not a type
     assert lines[0].exc_info is None  # one line, no traceback
     assert "s3cret" not in lines[0].getMessage()
     assert (tracing.trace_headers(), tracing.current_ids()) == ({}, None)
@@ -144,6 +150,26 @@ def test_sdk_disabled_true_in_any_case_keeps_tracing_off_without_a_word(
     with caplog.at_level(logging.WARNING):
         assert tracing.wanted({**ENDPOINT, "OTEL_SDK_DISABLED": value}) is False
     assert caplog.records == []
+
+
+def test_only_the_endpoint_the_exporter_uses_is_checked() -> None:
+    traces = "http://127.0.0.1:9/v1/traces"
+    for general in ("collector:4318", " ", "http://h:99999"):
+        # The traces endpoint wins (OTel spec, OTLP exporter configuration): on.
+        environ = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": general,
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": traces,
+        }
+        assert tracing.used_endpoint(environ) == ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces)
+        assert tracing.wanted(environ) is True
+        tracing.check_environment(environ)
+    # An empty traces endpoint is unset (OTel spec): the general one is used, and checked.
+    environ = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "",
+    }
+    with pytest.raises(tracing.TracingSettingError, match="OTEL_EXPORTER_OTLP_ENDPOINT"):
+        tracing.check_environment(environ)
 
 
 def test_sdk_disabled_false_or_empty_leaves_tracing_to_the_endpoint() -> None:
