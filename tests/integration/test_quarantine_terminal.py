@@ -112,3 +112,38 @@ def test_show_escapes_bidi_overrides_and_separators_and_json_stays_exact(
     document = json.loads(as_json.output)
     assert document["body"] == body
     assert document["headers"] == {"x-note": INVISIBLE}
+
+
+def wsgi(sent: bytes) -> str:
+    """A header value as WSGI hands it over: the bytes decoded as latin-1 (PEP 3333)."""
+    return sent.decode("latin-1")
+
+
+def test_show_decodes_utf8_header_bytes_and_json_keeps_the_exact_ones(redis_url: str) -> None:
+    headers = {
+        "x-note": wsgi("\u202eexe.txt café 中".encode()),  # UTF-8, as clients send it
+        "x-latin": wsgi(b"caf\xe9"),  # one latin-1 byte: not UTF-8, shown as WSGI gave it
+        "x-ascii": "plain",
+    }
+    entry_id = keep(redis_url, "standard", "{}", headers, time.time())
+    env = {"HOOKFLEET_REDIS_URL": redis_url}
+
+    shown = CliRunner().invoke(main, ["quarantine", "show", entry_id], env=env)
+    as_json = CliRunner().invoke(main, ["quarantine", "show", "--json", entry_id], env=env)
+
+    assert shown.exit_code == 0, shown.output
+    assert "x-note: \\u202eexe.txt café 中" in shown.output  # decoded, the override escaped
+    assert "â" not in shown.output  # no mojibake
+    assert "x-latin: café" in shown.output
+    document = json.loads(as_json.output)
+    assert document["headers"] == {
+        "x-ascii": "plain",
+        "x-latin": "café",
+        "x-note": "\u202eexe.txt café 中",
+    }
+    # The bytes the sender sent (and a release verifies again), one character per byte.
+    assert document["headers_latin1"] == {"x-note": headers["x-note"]}
+    sent = document["headers_latin1"]["x-note"].encode("latin-1")
+    assert sent == "\u202eexe.txt café 中".encode()
+    kept = store(redis_url).find(entry_id)
+    assert kept is not None and kept.headers == headers  # stored as received

@@ -149,11 +149,18 @@ def show_command(entry_id: str, as_json: bool) -> None:
     if kept is None:
         raise click.ClickException(f"nothing kept with id {_safe(entry_id)}")
     headers = {
-        name: f"({len(value)} characters, hidden)" if name in HIDDEN_HEADERS else value
+        name: f"({len(value)} characters, hidden)" if name in HIDDEN_HEADERS else _as_sent(value)
         for name, value in sorted(kept.headers.items())
     }
     if as_json:
-        click.echo(json.dumps({**_as_dict(kept.entry), "headers": headers, **_body(kept.body)}))
+        # The exact bytes of each header shown decoded: one character per byte.
+        as_received = {
+            name: value
+            for name, value in sorted(kept.headers.items())
+            if name not in HIDDEN_HEADERS and _as_sent(value) != value
+        }
+        document = {**_as_dict(kept.entry), "headers": headers, "headers_latin1": as_received}
+        click.echo(json.dumps({**document, **_body(kept.body)}))
         return
     for key, value in _as_dict(kept.entry).items():
         click.echo(f"{key + ':':<16}{_safe(str(value))}")
@@ -170,6 +177,21 @@ def show_command(entry_id: str, as_json: bool) -> None:
     else:
         click.echo("body (base64, not UTF-8):")
         click.echo(body["body_base64"])
+
+
+def _as_sent(value: str) -> str:
+    """A header value as the sender wrote it. WSGI hands header values over as
+    latin-1-decoded str, one character per byte (PEP 3333, "Unicode Issues"), and the
+    quarantine keeps them so (a release verifies those very bytes again). Bytes that
+    are valid UTF-8, what HTTP clients send for non-ASCII text, are shown decoded
+    (``\xe2\x80\xae`` is U+202E, not ``â\x80®``); any other value is shown as WSGI gave
+    it (a lone ``\xe9`` is ``é``)."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:  # not one byte per character, or not UTF-8
+        return value
 
 
 def _body(body: bytes) -> dict[str, str]:
