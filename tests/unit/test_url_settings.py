@@ -127,7 +127,7 @@ def test_the_query_options_accepted_are_ones_redis_py_parses_and_its_connections
             name
             for klass in cls.__mro__
             if "__init__" in vars(klass)
-            for name in inspect.signature(klass.__init__).parameters  # type: ignore[misc]
+            for name in inspect.signature(klass.__init__).parameters
         }
 
     typed = {*k.QUERY_WHOLE_NUMBERS, *k.QUERY_SECONDS, *k.QUERY_FLAGS, "protocol"}
