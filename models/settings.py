@@ -401,8 +401,9 @@ class Settings:
     phone_regions: tuple[str, ...] = knob(
         DEFAULT_PHONE_REGIONS,
         "HOOKFLEET_PHONE_REGIONS",
-        "Regions tried, in order, for phone numbers written without a country code.",
-        parse=upper_items,
+        "Regions tried, in order, for phone numbers written without a country code: "
+        "comma-separated ISO 3166 codes `phonenumbers` knows (`DE`, `AT`, ...).",
+        parse=lambda name, raw: _phone_regions(name, raw),
     )
 
     log_level: str = knob(
@@ -633,6 +634,22 @@ def _providers(env: Mapping[str, str]) -> dict[str, ProviderSettings]:
         if value is not None:
             found.setdefault(match.group(1).lower(), {})[name] = value
     return {name: ProviderSettings(**values) for name, values in found.items()}
+
+
+def _phone_regions(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated regions, each one of ``phonenumbers.SUPPORTED_REGIONS`` (case
+    and blanks ignored): a region it does not know (``XX``, ``AUT``, ``AT;DE``) reads
+    no national number, so every call would be stored without its branch."""
+    import phonenumbers
+
+    regions = upper_items(name, raw)
+    for region in regions:
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ConfigError(
+                f"{name} entry {region!r} is not a region phonenumbers knows "
+                "(comma-separated ISO 3166 codes, e.g. DE,AT,CH)"
+            )
+    return regions
 
 
 LOG_FORMATS = ("auto", "json", "console")

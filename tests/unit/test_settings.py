@@ -239,3 +239,24 @@ def test_every_variable_the_code_reads_is_in_the_table() -> None:
     named.discard("HOOKFLEET_SETTINGS")
 
     assert {n for n in named if f"`{n}`" not in table and not provider_knob.match(n)} == set()
+
+
+@pytest.mark.parametrize("value", ["XX", "ZZ", "UN", "AUT", "001", "A T", "AT;DE", "DE,XX"])
+def test_a_phone_region_phonenumbers_does_not_know_is_refused_naming_it(value: str) -> None:
+    # A region phonenumbers does not know reads no national number: calls stored with
+    # no branch, inbound calls answered with the default agent.
+    bad = next(r for r in value.split(",") if r.strip().upper() not in ("DE", "AT"))
+
+    with pytest.raises(ConfigError, match=rf"HOOKFLEET_PHONE_REGIONS entry '{re.escape(bad)}'"):
+        Settings.from_env({"HOOKFLEET_PHONE_REGIONS": value})
+
+
+@pytest.mark.parametrize(
+    ("value", "regions"),
+    [("at", ("AT",)), (" AT", ("AT",)), ("AT,", ("AT",)), ("AT,,de", ("AT", "DE"))],
+)
+def test_phone_regions_are_read_case_and_blank_insensitively(
+    value: str, regions: tuple[str, ...]
+) -> None:
+    assert Settings.from_env({"HOOKFLEET_PHONE_REGIONS": value}).phone_regions == regions
+    assert Settings.from_env({"HOOKFLEET_PHONE_REGIONS": ","}).phone_regions == ()
