@@ -162,6 +162,7 @@ class Fleet:
         # This host's metrics directory, emptied while nothing of the fleet runs yet.
         wipe_metrics_dir(use_metrics_dir(env))
         settings = _check_settings(env)
+        _tell_the_command(settings)
         upgrade(settings)
         # The Procfile's commands read their addresses and sizes from the environment.
         env = procfile_env(env)
@@ -308,6 +309,17 @@ def _check_settings(env: Mapping[str, str]) -> Settings:
         return Settings.from_env(env)
     except ConfigError as error:
         raise SystemExit(f"hookfleet up: {error}") from None
+
+
+def _tell_the_command(settings: Settings) -> None:
+    """Hand the fleet's settings to the ``hookfleet`` command running it, so a database
+    or Redis it cannot reach is named there (``cannot reach the database at <URL>``,
+    password hidden) instead of ``?``: ``up`` builds its own (its SQLite in --var-dir)."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.find_root().obj = settings
 
 
 class PortTaken(SystemExit):
