@@ -9,19 +9,38 @@ import sys
 from gunicorn import glogging
 
 from models.logs import logging_config
-from models.settings import DEFAULT_OPS_BIND, log_format_from_env
+from models.settings import Settings
 
+
+def _checked_settings() -> Settings:
+    """This receiver's settings, checked while gunicorn reads its config (before it logs
+    or binds anything): a setting that cannot be used (``PORT=abc``, ``WEB_CONCURRENCY=0``,
+    a bad URL, a provider's refused secret) ends gunicorn with its one line on stderr
+    (exit 1), instead of a master with no workers, or each worker failing to boot with a
+    traceback. gunicorn lets SystemExit from its config module through (app/base.py)."""
+    from ingest.providers import REGISTRY
+
+    try:
+        settings = Settings.from_env(os.environ)
+        for provider in REGISTRY.values():
+            provider.check_settings(settings.provider(provider.name))
+    except ValueError as error:  # ConfigError, or a provider's refusal of its secrets
+        raise SystemExit(f"hookfleet: {error}") from None
+    return settings
+
+
+settings = _checked_settings()
 # Two listeners: the public one (webhooks and /healthz only) and the ops one for
 # /metrics, /readyz and /stats (ingest/metrics.py), on loopback unless told otherwise.
-public_bind = os.environ.get("HOOKFLEET_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-ops_bind = os.environ.get("HOOKFLEET_OPS_BIND") or DEFAULT_OPS_BIND
+public_bind = settings.bind or f"0.0.0.0:{settings.port}"
+ops_bind = settings.ops_bind
 bind = [public_bind] if ops_bind == public_bind else [public_bind, ops_bind]
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+workers = settings.web_concurrency
 # Threads let one process serve keep-alive connections and overlap Redis round trips.
 # gunicorn's gthread worker, answering the requests gunicorn refuses itself (bad framing
 # headers, unknown transfer codings) with a JSON 4xx instead of an HTML page or a 501.
 worker_class = "ingest.gunicorn_worker.JsonErrorWorker"
-threads = int(os.environ.get("HOOKFLEET_WEB_THREADS", "4"))
+threads = settings.web_threads
 keepalive = 5
 # A provider gives up after 10 s (Retell) to 20 s (Stripe); nothing we do takes longer.
 timeout = 30
@@ -34,8 +53,8 @@ accesslog = None
 errorlog = "-"
 # gunicorn's own lines (booting, worker exits, timeouts) on stdout, like ours (JSON, or
 # console lines on a terminal: HOOKFLEET_LOG_FORMAT).
-logconfig_dict = logging_config("INFO", log_format_from_env(os.environ))
-loglevel = os.environ.get("HOOKFLEET_LOG_LEVEL", "info").lower()
+logconfig_dict = logging_config("INFO", settings.log_format)
+loglevel = settings.log_level.lower()
 
 # One metrics directory for every process of this host, set before any worker imports
 # prometheus_client (see models/metrics.py): in on_starting, once the settings passed,
@@ -66,21 +85,9 @@ def child_exit(_server: object, worker: object) -> None:
 
 
 def on_starting(_server: object) -> None:
-    """Before any worker: a setting that cannot be used ends the master with its one
-    line on stderr (exit 1), instead of each worker failing to boot with a traceback
-    and the same message once per worker. Then the metrics directory is made; a master
-    that never serves (a port taken, workers that fail to boot) removes it at exit."""
-
-    from ingest.providers import REGISTRY
-    from models.settings import Settings
-
-    try:
-        settings = Settings.from_env(os.environ)
-        for provider in REGISTRY.values():
-            provider.check_settings(settings.provider(provider.name))
-    except ValueError as error:  # ConfigError, or a provider's refusal of its secrets
-        print(f"hookfleet: {error}", file=sys.stderr)
-        sys.exit(1)
+    """Before any worker (the settings passed at import, see _checked_settings): the
+    metrics directory is made; a master that never serves (a port taken, workers that
+    fail to boot) removes it at exit."""
     _made_for_metrics.extend(_missing_parents(_metrics_dir(os.environ)))
     use_metrics_dir()
     atexit.register(_forget_metrics_dir_of_failed_boot, os.getpid())

@@ -61,6 +61,11 @@ PROVIDER_MAX_BODY_BYTES = MappingProxyType({"retell": 6 * 1024 * 1024})
 RATE_BURST_SECONDS = 10
 # Tried in order for a phone number written without a country code (models.phones).
 DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("DE", "AT", "CH")
+# The most processes per Celery worker (`HOOKFLEET_WORKER_CONCURRENCY`, `hookfleet up
+# --concurrency`) and per receiver (`WEB_CONCURRENCY`), and threads per receiver process:
+# each holds its own connections and files, and 100000 only ended in EMFILE.
+MAX_WORKER_CONCURRENCY = 64
+MAX_WEB_THREADS = 256
 # The longest TTL a knob may give Redis (ten years, in seconds): EXPIRE in ms past it
 # can overflow, and every write would then fail instead of startup.
 MAX_TTL_S = 3650 * 86_400
@@ -401,8 +406,9 @@ class Settings:
     phone_regions: tuple[str, ...] = knob(
         DEFAULT_PHONE_REGIONS,
         "HOOKFLEET_PHONE_REGIONS",
-        "Regions tried, in order, for phone numbers written without a country code.",
-        parse=upper_items,
+        "Regions tried, in order, for phone numbers written without a country code: "
+        "comma-separated ISO 3166 codes `phonenumbers` knows (`DE`, `AT`, ...).",
+        parse=lambda name, raw: _phone_regions(name, raw),
     )
 
     log_level: str = knob(
@@ -459,6 +465,45 @@ class Settings:
         "HOOKFLEET_OPS_BIND",
         "The receiver's internal listener (`host:port`) for `/metrics`, `/readyz` and "
         "`/stats`; the public one (`PORT`) answers only `/webhooks/*` and `/healthz`.",
+        parse=lambda name, raw: _bind_address(name, raw),
+    )
+    # Read by gunicorn's config module (ingest/gunicorn_conf.py) and the Procfile, and
+    # declared here so that every entry point refuses a bad one before starting.
+    port: int = knob(
+        8000,
+        "PORT",
+        "The receiver's public port (gunicorn binds `0.0.0.0:$PORT`).",
+        parse=lambda name, raw: _port(name, raw),
+    )
+    bind: str = knob(
+        "",
+        "HOOKFLEET_BIND",
+        "gunicorn's full public bind address (`host:port`, `[::1]:port` or `unix:PATH`), "
+        "when a port alone is not enough (e.g. `127.0.0.1:8000`).",
+        parse=lambda name, raw: _bind_address(name, raw),
+        shown="`0.0.0.0:$PORT`",
+    )
+    web_concurrency: int = knob(
+        2,
+        "WEB_CONCURRENCY",
+        f"Receiver (gunicorn) processes, 1-{MAX_WORKER_CONCURRENCY}.",
+        parse=positive,
+        at_most=MAX_WORKER_CONCURRENCY,
+    )
+    web_threads: int = knob(
+        4,
+        "HOOKFLEET_WEB_THREADS",
+        f"Threads per receiver process, 1-{MAX_WEB_THREADS}.",
+        parse=positive,
+        at_most=MAX_WEB_THREADS,
+    )
+    worker_concurrency: int = knob(
+        2,
+        "HOOKFLEET_WORKER_CONCURRENCY",
+        f"Processes per Celery worker in the `Procfile`, 1-{MAX_WORKER_CONCURRENCY} "
+        "(`hookfleet up --concurrency` sets it).",
+        parse=positive,
+        at_most=MAX_WORKER_CONCURRENCY,
     )
     # Refused deliveries kept for `hookfleet quarantine release` (ingest.quarantine):
     # every cap is per provider, and a cap of 0 keeps nothing.
@@ -635,6 +680,45 @@ def _providers(env: Mapping[str, str]) -> dict[str, ProviderSettings]:
     return {name: ProviderSettings(**values) for name, values in found.items()}
 
 
+def _phone_regions(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated regions, each one of ``phonenumbers.SUPPORTED_REGIONS`` (case
+    and blanks ignored): a region it does not know (``XX``, ``AUT``, ``AT;DE``) reads
+    no national number, so every call would be stored without its branch."""
+    import phonenumbers
+
+    regions = upper_items(name, raw)
+    for region in regions:
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ConfigError(
+                f"{name} entry {region!r} is not a region phonenumbers knows "
+                "(comma-separated ISO 3166 codes, e.g. DE,AT,CH)"
+            )
+    return regions
+
+
+def _port(name: str, raw: str) -> int:
+    """A TCP port, 1-65535 (0 would be a random port nobody is told about)."""
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise ConfigError(f"{name} must be a port, 1-65535, got {raw!r}")
+    return int(raw)
+
+
+def _bind_address(name: str, raw: str) -> str:
+    """A listening address as gunicorn's ``bind`` takes it (gunicorn/util.py
+    ``parse_address``): ``host:port``, ``[ipv6]:port`` or ``unix:PATH``; the port
+    required (gunicorn would take ``abc`` as host ``abc``, port 8000) and 1-65535."""
+    if raw.startswith("unix:") and len(raw) > len("unix:"):
+        return raw
+    host, sep, port = raw.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]") and len(host) > 2
+    if not sep or not host or (":" in host and not bracketed):
+        raise ConfigError(
+            f"{name} must be host:port, [ipv6]:port or unix:PATH, got {raw!r} (e.g. 127.0.0.1:9807)"
+        )
+    _port(name, port)
+    return raw
+
+
 LOG_FORMATS = ("auto", "json", "console")
 
 
@@ -668,24 +752,6 @@ def _routes(raw: str) -> dict[str, str]:
 # Read by others than Settings (gunicorn's config module, the Procfile, prometheus_client)
 # but listed in the same table, so the README names every variable there is.
 PROCESS_VARIABLES = (
-    Knob(
-        "`PORT`, `WEB_CONCURRENCY`, `HOOKFLEET_WEB_THREADS`",
-        "gunicorn bind port, processes, threads (`ingest/gunicorn_conf.py`).",
-        text,
-        shown="`8000`, `2`, `4`",
-    ),
-    Knob(
-        "`HOOKFLEET_BIND`",
-        "gunicorn's full bind address, when a port alone is not enough (e.g. `127.0.0.1:8000`).",
-        text,
-        shown="`0.0.0.0:$PORT`",
-    ),
-    Knob(
-        "`HOOKFLEET_WORKER_CONCURRENCY`",
-        "Processes per Celery worker in the `Procfile`.",
-        text,
-        shown="`2`",
-    ),
     Knob(
         "`PROMETHEUS_MULTIPROC_DIR`",
         "Where every process of this host writes its samples. Set before the process "

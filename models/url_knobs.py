@@ -19,6 +19,7 @@ import math
 import os
 import re
 import ssl
+import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -243,8 +244,12 @@ def _check_port(port: int | None, refuse: Refusal) -> None:
 
 
 def _check_sqlite_directory(database: str | None, refuse: Refusal) -> None:
-    """The directory of a SQLite file is a directory, or its nearest existing ancestor
-    is one this process may create it in (``models.engine`` creates it)."""
+    """The directory of a SQLite file is one this process can write in, or its nearest
+    existing ancestor is one it can create it in (``models.engine`` creates it).
+
+    Tried, not inferred: a directory is made (and removed) there, since neither the
+    mode bits nor ``os.access`` tell root that ``/proc`` or ``/sys`` refuse new entries.
+    """
     if not database or database == ":memory:" or database.startswith("file:"):
         return
     directory = os.path.dirname(os.path.abspath(database))
@@ -253,8 +258,12 @@ def _check_sqlite_directory(database: str | None, refuse: Refusal) -> None:
         ancestor = os.path.dirname(ancestor)
     if not os.path.isdir(ancestor):
         raise refuse(f"names a file under {ancestor}, which is not a directory")
-    if ancestor != directory and not os.access(ancestor, os.W_OK | os.X_OK):
-        raise refuse(f"names a directory that cannot be created in {ancestor}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".hookfleet-check-", dir=ancestor))
+    except OSError as error:
+        what = "write in" if ancestor == directory else "create a directory in"
+        reason = error.strerror or type(error).__name__
+        raise refuse(f"names a file this process cannot {what} {ancestor} ({reason})") from None
 
 
 def _first_line(error: BaseException) -> str:

@@ -172,6 +172,10 @@ def _other_value(declared: Knob, default: Any) -> tuple[str, Any]:
         return "a, b,,", ("a", "b")
     if declared.env == "HOOKFLEET_PHONE_REGIONS":
         return "fr, be", ("FR", "BE")
+    if declared.env == "PORT":
+        return "8080", 8080
+    if declared.env in ("HOOKFLEET_BIND", "HOOKFLEET_OPS_BIND"):
+        return "10.0.0.1:9000", "10.0.0.1:9000"
     if declared.env == "HOOKFLEET_ROUTES":
         return "stripe=hookfleet.low", {"stripe": "hookfleet.low"}
     if declared.env == "HOOKFLEET_LOG_LEVEL":
@@ -239,3 +243,62 @@ def test_every_variable_the_code_reads_is_in_the_table() -> None:
     named.discard("HOOKFLEET_SETTINGS")
 
     assert {n for n in named if f"`{n}`" not in table and not provider_knob.match(n)} == set()
+
+
+@pytest.mark.parametrize("value", ["XX", "ZZ", "UN", "AUT", "001", "A T", "AT;DE", "DE,XX"])
+def test_a_phone_region_phonenumbers_does_not_know_is_refused_naming_it(value: str) -> None:
+    # A region phonenumbers does not know reads no national number: calls stored with
+    # no branch, inbound calls answered with the default agent.
+    bad = next(r for r in value.split(",") if r.strip().upper() not in ("DE", "AT"))
+
+    with pytest.raises(ConfigError, match=rf"HOOKFLEET_PHONE_REGIONS entry '{re.escape(bad)}'"):
+        Settings.from_env({"HOOKFLEET_PHONE_REGIONS": value})
+
+
+@pytest.mark.parametrize(
+    ("value", "regions"),
+    [("at", ("AT",)), (" AT", ("AT",)), ("AT,", ("AT",)), ("AT,,de", ("AT", "DE"))],
+)
+def test_phone_regions_are_read_case_and_blank_insensitively(
+    value: str, regions: tuple[str, ...]
+) -> None:
+    assert Settings.from_env({"HOOKFLEET_PHONE_REGIONS": value}).phone_regions == regions
+    assert Settings.from_env({"HOOKFLEET_PHONE_REGIONS": ","}).phone_regions == ()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WEB_CONCURRENCY", "0"),
+        ("WEB_CONCURRENCY", "abc"),
+        ("WEB_CONCURRENCY", "-1"),
+        ("WEB_CONCURRENCY", "100000"),
+        ("HOOKFLEET_WEB_THREADS", "0"),
+        ("HOOKFLEET_WEB_THREADS", "abc"),
+        ("PORT", "99999"),
+        ("PORT", "abc"),
+        ("PORT", "0"),
+        ("HOOKFLEET_OPS_BIND", "127.0.0.1:99999"),
+        ("HOOKFLEET_OPS_BIND", "abc"),
+        ("HOOKFLEET_OPS_BIND", "127.0.0.1:"),
+        ("HOOKFLEET_BIND", "nonsense::"),
+        ("HOOKFLEET_BIND", "::1:8000"),
+        ("HOOKFLEET_BIND", "unix:"),
+        ("HOOKFLEET_WORKER_CONCURRENCY", "abc"),
+        ("HOOKFLEET_WORKER_CONCURRENCY", "0"),
+        ("HOOKFLEET_WORKER_CONCURRENCY", "100000"),
+    ],
+)
+def test_a_process_size_or_address_no_server_could_use_is_refused_naming_it(
+    name: str, value: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"^{name} "):
+        Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:8000", "0.0.0.0:1", "[::1]:8000", "[::]:65535", "unix:/run/hf.sock"]
+)
+def test_every_address_shape_gunicorn_binds_is_accepted(address: str) -> None:
+    settings = Settings.from_env({"HOOKFLEET_BIND": address, "HOOKFLEET_OPS_BIND": address})
+    assert (settings.bind, settings.ops_bind) == (address, address)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from models.settings import MAX_WORKER_CONCURRENCY
 from workers.cli.lazy import Lazy, LazyCommandGroup
 from workers.cli.params import invocation_settings
 
@@ -99,10 +100,13 @@ def migrate() -> None:
 )
 @click.option(
     "--concurrency",
-    type=click.IntRange(min=1),
+    # At most MAX_WORKER_CONCURRENCY: each process holds its own connections and files,
+    # and 100000 only ended in workers dying of EMFILE.
+    type=click.IntRange(1, MAX_WORKER_CONCURRENCY),
     default=2,
     show_default=True,
-    help="Processes per Celery worker (HOOKFLEET_WORKER_CONCURRENCY of the Procfile).",
+    help="Processes per Celery worker (HOOKFLEET_WORKER_CONCURRENCY of the Procfile), "
+    f"1-{MAX_WORKER_CONCURRENCY}.",
 )
 @click.option(
     "--ops-bind",

@@ -128,14 +128,21 @@ class Fleet:
         self._refuse_a_second_fleet()
         self.environ = environ
         ops_bind = self.ops_bind or environ.get("HOOKFLEET_OPS_BIND") or DEFAULT_OPS_BIND
-        refuse_taken_ports({"receiver": f"{self.host}:{self.port}", "ops listener": ops_bind})
         env = dict(environ)
         env.setdefault("HOOKFLEET_VAR_DIR", str(self.var_dir))
         if not env.get("HOOKFLEET_DATABASE_URL"):
             env["HOOKFLEET_DATABASE_URL"] = f"sqlite:///{self.var_dir / 'hookfleet.db'}"
-        # Before anything starts: a setting no process could use is one line, not a
-        # Redis started for nothing and a server's traceback.
-        _check_settings({"HOOKFLEET_REDIS_URL": "redis://127.0.0.1:6379/0", **env})
+        # Before anything starts (and before the ports are tried: --ops-bind among
+        # them): a setting no process could use is one line, not a Redis started for
+        # nothing and a server's traceback.
+        _check_settings(
+            {
+                "HOOKFLEET_REDIS_URL": "redis://127.0.0.1:6379/0",
+                **env,
+                "HOOKFLEET_OPS_BIND": ops_bind,
+            }
+        )
+        refuse_taken_ports({"receiver": f"{self.host}:{self.port}", "ops listener": ops_bind})
         self.var_dir.mkdir(parents=True, exist_ok=True)
         if not env.get("HOOKFLEET_REDIS_URL"):
             env["HOOKFLEET_REDIS_URL"] = self._start_redis()
@@ -162,11 +169,13 @@ class Fleet:
         # This host's metrics directory, emptied while nothing of the fleet runs yet.
         wipe_metrics_dir(use_metrics_dir(env))
         settings = _check_settings(env)
+        _tell_the_command(settings)
         upgrade(settings)
         # The Procfile's commands read their addresses and sizes from the environment.
         env = procfile_env(env)
         env["PORT"] = str(self.port)
-        env["HOOKFLEET_BIND"] = f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host and "[" not in self.host else self.host
+        env["HOOKFLEET_BIND"] = f"{host}:{self.port}"  # ``[::]:8000``: gunicorn's IPv6 form
         env["HOOKFLEET_OPS_BIND"] = ops_bind
         env["HOOKFLEET_WORKER_CONCURRENCY"] = str(self.concurrency)
         # Decided here, where the terminal is: a child would see its own stdout, which
@@ -308,6 +317,17 @@ def _check_settings(env: Mapping[str, str]) -> Settings:
         return Settings.from_env(env)
     except ConfigError as error:
         raise SystemExit(f"hookfleet up: {error}") from None
+
+
+def _tell_the_command(settings: Settings) -> None:
+    """Hand the fleet's settings to the ``hookfleet`` command running it, so a database
+    or Redis it cannot reach is named there (``cannot reach the database at <URL>``,
+    password hidden) instead of ``?``: ``up`` builds its own (its SQLite in --var-dir)."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.find_root().obj = settings
 
 
 class PortTaken(SystemExit):

@@ -1,0 +1,107 @@
+"""Settings that the per-host processes read (the SQLite file's directory, the phone
+regions, gunicorn's sizes and addresses, the Procfile's worker concurrency): a value no
+process could use is one line naming the variable, exit status 1, before anything
+starts, at every entry point (the ``hookfleet`` commands, ``up`` and ``run``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_cli_bad_settings import BIN, HOOKFLEET, assert_refused, run
+from tests.servers import free_port
+
+BAD_VALUES = [
+    ("HOOKFLEET_DATABASE_URL", "sqlite:////proc/x/hf.db"),
+    ("HOOKFLEET_DATABASE_URL", "sqlite:////sys/hf.db"),
+    ("HOOKFLEET_PHONE_REGIONS", "AT;DE"),
+]
+
+
+def _addresses() -> dict[str, str]:
+    return {"PORT": str(free_port()), "HOOKFLEET_OPS_BIND": f"127.0.0.1:{free_port()}"}
+
+
+@pytest.mark.parametrize(("var", "value"), BAD_VALUES, ids=[v for _, v in BAD_VALUES])
+def test_every_entry_point_refuses_a_bad_value_before_starting_anything(
+    var: str, value: str, tmp_path: Path
+) -> None:
+    env = {var: value, **_addresses()}
+    assert_refused(run([HOOKFLEET, "migrate"], tmp_path, **env), var)
+    up = run([HOOKFLEET, "up", "--port", env["PORT"]], tmp_path, **env)
+    assert_refused(up, var)
+    assert "stopping" not in up.stdout and "private redis" not in up.stdout, up.stdout
+    for name in ("web", "worker_high"):
+        assert_refused(run([HOOKFLEET, "run", name], tmp_path, **env), var)
+    assert list(tmp_path.iterdir()) == []  # no var/ (redis, metrics) left behind
+
+
+def test_up_names_the_database_it_cannot_reach_without_its_password(tmp_path: Path) -> None:
+    closed = free_port()
+    url = f"mysql+pymysql://hf:s3cret@127.0.0.1:{closed}/hf"
+    env = {
+        "HOOKFLEET_DATABASE_URL": url,
+        "HOOKFLEET_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        **_addresses(),
+    }
+    up = run([HOOKFLEET, "up", "--port", env["PORT"]], tmp_path, **env)
+
+    assert up.returncode == 1, up
+    assert f"cannot reach the database at mysql+pymysql://hf:***@127.0.0.1:{closed}/hf" in (
+        up.stderr
+    ), up.stderr
+    assert "s3cret" not in up.stderr + up.stdout
+
+
+BAD_PROCESS_VALUES = [
+    ("WEB_CONCURRENCY", "0"),
+    ("WEB_CONCURRENCY", "abc"),
+    ("WEB_CONCURRENCY", "-1"),
+    ("HOOKFLEET_WEB_THREADS", "0"),
+    ("HOOKFLEET_WEB_THREADS", "abc"),
+    ("PORT", "99999"),
+    ("PORT", "abc"),
+    ("PORT", "0"),
+    ("HOOKFLEET_OPS_BIND", "127.0.0.1:99999"),
+    ("HOOKFLEET_OPS_BIND", "abc"),
+    ("HOOKFLEET_BIND", "nonsense::"),
+    ("HOOKFLEET_WORKER_CONCURRENCY", "abc"),
+]
+
+
+@pytest.mark.parametrize(
+    ("var", "value"), BAD_PROCESS_VALUES, ids=[f"{k}={v}" for k, v in BAD_PROCESS_VALUES]
+)
+def test_gunicorn_run_and_up_refuse_a_bad_process_setting_in_one_line(
+    var: str, value: str, tmp_path: Path
+) -> None:
+    env = {**_addresses(), var: value}
+    gunicorn = [str(BIN / "gunicorn"), "-c", "python:ingest.gunicorn_conf", "ingest:create_app()"]
+    # gunicorn itself reads WEB_CONCURRENCY as its default when it is imported (its
+    # config.py: int(), then "Value must be positive"), before any config module: only
+    # `hookfleet run web` can say abc or -1 in our words.
+    if not (var == "WEB_CONCURRENCY" and not value.isdigit()):
+        direct = run(gunicorn, tmp_path, **env)
+        assert_refused(direct, var)
+        # Said before gunicorn logs anything: the one line is the whole answer.
+        assert direct.stdout == "" and len(direct.stderr.strip().splitlines()) == 1, direct
+    for name in ("web", "worker_high"):
+        assert_refused(run([HOOKFLEET, "run", name], tmp_path, **env), var)
+    up = run([HOOKFLEET, "up", "--port", str(free_port())], tmp_path, **env)
+    assert_refused(up, var)
+    assert "private redis" not in up.stdout and "stopping" not in up.stdout, up.stdout
+    assert list(tmp_path.iterdir()) == []  # no var/metrics left behind
+
+
+@pytest.mark.parametrize("concurrency", ["0", "65", "100000"])
+def test_up_refuses_a_worker_concurrency_past_its_bound_before_starting(
+    concurrency: str, tmp_path: Path
+) -> None:
+    # 100000 processes per worker were accepted and died of EMFILE.
+    up = run([HOOKFLEET, "up", "--concurrency", concurrency, "--var-dir", "var"], tmp_path)
+
+    assert up.returncode == 2, up
+    assert "--concurrency" in up.stderr and "1<=x<=64" in up.stderr, up.stderr
+    assert "private redis" not in up.stdout, up.stdout
+    assert list(tmp_path.iterdir()) == []
