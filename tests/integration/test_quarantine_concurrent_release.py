@@ -22,27 +22,40 @@ from tests.integration.test_quarantine import RIGHT, WRONG, release, standard_de
 KEPT = 400
 
 
-def test_two_releases_at_once_each_take_an_entry_once_and_their_counts_add_up(
-    redis_url: str, redis_client: redis.Redis
-) -> None:
+def keep_signed(redis_url: str, signers: list[str], prefix: str = "msg") -> Quarantine:
+    """Keep one refused Standard Webhooks delivery per signer (``RIGHT`` is let in by a
+    release, ``WRONG`` stays); the quarantine they are kept in."""
     settings = Settings(redis_url=redis_url, quarantine_rate=100_000)
     store = Quarantine(redis.Redis.from_url(redis_url), settings)
     now = int(time.time())
-    for n in range(KEPT):
-        body, headers = standard_delivery(RIGHT, f"msg_{n}", now)
+    for n, signed_by in enumerate(signers):
+        body, headers = standard_delivery(signed_by, f"{prefix}_{n}", now)
         store.keep("standard", Delivery(body, headers, now), "invalid_signature", "corr")
+    return store
+
+
+def releases_at_once(redis_url: str, count: int) -> list[ReleaseReport]:
+    """``count`` releases started together (a barrier), each in a thread of its own."""
     reports: list[ReleaseReport] = []
-    start = threading.Barrier(2)
+    start = threading.Barrier(count)
 
     def run() -> None:
         start.wait()
         reports.append(release(redis_url))
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
+    threads = [threading.Thread(target=run) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
+    return reports
+
+
+def test_two_releases_at_once_each_take_an_entry_once_and_their_counts_add_up(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    store = keep_signed(redis_url, [RIGHT] * KEPT)
+    reports = releases_at_once(redis_url, 2)
 
     released = [sum(r.released.values()) for r in reports]
     duplicate = [sum(r.duplicate.values()) for r in reports]
@@ -60,12 +73,7 @@ def test_an_entry_that_stays_is_counted_by_one_of_the_releases_running_at_once(
     that starts while the first runs (here: between the first's batches) and one that
     reaches an entry the other judged both leave it to the one that judged it, so
     "still refused" adds up over the runs; a release started afterwards counts all."""
-    settings = Settings(redis_url=redis_url, quarantine_rate=100_000)
-    store = Quarantine(redis.Redis.from_url(redis_url), settings)
-    now = int(time.time())
-    for n in range(2):
-        body, headers = standard_delivery(WRONG, f"msg_stays_{n}", now)
-        store.keep("standard", Delivery(body, headers, now), "invalid_signature", "corr")
+    store = keep_signed(redis_url, [WRONG, WRONG], prefix="msg_stays")
     monkeypatch.setattr(quarantine_release, "BATCH", 1)
     entries = list(store.entries("standard"))
     second: list[ReleaseReport] = []
@@ -88,25 +96,8 @@ def test_an_entry_that_stays_is_counted_by_one_of_the_releases_running_at_once(
 def test_three_releases_at_once_count_each_entry_that_stays_once(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    settings = Settings(redis_url=redis_url, quarantine_rate=100_000)
-    store = Quarantine(redis.Redis.from_url(redis_url), settings)
-    now = int(time.time())
-    for n in range(KEPT):
-        signed_by = RIGHT if n % 2 else WRONG  # half let in, half stay
-        body, headers = standard_delivery(signed_by, f"msg_{n}", now)
-        store.keep("standard", Delivery(body, headers, now), "invalid_signature", "corr")
-    reports: list[ReleaseReport] = []
-    start = threading.Barrier(3)
-
-    def run() -> None:
-        start.wait()
-        reports.append(release(redis_url))
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    keep_signed(redis_url, [RIGHT if n % 2 else WRONG for n in range(KEPT)])  # half stay
+    reports = releases_at_once(redis_url, 3)
 
     assert sum(sum(r.released.values()) for r in reports) == KEPT // 2
     assert sum(sum(r.stayed.values()) for r in reports) == KEPT // 2

@@ -28,16 +28,22 @@ print("\\n".join(sorted(sys.modules)))
 """
 
 
-@pytest.mark.slow
-def test_help_lists_every_command_without_importing_the_libraries_they_use() -> None:
-    shown = subprocess.run(
-        [sys.executable, "-c", _RUN_THEN_MODULES, "--help"],
+def run_then_list_modules(*args: str) -> subprocess.CompletedProcess[str]:
+    """``hookfleet args...`` in a fresh interpreter, its output followed by every module
+    that process imported."""
+    return subprocess.run(
+        [sys.executable, "-c", _RUN_THEN_MODULES, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
+
+
+@pytest.mark.slow
+def test_help_lists_every_command_without_importing_the_libraries_they_use() -> None:
+    shown = run_then_list_modules("--help")
 
     shown_help, _, modules = shown.stdout.partition("--- modules ---\n")
     listed = shown_help.partition("Commands:\n")[2].splitlines()
@@ -50,14 +56,7 @@ def test_help_lists_every_command_without_importing_the_libraries_they_use() -> 
 
 @pytest.mark.slow
 def test_send_list_shows_the_fixtures_without_importing_the_database_or_http_libraries() -> None:
-    shown = subprocess.run(
-        [sys.executable, "-c", _RUN_THEN_MODULES, "send", "standard", "--list"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    shown = run_then_list_modules("send", "standard", "--list")
 
     fixtures, _, modules = shown.stdout.partition("--- modules ---\n")
     assert fixtures.split()  # the shipped fixtures, one a line
