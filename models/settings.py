@@ -729,12 +729,6 @@ def _log_format(name: str, raw: str) -> str:
     return value
 
 
-def log_format_from_env(env: Mapping[str, str]) -> str:
-    """``HOOKFLEET_LOG_FORMAT`` alone (``auto`` when unset), for a process that logs
-    before it builds its settings (gunicorn's config module); raises ConfigError."""
-    return read(_knob(Settings, "log_format"), "HOOKFLEET_LOG_FORMAT", env) or "auto"
-
-
 def _routes(raw: str) -> dict[str, str]:
     """``provider[:event_type]=queue`` pairs, comma-separated."""
     routes = {}

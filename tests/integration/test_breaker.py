@@ -228,6 +228,7 @@ def test_breaker_status_shows_the_breaker_it_is_named_and_refuses_an_unknown_one
     retell = hookfleet("breaker", "status", "retell", env=env)
     calcom = hookfleet("breaker", "status", "calcom", env=env)
     unknown = hookfleet("breaker", "status", "stripe", env=env)
+    unknown_reset = hookfleet("breaker", "reset", "stripe", env=env)
 
     assert retell.returncode == 0, retell.stderr
     assert [line.split()[:3] for line in retell.stdout.splitlines()[1:]] == [
@@ -238,6 +239,9 @@ def test_breaker_status_shows_the_breaker_it_is_named_and_refuses_an_unknown_one
     ]
     assert unknown.returncode == 1 and unknown.stdout == ""
     assert unknown.stderr.splitlines() == ["Error: no breaker 'stripe': one of retell, calcom"]
+    # reset answers an unknown name the same way (it used to be a usage error, exit 2).
+    assert (unknown_reset.returncode, unknown_reset.stdout) == (1, "")
+    assert unknown_reset.stderr == unknown.stderr
 
 
 @pytest.mark.slow

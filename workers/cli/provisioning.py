@@ -135,6 +135,15 @@ def breaker() -> None:
     """Circuit breakers for Retell and Cal.com (shared by all workers through Redis)."""
 
 
+def _known_breaker(name: str) -> None:
+    """Exit 1 with one line (``status`` and ``reset`` alike) unless ``name`` is a breaker."""
+    from workers.outbound.breaker import BREAKER_NAMES
+
+    if name not in BREAKER_NAMES:
+        shown = name.encode("unicode_escape").decode("ascii")
+        raise click.ClickException(f"no breaker {shown!r}: one of {', '.join(BREAKER_NAMES)}")
+
+
 @breaker.command("status")
 @click.argument("name", required=False)
 def breaker_status_command(name: str | None) -> None:
@@ -142,9 +151,8 @@ def breaker_status_command(name: str | None) -> None:
     calcom) shows that one only."""
     from workers.outbound.breaker import BREAKER_NAMES, breaker_status
 
-    if name is not None and name not in BREAKER_NAMES:
-        shown = name.encode("unicode_escape").decode("ascii")
-        raise click.ClickException(f"no breaker {shown!r}: one of {', '.join(BREAKER_NAMES)}")
+    if name is not None:
+        _known_breaker(name)
     settings = invocation_settings()
     click.echo(f"{'NAME':<8}{'STATE':<11}{'FAILURES':<10}OPENED AT (retry after)")
     for shown_name in [name] if name else BREAKER_NAMES:
@@ -161,9 +169,8 @@ def breaker_status_command(name: str | None) -> None:
 @click.argument("name")
 def breaker_reset_command(name: str) -> None:
     """Close breaker NAME (retell or calcom) for every process, now."""
-    from workers.outbound.breaker import BREAKER_NAMES, reset_breaker
+    from workers.outbound.breaker import reset_breaker
 
-    if name not in BREAKER_NAMES:
-        raise click.BadParameter(f"choose one of {', '.join(BREAKER_NAMES)}", param_hint="NAME")
+    _known_breaker(name)
     reset_breaker(name, invocation_settings())
     click.echo(f"{name}: closed")
