@@ -125,12 +125,21 @@ def _check_driver_options(url: URL, dialect: DefaultDialect, refuse: Refusal) ->
     taken = inspect.signature(pymysql.connections.Connection.__init__).parameters
     if unknown := set(keywords) - set(taken):
         raise refuse(f"has query options PyMySQL does not take ({_names(unknown)})")
-    for option, path in (keywords.get("ssl") or {}).items():
+    tls = keywords.get("ssl") or {}
+    for option, path in tls.items():
         # PyMySQL loads these while building the connection, before dialling.
         if option in ("ca", "cert", "key") and not os.path.isfile(path):
             raise refuse(f"has ?ssl_{option}= naming no file")
         if option == "capath" and not os.path.isdir(path):
             raise refuse("has ?ssl_capath= naming no directory")
+    _check_tls_files(
+        refuse,
+        ca=("ssl_ca", tls.get("ca")),
+        capath=tls.get("capath"),
+        cert=("ssl_cert", tls.get("cert")),
+        key=tls.get("key"),
+        password=tls.get("password"),
+    )
     charset = keywords.get("charset")
     if charset and pymysql.charset.charset_by_name(charset) is None:
         raise refuse(f"names a charset {charset!r} PyMySQL does not know (e.g. utf8mb4)")
@@ -172,6 +181,8 @@ def redis_url(name: str, raw: str) -> str:
             if parts.scheme != "unix" and db:
                 _check_db(db, refuse)
             _check_query(parts.scheme, query, refuse)
+            if parts.scheme == "rediss":
+                _check_redis_tls_files(query, refuse)
     except ValueError as error:  # urllib: a port that is not a number or out of range
         if isinstance(error, ConfigError):
             raise
@@ -211,11 +222,63 @@ def _check_query(scheme: str, query: dict[str, list[str]], refuse: Refusal) -> N
             raise refuse(f"has ?{name}={value!r}, not a number of seconds above 0")
         if name == "protocol" and value not in RESP_PROTOCOLS:
             raise refuse(f"has ?protocol={value!r}: RESP is 2 or 3")
+        if name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") and not os.path.isfile(value):
+            raise refuse(f"has ?{name}= naming no file")
+        if name == "ssl_ca_path" and not os.path.isdir(value):
+            raise refuse("has ?ssl_ca_path= naming no directory")
         if name in verify:
             flag_names = [f.strip() for f in value.strip("[]").split(",")]
             bad = [f for f in flag_names if f not in ssl.VerifyFlags.__members__]
             if bad:
                 raise refuse(f"has ?{name}= naming no ssl.VerifyFlags ({bad[0]!r})")
+
+
+def _check_redis_tls_files(query: dict[str, list[str]], refuse: Refusal) -> None:
+    """``rediss://`` certificate options, loaded as redis-py's SSLConnection loads them."""
+
+    def first(name: str) -> str | None:
+        return query.get(name, [None])[0]
+
+    _check_tls_files(
+        refuse,
+        ca=("ssl_ca_certs", first("ssl_ca_certs")),
+        capath=first("ssl_ca_path"),
+        cert=("ssl_certfile", first("ssl_certfile")),
+        key=first("ssl_keyfile"),
+        password=first("ssl_password"),
+    )
+
+
+def _check_tls_files(
+    refuse: Refusal,
+    *,
+    ca: tuple[str, str | None],
+    capath: str | None,
+    cert: tuple[str, str | None],
+    key: str | None,
+    password: str | None,
+) -> None:
+    """The certificate files load into an ``ssl.SSLContext`` as the driver will load them
+    when it first connects (PyMySQL ``Connection._create_ssl_ctx``, redis-py
+    ``SSLConnection._connect``): a file that is there but is no PEM certificate or key
+    used to end the first connection in an ``ssl.SSLError`` traceback."""
+    (ca_option, ca_file), (cert_option, cert_file) = ca, cert
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca_file or capath:
+        try:
+            context.load_verify_locations(cafile=ca_file, capath=capath)
+        except (ssl.SSLError, OSError) as error:
+            raise refuse(
+                f"has ?{ca_option}= naming no PEM certificate ({_first_line(error)})"
+            ) from None
+    if cert_file:
+        try:
+            context.load_cert_chain(cert_file, keyfile=key, password=password)
+        except (ssl.SSLError, OSError) as error:
+            raise refuse(
+                f"has ?{cert_option}= (with its key) naming no PEM certificate and key "
+                f"({_first_line(error)})"
+            ) from None
 
 
 def _positive_seconds(value: str) -> bool:

@@ -3,6 +3,7 @@ one ConfigError naming the variable and what is wrong, with any password hidden.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,56 @@ def test_the_query_options_accepted_are_ones_redis_py_parses_and_its_connections
     assert tls - pool_only <= keywords(redis.SSLConnection)
     unix = plain - pool_only - {"socket_keepalive"}
     assert unix <= keywords(redis.UnixDomainSocketConnection)
+
+
+@pytest.fixture(scope="module")
+def pem_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate and its key, made by openssl (tests/run.sh installs it)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=hookfleet-test", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_a_certificate_option_naming_a_file_that_is_no_certificate_is_refused(
+    tmp_path: Path, pem_pair: tuple[Path, Path]
+) -> None:
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate\n")
+    cert, key = pem_pair
+    refused = {
+        "HOOKFLEET_DATABASE_URL": [
+            f"mysql+pymysql://hf:s3cret@db/hookfleet?ssl_ca={junk}",
+            f"mysql+pymysql://hf:s3cret@db/hookfleet?ssl_cert={junk}&ssl_key={key}",
+            f"mysql+pymysql://hf:s3cret@db/hookfleet?ssl_cert={cert}&ssl_key={junk}",
+        ],
+        "HOOKFLEET_REDIS_URL": [
+            f"rediss://:s3cret@cache/0?ssl_ca_certs={junk}",
+            f"rediss://:s3cret@cache/0?ssl_certfile={junk}&ssl_keyfile={key}",
+            f"rediss://:s3cret@cache/0?ssl_certfile={cert}&ssl_keyfile={junk}",
+            f"rediss://:s3cret@cache/0?ssl_ca_certs={tmp_path / 'missing.pem'}",
+        ],
+    }
+    for name, urls in refused.items():
+        for url in urls:
+            with pytest.raises(ConfigError) as refusal:
+                Settings.from_env({name: url})
+            message = str(refusal.value)
+            assert message.startswith(f"{name} has ?ssl_"), message
+            assert "s3cret" not in message and "\n" not in message
+
+
+def test_certificate_options_naming_real_pem_files_are_accepted(
+    pem_pair: tuple[Path, Path],
+) -> None:
+    cert, key = pem_pair
+    database = f"mysql+pymysql://hf:pw@db/hookfleet?ssl_ca={cert}&ssl_cert={cert}&ssl_key={key}"
+    redis_url = f"rediss://cache/0?ssl_ca_certs={cert}&ssl_certfile={cert}&ssl_keyfile={key}"
+    settings = Settings.from_env(
+        {"HOOKFLEET_DATABASE_URL": database, "HOOKFLEET_REDIS_URL": redis_url}
+    )
+    assert (settings.database_url, settings.redis_url) == (database, redis_url)
