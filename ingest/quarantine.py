@@ -88,9 +88,14 @@ TIMEOUT_S = 0.25
 #: flood of refusals during an outage does not wait on timeouts one by one.
 PAUSE_AFTER_FAILURE_S = 1.0
 PAGE = 500
-#: How long a release holds its claim on an entry it is admitting (seconds): a batch
-#: takes well under it; a release that died leaves its entries to the next one then.
+#: How long a release's claim on an entry lasts (seconds) unless renewed: a running
+#: release renews what it holds every third of it (:meth:`Quarantine.hold`), however long
+#: it runs; a release that died leaves its entries to the next one after this.
 CLAIM_S = 300
+#: How long an entry stays marked as judged by a release that ended (seconds): a release
+#: that was running then and reaches the entry later, even hours later (a large
+#: quarantine released at a low ``--rate``), leaves it to the one that judged it.
+JUDGED_S = 86_400
 
 _KEEP = lua("ingest", "quarantine_keep")
 _FORGET = lua("ingest", "quarantine_forget")
@@ -326,10 +331,18 @@ class Quarantine:
         replies = self._claim(keys=keys, args=[token, started, CLAIM_S])
         return [entry for entry, held in zip(entries, replies, strict=True) if held]
 
+    def hold(self, entries: Sequence[Entry]) -> None:
+        """Renew the claims on ``entries`` (taken by :meth:`claim`) for another
+        :data:`CLAIM_S`."""
+        with self._client.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                pipe.expire(_claim_key(entry), CLAIM_S)
+            pipe.execute()
+
     def unclaim(self, entries: Sequence[Entry], ended: float | None = None) -> None:
         """Let go of claims taken by :meth:`claim` (forgotten or not); with ``ended``
         (:meth:`clock`) they stay marked as judged then, for releases that were
-        running at that time (:data:`CLAIM_S` long)."""
+        running at that time (for :data:`JUDGED_S`)."""
         if not entries:
             return
         if ended is None:
@@ -337,7 +350,7 @@ class Quarantine:
             return
         with self._client.pipeline(transaction=False) as pipe:
             for entry in entries:
-                pipe.set(_claim_key(entry), f"done:{ended}", ex=CLAIM_S)
+                pipe.set(_claim_key(entry), f"done:{ended}", ex=JUDGED_S)
             pipe.execute()
 
     def forget(self, entries: Sequence[Entry]) -> int:

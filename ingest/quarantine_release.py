@@ -32,6 +32,7 @@ leaves it alone); the other prints it as left to a release running now.
 from __future__ import annotations
 
 import heapq
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -41,6 +42,7 @@ from datetime import datetime
 import redis
 from werkzeug.http import parse_options_header
 
+from ingest import quarantine as quarantine_store
 from ingest.dedup import DedupGate, NotReplicated
 from ingest.errors import ApiError
 from ingest.providers import REGISTRY
@@ -155,6 +157,7 @@ class Releaser:
         self._token = ""
         self._held: list[Entry] = []
         self._started = 0.0
+        self._renewed = 0.0  # time.monotonic() of the last renewal of the claims held
         #: The report of the release running or last run, also when it raised: what
         #: was done before Redis failed.
         self.report = ReleaseReport(dry_run=False)
@@ -163,6 +166,7 @@ class Releaser:
         report = self.report = ReleaseReport(dry_run=dry_run)
         self._token = uuid.uuid4().hex
         self._started = 0.0 if dry_run else self._quarantine.clock()
+        self._renewed = time.monotonic()
         try:
             self._release_all(entries, report)
         finally:
@@ -178,6 +182,7 @@ class Releaser:
     def _release_all(self, entries: Iterable[Entry], report: ReleaseReport) -> None:
         batch: list[Entry] = []
         for entry in entries:
+            self._keep_holding()
             batch.append(entry)
             if len(batch) == BATCH:
                 if not self._release_batch(batch, report):
@@ -185,6 +190,14 @@ class Releaser:
                 batch = []
         if batch:
             self._release_batch(batch, report)
+
+    def _keep_holding(self) -> None:
+        """Renew the claims held every third of :data:`~ingest.quarantine.CLAIM_S`: they
+        are held to the end of the release, which may run longer than a claim lasts."""
+        if self._held and time.monotonic() - self._renewed >= quarantine_store.CLAIM_S / 3:
+            for start in range(0, len(self._held), BATCH):
+                self._quarantine.hold(self._held[start : start + BATCH])
+            self._renewed = time.monotonic()
 
     def _release_batch(self, batch: list[Entry], report: ReleaseReport) -> bool:
         """Release one batch; False once the queue is full (the rest would be too).

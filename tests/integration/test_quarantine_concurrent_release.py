@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from ingest import quarantine_release
+from ingest import quarantine, quarantine_release
 from ingest.providers.base import Delivery
 from ingest.quarantine import Entry, Quarantine
 from ingest.quarantine_release import ReleaseReport
@@ -102,3 +102,41 @@ def test_three_releases_at_once_count_each_entry_that_stays_once(
     assert sum(sum(r.released.values()) for r in reports) == KEPT // 2
     assert sum(sum(r.stayed.values()) for r in reports) == KEPT // 2
     assert redis_client.llen(Queue.LOW) == KEPT // 2
+
+
+def test_a_release_that_runs_longer_than_a_claim_lasts_still_counts_its_entries_alone(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large quarantine released at a low ``--rate`` runs for longer than a claim
+    lasts (``CLAIM_S``, here 2 s): it renews what it holds, so a release started late
+    in it leaves the entries it judged alone, and one that was running when it ended
+    and reaches them long after leaves them too (``JUDGED_S``)."""
+    monkeypatch.setattr(quarantine, "CLAIM_S", 2)
+    monkeypatch.setattr(quarantine_release, "BATCH", 1)
+    store = keep_signed(redis_url, [WRONG] * 4, prefix="msg_long")
+    entries = list(store.entries("standard"))
+    late: list[ReleaseReport] = []
+
+    def slow_entries() -> Iterator[Entry]:
+        for entry in entries[:3]:
+            yield entry
+            time.sleep(1.2)  # paced: 3.6 s in all, past the first claims' 2 s
+        late.append(release(redis_url, entries=iter(entries[:3])))
+        yield entries[3]
+
+    long_release = release(redis_url, entries=slow_entries())
+
+    assert sum(long_release.stayed.values()) == 4
+    assert (sum(late[0].stayed.values()), late[0].elsewhere) == (0, 3)
+
+    # A release that started before the long one ended reaches its entries 2.5 s after.
+    started_before: list[ReleaseReport] = []
+
+    def entries_reached_late() -> Iterator[Entry]:
+        started_before.append(release(redis_url))  # runs whole, counting all four
+        time.sleep(2.5)
+        yield from entries
+
+    waiting = release(redis_url, entries=entries_reached_late())
+    assert sum(started_before[0].stayed.values()) == 4
+    assert (sum(waiting.stayed.values()), waiting.elsewhere) == (0, 4)
