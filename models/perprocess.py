@@ -29,8 +29,16 @@ class PerProcess(Generic[T]):
 
     def __init__(self, build: Callable[[], T] | None = None) -> None:
         self._build = build
-        self._lock = threading.Lock()
+        # A lock per process id: a lock that a parent's thread held while it built, at
+        # the moment of a fork, stays held in the child, where that thread does not
+        # exist. ``setdefault`` is atomic, so every thread of one process takes the same
+        # lock; the dict holds one lock per process of its fork chain (parent, child).
+        self._locks: dict[int, threading.Lock] = {}
         self._owner: tuple[int, T] | None = None
+
+    def _lock(self) -> threading.Lock:
+        pid = os.getpid()
+        return self._locks.get(pid) or self._locks.setdefault(pid, threading.Lock())
 
     def get(self, build: Callable[[], T] | None = None) -> T:
         """This process's value; built first with ``build`` (else the constructor's)
@@ -38,7 +46,7 @@ class PerProcess(Generic[T]):
         owner = self._owner
         if owner is not None and owner[0] == os.getpid():
             return owner[1]
-        with self._lock:
+        with self._lock():
             if self._owner is None or self._owner[0] != os.getpid():
                 maker = build or self._build
                 if maker is None:
@@ -56,7 +64,7 @@ class PerProcess(Generic[T]):
         """Drop this process's value and return it (to close it), or None when this
         process built none; a value inherited from a parent is dropped, not returned,
         as it is the parent's to close. The next ``get()`` builds again."""
-        with self._lock:
+        with self._lock():
             owner, self._owner = self._owner, None
         return owner[1] if owner is not None and owner[0] == os.getpid() else None
 
@@ -65,7 +73,7 @@ class PerProcessMap(Generic[K, T]):
     """``get(key, build)``: one value per key per process, built by ``build()`` on the
     key's first use in this process; every thread of the process shares it. A forked
     child starts with an empty map (and a lock of its own: a lock a parent's thread held
-    at the fork would never be released in the child)."""
+    at the fork would never be released in the child; :class:`PerProcess` too)."""
 
     def __init__(self) -> None:
         self._map: PerProcess[tuple[threading.Lock, dict[K, T]]] = PerProcess(

@@ -123,3 +123,33 @@ def test_a_forked_worker_process_takes_its_own_lease() -> None:
         return f"{same} {in_fork(lambda: repr(current_lease()))}"
 
     assert in_fork(child) == "True None"
+
+
+def test_a_child_forked_while_a_parent_thread_builds_builds_its_own_without_waiting() -> None:
+    """A fork while another thread of the parent is inside ``build()`` (holding the
+    lock): the child has no such thread, so it must not wait on that lock."""
+    building, release = threading.Event(), threading.Event()
+
+    def slow_build() -> int:
+        building.set()
+        release.wait(10)
+        return os.getpid()
+
+    cache = PerProcess(slow_build)
+    builder = threading.Thread(target=cache.get)
+    builder.start()
+    assert building.wait(5)
+
+    def child_value() -> str:
+        import signal
+
+        signal.alarm(5)  # a child stuck on the parent's lock dies, reporting nothing
+        release.set()  # this process's build does not wait for the parent's thread
+        return str(cache.get() == os.getpid())
+
+    try:
+        assert in_fork(child_value) == "True"
+    finally:
+        release.set()
+        builder.join(5)
+    assert cache.get() == os.getpid()
