@@ -18,6 +18,7 @@ from redis.exceptions import OutOfMemoryError
 from ingest.claims import PipelinedClaims
 from ingest.dedup import Admission, DedupGate, RateLimit, rate_key
 from models.broker.redis_links import FailoverReply, redis_client
+from tests.faults.test_failover import SentinelServer, primary_and_replica, role_of
 from tests.servers import RedisServer, _binary, die_with_tests, wait_until
 
 T = TypeVar("T")
@@ -346,3 +347,44 @@ def test_a_gate_that_cannot_be_pipelined_gets_none(redis_url: str) -> None:
     assert PipelinedClaims.for_gate(waits) is None
     assert PipelinedClaims.for_gate(separate) is None
     assert PipelinedClaims.for_gate(gate_for(redis_url)) is not None
+
+
+@pytest.mark.slow
+def test_after_a_sentinel_failover_claims_go_to_the_new_primary(tmp_path: Path) -> None:
+    with primary_and_replica(tmp_path, appendonly=False) as (primary, replica):
+        sentinel = SentinelServer(tmp_path / "sentinel", primary).start()
+        try:
+            gate = gate_for(sentinel.url, timeout_s=1.0)
+
+            def started_failover() -> bool:
+                try:
+                    sentinel.failover()
+                except redis.ResponseError:  # NOGOODSLAVE: it has not judged the replica yet
+                    return False
+                return True
+
+            async def work(claims: PipelinedClaims) -> tuple[Admission, list[object]]:
+                first = await claims.admit("k1", "c1", 60, QUEUE, "m1")
+                wait_until(started_failover, 30, "Sentinel to take the replica", interval=0.5)
+                wait_until(lambda: sentinel.primary_port() == replica.port, 30, "failover")
+                wait_until(lambda: role_of(primary) == "slave", 30, "demotion")
+                # The old connection now reaches a replica: its READONLY drops it, and
+                # the claim is sent again to whatever Sentinel names (once, at once).
+                answers: list[object] = []
+                for _ in range(10):
+                    try:
+                        answers.append(await claims.admit("k2", "c2", 60, QUEUE, "m2"))
+                    except redis.ConnectionError as error:  # answered 503: retried
+                        answers.append(error)
+                        continue
+                    break
+                answers.append(await claims.admit("k1", "again", 60, QUEUE, "m1"))
+                return first, answers
+
+            first, answers = run(pipelined(gate), work)
+        finally:
+            sentinel.stop()
+        assert first == Admission(True)
+        assert answers[-2:] == [Admission(True), Admission(False, prior_claim="c1")], answers
+        assert len(answers) <= 4, answers  # the flip costs a retry or two, not more
+        assert replica.client().lrange(QUEUE, 0, -1) == [b"m2", b"m1"]
