@@ -19,7 +19,7 @@ from ingest.claims import PipelinedClaims
 from ingest.dedup import Admission, DedupGate, RateLimit, rate_key
 from models.broker.redis_links import FailoverReply, redis_client
 from tests.faults.test_failover import SentinelServer, primary_and_replica, role_of
-from tests.servers import RedisServer, _binary, die_with_tests, wait_until
+from tests.servers import RedisServer, _binary, die_with_tests, free_port, wait_until
 
 T = TypeVar("T")
 QUEUE = "celery"
@@ -388,3 +388,69 @@ def test_after_a_sentinel_failover_claims_go_to_the_new_primary(tmp_path: Path) 
         assert answers[-2:] == [Admission(True), Admission(False, prior_claim="c1")], answers
         assert len(answers) <= 4, answers  # the flip costs a retry or two, not more
         assert replica.client().lrange(QUEUE, 0, -1) == [b"m2", b"m1"]
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """redis-server speaking TLS only, with a certificate for localhost signed by a CA
+    of its own; yields the port and the CA certificate."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+        "-out", "ca.crt", "-days", "1", "-subj", "/CN=hookfleet-test-ca",
+    )  # fmt: skip
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
+        "-out", "server.csr", "-subj", "/CN=localhost",
+    )  # fmt: skip
+    (tmp_path / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "ext.cnf",
+    )  # fmt: skip
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            _binary("redis-server"), "--port", "0", "--tls-port", str(port),
+            "--tls-cert-file", "server.crt", "--tls-key-file", "server.key",
+            "--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no",
+            "--save", "", "--appendonly", "no", "--dir", str(tmp_path),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_tests(),
+    )  # fmt: skip
+    ca = tmp_path / "ca.crt"
+
+    def answers() -> bool:
+        try:
+            return bool(redis.Redis(port=port, ssl=True, ssl_ca_certs=str(ca)).ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_until(answers, 15, "redis-server with TLS")
+        yield port, ca
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_a_rediss_url_is_dialled_with_tls_and_its_certificate_checked(
+    tls_redis: tuple[int, Path],
+) -> None:
+    port, ca = tls_redis
+    trusted = gate_for(f"rediss://localhost:{port}/1?ssl_ca_certs={ca}")
+    answer = run(pipelined(trusted), lambda c: c.admit("k", "c", 60, QUEUE, "m"))
+    assert answer == Admission(True)
+    assert trusted.admit("k", "again", 60, QUEUE, "m") == Admission(False, prior_claim="c")
+    # Not signed by a CA it trusts (the system's): refused, as the gate refuses it.
+    untrusted = gate_for(f"rediss://localhost:{port}/1")
+    with pytest.raises(redis.ConnectionError):
+        untrusted.admit("k2", "c2", 60, QUEUE, "m2")
+    with pytest.raises(redis.ConnectionError):
+        run(pipelined(untrusted), lambda c: c.admit("k2", "c2", 60, QUEUE, "m2"))
