@@ -454,3 +454,36 @@ def test_a_rediss_url_is_dialled_with_tls_and_its_certificate_checked(
         untrusted.admit("k2", "c2", 60, QUEUE, "m2")
     with pytest.raises(redis.ConnectionError):
         run(pipelined(untrusted), lambda c: c.admit("k2", "c2", 60, QUEUE, "m2"))
+
+
+def test_a_closed_client_fails_its_waiting_claims_and_dials_no_more(redis_url: str) -> None:
+    gate = gate_for(redis_url)
+    store = redis.Redis.from_url(redis_url)
+
+    before = {client["id"] for client in store.client_list()}
+
+    async def work() -> tuple[list[object], type[BaseException], int]:
+        claims = pipelined(gate)
+        await claims.admit("k0", "c0", 60, QUEUE, "m0")
+        waiting = [
+            asyncio.ensure_future(claims.admit(f"k{n}", f"c{n}", 60, QUEUE, f"m{n}"))
+            for n in range(1, 50)
+        ]
+        await asyncio.sleep(0)  # they are written, their answers not read yet
+        await claims.aclose()
+        answers = await asyncio.gather(*waiting, return_exceptions=True)
+        with pytest.raises(redis.ConnectionError) as late:
+            await claims.admit("late", "c", 60, QUEUE, "m")
+        open_claim_connections = sum(
+            client["id"] not in before and client["cmd"] in ("evalsha", "eval")
+            for client in store.client_list()
+        )
+        return answers, late.type, open_claim_connections
+
+    answers, late, open_connections = asyncio.run(work())
+    # Each waiting claim was answered or failed as a 503 would (never cancelled); a
+    # failed one may still have been made, as after a timeout: its retry is a duplicate.
+    assert all(a == Admission(True) or isinstance(a, redis.ConnectionError) for a in answers)
+    assert issubclass(late, redis.ConnectionError)
+    assert open_connections == 0
+    assert not store.exists("late")
