@@ -39,7 +39,7 @@ workers = settings.web_concurrency
 # Threads let one process serve keep-alive connections and overlap Redis round trips.
 # gunicorn's gthread worker, answering the requests gunicorn refuses itself (bad framing
 # headers, unknown transfer codings) with a JSON 4xx instead of an HTML page or a 501.
-worker_class = "ingest.gunicorn_worker.JsonErrorWorker"
+worker_class = "ingest.aio_worker.AioWorker"
 threads = settings.web_threads
 keepalive = 5
 # A provider gives up after 10 s (Retell) to 20 s (Stripe); nothing we do takes longer.

@@ -1,0 +1,698 @@
+"""The receiver's gunicorn worker: one uvloop event loop per process reads every
+request, serves plain deliveries itself and hands the rest to the WSGI app in threads.
+
+**In the loop.** Each connection's bytes are buffered until :func:`request_arrived`
+(ingest/gunicorn_worker.py) says the request is whole, so no thread ever waits on a
+slow or silent client. A request whose head is *plain* (:func:`parse_plain`: an
+origin-form request line, token header names without ``_``, one numeric
+``Content-Length``, no ``Transfer-Encoding`` or ``Expect``, within gunicorn's
+``limit_request_*``) is parsed with httptools (llhttp). A plain ``POST
+/webhooks/<known provider>``, with tracing off and a claim that can be pipelined
+(ingest/claims.py ``PipelinedClaims.for_gate``), is served in the loop: the CPU part of
+``take_delivery`` (ingest/views.py ``check_delivery``), then the claim awaited, then
+the answer (ingest/fastpath.py builds it, as for the WSGI path).
+
+**In threads** (``threads`` of them, HOOKFLEET_WEB_THREADS): every other plain request
+goes through the WSGI app (Flask: /healthz, the ops endpoints, 404s; Retell's inline
+answer and its DB lookup; a refusal kept in the quarantine; tracing on). Whatever is
+not plain (chunked bodies, ``Expect: 100-continue``, a body announced over the arrival
+buffer, and every head llhttp and gunicorn might judge differently) is parsed by
+gunicorn's own parser in a thread, exactly as gunicorn's gthread worker would: the
+same refusals (ingest/gunicorn_worker.py ``json_error_answer``), 413 before an
+oversized body (ingest/framing.py), the same ``100 Continue``.
+
+One request at a time per connection, answers in request order; reading pauses while
+a request is served. gunicorn's worker duties are kept: heartbeat, SIGTERM (stop
+accepting, finish in-flight requests, close idle connections, exit within
+``graceful_timeout``), SIGQUIT/SIGINT fast exit, ``max_requests``, and the
+:class:`~ingest.gunicorn_worker.ConnectionBoard` that spreads connections over workers.
+
+Sources: gunicorn ``workers/base.py`` and ``workers/gthread.py`` (gunicorn 27),
+``http/wsgi.py`` (the environ and response head), PEP 3333, RFC 9112; httptools
+``parser/parser.pyx``; uvloop ``loop.pyx`` (``connect_accepted_socket``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from email.utils import formatdate
+from io import BytesIO
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import httptools
+import uvloop
+from gunicorn.http import errors as http_errors
+from gunicorn.http import wsgi as gunicorn_wsgi
+from gunicorn.http.parser import RequestParser
+from gunicorn.workers.base import Worker
+
+from ingest.gunicorn_worker import (
+    _RECHECK_S,
+    _TIMEOUT_ANSWER,
+    ARRIVAL_TIMEOUT_S,
+    BOARD,
+    json_error_answer,
+    request_arrived,
+)
+
+# Each turn of the worker's clock: heartbeat, arrival deadlines, idle keep-alives.
+_TICK_S = 0.5
+# A body being read by a thread (a non-plain request) is buffered up to this much
+# before the loop stops reading the connection until the thread catches up.
+_FEED_HIGH_BYTES = 1024 * 1024
+# A connection closed after an answer reads (and drops) what its client still sends
+# for up to this long, so that client reads the answer instead of a reset.
+_LINGER_S = 2.0
+
+# A plain head: an origin-form request line, then header lines whose names are tokens
+# without "_" (gunicorn drops those) directly followed by ":", and values without
+# control characters. Anything else goes to gunicorn's parser.
+_PLAIN_HEAD = re.compile(
+    rb"[A-Z]{3,20} /[\x21-\x7e]* HTTP/1\.[01]\r\n"
+    rb"(?:[!#$%&'*+\-.^`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*"
+)
+_NOT_PLAIN_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade"})
+
+
+class Plain:
+    """A plain request parsed from the buffer (httptools callbacks fill it)."""
+
+    __slots__ = ("complete", "headers", "keep_alive", "method", "url", "version")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.complete = False
+        self.method = ""
+        self.version = "1.1"
+        self.keep_alive = True
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+def parse_plain(data: bytearray, limits: tuple[int, int, int]) -> tuple[Plain, bytes, int] | None:
+    """``(request, body, bytes used)`` when ``data`` starts with a whole plain request;
+    None when gunicorn's parser must decide (see the module's docstring).
+    ``limits``: gunicorn's ``limit_request_line``, ``_fields``, ``_field_size``."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(data[: end + 4])
+    if not _PLAIN_HEAD.fullmatch(head, 0, end + 2):
+        return None
+    line_limit, fields_limit, field_limit = limits
+    lines = head[: end + 2].split(b"\r\n")
+    if (
+        (line_limit and len(lines[0]) > line_limit)
+        or len(lines) - 2 > fields_limit
+        or max(len(line) for line in lines[1:]) > field_limit
+    ):
+        return None
+    plain = Plain()
+    parser = httptools.HttpRequestParser(plain)
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserError:
+        return None
+    if not plain.complete:
+        return None
+    length = 0
+    seen_length = False
+    for name, value in plain.headers:
+        lowered = name.lower().decode("latin-1")
+        if lowered in _NOT_PLAIN_HEADERS:
+            return None
+        if lowered == "content-length":
+            if seen_length or not value.strip().isdigit():
+                return None
+            seen_length = True
+            length = int(value)
+    body_end = end + 4 + length
+    if body_end > len(data):
+        return None  # announced over the arrival buffer, or cut short: gunicorn's
+    plain.method = parser.get_method().decode("latin-1")
+    plain.version = parser.get_http_version()
+    plain.keep_alive = parser.should_keep_alive()
+    return plain, bytes(data[end + 4 : body_end]), body_end
+
+
+class _DateHeader:
+    """``Date: ...\\r\\n`` (RFC 9110 5.6.7), made once a second."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._line = b""
+
+    def line(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._line = f"Date: {formatdate(now, usegmt=True)}\r\n".encode()
+        return self._line
+
+
+DATE = _DateHeader()
+
+
+def response_head(
+    version: str, status: str, headers: Iterable[tuple[str, str]], keep_alive: bool
+) -> bytes:
+    """The answer's head as gunicorn's ``Response.send_headers`` writes it."""
+    connection = b"keep-alive" if keep_alive else b"close"
+    return (
+        f"HTTP/{version} {status}\r\nServer: gunicorn\r\n".encode()
+        + DATE.line()
+        + b"Connection: "
+        + connection
+        + b"\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
+        + b"\r\n"
+    )
+
+
+class LoopFedSocket:
+    """What gunicorn's parser and response read from and write to, in a thread: bytes
+    the loop received (``feed``), answers handed to the loop's transport."""
+
+    def __init__(self, connection: Connection, initial: bytes, eof: bool) -> None:
+        self._connection = connection
+        self._lock = threading.Condition()
+        self._data = bytearray(initial)
+        self._eof = eof
+
+    def feed(self, data: bytes) -> int:
+        with self._lock:
+            self._data += data
+            self._lock.notify()
+            return len(self._data)
+
+    def feed_eof(self) -> None:
+        with self._lock:
+            self._eof = True
+            self._lock.notify()
+
+    def take(self) -> bytes:
+        with self._lock:
+            data = bytes(self._data)
+            self._data.clear()
+            return data
+
+    def recv(self, size: int) -> bytes:
+        deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+        with self._lock:
+            while not self._data and not self._eof:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise http_errors.NoMoreData(b"")
+                self._lock.wait(left)
+            data = bytes(self._data[:size])
+            del self._data[:size]
+            low = len(self._data) < _FEED_HIGH_BYTES
+        if low:
+            self._connection.call_in_loop(self._connection.resume_feed)
+        return data
+
+    def sendall(self, data: bytes) -> None:
+        self._connection.write_from_thread(bytes(data))
+
+    send = sendall
+
+    def gettimeout(self) -> float | None:
+        return None
+
+    def setblocking(self, _flag: bool) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: its bytes, and one request at a time."""
+
+    def __init__(self, worker: AioWorker, server: Any) -> None:
+        self.worker = worker
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.peer: Any = ("", -1)
+        self.buffer = bytearray()
+        self.eof = False
+        self.serving = False
+        self.closed = False
+        self.fed: LoopFedSocket | None = None
+        self.kept_alive = False
+        self.lingering = False
+        self.deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername") or ("", -1)
+        self.worker.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return
+        if self.fed is not None:
+            if self.fed.feed(data) > _FEED_HIGH_BYTES and self.transport is not None:
+                self.transport.pause_reading()
+            return
+        if not self.buffer:
+            self.deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+        self.buffer += data
+        if not self.serving:
+            self._next_request()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.lingering:
+            self.close()
+            return True
+        if self.fed is not None:
+            self.fed.feed_eof()
+        elif not self.serving:
+            self._next_request()
+        return True  # keep our side open to answer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.fed is not None:
+            self.fed.feed_eof()
+        self.worker.connection_gone(self)
+
+    # serving
+    def _next_request(self) -> None:
+        if self.closed or self.serving:
+            return
+        if not self.buffer:
+            if self.eof or not self.worker.alive:
+                self.close()
+            return
+        if not self.eof and not request_arrived(bytes(self.buffer)):
+            return
+        self.serving = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.worker.loop.create_task(self._serve())
+
+    async def _serve(self) -> None:
+        keep_alive = False
+        try:
+            keep_alive = await self._serve_one()
+        except Exception:  # one connection's failure ends that connection
+            self.worker.log.exception("Error handling request")
+        self.worker.request_done()
+        self.serving = False
+        if not keep_alive or not self.worker.alive or self.closed:
+            self.linger()
+            return
+        self.kept_alive = True
+        self.deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+        if self.transport is not None:
+            self.transport.resume_reading()
+        self._next_request()
+
+    async def _serve_one(self) -> bool:
+        parsed = parse_plain(self.buffer, self.worker.limits)
+        if parsed is None:
+            return await self._serve_with_gunicorn()
+        request, body, used = parsed
+        del self.buffer[:used]
+        environ = self.worker.environ_for(request, body, self.peer, self.server)
+        keep_alive = request.keep_alive and self.worker.alive
+        deliveries = self.worker.deliveries
+        provider = None if deliveries is None else deliveries.provider_for(environ)
+        if provider is not None:
+            assert deliveries is not None
+            status, headers, payload, after = await deliveries.deliver(environ, provider)
+            self.write(response_head(request.version, status, headers, keep_alive) + payload)
+            if after is not None:
+                await self.worker.loop.run_in_executor(None, after)
+            return keep_alive
+        return bool(
+            await self.worker.loop.run_in_executor(
+                None, self.worker.call_app, self, environ, request.version, keep_alive
+            )
+        )
+
+    async def _serve_with_gunicorn(self) -> bool:
+        self.fed = LoopFedSocket(self, bytes(self.buffer), self.eof)
+        self.buffer.clear()
+        if self.transport is not None:
+            self.transport.resume_reading()
+        try:
+            keep_alive, rest = await self.worker.loop.run_in_executor(
+                None, self.worker.handle_with_gunicorn, self
+            )
+        finally:
+            fed, self.fed = self.fed, None
+            if self.transport is not None and not self.closed:
+                self.transport.pause_reading()
+        self.buffer += rest + fed.take()
+        return bool(keep_alive)
+
+    # I/O
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def call_in_loop(self, function: Callable[[], None]) -> None:
+        try:
+            self.worker.loop.call_soon_threadsafe(function)
+        except RuntimeError:  # the loop is closed: the worker is exiting
+            pass
+
+    def write_from_thread(self, data: bytes) -> None:
+        """Hand ``data`` to the transport and wait until the loop has written it."""
+        written = threading.Event()
+
+        def write() -> None:
+            self.write(data)
+            written.set()
+
+        self.call_in_loop(write)
+        written.wait(self.worker.cfg.timeout)
+
+    def resume_feed(self) -> None:
+        if self.fed is not None and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def linger(self) -> None:
+        """Close after an answer: our side at once, theirs once they stop sending (or
+        after ``_LINGER_S``). A client still sending a body we did not read (413)
+        would otherwise meet a reset before it reads the answer."""
+        if self.eof or self.transport is None or self.transport.is_closing():
+            self.close()
+            return
+        self.lingering = True
+        self.buffer.clear()
+        self.transport.write_eof()
+        self.transport.resume_reading()
+        self.worker.loop.call_later(_LINGER_S, self.close)
+
+    def expire(self, now: float) -> None:
+        """End a connection whose request did not arrive in time (408 when something
+        came), or that stayed idle past the keep-alive."""
+        if self.serving or self.closed or self.lingering:
+            return
+        if self.buffer:
+            if now >= self.deadline:
+                self.worker.log.warning(
+                    f"Request from ip={self.peer[0]} not whole within {ARRIVAL_TIMEOUT_S:.0f} s "
+                    f"({len(self.buffer)} bytes came): answered 408"
+                )
+                self.write(_TIMEOUT_ANSWER)
+                self.close()
+            return
+        idle_limit = self.worker.cfg.keepalive if self.kept_alive else ARRIVAL_TIMEOUT_S
+        if not self.worker.alive or now >= self.deadline - ARRIVAL_TIMEOUT_S + idle_limit:
+            self.close()
+
+
+class AioWorker(Worker):
+    """A gunicorn worker on a uvloop event loop (see the module's docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Made in the master before the fork; the master releases it at child_exit.
+        self.board_slot = BOARD.reserve()
+        self.connections: set[Connection] = set()
+        self.deliveries: Any = None
+        self.accepting = False
+        self.limits = (
+            self.cfg.limit_request_line,
+            self.cfg.limit_request_fields,
+            self.cfg.limit_request_field_size,
+        )
+
+    # gunicorn's worker
+    def run(self) -> None:
+        self.loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.executor = ThreadPoolExecutor(self.cfg.threads, thread_name_prefix="wsgi")
+        self.loop.set_default_executor(self.executor)
+        try:
+            self.loop.run_until_complete(self._serve())
+        finally:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.loop.close()
+
+    async def _serve(self) -> None:
+        self._prepare_app()
+        self._stopped = self.loop.create_future()
+        for signum, handler in (
+            (signal.SIGTERM, self._graceful_exit),
+            (signal.SIGQUIT, self._quick_exit),
+            (signal.SIGINT, self._quick_exit),
+            (signal.SIGUSR1, self.log.reopen_files),
+        ):
+            self.loop.add_signal_handler(signum, handler)
+        for listener in self.sockets:
+            listener.setblocking(False)
+        self._set_accepting(True)
+        self._tick()
+        await self._stopped
+        await self._drain()
+
+    def _prepare_app(self) -> None:
+        # After the fork: the app's modules open the Prometheus multiprocess files.
+        from ingest.loop_delivery import LoopDeliveries
+
+        self.deliveries = LoopDeliveries.for_app(self.wsgi, self.loop)
+        self.base_environ = gunicorn_wsgi.base_environ(self.cfg)
+        self.base_environ["wsgi.multithread"] = True
+
+    def _tick(self) -> None:
+        """The worker's clock: heartbeat, board, deadlines, parent, and accepting."""
+        self.notify()
+        if self.ppid != os.getppid():
+            self.log.info("Parent changed, shutting down: %s", self)
+            self.alive = False
+        now = time.monotonic()
+        for connection in list(self.connections):
+            connection.expire(now)
+        if not self.alive and not self._stopped.done():
+            self._stopped.set_result(None)
+        if self.alive and not self.accepting:
+            self._set_accepting(True)
+        BOARD.post(self.board_slot, len(self.connections), self.accepting)
+        delay = _RECHECK_S if self.alive and not self.accepting else _TICK_S
+        self.loop.call_later(delay, self._tick)
+
+    def _set_accepting(self, wanted: bool) -> None:
+        accept = wanted and self.alive and BOARD.may_accept(self.board_slot, len(self.connections))
+        if accept != self.accepting:
+            for listener in self.sockets:
+                if accept:
+                    self.loop.add_reader(listener.fileno(), self._accept, listener)
+                else:
+                    self.loop.remove_reader(listener.fileno())
+            self.accepting = accept
+        BOARD.post(self.board_slot, len(self.connections), self.accepting)
+
+    def _accept(self, listener: Any) -> None:
+        try:
+            client, _ = listener.accept()
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        client.setblocking(False)
+        if client.family in (socket.AF_INET, socket.AF_INET6):
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        server = listener.getsockname()
+        self.loop.create_task(
+            self.loop.connect_accepted_socket(lambda: Connection(self, server), client)
+        )
+        if not BOARD.may_accept(self.board_slot, len(self.connections) + 1):
+            self._set_accepting(False)  # the next ones are for the other workers
+
+    def connection_gone(self, connection: Connection) -> None:
+        self.connections.discard(connection)
+        if not self.alive and not self.connections and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    def request_done(self) -> None:
+        self.nr += 1
+        if self.nr >= self.max_requests and self.alive:
+            self.log.info("Autorestarting worker after current request.")
+            self._graceful_exit()
+
+    def _graceful_exit(self) -> None:
+        self.alive = False
+        self._set_accepting(False)
+        for connection in list(self.connections):
+            connection.expire(time.monotonic())
+        if not self._stopped.done():
+            self._stopped.set_result(None)
+
+    def _quick_exit(self) -> None:
+        self.alive = False
+        self.cfg.worker_int(self)
+        sys.exit(0)
+
+    async def _drain(self) -> None:
+        """Let in-flight requests finish (and arriving ones arrive), within
+        ``graceful_timeout``; then the loop ends and the process exits."""
+        self._set_accepting(False)
+        for listener in self.sockets:
+            try:
+                self.loop.remove_reader(listener.fileno())
+            except (ValueError, OSError):
+                pass
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        while self.connections and time.monotonic() < deadline:
+            for connection in list(self.connections):
+                connection.expire(time.monotonic())
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            connection.close()
+        if self.deliveries is not None:
+            await self.deliveries.claims.aclose()
+
+    # requests
+    def environ_for(self, request: Plain, body: bytes, peer: Any, server: Any) -> dict[str, Any]:
+        """The PEP 3333 environ gunicorn's ``http/wsgi.py`` ``create`` would build."""
+        url = httptools.parse_url(request.url)
+        raw_path = url.path or b"/"
+        environ = dict(self.base_environ)
+        environ["wsgi.input"] = BytesIO(body)
+        environ["REQUEST_METHOD"] = request.method
+        environ["QUERY_STRING"] = (url.query or b"").decode("latin-1")
+        environ["RAW_URI"] = request.url.decode("latin-1")
+        environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+        environ["wsgi.url_scheme"] = "http"
+        environ["SCRIPT_NAME"] = os.environ.get("SCRIPT_NAME", "")
+        environ["PATH_INFO"] = unquote_to_bytes(raw_path).decode("latin-1")
+        host = None
+        repeated: dict[str, list[str]] = {}
+        for name_bytes, value_bytes in request.headers:
+            name = name_bytes.decode("latin-1").upper()
+            value = value_bytes.decode("latin-1").strip(" \t")
+            if name == "CONTENT-TYPE":
+                environ["CONTENT_TYPE"] = value
+                continue
+            if name == "CONTENT-LENGTH":
+                environ["CONTENT_LENGTH"] = value
+                continue
+            if name == "HOST":
+                host = value
+            key = "HTTP_" + name.replace("-", "_")
+            if key in environ:
+                repeated.setdefault(key, [environ[key]]).append(value)
+            else:
+                environ[key] = value
+        for key, values in repeated.items():
+            environ[key] = ",".join(values)
+        if isinstance(peer, tuple | list):
+            environ["REMOTE_ADDR"] = str(peer[0])
+            environ["REMOTE_PORT"] = str(peer[1])
+        else:
+            environ["REMOTE_ADDR"] = str(peer or "")
+        if isinstance(server, tuple | list):
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = str(server[0]), str(server[1])
+        else:  # a unix socket: the Host header names the server, as gunicorn does
+            name, _, port = (host or "").partition(":")
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = name, port or "80"
+        return environ
+
+    def call_app(
+        self, connection: Connection, environ: dict[str, Any], version: str, keep_alive: bool
+    ) -> bool:
+        """Run the WSGI app for a plain request (in a thread), write its answer, then
+        close its iterable. Whether the connection stays open."""
+        started: list[Any] = []
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            started[:] = [status, headers]
+            return lambda data: None
+
+        result = self.wsgi(environ, start_response)
+        try:
+            body = b"".join(result)
+            status, headers = started
+            if not any(name.lower() == "content-length" for name, _ in headers):
+                headers = [*headers, ("Content-Length", str(len(body)))]
+            connection.write_from_thread(response_head(version, status, headers, keep_alive) + body)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        return keep_alive
+
+    def handle_with_gunicorn(self, connection: Connection) -> tuple[bool, bytes]:
+        """A request that is not plain, parsed and answered by gunicorn's own parser
+        and response, as its gthread worker would (in a thread). Whether the
+        connection stays open, and the bytes read past the request."""
+        fed = connection.fed
+        assert fed is not None
+        client, server = connection.peer, connection.server
+        request = None
+        try:
+            parser = RequestParser(self.cfg, fed, client)
+            request = next(parser)
+            if not request:
+                return False, b""
+            response, environ = gunicorn_wsgi.create(request, fed, client, server, self.cfg)
+            environ["wsgi.multithread"] = True
+            if not self.alive:
+                response.force_close()
+            result = self.wsgi(environ, response.start_response)
+            try:
+                for item in result:
+                    response.write(item)
+                response.close()
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+            if response.should_close() or not self.alive:
+                return False, b""
+            if not parser.finish_body(time.monotonic() + ARRIVAL_TIMEOUT_S):
+                return False, b""
+            return True, parser.unreader.take_buffered()
+        except http_errors.NoMoreData:
+            return False, b""
+        except StopIteration:
+            return False, b""
+        except OSError as error:
+            if error.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, None):
+                self.log.exception("Socket error processing request.")
+            return False, b""
+        except Exception as error:  # noqa: BLE001 (gunicorn's handle_error answers it)
+            self.handle_error(request, fed, client, error)
+            return False, b""
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """Hookfleet's JSON 4xx for what gunicorn's parser refuses (ingest/gunicorn_worker.py)."""
+        answer = json_error_answer(exc)
+        if answer is None:
+            super().handle_error(req, client, addr, exc)
+            return
+        status, _, raw = answer
+        peer = (addr or ("", -1))[0]
+        self.log.warning(f"Invalid request from ip={peer}: {exc} (answered {status})")
+        client.sendall(raw)
