@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import os
 import re
 import signal
@@ -46,6 +47,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
+from functools import partial
 from io import BytesIO
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -83,6 +85,7 @@ _PLAIN_HEAD = re.compile(
     rb"(?:[!#$%&'*+\-.^`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*"
 )
 _NOT_PLAIN_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade"})
+_SINGLETONS = frozenset({"content-length", "host", "content-type"})
 
 
 class Plain:
@@ -123,28 +126,32 @@ def parse_plain(data: bytearray, limits: tuple[int, int, int]) -> tuple[Plain, b
     if (
         (line_limit and len(lines[0]) > line_limit)
         or len(lines) - 2 > fields_limit
-        or max(len(line) for line in lines[1:]) > field_limit
+        or max(len(line) for line in lines[1:]) + 2 > field_limit
     ):
         return None
     plain = Plain()
     parser = httptools.HttpRequestParser(plain)
     try:
         parser.feed_data(head)
-    except httptools.HttpParserError:
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
         return None
     if not plain.complete:
         return None
     length = 0
-    seen_length = False
+    singletons: set[str] = set()
     for name, value in plain.headers:
         lowered = name.lower().decode("latin-1")
         if lowered in _NOT_PLAIN_HEADERS:
             return None
-        if lowered == "content-length":
-            if seen_length or not value.strip().isdigit():
+        if lowered in _SINGLETONS:
+            # gunicorn refuses a repeated one (RFC 9110 section 5.3), llhttp does not.
+            if lowered in singletons:
                 return None
-            seen_length = True
-            length = int(value)
+            singletons.add(lowered)
+            if lowered == "content-length":
+                if not value.strip(b" \t").isdigit():
+                    return None
+                length = int(value)
     body_end = end + 4 + length
     if body_end > len(data):
         return None  # announced over the arrival buffer, or cut short: gunicorn's
@@ -259,6 +266,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.fed: LoopFedSocket | None = None
         self.kept_alive = False
+        self.trusted = False
         self.lingering = False
         self.deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
 
@@ -266,6 +274,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername") or ("", -1)
+        self.trusted = self.worker.trusts(self.peer)
         self.worker.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -335,8 +344,10 @@ class Connection(asyncio.Protocol):
         if parsed is None:
             return await self._serve_with_gunicorn()
         request, body, used = parsed
+        environ = self.worker.environ_for(request, body, self.peer, self.server, self.trusted)
+        if environ is None:
+            return await self._serve_with_gunicorn()
         del self.buffer[:used]
-        environ = self.worker.environ_for(request, body, self.peer, self.server)
         keep_alive = request.keep_alive and self.worker.alive
         deliveries = self.worker.deliveries
         provider = None if deliveries is None else deliveries.provider_for(environ)
@@ -380,8 +391,12 @@ class Connection(asyncio.Protocol):
         except RuntimeError:  # the loop is closed: the worker is exiting
             pass
 
-    def write_from_thread(self, data: bytes) -> None:
-        """Hand ``data`` to the transport and wait until the loop has written it."""
+    def write_from_thread(self, data: bytes, *, wait: bool = True) -> None:
+        """Hand ``data`` to the transport; with ``wait``, until the loop has written it
+        (else it is written at the loop's next turn, before anything queued later)."""
+        if not wait:
+            self.call_in_loop(partial(self.write, data))
+            return
         written = threading.Event()
 
         def write() -> None:
@@ -573,8 +588,27 @@ class AioWorker(Worker):
             await self.deliveries.claims.aclose()
 
     # requests
-    def environ_for(self, request: Plain, body: bytes, peer: Any, server: Any) -> dict[str, Any]:
-        """The PEP 3333 environ gunicorn's ``http/wsgi.py`` ``create`` would build."""
+    def trusts(self, peer: Any) -> bool:
+        """Whether ``peer`` may set the scheme headers (``forwarded_allow_ips``), as
+        gunicorn's ``HeaderPolicy._peer_is_trusted_proxy``."""
+        if not isinstance(peer, tuple | list):
+            return True
+        allowed = self.cfg.forwarded_allow_ips
+        if "*" in allowed:
+            return True
+        try:
+            address = ipaddress.ip_address(peer[0])
+        except ValueError:
+            return False
+        return any(address in network for network in self.cfg.forwarded_allow_networks())
+
+    def environ_for(
+        self, request: Plain, body: bytes, peer: Any, server: Any, trusted: bool
+    ) -> dict[str, Any] | None:
+        """The PEP 3333 environ gunicorn's ``http/wsgi.py`` ``create`` would build;
+        None for scheme headers that disagree (gunicorn's parser refuses them)."""
+        secure = self.cfg.secure_scheme_headers if trusted else {}
+        scheme = ""
         url = httptools.parse_url(request.url)
         raw_path = url.path or b"/"
         environ = dict(self.base_environ)
@@ -583,7 +617,6 @@ class AioWorker(Worker):
         environ["QUERY_STRING"] = (url.query or b"").decode("latin-1")
         environ["RAW_URI"] = request.url.decode("latin-1")
         environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
-        environ["wsgi.url_scheme"] = "http"
         environ["SCRIPT_NAME"] = os.environ.get("SCRIPT_NAME", "")
         environ["PATH_INFO"] = unquote_to_bytes(raw_path).decode("latin-1")
         host = None
@@ -599,6 +632,11 @@ class AioWorker(Worker):
                 continue
             if name == "HOST":
                 host = value
+            elif name in secure:
+                said = "https" if value == secure[name] else "http"
+                if scheme and said != scheme:
+                    return None
+                scheme = said
             key = "HTTP_" + name.replace("-", "_")
             if key in environ:
                 repeated.setdefault(key, [environ[key]]).append(value)
@@ -606,6 +644,7 @@ class AioWorker(Worker):
                 environ[key] = value
         for key, values in repeated.items():
             environ[key] = ",".join(values)
+        environ["wsgi.url_scheme"] = scheme or "http"
         if isinstance(peer, tuple | list):
             environ["REMOTE_ADDR"] = str(peer[0])
             environ["REMOTE_PORT"] = str(peer[1])
@@ -637,7 +676,10 @@ class AioWorker(Worker):
             status, headers = started
             if not any(name.lower() == "content-length" for name, _ in headers):
                 headers = [*headers, ("Content-Length", str(len(body)))]
-            connection.write_from_thread(response_head(version, status, headers, keep_alive) + body)
+            # Not waited for: queued to the loop before the iterable is closed below.
+            connection.write_from_thread(
+                response_head(version, status, headers, keep_alive) + body, wait=False
+            )
         finally:
             close = getattr(result, "close", None)
             if close is not None:

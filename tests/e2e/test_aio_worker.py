@@ -1,0 +1,252 @@
+"""The receiver's event-loop worker (ingest/aio_worker.py) against a real gunicorn and
+a real redis-server, over raw sockets: pipelined requests, a SIGTERM while a claim
+waits on Redis, Redis going away and coming back, a flushed script cache, and the
+framing kinds where llhttp and gunicorn's parser disagree."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ingest.dedup import dedup_key
+from tests.helpers import total_queued
+from tests.processes import Processes, running_fleet
+from tests.servers import RedisServer, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.thaw()
+            server.stop()
+
+
+@pytest.fixture
+def web(tmp_path: Path, own_redis: RedisServer) -> Iterator[Processes]:
+    # A socket timeout longer than the freezes below: the claim waits, it does not fail.
+    with running_fleet(
+        tmp_path,
+        f"{own_redis.url}?socket_timeout=10",
+        f"sqlite:///{tmp_path / 'unused.db'}",
+        names=("web",),
+        HOOKFLEET_STANDARD_VERIFY="off",
+    ) as processes:
+        yield processes
+
+
+def delivery(event_id: str, *, request_id: str = "") -> bytes:
+    body = json.dumps({"type": "t", "id": event_id}).encode()
+    extra = f"X-Request-ID: {request_id}\r\n" if request_id else ""
+    return (
+        f"POST /webhooks/standard HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"webhook-id: {event_id}\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def read_answers(sock: socket.socket, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """``count`` answers read off one connection, in the order they came."""
+    data, answers = b"", []
+    while len(answers) < count:
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            head = data[:end].decode("latin-1")
+            headers = dict(
+                (name.lower(), value.strip())
+                for name, _, value in (line.partition(":") for line in head.split("\r\n")[1:])
+            )
+            length = int(headers.get("content-length", "0"))
+            if len(data) >= end + 4 + length:
+                answers.append((int(head.split(" ")[1]), headers, data[end + 4 : end + 4 + length]))
+                data = data[end + 4 + length :]
+                continue
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return answers
+
+
+def connect(web: Processes) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", int(web.env["PORT"])), timeout=20)
+
+
+def test_pipelined_requests_are_answered_one_by_one_in_request_order(
+    web: Processes, own_redis: RedisServer
+) -> None:
+    pipelined = (
+        delivery("pipe-1", request_id="first")
+        + b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-ID: second\r\n\r\n"
+        + delivery("pipe-1", request_id="third")  # the same event: a duplicate
+        + b"POST /webhooks/nobody HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"X-Request-ID: fourth\r\n\r\n{}"
+    )
+    with connect(web) as sock:
+        sock.sendall(pipelined)  # all at once: the server holds the rest while it serves one
+        answers = read_answers(sock, 4)
+
+    assert [(status, headers["x-request-id"]) for status, headers, _ in answers] == [
+        (202, "first"),
+        (200, "second"),
+        (200, "third"),
+        (404, "fourth"),
+    ]
+    assert json.loads(answers[0][2])["status"] == "accepted"
+    assert json.loads(answers[2][2])["status"] == "duplicate"
+    assert json.loads(answers[3][2])["error"]["code"] == "unknown_provider"
+    assert total_queued(own_redis.client()) == 1
+
+
+def test_sigterm_while_a_claim_waits_on_redis_finishes_it(
+    web: Processes, own_redis: RedisServer
+) -> None:
+    with connect(web) as sock:
+        own_redis.freeze()  # the claim is sent and waits for Redis's answer
+        try:
+            sock.sendall(delivery("term-1"))
+            time.sleep(0.5)
+            web.running["web"].send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+        finally:
+            own_redis.thaw()
+        answers = read_answers(sock, 1)
+
+    assert [status for status, _, _ in answers] == [202]
+    assert total_queued(own_redis.client()) == 1
+    assert web.running["web"].wait(timeout=30) == 0
+    assert "Traceback" not in web.log("web")
+
+
+def test_redis_stopped_is_503_with_retry_after_then_accepted_once_it_is_back(
+    web: Processes, own_redis: RedisServer
+) -> None:
+    own_redis.stop()
+    with connect(web) as sock:
+        sock.sendall(delivery("down-1"))
+        ((status, headers, body),) = read_answers(sock, 1)
+    assert (status, json.loads(body)["error"]["code"]) == (503, "queue_unavailable")
+    assert int(headers["retry-after"]) >= 1
+
+    own_redis.start()
+
+    def accepted() -> bool:
+        with connect(web) as sock:
+            sock.sendall(delivery("down-1"))
+            return read_answers(sock, 1)[0][0] == 202
+
+    wait_until(accepted, 20, "the delivery accepted once Redis is back")
+    assert total_queued(own_redis.client()) == 1
+
+
+def test_a_flushed_script_cache_does_not_refuse_deliveries(
+    web: Processes, own_redis: RedisServer
+) -> None:
+    with connect(web) as sock:
+        sock.sendall(delivery("flush-1"))
+        assert read_answers(sock, 1)[0][0] == 202
+        own_redis.client().script_flush()
+        sock.sendall(delivery("flush-2"))  # the same connection: the same worker
+        assert read_answers(sock, 1)[0][0] == 202
+
+    assert total_queued(own_redis.client()) == 2
+
+
+# Heads llhttp reads differently from gunicorn's parser (ingest/aio_worker.py's
+# parse_plain sends each to gunicorn's parser): gunicorn's answer is the one given.
+@pytest.mark.parametrize(
+    ("head", "status", "code"),
+    [
+        # llhttp accepts a repeated Host or Content-Type; gunicorn refuses it (RFC 9110 5.3).
+        (b"POST /webhooks/standard HTTP/1.1\r\nHost: a\r\nHost: b\r\n", 400, "malformed_request"),
+        (
+            b"POST /webhooks/standard HTTP/1.1\r\nContent-Type: application/json\r\n"
+            b"Content-Type: text/plain\r\n",
+            400,
+            "malformed_request",
+        ),
+        # llhttp accepts "HTTP/2.0" and a doubled space; gunicorn refuses them.
+        (b"POST /webhooks/standard HTTP/2.0\r\n", 400, "malformed_request"),
+        (b"POST  /webhooks/standard HTTP/1.1\r\n", 400, "malformed_request"),
+        # Over gunicorn's limits, which llhttp does not know.
+        (
+            b"POST /webhooks/standard?" + b"a" * 4100 + b" HTTP/1.1\r\n",
+            414,
+            "request_line_too_long",
+        ),
+        (
+            b"POST /webhooks/standard HTTP/1.1\r\nX-Big: " + b"a" * 8200 + b"\r\n",
+            431,
+            "headers_too_large",
+        ),
+        (
+            b"POST /webhooks/standard HTTP/1.1\r\n"
+            + b"".join(b"X-%d: a\r\n" % n for n in range(101)),
+            431,
+            "headers_too_large",
+        ),
+        # llhttp refuses an unknown method; gunicorn passes it to the app (a JSON 405).
+        (b"PURGE /webhooks/standard HTTP/1.1\r\n", 405, "method_not_allowed"),
+    ],
+    ids=[
+        "repeated Host",
+        "repeated Content-Type",
+        "HTTP/2.0",
+        "doubled space",
+        "request line over 4094",
+        "header field over 8190",
+        "101 header fields",
+        "unknown method",
+    ],
+)
+def test_a_head_llhttp_reads_otherwise_gets_gunicorns_answer(
+    web: Processes, own_redis: RedisServer, head: bytes, status: int, code: str
+) -> None:
+    with connect(web) as sock:
+        sock.sendall(head + b"Content-Length: 2\r\n\r\n{}")
+        ((answered, headers, body),) = read_answers(sock, 1)
+
+    assert (answered, json.loads(body)["error"]["code"]) == (status, code)
+    assert headers["content-type"] == "application/json"
+    if status != 405:
+        assert headers["connection"] == "close"
+    assert total_queued(own_redis.client()) == 0
+    assert not re.search(r'"level": "(ERROR|CRITICAL)"', web.log("web"))
+
+
+def test_a_connection_left_open_after_its_answer_is_closed_after_the_keep_alive(
+    web: Processes,
+) -> None:
+    with connect(web) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answers(sock, 1)[0][0] == 200
+        started = time.monotonic()
+        assert sock.recv(10) == b""  # the server closed it (gunicorn's keepalive: 5 s)
+    assert 3 < time.monotonic() - started < 15
+
+
+def test_a_redis_that_refuses_the_write_is_503_and_nothing_half_claimed(
+    web: Processes, own_redis: RedisServer
+) -> None:
+    client = own_redis.client()
+    client.config_set("maxmemory", "1")  # noeviction: every write is refused (OOM)
+    try:
+        with connect(web) as sock:
+            sock.sendall(delivery("oom-1"))
+            ((status, _, body),) = read_answers(sock, 1)
+    finally:
+        client.config_set("maxmemory", "0")
+    assert (status, json.loads(body)["error"]["code"]) == (503, "queue_unavailable")
+    assert client.exists(dedup_key("standard", "oom-1")) == 0
+    assert total_queued(client) == 0
