@@ -62,6 +62,7 @@ from gunicorn.workers.base import Worker
 from ingest.gunicorn_worker import (
     _RECHECK_S,
     _TIMEOUT_ANSWER,
+    ARRIVAL_BUFFER_BYTES,
     ARRIVAL_TIMEOUT_S,
     BOARD,
     json_error_answer,
@@ -84,40 +85,47 @@ _PLAIN_HEAD = re.compile(
     rb"[A-Z]{3,20} /[\x21-\x7e]* HTTP/1\.[01]\r\n"
     rb"(?:[!#$%&'*+\-.^`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*"
 )
-_NOT_PLAIN_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade"})
-_SINGLETONS = frozenset({"content-length", "host", "content-type"})
+_NOT_PLAIN_HEADERS = frozenset({"TRANSFER-ENCODING", "EXPECT", "UPGRADE"})
+_SINGLETONS = frozenset({"CONTENT-LENGTH", "HOST", "CONTENT-TYPE"})
 
 
 class Plain:
-    """A plain request parsed from the buffer (httptools callbacks fill it)."""
+    """A plain request parsed from the buffer (httptools callbacks fill it): its
+    header fields as gunicorn gives them (names upper case, values stripped)."""
 
-    __slots__ = ("complete", "headers", "keep_alive", "method", "url", "version")
+    __slots__ = ("body", "complete", "fields", "keep_alive", "method", "url", "version")
 
     def __init__(self) -> None:
         self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.fields: list[tuple[str, str]] = []
         self.complete = False
         self.method = ""
         self.version = "1.1"
         self.keep_alive = True
+        self.body = b""
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        self.fields.append((name.decode("latin-1").upper(), value.decode("latin-1").strip(" \t")))
 
     def on_headers_complete(self) -> None:
         self.complete = True
 
 
-def parse_plain(data: bytearray, limits: tuple[int, int, int]) -> tuple[Plain, bytes, int] | None:
-    """``(request, body, bytes used)`` when ``data`` starts with a whole plain request;
-    None when gunicorn's parser must decide (see the module's docstring).
+# parse_plain: a plain request whose body has not all come yet (or no head yet).
+MORE = object()
+
+
+def parse_plain(data: bytearray, limits: tuple[int, int, int]) -> tuple[Plain, int] | object | None:
+    """``(request, used)``: the plain request ``data`` starts with (its ``body`` read)
+    and how many bytes of ``data`` it took; :data:`MORE` while its head or body is
+    still coming; None when gunicorn's parser must decide (see the module's docstring).
     ``limits``: gunicorn's ``limit_request_line``, ``_fields``, ``_field_size``."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
-        return None
+        return MORE
     head = bytes(data[: end + 4])
     if not _PLAIN_HEAD.fullmatch(head, 0, end + 2):
         return None
@@ -126,7 +134,7 @@ def parse_plain(data: bytearray, limits: tuple[int, int, int]) -> tuple[Plain, b
     if (
         (line_limit and len(lines[0]) > line_limit)
         or len(lines) - 2 > fields_limit
-        or max(len(line) for line in lines[1:]) + 2 > field_limit
+        or max(map(len, lines)) + 2 > field_limit
     ):
         return None
     plain = Plain()
@@ -139,26 +147,28 @@ def parse_plain(data: bytearray, limits: tuple[int, int, int]) -> tuple[Plain, b
         return None
     length = 0
     singletons: set[str] = set()
-    for name, value in plain.headers:
-        lowered = name.lower().decode("latin-1")
-        if lowered in _NOT_PLAIN_HEADERS:
+    for name, value in plain.fields:
+        if name in _NOT_PLAIN_HEADERS:
             return None
-        if lowered in _SINGLETONS:
+        if name in _SINGLETONS:
             # gunicorn refuses a repeated one (RFC 9110 section 5.3), llhttp does not.
-            if lowered in singletons:
+            if name in singletons:
                 return None
-            singletons.add(lowered)
-            if lowered == "content-length":
-                if not value.strip(b" \t").isdigit():
+            singletons.add(name)
+            if name == "CONTENT-LENGTH":
+                if not value.isdigit() or not value.isascii():
                     return None
                 length = int(value)
+    if length > ARRIVAL_BUFFER_BYTES:
+        return None  # gunicorn's parser reads it as it comes (413 before it, if too large)
     body_end = end + 4 + length
     if body_end > len(data):
-        return None  # announced over the arrival buffer, or cut short: gunicorn's
+        return MORE
     plain.method = parser.get_method().decode("latin-1")
     plain.version = parser.get_http_version()
     plain.keep_alive = parser.should_keep_alive()
-    return plain, bytes(data[end + 4 : body_end]), body_end
+    plain.body = bytes(data[end + 4 : body_end])
+    return plain, body_end
 
 
 class _DateHeader:
@@ -267,6 +277,7 @@ class Connection(asyncio.Protocol):
         self.fed: LoopFedSocket | None = None
         self.kept_alive = False
         self.trusted = False
+        self.environ: dict[str, Any] = {}
         self.lingering = False
         self.deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
 
@@ -275,6 +286,7 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername") or ("", -1)
         self.trusted = self.worker.trusts(self.peer)
+        self.environ = self.worker.connection_environ(self.peer, self.server)
         self.worker.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -315,17 +327,18 @@ class Connection(asyncio.Protocol):
             if self.eof or not self.worker.alive:
                 self.close()
             return
-        if not self.eof and not request_arrived(bytes(self.buffer)):
-            return
+        parsed = parse_plain(self.buffer, self.worker.limits)
+        if not isinstance(parsed, tuple) and not (self.eof or request_arrived(bytes(self.buffer))):
+            return  # more to come (no thread waits for it)
         self.serving = True
         if self.transport is not None:
             self.transport.pause_reading()
-        self.worker.loop.create_task(self._serve())
+        self.worker.loop.create_task(self._serve(parsed))
 
-    async def _serve(self) -> None:
+    async def _serve(self, parsed: object) -> None:
         keep_alive = False
         try:
-            keep_alive = await self._serve_one()
+            keep_alive = await self._serve_one(parsed)
         except Exception:  # one connection's failure ends that connection
             self.worker.log.exception("Error handling request")
         self.worker.request_done()
@@ -339,12 +352,12 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
         self._next_request()
 
-    async def _serve_one(self) -> bool:
-        parsed = parse_plain(self.buffer, self.worker.limits)
-        if parsed is None:
+    async def _serve_one(self, parsed: object) -> bool:
+        """Serve the request at the buffer's start (``parsed`` by parse_plain)."""
+        if not isinstance(parsed, tuple):
             return await self._serve_with_gunicorn()
-        request, body, used = parsed
-        environ = self.worker.environ_for(request, body, self.peer, self.server, self.trusted)
+        request, used = parsed
+        environ = self.worker.environ_for(request, self.environ, self.trusted)
         if environ is None:
             return await self._serve_with_gunicorn()
         del self.buffer[:used]
@@ -456,6 +469,7 @@ class AioWorker(Worker):
         self.connections: set[Connection] = set()
         self.deliveries: Any = None
         self.accepting = False
+        self.secure_scheme_headers: dict[str, str] = self.cfg.secure_scheme_headers
         self.limits = (
             self.cfg.limit_request_line,
             self.cfg.limit_request_fields,
@@ -602,28 +616,46 @@ class AioWorker(Worker):
             return False
         return any(address in network for network in self.cfg.forwarded_allow_networks())
 
-    def environ_for(
-        self, request: Plain, body: bytes, peer: Any, server: Any, trusted: bool
-    ) -> dict[str, Any] | None:
-        """The PEP 3333 environ gunicorn's ``http/wsgi.py`` ``create`` would build;
-        None for scheme headers that disagree (gunicorn's parser refuses them)."""
-        secure = self.cfg.secure_scheme_headers if trusted else {}
-        scheme = ""
-        url = httptools.parse_url(request.url)
-        raw_path = url.path or b"/"
+    def connection_environ(self, peer: Any, server: Any) -> dict[str, Any]:
+        """The environ's keys that are the same for every request of a connection."""
         environ = dict(self.base_environ)
-        environ["wsgi.input"] = BytesIO(body)
-        environ["REQUEST_METHOD"] = request.method
-        environ["QUERY_STRING"] = (url.query or b"").decode("latin-1")
-        environ["RAW_URI"] = request.url.decode("latin-1")
-        environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+        if isinstance(peer, tuple | list):
+            environ["REMOTE_ADDR"] = str(peer[0])
+            environ["REMOTE_PORT"] = str(peer[1])
+        else:
+            environ["REMOTE_ADDR"] = str(peer or "")
+        if isinstance(server, tuple | list):
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = str(server[0]), str(server[1])
         environ["SCRIPT_NAME"] = os.environ.get("SCRIPT_NAME", "")
-        environ["PATH_INFO"] = unquote_to_bytes(raw_path).decode("latin-1")
+        return environ
+
+    def environ_for(
+        self, request: Plain, connection_environ: dict[str, Any], trusted: bool
+    ) -> dict[str, Any] | None:
+        """The PEP 3333 environ gunicorn's ``http/wsgi.py`` ``create`` builds; None for
+        scheme headers that disagree (gunicorn's parser refuses those)."""
+        secure = self.secure_scheme_headers if trusted else {}
+        scheme = ""
+        url = request.url
+        if b"?" in url or b"#" in url or b"%" in url:
+            parts = httptools.parse_url(url)
+            raw_path, query = parts.path or b"/", parts.query or b""
+        else:
+            raw_path, query = url, b""
+        environ = dict(connection_environ)
+        environ["wsgi.input"] = BytesIO(request.body)
+        environ["REQUEST_METHOD"] = request.method
+        environ["QUERY_STRING"] = query.decode("latin-1")
+        environ["RAW_URI"] = url.decode("latin-1")
+        environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+        environ["PATH_INFO"] = (
+            unquote_to_bytes(raw_path).decode("latin-1")
+            if b"%" in raw_path
+            else raw_path.decode("latin-1")
+        )
         host = None
         repeated: dict[str, list[str]] = {}
-        for name_bytes, value_bytes in request.headers:
-            name = name_bytes.decode("latin-1").upper()
-            value = value_bytes.decode("latin-1").strip(" \t")
+        for name, value in request.fields:
             if name == "CONTENT-TYPE":
                 environ["CONTENT_TYPE"] = value
                 continue
@@ -645,14 +677,7 @@ class AioWorker(Worker):
         for key, values in repeated.items():
             environ[key] = ",".join(values)
         environ["wsgi.url_scheme"] = scheme or "http"
-        if isinstance(peer, tuple | list):
-            environ["REMOTE_ADDR"] = str(peer[0])
-            environ["REMOTE_PORT"] = str(peer[1])
-        else:
-            environ["REMOTE_ADDR"] = str(peer or "")
-        if isinstance(server, tuple | list):
-            environ["SERVER_NAME"], environ["SERVER_PORT"] = str(server[0]), str(server[1])
-        else:  # a unix socket: the Host header names the server, as gunicorn does
+        if "SERVER_PORT" not in environ:  # a unix socket: the Host header names the server
             name, _, port = (host or "").partition(":")
             environ["SERVER_NAME"], environ["SERVER_PORT"] = name, port or "80"
         return environ

@@ -9,7 +9,8 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.http.parser import RequestParser
 
-from ingest.aio_worker import parse_plain
+from ingest.aio_worker import MORE, parse_plain
+from ingest.gunicorn_worker import ARRIVAL_BUFFER_BYTES
 
 CONFIG = Config()
 LIMITS = (
@@ -78,11 +79,11 @@ def gunicorn_reads(raw: bytes) -> bool:
 @pytest.mark.parametrize("raw", [raw for _, raw in KINDS], ids=[kind for kind, _ in KINDS])
 def test_a_head_gunicorn_refuses_is_never_parsed_in_the_loop(raw: bytes) -> None:
     if not gunicorn_reads(raw):
-        assert parse_plain(bytearray(raw), LIMITS) is None
+        assert not isinstance(parse_plain(bytearray(raw), LIMITS), tuple)
 
 
 def test_the_enumeration_holds_both_refused_and_plain_heads() -> None:
-    plain = [kind for kind, raw in KINDS if parse_plain(bytearray(raw), LIMITS) is not None]
+    plain = [kind for kind, raw in KINDS if isinstance(parse_plain(bytearray(raw), LIMITS), tuple)]
     refused = [kind for kind, raw in KINDS if not gunicorn_reads(raw)]
 
     assert "plain" in plain and "100 fields" in plain and "a 4,094-byte request line" in plain
@@ -92,21 +93,18 @@ def test_the_enumeration_holds_both_refused_and_plain_heads() -> None:
 def test_a_plain_delivery_is_read_as_gunicorn_reads_it() -> None:
     raw = LINE + b"Host: x\r\nX-Request-ID: abc\r\n" + BODY + b"GET /next HTTP/1.1\r\n\r\n"
     parsed = parse_plain(bytearray(raw), LIMITS)
-    assert parsed is not None
-    request, body, used = parsed
-    ours = (
-        request.method,
-        request.url,
-        request.version,
-        [(n.upper(), v) for n, v in request.headers],
-    )
+    assert isinstance(parsed, tuple)
+    request, used = parsed
+    ours = (request.method, request.url.decode(), request.version, request.fields)
 
     theirs = next(RequestParser(CONFIG, iter([raw]), ("127.0.0.1", 1)))
 
-    assert body == b"{}" and raw[used:] == b"GET /next HTTP/1.1\r\n\r\n"
-    assert ours == (
-        theirs.method,
-        theirs.uri.encode(),
-        "1.1",
-        [(n.encode(), v.encode()) for n, v in theirs.headers],
-    )
+    assert request.body == b"{}" and raw[used:] == b"GET /next HTTP/1.1\r\n\r\n"
+    assert ours == (theirs.method, theirs.uri, "1.1", theirs.headers)
+
+
+def test_a_plain_head_waits_for_its_body_and_a_large_one_goes_to_gunicorn() -> None:
+    assert parse_plain(bytearray(LINE + b"Content-Length: 5\r\n\r\nab"), LIMITS) is MORE
+    assert parse_plain(bytearray(LINE + b"Host: x\r\n"), LIMITS) is MORE
+    announced = LINE + b"Content-Length: %d\r\n\r\n" % (ARRIVAL_BUFFER_BYTES + 1)
+    assert parse_plain(bytearray(announced), LIMITS) is None
