@@ -250,3 +250,37 @@ def test_a_redis_that_refuses_the_write_is_503_and_nothing_half_claimed(
     assert (status, json.loads(body)["error"]["code"]) == (503, "queue_unavailable")
     assert client.exists(dedup_key("standard", "oom-1")) == 0
     assert total_queued(client) == 0
+
+
+def worker_pids(master: int) -> list[int]:
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def loads_uvloop(pid: int) -> bool:
+    return "uvloop" in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.parametrize(
+    ("cmd_args", "event_loop"),
+    [("", True), ("--worker-class ingest.gunicorn_worker.JsonErrorWorker", False)],
+    ids=["shipped worker", "former worker by --worker-class"],
+)
+def test_the_former_worker_is_selected_with_gunicorns_own_option(
+    tmp_path: Path, own_redis: RedisServer, cmd_args: str, event_loop: bool
+) -> None:
+    with running_fleet(
+        tmp_path,
+        own_redis.url,
+        f"sqlite:///{tmp_path / 'unused.db'}",
+        names=("web",),
+        HOOKFLEET_STANDARD_VERIFY="off",
+        GUNICORN_CMD_ARGS=cmd_args,
+    ) as web:
+        with connect(web) as sock:
+            sock.sendall(delivery("either-1"))
+            assert read_answers(sock, 1)[0][0] == 202
+        # bash -c exec: the Procfile process is gunicorn's master itself.
+        workers = worker_pids(web.running["web"].pid)
+
+        assert workers and all(loads_uvloop(pid) is event_loop for pid in workers)
