@@ -74,6 +74,9 @@ _TICK_S = 0.5
 # A body being read by a thread (a non-plain request) is buffered up to this much
 # before the loop stops reading the connection until the thread catches up.
 _FEED_HIGH_BYTES = 1024 * 1024
+# After an answer, the rest of a body the app did not read is skipped if it comes within
+# this; else the connection closes (and lingers, below) rather than hold a thread.
+_DRAIN_S = 0.5
 # A connection closed after an answer reads (and drops) what its client still sends
 # for up to this long, so that client reads the answer instead of a reset.
 _LINGER_S = 2.0
@@ -214,6 +217,7 @@ class LoopFedSocket:
         self._lock = threading.Condition()
         self._data = bytearray(initial)
         self._eof = eof
+        self._timeout: float | None = None
 
     def feed(self, data: bytes) -> int:
         with self._lock:
@@ -233,11 +237,17 @@ class LoopFedSocket:
             return data
 
     def recv(self, size: int) -> bytes:
-        deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+        """Up to ``size`` bytes; b"" at the end. A body that stops coming ends the
+        request after ``ARRIVAL_TIMEOUT_S`` (gunicorn's NoMoreData: 400 incomplete_body),
+        or after ``settimeout``'s seconds (TimeoutError) while gunicorn drains it."""
+        wait_s = ARRIVAL_TIMEOUT_S if self._timeout is None else self._timeout
+        deadline = time.monotonic() + wait_s
         with self._lock:
             while not self._data and not self._eof:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    if self._timeout is not None:
+                        raise TimeoutError("no more of the body came")
                     raise http_errors.NoMoreData(b"")
                 self._lock.wait(left)
             data = bytes(self._data[:size])
@@ -253,13 +263,55 @@ class LoopFedSocket:
     send = sendall
 
     def gettimeout(self) -> float | None:
-        return None
+        return self._timeout
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
 
     def setblocking(self, _flag: bool) -> None:
         pass
 
     def close(self) -> None:
         pass
+
+
+class ContinueOnRead:
+    """A request body that sends ``100 Continue`` (RFC 9110 section 10.1.1) when the
+    app first reads it: an app that refuses the request first (413 for a body
+    announced too large) never asks the client for it. The rest is ``body``'s
+    (``reader`` included, which ingest/framing.py reaches for)."""
+
+    def __init__(self, body: Any, sock: LoopFedSocket) -> None:
+        self._body = body
+        self._sock: LoopFedSocket | None = sock
+
+    @property
+    def continued(self) -> bool:
+        return self._sock is None
+
+    def _continue(self) -> None:
+        if self._sock is not None:
+            self._sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._sock = None
+
+    def read(self, size: int | None = None) -> bytes:
+        self._continue()
+        return bytes(self._body.read(size))
+
+    def readline(self, size: int | None = None) -> bytes:
+        self._continue()
+        return bytes(self._body.readline(size))
+
+    def readlines(self, hint: int | None = None) -> list[bytes]:
+        self._continue()
+        return list(self._body.readlines(hint))
+
+    def __iter__(self) -> Any:
+        self._continue()
+        return iter(self._body)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._body, name)
 
 
 class Connection(asyncio.Protocol):
@@ -724,11 +776,22 @@ class AioWorker(Worker):
             request = next(parser)
             if not request:
                 return False, b""
+            expects_continue = request._expected_100_continue
+            request._expected_100_continue = False  # sent on the first read, below
             response, environ = gunicorn_wsgi.create(request, fed, client, server, self.cfg)
             environ["wsgi.multithread"] = True
+            if expects_continue:
+                environ["wsgi.input"] = ContinueOnRead(environ["wsgi.input"], fed)
             if not self.alive:
                 response.force_close()
             result = self.wsgi(environ, response.start_response)
+            if (
+                isinstance(environ["wsgi.input"], ContinueOnRead)
+                and not environ["wsgi.input"].continued
+            ):
+                # The client waits for a 100 Continue it will not get: what it sends next
+                # (the body, after its own timeout) is not a request.
+                response.force_close()
             try:
                 for item in result:
                     response.write(item)
@@ -738,7 +801,8 @@ class AioWorker(Worker):
                     result.close()
             if response.should_close() or not self.alive:
                 return False, b""
-            if not parser.finish_body(time.monotonic() + ARRIVAL_TIMEOUT_S):
+            # What the app left of the body, if it has come: no thread waits for more.
+            if not parser.finish_body(time.monotonic() + _DRAIN_S):
                 return False, b""
             return True, parser.unreader.take_buffered()
         except http_errors.NoMoreData:

@@ -284,3 +284,20 @@ def test_the_former_worker_is_selected_with_gunicorns_own_option(
         workers = worker_pids(web.running["web"].pid)
 
         assert workers and all(loads_uvloop(pid) is event_loop for pid in workers)
+
+
+def test_a_body_announced_too_large_is_413_without_asking_for_it(web: Processes) -> None:
+    head = (
+        b"POST /webhooks/standard HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"webhook-id: expect-big\r\nExpect: 100-continue\r\nContent-Length: 50000000\r\n\r\n"
+    )
+    with connect(web) as sock:
+        sock.sendall(head)  # a strict client sends no body before a 100 Continue
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+
+    assert answer.startswith(b"HTTP/1.1 413")  # no "100 Continue" before it
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    assert json.loads(body)["error"]["code"] == "body_too_large"
+    assert b"connection: close" in head_part.lower()
