@@ -103,6 +103,45 @@ class NotReplicated(Exception):
         self.wait_ms = wait_ms
 
 
+@dataclass(frozen=True)
+class PipelineSetup:
+    """A gate's claim, for a pipelined client: the Redis client whose connection
+    parameters it dials with, and the claim script (its SHA-1 for ``EVALSHA``)."""
+
+    client: redis.Redis
+    script_sha: str
+    script: str
+
+
+def script_arguments(
+    key: str,
+    claim: str,
+    ttl_s: int,
+    queue: str,
+    message: str,
+    shed_depth: int,
+    wait_follows: bool,
+    rate_limit: RateLimit | None,
+) -> tuple[list[str], list[str | int | float]]:
+    """KEYS and ARGV of the claim script (``claim_and_enqueue.lua``) for one delivery."""
+    keys = [key, queue]
+    args: list[str | int | float] = [claim, ttl_s, message, shed_depth, int(wait_follows)]
+    if rate_limit is not None:
+        keys.append(rate_limit.key)
+        args += [rate_limit.per_second, rate_limit.burst]
+    return keys, args
+
+
+def admission_from(prior: bytes | str | int | None) -> Admission:
+    """The claim script's answer as an :class:`Admission`: nil accepted, an integer
+    shed (0) or rate limited (milliseconds), a string the prior claim (duplicate)."""
+    if prior is None:
+        return Admission(accepted=True)
+    if isinstance(prior, int):
+        return Admission(accepted=False, shed=prior == 0, limited_ms=prior)
+    return Admission(accepted=False, prior_claim=_text(prior))
+
+
 class DedupGate:
     """Claims idempotency keys and enqueues jobs. Raises ``redis.RedisError`` when it
     cannot do both; then nothing is left behind and the caller answers 503. With
@@ -155,21 +194,28 @@ class DedupGate:
         """
         replicas = self._min_replicas if confirm else 0
         if self._same_server:
-            keys = [key, queue]
-            args: list[str | int | float] = [claim, ttl_s, message, shed_depth, int(bool(replicas))]
-            if rate_limit is not None:
-                keys.append(rate_limit.key)
-                args += [rate_limit.per_second, rate_limit.burst]
+            keys, args = script_arguments(
+                key, claim, ttl_s, queue, message, shed_depth, bool(replicas), rate_limit
+            )
             prior = self._run_script(keys, args, replicas)
         else:
             prior = self._claim_then_publish(
                 key, claim, ttl_s, queue, message, shed_depth, replicas, rate_limit
             )
-        if prior is None:
-            return Admission(accepted=True)
-        if isinstance(prior, int):
-            return Admission(accepted=False, shed=prior == 0, limited_ms=prior)
-        return Admission(accepted=False, prior_claim=_text(prior))
+        return admission_from(prior)
+
+    @property
+    def pipeline_setup(self) -> PipelineSetup | None:
+        """What a pipelined client (:mod:`ingest.claims`) needs to do what :meth:`admit`
+        does, or None when this gate's set-up cannot be pipelined: dedup and broker on
+        different servers (claim, publish and give back are separate round trips that
+        depend on each other), or ``min_replicas`` (a ``WAIT`` blocks its connection
+        until the replicas answer, stalling every claim pipelined behind it)."""
+        if not self._same_server or self._min_replicas:
+            return None
+        return PipelineSetup(
+            client=self._dedup, script_sha=self._script.sha, script=_CLAIM_AND_ENQUEUE
+        )
 
     def _run_script(
         self, keys: list[str], args: list[str | int | float], replicas: int
@@ -296,7 +342,7 @@ class _Lane:
         Redis cannot be reached, or :class:`models.broker.redis_links.FailoverReply` when the
         node dialled again still answers like a demoted one."""
         connection = self._connection()
-        packed = b"".join(_pack(command) for command in commands)
+        packed = b"".join(pack_command(command) for command in commands)
         started = monotonic()
 
         def round_trip() -> list[Any]:
@@ -327,7 +373,7 @@ class _Lane:
         ):
             return
         try:
-            connection.send_packed_command([_pack(("PING",))], check_health=False)
+            connection.send_packed_command([pack_command(("PING",))], check_health=False)
             connection.read_response(timeout=self._ping_timeout_s)
         except (redis.ConnectionError, redis.TimeoutError) as error:
             log.warning(
@@ -337,12 +383,23 @@ class _Lane:
             connection.disconnect()
 
 
-def _pack(command: Sequence[object]) -> bytes:
-    """One command in RESP, the way redis-py packs it but in a single bytes object."""
+def pack_command(command: Sequence[object]) -> bytes:
+    """One command in RESP (a bulk string per argument; str() of a number), the way
+    redis-py packs it but in a single bytes object."""
     parts = [b"*%d\r\n" % len(command)]
+    append = parts.append
     for arg in command:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        # The common types first, and a long argument (the message) copied once only,
+        # by the join: this runs for every delivery.
+        if type(arg) is str:
+            data = arg.encode()
+        elif type(arg) is bytes:
+            data = arg
+        else:
+            data = str(arg).encode()
+        append(b"$%d\r\n" % len(data))
+        append(data)
+        append(b"\r\n")
     return b"".join(parts)
 
 
