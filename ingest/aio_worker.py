@@ -650,7 +650,7 @@ class AioWorker(Worker):
             await asyncio.sleep(0.05)
         for connection in list(self.connections):
             connection.close()
-        if self.deliveries is not None:
+        if self.deliveries is not None and self.deliveries.claims is not None:
             await self.deliveries.claims.aclose()
 
     # requests

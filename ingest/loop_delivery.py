@@ -3,9 +3,11 @@
 The same rules as the WSGI path (ingest/fastpath.py, ingest/views.py ``take_delivery``),
 split where it waits: :func:`~ingest.views.check_delivery` (signature, payload, job)
 runs in the loop, the claim is awaited on the pipelined client (ingest/claims.py), and
-the answer is built and counted by ``ingest.fastpath.finish_answer``. What blocks runs
-in the worker's threads: keeping a refused delivery in the quarantine, Retell's inline
-answer (its DB lookup) and, once the answer is written, its record.
+the answer is built and counted by ``ingest.fastpath.finish_answer``. What blocks
+runs in the worker's threads: keeping a refused delivery in the quarantine, Retell's
+inline answer (its DB lookup) and, once the answer is written, its record. A gate that
+cannot pipeline (``PipelinedClaims.for_gate`` is None: separate dedup and broker
+servers, replicas to wait for) leaves its deliveries to the WSGI app in threads.
 
 Imported by the worker after the fork (never by gunicorn's master): the app's modules
 open the Prometheus multiprocess files, which the master makes a place for first.
@@ -20,6 +22,7 @@ from typing import Any
 
 import redis
 
+from ingest.claims import PipelinedClaims
 from ingest.dedup import NotReplicated
 from ingest.fastpath import _PREFIX, finish_answer, refused_answer
 from ingest.providers import REGISTRY
@@ -41,33 +44,6 @@ from models.logs import log_context
 Served = tuple[str, list[tuple[str, str]], bytes, Callable[[], None] | None]
 
 
-class ThreadedClaims:
-    """The claim client's interface (ingest/claims.py ``PipelinedClaims``) over the
-    blocking ``DedupGate.admit`` in the loop's threads: the stand-in where no
-    pipelined client is available."""
-
-    def __init__(self, gate: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self._gate = gate
-        self._loop = loop
-
-    async def admit(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._loop.run_in_executor(None, lambda: self._gate.admit(*args, **kwargs))
-
-    async def aclose(self) -> None:
-        return None
-
-
-def claims_for(gate: Any, loop: asyncio.AbstractEventLoop) -> Any:
-    """The pipelined claim client for ``gate``, None when its set-up cannot pipeline
-    (the deliveries then go through the WSGI app in threads), or the threaded
-    stand-in where ingest/claims.py is not there."""
-    try:
-        from ingest.claims import PipelinedClaims  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return ThreadedClaims(gate, loop)
-    return PipelinedClaims.for_gate(gate)
-
-
 class LoopDeliveries:
     """Deliveries to ``app`` (the receiver's Flask app) served on ``loop``."""
 
@@ -75,7 +51,9 @@ class LoopDeliveries:
         self.app = app
         self.loop = loop
         self.settings = app.config["HOOKFLEET_SETTINGS"]
-        self.claims = claims_for(app.extensions["hookfleet_gate"], loop)
+        # None when the gate's set-up cannot pipeline: its deliveries then go through
+        # the WSGI app in threads, with the blocking claim.
+        self.claims = PipelinedClaims.for_gate(app.extensions["hookfleet_gate"])
         self.enabled = self.claims is not None and getattr(app, "fast_path", False)
 
     @classmethod
@@ -133,6 +111,7 @@ class LoopDeliveries:
             )
             log_context.set(context)
             return answer
+        assert self.claims is not None  # provider_for serves nothing without it
         try:
             admission = await self.claims.admit(
                 job.dedup_key,
