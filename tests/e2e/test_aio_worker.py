@@ -6,6 +6,7 @@ framing kinds where llhttp and gunicorn's parser disagree."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -301,3 +302,47 @@ def test_a_body_announced_too_large_is_413_without_asking_for_it(web: Processes)
     head_part, _, body = answer.partition(b"\r\n\r\n")
     assert json.loads(body)["error"]["code"] == "body_too_large"
     assert b"connection: close" in head_part.lower()
+
+
+def test_max_requests_restarts_a_worker_between_requests(
+    tmp_path: Path, own_redis: RedisServer
+) -> None:
+    with running_fleet(
+        tmp_path,
+        own_redis.url,
+        f"sqlite:///{tmp_path / 'unused.db'}",
+        names=("web",),
+        HOOKFLEET_STANDARD_VERIFY="off",
+        WEB_CONCURRENCY="1",
+        GUNICORN_CMD_ARGS="--max-requests 3",
+    ) as web:
+        first = worker_pids(web.running["web"].pid)
+        statuses = []
+        for n in range(6):
+            with connect(web) as sock:
+                sock.sendall(delivery(f"max-{n}"))
+                statuses += [status for status, _, _ in read_answers(sock, 1)]
+            if n == 2:  # the third request was the first worker's last
+                wait_until(lambda: worker_pids(web.running["web"].pid) != first, 30, "a new worker")
+        log = web.log("web")
+
+    assert statuses == [202] * 6
+    assert "Autorestarting worker after current request." in log
+    assert total_queued(own_redis.client()) == 6
+
+
+def test_sigquit_ends_a_worker_at_once_and_the_master_replaces_it(web: Processes) -> None:
+    (worker, *_) = worker_pids(web.running["web"].pid)
+    started = time.monotonic()
+    os.kill(worker, signal.SIGQUIT)
+
+    wait_until(lambda: not Path(f"/proc/{worker}").exists(), 10, "the worker to exit")
+    assert time.monotonic() - started < 5
+    wait_until(
+        lambda: len(worker_pids(web.running["web"].pid)) == int(web.env["WEB_CONCURRENCY"]),
+        30,
+        "a replacement worker",
+    )
+    with connect(web) as sock:
+        sock.sendall(delivery("after-quit"))
+        assert read_answers(sock, 1)[0][0] == 202
