@@ -59,7 +59,8 @@ def delivery(event_id: str, *, request_id: str = "") -> bytes:
 
 def read_answers(sock: socket.socket, count: int) -> list[tuple[int, dict[str, str], bytes]]:
     """``count`` answers read off one connection, in the order they came."""
-    data, answers = b"", []
+    data = b""
+    answers: list[tuple[int, dict[str, str], bytes]] = []
     while len(answers) < count:
         end = data.find(b"\r\n\r\n")
         if end >= 0:
