@@ -54,6 +54,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 import uvloop
+from gunicorn import SERVER
 from gunicorn.http import errors as http_errors
 from gunicorn.http import wsgi as gunicorn_wsgi
 from gunicorn.http.parser import RequestParser
@@ -198,7 +199,7 @@ def response_head(
     """The answer's head as gunicorn's ``Response.send_headers`` writes it."""
     connection = b"keep-alive" if keep_alive else b"close"
     return (
-        f"HTTP/{version} {status}\r\nServer: gunicorn\r\n".encode()
+        f"HTTP/{version} {status}\r\nServer: {SERVER}\r\n".encode()
         + DATE.line()
         + b"Connection: "
         + connection

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from ingest.dedup import dedup_key
+from ingest.providers import standard
 from tests.helpers import total_queued
-from tests.processes import Processes, running_fleet
+from tests.processes import Processes, request, running_fleet
 from tests.servers import RedisServer, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -347,3 +348,92 @@ def test_sigquit_ends_a_worker_at_once_and_the_master_replaces_it(web: Processes
     with connect(web) as sock:
         sock.sendall(delivery("after-quit"))
         assert read_answers(sock, 1)[0][0] == 202
+
+
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def signed(event_id: str, body: bytes, *, content_type: str = "application/json") -> bytes:
+    timestamp = int(time.time())
+    signature = standard.sign(SECRET, body, timestamp, webhook_id=event_id)
+    return (
+        f"POST /webhooks/standard HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+        f"webhook-id: {event_id}\r\nwebhook-timestamp: {timestamp}\r\n"
+        f"webhook-signature: {signature}\r\nX-Request-ID: req-{event_id}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def same_requests() -> list[bytes]:
+    good = b'{"type":"invoice.paid","id":"same-1"}'
+    return [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-ID: r-health\r\n\r\n",
+        b"GET /healthz HTTP/1.0\r\nX-Request-ID: r-health-10\r\n\r\n",
+        signed("same-1", good),
+        signed("same-1", good),  # a duplicate
+        signed("same-2", b'{"type":"t"}').replace(b"v1,", b"v1,AAAA"),  # a bad signature
+        signed("same-3", b'{"type":'),  # not JSON
+        signed("same-4", b'{"type":"t"}', content_type="text/plain"),
+        signed("same-5", b"[1,2]"),  # an array: Standard Webhooks takes any JSON
+        signed("same-6", b'{"type":"t"}').replace(b"Host: x\r\n", b"Content-Encoding: gzip\r\n"),
+        b"POST /webhooks/nobody HTTP/1.1\r\nHost: x\r\nX-Request-ID: r-404\r\nContent-Length: 2"
+        b"\r\n\r\n{}",
+        b"GET /webhooks/standard HTTP/1.1\r\nHost: x\r\nX-Request-ID: r-405\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Request-ID: r-metrics\r\n\r\n",
+    ]
+
+
+def answers_of(web: Processes) -> list[tuple[int, dict[str, str], object]]:
+    answers = []
+    for raw in same_requests():
+        with connect(web) as sock:
+            sock.sendall(raw)
+            ((status, headers, body),) = read_answers(sock, 1)
+        headers.pop("date")
+        if "allow" in headers:  # werkzeug lists a set: its order is the process's hash seed's
+            headers["allow"] = ", ".join(sorted(headers["allow"].split(", ")))
+        answers.append((status, headers, json.loads(body) if body else None))
+    return answers
+
+
+def outcome_lines(web: Processes) -> list[tuple[str, str]]:
+    lines = [json.loads(line) for line in web.log("web").splitlines() if line.startswith("{")]
+    return [(line["message"], line.get("outcome", "")) for line in lines if "outcome" in line]
+
+
+def test_both_workers_answer_the_same_requests_alike(
+    tmp_path: Path, own_redis: RedisServer
+) -> None:
+    seen = []
+    for n, cmd_args in enumerate(["", "--worker-class ingest.gunicorn_worker.JsonErrorWorker"]):
+        with running_fleet(
+            tmp_path / str(n),
+            own_redis.url.replace("/0", f"/{n + 1}"),
+            f"sqlite:///{tmp_path / 'unused.db'}",
+            names=("web",),
+            HOOKFLEET_STANDARD_SECRETS=SECRET,
+            GUNICORN_CMD_ARGS=cmd_args,
+        ) as web:
+            answers = answers_of(web)
+            metrics = request(web.ops_url, "GET", "/metrics")[2]
+            counted = sorted(re.findall(r"hookfleet_webhooks_received_total\{.*", metrics))
+            seen.append((answers, outcome_lines(web), counted))
+
+    (ours, our_lines, our_counts), (former, former_lines, former_counts) = seen
+    assert [answer[0] for answer in ours] == [
+        200,
+        200,
+        202,
+        200,
+        401,
+        400,
+        415,
+        202,
+        415,
+        404,
+        405,
+        404,
+    ]
+    assert ours == former
+    assert our_lines == former_lines
+    assert len(our_counts) >= 5 and our_counts == former_counts
