@@ -330,6 +330,7 @@ class Connection(asyncio.Protocol):
         self.fed: LoopFedSocket | None = None
         self.kept_alive = False
         self.trusted = False
+        self.writing_paused = False
         self.environ: dict[str, Any] = {}
         self.lingering = False
         self.deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
@@ -374,7 +375,7 @@ class Connection(asyncio.Protocol):
 
     # serving
     def _next_request(self) -> None:
-        if self.closed or self.serving:
+        if self.closed or self.serving or self.writing_paused:
             return
         if not self.buffer:
             if self.eof or not self.worker.alive:
@@ -401,9 +402,23 @@ class Connection(asyncio.Protocol):
             return
         self.kept_alive = True
         self.deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+        if self.writing_paused:
+            return  # a client not reading its answers: resume_writing goes on
         if self.transport is not None:
             self.transport.resume_reading()
         self._next_request()
+
+    def pause_writing(self) -> None:
+        """The transport holds more unsent answer than its high-water mark: serve the
+        next pipelined request only once the client has read some."""
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if not self.serving and not self.closed and not self.lingering:
+            if self.transport is not None:
+                self.transport.resume_reading()
+            self._next_request()
 
     async def _serve_one(self, parsed: object) -> bool:
         """Serve the request at the buffer's start (``parsed`` by parse_plain)."""
@@ -605,9 +620,10 @@ class AioWorker(Worker):
         if client.family in (socket.AF_INET, socket.AF_INET6):
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         server = listener.getsockname()
-        self.loop.create_task(
+        connecting = self.loop.create_task(
             self.loop.connect_accepted_socket(lambda: Connection(self, server), client)
         )
+        connecting.add_done_callback(partial(_connected, client))
         if not BOARD.may_accept(self.board_slot, len(self.connections) + 1):
             self._set_accepting(False)  # the next ones are for the other workers
 
@@ -828,3 +844,9 @@ class AioWorker(Worker):
         peer = (addr or ("", -1))[0]
         self.log.warning(f"Invalid request from ip={peer}: {exc} (answered {status})")
         client.sendall(raw)
+
+
+def _connected(client: socket.socket, connecting: asyncio.Task[Any]) -> None:
+    """A client gone before its transport was made is closed, quietly."""
+    if not connecting.cancelled() and connecting.exception() is not None:
+        client.close()
