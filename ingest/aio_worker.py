@@ -276,6 +276,16 @@ class LoopFedSocket:
         pass
 
 
+class _Writer:
+    """What gunicorn's ``handle_error`` writes its answer to, from a thread."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.sendall = connection.write_from_thread
+
+    def gettimeout(self) -> float:
+        return 0.0  # util.write_nonblock then writes at once
+
+
 class ContinueOnRead:
     """A request body that sends ``100 Continue`` (RFC 9110 section 10.1.1) when the
     app first reads it: an app that refuses the request first (413 for a body
@@ -757,16 +767,21 @@ class AioWorker(Worker):
         """Run the WSGI app for a plain request (in a thread), write its answer, then
         close its iterable. Whether the connection stays open."""
         started: list[Any] = []
+        written: list[bytes] = []  # PEP 3333's legacy write() callable
 
         def start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Any:
+        ) -> Callable[[bytes], None]:
             started[:] = [status, headers]
-            return lambda data: None
+            return written.append
 
-        result = self.wsgi(environ, start_response)
         try:
-            body = b"".join(result)
+            result = self.wsgi(environ, start_response)
+        except Exception as error:  # noqa: BLE001 (gunicorn's 500, as its workers do)
+            self.handle_error(None, _Writer(connection), connection.peer, error)
+            return False
+        try:
+            body = b"".join([*written, *result])
             status, headers = started
             if not any(name.lower() == "content-length" for name, _ in headers):
                 headers = [*headers, ("Content-Length", str(len(body)))]
@@ -774,6 +789,9 @@ class AioWorker(Worker):
             connection.write_from_thread(
                 response_head(version, status, headers, keep_alive) + body, wait=False
             )
+        except Exception as error:  # noqa: BLE001 (gunicorn's 500, as its workers do)
+            self.handle_error(None, _Writer(connection), connection.peer, error)
+            return False
         finally:
             close = getattr(result, "close", None)
             if close is not None:
