@@ -17,8 +17,12 @@ from pathlib import Path
 import pytest
 
 from ingest.dedup import dedup_key
-from ingest.providers import standard
+from ingest.providers import retell, standard
+from models.migrate import upgrade
+from models.settings import Settings
 from tests.helpers import total_queued
+from tests.integration.test_inbound import API_KEY as RETELL_KEY
+from tests.integration.test_inbound import inbound, seed
 from tests.processes import Processes, request, running_fleet
 from tests.servers import RedisServer, wait_until
 
@@ -437,3 +441,33 @@ def test_both_workers_answer_the_same_requests_alike(
     assert ours == former
     assert our_lines == former_lines
     assert len(our_counts) >= 5 and our_counts == former_counts
+
+
+def test_a_retell_inbound_call_is_answered_from_a_thread_then_recorded(
+    tmp_path: Path, own_redis: RedisServer
+) -> None:
+    database_url = f"sqlite:///{tmp_path / 'inbound.db'}"
+    upgrade(Settings(database_url=database_url))
+    seed(database_url)
+    body = inbound("030 1234567")
+    signature = retell.sign(RETELL_KEY, body, int(time.time() * 1000))
+    raw = (
+        f"POST /webhooks/retell HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"x-retell-signature: {signature}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with running_fleet(
+        tmp_path,
+        own_redis.url,
+        database_url,
+        names=("web",),
+        HOOKFLEET_RETELL_SECRETS=RETELL_KEY,
+        HOOKFLEET_INBOUND_BUDGET_MS="5000",  # the answer's shape, not the budget
+    ) as web:
+        with connect(web) as sock:
+            sock.sendall(raw + raw)  # the second on the same connection, pipelined
+            answers = read_answers(sock, 2)
+        wait_until(lambda: total_queued(own_redis.client()) == 1, 10, "the call's record")
+
+    for status, _, answer in answers:
+        assert status == 200
+        assert json.loads(answer)["call_inbound"]["override_agent_id"] == "agent_mitte"
