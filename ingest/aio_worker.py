@@ -1,31 +1,45 @@
 """The receiver's gunicorn worker: one uvloop event loop per process reads every
 request, serves plain deliveries itself and hands the rest to the WSGI app in threads.
 
-**In the loop.** Each connection's bytes are buffered until :func:`request_arrived`
-(ingest/gunicorn_worker.py) says the request is whole, so no thread ever waits on a
-slow or silent client. A request whose head is *plain* (:func:`parse_plain`: an
-origin-form request line, token header names without ``_``, one numeric
-``Content-Length``, no ``Transfer-Encoding`` or ``Expect``, within gunicorn's
-``limit_request_*``) is parsed with httptools (llhttp). A plain ``POST
-/webhooks/<known provider>``, with tracing off and a claim that can be pipelined
-(ingest/claims.py ``PipelinedClaims.for_gate``), is served in the loop: the CPU part of
-``take_delivery`` (ingest/views.py ``check_delivery``), then the claim awaited, then
-the answer (ingest/fastpath.py builds it, as for the WSGI path).
+**In the loop.** Each connection's bytes are buffered until the request is whole
+(:func:`parse_plain`, else ingest/gunicorn_worker.py's :func:`request_arrived`), so no
+thread ever waits on a slow or silent client: one not whole within
+``ARRIVAL_TIMEOUT_S`` is answered 408, an idle one closed after gunicorn's
+``keepalive`` (or ``ARRIVAL_TIMEOUT_S`` before its first request). A request whose head
+is *plain* (an origin-form request line, token header names without ``_``, at most one
+numeric ``Content-Length`` up to the 128 KiB arrival buffer, no repeated ``Host`` or
+``Content-Type``, no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``, within gunicorn's
+``limit_request_line`` / ``_fields`` / ``_field_size``) is parsed with httptools
+(llhttp). A plain ``POST /webhooks/<known provider>``, with tracing off and a claim that
+can be pipelined (ingest/claims.py ``PipelinedClaims.for_gate``), is served in the loop
+(ingest/loop_delivery.py): the CPU part of ``take_delivery`` (ingest/views.py
+``check_delivery``), the claim awaited, the answer (ingest/fastpath.py
+``finish_answer``, as for the WSGI path).
 
 **In threads** (``threads`` of them, HOOKFLEET_WEB_THREADS): every other plain request
-goes through the WSGI app (Flask: /healthz, the ops endpoints, 404s; Retell's inline
-answer and its DB lookup; a refusal kept in the quarantine; tracing on). Whatever is
-not plain (chunked bodies, ``Expect: 100-continue``, a body announced over the arrival
-buffer, and every head llhttp and gunicorn might judge differently) is parsed by
-gunicorn's own parser in a thread, exactly as gunicorn's gthread worker would: the
-same refusals (ingest/gunicorn_worker.py ``json_error_answer``), 413 before an
-oversized body (ingest/framing.py), the same ``100 Continue``.
+goes through the WSGI app with a PEP 3333 environ built as gunicorn's ``http/wsgi.py``
+builds it (Flask: /healthz, the ops endpoints, 404s; Retell's inline answer and its DB
+lookup; a refusal kept in the quarantine; tracing on; a gate that cannot pipeline); its
+iterable is closed once the answer is handed to the loop. Whatever is not plain
+(chunked bodies, ``Expect``, a body announced over the arrival buffer, and every head
+llhttp and gunicorn might read differently: tests/unit/test_plain_heads.py enumerates
+them) is parsed by gunicorn's own parser and answered by gunicorn's response in a
+thread, as its gthread worker would: the same refusals in Hookfleet's JSON shape
+(ingest/gunicorn_worker.py ``json_error_answer``), 413 before an oversized body
+(ingest/framing.py), and ``100 Continue`` sent when the app first reads the body (never
+for a body it refuses unread). A connection closed after an answer lingers
+(``_LINGER_S``), dropping what its client still sends, so that client reads the answer
+rather than a reset.
 
 One request at a time per connection, answers in request order; reading pauses while
-a request is served. gunicorn's worker duties are kept: heartbeat, SIGTERM (stop
-accepting, finish in-flight requests, close idle connections, exit within
-``graceful_timeout``), SIGQUIT/SIGINT fast exit, ``max_requests``, and the
-:class:`~ingest.gunicorn_worker.ConnectionBoard` that spreads connections over workers.
+a request is served, and while a client leaves its answers unread. gunicorn's worker
+duties are kept: ``notify`` heartbeat (every ``_TICK_S``), SIGTERM (stop accepting,
+finish in-flight requests, a claim waiting on Redis included, close idle connections,
+exit within ``graceful_timeout``), SIGQUIT/SIGINT fast exit, ``max_requests``, the
+request's listener as ``SERVER_PORT``, and the
+:class:`~ingest.gunicorn_worker.ConnectionBoard` that spreads connections over
+workers (it stops accepting while it holds ``SPREAD_SLACK`` more than a less loaded
+one).
 
 Sources: gunicorn ``workers/base.py`` and ``workers/gthread.py`` (gunicorn 27),
 ``http/wsgi.py`` (the environ and response head), PEP 3333, RFC 9112; httptools

@@ -12,9 +12,12 @@ before.
 It answers exactly as the Flask route does: the same status line, JSON bodies
 (``{"error": {"code", "message"}}`` for a refusal, ``Retry-After`` where the code
 carries it), ``X-Request-ID``, the "refused" and "unhandled error" log lines, and the
-same ``hookfleet_webhooks_received`` / duration samples. ``tests/integration`` and
-``tests/e2e`` run through it (the Flask test client and gunicorn both call
-``wsgi_app``).
+same ``hookfleet_webhooks_received`` / duration samples. ``tests/integration`` runs
+through it (the Flask test client calls ``wsgi_app``); under the shipped gunicorn worker
+(ingest/aio_worker.py) deliveries are served on the event loop by
+ingest/loop_delivery.py, with this module's :func:`refused_answer` and
+:func:`finish_answer`, and come here when they go through a thread (tracing on, a gate
+that cannot pipeline, the former worker).
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""The receiver's routes: ``POST /webhooks/<provider>`` and ``GET /healthz``."""
+"""The receiver's routes: ``POST /webhooks/<provider>`` and ``GET /healthz``.
+
+A delivery's rules are written once, in parts both roads share: :func:`check_delivery`
+(the CPU part: codings, body, signature, payload, job), the claim (``DedupGate.admit``
+here, ``PipelinedClaims.admit`` awaited on the event loop: ingest/loop_delivery.py),
+then :func:`admission_answer` or :func:`admission_refusal`. :func:`take_delivery`
+chains them for the WSGI path (ingest/fastpath.py, and this Flask route)."""
 
 from __future__ import annotations
 
