@@ -560,6 +560,8 @@ class AioWorker(Worker):
         self.board_slot = BOARD.reserve()
         self.connections: set[Connection] = set()
         self.deliveries: Any = None
+        # Connections accepted and not yet closed (what the board is told).
+        self.held = 0
         self.accepting = False
         self.secure_scheme_headers: dict[str, str] = self.cfg.secure_scheme_headers
         self.limits = (
@@ -618,12 +620,12 @@ class AioWorker(Worker):
             self._stopped.set_result(None)
         if self.alive and not self.accepting:
             self._set_accepting(True)
-        BOARD.post(self.board_slot, len(self.connections), self.accepting)
+        BOARD.post(self.board_slot, self.held, self.accepting)
         delay = _RECHECK_S if self.alive and not self.accepting else _TICK_S
         self.loop.call_later(delay, self._tick)
 
     def _set_accepting(self, wanted: bool) -> None:
-        accept = wanted and self.alive and BOARD.may_accept(self.board_slot, len(self.connections))
+        accept = wanted and self.alive and BOARD.may_accept(self.board_slot, self.held)
         if accept != self.accepting:
             for listener in self.sockets:
                 if accept:
@@ -631,7 +633,7 @@ class AioWorker(Worker):
                 else:
                     self.loop.remove_reader(listener.fileno())
             self.accepting = accept
-        BOARD.post(self.board_slot, len(self.connections), self.accepting)
+        BOARD.post(self.board_slot, self.held, self.accepting)
 
     def _accept(self, listener: Any) -> None:
         try:
@@ -647,12 +649,24 @@ class AioWorker(Worker):
         connecting = self.loop.create_task(
             self.loop.connect_accepted_socket(lambda: Connection(self, server), client)
         )
-        connecting.add_done_callback(partial(_connected, client))
-        if not BOARD.may_accept(self.board_slot, len(self.connections) + 1):
+        connecting.add_done_callback(partial(self._connected, client))
+        self.held += 1
+        if not BOARD.may_accept(self.board_slot, self.held):
             self._set_accepting(False)  # the next ones are for the other workers
+        BOARD.post(self.board_slot, self.held, self.accepting)
 
-    def connection_gone(self, connection: Connection) -> None:
-        self.connections.discard(connection)
+    def _connected(self, client: socket.socket, connecting: asyncio.Task[Any]) -> None:
+        """A client gone before its transport was made is closed, quietly."""
+        if connecting.cancelled() or connecting.exception() is not None:
+            client.close()
+            self.connection_gone(None)
+
+    def connection_gone(self, connection: Connection | None) -> None:
+        """A connection closed (None: one that failed before its transport was made)."""
+        self.held -= 1
+        BOARD.post(self.board_slot, self.held, self.accepting)
+        if connection is not None:
+            self.connections.discard(connection)
         if not self.alive and not self.connections and not self._stopped.done():
             self._stopped.set_result(None)
 
@@ -876,9 +890,3 @@ class AioWorker(Worker):
         peer = (addr or ("", -1))[0]
         self.log.warning(f"Invalid request from ip={peer}: {exc} (answered {status})")
         client.sendall(raw)
-
-
-def _connected(client: socket.socket, connecting: asyncio.Task[Any]) -> None:
-    """A client gone before its transport was made is closed, quietly."""
-    if not connecting.cancelled() and connecting.exception() is not None:
-        client.close()
