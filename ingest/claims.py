@@ -25,6 +25,7 @@ it again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -66,6 +67,7 @@ class PipelinedClaims:
         self._ping_timeout_s = min(1.0, self._timeout_s / 2)
         self._pipe: RedisPipe | None = None
         self._opening: asyncio.Future[RedisPipe] | None = None
+        self._closed = False
 
     @classmethod
     def for_gate(cls, gate: DedupGate) -> PipelinedClaims | None:
@@ -112,9 +114,13 @@ class PipelinedClaims:
         return admission_from(reply)
 
     async def aclose(self) -> None:
-        """Close the connection; claims still waiting fail with ``redis.ConnectionError``."""
+        """Close the connection (after a dial in progress, within its timeout); claims
+        still waiting and any made later fail with ``redis.ConnectionError``, and none
+        dials again."""
+        self._closed = True
         if self._opening is not None:
-            self._opening.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._opening)
         if self._pipe is not None:
             self._pipe.abort(redis.ConnectionError("Connection closed by the client"))
             self._pipe = None
@@ -143,6 +149,8 @@ class PipelinedClaims:
         return reply
 
     async def _ready_pipe(self) -> RedisPipe:
+        if self._closed:
+            raise redis.ConnectionError("The claim client is closed")
         pipe = self._pipe
         if pipe is not None and pipe.open and not self._idle_too_long(pipe):
             return pipe
@@ -176,8 +184,12 @@ class PipelinedClaims:
                     extra={"error": type(error).__name__},
                 )
                 pipe.abort(redis.ConnectionError("idle connection dropped"))
-        self._pipe = await self._dial()
-        return self._pipe
+        pipe = await self._dial()
+        if self._closed:  # closed while dialling: not to be left open
+            pipe.abort(redis.ConnectionError("Connection closed by the client"))
+            raise redis.ConnectionError("The claim client is closed")
+        self._pipe = pipe
+        return pipe
 
 
 class _Dialler:

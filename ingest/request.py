@@ -79,16 +79,35 @@ def refuse_codings(environ: dict[str, Any]) -> None:
 
 # Some servers also set these; like werkzeug, the CONTENT_* variables are the real ones.
 _ENTITY_HEADERS = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})
+_UNSEEN = ""  # a name no header has (an empty one is never in the environ)
+
+
+# environ key -> its header's lower-case name (None: not a header). The same few dozen
+# keys come with every request; bounded, so a sender's made-up header names cannot grow
+# it past the cap (beyond it names are worked out each time).
+_HEADER_NAMES: dict[str, str | None] = {}
+_HEADER_NAMES_CAP = 512
+
+
+def _header_name(key: str) -> str | None:
+    if key.startswith("HTTP_") and key not in _ENTITY_HEADERS:
+        return key[5:].replace("_", "-").lower()
+    return None
 
 
 def lower_headers(environ: dict[str, Any]) -> dict[str, str]:
     """The request's headers by lower-case name, read straight from the WSGI environ
     (what ``request.headers`` iterates over, without building each pair twice)."""
-    headers = {
-        key[5:].replace("_", "-").lower(): value
-        for key, value in environ.items()
-        if key.startswith("HTTP_") and key not in _ENTITY_HEADERS
-    }
+    names = _HEADER_NAMES
+    headers = {}
+    for key, value in environ.items():
+        name = names.get(key, _UNSEEN)
+        if name is _UNSEEN:
+            name = _header_name(key)
+            if len(names) < _HEADER_NAMES_CAP:
+                names[key] = name
+        if name is not None:
+            headers[name] = value
     for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
         if environ.get(key):
             headers[key.replace("_", "-").lower()] = environ[key]

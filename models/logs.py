@@ -60,6 +60,22 @@ class JsonLines(JsonFormatter):
             rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
         )
         self._encode = JsonEncoder(ensure_ascii=True).encode
+        # (whole second, its local time as text): one strftime per second, not per line.
+        # One tuple, swapped whole, so a thread never pairs one second with another's text.
+        self._clock: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """``logging.Formatter.formatTime``'s text (``2026-11-30 08:28:28,754``, local
+        time), its date and time part reused within a second."""
+        if datefmt:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)  # what time.localtime takes of it (created >= 0)
+        clock = self._clock
+        if clock[0] != second:
+            clock = (second, time.strftime(self.default_time_format, self.converter(second)))
+            self._clock = clock
+        msec_format = self.default_msec_format
+        return msec_format % (clock[1], record.msecs) if msec_format else clock[1]
 
     def format(self, record: logging.LogRecord) -> str:
         if isinstance(record.msg, dict):

@@ -73,13 +73,11 @@ def parse_payload(body: bytes | str) -> tuple[Any, str]:
     text = text.removeprefix("\ufeff")
     if _MAYBE_SURROGATE.search(text):
         text = _SURROGATE_ESCAPES.sub(_keep_pairs, text)
-    checked_floats = _BIG_EXPONENT.search(text) is not None
+    decoder = _CHECKED_FLOATS if _BIG_EXPONENT.search(text) else _DECODER
     try:
-        value = json.loads(
-            text,
-            parse_constant=_refuse_constant,
-            parse_float=_finite_float if checked_floats else None,
-        )
+        if text.startswith("\ufeff"):  # a second one: refused as json.loads refuses it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = decoder.decode(text)
     except PayloadError:
         raise
     except RecursionError:
@@ -113,17 +111,27 @@ def _finite_float(literal: str) -> float:
     return value
 
 
+# The decoders json.loads would make for these arguments, made once: json.loads builds
+# a new one (and its scanner) on every call that passes a hook.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_CHECKED_FLOATS = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def _depth_exceeds(value: Any, limit: int) -> bool:
-    """True when ``value`` holds containers nested more than ``limit`` deep (no recursion)."""
-    if not isinstance(value, dict | list):
-        return False
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
+    """True when ``value`` (a parsed JSON value: plain dicts and lists) holds containers
+    nested more than ``limit`` deep. Level by level, without recursion: a level's
+    containers are collected in one pass (a Retell transcript holds a thousand small
+    objects, and a stack of (node, depth) pairs cost twice as much)."""
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
         if depth > limit:
             return True
-        children = node.values() if isinstance(node, dict) else node
-        for child in children:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
+        below: list[Any] = []
+        for node in level:
+            for child in node.values() if type(node) is dict else node:
+                if type(child) is dict or type(child) is list:
+                    below.append(child)
+        level = below
     return False

@@ -13,16 +13,17 @@ import functools
 import json
 import os
 import socket
-import uuid
 from base64 import b64encode
 from typing import Any
 
 from models.contract import PROCESS_EVENT, EventMessage
+from models.ids import uuid4_text
 from models.perprocess import PerProcess
 from models.tracing import trace_headers
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
+_EMBED_JSON = _dumps(_EMBED)
 _string = json.encoder.encode_basestring_ascii
 
 
@@ -89,8 +90,21 @@ def build_task_message(
     JSON text (:func:`_fixed_parts`) and only the ids, the body and the extra headers
     are encoded each time.
     """
-    task_id = task_id or str(uuid.uuid4())
-    body = b64encode(_dumps([[], kwargs, _EMBED]).encode()).decode("ascii")
+    return _task_message(task_name, _dumps(kwargs), queue, task_id, kwargsrepr, extra_headers)
+
+
+def _task_message(
+    task_name: str,
+    kwargs_json: str,
+    queue: str,
+    task_id: str | None,
+    kwargsrepr: str,
+    extra_headers: dict[str, Any] | None,
+) -> tuple[str, str]:
+    """:func:`build_task_message` for arguments already encoded as compact JSON."""
+    task_id = task_id or uuid4_text()
+    # The body is what _dumps([[], kwargs, _EMBED]) writes, joined from its parts.
+    body = b64encode(f"[[],{kwargs_json},{_EMBED_JSON}]".encode()).decode("ascii")
     headers, properties = _fixed_parts(task_name, queue, _origin.get())
     task = _string(task_id)
     varying = {"kwargsrepr": kwargsrepr or "{...}"}
@@ -100,11 +114,20 @@ def build_task_message(
         varying.update(extra_headers)
     message = (
         f'{{"body":"{body}","content-encoding":"utf-8","content-type":"application/json",'
-        f'"headers":{{{headers},"id":{task},"root_id":{task},{_dumps(varying)[1:-1]}}},'
+        f'"headers":{{{headers},"id":{task},"root_id":{task},{_members(varying)}}},'
         f'"properties":{{"correlation_id":{task},{properties},'
-        f'"delivery_tag":"{uuid.uuid4()}"}}}}'
+        f'"delivery_tag":"{uuid4_text()}"}}}}'
     )
     return task_id, message
+
+
+def _members(mapping: dict[str, Any]) -> str:
+    """``_dumps(mapping)`` without its braces; text keys and values joined directly (the
+    general encoder's set-up costs more than a few short strings)."""
+    try:
+        return ",".join([f"{_string(k)}:{_string(v)}" for k, v in mapping.items()])
+    except TypeError:  # a value that is not text
+        return _dumps(mapping)[1:-1]
 
 
 def build_event_message(event: EventMessage) -> tuple[str, str]:
@@ -114,12 +137,13 @@ def build_event_message(event: EventMessage) -> tuple[str, str]:
     ``hookfleet_correlation_id`` header, the current trace context in ``traceparent`` /
     ``tracestate`` (while tracing is on), and only provider and event id in the
     ``kwargsrepr`` that Celery logs (never the payload)."""
-    return build_task_message(
+    return _task_message(
         PROCESS_EVENT,
-        event.to_kwargs(),
+        event.kwargs_json(),
         event.queue,
-        kwargsrepr=f"{{'provider': {event.provider!r}, 'event_id': {event.event_id!r}}}",
+        None,
+        f"{{'provider': {event.provider!r}, 'event_id': {event.event_id!r}}}",
         # The trace context of the current span (the receiver's request span): the
         # worker's span for this event continues the delivery's trace (models.tracing).
-        extra_headers={"hookfleet_correlation_id": event.correlation_id, **trace_headers()},
+        {"hookfleet_correlation_id": event.correlation_id, **trace_headers()},
     )

@@ -45,6 +45,9 @@ def environ_for(request: deliveries.Request) -> dict[str, Any]:
         "wsgi.multithread": True,
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
+        # gunicorn's promise that the input ends with the body (http/wsgi.py), so
+        # werkzeug reads it as it is instead of through a LimitedStream.
+        "wsgi.input_terminated": True,
         "CONTENT_LENGTH": str(len(request.body)),
     }
     for name, value in request.headers.items():

@@ -18,7 +18,8 @@ from redis.exceptions import OutOfMemoryError
 from ingest.claims import PipelinedClaims
 from ingest.dedup import Admission, DedupGate, RateLimit, rate_key
 from models.broker.redis_links import FailoverReply, redis_client
-from tests.servers import RedisServer, _binary, die_with_tests, wait_until
+from tests.faults.test_failover import SentinelServer, primary_and_replica, role_of
+from tests.servers import RedisServer, _binary, die_with_tests, free_port, wait_until
 
 T = TypeVar("T")
 QUEUE = "celery"
@@ -346,3 +347,143 @@ def test_a_gate_that_cannot_be_pipelined_gets_none(redis_url: str) -> None:
     assert PipelinedClaims.for_gate(waits) is None
     assert PipelinedClaims.for_gate(separate) is None
     assert PipelinedClaims.for_gate(gate_for(redis_url)) is not None
+
+
+@pytest.mark.slow
+def test_after_a_sentinel_failover_claims_go_to_the_new_primary(tmp_path: Path) -> None:
+    with primary_and_replica(tmp_path, appendonly=False) as (primary, replica):
+        sentinel = SentinelServer(tmp_path / "sentinel", primary).start()
+        try:
+            gate = gate_for(sentinel.url, timeout_s=1.0)
+
+            def started_failover() -> bool:
+                try:
+                    sentinel.failover()
+                except redis.ResponseError:  # NOGOODSLAVE: it has not judged the replica yet
+                    return False
+                return True
+
+            async def work(claims: PipelinedClaims) -> tuple[Admission, list[object]]:
+                first = await claims.admit("k1", "c1", 60, QUEUE, "m1")
+                wait_until(started_failover, 30, "Sentinel to take the replica", interval=0.5)
+                wait_until(lambda: sentinel.primary_port() == replica.port, 30, "failover")
+                wait_until(lambda: role_of(primary) == "slave", 30, "demotion")
+                # The old connection now reaches a replica: its READONLY drops it, and
+                # the claim is sent again to whatever Sentinel names (once, at once).
+                answers: list[object] = []
+                for _ in range(10):
+                    try:
+                        answers.append(await claims.admit("k2", "c2", 60, QUEUE, "m2"))
+                    except redis.ConnectionError as error:  # answered 503: retried
+                        answers.append(error)
+                        continue
+                    break
+                answers.append(await claims.admit("k1", "again", 60, QUEUE, "m1"))
+                return first, answers
+
+            first, answers = run(pipelined(gate), work)
+        finally:
+            sentinel.stop()
+        assert first == Admission(True)
+        assert answers[-2:] == [Admission(True), Admission(False, prior_claim="c1")], answers
+        assert len(answers) <= 4, answers  # the flip costs a retry or two, not more
+        assert replica.client().lrange(QUEUE, 0, -1) == [b"m2", b"m1"]
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """redis-server speaking TLS only, with a certificate for localhost signed by a CA
+    of its own; yields the port and the CA certificate."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+        "-out", "ca.crt", "-days", "1", "-subj", "/CN=hookfleet-test-ca",
+    )  # fmt: skip
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
+        "-out", "server.csr", "-subj", "/CN=localhost",
+    )  # fmt: skip
+    (tmp_path / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "ext.cnf",
+    )  # fmt: skip
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            _binary("redis-server"), "--port", "0", "--tls-port", str(port),
+            "--tls-cert-file", "server.crt", "--tls-key-file", "server.key",
+            "--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no",
+            "--save", "", "--appendonly", "no", "--dir", str(tmp_path),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_tests(),
+    )  # fmt: skip
+    ca = tmp_path / "ca.crt"
+
+    def answers() -> bool:
+        try:
+            return bool(redis.Redis(port=port, ssl=True, ssl_ca_certs=str(ca)).ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_until(answers, 15, "redis-server with TLS")
+        yield port, ca
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_a_rediss_url_is_dialled_with_tls_and_its_certificate_checked(
+    tls_redis: tuple[int, Path],
+) -> None:
+    port, ca = tls_redis
+    trusted = gate_for(f"rediss://localhost:{port}/1?ssl_ca_certs={ca}")
+    answer = run(pipelined(trusted), lambda c: c.admit("k", "c", 60, QUEUE, "m"))
+    assert answer == Admission(True)
+    assert trusted.admit("k", "again", 60, QUEUE, "m") == Admission(False, prior_claim="c")
+    # Not signed by a CA it trusts (the system's): refused, as the gate refuses it.
+    untrusted = gate_for(f"rediss://localhost:{port}/1")
+    with pytest.raises(redis.ConnectionError):
+        untrusted.admit("k2", "c2", 60, QUEUE, "m2")
+    with pytest.raises(redis.ConnectionError):
+        run(pipelined(untrusted), lambda c: c.admit("k2", "c2", 60, QUEUE, "m2"))
+
+
+def test_a_closed_client_fails_its_waiting_claims_and_dials_no_more(redis_url: str) -> None:
+    gate = gate_for(redis_url)
+    store = redis.Redis.from_url(redis_url)
+
+    before = {client["id"] for client in store.client_list()}
+
+    async def work() -> tuple[list[object], type[BaseException], int]:
+        claims = pipelined(gate)
+        await claims.admit("k0", "c0", 60, QUEUE, "m0")
+        waiting = [
+            asyncio.ensure_future(claims.admit(f"k{n}", f"c{n}", 60, QUEUE, f"m{n}"))
+            for n in range(1, 50)
+        ]
+        await asyncio.sleep(0)  # they are written, their answers not read yet
+        await claims.aclose()
+        answers = await asyncio.gather(*waiting, return_exceptions=True)
+        with pytest.raises(redis.ConnectionError) as late:
+            await claims.admit("late", "c", 60, QUEUE, "m")
+        open_claim_connections = sum(
+            client["id"] not in before and client["cmd"] in ("evalsha", "eval")
+            for client in store.client_list()
+        )
+        return answers, late.type, open_claim_connections
+
+    answers, late, open_connections = asyncio.run(work())
+    # Each waiting claim was answered or failed as a 503 would (never cancelled); a
+    # failed one may still have been made, as after a timeout: its retry is a duplicate.
+    assert all(a == Admission(True) or isinstance(a, redis.ConnectionError) for a in answers)
+    assert issubclass(late, redis.ConnectionError)
+    assert open_connections == 0
+    assert not store.exists("late")

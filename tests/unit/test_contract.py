@@ -4,6 +4,7 @@ is still read; the queue names are the ones the deployment files start workers o
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 import pytest
 import redis
 from flask.testing import FlaskClient
+from hypothesis import given
+from hypothesis import strategies as st
 
 from models.contract import QUEUES, EventMessage, MalformedMessage, Queue
 from tests.helpers import post_json, queued
@@ -142,3 +145,35 @@ def test_the_queue_names_are_the_ones_the_procfile_and_deployments_start_workers
         ROOT / "deploy" / "k8s" / "workers.yaml",
     ]:
         assert set(named.findall(path.read_text())) <= {q.value for q in QUEUES}, path
+
+
+texts = st.text(max_size=40)
+
+
+@given(
+    fields=st.fixed_dictionaries(
+        {
+            "provider": texts,
+            "event_id": texts,
+            "event_type": texts,
+            "queue": st.sampled_from([*Queue, "hookfleet.gone"]) | texts,
+            "correlation_id": texts,
+            "received_at": st.datetimes(timezones=st.just(UTC)),
+            "headers": st.dictionaries(texts, texts, max_size=5),
+            "payload": st.text(max_size=200),
+            "replay": st.booleans(),
+        }
+    )
+)
+def test_the_arguments_json_is_byte_for_byte_what_json_dumps_writes(
+    fields: dict[str, Any],
+) -> None:
+    sent = EventMessage(**fields)
+
+    assert sent.kwargs_json() == json.dumps(sent.to_kwargs(), separators=(",", ":"))
+
+
+def test_arguments_that_are_not_text_are_left_to_the_general_encoder() -> None:
+    sent = message(headers={"x-count": 3})
+
+    assert sent.kwargs_json() == json.dumps(sent.to_kwargs(), separators=(",", ":"))

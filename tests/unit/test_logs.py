@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pythonjsonlogger.json import JsonFormatter
 
 from models.logs import JsonLines
@@ -69,3 +71,15 @@ def test_a_stack_is_written_like_the_library_does() -> None:
         record.stack_info = "Stack (most recent call last):\n  here"
         record.created, record.msecs = 0.0, 0.0
     assert JsonLines().format(first) == _library().format(second)
+
+
+@settings(max_examples=300)
+@given(created=st.floats(min_value=0, max_value=4_102_444_800))  # to 2100
+def test_the_time_is_the_librarys_at_any_instant(created: float) -> None:
+    ours = JsonLines()
+    for instant in (created, created + 0.5, created + 1.0, created):  # its reuse, and after
+        first, second = _record("at"), _record("at")
+        for record in (first, second):
+            record.created = instant
+            record.msecs = int((instant - int(instant)) * 1000) + 0.0
+        assert ours.format(first) == _library().format(second)
