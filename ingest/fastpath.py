@@ -12,9 +12,12 @@ before.
 It answers exactly as the Flask route does: the same status line, JSON bodies
 (``{"error": {"code", "message"}}`` for a refusal, ``Retry-After`` where the code
 carries it), ``X-Request-ID``, the "refused" and "unhandled error" log lines, and the
-same ``hookfleet_webhooks_received`` / duration samples. ``tests/integration`` and
-``tests/e2e`` run through it (the Flask test client and gunicorn both call
-``wsgi_app``).
+same ``hookfleet_webhooks_received`` / duration samples. ``tests/integration`` runs
+through it (the Flask test client calls ``wsgi_app``); under the shipped gunicorn worker
+(ingest/aio_worker.py) deliveries are served on the event loop by
+ingest/loop_delivery.py, with this module's :func:`refused_answer` and
+:func:`finish_answer`, and come here when they go through a thread (tracing on, a gate
+that cannot pipeline, the former worker).
 """
 
 from __future__ import annotations
@@ -114,34 +117,56 @@ class ReceiverApp(Flask):
         started = time.perf_counter()
         correlation_id = correlation_id_for(environ.get("HTTP_X_REQUEST_ID", ""))
         log_context.set({"correlation_id": correlation_id})
-        headers: list[tuple[str, str]] = []
-        refused: str | None = None  # the refusal's ErrorCode value
         try:
             answer = take_delivery(self, environ, provider, correlation_id, started)
-        except ApiError as error:
-            answer = _refusal(error.code, error.message)
-            headers = list(error.headers.items())
-            refused = error.code.value
-        except Exception:
-            log.exception("unhandled error", extra={"correlation_id": correlation_id})
-            code = ErrorCode.INTERNAL_ERROR
-            answer = _refusal(code, code.default_message)
-            refused = code.value
-        count_answer(provider.name, answer.outcome, time.perf_counter() - started)
-        if span is not None:
-            describe_answer(span, answer.status, answer.outcome, log_context.get(), refused)
-        start_response(
-            f"{answer.status} {HTTP_STATUS_CODES[answer.status].upper()}",
-            [
-                ("Content-Type", "application/json"),
-                ("Content-Length", str(len(answer.body))),
-                *headers,
-                ("X-Request-ID", correlation_id),
-            ],
+            headers: list[tuple[str, str]] = []
+            refused: str | None = None
+        except Exception as error:  # noqa: BLE001 (answered as the Flask route would)
+            answer, headers, refused = refused_answer(error, correlation_id)
+        status, header_list = finish_answer(
+            provider.name, answer, headers, correlation_id, started, span, refused
         )
+        start_response(status, header_list)
         if answer.after is not None:
             return ClosingBody(answer.body, answer.after)
         return [answer.body]
+
+
+def refused_answer(
+    error: Exception, correlation_id: str
+) -> tuple[Answer, list[tuple[str, str]], str]:
+    """A refusal's answer, extra headers (``Retry-After``) and code: an ApiError as
+    it says, anything else a logged 500 ``internal_error``."""
+    if isinstance(error, ApiError):
+        return _refusal(error.code, error.message), list(error.headers.items()), error.code.value
+    log.exception("unhandled error", extra={"correlation_id": correlation_id}, exc_info=error)
+    code = ErrorCode.INTERNAL_ERROR
+    return _refusal(code, code.default_message), [], code.value
+
+
+def finish_answer(
+    provider: str,
+    answer: Answer,
+    headers: list[tuple[str, str]],
+    correlation_id: str,
+    started: float,
+    span: Any = None,
+    refused: str | None = None,
+) -> tuple[str, list[tuple[str, str]]]:
+    """Count the delivery's answer (``hookfleet_webhooks_received`` and its duration)
+    and give its status line and headers, as the Flask route's would be."""
+    count_answer(provider, answer.outcome, time.perf_counter() - started)
+    if span is not None:
+        describe_answer(span, answer.status, answer.outcome, log_context.get(), refused)
+    return (
+        f"{answer.status} {HTTP_STATUS_CODES[answer.status].upper()}",
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(answer.body))),
+            *headers,
+            ("X-Request-ID", correlation_id),
+        ],
+    )
 
 
 def _refusal(code: ErrorCode, message: str) -> Answer:

@@ -36,10 +36,12 @@ public_bind = settings.bind or f"0.0.0.0:{settings.port}"
 ops_bind = settings.ops_bind
 bind = [public_bind] if ops_bind == public_bind else [public_bind, ops_bind]
 workers = settings.web_concurrency
-# Threads let one process serve keep-alive connections and overlap Redis round trips.
-# gunicorn's gthread worker, answering the requests gunicorn refuses itself (bad framing
-# headers, unknown transfer codings) with a JSON 4xx instead of an HTML page or a 501.
-worker_class = "ingest.gunicorn_worker.JsonErrorWorker"
+# One event loop per process reads every request and serves deliveries itself; the
+# WSGI app's other requests (and gunicorn's parser for unusual framing) run in
+# ``threads`` threads (ingest/aio_worker.py). The former worker, gthread buffering
+# arrivals with JSON refusals, stays selectable with gunicorn's own option:
+# --worker-class ingest.gunicorn_worker.JsonErrorWorker (e.g. in GUNICORN_CMD_ARGS).
+worker_class = "ingest.aio_worker.AioWorker"
 threads = settings.web_threads
 keepalive = 5
 # A provider gives up after 10 s (Retell) to 20 s (Stripe); nothing we do takes longer.
@@ -77,7 +79,8 @@ logger_class = JsonLogger
 
 def child_exit(_server: object, worker: object) -> None:
     """A gunicorn worker ended: drop its live gauges (its counters stay in the sums)
-    and free its place on the connection board (ingest/gunicorn_worker.py)."""
+    and free its place on the connection board (ingest/gunicorn_worker.py; both
+    worker classes keep theirs in ``worker.board_slot``)."""
     mark_process_dead(worker.pid)  # type: ignore[attr-defined]
     from ingest.gunicorn_worker import BOARD
 

@@ -1,6 +1,11 @@
 """gunicorn's threaded worker: a request reaches a thread only once it has arrived, and
 the requests gunicorn refuses itself are answered in Hookfleet's shape.
 
+The shipped worker is now ingest/aio_worker.py (an event loop that serves deliveries
+itself); it reuses this module's arrival rule (:func:`request_arrived`), its JSON
+refusals (:func:`json_error_answer`) and the :class:`ConnectionBoard`.
+:class:`JsonErrorWorker` stays selectable with gunicorn's ``--worker-class``.
+
 **Arrival.** Stock ``gthread`` hands a connection to one of its few threads as soon as it
 is accepted (or readable again), and that thread then blocks reading the request head
 and body: 8 clients sending their headers slowly (a slowloris, a bad proxy) or going

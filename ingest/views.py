@@ -1,4 +1,10 @@
-"""The receiver's routes: ``POST /webhooks/<provider>`` and ``GET /healthz``."""
+"""The receiver's routes: ``POST /webhooks/<provider>`` and ``GET /healthz``.
+
+A delivery's rules are written once, in parts both roads share: :func:`check_delivery`
+(the CPU part: codings, body, signature, payload, job), the claim (``DedupGate.admit``
+here, ``PipelinedClaims.admit`` awaited on the event loop: ingest/loop_delivery.py),
+then :func:`admission_answer` or :func:`admission_refusal`. :func:`take_delivery`
+chains them for the WSGI path (ingest/fastpath.py, and this Flask route)."""
 
 from __future__ import annotations
 
@@ -144,6 +150,48 @@ def take_delivery(
     ``environ`` and ``app.config`` / ``app.extensions``: no Flask request context.
     """
     settings: Settings = app.config["HOOKFLEET_SETTINGS"]
+    try:
+        checked = check_delivery(app, environ, provider, correlation_id)
+    except RefusedDelivery as refused:
+        keep_refused(app, provider, refused.delivery, refused.refusal, correlation_id)
+        raise refused.refusal from None
+    if checked.identity.inline:
+        return answer_inline(
+            app, provider, checked.payload, checked.identity, checked.job, correlation_id, started
+        )
+    admission = _admit(app, checked.job, correlation_id, started, settings)
+    return admission_answer(checked.job, admission, correlation_id, started, settings)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A delivery that passed :func:`check_delivery`: its payload, identity and job."""
+
+    payload: Any
+    identity: EventIdentity
+    job: Job
+
+
+class RefusedDelivery(Exception):
+    """A delivery refused for its signature or configuration: ``refusal`` is its
+    answer, once ``delivery`` has been kept in the quarantine (:func:`keep_refused`,
+    a blocking Redis call the caller runs where it may block)."""
+
+    def __init__(self, refusal: ApiError, delivery: Delivery) -> None:
+        super().__init__(refusal.code.value)
+        self.refusal = refusal
+        self.delivery = delivery
+
+
+def check_delivery(
+    app: Flask, environ: dict[str, Any], provider: Provider, correlation_id: str
+) -> Checked:
+    """take_delivery's CPU part: codings, body, signature, payload, identity and job;
+    no I/O but reading ``environ["wsgi.input"]``. Raises ApiError for a refusal, and
+    :class:`RefusedDelivery` for one to keep in the quarantine. Sets the log context's
+    provider, event id and queue. Shared by the WSGI path (take_delivery) and the
+    receiver's event loop (ingest/aio_worker.py), which then claims the job itself."""
+    settings: Settings = app.config["HOOKFLEET_SETTINGS"]
     # What werkzeug's ``request.mimetype`` is: the media type, lower case.
     mimetype = parse_options_header(environ.get("CONTENT_TYPE", ""))[0].lower()
     declared_json = _is_json(mimetype)
@@ -154,8 +202,7 @@ def take_delivery(
     try:
         _verify(provider, delivery, settings.provider(provider.name))
     except ApiError as refusal:
-        _keep_refused(app, provider, delivery, refusal, correlation_id)
-        raise
+        raise RefusedDelivery(refusal, delivery) from None
     router: Router = app.extensions["hookfleet_router"]
     payload, identity, job = prepare_job(
         provider, delivery, mimetype, correlation_id, settings, router.queue_for
@@ -168,10 +215,14 @@ def take_delivery(
             "queue": job.queue,
         }
     )
-    if identity.inline:
-        return _answer_inline(app, provider, payload, identity, job, correlation_id, started)
+    return Checked(payload, identity, job)
 
-    admission = _admit(app, job, correlation_id, started, settings)
+
+def admission_answer(
+    job: Job, admission: Admission, correlation_id: str, started: float, settings: Settings
+) -> Answer:
+    """The answer to a claimed delivery (202 accepted, 200 duplicate), or the ApiError
+    for one shed (503 queue_full) or over its rate limit (429); logs the outcome line."""
     if admission.shed:
         log.warning("shed", extra={"outcome": "shed", "duration_ms": _elapsed_ms(started)})
         raise ApiError(
@@ -228,7 +279,7 @@ def prepare_job(
     return payload, identity, job
 
 
-def _keep_refused(
+def keep_refused(
     app: Flask, provider: Provider, delivery: Delivery, refusal: ApiError, correlation_id: str
 ) -> None:
     """Count a refusal for signature or configuration and keep the delivery in the
@@ -302,7 +353,6 @@ def _admit(
     """Claim and enqueue; 503 with Retry-After when Redis cannot do it (down, or out of
     memory under ``noeviction``)."""
     gate: DedupGate = app.extensions["hookfleet_gate"]
-    retry_after_s = settings.retry_after_s
     try:
         with tracing.span("hookfleet.claim_and_enqueue", attributes=_claim_attributes(job)):
             return gate.admit(
@@ -312,9 +362,20 @@ def _admit(
                 job.queue,
                 job.message,
                 settings.shed_queue_depth,
-                rate_limit=_rate_limit(job.provider, settings),
+                rate_limit=rate_limit_for(job.provider, settings),
             )
-    except redis.RedisError as error:
+    except (redis.RedisError, NotReplicated) as error:
+        raise admission_refusal(error, started, settings) from None
+
+
+def admission_refusal(
+    error: redis.RedisError | NotReplicated, started: float, settings: Settings
+) -> ApiError:
+    """The 503 for a claim that failed (logged here): ``queue_unavailable`` when Redis
+    could not do it (down, or out of memory under ``noeviction``), ``not_replicated``
+    when too few replicas confirmed it. Both carry Retry-After."""
+    retry_after_s = settings.retry_after_s
+    if isinstance(error, redis.RedisError):
         # Unreachable, restarting or failing over: expected to pass, and answered with
         # Retry-After, so a warning. Anything else (out of memory, a refused write) is
         # an error an operator has to act on.
@@ -324,33 +385,32 @@ def _admit(
             "could not enqueue",
             extra={"error": type(error).__name__},
         )
-        raise ApiError(ErrorCode.QUEUE_UNAVAILABLE, retry_after_s=retry_after_s) from None
-    except NotReplicated as error:
-        # 503 is safe although the claim and the message may stand on the primary. If
-        # the primary survives, the provider's retry finds the claim and is answered 200
-        # (duplicate) while the queued message is processed; if a failover lost the
-        # write, the claim went with it and the retry is accepted anew. Either way the
-        # event takes effect exactly once. (With a separate broker the gate has given
-        # the claim back; a second message then meets the database's unique constraint.)
-        log.warning(
-            "not replicated",
-            extra={
-                "outcome": "not_replicated",
-                "replicas": error.confirmed,
-                "wanted": error.wanted,
-                "duration_ms": _elapsed_ms(started),
-            },
-        )
-        raise ApiError(
-            ErrorCode.NOT_REPLICATED,
-            f"Only {error.confirmed} of {error.wanted} Redis replicas confirmed the delivery "
-            f"within {error.wait_ms} ms, so it was not accepted. Retry later: it will be "
-            "accepted or answered as a duplicate, and take effect once.",
-            retry_after_s=retry_after_s,
-        ) from None
+        return ApiError(ErrorCode.QUEUE_UNAVAILABLE, retry_after_s=retry_after_s)
+    # 503 is safe although the claim and the message may stand on the primary. If
+    # the primary survives, the provider's retry finds the claim and is answered 200
+    # (duplicate) while the queued message is processed; if a failover lost the
+    # write, the claim went with it and the retry is accepted anew. Either way the
+    # event takes effect exactly once. (With a separate broker the gate has given
+    # the claim back; a second message then meets the database's unique constraint.)
+    log.warning(
+        "not replicated",
+        extra={
+            "outcome": "not_replicated",
+            "replicas": error.confirmed,
+            "wanted": error.wanted,
+            "duration_ms": _elapsed_ms(started),
+        },
+    )
+    return ApiError(
+        ErrorCode.NOT_REPLICATED,
+        f"Only {error.confirmed} of {error.wanted} Redis replicas confirmed the delivery "
+        f"within {error.wait_ms} ms, so it was not accepted. Retry later: it will be "
+        "accepted or answered as a duplicate, and take effect once.",
+        retry_after_s=retry_after_s,
+    )
 
 
-def _rate_limit(provider: str, settings: Settings) -> RateLimit | None:
+def rate_limit_for(provider: str, settings: Settings) -> RateLimit | None:
     bucket = settings.provider(provider).rate_bucket
     return None if bucket is None else RateLimit(rate_key(provider), *bucket)
 
@@ -381,7 +441,7 @@ def _claim_attributes(job: Job) -> dict[str, str] | None:
     }
 
 
-def _answer_inline(
+def answer_inline(
     app: Flask,
     provider: Provider,
     payload: dict[str, Any],

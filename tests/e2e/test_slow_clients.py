@@ -1,5 +1,6 @@
 """Slow and silent clients against a real gunicorn: they must not hold the threads that
-serve real deliveries (ingest/gunicorn_worker.py buffers each request's arrival); and
+serve real deliveries (the shipped worker, ingest/aio_worker.py, reads every request in
+its event loop until it has arrived, by ingest/gunicorn_worker.py's arrival rule); and
 kept-alive connections spread over every worker process.
 
 Three kinds, many of each, kept open while signed deliveries are posted: connections

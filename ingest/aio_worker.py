@@ -1,0 +1,892 @@
+"""The receiver's gunicorn worker: one uvloop event loop per process reads every
+request, serves plain deliveries itself and hands the rest to the WSGI app in threads.
+
+**In the loop.** Each connection's bytes are buffered until the request is whole
+(:func:`parse_plain`, else ingest/gunicorn_worker.py's :func:`request_arrived`), so no
+thread ever waits on a slow or silent client: one not whole within
+``ARRIVAL_TIMEOUT_S`` is answered 408, an idle one closed after gunicorn's
+``keepalive`` (or ``ARRIVAL_TIMEOUT_S`` before its first request). A request whose head
+is *plain* (an origin-form request line, token header names without ``_``, at most one
+numeric ``Content-Length`` up to the 128 KiB arrival buffer, no repeated ``Host`` or
+``Content-Type``, no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``, within gunicorn's
+``limit_request_line`` / ``_fields`` / ``_field_size``) is parsed with httptools
+(llhttp). A plain ``POST /webhooks/<known provider>``, with tracing off and a claim that
+can be pipelined (ingest/claims.py ``PipelinedClaims.for_gate``), is served in the loop
+(ingest/loop_delivery.py): the CPU part of ``take_delivery`` (ingest/views.py
+``check_delivery``), the claim awaited, the answer (ingest/fastpath.py
+``finish_answer``, as for the WSGI path).
+
+**In threads** (``threads`` of them, HOOKFLEET_WEB_THREADS): every other plain request
+goes through the WSGI app with a PEP 3333 environ built as gunicorn's ``http/wsgi.py``
+builds it (Flask: /healthz, the ops endpoints, 404s; Retell's inline answer and its DB
+lookup; a refusal kept in the quarantine; tracing on; a gate that cannot pipeline); its
+iterable is closed once the answer is handed to the loop. Whatever is not plain
+(chunked bodies, ``Expect``, a body announced over the arrival buffer, and every head
+llhttp and gunicorn might read differently: tests/unit/test_plain_heads.py enumerates
+them) is parsed by gunicorn's own parser and answered by gunicorn's response in a
+thread, as its gthread worker would: the same refusals in Hookfleet's JSON shape
+(ingest/gunicorn_worker.py ``json_error_answer``), 413 before an oversized body
+(ingest/framing.py), and ``100 Continue`` sent when the app first reads the body (never
+for a body it refuses unread). A connection closed after an answer lingers
+(``_LINGER_S``), dropping what its client still sends, so that client reads the answer
+rather than a reset.
+
+One request at a time per connection, answers in request order; reading pauses while
+a request is served, and while a client leaves its answers unread. gunicorn's worker
+duties are kept: ``notify`` heartbeat (every ``_TICK_S``), SIGTERM (stop accepting,
+finish in-flight requests, a claim waiting on Redis included, close idle connections,
+exit within ``graceful_timeout``), SIGQUIT/SIGINT fast exit, ``max_requests``, the
+request's listener as ``SERVER_PORT``, and the
+:class:`~ingest.gunicorn_worker.ConnectionBoard` that spreads connections over
+workers (it stops accepting while it holds ``SPREAD_SLACK`` more than a less loaded
+one).
+
+Sources: gunicorn ``workers/base.py`` and ``workers/gthread.py`` (gunicorn 27),
+``http/wsgi.py`` (the environ and response head), PEP 3333, RFC 9112; httptools
+``parser/parser.pyx``; uvloop ``loop.pyx`` (``connect_accepted_socket``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from email.utils import formatdate
+from functools import partial
+from io import BytesIO
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import httptools
+import uvloop
+from gunicorn import SERVER
+from gunicorn.http import errors as http_errors
+from gunicorn.http import wsgi as gunicorn_wsgi
+from gunicorn.http.parser import RequestParser
+from gunicorn.workers.base import Worker
+
+from ingest.gunicorn_worker import (
+    _RECHECK_S,
+    _TIMEOUT_ANSWER,
+    ARRIVAL_BUFFER_BYTES,
+    ARRIVAL_TIMEOUT_S,
+    BOARD,
+    json_error_answer,
+    request_arrived,
+)
+
+# Each turn of the worker's clock: heartbeat, arrival deadlines, idle keep-alives.
+_TICK_S = 0.5
+# A body being read by a thread (a non-plain request) is buffered up to this much
+# before the loop stops reading the connection until the thread catches up.
+_FEED_HIGH_BYTES = 1024 * 1024
+# After an answer, the rest of a body the app did not read is skipped if it comes within
+# this; else the connection closes (and lingers, below) rather than hold a thread.
+_DRAIN_S = 0.5
+# A connection closed after an answer reads (and drops) what its client still sends
+# for up to this long, so that client reads the answer instead of a reset.
+_LINGER_S = 2.0
+
+# A plain head: an origin-form request line, then header lines whose names are tokens
+# without "_" (gunicorn drops those) directly followed by ":", and values without
+# control characters. Anything else goes to gunicorn's parser.
+_PLAIN_HEAD = re.compile(
+    rb"[A-Z]{3,20} /[\x21-\x7e]* HTTP/1\.[01]\r\n"
+    rb"(?:[!#$%&'*+\-.^`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*"
+)
+_NOT_PLAIN_HEADERS = frozenset({"TRANSFER-ENCODING", "EXPECT", "UPGRADE"})
+_SINGLETONS = frozenset({"CONTENT-LENGTH", "HOST", "CONTENT-TYPE"})
+
+
+class Plain:
+    """A plain request parsed from the buffer (httptools callbacks fill it): its
+    header fields as gunicorn gives them (names upper case, values stripped)."""
+
+    __slots__ = ("body", "complete", "fields", "keep_alive", "method", "url", "version")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.fields: list[tuple[str, str]] = []
+        self.complete = False
+        self.method = ""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.body = b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name.decode("latin-1").upper(), value.decode("latin-1").strip(" \t")))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+# parse_plain: a plain request whose body has not all come yet (or no head yet).
+MORE = object()
+
+
+def parse_plain(data: bytearray, limits: tuple[int, int, int]) -> tuple[Plain, int] | object | None:
+    """``(request, used)``: the plain request ``data`` starts with (its ``body`` read)
+    and how many bytes of ``data`` it took; :data:`MORE` while its head or body is
+    still coming; None when gunicorn's parser must decide (see the module's docstring).
+    ``limits``: gunicorn's ``limit_request_line``, ``_fields``, ``_field_size``."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return MORE
+    head = bytes(data[: end + 4])
+    if not _PLAIN_HEAD.fullmatch(head, 0, end + 2):
+        return None
+    line_limit, fields_limit, field_limit = limits
+    lines = head[: end + 2].split(b"\r\n")
+    if (
+        (line_limit and len(lines[0]) > line_limit)
+        or len(lines) - 2 > fields_limit
+        or max(map(len, lines)) + 2 > field_limit
+    ):
+        return None
+    plain = Plain()
+    parser = httptools.HttpRequestParser(plain)
+    try:
+        parser.feed_data(head)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return None
+    if not plain.complete:
+        return None
+    length = 0
+    singletons: set[str] = set()
+    for name, value in plain.fields:
+        if name in _NOT_PLAIN_HEADERS:
+            return None
+        if name in _SINGLETONS:
+            # gunicorn refuses a repeated one (RFC 9110 section 5.3), llhttp does not.
+            if name in singletons:
+                return None
+            singletons.add(name)
+            if name == "CONTENT-LENGTH":
+                if not value.isdigit() or not value.isascii():
+                    return None
+                length = int(value)
+    if length > ARRIVAL_BUFFER_BYTES:
+        return None  # gunicorn's parser reads it as it comes (413 before it, if too large)
+    body_end = end + 4 + length
+    if body_end > len(data):
+        return MORE
+    plain.method = parser.get_method().decode("latin-1")
+    plain.version = parser.get_http_version()
+    plain.keep_alive = parser.should_keep_alive()
+    plain.body = bytes(data[end + 4 : body_end])
+    return plain, body_end
+
+
+class _DateHeader:
+    """``Date: ...\\r\\n`` (RFC 9110 5.6.7), made once a second."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._line = b""
+
+    def line(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._line = f"Date: {formatdate(now, usegmt=True)}\r\n".encode()
+        return self._line
+
+
+DATE = _DateHeader()
+
+
+def response_head(
+    version: str, status: str, headers: Iterable[tuple[str, str]], keep_alive: bool
+) -> bytes:
+    """The answer's head as gunicorn's ``Response.send_headers`` writes it."""
+    connection = b"keep-alive" if keep_alive else b"close"
+    return (
+        f"HTTP/{version} {status}\r\nServer: {SERVER}\r\n".encode()
+        + DATE.line()
+        + b"Connection: "
+        + connection
+        + b"\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
+        + b"\r\n"
+    )
+
+
+class LoopFedSocket:
+    """What gunicorn's parser and response read from and write to, in a thread: bytes
+    the loop received (``feed``), answers handed to the loop's transport."""
+
+    def __init__(self, connection: Connection, initial: bytes, eof: bool) -> None:
+        self._connection = connection
+        self._lock = threading.Condition()
+        self._data = bytearray(initial)
+        self._eof = eof
+        self._timeout: float | None = None
+
+    def feed(self, data: bytes) -> int:
+        with self._lock:
+            self._data += data
+            self._lock.notify()
+            return len(self._data)
+
+    def feed_eof(self) -> None:
+        with self._lock:
+            self._eof = True
+            self._lock.notify()
+
+    def take(self) -> bytes:
+        with self._lock:
+            data = bytes(self._data)
+            self._data.clear()
+            return data
+
+    def recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes; b"" at the end. A body that stops coming ends the
+        request after ``ARRIVAL_TIMEOUT_S`` (gunicorn's NoMoreData: 400 incomplete_body),
+        or after ``settimeout``'s seconds (TimeoutError) while gunicorn drains it."""
+        wait_s = ARRIVAL_TIMEOUT_S if self._timeout is None else self._timeout
+        deadline = time.monotonic() + wait_s
+        with self._lock:
+            while not self._data and not self._eof:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if self._timeout is not None:
+                        raise TimeoutError("no more of the body came")
+                    raise http_errors.NoMoreData(b"")
+                self._lock.wait(left)
+            data = bytes(self._data[:size])
+            del self._data[:size]
+            low = len(self._data) < _FEED_HIGH_BYTES
+        if low:
+            self._connection.call_in_loop(self._connection.resume_feed)
+        return data
+
+    def sendall(self, data: bytes) -> None:
+        self._connection.write_from_thread(bytes(data))
+
+    send = sendall
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
+
+    def setblocking(self, _flag: bool) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Writer:
+    """What gunicorn's ``handle_error`` writes its answer to, from a thread."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.sendall = connection.write_from_thread
+
+    def gettimeout(self) -> float:
+        return 0.0  # util.write_nonblock then writes at once
+
+
+class ContinueOnRead:
+    """A request body that sends ``100 Continue`` (RFC 9110 section 10.1.1) when the
+    app first reads it: an app that refuses the request first (413 for a body
+    announced too large) never asks the client for it. The rest is ``body``'s
+    (``reader`` included, which ingest/framing.py reaches for)."""
+
+    def __init__(self, body: Any, sock: LoopFedSocket) -> None:
+        self._body = body
+        self._sock: LoopFedSocket | None = sock
+
+    @property
+    def continued(self) -> bool:
+        return self._sock is None
+
+    def _continue(self) -> None:
+        if self._sock is not None:
+            self._sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._sock = None
+
+    def read(self, size: int | None = None) -> bytes:
+        self._continue()
+        return bytes(self._body.read(size))
+
+    def readline(self, size: int | None = None) -> bytes:
+        self._continue()
+        return bytes(self._body.readline(size))
+
+    def readlines(self, hint: int | None = None) -> list[bytes]:
+        self._continue()
+        return list(self._body.readlines(hint))
+
+    def __iter__(self) -> Any:
+        self._continue()
+        return iter(self._body)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._body, name)
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: its bytes, and one request at a time."""
+
+    def __init__(self, worker: AioWorker, server: Any) -> None:
+        self.worker = worker
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.peer: Any = ("", -1)
+        self.buffer = bytearray()
+        self.eof = False
+        self.serving = False
+        self.closed = False
+        self.fed: LoopFedSocket | None = None
+        self.kept_alive = False
+        self.trusted = False
+        self.writing_paused = False
+        self.environ: dict[str, Any] = {}
+        self.lingering = False
+        self.deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername") or ("", -1)
+        self.trusted = self.worker.trusts(self.peer)
+        self.environ = self.worker.connection_environ(self.peer, self.server)
+        self.worker.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return
+        if self.fed is not None:
+            if self.fed.feed(data) > _FEED_HIGH_BYTES and self.transport is not None:
+                self.transport.pause_reading()
+            return
+        if not self.buffer:
+            self.deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+        self.buffer += data
+        if not self.serving:
+            self._next_request()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.lingering:
+            self.close()
+            return True
+        if self.fed is not None:
+            self.fed.feed_eof()
+        elif not self.serving:
+            self._next_request()
+        return True  # keep our side open to answer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.fed is not None:
+            self.fed.feed_eof()
+        self.worker.connection_gone(self)
+
+    # serving
+    def _next_request(self) -> None:
+        if self.closed or self.serving or self.writing_paused:
+            return
+        if not self.buffer:
+            if self.eof or not self.worker.alive:
+                self.close()
+            return
+        parsed = parse_plain(self.buffer, self.worker.limits)
+        if not isinstance(parsed, tuple) and not (self.eof or request_arrived(bytes(self.buffer))):
+            return  # more to come (no thread waits for it)
+        self.serving = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.worker.loop.create_task(self._serve(parsed))
+
+    async def _serve(self, parsed: object) -> None:
+        keep_alive = False
+        try:
+            keep_alive = await self._serve_one(parsed)
+        except Exception:  # one connection's failure ends that connection
+            self.worker.log.exception("Error handling request")
+        self.worker.request_done()
+        self.serving = False
+        if not keep_alive or not self.worker.alive or self.closed:
+            self.linger()
+            return
+        self.kept_alive = True
+        self.deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+        if self.writing_paused:
+            return  # a client not reading its answers: resume_writing goes on
+        if self.transport is not None:
+            self.transport.resume_reading()
+        self._next_request()
+
+    def pause_writing(self) -> None:
+        """The transport holds more unsent answer than its high-water mark: serve the
+        next pipelined request only once the client has read some."""
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if not self.serving and not self.closed and not self.lingering:
+            if self.transport is not None:
+                self.transport.resume_reading()
+            self._next_request()
+
+    async def _serve_one(self, parsed: object) -> bool:
+        """Serve the request at the buffer's start (``parsed`` by parse_plain)."""
+        if not isinstance(parsed, tuple):
+            return await self._serve_with_gunicorn()
+        request, used = parsed
+        environ = self.worker.environ_for(request, self.environ, self.trusted)
+        if environ is None:
+            return await self._serve_with_gunicorn()
+        del self.buffer[:used]
+        keep_alive = request.keep_alive and self.worker.alive
+        deliveries = self.worker.deliveries
+        provider = None if deliveries is None else deliveries.provider_for(environ)
+        if provider is not None:
+            assert deliveries is not None
+            status, headers, payload, after = await deliveries.deliver(environ, provider)
+            self.write(response_head(request.version, status, headers, keep_alive) + payload)
+            if after is not None:
+                await self.worker.loop.run_in_executor(None, after)
+            return keep_alive
+        return bool(
+            await self.worker.loop.run_in_executor(
+                None, self.worker.call_app, self, environ, request.version, keep_alive
+            )
+        )
+
+    async def _serve_with_gunicorn(self) -> bool:
+        self.fed = LoopFedSocket(self, bytes(self.buffer), self.eof)
+        self.buffer.clear()
+        if self.transport is not None:
+            self.transport.resume_reading()
+        try:
+            keep_alive, rest = await self.worker.loop.run_in_executor(
+                None, self.worker.handle_with_gunicorn, self
+            )
+        finally:
+            fed, self.fed = self.fed, None
+            if self.transport is not None and not self.closed:
+                self.transport.pause_reading()
+        self.buffer += rest + fed.take()
+        return bool(keep_alive)
+
+    # I/O
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def call_in_loop(self, function: Callable[[], None]) -> None:
+        try:
+            self.worker.loop.call_soon_threadsafe(function)
+        except RuntimeError:  # the loop is closed: the worker is exiting
+            pass
+
+    def write_from_thread(self, data: bytes, *, wait: bool = True) -> None:
+        """Hand ``data`` to the transport; with ``wait``, until the loop has written it
+        (else it is written at the loop's next turn, before anything queued later)."""
+        if not wait:
+            self.call_in_loop(partial(self.write, data))
+            return
+        written = threading.Event()
+
+        def write() -> None:
+            self.write(data)
+            written.set()
+
+        self.call_in_loop(write)
+        written.wait(self.worker.cfg.timeout)
+
+    def resume_feed(self) -> None:
+        if self.fed is not None and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def linger(self) -> None:
+        """Close after an answer: our side at once, theirs once they stop sending (or
+        after ``_LINGER_S``). A client still sending a body we did not read (413)
+        would otherwise meet a reset before it reads the answer."""
+        if self.eof or self.transport is None or self.transport.is_closing():
+            self.close()
+            return
+        self.lingering = True
+        self.buffer.clear()
+        self.transport.write_eof()
+        self.transport.resume_reading()
+        self.worker.loop.call_later(_LINGER_S, self.close)
+
+    def expire(self, now: float) -> None:
+        """End a connection whose request did not arrive in time (408 when something
+        came), or that stayed idle past the keep-alive."""
+        if self.serving or self.closed or self.lingering:
+            return
+        if self.buffer:
+            if now >= self.deadline:
+                self.worker.log.warning(
+                    f"Request from ip={self.peer[0]} not whole within {ARRIVAL_TIMEOUT_S:.0f} s "
+                    f"({len(self.buffer)} bytes came): answered 408"
+                )
+                self.write(_TIMEOUT_ANSWER)
+                self.close()
+            return
+        idle_limit = self.worker.cfg.keepalive if self.kept_alive else ARRIVAL_TIMEOUT_S
+        if not self.worker.alive or now >= self.deadline - ARRIVAL_TIMEOUT_S + idle_limit:
+            self.close()
+
+
+class AioWorker(Worker):
+    """A gunicorn worker on a uvloop event loop (see the module's docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Made in the master before the fork; the master releases it at child_exit.
+        self.board_slot = BOARD.reserve()
+        self.connections: set[Connection] = set()
+        self.deliveries: Any = None
+        # Connections accepted and not yet closed (what the board is told).
+        self.held = 0
+        self.accepting = False
+        self.secure_scheme_headers: dict[str, str] = self.cfg.secure_scheme_headers
+        self.limits = (
+            self.cfg.limit_request_line,
+            self.cfg.limit_request_fields,
+            self.cfg.limit_request_field_size,
+        )
+
+    # gunicorn's worker
+    def run(self) -> None:
+        self.loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.executor = ThreadPoolExecutor(self.cfg.threads, thread_name_prefix="wsgi")
+        self.loop.set_default_executor(self.executor)
+        try:
+            self.loop.run_until_complete(self._serve())
+        finally:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.loop.close()
+
+    async def _serve(self) -> None:
+        self._prepare_app()
+        self._stopped = self.loop.create_future()
+        for signum, handler in (
+            (signal.SIGTERM, self._graceful_exit),
+            (signal.SIGQUIT, self._quick_exit),
+            (signal.SIGINT, self._quick_exit),
+            (signal.SIGUSR1, self.log.reopen_files),
+        ):
+            self.loop.add_signal_handler(signum, handler)
+        for listener in self.sockets:
+            listener.setblocking(False)
+        self._set_accepting(True)
+        self._tick()
+        await self._stopped
+        await self._drain()
+
+    def _prepare_app(self) -> None:
+        # After the fork: the app's modules open the Prometheus multiprocess files.
+        from ingest.loop_delivery import LoopDeliveries
+
+        self.deliveries = LoopDeliveries.for_app(self.wsgi, self.loop)
+        self.base_environ = gunicorn_wsgi.base_environ(self.cfg)
+        self.base_environ["wsgi.multithread"] = True
+
+    def _tick(self) -> None:
+        """The worker's clock: heartbeat, board, deadlines, parent, and accepting."""
+        self.notify()
+        if self.ppid != os.getppid():
+            self.log.info("Parent changed, shutting down: %s", self)
+            self.alive = False
+        now = time.monotonic()
+        for connection in list(self.connections):
+            connection.expire(now)
+        if not self.alive and not self._stopped.done():
+            self._stopped.set_result(None)
+        if self.alive and not self.accepting:
+            self._set_accepting(True)
+        BOARD.post(self.board_slot, self.held, self.accepting)
+        delay = _RECHECK_S if self.alive and not self.accepting else _TICK_S
+        self.loop.call_later(delay, self._tick)
+
+    def _set_accepting(self, wanted: bool) -> None:
+        accept = wanted and self.alive and BOARD.may_accept(self.board_slot, self.held)
+        if accept != self.accepting:
+            for listener in self.sockets:
+                if accept:
+                    self.loop.add_reader(listener.fileno(), self._accept, listener)
+                else:
+                    self.loop.remove_reader(listener.fileno())
+            self.accepting = accept
+        BOARD.post(self.board_slot, self.held, self.accepting)
+
+    def _accept(self, listener: Any) -> None:
+        try:
+            client, _ = listener.accept()
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        client.setblocking(False)
+        if client.family in (socket.AF_INET, socket.AF_INET6):
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        server = listener.getsockname()
+        connecting = self.loop.create_task(
+            self.loop.connect_accepted_socket(lambda: Connection(self, server), client)
+        )
+        connecting.add_done_callback(partial(self._connected, client))
+        self.held += 1
+        if not BOARD.may_accept(self.board_slot, self.held):
+            self._set_accepting(False)  # the next ones are for the other workers
+        BOARD.post(self.board_slot, self.held, self.accepting)
+
+    def _connected(self, client: socket.socket, connecting: asyncio.Task[Any]) -> None:
+        """A client gone before its transport was made is closed, quietly."""
+        if connecting.cancelled() or connecting.exception() is not None:
+            client.close()
+            self.connection_gone(None)
+
+    def connection_gone(self, connection: Connection | None) -> None:
+        """A connection closed (None: one that failed before its transport was made)."""
+        self.held -= 1
+        BOARD.post(self.board_slot, self.held, self.accepting)
+        if connection is not None:
+            self.connections.discard(connection)
+        if not self.alive and not self.connections and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    def request_done(self) -> None:
+        self.nr += 1
+        if self.nr >= self.max_requests and self.alive:
+            self.log.info("Autorestarting worker after current request.")
+            self._graceful_exit()
+
+    def _graceful_exit(self) -> None:
+        self.alive = False
+        self._set_accepting(False)
+        for connection in list(self.connections):
+            connection.expire(time.monotonic())
+        if not self._stopped.done():
+            self._stopped.set_result(None)
+
+    def _quick_exit(self) -> None:
+        self.alive = False
+        self.cfg.worker_int(self)
+        sys.exit(0)
+
+    async def _drain(self) -> None:
+        """Let in-flight requests finish (and arriving ones arrive), within
+        ``graceful_timeout``; then the loop ends and the process exits."""
+        self._set_accepting(False)
+        for listener in self.sockets:
+            try:
+                self.loop.remove_reader(listener.fileno())
+            except (ValueError, OSError):
+                pass
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        while self.connections and time.monotonic() < deadline:
+            for connection in list(self.connections):
+                connection.expire(time.monotonic())
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            connection.close()
+        if self.deliveries is not None and self.deliveries.claims is not None:
+            await self.deliveries.claims.aclose()
+
+    # requests
+    def trusts(self, peer: Any) -> bool:
+        """Whether ``peer`` may set the scheme headers (``forwarded_allow_ips``), as
+        gunicorn's ``HeaderPolicy._peer_is_trusted_proxy``."""
+        if not isinstance(peer, tuple | list):
+            return True
+        allowed = self.cfg.forwarded_allow_ips
+        if "*" in allowed:
+            return True
+        try:
+            address = ipaddress.ip_address(peer[0])
+        except ValueError:
+            return False
+        return any(address in network for network in self.cfg.forwarded_allow_networks())
+
+    def connection_environ(self, peer: Any, server: Any) -> dict[str, Any]:
+        """The environ's keys that are the same for every request of a connection."""
+        environ = dict(self.base_environ)
+        if isinstance(peer, tuple | list):
+            environ["REMOTE_ADDR"] = str(peer[0])
+            environ["REMOTE_PORT"] = str(peer[1])
+        else:
+            environ["REMOTE_ADDR"] = str(peer or "")
+        if isinstance(server, tuple | list):
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = str(server[0]), str(server[1])
+        environ["SCRIPT_NAME"] = os.environ.get("SCRIPT_NAME", "")
+        return environ
+
+    def environ_for(
+        self, request: Plain, connection_environ: dict[str, Any], trusted: bool
+    ) -> dict[str, Any] | None:
+        """The PEP 3333 environ gunicorn's ``http/wsgi.py`` ``create`` builds; None for
+        scheme headers that disagree (gunicorn's parser refuses those)."""
+        secure = self.secure_scheme_headers if trusted else {}
+        scheme = ""
+        url = request.url
+        if b"?" in url or b"#" in url or b"%" in url:
+            parts = httptools.parse_url(url)
+            raw_path, query = parts.path or b"/", parts.query or b""
+        else:
+            raw_path, query = url, b""
+        environ = dict(connection_environ)
+        environ["wsgi.input"] = BytesIO(request.body)
+        environ["REQUEST_METHOD"] = request.method
+        environ["QUERY_STRING"] = query.decode("latin-1")
+        environ["RAW_URI"] = url.decode("latin-1")
+        environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+        environ["PATH_INFO"] = (
+            unquote_to_bytes(raw_path).decode("latin-1")
+            if b"%" in raw_path
+            else raw_path.decode("latin-1")
+        )
+        host = None
+        repeated: dict[str, list[str]] = {}
+        for name, value in request.fields:
+            if name == "CONTENT-TYPE":
+                environ["CONTENT_TYPE"] = value
+                continue
+            if name == "CONTENT-LENGTH":
+                environ["CONTENT_LENGTH"] = value
+                continue
+            if name == "HOST":
+                host = value
+            elif name in secure:
+                said = "https" if value == secure[name] else "http"
+                if scheme and said != scheme:
+                    return None
+                scheme = said
+            key = "HTTP_" + name.replace("-", "_")
+            if key in environ:
+                repeated.setdefault(key, [environ[key]]).append(value)
+            else:
+                environ[key] = value
+        for key, values in repeated.items():
+            environ[key] = ",".join(values)
+        environ["wsgi.url_scheme"] = scheme or "http"
+        if "SERVER_PORT" not in environ:  # a unix socket: the Host header names the server
+            name, _, port = (host or "").partition(":")
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = name, port or "80"
+        return environ
+
+    def call_app(
+        self, connection: Connection, environ: dict[str, Any], version: str, keep_alive: bool
+    ) -> bool:
+        """Run the WSGI app for a plain request (in a thread), write its answer, then
+        close its iterable. Whether the connection stays open."""
+        started: list[Any] = []
+        written: list[bytes] = []  # PEP 3333's legacy write() callable
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], None]:
+            started[:] = [status, headers]
+            return written.append
+
+        try:
+            result = self.wsgi(environ, start_response)
+        except Exception as error:  # noqa: BLE001 (gunicorn's 500, as its workers do)
+            self.handle_error(None, _Writer(connection), connection.peer, error)
+            return False
+        try:
+            body = b"".join([*written, *result])
+            status, headers = started
+            if not any(name.lower() == "content-length" for name, _ in headers):
+                headers = [*headers, ("Content-Length", str(len(body)))]
+            # Not waited for: queued to the loop before the iterable is closed below.
+            connection.write_from_thread(
+                response_head(version, status, headers, keep_alive) + body, wait=False
+            )
+        except Exception as error:  # noqa: BLE001 (gunicorn's 500, as its workers do)
+            self.handle_error(None, _Writer(connection), connection.peer, error)
+            return False
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        return keep_alive
+
+    def handle_with_gunicorn(self, connection: Connection) -> tuple[bool, bytes]:
+        """A request that is not plain, parsed and answered by gunicorn's own parser
+        and response, as its gthread worker would (in a thread). Whether the
+        connection stays open, and the bytes read past the request."""
+        fed = connection.fed
+        assert fed is not None
+        client, server = connection.peer, connection.server
+        request = None
+        try:
+            parser = RequestParser(self.cfg, fed, client)
+            request = next(parser)
+            if not request:
+                return False, b""
+            expects_continue = request._expected_100_continue
+            request._expected_100_continue = False  # sent on the first read, below
+            response, environ = gunicorn_wsgi.create(request, fed, client, server, self.cfg)
+            environ["wsgi.multithread"] = True
+            if expects_continue:
+                environ["wsgi.input"] = ContinueOnRead(environ["wsgi.input"], fed)
+            if not self.alive:
+                response.force_close()
+            result = self.wsgi(environ, response.start_response)
+            if (
+                isinstance(environ["wsgi.input"], ContinueOnRead)
+                and not environ["wsgi.input"].continued
+            ):
+                # The client waits for a 100 Continue it will not get: what it sends next
+                # (the body, after its own timeout) is not a request.
+                response.force_close()
+            try:
+                for item in result:
+                    response.write(item)
+                response.close()
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+            if response.should_close() or not self.alive:
+                return False, b""
+            # What the app left of the body, if it has come: no thread waits for more.
+            if not parser.finish_body(time.monotonic() + _DRAIN_S):
+                return False, b""
+            return True, parser.unreader.take_buffered()
+        except http_errors.NoMoreData:
+            return False, b""
+        except StopIteration:
+            return False, b""
+        except OSError as error:
+            if error.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, None):
+                self.log.exception("Socket error processing request.")
+            return False, b""
+        except Exception as error:  # noqa: BLE001 (gunicorn's handle_error answers it)
+            self.handle_error(request, fed, client, error)
+            return False, b""
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """Hookfleet's JSON 4xx for what gunicorn's parser refuses (ingest/gunicorn_worker.py)."""
+        answer = json_error_answer(exc)
+        if answer is None:
+            super().handle_error(req, client, addr, exc)
+            return
+        status, _, raw = answer
+        peer = (addr or ("", -1))[0]
+        self.log.warning(f"Invalid request from ip={peer}: {exc} (answered {status})")
+        client.sendall(raw)
