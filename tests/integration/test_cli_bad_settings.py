@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from tests.helpers import hookfleet_here
 from tests.integration.test_cli_unreachable import HOOKFLEET, assert_one_clear_line, hookfleet
 from tests.servers import clean_env, free_port
 from workers.cli.main import main
@@ -51,6 +53,22 @@ def run(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[s
     return subprocess.run(argv, cwd=cwd, env=environ, capture_output=True, text=True, timeout=90)
 
 
+def run_here(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """:func:`run` of a ``hookfleet`` command line in this process
+    (tests.helpers.hookfleet_here): the same code below ``main()`` without a fresh
+    interpreter's imports (~0.5 CPU-s each)."""
+    assert argv[0] == HOOKFLEET, argv
+    environ = clean_env(XDG_STATE_HOME=str(cwd / "state"), HOME=str(cwd), **env)
+    return hookfleet_here(argv[1:], cwd, environ)
+
+
+def run_for(row: object, first: object) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Real processes for ``first``, a family's first row (the console script's entry
+    point and the interpreter's exit, as a user meets them); this process for its other
+    rows."""
+    return run if row == first else run_here
+
+
 def assert_refused(result: subprocess.CompletedProcess[str], var: str) -> None:
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr + result.stdout, result.stderr
@@ -86,12 +104,13 @@ def test_up_and_run_answer_a_bad_url_before_starting_anything(
     var: str, url: str, tmp_path: Path
 ) -> None:
     env = {var: url, "PORT": str(free_port()), "HOOKFLEET_OPS_BIND": f"127.0.0.1:{free_port()}"}
-    up = run([HOOKFLEET, "up", "--port", env["PORT"]], tmp_path, **env)
+    launch = run_for((var, url), BAD_URLS[0])
+    up = launch([HOOKFLEET, "up", "--port", env["PORT"]], tmp_path, **env)
     assert_refused(up, var)
     # Nothing started, so nothing said about stopping it.
     assert "stopping" not in up.stdout and "stopped" not in up.stdout, up.stdout
     for name in ("web", "worker_high", "beat"):
-        assert_refused(run([HOOKFLEET, "run", name], tmp_path, **env), var)
+        assert_refused(launch([HOOKFLEET, "run", name], tmp_path, **env), var)
     assert list(tmp_path.iterdir()) == []  # no var/ (nor var/metrics) left behind
 
 
