@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from models.contract import QUEUES, Queue
-from models.settings import DEFAULT_OPS_BIND
+from models.settings import DEFAULT_OPS_BIND, forget_process_settings
 from tests.servers import clean_env
 
 # What a test client passes as ``base_url`` to reach the operator endpoints, which
@@ -138,16 +138,16 @@ def command_env(database_url: str, redis_url: str, var_dir: Path) -> dict[str, s
 
 
 def hookfleet_here(
-    args: Sequence[str], cwd: Path, env: Mapping[str, str]
+    args: Sequence[str], cwd: Path | None, env: Mapping[str, str]
 ) -> subprocess.CompletedProcess[str]:
     """``hookfleet args`` run in this process as the console script runs it in a process
-    of its own with exactly ``env`` in ``cwd``: stdout and stderr captured (click's
-    CliRunner isolation), the exit status as the interpreter makes it (``SystemExit``
-    with a message: the message on stderr, status 1). An exception the command lets
-    through (a traceback, in a process) propagates and fails the test. The same code
-    below ``main()`` without the ~0.5 CPU-s a fresh interpreter spends importing it; keep
-    one real process per command family (the entry point, the interpreter's own exit)
-    beside the rows run here.
+    of its own with exactly ``env`` in ``cwd`` (None: this process's): stdout and stderr
+    captured (click's CliRunner isolation), the exit status as the interpreter makes it
+    (``SystemExit`` with a message: the message on stderr, status 1). An exception the
+    command lets through (a traceback, in a process) propagates and fails the test. The
+    same code below ``main()`` without the ~0.5 CPU-s a fresh interpreter spends
+    importing it; keep one real process per command family (the entry point, the
+    interpreter's own exit) beside the rows run here.
 
     Nothing may start a process from here: ``os.execve`` (``hookfleet run``) and
     ``subprocess.Popen`` (``hookfleet up``) raise instead, so a refusal that does not
@@ -160,16 +160,21 @@ def hookfleet_here(
     overrides.update(env)
     with (
         pytest.MonkeyPatch.context() as patch,
-        contextlib.chdir(cwd),
+        contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext(),
         CliRunner().isolation(env=overrides) as (out, err, _),
     ):
         patch.setattr(os, "execve", _no_process_here)
         patch.setattr(subprocess, "Popen", _no_process_here)
+        # Code with no settings handed to it (the phone rule) reads this command's
+        # environment, as a fresh process would, and keeps none of it afterwards.
+        forget_process_settings()
         try:
             main.main(args=list(args), prog_name="hookfleet")
             status = 0
         except SystemExit as exit_:
             status = _exit_status(exit_.code)
+        finally:
+            forget_process_settings()
         sys.stdout.flush()
         sys.stderr.flush()
         stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
