@@ -168,6 +168,9 @@ def test_operator_endpoints_are_a_json_404_off_the_ops_listener(
 
 
 @pytest.mark.e2e
+# Which listener answers what does not depend on the database: SQLite only (/readyz on
+# both backends is test_ready_when_redis_and_database_answer's).
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_the_public_port_shows_webhooks_and_healthz_and_the_ops_port_the_rest(
     tmp_path: Path, redis_url: str, database_url: str
 ) -> None:
