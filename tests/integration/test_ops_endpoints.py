@@ -207,6 +207,7 @@ def test_the_public_port_shows_webhooks_and_healthz_and_the_ops_port_the_rest(
         fleet.stop_all()
 
 
+@pytest.mark.slow  # two probes as processes (gunicorn's config is read at import)
 def test_the_ops_listener_is_on_loopback_unless_configured(tmp_path: Path) -> None:
     read_bind = "import ingest.gunicorn_conf as conf; print(conf.bind)"
     env = clean_env(PORT="8123", PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "m"))
