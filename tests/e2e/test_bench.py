@@ -1,4 +1,4 @@
-"""The benchmark script (tests/bench) still runs: a one-second smoke run of two cases.
+"""The benchmark script (tests/bench) still runs: a half-second smoke run of two cases.
 
 It measures nothing worth keeping; it only keeps ``python -m tests.bench.run`` from
 rotting while nobody runs the full benchmark.
@@ -25,8 +25,8 @@ def test_benchmark_smoke_run_reports_both_receivers(
             sys.executable,
             "-m",
             "tests.bench.run",
-            "--duration=1",
-            "--warmup=0.5",
+            "--duration=0.5",
+            "--warmup=0.2",
             "--max-rate=2000",
             "--connections=4",
             "--generator=python",

@@ -11,9 +11,9 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -186,6 +186,38 @@ SECRETS = {
 }
 
 
+@pytest.fixture(scope="module")
+def signed_fleet(
+    tmp_path_factory: pytest.TempPathFactory, shared_mariadb: SharedDatabase
+) -> Iterator[Processes]:
+    """One fleet verifying every provider's signature (SECRETS) for the tests below that
+    send signed deliveries; like ``fleet``, on a Redis of its own and the shared MariaDB
+    database."""
+    tmp = tmp_path_factory.mktemp("e2e-signed-fleet")
+    redis_server = RedisServer(tmp / "redis").start()
+    env = {f"HOOKFLEET_{p.upper()}_SECRETS": s for p, s in SECRETS.items()}
+    try:
+        with running_fleet(tmp, redis_server.url, shared_mariadb.url, **env) as processes:
+            yield processes
+    finally:
+        redis_server.stop()
+
+
+@pytest.fixture
+def signed(signed_fleet: Processes, mariadb_url: str) -> Processes:
+    """The signed fleet as a fresh one would be, for each test and each rerun (these
+    tests send fixed ids, signed into their bodies): no claims and no cached inbound
+    lookups (every ``hookfleet:*`` key deleted; the broker's own keys, the queues'
+    bindings under the running workers, kept), the database emptied."""
+    client = redis.Redis.from_url(signed_fleet.env["HOOKFLEET_REDIS_URL"])
+    try:
+        for key in client.scan_iter(match="hookfleet:*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+    return signed_fleet
+
+
 def signed_deliveries() -> list[tuple[str, bytes, dict[str, str], str, str]]:
     """(provider, body, headers, expected event_id, expected queue), signed for real."""
     now = int(time.time())
@@ -263,25 +295,21 @@ def signed_deliveries() -> list[tuple[str, bytes, dict[str, str], str, str]]:
 
 
 def test_every_provider_lands_in_webhook_events_with_its_key_and_queue(
-    tmp_path: Path, redis_url: str, mariadb_url: str, engine: Engine
+    signed: Processes, engine: Engine
 ) -> None:
-    env = {f"HOOKFLEET_{p.upper()}_SECRETS": s for p, s in SECRETS.items()}
     deliveries = signed_deliveries()
-    with running_fleet(tmp_path, redis_url, mariadb_url, **env) as fleet:
-        for provider, body, headers, event_id, _queue in deliveries:
-            status, _, answer = request(
-                fleet.base_url, "POST", f"/webhooks/{provider}", body, headers
+    for provider, body, headers, event_id, _queue in deliveries:
+        status, _, answer = request(signed.base_url, "POST", f"/webhooks/{provider}", body, headers)
+        assert (status, answer["event_id"]) == (202, event_id), (provider, answer)
+
+    def all_processed() -> bool:
+        with engine.connect() as connection:
+            done = connection.scalar(
+                select(func.count()).where(WebhookEvent.status == EventStatus.PROCESSED)
             )
-            assert (status, answer["event_id"]) == (202, event_id), (provider, answer)
+        return done == len(deliveries)
 
-        def all_processed() -> bool:
-            with engine.connect() as connection:
-                done = connection.scalar(
-                    select(func.count()).where(WebhookEvent.status == EventStatus.PROCESSED)
-                )
-            return done == len(deliveries)
-
-        wait_until(all_processed, 60, "one processed row per provider", interval=0.5)
+    wait_until(all_processed, 60, "one processed row per provider", interval=0.5)
 
     with engine.connect() as connection:
         rows = connection.execute(
@@ -293,7 +321,7 @@ def test_every_provider_lands_in_webhook_events_with_its_key_and_queue(
 
 
 def test_inbound_call_is_answered_in_line_and_then_recorded(
-    tmp_path: Path, redis_url: str, mariadb_url: str, engine: Engine
+    signed: Processes, engine: Engine
 ) -> None:
     with Session(engine) as session:
         company = Company(name="Praxis Dr. Berg")
@@ -314,34 +342,31 @@ def test_inbound_call_is_answered_in_line_and_then_recorded(
     ).encode()
     signature = retell.sign(SECRETS["retell"], body, int(time.time() * 1000))
 
-    with running_fleet(
-        tmp_path, redis_url, mariadb_url, HOOKFLEET_RETELL_SECRETS=SECRETS["retell"]
-    ) as fleet:
-        status, _, answer = request(
-            fleet.base_url, "POST", "/webhooks/retell", body, {"x-retell-signature": signature}
-        )
+    status, _, answer = request(
+        signed.base_url, "POST", "/webhooks/retell", body, {"x-retell-signature": signature}
+    )
 
-        assert status == 200
-        assert answer["call_inbound"]["override_agent_id"] == "agent_zentrum"
-        assert answer["call_inbound"]["dynamic_variables"]["company_name"] == "Praxis Dr. Berg"
+    assert status == 200
+    assert answer["call_inbound"]["override_agent_id"] == "agent_zentrum"
+    assert answer["call_inbound"]["dynamic_variables"]["company_name"] == "Praxis Dr. Berg"
 
-        def recorded() -> bool:
-            with engine.connect() as connection:
-                return (
-                    connection.execute(
-                        select(WebhookEvent.queue).where(
-                            WebhookEvent.event_type == "call_inbound",
-                            WebhookEvent.status == EventStatus.PROCESSED,
-                        )
-                    ).first()
-                    is not None
-                )
+    def recorded() -> bool:
+        with engine.connect() as connection:
+            return (
+                connection.execute(
+                    select(WebhookEvent.queue).where(
+                        WebhookEvent.event_type == "call_inbound",
+                        WebhookEvent.status == EventStatus.PROCESSED,
+                    )
+                ).first()
+                is not None
+            )
 
-        wait_until(recorded, 60, "the inbound event to be recorded", interval=0.3)
+    wait_until(recorded, 60, "the inbound event to be recorded", interval=0.3)
 
 
 def test_deliveries_become_calls_appointments_and_customers_through_real_workers(
-    tmp_path: Path, redis_url: str, mariadb_url: str, engine: Engine
+    signed: Processes, engine: Engine
 ) -> None:
     with Session(engine) as session:
         company = Company(name="Salon Ada")
@@ -388,34 +413,29 @@ def test_deliveries_become_calls_appointments_and_customers_through_real_workers
         booking("BOOKING_RESCHEDULED", "bk_bb", "2026-12-02T10:00:00Z", rescheduleUid="bk_a"),
         booking("BOOKING_CANCELLED", "bk_bb", "2026-12-02T10:00:00Z", cancellationReason="Ill"),
     ]
-    env = {
-        "HOOKFLEET_RETELL_SECRETS": SECRETS["retell"],
-        "HOOKFLEET_CALCOM_SECRETS": SECRETS["calcom"],
-    }
-    with running_fleet(tmp_path, redis_url, mariadb_url, **env) as fleet:
-        answers = []
-        for body in retell_bodies:
-            raw = json.dumps(body).encode()
-            signature = retell.sign(SECRETS["retell"], raw, int(time.time() * 1000))
-            headers = {"x-retell-signature": signature}
-            answers.append(request(fleet.base_url, "POST", "/webhooks/retell", raw, headers)[0])
-        for body in calcom_bodies:
-            raw = json.dumps(body).encode()
-            headers = {"X-Cal-Signature-256": calcom.sign(SECRETS["calcom"], raw)}
-            answers.append(request(fleet.base_url, "POST", "/webhooks/calcom", raw, headers)[0])
-        # The call without a call id is refused at the door (422): never a 202 the
-        # worker must fail.
-        assert answers == [202, 202, 202, 200, 422, 202, 202, 202]
+    answers = []
+    for body in retell_bodies:
+        raw = json.dumps(body).encode()
+        signature = retell.sign(SECRETS["retell"], raw, int(time.time() * 1000))
+        headers = {"x-retell-signature": signature}
+        answers.append(request(signed.base_url, "POST", "/webhooks/retell", raw, headers)[0])
+    for body in calcom_bodies:
+        raw = json.dumps(body).encode()
+        headers = {"X-Cal-Signature-256": calcom.sign(SECRETS["calcom"], raw)}
+        answers.append(request(signed.base_url, "POST", "/webhooks/calcom", raw, headers)[0])
+    # The call without a call id is refused at the door (422): never a 202 the
+    # worker must fail.
+    assert answers == [202, 202, 202, 200, 422, 202, 202, 202]
 
-        def settled() -> bool:
-            with engine.connect() as connection:
-                open_rows = connection.scalar(
-                    select(func.count()).where(WebhookEvent.status == EventStatus.RECEIVED)
-                )
-                total = connection.scalar(select(func.count()).select_from(WebhookEvent))
-            return total == 6 and open_rows == 0
+    def settled() -> bool:
+        with engine.connect() as connection:
+            open_rows = connection.scalar(
+                select(func.count()).where(WebhookEvent.status == EventStatus.RECEIVED)
+            )
+            total = connection.scalar(select(func.count()).select_from(WebhookEvent))
+        return total == 6 and open_rows == 0
 
-        wait_until(settled, 60, "every event processed", interval=0.5)
+    wait_until(settled, 60, "every event processed", interval=0.5)
 
     with Session(engine) as session:
         statuses = Counter(session.scalars(select(WebhookEvent.status)))

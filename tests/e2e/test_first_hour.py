@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from models.events import EventStatus, WebhookEvent
+from tests.helpers import hookfleet_here
 from tests.servers import clean_env, free_port, wait_until
 
 HOOKFLEET = str(Path(sys.executable).parent / "hookfleet")
@@ -55,6 +56,12 @@ class Terminal:
             text=True,
             timeout=60,
         )
+
+    def same_terminal_here(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """The same command line in the test process (tests.helpers.hookfleet_here), for
+        what a command prints: each command keeps a row above in a process of its own."""
+        environ = clean_env(XDG_STATE_HOME=str(self.state), **env)
+        return hookfleet_here(args, self.tmp / "elsewhere", environ)
 
 
 @pytest.fixture(scope="module")
@@ -148,13 +155,13 @@ def test_send_from_a_second_terminal_is_accepted_and_recorded(
     how = "unsigned: trial mode" if provider == "standard" else "signed with the first of"
     assert how in sent.stdout
     _wait_processed(fleet, provider, _event_id(sent.stdout))
-    again = fleet.second_terminal("send", provider)
+    again = fleet.same_terminal_here("send", provider)
     assert _event_id(again.stdout) != _event_id(sent.stdout)  # each send a new event
 
 
 def test_same_id_sends_one_event_twice_and_the_second_is_a_duplicate(fleet: Terminal) -> None:
-    first = fleet.second_terminal("send", "stripe", "invoice.paid", "--same-id")
-    second = fleet.second_terminal("send", "stripe", "invoice.paid", "--same-id")
+    first = fleet.same_terminal_here("send", "stripe", "invoice.paid", "--same-id")
+    second = fleet.same_terminal_here("send", "stripe", "invoice.paid", "--same-id")
 
     assert "202 ACCEPTED" in first.stdout or '"duplicate"' in first.stdout
     assert "200 OK" in second.stdout and '"status": "duplicate"' in second.stdout
@@ -162,7 +169,7 @@ def test_same_id_sends_one_event_twice_and_the_second_is_a_duplicate(fleet: Term
 
 
 def test_a_retell_inbound_call_prints_the_inline_answer(fleet: Terminal) -> None:
-    sent = fleet.second_terminal("send", "retell", "call_inbound")
+    sent = fleet.same_terminal_here("send", "retell", "call_inbound")
 
     assert sent.returncode == 0, sent.stderr
     assert "200 OK" in sent.stdout
@@ -171,7 +178,7 @@ def test_a_retell_inbound_call_prints_the_inline_answer(fleet: Terminal) -> None
 
 
 def test_a_wrong_secret_prints_the_refusal(fleet: Terminal) -> None:
-    sent = fleet.second_terminal("send", "stripe", HOOKFLEET_STRIPE_SECRETS="whsec_wrong")
+    sent = fleet.same_terminal_here("send", "stripe", HOOKFLEET_STRIPE_SECRETS="whsec_wrong")
 
     assert sent.returncode == 1
     assert "401 UNAUTHORIZED" in sent.stdout
@@ -190,13 +197,13 @@ def test_stats_in_a_second_terminal_reads_the_fleet(fleet: Terminal) -> None:
 def test_an_exported_variable_wins_over_the_running_fleet(fleet: Terminal) -> None:
     nowhere = f"redis://127.0.0.1:{free_port()}/0"
 
-    stats = fleet.second_terminal("stats", HOOKFLEET_REDIS_URL=nowhere)
+    stats = fleet.same_terminal_here("stats", HOOKFLEET_REDIS_URL=nowhere)
 
     assert "redis unreachable" in stats.stderr
 
 
 def test_the_fleets_logs_on_a_terminal_are_one_short_line_per_event(fleet: Terminal) -> None:
-    sent = fleet.second_terminal("send", "stripe", "checkout.session.completed")
+    sent = fleet.same_terminal_here("send", "stripe", "checkout.session.completed")
     event_id = _event_id(sent.stdout)
     _wait_processed(fleet, "stripe", event_id)
 

@@ -14,7 +14,7 @@ import redis
 from models.engine import make_engine, make_sessionmaker
 from models.settings import Settings
 from tests.databases import copy_sqlite
-from tests.helpers import OPS
+from tests.helpers import OPS, hookfleet_here
 from tests.provisioning_helpers import env_for, seed_branch, settings_for
 from tests.servers import RedisServer, _binary, clean_env, free_port, wait_until
 from tests.standin import Reply, StandIn
@@ -68,6 +68,13 @@ def hookfleet(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     return subprocess.run(
         [HOOKFLEET, *args], env=clean_env(**env), capture_output=True, text=True, timeout=60
     )
+
+
+def hookfleet_in_test(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The same command line in this process (tests.helpers.hookfleet_here), for the
+    tests about what a command prints: another process obeying the breaker is
+    test_another_process_sees_the_open_breaker_and_reset_closes_it's, with processes."""
+    return hookfleet_here(args, None, clean_env(**env))
 
 
 def test_permanent_5xx_opens_the_breaker_after_fail_max_attempts(
@@ -146,10 +153,10 @@ def test_provision_command_prints_findings_and_provisions(
     good = seed_branch(sessions)
     engine.dispose()
 
-    refused = hookfleet("provision", str(broken), env=env)
-    dry = hookfleet("provision", str(good), "--dry-run", env=env)
-    done = hookfleet("provision", str(good), "--check-connectivity", env=env)
-    again = hookfleet("provision", str(good), env=env)
+    refused = hookfleet_in_test("provision", str(broken), env=env)
+    dry = hookfleet_in_test("provision", str(good), "--dry-run", env=env)
+    done = hookfleet_in_test("provision", str(good), "--check-connectivity", env=env)
+    again = hookfleet_in_test("provision", str(good), env=env)
 
     assert refused.returncode == 1
     assert "BRANCH_PHONE_INVALID" in refused.stdout
@@ -225,10 +232,10 @@ def test_breaker_status_shows_the_breaker_it_is_named_and_refuses_an_unknown_one
     with pytest.raises(CircuitOpen):
         RetellApi(settings).ping()
 
-    retell = hookfleet("breaker", "status", "retell", env=env)
-    calcom = hookfleet("breaker", "status", "calcom", env=env)
-    unknown = hookfleet("breaker", "status", "stripe", env=env)
-    unknown_reset = hookfleet("breaker", "reset", "stripe", env=env)
+    retell = hookfleet_in_test("breaker", "status", "retell", env=env)
+    calcom = hookfleet_in_test("breaker", "status", "calcom", env=env)
+    unknown = hookfleet_in_test("breaker", "status", "stripe", env=env)
+    unknown_reset = hookfleet_in_test("breaker", "reset", "stripe", env=env)
 
     assert retell.returncode == 0, retell.stderr
     assert [line.split()[:3] for line in retell.stdout.splitlines()[1:]] == [
@@ -254,8 +261,8 @@ def test_the_breaker_works_through_a_sentinel_url(
     with pytest.raises(CircuitOpen):
         RetellApi(settings).ping()  # the worker's breaker, its state kept via the Sentinel
 
-    status = hookfleet("breaker", "status", "retell", env=env)
-    reset = hookfleet("breaker", "reset", "retell", env=env)
+    status = hookfleet_in_test("breaker", "status", "retell", env=env)
+    reset = hookfleet_in_test("breaker", "reset", "retell", env=env)
 
     # The same state as the primary's own URL shows: one breaker, whichever URL names it.
     plain = settings_for(database, redis_url, standin, breaker_fail_max=3)

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_cli_bad_settings import BIN, HOOKFLEET, assert_refused, run
+from tests.integration.test_cli_bad_settings import (
+    BIN,
+    HOOKFLEET,
+    assert_refused,
+    first_row_slow,
+    run,
+    run_for,
+)
 from tests.servers import free_port
 
 BAD_VALUES = [
@@ -23,20 +30,22 @@ def _addresses() -> dict[str, str]:
     return {"PORT": str(free_port()), "HOOKFLEET_OPS_BIND": f"127.0.0.1:{free_port()}"}
 
 
-@pytest.mark.parametrize(("var", "value"), BAD_VALUES, ids=[v for _, v in BAD_VALUES])
+@pytest.mark.parametrize(("var", "value"), first_row_slow(BAD_VALUES, [v for _, v in BAD_VALUES]))
 def test_every_entry_point_refuses_a_bad_value_before_starting_anything(
     var: str, value: str, tmp_path: Path
 ) -> None:
     env = {var: value, **_addresses()}
-    assert_refused(run([HOOKFLEET, "migrate"], tmp_path, **env), var)
-    up = run([HOOKFLEET, "up", "--port", env["PORT"]], tmp_path, **env)
+    launch = run_for((var, value), BAD_VALUES[0])
+    assert_refused(launch([HOOKFLEET, "migrate"], tmp_path, **env), var)
+    up = launch([HOOKFLEET, "up", "--port", env["PORT"]], tmp_path, **env)
     assert_refused(up, var)
     assert "stopping" not in up.stdout and "private redis" not in up.stdout, up.stdout
     for name in ("web", "worker_high"):
-        assert_refused(run([HOOKFLEET, "run", name], tmp_path, **env), var)
+        assert_refused(launch([HOOKFLEET, "run", name], tmp_path, **env), var)
     assert list(tmp_path.iterdir()) == []  # no var/ (redis, metrics) left behind
 
 
+@pytest.mark.slow  # a real hookfleet up
 def test_up_names_the_database_it_cannot_reach_without_its_password(tmp_path: Path) -> None:
     closed = free_port()
     url = f"mysql+pymysql://hf:s3cret@127.0.0.1:{closed}/hf"
@@ -70,6 +79,7 @@ BAD_PROCESS_VALUES = [
 ]
 
 
+@pytest.mark.slow  # gunicorn started directly in (almost) every row
 @pytest.mark.parametrize(
     ("var", "value"), BAD_PROCESS_VALUES, ids=[f"{k}={v}" for k, v in BAD_PROCESS_VALUES]
 )
@@ -86,20 +96,24 @@ def test_gunicorn_run_and_up_refuse_a_bad_process_setting_in_one_line(
         assert_refused(direct, var)
         # Said before gunicorn logs anything: the one line is the whole answer.
         assert direct.stdout == "" and len(direct.stderr.strip().splitlines()) == 1, direct
+    launch = run_for((var, value), BAD_PROCESS_VALUES[0])
     for name in ("web", "worker_high"):
-        assert_refused(run([HOOKFLEET, "run", name], tmp_path, **env), var)
-    up = run([HOOKFLEET, "up", "--port", str(free_port())], tmp_path, **env)
+        assert_refused(launch([HOOKFLEET, "run", name], tmp_path, **env), var)
+    up = launch([HOOKFLEET, "up", "--port", str(free_port())], tmp_path, **env)
     assert_refused(up, var)
     assert "private redis" not in up.stdout and "stopping" not in up.stdout, up.stdout
     assert list(tmp_path.iterdir()) == []  # no var/metrics left behind
 
 
-@pytest.mark.parametrize("concurrency", ["0", "65", "100000"])
+@pytest.mark.parametrize(
+    "concurrency", first_row_slow([("0",), ("65",), ("100000",)], ["0", "65", "100000"])
+)
 def test_up_refuses_a_worker_concurrency_past_its_bound_before_starting(
     concurrency: str, tmp_path: Path
 ) -> None:
     # 100000 processes per worker were accepted and died of EMFILE.
-    up = run([HOOKFLEET, "up", "--concurrency", concurrency, "--var-dir", "var"], tmp_path)
+    launch = run_for(concurrency, "0")
+    up = launch([HOOKFLEET, "up", "--concurrency", concurrency, "--var-dir", "var"], tmp_path)
 
     assert up.returncode == 2, up
     assert "--concurrency" in up.stderr and "1<=x<=64" in up.stderr, up.stderr

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from subprocess import CompletedProcess
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from sqlalchemy import Connection, Engine, create_engine, select, text
 from models import Base
 from models.engine import make_engine
 from models.settings import Settings
+from tests.helpers import hookfleet_here
 from tests.servers import clean_env
 from workers import runtime
 from workers.integrity.check import check, fix
@@ -258,21 +260,27 @@ def test_batches_smaller_than_the_problems_still_find_all(
     assert check(engine, batch_size=2).counts() == {}
 
 
-def hookfleet(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def hookfleet(database_url: str, *args: str, here: bool = False) -> CompletedProcess[str]:
+    """``hookfleet integrity args`` as a process of its own, or ``here``: in this process
+    (tests.helpers.hookfleet_here, without a fresh interpreter's imports)."""
+    env = clean_env(HOOKFLEET_DATABASE_URL=database_url)
+    if here:
+        return hookfleet_here(["integrity", *args], None, env)
     return subprocess.run(
-        [HOOKFLEET, "integrity", *args],
-        env=clean_env(HOOKFLEET_DATABASE_URL=database_url),
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [HOOKFLEET, "integrity", *args], env=env, capture_output=True, text=True, timeout=120
     )
 
 
 @pytest.mark.slow
-def test_the_command_prints_what_it_found_and_exits_1_until_fixed(database_url: str) -> None:
+def test_the_command_prints_what_it_found_and_exits_1_until_fixed(
+    database_url: str, backend: str
+) -> None:
     seed(database_url)
+    # The console script as processes on SQLite; the same command lines in this process
+    # on MariaDB.
+    here = backend == "mariadb"
 
-    found = hookfleet(database_url, "check")
+    found = hookfleet(database_url, "check", here=here)
     assert found.returncode == 1, found.stderr
     assert "calls.staff_id → missing staff" in found.stdout
     assert re.search(r"\n  duplicate customers by email +2\n", found.stdout)
@@ -280,13 +288,13 @@ def test_the_command_prints_what_it_found_and_exits_1_until_fixed(database_url: 
     assert "to review (fix leaves these):" in found.stdout
     assert "fix --dry-run" in found.stdout
 
-    dry = hookfleet(database_url, "fix", "--dry-run")
+    dry = hookfleet(database_url, "fix", "--dry-run", here=here)
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.startswith("would fix:\n")
     assert "(dry run, nothing changed)" in dry.stdout
-    assert hookfleet(database_url, "check").stdout == found.stdout
+    assert hookfleet(database_url, "check", here=here).stdout == found.stdout
 
-    fixed = hookfleet(database_url, "fix")
+    fixed = hookfleet(database_url, "fix", here=here)
     assert fixed.returncode == 0, fixed.stderr
     assert fixed.stdout.startswith("fixed:\n")
     assert (
@@ -294,7 +302,7 @@ def test_the_command_prints_what_it_found_and_exits_1_until_fixed(database_url: 
         == (dry.stdout.split("\n")[:-2])
     )
 
-    clean = hookfleet(database_url, "check")
+    clean = hookfleet(database_url, "check", here=here)
     assert clean.returncode == 0, clean.stderr
     assert clean.stdout.startswith("to review (fix leaves these):\n")
     assert clean.stdout.endswith("nothing to repair.\n")

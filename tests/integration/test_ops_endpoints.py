@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from ingest import create_app
 from models.contract import QUEUES, Queue
 from models.settings import Settings
-from tests.helpers import OPS, post_json
+from tests.helpers import OPS, hookfleet_here, post_json
 from tests.processes import Processes, request
 from tests.servers import MariaDBServer, RedisServer, clean_env
 from workers.celery_app import celery_config
@@ -102,17 +102,13 @@ def test_stats_are_cached_for_a_few_seconds(client: FlaskClient, ops_env: dict[s
 
 @pytest.mark.slow
 def test_hookfleet_stats_prints_depths_rates_and_dead_letters(
-    client: FlaskClient, ops_env: dict[str, str]
+    client: FlaskClient, ops_env: dict[str, str], backend: str
 ) -> None:
     for n in range(3):
         post_json(client, "/webhooks/standard", {"type": "t"}, **{"webhook-id": f"s{n}"})
-    hookfleet = str(Path(sys.executable).parent / "hookfleet")
-    env = clean_env(**ops_env)
 
-    table = subprocess.run([hookfleet, "stats"], env=env, capture_output=True, text=True)
-    as_json = subprocess.run(
-        [hookfleet, "stats", "--json"], env=env, capture_output=True, text=True
-    )
+    table = stats(ops_env, in_a_process=backend == "sqlite")
+    as_json = stats(ops_env, "--json", in_a_process=backend == "sqlite")
 
     assert table.returncode == 0, table.stderr
     lines = {line.split()[0]: line.split() for line in table.stdout.splitlines() if line}
@@ -124,16 +120,24 @@ def test_hookfleet_stats_prints_depths_rates_and_dead_letters(
 
 @pytest.mark.slow
 def test_hookfleet_stats_fails_loudly_when_redis_is_down(
-    redis_server: RedisServer, ops_env: dict[str, str]
+    redis_server: RedisServer, ops_env: dict[str, str], backend: str
 ) -> None:
     redis_server.stop()
-    hookfleet = str(Path(sys.executable).parent / "hookfleet")
 
-    done = subprocess.run(
-        [hookfleet, "stats"], env=clean_env(**ops_env), capture_output=True, text=True
-    )
+    done = stats(ops_env, in_a_process=backend == "sqlite")
 
     assert done.returncode == 1 and "redis unreachable" in done.stderr
+
+
+def stats(env: dict[str, str], *args: str, in_a_process: bool) -> subprocess.CompletedProcess[str]:
+    """``hookfleet stats args``: the console script as a process (the SQLite rows), or
+    the same command line in this process (tests.helpers.hookfleet_here)."""
+    if not in_a_process:
+        return hookfleet_here(["stats", *args], None, clean_env(**env))
+    hookfleet = str(Path(sys.executable).parent / "hookfleet")
+    return subprocess.run(
+        [hookfleet, "stats", *args], env=clean_env(**env), capture_output=True, text=True
+    )
 
 
 def test_beat_prunes_daily() -> None:
@@ -164,6 +168,9 @@ def test_operator_endpoints_are_a_json_404_off_the_ops_listener(
 
 
 @pytest.mark.e2e
+# Which listener answers what does not depend on the database: SQLite only (/readyz on
+# both backends is test_ready_when_redis_and_database_answer's).
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_the_public_port_shows_webhooks_and_healthz_and_the_ops_port_the_rest(
     tmp_path: Path, redis_url: str, database_url: str
 ) -> None:
@@ -200,6 +207,7 @@ def test_the_public_port_shows_webhooks_and_healthz_and_the_ops_port_the_rest(
         fleet.stop_all()
 
 
+@pytest.mark.slow  # two probes as processes (gunicorn's config is read at import)
 def test_the_ops_listener_is_on_loopback_unless_configured(tmp_path: Path) -> None:
     read_bind = "import ingest.gunicorn_conf as conf; print(conf.bind)"
     env = clean_env(PORT="8123", PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "m"))

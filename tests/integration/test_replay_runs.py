@@ -322,6 +322,9 @@ def test_a_chunk_no_replica_confirmed_stops_the_run_and_is_not_enqueued_again(
 
 
 @pytest.mark.slow
+# The prompt does not depend on the database: SQLite only (the same replays run on both
+# backends in test_replay_command_prints_the_estimate_replays_each_once_and_lists_its_run).
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_replay_on_a_terminal_asks_first_and_a_no_enqueues_nothing(
     sessions: sessionmaker[Session], redis_client: redis.Redis, env: dict[str, str]
 ) -> None:

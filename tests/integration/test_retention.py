@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, select
 from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
 from models.settings import Settings
+from tests.helpers import hookfleet_here
 from tests.servers import clean_env
 from workers.cli.params import parse_age
 from workers.recovery.retention import prune_events
@@ -86,23 +87,21 @@ def test_prune_include_dead_also_deletes_dead_letters_but_never_rows_in_flight(
 
 
 @pytest.mark.slow
-def test_prune_command_takes_an_age_and_says_what_it_did(database_url: str) -> None:
+def test_prune_command_takes_an_age_and_says_what_it_did(database_url: str, backend: str) -> None:
     seed(database_url, [("ancient", EventStatus.PROCESSED, 400), ("dead", EventStatus.DEAD, 400)])
     env = clean_env(HOOKFLEET_DATABASE_URL=database_url)
-    hookfleet = [str(Path(sys.executable).parent / "hookfleet")]
 
-    dry = subprocess.run(
-        [*hookfleet, "prune", "--older-than", "30d", "--dry-run"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    done = subprocess.run(
-        [*hookfleet, "prune", "--older-than", "12h"], env=env, capture_output=True, text=True
-    )
-    bad = subprocess.run(
-        [*hookfleet, "prune", "--older-than", "soon"], env=env, capture_output=True, text=True
-    )
+    def prune(*args: str) -> subprocess.CompletedProcess[str]:
+        """The console script as a process on SQLite; the same command line in this
+        process on MariaDB (tests.helpers.hookfleet_here)."""
+        if backend == "mariadb":
+            return hookfleet_here(["prune", *args], None, env)
+        hookfleet = str(Path(sys.executable).parent / "hookfleet")
+        return subprocess.run([hookfleet, "prune", *args], env=env, capture_output=True, text=True)
+
+    dry = prune("--older-than", "30d", "--dry-run")
+    done = prune("--older-than", "12h")
+    bad = prune("--older-than", "soon")
 
     assert dry.returncode == 0 and "would delete 1 webhook_events (processed)" in dry.stdout
     assert done.returncode == 0 and "deleted 1 webhook_events" in done.stdout, done.stderr

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 from base64 import b64decode
 
+import pytest
 import redis
 
 from tests.helpers import last_json_line, run_python
 from tests.otlp import otlp_sink
 from tests.servers import clean_env
+
+pytestmark = pytest.mark.slow  # each test runs a probe as a process (a tracer is per process)
 
 SENDER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 

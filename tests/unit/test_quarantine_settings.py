@@ -41,6 +41,7 @@ def test_a_kept_body_is_at_most_an_eighth_of_the_byte_budget() -> None:
     assert default.quarantine_body_cap == default.quarantine_max_body_bytes == 1024 * 1024
 
 
+@pytest.mark.slow  # the receiver as a process
 def test_the_receiver_says_a_bad_setting_once_and_exits() -> None:
     env = {
         **os.environ,
