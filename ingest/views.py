@@ -41,7 +41,7 @@ from ingest.routing import Router
 from models import tracing
 from models.broker.envelope import build_event_message
 from models.contract import EventMessage
-from models.logs import log_context
+from models.logs import info_line, log_context
 from models.payloads import PayloadError, parse_payload
 from models.settings import ProviderSettings, Settings
 
@@ -234,7 +234,7 @@ def admission_answer(
     if admission.limited_ms:
         raise _rate_limited(job.provider, admission.limited_ms, settings)
     outcome = "accepted" if admission.accepted else "duplicate"
-    log.info(outcome, extra={"outcome": outcome, "duration_ms": _elapsed_ms(started)})
+    info_line(log, outcome, {"outcome": outcome, "duration_ms": _elapsed_ms(started)})
     body: dict[str, Any] = {
         "status": outcome,
         "event_id": job.event_id,
