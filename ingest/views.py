@@ -13,7 +13,6 @@ import logging
 import math
 import re
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,6 +40,7 @@ from ingest.routing import Router
 from models import tracing
 from models.broker.envelope import build_event_message
 from models.contract import EventMessage
+from models.ids import uuid4_hex
 from models.logs import info_line, log_context
 from models.payloads import PayloadError, parse_payload
 from models.settings import ProviderSettings, Settings
@@ -57,7 +57,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 def correlation_id_for(offered: str) -> str:
     """The request's correlation id: the ``X-Request-ID`` it offered when that is a
     plain token (it goes into every log line), else a new one."""
-    return offered if _REQUEST_ID.match(offered) else uuid.uuid4().hex
+    return offered if _REQUEST_ID.match(offered) else uuid4_hex()
 
 
 @bp.before_app_request
