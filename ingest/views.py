@@ -495,9 +495,14 @@ def answer_inline(
     return Answer(200, body, "answered", record)
 
 
+# ``json.dumps(..., separators=(",", ":"))`` makes this encoder anew for every call
+# (any argument but the value does): one made once writes the same text.
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def json_body(body: dict[str, Any]) -> bytes:
     """``jsonify(body)``'s bytes (compact, ASCII, a final newline), minus its generality."""
-    return (json.dumps(body, separators=(",", ":")) + "\n").encode()
+    return (_compact_json(body) + "\n").encode()
 
 
 def _elapsed_ms(started: float) -> float:
