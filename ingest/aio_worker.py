@@ -83,6 +83,7 @@ from ingest.gunicorn_worker import (
     json_error_answer,
     request_arrived,
 )
+from models.logs import TickLines
 
 # Each turn of the worker's clock: heartbeat, arrival deadlines, idle keep-alives.
 _TICK_S = 0.5
@@ -560,6 +561,7 @@ class AioWorker(Worker):
         self.board_slot = BOARD.reserve()
         self.connections: set[Connection] = set()
         self.deliveries: Any = None
+        self.tick_lines: TickLines | None = None
         # Connections accepted and not yet closed (what the board is told).
         self.held = 0
         self.accepting = False
@@ -579,6 +581,8 @@ class AioWorker(Worker):
         try:
             self.loop.run_until_complete(self._serve())
         finally:
+            if self.tick_lines is not None:
+                self.tick_lines.uninstall()
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.loop.close()
 
@@ -604,6 +608,8 @@ class AioWorker(Worker):
         from ingest.loop_delivery import LoopDeliveries
 
         self.deliveries = LoopDeliveries.for_app(self.wsgi, self.loop)
+        # The loop's log lines: one write per pass (models/logs.py TickLines).
+        self.tick_lines = TickLines.install(self.loop) if self.deliveries is not None else None
         self.base_environ = gunicorn_wsgi.base_environ(self.cfg)
         self.base_environ["wsgi.multithread"] = True
 

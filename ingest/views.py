@@ -13,7 +13,6 @@ import logging
 import math
 import re
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,7 +40,8 @@ from ingest.routing import Router
 from models import tracing
 from models.broker.envelope import build_event_message
 from models.contract import EventMessage
-from models.logs import log_context
+from models.ids import uuid4_hex
+from models.logs import info_line, log_context
 from models.payloads import PayloadError, parse_payload
 from models.settings import ProviderSettings, Settings
 
@@ -57,7 +57,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 def correlation_id_for(offered: str) -> str:
     """The request's correlation id: the ``X-Request-ID`` it offered when that is a
     plain token (it goes into every log line), else a new one."""
-    return offered if _REQUEST_ID.match(offered) else uuid.uuid4().hex
+    return offered if _REQUEST_ID.match(offered) else uuid4_hex()
 
 
 @bp.before_app_request
@@ -234,7 +234,7 @@ def admission_answer(
     if admission.limited_ms:
         raise _rate_limited(job.provider, admission.limited_ms, settings)
     outcome = "accepted" if admission.accepted else "duplicate"
-    log.info(outcome, extra={"outcome": outcome, "duration_ms": _elapsed_ms(started)})
+    info_line(log, outcome, {"outcome": outcome, "duration_ms": _elapsed_ms(started)})
     body: dict[str, Any] = {
         "status": outcome,
         "event_id": job.event_id,
@@ -495,9 +495,14 @@ def answer_inline(
     return Answer(200, body, "answered", record)
 
 
+# ``json.dumps(..., separators=(",", ":"))`` makes this encoder anew for every call
+# (any argument but the value does): one made once writes the same text.
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def json_body(body: dict[str, Any]) -> bytes:
     """``jsonify(body)``'s bytes (compact, ASCII, a final newline), minus its generality."""
-    return (json.dumps(body, separators=(",", ":")) + "\n").encode()
+    return (_compact_json(body) + "\n").encode()
 
 
 def _elapsed_ms(started: float) -> float:

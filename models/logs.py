@@ -15,7 +15,9 @@ import contextvars
 import logging
 import os
 import sys
+import threading
 import time
+from asyncio import AbstractEventLoop
 from typing import IO, Any
 
 from pythonjsonlogger.json import JsonEncoder, JsonFormatter
@@ -69,13 +71,18 @@ class JsonLines(JsonFormatter):
         time), its date and time part reused within a second."""
         if datefmt:
             return super().formatTime(record, datefmt)
-        second = int(record.created)  # what time.localtime takes of it (created >= 0)
+        return self.time_text(record.created, record.msecs)
+
+    def time_text(self, created: float, msecs: float) -> str:
+        """:meth:`formatTime`'s text for a record made at ``created`` (seconds since
+        the epoch) with ``msecs`` (its milliseconds, as LogRecord computes them)."""
+        second = int(created)  # what time.localtime takes of it (created >= 0)
         clock = self._clock
         if clock[0] != second:
             clock = (second, time.strftime(self.default_time_format, self.converter(second)))
             self._clock = clock
         msec_format = self.default_msec_format
-        return msec_format % (clock[1], record.msecs) if msec_format else clock[1]
+        return msec_format % (clock[1], msecs) if msec_format else clock[1]
 
     def format(self, record: logging.LogRecord) -> str:
         if isinstance(record.msg, dict):
@@ -99,6 +106,162 @@ class JsonLines(JsonFormatter):
             if key not in skip and not key.startswith("_"):
                 line[key] = value
         return self._encode(line)
+
+
+class TickLines:
+    """A loop's log lines, written once per pass of the event loop.
+
+    Wraps the stream of one ``logging.StreamHandler`` (the ``hookfleet`` logger's, on
+    stdout). A line logged in the loop's thread joins the pass's pending text and the
+    loop writes and flushes it all with ``call_soon``: at the next pass, after the
+    answers written in this one went to their transports and before the loop waits
+    for I/O again (a pending callback makes its poll not wait). One write for every
+    delivery answered in a pass instead of a write and a flush each. A line logged in
+    another thread (the worker's WSGI threads) writes the pending text first, then its
+    own, at once: lines keep the order they were logged in. Everything goes through
+    the handler's lock.
+
+    :meth:`quick_info` writes a line as ``logger.info(message, extra=...)`` would,
+    without the record: only for a logger whose set-up is the shipped one
+    (:func:`configure_logging`'s JSON handler alone), else it calls ``logger.info``.
+    """
+
+    def __init__(self, handler: logging.StreamHandler[Any], loop: AbstractEventLoop) -> None:
+        self.handler = handler
+        self.stream: IO[str] = handler.stream
+        self.loop = loop
+        self.loop_thread = threading.get_ident()
+        self.pending: list[str] = []
+        self._lock = handler.lock or threading.RLock()
+        self._quick: dict[str, bool] = {}
+        formatter = handler.formatter
+        self._lines = formatter if isinstance(formatter, JsonLines) else None
+
+    @classmethod
+    def install(cls, loop: AbstractEventLoop, name: str = "hookfleet") -> TickLines | None:
+        """Batch the lines of logger ``name``'s stream handler written in this thread
+        (``loop``'s); None when it has no :func:`configure_logging` handler."""
+        for handler in logging.getLogger(name).handlers:
+            if getattr(handler, "_hookfleet", False) and type(handler) is logging.StreamHandler:
+                lines = cls(handler, loop)
+                handler.setStream(lines)
+                global _tick_lines
+                _tick_lines = lines
+                return lines
+        return None
+
+    def uninstall(self) -> None:
+        """Write what is pending and give the handler its stream back."""
+        global _tick_lines
+        _tick_lines = None
+        self.drain()
+        with self._lock:
+            self.handler.stream = self.stream
+
+    # the stream StreamHandler.emit writes to
+    def write(self, text: str) -> int:
+        with self._lock:
+            if threading.get_ident() == self.loop_thread:
+                self._add(text)
+            else:
+                pending, self.pending = self.pending, []
+                pending.append(text)
+                self.stream.write("".join(pending))
+                self.stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing: the loop flushes once per pass (:meth:`drain`), a thread at once."""
+
+    def _add(self, text: str) -> None:
+        if not self.pending:
+            self.loop.call_soon(self.drain)
+        self.pending.append(text)
+
+    def drain(self) -> None:
+        """Write and flush the lines pending (the loop calls it once per pass)."""
+        with self._lock:
+            pending, self.pending = self.pending, []
+            if pending:
+                try:
+                    self.stream.write("".join(pending))
+                    self.stream.flush()
+                except Exception:  # noqa: BLE001 (logging's rule: a failed write is reported, not raised)
+                    self.handler.handleError(logging.makeLogRecord({"msg": "".join(pending)}))
+
+    # the line without the record
+    def quick_info(self, logger: logging.Logger, message: str, extra: dict[str, Any]) -> None:
+        """``logger.info(message, extra=extra)``'s line, cheaper when the set-up allows."""
+        if (
+            threading.get_ident() != self.loop_thread
+            or not logger.isEnabledFor(logging.INFO)
+            or not self._shipped(logger)
+            or current_ids() is not None
+        ):
+            logger.info(message, extra=extra)
+            return
+        now = time.time()
+        lines = self._lines
+        assert lines is not None  # _shipped says so
+        line: dict[str, Any] = {
+            "ts": lines.time_text(now, int((now - int(now)) * 1000) + 0.0),  # LogRecord's
+            "level": logging.getLevelName(logging.INFO),
+            "logger": logger.name,
+            "message": message,
+        }
+        skip = lines._skip_fields
+        for key, value in extra.items():
+            if key not in skip and not key.startswith("_"):
+                line[key] = value
+        for key, value in (log_context.get() or {}).items():  # _ContextFilter's rule
+            if key not in extra and key not in _RECORD_FIELDS:
+                if key not in skip and not key.startswith("_"):
+                    line[key] = value
+        text = lines._encode(line) + self.handler.terminator
+        with self._lock:
+            self._add(text)
+
+    def _shipped(self, logger: logging.Logger) -> bool:
+        """Whether ``logger``'s lines go to this handler alone, as JSON lines, with
+        nothing (a filter, another handler, a record factory) that would change them."""
+        known = self._quick.get(logger.name)
+        if known is None:
+            known = self._quick[logger.name] = self._reaches_only_us(logger)
+        return known
+
+    def _reaches_only_us(self, logger: logging.Logger) -> bool:
+        handler = self.handler
+        if (
+            type(self._lines) is not JsonLines
+            or self._lines.datefmt
+            or handler.level > logging.INFO
+            or [type(f) for f in handler.filters] != [_ContextFilter]
+            or logging.getLogRecordFactory() is not logging.LogRecord
+        ):
+            return False
+        handlers: list[logging.Handler] = []
+        current: logging.Logger | None = logger
+        while current is not None:
+            if type(current) not in (logging.Logger, logging.RootLogger) or current.filters:
+                return False
+            handlers += current.handlers
+            current = current.parent if current.propagate else None
+        return handlers == [handler]
+
+
+# What a LogRecord has when _ContextFilter sees it (hasattr: its fields and its class's).
+_RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | frozenset(dir(logging.LogRecord))
+_tick_lines: TickLines | None = None
+
+
+def info_line(logger: logging.Logger, message: str, extra: dict[str, Any]) -> None:
+    """``logger.info(message, extra=extra)``: the same line, written by the loop's
+    :class:`TickLines` when the event loop's thread logs it under the shipped set-up."""
+    lines = _tick_lines
+    if lines is None:
+        logger.info(message, extra=extra)
+    else:
+        lines.quick_info(logger, message, extra)
 
 
 def json_formatter() -> logging.Formatter:

@@ -34,20 +34,28 @@ RESULTS = Path(__file__).with_name("results")
 
 # (label, frames) pairs: a sample counts for a label when one of its frames ("|"
 # between them) is on its stack. Frames are py-spy's "function (file)" with the file's
-# last path part. A delivery runs in the fast path (ReceiverApp.wsgi_app,
-# take_delivery); other requests, and deliveries with ``fast_path`` off, in Flask's.
+# last path part. A delivery runs in the worker's loop (LoopDeliveries) or, in a
+# thread, in the fast path (ReceiverApp.wsgi_app, take_delivery); other requests, and
+# deliveries with ``fast_path`` off, in Flask's.
 PARTS: tuple[tuple[str, str], ...] = (
     (
         "the whole WSGI app (Flask and ours)",
-        "Flask.wsgi_app (app.py|ReceiverApp.wsgi_app (fastpath.py",
+        "Flask.wsgi_app (app.py|ReceiverApp.wsgi_app (fastpath.py"
+        "|LoopDeliveries.deliver (loop_delivery.py",
     ),
-    ("  our webhook view", "receive (views.py|take_delivery (views.py"),
+    (
+        "  our webhook view",
+        "receive (views.py|take_delivery (views.py|LoopDeliveries._take (loop_delivery.py",
+    ),
     ("    read the body and headers", "read_delivery (request.py"),
     ("    verify the signature", "_verify (views.py"),
     ("    parse the JSON", "_parse (views.py"),
-    ("    build the Celery message", "build_task_message (envelope.py"),
-    ("    the Redis claim (client side)", "_admit (views.py"),
-    ("    the delivery's log line", "Logger.info (__init__.py"),
+    (
+        "    build the Celery message",
+        "build_task_message (envelope.py|build_event_message (envelope.py",
+    ),
+    ("    the Redis claim (client side)", "_admit (views.py|PipelinedClaims.admit (claims.py"),
+    ("    the delivery's log line", "Logger.info (__init__.py|info_line (logs.py"),
     ("  correlation id (before the view)", "_correlate (views.py|correlation_id_for (views.py"),
     ("  metrics (after the view)", "_count (metrics.py|count_answer (metrics.py"),
 )
