@@ -80,7 +80,7 @@ from ingest.gunicorn_worker import (
     ARRIVAL_BUFFER_BYTES,
     ARRIVAL_TIMEOUT_S,
     BOARD,
-    json_error_answer,
+    logged_refusal,
     request_arrived,
 )
 from models.logs import TickLines
@@ -888,11 +888,8 @@ class AioWorker(Worker):
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         """Hookfleet's JSON 4xx for what gunicorn's parser refuses (ingest/gunicorn_worker.py)."""
-        answer = json_error_answer(exc)
-        if answer is None:
+        raw = logged_refusal(self.log, addr, exc)
+        if raw is None:
             super().handle_error(req, client, addr, exc)
             return
-        status, _, raw = answer
-        peer = (addr or ("", -1))[0]
-        self.log.warning(f"Invalid request from ip={peer}: {exc} (answered {status})")
         client.sendall(raw)

@@ -160,6 +160,19 @@ def json_error_answer(exc: BaseException) -> tuple[int, str, bytes] | None:
     return None
 
 
+def logged_refusal(log: Any, addr: Any, exc: BaseException) -> bytes | None:
+    """The raw JSON answer to a request error that is the client's fault, its WARNING
+    line written to gunicorn's ``log`` (as gunicorn words it); None for anything else
+    (gunicorn's own ``handle_error`` answers that)."""
+    answer = json_error_answer(exc)
+    if answer is None:
+        return None
+    status, _, raw = answer
+    peer = (addr or ("", -1))[0]
+    log.warning(f"Invalid request from ip={peer}: {exc} (answered {status})")
+    return raw
+
+
 class ConnectionBoard:
     """Open connections per worker, in memory shared by a gunicorn master's workers
     (an anonymous shared mmap, inherited at fork). Slot ``i`` holds the worker's pid
@@ -360,13 +373,10 @@ class JsonErrorWorker(ThreadWorker):
                 self._drop_arriving(conn)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
-        answer = json_error_answer(exc)
-        if answer is None:
+        raw = logged_refusal(self.log, addr, exc)
+        if raw is None:
             super().handle_error(req, client, addr, exc)
             return
-        status, _, raw = answer
-        peer = (addr or ("", -1))[0]
-        self.log.warning(f"Invalid request from ip={peer}: {exc} (answered {status})")
         try:
             util.write_nonblock(client, raw)
         except Exception:  # noqa: BLE001 (the client may be gone; nothing to answer)

@@ -33,9 +33,9 @@ from ingest.views import (
     admission_refusal,
     answer_inline,
     check_delivery,
+    claim_arguments,
     correlation_id_for,
     keep_refused,
-    rate_limit_for,
 )
 from models import tracing
 from models.logs import log_context
@@ -113,15 +113,7 @@ class LoopDeliveries:
             return answer
         assert self.claims is not None  # provider_for serves nothing without it
         try:
-            admission = await self.claims.admit(
-                job.dedup_key,
-                correlation_id,
-                job.ttl_s,
-                job.queue,
-                job.message,
-                settings.shed_queue_depth,
-                rate_limit=rate_limit_for(job.provider, settings),
-            )
+            admission = await self.claims.admit(**claim_arguments(job, correlation_id, settings))
         except (redis.RedisError, NotReplicated) as error:
             log_context.set(context)
             raise admission_refusal(error, started, settings) from None

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 import redis
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
@@ -355,17 +355,36 @@ def _admit(
     gate: DedupGate = app.extensions["hookfleet_gate"]
     try:
         with tracing.span("hookfleet.claim_and_enqueue", attributes=_claim_attributes(job)):
-            return gate.admit(
-                job.dedup_key,
-                correlation_id,
-                job.ttl_s,
-                job.queue,
-                job.message,
-                settings.shed_queue_depth,
-                rate_limit=rate_limit_for(job.provider, settings),
-            )
+            return gate.admit(**claim_arguments(job, correlation_id, settings))
     except (redis.RedisError, NotReplicated) as error:
         raise admission_refusal(error, started, settings) from None
+
+
+class ClaimArguments(TypedDict):
+    """A job's claim as :meth:`DedupGate.admit` and :meth:`PipelinedClaims.admit` take it
+    (keyword arguments; ``claim`` is the correlation id)."""
+
+    key: str
+    claim: str
+    ttl_s: int
+    queue: str
+    message: str
+    shed_depth: int
+    rate_limit: RateLimit | None
+
+
+def claim_arguments(job: Job, correlation_id: str, settings: Settings) -> ClaimArguments:
+    """``job``'s :class:`ClaimArguments`: its key, TTL and queue, the shed depth and the
+    provider's rate limit from ``settings``."""
+    return ClaimArguments(
+        key=job.dedup_key,
+        claim=correlation_id,
+        ttl_s=job.ttl_s,
+        queue=job.queue,
+        message=job.message,
+        shed_depth=settings.shed_queue_depth,
+        rate_limit=rate_limit_for(job.provider, settings),
+    )
 
 
 def admission_refusal(

@@ -421,7 +421,9 @@ def test_both_workers_answer_the_same_requests_alike(
             answers = answers_of(web)
             metrics = request(web.ops_url, "GET", "/metrics")[2]
             counted = sorted(re.findall(r"hookfleet_webhooks_received_total\{.*", metrics))
-            seen.append((answers, outcome_lines(web), counted))
+        # Read once the fleet has stopped: the loop writes its lines once per pass,
+        # just after that pass's answers (models.logs.TickLines), and at its exit.
+        seen.append((answers, outcome_lines(web), counted))
 
     (ours, our_lines, our_counts), (former, former_lines, former_counts) = seen
     assert [answer[0] for answer in ours] == [
