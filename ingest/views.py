@@ -25,6 +25,7 @@ from werkzeug.http import parse_options_header
 from ingest.dedup import Admission, DedupGate, NotReplicated, RateLimit, dedup_key, rate_key
 from ingest.errors import ApiError, ErrorCode
 from ingest.inbound import InboundDirectory
+from ingest.late_records import RETRY_FOR_S, LateRecord, late_records
 from ingest.metrics import count_refusal
 from ingest.providers import find_provider
 from ingest.providers.base import (
@@ -472,8 +473,9 @@ def answer_inline(
     """Answer the waiting sender first, then queue the event for the record.
 
     The answer never fails (an empty answer is always valid). Queueing happens once the
-    response is on its way; if Redis is down then, the answer stands and the failure
-    is logged: the call's own events (call_started, call_ended) carry it on.
+    response is on its way; if Redis is down then, the answer stands, the failure is
+    logged (WARNING) and the record is tried again in the background until Redis takes
+    it, for up to ``RETRY_FOR_S`` (ingest/late_records.py).
 
     The record does not wait for Redis replicas (HOOKFLEET_REDIS_MIN_REPLICAS): the
     answer has gone, so no retry could follow a refusal, and the wait would hold a
@@ -496,20 +498,28 @@ def answer_inline(
     # claim/enqueue span is still that span's child (the context taken now).
     request = tracing.current_context()
 
+    answered_at = time.monotonic()
+
+    def attempt() -> None:
+        gate.admit(job.dedup_key, correlation_id, job.ttl_s, job.queue, job.message, confirm=False)
+
     def record() -> None:
         with tracing.span(
             "hookfleet.claim_and_enqueue", context=request, attributes=_claim_attributes(job)
         ) as span:
             try:
-                gate.admit(
-                    job.dedup_key, correlation_id, job.ttl_s, job.queue, job.message, confirm=False
-                )
+                attempt()
             except redis.RedisError as error:
                 tracing.record_error(span, error)
-                log.error(
+                log.warning(
                     "could not record inline event",
-                    extra={"error": type(error).__name__, "event_id": job.event_id},
+                    extra={
+                        "error": type(error).__name__,
+                        "event_id": job.event_id,
+                        "retry_for_s": RETRY_FOR_S,
+                    },
                 )
+                late_records().keep(LateRecord(attempt, job.event_id, answered_at))
 
     return Answer(200, body, "answered", record)
 

@@ -4,6 +4,7 @@ and in time. Real databases (stopped and frozen ones too), real Redis."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
@@ -24,7 +25,7 @@ from models.engine import make_engine
 from models.migrate import upgrade
 from models.settings import Settings
 from tests.helpers import queued
-from tests.servers import MariaDBServer
+from tests.servers import MariaDBServer, RedisServer, wait_until
 
 API_KEY = "key_retell_test_0123456789"
 
@@ -232,3 +233,34 @@ def test_warm_up_connects_the_lookup_before_the_first_call(
     contact = directory.find("030 1234567")
     assert contact is not None and contact.agent_id == "agent_mitte"
     assert engine.pool.checkedin() == 1  # the call used it, dialled nothing new
+
+
+def test_a_call_answered_while_redis_is_down_is_recorded_once_redis_is_back(
+    tmp_path: Path, database_url: str
+) -> None:
+    """No retry follows an answer, so a record Redis could not take at the answer is
+    kept and tried again in the background (ingest/late_records.py) until it can."""
+    seed(database_url)
+    own = RedisServer(tmp_path / "redis").start()
+    try:
+        client = app_for(database_url, own.url, HOOKFLEET_INBOUND_BUDGET_MS="5000")
+        own.stop()
+        messages: list[str] = []
+        listener = logging.Handler()
+        listener.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+        logging.getLogger("hookfleet.ingest").addHandler(listener)
+        responses = [post(client, inbound("+49301234567")) for _ in range(2)]
+        for response in responses:
+            assert response.get_json()["call_inbound"]["override_agent_id"] == "agent_mitte"
+            response.close()  # the record is tried once the answer is sent: Redis is down
+        time.sleep(1)
+        own.start()
+        wait_until(lambda: len(queued(own.client(), Queue.HIGH)) == 2, 20, "the late records")
+        logging.getLogger("hookfleet.ingest").removeHandler(listener)
+        assert messages.count("could not record inline event") == 2
+        assert messages.count("recorded inline event late") == 2
+        assert "inline event not recorded" not in messages
+        kinds = {m["decoded_body"][1]["event_type"] for m in queued(own.client(), Queue.HIGH)}
+        assert kinds == {"call_inbound"}
+    finally:
+        own.stop()
