@@ -414,7 +414,10 @@ def stats() -> Response | tuple[Response, int]:
     probe: Probe = current_app.extensions["hookfleet_probe"]
     token = probe.settings.admin_token
     if token:
-        offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        # RFC 6750 / RFC 9110 section 11.1: the scheme is case-insensitive ("bearer"
+        # too), and only a Bearer credential counts (a bare token is no scheme).
+        credential = request.authorization
+        offered = credential.token or "" if credential and credential.type == "bearer" else ""
         if not hmac.compare_digest(offered.encode(), token.encode()):
             response = error_response(401, "unauthorized", "Send the admin token as a Bearer.")
             response.headers["WWW-Authenticate"] = "Bearer"

@@ -84,6 +84,12 @@ def test_stats_wants_the_admin_token_when_one_is_set(ops_env: dict[str, str]) ->
     allowed = client.get("/stats", base_url=OPS, headers={"Authorization": "Bearer s3cret-admin"})
 
     assert (refused.status_code, wrong.status_code, allowed.status_code) == (401, 401, 200)
+    # The scheme in any case (RFC 9110 section 11.1), but a Bearer scheme it must be.
+    spelled = [
+        client.get("/stats", base_url=OPS, headers={"Authorization": value}).status_code
+        for value in ("bearer s3cret-admin", "BEARER  s3cret-admin", "s3cret-admin", "Bearer")
+    ]
+    assert spelled == [200, 200, 401, 401]
     assert refused.json["error"]["code"] == "unauthorized"
     assert set(allowed.json["queues"]) == set(QUEUES)
 
