@@ -20,6 +20,7 @@ from typing import Any, TypedDict
 
 import redis
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import NotFound
 from werkzeug.http import parse_options_header
 
 from ingest.dedup import Admission, DedupGate, NotReplicated, RateLimit, dedup_key, rate_key
@@ -66,6 +67,11 @@ def _correlate() -> None:
     g.correlation_id = correlation_id_for(request.headers.get("X-Request-ID", ""))
     g.started = time.perf_counter()
     log_context.set({"correlation_id": g.correlation_id})
+    # werkzeug matches a path with its leading slashes made one (MapAdapter.match), so
+    # //webhooks/stripe would be a delivery; a path is matched as written (a doubled
+    # slash is no route, as with merge_slashes off below the first one).
+    if request.environ.get("PATH_INFO", "").startswith("//"):
+        raise NotFound()
 
 
 @bp.after_app_request

@@ -164,6 +164,27 @@ def test_wrong_method_and_unknown_path_are_json_errors(client: FlaskClient) -> N
     assert no_route.get_json()["error"]["code"] == "not_found"
 
 
+def test_a_path_with_doubled_leading_slashes_is_no_route(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    """As a server passes them (PATH_INFO as written; the test client would read
+    //webhooks as a host): werkzeug alone would match them with one slash."""
+    answers = [
+        client.open("/", method=method, json=EVENT, environ_overrides={"PATH_INFO": path})
+        for method, path in [
+            ("POST", "//webhooks/standard"),
+            ("POST", "///webhooks/standard"),
+            ("GET", "//healthz"),
+        ]
+    ]
+
+    assert [(a.status_code, a.get_json()["error"]["code"]) for a in answers] == [
+        (404, "not_found")
+    ] * 3
+    assert all(a.headers["X-Request-ID"] for a in answers)
+    assert total_queued(redis_client) == 0
+
+
 def test_provider_without_a_secret_is_refused_unless_verification_is_off(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
