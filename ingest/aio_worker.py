@@ -427,14 +427,14 @@ class Connection(asyncio.Protocol):
                 self.close()
             return
         parsed = parse_plain(self.buffer, self.worker.limits)
-        if parsed is MORE and not self.eof:
-            return  # a plain request, more to come (no thread waits for it)
+        if parsed is MORE and not self.eof and self.buffer.find(b"\r\n\r\n") >= 0:
+            return  # a plain request, its body to come (no thread waits for it)
         if not isinstance(parsed, tuple):
             state = arrival(self.buffer, self.worker.body_limit_for(self.buffer))
             if state in (Arrival.COMING, Arrival.EXPECTS_CONTINUE) and self._head_refused():
                 state = Arrival.EARLY  # gunicorn answers it now: no wait for its body
-            if state is Arrival.BARE_LF:
-                self._refuse_bare_lf()
+            if state in (Arrival.BARE_LF, Arrival.BARE_LF_IN_BODY):
+                self._refuse_bare_lf(state is Arrival.BARE_LF)
                 return
             if state is Arrival.EXPECTS_CONTINUE and not self.eof:
                 if not self.continue_sent:
@@ -480,12 +480,13 @@ class Connection(asyncio.Protocol):
         self.head_checked = True
         return self.worker.head_refused(bytes(self.buffer[: end + 4]), self.peer)
 
-    def _refuse_bare_lf(self) -> None:
+    def _refuse_bare_lf(self, in_head: bool) -> None:
         """gunicorn refuses a line ended by a bare LF (RFC 9112 section 2.2) only once it
-        has a CRLF CRLF, which may never come: the loop answers it, as gunicorn would."""
+        sees a CRLF (CRLF), which may never come: the loop answers it, as gunicorn
+        would (``malformed_request`` in the head, ``malformed_body`` in the chunks)."""
         request_id, raw = raw_json_answer(
             "400 Bad Request",
-            "malformed_request",
+            "malformed_request" if in_head else "malformed_body",
             "The request is malformed: bare LF as line terminator",
         )
         self.worker.log.warning(

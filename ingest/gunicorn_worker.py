@@ -92,9 +92,11 @@ class Arrival(Enum):
     # The head asks for "100 Continue" before the body (RFC 9110 section 10.1.1) and
     # announces an acceptable one: the event loop sends it and waits for the body.
     EXPECTS_CONTINUE = "expects_continue"
-    # A line ended by a bare LF: gunicorn refuses it (RFC 9112 section 2.2), but waits
-    # for a CRLF CRLF that may never come to see it; the loop answers it.
+    # A line ended by a bare LF, in the head or in the chunked framing: gunicorn refuses
+    # it (RFC 9112 section 2.2), but only once a CRLF (CRLF) that may never come shows
+    # where the line ends; the loop answers it.
     BARE_LF = "bare_lf"
+    BARE_LF_IN_BODY = "bare_lf_in_body"
 
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
@@ -156,7 +158,7 @@ def _chunks_arrived(body: bytes | bytearray, limit: int) -> Arrival:
         eol = body.find(b"\r\n", position)
         lf = body.find(b"\n", position, len(body) if eol < 0 else eol)
         if lf >= 0:
-            return Arrival.EARLY  # a bare LF: gunicorn refuses it
+            return Arrival.BARE_LF_IN_BODY
         if eol < 0:
             # no size line is that long
             return Arrival.EARLY if len(body) - position > 1024 else Arrival.COMING
@@ -186,7 +188,7 @@ def _trailers_arrived(body: bytes | bytearray, start: int) -> Arrival:
     end = body.find(b"\r\n\r\n", start)
     section = body[start:] if end < 0 else body[start:end]
     if _BARE_LF.search(section):
-        return Arrival.EARLY
+        return Arrival.BARE_LF_IN_BODY
     if end >= 0:
         return Arrival.WHOLE
     return Arrival.EARLY if len(body) - start > ARRIVAL_BUFFER_BYTES else Arrival.COMING
