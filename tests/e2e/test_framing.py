@@ -445,6 +445,20 @@ REFUSED_AT_ONCE = [
         "malformed_request",
     ),
     (
+        "a request line over gunicorn's limit",
+        raw_head("a17", f"Content-Length: {len(BODY) + 5}").replace(
+            b"/webhooks/standard", b"/webhooks/standard?" + b"q" * 5000, 1
+        ),
+        414,
+        "request_line_too_long",
+    ),
+    (
+        "more header fields than gunicorn's limit",
+        raw_head("a18", *(f"X-{n}: a" for n in range(120)), f"Content-Length: {len(BODY) + 5}"),
+        431,
+        "headers_too_large",
+    ),
+    (
         "an Expect other than 100-continue",
         raw_head("a16", "Expect: 200-ok", f"Content-Length: {len(BODY)}"),
         417,

@@ -141,9 +141,13 @@ def test_a_request_that_never_arrives_whole_gets_a_json_408(web: Processes) -> N
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408")
     assert json.loads(body)["error"]["code"] == "request_timeout"
+    # A fresh request id (the request's own headers never arrived whole), also logged.
+    request_id = re.search(rb"\r\nX-Request-ID: ([0-9a-f]{32})\r\n", head + b"\r\n")
+    assert request_id is not None, head
     since = web.log("web")[before:].splitlines()  # the receiver is shared by the module
     logged = [json.loads(line) for line in since if "answered 408" in line]
     assert [line["level"] for line in logged] == ["WARNING"]
+    assert request_id.group(1).decode() in logged[0]["message"]
 
 
 @pytest.mark.parametrize(
