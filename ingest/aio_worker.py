@@ -2,10 +2,15 @@
 request, serves plain deliveries itself and hands the rest to the WSGI app in threads.
 
 **In the loop.** Each connection's bytes are buffered until the request is whole
-(:func:`parse_plain`, else ingest/gunicorn_worker.py's :func:`request_arrived`), so no
-thread ever waits on a slow or silent client: one not whole within
-``ARRIVAL_TIMEOUT_S`` is answered 408, an idle one closed after gunicorn's
-``keepalive`` (or ``ARRIVAL_TIMEOUT_S`` before its first request). A request whose head
+(:func:`parse_plain`, else ingest/gunicorn_worker.py's :func:`arrival`: a body up to
+its provider's limit, ``settings.body_limit``, chunked or not), so no thread ever waits
+on a slow or silent client: one not whole within ``ARRIVAL_TIMEOUT_S`` is answered 408,
+an idle one closed after gunicorn's ``keepalive`` (or ``ARRIVAL_TIMEOUT_S`` before its
+first request). For ``Expect: 100-continue`` with an acceptable length the loop sends
+the ``100 Continue`` itself. A request answerable before it is whole (a body announced
+over the limit: 413 unread; a framing gunicorn's parser, run on the head, refuses)
+goes on at once, and its connection closes after the answer, which says so. What a
+worker buffers for arriving requests is capped (``ARRIVING_BYTES_CAP``). A request whose head
 is *plain* (an origin-form request line, token header names without ``_``, at most one
 numeric ``Content-Length`` up to the 128 KiB arrival buffer, no repeated ``Host`` or
 ``Content-Type``, no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``, within gunicorn's
@@ -26,10 +31,10 @@ llhttp and gunicorn might read differently: tests/unit/test_plain_heads.py enume
 them) is parsed by gunicorn's own parser and answered by gunicorn's response in a
 thread, as its gthread worker would: the same refusals in Hookfleet's JSON shape
 (ingest/gunicorn_worker.py ``json_error_answer``), 413 before an oversized body
-(ingest/framing.py), and ``100 Continue`` sent when the app first reads the body (never
-for a body it refuses unread). A connection closed after an answer lingers
-(``_LINGER_S``), dropping what its client still sends, so that client reads the answer
-rather than a reset.
+(ingest/framing.py), and, for a body that came without the loop's ``100 Continue``,
+the 100 sent when the app first reads it (never for a body it refuses unread). A
+connection closed after an answer lingers (``_LINGER_S``), dropping what its client
+still sends, so that client reads the answer rather than a reset.
 
 One request at a time per connection, answers in request order; reading pauses while
 a request is served, and while a client leaves its answers unread. gunicorn's worker

@@ -2,7 +2,7 @@
 the requests gunicorn refuses itself are answered in Hookfleet's shape.
 
 The shipped worker is now ingest/aio_worker.py (an event loop that serves deliveries
-itself); it reuses this module's arrival rule (:func:`request_arrived`), its JSON
+itself); it reuses this module's arrival rule (:func:`arrival`), its JSON
 refusals (:func:`json_error_answer`) and the :class:`ConnectionBoard`.
 :class:`JsonErrorWorker` stays selectable with gunicorn's ``--worker-class``.
 
