@@ -2,10 +2,15 @@
 request, serves plain deliveries itself and hands the rest to the WSGI app in threads.
 
 **In the loop.** Each connection's bytes are buffered until the request is whole
-(:func:`parse_plain`, else ingest/gunicorn_worker.py's :func:`request_arrived`), so no
-thread ever waits on a slow or silent client: one not whole within
-``ARRIVAL_TIMEOUT_S`` is answered 408, an idle one closed after gunicorn's
-``keepalive`` (or ``ARRIVAL_TIMEOUT_S`` before its first request). A request whose head
+(:func:`parse_plain`, else ingest/gunicorn_worker.py's :func:`arrival`: a body up to
+its provider's limit, ``settings.body_limit``, chunked or not), so no thread ever waits
+on a slow or silent client: one not whole within ``ARRIVAL_TIMEOUT_S`` is answered 408,
+an idle one closed after gunicorn's ``keepalive`` (or ``ARRIVAL_TIMEOUT_S`` before its
+first request). For ``Expect: 100-continue`` with an acceptable length the loop sends
+the ``100 Continue`` itself. A request answerable before it is whole (a body announced
+over the limit: 413 unread; a framing gunicorn's parser, run on the head, refuses)
+goes on at once, and its connection closes after the answer, which says so. What a
+worker buffers for arriving requests is capped (``ARRIVING_BYTES_CAP``). A request whose head
 is *plain* (an origin-form request line, token header names without ``_``, at most one
 numeric ``Content-Length`` up to the 128 KiB arrival buffer, no repeated ``Host`` or
 ``Content-Type``, no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``, within gunicorn's
@@ -26,10 +31,10 @@ llhttp and gunicorn might read differently: tests/unit/test_plain_heads.py enume
 them) is parsed by gunicorn's own parser and answered by gunicorn's response in a
 thread, as its gthread worker would: the same refusals in Hookfleet's JSON shape
 (ingest/gunicorn_worker.py ``json_error_answer``), 413 before an oversized body
-(ingest/framing.py), and ``100 Continue`` sent when the app first reads the body (never
-for a body it refuses unread). A connection closed after an answer lingers
-(``_LINGER_S``), dropping what its client still sends, so that client reads the answer
-rather than a reset.
+(ingest/framing.py), and, for a body that came without the loop's ``100 Continue``,
+the 100 sent when the app first reads it (never for a body it refuses unread). A
+connection closed after an answer lingers (``_LINGER_S``), dropping what its client
+still sends, so that client reads the answer rather than a reset.
 
 One request at a time per connection, answers in request order; reading pauses while
 a request is served, and while a client leaves its answers unread. gunicorn's worker
@@ -71,17 +76,21 @@ import uvloop
 from gunicorn import SERVER
 from gunicorn.http import errors as http_errors
 from gunicorn.http import wsgi as gunicorn_wsgi
+from gunicorn.http.message import Request
 from gunicorn.http.parser import RequestParser
+from gunicorn.http.unreader import IterUnreader
 from gunicorn.workers.base import Worker
 
 from ingest.gunicorn_worker import (
     _RECHECK_S,
-    _TIMEOUT_ANSWER,
     ARRIVAL_BUFFER_BYTES,
     ARRIVAL_TIMEOUT_S,
     BOARD,
+    Arrival,
+    arrival,
     logged_refusal,
-    request_arrived,
+    raw_json_answer,
+    timeout_answer,
 )
 from models.logs import TickLines
 
@@ -90,6 +99,12 @@ _TICK_S = 0.5
 # A body being read by a thread (a non-plain request) is buffered up to this much
 # before the loop stops reading the connection until the thread catches up.
 _FEED_HIGH_BYTES = 1024 * 1024
+# What one worker buffers for arriving requests, all connections together; past it the
+# loop stops reading them (they still get their 408 at the deadline).
+ARRIVING_BYTES_CAP = 64 * 1024 * 1024
+# The body limit of a request the worker cannot place (an app that is not Hookfleet's).
+_DEFAULT_BODY_LIMIT = 1024 * 1024
+_WEBHOOK_PATH = re.compile(rb"[A-Z]+ (?:[a-z][a-z0-9+.-]*://[^/ ]*)?/webhooks/([^/?# ]*)")
 # After an answer, the rest of a body the app did not read is skipped if it comes within
 # this; else the connection closes (and lingers, below) rather than hold a thread.
 _DRAIN_S = 0.5
@@ -359,6 +374,13 @@ class Connection(asyncio.Protocol):
         self.environ: dict[str, Any] = {}
         self.lingering = False
         self.deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+        # This request: the loop sent its "100 Continue"; it went to a thread before it
+        # was whole (answered unread, so the connection closes after it).
+        self.continue_sent = False
+        self.early = False
+        self.head_checked = False
+        # Reading paused because the worker's arriving bytes passed ARRIVING_BYTES_CAP.
+        self.starved = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -378,6 +400,9 @@ class Connection(asyncio.Protocol):
         if not self.buffer:
             self.deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
         self.buffer += data
+        if self.worker.arriving_bytes(len(data)) and self.transport is not None:
+            self.starved = True
+            self.transport.pause_reading()
         if not self.serving:
             self._next_request()
 
@@ -407,8 +432,23 @@ class Connection(asyncio.Protocol):
                 self.close()
             return
         parsed = parse_plain(self.buffer, self.worker.limits)
-        if not isinstance(parsed, tuple) and not (self.eof or request_arrived(bytes(self.buffer))):
-            return  # more to come (no thread waits for it)
+        if parsed is MORE and not self.eof and self.buffer.find(b"\r\n\r\n") >= 0:
+            return  # a plain request, its body to come (no thread waits for it)
+        if not isinstance(parsed, tuple):
+            state = arrival(self.buffer, self.worker.body_limit_for(self.buffer))
+            if state in (Arrival.COMING, Arrival.EXPECTS_CONTINUE) and self._head_refused():
+                state = Arrival.EARLY  # gunicorn answers it now: no wait for its body
+            if state in (Arrival.BARE_LF, Arrival.BARE_LF_IN_BODY):
+                self._refuse_bare_lf(state is Arrival.BARE_LF)
+                return
+            if state is Arrival.EXPECTS_CONTINUE and not self.eof:
+                if not self.continue_sent:
+                    self.continue_sent = True
+                    self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                return  # the body comes now (no thread waits for it)
+            if state is Arrival.COMING and not self.eof:
+                return
+            self.early = state is not Arrival.WHOLE
         self.serving = True
         if self.transport is not None:
             self.transport.pause_reading()
@@ -422,6 +462,7 @@ class Connection(asyncio.Protocol):
             self.worker.log.exception("Error handling request")
         self.worker.request_done()
         self.serving = False
+        self.continue_sent = self.early = self.head_checked = False
         if not keep_alive or not self.worker.alive or self.closed:
             self.linger()
             return
@@ -432,6 +473,33 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.resume_reading()
         self._next_request()
+
+    def _head_refused(self) -> bool:
+        """Whether gunicorn's parser refuses this request's head (checked once, when the
+        head is whole) before any of its body, as the thread would."""
+        if self.head_checked:
+            return False
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        self.head_checked = True
+        return self.worker.head_refused(bytes(self.buffer[: end + 4]), self.peer)
+
+    def _refuse_bare_lf(self, in_head: bool) -> None:
+        """gunicorn refuses a line ended by a bare LF (RFC 9112 section 2.2) only once it
+        sees a CRLF (CRLF), which may never come: the loop answers it, as gunicorn
+        would (``malformed_request`` in the head, ``malformed_body`` in the chunks)."""
+        request_id, raw = raw_json_answer(
+            "400 Bad Request",
+            "malformed_request" if in_head else "malformed_body",
+            "The request is malformed: bare LF as line terminator",
+        )
+        self.worker.log.warning(
+            f"Invalid request from ip={self.peer[0]}: bare LF as line terminator "
+            f"(answered 400, request_id={request_id})"
+        )
+        self.write(raw)
+        self.linger()
 
     def pause_writing(self) -> None:
         """The transport holds more unsent answer than its high-water mark: serve the
@@ -540,11 +608,7 @@ class Connection(asyncio.Protocol):
             return
         if self.buffer:
             if now >= self.deadline:
-                self.worker.log.warning(
-                    f"Request from ip={self.peer[0]} not whole within {ARRIVAL_TIMEOUT_S:.0f} s "
-                    f"({len(self.buffer)} bytes came): answered 408"
-                )
-                self.write(_TIMEOUT_ANSWER)
+                self.write(timeout_answer(self.worker.log, self.peer, len(self.buffer)))
                 self.close()
             return
         idle_limit = self.worker.cfg.keepalive if self.kept_alive else ARRIVAL_TIMEOUT_S
@@ -565,6 +629,11 @@ class AioWorker(Worker):
         # Connections accepted and not yet closed (what the board is told).
         self.held = 0
         self.accepting = False
+        # Bytes buffered for arriving requests (recounted each tick, added as they come),
+        # and the body limit by provider name (set once the app is loaded).
+        self.arriving = 0
+        self.body_limits: dict[str, int] = {}
+        self.default_body_limit = _DEFAULT_BODY_LIMIT
         self.secure_scheme_headers: dict[str, str] = self.cfg.secure_scheme_headers
         self.limits = (
             self.cfg.limit_request_line,
@@ -610,8 +679,59 @@ class AioWorker(Worker):
         self.deliveries = LoopDeliveries.for_app(self.wsgi, self.loop)
         # The loop's log lines: one write per pass (models/logs.py TickLines).
         self.tick_lines = TickLines.install(self.loop) if self.deliveries is not None else None
+        self._load_body_limits()
         self.base_environ = gunicorn_wsgi.base_environ(self.cfg)
         self.base_environ["wsgi.multithread"] = True
+
+    def _load_body_limits(self) -> None:
+        settings = getattr(self.wsgi, "config", {}).get("HOOKFLEET_SETTINGS")
+        if settings is None:
+            return
+        from ingest.providers import REGISTRY
+
+        self.body_limits = {name: settings.body_limit(name) for name in REGISTRY}
+        self.default_body_limit = settings.body_limit("")
+
+    def body_limit_for(self, data: bytearray) -> int:
+        """The body limit (bytes) of the provider the request ``data`` starts with is
+        posted to (``settings.body_limit``), the default one for any other path: the
+        loop buffers a body up to it, and leaves a larger one unread (413)."""
+        match = _WEBHOOK_PATH.match(data)
+        if match is None:
+            return self.default_body_limit
+        name = match.group(1)
+        if b"%" in name:
+            name = unquote_to_bytes(name)
+        return self.body_limits.get(name.decode("latin-1"), self.default_body_limit)
+
+    def head_refused(self, head: bytes, peer: Any) -> bool:
+        """Whether gunicorn's parser refuses ``head`` (a request line and headers up to
+        their CRLF CRLF) before reading a body: then it is answered at once."""
+        if self.cfg.proxy_protocol != "off" and self.cfg.proxy_protocol:
+            return False  # a PROXY line may lead the first request: the thread's parser
+        try:
+            Request(self.cfg, IterUnreader([head]), peer, 1)
+        except Exception:  # noqa: BLE001 (whatever it is, gunicorn answers it in a thread)
+            return True
+        return False
+
+    def arriving_bytes(self, count: int) -> bool:
+        """Count ``count`` more bytes buffered for an arriving request; True when the
+        worker holds more than ``ARRIVING_BYTES_CAP`` of them."""
+        self.arriving += count
+        return self.arriving > ARRIVING_BYTES_CAP
+
+    def _recount_arriving(self) -> None:
+        """Bytes buffered by connections not being served; resume the starved ones
+        while there is room."""
+        self.arriving = sum(len(c.buffer) for c in self.connections if not c.serving)
+        for connection in self.connections:
+            if self.arriving > ARRIVING_BYTES_CAP:
+                return
+            if connection.starved:
+                connection.starved = False
+                if connection.transport is not None and not connection.serving:
+                    connection.transport.resume_reading()
 
     def _tick(self) -> None:
         """The worker's clock: heartbeat, board, deadlines, parent, and accepting."""
@@ -622,6 +742,7 @@ class AioWorker(Worker):
         now = time.monotonic()
         for connection in list(self.connections):
             connection.expire(now)
+        self._recount_arriving()
         if not self.alive and not self._stopped.done():
             self._stopped.set_result(None)
         if self.alive and not self.accepting:
@@ -845,13 +966,16 @@ class AioWorker(Worker):
             request = next(parser)
             if not request:
                 return False, b""
-            expects_continue = request._expected_100_continue
-            request._expected_100_continue = False  # sent on the first read, below
+            # Sent on the first read, below (unless the loop sent it already).
+            expects_continue = request._expected_100_continue and not connection.continue_sent
+            request._expected_100_continue = False
             response, environ = gunicorn_wsgi.create(request, fed, client, server, self.cfg)
             environ["wsgi.multithread"] = True
             if expects_continue:
                 environ["wsgi.input"] = ContinueOnRead(environ["wsgi.input"], fed)
-            if not self.alive:
+            if not self.alive or connection.early:
+                # Early: handed on before it was whole (413 unread, a client gone): the
+                # rest is not read, the connection closes, and the answer says so.
                 response.force_close()
             result = self.wsgi(environ, response.start_response)
             if (

@@ -2,7 +2,7 @@
 the requests gunicorn refuses itself are answered in Hookfleet's shape.
 
 The shipped worker is now ingest/aio_worker.py (an event loop that serves deliveries
-itself); it reuses this module's arrival rule (:func:`request_arrived`), its JSON
+itself); it reuses this module's arrival rule (:func:`arrival`), its JSON
 refusals (:func:`json_error_answer`) and the :class:`ConnectionBoard`.
 :class:`JsonErrorWorker` stays selectable with gunicorn's ``--worker-class``.
 
@@ -53,12 +53,15 @@ import selectors
 import socket
 import struct
 import time
+from enum import Enum
 from functools import partial
 from typing import Any
 
 from gunicorn import util
 from gunicorn.http import errors
 from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from models.ids import uuid4_hex
 
 # A request's head and body are read by the event loop up to this size; a larger body
 # is read by the thread that serves it.
@@ -75,50 +78,120 @@ BOARD_STALE_S = 3.0
 _RECHECK_S = 0.02
 _WAITING = object()
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:(.*)$", re.MULTILINE | re.IGNORECASE)
-_EXPECT_CONTINUE = re.compile(rb"^expect[ \t]*:[ \t]*100-continue", re.MULTILINE | re.IGNORECASE)
-_TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:", re.MULTILINE | re.IGNORECASE)
 
 
-def request_arrived(data: bytes, limit: int = ARRIVAL_BUFFER_BYTES) -> bool:
-    """True when ``data`` (the bytes received so far on a connection) holds a whole
-    request, or enough for gunicorn and the app to answer without waiting: a head
-    over ``limit``, a framing gunicorn refuses, a body announced over ``limit``."""
+class Arrival(Enum):
+    """How far a request has come (:func:`arrival`)."""
+
+    COMING = "coming"  # more to come: no thread sees it yet
+    WHOLE = "whole"  # head and body all here
+    # Not whole, but answerable without the rest: a framing gunicorn refuses, a body
+    # announced over the limit (413 unread), a head over the buffer. The connection
+    # closes after its answer: where the next request starts is unknown.
+    EARLY = "early"
+    # The head asks for "100 Continue" before the body (RFC 9110 section 10.1.1) and
+    # announces an acceptable one: the event loop sends it and waits for the body.
+    EXPECTS_CONTINUE = "expects_continue"
+    # A line ended by a bare LF, in the head or in the chunked framing: gunicorn refuses
+    # it (RFC 9112 section 2.2), but only once a CRLF (CRLF) that may never come shows
+    # where the line ends; the loop answers it.
+    BARE_LF = "bare_lf"
+    BARE_LF_IN_BODY = "bare_lf_in_body"
+
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_HTTP_10 = re.compile(rb"\A[^\r\n]* HTTP/1\.0(?:\r\n|\Z)")
+_EXPECT = re.compile(rb"^expect[ \t]*:(.*)$", re.MULTILINE | re.IGNORECASE)
+_TRANSFER_CODINGS = re.compile(rb"^transfer-encoding[ \t]*:(.*)$", re.MULTILINE | re.IGNORECASE)
+
+
+def arrival(data: bytes | bytearray, limit: int = ARRIVAL_BUFFER_BYTES) -> Arrival:
+    """How far the request ``data`` (the bytes received so far on a connection) starts
+    with has come; ``limit``: the largest body the request's provider takes (bytes).
+    Whole: a head and its ``Content-Length`` body, or chunks up to the last one and its
+    trailer section (RFC 9112 sections 6 and 7.1)."""
     end = data.find(b"\r\n\r\n")
+    head = data[:end] if end >= 0 else data
+    if _BARE_LF.search(head):
+        return Arrival.BARE_LF
     if end < 0:
-        return len(data) >= limit
-    head, body = data[:end], data[end + 4 :]
-    if _EXPECT_CONTINUE.search(head):
-        return True  # the client sends its body after gunicorn's "100 Continue"
-    if _TRANSFER_ENCODING.search(head):
-        return _chunks_arrived(body, limit)
+        return Arrival.EARLY if len(data) >= ARRIVAL_BUFFER_BYTES else Arrival.COMING
+    body = data[end + 4 :]
+    expects = [value.strip().lower() for value in _EXPECT.findall(head)]
+    if expects and expects != [b"100-continue"]:
+        return Arrival.EARLY  # gunicorn answers 417
+    codings = _TRANSFER_CODINGS.findall(head)
     lengths = _CONTENT_LENGTH.findall(head)
-    if not lengths:
-        return True
-    try:
-        (length,) = (int(value.strip()) for value in lengths)
-    except ValueError:  # not a number, or several: gunicorn refuses it at once
-        return True
-    return length > limit or len(body) >= length
+    if codings:
+        # gunicorn refuses these before the body (or the app's 415 does): CL and TE
+        # together, chunked in HTTP/1.0, any coding but chunked alone.
+        if lengths or _HTTP_10.match(head) or [c.strip().lower() for c in codings] != [b"chunked"]:
+            return Arrival.EARLY
+        done = _chunks_arrived(body, limit)
+    elif not lengths:
+        return Arrival.WHOLE
+    else:
+        try:
+            (length,) = (int(value.strip()) for value in lengths)
+        except ValueError:  # not a number, or several: gunicorn refuses it at once
+            return Arrival.EARLY
+        if length > limit:
+            return Arrival.EARLY  # 413 before the body
+        done = Arrival.WHOLE if len(body) >= length else Arrival.COMING
+    if done is Arrival.COMING and expects and not body and not _HTTP_10.match(head):
+        return Arrival.EXPECTS_CONTINUE
+    return done
 
 
-def _chunks_arrived(body: bytes, limit: int) -> bool:
-    """Walk the chunk-size lines (RFC 9112 section 7.1) received so far: arrived at the
-    last chunk, or when they announce more than ``limit`` or are not chunk sizes."""
+def request_arrived(data: bytes | bytearray, limit: int = ARRIVAL_BUFFER_BYTES) -> bool:
+    """True when a thread may take the request ``data`` starts with (:func:`arrival`):
+    whole, answerable at once, or waiting for the ``100 Continue`` gunicorn sends."""
+    return arrival(data, limit) is not Arrival.COMING
+
+
+def _chunks_arrived(body: bytes | bytearray, limit: int) -> Arrival:
+    """Walk the chunk-size lines (RFC 9112 section 7.1) received so far: whole at the
+    last chunk and its trailer section; early when they announce more than ``limit``
+    or are not chunks (gunicorn refuses them)."""
     position, announced = 0, 0
     while True:
         eol = body.find(b"\r\n", position)
+        lf = body.find(b"\n", position, len(body) if eol < 0 else eol)
+        if lf >= 0:
+            return Arrival.BARE_LF_IN_BODY
         if eol < 0:
-            return len(body) - position > 1024  # no size line is that long
+            # no size line is that long
+            return Arrival.EARLY if len(body) - position > 1024 else Arrival.COMING
         try:
             size = int(body[position:eol].split(b";")[0].strip(), 16)
         except ValueError:
-            return True
+            return Arrival.EARLY
+        if size < 0:
+            return Arrival.EARLY
         announced += size
-        if size == 0 or announced > limit:
-            return True
-        position = eol + 2 + size + 2
-        if position > len(body):
-            return False
+        if announced > limit:
+            return Arrival.EARLY
+        if size == 0:
+            return _trailers_arrived(body, eol + 2)
+        position = eol + 2 + size
+        if position + 2 > len(body):
+            return Arrival.COMING
+        if body[position : position + 2] != b"\r\n":
+            return Arrival.EARLY  # a chunk not followed by CRLF
+        position += 2
+
+
+def _trailers_arrived(body: bytes | bytearray, start: int) -> Arrival:
+    """The trailer section after the last chunk: whole at its empty line."""
+    if body[start : start + 2] == b"\r\n":
+        return Arrival.WHOLE
+    end = body.find(b"\r\n\r\n", start)
+    section = body[start:] if end < 0 else body[start:end]
+    if _BARE_LF.search(section):
+        return Arrival.BARE_LF_IN_BODY
+    if end >= 0:
+        return Arrival.WHOLE
+    return Arrival.EARLY if len(body) - start > ARRIVAL_BUFFER_BYTES else Arrival.COMING
 
 
 # (gunicorn exception name, status, reason phrase, code), most specific first. By name:
@@ -146,30 +219,54 @@ _ANSWERS: tuple[tuple[type[Exception], int, str, str], ...] = tuple(
 
 
 def json_error_answer(exc: BaseException) -> tuple[int, str, bytes] | None:
-    """``(status, reason, raw HTTP response)`` for a request error that is the
-    client's fault; None for anything else."""
+    """``(status, request id, raw HTTP response)`` for a request error that is the
+    client's fault; None for anything else. The answer carries a fresh
+    ``X-Request-ID`` (the request's own headers are not to be trusted here)."""
     for kind, status, reason, code in _ANSWERS:
         if isinstance(exc, kind):
             message = f"The request is malformed: {exc}"[:300]
-            body = json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
-            head = (
-                f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            )
-            return status, reason, head.encode("latin-1") + body
+            request_id, raw = raw_json_answer(f"{status} {reason}", code, message)
+            return status, request_id, raw
     return None
+
+
+def raw_json_answer(status: str, code: str, message: str) -> tuple[str, bytes]:
+    """``(request id, raw HTTP/1.1 response)``: a JSON error answered before the app,
+    after which the connection closes (it says so), with a fresh ``X-Request-ID``."""
+    request_id = uuid4_hex()
+    body = json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
+    head = (
+        f"HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"X-Request-ID: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return request_id, head.encode("latin-1") + body
 
 
 def logged_refusal(log: Any, addr: Any, exc: BaseException) -> bytes | None:
     """The raw JSON answer to a request error that is the client's fault, its WARNING
-    line written to gunicorn's ``log`` (as gunicorn words it); None for anything else
-    (gunicorn's own ``handle_error`` answers that)."""
+    line written to gunicorn's ``log`` (as gunicorn words it, with the answer's request
+    id); None for anything else (gunicorn's own ``handle_error`` answers that)."""
     answer = json_error_answer(exc)
     if answer is None:
         return None
-    status, _, raw = answer
+    status, request_id, raw = answer
     peer = (addr or ("", -1))[0]
-    log.warning(f"Invalid request from ip={peer}: {exc} (answered {status})")
+    log.warning(
+        f"Invalid request from ip={peer}: {exc} (answered {status}, request_id={request_id})"
+    )
+    return raw
+
+
+def timeout_answer(log: Any, peer: Any, came: int) -> bytes:
+    """The raw 408 to a request not whole within ``ARRIVAL_TIMEOUT_S`` (``came``: its
+    bytes so far), its WARNING line written to ``log``."""
+    request_id, raw = raw_json_answer(
+        "408 Request Timeout", "request_timeout", "The request did not arrive in time."
+    )
+    log.warning(
+        f"Request from ip={(peer or ('', -1))[0]} not whole within {ARRIVAL_TIMEOUT_S:.0f} s "
+        f"({came} bytes came): answered 408, request_id={request_id}"
+    )
     return raw
 
 
@@ -233,19 +330,6 @@ class ConnectionBoard:
 
 # Made when gunicorn's master loads this worker class, before it forks any worker.
 BOARD = ConnectionBoard()
-
-
-_TIMEOUT_BODY = (
-    json.dumps(
-        {"error": {"code": "request_timeout", "message": "The request did not arrive in time."}}
-    ).encode()
-    + b"\n"
-)
-_TIMEOUT_ANSWER = (
-    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
-    + f"Content-Length: {len(_TIMEOUT_BODY)}\r\n\r\n".encode()
-    + _TIMEOUT_BODY
-)
 
 
 class JsonErrorWorker(ThreadWorker):
@@ -362,13 +446,8 @@ class JsonErrorWorker(ThreadWorker):
         now = time.monotonic()
         for conn, (data, deadline) in list(self.arriving.items()):
             if now >= deadline:
-                if data:
-                    peer = (conn.client or ("", -1))[0]
-                    self.log.warning(
-                        f"Request from ip={peer} not whole within {ARRIVAL_TIMEOUT_S:.0f} s "
-                        f"({len(data)} bytes came): answered 408"
-                    )
-                self._drop_arriving(conn, _TIMEOUT_ANSWER if data else b"")
+                answer = timeout_answer(self.log, conn.client, len(data)) if data else b""
+                self._drop_arriving(conn, answer)
             elif not self.alive and not data:
                 self._drop_arriving(conn)
 

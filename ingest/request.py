@@ -33,6 +33,7 @@ def read_delivery(environ: dict[str, Any], limit: int) -> Delivery:
     # functions): None for a chunked body; the stream ends at Content-Length.
     declared = get_content_length(environ)
     if declared is not None and declared > limit:
+        close_after_answer(environ)  # the body is not read: what follows is not a request
         raise ApiError(ErrorCode.BODY_TOO_LARGE, f"The body exceeds {limit} bytes.")
     limit_announced_chunks(environ, limit)
     body = read_at_most(environ, get_input_stream(environ), limit + 1)
@@ -40,6 +41,7 @@ def read_delivery(environ: dict[str, Any], limit: int) -> Delivery:
         close_after_answer(environ)
         raise ApiError(ErrorCode.BODY_TOO_LARGE, f"The body exceeds {limit} bytes.")
     if declared is not None and len(body) < declared:
+        close_after_answer(environ)
         raise ApiError(
             ErrorCode.INCOMPLETE_BODY,
             f"The body ended after {len(body)} of its {declared} bytes (Content-Length).",
@@ -139,6 +141,7 @@ def read_at_most(environ: dict[str, Any], stream: IO[bytes], size: int) -> bytes
                 ErrorCode.MALFORMED_BODY, f"The chunked body is malformed: {error}"[:300]
             ) from None
         except (OSError, ClientDisconnected):  # gunicorn's NoMoreData is an OSError
+            close_after_answer(environ)
             raise ApiError(
                 ErrorCode.INCOMPLETE_BODY, "The connection ended in the middle of the body."
             ) from None

@@ -10,6 +10,7 @@ below ERROR, an ``outcome`` other than ``error`` and nothing queued.
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
 import re
 import socket
@@ -340,3 +341,209 @@ def test_a_doubled_slash_is_a_json_404_not_a_redirect(web: Processes, path: str)
     assert status == 404
     assert headers["content-type"] == "application/json"
     assert body["error"]["code"] == "not_found"
+
+
+def raw_head(webhook_id: str, *lines: str, version: str = "1.1") -> bytes:
+    head = headers_for(BODY, webhook_id).replace("HTTP/1.1", f"HTTP/{version}", 1)
+    return (head + "".join(line + "\r\n" for line in lines) + "\r\n").encode()
+
+
+# Framing gunicorn refuses, sent by a client that keeps its side open and sends no more
+# (the body it announces never comes): each is answered at once, not after the 10 s
+# arrival deadline with a 408.
+REFUSED_AT_ONCE = [
+    (
+        "CL.TE smuggling probe (a body that is not chunked)",
+        raw_head("a1", f"Content-Length: {len(BODY)}", "Transfer-Encoding: chunked") + BODY,
+        400,
+        "malformed_request",
+    ),
+    (
+        "TE.CL (Transfer-Encoding first)",
+        raw_head("a2", "Transfer-Encoding: chunked", "Content-Length: 4") + b"5c\r\n",
+        400,
+        "malformed_request",
+    ),
+    (
+        "Transfer-Encoding gzip alone",
+        raw_head("a3", "Transfer-Encoding: gzip"),
+        400,
+        "malformed_request",
+    ),
+    (
+        "Transfer-Encoding br alone",
+        raw_head("a4", "Transfer-Encoding: br"),
+        415,
+        "unsupported_transfer_encoding",
+    ),
+    (
+        "Transfer-Encoding identity alone",
+        raw_head("a5", "Transfer-Encoding: identity") + BODY,
+        400,
+        "malformed_request",
+    ),
+    (
+        "Transfer-Encoding gzip, chunked, no body yet",
+        raw_head("a6", "Transfer-Encoding: gzip, chunked"),
+        415,
+        "unsupported_transfer_encoding",
+    ),
+    (
+        "Transfer-Encoding chunked twice",
+        raw_head("a7", "Transfer-Encoding: chunked", "Transfer-Encoding: chunked") + b"5\r\n",
+        400,
+        "malformed_request",
+    ),
+    (
+        "HTTP/1.0 with chunked and Content-Length",
+        raw_head("a8", "Transfer-Encoding: chunked", "Content-Length: 5", version="1.0"),
+        400,
+        "malformed_request",
+    ),
+    (
+        "bare LF line endings in the head",
+        raw_head("a9", f"Content-Length: {len(BODY) + 5}").replace(b"\r\n", b"\n") + BODY,
+        400,
+        "malformed_request",
+    ),
+    (
+        "a bare LF ending one header line",
+        raw_head("a10", f"Content-Length: {len(BODY) + 5}").replace(
+            b"hookfleet\r\n", b"hookfleet\n"
+        ),
+        400,
+        "malformed_request",
+    ),
+    (
+        "a bare LF ending a chunk-size line",
+        raw_head("a11", "Transfer-Encoding: chunked") + b"%x\n" % (len(BODY) + 5) + BODY,
+        400,
+        "malformed_body",
+    ),
+    (
+        "a space before the colon of Content-Length",
+        raw_head("a12", f"Content-Length : {len(BODY) + 5}") + BODY,
+        400,
+        "malformed_request",
+    ),
+    (
+        "a Content-Length with a sign",
+        raw_head("a13", f"Content-Length: +{len(BODY) + 5}") + BODY,
+        400,
+        "malformed_request",
+    ),
+    (
+        "a folded header line",
+        raw_head("a14", "X-Note: a", " folded", f"Content-Length: {len(BODY) + 5}") + BODY,
+        400,
+        "malformed_request",
+    ),
+    (
+        "a header name that is not a token",
+        raw_head("a15", "X(Note): a", f"Content-Length: {len(BODY) + 5}") + BODY,
+        400,
+        "malformed_request",
+    ),
+    (
+        "a request line over gunicorn's limit",
+        raw_head("a17", f"Content-Length: {len(BODY) + 5}").replace(
+            b"/webhooks/standard", b"/webhooks/standard?" + b"q" * 5000, 1
+        ),
+        414,
+        "request_line_too_long",
+    ),
+    (
+        "more header fields than gunicorn's limit",
+        raw_head("a18", *(f"X-{n}: a" for n in range(120)), f"Content-Length: {len(BODY) + 5}"),
+        431,
+        "headers_too_large",
+    ),
+    (
+        "an Expect other than 100-continue",
+        raw_head("a16", "Expect: 200-ok", f"Content-Length: {len(BODY)}"),
+        417,
+        "expectation_failed",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [case[1:] for case in REFUSED_AT_ONCE],
+    ids=[case[0] for case in REFUSED_AT_ONCE],
+)
+def test_framing_gunicorn_refuses_is_answered_at_once_with_a_request_id(
+    web: Processes, redis_client: redis.Redis, raw: bytes, status: int, code: str
+) -> None:
+    started = time.monotonic()
+    answer = exchange(web, raw, hang_up=False)
+    elapsed = time.monotonic() - started
+
+    assert parsed(answer) == (status, {"code": code, "message": parsed(answer)[1]["message"]})
+    assert elapsed < 5, elapsed  # not the 10 s arrival deadline's 408
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert re.search(rb"\r\nx-request-id: [0-9a-f]{32}\r\n", head + b"\r\n"), head
+    assert b"connection: close" in head
+    assert total_queued(redis_client) == 0
+
+
+def answer_and_close(web: Processes, raw: bytes, *, hang_up: bool) -> tuple[bytes, bool]:
+    """The answer to ``raw``, and whether the server then closed the connection."""
+    port = int(web.env["PORT"])
+    with socket.create_connection(("127.0.0.1", port), timeout=8) as sock:
+        sock.sendall(raw)
+        if hang_up:
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while not (b"\r\n\r\n" in answer and _complete(answer)):
+            chunk = sock.recv(65536)
+            if not chunk:
+                return answer, True
+            answer += chunk
+        try:
+            return answer, sock.recv(65536) == b""
+        except TimeoutError:
+            return answer, False
+
+
+@pytest.mark.parametrize(
+    ("raw", "hang_up", "status"),
+    [
+        (raw_head("c1", "Content-Length: 2000000"), False, 413),
+        (raw_head("c2", "Content-Length: 2000000") + BODY, False, 413),
+        (raw_head("c3", f"Content-Length: {len(BODY) + 50}") + BODY, True, 400),
+        (raw_head("c4", "Transfer-Encoding: chunked") + b"5\r\nab", True, 400),
+    ],
+    ids=["413 by Content-Length", "413 with some body", "incomplete body", "incomplete chunks"],
+)
+def test_an_answer_after_which_the_connection_closes_says_connection_close(
+    web: Processes, raw: bytes, hang_up: bool, status: int
+) -> None:
+    answer, closed = answer_and_close(web, raw, hang_up=hang_up)
+
+    assert parsed(answer)[0] == status
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert b"connection: close" in head and b"keep-alive" not in head, head
+    assert closed
+
+
+def test_a_client_reusing_its_connection_after_a_413_is_served(web: Processes) -> None:
+    # http.client keeps a connection whose answer said keep-alive; after "close" it
+    # opens a new one. A 413 that said keep-alive and then closed failed the next request.
+    connection = http.client.HTTPConnection("127.0.0.1", int(web.env["PORT"]), timeout=15)
+    try:
+        connection.request(
+            "POST",
+            "/webhooks/standard",
+            body=b"x" * (1024 * 1024 + 1),
+            headers={"Content-Type": "application/json"},
+        )
+        first = connection.getresponse()
+        first.read()
+        connection.request("GET", "/healthz")
+        second = connection.getresponse()
+        second.read()
+    finally:
+        connection.close()
+
+    assert (first.status, second.status) == (413, 200)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from ingest.gunicorn_worker import BOARD_STALE_S, request_arrived
+from ingest.gunicorn_worker import ARRIVAL_TIMEOUT_S, BOARD_STALE_S, request_arrived
 from tests.processes import Processes, request, running_fleet
 from tests.servers import RedisServer, wait_until
 
@@ -141,9 +141,13 @@ def test_a_request_that_never_arrives_whole_gets_a_json_408(web: Processes) -> N
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408")
     assert json.loads(body)["error"]["code"] == "request_timeout"
+    # A fresh request id (the request's own headers never arrived whole), also logged.
+    request_id = re.search(rb"\r\nX-Request-ID: ([0-9a-f]{32})\r\n", head + b"\r\n")
+    assert request_id is not None, head
     since = web.log("web")[before:].splitlines()  # the receiver is shared by the module
     logged = [json.loads(line) for line in since if "answered 408" in line]
     assert [line["level"] for line in logged] == ["WARNING"]
+    assert request_id.group(1).decode() in logged[0]["message"]
 
 
 @pytest.mark.parametrize(
@@ -155,13 +159,17 @@ def test_a_request_that_never_arrives_whole_gets_a_json_408(web: Processes) -> N
         # The body follows gunicorn's "100 Continue" (curl, .NET, Java clients).
         (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n", True),
         (b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nabcde", True),
-        # Announced over the buffer: the app answers 413 without waiting for it.
+        # Announced over the limit: the app answers 413 without waiting for it.
         (b"POST / HTTP/1.1\r\nContent-Length: 50000000\r\n\r\n", True),
+        # Over the 128 KiB buffer but under the limit: it must come whole first.
+        (b"POST / HTTP/1.1\r\nContent-Length: 500000\r\n\r\n{", False),
         # Framing gunicorn refuses at once.
         (b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n", True),
         (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", True),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", False),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n", True),
+        # The last chunk, then its (empty) trailer section.
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n", False),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", True),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffff\r\nab", True),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", True),
     ],
@@ -169,7 +177,7 @@ def test_a_request_that_never_arrives_whole_gets_a_json_408(web: Processes) -> N
 def test_a_request_is_handed_to_a_thread_once_it_can_be_answered(
     data: bytes, arrived: bool
 ) -> None:
-    assert request_arrived(data) is arrived
+    assert request_arrived(data, limit=1024 * 1024) is arrived
 
 
 def test_a_head_longer_than_the_buffer_is_handed_on_for_gunicorn_to_refuse() -> None:
@@ -266,3 +274,98 @@ def test_a_client_that_expects_100_continue_gets_it_before_sending_its_body(
 
     assert interim.startswith(b"HTTP/1.1 100 Continue")
     assert answer.startswith(b"HTTP/1.1 202")
+
+
+# Heads that announce a body under the provider's limit (Standard Webhooks: 1 MiB) and
+# then send it a byte at a time: over the 128 KiB arrival buffer, chunked, and after an
+# "Expect: 100-continue" (the receiver's loop sends the 100 and buffers the body).
+DRIPPING = {
+    "content-length over the buffer": SLOW_HEADERS + b"Content-Length: 500000\r\n\r\n{",
+    "chunked": SLOW_HEADERS + b"Transfer-Encoding: chunked\r\n\r\n30000\r\n{",
+    "expect 100-continue": SLOW_HEADERS + b"Expect: 100-continue\r\nContent-Length: 1000\r\n\r\n",
+}
+
+
+def open_dripping(web: Processes, count: int) -> list[socket.socket]:
+    sockets = []
+    kinds = list(DRIPPING.values())
+    for n in range(count):
+        sock = socket.create_connection(("127.0.0.1", int(web.env["PORT"])), timeout=5)
+        sock.sendall(kinds[n % len(kinds)])
+        sockets.append(sock)
+    return sockets
+
+
+@pytest.mark.e2e
+def test_slow_request_bodies_hold_no_thread(web: Processes) -> None:
+    # 24 bodies arriving slowly, three times the worker's threads (2 workers x 4).
+    sockets = open_dripping(web, 24)
+    body = json.dumps({"type": "t", "data": "x" * 300_000}).encode()  # 300 KB
+    try:
+        time.sleep(0.5)  # every head has been read and is waiting for its body
+        started = time.monotonic()
+        healthz = request(web.base_url, "GET", "/healthz")[0]
+        healthz_s = time.monotonic() - started
+        started = time.monotonic()
+        status = request(web.base_url, "POST", "/webhooks/standard", body, {"webhook-id": "big"})[0]
+        delivery_s = time.monotonic() - started
+        for sock in sockets:
+            sock.sendall(b" ")
+    finally:
+        for sock in sockets:
+            sock.close()
+
+    assert (healthz, status) == (200, 202)
+    # Generous for a loaded machine; a thread reading a slow body held it for 10 s
+    # and more, and these waited behind them.
+    assert healthz_s < 3, healthz_s
+    assert delivery_s < 3, delivery_s
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("head", list(DRIPPING.values()), ids=list(DRIPPING))
+def test_a_body_dripping_past_the_deadline_gets_a_408(web: Processes, head: bytes) -> None:
+    port = int(web.env["PORT"])
+    started = time.monotonic()
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(head)
+        if b"Expect" in head:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # A byte every 1.5 s, as the attack did: each one used to restart the wait.
+        while time.monotonic() - started < ARRIVAL_TIMEOUT_S + 10 and b"\r\n\r\n" not in answer:
+            try:
+                sock.sendall(b" ")
+                answer += sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not answer:
+                break
+
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - started < ARRIVAL_TIMEOUT_S + 5
+    assert b"100 Continue" not in answer  # the loop's one 100 came before, not again
+
+
+@pytest.mark.e2e
+def test_the_body_after_the_loops_100_continue_is_served_with_no_second_100(
+    web: Processes,
+) -> None:
+    body = json.dumps({"type": "t", "data": "x" * 200_000}).encode()
+    head = SLOW_HEADERS + b"webhook-id: expect-big\r\nExpect: 100-continue\r\n"
+    head += b"Content-Length: %d\r\n\r\n" % len(body)
+    with socket.create_connection(("127.0.0.1", int(web.env["PORT"])), timeout=5) as sock:
+        sock.sendall(head)
+        interim = sock.recv(4096)
+        sock.sendall(body)
+        answer = b""
+        while b"accepted" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert answer.startswith(b"HTTP/1.1 202"), answer
