@@ -747,16 +747,9 @@ class AioWorker(Worker):
             self._stopped.set_result(None)
         if self.alive and not self.accepting:
             self._set_accepting(True)
-        self._post()
+        BOARD.post(self.board_slot, self.held, self.accepting)
         delay = _RECHECK_S if self.alive and not self.accepting else _TICK_S
         self.loop.call_later(delay, self._tick)
-
-    def _post(self) -> None:
-        """This worker's connections on the board; a live worker that is not accepting
-        is pausing for a less loaded one (a burst of connections opened at once went
-        2 / 14 when only accepting workers counted: the first to pause was no longer
-        seen, so the other took all the rest)."""
-        BOARD.post(self.board_slot, self.held, self.accepting, paused=self.alive)
 
     def _set_accepting(self, wanted: bool) -> None:
         accept = wanted and self.alive and BOARD.may_accept(self.board_slot, self.held)
@@ -767,7 +760,7 @@ class AioWorker(Worker):
                 else:
                     self.loop.remove_reader(listener.fileno())
             self.accepting = accept
-        self._post()
+        BOARD.post(self.board_slot, self.held, self.accepting)
 
     def _accept(self, listener: Any) -> None:
         try:
@@ -787,7 +780,7 @@ class AioWorker(Worker):
         self.held += 1
         if not BOARD.may_accept(self.board_slot, self.held):
             self._set_accepting(False)  # the next ones are for the other workers
-        self._post()
+        BOARD.post(self.board_slot, self.held, self.accepting)
 
     def _connected(self, client: socket.socket, connecting: asyncio.Task[Any]) -> None:
         """A client gone before its transport was made is closed, quietly."""
@@ -798,7 +791,7 @@ class AioWorker(Worker):
     def connection_gone(self, connection: Connection | None) -> None:
         """A connection closed (None: one that failed before its transport was made)."""
         self.held -= 1
-        self._post()
+        BOARD.post(self.board_slot, self.held, self.accepting)
         if connection is not None:
             self.connections.discard(connection)
         if not self.alive and not self.connections and not self._stopped.done():

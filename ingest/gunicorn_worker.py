@@ -270,11 +270,6 @@ def timeout_answer(log: Any, peer: Any, came: int) -> bytes:
     return raw
 
 
-# A worker's state on the board: taking new connections, or pausing so that a less
-# loaded one takes them (0: neither, e.g. leaving on SIGTERM).
-ACCEPTING, PAUSED = 1, 2
-
-
 class ConnectionBoard:
     """Open connections per worker, in memory shared by a gunicorn master's workers
     (an anonymous shared mmap, inherited at fork). Slot ``i`` holds the worker's pid
@@ -294,22 +289,18 @@ class ConnectionBoard:
         """A free slot for a worker about to be forked (in the master)."""
         for slot, (pid, *_) in enumerate(self.SLOT.iter_unpack(self._slots(self.SLOTS))):
             if pid == 0:
-                self._write(slot, -1, 0, 0, time.monotonic())
+                self._write(slot, -1, 0, False, time.monotonic())
                 self.HEAD.pack_into(self._memory, 0, max(self._used(), slot + 1))
                 return slot
         return -1  # more workers than slots: that one is not balanced
 
     def release(self, slot: int) -> None:
         if slot >= 0:
-            self._write(slot, 0, 0, 0, 0.0)
+            self._write(slot, 0, 0, False, 0.0)
 
-    def post(self, slot: int, connections: int, accepting: bool, *, paused: bool = False) -> None:
-        """``paused``: not accepting only to leave new connections to a less loaded
-        worker (it takes them again at its next check), so it still counts as one that
-        could take them; a worker neither accepting nor paused (leaving) does not."""
+    def post(self, slot: int, connections: int, accepting: bool) -> None:
         if slot >= 0:
-            state = ACCEPTING if accepting else PAUSED if paused else 0
-            self._write(slot, os.getpid(), connections, state, time.monotonic())
+            self._write(slot, os.getpid(), connections, accepting, time.monotonic())
 
     def may_accept(self, slot: int, connections: int) -> bool:
         """Whether a worker holding ``connections`` should take another one: unless a
@@ -320,10 +311,10 @@ class ConnectionBoard:
         return not any(
             pid > 0
             and pid != own
-            and state in (ACCEPTING, PAUSED)
+            and accepting
             and now - posted < BOARD_STALE_S
             and count + SPREAD_SLACK <= connections
-            for pid, count, state, posted in self.SLOT.iter_unpack(self._slots(self._used()))
+            for pid, count, accepting, posted in self.SLOT.iter_unpack(self._slots(self._used()))
         )
 
     def _used(self) -> int:
@@ -332,9 +323,9 @@ class ConnectionBoard:
     def _slots(self, count: int) -> bytes:
         return self._memory[self.HEAD.size : self.HEAD.size + count * self.SLOT.size]
 
-    def _write(self, slot: int, pid: int, count: int, state: int, posted: float) -> None:
+    def _write(self, slot: int, pid: int, count: int, accepting: bool, posted: float) -> None:
         offset = self.HEAD.size + slot * self.SLOT.size
-        self.SLOT.pack_into(self._memory, offset, pid, count, state, posted)
+        self.SLOT.pack_into(self._memory, offset, pid, count, int(accepting), posted)
 
 
 # Made when gunicorn's master loads this worker class, before it forks any worker.

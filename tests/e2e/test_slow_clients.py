@@ -234,38 +234,6 @@ def test_keep_alive_connections_are_spread_over_every_worker(web: Processes) -> 
 
 
 @pytest.mark.e2e
-def test_connections_opened_all_at_once_are_spread_over_every_worker(web: Processes) -> None:
-    """16 connections opened together (a sender starting its pool, a load generator):
-    they went 2 / 14 when the first worker to pause for the other was no longer counted
-    by it, so the other took all the rest."""
-    wait_for_every_worker(web)
-    port = int(web.env["PORT"])
-    splits = []
-    for _ in range(3):  # a pool opened, closed and opened again
-        sockets = [socket.socket() for _ in range(16)]
-        try:
-            for sock in sockets:
-                sock.setblocking(False)
-                sock.connect_ex(("127.0.0.1", port))  # every SYN out before any accept
-            for sock in sockets:
-                sock.setblocking(True)
-                sock.settimeout(10)
-                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            for sock in sockets:
-                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-            splits.append(connections_by_worker(port))
-        finally:
-            for sock in sockets:
-                sock.close()
-        time.sleep(0.3)
-
-    workers = int(web.env["WEB_CONCURRENCY"])
-    for held in splits:
-        assert len(held) == workers and sum(held.values()) == 16, splits
-        assert min(held.values()) >= 16 // (2 * workers), splits  # 8 / 8 when idle
-
-
-@pytest.mark.e2e
 def test_a_stuck_worker_is_not_waited_for(own_web: Processes) -> None:
     web = own_web
     wait_for_every_worker(web)
