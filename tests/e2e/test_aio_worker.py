@@ -5,6 +5,7 @@ framing kinds where llhttp and gunicorn's parser disagree."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -40,16 +41,24 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
             server.stop()
 
 
-@pytest.fixture
-def web(tmp_path: Path, own_redis: RedisServer) -> Iterator[Processes]:
-    # A socket timeout longer than the freezes below: the claim waits, it does not fail.
-    with running_fleet(
+def web_only(
+    tmp_path: Path, redis_url: str, **env: str
+) -> contextlib.AbstractContextManager[Processes]:
+    """The receiver alone (no Celery worker) on ``redis_url``, verification off."""
+    return running_fleet(
         tmp_path,
-        f"{own_redis.url}?socket_timeout=10",
+        redis_url,
         f"sqlite:///{tmp_path / 'unused.db'}",
         names=("web",),
         HOOKFLEET_STANDARD_VERIFY="off",
-    ) as processes:
+        **env,
+    )
+
+
+@pytest.fixture
+def web(tmp_path: Path, own_redis: RedisServer) -> Iterator[Processes]:
+    # A socket timeout longer than the freezes below: the claim waits, it does not fail.
+    with web_only(tmp_path, f"{own_redis.url}?socket_timeout=10") as processes:
         yield processes
 
 
@@ -276,14 +285,7 @@ def loads_uvloop(pid: int) -> bool:
 def test_the_former_worker_is_selected_with_gunicorns_own_option(
     tmp_path: Path, own_redis: RedisServer, cmd_args: str, event_loop: bool
 ) -> None:
-    with running_fleet(
-        tmp_path,
-        own_redis.url,
-        f"sqlite:///{tmp_path / 'unused.db'}",
-        names=("web",),
-        HOOKFLEET_STANDARD_VERIFY="off",
-        GUNICORN_CMD_ARGS=cmd_args,
-    ) as web:
+    with web_only(tmp_path, own_redis.url, GUNICORN_CMD_ARGS=cmd_args) as web:
         with connect(web) as sock:
             sock.sendall(delivery("either-1"))
             assert read_answers(sock, 1)[0][0] == 202
@@ -313,14 +315,8 @@ def test_a_body_announced_too_large_is_413_without_asking_for_it(web: Processes)
 def test_max_requests_restarts_a_worker_between_requests(
     tmp_path: Path, own_redis: RedisServer
 ) -> None:
-    with running_fleet(
-        tmp_path,
-        own_redis.url,
-        f"sqlite:///{tmp_path / 'unused.db'}",
-        names=("web",),
-        HOOKFLEET_STANDARD_VERIFY="off",
-        WEB_CONCURRENCY="1",
-        GUNICORN_CMD_ARGS="--max-requests 3",
+    with web_only(
+        tmp_path, own_redis.url, WEB_CONCURRENCY="1", GUNICORN_CMD_ARGS="--max-requests 3"
     ) as web:
         first = worker_pids(web.running["web"].pid)
         statuses = []
