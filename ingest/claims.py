@@ -144,6 +144,11 @@ class PipelinedClaims:
                 pipe.abort(error)
                 raise error
             raise reply  # out of memory, a script error: nothing written
+        if isinstance(reply, redis.RedisError):
+            # An error reply redis-py maps outside ResponseError, e.g. LOADING (a restarted
+            # Redis reading its AOF) as BusyLoadingError, a ConnectionError: transient,
+            # answered 503 with a warning as the blocking gate answers it.
+            raise reply
         if reply is not None and not isinstance(reply, bytes | int):
             raise redis.ResponseError(f"unexpected reply to the claim script: {reply!r}")
         return reply
