@@ -1,7 +1,14 @@
 """The first hour, as a new user meets it: ``hookfleet up`` in one terminal (a real
 pty), and in a second one, from another directory with nothing exported, ``hookfleet
 send`` for each provider and ``hookfleet stats`` finding that fleet; the fleet's own
-log lines are short console lines on the terminal."""
+log lines are short console lines on the terminal.
+
+The same fleet answers what ``hookfleet up`` promises while it runs (every Procfile
+process and no other, the ops listener apart from the receiver, a second ``up`` on its
+ports refused up front) and, at the module's end, what Ctrl-C does (the fleet stops
+cleanly, its private Redis with its append-only file, its record with it). One start
+for all of them: tests/e2e/test_up.py keeps the fleets a test must own (SIGKILL, a
+given Redis)."""
 
 from __future__ import annotations
 
@@ -18,11 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import create_engine, select
 
 from models.events import EventStatus, WebhookEvent
+from tests.bench.fleet import children
 from tests.helpers import hookfleet_here
+from tests.processes import request
 from tests.servers import clean_env, free_port, wait_until
+from workers.cli.up import read_procfile
 
 HOOKFLEET = str(Path(sys.executable).parent / "hookfleet")
 SECRETS = {
@@ -41,6 +52,12 @@ class Terminal:
     chunks: list[bytes]
     tmp: Path
     state: Path
+    port: int
+    ops_port: int
+
+    @property
+    def var_dir(self) -> Path:
+        return self.tmp / "project" / "var"
 
     @property
     def output(self) -> str:
@@ -69,15 +86,16 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Terminal]:
     tmp = tmp_path_factory.mktemp("first_hour")
     (tmp / "elsewhere").mkdir()
     (tmp / "project").mkdir()
+    port, ops_port = free_port(), free_port()
     primary, secondary = pty.openpty()
     proc = subprocess.Popen(
         [
             HOOKFLEET,
             "up",
             "--port",
-            str(free_port()),
+            str(port),
             "--ops-bind",
-            f"127.0.0.1:{free_port()}",
+            f"127.0.0.1:{ops_port}",
             "--concurrency",
             "1",
         ],
@@ -101,7 +119,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Terminal]:
             chunks.append(data)
 
     threading.Thread(target=drain, daemon=True).start()
-    terminal = Terminal(proc, chunks, tmp, tmp / "state")
+    terminal = Terminal(proc, chunks, tmp, tmp / "state", port, ops_port)
     wait_until(
         lambda: proc.poll() is not None or "hookfleet is up" in terminal.output,
         120,
@@ -112,12 +130,93 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Terminal]:
     try:
         yield terminal
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(timeout=90) == 0, terminal.output[-3000:]
         os.close(primary)
+    assert "hookfleet stopped." in terminal.output
     # A clean stop takes the fleet's record with it.
-    assert not (tmp / "project" / "var" / "fleet.json").exists()
+    assert not (terminal.var_dir / "fleet.json").exists()
     assert not (tmp / "state" / "hookfleet" / "current").exists()
+    # ... and its private Redis, which wrote its append-only file: the queue is durable.
+    [private_redis] = re.findall(r"private redis: (\S+)", terminal.output)
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(private_redis, socket_connect_timeout=1).ping()
+    assert (terminal.var_dir / "redis" / "appendonlydir").exists()
+    with pytest.raises(OSError):
+        request(f"http://127.0.0.1:{port}", "GET", "/healthz")
+
+
+def procfile_argv(command: str, concurrency: str) -> list[str]:
+    """A Procfile command as the shell would run it with HOOKFLEET_WORKER_CONCURRENCY
+    set (the only variable the Procfile reads with a default)."""
+    expanded = re.sub(
+        r"\$\{HOOKFLEET_WORKER_CONCURRENCY:-[^}]*\}", concurrency, command.replace("'", "")
+    )
+    return expanded.split()
+
+
+def running_commands(pid: int) -> list[list[str]]:
+    """The argv of each child of ``pid``, without the interpreter a script runs under."""
+    commands = []
+    for child in children(pid):
+        argv = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")[:-1]
+        if Path(argv[0]).name.startswith("python") and len(argv) > 1:
+            argv = argv[1:]
+        commands.append([Path(argv[0]).name, *argv[1:]])
+    return commands
+
+
+def test_up_runs_every_procfile_process_on_sqlite_and_a_private_redis(fleet: Terminal) -> None:
+    # (Its first delivery, an unsigned one in trial mode, is the `send standard` row.)
+    assert f"http://127.0.0.1:{fleet.port}/webhooks/standard" in fleet.output
+    assert "private redis: redis://127.0.0.1:" in fleet.output
+    # Every Procfile process runs, with the Procfile's command line and no other.
+    expected = [procfile_argv(c, "1") for c in read_procfile().values()]
+    fleet_commands = [
+        c for c in running_commands(fleet.proc.pid) if not c[0].startswith("redis-server")
+    ]
+    assert sorted(fleet_commands) == sorted(expected)
+    assert (fleet.var_dir / "hookfleet.db").exists()
+    status, _, _ = request(f"http://127.0.0.1:{fleet.ops_port}", "GET", "/readyz")
+    assert status == 200
+    assert request(f"http://127.0.0.1:{fleet.port}", "GET", "/metrics")[0] == 404
+
+
+def test_a_second_up_on_the_fleets_ports_is_refused_up_front(
+    fleet: Terminal, tmp_path: Path
+) -> None:
+    # gunicorn's control socket is the fleet's own, not $HOME/.gunicorn's shared one.
+    control = fleet.var_dir / "gunicorn.ctl"
+    wait_until(control.is_socket, 30, "the receiver's control socket in its var dir")
+    second = ["up", "--port", str(fleet.port), "--ops-bind", f"127.0.0.1:{free_port()}"]
+    same_ops = ["up", "--port", str(free_port()), "--ops-bind", f"127.0.0.1:{fleet.ops_port}"]
+    environ = clean_env(XDG_STATE_HOME=str(fleet.state))
+    # The console script as a process for one; the same command line in this process
+    # (tests.helpers.hookfleet_here, which refuses to start a process) for the other.
+    refusals = [
+        (
+            subprocess.run(
+                [HOOKFLEET, *second],
+                cwd=tmp_path,
+                env=environ,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            ),
+            f"receiver port 127.0.0.1:{fleet.port}",
+        ),
+        (hookfleet_here(same_ops, tmp_path, environ), "ops"),
+    ]
+
+    for refused, which in refusals:
+        assert refused.returncode != 0, refused
+        assert "hookfleet is up" not in refused.stdout
+        assert which in refused.stderr and "already in use" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    # The pointer still names the running fleet: the refused ones touched none.
+    pointer = fleet.state / "hookfleet" / "current"
+    assert pointer.read_text().strip() == str(fleet.var_dir / "fleet.json")
+    assert list(tmp_path.iterdir()) == []  # no var/ of their own
 
 
 def _event_id(output: str) -> str:
@@ -148,7 +247,14 @@ def _wait_processed(fleet: Terminal, provider: str, event_id: str) -> None:
 def test_send_from_a_second_terminal_is_accepted_and_recorded(
     fleet: Terminal, provider: str
 ) -> None:
-    sent = fleet.second_terminal("send", provider)
+    # The console script as a second terminal's process for the first provider (the
+    # entry point finding the fleet from elsewhere); the same command line, directory
+    # and environment in this process for the others: what differs per provider is
+    # below main().
+    if provider == "stripe":
+        sent = fleet.second_terminal("send", provider)
+    else:
+        sent = fleet.same_terminal_here("send", provider)
 
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert "202 ACCEPTED" in sent.stdout

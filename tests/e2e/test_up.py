@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, func, select
 
-from models.events import EventStatus, WebhookEvent
+from models.events import WebhookEvent
 from models.migrate import head
 from tests.bench.fleet import children
 from tests.helpers import hookfleet_here
@@ -60,76 +59,6 @@ def start_up(
     return proc, output
 
 
-def procfile_argv(command: str, concurrency: str) -> list[str]:
-    """A Procfile command as the shell would run it with HOOKFLEET_WORKER_CONCURRENCY
-    set (the only variable the Procfile reads with a default)."""
-    expanded = re.sub(
-        r"\$\{HOOKFLEET_WORKER_CONCURRENCY:-[^}]*\}", concurrency, command.replace("'", "")
-    )
-    return expanded.split()
-
-
-def running_commands(pid: int) -> list[list[str]]:
-    """The argv of each child of ``pid``, without the interpreter a script runs under."""
-    commands = []
-    for child in children(pid):
-        argv = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")[:-1]
-        if Path(argv[0]).name.startswith("python") and len(argv) > 1:
-            argv = argv[1:]
-        commands.append([Path(argv[0]).name, *argv[1:]])
-    return commands
-
-
-def test_up_runs_the_whole_fleet_on_sqlite_and_a_private_redis(tmp_path: Path) -> None:
-    port, ops_port = free_port(), free_port()
-    proc, output = start_up(tmp_path, port, ops_port)
-    try:
-        assert f"http://127.0.0.1:{port}/webhooks/standard" in output.read_text()
-        # Every Procfile process runs, with the Procfile's command line and no other.
-        expected = [procfile_argv(c, "1") for c in read_procfile().values()]
-        fleet_commands = [
-            c for c in running_commands(proc.pid) if not c[0].startswith("redis-server")
-        ]
-        assert sorted(fleet_commands) == sorted(expected)
-        status, _, _ = request(f"http://127.0.0.1:{ops_port}", "GET", "/readyz")
-        assert status == 200
-        assert request(f"http://127.0.0.1:{port}", "GET", "/metrics")[0] == 404
-        status, _, answer = request(
-            f"http://127.0.0.1:{port}",
-            "POST",
-            "/webhooks/standard",
-            {"type": "ping"},
-            {"webhook-id": "first-trial"},
-        )
-        assert (status, answer["status"]) == (202, "accepted")
-
-        engine = create_engine(f"sqlite:///{tmp_path / 'var' / 'hookfleet.db'}")
-
-        def processed() -> bool:
-            with engine.connect() as connection:
-                return (
-                    connection.scalar(
-                        select(WebhookEvent.status).where(WebhookEvent.event_id == "first-trial")
-                    )
-                    == EventStatus.PROCESSED
-                )
-
-        wait_until(processed, 60, "the trial event to be processed", interval=0.3)
-        engine.dispose()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=90)
-
-    assert code == 0, output.read_text()
-    assert "hookfleet stopped." in output.read_text()
-    [private_redis] = re.findall(r"private redis: (\S+)", output.read_text())
-    with pytest.raises(redis.ConnectionError):
-        redis.Redis.from_url(private_redis, socket_connect_timeout=1).ping()
-    with pytest.raises(OSError):
-        request(f"http://127.0.0.1:{port}", "GET", "/healthz")
-    assert (tmp_path / "var" / "redis" / "appendonlydir").exists()  # the queue is durable
-
-
 def descendants(pid: int) -> list[int]:
     found = children(pid)
     for child in list(found):
@@ -146,48 +75,16 @@ def gone(pid: int) -> bool:
     return status.rsplit(")", 1)[1].split()[0] == "Z"
 
 
-def up_again(cwd: Path, port: int, ops_port: int, state: Path) -> subprocess.CompletedProcess[str]:
-    """A second `hookfleet up` (its own var dir, the same user's state directory)."""
-    return subprocess.run(
-        [HOOKFLEET, "up", "--port", str(port), "--ops-bind", f"127.0.0.1:{ops_port}"],
-        cwd=cwd,
-        env=clean_env(XDG_STATE_HOME=str(state)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def test_a_taken_port_is_refused_up_front_and_a_killed_up_takes_its_processes_along(
-    tmp_path: Path,
-) -> None:
-    port, ops_port = free_port(), free_port()
-    first = tmp_path / "first"
-    first.mkdir()
-    proc, _ = start_up(first, port, ops_port)
+def test_a_killed_up_takes_its_processes_along(tmp_path: Path) -> None:
+    port = free_port()
+    proc, _ = start_up(tmp_path, port)
     try:
         fleet_pids = descendants(proc.pid)
         assert len(fleet_pids) >= len(read_procfile()) + 1  # every entry, and Redis
-        # gunicorn's control socket is the fleet's own, not $HOME/.gunicorn's shared one.
-        control = first / "var" / "gunicorn.ctl"
-        wait_until(control.is_socket, 30, "the receiver's control socket in its var dir")
-
-        second = tmp_path / "second"
-        second.mkdir()
-        same_port = up_again(second, port, free_port(), first / "state")
-        same_ops = up_again(second, free_port(), ops_port, first / "state")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
 
-    for refused, which in [(same_port, f"receiver port 127.0.0.1:{port}"), (same_ops, "ops")]:
-        assert refused.returncode != 0, refused
-        assert "hookfleet is up" not in refused.stdout
-        assert which in refused.stderr and "already in use" in refused.stderr, refused.stderr
-        assert "Traceback" not in refused.stderr
-    # The pointer still names the first fleet: the refused ones touched none.
-    pointer = first / "state" / "hookfleet" / "current"
-    assert pointer.read_text().strip() == str(first / "var" / "fleet.json")
     # SIGKILL gave `up` no chance to stop them: the kernel did (PR_SET_PDEATHSIG).
     wait_until(lambda: all(gone(pid) for pid in fleet_pids), 90, "the fleet's processes to end")
     with pytest.raises(OSError):
@@ -199,7 +96,7 @@ def test_the_receiver_port_is_told_apart_from_another_process_listening_there() 
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        other = subprocess.Popen(["sleep", "30"])  # any process but this one
         try:
             assert not fleet.listens_elsewhere(port, os.getpid())
             assert fleet.listens_elsewhere(port, other.pid)
@@ -215,9 +112,17 @@ def test_a_bad_setting_is_one_line_for_up_and_run(tmp_path: Path) -> None:
         ["run", "web"],
         ["up", "--port", str(free_port())],
     ):
-        result = subprocess.run(
-            [HOOKFLEET, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-        )
+        if args[0] == "up":  # the console script as a process
+            result = subprocess.run(
+                [HOOKFLEET, *args],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        else:  # the same in this process, which refuses to exec (tests.helpers)
+            result = hookfleet_here(args, tmp_path, env)
         assert result.returncode != 0, result
         assert "Traceback" not in result.stderr, result.stderr
         assert "HOOKFLEET_LOG_FORMAT must be one of" in result.stderr.splitlines()[-1]
@@ -262,14 +167,15 @@ def test_migrate_command_creates_the_schema_and_can_run_again(
 ) -> None:
     env = clean_env(HOOKFLEET_DATABASE_URL=database_url)
 
-    def migrate() -> subprocess.CompletedProcess[str]:
-        """The console script as a process on SQLite; the same command line in this
-        process on MariaDB (tests.helpers.hookfleet_here)."""
-        if backend == "mariadb":
+    def migrate(as_process: bool) -> subprocess.CompletedProcess[str]:
+        """The console script as a process, or the same command line in this process
+        (tests.helpers.hookfleet_here)."""
+        if not as_process:
             return hookfleet_here(["migrate"], None, env)
         return subprocess.run([HOOKFLEET, "migrate"], env=env, capture_output=True, text=True)
 
-    first, again = migrate(), migrate()
+    # One process (the first run, on SQLite) as a user runs it; the rest here.
+    first, again = migrate(as_process=backend == "sqlite"), migrate(as_process=False)
 
     assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
 
