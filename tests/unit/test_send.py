@@ -149,3 +149,23 @@ def test_a_file_of_ones_own_is_sent_and_a_missing_one_named(tmp_path: Path) -> N
     assert _read_sample("stripe", None) == ("payment_intent.succeeded", None)
     with pytest.raises(click.ClickException, match="no such file"):
         _read_sample("standard", str(tmp_path / "missing.json"))
+
+
+def test_without_a_fleet_it_posts_to_the_port_the_receiver_binds(tmp_path: Path) -> None:
+    """No `hookfleet up` recorded and no --url: the receiver the Procfile's `web` line
+    starts listens on $PORT, so that is where a send goes (it posted to 8000 whatever
+    PORT said)."""
+    from click.testing import CliRunner
+
+    from tests.servers import free_port
+    from workers.cli.main import main
+
+    port = free_port()  # nothing listens there: the answer is the "no answer" error
+    env = {"PORT": str(port), "XDG_STATE_HOME": str(tmp_path / "state"), "HOME": str(tmp_path)}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        result = CliRunner().invoke(main, ["send", "stripe"], env=env)
+
+    assert result.exit_code == 1
+    assert f"POST http://127.0.0.1:{port}/webhooks/stripe" in result.output
+    assert f"no answer from http://127.0.0.1:{port}/webhooks/stripe" in result.output

@@ -41,8 +41,9 @@ from workers.cli.samples import (
 if TYPE_CHECKING:
     import httpx
 
-# `hookfleet up`'s receiver when no fleet was found and no --url given.
-DEFAULT_RECEIVER_URL = "http://127.0.0.1:8000"
+# The receiver when no fleet was found and no --url given: this host, on the port the
+# Procfile's `web` line binds (`PORT`, 8000 unless set).
+DEFAULT_RECEIVER_URL = "http://127.0.0.1:$PORT"
 CALCOM_WEBHOOK_VERSION = "2021-10-20"
 TIMEOUT_S = 15.0
 
@@ -70,8 +71,9 @@ def send(provider: str, sample: str | None, list_only: bool, url: str, same_id: 
             click.echo(f"{name}{'  (default)' if name == DEFAULT_FIXTURE[provider] else ''}")
         return
     name, body_text = _read_sample(provider, sample)
-    settings = invocation_settings().provider(provider)
-    base = url or _fleet_url()
+    every = invocation_settings()
+    settings = every.provider(provider)
+    base = url or _fleet_url(every.port)
     if body_text is not None and same_id:
         body = body_text.encode()  # a file sent again as it is, byte for byte
         extra: dict[str, str] = {}
@@ -123,9 +125,9 @@ def _serialize(provider: str, payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _fleet_url() -> str:
+def _fleet_url(port: int) -> str:
     fleet = invocation_fleet()
-    return fleet.receiver_url if fleet else DEFAULT_RECEIVER_URL
+    return fleet.receiver_url if fleet else DEFAULT_RECEIVER_URL.replace("$PORT", str(port))
 
 
 def _sign(
