@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.servers import clean_env, die_with_tests, free_port, wait_until
+import redis
+
+from tests.servers import RedisServer, clean_env, die_with_tests, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,6 +163,56 @@ def running_fleet(
         yield processes
     finally:
         processes.stop_all()
+
+
+@contextmanager
+def fleet_on_own_redis(
+    directory: Path, database_url: str, *, names: Sequence[str] = FLEET, **env: str
+) -> Iterator[Processes]:
+    """:func:`running_fleet` on a Redis of its own in ``directory``, for a fleet that
+    outlives one test (module or session scope): the shared test Redis is flushed for
+    every test, which would take the queues' bindings from under running workers."""
+    redis_server = RedisServer(directory / "redis").start()
+    try:
+        with running_fleet(
+            directory, redis_server.url, database_url, names=names, **env
+        ) as processes:
+            yield processes
+    finally:
+        redis_server.stop()
+
+
+def forget_deliveries(processes: Processes) -> None:
+    """The fleet's Redis as a fresh fleet's would be for the next test (and a rerun that
+    sends the same ids): every ``hookfleet:*`` key (claims, cached inbound lookups, rate
+    buckets) deleted; the broker's own keys, the queues' bindings under the running
+    workers, kept."""
+    client = redis.Redis.from_url(processes.env["HOOKFLEET_REDIS_URL"])
+    try:
+        for key in client.scan_iter(match="hookfleet:*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+SIGNED_SECRETS = {
+    "standard": "whsec_" + "c2VjcmV0LWZvci10aGUtZW5kLXRvLWVuZC10ZXN0cw==",
+    "stripe": "whsec_3kTq9vPz7LmN2xR8wY4bC6dF1gH5jK0s",
+    "calcom": "calcom-e2e-secret",
+    "retell": "key_8f3a1c2e9b7d4f60a5e1c3b2d9f7e6a4",
+}
+"""The secret of each provider the session's signed fleet (``signed_fleet`` in
+tests/conftest.py) verifies; tests that send to it sign with these."""
+
+
+SESSION_FLEET = "signed_fleet"
+"""The fixture (tests/conftest.py) of the fleet several modules share; its users form
+one xdist group, so it starts once per run instead of once per pytest-xdist worker."""
+
+
+def signed_fleet_env() -> dict[str, str]:
+    """The settings of the session's signed fleet, beyond TEST_SETTINGS."""
+    return {f"HOOKFLEET_{p.upper()}_SECRETS": s for p, s in SIGNED_SECRETS.items()}
 
 
 def request(
