@@ -211,8 +211,11 @@ one xdist group, so it starts once per run instead of once per pytest-xdist work
 
 
 def signed_fleet_env() -> dict[str, str]:
-    """The settings of the session's signed fleet, beyond TEST_SETTINGS."""
-    return {f"HOOKFLEET_{p.upper()}_SECRETS": s for p, s in SIGNED_SECRETS.items()}
+    """The settings of the session's signed fleet, beyond TEST_SETTINGS: every
+    provider's secret, and three pool children per worker, so the simultaneous first
+    contacts of tests/e2e/test_identity_race.py race in six transactions at once."""
+    secrets = {f"HOOKFLEET_{p.upper()}_SECRETS": s for p, s in SIGNED_SECRETS.items()}
+    return {**secrets, "HOOKFLEET_WORKER_CONCURRENCY": "3"}
 
 
 def request(
