@@ -132,6 +132,16 @@ class Processes:
                 proc.wait()
 
 
+def worker_on(*queues: str) -> str:
+    """The Procfile's ``worker_default`` command consuming ``queues`` instead: one
+    ``celery worker`` (~1.8 CPU-s to start, nearly all of it the main process's
+    imports; a pool child adds ~0.15) where a test needs those queues served but is not
+    about which worker serves which (start it with ``Processes.start(name, command)``)."""
+    command = procfile()["worker_default"]
+    assert " -Q hookfleet.default " in command, command
+    return command.replace(" -Q hookfleet.default ", f" -Q {','.join(queues)} ")
+
+
 FLEET = ("web", "worker_high", "worker_default", "worker_low", "beat")
 # Short enough that a crashed worker's jobs come back within a test; two of everything,
 # so work is really spread over processes.
