@@ -111,14 +111,18 @@ def signed_fleet(
 
 
 @pytest.fixture
-def signed(signed_fleet: Processes, mariadb_url: str) -> Processes:
+def signed(signed_fleet: Processes, mariadb_url: str, shared_mariadb: SharedDatabase) -> Processes:
     """The session's signed fleet as a fresh one would be, for each test and each rerun
-    (tests send fixed ids, signed into their bodies): no claims and no cached inbound
-    lookups in its Redis, the database emptied. Its processes keep running: a test that
-    stops or reconfigures one starts a fleet of its own."""
+    (tests send fixed ids, signed into their bodies): nothing queued or in flight, no
+    claims and no cached inbound lookups in its Redis, the database emptied. Its
+    processes keep running: a test that stops or reconfigures one starts a fleet of its
+    own."""
     for name, proc in signed_fleet.running.items():
         assert proc.poll() is None, f"the signed fleet's {name} exited:\n{signed_fleet.log(name)}"
     forget_deliveries(signed_fleet)
+    # Emptied again: what the workers finished while draining an earlier test's leftovers
+    # landed after ``mariadb_url`` emptied it (milliseconds when nothing did).
+    shared_mariadb.empty()
     return signed_fleet
 
 

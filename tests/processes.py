@@ -19,6 +19,8 @@ from typing import Any
 
 import redis
 
+from models.broker.backlog import UNACKED_KEY
+from models.contract import QUEUES
 from tests.servers import RedisServer, clean_env, die_with_tests, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,15 +196,24 @@ def fleet_on_own_redis(
 
 def forget_deliveries(processes: Processes) -> None:
     """The fleet's Redis as a fresh fleet's would be for the next test (and a rerun that
-    sends the same ids): every ``hookfleet:*`` key (claims, cached inbound lookups, rate
-    buckets) deleted; the broker's own keys, the queues' bindings under the running
-    workers, kept."""
+    sends the same ids), once its workers finished what was queued: every
+    ``hookfleet:*`` key (claims, cached inbound lookups, rate buckets) deleted; the
+    broker's own keys, the queues' bindings under the running workers, kept."""
     client = redis.Redis.from_url(processes.env["HOOKFLEET_REDIS_URL"])
     try:
+        # What an earlier test (or its failed first attempt) left queued or in flight
+        # would land in the next test's emptied database: wait for the workers first.
+        wait_until(lambda: not _in_flight(client), 60, "the fleet's queues to drain", 0.1)
         for key in client.scan_iter(match="hookfleet:*", count=1000):
             client.delete(key)
     finally:
         client.close()
+
+
+def _in_flight(client: redis.Redis) -> int:
+    """Messages waiting on a queue or taken by a worker and not yet acknowledged."""
+    waiting = sum(int(client.llen(queue)) for queue in QUEUES)
+    return waiting + int(client.hlen(UNACKED_KEY))
 
 
 SIGNED_SECRETS = {
