@@ -100,8 +100,9 @@ def _shares_a_module_fixture(item: pytest.Item) -> bool:
 def signed_fleet(
     tmp_path_factory: pytest.TempPathFactory, shared_mariadb: SharedDatabase
 ) -> Iterator[Processes]:
-    """The Procfile's whole fleet (TEST_SETTINGS) verifying every provider's signature
-    (tests.processes.SIGNED_SECRETS), started once for every test that keeps this
+    """The Procfile's whole fleet (TEST_SETTINGS, three pool children per worker)
+    verifying every provider's signature (tests.processes.SIGNED_SECRETS, and
+    ``signed_fleet_env``), started once for every test that keeps this
     configuration (a fleet start is ~10 CPU-s of imports in five processes): on a Redis
     of its own and the shared MariaDB database. Tests take it through ``signed``."""
     with fleet_on_own_redis(
