@@ -25,6 +25,13 @@ from tests.databases import (
     savepoint_engine,
 )
 from tests.helpers import FAULT_COUNTS
+from tests.processes import (
+    SESSION_FLEET,
+    Processes,
+    fleet_on_own_redis,
+    forget_deliveries,
+    signed_fleet_env,
+)
 from tests.provisioning_helpers import ready_standin
 from tests.servers import MariaDBServer, RedisServer, sqlite_url
 from tests.standin import StandIn
@@ -46,8 +53,11 @@ def pytest_collection_modifyitems(
         for marker in markers:
             if item.get_closest_marker(marker) is None:
                 item.add_marker(marker)
-        if item.get_closest_marker("xdist_group") is None and _shares_a_module_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+        if item.get_closest_marker("xdist_group") is None:
+            if SESSION_FLEET in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(SESSION_FLEET))
+            elif _shares_a_module_fixture(item):
+                item.add_marker(pytest.mark.xdist_group(item.path.stem))
     yield
     if getattr(config.option, "loadgroup", False):  # an xdist worker under --dist loadgroup
         _name_xdist_groups(items)
@@ -84,6 +94,37 @@ def _shares_a_module_fixture(item: pytest.Item) -> bool:
         for definitions in info.name2fixturedefs.values()
         if definitions
     )
+
+
+@pytest.fixture(scope="session")
+def signed_fleet(
+    tmp_path_factory: pytest.TempPathFactory, shared_mariadb: SharedDatabase
+) -> Iterator[Processes]:
+    """The Procfile's whole fleet (TEST_SETTINGS, three pool children per worker)
+    verifying every provider's signature (tests.processes.SIGNED_SECRETS, and
+    ``signed_fleet_env``), started once for every test that keeps this
+    configuration (a fleet start is ~10 CPU-s of imports in five processes): on a Redis
+    of its own and the shared MariaDB database. Tests take it through ``signed``."""
+    with fleet_on_own_redis(
+        tmp_path_factory.mktemp("signed-fleet"), shared_mariadb.url, **signed_fleet_env()
+    ) as processes:
+        yield processes
+
+
+@pytest.fixture
+def signed(signed_fleet: Processes, mariadb_url: str, shared_mariadb: SharedDatabase) -> Processes:
+    """The session's signed fleet as a fresh one would be, for each test and each rerun
+    (tests send fixed ids, signed into their bodies): nothing queued or in flight, no
+    claims and no cached inbound lookups in its Redis, the database emptied. Its
+    processes keep running: a test that stops or reconfigures one starts a fleet of its
+    own."""
+    for name, proc in signed_fleet.running.items():
+        assert proc.poll() is None, f"the signed fleet's {name} exited:\n{signed_fleet.log(name)}"
+    forget_deliveries(signed_fleet)
+    # Emptied again: what the workers finished while draining an earlier test's leftovers
+    # landed after ``mariadb_url`` emptied it (milliseconds when nothing did).
+    shared_mariadb.empty()
+    return signed_fleet
 
 
 @pytest.fixture(scope="session")

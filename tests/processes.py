@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.servers import clean_env, die_with_tests, free_port, wait_until
+import redis
+
+from models.broker.backlog import UNACKED_KEY
+from models.contract import QUEUES
+from tests.servers import RedisServer, clean_env, die_with_tests, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,6 +134,16 @@ class Processes:
                 proc.wait()
 
 
+def worker_on(*queues: str) -> str:
+    """The Procfile's ``worker_default`` command consuming ``queues`` instead: one
+    ``celery worker`` (~1.8 CPU-s to start, nearly all of it the main process's
+    imports; a pool child adds ~0.15) where a test needs those queues served but is not
+    about which worker serves which (start it with ``Processes.start(name, command)``)."""
+    command = procfile()["worker_default"]
+    assert " -Q hookfleet.default " in command, command
+    return command.replace(" -Q hookfleet.default ", f" -Q {','.join(queues)} ")
+
+
 FLEET = ("web", "worker_high", "worker_default", "worker_low", "beat")
 # Short enough that a crashed worker's jobs come back within a test; two of everything,
 # so work is really spread over processes.
@@ -161,6 +175,68 @@ def running_fleet(
         yield processes
     finally:
         processes.stop_all()
+
+
+@contextmanager
+def fleet_on_own_redis(
+    directory: Path, database_url: str, *, names: Sequence[str] = FLEET, **env: str
+) -> Iterator[Processes]:
+    """:func:`running_fleet` on a Redis of its own in ``directory``, for a fleet that
+    outlives one test (module or session scope): the shared test Redis is flushed for
+    every test, which would take the queues' bindings from under running workers."""
+    redis_server = RedisServer(directory / "redis").start()
+    try:
+        with running_fleet(
+            directory, redis_server.url, database_url, names=names, **env
+        ) as processes:
+            yield processes
+    finally:
+        redis_server.stop()
+
+
+def forget_deliveries(processes: Processes) -> None:
+    """The fleet's Redis as a fresh fleet's would be for the next test (and a rerun that
+    sends the same ids), once its workers finished what was queued: every
+    ``hookfleet:*`` key (claims, cached inbound lookups, rate buckets) deleted; the
+    broker's own keys, the queues' bindings under the running workers, kept."""
+    client = redis.Redis.from_url(processes.env["HOOKFLEET_REDIS_URL"])
+    try:
+        # What an earlier test (or its failed first attempt) left queued or in flight
+        # would land in the next test's emptied database: wait for the workers first.
+        wait_until(lambda: not _in_flight(client), 60, "the fleet's queues to drain", 0.1)
+        for key in client.scan_iter(match="hookfleet:*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def _in_flight(client: redis.Redis) -> int:
+    """Messages waiting on a queue or taken by a worker and not yet acknowledged."""
+    waiting = sum(int(client.llen(queue)) for queue in QUEUES)
+    return waiting + int(client.hlen(UNACKED_KEY))
+
+
+SIGNED_SECRETS = {
+    "standard": "whsec_" + "c2VjcmV0LWZvci10aGUtZW5kLXRvLWVuZC10ZXN0cw==",
+    "stripe": "whsec_3kTq9vPz7LmN2xR8wY4bC6dF1gH5jK0s",
+    "calcom": "calcom-e2e-secret",
+    "retell": "key_8f3a1c2e9b7d4f60a5e1c3b2d9f7e6a4",
+}
+"""The secret of each provider the session's signed fleet (``signed_fleet`` in
+tests/conftest.py) verifies; tests that send to it sign with these."""
+
+
+SESSION_FLEET = "signed_fleet"
+"""The fixture (tests/conftest.py) of the fleet several modules share; its users form
+one xdist group, so it starts once per run instead of once per pytest-xdist worker."""
+
+
+def signed_fleet_env() -> dict[str, str]:
+    """The settings of the session's signed fleet, beyond TEST_SETTINGS: every
+    provider's secret, and three pool children per worker, so the simultaneous first
+    contacts of tests/e2e/test_identity_race.py race in six transactions at once."""
+    secrets = {f"HOOKFLEET_{p.upper()}_SECRETS": s for p, s in SIGNED_SECRETS.items()}
+    return {**secrets, "HOOKFLEET_WORKER_CONCURRENCY": "3"}
 
 
 def request(

@@ -1,11 +1,11 @@
-"""Cal.com with real processes: gunicorn and the Procfile's celery workers, real Redis,
-real MariaDB. The scheduled job's flat MEETING_ENDED (sent once, never retried) and the
-seats of one seated booking, as Cal.com sends them (``tests/fixtures/calcom/``)."""
+"""Cal.com with real processes: gunicorn and the Procfile's celery workers (the
+session's signed fleet, tests/conftest.py), real Redis, real MariaDB. The scheduled
+job's flat MEETING_ENDED (sent once, never retried) and the seats of one seated
+booking, as Cal.com sends them (``tests/fixtures/calcom/``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, func, select
@@ -16,12 +16,12 @@ from ingest.providers import calcom
 from models import Appointment, AppointmentAttendee
 from models.events import EventStatus, WebhookEvent
 from tests.integration.test_calcom_triggers import fixture_body
-from tests.processes import request, running_fleet
+from tests.processes import SIGNED_SECRETS, Processes, request
 from tests.servers import wait_until
 
 pytestmark = pytest.mark.e2e
 
-SECRET = "calcom-e2e-fixture-secret"
+SECRET = SIGNED_SECRETS["calcom"]
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def engine(mariadb_url: str) -> Iterator[Engine]:
 
 
 def test_flat_meeting_ended_and_seats_through_the_real_fleet(
-    tmp_path: Path, redis_url: str, mariadb_url: str, engine: Engine
+    signed: Processes, engine: Engine
 ) -> None:
     sends = [
         # MEETING_ENDED (hookfleet.high) may well be applied before the booking
@@ -45,25 +45,24 @@ def test_flat_meeting_ended_and_seats_through_the_real_fleet(
         "seat_2_BOOKING_CANCELLED",
         "seat_2_BOOKING_CANCELLED",  # the same delivery again: a duplicate
     ]
-    with running_fleet(tmp_path, redis_url, mariadb_url, HOOKFLEET_CALCOM_SECRETS=SECRET) as fleet:
-        answers = []
-        for name in sends:
-            body, content_type = fixture_body(name)
-            headers = {
-                "X-Cal-Signature-256": calcom.sign(SECRET, body),
-                "Content-Type": content_type,
-            }
-            answers.append(request(fleet.base_url, "POST", "/webhooks/calcom", body, headers)[0])
-        assert answers == [202, 202, 202, 202, 202, 202, 200]
+    answers = []
+    for name in sends:
+        body, content_type = fixture_body(name)
+        headers = {
+            "X-Cal-Signature-256": calcom.sign(SECRET, body),
+            "Content-Type": content_type,
+        }
+        answers.append(request(signed.base_url, "POST", "/webhooks/calcom", body, headers)[0])
+    assert answers == [202, 202, 202, 202, 202, 202, 200]
 
-        def settled() -> bool:
-            with engine.connect() as connection:
-                done = connection.scalar(
-                    select(func.count()).where(WebhookEvent.status == EventStatus.PROCESSED)
-                )
-            return done == 6
+    def settled() -> bool:
+        with engine.connect() as connection:
+            done = connection.scalar(
+                select(func.count()).where(WebhookEvent.status == EventStatus.PROCESSED)
+            )
+        return done == 6
 
-        wait_until(settled, 90, "six processed Cal.com events", interval=0.5)
+    wait_until(settled, 90, "six processed Cal.com events", interval=0.5)
 
     with Session(engine) as session:
         by_uid = {a.calcom_uid: a for a in session.scalars(select(Appointment))}

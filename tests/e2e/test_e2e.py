@@ -11,9 +11,9 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -23,30 +23,20 @@ from models import Appointment, Call, Customer
 from models.business import Branch, Company
 from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
-from tests.databases import SharedDatabase
-from tests.processes import Processes, request, running_fleet
-from tests.servers import RedisServer, wait_until
+from tests.processes import SIGNED_SECRETS as SECRETS
+from tests.processes import Processes, request
+from tests.servers import wait_until
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def fleet(
-    tmp_path_factory: pytest.TempPathFactory, shared_mariadb: SharedDatabase
-) -> Iterator[Processes]:
-    """One fleet for the tests below that keep its configuration (the others start their
-    own). Its own Redis: the shared one is flushed for every test, which would take the
-    queues' bindings from under running workers. The shared MariaDB database, emptied
-    for each test that reads it (``engine``); every test sends event ids of its own."""
-    tmp = tmp_path_factory.mktemp("e2e-fleet")
-    redis_server = RedisServer(tmp / "redis").start()
-    try:
-        with running_fleet(
-            tmp, redis_server.url, shared_mariadb.url, HOOKFLEET_STANDARD_VERIFY="off"
-        ) as processes:
-            yield processes
-    finally:
-        redis_server.stop()
+@pytest.fixture
+def fleet(signed: Processes) -> Processes:
+    """The session's signed fleet (tests/conftest.py): the Procfile's whole fleet on a
+    Redis of its own and the shared MariaDB database, emptied for each test that reads
+    it (``engine``); every test sends event ids of its own. A test that stops or
+    reconfigures processes starts its own fleet."""
+    return signed
 
 
 @pytest.fixture
@@ -63,11 +53,27 @@ def run() -> str:
     return uuid.uuid4().hex[:8]
 
 
+def standard_headers(event_id: str, body: bytes) -> dict[str, str]:
+    """A Standard Webhooks delivery's headers, signed with the fleet's secret."""
+    now = int(time.time())
+    return {
+        "webhook-id": event_id,
+        "webhook-timestamp": str(now),
+        "webhook-signature": standard.sign(SECRETS["standard"], body, now, webhook_id=event_id),
+    }
+
+
+def post_standard(
+    base_url: str, event_id: str, value: object, **headers: str
+) -> tuple[int, dict[str, str], Any]:
+    body = json.dumps(value).encode()
+    all_headers = {**standard_headers(event_id, body), **headers}
+    return request(base_url, "POST", "/webhooks/standard", body, all_headers)
+
+
 def post_event(base_url: str, event_id: str) -> tuple[str, int, dict[str, str]]:
     body = {"type": "order.created", "data": {"order": event_id}}
-    status, _, answer = request(
-        base_url, "POST", "/webhooks/standard", body, {"webhook-id": event_id}
-    )
+    status, _, answer = post_standard(base_url, event_id, body)
     return event_id, status, answer
 
 
@@ -130,12 +136,8 @@ def test_oversized_chunked_body_is_refused_by_the_real_server(fleet: Processes) 
 
 
 def test_correlation_id_reaches_the_worker_log(fleet: Processes, engine: Engine, run: str) -> None:
-    status, headers, _ = request(
-        fleet.base_url,
-        "POST",
-        "/webhooks/standard",
-        {"type": "t"},
-        {"webhook-id": f"corr-check-{run}", "X-Request-ID": f"trace-{run}"},
+    status, headers, _ = post_standard(
+        fleet.base_url, f"corr-check-{run}", {"type": "t"}, **{"X-Request-ID": f"trace-{run}"}
     )
 
     assert status == 202 and headers["x-request-id"] == f"trace-{run}"
@@ -146,9 +148,7 @@ def test_correlation_id_reaches_the_worker_log(fleet: Processes, engine: Engine,
 
 def test_logs_are_json_lines_from_every_process(fleet: Processes, run: str) -> None:
     event_id = f"json-logs-{run}"
-    status, _, _ = request(
-        fleet.base_url, "POST", "/webhooks/standard", {"type": "t"}, {"webhook-id": event_id}
-    )
+    status, _, _ = post_standard(fleet.base_url, event_id, {"type": "t"})
     assert status == 202
 
     def processed_line() -> bool:
@@ -176,46 +176,6 @@ def test_logs_are_json_lines_from_every_process(fleet: Processes, run: str) -> N
     )
     assert processed["logger"] == "hookfleet.worker" and processed["level"] == "INFO"
     assert processed["event_id"] == event_id and processed["task_id"]
-
-
-SECRETS = {
-    "standard": "whsec_" + "c2VjcmV0LWZvci10aGUtZW5kLXRvLWVuZC10ZXN0cw==",
-    "stripe": "whsec_stripe_e2e_secret",
-    "calcom": "calcom-e2e-secret",
-    "retell": "key_retell_e2e",
-}
-
-
-@pytest.fixture(scope="module")
-def signed_fleet(
-    tmp_path_factory: pytest.TempPathFactory, shared_mariadb: SharedDatabase
-) -> Iterator[Processes]:
-    """One fleet verifying every provider's signature (SECRETS) for the tests below that
-    send signed deliveries; like ``fleet``, on a Redis of its own and the shared MariaDB
-    database."""
-    tmp = tmp_path_factory.mktemp("e2e-signed-fleet")
-    redis_server = RedisServer(tmp / "redis").start()
-    env = {f"HOOKFLEET_{p.upper()}_SECRETS": s for p, s in SECRETS.items()}
-    try:
-        with running_fleet(tmp, redis_server.url, shared_mariadb.url, **env) as processes:
-            yield processes
-    finally:
-        redis_server.stop()
-
-
-@pytest.fixture
-def signed(signed_fleet: Processes, mariadb_url: str) -> Processes:
-    """The signed fleet as a fresh one would be, for each test and each rerun (these
-    tests send fixed ids, signed into their bodies): no claims and no cached inbound
-    lookups (every ``hookfleet:*`` key deleted; the broker's own keys, the queues'
-    bindings under the running workers, kept), the database emptied."""
-    client = redis.Redis.from_url(signed_fleet.env["HOOKFLEET_REDIS_URL"])
-    try:
-        for key in client.scan_iter(match="hookfleet:*", count=1000):
-            client.delete(key)
-    finally:
-        client.close()
-    return signed_fleet
 
 
 def signed_deliveries() -> list[tuple[str, bytes, dict[str, str], str, str]]:

@@ -1,7 +1,8 @@
 """Concurrent first contacts of one person through real processes make one customer.
 
-gunicorn and two ``celery worker`` processes from the Procfile (hookfleet.high for
-Retell, hookfleet.default for Cal.com), three pool children each, on MariaDB with its
+gunicorn and the Procfile's ``celery worker`` processes (hookfleet.high for Retell,
+hookfleet.default for Cal.com), three pool children each (the session's signed fleet,
+tests/conftest.py; a fleet of its own for batches of one), on MariaDB with its
 default isolation level, REPEATABLE READ, which Hookfleet ships. Each round is a new
 person: two calls to the salon (phone only) and a booking (name, e-mail, the same
 phone in national format) sent at once, and two calls from another new number to a
@@ -29,16 +30,56 @@ from ingest.providers import calcom, retell
 from models import Appointment, AppointmentAttendee, Call, Customer
 from models.business import Branch, Company
 from models.events import EventStatus, WebhookEvent
+from models.settings import Settings
 from tests.helpers import calcom_booking_created, retell_call_ended
-from tests.processes import Processes, request, running_fleet
+from tests.processes import (
+    SESSION_FLEET,
+    SIGNED_SECRETS,
+    Processes,
+    request,
+    running_fleet,
+    signed_fleet_env,
+)
 from tests.servers import wait_until
 
-pytestmark = pytest.mark.e2e
+# On the session's signed fleet (tests/conftest.py) but for the one-task batches: the
+# rows that get it by batch size too join its xdist group, where it is started.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group(SESSION_FLEET)]
 
 ROUNDS = 32
 SALON_PHONE = "+4930901820"
 UNOWNED = "+41445556677"
-SECRETS = {"retell": "key_identity_race", "calcom": "calcom-identity-race"}
+SECRETS = SIGNED_SECRETS
+DEFAULT_BATCH_SIZE = str(Settings().batch_size)  # the shipped one, as the signed fleet runs
+
+
+@pytest.fixture
+def fleet(batch_size: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Processes]:
+    """The receiver and both queues' workers, three pool children each, verifying
+    SIGNED_SECRETS on the shared MariaDB database: the session's signed fleet for the
+    shipped batch size, a fleet of its own (the same settings) for batches of one."""
+    if batch_size == DEFAULT_BATCH_SIZE:
+        yield request.getfixturevalue("signed")
+        return
+    env = {**signed_fleet_env(), "HOOKFLEET_BATCH_SIZE": batch_size}
+    names = ("web", "worker_high", "worker_default")
+    redis_url, mariadb_url = (request.getfixturevalue(f) for f in ("redis_url", "mariadb_url"))
+    with running_fleet(tmp_path, redis_url, mariadb_url, names=names, **env) as processes:
+        processes.wait_for_worker("worker_high")
+        processes.wait_for_worker("worker_default")
+        yield processes
+
+
+def lost_races(fleet: Processes, logs_before: dict[str, int]) -> int:
+    """The lost races the workers logged (and retried) since ``logs_before``."""
+    return sum(
+        len(re.findall(r"RaceLost|IntegrityError", fleet.log(name)[start:]))
+        for name, start in logs_before.items()
+    )
+
+
+def log_sizes(fleet: Processes) -> dict[str, int]:
+    return {name: len(fleet.log(name)) for name in ("worker_high", "worker_default")}
 
 
 @pytest.fixture
@@ -96,37 +137,27 @@ def first_contacts(fleet: Processes, n: int) -> list[Any]:
         return list(pool.map(lambda send: send(), sends))
 
 
-@pytest.mark.parametrize("batch_size", ["50", "1"], ids=["shipped-batches", "one-per-task"])
+@pytest.mark.parametrize(
+    "batch_size", [DEFAULT_BATCH_SIZE, "1"], ids=["shipped-batches", "one-per-task"]
+)
 def test_simultaneous_first_contacts_through_two_queues_make_one_customer(
-    tmp_path: Path, redis_url: str, mariadb_url: str, engine: Engine, batch_size: str
+    fleet: Processes, engine: Engine, batch_size: str
 ) -> None:
     company = salon(engine)
-    env = {
-        "HOOKFLEET_RETELL_SECRETS": SECRETS["retell"],
-        "HOOKFLEET_CALCOM_SECRETS": SECRETS["calcom"],
-        "HOOKFLEET_WORKER_CONCURRENCY": "3",
-        "HOOKFLEET_BATCH_SIZE": batch_size,
-    }
-    names = ("web", "worker_high", "worker_default")
-    with running_fleet(tmp_path, redis_url, mariadb_url, names=names, **env) as fleet:
-        fleet.wait_for_worker("worker_high")
-        fleet.wait_for_worker("worker_default")
-        answers = [status for n in range(ROUNDS) for status in first_contacts(fleet, n)]
-        assert answers == [202] * (5 * ROUNDS)
+    logs_before = log_sizes(fleet)
+    answers = [status for n in range(ROUNDS) for status in first_contacts(fleet, n)]
+    assert answers == [202] * (5 * ROUNDS)
 
-        def all_processed() -> bool:
-            with engine.connect() as connection:
-                done = connection.scalar(
-                    select(func.count()).where(WebhookEvent.status == EventStatus.PROCESSED)
-                )
-            return done == 5 * ROUNDS
+    def all_processed() -> bool:
+        with engine.connect() as connection:
+            done = connection.scalar(
+                select(func.count()).where(WebhookEvent.status == EventStatus.PROCESSED)
+            )
+        return done == 5 * ROUNDS
 
-        wait_until(all_processed, 180, "every delivery processed", interval=0.5)
-        races = sum(
-            len(re.findall(r"RaceLost|IntegrityError", fleet.log(name)))
-            for name in ("worker_high", "worker_default")
-        )
-        print(f"batch size {batch_size}: {races} lost races retried in {ROUNDS} rounds")
+    wait_until(all_processed, 180, "every delivery processed", interval=0.5)
+    races = lost_races(fleet, logs_before)
+    print(f"batch size {batch_size}: {races} lost races retried in {ROUNDS} rounds")
 
     with Session(engine) as session:
         rows = session.execute(
@@ -184,7 +215,7 @@ def no_email_booking(uid: str, name: str, phone: str, flat: str | None = None) -
 
 
 def test_people_without_email_on_a_held_landline_are_one_customer_and_one_attendee(
-    tmp_path: Path, redis_url: str, mariadb_url: str, engine: Engine
+    signed: Processes, engine: Engine
 ) -> None:
     """Ada holds each landline. At once: Carl books twice on it (no e-mail), and Dana's
     booking arrives as BOOKING_CREATED and as Cal.com's flat MEETING_STARTED. One Carl,
@@ -193,57 +224,48 @@ def test_people_without_email_on_a_held_landline_are_one_customer_and_one_attend
     batches settle them in one transaction); the interleaving itself is forced in
     ``tests/integration/test_identity.py``."""
     salon(engine)
-    env = {
-        "HOOKFLEET_RETELL_SECRETS": SECRETS["retell"],
-        "HOOKFLEET_CALCOM_SECRETS": SECRETS["calcom"],
-        "HOOKFLEET_WORKER_CONCURRENCY": "3",
-    }
-    names = ("web", "worker_high", "worker_default")
-    with running_fleet(tmp_path, redis_url, mariadb_url, names=names, **env) as fleet:
-        fleet.wait_for_worker("worker_high")
-        fleet.wait_for_worker("worker_default")
-        for n in range(LANDLINE_ROUNDS):
-            ada = {"name": "Ada", "email": f"ada.{n}@example.de", "national": landline(n)}
-            assert post_booking(fleet, f"ada_{n}", ada) == 202
+    for n in range(LANDLINE_ROUNDS):
+        ada = {"name": "Ada", "email": f"ada.{n}@example.de", "national": landline(n)}
+        assert post_booking(signed, f"ada_{n}", ada) == 202
 
-        def holders_booked() -> bool:
-            with engine.connect() as connection:
-                done = connection.scalar(
-                    select(func.count()).where(WebhookEvent.status == EventStatus.PROCESSED)
+    def holders_booked() -> bool:
+        with engine.connect() as connection:
+            done = connection.scalar(
+                select(func.count()).where(WebhookEvent.status == EventStatus.PROCESSED)
+            )
+        return done == LANDLINE_ROUNDS
+
+    wait_until(holders_booked, 120, "Ada's bookings processed", interval=0.3)
+    answers = []
+    for n in range(LANDLINE_ROUNDS):
+        line = landline(n)
+        sends = [
+            no_email_booking(f"carl_{n}_a", "Carl Gast", line),
+            no_email_booking(f"carl_{n}_b", "Carl Gast", line),
+            no_email_booking(f"dana_{n}", "Dana Gast", line),
+            no_email_booking(f"dana_{n}", "Dana Gast", line, flat="MEETING_STARTED"),
+        ]
+        at_once = threading.Barrier(len(sends))
+
+        def send(body: dict[str, Any], at_once: threading.Barrier = at_once) -> int:
+            at_once.wait()
+            return post_calcom(signed, body)
+
+        with ThreadPoolExecutor(max_workers=len(sends)) as pool:
+            answers += list(pool.map(send, sends))
+    assert answers == [202] * 4 * LANDLINE_ROUNDS
+    total = LANDLINE_ROUNDS + len(answers)
+
+    def all_settled() -> bool:
+        with engine.connect() as connection:
+            done = connection.scalar(
+                select(func.count()).where(
+                    WebhookEvent.status.in_([EventStatus.PROCESSED, EventStatus.FAILED])
                 )
-            return done == LANDLINE_ROUNDS
+            )
+        return done == total
 
-        wait_until(holders_booked, 120, "Ada's bookings processed", interval=0.3)
-        answers = []
-        for n in range(LANDLINE_ROUNDS):
-            line = landline(n)
-            sends = [
-                no_email_booking(f"carl_{n}_a", "Carl Gast", line),
-                no_email_booking(f"carl_{n}_b", "Carl Gast", line),
-                no_email_booking(f"dana_{n}", "Dana Gast", line),
-                no_email_booking(f"dana_{n}", "Dana Gast", line, flat="MEETING_STARTED"),
-            ]
-            at_once = threading.Barrier(len(sends))
-
-            def send(body: dict[str, Any], at_once: threading.Barrier = at_once) -> int:
-                at_once.wait()
-                return post_calcom(fleet, body)
-
-            with ThreadPoolExecutor(max_workers=len(sends)) as pool:
-                answers += list(pool.map(send, sends))
-        assert answers == [202] * 4 * LANDLINE_ROUNDS
-        total = LANDLINE_ROUNDS + len(answers)
-
-        def all_settled() -> bool:
-            with engine.connect() as connection:
-                done = connection.scalar(
-                    select(func.count()).where(
-                        WebhookEvent.status.in_([EventStatus.PROCESSED, EventStatus.FAILED])
-                    )
-                )
-            return done == total
-
-        wait_until(all_settled, 180, "every delivery settled", interval=0.5)
+    wait_until(all_settled, 180, "every delivery settled", interval=0.5)
 
     with Session(engine) as session:
         failed = session.scalar(

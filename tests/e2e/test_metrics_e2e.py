@@ -62,12 +62,13 @@ def per_process(metrics_dir: Path, kind: str, name: str, **labels: str) -> dict[
 
 @pytest.fixture
 def fleet(tmp_path: Path, redis_url: str, mariadb_url: str) -> Iterator[Processes]:
-    """The receiver and the high/low workers; worker_default is started by the test."""
+    """The receiver; worker_default is started by the test. (Idle workers of the other
+    queues, which this fleet once had, consume nothing here and move no sum.)"""
     with running_fleet(
         tmp_path,
         redis_url,
         mariadb_url,
-        names=("web", "worker_high", "worker_low"),
+        names=("web",),
         HOOKFLEET_STANDARD_VERIFY="off",
         HOOKFLEET_STRIPE_SECRETS="whsec_metrics_test",
         HOOKFLEET_MAX_BODY_BYTES="2000",

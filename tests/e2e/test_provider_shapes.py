@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +23,21 @@ from ingest.providers.base import body_digest
 from models.calls import Call
 from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
-from tests.processes import request, running_fleet
+from tests.processes import (
+    SESSION_FLEET,
+    SIGNED_SECRETS,
+    Processes,
+    request,
+    running_fleet,
+    signed_fleet_env,
+    worker_on,
+)
 from tests.servers import wait_until
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-RETELL_KEY = "key_8f3a1c2e9b7d4f60a5e1c3b2d9f7e6a4"
-STRIPE_SECRET = "whsec_3kTq9vPz7LmN2xR8wY4bC6dF1gH5jK0s"
-STANDARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+RETELL_KEY = SIGNED_SECRETS["retell"]
+STRIPE_SECRET = SIGNED_SECRETS["stripe"]
+STANDARD_SECRET = SIGNED_SECRETS["standard"]
 CALL_ID = "call_fx_0f3a8b2c4d5e6f7a8b9c0d1e"
 CHAT_ID = "chat_fx_9e8d7c6b5a4f3e2d1c0b"
 # Retell events that may come more than once per call: keyed with the body's digest.
@@ -109,66 +118,77 @@ def test_the_fixtures_cover_every_event_type() -> None:
     assert kinds == {"dict", "list", "str", "int", "NoneType"}
 
 
+@pytest.fixture
+def fleet(
+    backend: str, database_url: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Processes]:
+    """A fleet verifying SIGNED_SECRETS on ``database_url``: on MariaDB the session's
+    signed fleet (tests/conftest.py), on SQLite one of its own on the copy of the
+    migrated file (the receiver and a worker on the fixtures' two queues)."""
+    if backend == "mariadb":
+        yield request.getfixturevalue("signed")
+        return
+    redis_url = request.getfixturevalue("redis_url")
+    with running_fleet(
+        tmp_path, redis_url, database_url, names=("web",), **signed_fleet_env()
+    ) as processes:
+        # One worker for both queues the fixtures go to: the queue a row records is the
+        # one its message was sent on, whichever worker took it.
+        processes.start("worker_default", worker_on(Queue.HIGH, Queue.DEFAULT))
+        yield processes
+
+
+# Both rows in the signed fleet's xdist group, so the MariaDB row finds it started.
+@pytest.mark.xdist_group(SESSION_FLEET)
 def test_every_real_shape_is_accepted_keyed_queued_recorded_and_applied(
-    tmp_path: Path, redis_url: str, database_url: str
+    fleet: Processes, database_url: str
 ) -> None:
     sent = deliveries()
-    env = {
-        "HOOKFLEET_RETELL_SECRETS": RETELL_KEY,
-        "HOOKFLEET_STRIPE_SECRETS": STRIPE_SECRET,
-        "HOOKFLEET_STANDARD_SECRETS": STANDARD_SECRET,
-    }
-    names = ("web", "worker_high", "worker_default")
-    with running_fleet(tmp_path, redis_url, database_url, names=names, **env) as fleet:
-        for provider, body, headers, event_id, event_type, _ in sent:
-            status, _, answer = request(
-                fleet.base_url, "POST", f"/webhooks/{provider}", body, headers
-            )
-            if event_type in ("call_inbound", "chat_inbound"):
-                assert (status, list(answer)) == (200, [event_type]), (provider, event_id, answer)
-            else:
-                assert (status, answer["event_id"]) == (202, event_id), (provider, answer)
-        for provider, body, headers, event_id, event_type, _ in sent:
-            if event_type in ("call_inbound", "chat_inbound"):
-                continue
-            status, _, answer = request(
-                fleet.base_url, "POST", f"/webhooks/{provider}", body, headers
-            )
-            assert (status, answer["status"]) == (200, "duplicate"), (provider, event_id)
+    for provider, body, headers, event_id, event_type, _ in sent:
+        status, _, answer = request(fleet.base_url, "POST", f"/webhooks/{provider}", body, headers)
+        if event_type in ("call_inbound", "chat_inbound"):
+            assert (status, list(answer)) == (200, [event_type]), (provider, event_id, answer)
+        else:
+            assert (status, answer["event_id"]) == (202, event_id), (provider, answer)
+    for provider, body, headers, event_id, event_type, _ in sent:
+        if event_type in ("call_inbound", "chat_inbound"):
+            continue
+        status, _, answer = request(fleet.base_url, "POST", f"/webhooks/{provider}", body, headers)
+        assert (status, answer["status"]) == (200, "duplicate"), (provider, event_id)
 
-        engine = create_engine(database_url)
-        try:
+    engine = create_engine(database_url)
+    try:
 
-            def settled() -> bool:
-                with engine.connect() as connection:
-                    done = connection.scalar(
-                        select(func.count()).where(WebhookEvent.status == EventStatus.PROCESSED)
-                    )
-                return done == len(sent)
+        def settled() -> bool:
+            with engine.connect() as connection:
+                done = connection.scalar(
+                    select(func.count()).where(WebhookEvent.status == EventStatus.PROCESSED)
+                )
+            return done == len(sent)
 
-            wait_until(settled, 90, "every fixture to be processed", interval=0.5)
-            with Session(engine) as session:
-                rows = session.execute(
-                    select(
-                        WebhookEvent.provider,
-                        WebhookEvent.event_id,
-                        WebhookEvent.event_type,
-                        WebhookEvent.queue,
+        wait_until(settled, 90, "every fixture to be processed", interval=0.5)
+        with Session(engine) as session:
+            rows = session.execute(
+                select(
+                    WebhookEvent.provider,
+                    WebhookEvent.event_id,
+                    WebhookEvent.event_type,
+                    WebhookEvent.queue,
+                )
+            ).all()
+            calls = {
+                c.call_id: c
+                for c in session.scalars(select(Call).options(undefer(Call.transcript)))
+            }
+            payloads = dict(
+                session.execute(
+                    select(WebhookEvent.event_id, WebhookEvent.payload).where(
+                        WebhookEvent.provider != "retell"
                     )
                 ).all()
-                calls = {
-                    c.call_id: c
-                    for c in session.scalars(select(Call).options(undefer(Call.transcript)))
-                }
-                payloads = dict(
-                    session.execute(
-                        select(WebhookEvent.event_id, WebhookEvent.payload).where(
-                            WebhookEvent.provider != "retell"
-                        )
-                    ).all()
-                )
-        finally:
-            engine.dispose()
+            )
+    finally:
+        engine.dispose()
 
     assert sorted(tuple(r) for r in rows) == sorted(
         (provider, event_id, event_type, queue)

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from ingest.providers import retell
+from models.contract import Queue
 from tests.otlp import Span, otlp_sink
-from tests.processes import Processes, request, running_fleet
+from tests.processes import Processes, request, running_fleet, worker_on
 from tests.waterfall import save, waterfall
 
 pytestmark = pytest.mark.e2e
@@ -112,12 +113,14 @@ def test_a_delivery_is_one_trace_from_the_receiver_into_the_worker_and_a_replay_
             tmp_path,
             redis_url,
             mariadb_url,
-            names=("web", "worker_high", "worker_low"),
+            names=("web",),
             HOOKFLEET_RETELL_SECRETS=SECRET,
             OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
             OTEL_BSP_SCHEDULE_DELAY="100",
         ) as fleet,
     ):
+        # One worker for the delivery's queue and the replay's (hookfleet.low).
+        fleet.start("worker_high", worker_on(Queue.HIGH, Queue.LOW))
         fleet.wait_for_worker("worker_high")
         # A sender that traces its own calls: the delivery joins the sender's trace.
         event_id = deliver(

@@ -23,8 +23,8 @@ from models.engine import make_engine, make_sessionmaker
 from models.events import EventStatus, WebhookEvent
 from models.settings import Settings
 from tests.databases import copy_sqlite
-from tests.helpers import command_env, queued, retell_call_ended
-from tests.processes import ROOT, request, running_fleet
+from tests.helpers import command_env, hookfleet_here, queued, retell_call_ended
+from tests.processes import ROOT, request, running_fleet, worker_on
 from tests.servers import wait_until
 from workers.celery_app import celery_config
 from workers.recovery.sweeper import sweep
@@ -208,10 +208,13 @@ def test_sweep_command_counts_requeues_up_to_a_limit_and_refuses_bad_ages(
     add(sessions, "recent", age=timedelta(minutes=5), now=now)
     env = command_env(url, redis_url, tmp_path)
 
-    dry = hookfleet(env, "sweep", "--dry-run")
+    # What publishes runs as the console script, in a process of its own (the Celery app
+    # is configured once per process); the dry runs and the refusal publish nothing and
+    # run the same command lines in this process (tests.helpers.hookfleet_here).
+    dry = hookfleet_here(["sweep", "--dry-run"], None, env)
     limited = hookfleet(env, "sweep", "--limit", "1")
-    bad = hookfleet(env, "sweep", "--older-than", "soon")
-    too_soon = hookfleet(env, "sweep", "--older-than", "2m", "--dry-run")
+    bad = hookfleet_here(["sweep", "--older-than", "soon"], None, env)
+    too_soon = hookfleet_here(["sweep", "--older-than", "2m", "--dry-run"], None, env)
 
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.startswith("dry run: 2 stuck event(s) would be requeued"), dry.stdout
@@ -276,9 +279,11 @@ def test_a_lost_message_is_requeued_by_command_and_by_beat_and_takes_effect_once
         with sessions() as session:
             return list(session.scalars(select(Call.status).where(Call.call_id == call_id)))
 
-    names = ("web", "worker_high", "worker_default")
     try:
-        with running_fleet(tmp_path, redis_url, mariadb_url, names=names) as fleet:
+        with running_fleet(tmp_path, redis_url, mariadb_url, names=("web",)) as fleet:
+            # One worker serves both queues the test uses: the retell events'
+            # (hookfleet.high) and beat's task's (hookfleet.default).
+            fleet.start("worker_default", worker_on(Queue.HIGH, Queue.DEFAULT))
             lose("call_lost_1")
             first = hookfleet(fleet.env, "sweep")
             wait_until(lambda: finished("call_lost_1"), 60, "the requeued event", interval=0.3)
