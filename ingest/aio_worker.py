@@ -131,9 +131,10 @@ class Plain:
     """A plain request parsed from the buffer (httptools callbacks fill it): its
     header fields as gunicorn gives them (names upper case, values stripped)."""
 
-    __slots__ = ("body", "complete", "fields", "keep_alive", "method", "url", "version")
+    __slots__ = ("body", "complete", "fields", "keep_alive", "method", "parser", "url", "version")
 
     def __init__(self) -> None:
+        self.parser: httptools.HttpRequestParser | None = None
         self.url = b""
         self.fields: list[tuple[str, str]] = []
         self.complete = False
@@ -150,6 +151,11 @@ class Plain:
 
     def on_headers_complete(self) -> None:
         self.complete = True
+        # Read here: llhttp resets its flags once a message without a body is complete,
+        # and then says keep-alive for an HTTP/1.1 "Connection: close" (the connection
+        # stayed open until the keep-alive ran out, 5 s).
+        if self.parser is not None:
+            self.keep_alive = self.parser.should_keep_alive()
 
 
 # parse_plain: a plain request whose body has not all come yet (or no head yet).
@@ -176,7 +182,7 @@ def parse_plain(data: bytearray, limits: tuple[int, int, int]) -> tuple[Plain, i
     ):
         return None
     plain = Plain()
-    parser = httptools.HttpRequestParser(plain)
+    parser = plain.parser = httptools.HttpRequestParser(plain)
     try:
         parser.feed_data(head)
     except (httptools.HttpParserError, httptools.HttpParserUpgrade):
@@ -204,7 +210,6 @@ def parse_plain(data: bytearray, limits: tuple[int, int, int]) -> tuple[Plain, i
         return MORE
     plain.method = parser.get_method().decode("latin-1")
     plain.version = parser.get_http_version()
-    plain.keep_alive = parser.should_keep_alive()
     plain.body = bytes(data[end + 4 : body_end])
     return plain, body_end
 
