@@ -43,8 +43,9 @@ finish in-flight requests, a claim waiting on Redis included, close idle connect
 exit within ``graceful_timeout``), SIGQUIT/SIGINT fast exit, ``max_requests``, the
 request's listener as ``SERVER_PORT``, and the
 :class:`~ingest.gunicorn_worker.ConnectionBoard` that spreads connections over
-workers (it stops accepting while it holds ``SPREAD_SLACK`` more than a less loaded
-one).
+workers: a worker pauses while it holds ``SPREAD_SLACK`` more than another live one,
+paused or not, and is rung awake (a Unix datagram, its bell) by the worker whose new
+connections let it accept again, so the least loaded one always accepts.
 
 Sources: gunicorn ``workers/base.py`` and ``workers/gthread.py`` (gunicorn 27),
 ``http/wsgi.py`` (the environ and response head), PEP 3333, RFC 9112; httptools
@@ -83,9 +84,12 @@ from gunicorn.workers.base import Worker
 
 from ingest.gunicorn_worker import (
     _RECHECK_S,
+    ACCEPTING,
     ARRIVAL_BUFFER_BYTES,
     ARRIVAL_TIMEOUT_S,
     BOARD,
+    OUT,
+    PAUSED,
     Arrival,
     arrival,
     logged_refusal,
@@ -127,9 +131,10 @@ class Plain:
     """A plain request parsed from the buffer (httptools callbacks fill it): its
     header fields as gunicorn gives them (names upper case, values stripped)."""
 
-    __slots__ = ("body", "complete", "fields", "keep_alive", "method", "url", "version")
+    __slots__ = ("body", "complete", "fields", "keep_alive", "method", "parser", "url", "version")
 
     def __init__(self) -> None:
+        self.parser: httptools.HttpRequestParser | None = None
         self.url = b""
         self.fields: list[tuple[str, str]] = []
         self.complete = False
@@ -146,6 +151,11 @@ class Plain:
 
     def on_headers_complete(self) -> None:
         self.complete = True
+        # Read here: llhttp resets its flags once a message without a body is complete,
+        # and then says keep-alive for an HTTP/1.1 "Connection: close" (the connection
+        # stayed open until the keep-alive ran out, 5 s).
+        if self.parser is not None:
+            self.keep_alive = self.parser.should_keep_alive()
 
 
 # parse_plain: a plain request whose body has not all come yet (or no head yet).
@@ -172,7 +182,7 @@ def parse_plain(data: bytearray, limits: tuple[int, int, int]) -> tuple[Plain, i
     ):
         return None
     plain = Plain()
-    parser = httptools.HttpRequestParser(plain)
+    parser = plain.parser = httptools.HttpRequestParser(plain)
     try:
         parser.feed_data(head)
     except (httptools.HttpParserError, httptools.HttpParserUpgrade):
@@ -200,7 +210,6 @@ def parse_plain(data: bytearray, limits: tuple[int, int, int]) -> tuple[Plain, i
         return MORE
     plain.method = parser.get_method().decode("latin-1")
     plain.version = parser.get_http_version()
-    plain.keep_alive = parser.should_keep_alive()
     plain.body = bytes(data[end + 4 : body_end])
     return plain, body_end
 
@@ -358,9 +367,10 @@ class ContinueOnRead:
 class Connection(asyncio.Protocol):
     """One client connection: its bytes, and one request at a time."""
 
-    def __init__(self, worker: AioWorker, server: Any) -> None:
+    def __init__(self, worker: AioWorker, server: Any, accepted: socket.socket) -> None:
         self.worker = worker
         self.server = server
+        self.accepted = accepted  # the socket, counted as a handshake until made
         self.transport: asyncio.Transport | None = None
         self.peer: Any = ("", -1)
         self.buffer = bytearray()
@@ -389,6 +399,7 @@ class Connection(asyncio.Protocol):
         self.trusted = self.worker.trusts(self.peer)
         self.environ = self.worker.connection_environ(self.peer, self.server)
         self.worker.connections.add(self)
+        self.worker.handshakes.discard(self.accepted)
 
     def data_received(self, data: bytes) -> None:
         if self.lingering:
@@ -624,11 +635,13 @@ class AioWorker(Worker):
         # Made in the master before the fork; the master releases it at child_exit.
         self.board_slot = BOARD.reserve()
         self.connections: set[Connection] = set()
+        # Accepted sockets whose transport and Connection are not made yet.
+        self.handshakes: set[socket.socket] = set()
         self.deliveries: Any = None
         self.tick_lines: TickLines | None = None
-        # Connections accepted and not yet closed (what the board is told).
-        self.held = 0
         self.accepting = False
+        self.bell: socket.socket | None = None
+        self._recheck: asyncio.TimerHandle | None = None
         # Bytes buffered for arriving requests (recounted each tick, added as they come),
         # and the body limit by provider name (set once the app is loaded).
         self.arriving = 0
@@ -667,7 +680,10 @@ class AioWorker(Worker):
             self.loop.add_signal_handler(signum, handler)
         for listener in self.sockets:
             listener.setblocking(False)
-        self._set_accepting(True)
+        self.bell = BOARD.bell(self.board_slot)
+        if self.bell is not None:
+            self.loop.add_reader(self.bell.fileno(), self._on_bell)
+        self._rebalance()
         self._tick()
         await self._stopped
         await self._drain()
@@ -745,14 +761,29 @@ class AioWorker(Worker):
         self._recount_arriving()
         if not self.alive and not self._stopped.done():
             self._stopped.set_result(None)
-        if self.alive and not self.accepting:
-            self._set_accepting(True)
-        BOARD.post(self.board_slot, self.held, self.accepting)
-        delay = _RECHECK_S if self.alive and not self.accepting else _TICK_S
-        self.loop.call_later(delay, self._tick)
+        self._rebalance()
+        self.loop.call_later(_TICK_S, self._tick)
 
-    def _set_accepting(self, wanted: bool) -> None:
-        accept = wanted and self.alive and BOARD.may_accept(self.board_slot, self.held)
+    # spreading connections: the ConnectionBoard's protocol (ingest/gunicorn_worker.py)
+    @property
+    def held(self) -> int:
+        """Connections accepted and not yet closed (what the board is told)."""
+        return len(self.handshakes) + len(self.connections)
+
+    def _rebalance(self) -> None:
+        """After this worker's count changed (or a ring, or a tick): post it, accept
+        or pause by the board, and wake the paused workers that may accept now."""
+        held = self.held
+        self._listen(self.alive and BOARD.may_accept(self.board_slot, held))
+        if self.alive and not self.accepting and BOARD.may_accept(self.board_slot, held):
+            # A peer grew between the reading above and the post: it may not have seen
+            # this worker paused, so it rang no one.
+            self._listen(True)
+        for slot in BOARD.to_wake(self.board_slot):
+            BOARD.ring(slot)
+
+    def _listen(self, accept: bool) -> None:
+        """Take new connections or leave them to the others; post the state."""
         if accept != self.accepting:
             for listener in self.sockets:
                 if accept:
@@ -760,7 +791,27 @@ class AioWorker(Worker):
                 else:
                     self.loop.remove_reader(listener.fileno())
             self.accepting = accept
-        BOARD.post(self.board_slot, self.held, self.accepting)
+        state = ACCEPTING if accept else PAUSED if self.alive else OUT
+        BOARD.post(self.board_slot, self.held, state)
+        if state == PAUSED and self._recheck is None:
+            # In case a ring is lost (or there is no bell): look again soon.
+            self._recheck = self.loop.call_later(_RECHECK_S, self._look_again)
+
+    def _look_again(self) -> None:
+        self._recheck = None
+        if self.alive and not self.accepting:
+            self._rebalance()
+
+    def _on_bell(self) -> None:
+        """Another worker rang: the board says this one may accept again."""
+        assert self.bell is not None
+        try:
+            while self.bell.recv(64):
+                pass
+        except OSError:  # drained (BlockingIOError)
+            pass
+        if self.alive and not self.accepting:
+            self._rebalance()
 
     def _accept(self, listener: Any) -> None:
         try:
@@ -774,27 +825,29 @@ class AioWorker(Worker):
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         server = listener.getsockname()
         connecting = self.loop.create_task(
-            self.loop.connect_accepted_socket(lambda: Connection(self, server), client)
+            self.loop.connect_accepted_socket(lambda: Connection(self, server, client), client)
         )
         connecting.add_done_callback(partial(self._connected, client))
-        self.held += 1
-        if not BOARD.may_accept(self.board_slot, self.held):
-            self._set_accepting(False)  # the next ones are for the other workers
-        BOARD.post(self.board_slot, self.held, self.accepting)
+        self.handshakes.add(client)
+        self._rebalance()  # the next ones may be for the other workers
 
     def _connected(self, client: socket.socket, connecting: asyncio.Task[Any]) -> None:
         """A client gone before its transport was made is closed, quietly."""
+        if client in self.handshakes:  # no Connection was made for it
+            self.handshakes.discard(client)
+            self._rebalance()
         if connecting.cancelled() or connecting.exception() is not None:
             client.close()
-            self.connection_gone(None)
+        self._stop_when_empty()
 
-    def connection_gone(self, connection: Connection | None) -> None:
-        """A connection closed (None: one that failed before its transport was made)."""
-        self.held -= 1
-        BOARD.post(self.board_slot, self.held, self.accepting)
-        if connection is not None:
-            self.connections.discard(connection)
-        if not self.alive and not self.connections and not self._stopped.done():
+    def connection_gone(self, connection: Connection) -> None:
+        """A connection closed."""
+        self.connections.discard(connection)
+        self._rebalance()
+        self._stop_when_empty()
+
+    def _stop_when_empty(self) -> None:
+        if not self.alive and not self.held and not self._stopped.done():
             self._stopped.set_result(None)
 
     def request_done(self) -> None:
@@ -805,7 +858,7 @@ class AioWorker(Worker):
 
     def _graceful_exit(self) -> None:
         self.alive = False
-        self._set_accepting(False)
+        self._rebalance()  # out of the board: the others take every new connection
         for connection in list(self.connections):
             connection.expire(time.monotonic())
         if not self._stopped.done():
@@ -819,7 +872,7 @@ class AioWorker(Worker):
     async def _drain(self) -> None:
         """Let in-flight requests finish (and arriving ones arrive), within
         ``graceful_timeout``; then the loop ends and the process exits."""
-        self._set_accepting(False)
+        self._rebalance()
         for listener in self.sockets:
             try:
                 self.loop.remove_reader(listener.fileno())

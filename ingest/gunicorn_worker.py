@@ -26,7 +26,9 @@ workers in half of the starts (one GIL-bound process served everything, the othe
 idled). Each worker posts its open connections on a :class:`ConnectionBoard` shared by
 the workers of one master, and stops accepting while it holds ``SPREAD_SLACK`` more
 than a less loaded live worker that is accepting, so the kernel hands the next
-connections to that one (never all of them at once: someone always accepts).
+connections to that one (never all of them at once: someone always accepts). This
+worker does not post its pauses (``OUT``); the shipped one does (``PAUSED``), with the
+board's bells (see :class:`ConnectionBoard`).
 
 **Answers.**
 gunicorn rejects some requests before the application sees them: a malformed request
@@ -270,13 +272,32 @@ def timeout_answer(log: Any, peer: Any, came: int) -> bytes:
     return raw
 
 
+# A worker's state on the board. OUT: not counted (leaving on SIGTERM, or the gthread
+# worker while it does not accept). PAUSED: a live worker leaving new connections to a
+# less loaded one; it counts, and is woken (``ring``) as soon as it may take them again.
+OUT, ACCEPTING, PAUSED = 0, 1, 2
+
+
 class ConnectionBoard:
     """Open connections per worker, in memory shared by a gunicorn master's workers
     (an anonymous shared mmap, inherited at fork). Slot ``i`` holds the worker's pid
-    (0 free, -1 reserved by the master), its connection count, whether it is accepting
-    and when it last posted (``time.monotonic()``, one clock for the whole host). A
-    header holds how many slots were ever used, so a reading scans only those (it runs
-    at every turn of a worker's loop while that worker leaves connections to others)."""
+    (0 free, -1 reserved by the master), its connection count, its state (``OUT``,
+    ``ACCEPTING``, ``PAUSED``) and when it last posted (``time.monotonic()``, one clock
+    for the whole host). A header holds how many slots were ever used, so a reading
+    scans only those (it runs at every accept and close).
+
+    The spreading protocol (ingest/aio_worker.py follows it): a worker holding ``n``
+    accepts unless another counted worker holds ``n - SPREAD_SLACK`` or fewer
+    (:meth:`may_accept`), so the least loaded one always may. A worker that pauses
+    posts ``PAUSED`` and then reads the board once more (a peer may have grown
+    between its reading and its post); a worker whose count grew posts it and then
+    rings every paused peer that may accept now (:meth:`to_wake`, :meth:`ring`): of
+    the two, one sees the other's post, so no worker stays paused while the least
+    loaded. A slot not posted for ``BOARD_STALE_S`` (a stuck or dead worker) is not
+    counted. Each worker's bell is a Unix datagram socket in Linux's abstract
+    namespace, named by the board and the slot (:meth:`bell`); without one (another
+    OS) a paused worker looks again every ``_RECHECK_S``, as it also does in case a
+    ring is lost."""
 
     HEAD = struct.Struct("q")
     SLOT = struct.Struct("qqqd")
@@ -284,38 +305,87 @@ class ConnectionBoard:
 
     def __init__(self) -> None:
         self._memory = mmap.mmap(-1, self.HEAD.size + self.SLOT.size * self.SLOTS)
+        # Names this board's bells apart from another master's (made before the fork).
+        self._token = os.urandom(8).hex()
+        self._sender: socket.socket | None = None
 
     def reserve(self) -> int:
         """A free slot for a worker about to be forked (in the master)."""
         for slot, (pid, *_) in enumerate(self.SLOT.iter_unpack(self._slots(self.SLOTS))):
             if pid == 0:
-                self._write(slot, -1, 0, False, time.monotonic())
+                self._write(slot, -1, 0, OUT, time.monotonic())
                 self.HEAD.pack_into(self._memory, 0, max(self._used(), slot + 1))
                 return slot
         return -1  # more workers than slots: that one is not balanced
 
     def release(self, slot: int) -> None:
         if slot >= 0:
-            self._write(slot, 0, 0, False, 0.0)
+            self._write(slot, 0, 0, OUT, 0.0)
 
-    def post(self, slot: int, connections: int, accepting: bool) -> None:
+    def post(self, slot: int, connections: int, state: int) -> None:
         if slot >= 0:
-            self._write(slot, os.getpid(), connections, accepting, time.monotonic())
+            self._write(slot, os.getpid(), connections, state, time.monotonic())
 
     def may_accept(self, slot: int, connections: int) -> bool:
         """Whether a worker holding ``connections`` should take another one: unless a
-        live worker holding ``SPREAD_SLACK`` fewer is accepting them."""
+        counted worker (accepting or paused) holds ``SPREAD_SLACK`` fewer."""
         if slot < 0:
             return True
-        now, own = time.monotonic(), os.getpid()
-        return not any(
-            pid > 0
-            and pid != own
-            and accepting
-            and now - posted < BOARD_STALE_S
-            and count + SPREAD_SLACK <= connections
-            for pid, count, accepting, posted in self.SLOT.iter_unpack(self._slots(self._used()))
+        return all(
+            count + SPREAD_SLACK > connections
+            for other, count, _ in self._counted()
+            if other != slot
         )
+
+    def to_wake(self, slot: int) -> list[int]:
+        """The paused workers (slots, ``slot`` aside) that may accept by the board as
+        it is now."""
+        counted = self._counted()
+        return [
+            paused
+            for paused, held, state in counted
+            if state == PAUSED
+            and paused != slot
+            and all(count + SPREAD_SLACK > held for other, count, _ in counted if other != paused)
+        ]
+
+    def bell(self, slot: int) -> socket.socket | None:
+        """The bell of the worker in ``slot`` (in that worker, after the fork): a
+        non-blocking socket that becomes readable when rung; None where there is none."""
+        if slot < 0 or not hasattr(socket, "AF_UNIX"):
+            return None
+        bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            bell.bind(self._bell_name(slot))
+        except OSError:  # no abstract namespace (not Linux): the worker polls instead
+            bell.close()
+            return None
+        bell.setblocking(False)
+        return bell
+
+    def ring(self, slot: int) -> None:
+        """Wake the worker in ``slot``; a ring lost (its bell full, gone) is fine."""
+        if self._sender is None:
+            self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sender.setblocking(False)
+        try:
+            self._sender.sendto(b"!", self._bell_name(slot))
+        except OSError:
+            pass
+
+    def _bell_name(self, slot: int) -> bytes:
+        return f"\0hookfleet-board-{self._token}-{slot}".encode()
+
+    def _counted(self) -> list[tuple[int, int, int]]:
+        """``(slot, connections, state)`` of the live workers that count."""
+        now = time.monotonic()
+        return [
+            (slot, count, state)
+            for slot, (pid, count, state, posted) in enumerate(
+                self.SLOT.iter_unpack(self._slots(self._used()))
+            )
+            if pid > 0 and state in (ACCEPTING, PAUSED) and now - posted < BOARD_STALE_S
+        ]
 
     def _used(self) -> int:
         return int(self.HEAD.unpack_from(self._memory, 0)[0])
@@ -323,9 +393,9 @@ class ConnectionBoard:
     def _slots(self, count: int) -> bytes:
         return self._memory[self.HEAD.size : self.HEAD.size + count * self.SLOT.size]
 
-    def _write(self, slot: int, pid: int, count: int, accepting: bool, posted: float) -> None:
+    def _write(self, slot: int, pid: int, count: int, state: int, posted: float) -> None:
         offset = self.HEAD.size + slot * self.SLOT.size
-        self.SLOT.pack_into(self._memory, offset, pid, count, int(accepting), posted)
+        self.SLOT.pack_into(self._memory, offset, pid, count, state, posted)
 
 
 # Made when gunicorn's master loads this worker class, before it forks any worker.
@@ -347,13 +417,13 @@ class JsonErrorWorker(ThreadWorker):
         """Every turn of the event loop (at least once a second): tell the master we
         live and the other workers how many connections we hold."""
         super().notify()
-        BOARD.post(self.board_slot, self.nr_conns, self._accepting)
+        BOARD.post(self.board_slot, self.nr_conns, ACCEPTING if self._accepting else OUT)
 
     def set_accept_enabled(self, enabled: bool) -> None:
         super().set_accept_enabled(
             enabled and (not self.alive or BOARD.may_accept(self.board_slot, self.nr_conns))
         )
-        BOARD.post(self.board_slot, self.nr_conns, self._accepting)
+        BOARD.post(self.board_slot, self.nr_conns, ACCEPTING if self._accepting else OUT)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         """While not accepting for the others' sake, look again every
@@ -372,7 +442,7 @@ class JsonErrorWorker(ThreadWorker):
         self.nr_conns += 1
         if not BOARD.may_accept(self.board_slot, self.nr_conns):
             self.set_accept_enabled(False)  # the next ones are for the other workers
-        BOARD.post(self.board_slot, self.nr_conns, self._accepting)
+        BOARD.post(self.board_slot, self.nr_conns, ACCEPTING if self._accepting else OUT)
         conn = TConn(self.cfg, client, address, listener.getsockname())  # non-blocking
         if self.cfg.is_ssl:  # the TLS handshake is gunicorn's (never configured here)
             self.enqueue_req(conn)

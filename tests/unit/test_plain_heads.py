@@ -108,3 +108,25 @@ def test_a_plain_head_waits_for_its_body_and_a_large_one_goes_to_gunicorn() -> N
     assert parse_plain(bytearray(LINE + b"Host: x\r\n"), LIMITS) is MORE
     announced = LINE + b"Content-Length: %d\r\n\r\n" % (ARRIVAL_BUFFER_BYTES + 1)
     assert parse_plain(bytearray(announced), LIMITS) is None
+
+
+@pytest.mark.parametrize(
+    ("head", "kept_alive"),
+    [
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", False),
+        (b"GET /healthz HTTP/1.1\r\nConnection: Close\r\nHost: x\r\n\r\n", False),
+        (b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n", False),
+        (b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", True),
+        (LINE + b"Connection: close\r\n" + BODY, False),
+        (LINE + b"Content-Length: 0\r\nConnection: close\r\n\r\n", False),
+    ],
+)
+def test_a_request_that_asks_to_close_is_not_kept_alive(head: bytes, kept_alive: bool) -> None:
+    """A bodiless HTTP/1.1 request with "Connection: close" was kept alive (llhttp resets
+    its flags once such a message is complete), its connection open for 5 s more."""
+    parsed = parse_plain(bytearray(head), LIMITS)
+    assert isinstance(parsed, tuple)
+    assert parsed[0].keep_alive is kept_alive
+    theirs = next(RequestParser(CONFIG, iter([head]), ("127.0.0.1", 1)))
+    assert theirs.should_close() is not kept_alive
