@@ -47,6 +47,7 @@ from models.metrics import forget_dead_processes
 from models.settings import Settings
 from tests.e2e.test_metrics_e2e import per_process, scrape, value
 from tests.faults.test_faults import (
+    FAULT_FLEET,
     Ledger,
     Stack,
     assert_exactly_once,
@@ -57,6 +58,7 @@ from tests.faults.test_faults import (
     settle_and_count,
     stack_on,
     stream,
+    this_row,
 )
 from tests.faults.test_leases import held_call_ids, recovered_after
 from tests.helpers import OPS
@@ -459,10 +461,11 @@ def _python() -> str:
 
 
 def log_problems(stack: Stack) -> list[str]:
-    """ERROR (or worse) lines and tracebacks in the receiver's and workers' logs."""
+    """ERROR (or worse) lines and tracebacks in the receiver's and workers' logs (from
+    where the row began, on a module's shared fleet)."""
     found = []
     for path in sorted(stack.logs.glob("*.log")):
-        for line in path.read_text(errors="replace").splitlines():
+        for line in stack.log_since(path.stem).splitlines():
             if "Traceback" in line or re.search(r'"level": "(ERROR|CRITICAL)"', line):
                 found.append(f"{path.name}: {line[:300]}")
     return found
@@ -700,30 +703,48 @@ def test_a_sentinel_failover_under_load_costs_only_the_flip(
     assert row["log_problems"] == 0, row
 
 
+@pytest.fixture(scope="module")
+def shared_aof_stack(
+    tmp_path_factory: pytest.TempPathFactory, mariadb_server: MariaDBServer
+) -> Iterator[Stack]:
+    """One fault fleet on a Redis of its own (AOF on, no proxy, no replica) for the rows
+    that leave it whole: they restart the Redis they stop (same port, its AOF) or lose
+    one pool child, which the worker replaces. Each reads the logs from where its row
+    began. Rows with a proxy, a replica or a Sentinel build their own."""
+    tmp = tmp_path_factory.mktemp("failover-aof")
+    with aof_redis(tmp) as server, stack_on(tmp, mariadb_server, server.url, server) as built:
+        yield built
+
+
+@pytest.fixture
+def aof_row_stack(shared_aof_stack: Stack) -> Stack:
+    """The module's AOF fleet, checked whole, for one row (``this_row``)."""
+    fleet = shared_aof_stack.fleet
+    exited = {n: p.returncode for n, p in fleet.running.items() if p.poll() is not None}
+    assert not exited and set(fleet.running) == set(FAULT_FLEET), exited
+    return this_row(shared_aof_stack)
+
+
 @pytest.mark.faults
 @pytest.mark.e2e
-def test_a_redis_restart_logs_warnings_not_errors(
-    tmp_path: Path, mariadb_server: MariaDBServer
-) -> None:
-    with (
-        aof_redis(tmp_path) as server,
-        stack_on(tmp_path, mariadb_server, server.url, server) as stack,
-    ):
-        ledger = TimedLedger("redis restarted: warnings only")
-        finish = stream(stack, ledger, ids("rs", 600))
-        wait_until(lambda: len(ledger.accepted) >= 150, 60, "150 accepted")
-        started = time.monotonic()
-        server.stop()  # SIGTERM: Redis writes its AOF and exits
-        time.sleep(2)
-        server.start()
-        finish()
-        row = settle_and_count(stack, ledger, timeout_s=120)
-        row["refused_for_s"] = outage_window(ledger, started)
-        problems = log_problems(stack)
-        warnings = sum(
-            stack.fleet.log(name).count('"level": "WARNING"')
-            for name in ("worker_high", "worker_default", "worker_low")
-        )
+def test_a_redis_restart_logs_warnings_not_errors(aof_row_stack: Stack) -> None:
+    stack = aof_row_stack
+    server = stack.redis
+    ledger = TimedLedger("redis restarted: warnings only")
+    finish = stream(stack, ledger, ids(f"rs{stack.run}", 600))
+    wait_until(lambda: len(ledger.accepted) >= 150, 60, "150 accepted")
+    started = time.monotonic()
+    server.stop()  # SIGTERM: Redis writes its AOF and exits
+    time.sleep(2)
+    server.start()
+    finish()
+    row = settle_and_count(stack, ledger, timeout_s=120)
+    row["refused_for_s"] = outage_window(ledger, started)
+    problems = log_problems(stack)
+    warnings = sum(
+        stack.log_since(name).count('"level": "WARNING"')
+        for name in ("worker_high", "worker_default", "worker_low")
+    )
     assert_exactly_once(row)
     assert problems == [], problems[:5]
     assert warnings > 0  # the reconnects were noticed, as warnings
@@ -731,29 +752,25 @@ def test_a_redis_restart_logs_warnings_not_errors(
 
 @pytest.mark.faults
 @pytest.mark.e2e
-def test_a_killed_pool_childs_gauges_leave_the_metrics_sums(
-    tmp_path: Path, mariadb_server: MariaDBServer
-) -> None:
-    with (
-        aof_redis(tmp_path) as server,
-        stack_on(tmp_path, mariadb_server, server.url, server) as stack,
-    ):
-        ledger = TimedLedger("kill -9 pool child: /metrics ghost")
-        with call_row_locked(stack, "ghost_1") as release:
-            deliver(stack, ledger, "ghost_1")
-            # The batch waits on the row lock holding a database connection: freeze
-            # the child while its own gauge says so, then kill it.
-            pid = kill_a_child_holding_a_connection(stack)
-            killed = time.monotonic()
-            release()
-        row = settle_and_count(stack, ledger, timeout_s=90)
+def test_a_killed_pool_childs_gauges_leave_the_metrics_sums(aof_row_stack: Stack) -> None:
+    stack = aof_row_stack
+    ledger = TimedLedger("kill -9 pool child: /metrics ghost")
+    ghost = f"ghost{stack.run}"
+    with call_row_locked(stack, ghost) as release:
+        deliver(stack, ledger, ghost)
+        # The batch waits on the row lock holding a database connection: freeze
+        # the child while its own gauge says so, then kill it.
+        pid = kill_a_child_holding_a_connection(stack)
+        killed = time.monotonic()
+        release()
+    row = settle_and_count(stack, ledger, timeout_s=90)
 
-        def checked_out() -> float:
-            return value(scrape(stack.fleet.ops_url), "hookfleet_db_pool_checked_out")
+    def checked_out() -> float:
+        return value(scrape(stack.fleet.ops_url), "hookfleet_db_pool_checked_out")
 
-        wait_until(lambda: checked_out() == 0, 30, "the ghost to leave the sum")
-        row["ghost_gone_after_s"] = round(time.monotonic() - killed, 2)
-        left = list(Path(stack.fleet.env["PROMETHEUS_MULTIPROC_DIR"]).glob(f"*_{pid}.db"))
+    wait_until(lambda: checked_out() == 0, 30, "the ghost to leave the sum")
+    row["ghost_gone_after_s"] = round(time.monotonic() - killed, 2)
+    left = list(Path(stack.fleet.env["PROMETHEUS_MULTIPROC_DIR"]).glob(f"*_{pid}.db"))
     assert_exactly_once(row)
     # Its counters stay (a count does not go back); its live gauges are gone.
     assert left and not [p for p in left if p.name.startswith("gauge_live")]

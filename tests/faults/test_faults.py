@@ -77,6 +77,12 @@ class Stack:
     engine: Engine
     logs: Path
     run: str = ""  # added to event ids on a module's shared fleet: see ``calm_stack``
+    marks: dict[str, int] = field(default_factory=dict)  # log sizes when the row began
+
+    def log_since(self, name: str) -> str:
+        """``name``'s log from where this row began: on a module's shared fleet the
+        log also holds the rows before it (their restarts, lapsed leases, retries)."""
+        return self.fleet.log(name)[self.marks.get(name, 0) :]
 
     def processed(self, ids: set[str]) -> set[str]:
         """Call ids whose ``call_ended`` delivery (what the senders send) is processed."""
@@ -211,7 +217,14 @@ def calm_stack(shared_stack: Stack) -> Stack:
         name: proc.returncode for name, proc in fleet.running.items() if proc.poll() is not None
     }
     assert not exited and set(fleet.running) == set(FAULT_FLEET), exited
-    return replace(shared_stack, run="_" + uuid.uuid4().hex[:6])
+    return this_row(shared_stack)
+
+
+def this_row(shared: Stack) -> Stack:
+    """``shared`` for one row (one attempt of it): event ids of its own, and its logs
+    read from where they stand now (``Stack.log_since``)."""
+    marks = {path.stem: len(shared.fleet.log(path.stem)) for path in shared.logs.glob("*.log")}
+    return replace(shared, run="_" + uuid.uuid4().hex[:6], marks=marks)
 
 
 @contextmanager
@@ -528,7 +541,6 @@ def call_row_locked(stack: Stack, call_id: str) -> Iterator[Callable[[], None]]:
 def test_a_task_outliving_its_time_limit_and_the_visibility_timeout_takes_effect_once(
     calm_stack: Stack,
 ) -> None:
-    logged_before = len(calm_stack.fleet.log("worker_high"))  # a shared fleet's log
     call_id = f"slow{calm_stack.run}"
     calm_stack.mariadb.sql("SET GLOBAL innodb_lock_wait_timeout = 60")
     try:
@@ -543,8 +555,7 @@ def test_a_task_outliving_its_time_limit_and_the_visibility_timeout_takes_effect
     assert_exactly_once(row)
     # The database's lock wait (2 s in the workers' sessions) ended each try in time, and
     # the task was retried on fresh messages until the lock was gone.
-    this_row = calm_stack.fleet.log("worker_high")[logged_before:]
-    assert this_row.count("transient failure, will retry") >= 2
+    assert calm_stack.log_since("worker_high").count("transient failure, will retry") >= 2
 
 
 def test_sigterm_to_a_worker_requeues_its_running_task_and_nothing_is_lost(

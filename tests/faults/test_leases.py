@@ -17,11 +17,9 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +46,7 @@ from tests.faults.test_faults import (
     running_stack,
     settle_and_count,
     stream,
+    this_row,
     wait_for_accepted,
 )
 from tests.integration.test_events import incoming
@@ -186,8 +185,11 @@ def shared_lease_stack(
     tmp_path_factory: pytest.TempPathFactory, mariadb_server: MariaDBServer
 ) -> Iterator[Stack]:
     """One ``lease_stack`` (no second high worker) for the rows that leave it whole: they
-    restart the worker they kill, or release the lock they hold. Rows that freeze or
-    stop a worker, kill a server, or read every lease of the fleet build their own."""
+    restart the processes they kill or stop (one worker, one pool child, or the whole
+    host), or release the lock they hold, or thaw the session's MariaDB they stopped.
+    Each counts the leases of the worker it stops (by pid) and reads its logs from
+    where its row began. Rows that need a second high worker, freeze a worker of
+    theirs or kill the fleet's Redis build their own."""
     tmp = tmp_path_factory.mktemp("leases-shared")
     with lease_stack(tmp, mariadb_server, second_high=False) as built:
         yield built
@@ -200,7 +202,37 @@ def lease_row_stack(shared_lease_stack: Stack) -> Stack:
     fleet = shared_lease_stack.fleet
     exited = {n: p.returncode for n, p in fleet.running.items() if p.poll() is not None}
     assert not exited and set(fleet.running) == set(LEASE_FLEET), exited
-    return replace(shared_lease_stack, run="_" + uuid.uuid4().hex[:6])
+    return this_row(shared_lease_stack)
+
+
+TWO_HIGH_FLEET = (*LEASE_FLEET, "worker_high2")
+
+
+@pytest.fixture(scope="module")
+def shared_two_high_stack(
+    tmp_path_factory: pytest.TempPathFactory, mariadb_server: MariaDBServer
+) -> Iterator[Stack]:
+    """A second module fleet, with a second ``hookfleet.high`` worker, for the rows that
+    need one and leave it whole: they thaw the worker they freeze, restart the Redis
+    they kill (same port, its AOF), or release the lock they hold. Each reads the
+    leases of the worker it freezes (by pid) and its logs from where its row began.
+    Its rows are an xdist group of their own (``two_high``), so this fleet and
+    ``shared_lease_stack`` may run on two xdist workers side by side."""
+    tmp = tmp_path_factory.mktemp("leases-two-high")
+    with lease_stack(tmp, mariadb_server, second_high=True) as built:
+        yield built
+
+
+@pytest.fixture
+def two_high_row_stack(shared_two_high_stack: Stack) -> Stack:
+    """The module's two-high-worker fleet, checked whole, for one row (``this_row``)."""
+    fleet = shared_two_high_stack.fleet
+    exited = {n: p.returncode for n, p in fleet.running.items() if p.poll() is not None}
+    assert not exited and set(fleet.running) == set(TWO_HIGH_FLEET), exited
+    return this_row(shared_two_high_stack)
+
+
+two_high = pytest.mark.xdist_group("test_leases_two_high")
 
 
 def start_as(fleet: Processes, alias: str, name: str) -> None:
@@ -257,8 +289,9 @@ def held_call_ids(stack: Stack, pid: int | None = None) -> set[str]:
 
 
 def restores_logged(stack: Stack) -> int:
+    """Lapsed leases the workers restored since the row began."""
     return sum(
-        stack.fleet.log(path.stem).count("lease lapsed") for path in stack.logs.glob("worker_*.log")
+        stack.log_since(path.stem).count("lease lapsed") for path in stack.logs.glob("worker_*.log")
     )
 
 
@@ -310,42 +343,43 @@ def test_kill_9_of_one_pool_child_is_recovered_at_once(
 
 
 @faults
+@two_high
 def test_a_frozen_busy_worker_loses_its_messages_and_its_late_work_lands_once(
-    tmp_path: Path, mariadb_server: MariaDBServer
+    two_high_row_stack: Stack,
 ) -> None:
-    with lease_stack(tmp_path, mariadb_server, second_high=True) as stack:
-        ledger = Ledger("lease: SIGSTOP busy worker, SIGCONT")
-        frozen = stack.fleet.running["worker_high"].pid
-        # The database holds every batch at its first statement while the deliveries
-        # pile up in the workers' hands: worker_high is busy for certain when frozen.
-        hung = stack.engine.connect()
-        hung.execute(text("LOCK TABLES webhook_events WRITE"))
-        try:
-            stream(stack, ledger, ids("fz", 600), threads=12)()
-            wait_until(
-                lambda: len(held_call_ids(stack, frozen)) > 2 * SHIPPED.batch_size,
-                60,
-                "worker_high holding its batches and more",
-            )
-            os.killpg(frozen, signal.SIGSTOP)
-            frozen_at = time.monotonic()
-            held = held_call_ids(stack, frozen)
-        finally:
-            hung.execute(text("UNLOCK TABLES"))
-            hung.close()
-        try:
-            recovery = recovered_after(stack, held, frozen_at)
-        finally:
-            os.killpg(frozen, signal.SIGCONT)  # thawed: its late work and acks land now
+    stack = two_high_row_stack
+    ledger = Ledger("lease: SIGSTOP busy worker, SIGCONT")
+    frozen = stack.fleet.running["worker_high"].pid
+    # The database holds every batch at its first statement while the deliveries
+    # pile up in the workers' hands: worker_high is busy for certain when frozen.
+    hung = stack.engine.connect()
+    hung.execute(text("LOCK TABLES webhook_events WRITE"))
+    try:
+        stream(stack, ledger, ids(f"fz{stack.run}", 600), threads=12)()
         wait_until(
-            lambda: "lease had lapsed" in stack.fleet.log("worker_high"),
+            lambda: len(held_call_ids(stack, frozen)) > 2 * SHIPPED.batch_size,
             60,
-            "the thawed worker's late acks, ignored",
+            "worker_high holding its batches and more",
         )
-        row = settle_and_count(stack, ledger)
-        row["recovery_s"] = recovery
-        row["held_when_frozen"] = len(held)
-        lapsed = restores_logged(stack)
+        os.killpg(frozen, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        held = held_call_ids(stack, frozen)
+    finally:
+        hung.execute(text("UNLOCK TABLES"))
+        hung.close()
+    try:
+        recovery = recovered_after(stack, held, frozen_at)
+    finally:
+        os.killpg(frozen, signal.SIGCONT)  # thawed: its late work and acks land now
+    wait_until(
+        lambda: "lease had lapsed" in stack.log_since("worker_high"),
+        60,
+        "the thawed worker's late acks, ignored",
+    )
+    row = settle_and_count(stack, ledger)
+    row["recovery_s"] = recovery
+    row["held_when_frozen"] = len(held)
+    lapsed = restores_logged(stack)
     assert_exactly_once(row)
     assert lapsed >= 1
     assert recovery < 30, row
@@ -481,89 +515,90 @@ def test_a_worker_frozen_inside_its_transaction_does_not_stall_the_other_queues(
 
 
 @faults
-def test_a_whole_host_killed_is_recovered_by_the_restarted_one(
-    tmp_path: Path, mariadb_server: MariaDBServer
-) -> None:
-    with lease_stack(tmp_path, mariadb_server, second_high=False) as stack:
-        ledger = Ledger("lease: whole host kill -9")
-        senders = ThreadPoolExecutor(8)
-        sent = [
-            senders.submit(deliver_through_crashes, stack, ledger, call_id)
-            for call_id in ids("hk", 800)
-        ]
-        wait_for_accepted(ledger, 300)
-        for name in ("web", "worker_high", "worker_default"):
-            os.killpg(stack.fleet.running[name].pid, signal.SIGKILL)
-        killed_at = time.monotonic()
-        held = held_call_ids(stack)
-        for name in ("web", "worker_high", "worker_default"):
-            stack.fleet.running.pop(name).wait()
-        time.sleep(1)
-        for name in ("web", "worker_high", "worker_default"):
-            stack.fleet.start(name)
-        stack.fleet.wait_for_web()
+def test_a_whole_host_killed_is_recovered_by_the_restarted_one(lease_row_stack: Stack) -> None:
+    stack = lease_row_stack
+    ledger = Ledger("lease: whole host kill -9")
+    senders = ThreadPoolExecutor(8)
+    sent = [
+        senders.submit(deliver_through_crashes, stack, ledger, call_id)
+        for call_id in ids(f"hk{stack.run}", 800)
+    ]
+    wait_for_accepted(ledger, 300)
+    for name in LEASE_FLEET:
+        os.killpg(stack.fleet.running[name].pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    held = held_call_ids(stack)
+    for name in LEASE_FLEET:
+        stack.fleet.running.pop(name).wait()
+    time.sleep(1)
+    for name in LEASE_FLEET:  # the restarted host: the module's fleet whole again
+        stack.fleet.start(name)
+    stack.fleet.wait_for_web()
 
-        def finish() -> None:
-            for future in sent:
-                future.result()
-            senders.shutdown()
+    def finish() -> None:
+        for future in sent:
+            future.result()
+        senders.shutdown()
 
-        row = settled_after_recovery(stack, ledger, held, killed_at, finish)
+    row = settled_after_recovery(stack, ledger, held, killed_at, finish)
     assert_exactly_once(row)
     assert row["recovery_s"] < 30, row
 
 
 @faults
+@two_high
 def test_redis_restarted_while_leases_are_held_loses_and_repeats_nothing(
-    tmp_path: Path, mariadb_server: MariaDBServer
+    two_high_row_stack: Stack,
 ) -> None:
-    with lease_stack(tmp_path, mariadb_server, second_high=True) as stack:
-        ledger = Ledger("lease: Redis kill -9 + restart (AOF)")
-        finish = streaming(stack, ledger, "rr", 800)
-        assert stack.redis.proc is not None
-        held = held_call_ids(stack)
-        stack.redis.proc.kill()
-        stack.redis.proc.wait()
-        killed_at = time.monotonic()
-        time.sleep(2)
-        stack.redis.start()
-        row = settled_after_recovery(stack, ledger, held, killed_at, finish)
-        lapsed = restores_logged(stack)
+    stack = two_high_row_stack
+    ledger = Ledger("lease: Redis kill -9 + restart (AOF)")
+    finish = streaming(stack, ledger, f"rr{stack.run}", 800)
+    assert stack.redis.proc is not None
+    held = held_call_ids(stack)
+    stack.redis.proc.kill()
+    stack.redis.proc.wait()
+    killed_at = time.monotonic()
+    time.sleep(2)
+    stack.redis.start()
+    row = settled_after_recovery(stack, ledger, held, killed_at, finish)
+    lapsed = restores_logged(stack)
     assert_exactly_once(row)
     assert lapsed == 0  # back within the lease: nobody's messages were taken from them
 
 
 @faults
+@two_high
 def test_a_task_running_3x_the_lease_on_a_healthy_worker_runs_once(
-    tmp_path: Path, mariadb_server: MariaDBServer
+    two_high_row_stack: Stack,
 ) -> None:
-    with lease_stack(tmp_path, mariadb_server, second_high=True) as stack:
-        ledger = Ledger("lease: task 3x the lease, healthy worker")
-        # A table lock, not a row lock: a row lock is waited for only a few seconds
-        # (then the event is retried later); a table lock keeps the task running.
-        blocker = stack.engine.connect()
-        try:
-            blocker.execute(text("LOCK TABLES calls WRITE"))
-            assert deliver(stack, ledger, "long_1") == 202
-            time.sleep(3 * SHIPPED.lease_s)
-        finally:
-            blocker.execute(text("UNLOCK TABLES"))
-            blocker.close()
-        released_at = time.monotonic()
-        # Not a recovery: the time from the lock's release to the effect.
-        recovery = recovered_after(stack, {"long_1"}, released_at)
-        row = settle_and_count(stack, ledger, timeout_s=60)
-        row["recovery_s"] = recovery
-        processed = sum(
-            1
-            for p in stack.logs.glob("worker_*.log")
-            for line in stack.fleet.log(p.stem).splitlines()
-            if '"message": "processed"' in line and "long_1:call_ended" in line
-        )
-        retried = sum(
-            stack.fleet.log(p.stem).count("will retry") for p in stack.logs.glob("worker_*.log")
-        )
-        lapsed = restores_logged(stack)
+    stack = two_high_row_stack
+    ledger = Ledger("lease: task 3x the lease, healthy worker")
+    long_call = f"long{stack.run}"
+    # A table lock, not a row lock: a row lock is waited for only a few seconds
+    # (then the event is retried later); a table lock keeps the task running.
+    blocker = stack.engine.connect()
+    try:
+        blocker.execute(text("LOCK TABLES calls WRITE"))
+        assert deliver(stack, ledger, long_call) == 202
+        time.sleep(3 * SHIPPED.lease_s)
+    finally:
+        blocker.execute(text("UNLOCK TABLES"))
+        blocker.close()
+    released_at = time.monotonic()
+    # Not a recovery: the time from the lock's release to the effect.
+    recovery = recovered_after(stack, {long_call}, released_at)
+    row = settle_and_count(stack, ledger, timeout_s=60)
+    row["recovery_s"] = recovery
+    processed = sum(
+        1
+        for p in stack.logs.glob("worker_*.log")
+        for line in stack.log_since(p.stem).splitlines()
+        if '"message": "processed"' in line and f"{long_call}:call_ended" in line
+    )
+    retried = sum(
+        stack.log_since(p.stem).count("will retry") for p in stack.logs.glob("worker_*.log")
+    )
+    lapsed = restores_logged(stack)
     assert_exactly_once(row)
     assert lapsed == 0, "a live worker's message was restored"
     assert processed == 1
@@ -611,36 +646,40 @@ def test_a_row_lock_held_by_a_stopped_transaction_costs_one_event_not_its_batch(
     assert recovery < 30, row
 
 
-def held_by_leases(stack: Stack) -> int:
+def held_by_leases(stack: Stack, pid: int) -> int:
+    """Messages the consumer of ``pid`` holds under its lease now."""
     client = stack.redis.client()
-    return sum(int(client.hlen(key)) for key in client.scan_iter(f"{HELD_PREFIX}*"))
+    return sum(int(client.hlen(key)) for key in client.scan_iter(f"{HELD_PREFIX}*:{pid}:*"))
 
 
 @faults
 def test_sigterm_hands_back_reserved_messages_at_once_while_the_database_hangs(
-    tmp_path: Path, mariadb_server: MariaDBServer
+    lease_row_stack: Stack,
 ) -> None:
-    with lease_stack(tmp_path, mariadb_server, second_high=False) as stack:
-        ledger = Ledger("lease: SIGTERM, database hung")
-        hung = stack.engine.connect()  # every batch waits on the table lock
-        hung.execute(text("LOCK TABLES webhook_events WRITE"))
-        try:
-            stream(stack, ledger, ids("st", 400))()
-            running = 2 * SHIPPED.batch_size  # two pool processes, one batch each
-            wait_until(lambda: held_by_leases(stack) > running + 20, 60, "messages reserved")
-            worker = stack.fleet.running.pop("worker_high")
-            os.kill(worker.pid, signal.SIGTERM)
-            termed_at = time.monotonic()
-            wait_until(lambda: held_by_leases(stack) <= running, 30, "reserved handed back")
-            handed_back_s = round(time.monotonic() - termed_at, 1)
-            still_running = worker.poll() is None
-        finally:
-            hung.execute(text("UNLOCK TABLES"))  # the database answers again
-            hung.close()
-        worker.wait(60)
-        stack.fleet.start("worker_high")
-        row = settle_and_count(stack, ledger)
-        row["recovery_s"] = handed_back_s
+    stack = lease_row_stack
+    ledger = Ledger("lease: SIGTERM, database hung")
+    worker = stack.fleet.running["worker_high"]  # the only consumer of hookfleet.high
+    hung = stack.engine.connect()  # every batch waits on the table lock
+    hung.execute(text("LOCK TABLES webhook_events WRITE"))
+    try:
+        stream(stack, ledger, ids(f"st{stack.run}", 400))()
+        running = 2 * SHIPPED.batch_size  # two pool processes, one batch each
+        wait_until(
+            lambda: held_by_leases(stack, worker.pid) > running + 20, 60, "messages reserved"
+        )
+        stack.fleet.running.pop("worker_high")
+        os.kill(worker.pid, signal.SIGTERM)
+        termed_at = time.monotonic()
+        wait_until(lambda: held_by_leases(stack, worker.pid) <= running, 30, "reserved handed back")
+        handed_back_s = round(time.monotonic() - termed_at, 1)
+        still_running = worker.poll() is None
+    finally:
+        hung.execute(text("UNLOCK TABLES"))  # the database answers again
+        hung.close()
+    worker.wait(60)
+    stack.fleet.start("worker_high")
+    row = settle_and_count(stack, ledger)
+    row["recovery_s"] = handed_back_s
     assert_exactly_once(row)
     assert still_running, "the worker had exited: nothing showed the hand-back was early"
     assert handed_back_s < 5, row
@@ -648,37 +687,38 @@ def test_sigterm_hands_back_reserved_messages_at_once_while_the_database_hangs(
 
 @faults
 def test_sigterm_while_mariadb_is_stopped_exits_within_the_soft_shutdown(
-    tmp_path: Path, mariadb_server: MariaDBServer
+    lease_row_stack: Stack,
 ) -> None:
     """Issue 17: mariadbd SIGSTOPped under a busy worker, then SIGTERM. The reserved
     messages went back at once, but the process lived 284 s, until the task's soft time
     limit (Celery's warm shutdown waits for running tasks; its soft-shutdown timeout
     bounds only a cold one). Now the running batches' pool processes are ended when the
     soft shutdown period (3 s here) is over; nothing is lost or applied twice."""
-    assert mariadb_server.proc is not None
-    with lease_stack(tmp_path, mariadb_server, second_high=False) as stack:
-        ledger = Ledger("lease: SIGTERM, mariadbd stopped")
-        finish = stream(stack, ledger, ids("ms", 600))
-        wait_for_accepted(ledger, 150)
-        worker = stack.fleet.running.pop("worker_high")
-        os.kill(mariadb_server.proc.pid, signal.SIGSTOP)
+    stack = lease_row_stack
+    mariadbd = stack.mariadb.proc  # the session's server, which the shared fleet uses
+    assert mariadbd is not None
+    ledger = Ledger("lease: SIGTERM, mariadbd stopped")
+    finish = stream(stack, ledger, ids(f"ms{stack.run}", 600))
+    wait_for_accepted(ledger, 150)
+    worker = stack.fleet.running.pop("worker_high")
+    os.kill(mariadbd.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: held_by_leases(stack, worker.pid) > 0, 30, "messages held")
+        time.sleep(1)  # the running batches are waiting on the stopped server
+        os.kill(worker.pid, signal.SIGTERM)
+        termed_at = time.monotonic()
         try:
-            wait_until(lambda: held_by_leases(stack) > 0, 30, "messages held")
-            time.sleep(1)  # the running batches are waiting on the stopped server
-            os.kill(worker.pid, signal.SIGTERM)
-            termed_at = time.monotonic()
-            try:
-                worker.wait(60)
-            except subprocess.TimeoutExpired:
-                kill_group(worker)
-            exited_s = round(time.monotonic() - termed_at, 1)
-        finally:
-            os.kill(mariadb_server.proc.pid, signal.SIGCONT)
-        stack.fleet.start("worker_high")
-        finish()
-        row = settle_and_count(stack, ledger)
-        row["exited_s"] = exited_s
-        ended = "ending the pool's running batches" in stack.fleet.log("worker_high")
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            kill_group(worker)
+        exited_s = round(time.monotonic() - termed_at, 1)
+    finally:
+        os.kill(mariadbd.pid, signal.SIGCONT)
+    stack.fleet.start("worker_high")
+    finish()
+    row = settle_and_count(stack, ledger)
+    row["exited_s"] = exited_s
+    ended = "ending the pool's running batches" in stack.log_since("worker_high")
     assert_exactly_once(row)
     assert ended, "the worker exited before its soft shutdown was over: nothing was bounded"
     # 3 s of soft shutdown, then the pool ended; workers.broker.shutdown.EXIT_GRACE_S at most.

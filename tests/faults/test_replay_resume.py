@@ -1,5 +1,14 @@
-"""A replay of 100,000 events, stopped with Ctrl-C, resumed, killed with SIGKILL,
-resumed again: every selected event lands on the real Redis queue exactly once."""
+"""A replay of 30,000 events, stopped with Ctrl-C, resumed, killed with SIGKILL,
+resumed again: every selected event lands on the real Redis queue exactly once.
+
+What the size must give: both stops land mid-run, with many chunks pushed before each
+(SIGINT after ~6 chunks of 1,000, SIGKILL after ~14 more of 700) and enough left
+after each that a replay on a quiet machine cannot finish before the signal reaches
+it (24,000 events after SIGINT, 13,500 after SIGKILL). The cut between a chunk's push and its
+cursor write is forced deterministically in tests/integration/test_replay_runs.py;
+memory over a million events is measured by ``python -m tests.bench.replay_memory``.
+It was 100,000 events (~40 CPU-s a backend, most of it seeding, replaying and reading
+back rows whose number proves nothing more)."""
 
 from __future__ import annotations
 
@@ -23,13 +32,15 @@ from models.settings import Settings
 from tests.helpers import command_env
 
 HOOKFLEET = str(Path(sys.executable).parent / "hookfleet")
-DEAD = 100_000
+DEAD = 30_000
+HALF = DEAD // 2  # per provider
 T0 = datetime(2026, 11, 20, tzinfo=UTC)
 
 
 def seed(database_url: str) -> None:
-    """100,000 dead events, half Cal.com and half Stripe, and every 21st of 105,000 (5,000)
-    processed, which a replay of dead letters leaves alone; bulk inserts of 5,000 rows."""
+    """``DEAD`` dead events, half Cal.com and half Stripe, among ``DEAD + DEAD // 20``
+    rows of which every 21st (``DEAD // 20``) is processed, which a replay of dead
+    letters leaves alone; bulk inserts of 5,000 rows."""
     engine = make_engine(Settings(database_url=database_url))
     rows = []
     for i in range(DEAD + DEAD // 20):
@@ -99,14 +110,14 @@ def test_a_replay_interrupted_killed_and_resumed_enqueues_each_event_once(
     began = time.monotonic()
 
     first = replay(env, "--all-dead", "--rate", "0", "--batch-size", "1000")
-    code, said = stop_when_queued(first, redis_client, 20_000, signal.SIGINT)
+    code, said = stop_when_queued(first, redis_client, DEAD // 5, signal.SIGINT)
     assert code == 128 + signal.SIGINT, said
-    assert f"{DEAD} event(s) match (calcom: 50000, stripe: 50000)." in said
+    assert f"{DEAD} event(s) match (calcom: {HALF}, stripe: {HALF})." in said
     assert "interrupted: replay run 1 replayed" in said
     assert "resume with: hookfleet replay --resume 1" in said
 
     second = replay(env, "--resume", "1", "--batch-size", "700")
-    code, said = stop_when_queued(second, redis_client, 55_000, signal.SIGKILL)
+    code, said = stop_when_queued(second, redis_client, DEAD * 55 // 100, signal.SIGKILL)
     assert code == -signal.SIGKILL, said
 
     third = replay(env, "--resume", "1")
@@ -114,11 +125,11 @@ def test_a_replay_interrupted_killed_and_resumed_enqueues_each_event_once(
     took = time.monotonic() - began
 
     assert third.returncode == 0, out + err
-    assert f"replayed {DEAD} event(s) on hookfleet.low (calcom: 50000, stripe: 50000)." in out
+    assert f"replayed {DEAD} event(s) on hookfleet.low (calcom: {HALF}, stripe: {HALF})." in out
     assert "replay run 1 finished." in out
     seen = enqueued_event_ids(redis_client)
     assert len(seen) == DEAD and set(seen.values()) == {1}
     assert not any(int(e.split("_")[1]) % 21 == 20 for e in seen)  # processed ones stay
     runs = subprocess.run([HOOKFLEET, "replay", "runs"], env=env, capture_output=True, text=True)
     assert "finished" in runs.stdout and f"{DEAD}/{DEAD}" in runs.stdout
-    print(f"100k replay, interrupted, killed and resumed: {took:.1f} s")
+    print(f"{DEAD} events replayed, interrupted, killed and resumed: {took:.1f} s")
