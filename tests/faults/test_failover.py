@@ -691,14 +691,29 @@ def test_a_sentinel_failover_under_load_costs_only_the_flip(
             wait_until(lambda: sentinel.primary_port() == replica.port, 30, "sentinel failover")
             wait_until(lambda: role_of(primary) == "slave", 30, "demotion")
 
+        # SENTINEL FAILOVER promotes the replica, then demotes the old primary only when
+        # its next INFO poll finds it (~10 s): a client still on the old primary writes
+        # what the demotion then throws away. HOOKFLEET_REDIS_MIN_REPLICAS=1 is what the
+        # README names for exactly once across a failover: no replica confirms a write
+        # to the old primary once its replica is promoted, so it is answered 503
+        # not_replicated and the provider's retry is accepted by the new one. (With the
+        # default 0 this row lost 92 and 145 of 600 accepted deliveries at load ~18,
+        # when the workers lagged behind the old primary's queue.)
         try:
-            with stack_on(tmp_path, mariadb_server, sentinel.url, primary) as stack:
-                row = failover_under_load(stack, flip, "sentinel failover")
+            with stack_on(
+                tmp_path,
+                mariadb_server,
+                sentinel.url,
+                primary,
+                HOOKFLEET_REDIS_MIN_REPLICAS="1",
+                HOOKFLEET_REDIS_REPLICA_WAIT_MS="200",
+            ) as stack:
+                row = failover_under_load(stack, flip, "sentinel failover, min replicas 1")
                 tail = [status for _, status in stack_tail(stack)]
         finally:
             sentinel.stop()
     assert_exactly_once(row)
-    assert row["refused_for_s"] < 15, row
+    assert row["refused_for_s"] < row["flip_s"] + 5, row  # the flip, not forever
     assert tail == [202] * len(tail)
     assert row["log_problems"] == 0, row
 
