@@ -115,17 +115,22 @@ class LateRecords:
             return len(self._held)
 
     def _run(self) -> None:
+        # A record handed over is written to the database at once (woken by keep()),
+        # Redis is tried again only on the backoff's schedule.
         pause = BACKOFF_S[0]
+        next_try = 0.0
         while not self._stopping.is_set():
             self._wake.clear()
             self._shelve_new()
-            if self._try_redis():
-                pause = BACKOFF_S[0]
-                self._wake.wait()
-                continue
-            self._give_up_overdue()
-            self._stopping.wait(pause)
-            pause = min(pause * 2, BACKOFF_S[1])
+            if time.monotonic() >= next_try:
+                if self._try_redis():
+                    pause, next_try = BACKOFF_S[0], 0.0
+                    self._wake.wait()
+                    continue
+                self._give_up_overdue()
+                next_try = time.monotonic() + pause
+                pause = min(pause * 2, BACKOFF_S[1])
+            self._wake.wait(max(0.0, next_try - time.monotonic()))
 
     def finish(self, deadline: float) -> None:
         """At an orderly exit: stop the thread and try the held records with backoff
@@ -157,11 +162,24 @@ class LateRecords:
             self.finish(time.monotonic() + EXIT_RESERVE_S + EXIT_TRY_S)
 
     def _shelve_new(self) -> None:
-        """Write the records not yet in the database there; stop at the first failure
-        (the database is down: the next round tries again)."""
-        for held in self._snapshot():
-            if not held.shelved and not _shelved(held, quiet=True):
-                return
+        """Write the records not yet in the database there, in one transaction (the
+        fewer round trips, the smaller what a kill could still take); one by one after a
+        failure, stopping at the first that fails too (the database is down: the next
+        round tries again)."""
+        new = [held for held in self._snapshot() if not held.shelved]
+        by_database: dict[str, list[_Held]] = {}
+        for held in new:
+            by_database.setdefault(held.record.database_url, []).append(held)
+        for database_url, helds in by_database.items():
+            try:
+                shelve(database_url, [held.record.message for held in helds])
+            except (SQLAlchemyError, ValueError):
+                for held in helds:
+                    if not _shelved(held, quiet=True):
+                        return
+                continue
+            for held in helds:
+                held.shelved = True
 
     def _try_redis(self) -> bool:
         """Queue the held records in order, stopping at the first Redis refuses; True
@@ -209,7 +227,7 @@ def _recorded(record: LateRecord) -> bool:
 def _shelved(held: _Held, *, quiet: bool = False) -> bool:
     """Keep ``held`` in the database; False (logged unless ``quiet``) when it cannot."""
     try:
-        shelve(held.record.database_url, held.record.message)
+        shelve(held.record.database_url, [held.record.message])
     except (SQLAlchemyError, ValueError) as error:
         if not quiet:
             log.warning(

@@ -44,13 +44,36 @@ def event_of(message: str) -> EventMessage:
     return EventMessage.from_kwargs(kwargs)
 
 
-def shelve(database_url: str, message: str) -> bool:
-    """Write the delivery queued as ``message`` as a ``received`` row. True when this
-    call wrote it, False when a row for its ``(provider, event_id)`` was already there.
-    Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot take it."""
-    event = event_of(message)
+def shelve(database_url: str, messages: list[str]) -> int:
+    """Write the deliveries queued as ``messages`` as ``received`` rows, in one
+    transaction (one by one when one of them is already on record). Returns how many
+    this call wrote: a row already there for an event's ``(provider, event_id)`` is left
+    as it is. Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot take
+    them, ``ValueError`` for a message that is not a delivery's."""
+    events = [event_of(message) for message in messages]
+    engine = _engines.get(database_url, lambda: _engine(database_url))
+    with Session(engine) as session:
+        session.add_all([_row(event) for event in events])
+        try:
+            session.commit()
+            return len(events)
+        except IntegrityError:
+            session.rollback()
+    written = 0
+    for event in events:
+        with Session(engine) as session:
+            session.add(_row(event))
+            try:
+                session.commit()
+                written += 1
+            except IntegrityError:
+                pass  # already on record: the constraint is the last line of dedup
+    return written
+
+
+def _row(event: EventMessage) -> WebhookEvent:
     now = utcnow()
-    row = WebhookEvent(
+    return WebhookEvent(
         provider=event.provider,
         event_id=event.event_id,
         event_type=event.event_type,
@@ -64,14 +87,6 @@ def shelve(database_url: str, message: str) -> bool:
         created_at=now,
         updated_at=now,
     )
-    engine = _engines.get(database_url, lambda: _engine(database_url))
-    with Session(engine) as session:
-        session.add(row)
-        try:
-            session.commit()
-        except IntegrityError:
-            return False  # already on record: the constraint is the last line of dedup
-    return True
 
 
 def _engine(database_url: str) -> Engine:
