@@ -837,9 +837,11 @@ class AioWorker(Worker):
             await self.deliveries.claims.aclose()
         # Answered inbound calls Redis has not taken yet: tried for the rest of the
         # graceful window (the heartbeat goes on meanwhile), the rest kept in the database.
+        # A thread of its own: request threads may still be busy when the drain gave up.
         from ingest.late_records import late_records
 
-        await self.loop.run_in_executor(None, late_records().finish, deadline)
+        with ThreadPoolExecutor(1, thread_name_prefix="late-records") as leaving:
+            await self.loop.run_in_executor(leaving, late_records().finish, deadline)
 
     # requests
     def trusts(self, peer: Any) -> bool:
