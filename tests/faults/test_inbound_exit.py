@@ -211,3 +211,41 @@ def test_calls_answered_while_redis_is_down_are_recorded_once_by_the_sweep_when_
         assert f"requeued {CALLS} stuck event(s)" in sweep.stdout
 
         assert_each_recorded_once(fleet, database_url, callers)
+
+
+def test_calls_a_receiver_had_written_to_the_database_survive_its_kill_9(
+    tmp_path: Path, database_url: str, redis_aof: RedisServer
+) -> None:
+    """The records are in the database while the receiver runs: ``kill -9`` of the whole
+    receiver (the OOM killer, a node lost) after that takes none of them."""
+    with running_fleet(
+        tmp_path, redis_aof.url, database_url, names=("web", "worker_high"), **SETTINGS
+    ) as fleet:
+        fleet.wait_for_worker("worker_high")
+        kill_redis(redis_aof)
+        callers = answer_calls(fleet, "30")
+        wait_until(
+            lambda: (
+                {c: n for c, (n, _) in recorded(database_url).items()} == dict.fromkeys(callers, 1)
+            ),
+            30,
+            "every call written to the database",
+            0.2,
+        )
+        written = time.monotonic()
+        master = fleet.running["web"]
+        os.killpg(master.pid, signal.SIGKILL)
+        master.wait(timeout=10)
+        redis_aof.start()
+        at(written + 1.5)  # the sweep below takes rows over 1 s old
+        sweep = subprocess.run(
+            ["hookfleet", "sweep", "--older-than", "1s"],
+            env=fleet.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sweep.returncode == 0, sweep.stderr
+
+        assert_each_recorded_once(fleet, database_url, callers)
