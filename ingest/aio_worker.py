@@ -870,8 +870,9 @@ class AioWorker(Worker):
         sys.exit(0)
 
     async def _drain(self) -> None:
-        """Let in-flight requests finish (and arriving ones arrive), within
-        ``graceful_timeout``; then the loop ends and the process exits."""
+        """Let in-flight requests finish (and arriving ones arrive), then the inbound
+        calls' late records (ingest/late_records.py), within ``graceful_timeout``; then
+        the loop ends and the process exits."""
         self._rebalance()
         for listener in self.sockets:
             try:
@@ -887,6 +888,13 @@ class AioWorker(Worker):
             connection.close()
         if self.deliveries is not None and self.deliveries.claims is not None:
             await self.deliveries.claims.aclose()
+        # Answered inbound calls Redis has not taken yet: tried for the rest of the
+        # graceful window (the heartbeat goes on meanwhile), the rest kept in the database.
+        # A thread of its own: request threads may still be busy when the drain gave up.
+        from ingest.late_records import late_records
+
+        with ThreadPoolExecutor(1, thread_name_prefix="late-records") as leaving:
+            await self.loop.run_in_executor(leaving, late_records().finish, deadline)
 
     # requests
     def trusts(self, peer: Any) -> bool:

@@ -2,100 +2,211 @@
 
 A Retell ``call_inbound`` is answered first and recorded after (ingest/views.py
 ``answer_inline``): no retry follows an answer, so a record that fails then because
-Redis is down, restarting or failing over would be lost for good. It is kept here, in
-the receiver process's memory, and tried again by one background thread per process
-until Redis takes it or :data:`RETRY_FOR_S` has passed since the answer; a record is
-idempotent (its dedup key), so a try that reached Redis unseen is a duplicate the next
-time. At a worker's orderly exit what is left gets one more try (at most
-:data:`EXIT_TRY_S` in all); what still fails is logged at ERROR ``inline event not
-recorded`` with its event id, as is a record past :data:`MAX_WAITING` waiting ones.
-A worker killed outright (SIGKILL, OOM) loses what it held.
+Redis is down, restarting or failing over must not depend on the provider. Such a
+record is handed to this process's :class:`LateRecords`, whose one background thread
+
+1. keeps it in the database at once (ingest/shelved_events.py: a ``received``
+   ``webhook_events`` row, what a worker writes on taking the message), so that from then
+   on neither an exit nor a kill of the receiver can lose it: the stuck-work sweep
+   queues such a row from the database (after ``HOOKFLEET_STUCK_AFTER_S``);
+2. tries Redis again, backing off up to ``BACKOFF_S[1]``, until Redis takes it (logged
+   ``recorded inline event late``) or :data:`RETRY_FOR_S` has passed since the answer;
+   the record is idempotent (its dedup key; the row's UNIQUE key), so a try that reached
+   Redis unseen, or a row the sweep also queues, is applied once.
+
+At an orderly exit (SIGTERM, ``max_requests``) :meth:`LateRecords.finish` goes on trying
+Redis with backoff until the deadline the worker gives it (what is left of gunicorn's
+``graceful_timeout``). A record neither queued nor kept in the database is never dropped
+without an ERROR ``inline event not recorded`` naming its event id; one kept there but
+not queued gets a WARNING ``inline event left to the stuck-work sweep``. A record past
+:data:`MAX_WAITING` waiting ones is kept in the database at once, in the caller's thread.
+A receiver killed outright (SIGKILL, OOM) loses only records it had not yet written to
+the database (the moment between the failed try and the write, or a database that is
+down too).
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+from sqlalchemy.exc import SQLAlchemyError
 
+from ingest.shelved_events import shelve
 from models.perprocess import PerProcess
 
 log = logging.getLogger("hookfleet.ingest")
 
 #: How long after its answer a record is still tried (seconds): a Redis restart or a
-#: Sentinel failover takes seconds to a minute.
+#: Sentinel failover takes seconds to a minute. Past it a record kept in the database
+#: is left to the stuck-work sweep.
 RETRY_FOR_S = 300.0
-#: Records waiting per receiver process; past it a new one is not kept (logged).
+#: Records held per receiver process; past it a new one goes to the database at once.
 MAX_WAITING = 10_000
 #: Pause between tries while Redis refuses (seconds, doubling up to the second).
 BACKOFF_S = (0.5, 5.0)
-#: At a worker's orderly exit, the time left records are tried for (seconds, in all).
-EXIT_TRY_S = 5.0
+#: At an exit, the pause between tries is at most this (seconds): the window is short.
+EXIT_BACKOFF_S = 1.0
+#: Of an exit's deadline, the part kept for writing what is left to the database and
+#: leaving (seconds).
+EXIT_RESERVE_S = 2.5
+#: When no deadline is given (an exit gunicorn's worker did not announce: SIGQUIT, an
+#: interpreter exit), the time left records are tried for (seconds).
+EXIT_TRY_S = 1.0
 
 
 @dataclass(frozen=True)
 class LateRecord:
-    """One record: ``attempt()`` queues it (raises ``redis.RedisError`` when it cannot);
-    ``answered_at`` is ``time.monotonic()`` at the answer."""
+    """One record: ``attempt()`` queues it (raises ``redis.RedisError`` when it
+    cannot); ``message`` is the Celery message it queues and ``database_url`` where it
+    is kept meanwhile; ``answered_at`` is ``time.monotonic()`` at the answer."""
 
     attempt: Callable[[], None]
     event_id: str
     answered_at: float
+    message: str
+    database_url: str
+
+
+@dataclass
+class _Held:
+    record: LateRecord
+    shelved: bool = False
 
 
 class LateRecords:
-    """The records of this process waiting for Redis, and the thread that tries them
-    (started with the first one), oldest first."""
+    """The records of this process waiting for Redis, oldest first, and the thread that
+    keeps and tries them (started with the first one). Thread-safe."""
 
     def __init__(self) -> None:
-        self._waiting: queue.Queue[LateRecord] = queue.Queue(MAX_WAITING)
-        self._thread = threading.Thread(target=self._run, name="late-records", daemon=True)
-        self._started = False
+        self._held: deque[_Held] = deque()
         self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
 
     def keep(self, record: LateRecord) -> None:
-        try:
-            self._waiting.put_nowait(record)
-        except queue.Full:
-            _lost(record, "too many waiting")
-            return
+        """Hold ``record`` until Redis takes it (see the module's docstring)."""
         with self._lock:
-            if not self._started:
-                self._started = True
-                self._thread.start()
-                atexit.register(self.flush, EXIT_TRY_S)
+            inline = self._closed or len(self._held) >= MAX_WAITING
+            if not inline:
+                self._held.append(_Held(record))
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="late-records", daemon=True
+                    )
+                    self._thread.start()
+                    atexit.register(self._at_exit)
+        if inline:
+            _leave(_Held(record), "the receiver is exiting" if self._closed else "too many waiting")
+            return
+        self._wake.set()
 
     def waiting(self) -> int:
-        return self._waiting.qsize()
+        """Records held, not yet queued."""
+        with self._lock:
+            return len(self._held)
 
     def _run(self) -> None:
-        while True:
-            record = self._waiting.get()
-            pause = BACKOFF_S[0]
-            while not _recorded(record):
-                if time.monotonic() - record.answered_at > RETRY_FOR_S:
-                    _lost(record, f"Redis refused it for {RETRY_FOR_S:.0f} s")
-                    break
-                time.sleep(pause)
+        # A record handed over is written to the database at once (woken by keep()),
+        # Redis is tried again only on the backoff's schedule.
+        pause = BACKOFF_S[0]
+        next_try = 0.0
+        while not self._stopping.is_set():
+            self._wake.clear()
+            self._shelve_new()
+            if time.monotonic() >= next_try:
+                if self._try_redis():
+                    pause, next_try = BACKOFF_S[0], 0.0
+                    self._wake.wait()
+                    continue
+                self._give_up_overdue()
+                next_try = time.monotonic() + pause
                 pause = min(pause * 2, BACKOFF_S[1])
+            self._wake.wait(max(0.0, next_try - time.monotonic()))
 
-    def flush(self, within_s: float) -> None:
-        """One more try for each waiting record, for ``within_s`` seconds in all (at
-        exit); those left are logged as not recorded."""
-        deadline = time.monotonic() + within_s
-        while True:
+    def finish(self, deadline: float) -> None:
+        """At an orderly exit: stop the thread and try the held records with backoff
+        until ``deadline`` (``time.monotonic()``) less :data:`EXIT_RESERVE_S`; then leave
+        what is left (kept in the database: WARNING; not: ERROR). Records handed over
+        afterwards go to the database at once. Returns by ``deadline`` unless a database
+        write outlasts it (bounded by ``shelved_events.IO_TIMEOUT_S``)."""
+        self._stopping.set()
+        self._wake.set()
+        trying_until = deadline - EXIT_RESERVE_S
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=max(0.0, trying_until - time.monotonic()))
+        pause = BACKOFF_S[0]
+        while self.waiting() and time.monotonic() < trying_until:
+            self._shelve_new()
+            if self._try_redis():
+                break
+            time.sleep(max(0.0, min(pause, trying_until - time.monotonic())))
+            pause = min(pause * 2, EXIT_BACKOFF_S)
+        with self._lock:
+            self._closed = True
+            left, self._held = list(self._held), deque()
+        for held in left:
+            _leave(held, "the receiver process ended")
+
+    def _at_exit(self) -> None:
+        if not self._closed:
+            self.finish(time.monotonic() + EXIT_RESERVE_S + EXIT_TRY_S)
+
+    def _shelve_new(self) -> None:
+        """Write the records not yet in the database there, in one transaction (the
+        fewer round trips, the smaller what a kill could still take); one by one after a
+        failure, stopping at the first that fails too (the database is down: the next
+        round tries again)."""
+        new = [held for held in self._snapshot() if not held.shelved]
+        by_database: dict[str, list[_Held]] = {}
+        for held in new:
+            by_database.setdefault(held.record.database_url, []).append(held)
+        for database_url, helds in by_database.items():
             try:
-                record = self._waiting.get_nowait()
-            except queue.Empty:
-                return
-            if time.monotonic() > deadline or not _recorded(record):
-                _lost(record, "the receiver process ended")
+                shelve(database_url, [held.record.message for held in helds])
+            except (SQLAlchemyError, ValueError):
+                for held in helds:
+                    if not _shelved(held, quiet=True):
+                        return
+                continue
+            for held in helds:
+                held.shelved = True
+
+    def _try_redis(self) -> bool:
+        """Queue the held records in order, stopping at the first Redis refuses; True
+        when none is left."""
+        for held in self._snapshot():
+            if not _recorded(held.record):
+                return False
+            self._drop(held)
+        return not self.waiting()
+
+    def _give_up_overdue(self) -> None:
+        now = time.monotonic()
+        for held in self._snapshot():
+            if now - held.record.answered_at > RETRY_FOR_S:
+                self._drop(held)
+                _leave(held, f"Redis refused it for {RETRY_FOR_S:.0f} s")
+
+    def _snapshot(self) -> list[_Held]:
+        with self._lock:
+            return list(self._held)
+
+    def _drop(self, held: _Held) -> None:
+        with self._lock:
+            try:
+                self._held.remove(held)
+            except ValueError:
+                pass  # taken by finish() meanwhile
 
 
 def _recorded(record: LateRecord) -> bool:
@@ -113,8 +224,31 @@ def _recorded(record: LateRecord) -> bool:
     return True
 
 
-def _lost(record: LateRecord, why: str) -> None:
-    log.error("inline event not recorded", extra={"event_id": record.event_id, "reason": why})
+def _shelved(held: _Held, *, quiet: bool = False) -> bool:
+    """Keep ``held`` in the database; False (logged unless ``quiet``) when it cannot."""
+    try:
+        shelve(held.record.database_url, [held.record.message])
+    except (SQLAlchemyError, ValueError) as error:
+        if not quiet:
+            log.warning(
+                "could not keep inline event in the database",
+                extra={"event_id": held.record.event_id, "error": type(error).__name__},
+            )
+        return False
+    held.shelved = True
+    return True
+
+
+def _leave(held: _Held, why: str) -> None:
+    """Let go of a record Redis has not taken: the stuck-work sweep queues it from the
+    database, or it is lost, said at ERROR with its event id."""
+    if held.shelved or _shelved(held):
+        log.warning(
+            "inline event left to the stuck-work sweep",
+            extra={"event_id": held.record.event_id, "reason": why},
+        )
+        return
+    log.error("inline event not recorded", extra={"event_id": held.record.event_id, "reason": why})
 
 
 _LATE = PerProcess(LateRecords)

@@ -505,6 +505,7 @@ def answer_inline(
     request = tracing.current_context()
 
     answered_at = time.monotonic()
+    database_url = app.config["HOOKFLEET_SETTINGS"].database_url
 
     def attempt() -> None:
         gate.admit(job.dedup_key, correlation_id, job.ttl_s, job.queue, job.message, confirm=False)
@@ -525,7 +526,9 @@ def answer_inline(
                         "retry_for_s": RETRY_FOR_S,
                     },
                 )
-                late_records().keep(LateRecord(attempt, job.event_id, answered_at))
+                late_records().keep(
+                    LateRecord(attempt, job.event_id, answered_at, job.message, database_url)
+                )
 
     return Answer(200, body, "answered", record)
 

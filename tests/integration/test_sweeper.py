@@ -9,11 +9,12 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Call
@@ -331,3 +332,41 @@ def scrape(base_url: str) -> dict[tuple[str, str], float]:
         for family in text_string_to_metric_families(body)
         for sample in family.samples
     }
+
+
+def test_a_batch_the_workers_lock_while_it_is_marked_is_still_requeued_and_the_sweep_goes_on(
+    database_url: str,
+) -> None:
+    """A worker applying the batch just published holds its rows' locks; the sweep's
+    mark then meets a lock wait (MariaDB: a deadlock, too) and is skipped: the sweep
+    ends normally, and the row, unmarked, is published again at the next sweep (applied
+    once all the same). The sweep command failed here with 'cannot reach the database'."""
+    settings = Settings(database_url=database_url)
+    sessions = make_sessionmaker(make_engine(settings, lock_wait_s=1))
+    add(sessions, "lost_locked")
+    before = updated_at(sessions)
+    worker = make_engine(settings)
+    held: list[Any] = []
+
+    def publish_while_a_worker_applies(batch: list[EventMessage]) -> None:
+        connection = worker.connect()
+        connection.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.event_id == "lost_locked")
+            .values(attempts=WebhookEvent.attempts + 1)
+        )
+        held.append(connection)  # its transaction stays open: the row stays locked
+
+    try:
+        report = sweep(sessions, publish_while_a_worker_applies, THRESHOLD, limit=None, now=NOW)
+    finally:
+        for connection in held:
+            connection.rollback()
+            connection.close()
+        worker.dispose()
+
+    assert report.requeued == 1
+    assert updated_at(sessions) == before
+    again = Publisher()
+    sweep(sessions, again, THRESHOLD, limit=None, now=NOW + timedelta(minutes=1))
+    assert again.event_ids == ["lost_locked"]

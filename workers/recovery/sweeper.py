@@ -14,17 +14,22 @@ What it cannot see: a message lost before any worker recorded it has no row.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from models.base import utcnow
 from models.contract import QUEUES, EventMessage, Queue
 from models.events import EventStatus, WebhookEvent
 from workers.recovery.deadletters import Publish, event_message
+from workers.retries import is_transient
+
+log = logging.getLogger("hookfleet.worker.sweeper")
 
 FALLBACK_QUEUE = Queue.DEFAULT
 # Per beat run: a large loss drains over a few minutes instead of one long task that
@@ -125,12 +130,23 @@ def _own_queue(queue: str) -> str:
 
 
 def _touch(sessions: sessionmaker[Session], ids: list[int], now: datetime) -> None:
-    with sessions() as session:
-        session.execute(
-            update(WebhookEvent)
-            # A row a worker finished meanwhile keeps its own updated_at.
-            .where(WebhookEvent.id.in_(ids), WebhookEvent.status == EventStatus.RECEIVED)
-            .values(updated_at=now)
-            .execution_options(synchronize_session=False)
+    try:
+        with sessions() as session:
+            session.execute(
+                update(WebhookEvent)
+                # A row a worker finished meanwhile keeps its own updated_at.
+                .where(WebhookEvent.id.in_(ids), WebhookEvent.status == EventStatus.RECEIVED)
+                .values(updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
+    except DBAPIError as error:
+        if not is_transient(error):
+            raise
+        # The workers are already applying the batch just published (their claims lock
+        # its rows: MariaDB saw a deadlock or a lock wait). Left untouched, a row still
+        # unfinished at the next sweep is published once more: applied once all the same.
+        log.warning(
+            "requeued stuck events left unmarked",
+            extra={"events": len(ids), "error": type(error.orig).__name__},
         )
-        session.commit()

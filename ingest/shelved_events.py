@@ -1,0 +1,97 @@
+"""An answered inbound call's record kept in the database while Redis cannot take it.
+
+The row is what a worker would have written on taking the message
+(workers/pipeline/record.py ``record_batch``, step 1): a ``webhook_events`` row,
+``received``, with the payload, queue, headers and correlation id of the queued message.
+What brings it to a worker is whichever comes first:
+
+- the late record itself, once Redis takes it (ingest/late_records.py): the worker finds
+  the row ``received``, claims it and applies it, once;
+- the stuck-work sweep (workers/recovery/sweeper.py): a ``received`` row untouched for
+  ``HOOKFLEET_STUCK_AFTER_S`` is published again from its row, on its own queue.
+
+Idempotent: UNIQUE ``(provider, event_id)`` decides; a row already there (a worker took
+the message after all, or an earlier try wrote it) is left as it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models.base import utcnow
+from models.contract import EventMessage
+from models.engine import make_engine
+from models.events import EventStatus, WebhookEvent
+from models.perprocess import PerProcessMap
+from models.settings import Settings
+
+# Each statement's connect, read and write bound (seconds): a stopped database costs an
+# exiting receiver this, not its graceful window.
+IO_TIMEOUT_S = 2
+
+
+def event_of(message: str) -> EventMessage:
+    """The delivery inside a queued Celery message (models/broker/envelope.py writes it:
+    kombu's envelope, a base64 body ``[args, kwargs, embed]``). Raises ``ValueError``
+    (``MalformedMessage`` included) for anything else."""
+    envelope = json.loads(message)
+    _args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+    return EventMessage.from_kwargs(kwargs)
+
+
+def shelve(database_url: str, messages: list[str]) -> int:
+    """Write the deliveries queued as ``messages`` as ``received`` rows, in one
+    transaction (one by one when one of them is already on record). Returns how many
+    this call wrote: a row already there for an event's ``(provider, event_id)`` is left
+    as it is. Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot take
+    them, ``ValueError`` for a message that is not a delivery's."""
+    events = [event_of(message) for message in messages]
+    engine = _engines.get(database_url, lambda: _engine(database_url))
+    with Session(engine) as session:
+        session.add_all([_row(event) for event in events])
+        try:
+            session.commit()
+            return len(events)
+        except IntegrityError:
+            session.rollback()
+    written = 0
+    for event in events:
+        with Session(engine) as session:
+            session.add(_row(event))
+            try:
+                session.commit()
+                written += 1
+            except IntegrityError:
+                pass  # already on record: the constraint is the last line of dedup
+    return written
+
+
+def _row(event: EventMessage) -> WebhookEvent:
+    now = utcnow()
+    return WebhookEvent(
+        provider=event.provider,
+        event_id=event.event_id,
+        event_type=event.event_type,
+        queue=event.queue,
+        correlation_id=event.correlation_id,
+        headers=dict(event.headers),
+        payload=event.payload,
+        received_at=event.received_at,
+        status=EventStatus.RECEIVED,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _engine(database_url: str) -> Engine:
+    small = Settings(database_url=database_url, db_pool_size=1, db_max_overflow=1)
+    return make_engine(small, io_timeout_s=IO_TIMEOUT_S)
+
+
+_engines: PerProcessMap[str, Engine] = PerProcessMap()

@@ -1,0 +1,186 @@
+"""Answered inbound calls whose record Redis refused: kept in the database at once, and
+never let go without a log line naming the event (ingest/late_records.py). Real Redis
+(stopped), real databases; the receiver app in process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ingest import create_app
+from ingest import late_records as late_records_module
+from ingest.late_records import LateRecords
+from ingest.providers import retell
+from models.engine import make_engine
+from models.events import EventStatus, WebhookEvent
+from models.perprocess import PerProcess
+from models.settings import Settings
+from tests.servers import RedisServer, free_port, wait_until
+
+API_KEY = "key_retell_late_0123456789"
+
+
+@pytest.fixture
+def fresh_late_records(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This test process's late records of its own (an exit closes them for good),
+    finished with the test, not at the interpreter's exit."""
+    own: PerProcess[LateRecords] = PerProcess(LateRecords)
+    monkeypatch.setattr(late_records_module, "_LATE", own)
+    yield
+    own.get().finish(time.monotonic())
+
+
+class Lines(logging.Handler):
+    """The receiver's log records (its ``hookfleet`` logger does not propagate)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def lines() -> Iterator[Lines]:
+    handler = Lines()
+    logger = logging.getLogger("hookfleet.ingest")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+def call(caller: str) -> bytes:
+    return json.dumps(
+        {
+            "event": "call_inbound",
+            "call_inbound": {"from_number": caller, "to_number": "+4930901820"},
+        }
+    ).encode()
+
+
+def answered(client: FlaskClient, body: bytes) -> None:
+    headers = {"x-retell-signature": retell.sign(API_KEY, body, int(time.time() * 1000))}
+    response = client.post(
+        "/webhooks/retell", data=body, content_type="application/json", headers=headers
+    )
+    assert response.status_code == 200
+    response.close()  # the record is tried once the answer is sent
+
+
+def receiver(database_url: str, redis_url: str) -> FlaskClient:
+    return create_app(
+        {
+            "HOOKFLEET_REDIS_URL": redis_url,
+            "HOOKFLEET_DATABASE_URL": database_url,
+            "HOOKFLEET_RETELL_SECRETS": API_KEY,
+            "HOOKFLEET_REDIS_TIMEOUT_S": "1",
+        }
+    ).test_client()
+
+
+def event_ids(lines: Lines, message: str, level: int) -> list[str]:
+    return [
+        r.__dict__["event_id"]
+        for r in lines.records
+        if r.getMessage() == message and r.levelno == level
+    ]
+
+
+def kept_rows(database_url: str) -> list[dict[str, Any]]:
+    engine = make_engine(Settings(database_url=database_url))
+    try:
+        with Session(engine) as session:
+            rows = session.execute(
+                select(
+                    WebhookEvent.event_id,
+                    WebhookEvent.status,
+                    WebhookEvent.queue,
+                    WebhookEvent.payload,
+                ).where(WebhookEvent.event_type == "call_inbound")
+            ).all()
+    finally:
+        engine.dispose()
+    return [row._asdict() for row in rows]
+
+
+@pytest.mark.usefixtures("fresh_late_records")
+def test_a_record_redis_refuses_is_in_the_database_before_any_exit_and_left_to_the_sweep(
+    tmp_path: Path, database_url: str, lines: Lines
+) -> None:
+    """A receiver killed outright (SIGKILL, OOM) a moment after the answers loses
+    nothing: the rows are written while it runs. At its exit the rows stay, each named
+    in a WARNING, none at ERROR."""
+    stopped = RedisServer(tmp_path / "redis")  # never started: every try is refused
+    client = receiver(database_url, stopped.url)
+    callers = [f"+49151000000{i:02d}" for i in range(3)]
+    for caller in callers:
+        answered(client, call(caller))
+
+    wait_until(lambda: len(kept_rows(database_url)) == 3, 20, "3 rows kept", interval=0.1)
+    rows = kept_rows(database_url)
+    assert {row["status"] for row in rows} == {EventStatus.RECEIVED}
+    assert {row["queue"] for row in rows} == {"hookfleet.high"}
+    assert sorted(json.loads(row["payload"])["call_inbound"]["from_number"] for row in rows) == (
+        callers
+    )
+    refused = event_ids(lines, "could not record inline event", logging.WARNING)
+    assert sorted(refused) == sorted(row["event_id"] for row in rows)
+
+    late_records_module.late_records().finish(time.monotonic() + 3.5)
+
+    assert sorted(
+        event_ids(lines, "inline event left to the stuck-work sweep", logging.WARNING)
+    ) == sorted(refused)
+    assert event_ids(lines, "inline event not recorded", logging.ERROR) == []
+    assert len(kept_rows(database_url)) == 3  # written once, whatever was tried again
+
+
+@pytest.mark.usefixtures("fresh_late_records")
+def test_every_record_neither_queued_nor_kept_is_named_at_error_when_the_receiver_exits(
+    tmp_path: Path, lines: Lines
+) -> None:
+    """Redis and the database both away: the answers still go out (empty), and every
+    record, the one the background thread holds included, gets its ERROR line with its
+    event id at the exit."""
+    stopped = RedisServer(tmp_path / "redis")
+    nowhere = f"mysql+pymysql://hookfleet:pw@127.0.0.1:{free_port()}/hookfleet"
+    client = receiver(nowhere, stopped.url)
+    for i in range(4):
+        answered(client, call(f"+49151000001{i:02d}"))
+    refused = event_ids(lines, "could not record inline event", logging.WARNING)
+    assert len(set(refused)) == 4
+    wait_until(lambda: late_records_module.late_records().waiting() == 4, 10, "4 held")
+
+    started = time.monotonic()
+    late_records_module.late_records().finish(time.monotonic() + 4)
+
+    assert time.monotonic() - started < 4 + 2 * 2 + 3  # the deadline, a last write each
+    assert sorted(event_ids(lines, "inline event not recorded", logging.ERROR)) == sorted(refused)
+    assert late_records_module.late_records().waiting() == 0
+
+
+@pytest.mark.usefixtures("fresh_late_records")
+def test_a_record_handed_over_after_the_exit_began_is_kept_in_the_database_at_once(
+    tmp_path: Path, database_url: str, lines: Lines
+) -> None:
+    """An answer whose record is tried while the worker is already leaving (its drain
+    over) is not left to a thread that no longer runs."""
+    stopped = RedisServer(tmp_path / "redis")
+    client = receiver(database_url, stopped.url)
+    late_records_module.late_records().finish(time.monotonic())
+
+    answered(client, call("+4915100000200"))
+
+    assert len(kept_rows(database_url)) == 1
+    assert len(event_ids(lines, "inline event left to the stuck-work sweep", logging.WARNING)) == 1
+    assert event_ids(lines, "inline event not recorded", logging.ERROR) == []
