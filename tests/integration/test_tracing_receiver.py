@@ -17,7 +17,7 @@ from tests.helpers import ROOT, last_json_line, run_python
 from tests.otlp import Span, otlp_sink
 from tests.servers import clean_env, sqlite_url
 
-pytestmark = pytest.mark.slow  # each test runs its probe or command as a process of its own
+pytestmark = pytest.mark.slow  # the probes run as processes of their own (a tracer is per process)
 
 # One sender trace per request.
 INBOUND, BAD_JSON, UNKNOWN, NOT_POST, BOOKING = (
@@ -69,7 +69,17 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def run_probe(tmp_path: Path) -> tuple[list[Span], list[dict[str, object]]]:
+Probed = tuple[list[Span], list[dict[str, object]]]
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory: pytest.TempPathFactory) -> Probed:
+    """PROBE run once for the three tests that read its spans and lines: each asks
+    something else of the same five requests (a process each cost ~2 CPU-s)."""
+    return run_probe(tmp_path_factory.mktemp("probe"))
+
+
+def run_probe(tmp_path: Path) -> Probed:
     """The spans exported, and the JSON log lines written."""
     with otlp_sink() as sink:
         env = clean_env(
@@ -90,9 +100,9 @@ def run_probe(tmp_path: Path) -> tuple[list[Span], list[dict[str, object]]]:
 
 
 def test_an_inbound_calls_lookup_and_record_are_children_of_its_request_span(
-    tmp_path: Path,
+    probed: Probed,
 ) -> None:
-    spans, logs = run_probe(tmp_path)
+    spans, logs = probed
     in_call = [s for s in spans if s.trace_id == INBOUND]
     (request,) = [s for s in in_call if s.name == "POST /webhooks/retell"]
     assert request.parent_id == SENDER_SPAN
@@ -108,8 +118,8 @@ def test_an_inbound_calls_lookup_and_record_are_children_of_its_request_span(
     assert (line["trace_id"], line["span_id"]) == (INBOUND, record.span_id)
 
 
-def test_a_refusal_names_its_code_on_the_request_span(tmp_path: Path) -> None:
-    spans, _ = run_probe(tmp_path)
+def test_a_refusal_names_its_code_on_the_request_span(probed: Probed) -> None:
+    spans, _ = probed
     codes = {}
     for trace_id in (BAD_JSON, UNKNOWN, NOT_POST, BOOKING):
         (span,) = [s for s in spans if s.trace_id == trace_id and s.parent_id == SENDER_SPAN]
@@ -126,8 +136,8 @@ def test_a_refusal_names_its_code_on_the_request_span(tmp_path: Path) -> None:
     }
 
 
-def test_a_calcom_event_id_reaches_spans_without_its_attendees(tmp_path: Path) -> None:
-    spans, logs = run_probe(tmp_path)
+def test_a_calcom_event_id_reaches_spans_without_its_attendees(probed: Probed) -> None:
+    spans, logs = probed
     booking = json.loads(CALCOM.read_text())["body"]
     attendee = booking["payload"]["attendees"][0]
     named = [s for s in spans if s.trace_id == BOOKING and "hookfleet.event_id" in s.attributes]
