@@ -17,7 +17,7 @@ from tests.helpers import ROOT, last_json_line, run_python
 from tests.otlp import Span, otlp_sink
 from tests.servers import clean_env, sqlite_url
 
-pytestmark = pytest.mark.slow  # each test runs its probe or command as a process of its own
+pytestmark = pytest.mark.slow  # the probes run as processes of their own (a tracer is per process)
 
 # One sender trace per request.
 INBOUND, BAD_JSON, UNKNOWN, NOT_POST, BOOKING = (
@@ -25,6 +25,15 @@ INBOUND, BAD_JSON, UNKNOWN, NOT_POST, BOOKING = (
 )
 CALCOM = ROOT / "tests/fixtures/calcom/BOOKING_CREATED.json"
 SENDER_SPAN = "00f067aa0ba902b7"
+# Paths no provider route matches, each in a trace of its own (method, path).
+OFF_ROUTE = {
+    "0af7651916cd43dd8448eb211c80319c": ("post", "/webhooks/"),
+    "1af7651916cd43dd8448eb211c80319c": ("post", "/webhooks/x/extra"),
+    "2af7651916cd43dd8448eb211c80319c": ("get", "/webhooks/"),
+    "3af7651916cd43dd8448eb211c80319c": ("post", "/webhooks//stripe"),
+    "4af7651916cd43dd8448eb211c80319c": ("post", "/webhooks/nope"),
+    "5af7651916cd43dd8448eb211c80319c": ("get", "/webhooks/stripe"),
+}
 
 PROBE = f"""
 import json, os
@@ -58,8 +67,12 @@ answers.append(client.get("/webhooks/standard", headers=sent_by("{NOT_POST}")).s
 booking = json.loads(open("{CALCOM}").read())["body"]
 booked = client.post("/webhooks/calcom", json=booking, headers=sent_by("{BOOKING}"))
 answers.append(booked.status_code)
+off_route = {{}}
+for trace_id, (method, path) in {OFF_ROUTE!r}.items():
+    answer = getattr(client, method)(path, headers=sent_by(trace_id))
+    off_route[trace_id] = [answer.status_code, answer.get_json()["error"]["code"]]
 tracing.flush()
-print(json.dumps(answers))
+print(json.dumps({{"answers": answers, "off_route": off_route}}))
 """
 
 
@@ -69,8 +82,19 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def run_probe(tmp_path: Path) -> tuple[list[Span], list[dict[str, object]]]:
-    """The spans exported, and the JSON log lines written."""
+Probed = tuple[list[Span], list[dict[str, object]], dict[str, list[object]]]
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory: pytest.TempPathFactory) -> Probed:
+    """PROBE run once for the four tests that read its spans and lines: each asks
+    something else of the same requests (a process each cost ~2 CPU-s)."""
+    return run_probe(tmp_path_factory.mktemp("probe"))
+
+
+def run_probe(tmp_path: Path) -> Probed:
+    """The spans exported, the JSON log lines written, and what the off-route
+    requests were answered (trace id -> [status, error code])."""
     with otlp_sink() as sink:
         env = clean_env(
             HOOKFLEET_DATABASE_URL=sqlite_url(tmp_path),
@@ -82,17 +106,20 @@ def run_probe(tmp_path: Path) -> tuple[list[Span], list[dict[str, object]]]:
         )
         done = run_python(PROBE, env)
         assert done.returncode == 0, done.stderr[-3000:]
-        assert last_json_line(done) == [200, 400, 404, 405, 503]
-        spans = sink.wait_for(lambda spans: {NOT_POST, INBOUND} <= {s.trace_id for s in spans})
+        report = last_json_line(done)
+        assert report["answers"] == [200, 400, 404, 405, 503]
+        awaited = {NOT_POST, INBOUND, *OFF_ROUTE}
+        spans = sink.wait_for(lambda spans: awaited <= {s.trace_id for s in spans})
     written = (done.stdout + done.stderr).splitlines()
     logs = [json.loads(line) for line in written if line.startswith('{"')]
-    return spans, logs
+    logs.remove(report)  # the probe's own report line, not a log line
+    return spans, logs, report["off_route"]
 
 
 def test_an_inbound_calls_lookup_and_record_are_children_of_its_request_span(
-    tmp_path: Path,
+    probed: Probed,
 ) -> None:
-    spans, logs = run_probe(tmp_path)
+    spans, logs, _ = probed
     in_call = [s for s in spans if s.trace_id == INBOUND]
     (request,) = [s for s in in_call if s.name == "POST /webhooks/retell"]
     assert request.parent_id == SENDER_SPAN
@@ -108,8 +135,8 @@ def test_an_inbound_calls_lookup_and_record_are_children_of_its_request_span(
     assert (line["trace_id"], line["span_id"]) == (INBOUND, record.span_id)
 
 
-def test_a_refusal_names_its_code_on_the_request_span(tmp_path: Path) -> None:
-    spans, _ = run_probe(tmp_path)
+def test_a_refusal_names_its_code_on_the_request_span(probed: Probed) -> None:
+    spans, _, _ = probed
     codes = {}
     for trace_id in (BAD_JSON, UNKNOWN, NOT_POST, BOOKING):
         (span,) = [s for s in spans if s.trace_id == trace_id and s.parent_id == SENDER_SPAN]
@@ -126,8 +153,8 @@ def test_a_refusal_names_its_code_on_the_request_span(tmp_path: Path) -> None:
     }
 
 
-def test_a_calcom_event_id_reaches_spans_without_its_attendees(tmp_path: Path) -> None:
-    spans, logs = run_probe(tmp_path)
+def test_a_calcom_event_id_reaches_spans_without_its_attendees(probed: Probed) -> None:
+    spans, logs, _ = probed
     booking = json.loads(CALCOM.read_text())["body"]
     attendee = booking["payload"]["attendees"][0]
     named = [s for s in spans if s.trace_id == BOOKING and "hookfleet.event_id" in s.attributes]
@@ -140,43 +167,10 @@ def test_a_calcom_event_id_reaches_spans_without_its_attendees(tmp_path: Path) -
     assert any(attendee["email"] in str(entry.get("event_id", "")) for entry in logs)
 
 
-OFF_ROUTE = {
-    "0af7651916cd43dd8448eb211c80319c": ("post", "/webhooks/"),
-    "1af7651916cd43dd8448eb211c80319c": ("post", "/webhooks/x/extra"),
-    "2af7651916cd43dd8448eb211c80319c": ("get", "/webhooks/"),
-    "3af7651916cd43dd8448eb211c80319c": ("post", "/webhooks//stripe"),
-    "4af7651916cd43dd8448eb211c80319c": ("post", "/webhooks/nope"),
-    "5af7651916cd43dd8448eb211c80319c": ("get", "/webhooks/stripe"),
-}
-OFF_ROUTE_PROBE = f"""
-import json
-from ingest import create_app
-from models import tracing
-
-client = create_app().test_client()
-codes = {{}}
-for trace_id, (method, path) in {OFF_ROUTE!r}.items():
-    headers = {{"traceparent": f"00-{{trace_id}}-{SENDER_SPAN}-01"}}
-    answer = getattr(client, method)(path, headers=headers)
-    codes[trace_id] = [answer.status_code, answer.get_json()["error"]["code"]]
-tracing.flush()
-print(json.dumps(codes))
-"""
-
-
 def test_a_refused_webhook_path_names_the_same_code_on_its_span_as_in_its_body(
-    tmp_path: Path,
+    probed: Probed,
 ) -> None:
-    with otlp_sink() as sink:
-        env = clean_env(
-            HOOKFLEET_DATABASE_URL=sqlite_url(tmp_path),
-            HOOKFLEET_REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0",
-            OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,
-        )
-        done = run_python(OFF_ROUTE_PROBE, env)
-        assert done.returncode == 0, done.stderr[-3000:]
-        answered = last_json_line(done)
-        spans = sink.wait_for(lambda spans: set(OFF_ROUTE) <= {s.trace_id for s in spans})
+    spans, _, answered = probed
     on_spans = {}
     for trace_id in OFF_ROUTE:
         (span,) = [s for s in spans if s.trace_id == trace_id and s.parent_id == SENDER_SPAN]

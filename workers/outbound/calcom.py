@@ -7,12 +7,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from models.settings import Settings
 from workers.outbound.jsonapi import JsonApi, path_part
+
+if TYPE_CHECKING:
+    import httpx  # annotations only (workers/outbound/jsonapi.py imports it on first call)
 
 EVENT_TYPES_API_VERSION = "2024-06-14"
 

@@ -24,10 +24,9 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
 import pybreaker
 
 from models.perprocess import PerProcessMap
@@ -35,6 +34,13 @@ from models.settings import Settings
 from workers.outbound.breaker import get_breaker
 from workers.outbound.errors import ApiRateLimited, ApiRejected, ApiUnavailable, CircuitOpen
 from workers.outbound.policy import RetryPolicy, is_transient_status, parse_retry_after
+
+if TYPE_CHECKING:
+    # httpx is imported where a call is made (pooled_client, _send), once per process
+    # that calls out: with its command-line extras installed it costs 0.1-0.3 CPU-s,
+    # which every worker, beat and `hookfleet` command paid at start for the one
+    # provisioning worker that calls out.
+    import httpx
 
 log = logging.getLogger("hookfleet.outbound")
 
@@ -55,6 +61,8 @@ def pooled_client(
     ``timeout_s`` bounds each of connecting, sending, each read and waiting for a pooled
     connection. ``transport``: tests pass an ``httpx.MockTransport``.
     """
+    import httpx
+
     key = (service, base_url, tuple(sorted(headers.items())), timeout_s, transport)
     return _clients.get(
         key,
@@ -118,6 +126,8 @@ class JsonApi:
     def _send(
         self, method: str, path: str, body: Any, query: Mapping[str, str | int] | None
     ) -> Any:
+        import httpx  # imported by _client() already; a dictionary lookup here
+
         where = {"service": self.service, "method": method, "path": path}
         try:
             response = self._client().request(

@@ -10,13 +10,14 @@ Bearer auth with the API key. Paths as Retell documents them: ``POST /create-ret
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from models.settings import Settings
 from workers.outbound.jsonapi import JsonApi, path_part
 from workers.outbound.policy import IDEMPOTENT_METHODS, RetryPolicy
+
+if TYPE_CHECKING:
+    import httpx  # annotations only (workers/outbound/jsonapi.py imports it on first call)
 
 LIST_PAGE_SIZE = 1000  # Retell's maximum
 # What Retell lets us send twice besides the idempotent methods: its update-* PATCHes
