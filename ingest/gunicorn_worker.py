@@ -282,8 +282,11 @@ class ArrivalWalk:
             if bare is not None:  # the usual line: hex digits, CRLF (one regex step)
                 eol, size = bare.end() - 2, int(bare[1], 16)
             else:
-                eol = data.find(b"\r\n", position, position + _SIZE_LINE_BYTES + 2)
-                if data.find(b"\n", position, len(data) if eol < 0 else eol) >= 0:
+                # Searched no further than a size line may be long: a longer one goes to
+                # gunicorn's parser at once (EARLY), which refuses it or reads it itself.
+                stop = position + _SIZE_LINE_BYTES + 2
+                eol = data.find(b"\r\n", position, stop)
+                if data.find(b"\n", position, stop if eol < 0 else eol) >= 0:
                     return Arrival.BARE_LF_IN_BODY
                 if eol < 0:
                     # no size line is that long
