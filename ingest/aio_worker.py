@@ -19,11 +19,12 @@ numeric ``Content-Length`` up to the 128 KiB arrival buffer, no repeated ``Host`
 can be pipelined (ingest/claims.py ``PipelinedClaims.for_gate``), is served in the loop
 (ingest/loop_delivery.py): the CPU part of ``take_delivery`` (ingest/views.py
 ``check_delivery``), the claim awaited, the answer (ingest/fastpath.py
-``finish_answer``, as for the WSGI path).
+``finish_answer``, as for the WSGI path). ``GET /healthz`` is answered in the loop too
+(ingest/loop_delivery.py ``health``): it proves the loop lives, whatever the threads wait on.
 
 **In threads** (``threads`` of them, HOOKFLEET_WEB_THREADS): every other plain request
 goes through the WSGI app with a PEP 3333 environ built as gunicorn's ``http/wsgi.py``
-builds it (Flask: /healthz, the ops endpoints, 404s; Retell's inline answer and its DB
+builds it (Flask: the ops endpoints, 404s; Retell's inline answer and its DB
 lookup; a refusal kept in the quarantine; tracing on; a gate that cannot pipeline); its
 iterable is closed once the answer is handed to the loop. Whatever is not plain
 (chunked bodies, ``Expect``, a body announced over the arrival buffer, and every head
@@ -614,6 +615,11 @@ class Connection(asyncio.Protocol):
             self.write(response_head(request.version, status, headers, keep_alive) + payload)
             if after is not None:
                 await self.worker.loop.run_in_executor(None, after)
+            return keep_alive
+        health = None if deliveries is None else deliveries.health(environ)
+        if health is not None:  # /healthz: the loop lives (no thread asked)
+            status, headers, payload, _ = health
+            self.write(response_head(request.version, status, headers, keep_alive) + payload)
             return keep_alive
         return bool(
             await self.worker.loop.run_in_executor(
