@@ -31,7 +31,7 @@ import pybreaker
 import redis
 from sqlalchemy import Engine, select
 
-from ingest.redis_watch import inbound_redis
+from ingest.redis_watch import RedisWatch
 from models.broker.redis_links import redis_client
 from models.business import Branch, Company
 from models.engine import make_engine
@@ -66,15 +66,6 @@ def cache_client(settings: Settings) -> redis.Redis:
     return client
 
 
-def _cached(command: Callable[[], Any]) -> Any:
-    """``command()`` on the Redis cache, None when it fails, times out or Redis is
-    being skipped (ingest/redis_watch.py)."""
-    try:
-        return inbound_redis().call(command)
-    except (redis.RedisError, pybreaker.CircuitBreakerError):
-        return None
-
-
 @dataclass(frozen=True)
 class BranchContact:
     """What an inbound answer needs about the branch that owns a number."""
@@ -97,6 +88,8 @@ class InboundDirectory:
         self._local: OrderedDict[str, tuple[float, BranchContact | None]] = OrderedDict()
         self._lock = threading.Lock()
         self._resources = PerProcess(self._connect)
+        # Whether Redis failed this path just now (also asked by the call's record).
+        self.redis = RedisWatch()
 
     def find(self, number: str) -> BranchContact | None:
         """The branch for ``number`` (any spelling); None when unknown or not in time."""
@@ -142,15 +135,23 @@ class InboundDirectory:
 
     def _lookup(self, e164: str) -> BranchContact | None:
         key = REDIS_PREFIX + e164
-        raw = _cached(lambda: self._cache.get(key))
+        raw = self._cached(lambda: self._cache.get(key))
         if raw is not None:
             data = json.loads(raw)
             return None if data is None else BranchContact(**data)
         contact = self._query(e164)
         # The cache is an optimisation; the answer stands without it.
         ttl = self._settings.inbound_cache_ttl_s if contact else UNKNOWN_TTL_S
-        _cached(lambda: self._cache.set(key, json.dumps(contact and asdict(contact)), ex=ttl))
+        self._cached(lambda: self._cache.set(key, json.dumps(contact and asdict(contact)), ex=ttl))
         return contact
+
+    def _cached(self, command: Callable[[], Any]) -> Any:
+        """``command()`` on the Redis cache, None when it fails, times out or Redis is
+        being skipped (ingest/redis_watch.py)."""
+        try:
+            return self.redis.call(command)
+        except (redis.RedisError, pybreaker.CircuitBreakerError):
+            return None
 
     def _query(self, e164: str) -> BranchContact | None:
         statement = (

@@ -11,17 +11,22 @@ on that path opens this breaker: for :data:`SKIP_S` the lookups skip the Redis c
 background queue at once (ingest/late_records.py); then one call tries Redis again
 (pybreaker's half-open state) and closes it when Redis answers.
 
-Per process (a forked worker has its own), in memory: the breaker says what this
+Per app and process (a forked worker has its own), in memory: the breaker says what this
 process has seen, and costs nothing to ask. Source: pybreaker ``CircuitBreaker``
 (``fail_max``, ``reset_timeout``, ``exclude``; pybreaker 1.x).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import pybreaker
 import redis
 
 from models.perprocess import PerProcess
+
+T = TypeVar("T")
 
 #: Seconds Redis is skipped on the inbound path after a failure or timeout there.
 SKIP_S = 5.0
@@ -38,17 +43,20 @@ def _breaker() -> pybreaker.CircuitBreaker:
     )
 
 
-_BREAKER = PerProcess(_breaker)
+class RedisWatch:
+    """One app's breaker over Redis on the inbound call path, per process."""
 
+    def __init__(self) -> None:
+        self._breaker = PerProcess(_breaker)
 
-def inbound_redis() -> pybreaker.CircuitBreaker:
-    """This process's breaker over Redis on the inbound call path: ``call(f, ...)``
-    raises ``pybreaker.CircuitBreakerError`` without calling ``f`` while open."""
-    return _BREAKER.get()
+    def call(self, command: Callable[[], T]) -> T:
+        """``command()``; raises ``pybreaker.CircuitBreakerError`` without calling it
+        while Redis is being skipped, and ``redis.RedisError`` when it fails (which
+        starts the skipping)."""
+        return self._breaker.get().call(command)
 
-
-def redis_known_unwell() -> bool:
-    """True while the breaker is open: Redis failed on the inbound path, and no call
-    since (one is let through :data:`SKIP_S` after) has found it answering. Asking
-    makes no call."""
-    return inbound_redis().current_state == pybreaker.STATE_OPEN
+    def known_unwell(self) -> bool:
+        """True while the breaker is open: Redis failed on the inbound path, and no
+        call since (one is let through :data:`SKIP_S` after) has found it answering.
+        Asking makes no call."""
+        return self._breaker.get().current_state == pybreaker.STATE_OPEN

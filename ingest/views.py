@@ -38,7 +38,6 @@ from ingest.providers.base import (
     VerificationError,
 )
 from ingest.quarantine import Quarantine
-from ingest.redis_watch import inbound_redis, redis_known_unwell
 from ingest.request import read_delivery, refuse_codings
 from ingest.routing import Router
 from models import tracing
@@ -514,12 +513,16 @@ def answer_inline(
         gate.admit(job.dedup_key, correlation_id, job.ttl_s, job.queue, job.message, confirm=False)
 
     def record() -> None:
-        if redis_known_unwell():
+        if directory.redis.known_unwell():
             # Redis failed this process's inbound path moments ago: the try would hold
             # this thread for the Redis timeout; the background queue tries it.
             log.warning(
-                "inline event recorded later: Redis is being skipped",
-                extra={"event_id": job.event_id, "retry_for_s": RETRY_FOR_S},
+                "could not record inline event",
+                extra={
+                    "error": "RedisSkipped",
+                    "event_id": job.event_id,
+                    "retry_for_s": RETRY_FOR_S,
+                },
             )
             late_records().keep(LateRecord(attempt, job.event_id, answered_at))
             return
@@ -527,7 +530,7 @@ def answer_inline(
             "hookfleet.claim_and_enqueue", context=request, attributes=_claim_attributes(job)
         ) as span:
             try:
-                inbound_redis().call(attempt)
+                directory.redis.call(attempt)
             except (redis.RedisError, pybreaker.CircuitBreakerError) as error:
                 tracing.record_error(span, error)
                 log.warning(
