@@ -113,6 +113,8 @@ _WEBHOOK_PATH = re.compile(rb"[A-Z]+ (?:[a-z][a-z0-9+.-]*://[^/ ]*)?/webhooks/([
 # least half of the loop.
 _ARRIVAL_LOOP_S = 0.5
 _ARRIVAL_WINDOW_S = 1.0
+# A read whose walk took longer than this gives the loop's next turn to the others.
+_ARRIVAL_SLICE_S = 0.02
 # After an answer, the rest of a body the app did not read is skipped if it comes within
 # this; else the connection closes (and lingers, below) rather than hold a thread.
 _DRAIN_S = 0.5
@@ -456,14 +458,22 @@ class Connection(asyncio.Protocol):
         """Count loop time spent on this connection's arriving request; past
         ``_ARRIVAL_LOOP_S`` in a ``_ARRIVAL_WINDOW_S`` window, stop reading it until the
         window ends, so one client's tiny pieces cannot hold the loop from the others
-        (its 408 deadline still runs)."""
+        (its 408 deadline still runs); after a read costlier than ``_ARRIVAL_SLICE_S``,
+        read it again only after the loop's next turn."""
         now = time.monotonic()
         if now >= self.window_ends:
             self.window_ends, self.window_spent = now + _ARRIVAL_WINDOW_S, 0.0
         self.window_spent += seconds
-        if self.window_spent > _ARRIVAL_LOOP_S and not self.serving and self.transport is not None:
+        if self.serving or self.transport is None:
+            return
+        if self.window_spent > _ARRIVAL_LOOP_S:
             self.transport.pause_reading()
             self.worker.loop.call_later(self.window_ends - now, self._read_again)
+        elif seconds > _ARRIVAL_SLICE_S:
+            # libuv reads a readable socket up to 32 times in one turn: a connection
+            # whose pieces are costly lets the others have the next turn first.
+            self.transport.pause_reading()
+            self.worker.loop.call_soon(self._read_again)
 
     def _read_again(self) -> None:
         """The loop-time window of :meth:`_spend` ended: read on, unless reading waits
