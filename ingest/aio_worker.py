@@ -115,6 +115,9 @@ _ARRIVAL_LOOP_S = 0.5
 _ARRIVAL_WINDOW_S = 1.0
 # A read whose walk took longer than this gives the loop's next turn to the others.
 _ARRIVAL_SLICE_S = 0.02
+# Chunks walked per turn of the loop (a few ms): one read brings up to 256 KiB, 43,000
+# one-byte chunks, which took up to half a second on a loaded machine.
+_WALK_STEPS = 4096
 # After an answer, the rest of a body the app did not read is skipped if it comes within
 # this; else the connection closes (and lingers, below) rather than hold a thread.
 _DRAIN_S = 0.5
@@ -424,9 +427,11 @@ class Connection(asyncio.Protocol):
         self.plain: tuple[Plain, int] | object | None = _UNSEEN
         # The chunked body of the request a thread serves, read by the walk (or None).
         self.dechunked: bytes | None = None
-        # Loop time spent on arriving requests in the current window (_spend).
+        # Loop time spent on arriving requests in the current window (_spend), and
+        # whether the walk goes on at a later turn (_walk_on).
         self.window_ends = 0.0
         self.window_spent = 0.0
+        self.walk_on_due = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -475,6 +480,21 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
             self.worker.loop.call_soon(self._read_again)
 
+    def _walk_on(self) -> None:
+        """Walk on through chunks that came (``_WALK_STEPS`` a turn of the loop), or
+        once the connection's loop-time window is over (:meth:`_spend`)."""
+        self.walk_on_due = False
+        if self.closed or self.serving or self.lingering or self.fed is not None:
+            return
+        now = time.monotonic()
+        if now < self.window_ends and self.window_spent > _ARRIVAL_LOOP_S:
+            self.walk_on_due = True
+            self.worker.loop.call_later(self.window_ends - now, self._walk_on)
+            return
+        started = time.perf_counter()
+        self._next_request()
+        self._spend(time.perf_counter() - started)
+
     def _read_again(self) -> None:
         """The loop-time window of :meth:`_spend` ended: read on, unless reading waits
         for something else (a request served, the worker's arriving bytes)."""
@@ -512,7 +532,13 @@ class Connection(asyncio.Protocol):
         if parsed is MORE and not self.eof and self.walk.head_end >= 0:
             return  # a plain request, its body to come (no thread waits for it)
         if not isinstance(parsed, tuple):
-            state = self.walk.arrival(self.buffer, self.worker.body_limit_for)
+            state = self.walk.arrival(self.buffer, self.worker.body_limit_for, _WALK_STEPS)
+            if self.walk.unwalked:
+                # More chunks have come than one turn walks: the rest at the next turn.
+                if not self.walk_on_due:
+                    self.walk_on_due = True
+                    self.worker.loop.call_soon(self._walk_on)
+                return
             if state in (Arrival.COMING, Arrival.EXPECTS_CONTINUE) and self._head_refused():
                 state = Arrival.EARLY  # gunicorn answers it now: no wait for its body
             if state in (Arrival.BARE_LF, Arrival.BARE_LF_IN_BODY):

@@ -157,6 +157,7 @@ class ArrivalWalk:
         "body",
         "head_end",
         "request_end",
+        "unwalked",
     )
 
     def __init__(self) -> None:
@@ -184,10 +185,17 @@ class ArrivalWalk:
         # the trailer section empty, else None; and where the request ends (-1 before).
         self.body: bytearray | None = bytearray()
         self.request_end = -1
+        # True when the last look stopped at ``steps`` chunks with more come: COMING
+        # then means "look again", not "wait for bytes".
+        self.unwalked = False
 
-    def arrival(self, data: bytes | bytearray, limit_of: Callable[[bytes], int]) -> Arrival:
+    def arrival(
+        self, data: bytes | bytearray, limit_of: Callable[[bytes], int], steps: int = 0
+    ) -> Arrival:
         """How far ``data`` has come (see :func:`arrival`); ``limit_of(head)``: the
-        request's body limit in bytes, asked once its head is whole."""
+        request's body limit in bytes, asked once its head is whole. With ``steps``,
+        walk at most that many chunks (then COMING and :attr:`unwalked`)."""
+        self.unwalked = False
         if not self._judged:
             state = self._find_head(data, limit_of)
             if state is not None:
@@ -198,7 +206,7 @@ class ArrivalWalk:
         if self._length >= 0:
             done = Arrival.WHOLE if len(data) - body >= self._length else Arrival.COMING
         else:
-            done = self._walk_chunks(data)
+            done = self._walk_chunks(data, steps)
         if done is Arrival.COMING and self._expects and len(data) == body and not self._http_10:
             return Arrival.EXPECTS_CONTINUE
         return done
@@ -268,7 +276,7 @@ class ArrivalWalk:
             return
         self._length = length
 
-    def _walk_chunks(self, data: bytes | bytearray) -> Arrival:
+    def _walk_chunks(self, data: bytes | bytearray, steps: int) -> Arrival:
         """Walk the chunk-size lines (RFC 9112 section 7.1) not walked yet: whole at
         the last chunk and its trailer section; early when they announce more than
         the limit or are not chunks (gunicorn refuses them). A chunk counts once its
@@ -278,6 +286,11 @@ class ArrivalWalk:
         position, limit, announced = self._next_line, self._limit, self._announced
         bare_size = _BARE_SIZE_LINE.match
         while True:
+            if steps:
+                steps -= 1
+                if not steps:
+                    self.unwalked = True
+                    return Arrival.COMING
             bare = bare_size(data, position)
             if bare is not None:  # the usual line: hex digits, CRLF (one regex step)
                 eol, size = bare.end() - 2, int(bare[1], 16)

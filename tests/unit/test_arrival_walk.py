@@ -53,7 +53,11 @@ def test_a_walk_resumed_at_every_piece_says_what_one_look_at_the_whole_says(
                     step = pieces.randint(1, 9)
                     data += request[sent : sent + step]
                     sent += step
-                    state = walk.arrival(data, lambda _head, limit=limit: limit)
+                    # A few chunks a look, looked at again while some are unwalked.
+                    steps = pieces.choice((0, 2, 3))
+                    state = walk.arrival(data, lambda _head, limit=limit: limit, steps)
+                    while walk.unwalked:
+                        state = walk.arrival(data, lambda _head, limit=limit: limit, steps)
                     assert state is arrival(bytes(data), limit), (request, bytes(data), limit)
                     if state not in (Arrival.COMING, Arrival.EXPECTS_CONTINUE):
                         break
