@@ -20,7 +20,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     from ingest.dedup import DedupGate
     from ingest.errors import register_error_handlers
     from ingest.fastpath import ReceiverApp
-    from ingest.inbound import InboundDirectory
+    from ingest.inbound import InboundDirectory, cache_client
     from ingest.metrics import init_app as init_metrics
     from ingest.providers import REGISTRY
     from ingest.quarantine import quarantine_for
@@ -61,7 +61,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
         replica_wait_ms=settings.redis_replica_wait_ms,
     )
     app.extensions["hookfleet_router"] = Router(settings.routes)
-    app.extensions["hookfleet_inbound"] = InboundDirectory(settings, dedup)
+    app.extensions["hookfleet_inbound"] = InboundDirectory(settings, cache_client(settings))
     app.extensions["hookfleet_quarantine"] = quarantine_for(settings)
     register_error_handlers(app)
     app.register_blueprint(bp)

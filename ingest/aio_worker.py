@@ -19,11 +19,12 @@ numeric ``Content-Length`` up to the 128 KiB arrival buffer, no repeated ``Host`
 can be pipelined (ingest/claims.py ``PipelinedClaims.for_gate``), is served in the loop
 (ingest/loop_delivery.py): the CPU part of ``take_delivery`` (ingest/views.py
 ``check_delivery``), the claim awaited, the answer (ingest/fastpath.py
-``finish_answer``, as for the WSGI path).
+``finish_answer``, as for the WSGI path). ``GET /healthz`` is answered in the loop too
+(ingest/loop_delivery.py ``health``): it proves the loop lives, whatever the threads wait on.
 
 **In threads** (``threads`` of them, HOOKFLEET_WEB_THREADS): every other plain request
 goes through the WSGI app with a PEP 3333 environ built as gunicorn's ``http/wsgi.py``
-builds it (Flask: /healthz, the ops endpoints, 404s; Retell's inline answer and its DB
+builds it (Flask: the ops endpoints, 404s; Retell's inline answer and its DB
 lookup; a refusal kept in the quarantine; tracing on; a gate that cannot pipeline); its
 iterable is closed once the answer is handed to the loop. Whatever is not plain
 (chunked bodies, ``Expect``, a body announced over the arrival buffer, and every head
@@ -77,6 +78,7 @@ import uvloop
 from gunicorn import SERVER
 from gunicorn.http import errors as http_errors
 from gunicorn.http import wsgi as gunicorn_wsgi
+from gunicorn.http.body import Body, ChunkedReader
 from gunicorn.http.message import Request
 from gunicorn.http.parser import RequestParser
 from gunicorn.http.unreader import IterUnreader
@@ -91,7 +93,7 @@ from ingest.gunicorn_worker import (
     OUT,
     PAUSED,
     Arrival,
-    arrival,
+    ArrivalWalk,
     logged_refusal,
     raw_json_answer,
     timeout_answer,
@@ -109,6 +111,17 @@ ARRIVING_BYTES_CAP = 64 * 1024 * 1024
 # The body limit of a request the worker cannot place (an app that is not Hookfleet's).
 _DEFAULT_BODY_LIMIT = 1024 * 1024
 _WEBHOOK_PATH = re.compile(rb"[A-Z]+ (?:[a-z][a-z0-9+.-]*://[^/ ]*)?/webhooks/([^/?# ]*)")
+# Loop time one connection's arriving requests may take per window (seconds): a walk
+# of a million one-byte chunks takes one to two seconds of CPU on a loaded machine; so
+# spread, the others wait at most one read's walk (tens of ms) at a time and have at
+# least half of the loop.
+_ARRIVAL_LOOP_S = 0.5
+_ARRIVAL_WINDOW_S = 1.0
+# A read whose walk took longer than this gives the loop's next turn to the others.
+_ARRIVAL_SLICE_S = 0.02
+# Chunks walked per turn of the loop (a few ms): one read brings up to 256 KiB, 43,000
+# one-byte chunks, which took up to half a second on a loaded machine.
+_WALK_STEPS = 4096
 # After an answer, the rest of a body the app did not read is skipped if it comes within
 # this; else the connection closes (and lingers, below) rather than hold a thread.
 _DRAIN_S = 0.5
@@ -160,6 +173,8 @@ class Plain:
 
 # parse_plain: a plain request whose body has not all come yet (or no head yet).
 MORE = object()
+# Connection.plain before its request's head has come.
+_UNSEEN = object()
 
 
 def parse_plain(data: bytearray, limits: tuple[int, int, int]) -> tuple[Plain, int] | object | None:
@@ -170,6 +185,22 @@ def parse_plain(data: bytearray, limits: tuple[int, int, int]) -> tuple[Plain, i
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return MORE
+    found = plain_head(data, end, limits)
+    if found is None:
+        return None
+    plain, body_end = found
+    if body_end > len(data):
+        return MORE
+    plain.body = bytes(data[end + 4 : body_end])
+    return plain, body_end
+
+
+def plain_head(
+    data: bytes | bytearray, end: int, limits: tuple[int, int, int]
+) -> tuple[Plain, int] | None:
+    """``(request, body end)``: the plain head ``data`` starts with (its CRLF CRLF at
+    ``end``), its body not read, and the offset in ``data`` where its body ends; None
+    when gunicorn's parser must decide (:func:`parse_plain`)."""
     head = bytes(data[: end + 4])
     if not _PLAIN_HEAD.fullmatch(head, 0, end + 2):
         return None
@@ -205,13 +236,9 @@ def parse_plain(data: bytearray, limits: tuple[int, int, int]) -> tuple[Plain, i
                 length = int(value)
     if length > ARRIVAL_BUFFER_BYTES:
         return None  # gunicorn's parser reads it as it comes (413 before it, if too large)
-    body_end = end + 4 + length
-    if body_end > len(data):
-        return MORE
     plain.method = parser.get_method().decode("latin-1")
     plain.version = parser.get_http_version()
-    plain.body = bytes(data[end + 4 : body_end])
-    return plain, body_end
+    return plain, end + 4 + length
 
 
 class _DateHeader:
@@ -315,6 +342,19 @@ class LoopFedSocket:
         pass
 
 
+class DechunkedReader:
+    """A chunked body the loop has read and checked (``ArrivalWalk.dechunked``), in
+    place of gunicorn's ``ChunkedReader`` under its ``Body``: ``read(size)`` and the
+    ``req`` that ingest/framing.py's ``close_after_answer`` reaches for."""
+
+    def __init__(self, request: Any, data: bytes) -> None:
+        self.req = request
+        self._data = BytesIO(data)
+
+    def read(self, size: int) -> bytes:
+        return self._data.read(size)
+
+
 class _Writer:
     """What gunicorn's ``handle_error`` writes its answer to, from a thread."""
 
@@ -391,6 +431,17 @@ class Connection(asyncio.Protocol):
         self.head_checked = False
         # Reading paused because the worker's arriving bytes passed ARRIVING_BYTES_CAP.
         self.starved = False
+        # This request's arrival so far (resumed at each piece: linear in its bytes), and
+        # its plain head once whole (None: not plain; _UNSEEN before the head came).
+        self.walk = ArrivalWalk()
+        self.plain: tuple[Plain, int] | object | None = _UNSEEN
+        # The chunked body of the request a thread serves, read by the walk (or None).
+        self.dechunked: bytes | None = None
+        # Loop time spent on arriving requests in the current window (_spend), and
+        # whether the walk goes on at a later turn (_walk_on).
+        self.window_ends = 0.0
+        self.window_spent = 0.0
+        self.walk_on_due = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -415,7 +466,53 @@ class Connection(asyncio.Protocol):
             self.starved = True
             self.transport.pause_reading()
         if not self.serving:
+            started = time.perf_counter()
             self._next_request()
+            self._spend(time.perf_counter() - started)
+
+    def _spend(self, seconds: float) -> None:
+        """Count loop time spent on this connection's arriving request; past
+        ``_ARRIVAL_LOOP_S`` in a ``_ARRIVAL_WINDOW_S`` window, stop reading it until the
+        window ends, so one client's tiny pieces cannot hold the loop from the others
+        (its 408 deadline still runs); after a read costlier than ``_ARRIVAL_SLICE_S``,
+        read it again only after the loop's next turn."""
+        now = time.monotonic()
+        if now >= self.window_ends:
+            self.window_ends, self.window_spent = now + _ARRIVAL_WINDOW_S, 0.0
+        self.window_spent += seconds
+        if self.serving or self.transport is None:
+            return
+        if self.window_spent > _ARRIVAL_LOOP_S:
+            self.transport.pause_reading()
+            self.worker.loop.call_later(self.window_ends - now, self._read_again)
+        elif seconds > _ARRIVAL_SLICE_S:
+            # libuv reads a readable socket up to 32 times in one turn: a connection
+            # whose pieces are costly lets the others have the next turn first.
+            self.transport.pause_reading()
+            self.worker.loop.call_soon(self._read_again)
+
+    def _walk_on(self) -> None:
+        """Walk on through chunks that came (``_WALK_STEPS`` a turn of the loop), or
+        once the connection's loop-time window is over (:meth:`_spend`)."""
+        self.walk_on_due = False
+        if self.closed or self.serving or self.lingering or self.fed is not None:
+            return
+        now = time.monotonic()
+        if now < self.window_ends and self.window_spent > _ARRIVAL_LOOP_S:
+            self.walk_on_due = True
+            self.worker.loop.call_later(self.window_ends - now, self._walk_on)
+            return
+        started = time.perf_counter()
+        self._next_request()
+        self._spend(time.perf_counter() - started)
+
+    def _read_again(self) -> None:
+        """The loop-time window of :meth:`_spend` ended: read on, unless reading waits
+        for something else (a request served, the worker's arriving bytes)."""
+        if self.transport is None or self.closed or self.serving or self.starved:
+            return
+        if self.fed is None and not self.writing_paused:
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -442,11 +539,17 @@ class Connection(asyncio.Protocol):
             if self.eof or not self.worker.alive:
                 self.close()
             return
-        parsed = parse_plain(self.buffer, self.worker.limits)
-        if parsed is MORE and not self.eof and self.buffer.find(b"\r\n\r\n") >= 0:
+        parsed = self._plain_request()
+        if parsed is MORE and not self.eof and self.walk.head_end >= 0:
             return  # a plain request, its body to come (no thread waits for it)
         if not isinstance(parsed, tuple):
-            state = arrival(self.buffer, self.worker.body_limit_for(self.buffer))
+            state = self.walk.arrival(self.buffer, self.worker.body_limit_for, _WALK_STEPS)
+            if self.walk.unwalked:
+                # More chunks have come than one turn walks: the rest at the next turn.
+                if not self.walk_on_due:
+                    self.walk_on_due = True
+                    self.worker.loop.call_soon(self._walk_on)
+                return
             if state in (Arrival.COMING, Arrival.EXPECTS_CONTINUE) and self._head_refused():
                 state = Arrival.EARLY  # gunicorn answers it now: no wait for its body
             if state in (Arrival.BARE_LF, Arrival.BARE_LF_IN_BODY):
@@ -465,6 +568,22 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
         self.worker.loop.create_task(self._serve(parsed))
 
+    def _plain_request(self) -> tuple[Plain, int] | object | None:
+        """:func:`parse_plain` of the buffer, the head parsed once per request (its
+        body then awaited by length alone)."""
+        end = self.walk.find_head_end(self.buffer)
+        if end < 0:
+            return MORE
+        if self.plain is _UNSEEN:
+            self.plain = plain_head(self.buffer, end, self.worker.limits)
+        if not isinstance(self.plain, tuple):
+            return None
+        plain, body_end = self.plain
+        if body_end > len(self.buffer):
+            return MORE
+        plain.body = bytes(self.buffer[end + 4 : body_end])
+        return plain, body_end
+
     async def _serve(self, parsed: object) -> None:
         keep_alive = False
         try:
@@ -474,6 +593,7 @@ class Connection(asyncio.Protocol):
         self.worker.request_done()
         self.serving = False
         self.continue_sent = self.early = self.head_checked = False
+        self.walk, self.plain = ArrivalWalk(), _UNSEEN  # the next request's
         if not keep_alive or not self.worker.alive or self.closed:
             self.linger()
             return
@@ -490,7 +610,7 @@ class Connection(asyncio.Protocol):
         head is whole) before any of its body, as the thread would."""
         if self.head_checked:
             return False
-        end = self.buffer.find(b"\r\n\r\n")
+        end = self.walk.find_head_end(self.buffer)
         if end < 0:
             return False
         self.head_checked = True
@@ -543,6 +663,11 @@ class Connection(asyncio.Protocol):
             if after is not None:
                 await self.worker.loop.run_in_executor(None, after)
             return keep_alive
+        health = None if deliveries is None else deliveries.health(environ)
+        if health is not None:  # /healthz: the loop lives (no thread asked)
+            status, headers, payload, _ = health
+            self.write(response_head(request.version, status, headers, keep_alive) + payload)
+            return keep_alive
         return bool(
             await self.worker.loop.run_in_executor(
                 None, self.worker.call_app, self, environ, request.version, keep_alive
@@ -550,7 +675,18 @@ class Connection(asyncio.Protocol):
         )
 
     async def _serve_with_gunicorn(self) -> bool:
-        self.fed = LoopFedSocket(self, bytes(self.buffer), self.eof)
+        body = None if self.early else self.walk.dechunked()
+        if body is None:
+            self.fed = LoopFedSocket(self, bytes(self.buffer), self.eof)
+        else:
+            # Chunks the walk has read already: gunicorn parses the head, and the body
+            # is the walk's (ChunkedReader takes ~10 us a chunk, in a thread holding
+            # the GIL: a million one-byte chunks took ten seconds of it).
+            head = self.buffer[: self.walk.head_end + 4]
+            self.fed = LoopFedSocket(
+                self, bytes(head + self.buffer[self.walk.request_end :]), self.eof
+            )
+        self.dechunked = body
         self.buffer.clear()
         if self.transport is not None:
             self.transport.resume_reading()
@@ -559,7 +695,7 @@ class Connection(asyncio.Protocol):
                 None, self.worker.handle_with_gunicorn, self
             )
         finally:
-            fed, self.fed = self.fed, None
+            fed, self.fed, self.dechunked = self.fed, None, None
             if self.transport is not None and not self.closed:
                 self.transport.pause_reading()
         self.buffer += rest + fed.take()
@@ -708,7 +844,7 @@ class AioWorker(Worker):
         self.body_limits = {name: settings.body_limit(name) for name in REGISTRY}
         self.default_body_limit = settings.body_limit("")
 
-    def body_limit_for(self, data: bytearray) -> int:
+    def body_limit_for(self, data: bytes | bytearray) -> int:
         """The body limit (bytes) of the provider the request ``data`` starts with is
         posted to (``settings.body_limit``), the default one for any other path: the
         loop buffers a body up to it, and leaves a larger one unread (413)."""
@@ -1027,6 +1163,8 @@ class AioWorker(Worker):
             request = next(parser)
             if not request:
                 return False, b""
+            if connection.dechunked is not None and isinstance(request.body.reader, ChunkedReader):
+                request.body = Body(DechunkedReader(request, connection.dechunked))
             # Sent on the first read, below (unless the loop sent it already).
             expects_continue = request._expected_100_continue and not connection.continue_sent
             request._expected_100_continue = False

@@ -55,6 +55,7 @@ import selectors
 import socket
 import struct
 import time
+from collections.abc import Callable
 from enum import Enum
 from functools import partial
 from typing import Any
@@ -111,38 +112,9 @@ def arrival(data: bytes | bytearray, limit: int = ARRIVAL_BUFFER_BYTES) -> Arriv
     """How far the request ``data`` (the bytes received so far on a connection) starts
     with has come; ``limit``: the largest body the request's provider takes (bytes).
     Whole: a head and its ``Content-Length`` body, or chunks up to the last one and its
-    trailer section (RFC 9112 sections 6 and 7.1)."""
-    end = data.find(b"\r\n\r\n")
-    head = data[:end] if end >= 0 else data
-    if _BARE_LF.search(head):
-        return Arrival.BARE_LF
-    if end < 0:
-        return Arrival.EARLY if len(data) >= ARRIVAL_BUFFER_BYTES else Arrival.COMING
-    body = data[end + 4 :]
-    expects = [value.strip().lower() for value in _EXPECT.findall(head)]
-    if expects and expects != [b"100-continue"]:
-        return Arrival.EARLY  # gunicorn answers 417
-    codings = _TRANSFER_CODINGS.findall(head)
-    lengths = _CONTENT_LENGTH.findall(head)
-    if codings:
-        # gunicorn refuses these before the body (or the app's 415 does): CL and TE
-        # together, chunked in HTTP/1.0, any coding but chunked alone.
-        if lengths or _HTTP_10.match(head) or [c.strip().lower() for c in codings] != [b"chunked"]:
-            return Arrival.EARLY
-        done = _chunks_arrived(body, limit)
-    elif not lengths:
-        return Arrival.WHOLE
-    else:
-        try:
-            (length,) = (int(value.strip()) for value in lengths)
-        except ValueError:  # not a number, or several: gunicorn refuses it at once
-            return Arrival.EARLY
-        if length > limit:
-            return Arrival.EARLY  # 413 before the body
-        done = Arrival.WHOLE if len(body) >= length else Arrival.COMING
-    if done is Arrival.COMING and expects and not body and not _HTTP_10.match(head):
-        return Arrival.EXPECTS_CONTINUE
-    return done
+    trailer section (RFC 9112 sections 6 and 7.1). One look at a whole buffer; a
+    connection whose request arrives in pieces asks its :class:`ArrivalWalk`."""
+    return ArrivalWalk().arrival(data, lambda _head: limit)
 
 
 def request_arrived(data: bytes | bytearray, limit: int = ARRIVAL_BUFFER_BYTES) -> bool:
@@ -151,49 +123,226 @@ def request_arrived(data: bytes | bytearray, limit: int = ARRIVAL_BUFFER_BYTES) 
     return arrival(data, limit) is not Arrival.COMING
 
 
-def _chunks_arrived(body: bytes | bytearray, limit: int) -> Arrival:
-    """Walk the chunk-size lines (RFC 9112 section 7.1) received so far: whole at the
-    last chunk and its trailer section; early when they announce more than ``limit``
-    or are not chunks (gunicorn refuses them)."""
-    position, announced = 0, 0
-    while True:
-        eol = body.find(b"\r\n", position)
-        lf = body.find(b"\n", position, len(body) if eol < 0 else eol)
-        if lf >= 0:
-            return Arrival.BARE_LF_IN_BODY
-        if eol < 0:
-            # no size line is that long
-            return Arrival.EARLY if len(body) - position > 1024 else Arrival.COMING
+def _buffer_limit(_head: bytes) -> int:
+    """The gthread worker's body limit for the loop: its arrival buffer (a larger body
+    goes to the thread, which answers 413 past the provider's limit)."""
+    return ARRIVAL_BUFFER_BYTES
+
+
+# A chunk-size line (with its extensions) longer than this is not one (gunicorn refuses it).
+_SIZE_LINE_BYTES = 1024
+_BARE_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")
+
+
+class ArrivalWalk:
+    """:func:`arrival` of one request whose bytes come in pieces, resumed where the last
+    look stopped: the head's end is searched in the new bytes only, the head is judged
+    once, and the chunk walk keeps the offset of the next chunk-size line and the bytes
+    announced so far. Linear in the request's bytes however small its pieces and chunks
+    (a walk from the start at every piece was quadratic: one connection posting a
+    million one-byte chunks held a worker's event loop for minutes). ``data`` must be
+    the same buffer, only ever appended to, from one call to the next."""
+
+    __slots__ = (
+        "_announced",
+        "_expects",
+        "_head_searched",
+        "_http_10",
+        "_judged",
+        "_length",
+        "_limit",
+        "_next_line",
+        "_scanned",
+        "_trailers",
+        "_trailers_scanned",
+        "_verdict",
+        "body",
+        "head_end",
+        "request_end",
+        "unwalked",
+    )
+
+    def __init__(self) -> None:
+        # Offset of the head's CRLF CRLF once found (-1 before), how far it has been
+        # searched for, how far the head has been checked for a bare LF, and whether
+        # the whole head has been judged.
+        self.head_end = -1
+        self._head_searched = 0
+        self._scanned = 0
+        self._judged = False
+        # The head's verdict (EARLY or WHOLE) when it decides alone; else the framing:
+        # a Content-Length (_length >= 0) or chunks (_length == -1).
+        self._verdict: Arrival | None = None
+        self._length = -1
+        self._limit = 0
+        self._expects = False
+        self._http_10 = False
+        # Chunks: offset (in data) of the next chunk-size line, bytes announced before it.
+        self._next_line = 0
+        self._announced = 0
+        # The trailer section's start (after the last chunk; -1 before) and how far searched.
+        self._trailers = -1
+        self._trailers_scanned = 0
+        # Chunks: their data so far while every size line is bare hex and (once whole)
+        # the trailer section empty, else None; and where the request ends (-1 before).
+        self.body: bytearray | None = bytearray()
+        self.request_end = -1
+        # True when the last look stopped at ``steps`` chunks with more come: COMING
+        # then means "look again", not "wait for bytes".
+        self.unwalked = False
+
+    def arrival(
+        self, data: bytes | bytearray, limit_of: Callable[[bytes], int], steps: int = 0
+    ) -> Arrival:
+        """How far ``data`` has come (see :func:`arrival`); ``limit_of(head)``: the
+        request's body limit in bytes, asked once its head is whole. With ``steps``,
+        walk at most that many chunks (then COMING and :attr:`unwalked`)."""
+        self.unwalked = False
+        if not self._judged:
+            state = self._find_head(data, limit_of)
+            if state is not None:
+                return state
+        if self._verdict is not None:
+            return self._verdict
+        body = self.head_end + 4
+        if self._length >= 0:
+            done = Arrival.WHOLE if len(data) - body >= self._length else Arrival.COMING
+        else:
+            done = self._walk_chunks(data, steps)
+        if done is Arrival.COMING and self._expects and len(data) == body and not self._http_10:
+            return Arrival.EXPECTS_CONTINUE
+        return done
+
+    def dechunked(self) -> bytes | None:
+        """The data of a whole chunked request whose size lines were all bare hex and
+        whose trailer section is empty (what gunicorn's ``ChunkedReader`` would read,
+        at about a microsecond a chunk where it takes ten); None otherwise."""
+        if self.request_end < 0 or self.body is None:
+            return None
+        return bytes(self.body)
+
+    def find_head_end(self, data: bytes | bytearray) -> int:
+        """Offset of the CRLF CRLF that ends the head in ``data``, -1 while it has not
+        come; only the bytes not searched yet are."""
+        if self.head_end < 0:
+            end = data.find(b"\r\n\r\n", max(0, self._head_searched - 3))
+            self._head_searched = len(data)
+            self.head_end = end
+        return self.head_end
+
+    def _find_head(
+        self, data: bytes | bytearray, limit_of: Callable[[bytes], int]
+    ) -> Arrival | None:
+        """Check the new bytes of the head for a bare LF; judge the head once it is
+        whole. None when the body decides."""
+        end = self.find_head_end(data)
+        stop = len(data) if end < 0 else end
+        if _BARE_LF.search(data, max(0, self._scanned - 1), stop):
+            return Arrival.BARE_LF
+        self._scanned = stop
+        if end < 0:
+            return Arrival.EARLY if len(data) >= ARRIVAL_BUFFER_BYTES else Arrival.COMING
+        self._judged = True
+        head = bytes(data[:end])
+        self._judge_head(head, limit_of(bytes(data[: end + 4])))
+        self._next_line = end + 4
+        return None
+
+    def _judge_head(self, head: bytes, limit: int) -> None:
+        """What the head alone says of the request (RFC 9112 section 6.3)."""
+        self._limit = limit
+        expects = [value.strip().lower() for value in _EXPECT.findall(head)]
+        self._expects = bool(expects)
+        self._http_10 = bool(_HTTP_10.match(head))
+        if expects and expects != [b"100-continue"]:
+            self._verdict = Arrival.EARLY  # gunicorn answers 417
+            return
+        codings = _TRANSFER_CODINGS.findall(head)
+        lengths = _CONTENT_LENGTH.findall(head)
+        if codings:
+            # gunicorn refuses these before the body (or the app's 415 does): CL and TE
+            # together, chunked in HTTP/1.0, any coding but chunked alone.
+            if lengths or self._http_10 or [c.strip().lower() for c in codings] != [b"chunked"]:
+                self._verdict = Arrival.EARLY
+            return  # chunks (_length stays -1)
+        if not lengths:
+            self._verdict = Arrival.WHOLE
+            return
         try:
-            size = int(body[position:eol].split(b";")[0].strip(), 16)
-        except ValueError:
-            return Arrival.EARLY
-        if size < 0:
-            return Arrival.EARLY
-        announced += size
-        if announced > limit:
-            return Arrival.EARLY
-        if size == 0:
-            return _trailers_arrived(body, eol + 2)
-        position = eol + 2 + size
-        if position + 2 > len(body):
-            return Arrival.COMING
-        if body[position : position + 2] != b"\r\n":
-            return Arrival.EARLY  # a chunk not followed by CRLF
-        position += 2
+            (length,) = (int(value.strip()) for value in lengths)
+        except ValueError:  # not a number, or several: gunicorn refuses it at once
+            self._verdict = Arrival.EARLY
+            return
+        if length > limit:
+            self._verdict = Arrival.EARLY  # 413 before the body
+            return
+        self._length = length
 
+    def _walk_chunks(self, data: bytes | bytearray, steps: int) -> Arrival:
+        """Walk the chunk-size lines (RFC 9112 section 7.1) not walked yet: whole at
+        the last chunk and its trailer section; early when they announce more than
+        the limit or are not chunks (gunicorn refuses them). A chunk counts once its
+        data and CRLF have come."""
+        if self._trailers >= 0:
+            return self._walk_trailers(data)
+        position, limit, announced = self._next_line, self._limit, self._announced
+        bare_size = _BARE_SIZE_LINE.match
+        while True:
+            if steps:
+                steps -= 1
+                if not steps:
+                    self.unwalked = True
+                    return Arrival.COMING
+            bare = bare_size(data, position)
+            if bare is not None:  # the usual line: hex digits, CRLF (one regex step)
+                eol, size = bare.end() - 2, int(bare[1], 16)
+            else:
+                # Searched no further than a size line may be long: a longer one goes to
+                # gunicorn's parser at once (EARLY), which refuses it or reads it itself.
+                stop = position + _SIZE_LINE_BYTES + 2
+                eol = data.find(b"\r\n", position, stop)
+                if data.find(b"\n", position, stop if eol < 0 else eol) >= 0:
+                    return Arrival.BARE_LF_IN_BODY
+                if eol < 0:
+                    # no size line is that long
+                    too_long = len(data) - position > _SIZE_LINE_BYTES
+                    return Arrival.EARLY if too_long else Arrival.COMING
+                self.body = None  # extensions, spaces: gunicorn's parser judges them
+                try:
+                    size = int(data[position:eol].split(b";")[0].strip(), 16)
+                except ValueError:
+                    return Arrival.EARLY
+            if size < 0 or announced + size > limit:
+                return Arrival.EARLY
+            if size == 0:
+                self._trailers = self._trailers_scanned = eol + 2
+                return self._walk_trailers(data)
+            after = eol + 2 + size
+            if after + 2 > len(data):
+                return Arrival.COMING
+            if data[after : after + 2] != b"\r\n":
+                return Arrival.EARLY  # a chunk not followed by CRLF
+            if self.body is not None:
+                self.body += data[eol + 2 : after]
+            position = self._next_line = after + 2
+            announced = self._announced = announced + size
 
-def _trailers_arrived(body: bytes | bytearray, start: int) -> Arrival:
-    """The trailer section after the last chunk: whole at its empty line."""
-    if body[start : start + 2] == b"\r\n":
-        return Arrival.WHOLE
-    end = body.find(b"\r\n\r\n", start)
-    section = body[start:] if end < 0 else body[start:end]
-    if _BARE_LF.search(section):
-        return Arrival.BARE_LF_IN_BODY
-    if end >= 0:
-        return Arrival.WHOLE
-    return Arrival.EARLY if len(body) - start > ARRIVAL_BUFFER_BYTES else Arrival.COMING
+    def _walk_trailers(self, data: bytes | bytearray) -> Arrival:
+        """The trailer section after the last chunk: whole at its empty line."""
+        start = self._trailers
+        if data[start : start + 2] == b"\r\n":
+            self.request_end = start + 2
+            return Arrival.WHOLE
+        if len(data) >= start + 2:
+            self.body = None  # a trailer section: gunicorn's parser reads it
+        end = data.find(b"\r\n\r\n", max(start, self._trailers_scanned - 3))
+        stop = len(data) if end < 0 else end
+        if _BARE_LF.search(data, max(start, self._trailers_scanned - 1), stop):
+            return Arrival.BARE_LF_IN_BODY
+        self._trailers_scanned = stop
+        if end >= 0:
+            return Arrival.WHOLE
+        return Arrival.EARLY if len(data) - start > ARRIVAL_BUFFER_BYTES else Arrival.COMING
 
 
 # (gunicorn exception name, status, reason phrase, code), most specific first. By name:
@@ -410,6 +559,8 @@ class JsonErrorWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         # Connections whose request is arriving: conn -> (bytes so far, deadline).
         self.arriving: dict[TConn, tuple[bytearray, float]] = {}
+        # Their arrival walks, resumed at each piece (linear in a request's bytes).
+        self.walks: dict[TConn, ArrivalWalk] = {}
         # Made in the master before the fork; the master releases it at child_exit.
         self.board_slot = BOARD.reserve()
 
@@ -484,11 +635,13 @@ class JsonErrorWorker(ThreadWorker):
         data += received
         # A client that stops sending mid-request is answered by the thread, as before
         # (400 incomplete_body: the parser meets the end of the stream).
-        if received and not request_arrived(bytes(data)):
+        walk = self.walks.setdefault(conn, ArrivalWalk())
+        if received and walk.arrival(data, _buffer_limit) is Arrival.COMING:
             return _WAITING
         if registered:
             self.poller.unregister(conn.sock)
         del self.arriving[conn]
+        self.walks.pop(conn, None)
         conn.init()  # the parser (a new connection), socket blocking for the thread
         conn.parser.unreader.unread(bytes(data))
         conn.data_ready = True
@@ -497,6 +650,7 @@ class JsonErrorWorker(ThreadWorker):
 
     def _drop_arriving(self, conn: TConn, answer: bytes = b"") -> None:
         self.arriving.pop(conn, None)
+        self.walks.pop(conn, None)
         try:
             self.poller.unregister(conn.sock)
         except (KeyError, ValueError, OSError):

@@ -4,6 +4,13 @@ A caller's phone rings while Retell waits for our answer, so :meth:`InboundDirec
 never fails and never waits past its budget: on a timeout, an unknown number or any
 error it returns None, and the provider answers without an override (Retell then uses
 the number's default agent). Answers are cached in the process and in Redis.
+
+The Redis cache never costs a lookup its budget: its reads and writes give up after
+:func:`cache_timeout_s` (a quarter of the budget), and after a failure or timeout the
+process skips it for a while (ingest/redis_watch.py) and asks the database alone, as
+with a Redis that is down. A frozen Redis (SIGSTOP: connections accepted, nothing
+answered) used to hold each of the four lookup threads for the client's 2 s socket
+timeout, past every call's budget, so calls got the fallback answer.
 """
 
 from __future__ import annotations
@@ -12,15 +19,20 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextvars import copy_context
 from dataclasses import asdict, dataclass
 from time import monotonic
+from typing import Any
 
+import pybreaker
 import redis
 from sqlalchemy import Engine, select
 
+from ingest.redis_watch import RedisWatch
+from models.broker.redis_links import redis_client
 from models.business import Branch, Company
 from models.engine import make_engine
 from models.perprocess import PerProcess
@@ -34,6 +46,24 @@ LOCAL_ENTRIES = 4096
 # An unknown number is remembered briefly, so a branch added a moment ago is found soon.
 UNKNOWN_TTL_S = 10
 _MISS = object()
+
+
+def cache_timeout_s(settings: Settings) -> float:
+    """Seconds a cache read or write may take: a quarter of the lookup's budget (the
+    database query needs the rest), never more than the Redis timeout."""
+    return max(0.01, min(settings.inbound_budget_ms / 4000, settings.redis_timeout_s))
+
+
+def cache_client(settings: Settings) -> redis.Redis:
+    """A client for the lookup's Redis cache (``settings.redis_url``) whose commands
+    and connects give up after :func:`cache_timeout_s`, whatever timeout the URL's
+    query sets for the claims."""
+    timeout_s = cache_timeout_s(settings)
+    client = redis_client(settings.redis_url, timeout_s=timeout_s)
+    client.connection_pool.connection_kwargs.update(
+        socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
+    return client
 
 
 @dataclass(frozen=True)
@@ -58,6 +88,8 @@ class InboundDirectory:
         self._local: OrderedDict[str, tuple[float, BranchContact | None]] = OrderedDict()
         self._lock = threading.Lock()
         self._resources = PerProcess(self._connect)
+        # Whether Redis failed this path just now (also asked by the call's record).
+        self.redis = RedisWatch()
 
     def find(self, number: str) -> BranchContact | None:
         """The branch for ``number`` (any spelling); None when unknown or not in time."""
@@ -103,20 +135,23 @@ class InboundDirectory:
 
     def _lookup(self, e164: str) -> BranchContact | None:
         key = REDIS_PREFIX + e164
-        try:
-            raw = self._cache.get(key)
-        except redis.RedisError:
-            raw = None
+        raw = self._cached(lambda: self._cache.get(key))
         if raw is not None:
             data = json.loads(raw)
             return None if data is None else BranchContact(**data)
         contact = self._query(e164)
-        try:
-            ttl = self._settings.inbound_cache_ttl_s if contact else UNKNOWN_TTL_S
-            self._cache.set(key, json.dumps(contact and asdict(contact)), ex=ttl)
-        except redis.RedisError:
-            pass  # the cache is an optimisation; the answer stands without it
+        # The cache is an optimisation; the answer stands without it.
+        ttl = self._settings.inbound_cache_ttl_s if contact else UNKNOWN_TTL_S
+        self._cached(lambda: self._cache.set(key, json.dumps(contact and asdict(contact)), ex=ttl))
         return contact
+
+    def _cached(self, command: Callable[[], Any]) -> Any:
+        """``command()`` on the Redis cache, None when it fails, times out or Redis is
+        being skipped (ingest/redis_watch.py)."""
+        try:
+            return self.redis.call(command)
+        except (redis.RedisError, pybreaker.CircuitBreakerError):
+            return None
 
     def _query(self, e164: str) -> BranchContact | None:
         statement = (

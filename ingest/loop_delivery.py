@@ -42,6 +42,8 @@ from models.logs import log_context
 
 # (status line, headers, body, what to run in a thread once the answer is written)
 Served = tuple[str, list[tuple[str, str]], bytes, Callable[[], None] | None]
+# The body of /healthz's answer: ``jsonify(status="ok")``'s bytes.
+_HEALTHY = b'{"status":"ok"}\n'
 
 
 class LoopDeliveries:
@@ -72,6 +74,22 @@ class LoopDeliveries:
         if not path.startswith(_PREFIX):
             return None
         return REGISTRY.get(path[len(_PREFIX) :])
+
+    def health(self, environ: dict[str, Any]) -> Served | None:
+        """``GET``/``HEAD /healthz`` answered in the loop as the Flask route answers it
+        (ingest/views.py ``healthz``), None for any other request. Its answer proves
+        the event loop lives; it waits for no thread, as every thread may be waiting
+        on Redis or the database (a frozen Redis held them all, and the liveness probe
+        queued behind them until the pods were restarted)."""
+        method = environ["REQUEST_METHOD"]
+        if environ["PATH_INFO"] != "/healthz" or method not in ("GET", "HEAD"):
+            return None
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(_HEALTHY))),
+            ("X-Request-ID", correlation_id_for(environ.get("HTTP_X_REQUEST_ID", ""))),
+        ]
+        return "200 OK", headers, b"" if method == "HEAD" else _HEALTHY, None
 
     async def deliver(self, environ: dict[str, Any], provider: Provider) -> Served:
         """Answer one delivery as ingest/fastpath.py's ``_deliver`` would."""

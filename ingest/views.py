@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
+import pybreaker
 import redis
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import NotFound
@@ -481,7 +482,9 @@ def answer_inline(
     The answer never fails (an empty answer is always valid). Queueing happens once the
     response is on its way; if Redis is down then, the answer stands, the failure is
     logged (WARNING) and the record is tried again in the background until Redis takes
-    it, for up to ``RETRY_FOR_S`` (ingest/late_records.py).
+    it, for up to ``RETRY_FOR_S`` (ingest/late_records.py). While this process knows
+    Redis to be failing or frozen (ingest/redis_watch.py), the record goes to that
+    background queue at once: it would hold this thread for the Redis timeout.
 
     The record does not wait for Redis replicas (HOOKFLEET_REDIS_MIN_REPLICAS): the
     answer has gone, so no retry could follow a refusal, and the wait would hold a
@@ -511,12 +514,25 @@ def answer_inline(
         gate.admit(job.dedup_key, correlation_id, job.ttl_s, job.queue, job.message, confirm=False)
 
     def record() -> None:
+        if directory.redis.known_unwell():
+            # Redis failed this process's inbound path moments ago: the try would hold
+            # this thread for the Redis timeout; the background queue tries it.
+            log.warning(
+                "could not record inline event",
+                extra={
+                    "error": "RedisSkipped",
+                    "event_id": job.event_id,
+                    "retry_for_s": RETRY_FOR_S,
+                },
+            )
+            late_records().keep(LateRecord(attempt, job.event_id, answered_at))
+            return
         with tracing.span(
             "hookfleet.claim_and_enqueue", context=request, attributes=_claim_attributes(job)
         ) as span:
             try:
-                attempt()
-            except redis.RedisError as error:
+                directory.redis.call(attempt)
+            except (redis.RedisError, pybreaker.CircuitBreakerError) as error:
                 tracing.record_error(span, error)
                 log.warning(
                     "could not record inline event",

@@ -32,7 +32,7 @@ def arriving(worker: Any, size: int) -> Connection:
     connection.buffer = bytearray()
     connection.lingering = connection.serving = connection.starved = False
     connection.fed = None
-    connection.deadline = 0.0
+    connection.deadline = connection.window_ends = connection.window_spent = 0.0
     worker.connections.add(connection)
     connection._next_request = lambda: None  # type: ignore[method-assign]
     connection.data_received(b"x" * size)

@@ -1,0 +1,62 @@
+"""Whether this receiver process has just found Redis too slow for a ringing phone.
+
+A Retell ``call_inbound`` must be answered within Retell's 10 s (else the call rings
+into the number's default agent), and the answer's branch lookup within
+``HOOKFLEET_INBOUND_BUDGET_MS`` (ingest/inbound.py). A Redis that is frozen (SIGSTOP,
+a stalled disk, a saturated host) accepts connections and answers nothing: each
+command waits for the socket timeout, so every lookup's cache read missed its budget
+and every record after an answer held a receiver thread for it. One failure or timeout
+on that path opens this breaker: for :data:`SKIP_S` the lookups skip the Redis cache
+(straight to the database, as with a Redis that is down) and the records go to the
+background queue at once (ingest/late_records.py); then one call tries Redis again
+(pybreaker's half-open state) and closes it when Redis answers.
+
+Per app and process (a forked worker has its own), in memory: the breaker says what this
+process has seen, and costs nothing to ask. Source: pybreaker ``CircuitBreaker``
+(``fail_max``, ``reset_timeout``, ``exclude``; pybreaker 1.x).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import pybreaker
+import redis
+
+from models.perprocess import PerProcess
+
+T = TypeVar("T")
+
+#: Seconds Redis is skipped on the inbound path after a failure or timeout there.
+SKIP_S = 5.0
+
+
+def _not_redis(error: BaseException) -> bool:
+    # Only Redis's failures (timeouts included) say Redis is unwell.
+    return not isinstance(error, redis.RedisError)
+
+
+def _breaker() -> pybreaker.CircuitBreaker:
+    return pybreaker.CircuitBreaker(
+        fail_max=1, reset_timeout=SKIP_S, exclude=[_not_redis], name="inbound-redis"
+    )
+
+
+class RedisWatch:
+    """One app's breaker over Redis on the inbound call path, per process."""
+
+    def __init__(self) -> None:
+        self._breaker = PerProcess(_breaker)
+
+    def call(self, command: Callable[[], T]) -> T:
+        """``command()``; raises ``pybreaker.CircuitBreakerError`` without calling it
+        while Redis is being skipped, and ``redis.RedisError`` when it fails (which
+        starts the skipping)."""
+        return self._breaker.get().call(command)
+
+    def known_unwell(self) -> bool:
+        """True while the breaker is open: Redis failed on the inbound path, and no
+        call since (one is let through :data:`SKIP_S` after) has found it answering.
+        Asking makes no call."""
+        return self._breaker.get().current_state == pybreaker.STATE_OPEN
