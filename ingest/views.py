@@ -513,19 +513,20 @@ def answer_inline(
     def attempt() -> None:
         gate.admit(job.dedup_key, correlation_id, job.ttl_s, job.queue, job.message, confirm=False)
 
+    def keep_late(error: str) -> None:
+        log.warning(
+            "could not record inline event",
+            extra={"error": error, "event_id": job.event_id, "retry_for_s": RETRY_FOR_S},
+        )
+        late_records().keep(
+            LateRecord(attempt, job.event_id, answered_at, job.message, database_url)
+        )
+
     def record() -> None:
         if directory.redis.known_unwell():
             # Redis failed this process's inbound path moments ago: the try would hold
             # this thread for the Redis timeout; the background queue tries it.
-            log.warning(
-                "could not record inline event",
-                extra={
-                    "error": "RedisSkipped",
-                    "event_id": job.event_id,
-                    "retry_for_s": RETRY_FOR_S,
-                },
-            )
-            late_records().keep(LateRecord(attempt, job.event_id, answered_at))
+            keep_late("RedisSkipped")
             return
         with tracing.span(
             "hookfleet.claim_and_enqueue", context=request, attributes=_claim_attributes(job)
@@ -534,17 +535,7 @@ def answer_inline(
                 directory.redis.call(attempt)
             except (redis.RedisError, pybreaker.CircuitBreakerError) as error:
                 tracing.record_error(span, error)
-                log.warning(
-                    "could not record inline event",
-                    extra={
-                        "error": type(error).__name__,
-                        "event_id": job.event_id,
-                        "retry_for_s": RETRY_FOR_S,
-                    },
-                )
-                late_records().keep(
-                    LateRecord(attempt, job.event_id, answered_at, job.message, database_url)
-                )
+                keep_late(type(error).__name__)
 
     return Answer(200, body, "answered", record)
 
