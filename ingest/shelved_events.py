@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from models import tracing
 from models.base import utcnow
 from models.contract import EventMessage
 from models.engine import make_engine
@@ -51,6 +52,13 @@ def shelve(database_url: str, messages: list[str]) -> int:
     as it is. Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot take
     them, ``ValueError`` for a message that is not a delivery's."""
     events = [event_of(message) for message in messages]
+    # Housekeeping of the process, after the request's trace has ended: no statement
+    # spans of their own (a root trace no request started, as the boot warm-up's).
+    with tracing.untraced():
+        return _write(database_url, events)
+
+
+def _write(database_url: str, events: list[EventMessage]) -> int:
     engine = _engines.get(database_url, lambda: _engine(database_url))
     with Session(engine) as session:
         session.add_all([_row(event) for event in events])

@@ -523,15 +523,15 @@ def answer_inline(
         )
 
     def record() -> None:
-        if directory.redis.known_unwell():
-            # Redis failed this process's inbound path moments ago: the try would hold
-            # this thread for the Redis timeout; the background queue tries it.
-            keep_late("RedisSkipped")
-            return
         with tracing.span(
             "hookfleet.claim_and_enqueue", context=request, attributes=_claim_attributes(job)
         ) as span:
             try:
+                if directory.redis.known_unwell():
+                    # Redis failed this process's inbound path moments ago: the try
+                    # would hold this thread for the Redis timeout; the background
+                    # queue tries it.
+                    raise pybreaker.CircuitBreakerError("Redis failed moments ago: not tried")
                 directory.redis.call(attempt)
             except (redis.RedisError, pybreaker.CircuitBreakerError) as error:
                 tracing.record_error(span, error)

@@ -123,8 +123,13 @@ def run_python(
 
 
 def last_json_line(done: subprocess.CompletedProcess[str]) -> Any:
-    """The JSON value a script printed last on its stdout."""
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """The JSON value a script printed last on its stdout, past the JSON log lines
+    (``ts`` and ``level``) the process may write after it, e.g. at exit."""
+    for line in reversed(done.stdout.strip().splitlines()):
+        value = json.loads(line)
+        if not (isinstance(value, dict) and {"ts", "level"} <= value.keys()):
+            return value
+    raise AssertionError(f"no JSON value but log lines on stdout: {done.stdout[-2000:]}")
 
 
 def command_env(database_url: str, redis_url: str, var_dir: Path) -> dict[str, str]:
