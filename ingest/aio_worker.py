@@ -441,6 +441,9 @@ class Connection(asyncio.Protocol):
         # whether the walk goes on at a later turn (_walk_on).
         self.window_ends = 0.0
         self.window_spent = 0.0
+        # Until when this connection's reading or walking is held back by the loop-time
+        # budget (:meth:`_hold_back`): time the arrival deadline does not count.
+        self.held_back_until = 0.0
         self.walk_on_due = False
 
     # asyncio.Protocol
@@ -484,6 +487,7 @@ class Connection(asyncio.Protocol):
             return
         if self.window_spent > _ARRIVAL_LOOP_S:
             self.transport.pause_reading()
+            self._hold_back(now)
             self.worker.loop.call_later(self.window_ends - now, self._read_again)
         elif seconds > _ARRIVAL_SLICE_S:
             # libuv reads a readable socket up to 32 times in one turn: a connection
@@ -500,11 +504,23 @@ class Connection(asyncio.Protocol):
         now = time.monotonic()
         if now < self.window_ends and self.window_spent > _ARRIVAL_LOOP_S:
             self.walk_on_due = True
+            self._hold_back(now)
             self.worker.loop.call_later(self.window_ends - now, self._walk_on)
             return
         started = time.perf_counter()
         self._next_request()
         self._spend(time.perf_counter() - started)
+
+    def _hold_back(self, now: float) -> None:
+        """The budget holds this connection back until its window ends: the arrival
+        deadline moves by that much (once per window), so the 408 counts the client's
+        time, not the time the loop gave the others. A client sending a body of tiny
+        chunks as fast as it can is not slow; at most half of each window is held
+        back, so its deadline is at most about doubled."""
+        start = max(now, self.held_back_until)
+        if self.window_ends > start:
+            self.deadline += self.window_ends - start
+            self.held_back_until = self.window_ends
 
     def _read_again(self) -> None:
         """The loop-time window of :meth:`_spend` ended: read on, unless reading waits
