@@ -30,17 +30,6 @@ from tests.servers import RedisServer, wait_until
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        if server.proc is not None and server.proc.poll() is None:
-            server.thaw()
-            server.stop()
-
-
 def web_only(
     tmp_path: Path, redis_url: str, **env: str
 ) -> contextlib.AbstractContextManager[Processes]:

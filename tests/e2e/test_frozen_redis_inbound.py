@@ -11,7 +11,6 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,17 +27,6 @@ pytestmark = pytest.mark.e2e
 
 CALLS_PER_S = 6
 FREEZE_S = 12
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        if server.proc is not None and server.proc.poll() is None:
-            server.thaw()
-            server.stop()
 
 
 def exchange(web: Processes, raw: bytes) -> tuple[int, bytes, float]:

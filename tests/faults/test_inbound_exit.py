@@ -135,6 +135,18 @@ def assert_each_recorded_once(fleet: Processes, database_url: str, callers: list
     assert [event_id for event_id, n in processed.items() if n > 1] == []
 
 
+def sweep_stuck(fleet: Processes) -> subprocess.CompletedProcess[str]:
+    """``hookfleet sweep --older-than 1s`` (a console-script process: it publishes)."""
+    return subprocess.run(
+        ["hookfleet", "sweep", "--older-than", "1s"],
+        env=fleet.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_calls_answered_while_redis_is_down_are_recorded_once_when_it_returns_within_the_graceful_window(  # noqa: E501
     tmp_path: Path, database_url: str, redis_aof: RedisServer
 ) -> None:
@@ -199,14 +211,7 @@ def test_calls_answered_while_redis_is_down_are_recorded_once_by_the_sweep_when_
         )
 
         redis_aof.start()
-        sweep = subprocess.run(
-            ["hookfleet", "sweep", "--older-than", "1s"],
-            env=fleet.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        sweep = sweep_stuck(fleet)
         assert sweep.returncode == 0, sweep.stderr
         assert f"requeued {CALLS} stuck event(s)" in sweep.stdout
 
@@ -238,14 +243,7 @@ def test_calls_a_receiver_had_written_to_the_database_survive_its_kill_9(
         master.wait(timeout=10)
         redis_aof.start()
         at(written + 1.5)  # the sweep below takes rows over 1 s old
-        sweep = subprocess.run(
-            ["hookfleet", "sweep", "--older-than", "1s"],
-            env=fleet.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        sweep = sweep_stuck(fleet)
         assert sweep.returncode == 0, sweep.stderr
 
         assert_each_recorded_once(fleet, database_url, callers)

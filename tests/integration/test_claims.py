@@ -182,14 +182,6 @@ def test_claims_go_on_after_redis_forgets_its_scripts(redis_url: str, loop_runne
     assert store.llen(QUEUE) == 3
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own, to stop, freeze or reconfigure."""
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
 def test_a_stopped_redis_is_a_connection_error_and_claims_resume_after_its_restart(
     own_redis: RedisServer, loop_runner: Runner
 ) -> None:
