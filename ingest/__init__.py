@@ -44,6 +44,9 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     # routing redirects through its error handlers untouched); a path is matched as
     # written, so a doubled slash is a JSON 404 like any unknown path.
     app.url_map.merge_slashes = False
+    # No automatic OPTIONS answer (a 200 with an Allow header): a route answers its own
+    # methods, anything else is a JSON 405 (README *Routing*).
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.config["HOOKFLEET_SETTINGS"] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]
 

@@ -98,6 +98,8 @@ from ingest.gunicorn_worker import (
     raw_json_answer,
     timeout_answer,
 )
+from ingest.http_version import ANSWER_VERSION, answer_as_http11
+from ingest.request import REPEATED_HEADERS, repeated_names
 from models.logs import TickLines
 
 # Each turn of the worker's clock: heartbeat, arrival deadlines, idle keep-alives.
@@ -262,10 +264,11 @@ DATE = _DateHeader()
 def response_head(
     version: str, status: str, headers: Iterable[tuple[str, str]], keep_alive: bool
 ) -> bytes:
-    """The answer's head as gunicorn's ``Response.send_headers`` writes it."""
+    """The answer's head as gunicorn's ``Response.send_headers`` writes it, in HTTP/1.1
+    whatever the request's ``version`` (1.0 or 1.1: ingest/http_version.py)."""
     connection = b"keep-alive" if keep_alive else b"close"
     return (
-        f"HTTP/{version} {status}\r\nServer: {SERVER}\r\n".encode()
+        f"HTTP/{ANSWER_VERSION} {status}\r\nServer: {SERVER}\r\n".encode()
         + DATE.line()
         + b"Connection: "
         + connection
@@ -1123,6 +1126,8 @@ class AioWorker(Worker):
                 environ[key] = value
         for key, values in repeated.items():
             environ[key] = ",".join(values)
+        if repeated:  # ingest/request.py refuses a repeated id or signature
+            environ[REPEATED_HEADERS] = repeated_names(request.fields)
         environ["wsgi.url_scheme"] = scheme or "http"
         if "SERVER_PORT" not in environ:  # a unix socket: the Host header names the server
             name, _, port = (host or "").partition(":")
@@ -1184,8 +1189,11 @@ class AioWorker(Worker):
             # Sent on the first read, below (unless the loop sent it already).
             expects_continue = request._expected_100_continue and not connection.continue_sent
             request._expected_100_continue = False
-            response, environ = gunicorn_wsgi.create(request, fed, client, server, self.cfg)
+            response, environ = answer_as_http11(request, fed, client, server, self.cfg)
             environ["wsgi.multithread"] = True
+            repeated = repeated_names(request.headers)
+            if repeated:  # ingest/request.py refuses a repeated id or signature
+                environ[REPEATED_HEADERS] = repeated
             if expects_continue:
                 environ["wsgi.input"] = ContinueOnRead(environ["wsgi.input"], fed)
             if not self.alive or connection.early:

@@ -61,6 +61,9 @@ class ErrorCode(enum.StrEnum):
     MALFORMED_BODY = "malformed_body", 400, "The chunked body is malformed."
     INCOMPLETE_BODY = "incomplete_body", 400, "The body ended early."
     MALFORMED_REQUEST = "malformed_request", 400, "The request is malformed."
+    # A header the receiver reads once (an id, a timestamp, a signature) on two lines:
+    # RFC 9110 section 5.3 joins them with a comma, which makes neither value.
+    REPEATED_HEADER = "repeated_header", 400, "A header that is sent once came twice."
     # 401: not provably from the provider
     MISSING_SIGNATURE = (
         "missing_signature",
@@ -117,6 +120,14 @@ class ErrorCode(enum.StrEnum):
     EXPECTATION_FAILED = "expectation_failed", 417, "Only Expect: 100-continue is supported."
     UNKNOWN_SHAPE = "unknown_shape", 422, "Not a shape this provider sends."
     HEADERS_TOO_LARGE = "headers_too_large", 431, "The request's headers are too large."
+    # HTTP/2.0, HTTP/3.0, HTTP/0.9 on an HTTP/1.1 port (RFC 9110 section 15.6.6): the
+    # client's choice, counted as a bad request though the status is a 5xx.
+    HTTP_VERSION_NOT_SUPPORTED = (
+        "http_version_not_supported",
+        505,
+        "Only HTTP/1.0 and HTTP/1.1 are served.",
+        {"outcome": "bad_request"},
+    )
     # 429: the sender's rate limit (HOOKFLEET_<PROVIDER>_RATE_LIMIT). Standard Webhooks:
     # "429 Too Many Requests: This indicates a rate-limit has been met, and it's
     # recommended to throttle additional requests" (spec, "Delivery success and

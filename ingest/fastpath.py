@@ -31,6 +31,7 @@ from flask import Flask
 from werkzeug.http import HTTP_STATUS_CODES
 
 from ingest.errors import OUTCOME_BY_CODE, ApiError, ErrorCode
+from ingest.listeners import on_ops_listener
 from ingest.metrics import count_answer
 from ingest.providers import REGISTRY
 from ingest.tracing import describe_answer, refusal_code, refusal_span, request_span
@@ -74,6 +75,8 @@ class ReceiverApp(Flask):
             if self.fast_path
             and environ.get("REQUEST_METHOD") == "POST"
             and path.startswith(_PREFIX)
+            # not on the ops listener: Flask answers a webhook there 404 (ingest/metrics.py)
+            and not on_ops_listener(environ, self.config["HOOKFLEET_SETTINGS"])
             else None
         )
         if provider is None:

@@ -64,6 +64,8 @@ from gunicorn import util
 from gunicorn.http import errors
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from ingest.http_version import read_as_http11, unsupported_version
+from ingest.request import repeated_names
 from models.ids import uuid4_hex
 
 # A request's head and body are read by the event loop up to this size; a larger body
@@ -369,10 +371,34 @@ _ANSWERS: tuple[tuple[type[Exception], int, str, str], ...] = tuple(
 )
 
 
+class RepeatedHeader(errors.ParseException):
+    """A header the receiver reads once (ingest/request.py ``SINGLE_HEADERS``) came on
+    several lines: refused by :class:`JsonErrorWorker` before the app, which cannot tell
+    the lines apart in the environ (gunicorn joins them)."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        super().__init__()
+        self.names = names
+
+    def __str__(self) -> str:
+        return f"the header {', '.join(sorted(self.names))} came more than once; send it once"
+
+
 def json_error_answer(exc: BaseException) -> tuple[int, str, bytes] | None:
     """``(status, request id, raw HTTP response)`` for a request error that is the
     client's fault; None for anything else. The answer carries a fresh
     ``X-Request-ID`` (the request's own headers are not to be trusted here)."""
+    version = unsupported_version(exc)
+    if version is not None:  # another major version: 505 (ingest/http_version.py)
+        request_id, raw = raw_json_answer(
+            "505 HTTP Version Not Supported",
+            "http_version_not_supported",
+            f"{version} is not served on this port; send HTTP/1.1.",
+        )
+        return 505, request_id, raw
+    if isinstance(exc, RepeatedHeader):
+        request_id, raw = raw_json_answer("400 Bad Request", "repeated_header", f"{exc}.")
+        return 400, request_id, raw
     for kind, status, reason, code in _ANSWERS:
         if isinstance(exc, kind):
             message = f"The request is malformed: {exc}"[:300]
@@ -674,6 +700,15 @@ class JsonErrorWorker(ThreadWorker):
                 self._drop_arriving(conn, answer)
             elif not self.alive and not data:
                 self._drop_arriving(conn)
+
+    def handle_request(self, req: Any, conn: TConn) -> bool:
+        """gthread's, with HTTP/1.2-1.9 read as HTTP/1.1 (ingest/http_version.py) and a
+        repeated id or signature header refused (400 ``repeated_header``, then closed)."""
+        read_as_http11(req)
+        repeated = repeated_names(req.headers)
+        if repeated:
+            raise RepeatedHeader(repeated)
+        return bool(super().handle_request(req, conn))
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         raw = logged_refusal(self.log, addr, exc)

@@ -25,6 +25,7 @@ import redis
 from ingest.claims import PipelinedClaims
 from ingest.dedup import NotReplicated
 from ingest.fastpath import _PREFIX, finish_answer, refused_answer
+from ingest.listeners import ops_only_port
 from ingest.providers import REGISTRY
 from ingest.providers.base import Provider
 from ingest.views import (
@@ -57,6 +58,8 @@ class LoopDeliveries:
         # the WSGI app in threads, with the blocking claim.
         self.claims = PipelinedClaims.for_gate(app.extensions["hookfleet_gate"])
         self.enabled = self.claims is not None and getattr(app, "fast_path", False)
+        # A webhook on the ops listener goes to the WSGI app, which answers it 404.
+        self.ops_only_port = ops_only_port(self.settings)
 
     @classmethod
     def for_app(cls, app: Any, loop: asyncio.AbstractEventLoop) -> LoopDeliveries | None:
@@ -69,6 +72,8 @@ class LoopDeliveries:
     def provider_for(self, environ: dict[str, Any]) -> Provider | None:
         """The provider of a delivery served here, or None (the WSGI app's)."""
         if not self.enabled or environ["REQUEST_METHOD"] != "POST" or tracing.on():
+            return None
+        if environ.get("SERVER_PORT") == self.ops_only_port:
             return None
         path: str = environ["PATH_INFO"]
         if not path.startswith(_PREFIX):

@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import Engine, text
 
 from ingest.errors import OUTCOME_BY_CODE, error_response
+from ingest.listeners import not_served_here
 from ingest.providers import REGISTRY
 from ingest.quarantine import DROP_CAUSES, LANES, REASONS, Kept, Quarantine
 from models.broker.backlog import Backlog, read_backlog
@@ -138,7 +139,7 @@ def init_app(app: Flask, settings: Settings) -> None:
 
 def _count(response: Response) -> Response:
     parts = request.path.split("/")
-    if len(parts) != 3 or parts[1] != "webhooks" or "started" not in g:
+    if len(parts) != 3 or parts[1] != "webhooks" or "started" not in g or "not_a_delivery" in g:
         return response
     provider = parts[2] if parts[2] in REGISTRY else "unknown"
     # g.started: set by views._correlate
@@ -377,12 +378,16 @@ def _quarantine_gauges(sizes: dict[str, tuple[int, int]]) -> Any:
     yield used
 
 
-@ops.before_request
-def _only_on_the_ops_listener() -> None:
-    """404 for an operator endpoint asked on the public listener: queue depths, rates
-    and breaker states are nothing for the internet to read."""
+@ops.before_app_request
+def _each_listener_its_own_routes() -> None:
+    """404 for an operator endpoint asked on the public listener (queue depths, rates
+    and breaker states are nothing for the internet to read), whatever the method (a
+    405 would say it exists), and for anything but one asked on the ops listener (a
+    webhook posted there included: no door for deliveries). Runs after the webhooks
+    blueprint's ``_correlate`` (registered first), so the 404 carries X-Request-ID."""
     probe: Probe = current_app.extensions["hookfleet_probe"]
-    if request.environ.get("SERVER_PORT") != probe.settings.ops_port:
+    if not_served_here(request.environ, probe.settings):
+        g.not_a_delivery = True  # not counted as a webhook answer (_count)
         abort(404)
 
 

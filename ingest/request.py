@@ -10,6 +10,7 @@ reading an oversized body, 400 for broken framing (the client's fault, never a 5
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import IO, Any
 
 from gunicorn.http.errors import ParseException
@@ -48,7 +49,60 @@ def read_delivery(environ: dict[str, Any], limit: int) -> Delivery:
         )
     if not body:
         raise ApiError(ErrorCode.EMPTY_BODY)
+    refuse_repeated(environ)
     return Delivery(body=body, headers=lower_headers(environ), received_at=time.time())
+
+
+# The environ key (PEP 3333: a server's own keys carry a prefix) where the receiver's
+# gunicorn workers put the lower-case names of the header fields the request repeated
+# (ingest/aio_worker.py, ingest/gunicorn_worker.py); absent when none came twice. The
+# environ itself holds a repeated field's lines joined by "," (RFC 9110 section 5.3),
+# as gunicorn's http/wsgi.py joins them.
+REPEATED_HEADERS = "hookfleet.repeated_headers"
+
+# Headers the receiver reads as one value: each provider's id, timestamp and signature
+# headers (/work/shared/PROTOCOLS.md; Retell's SDK ``verify``, Cal.com's
+# ``X-Cal-Signature-256``, Stripe's one ``Stripe-Signature`` with all its ``v1=``, the
+# Standard Webhooks spec's one ``webhook-signature`` with its signatures separated by
+# spaces). Two lines of one are two values: joined they make neither, and picking one
+# would let whoever added the other choose the event id or the signature checked.
+# (gunicorn's parser refuses a repeated Content-Type or Content-Length itself, 400
+# malformed_request; ingest/aio_worker.py hands those heads to it.)
+SINGLE_HEADERS = frozenset(
+    {
+        "x-retell-signature",
+        "x-cal-signature-256",
+        "stripe-signature",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
+
+
+def repeated_names(fields: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """The lower-case names of the :data:`SINGLE_HEADERS` among ``fields`` (``(name,
+    value)`` pairs as a server parsed them, names in any case) that came more than once."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for name, _ in fields:
+        lower = name.lower()
+        if lower in SINGLE_HEADERS:
+            (repeated if lower in seen else seen).add(lower)
+    return frozenset(repeated)
+
+
+def refuse_repeated(environ: dict[str, Any]) -> None:
+    """400 ``repeated_header`` when one of :data:`SINGLE_HEADERS` came on more than one
+    line (the worker said so in :data:`REPEATED_HEADERS`)."""
+    repeated = environ.get(REPEATED_HEADERS)
+    if repeated:
+        names = ", ".join(sorted(repeated))
+        raise ApiError(
+            ErrorCode.REPEATED_HEADER,
+            f"The header {names} came more than once; send it once (several signatures "
+            "go in one header, as the provider's scheme lists them).",
+        )
 
 
 # Codings a body may be sent with. A content coding (gzip, br) would change the bytes

@@ -1,0 +1,282 @@
+"""The receiver's edge on a real gunicorn, on both of its worker classes: which routes
+each listener answers, repeated identity and signature headers, and the HTTP version
+of the request line. One web process per worker class serves the whole matrix."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from ingest.providers import standard
+from tests.helpers import total_queued
+from tests.processes import Processes, running_fleet
+
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+BODY = b'{"type":"invoice.paid","data":{"id":"in_1"}}'
+SHIPPED, GTHREAD = "shipped worker", "gthread fallback"
+WORKERS = {SHIPPED: "", GTHREAD: "--worker-class ingest.gunicorn_worker.JsonErrorWorker"}
+
+
+@pytest.fixture(scope="module", params=list(WORKERS))
+def web(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_server
+) -> Iterator[Processes]:  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("edge")
+    with running_fleet(
+        tmp,
+        redis_server.url,
+        f"sqlite:///{tmp / 'unused.db'}",
+        names=("web",),
+        HOOKFLEET_STANDARD_SECRETS=SECRET,
+        WEB_CONCURRENCY="1",
+        GUNICORN_CMD_ARGS=WORKERS[request.param],
+    ) as processes:
+        yield processes
+
+
+@pytest.fixture
+def queue(redis_server) -> Iterator[redis.Redis]:  # type: ignore[no-untyped-def]
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+def public(web: Processes) -> int:
+    return int(web.env["PORT"])
+
+
+def ops(web: Processes) -> int:
+    return int(web.env["HOOKFLEET_OPS_BIND"].rpartition(":")[2])
+
+
+def ask(port: int, raw: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Send ``raw`` on a new connection; the first answer's status line, headers (lower
+    case) and body (by its Content-Length, or up to the close)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(raw)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "-1"))
+        while length < 0 or len(body) < length:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            body += chunk
+        return lines[0], headers, body
+
+
+def code_of(body: bytes) -> str:
+    return str(json.loads(body)["error"]["code"])
+
+
+def signed_head(event_id: str, *, version: str = "HTTP/1.1", target: str = "") -> str:
+    timestamp = int(time.time())
+    signature = standard.sign(SECRET, BODY, timestamp, webhook_id=event_id)
+    return (
+        f"POST {target or '/webhooks/standard'} {version}\r\nHost: hookfleet\r\n"
+        f"Content-Type: application/json\r\nwebhook-id: {event_id}\r\n"
+        f"webhook-timestamp: {timestamp}\r\nwebhook-signature: {signature}\r\n"
+    )
+
+
+def delivery(head: str, *extra: str) -> bytes:
+    return (
+        head + "".join(f"{line}\r\n" for line in extra) + f"Content-Length: {len(BODY)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + BODY
+
+
+# (method, target, on the public listener, on the ops listener): status, and the JSON
+# code for an error (None: served).
+ROUTES = [
+    ("POST", "/webhooks/standard", (202, None), (404, "not_found")),
+    ("POST", "http://hookfleet/webhooks/standard", (202, None), (404, "not_found")),
+    ("POST", "/webhooks/%73tandard", (202, None), (404, "not_found")),
+    ("POST", "/webhooks/standard/", (404, "not_found"), (404, "not_found")),
+    ("POST", "//webhooks/standard", (404, "not_found"), (404, "not_found")),
+    ("POST", "/webhooks//standard", (404, "not_found"), (404, "not_found")),
+    ("POST", "/webhooks/nosuch", (404, "unknown_provider"), (404, "not_found")),
+    ("GET", "/webhooks/standard", (405, "method_not_allowed"), (404, "not_found")),
+    ("HEAD", "/webhooks/standard", (405, None), (404, None)),
+    ("GET", "/metrics", (404, "not_found"), (200, None)),
+    ("HEAD", "/metrics", (404, None), (200, None)),
+    ("GET", "/%6Detrics", (404, "not_found"), (200, None)),
+    ("GET", "http://hookfleet/metrics", (404, "not_found"), (200, None)),
+    ("GET", "/metrics/", (404, "not_found"), (404, "not_found")),
+    ("GET", "//metrics", (404, "not_found"), (404, "not_found")),
+    ("POST", "/metrics", (404, "not_found"), (405, "method_not_allowed")),
+    ("GET", "/stats", (404, "not_found"), (200, None)),
+    ("GET", "/readyz", (404, "not_found"), None),  # 200 or 503: the database decides
+    ("GET", "/healthz", (200, None), (200, None)),
+    ("OPTIONS", "*", (404, "not_found"), (404, "not_found")),
+    ("OPTIONS", "/webhooks/standard", (405, "method_not_allowed"), (404, "not_found")),
+    ("OPTIONS", "/healthz", (405, "method_not_allowed"), (405, "method_not_allowed")),
+    ("GET", "/", (404, "not_found"), (404, "not_found")),
+]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("method", "target", "on_public", "on_ops"), ROUTES)
+def test_each_listener_answers_only_its_own_routes(
+    web: Processes,
+    queue: redis.Redis,
+    method: str,
+    target: str,
+    on_public: tuple[int, str | None],
+    on_ops: tuple[int, str | None] | None,
+) -> None:
+    for port, expected in ((public(web), on_public), (ops(web), on_ops)):
+        if method == "POST" and "webhooks" in target:
+            raw = delivery(signed_head(f"route-{port}-{target}", target=target))
+        else:
+            raw = f"{method} {target} HTTP/1.1\r\nHost: hookfleet\r\nConnection: close\r\n\r\n"
+            raw = raw.encode()
+        line, _, body = ask(port, raw)
+        status = int(line.split()[1])
+        if expected is None:
+            assert status in (200, 503), line
+            continue
+        assert status == expected[0], (port, line, body)
+        if expected[1] is not None:
+            assert code_of(body) == expected[1]
+        elif method == "HEAD":
+            assert body == b""
+    accepted = 1 if on_public[0] == 202 else 0
+    assert total_queued(queue) == accepted  # nothing posted to the ops listener queued
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "repeated",
+    [
+        ("webhook-id: other",),
+        ("webhook-timestamp: 1",),
+        ("webhook-signature: v1,AAAA",),
+        ("Stripe-Signature: t=1,v1=aa", "Stripe-Signature: t=1,v1=bb"),
+        ("x-retell-signature: v=1,d=aa", "X-Retell-Signature: v=1,d=bb"),
+        ("X-Cal-Signature-256: aa", "x-cal-signature-256: bb"),
+    ],
+    ids=lambda lines: lines[0].split(":")[0].lower(),
+)
+def test_a_repeated_identity_or_signature_header_is_refused_not_joined(
+    web: Processes, queue: redis.Redis, repeated: tuple[str, ...]
+) -> None:
+    line, headers, body = ask(public(web), delivery(signed_head("repeated-1"), *repeated))
+
+    assert line.startswith("HTTP/1.1 400"), (line, body)
+    assert code_of(body) == "repeated_header"
+    name = repeated[0].split(":")[0].lower()
+    assert name in json.loads(body)["error"]["message"].lower()
+    assert headers.get("x-request-id")
+    assert total_queued(queue) == 0
+
+
+@pytest.mark.e2e
+def test_one_header_with_several_signatures_is_a_delivery(
+    web: Processes, queue: redis.Redis
+) -> None:
+    # The Standard Webhooks spec puts several signatures in one header, space-separated.
+    head = signed_head("several-signatures-1")
+    head = head.replace("webhook-signature: ", "webhook-signature: v1,AAAAAAAA ")
+    line, _, body = ask(public(web), delivery(head))
+
+    assert line.startswith("HTTP/1.1 202"), body
+    assert total_queued(queue) == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "lengths",
+    [
+        ("Content-Length: 5",),
+        ("Transfer-Encoding: chunked",),
+        ("Content-Type: application/json",),
+        ("Host: other",),
+    ],
+    ids=[
+        "content-length twice, different",
+        "content-length with transfer-encoding",
+        "content-type twice",
+        "host twice",
+    ],
+)
+def test_conflicting_lengths_or_repeated_singletons_are_a_malformed_request(
+    web: Processes, queue: redis.Redis, lengths: tuple[str, ...]
+) -> None:
+    line, _, body = ask(public(web), delivery(signed_head("lengths-1"), *lengths))
+
+    assert line.startswith("HTTP/1.1 400"), line
+    assert code_of(body) == "malformed_request"
+    assert total_queued(queue) == 0
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("version", ["HTTP/1.2", "HTTP/1.9"])
+def test_a_later_http_1_minor_version_is_answered_as_http_1_1(
+    web: Processes, queue: redis.Redis, version: str
+) -> None:
+    line, _, body = ask(public(web), delivery(signed_head(f"v-{version}", version=version)))
+
+    assert line.startswith("HTTP/1.1 202"), (line, body)
+    assert total_queued(queue) == 1
+
+
+@pytest.mark.e2e
+def test_an_http_1_0_request_is_served(web: Processes, queue: redis.Redis) -> None:
+    line, headers, _ = ask(public(web), delivery(signed_head("v-1.0", version="HTTP/1.0")))
+
+    # RFC 9110 section 2.5: answered in the highest version the server conforms to
+    # (the gthread fallback keeps gunicorn's HTTP/1.0 status line: README).
+    shipped = web.env["GUNICORN_CMD_ARGS"] == WORKERS[SHIPPED]
+    expected = "HTTP/1.1" if shipped else "HTTP/1.0"
+    assert line.startswith(f"{expected} 202"), line
+    assert headers["connection"] == "close"
+    assert total_queued(queue) == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("request_line", "status", "code"),
+    [
+        ("GET /healthz HTTP/2.0", 505, "http_version_not_supported"),
+        ("PRI * HTTP/2.0", 505, "http_version_not_supported"),
+        ("GET /healthz HTTP/3.0", 505, "http_version_not_supported"),
+        ("GET /healthz HTTP/0.9", 505, "http_version_not_supported"),
+        ("GET /healthz HTTP/1.10", 400, "malformed_request"),
+        ("GET /healthz http/1.1", 400, "malformed_request"),
+        ("GET /healthz HTTP/01.1", 400, "malformed_request"),
+        ("GET /healthz HTTP/1", 400, "malformed_request"),
+        ("GET /healthz HTTP/1.1.1", 400, "malformed_request"),
+        ("GET /healthz", 400, "malformed_request"),
+    ],
+)
+def test_a_version_this_port_does_not_speak_is_refused_in_json(
+    web: Processes, request_line: str, status: int, code: str
+) -> None:
+    raw = f"{request_line}\r\nHost: hookfleet\r\n\r\n".encode()
+    if request_line.startswith("PRI"):
+        raw = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    line, headers, body = ask(public(web), raw)
+
+    assert line.startswith(f"HTTP/1.1 {status} "), line
+    assert code_of(body) == code
+    assert headers.get("x-request-id")
