@@ -99,6 +99,7 @@ from ingest.gunicorn_worker import (
     timeout_answer,
 )
 from ingest.http_version import ANSWER_VERSION, answer_as_http11
+from ingest.listeners import LISTENER_PORT
 from ingest.request import REPEATED_HEADERS, repeated_names
 from models.logs import TickLines
 
@@ -1076,6 +1077,9 @@ class AioWorker(Worker):
             environ["REMOTE_ADDR"] = str(peer or "")
         if isinstance(server, tuple | list):
             environ["SERVER_NAME"], environ["SERVER_PORT"] = str(server[0]), str(server[1])
+        # The listener by its socket (ingest/listeners.py): SERVER_PORT of a unix socket
+        # comes from the request's Host.
+        environ[LISTENER_PORT] = str(server[1]) if isinstance(server, tuple | list) else ""
         environ["SCRIPT_NAME"] = os.environ.get("SCRIPT_NAME", "")
         return environ
 
@@ -1191,6 +1195,7 @@ class AioWorker(Worker):
             request._expected_100_continue = False
             response, environ = answer_as_http11(request, fed, client, server, self.cfg)
             environ["wsgi.multithread"] = True
+            environ[LISTENER_PORT] = connection.environ.get(LISTENER_PORT, "")
             repeated = repeated_names(request.headers)
             if repeated:  # ingest/request.py refuses a repeated id or signature
                 environ[REPEATED_HEADERS] = repeated

@@ -6,13 +6,18 @@ gunicorn binds the public listener (``HOOKFLEET_BIND`` or ``0.0.0.0:$PORT``: web
 (ingest/gunicorn_conf.py). Each answers only its own routes: an operator endpoint on
 the public listener and a webhook on the ops listener are both a JSON 404.
 
-A WSGI server reports the listener's port in ``SERVER_PORT`` (PEP 3333; gunicorn
-``http/wsgi.py`` ``create`` and ingest/aio_worker.py take it from the listening socket's
-address, never from the request's ``Host`` for a TCP listener).
+The listener is told by the socket, never by what the client sends: a WSGI server's
+``SERVER_PORT`` (PEP 3333) is the listening socket's port for a TCP listener, but for a
+unix socket gunicorn (``http/wsgi.py`` ``create``) takes it from the request's ``Host``,
+so ``Host: x:9807`` on a unix-socket public listener would pass for the ops listener.
+ingest/aio_worker.py puts the listening socket's own port ("" for a unix socket) in
+:data:`LISTENER_PORT`; under the gthread fallback the connection's socket
+(``gunicorn.socket``) says whether it is a unix one.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from models.settings import Settings
@@ -21,6 +26,21 @@ from models.settings import Settings
 # those what the public listener answers 404 whatever the method.
 OPS_PATHS = frozenset({"/metrics", "/readyz", "/stats", "/healthz"})
 OPERATOR_ONLY = OPS_PATHS - {"/healthz"}
+
+
+# The environ key (PEP 3333: a server's own keys carry a prefix) of the listening
+# socket's port, "" for a unix socket (ingest/aio_worker.py).
+LISTENER_PORT = "hookfleet.listener_port"
+
+
+def listener_port(environ: dict[str, Any]) -> str:
+    """The port of the listener the request came in on ("" for a unix socket)."""
+    port = environ.get(LISTENER_PORT)
+    if port is not None:
+        return str(port)
+    if getattr(environ.get("gunicorn.socket"), "family", None) == socket.AF_UNIX:
+        return ""
+    return str(environ.get("SERVER_PORT", ""))
 
 
 def public_port(settings: Settings) -> str:
@@ -40,7 +60,7 @@ def ops_only_port(settings: Settings) -> str | None:
 def on_ops_listener(environ: dict[str, Any], settings: Settings) -> bool:
     """True when the request came in on an ops listener of its own (:func:`ops_only_port`)."""
     port = ops_only_port(settings)
-    return port is not None and environ.get("SERVER_PORT") == port
+    return port is not None and listener_port(environ) == port
 
 
 def not_served_here(environ: dict[str, Any], settings: Settings) -> bool:
@@ -51,6 +71,6 @@ def not_served_here(environ: dict[str, Any], settings: Settings) -> bool:
     if port is None:
         return False
     path = environ.get("PATH_INFO", "")
-    if environ.get("SERVER_PORT") == port:
+    if listener_port(environ) == port:
         return path not in OPS_PATHS
     return path in OPERATOR_ONLY

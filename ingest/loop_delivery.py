@@ -25,7 +25,7 @@ import redis
 from ingest.claims import PipelinedClaims
 from ingest.dedup import NotReplicated
 from ingest.fastpath import _PREFIX, finish_answer, refused_answer
-from ingest.listeners import ops_only_port
+from ingest.listeners import LISTENER_PORT, ops_only_port
 from ingest.providers import REGISTRY
 from ingest.providers.base import Provider
 from ingest.views import (
@@ -73,7 +73,7 @@ class LoopDeliveries:
         """The provider of a delivery served here, or None (the WSGI app's)."""
         if not self.enabled or environ["REQUEST_METHOD"] != "POST" or tracing.on():
             return None
-        if environ.get("SERVER_PORT") == self.ops_only_port:
+        if environ.get(LISTENER_PORT) == self.ops_only_port:
             return None
         path: str = environ["PATH_INFO"]
         if not path.startswith(_PREFIX):

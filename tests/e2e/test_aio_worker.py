@@ -181,8 +181,9 @@ def test_a_flushed_script_cache_does_not_refuse_deliveries(
             400,
             "malformed_request",
         ),
-        # llhttp accepts "HTTP/2.0" and a doubled space; gunicorn refuses them.
-        (b"POST /webhooks/standard HTTP/2.0\r\n", 400, "malformed_request"),
+        # llhttp accepts "HTTP/2.0" and a doubled space; gunicorn refuses them (another
+        # major version: 505, ingest/http_version.py).
+        (b"POST /webhooks/standard HTTP/2.0\r\n", 505, "http_version_not_supported"),
         (b"POST  /webhooks/standard HTTP/1.1\r\n", 400, "malformed_request"),
         # Over gunicorn's limits, which llhttp does not know.
         (

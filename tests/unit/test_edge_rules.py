@@ -5,6 +5,7 @@ answered (tests/e2e/test_edge_matrix.py runs the same on a real gunicorn)."""
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from gunicorn.http.unreader import IterUnreader
 from ingest.errors import ApiError, ErrorCode
 from ingest.gunicorn_worker import RepeatedHeader, json_error_answer
 from ingest.http_version import answer_as_http11, unsupported_version
-from ingest.listeners import not_served_here, ops_only_port
+from ingest.listeners import LISTENER_PORT, not_served_here, ops_only_port
 from ingest.request import REPEATED_HEADERS, refuse_repeated, repeated_names
 from models.settings import Settings
 
@@ -59,6 +60,21 @@ def test_a_unix_socket_public_listener_never_takes_the_ops_port_for_its_own() ->
     settings = Settings.from_env({"HOOKFLEET_BIND": "unix:/run/hf.sock"})
 
     assert ops_only_port(settings) == settings.ops_port
+
+
+def test_a_unix_socket_listener_is_public_whatever_port_its_host_header_names() -> None:
+    # gunicorn takes a unix socket's SERVER_PORT from the Host header.
+    spoofed = {"SERVER_PORT": "9807", "PATH_INFO": "/metrics"}
+    with socket.socket(socket.AF_UNIX) as unix:
+        assert not_served_here({**spoofed, LISTENER_PORT: ""}, SEPARATE)  # the shipped worker
+        assert not_served_here({**spoofed, "gunicorn.socket": unix}, SEPARATE)  # gthread
+    assert not not_served_here({**spoofed, LISTENER_PORT: "9807"}, SEPARATE)
+    assert (
+        not_served_here(
+            {"SERVER_PORT": "9807", LISTENER_PORT: "", "PATH_INFO": "/webhooks/stripe"}, SEPARATE
+        )
+        is False
+    )
 
 
 @pytest.mark.parametrize(
