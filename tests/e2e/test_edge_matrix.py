@@ -11,10 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.providers import standard
 from tests.helpers import total_queued
 from tests.processes import Processes, running_fleet
+from tests.servers import wait_until
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 BODY = b'{"type":"invoice.paid","data":{"id":"in_1"}}'
@@ -280,3 +282,30 @@ def test_a_version_this_port_does_not_speak_is_refused_in_json(
     assert line.startswith(f"HTTP/1.1 {status} "), line
     assert code_of(body) == code
     assert headers.get("x-request-id")
+
+
+def received(web: Processes) -> float:
+    """Every webhook answer counted so far (hookfleet_webhooks_received, all labels)."""
+    _, _, body = ask(ops(web), b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(body.decode())
+        if family.name == "hookfleet_webhooks_received"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
+
+
+@pytest.mark.e2e
+def test_a_webhook_posted_to_the_ops_listener_is_not_counted_as_a_delivery(
+    web: Processes, queue: redis.Redis
+) -> None:
+    before = received(web)
+    line, _, _ = ask(ops(web), delivery(signed_head("ops-not-counted")))
+    after_ops = received(web)
+    ask(public(web), delivery(signed_head("public-counted")))
+
+    assert line.startswith("HTTP/1.1 404")
+    assert after_ops == before
+    # The same count moves for a real delivery (counted as its answer goes out).
+    wait_until(lambda: received(web) == before + 1, 5, "the delivery counted")
