@@ -309,3 +309,16 @@ def test_a_webhook_posted_to_the_ops_listener_is_not_counted_as_a_delivery(
     assert after_ops == before
     # The same count moves for a real delivery (counted as its answer goes out).
     wait_until(lambda: received(web) == before + 1, 5, "the delivery counted")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("path", ["/metrics", "/stats", "/readyz"])
+def test_a_host_header_naming_the_ops_port_does_not_open_the_operator_endpoints(
+    web: Processes, path: str
+) -> None:
+    host = f"127.0.0.1:{ops(web)}"
+    raw = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    line, _, body = ask(public(web), raw)
+
+    assert line.startswith("HTTP/1.1 404"), line
+    assert code_of(body) == "not_found"
