@@ -39,6 +39,11 @@ answers those with an HTML page, and an unknown transfer coding with 501, which 
 provider would retry as a server fault. Here each is a JSON error
 ``{"error": {"code", "message"}}`` with a 4xx status and a WARNING line (gunicorn's
 own); errors that are not the client's stay gunicorn's (500, logged with traceback).
+A request line in another major version of HTTP is 505 (ingest/http_version.py). This
+worker reads HTTP/1.2-1.9 as HTTP/1.1 and refuses a repeated id or signature header
+itself (:class:`RepeatedHeader`: the app sees the lines joined); it keeps gunicorn's
+``HTTP/1.0`` status line for an HTTP/1.0 request (the shipped worker answers
+``HTTP/1.1``; README *Running in production* lists what else this worker lacks).
 
 Source: gunicorn ``workers/base.py`` ``Worker.handle_error`` and ``http/message.py``
 ``Request.set_body_reader`` (gunicorn 22+).
