@@ -322,3 +322,19 @@ def test_a_host_header_naming_the_ops_port_does_not_open_the_operator_endpoints(
 
     assert line.startswith("HTTP/1.1 404"), line
     assert code_of(body) == "not_found"
+
+
+@pytest.mark.e2e
+def test_a_repeated_signature_on_a_chunked_delivery_is_refused_too(
+    web: Processes, queue: redis.Redis
+) -> None:
+    # A chunked body takes gunicorn's parser (a thread), not the loop's plain path.
+    head = signed_head("repeated-chunked") + "webhook-signature: v1,AAAA\r\n"
+    raw = (
+        head + "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    ).encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY)
+    line, _, body = ask(public(web), raw)
+
+    assert line.startswith("HTTP/1.1 400"), (line, body)
+    assert code_of(body) == "repeated_header"
+    assert total_queued(queue) == 0
