@@ -11,8 +11,10 @@ splits each figure:
 - the server's: time per request in the worker's loop (first byte read -> answer
   written), the worker loop's stalls, its GC passes by generation.
 
-``--rounds`` repeats the paced run on the same receiver. The load average is printed
-with each round; the machine is shared, so the split is what to read, not the level.
+Each of ``--rounds`` starts a fresh receiver; ``--ab`` alternates the shipped worker
+with the worker as it was before its ``gc.freeze`` (``HOOKFLEET_BENCH_GC=as-before``).
+The load average is printed with each round; on a shared machine the split and the CPU
+times are what to read, not the latency levels.
 """
 
 from __future__ import annotations

@@ -5,17 +5,20 @@ the shipped class pays nothing for them:
 
 - **server time per request**: from the loop's first read of a request's bytes
   (``Connection.data_received`` on an empty buffer) to its answer handed to the
-  transport (``Connection.write``), in the loop's clock;
+  transport (``Connection.write``), by ``time.perf_counter``;
 - **loop stalls**: a timer due every ``_PROBE_S`` notes how late it ran (a late timer
-  is a loop held by a callback, a GC pass, or a process the kernel did not run);
-- **GC passes**: ``gc.callbacks`` times each collection, by generation.
+  is a loop held by a callback, a GC pass, or a process the kernel did not run) and the
+  loop thread's CPU time meanwhile (``time.thread_time``: near the stall's length, the
+  worker's own work; near zero, the kernel ran something else);
+- **GC passes**: ``gc.callbacks`` times each collection, wall and CPU, by generation.
 
 ``HOOKFLEET_BENCH_GC=as-before`` starts the worker as it was before the collect-and-
 freeze of ``AioWorker._prepare_app`` (for the A/B of ``tests.bench.tail --ab``).
 
 Each worker writes one JSON file into ``$HOOKFLEET_BENCH_TIMINGS`` when it stops
-(``{"server_ms": [[t, ms], ...], "stalls_ms": [...], "gc_ms": {"0": [...], ...}}``, each
-entry ``[time.monotonic() when it ended, milliseconds]``, so a reader keeps a window).
+(``{"server_ms": [[t, ms], ...], "stalls_ms": [...], "stall_cpu_ms": [...], "gc_ms":
+{"0": [...], ...}, "gc_cpu_ms": {...}, "gc_frozen": n}``, each entry ``[time.monotonic()
+when it ended, milliseconds]``, so a reader keeps a window).
 Selected on the command line (``--worker-class tests.bench.timed_worker.TimedAioWorker``,
 which overrides the config module's ``worker_class``).
 """
