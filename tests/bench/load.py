@@ -92,8 +92,10 @@ def run_python(
     rate: float = 0,
     count: int = 0,
     connections: int = 8,
+    probe: bool = False,
 ) -> dict[str, Any]:
-    """Run this module's generator in a separate process (see :func:`generate`)."""
+    """Run this module's generator in a separate process (see :func:`generate`;
+    ``probe``: :func:`generate_paced`'s own loop stalls, at some CPU of its own)."""
     argv = [
         sys.executable,
         "-m",
@@ -104,6 +106,7 @@ def run_python(
         f"--rate={rate}",
         f"--count={count}",
         f"--connections={connections}",
+        *(["--probe"] if probe else []),
     ]
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=root)
@@ -199,7 +202,12 @@ def generate(
 
 
 def generate_paced(
-    url: str, reqs: list[Request], seconds: float, rate: float, connections: int
+    url: str,
+    reqs: list[Request],
+    seconds: float,
+    rate: float,
+    connections: int,
+    probe: bool = False,
 ) -> dict[str, Any]:
     """:func:`generate` at a fixed ``rate``, from one asyncio event loop instead of one
     thread per connection: request i is due at start + i / rate and goes out on the next
@@ -207,19 +215,31 @@ def generate_paced(
     is charged for the wait it causes). The threaded generator could not keep its own
     schedule above ~1,500/s on this machine: 16 threads taking turns at one interpreter
     lock sent late, and it charged the server for it (bare Flask paced at 2,800/s read
-    p50 11 ms, p99 86 ms; at 1,400/s 1.7 / 31 ms)."""
-    return asyncio.run(_paced(url, reqs, seconds, rate, connections))
+    p50 11 ms, p99 86 ms; at 1,400/s 1.7 / 31 ms).
+
+    Besides the latency from the due time it reports its split: ``lag`` (sent minus
+    due: the generator late, or all its connections busy) and ``after_send`` (send to
+    answer read), and its own CPU per request; ``probe`` also times a 2 ms sleep over
+    and over (``generator_stalls_over_2ms``: its loop held), which costs it CPU, so the
+    benchmark leaves it off (tests/bench/tail.py turns it on)."""
+    return asyncio.run(_paced(url, reqs, seconds, rate, connections, probe))
 
 
 async def _paced(
-    url: str, reqs: list[Request], seconds: float, rate: float, connections: int
+    url: str, reqs: list[Request], seconds: float, rate: float, connections: int, probe: bool
 ) -> dict[str, Any]:
     host, port = url.removeprefix("http://").rstrip("/").split(":")
     raw = [_raw_request(host, request) for request in reqs]
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
+    # The split of each latency: how late the generator sent (its own lag) and the
+    # time from its send to the whole answer read (the server's, plus the generator's
+    # delay in reading it).
+    lags: list[float] = []
+    after_send: list[float] = []
     statuses: dict[int, int] = {}
     next_i = 0
+    cpu_started = time.process_time()
     started = loop.time()
     deadline = started + seconds
 
@@ -233,6 +253,7 @@ async def _paced(
                 break
             if due > loop.time():
                 await asyncio.sleep(due - loop.time())
+            sent = loop.time()
             try:
                 writer.write(raw[i % len(raw)])
                 status = await _response_status(reader)
@@ -240,11 +261,27 @@ async def _paced(
                 writer.close()
                 reader, writer = await asyncio.open_connection(host, int(port))
                 status = 0
-            latencies.append(loop.time() - due)
+            answered = loop.time()
+            latencies.append(answered - due)
+            lags.append(sent - due)
+            after_send.append(answered - sent)
             statuses[status] = statuses.get(status, 0) + 1
         writer.close()
 
+    stalls: list[float] = []
+
+    async def watch() -> None:
+        # The generator's own loop held (GC, its CPU share): a sleep that woke late.
+        while loop.time() < deadline:
+            due = loop.time() + _PROBE_S
+            await asyncio.sleep(_PROBE_S)
+            if loop.time() - due > _PROBE_S:
+                stalls.append(loop.time() - due)
+
+    watching = asyncio.ensure_future(watch()) if probe else None
     await asyncio.gather(*(connection() for _ in range(connections)))
+    if watching is not None:
+        watching.cancel()
     secs = loop.time() - started
     ordered = sorted(latencies)
     errors = sum(n for status, n in statuses.items() if not 200 <= status < 300)
@@ -262,7 +299,25 @@ async def _paced(
         "p99_ms": round(_percentile(ordered, 99) * 1000, 3),
         "max_ms": round(ordered[-1] * 1000, 3) if ordered else 0.0,
         "wrapped": max(0, len(ordered) - len(reqs)) // max(1, len(reqs)),
+        "lag_p50_ms": round(_percentile(sorted(lags), 50) * 1000, 3),
+        "lag_p99_ms": round(_percentile(sorted(lags), 99) * 1000, 3),
+        "after_send_p50_ms": round(_percentile(sorted(after_send), 50) * 1000, 3),
+        "after_send_p99_ms": round(_percentile(sorted(after_send), 99) * 1000, 3),
+        "generator_cpu_us_per_request": round(
+            (time.process_time() - cpu_started) / max(1, len(ordered)) * 1e6, 1
+        ),
+        **(
+            {
+                "generator_stalls_over_2ms": len(stalls),
+                "generator_stall_max_ms": round(max(stalls, default=0.0) * 1000, 3),
+            }
+            if probe
+            else {}
+        ),
     }
+
+
+_PROBE_S = 0.002
 
 
 def _raw_request(host: str, request: Request) -> bytes:
@@ -298,10 +353,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0)
     parser.add_argument("--count", type=int, default=0)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--probe", action="store_true")
     args = parser.parse_args()
     reqs = read_requests(args.request_file)
     if args.rate and args.seconds and not args.count:
-        result = generate_paced(args.url, reqs, args.seconds, args.rate, args.connections)
+        result = generate_paced(
+            args.url, reqs, args.seconds, args.rate, args.connections, args.probe
+        )
     else:
         result = generate(args.url, reqs, args.seconds, args.rate, args.count, args.connections)
     print(json.dumps(result))

@@ -184,7 +184,7 @@ def render_table(report: dict[str, Any]) -> str:
         "",
         "| Receiver case | server | req/s | p50 ms | p99 ms | errors | vs bare Flask on "
         "gthread 2x4 | vs usual recipe on gthread 2x4 | vs bare Flask on the same server "
-        "| p99 ms at half rate |",
+        "| p99 ms at half rate (generator lag p99) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, case in cases.items():
@@ -192,7 +192,11 @@ def render_table(report: dict[str, Any]) -> str:
             continue
         r = ratios.get(name, {})
         half = case.get("half_rate")
-        half_text = f"{half['p99_ms']:.1f} @ {half['rate']:.0f}/s" if half else ""
+        half_text = ""
+        if half:
+            lag = _lag(half)
+            half_text = f"{half['p99_ms']:.1f} @ {half['rate']:.0f}/s"
+            half_text += f" ({lag})" if lag else ""
         label = _LABELS.get(name, name)
         lines.append(
             f"| {label} | {case.get('server', 'shipped')} | {case['rate']:.0f} | "
@@ -206,7 +210,11 @@ def render_table(report: dict[str, Any]) -> str:
         if len(case.get("rounds", [])) > 1
     ]
     if rounds:
-        lines += ["", "Rounds in the order run, req/s (p99 ms at half rate); the table shows "]
+        lines += [
+            "",
+            "Rounds in the order run, req/s (p99 ms at half rate, generator lag p99); the "
+            "table shows ",
+        ]
         lines[-1] += "the median of each: " + "; ".join(rounds) + "."
     slow = [(n, c) for n, c in cases.items() if n.startswith("slow-")]
     if slow:
@@ -272,7 +280,18 @@ def _same_server(name: str, case: dict[str, Any], cases: dict[str, dict[str, Any
 
 def _round(case: dict[str, Any]) -> str:
     half = case.get("half_rate")
-    return f"{case['rate']:.0f}" + (f" ({half['p99_ms']:.1f})" if half else "")
+    if not half:
+        return f"{case['rate']:.0f}"
+    lag = _lag(half)
+    return f"{case['rate']:.0f} ({half['p99_ms']:.1f}" + (f", {lag})" if lag else ")")
+
+
+def _lag(half: dict[str, Any]) -> str:
+    """How late the paced generator sent, p99 (tests/bench/load.py generate_paced): the
+    part of the p99 at half rate spent before the request left, waiting for the
+    generator or for one of its connections (runs before it was recorded have none)."""
+    lag = half.get("lag_p99_ms")
+    return "" if lag is None else f"{lag:.1f}"
 
 
 def _pct(value: float | None) -> str:
