@@ -92,12 +92,14 @@ class LateRecords:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def keep(self, record: LateRecord) -> None:
-        """Hold ``record`` until Redis takes it (see the module's docstring)."""
+    def keep(self, record: LateRecord, *, shelved: bool = False) -> None:
+        """Hold ``record`` until Redis takes it (see the module's docstring);
+        ``shelved``: its row is in the database already (not written again)."""
+        held = _Held(record, shelved)
         with self._lock:
             inline = self._closed or len(self._held) >= MAX_WAITING
             if not inline:
-                self._held.append(_Held(record))
+                self._held.append(held)
                 if self._thread is None:
                     self._thread = threading.Thread(
                         target=self._run, name="late-records", daemon=True
@@ -105,7 +107,7 @@ class LateRecords:
                     self._thread.start()
                     atexit.register(self._at_exit)
         if inline:
-            _leave(_Held(record), "the receiver is exiting" if self._closed else "too many waiting")
+            _leave(held, "the receiver is exiting" if self._closed else "too many waiting")
             return
         self._wake.set()
 

@@ -98,7 +98,9 @@ def _row(event: EventMessage) -> WebhookEvent:
 
 
 def _engine(database_url: str) -> Engine:
-    small = Settings(database_url=database_url, db_pool_size=1, db_max_overflow=1)
+    # LateRecords' one thread, and the writers of records before their answers
+    # (ingest/inbound_record.py ``WRITERS``).
+    small = Settings(database_url=database_url, db_pool_size=2, db_max_overflow=3)
     return make_engine(small, io_timeout_s=IO_TIMEOUT_S)
 
 
