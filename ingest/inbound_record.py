@@ -46,7 +46,7 @@ from ingest.dedup import DedupGate
 from ingest.inbound import bounded_client, cache_timeout_s
 from ingest.late_records import RETRY_FOR_S, LateRecord, late_records
 from ingest.redis_watch import RedisWatch
-from ingest.shelved_events import shelve
+from ingest.shelved_events import shelve, warm
 from models import tracing
 from models.perprocess import PerProcess
 from models.settings import Settings
@@ -93,6 +93,19 @@ class InboundRecorder:
         self._writers = PerProcess(
             lambda: ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="inbound-record")
         )
+
+    def warm(self, wait_s: float = 5.0) -> None:
+        """Open this process's database connection for the rows before the first call
+        needs it (its first-connect cost would exceed :data:`DATABASE_BOUND_S` on a
+        loaded machine), waiting at most ``wait_s`` seconds. Never raises; a failure is
+        one warning (the first record kept there then dials, as before)."""
+        future = self._writers.get().submit(copy_context().run, warm, self._database_url)
+        try:
+            future.result(timeout=wait_s)
+        except FutureTimeout:
+            log.warning("inbound record warm-up still running", extra={"wait_s": wait_s})
+        except SQLAlchemyError as error:
+            log.warning("inbound record warm-up failed", extra={"error": type(error).__name__})
 
     def record(self, job: Job, correlation_id: str, span_attributes: dict[str, str] | None) -> Kept:
         """Queue ``job`` (claim its dedup key, push its message) or keep it in the
