@@ -102,7 +102,8 @@ class Job:
 class Answer:
     """What a delivery is answered: ``status``, the JSON ``body`` (bytes), the
     ``outcome`` label it is counted and logged under, and what to do once the answer
-    has gone (``after``: queue an inline answer's event)."""
+    has gone (``after``; no delivery needs it now: an inline answer's record is made
+    before its answer, ingest/inbound_record.py)."""
 
     status: int
     body: bytes
@@ -140,7 +141,8 @@ def take_delivery(
       queue and the key is claimed; it will take effect exactly once.
     - 200 ``{"status": "duplicate", ...}``: seen within the dedup window; nothing queued.
     - 200 with the provider's answer, for a sender that waits for one (Retell's inbound
-      call): always, within the inbound budget; the event is queued after the answer.
+      call): always, within the inbound budget plus the record's bounds; the event is
+      queued (or kept in the database) before the answer: ingest/inbound_record.py.
     - 4xx: the delivery is wrong and will stay wrong; nothing queued.
     - 429 ``rate_limited`` with ``Retry-After`` (whole seconds until the provider's
       token bucket holds a token, at least 1): over ``HOOKFLEET_<PROVIDER>_RATE_LIMIT``;
