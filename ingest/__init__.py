@@ -65,7 +65,9 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     directory = InboundDirectory(settings, cache_client(settings))
     app.extensions["hookfleet_inbound"] = directory
     # An inline answer's record, durable before the answer: Redis or the database.
-    app.extensions["hookfleet_inbound_record"] = InboundRecorder(settings, directory.redis)
+    app.extensions["hookfleet_inbound_record"] = InboundRecorder(
+        settings, directory.redis, app.extensions["hookfleet_gate"]
+    )
     app.extensions["hookfleet_quarantine"] = quarantine_for(settings)
     register_error_handlers(app)
     app.register_blueprint(bp)

@@ -81,7 +81,10 @@ def record_timeout_s(settings: Settings) -> float:
 class InboundRecorder:
     """Makes inline answers' records durable (see the module docstring); per app."""
 
-    def __init__(self, settings: Settings, watch: RedisWatch) -> None:
+    def __init__(self, settings: Settings, watch: RedisWatch, gate: DedupGate) -> None:
+        """``gate``: the receiver's own (its Redis timeout), for the background tries of
+        a record Redis did not take before the answer (ingest/late_records.py)."""
+        self._late_gate = gate
         timeout_s = record_timeout_s(settings)
         dedup = bounded_client(settings.redis_url, timeout_s)
         broker = (
@@ -113,10 +116,13 @@ class InboundRecorder:
         never raises. ``span_attributes``: the claim span's (None: tracing off)."""
         event_id = job.event_id
 
-        def attempt() -> None:
-            self._gate.admit(
+        def attempt(gate: DedupGate = self._gate) -> None:
+            gate.admit(
                 job.dedup_key, correlation_id, job.ttl_s, job.queue, job.message, confirm=False
             )
+
+        def attempt_late() -> None:
+            attempt(self._late_gate)
 
         started = time.monotonic()
         with tracing.span("hookfleet.claim_and_enqueue", attributes=span_attributes) as span:
@@ -137,7 +143,7 @@ class InboundRecorder:
         if not in_database:
             log.error("inline event answered before it was recorded", extra={"event_id": event_id})
         late_records().keep(
-            LateRecord(attempt, event_id, started, job.message, self._database_url),
+            LateRecord(attempt_late, event_id, started, job.message, self._database_url),
             shelved=in_database,
         )
         return Kept.DATABASE if in_database else Kept.NOWHERE
@@ -151,6 +157,9 @@ class InboundRecorder:
                 raise pybreaker.CircuitBreakerError("Redis failed moments ago: not tried")
             self._watch.call(attempt)
         except (redis.RedisError, pybreaker.CircuitBreakerError) as error:
+            return error
+        except Exception as error:  # noqa: BLE001 (a ringing phone must get its answer)
+            log.error("inline event try failed", extra={"error": type(error).__name__})
             return error
         return None
 
@@ -166,5 +175,8 @@ class InboundRecorder:
             future.cancel()  # not started yet: LateRecords writes it instead
             return False
         except (SQLAlchemyError, ValueError):
+            return False
+        except Exception as error:  # noqa: BLE001 (a ringing phone must get its answer)
+            log.error("inline event write failed", extra={"error": type(error).__name__})
             return False
         return True
