@@ -21,6 +21,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     from ingest.errors import register_error_handlers
     from ingest.fastpath import ReceiverApp
     from ingest.inbound import InboundDirectory, cache_client
+    from ingest.inbound_record import InboundRecorder
     from ingest.metrics import init_app as init_metrics
     from ingest.providers import REGISTRY
     from ingest.quarantine import quarantine_for
@@ -64,7 +65,12 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
         replica_wait_ms=settings.redis_replica_wait_ms,
     )
     app.extensions["hookfleet_router"] = Router(settings.routes)
-    app.extensions["hookfleet_inbound"] = InboundDirectory(settings, cache_client(settings))
+    directory = InboundDirectory(settings, cache_client(settings))
+    app.extensions["hookfleet_inbound"] = directory
+    # An inline answer's record, durable before the answer: Redis or the database.
+    app.extensions["hookfleet_inbound_record"] = InboundRecorder(
+        settings, directory.redis, app.extensions["hookfleet_gate"]
+    )
     app.extensions["hookfleet_quarantine"] = quarantine_for(settings)
     register_error_handlers(app)
     app.register_blueprint(bp)

@@ -141,8 +141,9 @@ def _forget_metrics_dir_of_failed_boot(master_pid: int) -> None:
 
 
 def post_worker_init(worker: object) -> None:
-    """A worker loaded the app: connect its inbound lookup before it accepts requests
-    (gunicorn calls this hook before the worker's accept loop), not on the first call."""
+    """A worker loaded the app: connect its inbound lookup and its inbound records'
+    database before it accepts requests (gunicorn calls this hook before the worker's
+    accept loop), not on the first call."""
     # Other apps served with this config (the benchmark's) have no inbound lookup.
     extensions = getattr(worker.wsgi, "extensions", {})  # type: ignore[attr-defined]
     inbound = extensions.get("hookfleet_inbound")
@@ -152,6 +153,8 @@ def post_worker_init(worker: object) -> None:
         # Untraced: each worker's warm-up SELECT was a trace of its own, with no request.
         with untraced():
             inbound.warm()
+            # The database connection an inline answer's record may need before it.
+            extensions["hookfleet_inbound_record"].warm()
     worker.log.info("Worker ready: pid %s", worker.pid)  # type: ignore[attr-defined]
 
 

@@ -58,8 +58,13 @@ def cache_client(settings: Settings) -> redis.Redis:
     """A client for the lookup's Redis cache (``settings.redis_url``) whose commands
     and connects give up after :func:`cache_timeout_s`, whatever timeout the URL's
     query sets for the claims."""
-    timeout_s = cache_timeout_s(settings)
-    client = redis_client(settings.redis_url, timeout_s=timeout_s)
+    return bounded_client(settings.redis_url, cache_timeout_s(settings))
+
+
+def bounded_client(url: str, timeout_s: float) -> redis.Redis:
+    """A client for ``url`` whose commands and connects give up after ``timeout_s``
+    seconds, whatever timeout the URL's query sets."""
+    client = redis_client(url, timeout_s=timeout_s)
     client.connection_pool.connection_kwargs.update(
         socket_timeout=timeout_s, socket_connect_timeout=timeout_s
     )

@@ -1,14 +1,16 @@
 """Records of answered inbound calls that Redis could not take when they were answered.
 
-A Retell ``call_inbound`` is answered first and recorded after (ingest/views.py
-``answer_inline``): no retry follows an answer, so a record that fails then because
-Redis is down, restarting or failing over must not depend on the provider. Such a
-record is handed to this process's :class:`LateRecords`, whose one background thread
+A Retell ``call_inbound`` is answered once its record is durable (ingest/inbound_record.py):
+queued in Redis or, when Redis is down, restarting, failing over or frozen, kept in the
+database. No retry follows an answer, so such a record must not depend on the provider:
+it is handed to this process's :class:`LateRecords` (marked kept when the database took
+it before the answer), whose one background thread
 
-1. keeps it in the database at once (ingest/shelved_events.py: a ``received``
-   ``webhook_events`` row, what a worker writes on taking the message), so that from then
-   on neither an exit nor a kill of the receiver can lose it: the stuck-work sweep
-   queues such a row from the database (after ``HOOKFLEET_STUCK_AFTER_S``);
+1. keeps it in the database at once if it is not there yet (ingest/shelved_events.py: a
+   ``received`` ``webhook_events`` row, what a worker writes on taking the message), so
+   that from then on neither an exit nor a kill of the receiver can lose it: the
+   stuck-work sweep queues such a row from the database (after
+   ``HOOKFLEET_STUCK_AFTER_S``);
 2. tries Redis again, backing off up to ``BACKOFF_S[1]``, until Redis takes it (logged
    ``recorded inline event late``) or :data:`RETRY_FOR_S` has passed since the answer;
    the record is idempotent (its dedup key; the row's UNIQUE key), so a try that reached
@@ -21,8 +23,8 @@ without an ERROR ``inline event not recorded`` naming its event id; one kept the
 not queued gets a WARNING ``inline event left to the stuck-work sweep``. A record past
 :data:`MAX_WAITING` waiting ones is kept in the database at once, in the caller's thread.
 A receiver killed outright (SIGKILL, OOM) loses only records it had not yet written to
-the database (the moment between the failed try and the write, or a database that is
-down too).
+the database: those whose write did not finish within its bound before the answer (a
+database down or frozen too; each named at ERROR then), until this thread writes them.
 """
 
 from __future__ import annotations
@@ -92,12 +94,14 @@ class LateRecords:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def keep(self, record: LateRecord) -> None:
-        """Hold ``record`` until Redis takes it (see the module's docstring)."""
+    def keep(self, record: LateRecord, *, shelved: bool = False) -> None:
+        """Hold ``record`` until Redis takes it (see the module's docstring);
+        ``shelved``: its row is in the database already (not written again)."""
+        held = _Held(record, shelved)
         with self._lock:
             inline = self._closed or len(self._held) >= MAX_WAITING
             if not inline:
-                self._held.append(_Held(record))
+                self._held.append(held)
                 if self._thread is None:
                     self._thread = threading.Thread(
                         target=self._run, name="late-records", daemon=True
@@ -105,7 +109,7 @@ class LateRecords:
                     self._thread.start()
                     atexit.register(self._at_exit)
         if inline:
-            _leave(_Held(record), "the receiver is exiting" if self._closed else "too many waiting")
+            _leave(held, "the receiver is exiting" if self._closed else "too many waiting")
             return
         self._wake.set()
 

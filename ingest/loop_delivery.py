@@ -5,7 +5,7 @@ split where it waits: :func:`~ingest.views.check_delivery` (signature, payload, 
 runs in the loop, the claim is awaited on the pipelined client (ingest/claims.py), and
 the answer is built and counted by ``ingest.fastpath.finish_answer``. What blocks
 runs in the worker's threads: keeping a refused delivery in the quarantine, Retell's
-inline answer (its DB lookup) and, once the answer is written, its record. A gate that
+inline answer (its DB lookup, then its record: ingest/inbound_record.py). A gate that
 cannot pipeline (``PipelinedClaims.for_gate`` is None: separate dedup and broker
 servers, replicas to wait for) leaves its deliveries to the WSGI app in threads.
 

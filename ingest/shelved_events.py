@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import json
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -56,6 +56,16 @@ def shelve(database_url: str, messages: list[str]) -> int:
     # spans of their own (a root trace no request started, as the boot warm-up's).
     with tracing.untraced():
         return _write(database_url, events)
+
+
+def warm(database_url: str) -> None:
+    """Open this process's connection for the rows and load the table's mapping: the
+    first record kept here after a (re)start would otherwise spend its answer's bound
+    (ingest/inbound_record.py) dialling and on the dialect's first-connect queries, over
+    a second on a loaded machine. Raises ``sqlalchemy.exc.SQLAlchemyError``."""
+    engine = _engines.get(database_url, lambda: _engine(database_url))
+    with tracing.untraced(), Session(engine) as session:
+        session.execute(select(WebhookEvent.id).limit(0)).all()
 
 
 def _write(database_url: str, events: list[EventMessage]) -> int:
@@ -98,7 +108,9 @@ def _row(event: EventMessage) -> WebhookEvent:
 
 
 def _engine(database_url: str) -> Engine:
-    small = Settings(database_url=database_url, db_pool_size=1, db_max_overflow=1)
+    # LateRecords' one thread, and the writers of records before their answers
+    # (ingest/inbound_record.py ``WRITERS``).
+    small = Settings(database_url=database_url, db_pool_size=2, db_max_overflow=3)
     return make_engine(small, io_timeout_s=IO_TIMEOUT_S)
 
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
-import pybreaker
 import redis
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import NotFound
@@ -27,7 +26,7 @@ from werkzeug.http import parse_options_header
 from ingest.dedup import Admission, DedupGate, NotReplicated, RateLimit, dedup_key, rate_key
 from ingest.errors import ApiError, ErrorCode
 from ingest.inbound import InboundDirectory
-from ingest.late_records import RETRY_FOR_S, LateRecord, late_records
+from ingest.inbound_record import InboundRecorder
 from ingest.metrics import count_refusal
 from ingest.providers import find_provider
 from ingest.providers.base import (
@@ -103,7 +102,8 @@ class Job:
 class Answer:
     """What a delivery is answered: ``status``, the JSON ``body`` (bytes), the
     ``outcome`` label it is counted and logged under, and what to do once the answer
-    has gone (``after``: queue an inline answer's event)."""
+    has gone (``after``; no delivery needs it now: an inline answer's record is made
+    before its answer, ingest/inbound_record.py)."""
 
     status: int
     body: bytes
@@ -141,7 +141,8 @@ def take_delivery(
       queue and the key is claimed; it will take effect exactly once.
     - 200 ``{"status": "duplicate", ...}``: seen within the dedup window; nothing queued.
     - 200 with the provider's answer, for a sender that waits for one (Retell's inbound
-      call): always, within the inbound budget; the event is queued after the answer.
+      call): always, within the inbound budget plus the record's bounds; the event is
+      queued (or kept in the database) before the answer: ingest/inbound_record.py.
     - 4xx: the delivery is wrong and will stay wrong; nothing queued.
     - 429 ``rate_limited`` with ``Retry-After`` (whole seconds until the provider's
       token bucket holds a token, at least 1): over ``HOOKFLEET_<PROVIDER>_RATE_LIMIT``;
@@ -477,21 +478,21 @@ def answer_inline(
     correlation_id: str,
     started: float,
 ) -> Answer:
-    """Answer the waiting sender first, then queue the event for the record.
+    """The waiting sender's answer, once the event's record is durable.
 
-    The answer never fails (an empty answer is always valid). Queueing happens once the
-    response is on its way; if Redis is down then, the answer stands, the failure is
-    logged (WARNING) and the record is tried again in the background until Redis takes
-    it, for up to ``RETRY_FOR_S`` (ingest/late_records.py). While this process knows
-    Redis to be failing or frozen (ingest/redis_watch.py), the record goes to that
-    background queue at once: it would hold this thread for the Redis timeout.
+    The answer never fails (an empty answer is always valid), and goes within the
+    lookup's budget plus the record's bounds (ingest/inbound_record.py): the record is
+    queued in Redis, or else kept as a ``received`` row in the database, before the
+    answer leaves, so a receiver killed once a call is answered loses no record. Only
+    when neither takes it in time does the answer go anyway, its record held in the
+    background (ingest/late_records.py: WARNING, and an ERROR naming the event).
 
-    The record does not wait for Redis replicas (HOOKFLEET_REDIS_MIN_REPLICAS): the
-    answer has gone, so no retry could follow a refusal, and the wait would hold a
-    receiver thread that the next ringing phone may need. The record is as durable as
-    the primary's own persistence; a failover may lose it like a Redis outage would.
-    For the same reason it is never rate limited and spends no token of the provider's
-    bucket (HOOKFLEET_<PROVIDER>_RATE_LIMIT): a limit never holds up a ringing phone.
+    The record does not wait for Redis replicas (HOOKFLEET_REDIS_MIN_REPLICAS): no retry
+    follows an answer, so a refusal could not be retried, and the wait would hold the
+    ringing phone. The record is as durable as the primary's own persistence; a
+    failover may lose it like a Redis outage would. For the same reason it is never
+    rate limited and spends no token of the provider's bucket
+    (HOOKFLEET_<PROVIDER>_RATE_LIMIT): a limit never holds up a ringing phone.
     """
     directory: InboundDirectory = app.extensions["hookfleet_inbound"]
     try:
@@ -499,45 +500,15 @@ def answer_inline(
     except Exception as error:  # noqa: BLE001 (a waiting phone must get an answer)
         log.error("inline answer failed", extra={"error": type(error).__name__})
         answer = provider.empty_answer(identity)
-    log.info("answered inline", extra={"outcome": "answered", "duration_ms": _elapsed_ms(started)})
     # ``jsonify(answer)``'s bytes: the app's JSON provider, compact.
     body = (app.json.dumps(answer, separators=(",", ":")) + "\n").encode()
-    gate: DedupGate = app.extensions["hookfleet_gate"]
-    # record() runs once the answer is sent, after the request span has ended: its
-    # claim/enqueue span is still that span's child (the context taken now).
-    request = tracing.current_context()
-
-    answered_at = time.monotonic()
-    database_url = app.config["HOOKFLEET_SETTINGS"].database_url
-
-    def attempt() -> None:
-        gate.admit(job.dedup_key, correlation_id, job.ttl_s, job.queue, job.message, confirm=False)
-
-    def keep_late(error: str) -> None:
-        log.warning(
-            "could not record inline event",
-            extra={"error": error, "event_id": job.event_id, "retry_for_s": RETRY_FOR_S},
-        )
-        late_records().keep(
-            LateRecord(attempt, job.event_id, answered_at, job.message, database_url)
-        )
-
-    def record() -> None:
-        with tracing.span(
-            "hookfleet.claim_and_enqueue", context=request, attributes=_claim_attributes(job)
-        ) as span:
-            try:
-                if directory.redis.known_unwell():
-                    # Redis failed this process's inbound path moments ago: the try
-                    # would hold this thread for the Redis timeout; the background
-                    # queue tries it.
-                    raise pybreaker.CircuitBreakerError("Redis failed moments ago: not tried")
-                directory.redis.call(attempt)
-            except (redis.RedisError, pybreaker.CircuitBreakerError) as error:
-                tracing.record_error(span, error)
-                keep_late(type(error).__name__)
-
-    return Answer(200, body, "answered", record)
+    recorder: InboundRecorder = app.extensions["hookfleet_inbound_record"]
+    kept = recorder.record(job, correlation_id, _claim_attributes(job))
+    log.info(
+        "answered inline",
+        extra={"outcome": "answered", "kept": kept.value, "duration_ms": _elapsed_ms(started)},
+    )
+    return Answer(200, body, "answered")
 
 
 # ``json.dumps(..., separators=(",", ":"))`` makes this encoder anew for every call

@@ -2,8 +2,9 @@
 inbound calls nothing they would notice: each is answered well within Retell's 10 s
 and routed to its branch's agent through the database (the lookup's Redis cache gives
 up within its budget, then is skipped: ingest/redis_watch.py), ``/healthz`` is
-answered by the event loop, and every answered call is recorded once Redis thaws
-(the records wait in the background queue, not in the receiver's threads)."""
+answered by the event loop, every call's record is in the database before its answer
+(the Redis try gives up within the lookup cache's bound: ingest/inbound_record.py), and
+each is queued once when Redis thaws."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, func, select
 
 from ingest.providers import retell
+from models.events import EventStatus, WebhookEvent
 from tests.helpers import total_queued
 from tests.integration.test_inbound import API_KEY as RETELL_KEY
 from tests.integration.test_inbound import seed
@@ -110,6 +113,13 @@ def test_inbound_calls_during_a_redis_freeze_are_routed_in_time_and_recorded_onc
         time.sleep(1.0)  # a second record of any call would show by now
         recorded = total_queued(own_redis.client())
         log = web.log("web")
+    with create_engine(database_url).connect() as connection:
+        kept = connection.execute(
+            select(func.count()).where(
+                WebhookEvent.event_type == "call_inbound",
+                WebhookEvent.status == EventStatus.RECEIVED,
+            )
+        ).scalar_one()
 
     slowest = max(seconds for _, _, seconds in answered)
     assert slowest < 2.0, slowest  # Retell waits 10 s; the lookup's budget is 1 s
@@ -118,5 +128,6 @@ def test_inbound_calls_during_a_redis_freeze_are_routed_in_time_and_recorded_onc
     assert [status for status, _, _ in health] == [200] * len(health)
     assert max(seconds for _, _, seconds in health) < 1.0
     assert recorded == expected  # every answered call once, none twice
+    assert kept == len(answered)  # each in the database before its answer
     assert "inline event not recorded" not in log
     assert "Traceback" not in log

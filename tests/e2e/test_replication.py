@@ -176,7 +176,7 @@ def test_the_inbound_call_is_answered_and_recorded_without_waiting_for_replicas(
 
     started = time.monotonic()
     response = post_json(client, "/webhooks/retell", ringing)
-    response.close()  # the answer is out: now it is recorded
+    response.close()  # recorded before the answer, without waiting for the replica
     elapsed = time.monotonic() - started
 
     assert (response.status_code, response.get_json()) == (200, {"call_inbound": {}})

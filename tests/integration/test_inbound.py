@@ -252,7 +252,7 @@ def test_a_call_answered_while_redis_is_down_is_recorded_once_redis_is_back(
         responses = [post(client, inbound("+49301234567")) for _ in range(2)]
         for response in responses:
             assert response.get_json()["call_inbound"]["override_agent_id"] == "agent_mitte"
-            response.close()  # the record is tried once the answer is sent: Redis is down
+            response.close()  # Redis is down: the database kept the record before the answer
         time.sleep(1)
         own.start()
         wait_until(lambda: len(queued(own.client(), Queue.HIGH)) == 2, 20, "the late records")

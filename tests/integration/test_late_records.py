@@ -1,6 +1,7 @@
-"""Answered inbound calls whose record Redis refused: kept in the database at once, and
-never let go without a log line naming the event (ingest/late_records.py). Real Redis
-(stopped), real databases; the receiver app in process."""
+"""Answered inbound calls' records: durable before the answer leaves, in Redis or else
+in the database (ingest/inbound_record.py), and never let go without a log line naming
+the event (ingest/late_records.py). Real Redis (healthy, stopped or frozen), real
+databases; the receiver app in process."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from models.engine import make_engine
 from models.events import EventStatus, WebhookEvent
 from models.perprocess import PerProcess
 from models.settings import Settings
+from tests.helpers import dedup_keys, total_queued
 from tests.servers import RedisServer, free_port, wait_until
 
 API_KEY = "key_retell_late_0123456789"
@@ -68,13 +70,16 @@ def call(caller: str) -> bytes:
     ).encode()
 
 
-def answered(client: FlaskClient, body: bytes) -> None:
+def answered(client: FlaskClient, body: bytes) -> float:
+    """Post the call; asserts it was answered 200 and returns how long that took (s).
+    The response is not closed: what the record did, it did before the answer."""
     headers = {"x-retell-signature": retell.sign(API_KEY, body, int(time.time() * 1000))}
+    started = time.monotonic()
     response = client.post(
         "/webhooks/retell", data=body, content_type="application/json", headers=headers
     )
     assert response.status_code == 200
-    response.close()  # the record is tried once the answer is sent
+    return time.monotonic() - started
 
 
 def receiver(database_url: str, redis_url: str) -> FlaskClient:
@@ -114,7 +119,7 @@ def kept_rows(database_url: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.usefixtures("fresh_late_records")
-def test_a_record_redis_refuses_is_in_the_database_before_any_exit_and_left_to_the_sweep(
+def test_a_record_redis_refuses_is_in_the_database_before_its_answer_and_left_to_the_sweep(
     tmp_path: Path, database_url: str, lines: Lines
 ) -> None:
     """A receiver killed outright (SIGKILL, OOM) a moment after the answers loses
@@ -123,10 +128,10 @@ def test_a_record_redis_refuses_is_in_the_database_before_any_exit_and_left_to_t
     stopped = RedisServer(tmp_path / "redis")  # never started: every try is refused
     client = receiver(database_url, stopped.url)
     callers = [f"+49151000000{i:02d}" for i in range(3)]
-    for caller in callers:
+    for n, caller in enumerate(callers, 1):
         answered(client, call(caller))
+        assert len(kept_rows(database_url)) == n  # written before the answer left
 
-    wait_until(lambda: len(kept_rows(database_url)) == 3, 20, "3 rows kept", interval=0.1)
     rows = kept_rows(database_url)
     assert {row["status"] for row in rows} == {EventStatus.RECEIVED}
     assert {row["queue"] for row in rows} == {"hookfleet.high"}
@@ -149,16 +154,18 @@ def test_a_record_redis_refuses_is_in_the_database_before_any_exit_and_left_to_t
 def test_every_record_neither_queued_nor_kept_is_named_at_error_when_the_receiver_exits(
     tmp_path: Path, lines: Lines
 ) -> None:
-    """Redis and the database both away: the answers still go out (empty), and every
-    record, the one the background thread holds included, gets its ERROR line with its
-    event id at the exit."""
+    """Redis and the database both away: the answers still go out (empty) at once, each
+    with an ERROR naming its event (a kill now would lose it), and every record, the one
+    the background thread holds included, gets its ERROR line at the exit."""
     stopped = RedisServer(tmp_path / "redis")
     nowhere = f"mysql+pymysql://hookfleet:pw@127.0.0.1:{free_port()}/hookfleet"
     client = receiver(nowhere, stopped.url)
-    for i in range(4):
-        answered(client, call(f"+49151000001{i:02d}"))
+    took = [answered(client, call(f"+49151000001{i:02d}")) for i in range(4)]
+    assert max(took) < 2.0  # Retell waits 10 s
     refused = event_ids(lines, "could not record inline event", logging.WARNING)
     assert len(set(refused)) == 4
+    undurable = event_ids(lines, "inline event answered before it was recorded", logging.ERROR)
+    assert sorted(undurable) == sorted(refused)
     wait_until(lambda: late_records_module.late_records().waiting() == 4, 10, "4 held")
 
     started = time.monotonic()
@@ -184,3 +191,46 @@ def test_a_record_handed_over_after_the_exit_began_is_kept_in_the_database_at_on
     assert len(kept_rows(database_url)) == 1
     assert len(event_ids(lines, "inline event left to the stuck-work sweep", logging.WARNING)) == 1
     assert event_ids(lines, "inline event not recorded", logging.ERROR) == []
+
+
+@pytest.mark.usefixtures("fresh_late_records")
+def test_a_call_is_queued_in_redis_before_its_answer_leaves(
+    tmp_path: Path, database_url: str, lines: Lines
+) -> None:
+    """Redis healthy: the claim and the message are in Redis when the answer comes;
+    nothing goes to the database or the background queue."""
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        client = receiver(database_url, server.url)
+        answered(client, call("+4915100000300"))
+        assert total_queued(server.client()) == 1
+        assert len(dedup_keys(server.client())) == 1
+    finally:
+        server.stop()
+    assert kept_rows(database_url) == []
+    assert late_records_module.late_records().waiting() == 0
+    assert event_ids(lines, "could not record inline event", logging.WARNING) == []
+
+
+@pytest.mark.usefixtures("fresh_late_records")
+def test_a_call_answered_while_redis_is_frozen_is_in_the_database_before_its_answer(
+    tmp_path: Path, database_url: str, lines: Lines
+) -> None:
+    """A frozen Redis (SIGSTOP: connections accepted, nothing answered) holds the
+    record's try for its short bound, not the 2 s Redis timeout; then the database
+    takes it before the answer, and the next calls skip Redis at once."""
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        client = receiver(database_url, server.url)
+        server.freeze()
+        took = [answered(client, call(f"+49151000004{i:02d}")) for i in range(3)]
+        rows = kept_rows(database_url)
+        server.thaw()
+        wait_until(lambda: total_queued(server.client()) >= 3, 20, "the late records")
+    finally:
+        server.stop()
+    assert max(took) < 1.0, took  # the client's timeout is 1 s; the bound a quarter of it
+    assert len(rows) == 3 and {row["status"] for row in rows} == {EventStatus.RECEIVED}
+    refused = event_ids(lines, "could not record inline event", logging.WARNING)
+    assert sorted(refused) == sorted(row["event_id"] for row in rows)
+    assert event_ids(lines, "inline event answered before it was recorded", logging.ERROR) == []

@@ -56,7 +56,7 @@ ringing = {{
 }}
 answers = []
 answer = client.post("/webhooks/retell", json=ringing, headers=sent_by("{INBOUND}"))
-answer.close()  # the answer is sent: now the call is recorded (Redis is down)
+answer.close()  # recorded before the answer: the database kept it (Redis is down)
 answers.append(answer.status_code)
 answers.append(client.post(
     "/webhooks/standard", data=b"{{not json", content_type="application/json",
@@ -127,7 +127,7 @@ def test_an_inbound_calls_lookup_and_record_are_children_of_its_request_span(
     lookups = [s for s in spans if "db.system" in s.attributes and s.trace_id == INBOUND]
     assert lookups and all(s.parent_id == request.span_id for s in lookups)
     assert not [s for s in spans if "db.system" in s.attributes and not s.parent_id]
-    # The record, after the answer went out, under the request too: Redis was down.
+    # The record, before the answer, under the request too: Redis was down.
     (record,) = [s for s in in_call if s.name == "hookfleet.claim_and_enqueue"]
     assert record.parent_id == request.span_id
     assert record.status == 2 and "exception" in record.events
