@@ -199,11 +199,24 @@ def shared_stack(
     tmp_path_factory: pytest.TempPathFactory, mariadb_server: MariaDBServer
 ) -> Iterator[Stack]:
     """One fault fleet (its own Redis and database) for the rows that leave it whole:
-    they restore what they change (a Redis setting, closed sockets) and restart the
-    fleet process they kill or stop, as an operator would. Rows that kill or stop a
-    server, flush Redis, or need settings of their own still build their own."""
-    with running_stack(tmp_path_factory.mktemp("faults-shared"), mariadb_server) as built:
+    they restore what they change (a Redis setting, closed sockets), restart the fleet
+    process they kill or stop, as an operator would, and the Redis they kill (same port,
+    its AOF). Rows that stop the database server, flush Redis, or need settings that
+    would change another row's fleet still build their own."""
+    with running_stack(
+        tmp_path_factory.mktemp("faults-shared"), mariadb_server, **SHARED_SETTINGS
+    ) as built:
         yield built
+
+
+SHARED_SETTINGS = {
+    "HOOKFLEET_ROUTES": "standard=hookfleet.low",
+    "HOOKFLEET_VISIBILITY_TIMEOUT_S": "12",
+}
+"""What the module fleet changes in ``FAULT_SETTINGS`` for one row each, which no other
+row of it minds: the flood row's Standard Webhooks go to hookfleet.low; the visibility
+timeout, the last resort for messages no lease covers (none here: every consumer is a
+Hookfleet worker), is 12 s instead of 20 s, so the task held past it is held 17 s, not 25."""
 
 
 @pytest.fixture
@@ -289,8 +302,8 @@ def pool_children(stack: Stack, name: str) -> list[int]:
 
 def test_kill_9_of_a_whole_worker_mid_stream(calm_stack: Stack) -> None:
     ledger = Ledger("kill -9 worker process group")
-    finish = stream(calm_stack, ledger, ids(f"wk{calm_stack.run}", 2000))
-    wait_for_accepted(ledger, 400)
+    finish = stream(calm_stack, ledger, ids(f"wk{calm_stack.run}", 1000))
+    wait_for_accepted(ledger, 300)
     kill_group(calm_stack.fleet.running.pop("worker_high"))
     time.sleep(1)
     calm_stack.fleet.start("worker_high")
@@ -301,7 +314,7 @@ def test_kill_9_of_a_whole_worker_mid_stream(calm_stack: Stack) -> None:
 
 def test_kill_9_of_one_pool_child_mid_stream(calm_stack: Stack) -> None:
     ledger = Ledger("kill -9 one pool child")
-    finish = stream(calm_stack, ledger, ids(f"pc{calm_stack.run}", 1000))
+    finish = stream(calm_stack, ledger, ids(f"pc{calm_stack.run}", 600))
     wait_for_accepted(ledger, 300)
     wait_until(lambda: bool(pool_children(calm_stack, "worker_high")), 10, "pool children")
     os.kill(pool_children(calm_stack, "worker_high")[0], signal.SIGKILL)
@@ -310,18 +323,20 @@ def test_kill_9_of_one_pool_child_mid_stream(calm_stack: Stack) -> None:
     assert_exactly_once(settle_and_count(calm_stack, ledger))
 
 
-def test_kill_9_of_redis_mid_stream_and_restart(stack: Stack) -> None:
+def test_kill_9_of_redis_mid_stream_and_restart(calm_stack: Stack) -> None:
+    # On the module's fleet: Redis comes back on its port with its AOF, as in
+    # test_leases' two-high-worker fleet, and the fleet's processes reconnect.
     ledger = Ledger("kill -9 redis (AOF), restart")
-    finish = stream(stack, ledger, ids("rd", 1000))
+    finish = stream(calm_stack, ledger, ids(f"rd{calm_stack.run}", 600))
     wait_for_accepted(ledger, 300)
-    assert stack.redis.proc is not None
-    stack.redis.proc.kill()
-    stack.redis.proc.wait()
+    assert calm_stack.redis.proc is not None
+    calm_stack.redis.proc.kill()
+    calm_stack.redis.proc.wait()
     time.sleep(2)  # providers meet 503s and connection errors meanwhile
-    stack.redis.start()  # same port, same AOF
+    calm_stack.redis.start()  # same port, same AOF
     finish()
 
-    row = settle_and_count(stack, ledger)
+    row = settle_and_count(calm_stack, ledger)
     assert_exactly_once(row)
     assert row["answers"].get(503, 0) > 0  # the outage was real and answered 503
 
@@ -373,18 +388,19 @@ def test_redis_at_maxmemory_answers_503_then_everything_lands(calm_stack: Stack)
 
 
 def test_a_duplicate_storm_lands_each_event_once(calm_stack: Stack) -> None:
-    ledger = Ledger("duplicate storm 100 x 20")
-    storm = [call_id for call_id in ids(f"ds{calm_stack.run}", 100) for _ in range(20)]
+    ledger = Ledger("duplicate storm 50 x 20")
+    storm = [call_id for call_id in ids(f"ds{calm_stack.run}", 50) for _ in range(20)]
     random.Random(7).shuffle(storm)
     stream(calm_stack, ledger, storm, threads=16)()
 
     row = settle_and_count(calm_stack, ledger)
     assert_exactly_once(row)
-    assert row["answers"] == {202: 100, 200: 1900}
+    assert row["answers"] == {202: 50, 200: 950}
 
 
 def test_bad_requests_interleaved_with_good_ones(calm_stack: Stack) -> None:
-    ledger = Ledger("10,000 bad requests + 500 good")
+    # 500 of each of the six kinds of bad request, 300 good deliveries among them.
+    ledger = Ledger("3,000 bad requests + 300 good")
     rng = random.Random(11)
     bad_statuses: Counter[int] = Counter()
     lock = threading.Lock()
@@ -407,8 +423,8 @@ def test_bad_requests_interleaved_with_good_ones(calm_stack: Stack) -> None:
         with lock:
             bad_statuses[status] += 1
 
-    good = ids(f"gd{calm_stack.run}", 500)
-    jobs: list[Callable[[], Any]] = [lambda n=n: bad(n) for n in range(10_000)]
+    good = ids(f"gd{calm_stack.run}", 300)
+    jobs: list[Callable[[], Any]] = [lambda n=n: bad(n) for n in range(3_000)]
     jobs += [lambda c=c: deliver(calm_stack, ledger, c) for c in good]
     rng.shuffle(jobs)
     with ThreadPoolExecutor(8) as pool:
@@ -417,7 +433,7 @@ def test_bad_requests_interleaved_with_good_ones(calm_stack: Stack) -> None:
 
     row = settle_and_count(calm_stack, ledger)
     assert_exactly_once(row)
-    assert row["accepted"] == 500
+    assert row["accepted"] == 300
     assert not [s for s in bad_statuses if s >= 500], bad_statuses
 
 
@@ -468,36 +484,42 @@ def test_a_slow_client_and_an_oversized_body_do_not_starve_the_receiver(calm_sta
     assert_exactly_once(settle_and_count(calm_stack, ledger))
 
 
-def test_a_flood_on_low_does_not_delay_high(tmp_path: Path, mariadb_server: MariaDBServer) -> None:
-    with running_stack(
-        tmp_path, mariadb_server, HOOKFLEET_ROUTES="standard=hookfleet.low"
-    ) as stack:
-        flood = ThreadPoolExecutor(4)
-        for n in range(3000):
-            flood.submit(
-                request,
-                stack.fleet.base_url,
-                "POST",
-                "/webhooks/standard",
-                {"type": "bulk.import", "n": n},
-                {"webhook-id": f"bulk_{n}"},
-            )
-        time.sleep(2)
-        ledger = Ledger("flood on hookfleet.low, high p99")
-        for call_id in ids("hi", 100):
-            deliver(stack, ledger, call_id)
-        row = settle_and_count(stack, ledger, timeout_s=60)
-        flood.shutdown(wait=True)
-        with stack.engine.connect() as connection:
-            waits = sorted(
-                (processed - received).total_seconds()
-                for received, processed in connection.execute(
-                    select(WebhookEvent.received_at, WebhookEvent.processed_at).where(
-                        WebhookEvent.queue == Queue.HIGH
-                    )
+def test_a_flood_on_low_does_not_delay_high(calm_stack: Stack) -> None:
+    # The module's fleet routes Standard Webhooks to hookfleet.low (SHARED_SETTINGS),
+    # which no other row of it sends.
+    stack = calm_stack
+    flood = ThreadPoolExecutor(4)
+    for n in range(3000):
+        flood.submit(
+            request,
+            stack.fleet.base_url,
+            "POST",
+            "/webhooks/standard",
+            {"type": "bulk.import", "n": n},
+            {"webhook-id": f"bulk{stack.run}_{n}"},
+        )
+    time.sleep(2)
+    ledger = Ledger("flood on hookfleet.low, high p99")
+    high = ids(f"hi{stack.run}", 100)
+    for call_id in high:
+        deliver(stack, ledger, call_id)
+    row = settle_and_count(stack, ledger, timeout_s=60)
+    flood.shutdown(wait=True)
+    with stack.engine.connect() as connection:
+        waits = sorted(
+            (processed - received).total_seconds()
+            for received, processed in connection.execute(
+                select(WebhookEvent.received_at, WebhookEvent.processed_at).where(
+                    WebhookEvent.queue == Queue.HIGH,
+                    WebhookEvent.event_id.in_([f"{call_id}:call_ended" for call_id in high]),
                 )
             )
-            low_backlog = stack.redis.client().llen(Queue.LOW)
+        )
+    client = stack.redis.client()
+    low_backlog = client.llen(Queue.LOW)
+    # The module's next rows need not wait for the flood (its events were never
+    # recorded: a worker records what it takes); a shared fleet is left as found.
+    client.delete(Queue.LOW)
     p99 = waits[int(len(waits) * 0.99) - 1]
     row["high_p99_s"] = round(p99, 3)
     assert_exactly_once(row)
@@ -538,6 +560,24 @@ def call_row_locked(stack: Stack, call_id: str) -> Iterator[Callable[[], None]]:
         blocker.close()
 
 
+def recorded(stack: Stack, call_id: str) -> bool:
+    """The call's ``call_ended`` event is recorded (``received``) and its effect not yet
+    applied: a worker has it in hand, e.g. waiting on the row lock of ``call_row_locked``."""
+    with stack.engine.connect() as connection:
+        status = connection.scalar(
+            select(WebhookEvent.status).where(WebhookEvent.event_id == f"{call_id}:call_ended")
+        )
+    return status is EventStatus.RECEIVED
+
+
+HELD_PAST_BOTH_S = 5 + max(
+    int(FAULT_SETTINGS["HOOKFLEET_TASK_TIME_LIMIT_S"]),  # 10 s
+    int(SHARED_SETTINGS["HOOKFLEET_VISIBILITY_TIMEOUT_S"]),  # 12 s
+)
+"""How long the slow-task row holds its lock: 5 s past the module fleet's time limit
+and its visibility timeout, as 25 s was past 10 s and 20 s on the fleet before."""
+
+
 def test_a_task_outliving_its_time_limit_and_the_visibility_timeout_takes_effect_once(
     calm_stack: Stack,
 ) -> None:
@@ -547,7 +587,7 @@ def test_a_task_outliving_its_time_limit_and_the_visibility_timeout_takes_effect
         ledger = Ledger("task longer than visibility timeout")
         with call_row_locked(calm_stack, call_id) as release:
             assert deliver(calm_stack, ledger, call_id) == 202
-            time.sleep(25)  # > time limit (10 s) and > visibility timeout (20 s)
+            time.sleep(HELD_PAST_BOTH_S)
             release()
         row = settle_and_count(calm_stack, ledger, timeout_s=90)
     finally:
@@ -565,7 +605,9 @@ def test_sigterm_to_a_worker_requeues_its_running_task_and_nothing_is_lost(
     call_id = f"term{calm_stack.run}"
     with call_row_locked(calm_stack, call_id) as release:
         assert deliver(calm_stack, ledger, call_id) == 202
-        time.sleep(2)  # the task is running, waiting on the lock
+        wait_until(
+            lambda: recorded(calm_stack, call_id), 30, "the task running, waiting on the lock"
+        )
         started = time.monotonic()
         calm_stack.fleet.stop("worker_high", signal.SIGTERM, timeout=30)
         stopped_in = time.monotonic() - started
@@ -615,19 +657,11 @@ def test_a_message_lost_by_redis_after_a_worker_recorded_it_is_swept_back(
     ledger = Ledger("redis loses a recorded message, sweep")
     with call_row_locked(stack, "lost_1") as release:
         assert deliver(stack, ledger, "lost_1") == 202
-
-        def recorded() -> bool:
-            with stack.engine.connect() as connection:
-                return (
-                    connection.scalar(
-                        select(WebhookEvent.status).where(
-                            WebhookEvent.event_id == "lost_1:call_ended"
-                        )
-                    )
-                    is EventStatus.RECEIVED
-                )
-
-        wait_until(recorded, 30, "the event recorded, its effect waiting on the lock")
+        wait_until(
+            lambda: recorded(stack, "lost_1"),
+            30,
+            "the event recorded, its effect waiting on the lock",
+        )
         kill_group(stack.fleet.running.pop("worker_high"))  # its message is in hand
         stack.redis.client().flushall()  # ...and the new primary never had it
         release()

@@ -315,7 +315,7 @@ def test_kill_9_of_a_worker_group_is_recovered_within_the_lease(
 ) -> None:
     stack = lease_row_stack
     ledger = Ledger("lease: kill -9 worker group (shipped)")
-    finish = streaming(stack, ledger, f"lk{stack.run}", 1000)
+    finish = streaming(stack, ledger, f"lk{stack.run}", 600)
     kill_group(stack.fleet.running.pop("worker_high"))
     killed_at = time.monotonic()
     held = held_call_ids(stack)
@@ -332,7 +332,7 @@ def test_kill_9_of_one_pool_child_is_recovered_at_once(
 ) -> None:
     stack = lease_row_stack
     ledger = Ledger("lease: kill -9 one pool child")
-    finish = streaming(stack, ledger, f"lc{stack.run}", 1000)
+    finish = streaming(stack, ledger, f"lc{stack.run}", 600)
     wait_until(lambda: bool(pool_children(stack, "worker_high")), 10, "pool children")
     os.kill(pool_children(stack, "worker_high")[0], signal.SIGKILL)
     killed_at = time.monotonic()
