@@ -4,8 +4,9 @@
 A test's CPU is the user + system time of the pytest process and of every child process
 it reaped while the test ran (``RUSAGE_CHILDREN`` before and after, as
 tests/bench/process_start.py measures a start): a fleet started for a module counts in
-the test during whose teardown it stops; servers a session shares count in the line
-``<session>`` written when the session ends. Each line also says how many processes the
+the test during whose teardown it stops; the line ``<session>``, written when the session
+ends, holds the whole process's CPU: what it holds beyond its tests' lines is collection
+and the servers and fleets the session shared. Each line also says how many processes the
 test started directly (``subprocess.Popen``: gunicorn and celery masters, servers,
 console scripts; not their forked workers), by program name."""
 
@@ -24,6 +25,8 @@ import pytest
 
 _STARTED: Counter[str] = Counter()
 _original_init = subprocess.Popen.__init__
+_SESSION_START: list[float] = []
+_PATCH = pytest.MonkeyPatch()
 
 
 def _counting_init(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
@@ -67,8 +70,8 @@ def _write(row: dict[str, Any]) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    subprocess.Popen.__init__ = _counting_init  # type: ignore[method-assign]
-    config._cpu_profile_start = _cpu()  # type: ignore[attr-defined]
+    _PATCH.setattr(subprocess.Popen, "__init__", _counting_init)
+    _SESSION_START.append(_cpu())
 
 
 @pytest.hookimpl(wrapper=True)
@@ -82,6 +85,6 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    start = getattr(config, "_cpu_profile_start", None)
-    if start is not None:
-        _write({"test": "<session>", "cpu": round(_cpu() - start, 3), "started": {}})
+    _PATCH.undo()
+    if _SESSION_START:
+        _write({"test": "<session>", "cpu": round(_cpu() - _SESSION_START[0], 3), "started": {}})
