@@ -62,7 +62,9 @@ def module_receiver(
     directory = tmp_path_factory.mktemp("aio-receiver")
     server = RedisServer(directory / "redis").start()
     try:
-        with web_only(directory, f"{server.url}?socket_timeout=10") as processes:
+        # No gunicorn options from the developer's environment: the shipped worker.
+        receiver = f"{server.url}?socket_timeout=10"
+        with web_only(directory, receiver, GUNICORN_CMD_ARGS="") as processes:
             yield processes, server
     finally:
         server.stop()
@@ -302,22 +304,26 @@ def loads_uvloop(pid: int) -> bool:
     return "uvloop" in Path(f"/proc/{pid}/maps").read_text()
 
 
-@pytest.mark.parametrize(
-    ("cmd_args", "event_loop"),
-    [("", True), ("--worker-class ingest.gunicorn_worker.JsonErrorWorker", False)],
-    ids=["shipped worker", "former worker by --worker-class"],
-)
-def test_the_former_worker_is_selected_with_gunicorns_own_option(
-    tmp_path: Path, own_redis: RedisServer, cmd_args: str, event_loop: bool
-) -> None:
-    with web_only(tmp_path, own_redis.url, GUNICORN_CMD_ARGS=cmd_args) as web:
-        with connect(web) as sock:
-            sock.sendall(delivery("either-1"))
-            assert read_answers(sock, 1)[0][0] == 202
-        # bash -c exec: the Procfile process is gunicorn's master itself.
-        workers = worker_pids(web.running["web"].pid)
+def assert_workers_load_uvloop(web: Processes, event_loop: bool) -> None:
+    with connect(web) as sock:
+        sock.sendall(delivery("either-1"))
+        assert read_answers(sock, 1)[0][0] == 202
+    # bash -c exec: the Procfile process is gunicorn's master itself.
+    workers = worker_pids(web.running["web"].pid)
 
-        assert workers and all(loads_uvloop(pid) is event_loop for pid in workers)
+    assert workers and all(loads_uvloop(pid) is event_loop for pid in workers)
+
+
+def test_the_shipped_worker_runs_the_event_loop(shared_web: Processes) -> None:
+    assert_workers_load_uvloop(shared_web, event_loop=True)
+
+
+def test_the_former_worker_is_selected_with_gunicorns_own_option(
+    tmp_path: Path, own_redis: RedisServer
+) -> None:
+    cmd_args = "--worker-class ingest.gunicorn_worker.JsonErrorWorker"
+    with web_only(tmp_path, own_redis.url, GUNICORN_CMD_ARGS=cmd_args) as web:
+        assert_workers_load_uvloop(web, event_loop=False)
 
 
 def test_a_body_announced_too_large_is_413_without_asking_for_it(shared_web: Processes) -> None:
