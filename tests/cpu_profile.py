@@ -4,9 +4,10 @@
 A test's CPU is the user + system time of the pytest process and of every child process
 it reaped while the test ran (``RUSAGE_CHILDREN`` before and after, as
 tests/bench/process_start.py measures a start): a fleet started for a module counts in
-the test during whose teardown it stops; the line ``<session>``, written when the session
-ends, holds the whole process's CPU: what it holds beyond its tests' lines is collection
-and the servers and fleets the session shared. Each line also says how many processes the
+the test during whose teardown it stops; the last test's teardown, which stops what the
+session shared (its Redis and MariaDB, the signed fleet), is the line ``<session
+teardown>``; the line ``<session>``, written when the session ends, holds the whole
+process's CPU (collection included). Each line also says how many processes the
 test started directly (``subprocess.Popen``: gunicorn and celery masters, servers,
 console scripts; not their forked workers), by program name."""
 
@@ -26,6 +27,7 @@ import pytest
 _STARTED: Counter[str] = Counter()
 _original_init = subprocess.Popen.__init__
 _SESSION_START: list[float] = []
+_SESSION_TEARDOWN: list[float] = []
 _PATCH = pytest.MonkeyPatch()
 
 
@@ -77,11 +79,27 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     _STARTED.clear()
+    _SESSION_TEARDOWN.clear()
     before = _cpu()
     try:
         return (yield)
     finally:
-        _write({"test": item.nodeid, "cpu": round(_cpu() - before, 3), "started": dict(_STARTED)})
+        spent = _cpu() - before - sum(_SESSION_TEARDOWN)
+        _write({"test": item.nodeid, "cpu": round(spent, 3), "started": dict(_STARTED)})
+        if _SESSION_TEARDOWN:
+            _write({"test": "<session teardown>", "cpu": round(sum(_SESSION_TEARDOWN), 3)})
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """The last test's teardown also stops what the session shared (its servers, the
+    signed fleet): counted apart, not in that test."""
+    before = _cpu()
+    try:
+        return (yield)
+    finally:
+        if nextitem is None:
+            _SESSION_TEARDOWN.append(_cpu() - before)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
