@@ -46,9 +46,46 @@ def web_only(
 
 @pytest.fixture
 def web(tmp_path: Path, own_redis: RedisServer) -> Iterator[Processes]:
+    """A receiver of this test's own, for a test that freezes or stops its Redis or stops
+    the receiver."""
     # A socket timeout longer than the freezes below: the claim waits, it does not fail.
     with web_only(tmp_path, f"{own_redis.url}?socket_timeout=10") as processes:
         yield processes
+
+
+@pytest.fixture(scope="module")
+def module_receiver(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Processes, RedisServer]]:
+    """The same receiver and Redis as ``web``, started once for the module's tests that
+    leave both whole (a receiver start is ~2.5 CPU-s of imports, in every test before)."""
+    directory = tmp_path_factory.mktemp("aio-receiver")
+    server = RedisServer(directory / "redis").start()
+    try:
+        # No gunicorn options from the developer's environment: the shipped worker.
+        receiver = f"{server.url}?socket_timeout=10"
+        with web_only(directory, receiver, GUNICORN_CMD_ARGS="") as processes:
+            yield processes, server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def shared_redis(module_receiver: tuple[Processes, RedisServer]) -> RedisServer:
+    """The module receiver's Redis, emptied for each test (and each rerun): nothing
+    queued or claimed by an earlier one. The receiver keeps running."""
+    processes, server = module_receiver
+    assert processes.running["web"].poll() is None, processes.log("web")
+    server.client().flushall()
+    return server
+
+
+@pytest.fixture
+def shared_web(
+    module_receiver: tuple[Processes, RedisServer], shared_redis: RedisServer
+) -> Processes:
+    """The module's receiver, on ``shared_redis``."""
+    return module_receiver[0]
 
 
 def delivery(event_id: str, *, request_id: str = "") -> bytes:
@@ -89,7 +126,7 @@ def connect(web: Processes) -> socket.socket:
 
 
 def test_pipelined_requests_are_answered_one_by_one_in_request_order(
-    web: Processes, own_redis: RedisServer
+    shared_web: Processes, shared_redis: RedisServer
 ) -> None:
     pipelined = (
         delivery("pipe-1", request_id="first")
@@ -98,7 +135,7 @@ def test_pipelined_requests_are_answered_one_by_one_in_request_order(
         + b"POST /webhooks/nobody HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
         b"X-Request-ID: fourth\r\n\r\n{}"
     )
-    with connect(web) as sock:
+    with connect(shared_web) as sock:
         sock.sendall(pipelined)  # all at once: the server holds the rest while it serves one
         answers = read_answers(sock, 4)
 
@@ -111,7 +148,7 @@ def test_pipelined_requests_are_answered_one_by_one_in_request_order(
     assert json.loads(answers[0][2])["status"] == "accepted"
     assert json.loads(answers[2][2])["status"] == "duplicate"
     assert json.loads(answers[3][2])["error"]["code"] == "unknown_provider"
-    assert total_queued(own_redis.client()) == 1
+    assert total_queued(shared_redis.client()) == 1
 
 
 def test_sigterm_while_a_claim_waits_on_redis_finishes_it(
@@ -156,16 +193,16 @@ def test_redis_stopped_is_503_with_retry_after_then_accepted_once_it_is_back(
 
 
 def test_a_flushed_script_cache_does_not_refuse_deliveries(
-    web: Processes, own_redis: RedisServer
+    shared_web: Processes, shared_redis: RedisServer
 ) -> None:
-    with connect(web) as sock:
+    with connect(shared_web) as sock:
         sock.sendall(delivery("flush-1"))
         assert read_answers(sock, 1)[0][0] == 202
-        own_redis.client().script_flush()
+        shared_redis.client().script_flush()
         sock.sendall(delivery("flush-2"))  # the same connection: the same worker
         assert read_answers(sock, 1)[0][0] == 202
 
-    assert total_queued(own_redis.client()) == 2
+    assert total_queued(shared_redis.client()) == 2
 
 
 # Heads llhttp reads differently from gunicorn's parser (ingest/aio_worker.py's
@@ -217,9 +254,10 @@ def test_a_flushed_script_cache_does_not_refuse_deliveries(
     ],
 )
 def test_a_head_llhttp_reads_otherwise_gets_gunicorns_answer(
-    web: Processes, own_redis: RedisServer, head: bytes, status: int, code: str
+    shared_web: Processes, shared_redis: RedisServer, head: bytes, status: int, code: str
 ) -> None:
-    with connect(web) as sock:
+    logged_before = len(shared_web.log("web"))  # the module's receiver: this test's lines
+    with connect(shared_web) as sock:
         sock.sendall(head + b"Content-Length: 2\r\n\r\n{}")
         ((answered, headers, body),) = read_answers(sock, 1)
 
@@ -227,14 +265,14 @@ def test_a_head_llhttp_reads_otherwise_gets_gunicorns_answer(
     assert headers["content-type"] == "application/json"
     if status != 405:
         assert headers["connection"] == "close"
-    assert total_queued(own_redis.client()) == 0
-    assert not re.search(r'"level": "(ERROR|CRITICAL)"', web.log("web"))
+    assert total_queued(shared_redis.client()) == 0
+    assert not re.search(r'"level": "(ERROR|CRITICAL)"', shared_web.log("web")[logged_before:])
 
 
 def test_a_connection_left_open_after_its_answer_is_closed_after_the_keep_alive(
-    web: Processes,
+    shared_web: Processes,
 ) -> None:
-    with connect(web) as sock:
+    with connect(shared_web) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_answers(sock, 1)[0][0] == 200
         started = time.monotonic()
@@ -243,12 +281,12 @@ def test_a_connection_left_open_after_its_answer_is_closed_after_the_keep_alive(
 
 
 def test_a_redis_that_refuses_the_write_is_503_and_nothing_half_claimed(
-    web: Processes, own_redis: RedisServer
+    shared_web: Processes, shared_redis: RedisServer
 ) -> None:
-    client = own_redis.client()
+    client = shared_redis.client()
     client.config_set("maxmemory", "1")  # noeviction: every write is refused (OOM)
     try:
-        with connect(web) as sock:
+        with connect(shared_web) as sock:
             sock.sendall(delivery("oom-1"))
             ((status, _, body),) = read_answers(sock, 1)
     finally:
@@ -267,30 +305,34 @@ def loads_uvloop(pid: int) -> bool:
     return "uvloop" in Path(f"/proc/{pid}/maps").read_text()
 
 
-@pytest.mark.parametrize(
-    ("cmd_args", "event_loop"),
-    [("", True), ("--worker-class ingest.gunicorn_worker.JsonErrorWorker", False)],
-    ids=["shipped worker", "former worker by --worker-class"],
-)
+def assert_workers_load_uvloop(web: Processes, event_loop: bool) -> None:
+    with connect(web) as sock:
+        sock.sendall(delivery("either-1"))
+        assert read_answers(sock, 1)[0][0] == 202
+    # bash -c exec: the Procfile process is gunicorn's master itself.
+    workers = worker_pids(web.running["web"].pid)
+
+    assert workers and all(loads_uvloop(pid) is event_loop for pid in workers)
+
+
+def test_the_shipped_worker_runs_the_event_loop(shared_web: Processes) -> None:
+    assert_workers_load_uvloop(shared_web, event_loop=True)
+
+
 def test_the_former_worker_is_selected_with_gunicorns_own_option(
-    tmp_path: Path, own_redis: RedisServer, cmd_args: str, event_loop: bool
+    tmp_path: Path, own_redis: RedisServer
 ) -> None:
+    cmd_args = "--worker-class ingest.gunicorn_worker.JsonErrorWorker"
     with web_only(tmp_path, own_redis.url, GUNICORN_CMD_ARGS=cmd_args) as web:
-        with connect(web) as sock:
-            sock.sendall(delivery("either-1"))
-            assert read_answers(sock, 1)[0][0] == 202
-        # bash -c exec: the Procfile process is gunicorn's master itself.
-        workers = worker_pids(web.running["web"].pid)
-
-        assert workers and all(loads_uvloop(pid) is event_loop for pid in workers)
+        assert_workers_load_uvloop(web, event_loop=False)
 
 
-def test_a_body_announced_too_large_is_413_without_asking_for_it(web: Processes) -> None:
+def test_a_body_announced_too_large_is_413_without_asking_for_it(shared_web: Processes) -> None:
     head = (
         b"POST /webhooks/standard HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"webhook-id: expect-big\r\nExpect: 100-continue\r\nContent-Length: 50000000\r\n\r\n"
     )
-    with connect(web) as sock:
+    with connect(shared_web) as sock:
         sock.sendall(head)  # a strict client sends no body before a 100 Continue
         answer = b""
         while chunk := sock.recv(65536):
@@ -323,19 +365,22 @@ def test_max_requests_restarts_a_worker_between_requests(
     assert total_queued(own_redis.client()) == 6
 
 
-def test_sigquit_ends_a_worker_at_once_and_the_master_replaces_it(web: Processes) -> None:
-    (worker, *_) = worker_pids(web.running["web"].pid)
+def test_sigquit_ends_a_worker_at_once_and_the_master_replaces_it(shared_web: Processes) -> None:
+    (worker, *_) = worker_pids(shared_web.running["web"].pid)
     started = time.monotonic()
     os.kill(worker, signal.SIGQUIT)
 
     wait_until(lambda: not Path(f"/proc/{worker}").exists(), 10, "the worker to exit")
     assert time.monotonic() - started < 5
     wait_until(
-        lambda: len(worker_pids(web.running["web"].pid)) == int(web.env["WEB_CONCURRENCY"]),
+        lambda: (
+            len(worker_pids(shared_web.running["web"].pid))
+            == int(shared_web.env["WEB_CONCURRENCY"])
+        ),
         30,
         "a replacement worker",
     )
-    with connect(web) as sock:
+    with connect(shared_web) as sock:
         sock.sendall(delivery("after-quit"))
         assert read_answers(sock, 1)[0][0] == 202
 
