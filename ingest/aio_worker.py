@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import gc
 import ipaddress
 import os
@@ -64,6 +65,7 @@ import re
 import signal
 import socket
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -123,6 +125,10 @@ _ARRIVAL_LOOP_S = 0.5
 _ARRIVAL_WINDOW_S = 1.0
 # A read whose walk took longer than this gives the loop's next turn to the others.
 _ARRIVAL_SLICE_S = 0.02
+# A request whose bytes wait on this worker at its 408 deadline (unwalked in the buffer,
+# unread in the socket, held back by a budget or the arriving-bytes cap) is not late by
+# its client's fault: its deadline is waived until this long after its first byte.
+_ARRIVAL_CAP_S = 6 * ARRIVAL_TIMEOUT_S
 # Chunks walked per turn of the loop (a few ms): one read brings up to 256 KiB, 43,000
 # one-byte chunks, which took up to half a second on a loaded machine.
 _WALK_STEPS = 4096
@@ -409,6 +415,19 @@ class ContinueOnRead:
         return getattr(self._body, name)
 
 
+def _unread_bytes(transport: asyncio.BaseTransport | None) -> int:
+    """Bytes waiting in the kernel's receive buffer of ``transport``'s socket
+    (``FIONREAD``, ioctl_tty(2)/tcp(7)); 0 when there is no socket to ask."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.fileno() < 0:
+        return 0
+    try:
+        answer = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(answer, sys.byteorder, signed=True)
+
+
 class Connection(asyncio.Protocol):
     """One client connection: its bytes, and one request at a time."""
 
@@ -429,6 +448,7 @@ class Connection(asyncio.Protocol):
         self.environ: dict[str, Any] = {}
         self.lingering = False
         self.deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+        self.arrival_cap = self.deadline - ARRIVAL_TIMEOUT_S + _ARRIVAL_CAP_S
         # This request: the loop sent its "100 Continue"; it went to a thread before it
         # was whole (answered unread, so the connection closes after it).
         self.continue_sent = False
@@ -468,7 +488,7 @@ class Connection(asyncio.Protocol):
                 self.transport.pause_reading()
             return
         if not self.buffer:
-            self.deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+            self._arrival_starts()
         self.buffer += data
         if self.worker.arriving_bytes(len(data)) and self.transport is not None:
             self.starved = True
@@ -515,6 +535,26 @@ class Connection(asyncio.Protocol):
         started = time.perf_counter()
         self._next_request()
         self._spend(time.perf_counter() - started)
+
+    def _arrival_starts(self) -> None:
+        """A request's arrival (or a kept-alive wait) starts now: its 408 deadline and
+        the cap past which no waiver (:meth:`_late_by_us`) holds."""
+        now = time.monotonic()
+        self.deadline = now + ARRIVAL_TIMEOUT_S
+        self.arrival_cap = now + _ARRIVAL_CAP_S
+
+    def _late_by_us(self, now: float) -> bool:
+        """True while the arriving request is late because of this worker, not its
+        client: bytes it sent wait unwalked in the buffer or unread in the socket, or
+        reading is held back (the loop-time budget, the arriving-bytes cap). A body of
+        tiny chunks sent at once, walked on a busy machine, got 408 with every byte
+        here. Never past ``arrival_cap``: a client that keeps the socket full forever
+        is still ended."""
+        if now >= self.arrival_cap:
+            return False
+        if self.walk.unwalked or self.walk_on_due or self.starved or now < self.held_back_until:
+            return True
+        return _unread_bytes(self.transport) > 0
 
     def _hold_back(self, now: float) -> None:
         """The budget holds this connection back until its window ends: the arrival
@@ -619,7 +659,7 @@ class Connection(asyncio.Protocol):
             self.linger()
             return
         self.kept_alive = True
-        self.deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+        self._arrival_starts()
         if self.writing_paused:
             return  # a client not reading its answers: resume_writing goes on
         if self.transport is not None:
@@ -775,7 +815,7 @@ class Connection(asyncio.Protocol):
         if self.serving or self.closed or self.lingering:
             return
         if self.buffer:
-            if now >= self.deadline:
+            if now >= self.deadline and not self._late_by_us(now):
                 self.write(timeout_answer(self.worker.log, self.peer, len(self.buffer)))
                 self.close()
             return

@@ -129,6 +129,19 @@ def test_a_body_of_tiny_chunks_sent_at_once_is_not_a_408_however_long_its_walk(
     assert total_queued(redis_server.client()) == queued + 1
 
 
+def test_tiny_chunks_sent_at_once_then_silence_still_get_a_408(web: Processes) -> None:
+    """The deadline is waived only while the client's bytes wait on the receiver: 2 MB
+    of one-byte chunks sent at once and then nothing more (the body never ends) is a
+    slow client once those bytes are walked: 408, well before the waiver's 60 s cap."""
+    wire = HEAD % b"fast-then-silent" + b"1\r\na\r\n" * 2_000_000
+    started = time.monotonic()
+    with connect(web) as sock:
+        sock.settimeout(60)
+        sock.sendall(wire)
+        assert status_of(sock) == 408
+    assert time.monotonic() - started < 45
+
+
 def drip(web: Processes, until: float) -> int:
     """Post chunked bodies of one-byte chunks, a few every 10 ms, a new one when one
     is answered, until ``until``; how many were answered."""
