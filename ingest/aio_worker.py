@@ -102,7 +102,7 @@ from ingest.gunicorn_worker import (
     timeout_answer,
 )
 from ingest.http_version import ANSWER_VERSION, answer_as_http11
-from ingest.listeners import LISTENER_PORT
+from ingest.listeners import LISTENER_PORT, listener_name
 from ingest.request import REPEATED_HEADERS, repeated_names
 from models.logs import TickLines
 
@@ -1127,7 +1127,7 @@ class AioWorker(Worker):
             environ["SERVER_NAME"], environ["SERVER_PORT"] = str(server[0]), str(server[1])
         # The listener by its socket (ingest/listeners.py): SERVER_PORT of a unix socket
         # comes from the request's Host.
-        environ[LISTENER_PORT] = str(server[1]) if isinstance(server, tuple | list) else ""
+        environ[LISTENER_PORT] = listener_name(server)
         environ["SCRIPT_NAME"] = os.environ.get("SCRIPT_NAME", "")
         return environ
 

@@ -10,9 +10,11 @@ The listener is told by the socket, never by what the client sends: a WSGI serve
 ``SERVER_PORT`` (PEP 3333) is the listening socket's port for a TCP listener, but for a
 unix socket gunicorn (``http/wsgi.py`` ``create``) takes it from the request's ``Host``,
 so ``Host: x:9807`` on a unix-socket public listener would pass for the ops listener.
-ingest/aio_worker.py puts the listening socket's own port ("" for a unix socket) in
+A listener is named by its TCP port, or ``unix:PATH`` for a unix socket (the bind
+setting's own spelling): ingest/aio_worker.py puts the listening socket's name in
 :data:`LISTENER_PORT`; under the gthread fallback the connection's socket
-(``gunicorn.socket``) says whether it is a unix one.
+(``gunicorn.socket``) gives it (an accepted unix socket's ``getsockname()`` is the
+listener's path, unix(7)).
 """
 
 from __future__ import annotations
@@ -29,25 +31,42 @@ OPERATOR_ONLY = OPS_PATHS - {"/healthz"}
 
 
 # The environ key (PEP 3333: a server's own keys carry a prefix) of the listening
-# socket's port, "" for a unix socket (ingest/aio_worker.py).
+# socket's name: its port, or ``unix:PATH`` (ingest/aio_worker.py).
 LISTENER_PORT = "hookfleet.listener_port"
 
 
+def listener_name(address: Any) -> str:
+    """A listening socket's name from its ``getsockname()``: the port of a TCP one
+    (``(host, port, ...)``), ``unix:PATH`` of a unix one (str or bytes path)."""
+    if isinstance(address, tuple | list):
+        return str(address[1])
+    if isinstance(address, bytes):
+        address = address.decode("utf-8", "surrogateescape")
+    return f"unix:{address}"
+
+
 def listener_port(environ: dict[str, Any]) -> str:
-    """The port of the listener the request came in on ("" for a unix socket)."""
+    """The name (:func:`listener_name`) of the listener the request came in on."""
     port = environ.get(LISTENER_PORT)
     if port is not None:
         return str(port)
-    if getattr(environ.get("gunicorn.socket"), "family", None) == socket.AF_UNIX:
-        return ""
+    sock = environ.get("gunicorn.socket")
+    if sock is not None and getattr(sock, "family", None) == socket.AF_UNIX:
+        try:
+            return listener_name(sock.getsockname())
+        except OSError:
+            return "unix:"
     return str(environ.get("SERVER_PORT", ""))
 
 
 def public_port(settings: Settings) -> str:
-    """The public listener's port as ``SERVER_PORT`` gives it ("" for a unix socket)."""
+    """The public listener's name (:func:`listener_name`): ``$PORT``, the port of
+    ``HOOKFLEET_BIND``, or ``unix:PATH``."""
     if settings.bind:
+        if settings.bind.startswith("unix:"):
+            return settings.bind
         host, _, port = settings.bind.rpartition(":")
-        return "" if settings.bind.startswith("unix:") or not host else port
+        return "" if not host else port
     return str(settings.port)
 
 

@@ -590,7 +590,10 @@ class Settings:
 
     @property
     def ops_port(self) -> str:
-        """The ops listener's port, as a WSGI server reports it in ``SERVER_PORT``."""
+        """The ops listener as ingest/listeners.py names a listener: its TCP port, or
+        ``unix:PATH`` for a unix socket (``HOOKFLEET_OPS_BIND=unix:PATH``)."""
+        if self.ops_bind.startswith("unix:"):
+            return self.ops_bind
         return self.ops_bind.rpartition(":")[2]
 
     @property

@@ -338,3 +338,66 @@ def test_a_repeated_signature_on_a_chunked_delivery_is_refused_too(
     assert line.startswith("HTTP/1.1 400"), (line, body)
     assert code_of(body) == "repeated_header"
     assert total_queued(queue) == 0
+
+
+@pytest.fixture(scope="module", params=list(WORKERS))
+def unix_ops_web(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_server
+) -> Iterator[tuple[Processes, str]]:  # type: ignore[no-untyped-def]
+    """The public listener on TCP, the ops listener on a unix socket."""
+    tmp = tmp_path_factory.mktemp("edge-unix")
+    path = str(tmp / "ops.sock")
+    with running_fleet(
+        tmp,
+        redis_server.url,
+        f"sqlite:///{tmp / 'unused.db'}",
+        names=("web",),
+        HOOKFLEET_STANDARD_SECRETS=SECRET,
+        HOOKFLEET_OPS_BIND=f"unix:{path}",
+        WEB_CONCURRENCY="1",
+        GUNICORN_CMD_ARGS=WORKERS[request.param],
+    ) as processes:
+        yield processes, path
+
+
+def ask_unix(path: str, raw: bytes) -> tuple[str, bytes]:
+    """Send ``raw`` on a new connection to the unix socket ``path`` (``Connection:
+    close``); the status line and the body."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(15)
+        sock.connect(path)
+        sock.sendall(raw)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.split(b"\r\n", 1)[0].decode("latin-1"), body
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("path", ["/metrics", "/readyz", "/healthz"])
+def test_an_ops_listener_on_a_unix_socket_serves_the_operator_endpoints(
+    unix_ops_web: tuple[Processes, str], path: str
+) -> None:
+    web, ops_socket = unix_ops_web
+    raw = f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+
+    line, _ = ask_unix(ops_socket, raw)
+    public_line, _, _ = ask(public(web), raw)
+
+    assert line.startswith("HTTP/1.1 200"), line
+    assert public_line.startswith("HTTP/1.1 200" if path == "/healthz" else "HTTP/1.1 404")
+
+
+@pytest.mark.e2e
+def test_a_webhook_posted_to_an_ops_listener_on_a_unix_socket_is_a_404(
+    unix_ops_web: tuple[Processes, str], queue: redis.Redis
+) -> None:
+    web, ops_socket = unix_ops_web
+    line, body = ask_unix(ops_socket, delivery(signed_head("unix-ops")))
+    public_line, _, _ = ask(public(web), delivery(signed_head("unix-public")))
+
+    assert line.startswith("HTTP/1.1 404"), line
+    assert code_of(body) == "not_found"
+    assert public_line.startswith("HTTP/1.1 202"), public_line
+    assert total_queued(queue) == 1

@@ -17,7 +17,7 @@ from gunicorn.http.unreader import IterUnreader
 from ingest.errors import ApiError, ErrorCode
 from ingest.gunicorn_worker import RepeatedHeader, json_error_answer
 from ingest.http_version import answer_as_http11, unsupported_version
-from ingest.listeners import LISTENER_PORT, not_served_here, ops_only_port
+from ingest.listeners import LISTENER_PORT, listener_name, not_served_here, ops_only_port
 from ingest.request import REPEATED_HEADERS, refuse_repeated, repeated_names
 from models.settings import Settings
 
@@ -191,3 +191,33 @@ def test_the_gthread_workers_repeated_header_refusal_is_a_json_400() -> None:
     body = json.loads(raw.partition(b"\r\n\r\n")[2])
     assert status == 400 and body["error"]["code"] == "repeated_header"
     assert b"Connection: close" in raw
+
+
+@pytest.mark.parametrize(
+    ("address", "name"),
+    [
+        (("127.0.0.1", 9807), "9807"),
+        (("::1", 8000, 0, 0), "8000"),
+        ("/run/hf/ops.sock", "unix:/run/hf/ops.sock"),
+        (b"/run/hf/ops.sock", "unix:/run/hf/ops.sock"),
+    ],
+)
+def test_a_listener_is_named_by_its_port_or_its_unix_path(address: object, name: str) -> None:
+    assert listener_name(address) == name
+
+
+def test_two_unix_socket_listeners_are_told_apart_by_their_paths() -> None:
+    settings = Settings.from_env(
+        {
+            "HOOKFLEET_BIND": "unix:/run/hf/public.sock",
+            "HOOKFLEET_OPS_BIND": "unix:/run/hf/ops.sock",
+        }
+    )
+    on_ops = {LISTENER_PORT: "unix:/run/hf/ops.sock", "SERVER_PORT": "8000"}
+    on_public = {LISTENER_PORT: "unix:/run/hf/public.sock", "SERVER_PORT": "9807"}
+
+    assert ops_only_port(settings) == "unix:/run/hf/ops.sock"
+    assert not not_served_here({**on_ops, "PATH_INFO": "/metrics"}, settings)
+    assert not_served_here({**on_ops, "PATH_INFO": "/webhooks/stripe"}, settings)
+    assert not_served_here({**on_public, "PATH_INFO": "/metrics"}, settings)
+    assert not not_served_here({**on_public, "PATH_INFO": "/webhooks/stripe"}, settings)
