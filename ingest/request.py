@@ -108,9 +108,10 @@ def refuse_repeated(environ: dict[str, Any]) -> None:
 # Codings a body may be sent with. A content coding (gzip, br) would change the bytes
 # the provider signed, and no provider Hookfleet speaks compresses its deliveries, so
 # only "identity" passes; a transfer coding other than chunked would need decoding
-# gunicorn does not do (it passes "gzip, chunked" through still compressed).
+# gunicorn does not do (it passes "gzip, chunked" through still compressed), and
+# "identity" is none (RFC 7230 section 8.4 removed it; "identity, chunked" was accepted).
 _IDENTITY = frozenset({"", "identity"})
-_TRANSFER_CODINGS = frozenset({"", "identity", "chunked"})
+_TRANSFER_CODINGS = frozenset({"", "chunked"})
 
 
 def refuse_codings(environ: dict[str, Any]) -> None:

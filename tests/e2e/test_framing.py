@@ -167,6 +167,15 @@ REFUSED = [
         "unsupported_transfer_encoding",
     ),
     (
+        # RFC 9112 has no "identity" transfer coding (RFC 7230 section 8.4 removed it).
+        "Transfer-Encoding identity, chunked",
+        chunked("f11i", b"%x\r\n" % len(BODY) + BODY + b"\r\n0\r\n\r\n").replace(
+            b"Transfer-Encoding: chunked", b"Transfer-Encoding: identity, chunked"
+        ),
+        415,
+        "unsupported_transfer_encoding",
+    ),
+    (
         "Transfer-Encoding gzip without chunked",
         (headers_for(BODY, "f12") + "Transfer-Encoding: gzip\r\n\r\n").encode()
         + gzip.compress(BODY),
