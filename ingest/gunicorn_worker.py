@@ -369,6 +369,13 @@ _ANSWERS_BY_NAME = (
     ("InvalidRequestMethod", 400, "Bad Request", "malformed_request"),
     ("InvalidHTTPVersion", 400, "Bad Request", "malformed_request"),
 )
+# What the message of a refusal before the app says, by status (400: malformed).
+_SAYS = {
+    415: "The transfer coding is not supported (send Content-Length or chunked alone)",
+    414: "The request line is too long",
+    431: "The request's headers are too large",
+    417: "Only Expect: 100-continue is supported",
+}
 _ANSWERS: tuple[tuple[type[Exception], int, str, str], ...] = tuple(
     (getattr(errors, name), status, reason, code)
     for name, status, reason, code in _ANSWERS_BY_NAME
@@ -406,7 +413,7 @@ def json_error_answer(exc: BaseException) -> tuple[int, str, bytes] | None:
         return 400, request_id, raw
     for kind, status, reason, code in _ANSWERS:
         if isinstance(exc, kind):
-            message = f"The request is malformed: {exc}"[:300]
+            message = f"{_SAYS.get(status, 'The request is malformed')}: {exc}"[:300]
             request_id, raw = raw_json_answer(f"{status} {reason}", code, message)
             return status, request_id, raw
     return None

@@ -221,3 +221,22 @@ def test_two_unix_socket_listeners_are_told_apart_by_their_paths() -> None:
     assert not_served_here({**on_ops, "PATH_INFO": "/webhooks/stripe"}, settings)
     assert not_served_here({**on_public, "PATH_INFO": "/metrics"}, settings)
     assert not not_served_here({**on_public, "PATH_INFO": "/webhooks/stripe"}, settings)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "says"),
+    [
+        (errors.UnsupportedTransferCoding(""), 415, "transfer coding is not supported"),
+        (errors.LimitRequestHeaders("too many"), 431, "headers are too large"),
+        (errors.InvalidHeader("X(y)"), 400, "malformed"),
+    ],
+)
+def test_a_refusal_before_the_app_says_what_it_refused(
+    error: Exception, status: int, says: str
+) -> None:
+    answer = json_error_answer(error)
+
+    assert answer is not None
+    assert answer[0] == status
+    body = json.loads(answer[2].partition(b"\r\n\r\n")[2])
+    assert says in body["error"]["message"]
