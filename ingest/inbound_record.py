@@ -73,6 +73,9 @@ WRITERS = 4
 #: Seconds the database writes are skipped after one overran :data:`DATABASE_BOUND_S`
 #: or failed: a slow database must not hold every call's thread for its bound.
 DATABASE_SKIP_S = 5.0
+#: A record write slower than this (seconds, from its hand-over to the writers) is slow:
+#: each call it held cost its thread that long, besides the lookup.
+SLOW_WRITE_S = DATABASE_BOUND_S / 2
 
 
 class Kept(enum.Enum):
@@ -97,9 +100,10 @@ def record_timeout_s(settings: Settings) -> float:
 
 
 class DatabaseWatch:
-    """Whether this process's record writes overran their bound (or failed) moments
-    ago: then the writes are skipped for :data:`DATABASE_SKIP_S`, after which one call
-    tries again while the others keep skipping for that try's bound. An outsider's
+    """Whether this process's record writes were slow (:data:`SLOW_WRITE_S`, a call
+    gave up on one after waiting that long, or one failed) moments ago: then the writes
+    are skipped for :data:`DATABASE_SKIP_S`, after which one call tries again while the
+    others keep skipping for that try's bound. An outsider's
     database 400 ms away took over a second per write: every call held its thread
     for the whole bound, 8 threads carried 6 calls/s, and at 15 calls/s the answers
     queued to 12 s."""
@@ -122,7 +126,7 @@ class DatabaseWatch:
     def finished(self, took_s: float, failed: bool) -> None:
         """A write ended ``took_s`` seconds after it was handed to the writers."""
         with self._lock:
-            if failed or took_s > DATABASE_BOUND_S:
+            if failed or took_s > SLOW_WRITE_S:
                 if not self._unwell:
                     log.warning(
                         "inbound record writes skipped: the database was slow",
@@ -258,6 +262,10 @@ class InboundRecorder:
             future.result(timeout=bound_s)
         except FutureTimeout:
             future.cancel()  # not started yet: LateRecords writes it instead
+            if bound_s >= SLOW_WRITE_S:
+                # Slow now, not once it ends: the writes queued behind it would each
+                # hold a call for its whole bound until then (seconds).
+                watch.finished(bound_s, failed=True)
             return False
         except (SQLAlchemyError, ValueError):
             return False

@@ -99,9 +99,12 @@ def test_calls_are_answered_in_time_and_recorded_once_with_the_database_400_ms_a
         recorded = recorded_once(own_redis, 1 + len(answered))
         log = web.log("web")
 
-    slowest = max(seconds for _, _, seconds in answered)
+    seconds = sorted(seconds for _, _, seconds in answered)
     assert [status for status, _, _ in answered] == [200] * len(answered)
-    assert slowest < ANSWER_WITHIN_S, slowest
+    assert seconds[-1] < ANSWER_WITHIN_S, seconds[-1]
+    # Once a write overran, the calls are not held for the database's bound (1 s) any
+    # more: they cost the lookup's budget (300 ms), which a database 400 ms away misses.
+    assert seconds[len(seconds) // 2] < 1.0, seconds[len(seconds) // 2]
     assert recorded == 1 + len(answered)  # every answered call once, none twice
     assert "inbound record writes skipped: the database was slow" in log
     assert "Traceback" not in log
