@@ -22,7 +22,8 @@ lookup and the answer, and says where the record went:
 
 Each step takes at most what is left of the call's deadline, counted from its arrival
 (ingest/call_deadline.py), and is skipped when that no longer fits; the database writes
-are skipped for a while after one overran its bound or failed (:class:`DatabaseWatch`),
+are skipped for a while after one was slow (half its bound) or failed
+(:class:`DatabaseWatch`),
 as Redis is after a failure or a slow reply (ingest/redis_watch.py): a slow database or
 Redis costs the records their durability before the answer, not the callers their
 answer.
@@ -70,8 +71,8 @@ log = logging.getLogger("hookfleet.ingest")
 DATABASE_BOUND_S = 1.0
 #: Threads per process writing records to the database before their answers.
 WRITERS = 4
-#: Seconds the database writes are skipped after one overran :data:`DATABASE_BOUND_S`
-#: or failed: a slow database must not hold every call's thread for its bound.
+#: Seconds the database writes are skipped after a slow (:data:`SLOW_WRITE_S`) or failed
+#: one: a slow database must not hold every call's thread for the write's bound.
 DATABASE_SKIP_S = 5.0
 #: A record write slower than this (seconds, from its hand-over to the writers) is slow:
 #: each call it held cost its thread that long, besides the lookup.
@@ -278,4 +279,4 @@ class InboundRecorder:
 def _tell(watch: DatabaseWatch, done: Future[int], took_s: float) -> None:
     """Tell ``watch`` how a record's write went (cancelled: it never ran)."""
     if not done.cancelled():
-        watch.finished(took_s, failed=done.exception() is not None)
+        watch.finished(took_s, failed=isinstance(done.exception(), SQLAlchemyError))
