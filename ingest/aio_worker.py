@@ -87,6 +87,7 @@ from gunicorn.http.parser import RequestParser
 from gunicorn.http.unreader import IterUnreader
 from gunicorn.workers.base import Worker
 
+from ingest.call_deadline import ARRIVED
 from ingest.gunicorn_worker import (
     _RECHECK_S,
     ACCEPTING,
@@ -462,6 +463,8 @@ class Connection(asyncio.Protocol):
         self.plain: tuple[Plain, int] | object | None = _UNSEEN
         # The chunked body of the request a thread serves, read by the walk (or None).
         self.dechunked: bytes | None = None
+        # When the request handed to gunicorn's parser was whole (time.monotonic()).
+        self.arrived = 0.0
         # Loop time spent on arriving requests in the current window (_spend), and
         # whether the walk goes on at a later turn (_walk_on).
         self.window_ends = 0.0
@@ -713,6 +716,7 @@ class Connection(asyncio.Protocol):
         environ = self.worker.environ_for(request, self.environ, self.trusted)
         if environ is None:
             return await self._serve_with_gunicorn()
+        environ[ARRIVED] = time.monotonic()  # an inline answer's deadline starts here
         del self.buffer[:used]
         keep_alive = request.keep_alive and self.worker.alive
         deliveries = self.worker.deliveries
@@ -751,6 +755,7 @@ class Connection(asyncio.Protocol):
         self.buffer.clear()
         if self.transport is not None:
             self.transport.resume_reading()
+        self.arrived = time.monotonic()  # an inline answer's deadline starts here
         try:
             keep_alive, rest = await self.worker.loop.run_in_executor(
                 None, self.worker.handle_with_gunicorn, self
@@ -1244,6 +1249,7 @@ class AioWorker(Worker):
             response, environ = answer_as_http11(request, fed, client, server, self.cfg)
             environ["wsgi.multithread"] = True
             environ[LISTENER_PORT] = connection.environ.get(LISTENER_PORT, "")
+            environ[ARRIVED] = connection.arrived
             repeated = repeated_names(request.headers)
             if repeated:  # ingest/request.py refuses a repeated id or signature
                 environ[REPEATED_HEADERS] = repeated

@@ -140,6 +140,10 @@ def _forget_metrics_dir_of_failed_boot(master_pid: int) -> None:
         shutil.rmtree(made, ignore_errors=True)
 
 
+#: Seconds a worker waits for its inbound lookup's warm-up before it accepts calls.
+WARM_WAIT_S = 0.5
+
+
 def post_worker_init(worker: object) -> None:
     """A worker loaded the app: connect its inbound lookup and its inbound records'
     database before it accepts requests (gunicorn calls this hook before the worker's
@@ -152,9 +156,11 @@ def post_worker_init(worker: object) -> None:
 
         # Untraced: each worker's warm-up SELECT was a trace of its own, with no request.
         with untraced():
-            inbound.warm()
-            # The database connection an inline answer's record may need before it.
+            # The database connection an inline answer's record may need before it,
+            # in the background; the lookup's waited for briefly: a slow database
+            # must not hold the first calls (they queue in the listen backlog).
             extensions["hookfleet_inbound_record"].warm()
+            inbound.warm(wait_s=WARM_WAIT_S)
     worker.log.info("Worker ready: pid %s", worker.pid)  # type: ignore[attr-defined]
 
 

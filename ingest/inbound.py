@@ -31,6 +31,7 @@ import pybreaker
 import redis
 from sqlalchemy import Engine, select
 
+from ingest import call_deadline
 from ingest.redis_watch import RedisWatch
 from models.broker.redis_links import redis_client
 from models.business import Branch, Company
@@ -93,8 +94,12 @@ class InboundDirectory:
         self._local: OrderedDict[str, tuple[float, BranchContact | None]] = OrderedDict()
         self._lock = threading.Lock()
         self._resources = PerProcess(self._connect)
+        self._cache_wait_s = cache_timeout_s(settings)
+        self._cache_threads = PerProcess(
+            lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="inbound-cache")
+        )
         # Whether Redis failed this path just now (also asked by the call's record).
-        self.redis = RedisWatch()
+        self.redis = RedisWatch(slow_s=cache_timeout_s(settings) / 2)
 
     def find(self, number: str) -> BranchContact | None:
         """The branch for ``number`` (any spelling); None when unknown or not in time."""
@@ -104,14 +109,24 @@ class InboundDirectory:
         cached = self._local_get(phone.value)
         if cached is not _MISS:
             return cached  # type: ignore[return-value]
+        deadline = call_deadline.current()
+        budget_s = self._budget_s if deadline is None else deadline.within(self._budget_s)
+        if budget_s < call_deadline.TOO_LITTLE_S:
+            # The call waited for a thread past its answer's deadline: answered unrouted
+            # now rather than later (ingest/call_deadline.py).
+            log.warning("inbound lookup skipped: the call's deadline passed")
+            return None
         started = monotonic()
         # The lookup thread runs in this request's context (contextvars): its statement
         # spans are children of the request span, its log lines carry the delivery's ids.
         future = self._executor().submit(copy_context().run, self._lookup, phone.value)
         try:
-            contact = future.result(timeout=self._budget_s)
+            contact = future.result(timeout=budget_s)
         except FutureTimeout:
-            log.warning("inbound lookup over budget", extra={"budget_ms": self._budget_s * 1000})
+            # Not started yet (the lookup threads busy with a slow database): dropped,
+            # so lookups nobody waits for any more do not pile up ahead of new ones.
+            future.cancel()
+            log.warning("inbound lookup over budget", extra={"budget_ms": budget_s * 1000})
             return None
         except Exception as error:  # noqa: BLE001 (the phone must never ring into an error)
             log.error("inbound lookup failed", extra={"error": type(error).__name__})
@@ -133,6 +148,10 @@ class InboundDirectory:
             log.warning("inbound lookup warm-up still running", extra={"wait_s": wait_s})
 
     def _warm(self) -> None:
+        # The cache's connection too: its handshake is several round trips, which a
+        # slow Redis made a first lookup's cache read pay (and a reply that slow starts
+        # the skipping now, not on a call).
+        self._cached(self._cache.ping)
         try:
             self._query("+0")  # a number no branch has: the connection and the plan only
         except Exception as error:  # noqa: BLE001 (best effort: the calls still work)
@@ -140,15 +159,34 @@ class InboundDirectory:
 
     def _lookup(self, e164: str) -> BranchContact | None:
         key = REDIS_PREFIX + e164
-        raw = self._cached(lambda: self._cache.get(key))
+        raw = self._cache_read(key)
         if raw is not None:
             data = json.loads(raw)
             return None if data is None else BranchContact(**data)
         contact = self._query(e164)
-        # The cache is an optimisation; the answer stands without it.
+        # The cache is an optimisation; the answer stands without it, and does not
+        # wait for its write.
         ttl = self._settings.inbound_cache_ttl_s if contact else UNKNOWN_TTL_S
-        self._cached(lambda: self._cache.set(key, json.dumps(contact and asdict(contact)), ex=ttl))
+        value = json.dumps(contact and asdict(contact))
+        self._cache_threads.get().submit(
+            copy_context().run, self._cached, lambda: self._cache.set(key, value, ex=ttl)
+        )
         return contact
+
+    def _cache_read(self, key: str) -> Any:
+        """The cached entry for ``key``, waited for :func:`cache_timeout_s` in all: a
+        Redis slow to reply, each command under the client's give-up, still took a
+        fresh connection's handshake and the read together past a call's budget
+        (misrouted calls: the database was asked too late). A read still running goes
+        on alone; its slow reply starts the skipping (ingest/redis_watch.py)."""
+        future = self._cache_threads.get().submit(
+            copy_context().run, self._cached, lambda: self._cache.get(key)
+        )
+        try:
+            return future.result(timeout=self._cache_wait_s)
+        except FutureTimeout:
+            future.cancel()
+            return None
 
     def _cached(self, command: Callable[[], Any]) -> Any:
         """``command()`` on the Redis cache, None when it fails, times out or Redis is

@@ -20,6 +20,14 @@ lookup and the answer, and says where the record went:
    record is handed to ``LateRecords`` as before, and an ERROR names the event: a kill
    before ``LateRecords`` writes it loses it.
 
+Each step takes at most what is left of the call's deadline, counted from its arrival
+(ingest/call_deadline.py), and is skipped when that no longer fits; the database writes
+are skipped for a while after one was slow (half its bound) or failed
+(:class:`DatabaseWatch`),
+as Redis is after a failure or a slow reply (ingest/redis_watch.py): a slow database or
+Redis costs the records their durability before the answer, not the callers their
+answer.
+
 Never waits for Redis replicas and spends no rate-limit token (``confirm=False``, no
 ``rate_limit``): the answer must not depend on either. Idempotent: the dedup key and
 the row's UNIQUE ``(provider, event_id)`` make a try that reached Redis unseen, a row
@@ -31,9 +39,10 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextvars import copy_context
 from typing import TYPE_CHECKING
@@ -42,6 +51,7 @@ import pybreaker
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
+from ingest.call_deadline import TOO_LITTLE_S, CallDeadline
 from ingest.dedup import DedupGate
 from ingest.inbound import bounded_client, cache_timeout_s
 from ingest.late_records import RETRY_FOR_S, LateRecord, late_records
@@ -61,6 +71,12 @@ log = logging.getLogger("hookfleet.ingest")
 DATABASE_BOUND_S = 1.0
 #: Threads per process writing records to the database before their answers.
 WRITERS = 4
+#: Seconds the database writes are skipped after a slow (:data:`SLOW_WRITE_S`) or failed
+#: one: a slow database must not hold every call's thread for the write's bound.
+DATABASE_SKIP_S = 5.0
+#: A record write slower than this (seconds, from its hand-over to the writers) is slow:
+#: each call it held cost its thread that long, besides the lookup.
+SLOW_WRITE_S = DATABASE_BOUND_S / 2
 
 
 class Kept(enum.Enum):
@@ -71,11 +87,57 @@ class Kept(enum.Enum):
     NOWHERE = "nowhere"  # only in this process's LateRecords: a kill loses it
 
 
+def answer_bound_s(settings: Settings) -> float:
+    """Seconds from a call's arrival to its answer (ingest/call_deadline.py): the
+    lookup's budget + the record's Redis bound + :data:`DATABASE_BOUND_S`."""
+    return settings.inbound_budget_ms / 1000 + record_timeout_s(settings) + DATABASE_BOUND_S
+
+
 def record_timeout_s(settings: Settings) -> float:
     """Seconds the record's Redis connect and each command may take: the lookup cache's
     bound (ingest/inbound.py ``cache_timeout_s``), never the 2 s Redis timeout that a
     frozen Redis held every record for."""
     return cache_timeout_s(settings)
+
+
+class DatabaseWatch:
+    """Whether this process's record writes were slow (:data:`SLOW_WRITE_S`, a call
+    gave up on one after waiting that long, or one failed) moments ago: then the writes
+    are skipped for :data:`DATABASE_SKIP_S`, after which one call tries again while the
+    others keep skipping for that try's bound. An outsider's
+    database 400 ms away took over a second per write: every call held its thread
+    for the whole bound, 8 threads carried 6 calls/s, and at 15 calls/s the answers
+    queued to 12 s."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._skip_until = 0.0
+        self._unwell = False
+
+    def may_write(self) -> bool:
+        """False while writes are skipped; True lets this call write (the trial)."""
+        with self._lock:
+            now = time.monotonic()
+            if now < self._skip_until:
+                return False
+            if self._unwell:
+                self._skip_until = now + DATABASE_BOUND_S  # the others wait for the trial
+            return True
+
+    def finished(self, took_s: float, failed: bool) -> None:
+        """A write ended ``took_s`` seconds after it was handed to the writers."""
+        with self._lock:
+            if failed or took_s > SLOW_WRITE_S:
+                if not self._unwell:
+                    log.warning(
+                        "inbound record writes skipped: the database was slow",
+                        extra={"ms": round(took_s * 1000), "skip_s": DATABASE_SKIP_S},
+                    )
+                self._unwell = True
+                self._skip_until = time.monotonic() + DATABASE_SKIP_S
+            elif self._unwell:
+                self._unwell = False
+                self._skip_until = 0.0
 
 
 class InboundRecorder:
@@ -91,29 +153,47 @@ class InboundRecorder:
             dedup if settings.dedup_on_broker else bounded_client(settings.broker_url, timeout_s)
         )
         self._gate = DedupGate(dedup, broker, same_server=settings.dedup_on_broker)
+        self._dedup = dedup
         self._watch = watch
         self._database_url = settings.database_url
+        self._try_bound_s = timeout_s
         self._writers = PerProcess(
             lambda: ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="inbound-record")
         )
+        self._database = PerProcess(DatabaseWatch)
 
-    def warm(self, wait_s: float = 5.0) -> None:
-        """Open this process's database connection for the rows before the first call
-        needs it (its first-connect cost would exceed :data:`DATABASE_BOUND_S` on a
-        loaded machine), waiting at most ``wait_s`` seconds. Never raises; a failure is
-        one warning (the first record kept there then dials, as before)."""
-        future = self._writers.get().submit(copy_context().run, warm, self._database_url)
+    def warm(self) -> None:
+        """Start opening this process's database connection for the rows before the
+        first call needs it (its first-connect cost would exceed :data:`DATABASE_BOUND_S`
+        on a loaded machine), in a writer thread: returns at once, so a slow database
+        holds no call (an outsider's first calls after a restart waited 4 s behind a
+        warm-up). Never raises; a failure is one warning (the first record kept there
+        then dials, as before)."""
+        self._writers.get().submit(copy_context().run, self._warm)
+
+    def _warm(self) -> None:
+        # The Redis connection's handshake too (several round trips), through the
+        # watch: a Redis slow to reply is skipped from the start, not found by a call.
+        self._queue(self._ping, CallDeadline(float("inf")))
         try:
-            future.result(timeout=wait_s)
-        except FutureTimeout:
-            log.warning("inbound record warm-up still running", extra={"wait_s": wait_s})
+            warm(self._database_url)
         except SQLAlchemyError as error:
             log.warning("inbound record warm-up failed", extra={"error": type(error).__name__})
 
-    def record(self, job: Job, correlation_id: str, span_attributes: dict[str, str] | None) -> Kept:
+    def _ping(self) -> None:
+        self._dedup.ping()
+
+    def record(
+        self,
+        job: Job,
+        correlation_id: str,
+        span_attributes: dict[str, str] | None,
+        deadline: CallDeadline,
+    ) -> Kept:
         """Queue ``job`` (claim its dedup key, push its message) or keep it in the
-        database, within about :func:`record_timeout_s` + :data:`DATABASE_BOUND_S`;
-        never raises. ``span_attributes``: the claim span's (None: tracing off)."""
+        database, within about :func:`record_timeout_s` + :data:`DATABASE_BOUND_S` and
+        never past ``deadline`` (a step that no longer fits is skipped); never raises.
+        ``span_attributes``: the claim span's (None: tracing off)."""
         event_id = job.event_id
 
         def attempt(gate: DedupGate = self._gate) -> None:
@@ -126,11 +206,11 @@ class InboundRecorder:
 
         started = time.monotonic()
         with tracing.span("hookfleet.claim_and_enqueue", attributes=span_attributes) as span:
-            refusal = self._queue(attempt)
+            refusal = self._queue(attempt, deadline)
             if refusal is None:
                 return Kept.REDIS
             tracing.record_error(span, refusal)
-            in_database = self._keep_in_database(job.message)
+            in_database = self._keep_in_database(job.message, deadline)
             log.warning(
                 "could not record inline event",
                 extra={
@@ -148,8 +228,11 @@ class InboundRecorder:
         )
         return Kept.DATABASE if in_database else Kept.NOWHERE
 
-    def _queue(self, attempt: Callable[[], None]) -> Exception | None:
+    def _queue(self, attempt: Callable[[], None], deadline: CallDeadline) -> Exception | None:
         """None once Redis took the record; else what refused it."""
+        if deadline.left_s() < self._try_bound_s:
+            # The call waited for a thread: a try could overrun its answer's deadline.
+            return TimeoutError("no time left for Redis: not tried")
         try:
             if self._watch.known_unwell():
                 # Redis failed on the inbound path moments ago: not tried, the database
@@ -163,16 +246,27 @@ class InboundRecorder:
             return error
         return None
 
-    def _keep_in_database(self, message: str) -> bool:
-        """The ``received`` row written within :data:`DATABASE_BOUND_S`; False if not
-        (a write still running then may finish later: the row is UNIQUE)."""
+    def _keep_in_database(self, message: str, deadline: CallDeadline) -> bool:
+        """The ``received`` row written within :data:`DATABASE_BOUND_S` and the call's
+        deadline; False if not, or if writes are being skipped (:class:`DatabaseWatch`);
+        a write still running then may finish later: the row is UNIQUE."""
+        bound_s = deadline.within(DATABASE_BOUND_S)
+        watch = self._database.get()
+        if bound_s < TOO_LITTLE_S or not watch.may_write():
+            return False
+        submitted = time.monotonic()
         future = self._writers.get().submit(
             copy_context().run, shelve, self._database_url, [message]
         )
+        future.add_done_callback(lambda done: _tell(watch, done, time.monotonic() - submitted))
         try:
-            future.result(timeout=DATABASE_BOUND_S)
+            future.result(timeout=bound_s)
         except FutureTimeout:
             future.cancel()  # not started yet: LateRecords writes it instead
+            if bound_s >= SLOW_WRITE_S:
+                # Slow now, not once it ends: the writes queued behind it would each
+                # hold a call for its whole bound until then (seconds).
+                watch.finished(bound_s, failed=True)
             return False
         except (SQLAlchemyError, ValueError):
             return False
@@ -180,3 +274,9 @@ class InboundRecorder:
             log.error("inline event write failed", extra={"error": type(error).__name__})
             return False
         return True
+
+
+def _tell(watch: DatabaseWatch, done: Future[int], took_s: float) -> None:
+    """Tell ``watch`` how a record's write went (cancelled: it never ran)."""
+    if not done.cancelled():
+        watch.finished(took_s, failed=isinstance(done.exception(), SQLAlchemyError))

@@ -22,9 +22,11 @@ from typing import Any
 
 import redis
 
+from ingest.call_deadline import CallDeadline, arrived_at
 from ingest.claims import PipelinedClaims
 from ingest.dedup import NotReplicated
 from ingest.fastpath import _PREFIX, finish_answer, refused_answer
+from ingest.inbound_record import answer_bound_s
 from ingest.listeners import LISTENER_PORT, ops_only_port
 from ingest.providers import REGISTRY
 from ingest.providers.base import Provider
@@ -127,10 +129,14 @@ class LoopDeliveries:
         # Other deliveries run while this one waits: its log context is put back after.
         context = log_context.get()
         if checked.identity.inline:
+            # Counted from the arrival, not from when a thread is free to take the call.
+            deadline = CallDeadline(arrived_at(environ) + answer_bound_s(settings))
             arguments = (app, provider, checked.payload, checked.identity, job)
             answer = await self.loop.run_in_executor(
                 None,
-                lambda: _in_context(context, answer_inline, *arguments, correlation_id, started),
+                lambda: _in_context(
+                    context, answer_inline, *arguments, correlation_id, started, deadline
+                ),
             )
             log_context.set(context)
             return answer

@@ -6,10 +6,13 @@ into the number's default agent), and the answer's branch lookup within
 a stalled disk, a saturated host) accepts connections and answers nothing: each
 command waits for the socket timeout, so every lookup's cache read missed its budget
 and every record after an answer held a receiver thread for it. One failure or timeout
-on that path opens this breaker: for :data:`SKIP_S` the lookups skip the Redis cache
-(straight to the database, as with a Redis that is down) and the records go to the
-background queue at once (ingest/late_records.py); then one call tries Redis again
-(pybreaker's half-open state) and closes it when Redis answers.
+on that path opens this breaker, and so does a reply slower than half the lookup cache's
+bound (a Redis 60 ms away answered every command under the 75 ms give-up, and still
+held each call long enough to queue others into their lookups' budgets): for
+:data:`SKIP_S` the lookups skip the Redis cache (straight to the database, as with a
+Redis that is down) and the records go to the database at once
+(ingest/inbound_record.py); then a call tries Redis again (pybreaker's half-open state)
+and closes it when Redis answers in time.
 
 Per app and process (a forked worker has its own), in memory: the breaker says what this
 process has seen, and costs nothing to ask. Source: pybreaker ``CircuitBreaker``
@@ -18,7 +21,9 @@ process has seen, and costs nothing to ask. Source: pybreaker ``CircuitBreaker``
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from time import monotonic
 from typing import TypeVar
 
 import pybreaker
@@ -27,6 +32,8 @@ import redis
 from models.perprocess import PerProcess
 
 T = TypeVar("T")
+
+log = logging.getLogger("hookfleet.ingest.inbound")
 
 #: Seconds Redis is skipped on the inbound path after a failure or timeout there.
 SKIP_S = 5.0
@@ -46,14 +53,27 @@ def _breaker() -> pybreaker.CircuitBreaker:
 class RedisWatch:
     """One app's breaker over Redis on the inbound call path, per process."""
 
-    def __init__(self) -> None:
+    def __init__(self, slow_s: float) -> None:
+        """``slow_s``: seconds past which a reply that came is counted as a failure."""
         self._breaker = PerProcess(_breaker)
+        self._slow_s = slow_s
 
     def call(self, command: Callable[[], T]) -> T:
         """``command()``; raises ``pybreaker.CircuitBreakerError`` without calling it
         while Redis is being skipped, and ``redis.RedisError`` when it fails (which
-        starts the skipping)."""
-        return self._breaker.get().call(command)
+        starts the skipping). A reply slower than ``slow_s`` is returned and starts
+        the skipping too."""
+        breaker = self._breaker.get()
+        started = monotonic()
+        result = breaker.call(command)
+        took_s = monotonic() - started
+        if took_s > self._slow_s:
+            # Slow but under the client's give-up: each lookup and record still paid
+            # it, queued calls behind it, and misrouted some (an outsider's Redis
+            # 60 ms away). Skipped as a failed Redis is.
+            breaker.open()
+            log.warning("redis slow on the inbound path", extra={"ms": round(took_s * 1000)})
+        return result
 
     def known_unwell(self) -> bool:
         """True while the breaker is open: Redis failed on the inbound path, and no

@@ -23,10 +23,12 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import NotFound
 from werkzeug.http import parse_options_header
 
+from ingest import call_deadline
+from ingest.call_deadline import CallDeadline, arrived_at
 from ingest.dedup import Admission, DedupGate, NotReplicated, RateLimit, dedup_key, rate_key
 from ingest.errors import ApiError, ErrorCode
 from ingest.inbound import InboundDirectory
-from ingest.inbound_record import InboundRecorder
+from ingest.inbound_record import InboundRecorder, answer_bound_s
 from ingest.metrics import count_refusal
 from ingest.providers import find_provider
 from ingest.providers.base import (
@@ -165,8 +167,16 @@ def take_delivery(
         keep_refused(app, provider, refused.delivery, refused.refusal, correlation_id)
         raise refused.refusal from None
     if checked.identity.inline:
+        deadline = CallDeadline(arrived_at(environ) + answer_bound_s(settings))
         return answer_inline(
-            app, provider, checked.payload, checked.identity, checked.job, correlation_id, started
+            app,
+            provider,
+            checked.payload,
+            checked.identity,
+            checked.job,
+            correlation_id,
+            started,
+            deadline,
         )
     admission = _admit(app, checked.job, correlation_id, started, settings)
     return admission_answer(checked.job, admission, correlation_id, started, settings)
@@ -477,6 +487,7 @@ def answer_inline(
     job: Job,
     correlation_id: str,
     started: float,
+    deadline: CallDeadline,
 ) -> Answer:
     """The waiting sender's answer, once the event's record is durable.
 
@@ -487,6 +498,10 @@ def answer_inline(
     when neither takes it in time does the answer go anyway, its record held in the
     background (ingest/late_records.py: WARNING, and an ERROR naming the event).
 
+    Every step takes at most what is left of ``deadline`` (ingest/call_deadline.py:
+    counted from the request's arrival, so a call that waited for a thread skips what
+    no longer fits) and the answer leaves by it.
+
     The record does not wait for Redis replicas (HOOKFLEET_REDIS_MIN_REPLICAS): no retry
     follows an answer, so a refusal could not be retried, and the wait would hold the
     ringing phone. The record is as durable as the primary's own persistence; a
@@ -496,14 +511,15 @@ def answer_inline(
     """
     directory: InboundDirectory = app.extensions["hookfleet_inbound"]
     try:
-        answer = provider.answer(payload, identity, directory)
+        with call_deadline.applied(deadline):
+            answer = provider.answer(payload, identity, directory)
     except Exception as error:  # noqa: BLE001 (a waiting phone must get an answer)
         log.error("inline answer failed", extra={"error": type(error).__name__})
         answer = provider.empty_answer(identity)
     # ``jsonify(answer)``'s bytes: the app's JSON provider, compact.
     body = (app.json.dumps(answer, separators=(",", ":")) + "\n").encode()
     recorder: InboundRecorder = app.extensions["hookfleet_inbound_record"]
-    kept = recorder.record(job, correlation_id, _claim_attributes(job))
+    kept = recorder.record(job, correlation_id, _claim_attributes(job), deadline)
     log.info(
         "answered inline",
         extra={"outcome": "answered", "kept": kept.value, "duration_ms": _elapsed_ms(started)},
