@@ -192,7 +192,7 @@ class InboundDirectory:
         """``command()`` on the Redis cache, None when it fails, times out or Redis is
         being skipped (ingest/redis_watch.py)."""
         try:
-            return self.redis.call(command)
+            return self.redis.call(command, lookup=True)
         except (redis.RedisError, pybreaker.CircuitBreakerError):
             return None
 

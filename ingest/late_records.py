@@ -6,25 +6,29 @@ database. No retry follows an answer, so such a record must not depend on the pr
 it is handed to this process's :class:`LateRecords` (marked kept when the database took
 it before the answer), whose one background thread
 
-1. keeps it in the database at once if it is not there yet (ingest/shelved_events.py: a
-   ``received`` ``webhook_events`` row, what a worker writes on taking the message), so
-   that from then on neither an exit nor a kill of the receiver can lose it: the
-   stuck-work sweep queues such a row from the database (after
-   ``HOOKFLEET_STUCK_AFTER_S``);
-2. tries Redis again, backing off up to ``BACKOFF_S[1]``, until Redis takes it (logged
-   ``recorded inline event late``) or :data:`RETRY_FOR_S` has passed since the answer;
-   the record is idempotent (its dedup key; the row's UNIQUE key), so a try that reached
-   Redis unseen, or a row the sweep also queues, is applied once.
+1. tries Redis again, first at once, then backing off up to ``BACKOFF_S[1]``, until
+   Redis takes it (logged ``recorded inline event late``) or :data:`RETRY_FOR_S` has
+   passed since the answer (Redis first: a Redis that came back takes the records in
+   milliseconds, where a database 400 ms away took seconds a batch);
+2. keeps what Redis did not take in the database at once if it is not there yet
+   (ingest/shelved_events.py: a ``received`` ``webhook_events`` row, what a worker
+   writes on taking the message), so that from then on neither an exit nor a kill of
+   the receiver can lose it: the stuck-work sweep queues such a row from the database
+   (after ``HOOKFLEET_STUCK_AFTER_S``); the record is idempotent (its dedup key; the
+   row's UNIQUE key), so a try that reached Redis unseen, or a row the sweep also
+   queues, is applied once.
 
 At an orderly exit (SIGTERM, ``max_requests``) :meth:`LateRecords.finish` goes on trying
 Redis with backoff until the deadline the worker gives it (what is left of gunicorn's
-``graceful_timeout``). A record neither queued nor kept in the database is never dropped
-without an ERROR ``inline event not recorded`` naming its event id; one kept there but
-not queued gets a WARNING ``inline event left to the stuck-work sweep``. A record past
-:data:`MAX_WAITING` waiting ones is kept in the database at once, in the caller's thread.
-A receiver killed outright (SIGKILL, OOM) loses only records it had not yet written to
-the database: those whose write did not finish within its bound before the answer (a
-database down or frozen too; each named at ERROR then), until this thread writes them.
+``graceful_timeout``), then writes what is left in one batch, waited for until just
+before that deadline, and logs each record. A record neither queued nor kept in the
+database is never dropped without an ERROR ``inline event not recorded`` naming its
+event id; one kept there but not queued gets a WARNING ``inline event left to the
+stuck-work sweep``. A record past :data:`MAX_WAITING` waiting ones is kept in the
+database at once, in the caller's thread. A receiver killed outright (SIGKILL, OOM)
+loses only records it had not yet written to the database: those whose write did not
+finish within its bound before the answer (a database down or frozen too; each named at
+ERROR then), until this thread writes them.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ EXIT_BACKOFF_S = 1.0
 #: Of an exit's deadline, the part kept for writing what is left to the database and
 #: leaving (seconds).
 EXIT_RESERVE_S = 2.5
+#: Of an exit's deadline, the part kept for logging what is left and leaving (seconds).
+EXIT_LOG_S = 0.5
 #: When no deadline is given (an exit gunicorn's worker did not announce: SIGQUIT, an
 #: interpreter exit), the time left records are tried for (seconds).
 EXIT_TRY_S = 1.0
@@ -119,13 +125,14 @@ class LateRecords:
             return len(self._held)
 
     def _run(self) -> None:
-        # A record handed over is written to the database at once (woken by keep()),
-        # Redis is tried again only on the backoff's schedule.
+        # Redis is tried first when its backoff allows (a Redis that came back takes
+        # the records in milliseconds, where a slow database took seconds a batch and
+        # held them in memory meanwhile); what it does not take is written to the
+        # database at once (woken by keep()).
         pause = BACKOFF_S[0]
         next_try = 0.0
         while not self._stopping.is_set():
             self._wake.clear()
-            self._shelve_new()
             if time.monotonic() >= next_try:
                 if self._try_redis():
                     pause, next_try = BACKOFF_S[0], 0.0
@@ -134,6 +141,7 @@ class LateRecords:
                 self._give_up_overdue()
                 next_try = time.monotonic() + pause
                 pause = min(pause * 2, BACKOFF_S[1])
+            self._shelve_new()
             self._wake.wait(max(0.0, next_try - time.monotonic()))
 
     def finish(self, deadline: float) -> None:
@@ -150,16 +158,44 @@ class LateRecords:
             thread.join(timeout=max(0.0, trying_until - time.monotonic()))
         pause = BACKOFF_S[0]
         while self.waiting() and time.monotonic() < trying_until:
-            self._shelve_new()
             if self._try_redis():
                 break
+            self._shelve_new()
             time.sleep(max(0.0, min(pause, trying_until - time.monotonic())))
             pause = min(pause * 2, EXIT_BACKOFF_S)
         with self._lock:
             self._closed = True
             left, self._held = list(self._held), deque()
+        self._last_write(left, deadline)
         for held in left:
-            _leave(held, "the receiver process ended")
+            _leave(held, "the receiver process ended", write=False)
+
+    @staticmethod
+    def _last_write(left: list[_Held], deadline: float) -> None:
+        """Write the records not yet in the database in one batch, waiting for it until
+        just before ``deadline``: an exit must log what it leaves before gunicorn's
+        master kills it (a slow database's writes outlasted the window, and the records
+        went with the process, unlogged)."""
+        new = [held for held in left if not held.shelved]
+        if not new:
+            return
+        done = threading.Event()
+
+        def write() -> None:
+            by_database: dict[str, list[_Held]] = {}
+            for held in new:
+                by_database.setdefault(held.record.database_url, []).append(held)
+            for database_url, helds in by_database.items():
+                try:
+                    shelve(database_url, [held.record.message for held in helds])
+                except (SQLAlchemyError, ValueError):
+                    continue
+                for held in helds:
+                    held.shelved = True
+            done.set()
+
+        threading.Thread(target=write, name="late-records-exit", daemon=True).start()
+        done.wait(max(0.0, deadline - time.monotonic() - EXIT_LOG_S))
 
     def _at_exit(self) -> None:
         if not self._closed:
@@ -243,10 +279,11 @@ def _shelved(held: _Held, *, quiet: bool = False) -> bool:
     return True
 
 
-def _leave(held: _Held, why: str) -> None:
+def _leave(held: _Held, why: str, *, write: bool = True) -> None:
     """Let go of a record Redis has not taken: the stuck-work sweep queues it from the
-    database, or it is lost, said at ERROR with its event id."""
-    if held.shelved or _shelved(held):
+    database, or it is lost, said at ERROR with its event id. ``write``: try the
+    database once more first."""
+    if held.shelved or (write and _shelved(held)):
         log.warning(
             "inline event left to the stuck-work sweep",
             extra={"event_id": held.record.event_id, "reason": why},

@@ -6,13 +6,19 @@ into the number's default agent), and the answer's branch lookup within
 a stalled disk, a saturated host) accepts connections and answers nothing: each
 command waits for the socket timeout, so every lookup's cache read missed its budget
 and every record after an answer held a receiver thread for it. One failure or timeout
-on that path opens this breaker, and so does a reply slower than half the lookup cache's
-bound (a Redis 60 ms away answered every command under the 75 ms give-up, and still
-held each call long enough to queue others into their lookups' budgets): for
-:data:`SKIP_S` the lookups skip the Redis cache (straight to the database, as with a
-Redis that is down) and the records go to the database at once
-(ingest/inbound_record.py); then a call tries Redis again (pybreaker's half-open state)
-and closes it when Redis answers in time.
+on that path opens this breaker: for :data:`SKIP_S` the lookups skip the Redis cache
+(straight to the database, as with a Redis that is down) and the records go to the
+database at once (ingest/inbound_record.py); then a call tries Redis again (pybreaker's
+half-open state) and closes it when Redis answers in time.
+
+A Redis that answers, but slowly (a Redis 60 ms away answered every command under the
+75 ms give-up, and still held each call long enough to queue others into their
+lookups' budgets), is skipped by the lookups alone: :data:`SLOW_IN_A_ROW` lookup replies
+in a row slower than half the cache's bound skip the cache for :data:`SKIP_S`. One slow
+reply is not enough (on a busy host a healthy Redis's reply took 96 ms once at a
+worker's start, and an outsider saw most records sent to the database for it), and a
+slow reply never moves the records off Redis: a claim 40-60 ms away still lands within
+its own bound, and records kept only in memory meanwhile were what a kill could take.
 
 Per app and process (a forked worker has its own), in memory: the breaker says what this
 process has seen, and costs nothing to ask. Source: pybreaker ``CircuitBreaker``
@@ -37,6 +43,8 @@ log = logging.getLogger("hookfleet.ingest.inbound")
 
 #: Seconds Redis is skipped on the inbound path after a failure or timeout there.
 SKIP_S = 5.0
+#: Lookup cache replies in a row slower than ``slow_s`` that make the lookups skip it.
+SLOW_IN_A_ROW = 3
 
 
 def _not_redis(error: BaseException) -> bool:
@@ -50,28 +58,45 @@ def _breaker() -> pybreaker.CircuitBreaker:
     )
 
 
+class _Slowness:
+    """This process's run of slow lookup replies, and until when the lookups skip."""
+
+    def __init__(self) -> None:
+        self.in_a_row = 0
+        self.until = 0.0
+
+
 class RedisWatch:
     """One app's breaker over Redis on the inbound call path, per process."""
 
     def __init__(self, slow_s: float) -> None:
-        """``slow_s``: seconds past which a reply that came is counted as a failure."""
+        """``slow_s``: seconds past which a lookup reply that came counts as slow."""
         self._breaker = PerProcess(_breaker)
+        self._slowness = PerProcess(_Slowness)
         self._slow_s = slow_s
 
-    def call(self, command: Callable[[], T]) -> T:
+    def call(self, command: Callable[[], T], *, lookup: bool = False) -> T:
         """``command()``; raises ``pybreaker.CircuitBreakerError`` without calling it
         while Redis is being skipped, and ``redis.RedisError`` when it fails (which
-        starts the skipping). A reply slower than ``slow_s`` is returned and starts
-        the skipping too."""
+        starts the skipping). ``lookup``: a lookup's cache command, also skipped after
+        :data:`SLOW_IN_A_ROW` slow replies (see the module's docstring)."""
         breaker = self._breaker.get()
+        slowness = self._slowness.get()
         started = monotonic()
+        if lookup and started < slowness.until:
+            raise pybreaker.CircuitBreakerError("Redis slow moments ago: not tried")
         result = breaker.call(command)
+        if not lookup:
+            return result
         took_s = monotonic() - started
-        if took_s > self._slow_s:
-            # Slow but under the client's give-up: each lookup and record still paid
-            # it, queued calls behind it, and misrouted some (an outsider's Redis
-            # 60 ms away). Skipped as a failed Redis is.
-            breaker.open()
+        if took_s <= self._slow_s:
+            slowness.in_a_row = 0
+            return result
+        # Slow but under the client's give-up: each lookup still paid it, queued calls
+        # behind it, and misrouted some (an outsider's Redis 60 ms away).
+        slowness.in_a_row += 1
+        if slowness.in_a_row >= SLOW_IN_A_ROW:
+            slowness.in_a_row, slowness.until = 0, monotonic() + SKIP_S
             log.warning("redis slow on the inbound path", extra={"ms": round(took_s * 1000)})
         return result
 

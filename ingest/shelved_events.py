@@ -70,13 +70,21 @@ def warm(database_url: str) -> None:
 
 def _write(database_url: str, events: list[EventMessage]) -> int:
     engine = _engines.get(database_url, lambda: _engine(database_url))
-    with Session(engine) as session:
-        session.add_all([_row(event) for event in events])
-        try:
-            session.commit()
-            return len(events)
-        except IntegrityError:
-            session.rollback()
+    # The rows already on record are left out first (an earlier write that finished
+    # after its bound, the sweep, a worker): the batch then commits in one transaction.
+    # Falling back to a transaction per row after a conflict took a database 400 ms
+    # away minutes for a hundred records, past a receiver's exit window.
+    for _ in range(2):
+        with Session(engine) as session:
+            fresh = _not_on_record(session, events)
+            if not fresh:
+                return 0
+            session.add_all([_row(event) for event in fresh])
+            try:
+                session.commit()
+                return len(fresh)
+            except IntegrityError:
+                session.rollback()  # written meanwhile by another writer: look again
     written = 0
     for event in events:
         with Session(engine) as session:
@@ -87,6 +95,24 @@ def _write(database_url: str, events: list[EventMessage]) -> int:
             except IntegrityError:
                 pass  # already on record: the constraint is the last line of dedup
     return written
+
+
+def _not_on_record(session: Session, events: list[EventMessage]) -> list[EventMessage]:
+    """``events`` less those whose ``(provider, event_id)`` has a row, one query."""
+    ids = {event.event_id for event in events}
+    providers = {event.provider for event in events}
+    rows = session.execute(
+        select(WebhookEvent.provider, WebhookEvent.event_id).where(
+            WebhookEvent.provider.in_(providers), WebhookEvent.event_id.in_(ids)
+        )
+    )
+    known = {(provider, event_id) for provider, event_id in rows}
+    fresh: dict[tuple[str, str], EventMessage] = {}
+    for event in events:
+        key = (event.provider, event.event_id)
+        if key not in known:
+            fresh.setdefault(key, event)
+    return list(fresh.values())
 
 
 def _row(event: EventMessage) -> WebhookEvent:
