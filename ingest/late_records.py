@@ -176,50 +176,21 @@ class LateRecords:
         just before ``deadline``: an exit must log what it leaves before gunicorn's
         master kills it (a slow database's writes outlasted the window, and the records
         went with the process, unlogged)."""
-        new = [held for held in left if not held.shelved]
-        if not new:
+        if all(held.shelved for held in left):
             return
-        done = threading.Event()
-
-        def write() -> None:
-            by_database: dict[str, list[_Held]] = {}
-            for held in new:
-                by_database.setdefault(held.record.database_url, []).append(held)
-            for database_url, helds in by_database.items():
-                try:
-                    shelve(database_url, [held.record.message for held in helds])
-                except (SQLAlchemyError, ValueError):
-                    continue
-                for held in helds:
-                    held.shelved = True
-            done.set()
-
-        threading.Thread(target=write, name="late-records-exit", daemon=True).start()
-        done.wait(max(0.0, deadline - time.monotonic() - EXIT_LOG_S))
+        writer = threading.Thread(
+            target=_shelve_all, args=(left, False), name="late-records-exit", daemon=True
+        )
+        writer.start()
+        writer.join(max(0.0, deadline - time.monotonic() - EXIT_LOG_S))
 
     def _at_exit(self) -> None:
         if not self._closed:
             self.finish(time.monotonic() + EXIT_RESERVE_S + EXIT_TRY_S)
 
     def _shelve_new(self) -> None:
-        """Write the records not yet in the database there, in one transaction (the
-        fewer round trips, the smaller what a kill could still take); one by one after a
-        failure, stopping at the first that fails too (the database is down: the next
-        round tries again)."""
-        new = [held for held in self._snapshot() if not held.shelved]
-        by_database: dict[str, list[_Held]] = {}
-        for held in new:
-            by_database.setdefault(held.record.database_url, []).append(held)
-        for database_url, helds in by_database.items():
-            try:
-                shelve(database_url, [held.record.message for held in helds])
-            except (SQLAlchemyError, ValueError):
-                for held in helds:
-                    if not _shelved(held, quiet=True):
-                        return
-                continue
-            for held in helds:
-                held.shelved = True
+        """Write the records not yet in the database there (:func:`_shelve_all`)."""
+        _shelve_all(self._snapshot(), True)
 
     def _try_redis(self) -> bool:
         """Queue the held records in order, stopping at the first Redis refuses; True
@@ -262,6 +233,26 @@ def _recorded(record: LateRecord) -> bool:
         },
     )
     return True
+
+
+def _shelve_all(helds: list[_Held], singly_after_failure: bool) -> None:
+    """Write those of ``helds`` not yet in the database there, one transaction per
+    database (the fewer round trips, the smaller what a kill could still take); after
+    a failure, one by one if ``singly_after_failure``, stopping at the first that fails
+    too (the database is down: the next round tries again)."""
+    by_database: dict[str, list[_Held]] = {}
+    for held in helds:
+        if not held.shelved:
+            by_database.setdefault(held.record.database_url, []).append(held)
+    for database_url, batch in by_database.items():
+        try:
+            shelve(database_url, [held.record.message for held in batch])
+        except (SQLAlchemyError, ValueError):
+            if singly_after_failure and not all(_shelved(held, quiet=True) for held in batch):
+                return
+            continue
+        for held in batch:
+            held.shelved = True
 
 
 def _shelved(held: _Held, *, quiet: bool = False) -> bool:

@@ -8,6 +8,8 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import redis
@@ -28,15 +30,23 @@ WORKERS = {SHIPPED: "", GTHREAD: "--worker-class ingest.gunicorn_worker.JsonErro
 def web(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_server
 ) -> Iterator[Processes]:  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("edge")
+    with receiver(tmp_path_factory.mktemp("edge"), redis_server.url, request.param) as web:
+        yield web
+
+
+@contextmanager
+def receiver(tmp: Path, redis_url: str, worker: str, **env: str) -> Iterator[Processes]:
+    """One web process of ``worker`` (a key of :data:`WORKERS`) verifying Standard
+    Webhooks with :data:`SECRET`; ``env`` on top."""
     with running_fleet(
         tmp,
-        redis_server.url,
+        redis_url,
         f"sqlite:///{tmp / 'unused.db'}",
         names=("web",),
         HOOKFLEET_STANDARD_SECRETS=SECRET,
         WEB_CONCURRENCY="1",
-        GUNICORN_CMD_ARGS=WORKERS[request.param],
+        GUNICORN_CMD_ARGS=WORKERS[worker],
+        **env,
     ) as processes:
         yield processes
 
@@ -347,17 +357,8 @@ def unix_ops_web(
     """The public listener on TCP, the ops listener on a unix socket."""
     tmp = tmp_path_factory.mktemp("edge-unix")
     path = str(tmp / "ops.sock")
-    with running_fleet(
-        tmp,
-        redis_server.url,
-        f"sqlite:///{tmp / 'unused.db'}",
-        names=("web",),
-        HOOKFLEET_STANDARD_SECRETS=SECRET,
-        HOOKFLEET_OPS_BIND=f"unix:{path}",
-        WEB_CONCURRENCY="1",
-        GUNICORN_CMD_ARGS=WORKERS[request.param],
-    ) as processes:
-        yield processes, path
+    with receiver(tmp, redis_server.url, request.param, HOOKFLEET_OPS_BIND=f"unix:{path}") as web:
+        yield web, path
 
 
 def ask_unix(path: str, raw: bytes) -> tuple[str, bytes]:

@@ -55,6 +55,25 @@ def delayed(port: int, delay_ms: int) -> Iterator[LatencyProxy]:
         proxy.stop()
 
 
+@contextmanager
+def receiver_with_database_400_ms_away(
+    tmp_path: Path, redis_server: RedisServer, mariadb_url: str
+) -> Iterator[Processes]:
+    """The receiver on ``redis_server`` and the seeded MariaDB behind a 400 ms proxy."""
+    seed(mariadb_url)
+    with (
+        delayed(int(urlsplit(mariadb_url).port or 0), 400) as database,
+        running_fleet(
+            tmp_path,
+            redis_server.url,
+            database.url_through(mariadb_url),
+            names=("web",),
+            **FLEET,
+        ) as web,
+    ):
+        yield web
+
+
 def steady_calls(web: Processes, per_s: int = CALLS_PER_S) -> list[tuple[int, bytes, float]]:
     """``per_s`` calls a second for ``RUN_S`` seconds, each on its own connection:
     ``(status, body, seconds)`` of each."""
@@ -82,17 +101,7 @@ def recorded_once(redis_server: RedisServer, expected: int) -> int:
 def test_calls_are_answered_in_time_and_recorded_once_with_the_database_400_ms_away_and_redis_frozen(  # noqa: E501
     tmp_path: Path, own_redis: RedisServer, mariadb_url: str
 ) -> None:
-    seed(mariadb_url)
-    with (
-        delayed(int(urlsplit(mariadb_url).port or 0), 400) as database,
-        running_fleet(
-            tmp_path,
-            own_redis.url,
-            database.url_through(mariadb_url),
-            names=("web",),
-            **FLEET,
-        ) as web,
-    ):
+    with receiver_with_database_400_ms_away(tmp_path, own_redis, mariadb_url) as web:
         assert call(web)[0] == 200  # before
         own_redis.freeze()
         try:
@@ -171,17 +180,7 @@ def test_an_orderly_exit_after_a_redis_freeze_with_the_database_400_ms_away_keep
     time after a conflict: a second and a half each), Redis never tried, and the worker
     was killed at the end of its graceful window with them. Now Redis is tried first and
     the last write is bounded by the window: every answered call is on record."""
-    seed(mariadb_url)
-    with (
-        delayed(int(urlsplit(mariadb_url).port or 0), 400) as database,
-        running_fleet(
-            tmp_path,
-            own_redis.url,
-            database.url_through(mariadb_url),
-            names=("web",),
-            **FLEET,
-        ) as web,
-    ):
+    with receiver_with_database_400_ms_away(tmp_path, own_redis, mariadb_url) as web:
         own_redis.freeze()
         try:
             answered = steady_calls(web, per_s=30)
