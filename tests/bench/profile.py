@@ -18,10 +18,11 @@ extra), and root or ptrace rights for py-spy. Writes the text to ``--output`` to
 worker it samples ~250 times a second, which costs CPU of its own), each round on a
 fresh receiver and Redis; ``--against DIR`` alternates the rounds with the same receiver
 run from another checkout (``git worktree add /tmp/base main``: that commit's code,
-this tree's bench). CPU-seconds per request are what a shared machine distorts least:
-the rate falls with the load, the work per request much less (it does fall a little
-when the workers are starved, as more requests share each pass of their loop, so
-compare alternated rounds, not runs an hour apart).
+this tree's bench). CPU-seconds per request are what a shared machine distorts least,
+but at full speed they follow the rate the machine allows (a worker serving more
+requests per pass of its loop spends less on each: 230-300 µs at 4,600 req/s, 300-350
+at 1,700 in one run); ``--rate R`` paces the load instead (the benchmark's generator,
+tests.bench.load), so every round does the same work at the same rate.
 """
 
 from __future__ import annotations
@@ -106,12 +107,19 @@ def _frame(frame: str) -> str:
 
 
 def measure(
-    app: str, tree: Path, work: Path, seconds: float, connections: int, spy: str | None
+    app: str,
+    tree: Path,
+    work: Path,
+    seconds: float,
+    connections: int,
+    spy: str | None,
+    rate: float = 0,
 ) -> tuple[dict[str, Any], dict[str, tuple[float, float]], Path | None]:
     """One fresh receiver serving ``app`` from the checkout ``tree`` (a private Redis),
-    wrk at full speed for ``seconds``: wrk's result, the CPU (user, system) µs per
-    request served by kind of process, and py-spy's raw samples of one worker (when
-    ``spy``, its path, is given)."""
+    wrk at full speed for ``seconds`` (or, with ``rate``, the benchmark's paced
+    generator at that many requests a second): the load's result, the CPU (user,
+    system) µs per request served by kind of process, and py-spy's raw samples of one
+    worker (when ``spy``, its path, is given)."""
     wrk = load.ensure_wrk()
     assert wrk, "needs wrk"
     redis_server, env = receiver_env(work)
@@ -135,7 +143,12 @@ def measure(
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        result = load.run_wrk(wrk, web.url, requests, seconds, connections, threads=2)
+        if rate:
+            result = load.run_python(
+                web.url, requests, seconds=seconds, rate=rate, connections=connections
+            )
+        else:
+            result = load.run_wrk(wrk, web.url, requests, seconds, connections, threads=2)
         after = {k: [cpu_seconds(p) for p in pids] for k, pids in watched.items()}
         if recorder is not None:
             recorder.wait(timeout=60)
@@ -167,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--rate", type=float, default=0, help="paced at this many requests/s (default: wrk)"
+    )
     parser.add_argument("--no-spy", action="store_true", help="the CPU only (no py-spy)")
     parser.add_argument(
         "--against", type=Path, help="alternate rounds with the receiver of this checkout"
@@ -193,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     for n in range(args.rounds):
         for tree in trees:
             work = Path(tempfile.mkdtemp(prefix="hookfleet-profile-"))
-            result, cpu, raw = measure(args.app, tree, work, args.seconds, args.connections, spy)
+            result, cpu, raw = measure(
+                args.app, tree, work, args.seconds, args.connections, spy, args.rate
+            )
             totals[tree].append(sum(cpu["gunicorn workers"]))
             load_average = " ".join(f"{x:.1f}" for x in os.getloadavg())
             round_lines = [f"round {n + 1}, {tree} (load average {load_average}):"]
