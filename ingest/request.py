@@ -39,8 +39,9 @@ def read_delivery(environ: dict[str, Any], limit: int) -> Delivery:
     limit_announced_chunks(environ, limit)
     # gunicorn's input ends with the body (wsgi.input_terminated): get_input_stream
     # returns it as it is then, after reading Content-Length a second time.
-    stream = environ["wsgi.input"] if "wsgi.input_terminated" in environ else None
-    body = read_at_most(environ, stream or get_input_stream(environ), limit + 1)
+    terminated = "wsgi.input_terminated" in environ
+    stream = environ["wsgi.input"] if terminated else get_input_stream(environ)
+    body = read_at_most(environ, stream, limit + 1)
     if len(body) > limit:
         close_after_answer(environ)
         raise ApiError(ErrorCode.BODY_TOO_LARGE, f"The body exceeds {limit} bytes.")

@@ -262,7 +262,7 @@ def claimed_body(event_id: str, correlation_id: str, admission: Admission) -> by
     """The answer to a claimed delivery: ``json_body({"status": "accepted" or
     "duplicate", "event_id", "correlation_id"[, "original_correlation_id": the prior
     claim]})``'s bytes, joined directly: one per delivery, and the general encoder's
-    set-up cost more than the encoding (tests/unit/test_claimed_body.py compares them)."""
+    set-up cost more than the encoding (tests/unit/test_answer_body.py compares them)."""
     text = _json_string
     outcome = "accepted" if admission.accepted else "duplicate"
     original = ""
