@@ -500,6 +500,10 @@ class Connection(asyncio.Protocol):
             started = time.perf_counter()
             self._next_request()
             self._spend(time.perf_counter() - started)
+        elif self.transport is not None:
+            # Bytes while a request is served (a pipelining client): this read is kept,
+            # the next waits until the answer is written (see _next_request).
+            self.transport.pause_reading()
 
     def _spend(self, seconds: float) -> None:
         """Count loop time spent on this connection's arriving request; past
@@ -627,9 +631,10 @@ class Connection(asyncio.Protocol):
             if state is Arrival.COMING and not self.eof:
                 return
             self.early = state is not Arrival.WHOLE
+        # Reading goes on while it is served, and pauses only if more bytes come
+        # (data_received): a client that waits for its answer, as nearly every one does,
+        # costs no stop and restart of the socket's polling per request.
         self.serving = True
-        if self.transport is not None:
-            self.transport.pause_reading()
         self.worker.loop.create_task(self._serve(parsed))
 
     def _plain_request(self) -> tuple[Plain, int] | object | None:

@@ -387,7 +387,6 @@ def pack_command(command: Sequence[object]) -> bytes:
     """One command in RESP (a bulk string per argument; str() of a number), the way
     redis-py packs it but in a single bytes object."""
     parts = [b"*%d\r\n" % len(command)]
-    append = parts.append
     for arg in command:
         # The common types first, and a long argument (the message) copied once only,
         # by the join: this runs for every delivery.
@@ -397,9 +396,7 @@ def pack_command(command: Sequence[object]) -> bytes:
             data = arg
         else:
             data = str(arg).encode()
-        append(b"$%d\r\n" % len(data))
-        append(data)
-        append(b"\r\n")
+        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
     return b"".join(parts)
 
 

@@ -42,6 +42,8 @@ from models.logs import log_context
 log = logging.getLogger("hookfleet.ingest")
 
 _PREFIX = "/webhooks/"
+# "202 ACCEPTED" and the like: the status line werkzeug's response writes, made once.
+_STATUS_LINES = {code: f"{code} {name.upper()}" for code, name in HTTP_STATUS_CODES.items()}
 StartResponse = Callable[..., Any]
 
 
@@ -162,7 +164,7 @@ def finish_answer(
     if span is not None:
         describe_answer(span, answer.status, answer.outcome, log_context.get(), refused)
     return (
-        f"{answer.status} {HTTP_STATUS_CODES[answer.status].upper()}",
+        _STATUS_LINES[answer.status],
         [
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(answer.body))),

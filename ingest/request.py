@@ -37,7 +37,11 @@ def read_delivery(environ: dict[str, Any], limit: int) -> Delivery:
         close_after_answer(environ)  # the body is not read: what follows is not a request
         raise ApiError(ErrorCode.BODY_TOO_LARGE, f"The body exceeds {limit} bytes.")
     limit_announced_chunks(environ, limit)
-    body = read_at_most(environ, get_input_stream(environ), limit + 1)
+    # gunicorn's input ends with the body (wsgi.input_terminated): get_input_stream
+    # returns it as it is then, after reading Content-Length a second time.
+    terminated = "wsgi.input_terminated" in environ
+    stream = environ["wsgi.input"] if terminated else get_input_stream(environ)
+    body = read_at_most(environ, stream, limit + 1)
     if len(body) > limit:
         close_after_answer(environ)
         raise ApiError(ErrorCode.BODY_TOO_LARGE, f"The body exceeds {limit} bytes.")
@@ -118,15 +122,16 @@ def refuse_codings(environ: dict[str, Any]) -> None:
     """415 for a body in a content or transfer coding the receiver does not decode,
     before its signature is checked (a compressed body would fail it: a 401 would send
     the sender hunting for a secret problem)."""
+    # Most deliveries name neither coding: nothing to split then.
     content = environ.get("HTTP_CONTENT_ENCODING", "")
-    if any(c.strip().lower() not in _IDENTITY for c in content.split(",")):
+    if content and any(c.strip().lower() not in _IDENTITY for c in content.split(",")):
         raise ApiError(
             ErrorCode.UNSUPPORTED_CONTENT_ENCODING,
             f"Content-Encoding {content[:64]!r} is not supported; send the body "
             "uncompressed (Content-Encoding: identity or none).",
         )
     transfer = environ.get("HTTP_TRANSFER_ENCODING", "")
-    if any(c.strip().lower() not in _TRANSFER_CODINGS for c in transfer.split(",")):
+    if transfer and any(c.strip().lower() not in _TRANSFER_CODINGS for c in transfer.split(",")):
         raise ApiError(
             ErrorCode.UNSUPPORTED_TRANSFER_ENCODING,
             f"Transfer-Encoding {transfer[:64]!r} is not supported; send the body with "

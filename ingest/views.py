@@ -254,14 +254,25 @@ def admission_answer(
         raise _rate_limited(job.provider, admission.limited_ms, settings)
     outcome = "accepted" if admission.accepted else "duplicate"
     info_line(log, outcome, {"outcome": outcome, "duration_ms": _elapsed_ms(started)})
-    body: dict[str, Any] = {
-        "status": outcome,
-        "event_id": job.event_id,
-        "correlation_id": correlation_id,
-    }
+    body = claimed_body(job.event_id, correlation_id, admission)
+    return Answer(202 if admission.accepted else 200, body, outcome)
+
+
+def claimed_body(event_id: str, correlation_id: str, admission: Admission) -> bytes:
+    """The answer to a claimed delivery: ``json_body({"status": "accepted" or
+    "duplicate", "event_id", "correlation_id"[, "original_correlation_id": the prior
+    claim]})``'s bytes, joined directly: one per delivery, and the general encoder's
+    set-up cost more than the encoding (tests/unit/test_answer_body.py compares them)."""
+    text = _json_string
+    outcome = "accepted" if admission.accepted else "duplicate"
+    original = ""
     if not admission.accepted:
-        body["original_correlation_id"] = admission.prior_claim
-    return Answer(202 if admission.accepted else 200, json_body(body), outcome)
+        prior = admission.prior_claim
+        original = f',"original_correlation_id":{"null" if prior is None else text(prior)}'
+    return (
+        f'{{"status":{text(outcome)},"event_id":{text(event_id)},'
+        f'"correlation_id":{text(correlation_id)}{original}}}\n'
+    ).encode()
 
 
 def prepare_job(
@@ -530,6 +541,8 @@ def answer_inline(
 # ``json.dumps(..., separators=(",", ":"))`` makes this encoder anew for every call
 # (any argument but the value does): one made once writes the same text.
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode
+# What that encoder writes for a str (ASCII, escaped, quoted).
+_json_string = json.encoder.encode_basestring_ascii
 
 
 def json_body(body: dict[str, Any]) -> bytes:

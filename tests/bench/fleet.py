@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.bench import deliveries
 from tests.processes import ROOT, procfile, request
-from tests.servers import free_port, wait_until
+from tests.servers import RedisServer, clean_env, free_port, sqlite_url, wait_until
 
 HOOKFLEET_WEB_APP = "'ingest:create_app()'"
 HOOKFLEET_WORKER_APP = "workers.celery_app"
@@ -50,6 +51,20 @@ SERVERS = {
     "gthread-2x4": reference_command,
     "granian": granian_command,
 }
+
+
+def receiver_env(work: Path) -> tuple[RedisServer, dict[str, str]]:
+    """A private Redis started under ``work`` and the environment a receiver of the
+    benchmark runs with: that Redis, an SQLite database and var dir in ``work``, and
+    the benchmark's provider secrets (tests.bench.deliveries signs with them)."""
+    redis_server = RedisServer(work / "redis").start()
+    env = clean_env(
+        HOOKFLEET_REDIS_URL=redis_server.url,
+        HOOKFLEET_DATABASE_URL=sqlite_url(work),
+        HOOKFLEET_VAR_DIR=str(work),
+        **deliveries.SECRET_ENV,
+    )
+    return redis_server, env
 
 
 def worker_command(app: str | None = None) -> str:
@@ -90,6 +105,8 @@ class Proc:
     logs: Path
     proc: subprocess.Popen[bytes] | None = None
     port: int = field(default_factory=free_port)
+    # The checkout whose code it runs (another commit's, for an A/B: tests.bench.profile).
+    tree: Path = ROOT
 
     @property
     def url(self) -> str:
@@ -98,6 +115,8 @@ class Proc:
     def start(self) -> Proc:
         env = dict(self.env)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        if self.tree != ROOT:
+            env["PYTHONPATH"] = str(self.tree)
         env["PORT"] = str(self.port)
         env["HOOKFLEET_BIND"] = f"127.0.0.1:{self.port}"
         # The ops listener on a free port of its own (its default is a fixed one).
@@ -109,7 +128,7 @@ class Proc:
         log = open(self.logs / f"{self.name}.log", "ab")
         self.proc = subprocess.Popen(
             ["bash", "-c", f"exec {self.command}"],
-            cwd=ROOT,
+            cwd=self.tree,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

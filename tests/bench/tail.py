@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import deliveries, load
-from tests.bench.fleet import Proc, web_command
-from tests.servers import RedisServer, clean_env, sqlite_url
+from tests.bench.fleet import Proc, receiver_env, web_command
 
 TIMED_WORKER = "tests.bench.timed_worker.TimedAioWorker"
 
@@ -136,13 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="hookfleet-tail-"))
-    redis_server = RedisServer(work / "redis").start()
-    env = clean_env(
-        HOOKFLEET_REDIS_URL=redis_server.url,
-        HOOKFLEET_DATABASE_URL=sqlite_url(work),
-        HOOKFLEET_VAR_DIR=str(work),
-        **deliveries.SECRET_ENV,
-    )
+    redis_server, env = receiver_env(work)
     try:
         for n in range(args.rounds):
             variant = "as-before" if args.ab and n % 2 else "shipped"
