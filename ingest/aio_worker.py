@@ -102,6 +102,7 @@ from ingest.gunicorn_worker import (
     raw_json_answer,
     timeout_answer,
 )
+from ingest.host_header import host_refusal
 from ingest.http_version import ANSWER_VERSION, answer_as_http11
 from ingest.listeners import LISTENER_PORT, listener_name
 from ingest.request import REPEATED_HEADERS, repeated_names
@@ -720,6 +721,8 @@ class Connection(asyncio.Protocol):
         del self.buffer[:used]
         keep_alive = request.keep_alive and self.worker.alive
         deliveries = self.worker.deliveries
+        if deliveries is not None and host_refusal(environ) is not None:
+            deliveries = None  # the app answers its 400 (ingest/host_header.py)
         provider = None if deliveries is None else deliveries.provider_for(environ)
         if provider is not None:
             assert deliveries is not None
