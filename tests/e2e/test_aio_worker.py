@@ -410,7 +410,9 @@ def same_requests() -> list[bytes]:
         signed("same-3", b'{"type":'),  # not JSON
         signed("same-4", b'{"type":"t"}', content_type="text/plain"),
         signed("same-5", b"[1,2]"),  # an array: Standard Webhooks takes any JSON
-        signed("same-6", b'{"type":"t"}').replace(b"Host: x\r\n", b"Content-Encoding: gzip\r\n"),
+        signed("same-6", b'{"type":"t"}').replace(
+            b"Host: x\r\n", b"Host: x\r\nContent-Encoding: gzip\r\n"
+        ),
         b"POST /webhooks/nobody HTTP/1.1\r\nHost: x\r\nX-Request-ID: r-404\r\nContent-Length: 2"
         b"\r\n\r\n{}",
         b"GET /webhooks/standard HTTP/1.1\r\nHost: x\r\nX-Request-ID: r-405\r\n\r\n",

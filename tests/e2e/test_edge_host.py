@@ -9,23 +9,12 @@ path."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.test_edge_matrix import (
-    BODY,
-    WORKERS,
-    ask,
-    code_of,
-    delivery,
-    ops,
-    public,
-    receiver,
-    signed_head,
-)
+from tests.e2e import test_edge_matrix as matrix
+from tests.e2e.test_edge_matrix import BODY, ask, code_of, delivery, ops, public, signed_head
 from tests.helpers import total_queued
 from tests.processes import Processes
 from tests.servers import wait_until
@@ -33,20 +22,9 @@ from tests.servers import wait_until
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module", params=list(WORKERS))
-def web(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_server
-) -> Iterator[Processes]:  # type: ignore[no-untyped-def]
-    with receiver(tmp_path_factory.mktemp("edge-host"), redis_server.url, request.param) as web:
-        yield web
-
-
-@pytest.fixture
-def queue(redis_server) -> Iterator[redis.Redis]:  # type: ignore[no-untyped-def]
-    client = redis_server.client()
-    client.flushall()
-    yield client
-    client.close()
+# The edge matrix's receiver (one per worker class) and emptied queue.
+web = matrix.web
+queue = matrix.queue
 
 
 def without_host(head: str) -> str:
@@ -56,20 +34,6 @@ def without_host(head: str) -> str:
 def with_host(head: str, *values: str) -> str:
     lines = "".join(f"Host: {value}\r\n" for value in values)
     return head.replace("Host: hookfleet\r\n", lines)
-
-
-def bad_requests(web: Processes) -> float:
-    """hookfleet_webhooks_received{provider="standard", outcome="bad_request"}."""
-    raw = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    _, _, body = ask(ops(web), raw)
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(body.decode())
-        if family.name == "hookfleet_webhooks_received"
-        for sample in family.samples
-        if sample.name.endswith("_total")
-        and sample.labels == {"provider": "standard", "outcome": "bad_request"}
-    )
 
 
 def chunked(head: str) -> bytes:
@@ -132,11 +96,14 @@ def test_an_http_1_1_request_without_host_is_a_json_400(
 def test_a_delivery_without_host_is_counted_as_a_bad_request(
     web: Processes, queue: redis.Redis
 ) -> None:
-    before = bad_requests(web)
+    def bad_requests() -> float:
+        return matrix.received(web, provider="standard", outcome="bad_request")
+
+    before = bad_requests()
     line, _, _ = ask(public(web), delivery(without_host(signed_head("no-host-counted"))))
 
     assert line.startswith("HTTP/1.1 400")
-    wait_until(lambda: bad_requests(web) == before + 1, 5, "the refusal counted")
+    wait_until(lambda: bad_requests() == before + 1, 5, "the refusal counted")
 
 
 def test_an_http_1_0_request_without_host_is_served(web: Processes, queue: redis.Redis) -> None:

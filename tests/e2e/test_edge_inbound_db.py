@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,11 +20,10 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy.orm import Session
 
-from ingest.providers import retell
 from models.business import Branch, Company
 from models.engine import make_engine
 from models.settings import Settings
-from tests.e2e.test_frozen_redis_inbound import exchange
+from tests.e2e.test_frozen_redis_inbound import call
 from tests.integration.test_inbound import API_KEY as RETELL_KEY
 from tests.latency_proxy import LatencyProxy
 from tests.processes import Processes, running_fleet
@@ -65,22 +63,7 @@ def seed_branches(database_url: str) -> None:
 def call_to(web: Processes, n: int) -> tuple[str | None, float]:
     """One ``call_inbound`` to branch ``n``'s number: the agent it was routed to (None:
     unrouted) and the seconds the answer took."""
-    body = json.dumps(
-        {
-            "event": "call_inbound",
-            "call_inbound": {
-                "from_number": "+4915112345678",
-                "to_number": number(n),
-                "call": uuid.uuid4().hex,
-            },
-        }
-    ).encode()
-    signature = retell.sign(RETELL_KEY, body, int(time.time() * 1000))
-    raw = (
-        f"POST /webhooks/retell HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"x-retell-signature: {signature}\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-    status, answer, seconds = exchange(web, raw)
+    status, answer, seconds = call(web, number(n))
     assert status == 200, answer
     return json.loads(answer)["call_inbound"].get("override_agent_id"), seconds
 

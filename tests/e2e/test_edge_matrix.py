@@ -292,15 +292,16 @@ def test_a_version_this_port_does_not_speak_is_refused_in_json(
     assert headers.get("x-request-id")
 
 
-def received(web: Processes) -> float:
-    """Every webhook answer counted so far (hookfleet_webhooks_received, all labels)."""
+def received(web: Processes, **labels: str) -> float:
+    """Every webhook answer counted so far (hookfleet_webhooks_received), of those
+    ``labels`` (all without)."""
     _, _, body = ask(ops(web), b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     return sum(
         sample.value
         for family in text_string_to_metric_families(body.decode())
         if family.name == "hookfleet_webhooks_received"
         for sample in family.samples
-        if sample.name.endswith("_total")
+        if sample.name.endswith("_total") and labels.items() <= sample.labels.items()
     )
 
 
