@@ -9,7 +9,10 @@ first byte already waiting arrived. A request that waited in the listen backlog 
 every worker was busy (or still starting) therefore counts its wait: an outsider
 measured an answer 1.96 s after the client sent it, with the deadline counted from the
 event loop's read at 1.375 s. Where nothing has come yet, or the platform has no such
-stamps, the wait is 0 (the deadline starts when the request is whole, as before).
+stamps, the wait is 0 (the deadline starts when the request is whole, as before); so it
+is for data that came in the moment after the option was first set on the host (Linux
+turns stamping on through a work queue, ``net_enable_timestamp``): a worker sets it on
+its listeners before it accepts anything.
 """
 
 from __future__ import annotations

@@ -180,6 +180,9 @@ class InboundDirectory:
         # the skipping now, not on a call).
         self._cache_threads.get().submit(copy_context().run, self._cached, self._cache.ping)
         done, running = wait_for(warming, timeout=wait_s)
+        # The connections opened by now go back to the pool for the calls; one still
+        # dialling finishes in the background (a thread each, not all four).
+        together.abort()
         failures = [type(f.exception()).__name__ for f in done if f.exception() is not None]
         if failures:
             log.warning("inbound lookup warm-up failed", extra={"error": failures[0]})

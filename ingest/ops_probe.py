@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
-from ingest.ops_readings import SCRAPE_WAIT_S, BoundedReading, Reading, read_all
+from ingest.ops_readings import FIRST_WAIT_S, SCRAPE_WAIT_S, BoundedReading, Reading, read_all
 from ingest.providers import REGISTRY
 from ingest.quarantine import Quarantine
 from models.broker.backlog import (
@@ -83,6 +83,7 @@ class Probe:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._links = PerProcess(self._connect)
+        self._checked = False  # whether /readyz ran in this process (its links dialled)
         self._stats: tuple[float, Backlog] | None = None  # (time.monotonic(), reading)
 
     def _connect(self) -> _Links:
@@ -129,7 +130,10 @@ class Probe:
         if links.dedup is not None:
             dedup = links.dedup
             probes["dedup_redis"] = lambda: _writable_primary(dedup)
-        deadline = time.monotonic() + READY_WAIT_S
+        # The first check dials the connections (several round trips): the bound of before.
+        wait_s = READY_WAIT_S if self._checked else FIRST_WAIT_S
+        self._checked = True
+        deadline = time.monotonic() + wait_s
         futures = {name: links.threads.submit(probe) for name, probe in probes.items()}
         results: dict[str, dict[str, Any]] = {}
         for name, future in futures.items():
@@ -137,7 +141,7 @@ class Probe:
                 future.result(timeout=max(0.0, deadline - time.monotonic()))
                 results[name] = {"ok": True}
             except FutureTimeout:
-                results[name] = {"ok": False, "error": f"no answer within {READY_WAIT_S} s"}
+                results[name] = {"ok": False, "error": f"no answer within {wait_s} s"}
             except Exception as error:  # noqa: BLE001 (every failure means "not ready")
                 results[name] = {"ok": False, "error": f"{type(error).__name__}: {error}"}
         return results

@@ -9,7 +9,8 @@ threads, all at once, and the scrape waits :data:`SCRAPE_WAIT_S` for them togeth
 reading not back by then (or failed) gives its last good value and its age, and the
 dependency is reported down. A reading still running from an earlier scrape is waited
 for again rather than started twice, so a frozen server holds at most one thread per
-reading.
+reading. A reading that never succeeded in the process yet (nothing to show, and its
+connections to dial) is waited for :data:`FIRST_WAIT_S`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from typing import Any, Generic, TypeVar
 
 #: Seconds a scrape (or ``/stats``) waits for all its readings together.
 SCRAPE_WAIT_S = 0.3
+#: ... and for a reading that never succeeded yet in this process: there is no last one
+#: to show, and its first run dials its connections (several round trips; on a loaded
+#: machine a first reading took longer than SCRAPE_WAIT_S with every server answering).
+FIRST_WAIT_S = 1.5
 
 T = TypeVar("T")
 
@@ -71,6 +76,11 @@ class BoundedReading(Generic[T]):
             self._last = (time.monotonic(), value)
         return Reading(value, True, 0.0)
 
+    @property
+    def ever_read(self) -> bool:
+        """Whether a reading succeeded in this process (there is a last one to show)."""
+        return self._last is not None
+
     def _stale(self) -> Reading[T]:
         with self._lock:
             last = self._last
@@ -83,7 +93,10 @@ def read_all(
     readings: Sequence[BoundedReading[Any]], wait_s: float = SCRAPE_WAIT_S
 ) -> list[Reading[Any]]:
     """Every reading of ``readings`` (in their order), started at once and waited for
-    ``wait_s`` in all."""
-    deadline = time.monotonic() + wait_s
+    ``wait_s`` in all (:data:`FIRST_WAIT_S` for one never read yet)."""
+    now = time.monotonic()
     started = [reading.start() for reading in readings]
-    return [reading.finish(one, deadline) for reading, one in zip(readings, started, strict=True)]
+    return [
+        reading.finish(one, now + (wait_s if reading.ever_read else FIRST_WAIT_S))
+        for reading, one in zip(readings, started, strict=True)
+    ]
