@@ -20,6 +20,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     from ingest.dedup import DedupGate
     from ingest.errors import register_error_handlers
     from ingest.fastpath import ReceiverApp
+    from ingest.host_header import init_app as init_host_header
     from ingest.inbound import InboundDirectory, cache_client
     from ingest.inbound_record import InboundRecorder
     from ingest.metrics import init_app as init_metrics
@@ -74,5 +75,6 @@ def create_app(settings: Settings | Mapping[str, str] | None = None) -> Flask:
     app.extensions["hookfleet_quarantine"] = quarantine_for(settings)
     register_error_handlers(app)
     app.register_blueprint(bp)
+    init_host_header(app)  # after bp's correlation id, before the listeners' 404s
     init_metrics(app, settings)
     return app

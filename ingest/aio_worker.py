@@ -87,6 +87,7 @@ from gunicorn.http.parser import RequestParser
 from gunicorn.http.unreader import IterUnreader
 from gunicorn.workers.base import Worker
 
+from ingest.accept_queue import stamp_arrivals, waited_before_accept
 from ingest.call_deadline import ARRIVED
 from ingest.gunicorn_worker import (
     _RECHECK_S,
@@ -102,6 +103,7 @@ from ingest.gunicorn_worker import (
     raw_json_answer,
     timeout_answer,
 )
+from ingest.host_header import host_refusal
 from ingest.http_version import ANSWER_VERSION, answer_as_http11
 from ingest.listeners import LISTENER_PORT, listener_name
 from ingest.request import REPEATED_HEADERS, repeated_names
@@ -432,8 +434,13 @@ def _unread_bytes(transport: asyncio.BaseTransport | None) -> int:
 class Connection(asyncio.Protocol):
     """One client connection: its bytes, and one request at a time."""
 
-    def __init__(self, worker: AioWorker, server: Any, accepted: socket.socket) -> None:
+    def __init__(
+        self, worker: AioWorker, server: Any, accepted: socket.socket, queued_s: float = 0.0
+    ) -> None:
         self.worker = worker
+        # How long its first request waited in the kernel before the accept
+        # (ingest/accept_queue.py): its deadline starts that much earlier.
+        self.queued_s = queued_s
         self.server = server
         self.accepted = accepted  # the socket, counted as a handshake until made
         self.transport: asyncio.Transport | None = None
@@ -721,10 +728,12 @@ class Connection(asyncio.Protocol):
         environ = self.worker.environ_for(request, self.environ, self.trusted)
         if environ is None:
             return await self._serve_with_gunicorn()
-        environ[ARRIVED] = time.monotonic()  # an inline answer's deadline starts here
+        environ[ARRIVED] = self.arrival()  # an inline answer's deadline starts here
         del self.buffer[:used]
         keep_alive = request.keep_alive and self.worker.alive
         deliveries = self.worker.deliveries
+        if deliveries is not None and host_refusal(environ) is not None:
+            deliveries = None  # the app answers its 400 (ingest/host_header.py)
         provider = None if deliveries is None else deliveries.provider_for(environ)
         if provider is not None:
             assert deliveries is not None
@@ -760,7 +769,7 @@ class Connection(asyncio.Protocol):
         self.buffer.clear()
         if self.transport is not None:
             self.transport.resume_reading()
-        self.arrived = time.monotonic()  # an inline answer's deadline starts here
+        self.arrived = self.arrival()  # an inline answer's deadline starts here
         try:
             keep_alive, rest = await self.worker.loop.run_in_executor(
                 None, self.worker.handle_with_gunicorn, self
@@ -771,6 +780,12 @@ class Connection(asyncio.Protocol):
                 self.transport.pause_reading()
         self.buffer += rest + fed.take()
         return bool(keep_alive)
+
+    def arrival(self) -> float:
+        """When the request now whole arrived (``time.monotonic()``): now, less the
+        time the connection's first bytes waited to be accepted (first request only)."""
+        queued_s, self.queued_s = self.queued_s, 0.0
+        return time.monotonic() - queued_s
 
     # I/O
     def write(self, data: bytes) -> None:
@@ -887,6 +902,7 @@ class AioWorker(Worker):
             self.loop.add_signal_handler(signum, handler)
         for listener in self.sockets:
             listener.setblocking(False)
+            stamp_arrivals(listener)
         self.bell = BOARD.bell(self.board_slot)
         if self.bell is not None:
             self.loop.add_reader(self.bell.fileno(), self._on_bell)
@@ -1038,8 +1054,11 @@ class AioWorker(Worker):
         if client.family in (socket.AF_INET, socket.AF_INET6):
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         server = listener.getsockname()
+        queued_s = waited_before_accept(client)  # counted in an inline answer's deadline
         connecting = self.loop.create_task(
-            self.loop.connect_accepted_socket(lambda: Connection(self, server, client), client)
+            self.loop.connect_accepted_socket(
+                lambda: Connection(self, server, client, queued_s), client
+            )
         )
         connecting.add_done_callback(partial(self._connected, client))
         self.handshakes.add(client)

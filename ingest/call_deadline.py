@@ -7,15 +7,22 @@ counted from when a WSGI thread took the call: under load, calls queued behind t
 that a slow database held, and an outsider measured answers of 6-12 s (19 of 180 past
 Retell's 10 s) at 15 calls/s with the database 400 ms away and Redis frozen. Now every
 step gets ``min(its bound, what is left)`` of one deadline that starts when the request
-is whole in the receiver's event loop (ingest/aio_worker.py sets :data:`ARRIVED` in
-the environ), and a call that waited in a queue skips what no longer fits: the lookup
-(the answer then has no override), the Redis try, the database write (the record goes
-to ingest/late_records.py with its WARNING and ERROR).
+arrived (ingest/aio_worker.py sets :data:`ARRIVED` in the environ: when it was whole in
+the event loop, less the time its connection's first bytes waited in the kernel's accept
+queue, ingest/accept_queue.py), and a call that waited in a queue (the listen backlog of
+a busy or starting worker, or for a thread) skips what no longer fits: the lookup (the
+answer then has no override) and the database write (the record goes to
+ingest/late_records.py with its WARNING and ERROR); the record's Redis try (75 ms at
+most) is made all the same (ingest/inbound_record.py).
 
 The deadline is ingest/inbound_record.py ``answer_bound_s``: the lookup's budget
 (HOOKFLEET_INBOUND_BUDGET_MS) + the record's Redis bound (a quarter of the budget) + the
-database bound (1 s): 1.375 s at the default budget. Time a request spends in the
-kernel's accept queue, before the loop reads it, is not counted.
+database bound (1 s): 1.375 s at the default budget. An answer leaves by then, counted
+from its first byte's arrival in the kernel, unless the request waited longer than that
+to be taken (then it leaves as soon as taken, after at most the Redis try) or took longer
+than that to arrive whole (the client's own sending time is not the receiver's to cut).
+The gthread fallback worker has no such stamps: its deadline starts when a thread takes
+the call.
 """
 
 from __future__ import annotations

@@ -64,6 +64,10 @@ class ErrorCode(enum.StrEnum):
     # A header the receiver reads once (an id, a timestamp, a signature) on two lines:
     # RFC 9110 section 5.3 joins them with a comma, which makes neither value.
     REPEATED_HEADER = "repeated_header", 400, "A header that is sent once came twice."
+    # RFC 9112 section 3.2: an HTTP/1.1 request without Host, or a Host that is not
+    # uri-host[:port] (two Host lines included): 400 (ingest/host_header.py).
+    MISSING_HOST = "missing_host", 400, "An HTTP/1.1 request needs a Host header."
+    BAD_HOST = "bad_host", 400, "The Host header (or the request target's authority) is invalid."
     # 401: not provably from the provider
     MISSING_SIGNATURE = (
         "missing_signature",

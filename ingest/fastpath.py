@@ -31,6 +31,7 @@ from flask import Flask
 from werkzeug.http import HTTP_STATUS_CODES
 
 from ingest.errors import OUTCOME_BY_CODE, ApiError, ErrorCode
+from ingest.host_header import host_refusal
 from ingest.listeners import on_ops_listener
 from ingest.metrics import count_answer
 from ingest.providers import REGISTRY
@@ -81,6 +82,8 @@ class ReceiverApp(Flask):
             and not on_ops_listener(environ, self.config["HOOKFLEET_SETTINGS"])
             else None
         )
+        if provider is not None and host_refusal(environ) is not None:
+            provider = None  # Flask answers its 400 (ingest/host_header.py)
         if provider is None:
             if tracing.on() and self.fast_path and path.startswith(_PREFIX):
                 return self._traced_refusal(environ, start_response)

@@ -140,8 +140,12 @@ def _forget_metrics_dir_of_failed_boot(master_pid: int) -> None:
         shutil.rmtree(made, ignore_errors=True)
 
 
-#: Seconds a worker waits for its inbound lookup's warm-up before it accepts calls.
-WARM_WAIT_S = 0.5
+#: Seconds a worker waits for its inbound lookup's warm-up before it accepts calls: its
+#: four connections took 1.2 s with the database 50 ms away (the first one's handshake
+#: and SQLAlchemy's first-connect queries, ~24 round trips), 3.1 s at 150 ms; 0.5 s left
+#: the first calls at 50 ms to dial inside their 300 ms budget (unrouted). A database
+#: that refuses fails at once, one that does not answer after the 1 s connect timeout.
+WARM_WAIT_S = 2.5
 
 
 def post_worker_init(worker: object) -> None:

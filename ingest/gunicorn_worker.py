@@ -411,6 +411,13 @@ def json_error_answer(exc: BaseException) -> tuple[int, str, bytes] | None:
     if isinstance(exc, RepeatedHeader):
         request_id, raw = raw_json_answer("400 Bad Request", "repeated_header", f"{exc}.")
         return 400, request_id, raw
+    if isinstance(exc, errors.InvalidHeader) and getattr(exc, "hdr", None) == "HOST":
+        # Two Host lines, or a control character in one (RFC 9112 section 3.2: 400;
+        # ingest/host_header.py checks the rest of the Host rules in the app).
+        request_id, raw = raw_json_answer(
+            "400 Bad Request", "bad_host", "Send one Host header with a valid value."
+        )
+        return 400, request_id, raw
     for kind, status, reason, code in _ANSWERS:
         if isinstance(exc, kind):
             message = f"{_SAYS.get(status, 'The request is malformed')}: {exc}"[:300]

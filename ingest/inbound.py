@@ -15,6 +15,7 @@ timeout, past every call's budget, so calls got the fallback answer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -22,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as wait_for
 from contextvars import copy_context
 from dataclasses import asdict, dataclass
 from time import monotonic
@@ -29,7 +31,8 @@ from typing import Any
 
 import pybreaker
 import redis
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, bindparam, select
+from sqlalchemy.exc import DBAPIError
 
 from ingest import call_deadline
 from ingest.redis_watch import RedisWatch
@@ -47,6 +50,25 @@ LOCAL_ENTRIES = 4096
 # An unknown number is remembered briefly, so a branch added a moment ago is found soon.
 UNKNOWN_TTL_S = 10
 _MISS = object()
+
+
+# Lookups running at once per process; each has a pooled connection of its own.
+LOOKUP_THREADS = 4
+# The lookup: the active branch that owns a number, with its company, in one statement.
+_LOOKUP = (
+    select(
+        Company.id,
+        Company.name,
+        Branch.id,
+        Branch.name,
+        Branch.retell_agent_id,
+        Branch.timezone,
+    )
+    .join(Company, Branch.company_id == Company.id)
+    .where(Branch.phone == bindparam("phone"), Branch.is_active.is_(True))
+    .order_by(Branch.id)
+    .limit(1)
+)
 
 
 def cache_timeout_s(settings: Settings) -> float:
@@ -135,27 +157,45 @@ class InboundDirectory:
         self._local_put(phone.value, contact)
         return contact
 
-    def warm(self, wait_s: float = 5.0) -> None:
-        """Open this process's lookup connection and run the lookup once, waiting at most
-        ``wait_s`` seconds: the first inbound call after a (re)start would otherwise pay
-        for the database connection and the statement's compilation and miss its budget.
-        Never raises; a failure is one warning (the first call then dials, as before)."""
-        try:
-            # In the caller's context: a warm-up run untraced (models.tracing.untraced)
-            # makes no statement span in the lookup thread either.
-            self._executor().submit(copy_context().run, self._warm).result(timeout=wait_s)
-        except FutureTimeout:
-            log.warning("inbound lookup warm-up still running", extra={"wait_s": wait_s})
-
-    def _warm(self) -> None:
+    def warm(self, wait_s: float = 5.0) -> bool:
+        """Open every lookup connection of this process (one per lookup thread, at once)
+        and the Redis cache's, and run the lookup on each, waiting at most ``wait_s``
+        seconds: a call after a (re)start would otherwise pay for a connection's
+        handshake (several round trips: with the database 50 ms away, the first calls
+        missed their 300 ms budget) and the statement's compilation. What is not done
+        within ``wait_s`` goes on in the background. Never raises; a failure is one
+        warning (a call then dials, as before). True when all were opened in time."""
+        threads = self._executor()
+        # Held together until all are open, so each lookup thread warms a connection
+        # of its own (the pool would hand one back and forth otherwise).
+        together = threading.Barrier(LOOKUP_THREADS)
+        # In the caller's context: a warm-up run untraced (models.tracing.untraced) makes
+        # no statement span in the lookup threads either.
+        warming = [
+            threads.submit(copy_context().run, self._warm_one, together, wait_s)
+            for _ in range(LOOKUP_THREADS)
+        ]
         # The cache's connection too: its handshake is several round trips, which a
         # slow Redis made a first lookup's cache read pay (and a reply that slow starts
         # the skipping now, not on a call).
-        self._cached(self._cache.ping)
-        try:
-            self._query("+0")  # a number no branch has: the connection and the plan only
-        except Exception as error:  # noqa: BLE001 (best effort: the calls still work)
-            log.warning("inbound lookup warm-up failed", extra={"error": type(error).__name__})
+        self._cache_threads.get().submit(copy_context().run, self._cached, self._cache.ping)
+        done, running = wait_for(warming, timeout=wait_s)
+        # The connections opened by now go back to the pool for the calls; one still
+        # dialling finishes in the background (a thread each, not all four).
+        together.abort()
+        failures = [type(f.exception()).__name__ for f in done if f.exception() is not None]
+        if failures:
+            log.warning("inbound lookup warm-up failed", extra={"error": failures[0]})
+        if running:
+            log.warning("inbound lookup warm-up still running", extra={"wait_s": wait_s})
+        return not failures and not running
+
+    def _warm_one(self, together: threading.Barrier, wait_s: float) -> None:
+        with self._db().connect() as connection:
+            # A number no branch has: the connection and the plan only.
+            connection.execute(_LOOKUP, {"phone": "+0"}).first()
+            with contextlib.suppress(threading.BrokenBarrierError):
+                together.wait(timeout=wait_s)
 
     def _lookup(self, e164: str) -> BranchContact | None:
         key = REDIS_PREFIX + e164
@@ -197,22 +237,25 @@ class InboundDirectory:
             return None
 
     def _query(self, e164: str) -> BranchContact | None:
-        statement = (
-            select(
-                Company.id,
-                Company.name,
-                Branch.id,
-                Branch.name,
-                Branch.retell_agent_id,
-                Branch.timezone,
-            )
-            .join(Company, Branch.company_id == Company.id)
-            .where(Branch.phone == e164, Branch.is_active.is_(True))
-            .order_by(Branch.id)
-            .limit(1)
-        )
+        """The active branch owning ``e164`` and its company: one statement (a join) on
+        a pooled connection, one round trip to the database (no ping before it, no
+        rollback after it: ``autocommit_reads``, :meth:`_connect`). A connection the
+        database dropped since (a restart, its ``wait_timeout``) fails the statement
+        at once; SQLAlchemy then drops the pool's older connections and the statement
+        is sent once more on a new one, if the call's deadline leaves time."""
+        try:
+            return self._query_once(e164)
+        except DBAPIError as error:
+            deadline = call_deadline.current()
+            if not error.connection_invalidated or (
+                deadline is not None and deadline.left_s() < call_deadline.TOO_LITTLE_S
+            ):
+                raise
+            return self._query_once(e164)
+
+    def _query_once(self, e164: str) -> BranchContact | None:
         with self._db().connect() as connection:
-            row = connection.execute(statement).first()
+            row = connection.execute(_LOOKUP, {"phone": e164}).first()
         if row is None:
             return None
         return BranchContact(*row)
@@ -245,13 +288,17 @@ class InboundDirectory:
         return self._resources.get()[0]
 
     def _connect(self) -> tuple[Engine, ThreadPoolExecutor]:
-        """A small pool with short timeouts, and the lookup threads: per process."""
+        """The lookup threads and a pool of one connection each, kept (the overflow a
+        pool of two had was closed after each use, so a burst of calls dialled anew),
+        with short timeouts and no ping: per process."""
         small = Settings(
             database_url=self._settings.database_url,
-            db_pool_size=2,
-            db_max_overflow=2,
+            db_pool_size=LOOKUP_THREADS,
+            db_max_overflow=0,
             db_pool_timeout_s=self._budget_s,
-            db_pool_pre_ping=True,
+            db_pool_recycle_s=self._settings.db_pool_recycle_s,
+            db_pool_pre_ping=False,  # a round trip per lookup; see _query for the rest
         )
-        engine = make_engine(small, io_timeout_s=1)
-        return engine, ThreadPoolExecutor(max_workers=4, thread_name_prefix="inbound")
+        engine = make_engine(small, io_timeout_s=1, autocommit_reads=True)
+        threads = ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="inbound")
+        return engine, threads

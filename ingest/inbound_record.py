@@ -20,8 +20,10 @@ lookup and the answer, and says where the record went:
    record is handed to ``LateRecords`` as before, and an ERROR names the event: a kill
    before ``LateRecords`` writes it loses it.
 
-Each step takes at most what is left of the call's deadline, counted from its arrival
-(ingest/call_deadline.py), and is skipped when that no longer fits; the database writes
+The database write takes at most what is left of the call's deadline, counted from its
+arrival (ingest/call_deadline.py), and is skipped when that no longer fits; the Redis
+try is made whatever is left (at most :func:`record_timeout_s`, 75 ms: a record queued
+before the answer is worth that much of a call that already waited); the database writes
 are skipped for a while after one was slow (half its bound) or failed
 (:class:`DatabaseWatch`),
 as Redis is after a failure or a slow reply (ingest/redis_watch.py): a slow database or
@@ -156,7 +158,6 @@ class InboundRecorder:
         self._dedup = dedup
         self._watch = watch
         self._database_url = settings.database_url
-        self._try_bound_s = timeout_s
         self._writers = PerProcess(
             lambda: ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="inbound-record")
         )
@@ -174,7 +175,7 @@ class InboundRecorder:
     def _warm(self) -> None:
         # The Redis connection's handshake too (several round trips), through the
         # watch: a Redis slow to reply is skipped from the start, not found by a call.
-        self._queue(self._ping, CallDeadline(float("inf")))
+        self._queue(self._ping)
         try:
             warm(self._database_url)
         except SQLAlchemyError as error:
@@ -206,7 +207,7 @@ class InboundRecorder:
 
         started = time.monotonic()
         with tracing.span("hookfleet.claim_and_enqueue", attributes=span_attributes) as span:
-            refusal = self._queue(attempt, deadline)
+            refusal = self._queue(attempt)
             if refusal is None:
                 return Kept.REDIS
             tracing.record_error(span, refusal)
@@ -228,11 +229,12 @@ class InboundRecorder:
         )
         return Kept.DATABASE if in_database else Kept.NOWHERE
 
-    def _queue(self, attempt: Callable[[], None], deadline: CallDeadline) -> Exception | None:
-        """None once Redis took the record; else what refused it."""
-        if deadline.left_s() < self._try_bound_s:
-            # The call waited for a thread: a try could overrun its answer's deadline.
-            return TimeoutError("no time left for Redis: not tried")
+    def _queue(self, attempt: Callable[[], None]) -> Exception | None:
+        """None once Redis took the record; else what refused it. Tried even when the
+        call's deadline has passed (it waited for a thread, or to be accepted:
+        ingest/accept_queue.py): the try is bounded (:func:`record_timeout_s`, 75 ms),
+        the answer leaves that much later at most, far inside Retell's 10 s, and the
+        record is durable before it instead of held in memory only."""
         try:
             if self._watch.known_unwell():
                 # Redis failed on the inbound path moments ago: not tried, the database

@@ -10,41 +10,29 @@ Every webhook answer is counted in one place, :func:`_count`, from what the answ
 
 ``/metrics`` is this host's exporter: it adds up the samples of every Hookfleet process
 that shares ``PROMETHEUS_MULTIPROC_DIR`` (receiver and, where they run on the same host,
-the workers) and reads the queues and dead letters at scrape time.
+the workers) and reads the queues and dead letters at scrape time, waiting for them
+0.3 s at most (ingest/ops_probe.py).
 """
 
 from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-import redis
 from flask import Blueprint, Flask, Response, abort, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector, CollectorRegistry
-from sqlalchemy import Engine, text
+from prometheus_client.registry import CollectorRegistry
 
 from ingest.errors import OUTCOME_BY_CODE, error_response
 from ingest.listeners import not_served_here
+from ingest.ops_probe import BacklogCollector, Probe
 from ingest.providers import REGISTRY
-from ingest.quarantine import DROP_CAUSES, LANES, REASONS, Kept, Quarantine
-from models.broker.backlog import Backlog, read_backlog
-from models.broker.redis_links import FailoverReply, redis_client
-from models.contract import QUEUES
-from models.engine import make_engine
+from ingest.quarantine import DROP_CAUSES, LANES, REASONS, Kept
 from models.metrics import (
-    BREAKER_NAMES,
-    BREAKER_STATES,
-    breaker_state_key,
     declare_shared_metrics,
     scrape_registry,
 )
-from models.perprocess import PerProcess
 from models.settings import Settings
 
 OUTCOMES = (
@@ -60,13 +48,10 @@ OUTCOMES = (
     "not_replicated",
     "error",
 )
-# The receiver's checks must answer while a probe still waits: each dependency gets
-# this long, and they are checked at the same time.
-CHECK_TIMEOUT_S = 1.0
+# /stats is read again after this; a scrape reads afresh (a few cheap commands, one
+# index count): Prometheus asks every 15 s or so, and a stale queue depth would mislead
+# an autoscaler (one that cannot come in time is shown as last read, and says so).
 STATS_CACHE_S = 5.0
-# A scrape reads afresh (a few cheap commands, one index count): Prometheus asks
-# every 15 s or so, and a stale queue depth would mislead an autoscaler.
-METRICS_CACHE_S = 0.0
 
 RECEIVED = Counter(
     "hookfleet_webhooks_received",
@@ -186,198 +171,6 @@ def outcome_of(response: Response) -> str:
     return "error"
 
 
-class Probe:
-    """The receiver's short-timeout view of Redis and the database, for the operator
-    endpoints. Its connections are its own, built after the fork, never the gate's."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._resources = PerProcess(self._connect)
-        self._cache: dict[str, tuple[float, Backlog]] = {}
-
-    def _connect(self) -> tuple[redis.Redis, redis.Redis | None, Engine, ThreadPoolExecutor]:
-        broker = _short_timeout_client(self.settings.broker_url)
-        dedup = (
-            None
-            if self.settings.dedup_on_broker
-            else _short_timeout_client(self.settings.redis_url)
-        )
-        engine = make_engine(self.settings, io_timeout_s=int(CHECK_TIMEOUT_S))
-        return broker, dedup, engine, ThreadPoolExecutor(4, thread_name_prefix="hookfleet-probe")
-
-    def _ready(self) -> tuple[redis.Redis, Engine, ThreadPoolExecutor]:
-        broker, _, engine, pool = self._resources.get()
-        return broker, engine, pool
-
-    @property
-    def _dedup(self) -> redis.Redis | None:
-        return self._resources.get()[1]
-
-    def checks(self) -> dict[str, dict[str, Any]]:
-        """Ping Redis (dedup store and broker) and the database, in parallel, each
-        within ``CHECK_TIMEOUT_S``."""
-        client, engine, pool = self._ready()
-        probes: dict[str, Callable[[], object]] = {
-            "redis": lambda: _writable_primary(client),
-            "database": lambda: _select_one(engine),
-        }
-        if self._dedup is not None:
-            dedup = self._dedup
-            probes["dedup_redis"] = lambda: _writable_primary(dedup)
-        started = time.perf_counter()
-        futures = {name: pool.submit(probe) for name, probe in probes.items()}
-        results: dict[str, dict[str, Any]] = {}
-        for name, future in futures.items():
-            left = max(0.0, CHECK_TIMEOUT_S + 0.5 - (time.perf_counter() - started))
-            try:
-                future.result(timeout=left)
-                results[name] = {"ok": True}
-            except FutureTimeout:
-                results[name] = {"ok": False, "error": f"no answer within {CHECK_TIMEOUT_S} s"}
-            except Exception as error:  # noqa: BLE001 (every failure means "not ready")
-                results[name] = {"ok": False, "error": f"{type(error).__name__}: {error}"}
-        return results
-
-    def breakers(self) -> dict[str, str]:
-        """Each circuit breaker's state as every worker sees it (shared in Redis);
-        empty when Redis cannot be read."""
-        client, _, _ = self._ready()
-        reader = self._dedup or client
-        try:
-            values = reader.mget([breaker_state_key(name) for name in BREAKER_NAMES])
-        except redis.RedisError:
-            return {}
-        return {
-            name: (value.decode() if isinstance(value, bytes) else value) or "closed"
-            for name, value in zip(BREAKER_NAMES, values, strict=True)
-        }
-
-    def quarantine_sizes(self) -> dict[str, tuple[int, int]]:
-        """``(deliveries, bytes)`` kept per provider in the quarantine (on the dedup
-        Redis); empty when it cannot be read."""
-        client, _, _ = self._ready()
-        try:
-            return Quarantine(self._dedup or client, self.settings).sizes(list(REGISTRY))
-        except redis.RedisError:
-            return {}
-
-    def backlog(self, *, rates: bool, max_age_s: float) -> Backlog:
-        """A cached reading, at most ``max_age_s`` old: a busy dashboard or several
-        Prometheus servers cost Redis and the database one reading per interval."""
-        key = "rates" if rates else "plain"
-        cached = self._cache.get(key)
-        if cached is not None and time.monotonic() - cached[0] < max_age_s:
-            return cached[1]
-        client, engine, pool = self._ready()
-        future = pool.submit(read_backlog, client, engine, QUEUES, rates=rates)
-        try:
-            reading = future.result(timeout=CHECK_TIMEOUT_S * 3)
-        except FutureTimeout:
-            reading = Backlog(taken_at=time.time(), errors={"timeout": "no reading in time"})
-        self._cache[key] = (time.monotonic(), reading)
-        return reading
-
-
-def _short_timeout_client(url: str) -> redis.Redis:
-    # A failover reply drops the connection, so the probe and the queue-depth reading
-    # follow the new primary (or what Sentinel names) at their next try.
-    return redis_client(url, timeout_s=CHECK_TIMEOUT_S)
-
-
-def _writable_primary(client: redis.Redis) -> None:
-    """Raise unless ``client`` reaches a primary. A demoted node still answers PING, so
-    a plain ping would call the receiver ready while every delivery would be refused:
-    ask for the role, and drop the connections to a replica so the next check dials
-    again (reaching the new primary where the address has moved)."""
-    role = client.execute_command("ROLE")[0]
-    if role not in (b"master", "master"):
-        client.connection_pool.disconnect()
-        raise FailoverReply("READONLY", f"the node is a {_text(role)}, not the primary")
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _select_one(engine: Engine) -> None:
-    with engine.connect() as connection:
-        connection.execute(text("SELECT 1"))
-
-
-class BacklogCollector(Collector):
-    """Queue depth, unacked, oldest age and dead letters, read when Prometheus asks."""
-
-    def __init__(self, probe: Probe) -> None:
-        self._probe = probe
-
-    def collect(self) -> Any:
-        reading = self._probe.backlog(rates=False, max_age_s=METRICS_CACHE_S)
-        up = GaugeMetricFamily(
-            "hookfleet_dependency_up",
-            "1 when the last reading of this dependency succeeded.",
-            labels=["dependency"],
-        )
-        up.add_metric(["redis"], 1.0 if reading.queues else 0.0)
-        up.add_metric(["database"], 1.0 if reading.dead_letters is not None else 0.0)
-        yield up
-        depth = GaugeMetricFamily(
-            "hookfleet_queue_depth", "Messages waiting on the queue.", labels=["queue"]
-        )
-        unacked = GaugeMetricFamily(
-            "hookfleet_queue_unacked",
-            "Messages reserved by a worker but not finished (not on the list).",
-            labels=["queue"],
-        )
-        age = GaugeMetricFamily(
-            "hookfleet_queue_oldest_age_seconds",
-            "Age of the next message out of the queue (since the receiver took it).",
-            labels=["queue"],
-        )
-        for queue in reading.queues:
-            depth.add_metric([queue.queue], queue.waiting)
-            unacked.add_metric([queue.queue], queue.unacked)
-            if queue.oldest_age_s is not None or queue.waiting == 0:
-                # Empty: nothing is waiting, so nothing is late. Waiting but no message
-                # tells its age (not one of ours): no sample rather than a wrong one.
-                age.add_metric([queue.queue], queue.oldest_age_s or 0.0)
-        yield depth
-        yield unacked
-        yield age
-        breakers = GaugeMetricFamily(
-            "hookfleet_breaker_state",
-            "Circuit breaker state shared by all workers: 0 closed, 1 half-open, 2 open.",
-            labels=["name"],
-        )
-        for name, state in self._probe.breakers().items():
-            breakers.add_metric([name], BREAKER_STATES.get(state, 0))
-        yield breakers
-        if reading.dead_letters is not None:
-            yield GaugeMetricFamily(
-                "hookfleet_dead_letters",
-                "webhook_events rows with status dead, waiting for a replay.",
-                value=reading.dead_letters,
-            )
-        yield from _quarantine_gauges(self._probe.quarantine_sizes())
-
-
-def _quarantine_gauges(sizes: dict[str, tuple[int, int]]) -> Any:
-    kept = GaugeMetricFamily(
-        "hookfleet_quarantine_kept",
-        "Refused deliveries kept for `hookfleet quarantine release`.",
-        labels=["provider"],
-    )
-    used = GaugeMetricFamily(
-        "hookfleet_quarantine_bytes",
-        "Redis bytes the kept refused deliveries count against HOOKFLEET_QUARANTINE_MAX_BYTES.",
-        labels=["provider"],
-    )
-    for provider, (count, size) in sizes.items():
-        kept.add_metric([provider], count)
-        used.add_metric([provider], size)
-    yield kept
-    yield used
-
-
 @ops.before_app_request
 def _each_listener_its_own_routes() -> None:
     """404 for an operator endpoint asked on the public listener (queue depths, rates
@@ -403,8 +196,8 @@ def metrics() -> Response:
 
 @ops.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """200 when Redis and the database answer within about a second; else 503 naming
-    the one that did not."""
+    """200 when Redis and the database answer within :data:`READY_WAIT_S`; else 503
+    naming the one that did not."""
     probe: Probe = current_app.extensions["hookfleet_probe"]
     checks = probe.checks()
     ready = all(check["ok"] for check in checks.values())
@@ -427,5 +220,4 @@ def stats() -> Response | tuple[Response, int]:
             response = error_response(401, "unauthorized", "Send the admin token as a Bearer.")
             response.headers["WWW-Authenticate"] = "Bearer"
             return response, 401
-    reading = probe.backlog(rates=True, max_age_s=STATS_CACHE_S)
-    return jsonify(reading.as_dict())
+    return jsonify(probe.stats(max_age_s=STATS_CACHE_S).as_dict())

@@ -16,7 +16,11 @@ from models.settings import Settings
 
 
 def make_engine(
-    settings: Settings, *, io_timeout_s: int | None = None, lock_wait_s: int | None = None
+    settings: Settings,
+    *,
+    io_timeout_s: int | None = None,
+    lock_wait_s: int | None = None,
+    autocommit_reads: bool = False,
 ) -> Engine:
     """A pooled engine for ``settings.database_url``. Opens no connection yet.
 
@@ -26,10 +30,15 @@ def make_engine(
     write (whole seconds, PyMySQL's unit) for callers that must not hang on a stalled
     server. ``lock_wait_s`` sets MariaDB's ``innodb_lock_wait_timeout`` for the session,
     so a row lock held elsewhere ends in a clean, retryable error (1205) rather than
-    a wait past the task's time limit.
+    a wait past the task's time limit. ``autocommit_reads``: every statement is its own
+    transaction (``AUTOCOMMIT``) and none is rolled back when its connection goes back
+    to the pool (``skip_autocommit_rollback``, SQLAlchemy 2.1): a read on a pooled
+    connection is one round trip, for reads only (ingest/inbound.py's lookup).
     """
     url = make_url(settings.database_url)
     options: dict[str, Any] = {"pool_pre_ping": settings.db_pool_pre_ping}
+    if autocommit_reads:
+        options |= {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True}
     if url.get_backend_name() == "sqlite":
         _ensure_sqlite_directory(url.database)
         options["connect_args"] = {"timeout": lock_wait_s or io_timeout_s or 30}

@@ -46,6 +46,7 @@ def environ_for(request: deliveries.Request) -> dict[str, Any]:
         "SERVER_NAME": "127.0.0.1",
         "SERVER_PORT": "8000",
         "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1:8000",  # required in HTTP/1.1 (ingest/host_header.py)
         "REMOTE_ADDR": "127.0.0.1",
         "wsgi.url_scheme": "http",
         "wsgi.input": io.BytesIO(request.body),

@@ -53,16 +53,16 @@ def exchange(web: Processes, raw: bytes) -> tuple[int, bytes, float]:
     return status, data[end + 4 :], time.monotonic() - started
 
 
-def call(web: Processes) -> tuple[int, bytes, float]:
-    """One Retell ``call_inbound`` to the seeded branch (a body of its own, so each
-    call's record is a distinct event)."""
+def call(web: Processes, to_number: str = "030 1234567") -> tuple[int, bytes, float]:
+    """One Retell ``call_inbound`` to ``to_number`` (the seeded branch's by default; a
+    body of its own, so each call's record is a distinct event)."""
     body = json.dumps(
         {
             "event": "call_inbound",
             "call_inbound": {
                 "agent_id": "agent_default",
                 "from_number": "+4915112345678",
-                "to_number": "030 1234567",
+                "to_number": to_number,
                 "call": uuid.uuid4().hex,
             },
         }

@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from ingest import create_app
+from ingest.inbound import LOOKUP_THREADS
 from ingest.providers import retell
 from models.business import Branch, Company
 from models.contract import Queue
@@ -229,10 +230,10 @@ def test_warm_up_connects_the_lookup_before_the_first_call(
     directory.warm()
     engine = directory._db()
 
-    assert engine.pool.checkedin() == 1  # a connection, opened and ready
+    assert engine.pool.checkedin() == LOOKUP_THREADS  # one per lookup thread, ready
     contact = directory.find("030 1234567")
     assert contact is not None and contact.agent_id == "agent_mitte"
-    assert engine.pool.checkedin() == 1  # the call used it, dialled nothing new
+    assert engine.pool.checkedin() == LOOKUP_THREADS  # the call used one, dialled nothing
 
 
 def test_a_call_answered_while_redis_is_down_is_recorded_once_redis_is_back(
