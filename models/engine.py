@@ -32,7 +32,7 @@ def make_engine(
     so a row lock held elsewhere ends in a clean, retryable error (1205) rather than
     a wait past the task's time limit. ``autocommit_reads``: every statement is its own
     transaction (``AUTOCOMMIT``) and none is rolled back when its connection goes back
-    to the pool (``skip_autocommit_rollback``, SQLAlchemy 2.1): a read on a pooled
+    to the pool (``skip_autocommit_rollback``, new in SQLAlchemy 2.0.43): a read on a pooled
     connection is one round trip, for reads only (ingest/inbound.py's lookup).
     """
     url = make_url(settings.database_url)
