@@ -21,6 +21,7 @@ import redis
 
 from models.broker.backlog import UNACKED_KEY
 from models.contract import QUEUES
+from tests.helpers import STANDARD_SECRET
 from tests.servers import RedisServer, clean_env, die_with_tests, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,6 +193,23 @@ def fleet_on_own_redis(
             yield processes
     finally:
         redis_server.stop()
+
+
+@contextmanager
+def standard_receiver(tmp: Path, redis_url: str, **env: str) -> Iterator[Processes]:
+    """The Procfile's ``web`` alone (no workers, a database it never opens) verifying
+    Standard Webhooks with ``tests.helpers.STANDARD_SECRET``, against ``redis_url``;
+    ``env`` adds to or overrides TEST_SETTINGS. For raw-socket tests of the receiver's
+    edge, which look at answers and at what was queued."""
+    with running_fleet(
+        tmp,
+        redis_url,
+        f"sqlite:///{tmp / 'unused.db'}",
+        names=("web",),
+        HOOKFLEET_STANDARD_SECRETS=STANDARD_SECRET,
+        **env,
+    ) as processes:
+        yield processes
 
 
 def forget_deliveries(processes: Processes) -> None:

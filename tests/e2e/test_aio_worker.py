@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from ingest.dedup import dedup_key
-from ingest.providers import retell, standard
+from ingest.providers import retell
 from models.migrate import upgrade
 from models.settings import Settings
-from tests.helpers import total_queued
+from tests.helpers import standard_head, total_queued
 from tests.integration.test_inbound import API_KEY as RETELL_KEY
 from tests.integration.test_inbound import inbound, seed
-from tests.processes import Processes, request, running_fleet
+from tests.processes import Processes, request, running_fleet, standard_receiver
 from tests.servers import RedisServer, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -385,18 +385,10 @@ def test_sigquit_ends_a_worker_at_once_and_the_master_replaces_it(shared_web: Pr
         assert read_answers(sock, 1)[0][0] == 202
 
 
-SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
 def signed(event_id: str, body: bytes, *, content_type: str = "application/json") -> bytes:
-    timestamp = int(time.time())
-    signature = standard.sign(SECRET, body, timestamp, webhook_id=event_id)
-    return (
-        f"POST /webhooks/standard HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
-        f"webhook-id: {event_id}\r\nwebhook-timestamp: {timestamp}\r\n"
-        f"webhook-signature: {signature}\r\nX-Request-ID: req-{event_id}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    head = standard_head(event_id, body, content_type=content_type)
+    framing = f"X-Request-ID: req-{event_id}\r\nContent-Length: {len(body)}\r\n\r\n"
+    return (head + framing).encode() + body
 
 
 def same_requests() -> list[bytes]:
@@ -410,7 +402,9 @@ def same_requests() -> list[bytes]:
         signed("same-3", b'{"type":'),  # not JSON
         signed("same-4", b'{"type":"t"}', content_type="text/plain"),
         signed("same-5", b"[1,2]"),  # an array: Standard Webhooks takes any JSON
-        signed("same-6", b'{"type":"t"}').replace(b"Host: x\r\n", b"Content-Encoding: gzip\r\n"),
+        signed("same-6", b'{"type":"t"}').replace(
+            b"Host: hookfleet\r\n", b"Content-Encoding: gzip\r\n"
+        ),
         b"POST /webhooks/nobody HTTP/1.1\r\nHost: x\r\nX-Request-ID: r-404\r\nContent-Length: 2"
         b"\r\n\r\n{}",
         b"GET /webhooks/standard HTTP/1.1\r\nHost: x\r\nX-Request-ID: r-405\r\n\r\n",
@@ -441,13 +435,8 @@ def test_both_workers_answer_the_same_requests_alike(
 ) -> None:
     seen = []
     for n, cmd_args in enumerate(["", "--worker-class ingest.gunicorn_worker.JsonErrorWorker"]):
-        with running_fleet(
-            tmp_path / str(n),
-            own_redis.url.replace("/0", f"/{n + 1}"),
-            f"sqlite:///{tmp_path / 'unused.db'}",
-            names=("web",),
-            HOOKFLEET_STANDARD_SECRETS=SECRET,
-            GUNICORN_CMD_ARGS=cmd_args,
+        with standard_receiver(
+            tmp_path / str(n), own_redis.url.replace("/0", f"/{n + 1}"), GUNICORN_CMD_ARGS=cmd_args
         ) as web:
             answers = answers_of(web)
             metrics = request(web.ops_url, "GET", "/metrics")[2]
