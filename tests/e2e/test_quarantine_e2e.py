@@ -209,7 +209,7 @@ def flood(fleet: Processes, prefix: str, n: int) -> list[int]:
 # 40-delivery cap, half of them 2 KB (~300 KB) against a 50,000-byte cap. The accepted
 # deliveries keep their ratio to the flood (1 in 10, sent while it runs), so their
 # median is still taken during the flood. 600 and 60 before: the same caps were passed
-# as often in proportion, at twice the CPU (~6 CPU-s of requests per run).
+# as often in proportion, at ~1.5 CPU-s more per run.
 FLOOD, ACCEPTED_DURING = 300, 30
 
 
