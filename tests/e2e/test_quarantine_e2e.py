@@ -25,7 +25,7 @@ from ingest.providers import standard, stripe
 from models.contract import Queue
 from models.events import EventStatus, WebhookEvent
 from tests.helpers import hookfleet_here
-from tests.processes import Processes, request, running_fleet, worker_on
+from tests.processes import ONE_RECEIVER_WORKER, Processes, request, running_fleet, worker_on
 from tests.servers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -123,7 +123,9 @@ def test_deliveries_refused_for_a_wrong_secret_take_effect_once_after_the_fix_an
         "HOOKFLEET_STANDARD_TOLERANCE_S": "5",
         "HOOKFLEET_STRIPE_TOLERANCE_S": "5",
     }
-    with running_fleet(tmp_path, redis_url, mariadb_url, names=("web",), **wrong) as fleet:
+    with running_fleet(
+        tmp_path, redis_url, mariadb_url, names=("web",), **ONE_RECEIVER_WORKER, **wrong
+    ) as fleet:
         # One worker for the accepted retry's queue and the release's (hookfleet.low).
         fleet.start("worker_default", worker_on(Queue.DEFAULT, Queue.LOW))
         standard_ids = [f"msg_{n}" for n in range(10)]
@@ -217,6 +219,7 @@ def test_a_junk_flood_stays_within_the_caps_and_costs_accepted_deliveries_nothin
     tmp_path: Path, redis_url: str, mariadb_url: str
 ) -> None:
     caps = {
+        **ONE_RECEIVER_WORKER,
         "HOOKFLEET_STANDARD_SECRETS": RIGHT,
         "HOOKFLEET_QUARANTINE_MAX_DELIVERIES": "40",
         "HOOKFLEET_QUARANTINE_MAX_BYTES": "50000",
