@@ -1,5 +1,5 @@
-"""Small things several test modules need: reading queued Celery messages, running a
-script in a fresh Python process."""
+"""Small things several test modules need: reading queued Celery messages, signed raw
+requests and reads for socket-level tests, running a script in a fresh Python process."""
 
 from __future__ import annotations
 
