@@ -86,7 +86,12 @@ def test_a_million_one_byte_chunks_are_answered_without_holding_the_loop(
 ) -> None:
     body = b'{"type": "t", "id": "tiny", "pad": "' + b"a" * 999_962 + b'"}'
     assert len(body) == 1_000_000  # under the 1 MiB limit: whole, and accepted
-    wire = HEAD % b"tiny" + b"".join(b"1\r\n%c\r\n" % byte for byte in body) + b"0\r\n\r\n"
+    run = os.urandom(4).hex()  # ids of this attempt: a rerun meets no duplicate of its own
+    wire = (
+        HEAD % f"tiny-{run}".encode()
+        + b"".join(b"1\r\n%c\r\n" % byte for byte in body)
+        + b"0\r\n\r\n"
+    )
     workers = worker_pids(web)
     queued = total_queued(redis_server.client())  # the session's Redis: earlier tests' too
     answer: list[tuple[int, float]] = []
@@ -102,7 +107,7 @@ def test_a_million_one_byte_chunks_are_answered_without_holding_the_loop(
     meanwhile = []
     while sender.is_alive() and len(meanwhile) < 100:
         time.sleep(0.2)
-        meanwhile.append(delivery(web, f"meanwhile-{len(meanwhile)}"))
+        meanwhile.append(delivery(web, f"meanwhile-{run}-{len(meanwhile)}"))
     sender.join(60)
 
     ((status, seconds),) = answer
@@ -125,7 +130,12 @@ def test_a_body_of_tiny_chunks_sent_at_once_is_not_a_408_however_long_its_walk(
     body = b'{"type": "t", "id": "big-tiny", "pad": "' + b"a" * 4_499_958 + b'"}'
     assert len(body) == 4_500_000
     queued = total_queued(redis_server.client())  # the session's Redis: earlier tests' too
-    wire = HEAD % b"big-tiny" + b"".join(b"1\r\n%c\r\n" % byte for byte in body) + b"0\r\n\r\n"
+    run = os.urandom(4).hex()  # ids of this attempt: a rerun meets no duplicate of its own
+    wire = (
+        HEAD % f"big-tiny-{run}".encode()
+        + b"".join(b"1\r\n%c\r\n" % byte for byte in body)
+        + b"0\r\n\r\n"
+    )
     with connect(web) as sock:
         sock.settimeout(60)
         sock.sendall(wire)
@@ -172,13 +182,14 @@ def drip(web: Processes, until: float) -> int:
 def test_connections_dripping_one_byte_chunks_do_not_hold_up_deliveries(
     web: Processes,
 ) -> None:
+    run = os.urandom(4).hex()  # ids of this attempt: a rerun meets no duplicate of its own
     until = time.monotonic() + 12
     with ThreadPoolExecutor(8) as drippers:
         drips = [drippers.submit(drip, web, until) for _ in range(8)]
         time.sleep(3)  # their bodies have grown (a walk from the start grew with them)
         took = []
         while time.monotonic() < until - 0.5:
-            status, seconds = delivery(web, f"legit-{len(took)}")
+            status, seconds = delivery(web, f"legit-{run}-{len(took)}")
             assert status == 202
             took.append(seconds)
             time.sleep(0.05)
