@@ -1,5 +1,5 @@
-"""Small things several test modules need: reading queued Celery messages, running a
-script in a fresh Python process."""
+"""Small things several test modules need: reading queued Celery messages, signed raw
+requests and reads for socket-level tests, running a script in a fresh Python process."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import base64
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 
+from ingest.providers import standard
 from models.contract import QUEUES, Queue
 from models.settings import DEFAULT_OPS_BIND, forget_process_settings
 from tests.servers import clean_env
@@ -24,6 +27,41 @@ from tests.servers import clean_env
 # answer only on the ops listener (its port, as gunicorn would report it).
 OPS = f"http://{DEFAULT_OPS_BIND}"
 ROOT = Path(__file__).resolve().parents[1]
+
+
+STANDARD_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+"""The Standard Webhooks specification's example secret (24 bytes once decoded), which
+the raw-socket tests of a real receiver sign with."""
+DELIVERY_LINE = "POST /webhooks/standard HTTP/1.1"
+JSON = "application/json"
+
+
+def standard_head(
+    event_id: str, body: bytes, request_line: str = DELIVERY_LINE, content_type: str = JSON
+) -> str:
+    """``request_line`` and the headers of a Standard Webhooks delivery of ``body``
+    signed now with :data:`STANDARD_SECRET` (``webhook-id``, ``webhook-timestamp``,
+    ``webhook-signature``: standard-webhooks' spec and ``Webhook.sign``), each line
+    CRLF-ended; no ``Content-Length`` and no blank line, for the test to add its own
+    framing."""
+    timestamp = int(time.time())
+    signature = standard.sign(STANDARD_SECRET, body, timestamp, webhook_id=event_id)
+    return (
+        f"{request_line}\r\nHost: hookfleet\r\nContent-Type: {content_type}\r\n"
+        f"webhook-id: {event_id}\r\nwebhook-timestamp: {timestamp}\r\n"
+        f"webhook-signature: {signature}\r\n"
+    )
+
+
+def recv_until(sock: socket.socket, marker: bytes, data: bytes = b"") -> bytes:
+    """``data`` and what ``sock`` sends after it until ``marker`` is in it or the peer
+    closes (a timeout is the socket's own)."""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def queued(client: redis.Redis, queue: str = Queue.DEFAULT) -> list[dict[str, Any]]:

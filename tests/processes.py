@@ -21,6 +21,7 @@ import redis
 
 from models.broker.backlog import UNACKED_KEY
 from models.contract import QUEUES
+from tests.helpers import STANDARD_SECRET
 from tests.servers import RedisServer, clean_env, die_with_tests, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,6 +156,13 @@ TEST_SETTINGS = {
 }
 
 
+ONE_RECEIVER_WORKER = {"WEB_CONCURRENCY": "1"}
+"""For a receiver whose test is not about several receiver workers (how connections
+spread, every process's metrics or exporter): one gunicorn worker instead of
+TEST_SETTINGS' two. A second worker imports the app after the fork, ~0.5 CPU-s per
+receiver start, and proves nothing more where one worker serves every request."""
+
+
 @contextmanager
 def running_fleet(
     tmp_path: Path, redis_url: str, database_url: str, *, names: Sequence[str] = FLEET, **env: str
@@ -192,6 +200,20 @@ def fleet_on_own_redis(
             yield processes
     finally:
         redis_server.stop()
+
+
+@contextmanager
+def standard_receiver(tmp: Path, redis_url: str, **env: str) -> Iterator[Processes]:
+    """The Procfile's ``web`` alone (no workers, a database it never opens) verifying
+    Standard Webhooks with ``tests.helpers.STANDARD_SECRET``, against ``redis_url``,
+    with one gunicorn worker (:data:`ONE_RECEIVER_WORKER`); ``env`` adds to or overrides
+    these and TEST_SETTINGS. For raw-socket tests of the receiver's edge, which look at
+    answers and at what was queued."""
+    settings = {**ONE_RECEIVER_WORKER, "HOOKFLEET_STANDARD_SECRETS": STANDARD_SECRET, **env}
+    with running_fleet(
+        tmp, redis_url, f"sqlite:///{tmp / 'unused.db'}", names=("web",), **settings
+    ) as processes:
+        yield processes
 
 
 def forget_deliveries(processes: Processes) -> None:

@@ -18,13 +18,18 @@ from pathlib import Path
 import pytest
 
 from ingest.dedup import dedup_key
-from ingest.providers import retell, standard
-from models.migrate import upgrade
-from models.settings import Settings
-from tests.helpers import total_queued
+from ingest.providers import retell
+from tests.databases import copy_sqlite
+from tests.helpers import standard_head, total_queued
 from tests.integration.test_inbound import API_KEY as RETELL_KEY
 from tests.integration.test_inbound import inbound, seed
-from tests.processes import Processes, request, running_fleet
+from tests.processes import (
+    ONE_RECEIVER_WORKER,
+    Processes,
+    request,
+    running_fleet,
+    standard_receiver,
+)
 from tests.servers import RedisServer, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -33,14 +38,12 @@ pytestmark = pytest.mark.e2e
 def web_only(
     tmp_path: Path, redis_url: str, **env: str
 ) -> contextlib.AbstractContextManager[Processes]:
-    """The receiver alone (no Celery worker) on ``redis_url``, verification off."""
+    """The receiver alone (no Celery worker) on ``redis_url``, verification off, one
+    gunicorn worker (``tests.processes.ONE_RECEIVER_WORKER``: no test here is about how
+    requests spread over workers); ``env`` on top."""
+    settings = {**ONE_RECEIVER_WORKER, "HOOKFLEET_STANDARD_VERIFY": "off", **env}
     return running_fleet(
-        tmp_path,
-        redis_url,
-        f"sqlite:///{tmp_path / 'unused.db'}",
-        names=("web",),
-        HOOKFLEET_STANDARD_VERIFY="off",
-        **env,
+        tmp_path, redis_url, f"sqlite:///{tmp_path / 'unused.db'}", names=("web",), **settings
     )
 
 
@@ -347,9 +350,7 @@ def test_a_body_announced_too_large_is_413_without_asking_for_it(shared_web: Pro
 def test_max_requests_restarts_a_worker_between_requests(
     tmp_path: Path, own_redis: RedisServer
 ) -> None:
-    with web_only(
-        tmp_path, own_redis.url, WEB_CONCURRENCY="1", GUNICORN_CMD_ARGS="--max-requests 3"
-    ) as web:
+    with web_only(tmp_path, own_redis.url, GUNICORN_CMD_ARGS="--max-requests 3") as web:
         first = worker_pids(web.running["web"].pid)
         statuses = []
         for n in range(6):
@@ -385,18 +386,10 @@ def test_sigquit_ends_a_worker_at_once_and_the_master_replaces_it(shared_web: Pr
         assert read_answers(sock, 1)[0][0] == 202
 
 
-SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
 def signed(event_id: str, body: bytes, *, content_type: str = "application/json") -> bytes:
-    timestamp = int(time.time())
-    signature = standard.sign(SECRET, body, timestamp, webhook_id=event_id)
-    return (
-        f"POST /webhooks/standard HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
-        f"webhook-id: {event_id}\r\nwebhook-timestamp: {timestamp}\r\n"
-        f"webhook-signature: {signature}\r\nX-Request-ID: req-{event_id}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    head = standard_head(event_id, body, content_type=content_type)
+    framing = f"X-Request-ID: req-{event_id}\r\nContent-Length: {len(body)}\r\n\r\n"
+    return (head + framing).encode() + body
 
 
 def same_requests() -> list[bytes]:
@@ -411,7 +404,7 @@ def same_requests() -> list[bytes]:
         signed("same-4", b'{"type":"t"}', content_type="text/plain"),
         signed("same-5", b"[1,2]"),  # an array: Standard Webhooks takes any JSON
         signed("same-6", b'{"type":"t"}').replace(
-            b"Host: x\r\n", b"Host: x\r\nContent-Encoding: gzip\r\n"
+            b"Host: hookfleet\r\n", b"Host: hookfleet\r\nContent-Encoding: gzip\r\n"
         ),
         b"POST /webhooks/nobody HTTP/1.1\r\nHost: x\r\nX-Request-ID: r-404\r\nContent-Length: 2"
         b"\r\n\r\n{}",
@@ -443,13 +436,8 @@ def test_both_workers_answer_the_same_requests_alike(
 ) -> None:
     seen = []
     for n, cmd_args in enumerate(["", "--worker-class ingest.gunicorn_worker.JsonErrorWorker"]):
-        with running_fleet(
-            tmp_path / str(n),
-            own_redis.url.replace("/0", f"/{n + 1}"),
-            f"sqlite:///{tmp_path / 'unused.db'}",
-            names=("web",),
-            HOOKFLEET_STANDARD_SECRETS=SECRET,
-            GUNICORN_CMD_ARGS=cmd_args,
+        with standard_receiver(
+            tmp_path / str(n), own_redis.url.replace("/0", f"/{n + 1}"), GUNICORN_CMD_ARGS=cmd_args
         ) as web:
             answers = answers_of(web)
             metrics = request(web.ops_url, "GET", "/metrics")[2]
@@ -479,10 +467,9 @@ def test_both_workers_answer_the_same_requests_alike(
 
 
 def test_a_retell_inbound_call_is_answered_from_a_thread_then_recorded(
-    tmp_path: Path, own_redis: RedisServer
+    tmp_path: Path, own_redis: RedisServer, sqlite_template: Path
 ) -> None:
-    database_url = f"sqlite:///{tmp_path / 'inbound.db'}"
-    upgrade(Settings(database_url=database_url))
+    database_url = copy_sqlite(sqlite_template, tmp_path / "db")  # migrated once a session
     seed(database_url)
     body = inbound("030 1234567")
     signature = retell.sign(RETELL_KEY, body, int(time.time() * 1000))
@@ -495,6 +482,7 @@ def test_a_retell_inbound_call_is_answered_from_a_thread_then_recorded(
         own_redis.url,
         database_url,
         names=("web",),
+        **ONE_RECEIVER_WORKER,
         HOOKFLEET_RETELL_SECRETS=RETELL_KEY,
         HOOKFLEET_INBOUND_BUDGET_MS="5000",  # the answer's shape, not the budget
     ) as web:

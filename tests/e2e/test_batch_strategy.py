@@ -22,7 +22,7 @@ from celery import Celery
 
 from ingest.providers import retell
 from tests.faults.test_faults import SECRET, call_body
-from tests.processes import procfile, request, running_fleet
+from tests.processes import ONE_RECEIVER_WORKER, procfile, request, running_fleet
 from tests.servers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +38,12 @@ def test_a_batch_worker_sends_task_received_and_rejects_an_impossible_eta(
     tmp_path: Path, redis_url: str, mariadb_url: str
 ) -> None:
     with running_fleet(
-        tmp_path, redis_url, mariadb_url, names=("web",), HOOKFLEET_RETELL_SECRETS=SECRET
+        tmp_path,
+        redis_url,
+        mariadb_url,
+        names=("web",),
+        **ONE_RECEIVER_WORKER,
+        HOOKFLEET_RETELL_SECRETS=SECRET,
     ) as fleet:
         fleet.start("worker_high", procfile()["worker_high"].replace(" worker ", " worker -E "))
         fleet.wait_for_worker("worker_high")

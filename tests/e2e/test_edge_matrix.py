@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,12 +14,10 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest.providers import standard
-from tests.helpers import total_queued
-from tests.processes import Processes, running_fleet
+from tests.helpers import recv_until, standard_head, total_queued
+from tests.processes import Processes, standard_receiver
 from tests.servers import wait_until
 
-SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 BODY = b'{"type":"invoice.paid","data":{"id":"in_1"}}'
 SHIPPED, GTHREAD = "shipped worker", "gthread fallback"
 WORKERS = {SHIPPED: "", GTHREAD: "--worker-class ingest.gunicorn_worker.JsonErrorWorker"}
@@ -37,26 +34,17 @@ def web(
 @contextmanager
 def receiver(tmp: Path, redis_url: str, worker: str, **env: str) -> Iterator[Processes]:
     """One web process of ``worker`` (a key of :data:`WORKERS`) verifying Standard
-    Webhooks with :data:`SECRET`; ``env`` on top."""
-    with running_fleet(
-        tmp,
-        redis_url,
-        f"sqlite:///{tmp / 'unused.db'}",
-        names=("web",),
-        HOOKFLEET_STANDARD_SECRETS=SECRET,
-        WEB_CONCURRENCY="1",
-        GUNICORN_CMD_ARGS=WORKERS[worker],
-        **env,
+    Webhooks with ``tests.helpers.STANDARD_SECRET``; ``env`` on top."""
+    with standard_receiver(
+        tmp, redis_url, WEB_CONCURRENCY="1", GUNICORN_CMD_ARGS=WORKERS[worker], **env
     ) as processes:
         yield processes
 
 
 @pytest.fixture
-def queue(redis_server) -> Iterator[redis.Redis]:  # type: ignore[no-untyped-def]
-    client = redis_server.client()
-    client.flushall()
-    yield client
-    client.close()
+def queue(redis_client: redis.Redis) -> redis.Redis:
+    """The shared test Redis, emptied for the test (tests/conftest.py)."""
+    return redis_client
 
 
 def public(web: Processes) -> int:
@@ -72,13 +60,7 @@ def ask(port: int, raw: bytes) -> tuple[str, dict[str, str], bytes]:
     case) and body (by its Content-Length, or up to the close)."""
     with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
         sock.sendall(raw)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
+        head, _, body = recv_until(sock, b"\r\n\r\n").partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         headers = {}
         for line in lines[1:]:
@@ -100,14 +82,10 @@ def code_of(body: bytes) -> str:
     return str(json.loads(body)["error"]["code"])
 
 
-def signed_head(event_id: str, *, version: str = "HTTP/1.1", target: str = "") -> str:
-    timestamp = int(time.time())
-    signature = standard.sign(SECRET, BODY, timestamp, webhook_id=event_id)
-    return (
-        f"POST {target or '/webhooks/standard'} {version}\r\nHost: hookfleet\r\n"
-        f"Content-Type: application/json\r\nwebhook-id: {event_id}\r\n"
-        f"webhook-timestamp: {timestamp}\r\nwebhook-signature: {signature}\r\n"
-    )
+def signed_head(
+    event_id: str, *, version: str = "HTTP/1.1", target: str = "/webhooks/standard"
+) -> str:
+    return standard_head(event_id, BODY, f"POST {target} {version}")
 
 
 def delivery(head: str, *extra: str) -> bytes:

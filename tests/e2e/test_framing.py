@@ -20,44 +20,17 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from ingest.providers import standard
-from tests.helpers import total_queued
-from tests.processes import Processes, request, running_fleet
+from tests.helpers import standard_head, total_queued
+from tests.processes import Processes, request, standard_receiver
 from tests.servers import wait_until
 
-SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # 24 bytes once decoded
 BODY = b'{"type":"invoice.paid","data":{"id":"in_1"}}'
 
 
 @pytest.fixture(scope="module")
 def web(tmp_path_factory: pytest.TempPathFactory, redis_server) -> Iterator[Processes]:  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("framing")
-    with running_fleet(
-        tmp,
-        redis_server.url,
-        f"sqlite:///{tmp / 'unused.db'}",
-        names=("web",),
-        HOOKFLEET_STANDARD_SECRETS=SECRET,
-    ) as processes:
+    with standard_receiver(tmp_path_factory.mktemp("framing"), redis_server.url) as processes:
         yield processes
-
-
-@pytest.fixture
-def redis_client(redis_server) -> Iterator[redis.Redis]:  # type: ignore[no-untyped-def]
-    client = redis_server.client()
-    client.flushall()
-    yield client
-    client.close()
-
-
-def headers_for(body: bytes, webhook_id: str) -> str:
-    timestamp = int(time.time())
-    signature = standard.sign(SECRET, body, timestamp, webhook_id=webhook_id)
-    return (
-        f"POST /webhooks/standard HTTP/1.1\r\nHost: hookfleet\r\n"
-        f"Content-Type: application/json\r\nwebhook-id: {webhook_id}\r\n"
-        f"webhook-timestamp: {timestamp}\r\nwebhook-signature: {signature}\r\n"
-    )
 
 
 def exchange(web: Processes, raw: bytes, *, hang_up: bool = True) -> bytes:
@@ -100,7 +73,7 @@ def parsed(answer: bytes) -> tuple[int, dict[str, str]]:
 
 def chunked(webhook_id: str, chunks: bytes, extra_headers: str = "") -> bytes:
     return (
-        headers_for(BODY, webhook_id) + "Transfer-Encoding: chunked\r\n" + extra_headers + "\r\n"
+        standard_head(webhook_id, BODY) + "Transfer-Encoding: chunked\r\n" + extra_headers + "\r\n"
     ).encode() + chunks
 
 
@@ -146,7 +119,7 @@ REFUSED = [
     ),
     (
         "Content-Length larger than what was sent",
-        (headers_for(BODY, "f9") + f"Content-Length: {len(BODY) + 50}\r\n\r\n").encode() + BODY,
+        (standard_head("f9", BODY) + f"Content-Length: {len(BODY) + 50}\r\n\r\n").encode() + BODY,
         400,
         "incomplete_body",
     ),
@@ -177,7 +150,7 @@ REFUSED = [
     ),
     (
         "Transfer-Encoding gzip without chunked",
-        (headers_for(BODY, "f12") + "Transfer-Encoding: gzip\r\n\r\n").encode()
+        (standard_head("f12", BODY) + "Transfer-Encoding: gzip\r\n\r\n").encode()
         + gzip.compress(BODY),
         400,
         "malformed_request",
@@ -196,7 +169,7 @@ REFUSED = [
     ),
     (
         "two Content-Length headers",
-        (headers_for(BODY, "f16") + f"Content-Length: {len(BODY)}\r\n" * 2 + "\r\n").encode()
+        (standard_head("f16", BODY) + f"Content-Length: {len(BODY)}\r\n" * 2 + "\r\n").encode()
         + BODY,
         400,
         "malformed_request",
@@ -211,7 +184,7 @@ REFUSED = [
     ),
     (
         "Content-Length not a number",
-        (headers_for(BODY, "f14") + "Content-Length: 4x\r\n\r\n").encode() + BODY,
+        (standard_head("f14", BODY) + "Content-Length: 4x\r\n\r\n").encode() + BODY,
         400,
         "malformed_request",
     ),
@@ -249,7 +222,7 @@ def test_compressed_body_is_415_never_401(
     # Signed over the uncompressed body, as a sender signs: still refused, as 415.
     body = gzip.compress(BODY)
     raw = (
-        headers_for(BODY, f"ce-{coding}") + f"Content-Encoding: {coding}\r\n"
+        standard_head(f"ce-{coding}", BODY) + f"Content-Encoding: {coding}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
@@ -262,7 +235,7 @@ def test_compressed_body_is_415_never_401(
 def test_a_client_gone_mid_body_costs_a_closed_connection_only(
     web: Processes, redis_client: redis.Redis
 ) -> None:
-    raw = (headers_for(BODY, "gone") + f"Content-Length: {len(BODY) + 10}\r\n\r\n").encode()
+    raw = (standard_head("gone", BODY) + f"Content-Length: {len(BODY) + 10}\r\n\r\n").encode()
     port = int(web.env["PORT"])
     with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
         sock.sendall(raw + BODY[:10])
@@ -353,7 +326,7 @@ def test_a_doubled_slash_is_a_json_404_not_a_redirect(web: Processes, path: str)
 
 
 def raw_head(webhook_id: str, *lines: str, version: str = "1.1") -> bytes:
-    head = headers_for(BODY, webhook_id).replace("HTTP/1.1", f"HTTP/{version}", 1)
+    head = standard_head(webhook_id, BODY).replace("HTTP/1.1", f"HTTP/{version}", 1)
     return (head + "".join(line + "\r\n" for line in lines) + "\r\n").encode()
 
 

@@ -26,7 +26,7 @@ from models.events import EventStatus, WebhookEvent
 from models.migrate import upgrade
 from models.settings import Settings
 from tests.helpers import dedup_keys, post_json, queued
-from tests.processes import request, running_fleet
+from tests.processes import ONE_RECEIVER_WORKER, request, running_fleet
 from tests.servers import RedisServer, sqlite_url, wait_until
 
 SECRET = "whsec_" + "cmVwbGljYXMtbXVzdC1jb25maXJtLWl0"
@@ -308,6 +308,7 @@ def test_after_the_replica_returns_the_retry_takes_effect_exactly_once(
         primary.url,
         database_url,
         names=("web", "worker_high"),
+        **ONE_RECEIVER_WORKER,
         HOOKFLEET_RETELL_SECRETS=key,
         HOOKFLEET_REDIS_MIN_REPLICAS="1",
         HOOKFLEET_REDIS_REPLICA_WAIT_MS=str(WAIT_MS),

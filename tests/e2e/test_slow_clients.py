@@ -28,6 +28,7 @@ import pytest
 import redis
 
 from ingest.gunicorn_worker import ARRIVAL_TIMEOUT_S, BOARD_STALE_S, request_arrived
+from tests.helpers import recv_until
 from tests.processes import Processes, request, running_fleet
 from tests.servers import RedisServer, wait_until
 
@@ -518,12 +519,7 @@ def test_the_body_after_the_loops_100_continue_is_served_with_no_second_100(
         sock.sendall(head)
         interim = sock.recv(4096)
         sock.sendall(body)
-        answer = b""
-        while b"accepted" not in answer:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
+        answer = recv_until(sock, b"accepted")
 
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
     assert answer.startswith(b"HTTP/1.1 202"), answer

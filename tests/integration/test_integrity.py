@@ -276,8 +276,9 @@ def test_the_command_prints_what_it_found_and_exits_1_until_fixed(
     database_url: str, backend: str
 ) -> None:
     seed(database_url)
-    # The console script as processes on SQLite; the same command lines in this process
-    # on MariaDB.
+    # On SQLite the first ``check`` (exit status 1) and the ``fix`` that writes run as the
+    # console script in processes of their own; the other command lines, and all of them
+    # on MariaDB, in this process (the same code below main(), ~0.8 CPU-s less apiece).
     here = backend == "mariadb"
 
     found = hookfleet(database_url, "check", here=here)
@@ -288,11 +289,11 @@ def test_the_command_prints_what_it_found_and_exits_1_until_fixed(
     assert "to review (fix leaves these):" in found.stdout
     assert "fix --dry-run" in found.stdout
 
-    dry = hookfleet(database_url, "fix", "--dry-run", here=here)
+    dry = hookfleet(database_url, "fix", "--dry-run", here=True)
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.startswith("would fix:\n")
     assert "(dry run, nothing changed)" in dry.stdout
-    assert hookfleet(database_url, "check", here=here).stdout == found.stdout
+    assert hookfleet(database_url, "check", here=True).stdout == found.stdout
 
     fixed = hookfleet(database_url, "fix", here=here)
     assert fixed.returncode == 0, fixed.stderr
@@ -302,7 +303,7 @@ def test_the_command_prints_what_it_found_and_exits_1_until_fixed(
         == (dry.stdout.split("\n")[:-2])
     )
 
-    clean = hookfleet(database_url, "check", here=here)
+    clean = hookfleet(database_url, "check", here=True)
     assert clean.returncode == 0, clean.stderr
     assert clean.stdout.startswith("to review (fix leaves these):\n")
     assert clean.stdout.endswith("nothing to repair.\n")

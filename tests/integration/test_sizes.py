@@ -24,7 +24,7 @@ from models.settings import (
 from tests.databases import packet_limited_database
 from tests.factories import incoming_event
 from tests.long_calls import call_body
-from tests.processes import request, running_fleet
+from tests.processes import ONE_RECEIVER_WORKER, request, running_fleet
 from tests.servers import MariaDBServer, wait_until
 from workers.pipeline.record import IncomingEvent, Outcome, record_batch, split_by_bytes
 
@@ -165,6 +165,7 @@ def test_a_two_hour_retell_call_lands_in_calls_through_the_real_fleet(
         redis_url,
         database_url,
         names=("web", "worker_high"),
+        **ONE_RECEIVER_WORKER,
         HOOKFLEET_RETELL_SECRETS=RETELL_KEY,
     ) as fleet:
         headers = {"x-retell-signature": retell.sign(RETELL_KEY, body, int(time.time() * 1000))}
