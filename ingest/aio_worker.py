@@ -100,6 +100,7 @@ from ingest.gunicorn_worker import (
     ArrivalWalk,
     logged_refusal,
     raw_json_answer,
+    take_queued_then_close,
     timeout_answer,
 )
 from ingest.http_version import ANSWER_VERSION, answer_as_http11
@@ -1122,12 +1123,7 @@ class AioWorker(Worker):
                 self.loop.remove_reader(listener.fileno())
             except (ValueError, OSError):
                 pass
-            try:
-                while self._accept(listener):
-                    pass
-            except OSError:
-                pass  # out of descriptors: what is left is refused below
-            listener.close()
+            take_queued_then_close(listener, self._accept)
 
     # requests
     def trusts(self, peer: Any) -> bool:

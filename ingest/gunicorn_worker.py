@@ -589,6 +589,19 @@ class ConnectionBoard:
 BOARD = ConnectionBoard()
 
 
+def take_queued_then_close(
+    listener: socket.socket, take_one: Callable[[socket.socket], bool]
+) -> None:
+    """At a worker's exit: ``take_one(listener)`` (False once the accept queue is
+    empty) until nothing is queued, then close this process's copy of ``listener``."""
+    try:
+        while take_one(listener):
+            pass
+    except OSError:
+        pass  # out of descriptors: what is left is refused once every copy is closed
+    listener.close()
+
+
 class JsonErrorWorker(ThreadWorker):
     """``gthread`` that buffers each request's arrival in its event loop, with JSON
     answers for the requests gunicorn refuses itself."""
@@ -634,12 +647,7 @@ class JsonErrorWorker(ThreadWorker):
         listeners = list(self.sockets)
         self.sockets.clear()
         for listener in listeners:
-            try:
-                while self._accepted(listener):
-                    pass
-            except OSError:
-                pass  # out of descriptors: what is left is refused below
-            listener.close()
+            take_queued_then_close(listener, self._accepted)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         """While not accepting for the others' sake, look again every
