@@ -72,7 +72,7 @@ EXIT_TRY_S = 1.0
 #: (seconds): whatever blocks the exit (a database connect at 1 s a round trip, a
 #: frozen Redis, a stuck thread), the records not durable are named before the master's
 #: SIGKILL at the window's end.
-WATCHDOG_MARGIN_S = 1.0
+WATCHDOG_MARGIN_S = 1.5
 
 
 @dataclass(frozen=True)
