@@ -62,7 +62,7 @@ BACKOFF_S = (0.5, 5.0)
 EXIT_BACKOFF_S = 1.0
 #: Of an exit's deadline, the part kept for writing what is left to the database and
 #: leaving (seconds).
-EXIT_RESERVE_S = 2.5
+EXIT_RESERVE_S = 3.0
 #: Of an exit's deadline, the part kept for logging what is left and leaving (seconds).
 EXIT_LOG_S = 0.5
 #: When no deadline is given (an exit gunicorn's worker did not announce: SIGQUIT, an
@@ -227,7 +227,8 @@ class LateRecords:
             target=_shelve_all, args=(left, False), name="late-records-exit", daemon=True
         )
         writer.start()
-        writer.join(max(0.0, deadline - time.monotonic() - EXIT_LOG_S))
+        # Done before the watchdog (WATCHDOG_MARGIN_S) would name them instead.
+        writer.join(max(0.0, deadline - time.monotonic() - WATCHDOG_MARGIN_S - EXIT_LOG_S))
 
     def _at_exit(self) -> None:
         if not self._closed:
