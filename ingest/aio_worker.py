@@ -101,6 +101,7 @@ from ingest.gunicorn_worker import (
     ArrivalWalk,
     logged_refusal,
     raw_json_answer,
+    take_queued_then_close,
     timeout_answer,
 )
 from ingest.host_header import host_refusal
@@ -1043,13 +1044,14 @@ class AioWorker(Worker):
         if self.alive and not self.accepting:
             self._rebalance()
 
-    def _accept(self, listener: Any) -> None:
+    def _accept(self, listener: Any) -> bool:
+        """Take one connection off ``listener``'s queue; False when none was there."""
         try:
             client, _ = listener.accept()
         except OSError as error:
             if error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
-            return
+            return error.errno == errno.ECONNABORTED
         client.setblocking(False)
         if client.family in (socket.AF_INET, socket.AF_INET6):
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -1063,6 +1065,7 @@ class AioWorker(Worker):
         connecting.add_done_callback(partial(self._connected, client))
         self.handshakes.add(client)
         self._rebalance()  # the next ones may be for the other workers
+        return True
 
     def _connected(self, client: socket.socket, connecting: asyncio.Task[Any]) -> None:
         """A client gone before its transport was made is closed, quietly."""
@@ -1090,6 +1093,12 @@ class AioWorker(Worker):
             self._graceful_exit()
 
     def _graceful_exit(self) -> None:
+        if self.alive:
+            # Whatever blocks the exit, the answered calls' records not durable are
+            # named before the master's SIGKILL (ingest/late_records.py).
+            from ingest.late_records import late_records
+
+            late_records().arm_watchdog(time.monotonic() + self.cfg.graceful_timeout)
         self.alive = False
         self._rebalance()  # out of the board: the others take every new connection
         for connection in list(self.connections):
@@ -1107,11 +1116,7 @@ class AioWorker(Worker):
         calls' late records (ingest/late_records.py), within ``graceful_timeout``; then
         the loop ends and the process exits."""
         self._rebalance()
-        for listener in self.sockets:
-            try:
-                self.loop.remove_reader(listener.fileno())
-            except (ValueError, OSError):
-                pass
+        self._close_listeners()
         deadline = time.monotonic() + self.cfg.graceful_timeout
         while self.connections and time.monotonic() < deadline:
             for connection in list(self.connections):
@@ -1128,6 +1133,21 @@ class AioWorker(Worker):
 
         with ThreadPoolExecutor(1, thread_name_prefix="late-records") as leaving:
             await self.loop.run_in_executor(leaving, late_records().finish, deadline)
+
+    def _close_listeners(self) -> None:
+        """Take what is in the accept queues (served below), then close this worker's
+        copies of the listening sockets: the master closed its own before SIGTERM
+        (gunicorn ``Arbiter.stop``), so once every worker has, a new connection is
+        refused at once. A copy kept open let the kernel queue calls no one served
+        until the window's end (18 s; Retell waits 10 s)."""
+        listeners = list(self.sockets)
+        self.sockets.clear()
+        for listener in listeners:
+            try:
+                self.loop.remove_reader(listener.fileno())
+            except (ValueError, OSError):
+                pass
+            take_queued_then_close(listener, self._accept)
 
     # requests
     def trusts(self, peer: Any) -> bool:

@@ -160,9 +160,10 @@ def post_worker_init(worker: object) -> None:
 
         # Untraced: each worker's warm-up SELECT was a trace of its own, with no request.
         with untraced():
-            # The database connection an inline answer's record may need before it,
-            # in the background; the lookup's waited for briefly: a slow database
-            # must not hold the first calls (they queue in the listen backlog).
+            # The connections an inline answer's record may need before it: Redis
+            # waited for 0.5 s at most, the database in the background; then the
+            # lookup's, waited for 2.5 s at most: a slow database must not hold the
+            # first calls long (they queue in the listen backlog).
             extensions["hookfleet_inbound_record"].warm()
             inbound.warm(wait_s=WARM_WAIT_S)
     worker.log.info("Worker ready: pid %s", worker.pid)  # type: ignore[attr-defined]

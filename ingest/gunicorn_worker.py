@@ -596,6 +596,19 @@ class ConnectionBoard:
 BOARD = ConnectionBoard()
 
 
+def take_queued_then_close(
+    listener: socket.socket, take_one: Callable[[socket.socket], bool]
+) -> None:
+    """At a worker's exit: ``take_one(listener)`` (False once the accept queue is
+    empty) until nothing is queued, then close this process's copy of ``listener``."""
+    try:
+        while take_one(listener):
+            pass
+    except OSError:
+        pass  # out of descriptors: what is left is refused once every copy is closed
+    listener.close()
+
+
 class JsonErrorWorker(ThreadWorker):
     """``gthread`` that buffers each request's arrival in its event loop, with JSON
     answers for the requests gunicorn refuses itself."""
@@ -620,6 +633,28 @@ class JsonErrorWorker(ThreadWorker):
             enabled and (not self.alive or BOARD.may_accept(self.board_slot, self.nr_conns))
         )
         BOARD.post(self.board_slot, self.nr_conns, ACCEPTING if self._accepting else OUT)
+        if not enabled and not self.alive:
+            self._close_listeners()
+
+    def handle_exit(self, sig: Any, frame: Any) -> None:
+        if self.alive:
+            # Whatever blocks the exit, the answered calls' records not durable are
+            # named before the master's SIGKILL (ingest/late_records.py).
+            from ingest.late_records import late_records
+
+            late_records().arm_watchdog(time.monotonic() + self.cfg.graceful_timeout)
+        super().handle_exit(sig, frame)
+
+    def _close_listeners(self) -> None:
+        """At the exit, once out of the poller: take what is in the accept queues
+        (served in the grace period), then close this worker's copies of the listening
+        sockets. The master closed its own before SIGTERM (gunicorn ``Arbiter.stop``):
+        once every worker has, a new connection is refused at once instead of queued
+        by the kernel for no one until the window's end (Retell waits 10 s)."""
+        listeners = list(self.sockets)
+        self.sockets.clear()
+        for listener in listeners:
+            take_queued_then_close(listener, self._accepted)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         """While not accepting for the others' sake, look again every
@@ -629,12 +664,16 @@ class JsonErrorWorker(ThreadWorker):
         super().wait_for_and_dispatch_events(timeout)
 
     def accept(self, listener: socket.socket) -> None:
+        self._accepted(listener)
+
+    def _accepted(self, listener: socket.socket) -> bool:
+        """Take one connection off ``listener``'s queue; False when none was there."""
         try:
             client, address = listener.accept()
         except OSError as error:
             if error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
-            return
+            return error.errno == errno.ECONNABORTED
         self.nr_conns += 1
         if not BOARD.may_accept(self.board_slot, self.nr_conns):
             self.set_accept_enabled(False)  # the next ones are for the other workers
@@ -642,13 +681,14 @@ class JsonErrorWorker(ThreadWorker):
         conn = TConn(self.cfg, client, address, listener.getsockname())  # non-blocking
         if self.cfg.is_ssl:  # the TLS handshake is gunicorn's (never configured here)
             self.enqueue_req(conn)
-            return
+            return True
         self.arriving[conn] = (bytearray(), time.monotonic() + ARRIVAL_TIMEOUT_S)
         # Often the request is there already: no wait in the poller for it then.
         if self._receive(conn, registered=False) is _WAITING:
             self.poller.register(
                 conn.sock, selectors.EVENT_READ, partial(self._on_arriving_readable, conn)
             )
+        return True
 
     def on_client_socket_readable(self, conn: TConn, client: socket.socket) -> None:
         """A kept-alive connection has a new request coming: let it arrive first (read

@@ -71,6 +71,8 @@ log = logging.getLogger("hookfleet.ingest")
 #: Seconds an answer waits for its record's database write (after Redis refused it):
 #: a healthy database takes milliseconds; a frozen one must not hold the phone.
 DATABASE_BOUND_S = 1.0
+#: Seconds a worker waits, before accepting calls, for its records' Redis connection.
+WARM_REDIS_S = 0.5
 #: Threads per process writing records to the database before their answers.
 WRITERS = 4
 #: Seconds the database writes are skipped after a slow (:data:`SLOW_WRITE_S`) or failed
@@ -158,31 +160,55 @@ class InboundRecorder:
         self._dedup = dedup
         self._watch = watch
         self._database_url = settings.database_url
+        self._try_bound_s = timeout_s  # the warm-up's ping: each try bounded by it
         self._writers = PerProcess(
             lambda: ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="inbound-record")
         )
         self._database = PerProcess(DatabaseWatch)
 
-    def warm(self) -> None:
-        """Start opening this process's database connection for the rows before the
-        first call needs it (its first-connect cost would exceed :data:`DATABASE_BOUND_S`
-        on a loaded machine), in a writer thread: returns at once, so a slow database
-        holds no call (an outsider's first calls after a restart waited 4 s behind a
-        warm-up). Never raises; a failure is one warning (the first record kept there
-        then dials, as before)."""
-        self._writers.get().submit(copy_context().run, self._warm)
+    def warm(self, wait_s: float = WARM_REDIS_S) -> None:
+        """Before the worker accepts calls: open this process's Redis connection for the
+        records, waited for ``wait_s`` at most (tries each bounded by
+        :func:`record_timeout_s`); and start opening its database connection for the
+        rows in a writer thread (its first-connect cost would exceed
+        :data:`DATABASE_BOUND_S` on a loaded machine; a slow database holds no call: an
+        outsider's first calls after a restart waited 4 s behind a warm-up). An
+        outsider's first 37 records after a worker respawn, Redis and database healthy,
+        were held in memory only: their connect to Redis, on the just-forked worker of a
+        loaded box, overran the record's bound. Never raises; a failure is one warning
+        (the first record then dials, as before)."""
+        writers = self._writers.get()
+        writers.submit(copy_context().run, self._warm_database)
+        pinged = writers.submit(copy_context().run, self._ping_until, time.monotonic() + wait_s)
+        try:
+            pinged.result(timeout=wait_s + self._try_bound_s)
+        except FutureTimeout:
+            pass  # logged by the ping when it gives up
+        except Exception as error:  # noqa: BLE001 (best effort: the calls still work)
+            log.warning("inbound record warm-up failed", extra={"error": type(error).__name__})
 
-    def _warm(self) -> None:
-        # The Redis connection's handshake too (several round trips), through the
-        # watch: a Redis slow to reply is skipped from the start, not found by a call.
-        self._queue(self._ping)
+    def _ping_until(self, until: float) -> None:
+        # Not through the watch: a slow first connect of a just-forked worker is not a
+        # failure of Redis (it would count towards skipping Redis for every call).
+        while True:
+            try:
+                self._dedup.ping()
+                return
+            except redis.RedisError as failed:
+                error = failed
+            if time.monotonic() >= until:
+                break
+            time.sleep(0.02)  # a refused connect fails at once: no busy loop
+        log.warning(
+            "inbound record warm-up failed",
+            extra={"error": type(error).__name__, "of": "redis"},
+        )
+
+    def _warm_database(self) -> None:
         try:
             warm(self._database_url)
         except SQLAlchemyError as error:
             log.warning("inbound record warm-up failed", extra={"error": type(error).__name__})
-
-    def _ping(self) -> None:
-        self._dedup.ping()
 
     def record(
         self,

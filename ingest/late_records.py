@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -61,12 +62,17 @@ BACKOFF_S = (0.5, 5.0)
 EXIT_BACKOFF_S = 1.0
 #: Of an exit's deadline, the part kept for writing what is left to the database and
 #: leaving (seconds).
-EXIT_RESERVE_S = 2.5
+EXIT_RESERVE_S = 3.0
 #: Of an exit's deadline, the part kept for logging what is left and leaving (seconds).
 EXIT_LOG_S = 0.5
 #: When no deadline is given (an exit gunicorn's worker did not announce: SIGQUIT, an
 #: interpreter exit), the time left records are tried for (seconds).
 EXIT_TRY_S = 1.0
+#: Of an exit's window, the part the watchdog keeps for naming what is left and leaving
+#: (seconds): whatever blocks the exit (a database connect at 1 s a round trip, a
+#: frozen Redis, a stuck thread), the records not durable are named before the master's
+#: SIGKILL at the window's end.
+WATCHDOG_MARGIN_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,7 @@ class LateRecord:
 class _Held:
     record: LateRecord
     shelved: bool = False
+    settled: bool = False  # queued, or its fate logged: never named again
 
 
 class LateRecords:
@@ -99,6 +106,9 @@ class LateRecords:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        # Taken out of ``_held`` by finish(), not yet settled: the watchdog names them.
+        self._leaving: list[_Held] = []
+        self._watchdog: threading.Timer | None = None
 
     def keep(self, record: LateRecord, *, shelved: bool = False) -> None:
         """Hold ``record`` until Redis takes it (see the module's docstring);
@@ -166,9 +176,44 @@ class LateRecords:
         with self._lock:
             self._closed = True
             left, self._held = list(self._held), deque()
+            self._leaving = left
         self._last_write(left, deadline)
         for held in left:
             _leave(held, "the receiver process ended", write=False)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+    def arm_watchdog(self, deadline: float) -> None:
+        """At an orderly exit's start (SIGTERM, ``max_requests``): at ``deadline``
+        (``time.monotonic()``, when gunicorn's master kills the worker) less
+        :data:`WATCHDOG_MARGIN_S`, if the exit has not ended by then, name every record
+        not settled (not in the database: ERROR ``inline event not recorded``; kept
+        there: WARNING), flush the log handlers and end the process (``os._exit``).
+        An outsider's worker blocked past the window on database connects through a
+        1 s round trip and was killed with hundreds of answered calls unnamed. A daemon
+        timer thread: nothing the exit path blocks on can hold it. Idempotent."""
+        with self._lock:
+            if self._watchdog is not None:
+                return
+            delay = max(0.0, deadline - WATCHDOG_MARGIN_S - time.monotonic())
+            self._watchdog = threading.Timer(delay, self._bark)
+            self._watchdog.name = "late-records-watchdog"
+            self._watchdog.daemon = True
+            self._watchdog.start()
+
+    def _bark(self) -> None:
+        with self._lock:
+            self._closed = True
+            unsettled = [held for held in (*self._leaving, *self._held) if not held.settled]
+            self._held = deque()
+        for held in unsettled:
+            _leave(held, "the exit window ran out", write=False)
+        log.error(
+            "receiver exit overran its window: ending the process",
+            extra={"unsettled": len(unsettled)},
+        )
+        _flush_logs()
+        os._exit(1)
 
     @staticmethod
     def _last_write(left: list[_Held], deadline: float) -> None:
@@ -182,7 +227,8 @@ class LateRecords:
             target=_shelve_all, args=(left, False), name="late-records-exit", daemon=True
         )
         writer.start()
-        writer.join(max(0.0, deadline - time.monotonic() - EXIT_LOG_S))
+        # Done before the watchdog (WATCHDOG_MARGIN_S) would name them instead.
+        writer.join(max(0.0, deadline - time.monotonic() - WATCHDOG_MARGIN_S - EXIT_LOG_S))
 
     def _at_exit(self) -> None:
         if not self._closed:
@@ -198,6 +244,7 @@ class LateRecords:
         for held in self._snapshot():
             if not _recorded(held.record):
                 return False
+            held.settled = True
             self._drop(held)
         return not self.waiting()
 
@@ -273,7 +320,11 @@ def _shelved(held: _Held, *, quiet: bool = False) -> bool:
 def _leave(held: _Held, why: str, *, write: bool = True) -> None:
     """Let go of a record Redis has not taken: the stuck-work sweep queues it from the
     database, or it is lost, said at ERROR with its event id. ``write``: try the
-    database once more first."""
+    database once more first. Once per record (the exit watchdog may race an exit)."""
+    with _SETTLING:
+        if held.settled:
+            return
+        held.settled = True
     if held.shelved or (write and _shelved(held)):
         log.warning(
             "inline event left to the stuck-work sweep",
@@ -281,6 +332,20 @@ def _leave(held: _Held, why: str, *, write: bool = True) -> None:
         )
         return
     log.error("inline event not recorded", extra={"event_id": held.record.event_id, "reason": why})
+
+
+_SETTLING = threading.Lock()
+
+
+def _flush_logs() -> None:
+    """Flush every handler of every logger: ``os._exit`` skips logging's own flush."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            try:
+                handler.flush()
+            except Exception:  # noqa: BLE001, S112 (a broken handler must not stop the exit)
+                continue
 
 
 _LATE = PerProcess(LateRecords)

@@ -6,10 +6,14 @@ into the number's default agent), and the answer's branch lookup within
 a stalled disk, a saturated host) accepts connections and answers nothing: each
 command waits for the socket timeout, so every lookup's cache read missed its budget
 and every record after an answer held a receiver thread for it. One failure or timeout
-on that path opens this breaker: for :data:`SKIP_S` the lookups skip the Redis cache
-(straight to the database, as with a Redis that is down) and the records go to the
-database at once (ingest/inbound_record.py); then a call tries Redis again (pybreaker's
-half-open state) and closes it when Redis answers in time.
+on that path, :data:`FAILURES_TO_OPEN` in a row, opens this breaker (logged once, at
+WARNING, with the last failure): for :data:`PROBE_AFTER_S` the lookups skip the Redis
+cache (straight to the database, as with a Redis that is down) and the records go to the
+database at once (ingest/inbound_record.py); then one call tries Redis again (pybreaker's
+half-open state) and closes it when Redis answers in time. One failure was not enough:
+an outsider's 50 ms SIGSTOP under load became one 75 ms timeout that moved 5 s of
+records off a healthy Redis, into memory behind a busy database; and a thaw is noticed
+within :data:`PROBE_AFTER_S`, not 5 s later.
 
 A Redis that answers, but slowly (a Redis 60 ms away answered every command under the
 75 ms give-up, and still held each call long enough to queue others into their
@@ -41,8 +45,13 @@ T = TypeVar("T")
 
 log = logging.getLogger("hookfleet.ingest.inbound")
 
-#: Seconds Redis is skipped on the inbound path after a failure or timeout there.
+#: Seconds the lookups skip a Redis cache that replied slowly (see SLOW_IN_A_ROW).
 SKIP_S = 5.0
+#: Failures or timeouts in a row on the inbound path that open the breaker.
+FAILURES_TO_OPEN = 3
+#: Seconds the breaker stays open before one call probes Redis again: a frozen Redis
+#: costs one call's Redis bound this often; a thawed one is used again this soon.
+PROBE_AFTER_S = 0.75
 #: Lookup cache replies in a row slower than ``slow_s`` that make the lookups skip it.
 SLOW_IN_A_ROW = 3
 
@@ -52,9 +61,42 @@ def _not_redis(error: BaseException) -> bool:
     return not isinstance(error, redis.RedisError)
 
 
+class _SayWhyOpened(pybreaker.CircuitBreakerListener):
+    """One WARNING when the breaker opens from closed (not at each failed probe), with
+    the failure that opened it."""
+
+    def __init__(self) -> None:
+        self._last_failure = ""
+
+    def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
+        self._last_failure = type(exc).__name__
+
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        if new_state.name == pybreaker.STATE_OPEN and (
+            old_state is None or old_state.name == pybreaker.STATE_CLOSED
+        ):
+            log.warning(
+                "redis skipped on the inbound path: it failed",
+                extra={
+                    "error": self._last_failure,
+                    "failures_in_a_row": cb.fail_max,
+                    "probe_after_s": PROBE_AFTER_S,
+                },
+            )
+
+
 def _breaker() -> pybreaker.CircuitBreaker:
     return pybreaker.CircuitBreaker(
-        fail_max=1, reset_timeout=SKIP_S, exclude=[_not_redis], name="inbound-redis"
+        fail_max=FAILURES_TO_OPEN,
+        reset_timeout=PROBE_AFTER_S,
+        exclude=[_not_redis],
+        listeners=[_SayWhyOpened()],
+        name="inbound-redis",
     )
 
 
@@ -77,9 +119,10 @@ class RedisWatch:
 
     def call(self, command: Callable[[], T], *, lookup: bool = False) -> T:
         """``command()``; raises ``pybreaker.CircuitBreakerError`` without calling it
-        while Redis is being skipped, and ``redis.RedisError`` when it fails (which
-        starts the skipping). ``lookup``: a lookup's cache command, also skipped after
-        :data:`SLOW_IN_A_ROW` slow replies (see the module's docstring)."""
+        while Redis is being skipped, and ``redis.RedisError`` when it fails (the
+        :data:`FAILURES_TO_OPEN`-th in a row starts the skipping; pybreaker raises
+        ``CircuitBreakerError`` for that one). ``lookup``: a lookup's cache command,
+        also skipped after :data:`SLOW_IN_A_ROW` slow replies (see the module's docstring)."""
         breaker = self._breaker.get()
         slowness = self._slowness.get()
         started = monotonic()
@@ -102,6 +145,6 @@ class RedisWatch:
 
     def known_unwell(self) -> bool:
         """True while the breaker is open: Redis failed on the inbound path, and no
-        call since (one is let through :data:`SKIP_S` after) has found it answering.
+        call since (one is let through :data:`PROBE_AFTER_S` after) has found it answering.
         Asking makes no call."""
         return self._breaker.get().current_state == pybreaker.STATE_OPEN
