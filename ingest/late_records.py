@@ -93,6 +93,10 @@ class _Held:
     record: LateRecord
     shelved: bool = False
     settled: bool = False  # queued, or its fate logged: never named again
+    # A database write of it was sent and has not answered: if the process ends now
+    # the row may be there or not (an outsider's exit batch committed as the watchdog
+    # fired, and 134 calls on record were named "not recorded").
+    writing: bool = False
 
 
 class LateRecords:
@@ -109,6 +113,10 @@ class LateRecords:
         # Taken out of ``_held`` by finish(), not yet settled: the watchdog names them.
         self._leaving: list[_Held] = []
         self._watchdog: threading.Timer | None = None
+        # When gunicorn's master kills this worker (set at SIGTERM): the exit at
+        # interpreter end (the gthread worker's) tries until then, not a fixed few
+        # seconds from there (an outsider's gthread workers gave up 6-10 s early).
+        self._exit_deadline: float | None = None
 
     def keep(self, record: LateRecord, *, shelved: bool = False) -> None:
         """Hold ``record`` until Redis takes it (see the module's docstring);
@@ -179,7 +187,10 @@ class LateRecords:
             self._leaving = left
         self._last_write(left, deadline)
         for held in left:
-            _leave(held, "the receiver process ended", write=False)
+            if held.writing:
+                _unconfirmed(held)
+            else:
+                _leave(held, "the receiver process ended", write=False)
         if self._watchdog is not None:
             self._watchdog.cancel()
 
@@ -195,6 +206,7 @@ class LateRecords:
         with self._lock:
             if self._watchdog is not None:
                 return
+            self._exit_deadline = deadline
             delay = max(0.0, deadline - WATCHDOG_MARGIN_S - time.monotonic())
             self._watchdog = threading.Timer(delay, self._bark)
             self._watchdog.name = "late-records-watchdog"
@@ -207,7 +219,10 @@ class LateRecords:
             unsettled = [held for held in (*self._leaving, *self._held) if not held.settled]
             self._held = deque()
         for held in unsettled:
-            _leave(held, "the exit window ran out", write=False)
+            if held.writing:
+                _unconfirmed(held)
+            else:
+                _leave(held, "the exit window ran out", write=False)
         log.error(
             "receiver exit overran its window: ending the process",
             extra={"unsettled": len(unsettled)},
@@ -232,7 +247,9 @@ class LateRecords:
 
     def _at_exit(self) -> None:
         if not self._closed:
-            self.finish(time.monotonic() + EXIT_RESERVE_S + EXIT_TRY_S)
+            armed = self._exit_deadline
+            soonest = time.monotonic() + EXIT_RESERVE_S + EXIT_TRY_S
+            self.finish(soonest if armed is None else max(armed, soonest))
 
     def _shelve_new(self) -> None:
         """Write the records not yet in the database there (:func:`_shelve_all`)."""
@@ -292,18 +309,27 @@ def _shelve_all(helds: list[_Held], singly_after_failure: bool) -> None:
         if not held.shelved:
             by_database.setdefault(held.record.database_url, []).append(held)
     for database_url, batch in by_database.items():
+        for held in batch:
+            held.writing = True
         try:
             shelve(database_url, [held.record.message for held in batch])
         except (SQLAlchemyError, ValueError):
+            failed = True
+        else:
+            failed = False
+            for held in batch:
+                held.shelved = True
+        finally:
+            for held in batch:
+                held.writing = False
+        if failed:
             if singly_after_failure and not all(_shelved(held, quiet=True) for held in batch):
                 return
-            continue
-        for held in batch:
-            held.shelved = True
 
 
 def _shelved(held: _Held, *, quiet: bool = False) -> bool:
     """Keep ``held`` in the database; False (logged unless ``quiet``) when it cannot."""
+    held.writing = True
     try:
         shelve(held.record.database_url, [held.record.message])
     except (SQLAlchemyError, ValueError) as error:
@@ -313,7 +339,10 @@ def _shelved(held: _Held, *, quiet: bool = False) -> bool:
                 extra={"event_id": held.record.event_id, "error": type(error).__name__},
             )
         return False
-    held.shelved = True
+    else:
+        held.shelved = True
+    finally:
+        held.writing = False
     return True
 
 
@@ -332,6 +361,23 @@ def _leave(held: _Held, why: str, *, write: bool = True) -> None:
         )
         return
     log.error("inline event not recorded", extra={"event_id": held.record.event_id, "reason": why})
+
+
+def _unconfirmed(held: _Held) -> None:
+    """Name a record whose database write was in flight when the exit window ran out:
+    the row may have landed (then the stuck-work sweep queues it) or not. ERROR, for
+    the operator to check the event id, but not the "not recorded" of a certain loss."""
+    with _SETTLING:
+        if held.settled:
+            return
+        held.settled = True
+    log.error(
+        "inline event record unconfirmed",
+        extra={
+            "event_id": held.record.event_id,
+            "reason": "its database write was in flight when the exit window ran out",
+        },
+    )
 
 
 _SETTLING = threading.Lock()
