@@ -130,4 +130,5 @@ def test_inbound_calls_during_a_redis_freeze_are_routed_in_time_and_recorded_onc
     assert recorded == expected  # every answered call once, none twice
     assert kept == len(answered)  # each in the database before its answer
     assert "inline event not recorded" not in log
+    assert "inline event record unconfirmed" not in log
     assert "Traceback" not in log

@@ -148,6 +148,7 @@ def test_calls_are_routed_in_time_and_recorded_once_with_redis_60_ms_away(
     assert recorded == 1 + len(answered)
     assert "redis slow on the inbound path" in log
     assert "inline event not recorded" not in log
+    assert "inline event record unconfirmed" not in log
     assert "Traceback" not in log
 
 
@@ -193,5 +194,6 @@ def test_an_orderly_exit_after_a_redis_freeze_with_the_database_400_ms_away_keep
 
     assert [status for status, _, _ in answered] == [200] * len(answered)
     assert "inline event not recorded" not in log
+    assert "inline event record unconfirmed" not in log
     # Each call is an event of its own: every answered one is on record, once.
     assert len(kept) == len(answered), (len(kept), len(answered))

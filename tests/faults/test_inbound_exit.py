@@ -174,6 +174,7 @@ def test_calls_answered_while_redis_is_down_are_recorded_once_when_it_returns_wi
         assert ids_logged(web, "recorded inline event late").keys() == refused.keys()
         assert ids_logged(web, "inline event left to the stuck-work sweep") == Counter()
         assert ids_logged(web, "inline event not recorded") == Counter()
+        assert ids_logged(web, "inline event record unconfirmed") == Counter()
 
 
 def test_calls_answered_while_redis_is_down_are_recorded_once_by_the_sweep_when_it_returns_after_the_receiver_exited(  # noqa: E501
@@ -205,6 +206,7 @@ def test_calls_answered_while_redis_is_down_are_recorded_once_by_the_sweep_when_
             refused.keys()
         )
         assert ids_logged(web, "inline event not recorded") == Counter()
+        assert ids_logged(web, "inline event record unconfirmed") == Counter()
         found = recorded(database_url)
         assert {c: found.get(c) for c in callers} == dict.fromkeys(
             callers, (1, {EventStatus.RECEIVED})

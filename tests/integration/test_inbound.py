@@ -261,6 +261,7 @@ def test_a_call_answered_while_redis_is_down_is_recorded_once_redis_is_back(
         assert messages.count("could not record inline event") == 2
         assert messages.count("recorded inline event late") == 2
         assert "inline event not recorded" not in messages
+        assert "inline event record unconfirmed" not in messages
         kinds = {m["decoded_body"][1]["event_type"] for m in queued(own.client(), Queue.HIGH)}
         assert kinds == {"call_inbound"}
     finally:

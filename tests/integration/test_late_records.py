@@ -147,6 +147,7 @@ def test_a_record_redis_refuses_is_in_the_database_before_its_answer_and_left_to
         event_ids(lines, "inline event left to the stuck-work sweep", logging.WARNING)
     ) == sorted(refused)
     assert event_ids(lines, "inline event not recorded", logging.ERROR) == []
+    assert event_ids(lines, "inline event record unconfirmed", logging.ERROR) == []
     assert len(kept_rows(database_url)) == 3  # written once, whatever was tried again
 
 
@@ -191,6 +192,7 @@ def test_a_record_handed_over_after_the_exit_began_is_kept_in_the_database_at_on
     assert len(kept_rows(database_url)) == 1
     assert len(event_ids(lines, "inline event left to the stuck-work sweep", logging.WARNING)) == 1
     assert event_ids(lines, "inline event not recorded", logging.ERROR) == []
+    assert event_ids(lines, "inline event record unconfirmed", logging.ERROR) == []
 
 
 @pytest.mark.usefixtures("fresh_late_records")
