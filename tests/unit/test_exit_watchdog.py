@@ -12,45 +12,15 @@ from pathlib import Path
 
 import pytest
 
-CHILD = textwrap.dedent(
-    """
-    import logging, sys, time
-    import redis
-    from ingest.late_records import LateRecord, LateRecords
-
-    class Line(logging.Formatter):
-        def format(self, record):
-            return f"{record.levelname}|{record.getMessage()}|{getattr(record, 'event_id', '')}"
-
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(Line())
-    logger = logging.getLogger("hookfleet.ingest")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-
-    def refused():
-        raise redis.ConnectionError("frozen")
-
-    records = LateRecords()
-    unreachable = "sqlite:///" + sys.argv[1] + "/no/such/dir/hf.db"
-    for n in range(3):
-        records.keep(LateRecord(refused, f"call_{n}", time.monotonic(), "{}", unreachable))
-    armed = time.monotonic()  # CLOCK_MONOTONIC: the same clock in the parent
-    print(f"ARMED|{armed}|", flush=True)
-    records.arm_watchdog(armed + float(sys.argv[2]))
-    time.sleep(60)  # the exit is stuck (a database connect, a frozen Redis)
-    print("NOT ENDED", flush=True)
-    """
-)
-
-# The exit's last batch write is sent and never answers (a database 1 s away mid-commit):
-# whether its rows landed is unknown when the window ends.
-WRITE_IN_FLIGHT = textwrap.dedent(
+# A child process with three parts: what its database does, how many records it keeps
+# (Redis refuses them all), and how its exit ends after the watchdog is armed.
+PREAMBLE = textwrap.dedent(
     """
     import logging, sys, time
     import redis
     import ingest.late_records as late
     from ingest.late_records import LateRecord, LateRecords
+    from sqlalchemy.exc import OperationalError
 
     class Line(logging.Formatter):
         def format(self, record):
@@ -65,45 +35,41 @@ WRITE_IN_FLIGHT = textwrap.dedent(
     def refused():
         raise redis.ConnectionError("frozen")
 
-    late.shelve = lambda url, messages: time.sleep(60)  # sent, never answered
-    records = LateRecords()
-    for n in range(2):
-        records.keep(LateRecord(refused, f"call_{n}", time.monotonic(), "{}", "sqlite://"))
-    armed = time.monotonic()
-    print(f"ARMED|{armed}|", flush=True)
-    records.arm_watchdog(armed + float(sys.argv[2]))
-    {exit}
-    print("ENDED", flush=True)
+    def down(url, messages):
+        raise OperationalError("INSERT", {}, Exception("down"))
+
+    unreachable = "sqlite:///" + sys.argv[1] + "/no/such/dir/hf.db"
     """
 )
 
+KEEP_AND_ARM = textwrap.dedent(
+    """
+    records = LateRecords()
+    for n in range(int(sys.argv[3])):
+        records.keep(LateRecord(refused, f"call_{n}", time.monotonic(), "{}", unreachable))
+    armed = time.monotonic()  # CLOCK_MONOTONIC: the same clock in the parent
+    print(f"ARMED|{armed}|", flush=True)
+    records.arm_watchdog(armed + float(sys.argv[2]))
+    """
+)
 
-def test_a_stuck_exit_names_every_record_not_durable_and_ends_before_its_window(
-    tmp_path: Path,
-) -> None:
-    window_s = 3.0
+# Its database: an unreachable SQLite path; one that refuses every write at once; a
+# write sent and never answered (a database 1 s away mid-commit: whether its rows
+# landed is unknown when the window ends).
+UNREACHABLE = ""
+REFUSING = "late.shelve = down\n"
+NEVER_ANSWERS = "late.shelve = lambda url, messages: time.sleep(60)\n"
+
+STUCK = "time.sleep(60)  # the exit is stuck (a database connect, a frozen Redis)\n"
+
+
+def run_child(
+    database: str, records: int, ending: str, tmp_path: Path, window_s: float
+) -> tuple[subprocess.CompletedProcess[str], list[str], float, float]:
+    """Run the child; its result, stdout lines, when it armed and when it ended."""
+    code = PREAMBLE + database + KEEP_AND_ARM + ending + 'print("NOT ENDED", flush=True)\n'
     child = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tmp_path), str(window_s)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    ended = time.monotonic()
-    lines = child.stdout.splitlines()
-    armed = float(next(line for line in lines if line.startswith("ARMED|")).split("|")[1])
-    named = sorted(
-        line.split("|")[2] for line in lines if line.startswith("ERROR|inline event not recorded|")
-    )
-    assert named == ["call_0", "call_1", "call_2"], child.stdout + child.stderr  # once each
-    assert "NOT ENDED" not in child.stdout
-    assert child.returncode != 0
-    assert ended - armed < window_s  # its margin (1.5 s) left for a loaded machine
-
-
-def run_child(code: str, tmp_path: Path, window_s: float) -> tuple[list[str], float, float]:
-    child = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path), str(window_s)],
+        [sys.executable, "-c", code, str(tmp_path), str(window_s), str(records)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -113,7 +79,21 @@ def run_child(code: str, tmp_path: Path, window_s: float) -> tuple[list[str], fl
     lines = child.stdout.splitlines()
     assert lines, child.stderr
     armed = float(next(line for line in lines if line.startswith("ARMED|")).split("|")[1])
-    return lines, armed, ended
+    return child, lines, armed, ended
+
+
+def test_a_stuck_exit_names_every_record_not_durable_and_ends_before_its_window(
+    tmp_path: Path,
+) -> None:
+    window_s = 3.0
+    child, lines, armed, ended = run_child(UNREACHABLE, 3, STUCK, tmp_path, window_s)
+    named = sorted(
+        line.split("|")[2] for line in lines if line.startswith("ERROR|inline event not recorded|")
+    )
+    assert named == ["call_0", "call_1", "call_2"], child.stdout + child.stderr  # once each
+    assert "NOT ENDED" not in child.stdout
+    assert child.returncode != 0
+    assert ended - armed < window_s  # its margin (1.5 s) left for a loaded machine
 
 
 @pytest.mark.parametrize(
@@ -126,7 +106,7 @@ def run_child(code: str, tmp_path: Path, window_s: float) -> tuple[list[str], fl
 def test_a_record_whose_write_was_in_flight_at_exit_is_named_unconfirmed_not_lost(
     tmp_path: Path, ending: str
 ) -> None:
-    lines, _, _ = run_child(WRITE_IN_FLIGHT.replace("{exit}", ending), tmp_path, 4.0)
+    _, lines, _, _ = run_child(NEVER_ANSWERS, 2, ending + "\n", tmp_path, 4.0)
     unconfirmed = sorted(
         line.split("|")[2]
         for line in lines
@@ -142,21 +122,9 @@ def test_the_exit_at_interpreter_end_tries_until_the_window_armed_at_sigterm(
     """The gthread worker leaves through ``atexit``: it must use what is left of the
     window armed at SIGTERM (an outsider's gthread workers gave up 6-10 s before the
     master's kill with the database reachable, 1 s away), not a fixed few seconds."""
-    code = CHILD.replace(
-        "records = LateRecords()\n",
-        "import ingest.late_records as late\n"
-        "from sqlalchemy.exc import OperationalError\n"
-        "def down(url, messages):\n"
-        "    raise OperationalError('INSERT', {}, Exception('down'))\n"
-        "late.shelve = down  # the database refuses: every try fails at once\n"
-        "records = LateRecords()\n",
-    ).replace(
-        "time.sleep(60)  # the exit is stuck (a database connect, a frozen Redis)\n",
-        "records._at_exit()\nprint(f'LEFT|{time.monotonic()}|', flush=True)\n",
-    )
-    assert "LEFT|" in code and "late.shelve = down" in code
     window_s = 9.0
-    lines, armed, _ = run_child(code, tmp_path, window_s)
+    ending = "records._at_exit()\nprint(f'LEFT|{time.monotonic()}|', flush=True)\n"
+    _, lines, armed, _ = run_child(REFUSING, 3, ending, tmp_path, window_s)
     left = float(next(line for line in lines if line.startswith("LEFT|")).split("|")[1])
     # Tried until the window less its 3 s reserve (a fixed exit gave up after ~1 s).
     assert left - armed > window_s - 3.0 - 0.5, lines
