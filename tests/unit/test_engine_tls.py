@@ -1,0 +1,50 @@
+"""TLS to MariaDB is what the URL says: none when it names no ``?ssl_*=`` option (no TLS
+context built per connection), verified TLS when it names a CA."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import certifi
+import pymysql.connections
+import pytest
+from sqlalchemy import event
+
+from models.engine import make_engine
+from models.settings import Settings
+
+URL = "mysql+pymysql://hookfleet:s3cret@db.invalid:3306/hookfleet"
+
+
+class Dialled(Exception):
+    """Raised instead of dialling: the test only wants what PyMySQL would be given."""
+
+
+def driver_connection(url: str) -> pymysql.connections.Connection[Any]:
+    """The PyMySQL connection the engine of ``url`` would open, built but not dialled."""
+    engine = make_engine(Settings(database_url=url))
+    given: dict[str, Any] = {}
+
+    @event.listens_for(engine, "do_connect")
+    def _capture(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+        given.update(params)
+        raise Dialled
+
+    with pytest.raises(Dialled):
+        engine.connect()
+    engine.dispose()
+    return pymysql.connections.Connection(**given, defer_connect=True)
+
+
+def test_a_url_naming_no_tls_opens_plain_connections_without_a_tls_context() -> None:
+    connection = driver_connection(URL)
+    assert connection.ssl is False
+    assert not hasattr(connection, "ctx")
+
+
+def test_a_url_naming_a_ca_requires_verified_tls() -> None:
+    connection = driver_connection(f"{URL}?ssl_ca={certifi.where()}")
+    assert connection.ssl is True
+    assert connection.ctx.verify_mode == ssl.CERT_REQUIRED
+    assert connection.ctx.check_hostname is True
