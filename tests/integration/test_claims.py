@@ -227,7 +227,10 @@ def test_a_frozen_redis_times_out_and_no_late_reply_reaches_another_claim(
 
     frozen, waited, after = run(pipelined(gate), work, loop_runner)
     assert all(isinstance(error, redis.TimeoutError) for error in frozen), frozen
-    assert timeout_s <= waited < timeout_s + 3  # generous: the box is shared
+    # 2 ms of slack below: the timeout's clock starts inside the client, not at
+    # ``started``, and a run once measured a hair under timeout_s (a flake, not an early
+    # answer). Generous above: the box is shared.
+    assert timeout_s - 0.002 <= waited < timeout_s + 3
     for n, answer in enumerate(after[:50]):
         assert answer in (Admission(True), Admission(False, prior_claim=f"frozen-{n}")), n
     assert after[50:] == [Admission(True)] * 50
