@@ -8,7 +8,10 @@
   than wrk, so the report always says which generator measured a figure.
 
 Both report the same fields: requests, seconds, rate, errors (non-2xx and socket
-errors), p50/p90/p99/max latency in milliseconds.
+errors), p50/p90/p99/max latency in milliseconds, and how far they ran past the end of
+the prepared requests: ``repeated`` (sends of a request already sent once: a unique
+delivery sent again is a duplicate, answered 200, not queued) and ``wrapped`` (the
+times the generator started over, a partial pass counted: 1 as soon as one repeats).
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ def run_wrk(
         "p90_ms": raw["p90_us"] / 1000,
         "p99_ms": raw["p99_us"] / 1000,
         "max_ms": raw["max_us"] / 1000,
+        "repeated": raw["repeated"],
         "wrapped": raw["wrapped"],
     }
 
@@ -133,7 +137,7 @@ def generate(
     total = count or (len(reqs) if not seconds else 0)
     lock = threading.Lock()
     latencies: list[float] = []
-    state = {"next": 0, "errors": 0, "statuses": {}}
+    state = {"next": 0, "errors": 0, "statuses": {}, "repeated": 0}
     started = time.perf_counter()
     deadline = started + seconds if seconds else float("inf")
 
@@ -175,6 +179,8 @@ def generate(
                 statuses[status] = statuses.get(status, 0) + 1
                 if not 200 <= status < 300:
                     state["errors"] = int(state["errors"]) + 1
+                if i >= len(reqs):
+                    state["repeated"] = int(state["repeated"]) + 1
         connection.close()
 
     workers = [threading.Thread(target=worker) for _ in range(connections)]
@@ -197,8 +203,14 @@ def generate(
         "p90_ms": round(_percentile(ordered, 90) * 1000, 3),
         "p99_ms": round(_percentile(ordered, 99) * 1000, 3),
         "max_ms": round(ordered[-1] * 1000, 3) if ordered else 0.0,
-        "wrapped": max(0, len(ordered) - len(reqs)) // max(1, len(reqs)),
+        **_repeats(int(state["repeated"]), len(reqs)),
     }
+
+
+def _repeats(repeated: int, prepared: int) -> dict[str, int]:
+    """``repeated`` and ``wrapped`` (see the module's docstring) of a run that sent
+    ``repeated`` requests again out of ``prepared`` ones: a partial pass counts."""
+    return {"repeated": repeated, "wrapped": -(-repeated // max(1, prepared))}
 
 
 def generate_paced(
@@ -238,13 +250,13 @@ async def _paced(
     lags: list[float] = []
     after_send: list[float] = []
     statuses: dict[int, int] = {}
-    next_i = 0
+    next_i = repeated = 0
     cpu_started = time.process_time()
     started = loop.time()
     deadline = started + seconds
 
     async def connection() -> None:
-        nonlocal next_i
+        nonlocal next_i, repeated
         reader, writer = await asyncio.open_connection(host, int(port))
         while True:
             i, next_i = next_i, next_i + 1
@@ -266,6 +278,7 @@ async def _paced(
             lags.append(sent - due)
             after_send.append(answered - sent)
             statuses[status] = statuses.get(status, 0) + 1
+            repeated += i >= len(raw)
         writer.close()
 
     stalls: list[float] = []
@@ -298,7 +311,7 @@ async def _paced(
         "p90_ms": round(_percentile(ordered, 90) * 1000, 3),
         "p99_ms": round(_percentile(ordered, 99) * 1000, 3),
         "max_ms": round(ordered[-1] * 1000, 3) if ordered else 0.0,
-        "wrapped": max(0, len(ordered) - len(reqs)) // max(1, len(reqs)),
+        **_repeats(repeated, len(raw)),
         "lag_p50_ms": round(_percentile(sorted(lags), 50) * 1000, 3),
         "lag_p99_ms": round(_percentile(sorted(lags), 99) * 1000, 3),
         "after_send_p50_ms": round(_percentile(sorted(after_send), 50) * 1000, 3),

@@ -35,6 +35,7 @@ function init(args)
   end
   position = 0
   wrapped = 0
+  repeated = 0
 end
 
 function request()
@@ -43,20 +44,24 @@ function request()
     position = 1
     wrapped = wrapped + 1
   end
+  if wrapped > 0 then
+    repeated = repeated + 1
+  end
   return reqs[position]
 end
 
 function done(summary, latency, requests)
-  local wraps = 0
+  local wraps, repeats = 0, 0
   for _, thread in ipairs(threads) do
-    wraps = wraps + (thread:get("wrapped") or 0)
+    wraps = math.max(wraps, thread:get("wrapped") or 0)
+    repeats = repeats + (thread:get("repeated") or 0)
   end
   local e = summary.errors
   io.write(string.format(
     '{"requests": %d, "duration_us": %d, "errors": {"connect": %d, "read": %d, ' ..
     '"write": %d, "status": %d, "timeout": %d}, "p50_us": %d, "p90_us": %d, ' ..
-    '"p99_us": %d, "max_us": %d, "wrapped": %d}\n',
+    '"p99_us": %d, "max_us": %d, "wrapped": %d, "repeated": %d}\n',
     summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
-    wraps))
+    wraps, repeats))
 end

@@ -293,7 +293,9 @@ def test_a_wrong_secret_prints_the_refusal(fleet: Terminal) -> None:
 
 
 def test_stats_in_a_second_terminal_reads_the_fleet(fleet: Terminal) -> None:
-    stats = fleet.second_terminal("stats")
+    # In this process: the console script finding the fleet from elsewhere is the
+    # `send stripe` row's; what `stats` reads and prints is below main().
+    stats = fleet.same_terminal_here("stats")
 
     assert stats.returncode == 0, stats.stderr
     assert "unreachable" not in stats.stdout + stats.stderr

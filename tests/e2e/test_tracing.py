@@ -11,11 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, select
+from sqlalchemy.engine import Engine
 
 from ingest.providers import retell
 from models.contract import Queue
+from models.events import EventStatus, WebhookEvent
 from tests.otlp import Span, otlp_sink
-from tests.processes import Processes, request, running_fleet, worker_on
+from tests.processes import SIGNED_SECRETS, Processes, request, running_fleet, worker_on
+from tests.servers import wait_until
 from tests.waterfall import save, waterfall
 
 pytestmark = pytest.mark.e2e
@@ -25,7 +29,9 @@ SENDER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SENDER_SPAN = "00f067aa0ba902b7"
 
 
-def deliver(fleet: Processes, call_id: str, headers: dict[str, str] | None = None) -> str:
+def deliver(
+    fleet: Processes, call_id: str, headers: dict[str, str] | None = None, secret: str = SECRET
+) -> str:
     body = json.dumps(
         {
             "event": "call_ended",
@@ -38,7 +44,7 @@ def deliver(fleet: Processes, call_id: str, headers: dict[str, str] | None = Non
             },
         }
     ).encode()
-    signature = retell.sign(SECRET, body, int(time.time() * 1000))
+    signature = retell.sign(secret, body, int(time.time() * 1000))
     status, _, answer = request(
         fleet.base_url,
         "POST",
@@ -201,17 +207,27 @@ def test_a_delivery_is_one_trace_from_the_receiver_into_the_worker_and_a_replay_
 
 
 def test_without_an_endpoint_no_process_of_the_fleet_loads_the_exporter(
-    tmp_path: Path, redis_url: str, mariadb_url: str
+    signed: Processes, mariadb_url: str
 ) -> None:
-    with running_fleet(
-        tmp_path,
-        redis_url,
-        mariadb_url,
-        names=("web", "worker_high"),
-        HOOKFLEET_RETELL_SECRETS=SECRET,
-    ) as fleet:
-        fleet.wait_for_worker("worker_high")
-        deliver(fleet, "call_untraced")
-        # The gunicorn master and its 2 workers; the Celery main process and its 2 children.
-        assert exporter_loaded(fleet, "web") == [False] * 3
-        assert exporter_loaded(fleet, "worker_high") == [False] * 3
+    # The session's signed fleet (tests/conftest.py): the whole Procfile, no endpoint.
+    event_id = deliver(signed, "call_untraced", secret=SIGNED_SECRETS["retell"])
+    engine = create_engine(mariadb_url)
+    try:
+        wait_until(lambda: processed(engine, event_id), 60, "the call processed", interval=0.2)
+    finally:
+        engine.dispose()
+
+    # Every gunicorn master and worker, every Celery main process and pool child, beat:
+    # after a delivery received and processed, none has the exporter mapped.
+    loaded = {name: exporter_loaded(signed, name) for name in signed.running}
+    assert len(loaded["web"]) == 1 + int(signed.env["WEB_CONCURRENCY"]), loaded
+    assert len(loaded["worker_high"]) == 1 + int(signed.env["HOOKFLEET_WORKER_CONCURRENCY"])
+    assert not any(any(found) for found in loaded.values()), loaded
+
+
+def processed(engine: Engine, event_id: str) -> bool:
+    with engine.connect() as connection:
+        status = connection.scalar(
+            select(WebhookEvent.status).where(WebhookEvent.event_id == event_id)
+        )
+    return status == EventStatus.PROCESSED

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from sqlalchemy import create_engine, func, select
 
+from ingest.dedup import dedup_key
 from models.events import WebhookEvent
 from models.migrate import head
 from tests.bench.fleet import children
 from tests.helpers import hookfleet_here
 from tests.processes import request
-from tests.servers import clean_env, free_port, wait_until
+from tests.servers import RedisServer, clean_env, free_port, wait_until
 from workers.cli import up as fleet
 from workers.cli.up import read_procfile
 
@@ -26,8 +30,10 @@ HOOKFLEET = str(Path(sys.executable).parent / "hookfleet")
 
 
 def start_up(
-    tmp_path: Path, port: int, ops_port: int | None = None, **env: str
+    tmp_path: Path, port: int, until: str = "hookfleet is up", **env: str
 ) -> tuple[subprocess.Popen[str], Path]:
+    """``hookfleet up`` as a process, once it printed ``until`` (its URL: the whole
+    fleet answers)."""
     output = tmp_path / "up.log"
     proc = subprocess.Popen(
         [
@@ -36,7 +42,7 @@ def start_up(
             "--port",
             str(port),
             "--ops-bind",
-            f"127.0.0.1:{ops_port or free_port()}",
+            f"127.0.0.1:{free_port()}",
             "--var-dir",
             str(tmp_path / "var"),
             "--concurrency",
@@ -50,9 +56,9 @@ def start_up(
         text=True,
     )
     wait_until(
-        lambda: proc.poll() is not None or "hookfleet is up" in output.read_text(),
+        lambda: proc.poll() is not None or until in output.read_text(),
         120,
-        "hookfleet up to print its URL",
+        f"hookfleet up to print {until!r}",
         interval=0.2,
     )
     assert proc.poll() is None, output.read_text()
@@ -75,12 +81,50 @@ def gone(pid: int) -> bool:
     return status.rsplit(")", 1)[1].split()[0] == "Z"
 
 
-def test_a_killed_up_takes_its_processes_along(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def fleet_on_given_redis(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer
+) -> Iterator[tuple[subprocess.Popen[str], Path, int]]:
+    """One ``hookfleet up`` (the whole Procfile) on the session's Redis, for the rows
+    below: a fleet start is ~10 CPU-s of imports. The last row SIGKILLs it; run without
+    that row, it is stopped as Ctrl-C stops it."""
+    tmp = tmp_path_factory.mktemp("up")
     port = free_port()
-    proc, _ = start_up(tmp_path, port)
+    proc, output = start_up(
+        tmp, port, HOOKFLEET_REDIS_URL=redis_server.url, HOOKFLEET_STANDARD_VERIFY="off"
+    )
+    try:
+        yield proc, tmp, port
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=90) == 0, output.read_text()
+
+
+def test_up_uses_the_redis_it_is_given(
+    fleet_on_given_redis: tuple[subprocess.Popen[str], Path, int], redis_server: RedisServer
+) -> None:
+    _, tmp, port = fleet_on_given_redis
+    webhook_id = f"given-redis-{uuid.uuid4().hex}"  # the session's Redis is shared
+    status, _, _ = request(
+        f"http://127.0.0.1:{port}",
+        "POST",
+        "/webhooks/standard",
+        {"type": "x"},
+        {"webhook-id": webhook_id},
+    )
+    assert status == 202
+    assert redis_server.client().exists(dedup_key("standard", webhook_id))
+    assert not (tmp / "var" / "redis").exists()
+
+
+def test_a_killed_up_takes_its_processes_along(
+    fleet_on_given_redis: tuple[subprocess.Popen[str], Path, int],
+) -> None:
+    proc, _, port = fleet_on_given_redis
     try:
         fleet_pids = descendants(proc.pid)
-        assert len(fleet_pids) >= len(read_procfile()) + 1  # every entry, and Redis
+        assert len(fleet_pids) >= len(read_procfile())  # every entry
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -89,6 +133,23 @@ def test_a_killed_up_takes_its_processes_along(tmp_path: Path) -> None:
     wait_until(lambda: all(gone(pid) for pid in fleet_pids), 90, "the fleet's processes to end")
     with pytest.raises(OSError):
         request(f"http://127.0.0.1:{port}", "GET", "/healthz")
+
+
+def test_a_killed_up_takes_its_private_redis_along(tmp_path: Path) -> None:
+    # Killed as soon as its private Redis answers: the Procfile's processes are the row
+    # above's (on the given Redis); this one is about the Redis `up` started itself.
+    proc, output = start_up(tmp_path, free_port(), until="private redis:")
+    try:
+        [private_redis] = re.findall(r"private redis: (\S+)", output.read_text())
+        started = descendants(proc.pid)
+        assert any(b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in started)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    wait_until(lambda: all(gone(pid) for pid in started), 60, "its Redis to end")
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(private_redis, socket_connect_timeout=1).ping()
 
 
 def test_the_receiver_port_is_told_apart_from_another_process_listening_there() -> None:
@@ -127,27 +188,6 @@ def test_a_bad_setting_is_one_line_for_up_and_run(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr, result.stderr
         assert "HOOKFLEET_LOG_FORMAT must be one of" in result.stderr.splitlines()[-1]
     assert not (tmp_path / "var" / "redis").exists()  # nothing started for nothing
-
-
-def test_up_uses_the_redis_it_is_given(tmp_path: Path, redis_url: str) -> None:
-    port = free_port()
-    proc, output = start_up(
-        tmp_path, port, HOOKFLEET_REDIS_URL=redis_url, HOOKFLEET_STANDARD_VERIFY="off"
-    )
-    try:
-        status, _, _ = request(
-            f"http://127.0.0.1:{port}",
-            "POST",
-            "/webhooks/standard",
-            {"type": "x"},
-            {"webhook-id": "given-redis"},
-        )
-        assert status == 202
-        assert list(redis.Redis.from_url(redis_url).scan_iter("hookfleet:dedup:standard:*"))
-        assert not (tmp_path / "var" / "redis").exists()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=90) == 0, output.read_text()
 
 
 def test_without_a_system_redis_the_packaged_one_is_used(
