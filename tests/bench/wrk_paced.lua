@@ -1,0 +1,96 @@
+-- wrk script: tests/bench/wrk.lua (the same pre-signed requests, one slice per thread
+-- so every delivery is unique) paced to a fixed rate by wrk's delay() hook.
+-- Usage: wrk -t<threads> ... -s wrk_paced.lua <url> -- <request file> <threads> <rate/s>
+--
+-- wrk calls delay() on a connection after each answer, before its next request, and
+-- waits the milliseconds it returns. Each thread keeps a schedule: its k-th request is
+-- due at (its first delay() call) + k * threads * 1000 / rate ms, and goes out on the
+-- next connection that is free, when due (so a slow answer does not slow the schedule,
+-- as a fixed pause after each answer would). A request sent after its due time (its
+-- connection came free late, or wrk was not run in time) went out late: that lag is
+-- recorded, as the Python generator records its own (tests/bench/load.py
+-- generate_paced). wrk's latency is from the send, so the caller reads it with the lag
+-- and with the rate reached.
+
+local here = string.match(debug.getinfo(1, "S").source, "^@(.*/)") or "./"
+dofile(here .. "wrk.lua")
+
+local ffi = require("ffi")
+ffi.cdef([[
+typedef struct { long tv_sec; long tv_nsec; } hookfleet_timespec;
+int clock_gettime(int clock, hookfleet_timespec *now);
+]])
+local CLOCK_MONOTONIC = 1
+local timespec = ffi.new("hookfleet_timespec")
+
+local function now_ms()
+  ffi.C.clock_gettime(CLOCK_MONOTONIC, timespec)
+  return tonumber(timespec.tv_sec) * 1000 + tonumber(timespec.tv_nsec) / 1e6
+end
+
+local load_requests = init
+local next_request = request
+local summarize = done
+
+function init(args)
+  load_requests(args)
+  interval = tonumber(args[2]) * 1000 / tonumber(args[3])
+  first = nil
+  scheduled = 0
+  -- Due times handed out by delay(), in order; dues[sent] is the latest one sent.
+  dues, sent = {}, 0
+  lags = {}
+end
+
+function delay()
+  local now = now_ms()
+  if first == nil then
+    first = now
+  end
+  local due = first + scheduled * interval
+  scheduled = scheduled + 1
+  table.insert(dues, due)
+  -- wrk's timer counts whole milliseconds: the nearest one, so no send is more than
+  -- half a millisecond early and the schedule itself never drifts.
+  return math.max(0, math.floor(due - now + 0.5))
+end
+
+function request()
+  -- Called just before the send: the send's lag is now minus the earliest due time
+  -- handed out (a connection that came free late, or wrk itself not run in time).
+  -- A connection's first request is sent at connect, unscheduled.
+  if sent < #dues then
+    sent = sent + 1
+    table.insert(lags, math.max(0, now_ms() - dues[sent]))
+  end
+  return next_request()
+end
+
+local threads = {}
+local number_thread = setup
+
+function setup(thread)
+  number_thread(thread)
+  table.insert(threads, thread)
+end
+
+function done(summary, latency, requests)
+  local all = {}
+  for _, thread in ipairs(threads) do
+    for _, lag in ipairs(thread:get("lags") or {}) do
+      table.insert(all, lag)
+    end
+  end
+  table.sort(all)
+  local function pct(p)
+    if #all == 0 then
+      return 0
+    end
+    return all[math.min(#all, math.floor(#all * p / 100) + 1)]
+  end
+  -- wrk.lua's summary line, then the pacing's own.
+  summarize(summary, latency, requests)
+  io.write(string.format(
+    '{"paced": %d, "lag_p50_us": %d, "lag_p99_us": %d, "lag_max_us": %d}\n',
+    #all, pct(50) * 1000, pct(99) * 1000, (all[#all] or 0) * 1000))
+end
