@@ -110,6 +110,8 @@ def _wrk_pacing(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     raw = json.loads(lines[0])
     return {
         "generator": "wrk-paced",
+        # The rate it sent over its schedule, not wrk's requests/s (see wrk_paced.lua).
+        "rate": raw["rate"],
         "lag_p50_ms": raw["lag_p50_us"] / 1000,
         "lag_p99_ms": raw["lag_p99_us"] / 1000,
         "lag_max_ms": raw["lag_max_us"] / 1000,
