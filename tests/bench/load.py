@@ -98,8 +98,19 @@ def run_wrk(
         "p99_ms": raw["p99_us"] / 1000,
         "max_ms": raw["max_us"] / 1000,
         "wrapped": raw["wrapped"],
+        # Requests/s while all of wrk's threads were sending (wrk.lua together_rate).
+        "together_rate": _wrk_together_rate(done),
         **({} if rate is None else _wrk_pacing(done)),
     }
+
+
+def _wrk_together_rate(done: subprocess.CompletedProcess[str]) -> float | None:
+    """wrk.lua's rate while every thread sent: wrk's own requests/s also counts the
+    head start of the thread that read its requests first."""
+    for line in done.stdout.splitlines():
+        if line.startswith('{"together_rate"'):
+            return float(json.loads(line)["together_rate"])
+    return None
 
 
 def _wrk_pacing(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:

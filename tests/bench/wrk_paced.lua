@@ -15,19 +15,6 @@
 local here = string.match(debug.getinfo(1, "S").source, "^@(.*/)") or "./"
 dofile(here .. "wrk.lua")
 
-local ffi = require("ffi")
-ffi.cdef([[
-typedef struct { long tv_sec; long tv_nsec; } hookfleet_timespec;
-int clock_gettime(int clock, hookfleet_timespec *now);
-]])
-local CLOCK_MONOTONIC = 1
-local timespec = ffi.new("hookfleet_timespec")
-
-local function now_ms()
-  ffi.C.clock_gettime(CLOCK_MONOTONIC, timespec)
-  return tonumber(timespec.tv_sec) * 1000 + tonumber(timespec.tv_nsec) / 1e6
-end
-
 local load_requests = init
 local next_request = request
 local summarize = done
