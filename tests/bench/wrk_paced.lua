@@ -2,11 +2,11 @@
 -- so every delivery is unique) paced to a fixed rate by wrk's delay() hook.
 -- Usage: wrk -t<threads> ... -s wrk_paced.lua <url> -- <request file> <threads> <rate/s>
 --
--- wrk calls delay() on a connection after each answer, before its next request, and
--- waits the milliseconds it returns. Each thread keeps a schedule: its k-th request is
--- due at (its first delay() call) + k * threads * 1000 / rate ms, and goes out on the
--- next connection that is free, when due (so a slow answer does not slow the schedule,
--- as a fixed pause after each answer would). A request sent after its due time (its
+-- wrk calls delay() on a connection before each request (its first too) and waits the
+-- milliseconds it returns. Each thread keeps a schedule (wrk.lua's now_ms, a monotonic
+-- clock): its k-th request is due at (its first delay() call) + k * threads * 1000 /
+-- rate ms, and goes out on the next connection that is free, when due (so a slow answer
+-- does not slow the schedule, as a fixed pause after each answer would). A request sent after its due time (its
 -- connection came free late, or wrk was not run in time) went out late: that lag is
 -- recorded, as the Python generator records its own (tests/bench/load.py
 -- generate_paced). wrk's latency is from the send, so the caller reads it with the lag
@@ -45,7 +45,7 @@ end
 function request()
   -- Called just before the send: the send's lag is now minus the earliest due time
   -- handed out (a connection that came free late, or wrk itself not run in time).
-  -- A connection's first request is sent at connect, unscheduled.
+  -- Every request passed delay() first; the check only guards the count.
   if sent < #dues then
     sent = sent + 1
     last_sent = now_ms()
