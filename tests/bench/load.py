@@ -2,10 +2,11 @@
 
 - ``wrk`` (preferred): C, event loop, a Lua script that cycles through pre-signed
   requests. Installed by :func:`ensure_wrk` when missing and we may (root + apt-get).
+  At a *fixed rate* too (:func:`run_wrk_paced`): wrk 4 has no rate option and wrk2 is
+  not packaged here, so ``wrk_paced.lua`` paces it from its ``delay()`` hook.
 - This module as a script (``python -m tests.bench.load``): the fallback when wrk is
-  missing, and the only generator with a *fixed rate* (wrk 4 has none, and wrk2 is not
-  packaged here) and with a fixed request *count* (used to fill queues). It is slower
-  than wrk, so the report always says which generator measured a figure.
+  missing, and the only generator with a fixed request *count* (used to fill queues).
+  It is slower than wrk, so the report always says which generator measured a figure.
 
 Both report the same fields: requests, seconds, rate, errors (non-2xx and socket
 errors), p50/p90/p99/max latency in milliseconds, and how far they ran past the end of
@@ -33,6 +34,10 @@ from typing import Any
 from tests.bench.deliveries import Request, read_requests
 
 WRK_LUA = Path(__file__).with_name("wrk.lua")
+WRK_PACED_LUA = Path(__file__).with_name("wrk_paced.lua")
+# A paced run that answered less than this share of the rate asked for fell short of it
+# (see reached).
+REACHED_SHARE = 0.95
 
 
 def ensure_wrk() -> str | None:
@@ -48,9 +53,20 @@ def ensure_wrk() -> str | None:
 
 
 def run_wrk(
-    wrk: str, url: str, request_file: Path, seconds: float, connections: int, threads: int
+    wrk: str,
+    url: str,
+    request_file: Path,
+    seconds: float,
+    connections: int,
+    threads: int,
+    rate: float | None = None,
 ) -> dict[str, Any]:
-    """A closed-loop run of ``seconds`` at full speed; wrk's own latency histogram."""
+    """A closed-loop run of ``seconds`` at full speed; wrk's own latency histogram.
+
+    ``rate``: paced to that many requests a second in all instead
+    (tests/bench/wrk_paced.lua): the result then also has the pacing's lag (how late
+    requests went out, waiting for a free connection), and :func:`run_wrk_paced` adds
+    the share of ``rate`` reached."""
     argv = [
         wrk,
         f"-t{threads}",
@@ -59,11 +75,12 @@ def run_wrk(
         "--timeout",
         "10s",
         "-s",
-        str(WRK_LUA),
+        str(WRK_LUA if rate is None else WRK_PACED_LUA),
         url,
         "--",
         str(request_file),
         str(threads),
+        *([] if rate is None else [str(rate)]),
     ]
     done = subprocess.run(argv, capture_output=True, text=True, check=True)
     line = next((raw for raw in done.stdout.splitlines() if raw.startswith('{"requests"')), None)
@@ -85,6 +102,65 @@ def run_wrk(
         "max_ms": raw["max_us"] / 1000,
         "repeated": raw["repeated"],
         "wrapped": raw["wrapped"],
+        # Requests/s while all of wrk's threads were sending (wrk.lua together_rate).
+        "together_rate": _wrk_together_rate(done),
+        **({} if rate is None else _wrk_pacing(done)),
+    }
+
+
+def _wrk_together_rate(done: subprocess.CompletedProcess[str]) -> float | None:
+    """wrk.lua's rate while every thread sent: wrk's own requests/s also counts the
+    head start of the thread that read its requests first."""
+    for line in done.stdout.splitlines():
+        if line.startswith('{"together_rate"'):
+            return float(json.loads(line)["together_rate"])
+    return None
+
+
+def _wrk_pacing(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """wrk_paced.lua's second line: how late its requests went out."""
+    lines = [line for line in done.stdout.splitlines() if line.startswith('{"paced"')]
+    if not lines:
+        raise RuntimeError(f"wrk_paced.lua printed no pacing:\n{done.stdout}\n{done.stderr}")
+    raw = json.loads(lines[0])
+    return {
+        "generator": "wrk-paced",
+        # The rate it sent over its schedule, not wrk's requests/s (see wrk_paced.lua).
+        "rate": raw["rate"],
+        "lag_p50_ms": raw["lag_p50_us"] / 1000,
+        "lag_p99_ms": raw["lag_p99_us"] / 1000,
+        "lag_max_ms": raw["lag_max_us"] / 1000,
+    }
+
+
+def run_wrk_paced(
+    wrk: str,
+    url: str,
+    request_file: Path,
+    seconds: float,
+    rate: float,
+    connections: int,
+    threads: int,
+) -> dict[str, Any]:
+    """wrk at ``rate`` requests a second over ``connections`` (tests/bench/wrk_paced.lua),
+    its latency from each send, with the rate it reached against ``rate``
+    (:func:`reached`) and its lag."""
+    result = run_wrk(wrk, url, request_file, seconds, connections, threads, rate=rate)
+    return reached(result, rate)
+
+
+def reached(result: dict[str, Any], target_rate: float) -> dict[str, Any]:
+    """``result`` of a paced run with the rate it was asked for, the share of it that
+    was answered, and ``short_of_target`` when that share is under
+    :data:`REACHED_SHARE`: its latencies then describe a lighter load than the target
+    (a paced generator that cannot keep up sends less, and a wrk connection waits for
+    each answer, so a slow server lowers its rate rather than its latency)."""
+    share = result["rate"] / target_rate if target_rate else 0.0
+    return {
+        **result,
+        "target_rate": round(target_rate, 1),
+        "reached_share": round(share, 3),
+        "short_of_target": share < REACHED_SHARE,
     }
 
 

@@ -123,7 +123,12 @@ def summarize(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
             False,
             "ms",
         ),
-        _target("receiver p99 at half its max rate <= 15 ms", half.get("p99_ms"), 15, False, "ms"),
+        _paced_target(
+            _target(
+                "receiver p99 at half its max rate <= 15 ms", half.get("p99_ms"), 15, False, "ms"
+            ),
+            half,
+        ),
         _target("call_inbound warm p99 <= 20 ms", warm.get("p99_ms"), 20, False, "ms"),
         _target("call_inbound cold p99 <= 50 ms", cold.get("p99_ms"), 50, False, "ms"),
         _target(
@@ -158,6 +163,18 @@ def summarize(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {"ratios": ratios, "targets": targets}
 
 
+def _paced_target(target: dict[str, Any], paced: dict[str, Any]) -> dict[str, Any]:
+    """A target read off a paced run that fell short of its rate is neither met nor
+    missed: its latency is that of a lighter load (tests/bench/load.py reached)."""
+    if not paced.get("short_of_target"):
+        return target
+    return {**target, "met": None, "short": _short(paced)}
+
+
+def _short(paced: dict[str, Any]) -> str:
+    return f"short: {paced['rate']:.0f} of {paced['target_rate']:.0f}/s"
+
+
 def _growth(memory: dict[str, Any], who: str) -> float | None:
     before, after = memory.get(f"{who}_rss_before_kb"), memory.get(f"{who}_rss_after_kb")
     if not before or not after:
@@ -184,7 +201,7 @@ def render_table(report: dict[str, Any]) -> str:
         "",
         "| Receiver case | server | req/s | p50 ms | p99 ms | errors | vs bare Flask on "
         "gthread 2x4 | vs usual recipe on gthread 2x4 | vs bare Flask on the same server "
-        "| p99 ms at half rate (generator lag p99) |",
+        f"| p99 ms at half rate @ req/s reached ({_paced_by(report['settings'])}) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, case in cases.items():
@@ -197,6 +214,7 @@ def render_table(report: dict[str, Any]) -> str:
             lag = _lag(half)
             half_text = f"{half['p99_ms']:.1f} @ {half['rate']:.0f}/s"
             half_text += f" ({lag})" if lag else ""
+            half_text += f" **{_short(half)}**" if half.get("short_of_target") else ""
         label = _LABELS.get(name, name)
         lines.append(
             f"| {label} | {case.get('server', 'shipped')} | {case['rate']:.0f} | "
@@ -265,6 +283,7 @@ def render_table(report: dict[str, Any]) -> str:
     lines += ["", "| Target | goal | measured | met |", "|---|---:|---:|---|"]
     for t in summary["targets"]:
         met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        met = f"not measured ({t['short']})" if "short" in t else met
         measured = "" if t["measured"] is None else f"{t['measured']} {t['unit']}"
         lines.append(f"| {t['target']} | {t['goal']} {t['unit']} | {measured} | {met} |")
     return "\n".join(lines)
@@ -284,6 +303,13 @@ def _round(case: dict[str, Any]) -> str:
         return f"{case['rate']:.0f}"
     lag = _lag(half)
     return f"{case['rate']:.0f} ({half['p99_ms']:.1f}" + (f", {lag})" if lag else ")")
+
+
+def _paced_by(settings: dict[str, Any]) -> str:
+    """Which generator timed the half-rate column, and from when it counts."""
+    if settings.get("half_rate_generator") == "wrk-paced":
+        return "timed by wrk paced, from each send; pacing lag p99"
+    return "timed by the Python paced generator, from each due time; generator lag p99"
 
 
 def _lag(half: dict[str, Any]) -> str:
