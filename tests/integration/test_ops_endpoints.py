@@ -3,6 +3,7 @@ including the moments they exist for: a server down or frozen."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -213,22 +214,34 @@ def test_the_public_port_shows_webhooks_and_healthz_and_the_ops_port_the_rest(
         fleet.stop_all()
 
 
-@pytest.mark.slow  # two probes as processes (gunicorn's config is read at import)
-def test_the_ops_listener_is_on_loopback_unless_configured(tmp_path: Path) -> None:
-    read_bind = "import ingest.gunicorn_conf as conf; print(conf.bind)"
-    env = clean_env(PORT="8123", PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "m"))
+def gunicorn_bind(monkeypatch: pytest.MonkeyPatch, **env: str) -> object:
+    """``bind`` as gunicorn reads it from ingest.gunicorn_conf with ``env`` and no other
+    HOOKFLEET_* variable: the config module imported afresh in this process (it reads
+    the environment once, at import) and forgotten afterwards. Was a ``python -c``
+    process each (~2 CPU-s); the import is the same code."""
+    with monkeypatch.context() as patch:
+        for name in os.environ:
+            if name.startswith(("HOOKFLEET_", "OTEL_")):
+                patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        previous = sys.modules.pop("ingest.gunicorn_conf", None)
+        try:
+            return importlib.import_module("ingest.gunicorn_conf").bind
+        finally:
+            sys.modules.pop("ingest.gunicorn_conf", None)
+            if previous is not None:
+                sys.modules["ingest.gunicorn_conf"] = previous
 
-    default = subprocess.run(
-        [sys.executable, "-c", read_bind], env=env, capture_output=True, text=True, check=True
-    )
-    exposed = subprocess.run(
-        [sys.executable, "-c", read_bind],
-        env={**env, "HOOKFLEET_OPS_BIND": "0.0.0.0:8123"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
 
-    assert default.stdout.strip() == "['0.0.0.0:8123', '127.0.0.1:9807']"
+def test_the_ops_listener_is_on_loopback_unless_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {"PORT": "8123", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m")}
+
+    default = gunicorn_bind(monkeypatch, **env)
+    exposed = gunicorn_bind(monkeypatch, **env, HOOKFLEET_OPS_BIND="0.0.0.0:8123")
+
+    assert default == ["0.0.0.0:8123", "127.0.0.1:9807"]
     # Explicitly exposed: one listener answering everything.
-    assert exposed.stdout.strip() == "['0.0.0.0:8123']"
+    assert exposed == ["0.0.0.0:8123"]

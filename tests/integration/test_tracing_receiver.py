@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.databases import copy_sqlite
 from tests.helpers import ROOT, last_json_line, run_python
 from tests.otlp import Span, otlp_sink
-from tests.servers import clean_env, sqlite_url
+from tests.servers import clean_env
 
 pytestmark = pytest.mark.slow  # the probes run as processes of their own (a tracer is per process)
 
@@ -37,10 +38,6 @@ OFF_ROUTE = {
 
 PROBE = f"""
 import json, os
-from models.migrate import upgrade
-from models.settings import Settings
-
-upgrade(Settings.from_env(os.environ))
 from ingest import create_app
 from models import tracing
 
@@ -86,18 +83,19 @@ Probed = tuple[list[Span], list[dict[str, object]], dict[str, list[object]]]
 
 
 @pytest.fixture(scope="module")
-def probed(tmp_path_factory: pytest.TempPathFactory) -> Probed:
+def probed(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Probed:
     """PROBE run once for the four tests that read its spans and lines: each asks
     something else of the same requests (a process each cost ~2 CPU-s)."""
-    return run_probe(tmp_path_factory.mktemp("probe"))
+    return run_probe(copy_sqlite(sqlite_template, tmp_path_factory.mktemp("probe")))
 
 
-def run_probe(tmp_path: Path) -> Probed:
+def run_probe(database_url: str) -> Probed:
     """The spans exported, the JSON log lines written, and what the off-route
-    requests were answered (trace id -> [status, error code])."""
+    requests were answered (trace id -> [status, error code]), on ``database_url`` (a
+    copy of the session's migrated SQLite file: migrating in the probe cost ~1.5 CPU-s)."""
     with otlp_sink() as sink:
         env = clean_env(
-            HOOKFLEET_DATABASE_URL=sqlite_url(tmp_path),
+            HOOKFLEET_DATABASE_URL=database_url,
             HOOKFLEET_REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0",
             HOOKFLEET_STANDARD_VERIFY="off",
             HOOKFLEET_RETELL_VERIFY="off",
@@ -188,10 +186,6 @@ def test_a_refused_webhook_path_names_the_same_code_on_its_span_as_in_its_body(
 
 WARM_PROBE = f"""
 import json, logging, os
-from models.migrate import upgrade
-from models.settings import Settings
-
-upgrade(Settings.from_env(os.environ))
 from ingest import create_app, gunicorn_conf
 from models import tracing
 
@@ -217,10 +211,12 @@ print(json.dumps([answer.status_code]))
 """
 
 
-def test_a_receiver_workers_boot_warm_up_makes_no_trace_of_its_own(tmp_path: Path) -> None:
+def test_a_receiver_workers_boot_warm_up_makes_no_trace_of_its_own(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
     with otlp_sink() as sink:
         env = clean_env(
-            HOOKFLEET_DATABASE_URL=sqlite_url(tmp_path),
+            HOOKFLEET_DATABASE_URL=copy_sqlite(sqlite_template, tmp_path),
             HOOKFLEET_REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0",
             HOOKFLEET_RETELL_VERIFY="off",
             OTEL_EXPORTER_OTLP_ENDPOINT=sink.url,

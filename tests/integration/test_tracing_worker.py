@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.databases import copy_sqlite
 from tests.helpers import last_json_line, run_python
 from tests.otlp import Span, otlp_sink
-from tests.servers import clean_env, sqlite_url
+from tests.servers import clean_env
 
 pytestmark = pytest.mark.slow  # each test runs its probe or command as a process of its own
 
@@ -38,15 +39,12 @@ from sqlalchemy.exc import DisconnectionError
 
 from models import tracing
 from models.contract import EventMessage
-from models.migrate import upgrade
-from models.settings import Settings
 from workers import runtime
 from workers.broker.batching import Entry
 from workers.pipeline import record, tasks
 from workers.retries import PermanentError
 from workers.tracing import _in_pool_child
 
-upgrade(Settings.from_env(__import__("os").environ))
 _in_pool_child()  # what a prefork pool child runs when it starts
 
 
@@ -80,14 +78,15 @@ tracing.flush()
 """
 
 
-def run_batch(tmp_path: Path, redis_url: str, otlp_url: str, **env: str) -> str:
-    """Run BATCH in a process of its own, exporting to ``otlp_url``; assert that every
-    entry was settled (acked: applied, failed for good or retried) and return what the
-    process said (stdout and stderr)."""
+def run_batch(database_url: str, redis_url: str, otlp_url: str, **env: str) -> str:
+    """Run BATCH in a process of its own on ``database_url`` (a copy of the session's
+    migrated SQLite file: migrating in the probe cost ~1.5 CPU-s), exporting to
+    ``otlp_url``; assert that every entry was settled (acked: applied, failed for good or
+    retried) and return what the process said (stdout and stderr)."""
     done = run_python(
         BATCH,
         clean_env(
-            HOOKFLEET_DATABASE_URL=sqlite_url(tmp_path),
+            HOOKFLEET_DATABASE_URL=database_url,
             HOOKFLEET_REDIS_URL=redis_url,
             HOOKFLEET_DB_RETRY_ATTEMPTS="1",
             OTEL_EXPORTER_OTLP_ENDPOINT=otlp_url,
@@ -100,11 +99,11 @@ def run_batch(tmp_path: Path, redis_url: str, otlp_url: str, **env: str) -> str:
 
 
 def test_a_batch_gives_each_event_a_span_in_its_own_trace_with_failures_and_retries_on_it(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, sqlite_template: Path
 ) -> None:
     with otlp_sink() as sink:
         run_batch(
-            tmp_path,
+            copy_sqlite(sqlite_template, tmp_path),
             redis_url,
             sink.url,
             PROBE_TRACESTATE="congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
@@ -167,21 +166,23 @@ def _queued_retries(redis_url: str) -> list[dict[str, object]]:
 
 
 def test_a_propagator_not_installed_leaves_the_worker_untraced_and_processing(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, sqlite_template: Path
 ) -> None:
     with otlp_sink() as sink:
         # The batch runs as without tracing: applied, failed for good, retried.
-        said = run_batch(tmp_path, redis_url, sink.url, OTEL_PROPAGATORS="b3")
+        said = run_batch(
+            copy_sqlite(sqlite_template, tmp_path), redis_url, sink.url, OTEL_PROPAGATORS="b3"
+        )
     assert [m["kwargs"]["event_id"] for m in _queued_retries(redis_url)] == ["flaky_one"]
     assert said.count("tracing stays off") == 1 and "Traceback" not in said
     assert sink.spans == []
 
 
 def test_a_batch_of_deliveries_the_sender_did_not_sample_exports_no_span(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, sqlite_template: Path
 ) -> None:
     with otlp_sink() as sink:
-        run_batch(tmp_path, redis_url, sink.url, PROBE_FLAGS="00")
+        run_batch(copy_sqlite(sqlite_template, tmp_path), redis_url, sink.url, PROBE_FLAGS="00")
     # No batch root trace, no statement or retry-publish span: the process exported
     # nothing (it flushed before exiting; the sampled run above shows the path works).
     assert sink.spans == []
