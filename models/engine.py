@@ -45,7 +45,7 @@ def make_engine(
     else:
         if url.get_backend_name() in ("mysql", "mariadb"):
             url = url.update_query_dict({"charset": "utf8mb4"}, append=False)
-            connect_args: dict[str, Any] = {} if _names_tls(url) else {"ssl_disabled": True}
+            connect_args: dict[str, Any] = {"ssl_disabled": True} if _plain_local(url) else {}
             if io_timeout_s:
                 connect_args |= {
                     "connect_timeout": io_timeout_s,
@@ -72,14 +72,21 @@ def make_engine(
     return engine
 
 
-def _names_tls(url: URL) -> bool:
-    """Whether the URL configures TLS (any ``?ssl_*=`` option: ``ssl_ca``, ``ssl_cert``,
-    ``ssl_verify_identity``, ``ssl_disabled``...). When it does not, the connection is told
-    ``ssl_disabled``: PyMySQL 1.2 otherwise builds a default TLS context for every
-    connection it opens (~35-65 ms of CPU loading the system's CA store) to try an
-    unverified TLS handshake it does not need, as PyMySQL before 1.2 never did. An
-    operator who wants TLS names it in the URL, and gets it verified as configured."""
-    return any(name.startswith("ssl") for name in url.query)
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _plain_local(url: URL) -> bool:
+    """Whether the connection is told ``ssl_disabled``: the URL names no TLS option (no
+    ``?ssl_*=``: ``ssl_ca``, ``ssl_cert``, ``ssl_verify_identity``, ``ssl_disabled``...)
+    and the server is on this host (a loopback address, or ``?unix_socket=``). PyMySQL 1.2
+    otherwise builds a default TLS context for every connection it opens (~35-65 ms of
+    CPU loading the system's CA store) for an unverified handshake that protects nothing
+    on loopback. A remote server named without TLS options keeps PyMySQL's default (TLS
+    when the server offers it, unverified); ``?ssl_ca=`` asks for verified TLS."""
+    if any(name.startswith("ssl") for name in url.query):
+        return False
+    host = (url.host or "localhost").strip("[]").lower()
+    return "unix_socket" in url.query or host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -1,5 +1,6 @@
-"""TLS to MariaDB is what the URL says: none when it names no ``?ssl_*=`` option (no TLS
-context built per connection), verified TLS when it names a CA."""
+"""TLS to MariaDB: none to a server on this host when the URL names no ``?ssl_*=`` option
+(no TLS context built per connection), PyMySQL's default to a remote one, verified TLS
+when the URL names a CA."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ from models.engine import make_engine
 from models.settings import Settings
 
 URL = "mysql+pymysql://hookfleet:s3cret@db.invalid:3306/hookfleet"
+LOCAL_URLS = [
+    "mysql+pymysql://hookfleet:s3cret@127.0.0.1:3306/hookfleet",
+    "mysql+pymysql://hookfleet:s3cret@localhost/hookfleet",
+    "mysql+pymysql://hookfleet:s3cret@[::1]:3306/hookfleet",
+    "mysql+pymysql://hookfleet:s3cret@/hookfleet?unix_socket=/run/mysqld/mysqld.sock",
+]
 
 
 class Dialled(Exception):
@@ -37,10 +44,18 @@ def driver_connection(url: str) -> pymysql.connections.Connection[Any]:
     return pymysql.connections.Connection(**given, defer_connect=True)
 
 
-def test_a_url_naming_no_tls_opens_plain_connections_without_a_tls_context() -> None:
-    connection = driver_connection(URL)
+@pytest.mark.parametrize("url", LOCAL_URLS)
+def test_a_local_server_named_without_tls_gets_plain_connections_without_a_tls_context(
+    url: str,
+) -> None:
+    connection = driver_connection(url)
     assert connection.ssl is False
     assert not hasattr(connection, "ctx")
+
+
+def test_a_remote_server_named_without_tls_keeps_the_drivers_default_tls() -> None:
+    connection = driver_connection(URL)
+    assert hasattr(connection, "ctx")
 
 
 def test_a_url_naming_a_ca_requires_verified_tls() -> None:
