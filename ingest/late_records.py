@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
-from ingest.shelved_events import shelve
+from ingest import shelved_events
 from models.perprocess import PerProcess
 
 log = logging.getLogger("hookfleet.ingest")
@@ -176,9 +176,11 @@ class LateRecords:
             thread.join(timeout=max(0.0, trying_until - time.monotonic()))
         pause = BACKOFF_S[0]
         while self.waiting() and time.monotonic() < trying_until:
+            # The database first: a frozen Redis costs each try its timeout (2 s), and
+            # an outsider's exit batch, sent after one, was in flight at the window's end.
+            self._shelve_new()
             if self._try_redis():
                 break
-            self._shelve_new()
             time.sleep(max(0.0, min(pause, trying_until - time.monotonic())))
             pause = min(pause * 2, EXIT_BACKOFF_S)
         with self._lock:
@@ -389,6 +391,12 @@ def _unconfirmed(held: _Held) -> None:
 
 
 _SETTLING = threading.Lock()
+
+
+def shelve(database_url: str, messages: list[str]) -> int:
+    """Keep ``messages`` in the database on the late records' own connections
+    (ingest/shelved_events.py ``LATE``, opened at boot), never the calls' writers'."""
+    return shelved_events.shelve(database_url, messages, shelved_events.LATE)
 
 
 def _flush_logs() -> None:
