@@ -23,7 +23,7 @@ import pytest
 
 from tests.e2e.test_frozen_redis_inbound import call
 from tests.e2e.test_slow_backends_inbound import FLEET, kept_event_ids
-from tests.faults.test_inbound_exit_window import receiver_a_second_from_its_database
+from tests.faults.test_inbound_exit_window import WORKERS, receiver_a_second_from_its_database
 from tests.processes import Processes
 from tests.servers import RedisServer, wait_until
 
@@ -36,11 +36,6 @@ AFTER_S = 3.0
 GRACEFUL_S = 20
 #: Retell gives up on an answer after this.
 RETELL_WAITS_S = 10.0
-
-WORKERS = [
-    pytest.param("", id="aio"),
-    pytest.param("--worker-class ingest.gunicorn_worker.JsonErrorWorker", id="gthread"),
-]
 
 
 def attempt(web: Processes) -> tuple[int, bytes, float]:
