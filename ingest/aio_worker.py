@@ -110,6 +110,10 @@ from ingest.listeners import LISTENER_PORT, listener_name
 from ingest.request import REPEATED_HEADERS, repeated_names
 from models.logs import TickLines
 
+# At stop, a connection on which nothing has arrived is closed after this (seconds): a
+# request sent before SIGTERM but not read yet (in the kernel's buffer) is served, not
+# reset. An outsider's calls sent just before SIGTERM got no answer.
+EXIT_IDLE_S = 1.0
 # Each turn of the worker's clock: heartbeat, arrival deadlines, idle keep-alives.
 _TICK_S = 0.5
 # A body being read by a thread (a non-plain request) is buffered up to this much
@@ -846,7 +850,13 @@ class Connection(asyncio.Protocol):
                 self.close()
             return
         idle_limit = self.worker.cfg.keepalive if self.kept_alive else ARRIVAL_TIMEOUT_S
-        if not self.worker.alive or now >= self.deadline - ARRIVAL_TIMEOUT_S + idle_limit:
+        if not self.worker.alive:
+            # Stopping: nothing has come yet, but a request already sent may be in the
+            # kernel's buffer: read and served within the grace, not reset.
+            if now - (self.worker.stopping_at or 0.0) >= EXIT_IDLE_S:
+                self.close()
+            return
+        if now >= self.deadline - ARRIVAL_TIMEOUT_S + idle_limit:
             self.close()
 
 
@@ -860,6 +870,8 @@ class AioWorker(Worker):
         self.connections: set[Connection] = set()
         # Accepted sockets whose transport and Connection are not made yet.
         self.handshakes: set[socket.socket] = set()
+        # time.monotonic() at SIGTERM (or max_requests); None while serving.
+        self.stopping_at: float | None = None
         self.deliveries: Any = None
         self.tick_lines: TickLines | None = None
         self.accepting = False
@@ -1094,6 +1106,7 @@ class AioWorker(Worker):
 
     def _graceful_exit(self) -> None:
         if self.alive:
+            self.stopping_at = time.monotonic()
             # Whatever blocks the exit, the answered calls' records not durable are
             # named before the master's SIGKILL (ingest/late_records.py).
             from ingest.late_records import late_records
@@ -1118,7 +1131,9 @@ class AioWorker(Worker):
         self._rebalance()
         self._close_listeners()
         deadline = time.monotonic() + self.cfg.graceful_timeout
-        while self.connections and time.monotonic() < deadline:
+        # The connections still being set up too (taken off the accept queue just now):
+        # their requests were sent before the listeners closed.
+        while (self.connections or self.handshakes) and time.monotonic() < deadline:
             for connection in list(self.connections):
                 connection.expire(time.monotonic())
             await asyncio.sleep(0.05)

@@ -163,6 +163,15 @@ class ErrorCode(enum.StrEnum):
         "Too few Redis replicas confirmed the delivery in time. Retry later.",
         {"retry_after": True, "outcome": "not_replicated"},
     )
+    # The receiver worker is stopping (SIGTERM) and no longer serves what it has not
+    # begun: the gthread fallback's answer to a request its threads take after the drain
+    # (ingest/gunicorn_worker.py ``EXIT_SERVE_S``); the connection closes. A sender
+    # retries it (Retell up to 3 times), on a receiver that is not stopping.
+    SHUTTING_DOWN = (
+        "shutting_down",
+        503,
+        "The receiver is shutting down; the delivery was not accepted. Retry.",
+    )
     PROVIDER_NOT_CONFIGURED = (
         "provider_not_configured",
         503,

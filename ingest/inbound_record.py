@@ -58,7 +58,7 @@ from ingest.dedup import DedupGate
 from ingest.inbound import bounded_client, cache_timeout_s
 from ingest.late_records import RETRY_FOR_S, LateRecord, late_records
 from ingest.redis_watch import RedisWatch
-from ingest.shelved_events import shelve, warm
+from ingest.shelved_events import CALLS, LATE, shelve, warm
 from models import tracing
 from models.perprocess import PerProcess
 from models.settings import Settings
@@ -73,6 +73,9 @@ log = logging.getLogger("hookfleet.ingest")
 DATABASE_BOUND_S = 1.0
 #: Seconds a worker waits, before accepting calls, for its records' Redis connection.
 WARM_REDIS_S = 0.5
+#: Pause between tries of the records' database warm-up (seconds, doubling up to the
+#: second) until the connection opens.
+WARM_RETRY_S = (1.0, 30.0)
 #: Threads per process writing records to the database before their answers.
 WRITERS = 4
 #: Seconds the database writes are skipped after a slow (:data:`SLOW_WRITE_S`) or failed
@@ -170,15 +173,22 @@ class InboundRecorder:
         """Before the worker accepts calls: open this process's Redis connection for the
         records, waited for ``wait_s`` at most (tries each bounded by
         :func:`record_timeout_s`); and start opening its database connection for the
-        rows in a writer thread (its first-connect cost would exceed
-        :data:`DATABASE_BOUND_S` on a loaded machine; a slow database holds no call: an
-        outsider's first calls after a restart waited 4 s behind a warm-up). An
-        outsider's first 37 records after a worker respawn, Redis and database healthy,
+        rows in a thread of its own, tried again until it opens (its first-connect cost
+        would exceed :data:`DATABASE_BOUND_S` on a loaded machine; a slow database holds
+        no call: an outsider's first calls after a restart waited 4 s behind a warm-up).
+        An outsider's first 37 records after a worker respawn, Redis and database healthy,
         were held in memory only: their connect to Redis, on the just-forked worker of a
-        loaded box, overran the record's bound. Never raises; a failure is one warning
-        (the first record then dials, as before)."""
+        loaded box, overran the record's bound. Never raises; a failure is a warning
+        (a record meanwhile dials, as before)."""
         writers = self._writers.get()
-        writers.submit(copy_context().run, self._warm_database)
+        # Threads of their own: their retries must not hold a writer of the calls' records.
+        for lane in (CALLS, LATE):
+            threading.Thread(
+                target=copy_context().run,
+                args=(self._warm_database, lane),
+                name=f"inbound-record-warm-{lane}",
+                daemon=True,
+            ).start()
         pinged = writers.submit(copy_context().run, self._ping_until, time.monotonic() + wait_s)
         try:
             pinged.result(timeout=wait_s + self._try_bound_s)
@@ -204,11 +214,31 @@ class InboundRecorder:
             extra={"error": type(error).__name__, "of": "redis"},
         )
 
-    def _warm_database(self) -> None:
-        try:
-            warm(self._database_url)
-        except SQLAlchemyError as error:
-            log.warning("inbound record warm-up failed", extra={"error": type(error).__name__})
+    def _warm_database(self, lane: str) -> None:
+        """Open ``lane``'s connection for the rows (ingest/shelved_events.py: the calls'
+        writers', the late records'), tried again with backoff (:data:`WARM_RETRY_S`)
+        until it opens: an outsider's warm-up failed once at boot (a database 1 s away
+        on a loaded box) and was not retried, so the records of an exit's last calls
+        dialled afresh (15-17 s a write there, 5 s on an open connection) and missed
+        the window."""
+        started = time.monotonic()
+        pause = WARM_RETRY_S[0]
+        while True:
+            try:
+                warm(self._database_url, lane)
+            except SQLAlchemyError as error:
+                log.warning(
+                    "inbound record warm-up failed",
+                    extra={"error": type(error).__name__, "of": lane, "retry_in_s": pause},
+                )
+            else:
+                log.info(
+                    "inbound record database connection open",
+                    extra={"of": lane, "took_s": round(time.monotonic() - started, 1)},
+                )
+                return
+            time.sleep(pause)
+            pause = min(pause * 2, WARM_RETRY_S[1])
 
     def record(
         self,

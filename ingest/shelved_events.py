@@ -34,6 +34,12 @@ from models.settings import Settings
 # Each statement's connect, read and write bound (seconds): a stopped database costs an
 # exiting receiver this, not its graceful window.
 IO_TIMEOUT_S = 2
+#: Whose connections a write uses: the calls' writers before their answers
+#: (ingest/inbound_record.py), or the late records and an exit's last writes
+#: (ingest/late_records.py). Apart, so an exit's writes never wait for a connection the
+#: calls' writers hold, nor dial one afresh: through a database 1 s away an outsider's
+#: exit batch took 12-17 s on a new connection, 5 s on an open one, and missed the window.
+CALLS, LATE = "calls", "late"
 
 
 def event_of(message: str) -> EventMessage:
@@ -45,31 +51,30 @@ def event_of(message: str) -> EventMessage:
     return EventMessage.from_kwargs(kwargs)
 
 
-def shelve(database_url: str, messages: list[str]) -> int:
+def shelve(database_url: str, messages: list[str], lane: str = CALLS) -> int:
     """Write the deliveries queued as ``messages`` as ``received`` rows, in one
-    transaction (one by one when one of them is already on record). Returns how many
-    this call wrote: a row already there for an event's ``(provider, event_id)`` is left
-    as it is. Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot take
-    them, ``ValueError`` for a message that is not a delivery's."""
+    transaction (one by one when one of them is already on record), on ``lane``'s
+    connections (:data:`CALLS`, :data:`LATE`). Returns how many this call wrote: a row
+    already there for an event's ``(provider, event_id)`` is left as it is. Raises
+    ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot take them,
+    ``ValueError`` for a message that is not a delivery's."""
     events = [event_of(message) for message in messages]
     # Housekeeping of the process, after the request's trace has ended: no statement
     # spans of their own (a root trace no request started, as the boot warm-up's).
     with tracing.untraced():
-        return _write(database_url, events)
+        return _write(_engine_of(database_url, lane), events)
 
 
-def warm(database_url: str) -> None:
+def warm(database_url: str, lane: str = CALLS) -> None:
     """Open this process's connection for the rows and load the table's mapping: the
     first record kept here after a (re)start would otherwise spend its answer's bound
     (ingest/inbound_record.py) dialling and on the dialect's first-connect queries, over
     a second on a loaded machine. Raises ``sqlalchemy.exc.SQLAlchemyError``."""
-    engine = _engines.get(database_url, lambda: _engine(database_url))
-    with tracing.untraced(), Session(engine) as session:
+    with tracing.untraced(), Session(_engine_of(database_url, lane)) as session:
         session.execute(select(WebhookEvent.id).limit(0)).all()
 
 
-def _write(database_url: str, events: list[EventMessage]) -> int:
-    engine = _engines.get(database_url, lambda: _engine(database_url))
+def _write(engine: Engine, events: list[EventMessage]) -> int:
     # The rows already on record are left out first (an earlier write that finished
     # after its bound, the sweep, a worker): the batch then commits in one transaction.
     # Falling back to a transaction per row after a conflict took a database 400 ms
@@ -133,9 +138,13 @@ def _row(event: EventMessage) -> WebhookEvent:
     )
 
 
+def _engine_of(database_url: str, lane: str) -> Engine:
+    return _engines.get(f"{lane} {database_url}", lambda: _engine(database_url))
+
+
 def _engine(database_url: str) -> Engine:
-    # LateRecords' one thread, and the writers of records before their answers
-    # (ingest/inbound_record.py ``WRITERS``).
+    # A lane's: LateRecords' thread and an exit's writers, or the writers of records
+    # before their answers (ingest/inbound_record.py ``WRITERS``).
     small = Settings(database_url=database_url, db_pool_size=2, db_max_overflow=3)
     return make_engine(small, io_timeout_s=IO_TIMEOUT_S)
 

@@ -14,7 +14,9 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -65,20 +67,35 @@ def logged(web: Processes) -> list[dict[str, object]]:
     ]
 
 
-@pytest.mark.parametrize("gunicorn_args", WORKERS)
-def test_an_exit_with_redis_frozen_and_the_database_a_second_away_names_every_call_it_did_not_record(  # noqa: E501
-    tmp_path: Path, own_redis: RedisServer, mariadb_url: str, gunicorn_args: str
-) -> None:
+@contextmanager
+def receiver_a_second_from_its_database(
+    tmp_path: Path, redis_server: RedisServer, mariadb_url: str, graceful_s: int, worker: str
+) -> Iterator[Processes]:
+    """The receiver (``worker``: gunicorn arguments choosing its worker class) on
+    ``redis_server`` and the seeded MariaDB behind a proxy adding
+    ``DATABASE_DELAY_MS``, with ``--graceful-timeout graceful_s``."""
     seed(mariadb_url)
     with (
         delayed(int(urlsplit(mariadb_url).port or 0), DATABASE_DELAY_MS) as database,
         running_fleet(
             tmp_path,
-            own_redis.url,
+            redis_server.url,
             database.url_through(mariadb_url),
             names=("web",),
-            GUNICORN_CMD_ARGS=f"--graceful-timeout {GRACEFUL_S} {gunicorn_args}",
+            GUNICORN_CMD_ARGS=f"--graceful-timeout {graceful_s} {worker}",
             **FLEET,
+        ) as web,
+    ):
+        yield web
+
+
+@pytest.mark.parametrize("gunicorn_args", WORKERS)
+def test_an_exit_with_redis_frozen_and_the_database_a_second_away_names_every_call_it_did_not_record(  # noqa: E501
+    tmp_path: Path, own_redis: RedisServer, mariadb_url: str, gunicorn_args: str
+) -> None:
+    with (
+        receiver_a_second_from_its_database(
+            tmp_path, own_redis, mariadb_url, GRACEFUL_S, gunicorn_args
         ) as web,
         ThreadPoolExecutor(96) as pool,
     ):
@@ -104,15 +121,17 @@ def test_an_exit_with_redis_frozen_and_the_database_a_second_away_names_every_ca
 
     answered_before = [status for status, _ in (f.result() for f in before)]
     after_outcomes = [f.result() for f in after]
-    # In-flight calls finish: every call sent before the SIGTERM was answered.
-    assert answered_before == [200] * len(answered_before)
+    # In-flight calls finish: every call sent before the SIGTERM was answered; the
+    # gthread fallback refuses (503 shutting_down) what its threads take after its drain.
+    served = {200} if not gunicorn_args else {200, 503}
+    assert set(answered_before) <= served, answered_before
     # After it: refused or answered at once, never queued for no one.
-    assert all(status in (0, 200) for status, _ in after_outcomes), after_outcomes
+    assert all(status in (0, *served) for status, _ in after_outcomes), after_outcomes
     refused_s = [took for status, took in after_outcomes if status == 0]
     assert max(refused_s, default=0.0) < REFUSED_WITHIN_S, after_outcomes
     # Taken off the accept queue at SIGTERM: answered like any call, far inside 10 s.
     assert max(took for _, took in after_outcomes) < ANSWERED_WITHIN_S, after_outcomes
-    answered = len(answered_before) + sum(status == 200 for status, _ in after_outcomes)
+    answered = answered_before.count(200) + sum(status == 200 for status, _ in after_outcomes)
     # Each worker left on its own within the window (gunicorn's ``Worker exiting``, or
     # the exit watchdog's last line; a gthread worker's interpreter exit may log both),
     # never by the master's SIGKILL at its end.

@@ -59,6 +59,7 @@ KEEP_AND_ARM = textwrap.dedent(
 UNREACHABLE = ""
 REFUSING = "late.shelve = down\n"
 NEVER_ANSWERS = "late.shelve = lambda url, messages: time.sleep(60)\n"
+TAKING = "late.shelve = lambda url, messages: len(messages)\n"
 
 STUCK = "time.sleep(60)  # the exit is stuck (a database connect, a frozen Redis)\n"
 
@@ -93,6 +94,7 @@ def test_a_stuck_exit_names_every_record_not_durable_and_ends_before_its_window(
     assert named == ["call_0", "call_1", "call_2"], child.stdout + child.stderr  # once each
     assert "NOT ENDED" not in child.stdout
     assert child.returncode != 0
+    assert "ERROR|receiver exit overran its window: ending the process|" in lines
     assert ended - armed < window_s  # its margin (1.5 s) left for a loaded machine
 
 
@@ -131,3 +133,23 @@ def test_the_exit_at_interpreter_end_tries_until_the_window_armed_at_sigterm(
     assert left - armed < window_s, lines
     named = [line for line in lines if line.startswith("ERROR|inline event not recorded|")]
     assert len(named) == 3, lines
+
+
+def test_a_stuck_exit_with_every_record_in_the_database_ends_with_a_warning_and_status_0(
+    tmp_path: Path,
+) -> None:
+    """Nothing lost: the records are left to the stuck-work sweep (WARNING each), and the
+    window's end is a WARNING with exit status 0, not an ERROR that pages for nothing."""
+    window_s = 3.0
+    child, lines, armed, ended = run_child(TAKING, 3, STUCK, tmp_path, window_s)
+    swept = sorted(
+        line.split("|")[2]
+        for line in lines
+        if line.startswith("WARNING|inline event left to the stuck-work sweep|")
+    )
+    assert swept == ["call_0", "call_1", "call_2"], child.stdout + child.stderr
+    assert "WARNING|receiver exit overran its window: ending the process|" in lines, lines
+    assert not [line for line in lines if line.startswith("ERROR|")], lines
+    assert "NOT ENDED" not in child.stdout
+    assert child.returncode == 0
+    assert ended - armed < window_s
