@@ -872,6 +872,8 @@ class AioWorker(Worker):
         self.handshakes: set[socket.socket] = set()
         # time.monotonic() at SIGTERM (or max_requests); None while serving.
         self.stopping_at: float | None = None
+        # Answered calls' records the exit lost (ingest/late_records.py): the status.
+        self.records_lost = 0
         self.deliveries: Any = None
         self.tick_lines: TickLines | None = None
         self.accepting = False
@@ -902,6 +904,11 @@ class AioWorker(Worker):
                 self.tick_lines.uninstall()
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.loop.close()
+        if self.records_lost:
+            # Answered calls' records lost at this exit (each named at ERROR by
+            # ingest/late_records.py): the worker's status says so (gunicorn's
+            # ``Worker (pid:...) exited with code 1``); an outsider's exits ended 0.
+            sys.exit(1)
 
     async def _serve(self) -> None:
         self._prepare_app()
@@ -1147,7 +1154,9 @@ class AioWorker(Worker):
         from ingest.late_records import late_records
 
         with ThreadPoolExecutor(1, thread_name_prefix="late-records") as leaving:
-            await self.loop.run_in_executor(leaving, late_records().finish, deadline)
+            self.records_lost = await self.loop.run_in_executor(
+                leaving, late_records().finish, deadline
+            )
 
     def _close_listeners(self) -> None:
         """Take what is in the accept queues (served below), then close this worker's

@@ -16,9 +16,13 @@ lookup and the answer, and says where the record went:
    waited for :data:`DATABASE_BOUND_S` at most; the record is then also handed to
    ``LateRecords`` (ingest/late_records.py), which queues it once Redis takes it, and the
    stuck-work sweep queues the row if the receiver is gone by then;
-3. else nowhere in time: the answer goes anyway (a ringing phone must be answered), the
-   record is handed to ``LateRecords`` as before, and an ERROR names the event: a kill
-   before ``LateRecords`` writes it loses it.
+3. else this host's disk (ingest/spool.py: one file, ``fsync``-ed, a few milliseconds),
+   handed to ``LateRecords`` as before, which deletes the file once Redis or the
+   database took the record; what an exit or a kill leaves there is queued by the next
+   receiver started on this host (:meth:`InboundRecorder.warm` adopts it);
+4. else (the disk refused it too) nowhere: the answer goes anyway (a ringing phone must
+   be answered), the record is handed to ``LateRecords`` as before, and an ERROR names
+   the event: a kill before ``LateRecords`` writes it loses it.
 
 The database write takes at most what is left of the call's deadline, counted from its
 arrival (ingest/call_deadline.py), and is skipped when that no longer fits; the Redis
@@ -47,6 +51,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextvars import copy_context
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pybreaker
@@ -59,6 +64,7 @@ from ingest.inbound import bounded_client, cache_timeout_s
 from ingest.late_records import RETRY_FOR_S, LateRecord, late_records
 from ingest.redis_watch import RedisWatch
 from ingest.shelved_events import CALLS, LATE, shelve, warm
+from ingest.spool import Spool, SpooledRecord
 from models import tracing
 from models.perprocess import PerProcess
 from models.settings import Settings
@@ -91,6 +97,7 @@ class Kept(enum.Enum):
 
     REDIS = "redis"  # claimed and queued
     DATABASE = "database"  # a ``received`` row; queued later by LateRecords or the sweep
+    SPOOL = "spool"  # a file on this host's disk (ingest/spool.py); queued by LateRecords
     NOWHERE = "nowhere"  # only in this process's LateRecords: a kill loses it
 
 
@@ -168,6 +175,7 @@ class InboundRecorder:
             lambda: ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="inbound-record")
         )
         self._database = PerProcess(DatabaseWatch)
+        self._spool = PerProcess(lambda: Spool(settings.var_dir, settings.database_url))
 
     def warm(self, wait_s: float = WARM_REDIS_S) -> None:
         """Before the worker accepts calls: open this process's Redis connection for the
@@ -181,6 +189,7 @@ class InboundRecorder:
         loaded box, overran the record's bound. Never raises; a failure is a warning
         (a record meanwhile dials, as before)."""
         writers = self._writers.get()
+        self.adopt_spool()
         # Threads of their own: their retries must not hold a writer of the calls' records.
         for lane in (CALLS, LATE):
             threading.Thread(
@@ -196,6 +205,47 @@ class InboundRecorder:
             pass  # logged by the ping when it gives up
         except Exception as error:  # noqa: BLE001 (best effort: the calls still work)
             log.warning("inbound record warm-up failed", extra={"error": type(error).__name__})
+
+    def adopt_spool(self) -> int:
+        """Hand the records that receivers gone from this host left in the spool
+        (ingest/spool.py) to this process's late records, which queue them (or keep
+        them in the database) as any other; returns how many. Never raises: a spool
+        that cannot be read is logged at ERROR (its records stay on disk)."""
+        try:
+            taken = self._spool.get().adopt()
+        except OSError as error:
+            log.error("could not read the spool", extra={"error": str(error)})
+            return 0
+        for path, spooled in taken:
+            late_records().keep(
+                LateRecord(
+                    self._late_attempt(spooled),
+                    spooled.event_id,
+                    time.monotonic(),
+                    spooled.message,
+                    self._database_url,
+                    spooled=path,
+                )
+            )
+        if taken:
+            log.warning(
+                "queueing answered calls' records a former receiver left in the spool",
+                extra={"records": len(taken), "spool": str(self._spool.get().root)},
+            )
+        return len(taken)
+
+    def _late_attempt(self, spooled: SpooledRecord) -> Callable[[], None]:
+        def attempt() -> None:
+            self._late_gate.admit(
+                spooled.dedup_key,
+                spooled.correlation_id,
+                spooled.ttl_s,
+                spooled.queue,
+                spooled.message,
+                confirm=False,
+            )
+
+        return attempt
 
     def _ping_until(self, until: float) -> None:
         # Not through the watch: a slow first connect of a just-forked worker is not a
@@ -253,13 +303,14 @@ class InboundRecorder:
         ``span_attributes``: the claim span's (None: tracing off)."""
         event_id = job.event_id
 
-        def attempt(gate: DedupGate = self._gate) -> None:
-            gate.admit(
+        spooled = SpooledRecord(
+            event_id, job.dedup_key, correlation_id, job.ttl_s, job.queue, job.message
+        )
+
+        def attempt() -> None:
+            self._gate.admit(
                 job.dedup_key, correlation_id, job.ttl_s, job.queue, job.message, confirm=False
             )
-
-        def attempt_late() -> None:
-            attempt(self._late_gate)
 
         started = time.monotonic()
         with tracing.span("hookfleet.claim_and_enqueue", attributes=span_attributes) as span:
@@ -277,13 +328,33 @@ class InboundRecorder:
                     "retry_for_s": RETRY_FOR_S,
                 },
             )
-        if not in_database:
-            log.error("inline event answered before it was recorded", extra={"event_id": event_id})
+        path = None if in_database else self._keep_on_disk(spooled)
         late_records().keep(
-            LateRecord(attempt_late, event_id, started, job.message, self._database_url),
+            LateRecord(
+                self._late_attempt(spooled),
+                event_id,
+                started,
+                job.message,
+                self._database_url,
+                spooled=path,
+            ),
             shelved=in_database,
         )
-        return Kept.DATABASE if in_database else Kept.NOWHERE
+        if in_database:
+            return Kept.DATABASE
+        return Kept.SPOOL if path is not None else Kept.NOWHERE
+
+    def _keep_on_disk(self, spooled: SpooledRecord) -> Path | None:
+        """The record's spool file (ingest/spool.py), or None (logged at ERROR: the
+        call is answered with its record in this process's memory only)."""
+        try:
+            return self._spool.get().put(spooled)
+        except OSError as error:
+            log.error(
+                "inline event answered before it was recorded",
+                extra={"event_id": spooled.event_id, "error": str(error)},
+            )
+            return None
 
     def _queue(self, attempt: Callable[[], None]) -> Exception | None:
         """None once Redis took the record; else what refused it. Tried even when the

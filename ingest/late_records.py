@@ -41,11 +41,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
-from ingest import shelved_events
+from ingest import shelved_events, spool
 from models.perprocess import PerProcess
 
 log = logging.getLogger("hookfleet.ingest")
@@ -86,6 +87,9 @@ class LateRecord:
     answered_at: float
     message: str
     database_url: str
+    #: Its file in this host's spool (ingest/spool.py), deleted once Redis or the
+    #: database took it; None when it is in neither the spool nor the database.
+    spooled: Path | None = None
 
 
 @dataclass
@@ -97,6 +101,16 @@ class _Held:
     # the row may be there or not (an outsider's exit batch committed as the watchdog
     # fired, and 134 calls on record were named "not recorded").
     writing: bool = False
+
+    @property
+    def durable(self) -> bool:
+        """Kept somewhere a kill cannot take it: the database, or this host's spool."""
+        return self.shelved or self.record.spooled is not None
+
+    def taken(self) -> None:
+        """Redis or the database has it: its spooled file is not needed any more."""
+        if self.record.spooled is not None:
+            spool.discard(self.record.spooled)
 
 
 class LateRecords:
@@ -162,12 +176,14 @@ class LateRecords:
             self._shelve_new()
             self._wake.wait(max(0.0, next_try - time.monotonic()))
 
-    def finish(self, deadline: float) -> None:
+    def finish(self, deadline: float) -> int:
         """At an orderly exit: stop the thread and try the held records with backoff
         until ``deadline`` (``time.monotonic()``) less :data:`EXIT_RESERVE_S`; then leave
-        what is left (kept in the database: WARNING; not: ERROR). Records handed over
-        afterwards go to the database at once. Returns by ``deadline`` unless a database
-        write outlasts it (bounded by ``shelved_events.IO_TIMEOUT_S``)."""
+        what is left (kept in the database or the spool: WARNING; neither: ERROR).
+        Records handed over afterwards go to the database at once. Returns how many
+        records were lost or unconfirmed (each named at ERROR), for the exit status:
+        by ``deadline`` unless a database write outlasts it (bounded by
+        ``shelved_events.IO_TIMEOUT_S``)."""
         self._stopping.set()
         self._wake.set()
         trying_until = deadline - EXIT_RESERVE_S
@@ -188,13 +204,10 @@ class LateRecords:
             left, self._held = list(self._held), deque()
             self._leaving = left
         self._last_write(left, deadline)
-        for held in left:
-            if held.writing:
-                _unconfirmed(held)
-            else:
-                _leave(held, "the receiver process ended", write=False)
+        lost = sum(_let_go(held, "the receiver process ended") for held in left)
         if self._watchdog is not None:
             self._watchdog.cancel()
+        return lost
 
     def arm_watchdog(self, deadline: float) -> None:
         """At an orderly exit's start (SIGTERM, ``max_requests``): at ``deadline``
@@ -222,13 +235,11 @@ class LateRecords:
             self._closed = True
             unsettled = [held for held in (*self._leaving, *self._held) if not held.settled]
             self._held = deque()
-        # Lost (or maybe lost: a write in flight) only if not in the database yet.
-        lost = sum(held.writing or not held.shelved for held in unsettled)
+        # Lost (or maybe lost: a write in flight) only if in neither the database nor
+        # the spool.
+        lost = sum(not held.durable for held in unsettled)
         for held in unsettled:
-            if held.writing:
-                _unconfirmed(held)
-            else:
-                _leave(held, "the exit window ran out", write=False)
+            _let_go(held, "the exit window ran out")
         # ERROR and a failed exit only when a record is lost or unconfirmed (each named
         # above): an outsider's exits with every record in the database said ERROR and
         # exited 1, which pages someone for nothing.
@@ -256,10 +267,15 @@ class LateRecords:
         writer.join(max(0.0, deadline - time.monotonic() - WATCHDOG_MARGIN_S - EXIT_LOG_S))
 
     def _at_exit(self) -> None:
+        """The gthread worker's exit and gunicorn's quick one (SIGINT, SIGQUIT): what
+        is held is finished at interpreter exit; a record lost there ends the process
+        with status 1 (after the log is flushed), as the watchdog's would."""
         if not self._closed:
             armed = self._exit_deadline
             soonest = time.monotonic() + EXIT_RESERVE_S + EXIT_TRY_S
-            self.finish(soonest if armed is None else max(armed, soonest))
+            if self.finish(soonest if armed is None else max(armed, soonest)):
+                _flush_logs()
+                os._exit(1)
 
     def _shelve_new(self) -> None:
         """Write the records not yet in the database there (:func:`_shelve_all`)."""
@@ -272,12 +288,15 @@ class LateRecords:
             if not _recorded(held.record):
                 return False
             held.settled = True
+            held.taken()
             self._drop(held)
         return not self.waiting()
 
     def _give_up_overdue(self) -> None:
         now = time.monotonic()
         for held in self._snapshot():
+            if not held.shelved and held.record.spooled is not None:
+                continue  # on disk only: held until Redis or the database takes it
             if now - held.record.answered_at > RETRY_FOR_S:
                 self._drop(held)
                 _leave(held, f"Redis refused it for {RETRY_FOR_S:.0f} s")
@@ -332,6 +351,9 @@ def _shelve_all(helds: list[_Held], singly_after_failure: bool) -> None:
         finally:
             for held in batch:
                 held.writing = False
+        if not failed:
+            for held in batch:
+                held.taken()
         if failed:
             if singly_after_failure and not all(_shelved(held, quiet=True) for held in batch):
                 return
@@ -353,33 +375,57 @@ def _shelved(held: _Held, *, quiet: bool = False) -> bool:
         held.shelved = True
     finally:
         held.writing = False
+    held.taken()
     return True
 
 
-def _leave(held: _Held, why: str, *, write: bool = True) -> None:
+def _let_go(held: _Held, why: str) -> bool:
+    """At an exit: name a record Redis has not taken (:func:`_unconfirmed` if its
+    database write is in flight and it is not spooled, else :func:`_leave`); True when
+    it is lost or unconfirmed (named at ERROR)."""
+    if held.writing and held.record.spooled is None:
+        return _unconfirmed(held)
+    return _leave(held, why, write=False)
+
+
+def _leave(held: _Held, why: str, *, write: bool = True) -> bool:
     """Let go of a record Redis has not taken: the stuck-work sweep queues it from the
-    database, or it is lost, said at ERROR with its event id. ``write``: try the
-    database once more first. Once per record (the exit watchdog may race an exit)."""
+    database, the next receiver started on this host queues it from the spool
+    (ingest/spool.py), or it is lost, said at ERROR with its event id (then True).
+    ``write``: try the database once more first. Once per record (the exit watchdog
+    may race an exit)."""
     with _SETTLING:
         if held.settled:
-            return
+            return False
         held.settled = True
     if held.shelved or (write and _shelved(held)):
         log.warning(
             "inline event left to the stuck-work sweep",
             extra={"event_id": held.record.event_id, "reason": why},
         )
-        return
+        return False
+    if held.record.spooled is not None:
+        log.warning(
+            "inline event left in the spool",
+            extra={
+                "event_id": held.record.event_id,
+                "reason": why,
+                "path": str(held.record.spooled),
+            },
+        )
+        return False
     log.error("inline event not recorded", extra={"event_id": held.record.event_id, "reason": why})
+    return True
 
 
-def _unconfirmed(held: _Held) -> None:
+def _unconfirmed(held: _Held) -> bool:
     """Name a record whose database write was in flight when the exit window ran out:
     the row may have landed (then the stuck-work sweep queues it) or not. ERROR, for
-    the operator to check the event id, but not the "not recorded" of a certain loss."""
+    the operator to check the event id, but not the "not recorded" of a certain loss.
+    True unless named already."""
     with _SETTLING:
         if held.settled:
-            return
+            return False
         held.settled = True
     log.error(
         "inline event record unconfirmed",
@@ -388,6 +434,7 @@ def _unconfirmed(held: _Held) -> None:
             "reason": "its database write was in flight when the exit window ran out",
         },
     )
+    return True
 
 
 _SETTLING = threading.Lock()

@@ -21,6 +21,7 @@ from ingest import create_app
 from ingest import late_records as late_records_module
 from ingest.late_records import LateRecords
 from ingest.providers import retell
+from ingest.spool import Spool
 from models.engine import make_engine
 from models.events import EventStatus, WebhookEvent
 from models.perprocess import PerProcess
@@ -82,15 +83,20 @@ def answered(client: FlaskClient, body: bytes) -> float:
     return time.monotonic() - started
 
 
-def receiver(database_url: str, redis_url: str) -> FlaskClient:
-    return create_app(
-        {
-            "HOOKFLEET_REDIS_URL": redis_url,
-            "HOOKFLEET_DATABASE_URL": database_url,
-            "HOOKFLEET_RETELL_SECRETS": API_KEY,
-            "HOOKFLEET_REDIS_TIMEOUT_S": "1",
-        }
-    ).test_client()
+def receiver(database_url: str, redis_url: str, var_dir: Path | None = None) -> FlaskClient:
+    return create_app(receiver_env(database_url, redis_url, var_dir)).test_client()
+
+
+def receiver_env(database_url: str, redis_url: str, var_dir: Path | None = None) -> dict[str, str]:
+    env = {
+        "HOOKFLEET_REDIS_URL": redis_url,
+        "HOOKFLEET_DATABASE_URL": database_url,
+        "HOOKFLEET_RETELL_SECRETS": API_KEY,
+        "HOOKFLEET_REDIS_TIMEOUT_S": "1",
+    }
+    if var_dir is not None:
+        env["HOOKFLEET_VAR_DIR"] = str(var_dir)
+    return env
 
 
 def event_ids(lines: Lines, message: str, level: int) -> list[str]:
@@ -152,15 +158,48 @@ def test_a_record_redis_refuses_is_in_the_database_before_its_answer_and_left_to
 
 
 @pytest.mark.usefixtures("fresh_late_records")
-def test_every_record_neither_queued_nor_kept_is_named_at_error_when_the_receiver_exits(
+def test_a_record_neither_redis_nor_the_database_took_is_on_disk_before_its_answer(
     tmp_path: Path, lines: Lines
 ) -> None:
-    """Redis and the database both away: the answers still go out (empty) at once, each
-    with an ERROR naming its event (a kill now would lose it), and every record, the one
-    the background thread holds included, gets its ERROR line at the exit."""
+    """Redis and the database both away: the answers still go out at once, each record a
+    file in this host's spool before its answer (a kill now loses nothing); at the exit
+    each is named at WARNING with its file, none at ERROR, and the files stay for the
+    next receiver."""
     stopped = RedisServer(tmp_path / "redis")
     nowhere = f"mysql+pymysql://hookfleet:pw@127.0.0.1:{free_port()}/hookfleet"
-    client = receiver(nowhere, stopped.url)
+    client = receiver(nowhere, stopped.url, var_dir=tmp_path / "var")
+    took = []
+    for n in range(1, 5):
+        took.append(answered(client, call(f"+49151000001{n:02d}")))
+        assert len(spooled(tmp_path / "var")) == n  # on disk before the answer left
+    assert max(took) < 2.0  # Retell waits 10 s
+    refused = event_ids(lines, "could not record inline event", logging.WARNING)
+    assert len(set(refused)) == 4
+    assert sorted(r["event_id"] for r in spooled(tmp_path / "var")) == sorted(refused)
+    assert event_ids(lines, "inline event answered before it was recorded", logging.ERROR) == []
+
+    lost = late_records_module.late_records().finish(time.monotonic() + 4)
+
+    assert lost == 0
+    assert sorted(event_ids(lines, "inline event left in the spool", logging.WARNING)) == sorted(
+        refused
+    )
+    assert event_ids(lines, "inline event not recorded", logging.ERROR) == []
+    assert len(spooled(tmp_path / "var")) == 4
+
+
+@pytest.mark.usefixtures("fresh_late_records")
+def test_every_record_in_no_durable_place_is_named_at_error_when_the_receiver_exits(
+    tmp_path: Path, lines: Lines
+) -> None:
+    """Redis, the database and the disk all refuse (the spool's directory is a file):
+    the answers still go out at once, each with an ERROR naming its event, and at the
+    exit every record gets its ERROR line and counts as lost (the exit status)."""
+    stopped = RedisServer(tmp_path / "redis")
+    nowhere = f"mysql+pymysql://hookfleet:pw@127.0.0.1:{free_port()}/hookfleet"
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "spool").write_text("not a directory")
+    client = receiver(nowhere, stopped.url, var_dir=tmp_path / "var")
     took = [answered(client, call(f"+49151000001{i:02d}")) for i in range(4)]
     assert max(took) < 2.0  # Retell waits 10 s
     refused = event_ids(lines, "could not record inline event", logging.WARNING)
@@ -170,11 +209,82 @@ def test_every_record_neither_queued_nor_kept_is_named_at_error_when_the_receive
     wait_until(lambda: late_records_module.late_records().waiting() == 4, 10, "4 held")
 
     started = time.monotonic()
-    late_records_module.late_records().finish(time.monotonic() + 4)
+    lost = late_records_module.late_records().finish(time.monotonic() + 4)
 
     assert time.monotonic() - started < 4 + 2 * 2 + 3  # the deadline, a last write each
+    assert lost == 4
     assert sorted(event_ids(lines, "inline event not recorded", logging.ERROR)) == sorted(refused)
     assert late_records_module.late_records().waiting() == 0
+
+
+@pytest.mark.usefixtures("fresh_late_records")
+def test_records_a_former_receiver_left_in_the_spool_are_queued_by_the_next_once(
+    tmp_path: Path, database_url: str, lines: Lines
+) -> None:
+    """What one receiver left on disk (Redis and the database away at its exit) a
+    receiver started later on the same host, with the same database, queues in Redis
+    once it is back: each record once, its file deleted, a second start finds nothing."""
+    stopped = RedisServer(tmp_path / "redis")
+    nowhere = f"mysql+pymysql://hookfleet:pw@127.0.0.1:{free_port()}/hookfleet"
+    var_dir = tmp_path / "var"
+    left = spool_from_a_former_receiver(var_dir, database_url, stopped.url, nowhere)
+    assert len(left) == 3
+
+    server = stopped.start()
+    try:
+        later = create_app(receiver_env(database_url, server.url, var_dir=var_dir)).extensions[
+            "hookfleet_inbound_record"
+        ]
+        assert later.adopt_spool() == 3
+        wait_until(lambda: total_queued(server.client()) == 3, 10, "3 queued")
+        wait_until(lambda: spooled(var_dir) == [], 10, "the spool emptied")
+        assert sorted(event_ids(lines, "recorded inline event late", logging.INFO)) == sorted(left)
+        assert len(dedup_keys(server.client())) == 3
+        assert later.adopt_spool() == 0
+        assert total_queued(server.client()) == 3
+    finally:
+        server.stop()
+
+
+@pytest.mark.usefixtures("fresh_late_records")
+def test_a_spool_of_another_database_is_not_taken(
+    tmp_path: Path, database_url: str, lines: Lines
+) -> None:
+    """Two deployments sharing a var directory: a receiver takes only the records whose
+    rows belong to its own database."""
+    stopped = RedisServer(tmp_path / "redis")
+    nowhere = f"mysql+pymysql://hookfleet:pw@127.0.0.1:{free_port()}/hookfleet"
+    var_dir = tmp_path / "var"
+    spool_from_a_former_receiver(var_dir, database_url, stopped.url, nowhere)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    later = create_app(receiver_env(other, stopped.url, var_dir=var_dir)).extensions[
+        "hookfleet_inbound_record"
+    ]
+    assert later.adopt_spool() == 0
+    assert len(spooled(var_dir)) == 3
+
+
+def spool_from_a_former_receiver(
+    var_dir: Path, database_url: str, redis_url: str, reachable_never: str
+) -> list[str]:
+    """Answer 3 calls on a receiver whose Redis and database are away, as if its
+    database were ``database_url`` (the spool is per database): their records end on
+    disk. Returns their event ids. The receiver's late records are finished."""
+    client = receiver(reachable_never, redis_url, var_dir=var_dir)
+    recorder = client.application.extensions["hookfleet_inbound_record"]
+    spool = Spool(str(var_dir), database_url)  # the spool of that database
+    recorder._spool = PerProcess(lambda: spool)
+    for i in range(3):
+        answered(client, call(f"+49151000004{i:02d}"))
+    assert late_records_module.late_records().finish(time.monotonic() + 0.5) == 0
+    spool.release()  # as its process's end would
+    late_records_module._LATE = PerProcess(LateRecords)  # the next receiver's, fresh
+    return [r["event_id"] for r in spooled(var_dir)]
+
+
+def spooled(var_dir: Path) -> list[dict[str, Any]]:
+    """The records in the spool under ``var_dir`` (ingest/spool.py)."""
+    return [json.loads(p.read_text()) for p in sorted((var_dir / "spool").glob("*/*/*.json"))]
 
 
 @pytest.mark.usefixtures("fresh_late_records")

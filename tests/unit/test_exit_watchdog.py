@@ -123,16 +123,27 @@ def test_the_exit_at_interpreter_end_tries_until_the_window_armed_at_sigterm(
 ) -> None:
     """The gthread worker leaves through ``atexit``: it must use what is left of the
     window armed at SIGTERM (an outsider's gthread workers gave up 6-10 s before the
-    master's kill with the database reachable, 1 s away), not a fixed few seconds."""
+    master's kill with the database reachable, 1 s away), not a fixed few seconds; and
+    records it lost end the process with status 1 (an outsider's exits that lost calls
+    ended 0)."""
     window_s = 9.0
-    ending = "records._at_exit()\nprint(f'LEFT|{time.monotonic()}|', flush=True)\n"
-    _, lines, armed, _ = run_child(REFUSING, 3, ending, tmp_path, window_s)
-    left = float(next(line for line in lines if line.startswith("LEFT|")).split("|")[1])
+    child, lines, armed, ended = run_child(REFUSING, 3, "records._at_exit()\n", tmp_path, window_s)
     # Tried until the window less its 3 s reserve (a fixed exit gave up after ~1 s).
-    assert left - armed > window_s - 3.0 - 0.5, lines
-    assert left - armed < window_s, lines
+    assert ended - armed > window_s - 3.0 - 0.5, lines
+    assert ended - armed < window_s, lines
     named = [line for line in lines if line.startswith("ERROR|inline event not recorded|")]
     assert len(named) == 3, lines
+    assert "NOT ENDED" not in child.stdout
+    assert child.returncode == 1
+
+
+def test_an_exit_that_lost_no_record_at_interpreter_end_goes_on(tmp_path: Path) -> None:
+    """Every record in the database by the exit: no status of its own (the interpreter
+    ends as it would)."""
+    child, lines, _, _ = run_child(TAKING, 2, "records._at_exit()\n", tmp_path, 6.0)
+    assert "NOT ENDED" in child.stdout
+    assert child.returncode == 0
+    assert not [line for line in lines if line.startswith("ERROR|")], lines
 
 
 def test_a_stuck_exit_with_every_record_in_the_database_ends_with_a_warning_and_status_0(

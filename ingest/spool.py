@@ -1,0 +1,213 @@
+"""Answered calls' records kept on this host's disk while neither Redis nor the database
+took them before the answer.
+
+A Retell ``call_inbound`` is answered once its record is durable (ingest/inbound_record.py):
+queued in Redis, else a row in the database. When both fail in time (Redis frozen, the
+database 1 s away and its connection still opening) the answer still goes, and the record
+was only in the receiver's memory: an outsider's SIGTERM 0.5 s after boot, with the
+database 1 s away (its first connection took 14 s) and Redis frozen, lost 14-30 answered
+calls in 4 of 5 runs. So such a record is written here first, synchronously, before the
+answer: one file, written whole and renamed into place after ``fsync`` (the file, then
+its directory), so a file that exists is complete and survives a kill, an OOM and a
+power cut. ``ingest/late_records.py`` deletes it once Redis or the database took the
+record.
+
+Layout (``$HOOKFLEET_VAR_DIR/spool``)::
+
+    spool/<database>/<pid>-<token>/owner.lock        flock(LOCK_EX) held by the owner
+    spool/<database>/<pid>-<token>/<sha256(event id)>.json
+
+``<database>`` is a digest of the database URL without its password: a record belongs
+to the database its row goes to, and a receiver of another deployment sharing the
+directory never takes it. Each receiver process owns one directory, made under a dot
+name, locked, then renamed into place, so no other process sees it unlocked while its
+owner lives. At boot (:meth:`Spool.adopt`), a receiver takes the directories whose lock
+is free (their owner is gone: the kernel drops an ``flock`` with the process, whatever
+killed it), moves their records into its own directory and hands them to its late
+records; so the records an exit left here are queued by the next receiver started on
+this host with the same database. Files are JSON, one object (:class:`SpooledRecord`).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+log = logging.getLogger("hookfleet.ingest")
+
+#: Under ``$HOOKFLEET_VAR_DIR``.
+SPOOL_DIR = "spool"
+LOCK_FILE = "owner.lock"
+SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class SpooledRecord:
+    """What queueing a record again needs (``ingest/views.py`` ``Job``, and the claim's
+    correlation id): the dedup key claimed for ``ttl_s`` seconds, the queue and the
+    Celery message pushed there (``models/broker/envelope.py``)."""
+
+    event_id: str
+    dedup_key: str
+    correlation_id: str
+    ttl_s: int
+    queue: str
+    message: str
+
+
+def database_key(database_url: str) -> str:
+    """The spool's directory name for ``database_url``: 16 hex digits of the SHA-256 of
+    the URL without its password (a rotated password keeps the records)."""
+    try:
+        shown = make_url(database_url).set(password=None).render_as_string()
+    except ArgumentError:
+        shown = database_url
+    return hashlib.sha256(shown.encode()).hexdigest()[:16]
+
+
+class Spool:
+    """This process's spool directory for one database (made on first use)."""
+
+    def __init__(self, var_dir: str, database_url: str) -> None:
+        self.root = Path(var_dir).resolve() / SPOOL_DIR / database_key(database_url)
+        self._own: Path | None = None
+        self._lock_fd: int | None = None
+
+    def put(self, record: SpooledRecord) -> Path:
+        """Write ``record`` durably (see the module docstring) and return its file.
+        Raises ``OSError`` (disk full, read-only, permissions)."""
+        own = self._directory()
+        path = own / (hashlib.sha256(record.event_id.encode()).hexdigest() + SUFFIX)
+        partial = path.with_suffix(".part")
+        data = json.dumps(asdict(record), separators=(",", ":")).encode()
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, path)
+        _fsync_directory(own)
+        return path
+
+    def release(self) -> None:
+        """Give this process's directory up: from now on any process's :meth:`adopt`
+        may take its records (a process's end does the same). The next :meth:`put`
+        makes a new one."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        self._own, self._lock_fd = None, None
+
+    def adopt(self) -> list[tuple[Path, SpooledRecord]]:
+        """Take the records of every directory whose owner is gone into this process's
+        own, and return them (file, record). A file that is not a record is renamed
+        ``*.bad`` and logged at ERROR; a ``.part`` file (a write its process did not
+        finish: its call was never answered) is deleted. Raises ``OSError``."""
+        if not self.root.is_dir():
+            return []
+        taken: list[tuple[Path, SpooledRecord]] = []
+        for former in sorted(self.root.iterdir()):
+            if former.name.startswith(".") or former == self._own or not former.is_dir():
+                continue
+            try:
+                lock_fd = _lock(former / LOCK_FILE)
+            except FileNotFoundError:
+                continue  # taken and removed by another process meanwhile
+            if lock_fd is None:
+                continue  # its owner lives, or another process is taking it
+            try:
+                taken += self._take(former)
+            except FileNotFoundError:
+                continue  # taken and removed by another process meanwhile
+            finally:
+                os.close(lock_fd)
+        return taken
+
+    def _take(self, former: Path) -> list[tuple[Path, SpooledRecord]]:
+        own = self._directory() if any(former.glob("*" + SUFFIX)) else None
+        taken = []
+        for path in sorted(former.iterdir()):
+            if path.suffix == ".part":
+                path.unlink(missing_ok=True)
+                continue
+            if path.suffix != SUFFIX:
+                continue
+            try:
+                record = SpooledRecord(**json.loads(path.read_bytes()))
+            except (ValueError, TypeError) as error:
+                path.rename(path.with_suffix(".bad"))
+                log.error(
+                    "spooled record unreadable: left as .bad",
+                    extra={"path": str(path), "error": type(error).__name__},
+                )
+                continue
+            assert own is not None
+            moved = own / path.name
+            os.replace(path, moved)
+            taken.append((moved, record))
+        if own is not None:
+            _fsync_directory(own)
+        if not any(p.suffix == ".bad" for p in former.iterdir()):
+            (former / LOCK_FILE).unlink(missing_ok=True)
+            try:
+                former.rmdir()
+            except OSError:
+                pass  # a file appeared (a .bad one): kept for the operator
+        return taken
+
+    def _directory(self) -> Path:
+        if self._own is not None:
+            return self._own
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = f"{os.getpid()}-{secrets.token_hex(4)}"
+        making = self.root / ("." + name)
+        making.mkdir(mode=0o700)
+        lock_fd = _lock(making / LOCK_FILE)
+        if lock_fd is None:  # pragma: no cover (a fresh directory nobody else knows)
+            raise OSError(errno.EAGAIN, "could not lock a new spool directory")
+        own = self.root / name
+        os.replace(making, own)
+        _fsync_directory(self.root)
+        self._own, self._lock_fd = own, lock_fd
+        return own
+
+
+def discard(path: Path) -> None:
+    """Delete a record's file once Redis or the database took the record. Never raises
+    (a file left behind is queued once more by the next start: idempotent)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as error:
+        log.warning(
+            "could not delete a spooled record", extra={"path": str(path), "error": str(error)}
+        )
+
+
+def _lock(path: Path) -> int | None:
+    """An open descriptor holding ``flock(LOCK_EX)`` on ``path`` (made if missing), or
+    None if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
