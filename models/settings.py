@@ -425,7 +425,9 @@ class Settings:
     var_dir: str = knob(
         "var",
         "HOOKFLEET_VAR_DIR",
-        "Beat's schedule file; `hookfleet up` keeps SQLite and Redis data here.",
+        "Beat's schedule file; the receiver's spool (`spool/`: answered calls' records "
+        "neither Redis nor the database took in time, queued by its next start on this "
+        "host; keep it across restarts); `hookfleet up` keeps SQLite and Redis data here.",
     )
     routes: Mapping[str, str] = knob(
         MappingProxyType({}),
