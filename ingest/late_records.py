@@ -18,17 +18,23 @@ it before the answer), whose one background thread
    row's UNIQUE key), so a try that reached Redis unseen, or a row the sweep also
    queues, is applied once.
 
+A record neither took in time before the answer is a file in this host's spool
+(ingest/spool.py, ``LateRecord.spooled``), deleted once Redis or the database took it;
+such a record is held (and tried) past :data:`RETRY_FOR_S`, as the spool is no place
+the sweep looks.
+
 At an orderly exit (SIGTERM, ``max_requests``) :meth:`LateRecords.finish` goes on trying
 Redis with backoff until the deadline the worker gives it (what is left of gunicorn's
 ``graceful_timeout``), then writes what is left in one batch, waited for until just
 before that deadline, and logs each record. A record neither queued nor kept in the
-database is never dropped without an ERROR ``inline event not recorded`` naming its
-event id; one kept there but not queued gets a WARNING ``inline event left to the
-stuck-work sweep``. A record past :data:`MAX_WAITING` waiting ones is kept in the
+database nor spooled is never dropped without an ERROR ``inline event not recorded``
+naming its event id, and the exit then ends with status 1; one kept in the database but
+not queued gets a WARNING ``inline event left to the stuck-work sweep``, one in the
+spool only a WARNING ``inline event left in the spool`` (the next receiver started on
+this host queues it). A record past :data:`MAX_WAITING` waiting ones is kept in the
 database at once, in the caller's thread. A receiver killed outright (SIGKILL, OOM)
-loses only records it had not yet written to the database: those whose write did not
-finish within its bound before the answer (a database down or frozen too; each named at
-ERROR then), until this thread writes them.
+loses only records that Redis, the database and the disk all refused before the answer
+(each named at ERROR then), until this thread writes them.
 """
 
 from __future__ import annotations
