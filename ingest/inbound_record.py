@@ -82,6 +82,10 @@ WARM_REDIS_S = 0.5
 #: Pause between tries of the records' database warm-up (seconds, doubling up to the
 #: second) until the connection opens.
 WARM_RETRY_S = (1.0, 30.0)
+#: Seconds between looks for spool directories of receivers gone from this host
+#: (ingest/spool.py): a reload (SIGHUP) starts the new workers before the old ones
+#: leave, so what those leave is taken by a later look, not a boot.
+ADOPT_EVERY_S = 30.0
 #: Threads per process writing records to the database before their answers.
 WRITERS = 4
 #: Seconds the database writes are skipped after a slow (:data:`SLOW_WRITE_S`) or failed
@@ -190,6 +194,9 @@ class InboundRecorder:
         (a record meanwhile dials, as before)."""
         writers = self._writers.get()
         self.adopt_spool()
+        threading.Thread(
+            target=copy_context().run, args=(self._adopt_every,), name="spool-adopt", daemon=True
+        ).start()
         # Threads of their own: their retries must not hold a writer of the calls' records.
         for lane in (CALLS, LATE):
             threading.Thread(
@@ -233,6 +240,11 @@ class InboundRecorder:
                 extra={"records": len(taken), "spool": str(self._spool.get().root)},
             )
         return len(taken)
+
+    def _adopt_every(self) -> None:
+        while True:
+            time.sleep(ADOPT_EVERY_S)
+            self.adopt_spool()
 
     def _late_attempt(self, spooled: SpooledRecord) -> Callable[[], None]:
         def attempt() -> None:

@@ -88,3 +88,40 @@ def queued(client: object) -> set[str]:
         for queue in QUEUES
         for raw in client.lrange(queue, 0, -1)  # type: ignore[attr-defined]
     }
+
+
+def test_what_workers_replaced_by_a_reload_leave_in_the_spool_is_queued_by_their_successors(
+    tmp_path: Path,
+) -> None:
+    """A reload (SIGHUP: systemd's ExecReload) starts the new workers before the old
+    ones leave, so no boot comes after the old ones' exit: the new workers' periodic look
+    (``ADOPT_EVERY_S``) takes what they left."""
+    redis_server = RedisServer(tmp_path / "redis")
+    nowhere = f"mysql+pymysql://hookfleet:pw@127.0.0.1:{free_port()}/hookfleet"
+    env = {
+        **ONE_RECEIVER_WORKER,
+        "HOOKFLEET_RETELL_SECRETS": RETELL_KEY,
+        "GUNICORN_CMD_ARGS": "--graceful-timeout 6",  # the old workers' exit: ~3 s
+    }
+    with running_fleet(tmp_path, redis_server.url, nowhere, names=("web",), **env) as web:
+        answers = [call(web) for _ in range(CALLS)]
+        assert [status for status, _, _ in answers] == [200] * CALLS
+        answered = event_ids(web.log("web"), "answered inline")
+        # bash -c execs its one command: the Procfile's process is gunicorn's master.
+        os.kill(web.running["web"].pid, signal.SIGHUP)
+        wait_until(
+            lambda: web.log("web").count("inline event left in the spool") >= CALLS,
+            30,
+            "the old worker's exit",
+        )
+        assert spooled(web.logs) == answered
+        redis_server.start()
+        try:
+            client = redis_server.client()
+            wait_until(lambda: queued(client) == answered, 45, "the new worker's look")
+            wait_until(lambda: spooled(web.logs) == set(), 10, "the spool emptied")
+        finally:
+            redis_server.stop()
+    log = web.log("web")
+    assert "inline event not recorded" not in log
+    assert "inline event answered before it was recorded" not in log
