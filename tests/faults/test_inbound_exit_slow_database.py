@@ -1,6 +1,7 @@
 """SIGTERM to gunicorn's master while Redis is frozen and the database is a second away,
 at the shipped ``graceful_timeout`` (20 s), 40 calls a second: every call the receiver
-answered is on record (a row the stuck-work sweep queues), none is named lost, every
+answered is on record (a row the stuck-work sweep queues, or a spool file the next start
+queues), none is named lost, every
 answer leaves within Retell's 10 s, and a call the receiver no longer serves is
 refused (503 ``shutting_down``, or the connection refused) rather than answered late.
 
@@ -24,6 +25,7 @@ import pytest
 from tests.e2e.test_frozen_redis_inbound import call
 from tests.e2e.test_slow_backends_inbound import FLEET, kept_event_ids
 from tests.faults.test_inbound_exit_window import WORKERS, receiver_a_second_from_its_database
+from tests.faults.test_inbound_spool import spooled
 from tests.processes import Processes
 from tests.servers import RedisServer, wait_until
 
@@ -87,7 +89,8 @@ def test_every_call_answered_across_a_sigterm_with_redis_frozen_and_the_database
         exited_after_s = time.monotonic() - stopped
         own_redis.thaw()
         log = web.log("web")
-    kept = kept_event_ids(own_redis, mariadb_url)
+        in_spool = spooled(web.logs)  # the next start queues these
+    kept = kept_event_ids(own_redis, mariadb_url) | in_spool
 
     outcomes = [future.result() for future in calls]
     statuses = [status for status, _, _ in outcomes]

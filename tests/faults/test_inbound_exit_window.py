@@ -1,10 +1,11 @@
 """An orderly exit (SIGTERM to gunicorn's master) while Redis is frozen and the database
-is a second away: every answered inbound call is on record (queued, or a row the
-stuck-work sweep queues) or named at ERROR ``inline event not recorded`` (``inline
-event record unconfirmed`` when its write was in flight at the end) before the window
-ends, the workers leave within the window (never the master's SIGKILL), and a call
-arriving after SIGTERM is refused or answered at once, never left queued
-(ingest/late_records.py's exit watchdog; the workers close their listeners). An
+is a second away: every answered inbound call is on record (queued, a row the
+stuck-work sweep queues, or a file in the spool the next start queues) or named at
+ERROR ``inline event not recorded`` (``inline event record unconfirmed`` when its write
+was in flight at the end) before the window ends, the workers leave within the window
+(never the master's SIGKILL), and a call arriving after SIGTERM is refused or answered
+at once, never left queued (ingest/late_records.py's exit watchdog; the workers close
+their listeners). An
 outsider lost up to 160 answered calls so, unnamed, a worker killed at the window.
 Real parts: redis-server SIGSTOPped, MariaDB behind tests/latency_proxy.py, gunicorn."""
 
@@ -24,6 +25,7 @@ import pytest
 
 from tests.e2e.test_frozen_redis_inbound import call
 from tests.e2e.test_slow_backends_inbound import FLEET, delayed, kept_event_ids
+from tests.faults.test_inbound_spool import spooled
 from tests.integration.test_inbound import seed
 from tests.processes import Processes, running_fleet
 from tests.servers import RedisServer
@@ -117,7 +119,8 @@ def test_an_exit_with_redis_frozen_and_the_database_a_second_away_names_every_ca
         own_redis.thaw()
         lines = logged(web)
         log = web.log("web")
-    kept = kept_event_ids(own_redis, mariadb_url)
+        in_spool = spooled(web.logs)
+    kept = kept_event_ids(own_redis, mariadb_url) | in_spool
 
     answered_before = [status for status, _ in (f.result() for f in before)]
     after_outcomes = [f.result() for f in after]
