@@ -1,0 +1,110 @@
+"""The receiver's spool (ingest/spool.py): records on disk that a process gone from this
+host left are taken by exactly one other process, whole, and a live process's never."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any
+
+from ingest.spool import Spool, SpooledRecord
+
+DATABASE = "mysql+pymysql://hookfleet:secret@db.example:3306/hookfleet"
+
+
+def record(n: int) -> SpooledRecord:
+    return SpooledRecord(
+        event_id=f"call_inbound:{n}",
+        dedup_key=f"hookfleet:dedup:retell:call_inbound:{n}",
+        correlation_id=f"c{n}",
+        ttl_s=3600,
+        queue="hookfleet.high",
+        message=json.dumps({"n": n}),
+    )
+
+
+def spool_of_a_gone_process(var_dir: Path, records: int, database: str = DATABASE) -> None:
+    """Spool ``records`` in a child process that then exits (its lock goes with it)."""
+    child = multiprocessing.get_context("fork").Process(
+        target=_spool_and_exit, args=(str(var_dir), records, database)
+    )
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+
+
+def _spool_and_exit(var_dir: str, records: int, database: str) -> None:
+    spool = Spool(var_dir, database)
+    for n in range(records):
+        spool.put(record(n))
+    os._exit(0)
+
+
+def test_a_live_process_records_are_never_taken(tmp_path: Path) -> None:
+    owner = Spool(str(tmp_path), DATABASE)
+    path = owner.put(record(1))
+    assert json.loads(path.read_text())["event_id"] == "call_inbound:1"
+    assert Spool(str(tmp_path), DATABASE).adopt() == []
+    owner.release()
+    taken = Spool(str(tmp_path), DATABASE).adopt()
+    assert [r.event_id for _, r in taken] == ["call_inbound:1"]
+
+
+def test_a_gone_process_records_are_taken_whole_and_its_directory_removed(tmp_path: Path) -> None:
+    spool_of_a_gone_process(tmp_path, 3)
+    adopter = Spool(str(tmp_path), DATABASE)
+    taken = adopter.adopt()
+    assert sorted(r.event_id for _, r in taken) == [f"call_inbound:{n}" for n in range(3)]
+    assert taken[0][1] == record(int(taken[0][1].event_id.split(":")[1]))
+    # Moved into the adopter's own directory (locked by it), the former one gone.
+    assert {path.parent for path, _ in taken} == {adopter.put(record(9)).parent}
+    assert len(list(adopter.root.iterdir())) == 1
+    assert adopter.adopt() == []
+
+
+def test_a_partial_write_is_dropped_and_a_damaged_record_kept_aside(tmp_path: Path) -> None:
+    spool_of_a_gone_process(tmp_path, 1)
+    (former,) = Spool(str(tmp_path), DATABASE).root.iterdir()
+    (former / "abc.part").write_text('{"event_id": "never answered"')
+    (former / "def.json").write_text("not json")
+    taken = Spool(str(tmp_path), DATABASE).adopt()
+    assert [r.event_id for _, r in taken] == ["call_inbound:0"]
+    assert not (former / "abc.part").exists()
+    assert (former / "def.bad").read_text() == "not json"  # for the operator
+
+
+def test_records_are_taken_by_one_process_when_several_look_at_once(tmp_path: Path) -> None:
+    for _ in range(4):
+        spool_of_a_gone_process(tmp_path, 25)
+    ctx = multiprocessing.get_context("fork")
+    # Each adopter holds what it took until every one has looked (as a receiver does
+    # until Redis takes the records): released earlier, it would be taken again, rightly.
+    all_looked = ctx.Barrier(4)
+    results = ctx.Queue()
+    adopters = [
+        ctx.Process(target=_adopt_ids, args=(str(tmp_path), all_looked, results)) for _ in range(4)
+    ]
+    for adopter in adopters:
+        adopter.start()
+    ids = [event_id for _ in adopters for event_id in results.get(timeout=30)]
+    for adopter in adopters:
+        adopter.join(30)
+    assert len(ids) == 100  # 4 directories of the same 25 ids, each taken once
+    assert sorted(set(ids)) == sorted(f"call_inbound:{n}" for n in range(25))
+
+
+def _adopt_ids(var_dir: str, all_looked: Any, results: Any) -> None:
+    ids = [r.event_id for _, r in Spool(var_dir, DATABASE).adopt()]
+    results.put(ids)
+    all_looked.wait(30)
+
+
+def test_the_records_of_another_database_or_only_another_password_are_apart(
+    tmp_path: Path,
+) -> None:
+    spool_of_a_gone_process(tmp_path, 2)
+    assert Spool(str(tmp_path), DATABASE.replace("db.example", "other.example")).adopt() == []
+    rotated = DATABASE.replace("secret", "rotated")  # the same database
+    assert len(Spool(str(tmp_path), rotated).adopt()) == 2
