@@ -86,6 +86,14 @@ class Spool:
     def put(self, record: SpooledRecord) -> Path:
         """Write ``record`` durably (see the module docstring) and return its file.
         Raises ``OSError`` (disk full, read-only, permissions)."""
+        try:
+            return self._put(record)
+        except FileNotFoundError:
+            # Its directory was removed meanwhile (an operator's clean-up): a new one.
+            self.release()
+            return self._put(record)
+
+    def _put(self, record: SpooledRecord) -> Path:
         own = self._directory()
         path = own / (hashlib.sha256(record.event_id.encode()).hexdigest() + SUFFIX)
         partial = path.with_suffix(".part")

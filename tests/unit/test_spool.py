@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +109,12 @@ def test_the_records_of_another_database_or_only_another_password_are_apart(
     assert Spool(str(tmp_path), DATABASE.replace("db.example", "other.example")).adopt() == []
     rotated = DATABASE.replace("secret", "rotated")  # the same database
     assert len(Spool(str(tmp_path), rotated).adopt()) == 2
+
+
+def test_a_spool_removed_under_a_running_process_is_made_again(tmp_path: Path) -> None:
+    owner = Spool(str(tmp_path), DATABASE)
+    owner.put(record(1))
+    shutil.rmtree(tmp_path / "spool")
+    path = owner.put(record(2))
+    assert json.loads(path.read_text())["event_id"] == "call_inbound:2"
+    assert Spool(str(tmp_path), DATABASE).adopt() == []  # its new directory is locked
