@@ -108,6 +108,25 @@ class Spool:
         _fsync_directory(own)
         return path
 
+    def survey(self) -> list[tuple[Path, bool, int]]:
+        """Every process's directory of this database's spool: (directory, whether its
+        process lives, how many records it holds). Takes nothing. Raises ``OSError``."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for directory in sorted(self.root.iterdir()):
+            if directory.name.startswith(".") or not directory.is_dir():
+                continue
+            records = sum(1 for _ in directory.glob("*" + SUFFIX))
+            try:
+                lock_fd = _lock(directory / LOCK_FILE)
+            except FileNotFoundError:
+                continue  # taken and removed meanwhile
+            if lock_fd is not None:
+                os.close(lock_fd)
+            found.append((directory, lock_fd is None and directory != self._own, records))
+        return found
+
     def release(self) -> None:
         """Give this process's directory up: from now on any process's :meth:`adopt`
         may take its records (a process's end does the same). The next :meth:`put`

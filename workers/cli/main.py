@@ -53,6 +53,11 @@ SUBCOMMANDS = {
         "receiver; print the answer. FIXTURE is one of `--list` (default: a common event), "
         "FILE a JSON body of your own. Each send is a new event (new ids, the time now).",
     ),
+    "spool": Lazy(
+        "workers.cli.spool:spool",
+        "Answered calls' records a receiver left on this host's disk: count them, or move "
+        "them to the database.",
+    ),
     "stats": Lazy(
         "workers.cli.ops:stats",
         "Queue depths, unacked messages, oldest age, recent rates and dead letters.",
