@@ -652,6 +652,9 @@ class JsonErrorWorker(ThreadWorker):
         self.board_slot = BOARD.reserve()
         # time.monotonic() at SIGTERM (or max_requests); None while serving.
         self.stopping_at: float | None = None
+        # time.monotonic() when the loop first saw the exit (SIGTERM or max_requests):
+        # the idle connections' EXIT_IDLE_S counts from it.
+        self.leaving_at: float | None = None
 
     def notify(self) -> None:
         """Every turn of the event loop (at least once a second): tell the master we
@@ -694,9 +697,9 @@ class JsonErrorWorker(ThreadWorker):
         connections' ``EXIT_IDLE_S`` runs out."""
         if self.alive and not self._accepting:
             timeout = min(timeout, _RECHECK_S)
-        elif not self.alive and self.arriving and self.stopping_at is not None:
+        elif not self.alive and self.arriving and self.leaving_at is not None:
             # Wake for the end of the idle connections' grace (murder_pending).
-            left = self.stopping_at + EXIT_IDLE_S - time.monotonic()
+            left = self.leaving_at + EXIT_IDLE_S - time.monotonic()
             if left > 0:
                 timeout = min(timeout, left + _RECHECK_S)
         super().wait_for_and_dispatch_events(timeout)
@@ -799,9 +802,9 @@ class JsonErrorWorker(ThreadWorker):
         on shutdown the connections that sent nothing ``EXIT_IDLE_S`` after it began."""
         super().murder_pending()
         now = time.monotonic()
-        if not self.alive and self.stopping_at is None:
-            self.stopping_at = now  # max_requests: the exit starts here
-        idle_over = not self.alive and now - (self.stopping_at or now) >= EXIT_IDLE_S
+        if not self.alive and self.leaving_at is None:
+            self.leaving_at = now
+        idle_over = self.leaving_at is not None and now - self.leaving_at >= EXIT_IDLE_S
         for conn, (data, deadline) in list(self.arriving.items()):
             if now >= deadline:
                 answer = timeout_answer(self.log, conn.client, len(data)) if data else b""
