@@ -64,27 +64,62 @@ loglevel = settings.log_level.lower()
 # systemd units empty it when the whole fleet starts.
 from models.metrics import mark_process_dead, use_metrics_dir  # noqa: E402
 
+# How gunicorn's master (``Arbiter.reap_workers``) logs a worker that ended badly: a
+# status other than 0, or a signal other than SIGTERM (SIGKILL as an ERROR, others as a
+# WARNING). gunicorn hands its hooks no exit status, so the master reads it here
+# (tests/e2e/test_receiver_stop.py fails if gunicorn words them otherwise).
+WORKER_FAILED_LINES = (
+    "Worker (pid:%s) exited with code %s.",
+    "Worker (pid:%s) was sent %s! Perhaps out of memory?",
+    "Worker (pid:%s) was sent %s!",
+)
+
 
 class JsonLogger(glogging.Logger):
     """gunicorn's logger, writing an access line only when ``accesslog`` asks for one
-    (with a ``logconfig_dict`` gunicorn writes one for every request otherwise)."""
+    (with a ``logconfig_dict`` gunicorn writes one for every request otherwise), and
+    noting in the master which worker ended badly (see :func:`child_exit`)."""
 
     def access(self, resp: object, req: object, environ: object, request_time: object) -> None:
         if self.cfg.accesslog:
             super().access(resp, req, environ, request_time)
 
+    def error(self, msg: str, *args: object, **kwargs: object) -> None:
+        _note_worker_failure(msg, args)
+        super().error(msg, *args, **kwargs)
+
+    def warning(self, msg: str, *args: object, **kwargs: object) -> None:
+        _note_worker_failure(msg, args)
+        super().warning(msg, *args, **kwargs)
+
 
 logger_class = JsonLogger
 
+# In the master: the workers reaped with a failed status and not yet past child_exit
+# (pid -> what the master logged), and those of its final shutdown.
+_worker_failed: dict[object, str] = {}
+_failed_at_stop: list[str] = []
 
-def child_exit(_server: object, worker: object) -> None:
+
+def _note_worker_failure(msg: str, args: tuple[object, ...]) -> None:
+    if msg in WORKER_FAILED_LINES and args:
+        _worker_failed[args[0]] = msg % args
+
+
+def child_exit(server: object, worker: object) -> None:
     """A gunicorn worker ended: drop its live gauges (its counters stay in the sums)
     and free its place on the connection board (ingest/gunicorn_worker.py; both
-    worker classes keep theirs in ``worker.board_slot``)."""
-    mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+    worker classes keep theirs in ``worker.board_slot``). One that failed in the
+    master's final shutdown (``Arbiter.stop`` closed the listeners first) sets the
+    master's exit status (:func:`on_exit`); one replaced mid-life does not."""
+    pid = worker.pid  # type: ignore[attr-defined]
+    mark_process_dead(pid)
     from ingest.gunicorn_worker import BOARD
 
     BOARD.release(getattr(worker, "board_slot", -1))
+    failed = _worker_failed.pop(pid, None)
+    if failed is not None and not getattr(server, "LISTENERS", True):
+        _failed_at_stop.append(failed)
 
 
 def on_starting(_server: object) -> None:
@@ -123,12 +158,23 @@ def when_ready(_server: object) -> None:
     _master["served"] = True
 
 
-def on_exit(_server: object) -> None:
+def on_exit(server: object) -> None:
     """gunicorn halts; after "Worker failed to boot" / "App failed to load" (gunicorn
-    raises HaltServer with status 3 or 4, arbiter.py) it never served."""
+    raises HaltServer with status 3 or 4, arbiter.py) it never served. A stop in
+    which a worker failed (status 1: answered calls' records it lost or could not
+    confirm, ingest/late_records.py; a crash; the window's SIGKILL) ends the master
+    with status 1 instead of 0: systemd, Kubernetes and ``hookfleet run web`` see only
+    the master's."""
     halted = sys.exc_info()[1]
-    if getattr(halted, "exit_status", 0) in (3, 4):
+    status = getattr(halted, "exit_status", 0)
+    if status in (3, 4):
         _master["served"] = False
+    if _failed_at_stop and not status:
+        server.log.error(  # type: ignore[attr-defined]
+            "Shutting down with status 1: a worker's exit failed (%s)",
+            "; ".join(_failed_at_stop),
+        )
+        raise SystemExit(1)
 
 
 def _forget_metrics_dir_of_failed_boot(master_pid: int) -> None:

@@ -85,6 +85,11 @@ _READ_BYTES = 64 * 1024
 # (4 threads, 40 inbound calls/s, the database 1 s away) answered their queues until
 # 7-12 s after SIGTERM, and the last calls' records no longer fit the window.
 EXIT_SERVE_S = 2.0
+# At stop, a connection on which nothing has arrived yet is closed after this (seconds),
+# as the shipped worker does (ingest/aio_worker.py): a request sent just before SIGTERM,
+# still in the kernel's buffer, is served, not reset. The fallback dropped it at the
+# first loop pass after SIGTERM (an outsider: 148 of 225 such calls unanswered).
+EXIT_IDLE_S = 1.0
 # A worker accepts while it holds fewer than the least loaded live worker + this.
 SPREAD_SLACK = 2
 # A worker whose event loop has not posted for this long is not waited for (stuck or
@@ -647,6 +652,9 @@ class JsonErrorWorker(ThreadWorker):
         self.board_slot = BOARD.reserve()
         # time.monotonic() at SIGTERM (or max_requests); None while serving.
         self.stopping_at: float | None = None
+        # time.monotonic() when the loop first saw the exit (SIGTERM or max_requests):
+        # the idle connections' EXIT_IDLE_S counts from it.
+        self.leaving_at: float | None = None
 
     def notify(self) -> None:
         """Every turn of the event loop (at least once a second): tell the master we
@@ -685,13 +693,22 @@ class JsonErrorWorker(ThreadWorker):
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         """While not accepting for the others' sake, look again every
-        ``_RECHECK_S``: the others may have caught up."""
+        ``_RECHECK_S``: the others may have caught up. At stop, wake when the idle
+        connections' ``EXIT_IDLE_S`` runs out."""
         if self.alive and not self._accepting:
             timeout = min(timeout, _RECHECK_S)
+        elif not self.alive and self.arriving and self.leaving_at is not None:
+            # Wake for the end of the idle connections' grace (murder_pending).
+            left = self.leaving_at + EXIT_IDLE_S - time.monotonic()
+            if left > 0:
+                timeout = min(timeout, left + _RECHECK_S)
         super().wait_for_and_dispatch_events(timeout)
 
     def accept(self, listener: socket.socket) -> None:
-        self._accepted(listener)
+        # A listener whose event came in the poller pass that met SIGTERM may have been
+        # closed by then (``_close_listeners``, its queue taken): nothing left to accept.
+        if listener in self.sockets:
+            self._accepted(listener)
 
     def _accepted(self, listener: socket.socket) -> bool:
         """Take one connection off ``listener``'s queue; False when none was there."""
@@ -701,11 +718,16 @@ class JsonErrorWorker(ThreadWorker):
             if error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
             return error.errno == errno.ECONNABORTED
+        # Read before anything may close the listener (a SIGTERM handled meanwhile).
+        server = listener.getsockname()
         self.nr_conns += 1
-        if not BOARD.may_accept(self.board_slot, self.nr_conns):
+        # A leaving worker takes its queue and closes its listeners once out of the
+        # poller (``run``); pausing here would close them under this very accept (an
+        # outsider's workers crashed with exit 255 at SIGTERM, the connection reset).
+        if self.alive and not BOARD.may_accept(self.board_slot, self.nr_conns):
             self.set_accept_enabled(False)  # the next ones are for the other workers
         BOARD.post(self.board_slot, self.nr_conns, ACCEPTING if self._accepting else OUT)
-        conn = TConn(self.cfg, client, address, listener.getsockname())  # non-blocking
+        conn = TConn(self.cfg, client, address, server)  # non-blocking
         if self.cfg.is_ssl:  # the TLS handshake is gunicorn's (never configured here)
             self.enqueue_req(conn)
             return True
@@ -777,14 +799,17 @@ class JsonErrorWorker(ThreadWorker):
 
     def murder_pending(self) -> None:
         """Also end the arrivals that ran out of time (408 when something came), and
-        on shutdown the connections that sent nothing yet."""
+        on shutdown the connections that sent nothing ``EXIT_IDLE_S`` after it began."""
         super().murder_pending()
         now = time.monotonic()
+        if not self.alive and self.leaving_at is None:
+            self.leaving_at = now
+        idle_over = self.leaving_at is not None and now - self.leaving_at >= EXIT_IDLE_S
         for conn, (data, deadline) in list(self.arriving.items()):
             if now >= deadline:
                 answer = timeout_answer(self.log, conn.client, len(data)) if data else b""
                 self._drop_arriving(conn, answer)
-            elif not self.alive and not data:
+            elif idle_over and not data:
                 self._drop_arriving(conn)
 
     def handle_request(self, req: Any, conn: TConn) -> bool:
