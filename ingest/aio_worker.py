@@ -95,6 +95,7 @@ from ingest.gunicorn_worker import (
     ARRIVAL_BUFFER_BYTES,
     ARRIVAL_TIMEOUT_S,
     BOARD,
+    EXIT_IDLE_S,
     OUT,
     PAUSED,
     Arrival,
@@ -110,10 +111,6 @@ from ingest.listeners import LISTENER_PORT, listener_name
 from ingest.request import REPEATED_HEADERS, repeated_names
 from models.logs import TickLines
 
-# At stop, a connection on which nothing has arrived is closed after this (seconds): a
-# request sent before SIGTERM but not read yet (in the kernel's buffer) is served, not
-# reset. An outsider's calls sent just before SIGTERM got no answer.
-EXIT_IDLE_S = 1.0
 # Each turn of the worker's clock: heartbeat, arrival deadlines, idle keep-alives.
 _TICK_S = 0.5
 # A body being read by a thread (a non-plain request) is buffered up to this much

@@ -86,9 +86,10 @@ _READ_BYTES = 64 * 1024
 # 7-12 s after SIGTERM, and the last calls' records no longer fit the window.
 EXIT_SERVE_S = 2.0
 # At stop, a connection on which nothing has arrived yet is closed after this (seconds),
-# as the shipped worker does (ingest/aio_worker.py): a request sent just before SIGTERM,
-# still in the kernel's buffer, is served, not reset. The fallback dropped it at the
-# first loop pass after SIGTERM (an outsider: 148 of 225 such calls unanswered).
+# by both workers (the shipped one, ingest/aio_worker.py, too): a request sent just
+# before SIGTERM, still in the kernel's buffer, is served, not reset. Each had dropped
+# it at the first loop pass after SIGTERM (an outsider: 148 of 225 such calls
+# unanswered on the fallback).
 EXIT_IDLE_S = 1.0
 # A worker accepts while it holds fewer than the least loaded live worker + this.
 SPREAD_SLACK = 2
