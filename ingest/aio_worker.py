@@ -914,6 +914,7 @@ class AioWorker(Worker):
             (signal.SIGTERM, self._graceful_exit),
             (signal.SIGQUIT, self._quick_exit),
             (signal.SIGINT, self._quick_exit),
+            (signal.SIGABRT, self._abort),
             (signal.SIGUSR1, self.log.reopen_files),
         ):
             self.loop.add_signal_handler(signum, handler)
@@ -1127,6 +1128,16 @@ class AioWorker(Worker):
         self.alive = False
         self.cfg.worker_int(self)
         sys.exit(0)
+
+    def _abort(self) -> None:
+        """gunicorn's abort (its master's SIGABRT to a worker past its ``timeout``):
+        status 1 after the ``worker_abort`` hook, as gunicorn's ``handle_abort``. In the
+        loop: gunicorn's own handler ran inside whatever callback the signal landed in,
+        and uvloop took the exit for that connection's error and went on (status 0 at
+        the stop, the master none the wiser)."""
+        self.alive = False
+        self.cfg.worker_abort(self)
+        sys.exit(1)
 
     async def _drain(self) -> None:
         """Let in-flight requests finish (and arriving ones arrive), then the inbound
