@@ -77,8 +77,11 @@ def _name_xdist_groups(items: list[pytest.Item]) -> None:
                 for m in item.iter_markers("xdist_group")
             }
         )
-        if groups and "@" not in item.nodeid and hasattr(item, "_id"):
-            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
+        suffix = "@" + "_".join(groups)
+        # Not ``"@" in nodeid``: a parameter may hold one (test_edge_host.py's
+        # ``user@hookfleet``), and such tests were left out of their group.
+        if groups and not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
+            item._id = NodeId.parse(item.nodeid + suffix)
 
 
 def _shares_a_module_fixture(item: pytest.Item) -> bool:
