@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, pool
 
 from models import Base  # through the package: every table on Base.metadata
+from models.migrate import migration_engine
 
 config = context.config
 
@@ -13,7 +13,7 @@ config = context.config
 def run_migrations() -> None:
     url = config.get_main_option("sqlalchemy.url")
     assert url, "sqlalchemy.url is not set"
-    connectable = create_engine(url, poolclass=pool.NullPool)
+    connectable = migration_engine(url)
     with connectable.connect() as connection:
         context.configure(
             connection=connection,

@@ -19,10 +19,8 @@ from tests.helpers import total_queued
 from tests.processes import Processes
 from tests.servers import wait_until
 
-pytestmark = pytest.mark.e2e
-
-
-# The edge matrix's receiver (one per worker class) and emptied queue.
+# The edge matrix's receivers (one per worker class, tests/e2e/conftest.py), in its group.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("edge_receiver")]
 web = matrix.web
 queue = matrix.queue
 

@@ -23,12 +23,13 @@ SHIPPED, GTHREAD = "shipped worker", "gthread fallback"
 WORKERS = {SHIPPED: "", GTHREAD: "--worker-class ingest.gunicorn_worker.JsonErrorWorker"}
 
 
-@pytest.fixture(scope="module", params=list(WORKERS))
-def web(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_server
-) -> Iterator[Processes]:  # type: ignore[no-untyped-def]
-    with receiver(tmp_path_factory.mktemp("edge"), redis_server.url, request.param) as web:
-        yield web
+# One receiver per worker class for this module and test_edge_host.py (tests/e2e/conftest.py).
+pytestmark = pytest.mark.xdist_group("edge_receiver")
+
+
+@pytest.fixture
+def web(edge_web: Processes) -> Processes:
+    return edge_web
 
 
 @contextmanager

@@ -49,6 +49,14 @@ def web(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> 
         yield processes
 
 
+def one_byte_chunks(body: bytes) -> bytes:
+    """``body`` as chunks of one byte each (``1\\r\\n<byte>\\r\\n``), built by slice
+    assignment: a join over 4.5 million formatted chunks took ~1.4 CPU-s of the test."""
+    wire = bytearray(b"1\r\n \r\n" * len(body))
+    wire[3::6] = body
+    return bytes(wire)
+
+
 def connect(web: Processes) -> socket.socket:
     return socket.create_connection(("127.0.0.1", int(web.env["PORT"])), timeout=30)
 
@@ -87,11 +95,7 @@ def test_a_million_one_byte_chunks_are_answered_without_holding_the_loop(
     body = b'{"type": "t", "id": "tiny", "pad": "' + b"a" * 999_962 + b'"}'
     assert len(body) == 1_000_000  # under the 1 MiB limit: whole, and accepted
     run = os.urandom(4).hex()  # ids of this attempt: a rerun meets no duplicate of its own
-    wire = (
-        HEAD % f"tiny-{run}".encode()
-        + b"".join(b"1\r\n%c\r\n" % byte for byte in body)
-        + b"0\r\n\r\n"
-    )
+    wire = HEAD % f"tiny-{run}".encode() + one_byte_chunks(body) + b"0\r\n\r\n"
     workers = worker_pids(web)
     queued = total_queued(redis_server.client())  # the session's Redis: earlier tests' too
     answer: list[tuple[int, float]] = []
@@ -131,11 +135,7 @@ def test_a_body_of_tiny_chunks_sent_at_once_is_not_a_408_however_long_its_walk(
     assert len(body) == 4_500_000
     queued = total_queued(redis_server.client())  # the session's Redis: earlier tests' too
     run = os.urandom(4).hex()  # ids of this attempt: a rerun meets no duplicate of its own
-    wire = (
-        HEAD % f"big-tiny-{run}".encode()
-        + b"".join(b"1\r\n%c\r\n" % byte for byte in body)
-        + b"0\r\n\r\n"
-    )
+    wire = HEAD % f"big-tiny-{run}".encode() + one_byte_chunks(body) + b"0\r\n\r\n"
     with connect(web) as sock:
         sock.settimeout(60)
         sock.sendall(wire)

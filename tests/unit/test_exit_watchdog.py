@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+# Each row runs a child interpreter and waits out an exit window (4-13 s apiece): not in
+# the inner loop (README *Tests*: ``slow``).
+pytestmark = pytest.mark.slow
+
 # A child process with three parts: what its database does, how many records it keeps
 # (Redis refuses them all), and how its exit ends after the watchdog is armed.
 PREAMBLE = textwrap.dedent(

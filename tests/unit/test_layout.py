@@ -59,6 +59,7 @@ def test_top_level_is_exactly_the_documented_layout() -> None:
     }
 
 
+@pytest.mark.slow  # a probe as a process
 def test_the_receiver_loads_without_celery_or_worker_code() -> None:
     code = (
         "import sys, ingest; ingest.create_app({'HOOKFLEET_REDIS_URL': 'redis://127.0.0.1:1/0'});"
