@@ -100,7 +100,9 @@ class Spool:
         data = json.dumps(asdict(record), separators=(",", ":")).encode()
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, data)
+            written = os.write(fd, data)
+            if written != len(data):  # a nearly full disk: never a truncated record
+                raise OSError(errno.ENOSPC, f"short write: {written} of {len(data)} bytes")
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -170,8 +172,8 @@ class Spool:
             if path.suffix != SUFFIX:
                 continue
             try:
-                record = SpooledRecord(**json.loads(path.read_bytes()))
-            except (ValueError, TypeError) as error:
+                record = _checked(SpooledRecord(**json.loads(path.read_bytes())))
+            except (ValueError, TypeError, KeyError) as error:
                 path.rename(path.with_suffix(".bad"))
                 log.error(
                     "spooled record unreadable: left as .bad",
@@ -207,6 +209,25 @@ class Spool:
         _fsync_directory(self.root)
         self._own, self._lock_fd = own, lock_fd
         return own
+
+
+def _checked(record: SpooledRecord) -> SpooledRecord:
+    """``record`` if every field has its type and its message is a delivery's; else
+    ``ValueError`` (a damaged file must not block the records queued after it, nor be
+    queued as something else)."""
+    from ingest.shelved_events import event_of
+    from models.contract import QUEUES
+
+    strings = (record.event_id, record.dedup_key, record.correlation_id, record.queue)
+    if not all(isinstance(value, str) and value for value in strings):
+        raise ValueError("a field is not a non-empty string")
+    if not isinstance(record.ttl_s, int) or isinstance(record.ttl_s, bool) or record.ttl_s < 1:
+        raise ValueError("ttl_s is not a positive whole number")
+    if record.queue not in QUEUES:
+        raise ValueError("queue is not one of Hookfleet's")
+    if not isinstance(record.message, str) or event_of(record.message).event_id != record.event_id:
+        raise ValueError("the message is not this event's delivery")
+    return record
 
 
 def discard(path: Path) -> None:

@@ -7,23 +7,41 @@ import json
 import multiprocessing
 import os
 import shutil
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from ingest.shelved_events import event_of
 from ingest.spool import Spool, SpooledRecord
+from models.broker.envelope import build_event_message
+from models.contract import EventMessage
 
 DATABASE = "mysql+pymysql://hookfleet:secret@db.example:3306/hookfleet"
 
 
-def record(n: int) -> SpooledRecord:
-    return SpooledRecord(
+def record(n: int, **changed: Any) -> SpooledRecord:
+    event = EventMessage(
+        provider="retell",
         event_id=f"call_inbound:{n}",
-        dedup_key=f"hookfleet:dedup:retell:call_inbound:{n}",
-        correlation_id=f"c{n}",
-        ttl_s=3600,
+        event_type="call_inbound",
         queue="hookfleet.high",
-        message=json.dumps({"n": n}),
+        correlation_id=f"c{n}",
+        received_at=datetime(2026, 12, 1, tzinfo=UTC),
+        headers={},
+        payload=json.dumps({"event": "call_inbound", "n": n}),
     )
+    fields = {
+        "event_id": event.event_id,
+        "dedup_key": f"hookfleet:dedup:retell:call_inbound:{n}",
+        "correlation_id": event.correlation_id,
+        "ttl_s": 3600,
+        "queue": event.queue,
+        "message": build_event_message(event)[1],
+    }
+    return SpooledRecord(**{**fields, **changed})
 
 
 def spool_of_a_gone_process(var_dir: Path, records: int, database: str = DATABASE) -> None:
@@ -58,7 +76,9 @@ def test_a_gone_process_records_are_taken_whole_and_its_directory_removed(tmp_pa
     adopter = Spool(str(tmp_path), DATABASE)
     taken = adopter.adopt()
     assert sorted(r.event_id for _, r in taken) == [f"call_inbound:{n}" for n in range(3)]
-    assert taken[0][1] == record(int(taken[0][1].event_id.split(":")[1]))
+    whole, again = taken[0][1], record(int(taken[0][1].event_id.split(":")[1]))
+    assert asdict(whole) | {"message": ""} == asdict(again) | {"message": ""}
+    assert event_of(whole.message) == event_of(again.message)
     # Moved into the adopter's own directory (locked by it), the former one gone.
     assert {path.parent for path, _ in taken} == {adopter.put(record(9)).parent}
     assert len(list(adopter.root.iterdir())) == 1
@@ -118,3 +138,27 @@ def test_a_spool_removed_under_a_running_process_is_made_again(tmp_path: Path) -
     path = owner.put(record(2))
     assert json.loads(path.read_text())["event_id"] == "call_inbound:2"
     assert Spool(str(tmp_path), DATABASE).adopt() == []  # its new directory is locked
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"ttl_s": "x"},  # an outsider's: it blocked every later record of its worker
+        {"queue": None},
+        {"queue": "nowhere"},
+        {"message": "junk"},
+        {"message": json.dumps({"body": "e30="})},
+        {"event_id": "call_inbound:other"},  # not the message's event
+    ],
+)
+def test_a_record_whose_fields_do_not_hold_is_kept_aside_not_taken(
+    tmp_path: Path, damage: dict[str, Any]
+) -> None:
+    owner = Spool(str(tmp_path), DATABASE)
+    owner.put(record(1))
+    path = owner.put(record(2))
+    path.write_text(json.dumps({**asdict(record(2)), **damage}))
+    owner.release()
+    taken = Spool(str(tmp_path), DATABASE).adopt()
+    assert [r.event_id for _, r in taken] == ["call_inbound:1"]
+    assert path.with_suffix(".bad").exists()
