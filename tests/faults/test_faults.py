@@ -388,6 +388,35 @@ def test_redis_at_maxmemory_answers_503_then_everything_lands(calm_stack: Stack)
     assert_exactly_once(settle_and_count(calm_stack, ledger))
 
 
+def test_a_worker_started_while_redis_is_over_maxmemory_consumes_what_waits(
+    calm_stack: Stack,
+) -> None:
+    """Redis full (``maxmemory``, ``noeviction``) with a backlog its worker was away
+    for: the worker (re)started now consumes it, which is what frees the memory. It
+    used to stop at once, "Unrecoverable error: OutOfMemoryError", on the writes of its
+    queue declaration (found when the Redis-restart row's idle worker reconnected
+    during the maxmemory row)."""
+    ledger = Ledger("worker started on a full redis")
+    assert calm_stack.fleet.stop("worker_high") == 0
+    stream(calm_stack, ledger, ids(f"fr{calm_stack.run}", 200))()
+    assert ledger.answers == {202: 200}
+    client = calm_stack.redis.client()
+    client.config_set("maxmemory", 1)
+    try:
+        worker = calm_stack.fleet.start("worker_high")
+        wait_until(
+            lambda: calm_stack.processed(ledger.accepted) == ledger.accepted or worker.poll(),
+            60,
+            "the backlog consumed while redis is full",
+        )
+        assert worker.poll() is None, calm_stack.log_since("worker_high")[-3000:]
+    finally:
+        client.config_set("maxmemory", 0)
+
+    assert_exactly_once(settle_and_count(calm_stack, ledger))
+    assert "consuming anyway" in calm_stack.log_since("worker_high")
+
+
 def test_a_duplicate_storm_lands_each_event_once(calm_stack: Stack) -> None:
     ledger = Ledger("duplicate storm 50 x 20")
     storm = [call_id for call_id in ids(f"ds{calm_stack.run}", 50) for _ in range(20)]

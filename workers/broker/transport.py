@@ -35,7 +35,7 @@ from kombu.transport import virtual
 from kombu.utils.json import loads
 from kombu.utils.objects import cached_property
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from redis.retry import Retry
 
 from models.broker.lua import lua
@@ -341,6 +341,50 @@ class Channel(kredis.Channel):
         per-message ``ack``/``reject`` that follow are then bookkeeping only. Returns
         how many were settled."""
         return int(self.qos.settle_many(tags, how))
+
+    def _size(self, queue: str) -> int:
+        """The messages waiting on ``queue`` (kombu's count over its priority lists),
+        read without ``MULTI``.
+
+        kombu sends the ``LLEN`` commands in a transaction; Redis 7 refuses every command
+        queued in ``MULTI`` while used memory is over ``maxmemory`` (``src/server.c``
+        ``processCommand``: "queuing may consume an unlimited amount of memory"), so the
+        queue declaration a consumer makes when it (re)connects failed with
+        ``OutOfMemoryError`` and Celery stopped the worker ("Unrecoverable error").
+        The count needs no atomicity: it is only the declaration's message count."""
+        with self.conn_or_acquire() as client:
+            with client.pipeline(transaction=False) as pipe:
+                for priority in self.priority_steps:
+                    pipe.llen(self._q_for_pri(queue, priority))
+                return sum(size for size in pipe.execute() if isinstance(size, int))
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        """kombu's binding of ``queue`` to ``exchange``; while Redis refuses writes for
+        memory, a binding it already holds (or one kombu refreshes on its own) is kept
+        as it is and the consumer starts anyway.
+
+        Every consumer start and reconnect binds its queues again: ``SADD`` commands, and for
+        a queue with a time to live (Celery's remote-control queue) a script that
+        pushes its deadline. Redis refuses both while used memory is over
+        ``maxmemory`` (``noeviction``), even for a member already there, and a worker
+        (re)started against a full Redis stopped ("Unrecoverable error:
+        OutOfMemoryError") instead of consuming, which is what frees the memory. A
+        task queue's binding outlives its consumers, so it is there; a queue with a
+        time to live is re-bound by kombu's periodic refresh once Redis has room
+        (``maybe_refresh_binding_expiry``). A task queue never bound before still
+        needs the write, and the worker stops as it did."""
+        try:
+            super()._queue_bind(exchange, routing_key, pattern, queue)
+        except OutOfMemoryError:
+            member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+            with self.conn_or_acquire() as client:
+                bound = client.sismember(self.keyprefix_queue % (exchange,), member)
+            if not bound and queue not in self._expires:
+                raise
+            log.warning(
+                "queue binding left as it is: redis is over maxmemory; consuming anyway",
+                extra={"queue": queue, "exchange": exchange},
+            )
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         consumer_tag = super().basic_consume(queue, *args, **kwargs)
