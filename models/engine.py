@@ -40,12 +40,12 @@ def make_engine(
     if autocommit_reads:
         options |= {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True}
     if url.get_backend_name() == "sqlite":
-        _ensure_sqlite_directory(url.database)
+        ensure_sqlite_directory(url.database)
         options["connect_args"] = {"timeout": lock_wait_s or io_timeout_s or 30}
     else:
         if url.get_backend_name() in ("mysql", "mariadb"):
             url = url.update_query_dict({"charset": "utf8mb4"}, append=False)
-            connect_args: dict[str, Any] = {"ssl_disabled": True} if _plain_local(url) else {}
+            connect_args: dict[str, Any] = {"ssl_disabled": True} if ssl_disabled_for(url) else {}
             if io_timeout_s:
                 connect_args |= {
                     "connect_timeout": io_timeout_s,
@@ -75,7 +75,7 @@ def make_engine(
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def _plain_local(url: URL) -> bool:
+def ssl_disabled_for(url: URL) -> bool:
     """Whether the connection is told ``ssl_disabled``: the URL names no TLS option (no
     ``?ssl_*=``: ``ssl_ca``, ``ssl_cert``, ``ssl_verify_identity``, ``ssl_disabled``...)
     and the server is on this host (a loopback address, or ``?unix_socket=``). PyMySQL 1.2
@@ -102,7 +102,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     register_sqlite_functions(dbapi_connection)
 
 
-def _ensure_sqlite_directory(database: str | None) -> None:
+def ensure_sqlite_directory(database: str | None) -> None:
     if database and database != ":memory:" and not database.startswith("file:"):
         directory = os.path.dirname(os.path.abspath(database))
         os.makedirs(directory, exist_ok=True)

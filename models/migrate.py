@@ -9,7 +9,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, pool
 from sqlalchemy.engine import make_url
 
-from models.engine import _ensure_sqlite_directory, _plain_local
+from models.engine import ensure_sqlite_directory, ssl_disabled_for
 from models.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -29,7 +29,7 @@ def migration_engine(database_url: str) -> Engine:
     rule of :func:`models.engine.make_engine`: PyMySQL would otherwise build a default TLS
     context (~35-65 ms of CPU) for an unverified handshake on loopback."""
     url = make_url(database_url)
-    local_mysql = url.get_backend_name() in ("mysql", "mariadb") and _plain_local(url)
+    local_mysql = url.get_backend_name() in ("mysql", "mariadb") and ssl_disabled_for(url)
     connect_args = {"ssl_disabled": True} if local_mysql else {}
     return create_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
 
@@ -38,7 +38,7 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     """Create or upgrade the schema at ``settings.database_url``. Idempotent."""
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite":
-        _ensure_sqlite_directory(url.database)
+        ensure_sqlite_directory(url.database)
     command.upgrade(alembic_config(settings.database_url), revision)
 
 
