@@ -48,6 +48,13 @@ keepalive = 5
 timeout = 30
 # SIGTERM lets in-flight requests finish for this long before workers are killed.
 graceful_timeout = 20
+# No request header sets the WSGI SCRIPT_NAME or PATH_INFO. gunicorn's default takes
+# both from a peer in ``forwarded_allow_ips`` (loopback unless told), for a proxy that
+# mounts an app under a prefix: a client's ``SCRIPT_NAME: /x`` through a proxy on this
+# host answered 500 (gunicorn's ConfigurationProblem page, not JSON), and
+# ``SCRIPT_NAME: /webhooks`` turned a signed delivery's 202 into a 404. The webhook paths
+# are fixed; a proxy that moves them rewrites the path itself.
+forwarder_headers = ""
 # No access line: the receiver logs one line per delivery itself (outcome, event id,
 # correlation id, duration), and gunicorn's would double the logging cost of every
 # request. ``--access-logfile -`` (e.g. in GUNICORN_CMD_ARGS) turns it back on.

@@ -52,11 +52,12 @@ hookfleet_venv test,embedded
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 # pytest exits 5 when it collected nothing; that is a failure here too.
-# Side by side (pytest-xdist): HOOKFLEET_TEST_WORKERS processes, 3 unless told (each starts
-# its own Redis and MariaDB; the fault rows spend about 60 % of their time waiting on real
-# servers, which a third process fills: on two cores the full run took 10 min 23 s with 3
-# against 13 min 24 s with 2, same tree, same hour, README *Tests*);
+# Side by side (pytest-xdist): HOOKFLEET_TEST_WORKERS processes, 4 unless told (each starts
+# its own Redis and MariaDB; most rows wait on real servers, sockets and deadlines, which
+# more processes fill: on two cores, same tree, same half hour, everything but the fault
+# suite took 2 min 55 s with 4 against 3 min 38 s with 3, and the whole run 6 min 15 s
+# with 4 against 7 min 33 s with 3; README *Tests*);
 # HOOKFLEET_TEST_WORKERS=0 runs every test in this one process, in order.
 # A failed test runs once more (pytest-rerunfailures; shown as R in the summary): the
 # fault and e2e rows race real processes on two shared cores. Failing twice fails.
-exec .venv/bin/pytest -n "${HOOKFLEET_TEST_WORKERS:-3}" --dist loadgroup --reruns 1 "$@"
+exec .venv/bin/pytest -n "${HOOKFLEET_TEST_WORKERS:-4}" --dist loadgroup --reruns 1 "$@"

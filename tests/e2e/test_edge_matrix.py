@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -310,6 +311,28 @@ def test_a_host_header_naming_the_ops_port_does_not_open_the_operator_endpoints(
 
     assert line.startswith("HTTP/1.1 404"), line
     assert code_of(body) == "not_found"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("header", ["SCRIPT_NAME", "PATH_INFO"])
+@pytest.mark.parametrize("value", ["/x", "/webhooks", "/metrics", "/"])
+def test_a_header_named_like_a_wsgi_path_key_changes_no_route(
+    web: Processes, queue: redis.Redis, header: str, value: str
+) -> None:
+    """gunicorn takes ``SCRIPT_NAME`` and ``PATH_INFO`` from headers of a peer in
+    ``forwarded_allow_ips`` (loopback by default; ``forwarder_headers``): through a proxy
+    on the host, ``SCRIPT_NAME: /x`` was gunicorn's HTML 500 page and ``SCRIPT_NAME:
+    /webhooks`` a 404 for a signed delivery. These tests speak from loopback."""
+    event_id = f"msg_wsgi_{uuid.uuid4().hex}"
+    line, headers, body = ask(public(web), delivery(signed_head(event_id), f"{header}: {value}"))
+    assert line.startswith("HTTP/1.1 202"), (line, body)
+    assert json.loads(body)["event_id"] == event_id
+    assert "x-request-id" in headers
+
+    raw = f"GET /healthz HTTP/1.1\r\nHost: h\r\n{header}: {value}\r\nConnection: close\r\n\r\n"
+    line, _, body = ask(ops(web), raw.encode())
+    assert line.startswith("HTTP/1.1 200"), (line, body)
+    assert b"# TYPE" not in body  # the health answer, not the metrics page
 
 
 @pytest.mark.e2e
