@@ -194,6 +194,7 @@ class InboundRecorder:
         (a record meanwhile dials, as before)."""
         writers = self._writers.get()
         self.adopt_spool()
+        self.warn_of_strays()
         threading.Thread(
             target=copy_context().run, args=(self._adopt_every,), name="spool-adopt", daemon=True
         ).start()
@@ -240,6 +241,23 @@ class InboundRecorder:
                 extra={"records": len(taken), "spool": str(self._spool.get().root)},
             )
         return len(taken)
+
+    def warn_of_strays(self) -> None:
+        """A WARNING for each other database URL whose spool on this host holds records
+        of gone receivers (``Spool.strays``): a receiver adopts only its own URL's, as
+        spelled, so a changed spelling (``localhost`` for ``127.0.0.1``, a query
+        option) leaves them there. Never raises."""
+        try:
+            strays = self._spool.get().strays()
+        except OSError as error:
+            log.error("could not read the spool", extra={"error": str(error)})
+            return
+        for url, records in strays:
+            log.warning(
+                "answered calls' records wait in the spool of another database URL: start "
+                "a receiver with that URL, or run `hookfleet spool --to-database` with it",
+                extra={"records": records, "database_url": url},
+            )
 
     def _adopt_every(self) -> None:
         while True:

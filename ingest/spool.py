@@ -14,6 +14,7 @@ record.
 
 Layout (``$HOOKFLEET_VAR_DIR/spool``)::
 
+    spool/<database>/database-url                      the URL without its password
     spool/<database>/<pid>-<token>/owner.lock        flock(LOCK_EX) held by the owner
     spool/<database>/<pid>-<token>/<sha256(event id)>.json
 
@@ -48,6 +49,8 @@ log = logging.getLogger("hookfleet.ingest")
 #: Under ``$HOOKFLEET_VAR_DIR``.
 SPOOL_DIR = "spool"
 LOCK_FILE = "owner.lock"
+#: In ``spool/<database>``: that database's URL without its password.
+URL_FILE = "database-url"
 SUFFIX = ".json"
 
 
@@ -65,14 +68,18 @@ class SpooledRecord:
     message: str
 
 
+def shown_url(database_url: str) -> str:
+    """``database_url`` without its password, as the spool names and records it."""
+    try:
+        return make_url(database_url).set(password=None).render_as_string()
+    except ArgumentError:
+        return database_url
+
+
 def database_key(database_url: str) -> str:
     """The spool's directory name for ``database_url``: 16 hex digits of the SHA-256 of
     the URL without its password (a rotated password keeps the records)."""
-    try:
-        shown = make_url(database_url).set(password=None).render_as_string()
-    except ArgumentError:
-        shown = database_url
-    return hashlib.sha256(shown.encode()).hexdigest()[:16]
+    return hashlib.sha256(shown_url(database_url).encode()).hexdigest()[:16]
 
 
 class Spool:
@@ -80,6 +87,7 @@ class Spool:
 
     def __init__(self, var_dir: str, database_url: str) -> None:
         self.root = Path(var_dir).resolve() / SPOOL_DIR / database_key(database_url)
+        self._url = shown_url(database_url)
         self._own: Path | None = None
         self._lock_fd: int | None = None
 
@@ -113,21 +121,7 @@ class Spool:
     def survey(self) -> list[tuple[Path, bool, int]]:
         """Every process's directory of this database's spool: (directory, whether its
         process lives, how many records it holds). Takes nothing. Raises ``OSError``."""
-        if not self.root.is_dir():
-            return []
-        found = []
-        for directory in sorted(self.root.iterdir()):
-            if directory.name.startswith(".") or not directory.is_dir():
-                continue
-            records = sum(1 for _ in directory.glob("*" + SUFFIX))
-            try:
-                lock_fd = _lock(directory / LOCK_FILE)
-            except FileNotFoundError:
-                continue  # taken and removed meanwhile
-            if lock_fd is not None:
-                os.close(lock_fd)
-            found.append((directory, lock_fd is None and directory != self._own, records))
-        return found
+        return _survey(self.root, self._own)
 
     def release(self) -> None:
         """Give this process's directory up: from now on any process's :meth:`adopt`
@@ -194,10 +188,34 @@ class Spool:
                 pass  # a file appeared (a .bad one): kept for the operator
         return taken
 
+    def strays(self) -> list[tuple[str, int]]:
+        """Records other database URLs' spools on this host hold, left by receivers that
+        are gone: (that URL without its password, records), for each such spool. A
+        receiver adopts only its own URL's spool, spelled as it is (``localhost`` and
+        ``127.0.0.1``, a changed query are other URLs): these wait for a receiver started
+        with that spelling, or ``hookfleet spool --to-database`` run with it. Takes
+        nothing. Raises ``OSError``."""
+        base = self.root.parent
+        if not base.is_dir():
+            return []
+        found = []
+        for spool in sorted(base.iterdir()):
+            if spool == self.root or not spool.is_dir():
+                continue
+            records = sum(n for _, lives, n in _survey(spool, None) if not lives)
+            if records:
+                named = spool / URL_FILE
+                url = named.read_text().strip() if named.is_file() else f"(digest {spool.name})"
+                found.append((url, records))
+        return found
+
     def _directory(self) -> Path:
         if self._own is not None:
             return self._own
         self.root.mkdir(parents=True, exist_ok=True)
+        named = self.root / URL_FILE
+        if not named.exists():  # which URL this spool is for, shown by strays()
+            named.write_text(self._url + "\n")
         name = f"{os.getpid()}-{secrets.token_hex(4)}"
         making = self.root / ("." + name)
         making.mkdir(mode=0o700)
@@ -209,6 +227,24 @@ class Spool:
         _fsync_directory(self.root)
         self._own, self._lock_fd = own, lock_fd
         return own
+
+
+def _survey(root: Path, own: Path | None) -> list[tuple[Path, bool, int]]:
+    if not root.is_dir():
+        return []
+    found = []
+    for directory in sorted(root.iterdir()):
+        if directory.name.startswith(".") or not directory.is_dir():
+            continue
+        records = sum(1 for _ in directory.glob("*" + SUFFIX))
+        try:
+            lock_fd = _lock(directory / LOCK_FILE)
+        except FileNotFoundError:
+            continue  # taken and removed meanwhile
+        if lock_fd is not None:
+            os.close(lock_fd)
+        found.append((directory, lock_fd is None and directory != own, records))
+    return found
 
 
 def _checked(record: SpooledRecord) -> SpooledRecord:

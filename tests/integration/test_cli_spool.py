@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, select
+from sqlalchemy.engine import make_url
 
 from ingest.spool import Spool
 from models.events import EventStatus, WebhookEvent
@@ -34,6 +35,13 @@ def test_records_left_by_gone_receivers_are_counted_then_moved_to_the_database_o
     assert counted.stdout.startswith(
         "3 record(s) left by receivers gone from this host, 1 held by receivers running here"
     )
+
+    # The same database under another spelling of its URL: those records are named.
+    other = hookfleet_here(["spool"], None, command_env(respelled(database_url), NO_REDIS, var_dir))
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.startswith("0 record(s) left by receivers gone from this host, 0 held")
+    shown = make_url(database_url).set(password=None).render_as_string()
+    assert f"3 more left for another database URL, {shown}:" in other.stdout
 
     moved = hookfleet_here(["spool", "--to-database"], None, env)
     assert moved.returncode == 0, moved.stderr
@@ -67,6 +75,15 @@ def test_records_stay_on_disk_when_the_database_refuses_them(tmp_path: Path) -> 
 
 
 NO_REDIS = "redis://127.0.0.1:1/0"
+
+
+def respelled(database_url: str) -> str:
+    """The same database under another URL: a ``./`` in a SQLite path, ``localhost``
+    for a MariaDB at 127.0.0.1."""
+    if database_url.startswith("sqlite:///"):
+        head, _, name = database_url.rpartition("/")
+        return f"{head}/./{name}"
+    return database_url.replace("@127.0.0.1:", "@localhost:")
 
 
 def left_by_a_gone_receiver(tmp_path: Path, database_url: str) -> tuple[Path, list[str]]:

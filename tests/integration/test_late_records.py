@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from ingest import create_app
@@ -262,6 +263,18 @@ def test_a_spool_of_another_database_is_not_taken(
     ]
     assert later.adopt_spool() == 0
     assert len(spooled(var_dir)) == 3
+
+    # ...and names them: the same database spelled otherwise is such an other URL.
+    later.warn_of_strays()
+    warned = [
+        r.__dict__
+        for r in lines.records
+        if r.levelno == logging.WARNING and "spool of another database URL" in r.getMessage()
+    ]
+    shown = make_url(database_url).set(password=None).render_as_string()
+    assert [(w["database_url"], w["records"]) for w in warned] == [(shown, 3)]
+    password = make_url(database_url).password
+    assert not password or all(str(password) not in w["database_url"] for w in warned)
 
 
 def spool_from_a_former_receiver(

@@ -61,6 +61,19 @@ def _spool_and_exit(var_dir: str, records: int, database: str) -> None:
     os._exit(0)
 
 
+def test_records_of_another_spelling_of_the_url_are_named_not_taken(tmp_path: Path) -> None:
+    """A receiver adopts its own URL's spool only; another URL's (the same database
+    spelled otherwise: a host alias, a query option) it names, without the password."""
+    spool_of_a_gone_process(tmp_path, 2)
+    respelled = Spool(str(tmp_path), DATABASE.replace("db.example", "db.example."))
+    assert respelled.adopt() == []
+    assert respelled.strays() == [("mysql+pymysql://hookfleet:***@db.example:3306/hookfleet", 2)]
+    running = Spool(str(tmp_path), DATABASE.replace("db.example", "db2"))
+    running.put(record(5))  # a live receiver's records are its own: not strays
+    assert respelled.strays() == [("mysql+pymysql://hookfleet:***@db.example:3306/hookfleet", 2)]
+    assert Spool(str(tmp_path), DATABASE).strays() == []
+
+
 def test_a_live_process_records_are_never_taken(tmp_path: Path) -> None:
     owner = Spool(str(tmp_path), DATABASE)
     path = owner.put(record(1))
@@ -81,13 +94,15 @@ def test_a_gone_process_records_are_taken_whole_and_its_directory_removed(tmp_pa
     assert event_of(whole.message) == event_of(again.message)
     # Moved into the adopter's own directory (locked by it), the former one gone.
     assert {path.parent for path, _ in taken} == {adopter.put(record(9)).parent}
-    assert len(list(adopter.root.iterdir())) == 1
+    assert [p.name for p in adopter.root.iterdir() if p.is_dir()] == [
+        adopter.put(record(9)).parent.name
+    ]
     assert adopter.adopt() == []
 
 
 def test_a_partial_write_is_dropped_and_a_damaged_record_kept_aside(tmp_path: Path) -> None:
     spool_of_a_gone_process(tmp_path, 1)
-    (former,) = Spool(str(tmp_path), DATABASE).root.iterdir()
+    (former,) = (p for p in Spool(str(tmp_path), DATABASE).root.iterdir() if p.is_dir())
     (former / "abc.part").write_text('{"event_id": "never answered"')
     (former / "def.json").write_text("not json")
     taken = Spool(str(tmp_path), DATABASE).adopt()

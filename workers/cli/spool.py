@@ -16,7 +16,8 @@ from workers.cli.params import invocation_settings
 )
 def spool(to_database: bool) -> None:
     """Answered calls' records a receiver left on this host's disk: count them, or move
-    them to the database.
+    them to the database. Also names the other database URLs (as spelled, without
+    their password) whose spools on this host hold records of gone receivers.
 
     A Retell call_inbound record that neither Redis nor the database took before its
     answer is a file under $HOOKFLEET_VAR_DIR/spool; the next receiver started on this
@@ -43,6 +44,11 @@ def spool(to_database: bool) -> None:
         f"{gone} record(s) left by receivers gone from this host, {running} held by "
         f"receivers running here, in {here.root}"
     )
+    for url, records in here.strays():
+        click.echo(
+            f"{records} more left for another database URL, {url}: run this command with "
+            "HOOKFLEET_DATABASE_URL spelled so (and its password) to move them"
+        )
     if not to_database or not gone:
         return
     try:
