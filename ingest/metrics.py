@@ -26,7 +26,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from ingest.errors import OUTCOME_BY_CODE, error_response
 from ingest.listeners import not_served_here
-from ingest.ops_probe import BacklogCollector, Probe
+from ingest.ops_probe import BacklogCollector, Probe, SpoolCollector
 from ingest.providers import REGISTRY
 from ingest.quarantine import DROP_CAUSES, LANES, REASONS, Kept
 from models.metrics import (
@@ -190,6 +190,7 @@ def metrics() -> Response:
     probe: Probe = current_app.extensions["hookfleet_probe"]
     live = CollectorRegistry()
     live.register(BacklogCollector(probe))
+    live.register(SpoolCollector(probe.settings.var_dir, probe.settings.database_url))
     body = generate_latest(scrape_registry()) + generate_latest(live)
     return Response(body, mimetype=CONTENT_TYPE_LATEST)
 

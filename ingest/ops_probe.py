@@ -25,6 +25,7 @@ from sqlalchemy import Engine, text
 from ingest.ops_readings import FIRST_WAIT_S, SCRAPE_WAIT_S, BoundedReading, Reading, read_all
 from ingest.providers import REGISTRY
 from ingest.quarantine import Quarantine
+from ingest.spool import census
 from models.broker.backlog import (
     Backlog,
     QueueBacklog,
@@ -281,6 +282,45 @@ class BacklogCollector(Collector):
                 value=recent.value.dead_letters,
             )
         yield from _quarantine_gauges(kept.value)
+
+
+class SpoolCollector(Collector):
+    """The answered inbound calls' records on this host's disk (ingest/spool.py),
+    counted when Prometheus asks: by whose they are, the ``.bad`` ones, and how old the
+    oldest is. A record normally leaves the spool within seconds of Redis or the
+    database answering again; one that stays means both are still away, or its
+    receiver is gone and none adopts it (another host, another spelling of the URL)."""
+
+    def __init__(self, var_dir: str, database_url: str) -> None:
+        self._var_dir, self._database_url = var_dir, database_url
+
+    def collect(self) -> Any:
+        try:
+            counted = census(self._var_dir, self._database_url, time.time())
+        except OSError:
+            counted = None  # an unreadable spool: no samples (the receiver logs it)
+        records = GaugeMetricFamily(
+            "hookfleet_spool_records",
+            "Answered inbound calls' records on this host's disk, waiting for Redis or "
+            "the database: held by receivers running here, left by receivers gone, or "
+            "left for another spelling of the database URL.",
+            labels=["owner"],
+        )
+        bad = GaugeMetricFamily(
+            "hookfleet_spool_bad_records",
+            "Spool files set aside as .bad (not a record): a call answered whose record "
+            "needs an operator.",
+        )
+        oldest = GaugeMetricFamily(
+            "hookfleet_spool_oldest_record_age_seconds",
+            "Age of the oldest record in this host's spool (0 when it is empty).",
+        )
+        if counted is not None:
+            for owner in ("running", "gone", "other_url"):
+                records.add_metric([owner], getattr(counted, owner))
+            bad.add_metric([], counted.bad)
+            oldest.add_metric([], counted.oldest_age_s or 0.0)
+        yield from (records, bad, oldest)
 
 
 def _queue_gauges(queues: tuple[QueueBacklog, ...]) -> Any:

@@ -229,6 +229,48 @@ class Spool:
         return own
 
 
+@dataclass(frozen=True)
+class Census:
+    """The spool of one host at a glance, for ``/metrics`` (ingest/ops_probe.py):
+    records of this database held by receivers running here (``running``), left by
+    receivers gone (``gone``), left for other database URLs (``other_url``), files set
+    aside as ``.bad``, and the age in seconds of the oldest record (None: none)."""
+
+    running: int = 0
+    gone: int = 0
+    other_url: int = 0
+    bad: int = 0
+    oldest_age_s: float | None = None
+
+
+def census(var_dir: str, database_url: str, now: float) -> Census:
+    """Count ``$var_dir/spool`` (every database's spool under it) without taking
+    anything; ``now`` is ``time.time()``. Raises ``OSError``."""
+    here = Spool(var_dir, database_url)
+    base = here.root.parent
+    if not base.is_dir():
+        return Census()
+    counts = {"running": 0, "gone": 0, "other_url": 0}
+    bad, oldest = 0, None
+    for spool in base.iterdir():
+        if not spool.is_dir():
+            continue
+        for directory, lives, records in _survey(spool, None):
+            owner = "other_url" if spool != here.root else "running" if lives else "gone"
+            counts[owner] += records
+            for path in directory.iterdir():
+                if path.suffix == ".bad":
+                    bad += 1
+                elif path.suffix == SUFFIX:
+                    try:
+                        written = path.stat().st_mtime
+                    except FileNotFoundError:
+                        continue  # taken meanwhile
+                    oldest = written if oldest is None else min(oldest, written)
+    age = None if oldest is None else max(0.0, now - oldest)
+    return Census(bad=bad, oldest_age_s=age, **counts)
+
+
 def _survey(root: Path, own: Path | None) -> list[tuple[Path, bool, int]]:
     if not root.is_dir():
         return []

@@ -177,3 +177,46 @@ def test_a_record_whose_fields_do_not_hold_is_kept_aside_not_taken(
     taken = Spool(str(tmp_path), DATABASE).adopt()
     assert [r.event_id for _, r in taken] == ["call_inbound:1"]
     assert path.with_suffix(".bad").exists()
+
+
+def test_the_spool_is_counted_on_metrics_by_owner_with_its_bad_files_and_oldest_age(
+    tmp_path: Path, settings_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/metrics`` on the ops listener counts this host's spool when scraped: records of
+    receivers running here, of receivers gone, of another spelling of the URL, the
+    ``.bad`` files, and the oldest record's age (the alerts' inputs)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from ingest import create_app
+    from models.migrate import upgrade
+    from models.settings import Settings
+    from tests.helpers import OPS
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    database = f"sqlite:///{tmp_path / 'h.db'}"
+    var_dir = tmp_path / "var"
+    env = {**settings_env, "HOOKFLEET_DATABASE_URL": database, "HOOKFLEET_VAR_DIR": str(var_dir)}
+    upgrade(Settings.from_env(env))
+    spool_of_a_gone_process(var_dir, 3, database)
+    running = Spool(str(var_dir), database)
+    running.put(record(7))
+    spool_of_a_gone_process(var_dir, 2, database.replace("h.db", "./h.db"))
+    (gone,) = (
+        p for p in running.root.iterdir() if p.is_dir() and p != running.put(record(8)).parent
+    )
+    oldest = next(gone.glob("*.json"))
+    os.utime(oldest, (oldest.stat().st_atime - 900, oldest.stat().st_mtime - 900))
+    oldest.with_suffix(".bad").write_text("not a record")
+
+    body = create_app(env).test_client().get("/metrics", base_url=OPS).text
+    samples = {
+        (s.name, s.labels.get("owner", "")): s.value
+        for family in text_string_to_metric_families(body)
+        if family.name.startswith("hookfleet_spool")
+        for s in family.samples
+    }
+    assert samples[("hookfleet_spool_records", "running")] == 2
+    assert samples[("hookfleet_spool_records", "gone")] == 3
+    assert samples[("hookfleet_spool_records", "other_url")] == 2
+    assert samples[("hookfleet_spool_bad_records", "")] == 1
+    assert 900 <= samples[("hookfleet_spool_oldest_record_age_seconds", "")] < 960

@@ -16,8 +16,10 @@ from workers.cli.params import invocation_settings
 )
 def spool(to_database: bool) -> None:
     """Answered calls' records a receiver left on this host's disk: count them, or move
-    them to the database. Also names the other database URLs (as spelled, without
-    their password) whose spools on this host hold records of gone receivers.
+    them to the database.
+
+    Also names the other database URLs (as spelled, without their password) whose
+    spools on this host hold records of gone receivers.
 
     A Retell call_inbound record that neither Redis nor the database took before its
     answer is a file under $HOOKFLEET_VAR_DIR/spool; the next receiver started on this
