@@ -215,7 +215,10 @@ class Spool:
         self.root.mkdir(parents=True, exist_ok=True)
         named = self.root / URL_FILE
         if not named.exists():  # which URL this spool is for, shown by strays()
-            named.write_text(self._url + "\n")
+            try:
+                named.write_text(self._url + "\n")
+            except OSError:
+                pass  # only a name for the operator: never a reason to refuse a record
         name = f"{os.getpid()}-{secrets.token_hex(4)}"
         making = self.root / ("." + name)
         making.mkdir(mode=0o700)
