@@ -89,6 +89,7 @@ from gunicorn.workers.base import Worker
 
 from ingest.accept_queue import stamp_arrivals, waited_before_accept
 from ingest.call_deadline import ARRIVED
+from ingest.errors import ErrorCode
 from ingest.gunicorn_worker import (
     _RECHECK_S,
     ACCEPTING,
@@ -699,8 +700,7 @@ class Connection(asyncio.Protocol):
         sees a CRLF (CRLF), which may never come: the loop answers it, as gunicorn
         would (``malformed_request`` in the head, ``malformed_body`` in the chunks)."""
         request_id, raw = raw_json_answer(
-            "400 Bad Request",
-            "malformed_request" if in_head else "malformed_body",
+            ErrorCode.MALFORMED_REQUEST if in_head else ErrorCode.MALFORMED_BODY,
             "The request is malformed: bare LF as line terminator",
         )
         self.worker.log.warning(

@@ -121,6 +121,9 @@ class ErrorCode(enum.StrEnum):
         415,
         "Send the body with Content-Length or Transfer-Encoding: chunked alone.",
     )
+    # 408: not whole within the arrival deadline (ingest/gunicorn_worker.py
+    # ARRIVAL_TIMEOUT_S), answered by the server's workers before any app code runs.
+    REQUEST_TIMEOUT = "request_timeout", 408, "The request did not arrive in time."
     EXPECTATION_FAILED = "expectation_failed", 417, "Only Expect: 100-continue is supported."
     UNKNOWN_SHAPE = "unknown_shape", 422, "Not a shape this provider sends."
     HEADERS_TOO_LARGE = "headers_too_large", 431, "The request's headers are too large."

@@ -69,7 +69,7 @@ loglevel = settings.log_level.lower()
 # prometheus_client (see models/metrics.py): in on_starting, once the settings passed,
 # so a master that cannot start leaves no directory behind. `hookfleet up` and the
 # systemd units empty it when the whole fleet starts.
-from models.metrics import mark_process_dead, use_metrics_dir  # noqa: E402
+from models.metrics import mark_process_dead, metrics_dir_of, use_metrics_dir  # noqa: E402
 
 # How gunicorn's master (``Arbiter.reap_workers``) logs a worker that ended badly: a
 # status other than 0, or a signal other than SIGTERM (SIGKILL as an ERROR, others as a
@@ -133,7 +133,7 @@ def on_starting(_server: object) -> None:
     """Before any worker (the settings passed at import, see _checked_settings): the
     metrics directory is made; a master that never serves (a port taken, workers that
     fail to boot) removes it at exit."""
-    _made_for_metrics.extend(_missing_parents(_metrics_dir(os.environ)))
+    _made_for_metrics.extend(_missing_parents(metrics_dir_of(os.environ)))
     use_metrics_dir()
     atexit.register(_forget_metrics_dir_of_failed_boot, os.getpid())
 
@@ -143,13 +143,6 @@ def on_starting(_server: object) -> None:
 # with what its failed workers wrote there (the directory was new: nothing else's).
 _made_for_metrics: list[str] = []
 _master = {"served": False}
-
-
-def _metrics_dir(environ: "os._Environ[str]") -> str:
-    var_dir = environ.get("HOOKFLEET_VAR_DIR") or "var"
-    return os.path.abspath(
-        environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(var_dir, "metrics")
-    )
 
 
 def _missing_parents(path: str) -> list[str]:

@@ -63,12 +63,14 @@ import time
 from collections.abc import Callable
 from enum import Enum
 from functools import partial
+from http import HTTPStatus
 from typing import Any
 
 from gunicorn import util
 from gunicorn.http import errors
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from ingest.errors import ErrorCode
 from ingest.http_version import read_as_http11, unsupported_version
 from ingest.request import repeated_names
 from models.ids import uuid4_hex
@@ -366,19 +368,19 @@ class ArrivalWalk:
 # (gunicorn exception name, status, reason phrase, code), most specific first. By name:
 # older gunicorn releases lack some (InvalidChunkExtension, ObsoleteFolding).
 _ANSWERS_BY_NAME = (
-    ("UnsupportedTransferCoding", 415, "Unsupported Media Type", "unsupported_transfer_encoding"),
-    ("LimitRequestLine", 414, "URI Too Long", "request_line_too_long"),
-    ("LimitRequestHeaders", 431, "Request Header Fields Too Large", "headers_too_large"),
-    ("ExpectationFailed", 417, "Expectation Failed", "expectation_failed"),
-    ("InvalidChunkSize", 400, "Bad Request", "malformed_body"),
-    ("ChunkMissingTerminator", 400, "Bad Request", "malformed_body"),
-    ("InvalidChunkExtension", 400, "Bad Request", "malformed_body"),
-    ("InvalidHeader", 400, "Bad Request", "malformed_request"),
-    ("InvalidHeaderName", 400, "Bad Request", "malformed_request"),
-    ("ObsoleteFolding", 400, "Bad Request", "malformed_request"),
-    ("InvalidRequestLine", 400, "Bad Request", "malformed_request"),
-    ("InvalidRequestMethod", 400, "Bad Request", "malformed_request"),
-    ("InvalidHTTPVersion", 400, "Bad Request", "malformed_request"),
+    ("UnsupportedTransferCoding", ErrorCode.UNSUPPORTED_TRANSFER_ENCODING),
+    ("LimitRequestLine", ErrorCode.REQUEST_LINE_TOO_LONG),
+    ("LimitRequestHeaders", ErrorCode.HEADERS_TOO_LARGE),
+    ("ExpectationFailed", ErrorCode.EXPECTATION_FAILED),
+    ("InvalidChunkSize", ErrorCode.MALFORMED_BODY),
+    ("ChunkMissingTerminator", ErrorCode.MALFORMED_BODY),
+    ("InvalidChunkExtension", ErrorCode.MALFORMED_BODY),
+    ("InvalidHeader", ErrorCode.MALFORMED_REQUEST),
+    ("InvalidHeaderName", ErrorCode.MALFORMED_REQUEST),
+    ("ObsoleteFolding", ErrorCode.MALFORMED_REQUEST),
+    ("InvalidRequestLine", ErrorCode.MALFORMED_REQUEST),
+    ("InvalidRequestMethod", ErrorCode.MALFORMED_REQUEST),
+    ("InvalidHTTPVersion", ErrorCode.MALFORMED_REQUEST),
 )
 # What the message of a refusal before the app says, by status (400: malformed).
 _SAYS = {
@@ -387,10 +389,8 @@ _SAYS = {
     431: "The request's headers are too large",
     417: "Only Expect: 100-continue is supported",
 }
-_ANSWERS: tuple[tuple[type[Exception], int, str, str], ...] = tuple(
-    (getattr(errors, name), status, reason, code)
-    for name, status, reason, code in _ANSWERS_BY_NAME
-    if hasattr(errors, name)
+_ANSWERS: tuple[tuple[type[Exception], ErrorCode], ...] = tuple(
+    (getattr(errors, name), code) for name, code in _ANSWERS_BY_NAME if hasattr(errors, name)
 )
 
 
@@ -402,8 +402,7 @@ class ShuttingDown(Exception):
 def shutting_down_answer(log: Any, addr: Any) -> bytes:
     """The raw 503 ``shutting_down`` (ingest/errors.py), its line written to ``log``."""
     request_id, raw = raw_json_answer(
-        "503 Service Unavailable",
-        "shutting_down",
+        ErrorCode.SHUTTING_DOWN,
         "The receiver is shutting down; the delivery was not accepted. Retry.",
     )
     log.info(
@@ -433,34 +432,36 @@ def json_error_answer(exc: BaseException) -> tuple[int, str, bytes] | None:
     version = unsupported_version(exc)
     if version is not None:  # another major version: 505 (ingest/http_version.py)
         request_id, raw = raw_json_answer(
-            "505 HTTP Version Not Supported",
-            "http_version_not_supported",
+            ErrorCode.HTTP_VERSION_NOT_SUPPORTED,
             f"{version} is not served on this port; send HTTP/1.1.",
         )
         return 505, request_id, raw
     if isinstance(exc, RepeatedHeader):
-        request_id, raw = raw_json_answer("400 Bad Request", "repeated_header", f"{exc}.")
+        request_id, raw = raw_json_answer(ErrorCode.REPEATED_HEADER, f"{exc}.")
         return 400, request_id, raw
     if isinstance(exc, errors.InvalidHeader) and getattr(exc, "hdr", None) == "HOST":
         # Two Host lines, or a control character in one (RFC 9112 section 3.2: 400;
         # ingest/host_header.py checks the rest of the Host rules in the app).
         request_id, raw = raw_json_answer(
-            "400 Bad Request", "bad_host", "Send one Host header with a valid value."
+            ErrorCode.BAD_HOST, "Send one Host header with a valid value."
         )
         return 400, request_id, raw
-    for kind, status, reason, code in _ANSWERS:
+    for kind, code in _ANSWERS:
         if isinstance(exc, kind):
-            message = f"{_SAYS.get(status, 'The request is malformed')}: {exc}"[:300]
-            request_id, raw = raw_json_answer(f"{status} {reason}", code, message)
-            return status, request_id, raw
+            message = f"{_SAYS.get(code.status, 'The request is malformed')}: {exc}"[:300]
+            request_id, raw = raw_json_answer(code, message)
+            return code.status, request_id, raw
     return None
 
 
-def raw_json_answer(status: str, code: str, message: str) -> tuple[str, bytes]:
-    """``(request id, raw HTTP/1.1 response)``: a JSON error answered before the app,
-    after which the connection closes (it says so), with a fresh ``X-Request-ID``."""
+def raw_json_answer(code: ErrorCode, message: str | None = None) -> tuple[str, bytes]:
+    """``(request id, raw HTTP/1.1 response)``: ``code``'s JSON error (its status, and
+    ``message`` or its own) answered before the app, after which the connection
+    closes (it says so), with a fresh ``X-Request-ID``."""
     request_id = uuid4_hex()
-    body = json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
+    said = {"code": code.value, "message": message or code.default_message}
+    body = json.dumps({"error": said}).encode() + b"\n"
+    status = f"{code.status} {HTTPStatus(code.status).phrase}"
     head = (
         f"HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: application/json\r\n"
         f"X-Request-ID: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -486,9 +487,7 @@ def logged_refusal(log: Any, addr: Any, exc: BaseException) -> bytes | None:
 def timeout_answer(log: Any, peer: Any, came: int) -> bytes:
     """The raw 408 to a request not whole within ``ARRIVAL_TIMEOUT_S`` (``came``: its
     bytes so far), its WARNING line written to ``log``."""
-    request_id, raw = raw_json_answer(
-        "408 Request Timeout", "request_timeout", "The request did not arrive in time."
-    )
+    request_id, raw = raw_json_answer(ErrorCode.REQUEST_TIMEOUT)
     log.warning(
         f"Request from ip={(peer or ('', -1))[0]} not whole within {ARRIVAL_TIMEOUT_S:.0f} s "
         f"({came} bytes came): answered 408, request_id={request_id}"

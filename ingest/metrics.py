@@ -24,7 +24,7 @@ from flask import Blueprint, Flask, Response, abort, current_app, g, jsonify, re
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from ingest.errors import OUTCOME_BY_CODE, error_response
+from ingest.errors import OUTCOME_BY_CODE, ErrorCode, error_response
 from ingest.listeners import not_served_here
 from ingest.ops_probe import BacklogCollector, Probe, SpoolCollector
 from ingest.providers import REGISTRY
@@ -218,7 +218,8 @@ def stats() -> Response | tuple[Response, int]:
         credential = request.authorization
         offered = credential.token or "" if credential and credential.type == "bearer" else ""
         if not hmac.compare_digest(offered.encode(), token.encode()):
-            response = error_response(401, "unauthorized", "Send the admin token as a Bearer.")
+            code = ErrorCode.UNAUTHORIZED
+            response = error_response(code.status, code.value, code.default_message)
             response.headers["WWW-Authenticate"] = "Bearer"
             return response, 401
     return jsonify(probe.stats(max_age_s=STATS_CACHE_S).as_dict())

@@ -18,7 +18,7 @@ import os
 import re
 import threading
 import weakref
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from functools import cache
 from typing import Any
 
@@ -38,6 +38,15 @@ def breaker_state_key(name: str) -> str:
     return f"{BREAKER_NAMESPACE}:{name}:pybreaker:state"
 
 
+def metrics_dir_of(env: Mapping[str, str]) -> str:
+    """The metrics directory ``env`` names: ``PROMETHEUS_MULTIPROC_DIR``, else
+    ``$HOOKFLEET_VAR_DIR/metrics`` (``var_dir``'s default when unset), absolute."""
+    from models.settings import DEFAULT_VAR_DIR
+
+    var_dir = env.get("HOOKFLEET_VAR_DIR") or DEFAULT_VAR_DIR
+    return os.path.abspath(env.get(METRICS_DIR_VAR) or os.path.join(var_dir, "metrics"))
+
+
 def use_metrics_dir(environ: MutableMapping[str, str] | None = None) -> str:
     """Make sure ``PROMETHEUS_MULTIPROC_DIR`` names an existing directory; return it.
 
@@ -46,8 +55,7 @@ def use_metrics_dir(environ: MutableMapping[str, str] | None = None) -> str:
     the process starts with, as the Procfile, the systemd units and ``hookfleet up`` do).
     """
     env = os.environ if environ is None else environ
-    var_dir = env.get("HOOKFLEET_VAR_DIR") or "var"
-    path = os.path.abspath(env.get(METRICS_DIR_VAR) or os.path.join(var_dir, "metrics"))
+    path = metrics_dir_of(env)
     os.makedirs(path, exist_ok=True)
     env[METRICS_DIR_VAR] = path
     return path

@@ -54,6 +54,8 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 # Where the receiver serves /metrics, /readyz and /stats unless HOOKFLEET_OPS_BIND says
 # otherwise: loopback, so nothing of it reaches the internet by default.
 DEFAULT_OPS_BIND = "127.0.0.1:9807"
+#: ``HOOKFLEET_VAR_DIR`` unset: relative to the working directory.
+DEFAULT_VAR_DIR = "var"
 PROVIDER_MAX_BODY_BYTES = MappingProxyType({"retell": 6 * 1024 * 1024})
 # A rate limit's default bucket holds this many seconds of the rate: a sender that was
 # quiet may catch up at once (Stripe retries a backlog together), while its average
@@ -179,7 +181,8 @@ class OutboundSettings:
     retries: int = knob(
         3,
         "HOOKFLEET_OUTBOUND_RETRIES",
-        "Attempts per call for 5xx, timeouts and connection errors (never 4xx).",
+        "Attempts per call for 5xx, 408, 429 (and a 413 with Retry-After), timeouts and "
+        "connection errors; no other 4xx.",
         at_least=1,
     )
     backoff_s: float = knob(
@@ -423,7 +426,7 @@ class Settings:
         parse=lambda name, raw: _log_format(name, raw),
     )
     var_dir: str = knob(
-        "var",
+        DEFAULT_VAR_DIR,
         "HOOKFLEET_VAR_DIR",
         "Beat's schedule file; the receiver's spool (`spool/`: answered calls' records "
         "neither Redis nor the database took in time, queued by its next start on this "

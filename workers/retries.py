@@ -12,7 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from celery.exceptions import SoftTimeLimitExceeded
+# billiard's (Celery's process pool) own class, which celery.exceptions re-exports: the
+# record's retry rules name the time-limit error without importing Celery.
+from billiard.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import Select, select
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout

@@ -301,6 +301,8 @@ PRIVATE_NAMES = [
     ("kombu.transport.redis:Channel", "sep", "leases: priority suffix of list keys"),
     ("kombu.transport.redis:Channel", "_pool", "transport: bounded broker calls at shutdown"),
     ("kombu.transport.redis:Channel", "_async_pool", "transport: bounded calls at shutdown"),
+    ("kombu.transport.redis:Channel", "_receive_one", "transport: bounded pub/sub read"),
+    ("kombu.transport.virtual:Transport", "_deliver", "transport: hands each popped message on"),
     ("kombu.transport.redis:Channel", "_size", "transport: queue count outside MULTI"),
     ("kombu.transport.redis:Channel", "_queue_bind", "transport: binding while Redis is full"),
     ("kombu.transport.redis:Channel", "keyprefix_queue", "transport: binding while full"),

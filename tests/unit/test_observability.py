@@ -107,3 +107,16 @@ def test_every_dashboard_panel_has_a_query_and_a_place() -> None:
     for panel in dashboard["panels"]:
         assert panel["targets"] and all(t["expr"].strip() for t in panel["targets"])
         assert {"h", "w", "x", "y"} <= set(panel["gridPos"])
+
+
+def test_queue_names_in_the_alerts_and_the_dashboard_are_the_contracts() -> None:
+    """A renamed queue would leave an alert that selects it by name silent."""
+    from models.contract import QUEUES
+
+    text = (PROMETHEUS / "alerts.yml").read_text() + DASHBOARD.read_text()
+    named = {
+        name
+        for found in re.findall(r'queue[!=~]+\\?"([^"\\]+)\\?"', text)
+        for name in found.split("|")
+    }
+    assert named and named <= {queue.value for queue in QUEUES}

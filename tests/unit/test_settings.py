@@ -302,3 +302,16 @@ def test_a_process_size_or_address_no_server_could_use_is_refused_naming_it(
 def test_every_address_shape_gunicorn_binds_is_accepted(address: str) -> None:
     settings = Settings.from_env({"HOOKFLEET_BIND": address, "HOOKFLEET_OPS_BIND": address})
     assert (settings.bind, settings.ops_bind) == (address, address)
+
+
+def test_the_procfile_and_up_default_the_worker_concurrency_as_the_settings_do() -> None:
+    """The Procfile's ``${HOOKFLEET_WORKER_CONCURRENCY:-N}`` and ``hookfleet up
+    --concurrency`` restate the setting's default (the Kubernetes commands are held to
+    the Procfile word for word by tests/e2e/test_deploy.py)."""
+    from workers.cli.main import up
+
+    default = Settings().worker_concurrency
+    procfile = (ROOT / "Procfile").read_text()
+    assert set(re.findall(r"\$\{HOOKFLEET_WORKER_CONCURRENCY:-(\d+)\}", procfile)) == {str(default)}
+    (option,) = (p for p in up.params if p.name == "concurrency")
+    assert option.default == default
