@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -258,13 +259,13 @@ def census(var_dir: str, database_url: str, now: float) -> Census:
     for spool in base.iterdir():
         if not spool.is_dir():
             continue
-        for directory, lives, records in _survey(spool, None):
+        for directory, lives in _directories(spool, None):
             owner = "other_url" if spool != here.root else "running" if lives else "gone"
-            counts[owner] += records
-            for path in directory.iterdir():
+            for path in directory.iterdir():  # one listing: records, .bad files, ages
                 if path.suffix == ".bad":
                     bad += 1
                 elif path.suffix == SUFFIX:
+                    counts[owner] += 1
                     try:
                         written = path.stat().st_mtime
                     except FileNotFoundError:
@@ -274,22 +275,28 @@ def census(var_dir: str, database_url: str, now: float) -> Census:
     return Census(bad=bad, oldest_age_s=age, **counts)
 
 
-def _survey(root: Path, own: Path | None) -> list[tuple[Path, bool, int]]:
+def _directories(root: Path, own: Path | None) -> Iterator[tuple[Path, bool]]:
+    """Each process's directory under ``root`` and whether its process lives (its lock
+    is held, by a process other than the one owning ``own``)."""
     if not root.is_dir():
-        return []
-    found = []
+        return
     for directory in sorted(root.iterdir()):
         if directory.name.startswith(".") or not directory.is_dir():
             continue
-        records = sum(1 for _ in directory.glob("*" + SUFFIX))
         try:
             lock_fd = _lock(directory / LOCK_FILE)
         except FileNotFoundError:
             continue  # taken and removed meanwhile
         if lock_fd is not None:
             os.close(lock_fd)
-        found.append((directory, lock_fd is None and directory != own, records))
-    return found
+        yield directory, lock_fd is None and directory != own
+
+
+def _survey(root: Path, own: Path | None) -> list[tuple[Path, bool, int]]:
+    return [
+        (directory, lives, sum(1 for _ in directory.glob("*" + SUFFIX)))
+        for directory, lives in _directories(root, own)
+    ]
 
 
 def _checked(record: SpooledRecord) -> SpooledRecord:

@@ -24,6 +24,8 @@ from typing import Any
 
 from sqlalchemy import Engine, event
 
+from models.settings import DEFAULT_VAR_DIR
+
 METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
 
 # Circuit breakers (workers.outbound.breaker) keep their state in Redis under
@@ -41,8 +43,6 @@ def breaker_state_key(name: str) -> str:
 def metrics_dir_of(env: Mapping[str, str]) -> str:
     """The metrics directory ``env`` names: ``PROMETHEUS_MULTIPROC_DIR``, else
     ``$HOOKFLEET_VAR_DIR/metrics`` (``var_dir``'s default when unset), absolute."""
-    from models.settings import DEFAULT_VAR_DIR
-
     var_dir = env.get("HOOKFLEET_VAR_DIR") or DEFAULT_VAR_DIR
     return os.path.abspath(env.get(METRICS_DIR_VAR) or os.path.join(var_dir, "metrics"))
 
